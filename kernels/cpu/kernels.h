@@ -1,0 +1,107 @@
+// CPU kernels: math on raw pointers. Nothing here knows about checkpoints, requests or ranks.
+//
+// Conventions: row-major, float32 activations; a "row" is the last dimension. Weights stay in their
+// checkpoint format (BF16, FP8 E4M3 with E8M0 block scales, packed FP4 E2M1 with E8M0 per-32
+// scales) and are dequantized on the fly. Every kernel with a vectorized or multi-threaded path
+// has a plain-loop twin in namespace `ref` that the tests compare against.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dsv4::kernels {
+
+enum class WeightType : uint8_t { kF32, kBF16, kFP8, kFP4 };
+
+// A weight matrix W, logically [rows = out_features, cols = in_features], used as y = x W^T.
+// `data` points at logical element (0, 0) of the FULL stored matrix; the view covers rows
+// [row_begin, row_end) and columns [col_begin, col_end) of it, so tensor-parallel shards are views
+// of the one mmapped tensor. Storage per type:
+//   kF32 / kBF16: `ld` elements per stored row.
+//   kFP8: one byte per element, `ld` bytes per row; scales E8M0 [ceil(R/bh), scale_ld] for
+//         blocks of `block_rows` x `block_cols` (128 x 128 in V4).
+//   kFP4: two elements per byte (low nibble = even column), `ld` BYTES per row; scales E8M0
+//         [R, scale_ld], one per `block_cols` (32) columns, `block_rows` = 1.
+struct WeightMatrix {
+  WeightType type = WeightType::kF32;
+  const void* data = nullptr;
+  const uint8_t* scales = nullptr;
+  int64_t ld = 0;
+  int64_t scale_ld = 0;
+  int32_t block_rows = 1;
+  int32_t block_cols = 1;
+  int64_t row_begin = 0, row_end = 0;
+  int64_t col_begin = 0, col_end = 0;
+
+  int64_t rows() const { return row_end - row_begin; }
+  int64_t cols() const { return col_end - col_begin; }
+};
+
+// Dequantizes logical row `r` (relative to row_begin), columns [col_begin, col_end), into out.
+void DequantRow(const WeightMatrix& w, int64_t r, float* out);
+
+// y[m, w.rows()] = x[m, w.cols()] W^T (ldx / ldy: row strides of x and y, in elements).
+// Multi-threaded over output rows, vectorized dot products.
+void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
+
+// Quantize-dequantize each row of x[m, n] in place, in groups of `group` along the row, exactly as
+// the reference's QAT simulation: scale = 2^ceil(log2(amax / fmt_max)), amax floored at 1e-4
+// (FP8) or 6 * 2^-126 (FP4); value / scale rounded to the format (ties to even, saturating),
+// times scale. A short last group (n % group != 0) is scaled on its own.
+void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group);
+void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group);
+
+// y = w * x / sqrt(mean(x^2) + eps), per row of length n. `w` may be null (no gain).
+void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy);
+
+// Interleaved rotary embedding on rows of length 2*half: pairs (2i, 2i+1) rotated by angle with
+// cos/sin taken from tables [pos, half]. inverse = rotate by -angle.
+void Rope(float* x, int64_t half, const float* cos, const float* sin, bool inverse);
+
+// Walsh-Hadamard transform of one row of length n (a power of two), natural order, times `scale`.
+void Hadamard(float* x, int64_t n, float scale);
+
+// mHC split + Sinkhorn for one token: mixes [hc*(hc+2)] -> pre [hc], post [hc], comb [hc, hc]
+// (comb[i][j]: weight of source stream i in destination stream j).
+void HcSplitSinkhorn(const float* mixes, const float* scale3, const float* base, int hc, int iters, float eps,
+                     float* pre, float* post, float* comb);
+
+// A KV source made of up to three contiguous segments addressed as one index space:
+// index i < n0 -> seg0[i], then seg1, then seg2. Row length d.
+struct KvSegments {
+  const float* ptr[3] = {nullptr, nullptr, nullptr};
+  int64_t len[3] = {0, 0, 0};
+  const float* Row(int64_t i, int64_t d) const {
+    for (int s = 0; s < 3; ++s) {
+      if (i < len[s]) return ptr[s] + i * d;
+      i -= len[s];
+    }
+    return nullptr;
+  }
+};
+
+// Attention of m queries (H heads of dim d, K = V) over gathered rows: for query t, the rows
+// idx[t * k + j] (j < k; -1 = unused). Softmax with one extra "sink" logit per head whose value is
+// zero: o = sum_j e^{l_j} v_j / (sum_j e^{l_j} + e^{sink_h}), l_j = scale * q . v_j.
+void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                     int64_t k, const float* sink, float scale, float* out);
+
+// Lightning-indexer scores: score[t, j] = sum_h w[t, h] * relu(q[t, h] . keys[j]) for j < nvis[t],
+// -inf beyond. q [m, H, d], w [m, H], keys [n, d], score [m, n].
+void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                   const int64_t* nvis, float* score);
+
+// Indices of the k largest values of x[n] (k <= n), in descending order of value; ties by lower
+// index first.
+void TopK(const float* x, int64_t n, int64_t k, int32_t* idx);
+
+namespace ref {
+// Plain loops, obviously correct, no threads, no intrinsics.
+void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
+void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                     int64_t k, const float* sink, float scale, float* out);
+void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                   const int64_t* nvis, float* score);
+}  // namespace ref
+
+}  // namespace dsv4::kernels

@@ -1,0 +1,198 @@
+// Element-wise and small reduction kernels: QAT rounding, RMSNorm, RoPE, Hadamard, mHC Sinkhorn,
+// sparse attention with sinks, indexer scoring and top-k.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "kernels/cpu/formats.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace dsv4::kernels {
+namespace {
+
+template <float (*Round)(float)>
+void QdqRows(float* x, int64_t m, int64_t n, int64_t ld, int group, float fmt_max_inv, float amax_floor) {
+  for (int64_t t = 0; t < m; ++t) {
+    float* row = x + t * ld;
+    for (int64_t g = 0; g < n; g += group) {
+      const int64_t len = std::min<int64_t>(group, n - g);  // a short last group is its own group
+      float amax = 0.f;
+      for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(row[g + i]));
+      amax = std::max(amax, amax_floor);
+      const float s = Pow2Ceil(amax * fmt_max_inv);
+      for (int64_t i = 0; i < len; ++i) row[g + i] = Round(row[g + i] / s) * s;
+    }
+  }
+}
+
+}  // namespace
+
+void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  QdqRows<RoundToFp8E4m3>(x, m, n, ld, group, 1.0f / 448.0f, 1e-4f);
+}
+
+void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, 6.0f * std::ldexp(1.0f, -126));
+}
+
+void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy) {
+  for (int64_t t = 0; t < m; ++t) {
+    const float* xr = x + t * ldx;
+    float* yr = y + t * ldy;
+    const float ms = Dot(xr, xr, n) / static_cast<float>(n);
+    const float r = 1.0f / std::sqrt(ms + eps);
+    for (int64_t i = 0; i < n; ++i) yr[i] = (w ? w[i] : 1.0f) * (xr[i] * r);
+  }
+}
+
+void Rope(float* x, int64_t half, const float* cos, const float* sin, bool inverse) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float c = cos[i], s = inverse ? -sin[i] : sin[i];
+    const float a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = a * c - b * s;
+    x[2 * i + 1] = a * s + b * c;
+  }
+}
+
+void Hadamard(float* x, int64_t n, float scale) {
+  for (int64_t h = 1; h < n; h *= 2)
+    for (int64_t i = 0; i < n; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+void HcSplitSinkhorn(const float* mixes, const float* scale3, const float* base, int hc, int iters, float eps,
+                     float* pre, float* post, float* comb) {
+  auto sigmoid = [](float v) { return 1.0f / (1.0f + std::exp(-v)); };
+  for (int j = 0; j < hc; ++j) pre[j] = sigmoid(mixes[j] * scale3[0] + base[j]) + eps;
+  for (int j = 0; j < hc; ++j) post[j] = 2.0f * sigmoid(mixes[hc + j] * scale3[1] + base[hc + j]);
+  for (int i = 0; i < hc * hc; ++i) comb[i] = mixes[2 * hc + i] * scale3[2] + base[2 * hc + i];
+  // Row softmax, + eps, then alternate column and row normalization (columns first and last).
+  for (int i = 0; i < hc; ++i) {
+    float* row = comb + i * hc;
+    const float mx = *std::max_element(row, row + hc);
+    float sum = 0.f;
+    for (int j = 0; j < hc; ++j) sum += (row[j] = std::exp(row[j] - mx));
+    for (int j = 0; j < hc; ++j) row[j] = row[j] / sum + eps;
+  }
+  auto normalize_cols = [&] {
+    for (int j = 0; j < hc; ++j) {
+      float s = 0.f;
+      for (int i = 0; i < hc; ++i) s += comb[i * hc + j];
+      for (int i = 0; i < hc; ++i) comb[i * hc + j] /= (s + eps);
+    }
+  };
+  normalize_cols();
+  for (int it = 0; it < iters - 1; ++it) {
+    for (int i = 0; i < hc; ++i) {
+      float s = 0.f;
+      for (int j = 0; j < hc; ++j) s += comb[i * hc + j];
+      for (int j = 0; j < hc; ++j) comb[i * hc + j] /= (s + eps);
+    }
+    normalize_cols();
+  }
+}
+
+namespace {
+
+// One (query, head): gather logits, softmax with sink, weighted sum of rows.
+template <float (*DotFn)(const float*, const float*, int64_t)>
+void AttendOne(const float* q, int64_t d, const KvSegments& kv, const int32_t* idx, int64_t k, float sink, float scale,
+               float* out, float* logits) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < k; ++j) {
+    if (idx[j] < 0) continue;
+    logits[j] = scale * DotFn(q, kv.Row(idx[j], d), d);
+    mx = std::max(mx, logits[j]);
+  }
+  std::fill(out, out + d, 0.f);
+  if (mx == -std::numeric_limits<float>::infinity()) return;  // nothing visible: output 0
+  // The sink may exceed every logit; keep the max over both for stability.
+  const float m = std::max(mx, sink);
+  float denom = std::exp(sink - m);
+  for (int64_t j = 0; j < k; ++j) {
+    if (idx[j] < 0) continue;
+    const float p = std::exp(logits[j] - m);
+    denom += p;
+    const float* v = kv.Row(idx[j], d);
+    for (int64_t c = 0; c < d; ++c) out[c] += p * v[c];
+  }
+  const float inv = 1.0f / denom;
+  for (int64_t c = 0; c < d; ++c) out[c] *= inv;
+}
+
+float DotPlain(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                     int64_t k, const float* sink, float scale, float* out) {
+  ParallelFor(m * H, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> logits(k);
+    for (int64_t th = b; th < e; ++th) {
+      const int64_t t = th / H, h = th % H;
+      AttendOne<Dot>(q + th * d, d, kv, idx + t * k, k, sink[h], scale, out + th * d, logits.data());
+    }
+  });
+}
+
+void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                   const int64_t* nvis, float* score) {
+  ParallelFor(m, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (j >= nvis[t]) {
+          score[t * n + j] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
+        float s = 0.f;
+        for (int64_t h = 0; h < H; ++h) s += w[t * H + h] * std::max(0.f, Dot(q + (t * H + h) * d, keys + j * d, d));
+        score[t * n + j] = s;
+      }
+    }
+  });
+}
+
+void TopK(const float* x, int64_t n, int64_t k, int32_t* idx) {
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  auto better = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+  std::copy(order.begin(), order.begin() + k, idx);
+}
+
+namespace ref {
+
+void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                     int64_t k, const float* sink, float scale, float* out) {
+  std::vector<float> logits(k);
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      AttendOne<DotPlain>(q + (t * H + h) * d, d, kv, idx + t * k, k, sink[h], scale, out + (t * H + h) * d,
+                          logits.data());
+}
+
+void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                   const int64_t* nvis, float* score) {
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t h = 0; h < H; ++h) s += w[t * H + h] * std::max(0.f, DotPlain(q + (t * H + h) * d, keys + j * d, d));
+      score[t * n + j] = j < nvis[t] ? static_cast<float>(s) : -std::numeric_limits<float>::infinity();
+    }
+}
+
+}  // namespace ref
+}  // namespace dsv4::kernels

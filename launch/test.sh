@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds dsv4 and runs the test suite (every ctest label but `gpu`,
+# which runs only where a GPU is present). Then builds the safetensors and model-loading tests
+# under AddressSanitizer + UBSan and runs them (malformed checkpoints must never crash).
+#
+#   launch/test.sh            # everything
+#   DSV4_TEST_LABELS=unit launch/test.sh   # one label (ctest -L regex)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/launch/setup.sh"
+dsv4_setup
+
+cuda_flag=()
+if ! command -v nvcc >/dev/null 2>&1 && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then cuda_flag=(-DDSV4_CUDA=OFF); fi
+
+echo "== build (build/)"
+dsv4_build build "${cuda_flag[@]}"
+
+labels=${DSV4_TEST_LABELS:-}
+exclude="gpu"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then exclude="^$"; fi
+echo "== tests"
+(cd "$root/build" && ctest --output-on-failure -j 2 ${labels:+-L "$labels"} -LE "$exclude")
+
+if [[ -z "$labels" ]]; then
+  echo "== loader tests under AddressSanitizer + UBSan (build-asan/)"
+  dsv4_build build-asan -DDSV4_CUDA=OFF -DDSV4_SANITIZE_ADDRESS=ON -DDSV4_SANITIZE_UNDEFINED=ON \
+    -DCMAKE_BUILD_TYPE=Debug --target safetensors_test config_test
+  (cd "$root/build-asan" && ctest --output-on-failure -R "^(Safetensors|Checkpoint|Config|Weights)")
+fi

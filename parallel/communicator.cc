@@ -1,0 +1,49 @@
+#include "parallel/communicator.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+namespace {
+
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "local"; }
+
+  absl::Status AllReduceSum(float*, int64_t) override { return Check("AllReduce"); }
+  absl::Status AllGather(const float* in, int64_t n, float* out) override {
+    if (out != in) std::memmove(out, in, n * sizeof(float));
+    return Check("AllGather");
+  }
+  absl::Status Broadcast(void*, int64_t, int root) override {
+    if (root != 0) return absl::InvalidArgumentError(absl::StrCat("Broadcast: root ", root, " in a world of 1"));
+    return Check("Broadcast");
+  }
+  absl::Status AllToAllV(const void* send, const int64_t* send_bytes, const int64_t* send_displs, void* recv,
+                         const int64_t* recv_bytes, const int64_t* recv_displs) override {
+    if (send_bytes[0] != recv_bytes[0])
+      return absl::InvalidArgumentError(
+          absl::StrCat("AllToAllV: sending ", send_bytes[0], " bytes to self but expecting ", recv_bytes[0]));
+    std::memmove(static_cast<char*>(recv) + recv_displs[0], static_cast<const char*>(send) + send_displs[0],
+                 send_bytes[0]);
+    return Check("AllToAllV");
+  }
+  absl::Status Barrier() override { return Check("Barrier"); }
+  void Abort(const std::string& reason) override { aborted_ = reason.empty() ? "aborted" : reason; }
+
+ private:
+  absl::Status Check(const char* op) const {
+    if (aborted_.empty()) return absl::OkStatus();
+    return absl::AbortedError(absl::StrCat(op, ": communicator aborted: ", aborted_));
+  }
+  std::string aborted_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
+
+}  // namespace dsv4

@@ -1,0 +1,266 @@
+#include "runtime/builtin.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/cpu/formats.h"
+#include "runtime/status.h"
+
+namespace dsv4 {
+namespace {
+
+struct Spec {
+  int64_t vocab, hidden, layers, heads, head_dim, rope_dim, q_lora, o_groups, o_lora, experts, topk, inter;
+  int64_t hash_layers, window, index_heads, index_dim, index_topk;
+  std::vector<int64_t> ratios;
+};
+
+Spec SpecFor(const std::string& name, bool* ok) {
+  *ok = true;
+  if (name == "v4-tiny") return {129280, 256, 5, 8, 128, 64, 128, 2, 64, 16, 4, 128, 2, 32, 16, 64, 8, {0, 4, 128, 4, 0}};
+  *ok = false;
+  return {};
+}
+
+std::string ConfigJson(const Spec& s) {
+  return absl::StrCat(R"({
+  "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4",
+  "vocab_size": )", s.vocab, R"(, "hidden_size": )", s.hidden, R"(, "num_hidden_layers": )", s.layers, R"(,
+  "num_attention_heads": )", s.heads, R"(, "num_key_value_heads": 1, "head_dim": )", s.head_dim,
+                      R"(, "qk_rope_head_dim": )", s.rope_dim, R"(,
+  "q_lora_rank": )", s.q_lora, R"(, "o_groups": )", s.o_groups, R"(, "o_lora_rank": )", s.o_lora, R"(,
+  "n_routed_experts": )", s.experts, R"(, "n_shared_experts": 1, "num_experts_per_tok": )", s.topk,
+                      R"(, "moe_intermediate_size": )", s.inter, R"(,
+  "scoring_func": "sqrtsoftplus", "topk_method": "noaux_tc", "norm_topk_prob": true, "routed_scaling_factor": 1.5,
+  "swiglu_limit": 10.0, "hidden_act": "silu", "num_hash_layers": )", s.hash_layers, R"(, "sliding_window": )",
+                      s.window, R"(,
+  "index_n_heads": )", s.index_heads, R"(, "index_head_dim": )", s.index_dim, R"(, "index_topk": )", s.index_topk,
+                      R"(,
+  "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-06, "rms_norm_eps": 1e-06,
+  "rope_theta": 10000, "compress_rope_theta": 160000,
+  "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536, "beta_fast": 32, "beta_slow": 1},
+  "max_position_embeddings": 1048576, "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 1,
+  "compress_ratios": [)", absl::StrJoin(s.ratios, ", "), R"(], "num_nextn_predict_layers": 0,
+  "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128], "activation_scheme": "dynamic"},
+  "expert_dtype": "fp4", "torch_dtype": "bfloat16"
+})");
+}
+
+// Deterministic normal samples (splitmix64 + Box-Muller), independent of the C++ library.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
+  float Normal() {
+    const double u1 = std::max(Uniform(), 1e-300), u2 = Uniform();
+    return static_cast<float>(std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2));
+  }
+
+ private:
+  uint64_t s_;
+};
+
+uint8_t EncodeFp8(float q) {  // q already on the E4M3 grid
+  const float a = std::fabs(q);
+  uint8_t mag;
+  if (a < std::ldexp(1.0f, -6)) {
+    mag = static_cast<uint8_t>(std::lround(a / std::ldexp(1.0f, -9)));
+  } else {
+    int e;
+    std::frexp(a, &e);
+    --e;
+    const int m = static_cast<int>(std::lround(a / std::ldexp(1.0f, e) * 8)) - 8;
+    mag = static_cast<uint8_t>(((e + 7) << 3) | m);
+  }
+  return std::signbit(q) ? (mag | 0x80) : mag;
+}
+
+uint8_t EncodeFp4(float q) {
+  for (uint8_t i = 0; i < 16; ++i)
+    if (kernels::kFp4E2m1[i] == q && std::signbit(kernels::kFp4E2m1[i]) == std::signbit(q)) return i;
+  return 0;
+}
+
+uint8_t EncodeE8m0(float pow2) {
+  int e;
+  std::frexp(pow2, &e);
+  return static_cast<uint8_t>(e - 1 + 127);
+}
+
+class Writer {
+ public:
+  explicit Writer(uint64_t seed) : rng_(seed) {}
+
+  void F32(const std::string& name, std::vector<int64_t> shape, float std, float mean = 0.f) {
+    const int64_t n = Numel(shape);
+    std::vector<uint8_t> bytes(n * 4);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = mean + std * rng_.Normal();
+      std::memcpy(&bytes[i * 4], &v, 4);
+    }
+    out_.push_back({name, DType::kF32, std::move(shape), std::move(bytes)});
+  }
+
+  void Bf16(const std::string& name, std::vector<int64_t> shape, float std, float mean = 0.f) {
+    const int64_t n = Numel(shape);
+    std::vector<uint8_t> bytes(n * 2);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t v = kernels::FloatToBf16(mean + std * rng_.Normal());
+      std::memcpy(&bytes[i * 2], &v, 2);
+    }
+    out_.push_back({name, DType::kBF16, std::move(shape), std::move(bytes)});
+  }
+
+  // FP8 E4M3 weight [out, in] with 128x128 power-of-two block scales.
+  void Fp8(const std::string& prefix, int64_t out, int64_t in) {
+    const float std = 1.0f / std::sqrt(static_cast<float>(in));
+    const int64_t B = 128, sr = (out + B - 1) / B, sc = (in + B - 1) / B;
+    std::vector<uint8_t> w(out * in), s(sr * sc);
+    for (int64_t bi = 0; bi < sr; ++bi)
+      for (int64_t bj = 0; bj < sc; ++bj) {
+        // One scale per block: values are drawn, then stored as codes times the block's scale.
+        const float scale = kernels::Pow2Ceil(4.0f * std / 448.0f);
+        s[bi * sc + bj] = EncodeE8m0(scale);
+        for (int64_t r = bi * B; r < std::min(out, (bi + 1) * B); ++r)
+          for (int64_t c = bj * B; c < std::min(in, (bj + 1) * B); ++c)
+            w[r * in + c] = EncodeFp8(kernels::RoundToFp8E4m3(std * rng_.Normal() / scale));
+      }
+    out_.push_back({prefix + ".weight", DType::kF8_E4M3, {out, in}, std::move(w)});
+    out_.push_back({prefix + ".scale", DType::kF8_E8M0, {sr, sc}, std::move(s)});
+  }
+
+  // Packed FP4 E2M1 weight [out, in] (I8 [out, in/2], low nibble first), E8M0 scale per 32 inputs.
+  void Fp4(const std::string& prefix, int64_t out, int64_t in) {
+    const float std = 1.0f / std::sqrt(static_cast<float>(in));
+    std::vector<uint8_t> w(out * in / 2), s(out * in / 32);
+    const float scale = kernels::Pow2Ceil(2.5f * std / 6.0f);
+    for (int64_t r = 0; r < out; ++r) {
+      for (int64_t g = 0; g < in / 32; ++g) s[r * (in / 32) + g] = EncodeE8m0(scale);
+      for (int64_t c = 0; c < in; ++c) {
+        const uint8_t code = EncodeFp4(kernels::RoundToFp4E2m1(std * rng_.Normal() / scale));
+        w[r * (in / 2) + c / 2] |= (c & 1) ? static_cast<uint8_t>(code << 4) : code;
+      }
+    }
+    out_.push_back({prefix + ".weight", DType::kI8, {out, in / 2}, std::move(w)});
+    out_.push_back({prefix + ".scale", DType::kF8_E8M0, {out, in / 32}, std::move(s)});
+  }
+
+  void HashTable(const std::string& name, int64_t vocab, int64_t k, int64_t experts) {
+    std::vector<uint8_t> bytes(vocab * k * 8);
+    std::vector<int64_t> pick(experts);
+    for (int64_t t = 0; t < vocab; ++t) {
+      for (int64_t e = 0; e < experts; ++e) pick[e] = e;
+      for (int64_t j = 0; j < k; ++j) {  // k distinct experts (partial Fisher-Yates)
+        const int64_t r = j + static_cast<int64_t>(rng_.Next() % (experts - j));
+        std::swap(pick[j], pick[r]);
+        std::memcpy(&bytes[(t * k + j) * 8], &pick[j], 8);
+      }
+    }
+    out_.push_back({name, DType::kI64, {vocab, k}, std::move(bytes)});
+  }
+
+  std::vector<TensorToWrite>& tensors() { return out_; }
+
+ private:
+  static int64_t Numel(const std::vector<int64_t>& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+  }
+  Rng rng_;
+  std::vector<TensorToWrite> out_;
+};
+
+void WriteCompressor(Writer& w, const std::string& p, int64_t ratio, int64_t hd, int64_t D) {
+  const int64_t coff = ratio == 4 ? 2 : 1;
+  w.Bf16(p + ".wkv.weight", {coff * hd, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+  w.Bf16(p + ".wgate.weight", {coff * hd, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+  w.F32(p + ".ape", {ratio, coff * hd}, 0.5f);
+  w.Bf16(p + ".norm.weight", {hd}, 0.1f, 1.0f);
+}
+
+}  // namespace
+
+std::vector<std::string> BuiltinModelNames() { return {"v4-tiny"}; }
+
+absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name) {
+  bool ok;
+  const Spec s = SpecFor(name, &ok);
+  if (!ok)
+    return absl::NotFoundError(absl::StrCat("unknown built-in model 'builtin:", name, "' (known: builtin:",
+                                            absl::StrJoin(BuiltinModelNames(), ", builtin:"), ")"));
+  return ConfigJson(s);
+}
+
+absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name) {
+  DSV4_ASSIGN_OR_RETURN(std::string json, BuiltinConfigJson(name));
+  DSV4_ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(json, "builtin:" + name));
+  Writer w(0x5eed0000ull + std::hash<std::string>{}(name) % 1000);
+  const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2), H = c.num_attention_heads;
+  const float inv_d = 1.0f / std::sqrt(static_cast<float>(D));
+  w.Bf16("embed.weight", {c.vocab_size, D}, 1.0f);
+  w.Bf16("head.weight", {c.vocab_size, D}, inv_d);
+  w.Bf16("norm.weight", {D}, 0.1f, 1.0f);
+  w.F32("hc_head_fn", {hc, hc * D}, 1.0f / std::sqrt(static_cast<float>(hc * D)));
+  w.F32("hc_head_base", {hc}, 0.5f);
+  w.F32("hc_head_scale", {1}, 0.1f, 1.0f);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("layers.", l, ".");
+    for (const char* sub : {"attn", "ffn"}) {
+      w.F32(absl::StrCat(p, "hc_", sub, "_fn"), {mix, hc * D}, 1.0f / std::sqrt(static_cast<float>(hc * D)));
+      w.F32(absl::StrCat(p, "hc_", sub, "_base"), {mix}, 0.5f);
+      w.F32(absl::StrCat(p, "hc_", sub, "_scale"), {3}, 0.1f, 1.0f);
+    }
+    w.Bf16(p + "attn_norm.weight", {D}, 0.1f, 1.0f);
+    w.Bf16(p + "ffn_norm.weight", {D}, 0.1f, 1.0f);
+    w.Fp8(p + "attn.wq_a", c.q_lora_rank, D);
+    w.Bf16(p + "attn.q_norm.weight", {c.q_lora_rank}, 0.1f, 1.0f);
+    w.Fp8(p + "attn.wq_b", H * c.head_dim, c.q_lora_rank);
+    w.Fp8(p + "attn.wkv", c.head_dim, D);
+    w.Bf16(p + "attn.kv_norm.weight", {c.head_dim}, 0.1f, 1.0f);
+    w.F32(p + "attn.attn_sink", {H}, 1.0f);
+    w.Fp8(p + "attn.wo_a", c.o_groups * c.o_lora_rank, H * c.head_dim / c.o_groups);
+    w.Fp8(p + "attn.wo_b", D, c.o_groups * c.o_lora_rank);
+    const int64_t r = c.ratio(l);
+    if (r > 0) WriteCompressor(w, p + "attn.compressor", r, c.head_dim, D);
+    if (r == 4) {
+      WriteCompressor(w, p + "attn.indexer.compressor", r, c.index_head_dim, D);
+      w.Fp8(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+      w.Bf16(p + "attn.indexer.weights_proj.weight", {c.index_n_heads, D}, inv_d);
+    }
+    w.Bf16(p + "ffn.gate.weight", {c.n_routed_experts, D}, inv_d);
+    if (c.is_hash_layer(l)) {
+      w.HashTable(p + "ffn.gate.tid2eid", c.vocab_size, c.num_experts_per_tok, c.n_routed_experts);
+    } else {
+      w.F32(p + "ffn.gate.bias", {c.n_routed_experts}, 0.1f);
+    }
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      const std::string ep = absl::StrCat(p, "ffn.experts.", e);
+      w.Fp4(ep + ".w1", c.moe_intermediate_size, D);
+      w.Fp4(ep + ".w2", D, c.moe_intermediate_size);
+      w.Fp4(ep + ".w3", c.moe_intermediate_size, D);
+    }
+    w.Fp8(p + "ffn.shared_experts.w1", c.moe_intermediate_size, D);
+    w.Fp8(p + "ffn.shared_experts.w2", D, c.moe_intermediate_size);
+    w.Fp8(p + "ffn.shared_experts.w3", c.moe_intermediate_size, D);
+  }
+  auto image = std::make_shared<const std::vector<uint8_t>>(WriteSafetensors(w.tensors(), {{"format", "pt"}}));
+  DSV4_ASSIGN_OR_RETURN(auto file, SafetensorsFile::FromMemory(image, "builtin:" + name));
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  files.push_back(std::move(file));
+  BuiltinModel m;
+  m.config = c;
+  m.config_json = json;
+  m.checkpoint = Checkpoint::FromFiles(std::move(files));
+  return m;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,29 @@
+// Built-in models: the V4 architecture at small sizes with seeded random weights in the released
+// checkpoint formats (FP8 E4M3 with 128x128 E8M0 scales, packed FP4 experts with per-32 scales,
+// BF16, F32). They go through the same safetensors parser and weight checks as a real checkpoint.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/config.h"
+#include "runtime/safetensors.h"
+
+namespace dsv4 {
+
+struct BuiltinModel {
+  ModelConfig config;
+  std::string config_json;
+  std::shared_ptr<const Checkpoint> checkpoint;
+};
+
+// Names: "v4-tiny" (vocab 129280, 5 layers with ratios [0, 4, 128, 4, 0]).
+std::vector<std::string> BuiltinModelNames();
+absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name);
+
+// The config.json text of a built-in model (for writing a model directory).
+absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name);
+
+}  // namespace dsv4

@@ -1,0 +1,85 @@
+// The DeepSeek-V4 forward pass on CPU. Reads top to bottom like MODEL.md section 2:
+// embedding into hc_mult residual streams; per layer mHC collapse -> norm -> attention -> mHC
+// expand, then mHC collapse -> norm -> MoE -> mHC expand; the hc head, final norm and vocab head.
+//
+// Activations are float32. The reference's three deliberate rounding steps (FP8 inputs of
+// quantized linears, FP8 KV, FP4 indexer q/k) are on unless ForwardOptions::qdq is false.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "runtime/model/cache.h"
+#include "runtime/weights.h"
+
+namespace dsv4 {
+
+struct ForwardOptions {
+  bool qdq = true;  // reproduce the reference's quantization simulation
+};
+
+// Optional taps on intermediate tensors (for debugging and the per-block golden tests).
+struct ForwardTaps {
+  std::vector<std::vector<float>>* block_out = nullptr;   // per layer [n, hc, D]
+  std::vector<std::vector<float>>* attn_out = nullptr;    // per layer [n, D]
+  std::vector<std::vector<float>>* ffn_out = nullptr;     // per layer [n, D]
+};
+
+// Rotary tables of one kind of layer: float32 frequencies as the reference computes them.
+class Rope {
+ public:
+  Rope(int64_t rope_dim, double theta, int64_t original_len, double factor, double beta_fast, double beta_slow);
+  // Rotates x[rope_dim] (interleaved pairs) to position `pos`; inverse rotates back.
+  void Apply(float* x, int64_t pos, bool inverse = false) const;
+  void CosSin(int64_t pos, float* cos, float* sin) const;
+
+ private:
+  std::vector<float> freqs_;
+};
+
+class Model {
+ public:
+  explicit Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options = {});
+
+  const ModelConfig& config() const { return w_->config; }
+  const ModelWeights& weights() const { return *w_; }
+  const ForwardOptions& options() const { return opt_; }
+
+  SequenceCache NewCache() const;
+
+  // Runs tokens [n] at positions cache.length .. +n-1, updates the cache and writes the
+  // last position's logits [vocab] to `logits` (may be null).
+  void Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
+               const ForwardTaps* taps = nullptr) const;
+
+  // Pieces, public for tests.
+  void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]
+  void Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start, LayerCache& cache,
+             const ForwardTaps* taps) const;
+  void Head(const float* x_last, float* logits) const;  // x_last [hc, D]
+
+ private:
+  // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
+  void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
+  void Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache, float* out) const;
+  // Feeds rows x[n] to a compressor; appends each completed block to `out_rows` (grows).
+  void Compress(const CompressorWeights& cw, const Rope& rope, bool indexer, const float* x, int64_t n, int64_t start,
+                CompressorState& st, std::vector<float>& out_rows) const;
+  void IndexerTopK(int64_t layer, const float* x, const float* qr, int64_t n, int64_t start, const LayerCache& cache,
+                   std::vector<int32_t>& picks, int64_t& k) const;
+  void MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
+  void Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const;
+  // mHC: collapse streams into one row per token, returning post/comb for the expansion.
+  void HcPre(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
+             const float* x, int64_t n, float* collapsed, float* post, float* comb) const;
+  void HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const;
+  const Rope& RopeFor(int64_t layer) const { return config().ratio(layer) > 0 ? *rope_compressed_ : *rope_window_; }
+
+  std::shared_ptr<const ModelWeights> w_;
+  ForwardOptions opt_;
+  std::unique_ptr<Rope> rope_window_, rope_compressed_;
+};
+
+}  // namespace dsv4

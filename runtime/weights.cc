@@ -1,0 +1,276 @@
+#include "runtime/weights.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/cpu/formats.h"
+#include "runtime/builtin.h"
+#include "runtime/status.h"
+
+namespace dsv4 {
+namespace {
+
+using kernels::WeightType;
+
+std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
+
+// Looks tensors up by name and checks them; the first error is kept and returned by status().
+class Reader {
+ public:
+  Reader(const Checkpoint& ckpt, int64_t fp8_block) : ckpt_(ckpt), block_(fp8_block) {}
+
+  const absl::Status& status() const { return status_; }
+
+  const TensorInfo* Require(const std::string& name) {
+    const TensorInfo* t = ckpt_.Find(name);
+    if (t == nullptr) Fail(absl::StrCat("tensor '", name, "' is missing from the checkpoint"));
+    return t;
+  }
+
+  // A linear layer [out, in] in any supported storage.
+  WeightMatrix Linear(const std::string& prefix, int64_t out, int64_t in) {
+    WeightMatrix w;
+    const std::string name = prefix + ".weight";
+    const TensorInfo* t = Require(name);
+    if (t == nullptr) return w;
+    w.data = t->data;
+    w.row_begin = 0, w.row_end = out, w.col_begin = 0, w.col_end = in;
+    switch (t->dtype) {
+      case DType::kF32:
+      case DType::kBF16:
+        w.type = t->dtype == DType::kF32 ? WeightType::kF32 : WeightType::kBF16;
+        w.ld = in;
+        ExpectShape(*t, {out, in});
+        return w;
+      case DType::kF8_E4M3: {
+        w.type = WeightType::kFP8;
+        w.ld = in;
+        w.block_rows = w.block_cols = static_cast<int32_t>(block_);
+        ExpectShape(*t, {out, in});
+        const int64_t sr = (out + block_ - 1) / block_, sc = (in + block_ - 1) / block_;
+        w.scales = Scales(prefix, sr, sc);
+        w.scale_ld = sc;
+        return w;
+      }
+      case DType::kI8:
+      case DType::kF4: {  // packed E2M1 pairs, low nibble first
+        w.type = WeightType::kFP4;
+        w.ld = in / 2;
+        w.block_rows = 1, w.block_cols = 32;
+        if (in % 32 != 0) Fail(absl::StrCat("tensor '", name, "': FP4 input width ", in, " is not a multiple of 32"));
+        if (t->dtype == DType::kI8) ExpectShape(*t, {out, in / 2});
+        else ExpectShape(*t, {out, in});
+        w.scales = Scales(prefix, out, in / 32);
+        w.scale_ld = in / 32;
+        return w;
+      }
+      default:
+        Fail(absl::StrCat("tensor '", name, "' (", t->file, "): dtype ", DTypeName(t->dtype),
+                          " is not a weight format (expected F8_E4M3, packed FP4 as I8, BF16 or F32)"));
+        return w;
+    }
+  }
+
+  // A float vector of `n` values from F32 or BF16 storage.
+  std::vector<float> Vector(const std::string& name, std::vector<int64_t> shape) {
+    const TensorInfo* t = Require(name);
+    if (t == nullptr) return {};
+    ExpectShape(*t, shape);
+    if (!status_.ok()) return {};
+    std::vector<float> out(t->numel());
+    if (t->dtype == DType::kF32) {
+      std::memcpy(out.data(), t->data, out.size() * sizeof(float));
+    } else if (t->dtype == DType::kBF16) {
+      for (size_t i = 0; i < out.size(); ++i) {
+        uint16_t v;
+        std::memcpy(&v, t->data + 2 * i, 2);
+        out[i] = kernels::Bf16ToFloat(v);
+      }
+    } else {
+      Fail(absl::StrCat("tensor '", name, "' (", t->file, "): dtype ", DTypeName(t->dtype), ", expected F32 or BF16"));
+    }
+    return out;
+  }
+
+  // An integer table (I64 or I32) whose values must lie in [0, limit).
+  std::vector<int32_t> IndexTable(const std::string& name, std::vector<int64_t> shape, int64_t limit) {
+    const TensorInfo* t = Require(name);
+    if (t == nullptr) return {};
+    ExpectShape(*t, shape);
+    if (!status_.ok()) return {};
+    if (t->dtype != DType::kI64 && t->dtype != DType::kI32) {
+      Fail(absl::StrCat("tensor '", name, "' (", t->file, "): dtype ", DTypeName(t->dtype), ", expected I64 or I32"));
+      return {};
+    }
+    std::vector<int32_t> out(t->numel());
+    for (size_t i = 0; i < out.size(); ++i) {
+      int64_t v;
+      if (t->dtype == DType::kI64) {
+        std::memcpy(&v, t->data + 8 * i, 8);
+      } else {
+        int32_t v32;
+        std::memcpy(&v32, t->data + 4 * i, 4);
+        v = v32;
+      }
+      if (v < 0 || v >= limit) {
+        Fail(absl::StrCat("tensor '", name, "' (", t->file, "): entry ", i, " = ", v, " is outside [0, ", limit, ")"));
+        return {};
+      }
+      out[i] = static_cast<int32_t>(v);
+    }
+    return out;
+  }
+
+  void Fail(const std::string& msg) {
+    if (status_.ok()) status_ = absl::InvalidArgumentError(msg);
+  }
+
+ private:
+  void ExpectShape(const TensorInfo& t, const std::vector<int64_t>& want) {
+    if (t.shape != want)
+      Fail(absl::StrCat("tensor '", t.name, "' (", t.file, "): shape ", Shape(t.shape), ", expected ", Shape(want),
+                        " from config.json"));
+  }
+
+  const uint8_t* Scales(const std::string& prefix, int64_t rows, int64_t cols) {
+    const std::string name = prefix + ".scale";
+    const TensorInfo* s = ckpt_.Find(name);
+    if (s == nullptr) {
+      Fail(absl::StrCat("tensor '", name, "' (the block scales of '", prefix, ".weight') is missing"));
+      return nullptr;
+    }
+    if (s->dtype != DType::kF8_E8M0) {
+      Fail(absl::StrCat("tensor '", name, "' (", s->file, "): dtype ", DTypeName(s->dtype), ", expected F8_E8M0"));
+      return nullptr;
+    }
+    ExpectShape(*s, {rows, cols});
+    if (!status_.ok()) return nullptr;
+    for (int64_t i = 0; i < rows * cols; ++i)
+      if (s->data[i] == 0xff) {
+        Fail(absl::StrCat("tensor '", name, "' (", s->file, "): scale ", i, " is 0xFF (E8M0 NaN)"));
+        return nullptr;
+      }
+    return s->data;
+  }
+
+  const Checkpoint& ckpt_;
+  int64_t block_;
+  absl::Status status_;
+};
+
+void LoadCompressor(Reader& r, const std::string& p, const ModelConfig& c, int64_t ratio, int64_t head_dim,
+                    CompressorWeights* w) {
+  const int64_t coff = ratio == 4 ? 2 : 1;  // ratio-4 compressors overlap two blocks
+  w->ratio = ratio;
+  w->head_dim = head_dim;
+  w->wkv = r.Linear(p + ".wkv", coff * head_dim, c.hidden_size);
+  w->wgate = r.Linear(p + ".wgate", coff * head_dim, c.hidden_size);
+  w->ape = r.Vector(p + ".ape", {ratio, coff * head_dim});
+  w->norm = r.Vector(p + ".norm.weight", {head_dim});
+}
+
+ExpertWeights LoadExpert(Reader& r, const std::string& p, const ModelConfig& c) {
+  ExpertWeights e;
+  e.w1 = r.Linear(p + ".w1", c.moe_intermediate_size, c.hidden_size);
+  e.w2 = r.Linear(p + ".w2", c.hidden_size, c.moe_intermediate_size);
+  e.w3 = r.Linear(p + ".w3", c.moe_intermediate_size, c.hidden_size);
+  return e;
+}
+
+void LoadLayer(Reader& r, const ModelConfig& c, int64_t l, const LoadOptions& opt, LayerWeights* w) {
+  const std::string p = absl::StrCat("layers.", l, ".");
+  const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2);
+  w->hc_attn_fn = r.Vector(p + "hc_attn_fn", {mix, hc * D});
+  w->hc_attn_base = r.Vector(p + "hc_attn_base", {mix});
+  w->hc_attn_scale = r.Vector(p + "hc_attn_scale", {3});
+  w->hc_ffn_fn = r.Vector(p + "hc_ffn_fn", {mix, hc * D});
+  w->hc_ffn_base = r.Vector(p + "hc_ffn_base", {mix});
+  w->hc_ffn_scale = r.Vector(p + "hc_ffn_scale", {3});
+  w->attn_norm = r.Vector(p + "attn_norm.weight", {D});
+  w->ffn_norm = r.Vector(p + "ffn_norm.weight", {D});
+
+  const int64_t H = c.num_attention_heads, hd = c.head_dim, G = c.o_groups;
+  w->wq_a = r.Linear(p + "attn.wq_a", c.q_lora_rank, D);
+  w->q_norm = r.Vector(p + "attn.q_norm.weight", {c.q_lora_rank});
+  w->wq_b = r.Linear(p + "attn.wq_b", H * hd, c.q_lora_rank);
+  w->wkv = r.Linear(p + "attn.wkv", hd, D);
+  w->kv_norm = r.Vector(p + "attn.kv_norm.weight", {hd});
+  w->attn_sink = r.Vector(p + "attn.attn_sink", {H});
+  w->wo_a = r.Linear(p + "attn.wo_a", G * c.o_lora_rank, H * hd / G);
+  w->wo_b = r.Linear(p + "attn.wo_b", D, G * c.o_lora_rank);
+  const int64_t ratio = c.ratio(l);
+  w->has_compressor = ratio > 0;
+  w->has_indexer = ratio == 4;
+  if (w->has_compressor) LoadCompressor(r, p + "attn.compressor", c, ratio, hd, &w->compressor);
+  if (w->has_indexer) {
+    LoadCompressor(r, p + "attn.indexer.compressor", c, ratio, c.index_head_dim, &w->index_compressor);
+    w->index_wq_b = r.Linear(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+    w->index_weights_proj = r.Linear(p + "attn.indexer.weights_proj", c.index_n_heads, D);
+  }
+
+  const int64_t E = c.n_routed_experts;
+  w->gate = r.Linear(p + "ffn.gate", E, D);
+  if (c.is_hash_layer(l)) {
+    w->tid2eid = r.IndexTable(p + "ffn.gate.tid2eid", {c.vocab_size, c.num_experts_per_tok}, E);
+  } else {
+    w->gate_bias = r.Vector(p + "ffn.gate.bias", {E});
+  }
+  w->experts.resize(E);
+  w->expert_loaded.assign(E, false);
+  for (int64_t e = 0; e < E; ++e) {
+    if (opt.owns_expert && !opt.owns_expert(l, e)) continue;
+    w->experts[e] = LoadExpert(r, absl::StrCat(p, "ffn.experts.", e), c);
+    w->expert_loaded[e] = true;
+  }
+  w->shared = LoadExpert(r, p + "ffn.shared_experts", c);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const Checkpoint> ckpt,
+                                                         const ModelConfig& config, const LoadOptions& options) {
+  auto w = std::make_unique<ModelWeights>();
+  w->config = config;
+  w->checkpoint = ckpt;
+  // Tensors of layers the config does not have mean config and checkpoint disagree.
+  for (const auto& [name, info] : ckpt->all()) {
+    if (name.rfind("layers.", 0) != 0) continue;
+    const int64_t l = std::atoll(name.c_str() + 7);
+    if (l >= config.num_hidden_layers)
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file, ") belongs to layer ", l,
+                                                     " but config.json has num_hidden_layers = ",
+                                                     config.num_hidden_layers));
+  }
+  Reader r(*ckpt, config.fp8_block);
+  const int64_t D = config.hidden_size, hc = config.hc_mult;
+  w->embed = r.Linear("embed", config.vocab_size, D);
+  w->head = r.Linear("head", config.vocab_size, D);
+  w->norm = r.Vector("norm.weight", {D});
+  w->hc_head_fn = r.Vector("hc_head_fn", {hc, hc * D});
+  w->hc_head_base = r.Vector("hc_head_base", {hc});
+  w->hc_head_scale = r.Vector("hc_head_scale", {1});
+  DSV4_RETURN_IF_ERROR(r.status());
+  w->layers.resize(config.num_hidden_layers);
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    LoadLayer(r, config, l, options, &w->layers[l]);
+    DSV4_RETURN_IF_ERROR(r.status());
+  }
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptions& options) {
+  if (model.rfind("builtin:", 0) == 0) {
+    DSV4_ASSIGN_OR_RETURN(BuiltinModel b, MakeBuiltinModel(model.substr(8)));
+    return LoadWeights(std::move(b.checkpoint), b.config, options);
+  }
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(model))
+    return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist (or use builtin:v4-tiny)"));
+  DSV4_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig((fs::path(model) / "config.json").string()));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::OpenDir(model));
+  return LoadWeights(std::shared_ptr<const Checkpoint>(std::move(ckpt)), config, options);
+}
+
+}  // namespace dsv4

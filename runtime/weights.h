@@ -1,0 +1,93 @@
+// The model's weights as typed views into the checkpoint (no copies of large tensors), checked
+// against the config: every tensor's presence, dtype and shape, and the shape of its scales.
+//
+// Storage policy for a linear layer [out, in]: F8_E4M3 with F8_E8M0 block scales
+// [ceil(out/B), ceil(in/B)]; packed FP4 (I8 [out, in/2]) with F8_E8M0 scales [out, in/32]; or plain
+// BF16 / F32. Any other dtype is an error naming the tensor; bytes are never reinterpreted.
+// Scales of 0xFF (E8M0 NaN) are rejected. Small vectors (norm gains, sinks, mHC parameters, `ape`,
+// router bias) are converted to float32 copies.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/cpu/kernels.h"
+#include "runtime/config.h"
+#include "runtime/safetensors.h"
+
+namespace dsv4 {
+
+using kernels::WeightMatrix;
+
+// True when the layer's input activations are rounded to FP8 before the product (the reference
+// does this for FP8 and FP4 weights only).
+inline bool IsQuantized(const WeightMatrix& w) {
+  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
+}
+
+struct CompressorWeights {
+  int64_t ratio = 0;
+  int64_t head_dim = 0;        // output width (512 main, index_head_dim for the indexer)
+  WeightMatrix wkv, wgate;     // [coff * head_dim, D]
+  std::vector<float> ape;      // [ratio, coff * head_dim]
+  std::vector<float> norm;     // [head_dim]
+};
+
+struct ExpertWeights {
+  WeightMatrix w1, w2, w3;  // w1/w3 [inter, D], w2 [D, inter]
+};
+
+struct LayerWeights {
+  // mHC and norms.
+  std::vector<float> hc_attn_fn, hc_attn_base, hc_attn_scale;  // [hc(hc+2), hc*D], [hc(hc+2)], [3]
+  std::vector<float> hc_ffn_fn, hc_ffn_base, hc_ffn_scale;
+  std::vector<float> attn_norm, ffn_norm;  // [D]
+  // Attention.
+  WeightMatrix wq_a;             // [q_lora, D]
+  std::vector<float> q_norm;     // [q_lora]
+  WeightMatrix wq_b;             // [H * head_dim, q_lora]
+  WeightMatrix wkv;              // [head_dim, D]
+  std::vector<float> kv_norm;    // [head_dim]
+  std::vector<float> attn_sink;  // [H]
+  WeightMatrix wo_a;             // [G * o_lora, H * head_dim / G]
+  WeightMatrix wo_b;             // [D, G * o_lora]
+  bool has_compressor = false, has_indexer = false;
+  CompressorWeights compressor;
+  CompressorWeights index_compressor;
+  WeightMatrix index_wq_b;          // [index_heads * index_head_dim, q_lora]
+  WeightMatrix index_weights_proj;  // [index_heads, D]
+  // MoE.
+  WeightMatrix gate;                 // [E, D]
+  std::vector<float> gate_bias;      // [E] (score-routed layers)
+  std::vector<int32_t> tid2eid;      // [vocab, top-k] (hash layers)
+  std::vector<ExpertWeights> experts;  // [E]; only locally owned experts are loaded
+  std::vector<bool> expert_loaded;
+  ExpertWeights shared;
+};
+
+struct ModelWeights {
+  ModelConfig config;
+  WeightMatrix embed;  // [vocab, D]
+  WeightMatrix head;   // [vocab, D]
+  std::vector<float> norm;                                       // [D]
+  std::vector<float> hc_head_fn, hc_head_base, hc_head_scale;    // [hc, hc*D], [hc], [1]
+  std::vector<LayerWeights> layers;
+  std::shared_ptr<const Checkpoint> checkpoint;  // keeps the mappings alive
+};
+
+struct LoadOptions {
+  // Which routed experts this rank holds (default: all).
+  std::function<bool(int64_t layer, int64_t expert)> owns_expert;
+};
+
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const Checkpoint> ckpt,
+                                                         const ModelConfig& config, const LoadOptions& options = {});
+
+// Opens `dir` (config.json + safetensors) or a built-in name ("builtin:v4-tiny") and loads it.
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptions& options = {});
+
+}  // namespace dsv4

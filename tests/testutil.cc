@@ -1,0 +1,104 @@
+#include "tests/testutil.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+namespace dsv4::testing {
+
+::testing::AssertionResult AllClose(const std::string& what, const float* got, const float* ref, int64_t n, Tol tol) {
+  int64_t worst = -1, bad = 0;
+  double worst_excess = 0, dot = 0, ng = 0, nr = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = got[i], r = ref[i];
+    if (std::isnan(r) || std::isinf(r) || std::isnan(g) || std::isinf(g)) {
+      const bool same = (std::isnan(r) && std::isnan(g)) || (std::isinf(r) && g == r);
+      if (!same) {
+        ++bad;
+        if (worst < 0) worst = i, worst_excess = INFINITY;
+      }
+      continue;
+    }
+    dot += g * r, ng += g * g, nr += r * r;
+    const double err = std::fabs(g - r);
+    if (err <= tol.abs || err <= tol.rel * std::fabs(r)) continue;
+    ++bad;
+    const double excess = err - std::max(tol.abs, tol.rel * std::fabs(r));
+    if (excess > worst_excess || worst < 0) worst_excess = excess, worst = i;
+  }
+  const double cos = (ng > 0 && nr > 0) ? dot / std::sqrt(ng * nr) : (ng == nr ? 1.0 : 0.0);
+  if (bad == 0 && cos >= tol.min_cos) return ::testing::AssertionSuccess();
+  std::ostringstream os;
+  os << what << ": " << bad << " of " << n << " elements outside abs " << tol.abs << " / rel " << tol.rel;
+  if (worst >= 0) os << "; worst at " << worst << ": got " << got[worst] << ", want " << ref[worst];
+  os << "; cosine " << cos << " (min " << tol.min_cos << ")";
+  return ::testing::AssertionFailure() << os.str();
+}
+
+double RelRms(const float* got, const float* ref, int64_t n) {
+  double mean = 0;
+  for (int64_t i = 0; i < n; ++i) mean += ref[i];
+  mean /= n;
+  double var = 0, err = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    var += (ref[i] - mean) * (ref[i] - mean);
+    err += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+  }
+  return std::sqrt(err / n) / std::sqrt(var / n);
+}
+
+std::string SharedDir() {
+  if (const char* env = std::getenv("DSV4_SHARED_DIR_OVERRIDE")) return env;
+  return DSV4_SHARED_DIR;
+}
+
+bool SharedAvailable() { return std::filesystem::exists(SharedDir() + "/golden/v4-tiny/model.safetensors"); }
+
+template <typename T>
+static std::vector<T> ReadTyped(const SafetensorsFile& f, const std::string& name, DType want) {
+  auto it = f.tensors().find(name);
+  if (it == f.tensors().end()) {
+    ADD_FAILURE() << "missing tensor " << name << " in " << f.path();
+    return {};
+  }
+  if (it->second.dtype != want) {
+    ADD_FAILURE() << name << " has dtype " << DTypeName(it->second.dtype);
+    return {};
+  }
+  std::vector<T> out(it->second.numel());
+  std::memcpy(out.data(), it->second.data, out.size() * sizeof(T));
+  return out;
+}
+
+std::vector<float> ReadF32(const SafetensorsFile& f, const std::string& name) {
+  return ReadTyped<float>(f, name, DType::kF32);
+}
+std::vector<int64_t> ReadI64(const SafetensorsFile& f, const std::string& name) {
+  return ReadTyped<int64_t>(f, name, DType::kI64);
+}
+
+static std::vector<std::string>& TempDirs() {
+  static auto* dirs = new std::vector<std::string>();
+  return *dirs;
+}
+
+std::string TempDir() {
+  static const bool registered = [] {
+    std::atexit([] {
+      std::error_code ec;
+      for (const auto& d : TempDirs()) std::filesystem::remove_all(d, ec);
+    });
+    return true;
+  }();
+  (void)registered;
+  std::string tmpl = (std::filesystem::temp_directory_path() / "dsv4_test_XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) return "";
+  TempDirs().push_back(tmpl);
+  return tmpl;
+}
+
+}  // namespace dsv4::testing

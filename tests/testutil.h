@@ -1,0 +1,39 @@
+// The one comparison helper and shared test utilities.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/safetensors.h"
+
+namespace dsv4::testing {
+
+// Tolerance policy: an element passes when |got - ref| <= abs OR |got - ref| <= rel * |ref|;
+// the whole tensor must also have cosine similarity >= min_cos. NaN/inf positions must match.
+struct Tol {
+  double abs = 0;
+  double rel = 0;
+  double min_cos = -1;
+};
+
+// Compares n floats; on failure reports the worst element with both values.
+::testing::AssertionResult AllClose(const std::string& what, const float* got, const float* ref, int64_t n, Tol tol);
+
+// rms(got - ref) / std(ref) over n elements: the golden README's relative error measure.
+double RelRms(const float* got, const float* ref, int64_t n);
+
+// Path of the shared/ folder with golden data (configured at build time).
+std::string SharedDir();
+bool SharedAvailable();
+
+// Reads an F32 / I64 tensor from a safetensors file into a vector (fails the test if absent).
+std::vector<float> ReadF32(const SafetensorsFile& f, const std::string& name);
+std::vector<int64_t> ReadI64(const SafetensorsFile& f, const std::string& name);
+
+// A fresh temporary directory, removed at process exit.
+std::string TempDir();
+
+}  // namespace dsv4::testing
