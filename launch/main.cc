@@ -8,13 +8,22 @@
 
 namespace {
 
+struct Command {
+  const char* name;
+  int (*run)(int argc, char** argv);
+  const char* help;
+};
+
+// Every subcommand, in the order `dsv4 --help` lists them.
+constexpr Command kCommands[] = {
+    {"logits", dsv4::RunLogits, "last-position logits after a prompt and each decode step, as .npy"},
+    {"complete", dsv4::RunComplete, "greedy generation from token ids on the local machine"},
+};
+
 void Usage() {
-  std::fprintf(stderr,
-               "usage: dsv4 <command> [flags]\n"
-               "commands:\n"
-               "  logits    last-position logits after a prompt and each decode step, as .npy\n"
-               "  complete  greedy generation from token ids on the local machine\n"
-               "Run `dsv4 <command> --help` for its flags.\n");
+  std::fprintf(stderr, "usage: dsv4 <command> [flags]\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
+  std::fprintf(stderr, "Run `dsv4 <command> --help` for its flags.\n");
 }
 
 }  // namespace
@@ -25,8 +34,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
-  if (cmd == "logits") return dsv4::RunLogits(argc, argv);
-  if (cmd == "complete") return dsv4::RunComplete(argc, argv);
+  for (const auto& c : kCommands)
+    if (cmd == c.name) return c.run(argc, argv);
   std::fprintf(stderr, "dsv4: unknown command '%s'\n", cmd.c_str());
   Usage();
   return 2;

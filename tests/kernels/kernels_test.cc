@@ -97,7 +97,7 @@ TEST_F(GoldenKernels, RopeTables) {
   for (bool compressed : {false, true}) {
     const std::string p = compressed ? "rope_compressed" : "rope_window";
     const std::vector<float> cos = ReadF32(*f_, p + ".cos"), sin = ReadF32(*f_, p + ".sin");
-    const Rope rope = compressed ? Rope(64, 160000, 65536, 16, 32, 1) : Rope(64, 10000, 0, 1, 32, 1);
+    const dsv4::Rope rope = compressed ? dsv4::Rope(64, 160000, 65536, 16, 32, 1) : dsv4::Rope(64, 10000, 0, 1, 32, 1);
     std::vector<float> gc(cos.size()), gs(sin.size());
     for (int64_t pos = 0; pos < static_cast<int64_t>(cos.size()) / 32; ++pos) rope.CosSin(pos, &gc[pos * 32], &gs[pos * 32]);
     EXPECT_TRUE(AllClose(p + ".cos", gc.data(), cos.data(), cos.size(), {.abs = 3e-5}));
