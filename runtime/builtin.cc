@@ -202,8 +202,14 @@ absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name) {
 
 absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name) {
   DSV4_ASSIGN_OR_RETURN(std::string json, BuiltinConfigJson(name));
-  DSV4_ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(json, "builtin:" + name));
-  Writer w(0x5eed0000ull + std::hash<std::string>{}(name) % 1000);
+  uint64_t seed = 0x5eed0000ull;
+  for (char ch : name) seed = seed * 131 + static_cast<unsigned char>(ch);  // stable across platforms
+  return MakeRandomModel(json, seed, "builtin:" + name);
+}
+
+absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t seed, const std::string& name) {
+  DSV4_ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(json, name));
+  Writer w(seed);
   const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2), H = c.num_attention_heads;
   const float inv_d = 1.0f / std::sqrt(static_cast<float>(D));
   w.Bf16("embed.weight", {c.vocab_size, D}, 1.0f);
@@ -253,7 +259,7 @@ absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name) {
     w.Fp8(p + "ffn.shared_experts.w3", c.moe_intermediate_size, D);
   }
   auto image = std::make_shared<const std::vector<uint8_t>>(WriteSafetensors(w.tensors(), {{"format", "pt"}}));
-  DSV4_ASSIGN_OR_RETURN(auto file, SafetensorsFile::FromMemory(image, "builtin:" + name));
+  DSV4_ASSIGN_OR_RETURN(auto file, SafetensorsFile::FromMemory(image, name));
   std::vector<std::unique_ptr<SafetensorsFile>> files;
   files.push_back(std::move(file));
   BuiltinModel m;

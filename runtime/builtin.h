@@ -23,6 +23,10 @@ struct BuiltinModel {
 std::vector<std::string> BuiltinModelNames();
 absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name);
 
+// A model of any valid config with seeded random weights in the released formats (tests use it
+// for configurations no checkpoint covers: other ratio schedules, top-k 16, ...).
+absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& config_json, uint64_t seed, const std::string& name);
+
 // The config.json text of a built-in model (for writing a model directory).
 absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name);
 
