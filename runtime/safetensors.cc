@@ -60,8 +60,7 @@ const DTypeEntry* FindDType(std::string_view name) {
 }
 
 bool IsUnsupportedDType(std::string_view name) {
-  return std::find(std::begin(kUnsupportedDTypes), std::end(kUnsupportedDTypes), name) !=
-         std::end(kUnsupportedDTypes);
+  return std::find(std::begin(kUnsupportedDTypes), std::end(kUnsupportedDTypes), name) != std::end(kUnsupportedDTypes);
 }
 
 // ---- messages -----------------------------------------------------------------------------------
@@ -195,7 +194,9 @@ class StrictJsonScanner {
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& ex) {
-    error_ = absl::StrCat("invalid JSON: ", ex.what());
+    constexpr size_t kMax = 300;  // the message quotes the last token, which may be huge
+    const std::string what = ex.what();
+    error_ = absl::StrCat("invalid JSON: ", what.substr(0, kMax), what.size() > kMax ? "..." : "");
     return false;
   }
 
@@ -242,7 +243,7 @@ absl::StatusOr<json> ParseStrictObject(std::string_view text, const std::string&
 
 struct Entry {
   const std::string* name;  // key in the parsed header
-  DType dtype;
+  DType dtype = DType::kU8;
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;
   uint64_t nbytes = 0;
@@ -308,7 +309,8 @@ absl::StatusOr<Entry> ParseEntry(const std::string& path, const std::string& nam
   const Where w{path, name};
   if (!v.is_object()) return TensorError(w, "entry must be an object with dtype, shape and data_offsets");
   for (const auto& [key, unused] : v.get_ref<const json::object_t&>()) {
-    if (key != "dtype" && key != "shape" && key != "data_offsets") return TensorError(w, "unexpected field ", Quote(key));
+    if (key != "dtype" && key != "shape" && key != "data_offsets")
+      return TensorError(w, "unexpected field ", Quote(key));
   }
   for (const char* field : {"dtype", "shape", "data_offsets"}) {
     if (!v.contains(field)) return TensorError(w, "missing field '", field, "'");
@@ -657,8 +659,8 @@ std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
     DSV4_CHECK(IsValidUtf8(t.name), "tensor name is not UTF-8");
     for (int64_t d : t.shape) DSV4_CHECK(d >= 0, t.name, ": negative dimension");
     uint64_t nbytes = 0;
-    DSV4_CHECK(TensorBytes(t.dtype, t.shape, &nbytes) == SizeError::kNone && nbytes == t.bytes.size(), t.name,
-               ": ", t.bytes.size(), " bytes do not match shape ", ShapeText(t.shape), " of ", DTypeName(t.dtype));
+    DSV4_CHECK(TensorBytes(t.dtype, t.shape, &nbytes) == SizeError::kNone && nbytes == t.bytes.size(), t.name, ": ",
+               t.bytes.size(), " bytes do not match shape ", ShapeText(t.shape), " of ", DTypeName(t.dtype));
     json entry = json::object();
     entry["dtype"] = DTypeName(t.dtype);
     entry["shape"] = t.shape;
