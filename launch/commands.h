@@ -5,5 +5,6 @@ namespace dsv4 {
 
 int RunLogits(int argc, char** argv);
 int RunComplete(int argc, char** argv);
+int RunPlan(int argc, char** argv);
 
 }  // namespace dsv4

@@ -18,6 +18,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"logits", dsv4::RunLogits, "last-position logits after a prompt and each decode step, as .npy"},
     {"complete", dsv4::RunComplete, "greedy generation from token ids on the local machine"},
+    {"plan", dsv4::RunPlan, "capacity planning: devices, layout, latency and cost for a scenario"},
 };
 
 void Usage() {

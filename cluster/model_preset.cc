@@ -1,0 +1,304 @@
+#include "cluster/model_preset.h"
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace dsv4::cluster {
+namespace {
+
+using nlohmann::json;
+
+// The V4 compress_ratios schedules of MODEL.md 1.2 / 1.3: `first` for layers 0 and 1, then 4 on even
+// and 128 on odd layers.
+std::vector<int64_t> AlternatingRatios(int64_t layers, int64_t first) {
+  std::vector<int64_t> r(layers);
+  for (int64_t l = 0; l < layers; ++l) r[l] = l < 2 ? first : (l % 2 == 0 ? 4 : 128);
+  return r;
+}
+
+ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lora, int64_t o_groups,
+                     int64_t experts, int64_t top_k, int64_t inter, int64_t index_topk, int64_t first_ratio) {
+  ModelConfig c;
+  c.vocab_size = 129280;
+  c.hidden_size = hidden;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.head_dim = 512;
+  c.qk_rope_head_dim = 64;
+  c.q_lora_rank = q_lora;
+  c.o_groups = o_groups;
+  c.o_lora_rank = 1024;
+  c.n_routed_experts = experts;
+  c.n_shared_experts = 1;
+  c.num_experts_per_tok = top_k;
+  c.moe_intermediate_size = inter;
+  c.num_hash_layers = 3;
+  c.sliding_window = 128;
+  c.index_n_heads = 64;
+  c.index_head_dim = 128;
+  c.index_topk = index_topk;
+  c.hc_mult = 4;
+  c.max_position_embeddings = 1048576;
+  c.compress_ratios = AlternatingRatios(layers, first_ratio);
+  c.num_nextn_predict_layers = 1;
+  return c;
+}
+
+// MODEL.md 1.4: ratios 2 (layers 2-19) and 1 (20-39); only kv_source_layers write a cache and only
+// index_source_layers score; the others reuse them. Every compressed layer attends the top-k.
+ModelPreset V41Flash() {
+  ModelPreset p;
+  p.name = "deepseek-v4.1-flash";
+  p.attention = AttentionKind::kV4;
+  p.vocab = 129280;
+  p.hidden = 5120;
+  p.layers = 40;
+  p.max_context = 1048576;
+  p.heads = 64;
+  p.q_lora_rank = 1280;
+  p.qk_rope_dim = 64;
+  p.head_dim = 512;
+  p.o_groups = 8;
+  p.o_lora_rank = 1024;
+  p.window = 128;
+  const std::vector<int64_t> kv_sources = {2, 8, 14, 20};
+  const std::vector<int64_t> index_sources = {2, 8, 14, 20, 24, 28, 32, 36};
+  auto in = [](const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  for (int64_t l = 0; l < p.layers; ++l) {
+    V4Layer v;
+    v.ratio = l < 2 ? 0 : (l < 20 ? 2 : 1);
+    v.owns_cache = v.ratio > 0 && in(kv_sources, l);
+    v.runs_indexer = in(index_sources, l);
+    v.selects_topk = v.ratio > 0;
+    p.v4_layers.push_back(v);
+  }
+  p.index_heads = 32;
+  p.index_dim = 128;
+  p.index_topk = 512;
+  p.routed_experts = 384;
+  p.shared_experts = 1;
+  p.top_k = 6;
+  p.expert_inter = 2304;
+  p.hc_mult = 4;
+  p.engram_layers = {1, 14};
+  p.engram_rows_per_layer = 384011425;  // mean of engram_num_embeddings [384006168, 384016682]
+  p.engram_lookups = 24;                 // n-gram orders 2..4 x 8 heads
+  p.engram_row_dim = 256;
+  p.mtp_layers = 3;                      // DSpark draft layers
+  p.source = "MODEL.md 1.4 (V4.1 reference inference/config.json)";
+  return p;
+}
+
+ModelPreset Mla(const std::string& name, int64_t heads, int64_t dense_layers, int64_t experts, int64_t top_k,
+                int64_t vocab, int64_t mtp, const std::string& source) {
+  ModelPreset p;
+  p.name = name;
+  p.attention = AttentionKind::kMla;
+  p.vocab = vocab;
+  p.hidden = 7168;
+  p.layers = 61;
+  p.max_context = 131072;
+  p.heads = heads;
+  p.q_lora_rank = 1536;
+  p.kv_lora_rank = 512;
+  p.qk_nope_dim = 128;
+  p.qk_rope_dim = 64;
+  p.v_head_dim = 128;
+  p.dense_layers = dense_layers;
+  p.dense_inter = 18432;
+  p.routed_experts = experts;
+  p.shared_experts = 1;
+  p.top_k = top_k;
+  p.expert_inter = 2048;
+  p.hc_mult = 1;
+  p.mtp_layers = mtp;
+  p.source = source;
+  return p;
+}
+
+// The pre-release description of V4 ("1T total, 32B active, top-16, 1M context") has no config. This
+// is one V4-style architecture that matches those totals: hidden 6144, 61 layers, 64 heads, 896
+// experts of width 1024 with top-16 and one shared expert -> 1.04T total, 31.9B active. [assumed]
+ModelConfig Seed1TConfig() {
+  ModelConfig c = V4Config(6144, 61, 64, 1536, 8, 896, 16, 1024, 1024, 128);
+  return c;
+}
+
+std::string ReadFile(const std::string& path, absl::Status* status) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *status = absl::NotFoundError(absl::StrCat("model: cannot open config file '", path, "'"));
+    return "";
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Reads V3-style keys; errors name the field.
+absl::StatusOr<ModelPreset> ParseMlaConfig(const json& j, const std::string& source) {
+  ModelPreset p = Mla(source, 0, 0, 0, 0, 0, 0, source);
+  struct Key {
+    const char* name;
+    int64_t* out;
+    bool required;
+  };
+  int64_t index_topk = 0, index_heads = 0, index_dim = 0;
+  const Key keys[] = {
+      {"hidden_size", &p.hidden, true},
+      {"num_hidden_layers", &p.layers, true},
+      {"num_attention_heads", &p.heads, true},
+      {"kv_lora_rank", &p.kv_lora_rank, true},
+      {"qk_nope_head_dim", &p.qk_nope_dim, true},
+      {"qk_rope_head_dim", &p.qk_rope_dim, true},
+      {"v_head_dim", &p.v_head_dim, true},
+      {"n_routed_experts", &p.routed_experts, true},
+      {"num_experts_per_tok", &p.top_k, true},
+      {"moe_intermediate_size", &p.expert_inter, true},
+      {"vocab_size", &p.vocab, true},
+      {"max_position_embeddings", &p.max_context, true},
+      {"q_lora_rank", &p.q_lora_rank, false},
+      {"n_shared_experts", &p.shared_experts, false},
+      {"first_k_dense_replace", &p.dense_layers, false},
+      {"intermediate_size", &p.dense_inter, false},
+      {"num_nextn_predict_layers", &p.mtp_layers, false},
+      {"index_topk", &index_topk, false},
+      {"index_n_heads", &index_heads, false},
+      {"index_head_dim", &index_dim, false},
+  };
+  for (const Key& k : keys) {
+    auto it = j.find(k.name);
+    if (it == j.end() || it->is_null()) {
+      if (k.required) return absl::InvalidArgumentError(absl::StrCat(source, ": field '", k.name, "' is missing"));
+      if (k.out == &p.q_lora_rank) *k.out = 0;  // V2-Lite style: no query compression
+      continue;
+    }
+    if (!it->is_number_integer() || it->get<int64_t>() < 0)
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": field '", k.name, "' must be a non-negative integer"));
+    *k.out = it->get<int64_t>();
+  }
+  for (const auto* f : {&p.hidden, &p.layers, &p.heads, &p.routed_experts, &p.top_k, &p.vocab, &p.max_context})
+    if (*f <= 0) return absl::InvalidArgumentError(absl::StrCat(source, ": sizes must be positive"));
+  if (p.top_k > p.routed_experts)
+    return absl::InvalidArgumentError(absl::StrCat(source, ": field 'num_experts_per_tok' exceeds n_routed_experts"));
+  if (p.dense_layers > p.layers)
+    return absl::InvalidArgumentError(absl::StrCat(source, ": field 'first_k_dense_replace' exceeds the layer count"));
+  if (index_topk > 0) {
+    p.mla_indexer = true;
+    p.index_topk = index_topk;
+    p.index_heads = index_heads > 0 ? index_heads : 64;
+    p.index_dim = index_dim > 0 ? index_dim : 128;
+  }
+  return p;
+}
+
+}  // namespace
+
+std::vector<std::string> PresetNames() {
+  return {"deepseek-v3",        "deepseek-r1", "deepseek-v3.2", "deepseek-v4-flash", "deepseek-v4-pro",
+          "deepseek-v4.1-flash", "kimi-k2",     "seed-v4-1t"};
+}
+
+ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name) {
+  ModelPreset p;
+  p.name = name;
+  p.attention = AttentionKind::kV4;
+  p.vocab = c.vocab_size;
+  p.hidden = c.hidden_size;
+  p.layers = c.num_hidden_layers;
+  p.max_context = c.max_position_embeddings;
+  p.heads = c.num_attention_heads;
+  p.q_lora_rank = c.q_lora_rank;
+  p.qk_rope_dim = c.qk_rope_head_dim;
+  p.head_dim = c.head_dim;
+  p.o_groups = c.o_groups;
+  p.o_lora_rank = c.o_lora_rank;
+  p.window = c.sliding_window;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    V4Layer v;
+    v.ratio = c.ratio(l);
+    v.owns_cache = v.ratio > 0;
+    v.runs_indexer = v.ratio == 4;
+    v.selects_topk = v.ratio == 4;
+    p.v4_layers.push_back(v);
+  }
+  p.index_heads = c.index_n_heads;
+  p.index_dim = c.index_head_dim;
+  p.index_topk = c.index_topk;
+  p.routed_experts = c.n_routed_experts;
+  p.shared_experts = c.n_shared_experts;
+  p.top_k = c.num_experts_per_tok;
+  p.expert_inter = c.moe_intermediate_size;
+  p.hc_mult = c.hc_mult;
+  p.mtp_layers = c.num_nextn_predict_layers;
+  p.source = "ModelConfig";
+  return p;
+}
+
+absl::StatusOr<ModelPreset> FindPreset(const std::string& name) {
+  if (name == "deepseek-v3" || name == "deepseek-r1")
+    return Mla(name, 128, 3, 256, 8, 129280, 1, "deepseek-ai/DeepSeek-V3:inference/configs/config_671B.json");
+  if (name == "deepseek-v3.2") {
+    ModelPreset p = Mla(name, 128, 3, 256, 8, 129280, 1, "MODEL.md 1.1 and 2.2 (V3 + DSA indexer)");
+    p.mla_indexer = true;
+    p.index_heads = 64;
+    p.index_dim = 128;
+    p.index_topk = 2048;
+    return p;
+  }
+  if (name == "kimi-k2")
+    return Mla(name, 64, 1, 384, 8, 163840, 0, "moonshotai/Kimi-K2-Instruct config.json (public)");
+  if (name == "deepseek-v4-flash") {
+    ModelPreset p = PresetFromModelConfig(V4Config(4096, 43, 64, 1024, 8, 256, 6, 2048, 512, 0), name);
+    p.source = "MODEL.md 1.2 (HF config.json of DeepSeek-V4-Flash)";
+    return p;
+  }
+  if (name == "deepseek-v4-pro") {
+    ModelPreset p = PresetFromModelConfig(V4Config(7168, 61, 128, 1536, 16, 384, 6, 3072, 1024, 128), name);
+    p.source = "MODEL.md 1.3 (HF config.json of DeepSeek-V4-Pro)";
+    return p;
+  }
+  if (name == "deepseek-v4.1-flash") return V41Flash();
+  if (name == "seed-v4-1t") {
+    ModelPreset p = PresetFromModelConfig(Seed1TConfig(), name);
+    p.source = "pre-release description (1T total / 32B active / top-16 / 1M context); layer sizes assumed";
+    return p;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("model: unknown preset '", name,
+                                                 "' (known: ", absl::StrJoin(PresetNames(), ", "),
+                                                 "; or a path to a config.json)"));
+}
+
+absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, const std::string& source) {
+  const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  std::string type = "deepseek_v4";
+  if (auto it = j.find("model_type"); it != j.end() && it->is_string()) type = it->get<std::string>();
+  if (type == "deepseek_v4") {
+    auto c = ParseModelConfig(json_text, source);
+    if (!c.ok()) return c.status();
+    return PresetFromModelConfig(*c, source);
+  }
+  if (type == "deepseek_v3" || type == "deepseek_v32" || type == "kimi_k2" || type == "deepseek_v2")
+    return ParseMlaConfig(j, source);
+  return absl::InvalidArgumentError(absl::StrCat(source, ": field 'model_type' = \"", type,
+                                                 "\" is not one the planner knows (deepseek_v4, deepseek_v3, "
+                                                 "deepseek_v32, kimi_k2)"));
+}
+
+absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec) {
+  if (spec.empty()) return absl::InvalidArgumentError("model: must name a preset or a config.json path");
+  if (spec.find('/') == std::string::npos && spec.find(".json") == std::string::npos) return FindPreset(spec);
+  absl::Status status;
+  const std::string text = ReadFile(spec, &status);
+  if (!status.ok()) return status;
+  return ParsePresetConfig(text, spec);
+}
+
+}  // namespace dsv4::cluster

@@ -1,0 +1,114 @@
+#include "cluster/profile.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4::cluster {
+namespace {
+
+using nlohmann::json;
+
+absl::Status ReadCurve(const json& j, const std::string& field, const char* size_key, const char* rate_key,
+                       RateCurve* out) {
+  if (!j.is_array()) return absl::InvalidArgumentError(absl::StrCat(field, " must be an array of points"));
+  for (size_t i = 0; i < j.size(); ++i) {
+    const json& p = j[i];
+    const std::string where = absl::StrCat(field, "[", i, "]");
+    if (!p.is_object() || !p.contains(size_key) || !p.contains(rate_key))
+      return absl::InvalidArgumentError(absl::StrCat(where, " must be {\"", size_key, "\": .., \"", rate_key, "\": ..}"));
+    if (!p[size_key].is_number() || !p[rate_key].is_number() || p[size_key].get<double>() <= 0 ||
+        p[rate_key].get<double>() <= 0)
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", size_key, " and ", rate_key, " must be positive"));
+    out->points.push_back({p[size_key].get<double>(), p[rate_key].get<double>()});
+  }
+  std::sort(out->points.begin(), out->points.end(), [](const RatePoint& a, const RatePoint& b) { return a.size < b.size; });
+  return absl::OkStatus();
+}
+
+absl::Status ReadPositive(const json& j, const char* key, const std::string& field, double* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number() || it->get<double>() <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(field, ".", key, " must be a positive number"));
+  *out = it->get<double>();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+double RateCurve::At(double size) const {
+  if (points.empty()) return 0;
+  if (size <= points.front().size) return points.front().rate;
+  if (size >= points.back().size) return points.back().rate;
+  for (size_t i = 1; i < points.size(); ++i) {
+    if (size > points[i].size) continue;
+    const RatePoint& a = points[i - 1];
+    const RatePoint& b = points[i];
+    const double t = (std::log(size) - std::log(a.size)) / (std::log(b.size) - std::log(a.size));
+    return a.rate + t * (b.rate - a.rate);
+  }
+  return points.back().rate;
+}
+
+absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source) {
+  const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  const std::string p = source + ": profile";
+  if (!j.contains("format") || !j["format"].is_string() || j["format"].get<std::string>() != "dsv4-profile/1")
+    return absl::InvalidArgumentError(absl::StrCat(p, ".format must be \"dsv4-profile/1\""));
+  Profile prof;
+  prof.source = source;
+  if (j.contains("device")) {
+    if (!j["device"].is_string()) return absl::InvalidArgumentError(absl::StrCat(p, ".device must be a string"));
+    prof.device = j["device"].get<std::string>();
+  }
+  struct CurveKey {
+    const char* key;
+    const char* size;
+    const char* rate;
+    RateCurve* out;
+  };
+  const CurveKey curves[] = {
+      {"gemm_fp8", "tokens", "tflops", &prof.gemm_fp8},
+      {"gemm_bf16", "tokens", "tflops", &prof.gemm_bf16},
+      {"grouped_gemm", "tokens_per_expert", "tflops", &prof.grouped_gemm},
+      {"attention_prefill", "context", "tflops", &prof.attention_prefill},
+      {"allreduce", "bytes", "gbps", &prof.allreduce},
+  };
+  for (const CurveKey& c : curves)
+    if (j.contains(c.key))
+      if (auto st = ReadCurve(j[c.key], absl::StrCat(p, ".", c.key), c.size, c.rate, c.out); !st.ok()) return st;
+  for (auto [key, out] : {std::pair{"memory_gbps", &prof.memory_gbps}, std::pair{"kernel_floor_us", &prof.kernel_floor_us}})
+    if (auto st = ReadPositive(j, key, p, out); !st.ok()) return st;
+  if (j.contains("all_to_all")) {
+    const json& a = j["all_to_all"];
+    if (!a.is_object()) return absl::InvalidArgumentError(absl::StrCat(p, ".all_to_all must be an object"));
+    const std::string f = p + ".all_to_all";
+    for (auto [key, out] : {std::pair{"intra_node_gbps", &prof.all_to_all_intra_gbps},
+                            std::pair{"inter_node_gbps", &prof.all_to_all_inter_gbps},
+                            std::pair{"latency_us", &prof.all_to_all_latency_us}})
+      if (auto st = ReadPositive(a, key, f, out); !st.ok()) return st;
+  }
+  if (j.contains("host")) {
+    const json& h = j["host"];
+    if (!h.is_object()) return absl::InvalidArgumentError(absl::StrCat(p, ".host must be an object"));
+    for (auto [key, out] : {std::pair{"memory_gbps", &prof.host_memory_gbps}, std::pair{"gflops", &prof.host_gflops}})
+      if (auto st = ReadPositive(h, key, p + ".host", out); !st.ok()) return st;
+  }
+  return prof;
+}
+
+absl::StatusOr<Profile> LoadProfile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("--profile: cannot open '", path, "'"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ParseProfile(ss.str(), path);
+}
+
+}  // namespace dsv4::cluster

@@ -1,0 +1,48 @@
+// Calibration profile: measured operator and collective throughput of one machine, used by
+// `dsv4 plan --profile FILE` in place of the catalog's efficiency factors (the way profiling-based
+// simulators such as Vidur replace analytic kernels with measured ones). The format is documented in
+// cluster/README.md ("Profile format"); `dsv4 bench` will write it.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace dsv4::cluster {
+
+// Achieved rate at a size; rates between points are interpolated linearly in log(size), and held
+// constant outside the measured range.
+struct RatePoint {
+  double size = 0;  // tokens (GEMMs), context tokens (attention), bytes (collectives)
+  double rate = 0;  // TFLOP/s for compute, GB/s for bandwidth
+};
+
+struct RateCurve {
+  std::vector<RatePoint> points;  // sorted by size
+  bool empty() const { return points.empty(); }
+  double At(double size) const;
+};
+
+struct Profile {
+  std::string device;           // catalog name of the measured device ("" = any)
+  std::string source;           // file name, for reports
+  RateCurve gemm_fp8;           // dense GEMM [tokens x K] x [K x N] with FP8 weights, TFLOP/s by tokens
+  RateCurve gemm_bf16;          // the same with BF16 weights
+  RateCurve grouped_gemm;       // MoE grouped GEMM, TFLOP/s by tokens per expert
+  RateCurve attention_prefill;  // TFLOP/s by context length
+  double memory_gbps = 0;       // streaming bandwidth (0 = catalog x efficiency)
+  double kernel_floor_us = 0;   // least time per kernel (0 = catalog)
+  RateCurve allreduce;          // algorithm bandwidth GB/s by message bytes (TP group of the run)
+  double all_to_all_intra_gbps = 0;  // EP dispatch/combine within a node, per device
+  double all_to_all_inter_gbps = 0;  // across nodes, per device
+  double all_to_all_latency_us = 0;
+  double host_memory_gbps = 0;       // host DRAM streaming for CPU experts
+  double host_gflops = 0;            // host expert GEMMs, whole host
+};
+
+absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source);
+absl::StatusOr<Profile> LoadProfile(const std::string& path);
+
+}  // namespace dsv4::cluster

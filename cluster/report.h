@@ -1,0 +1,31 @@
+// Reports of planner answers: a plain-text table, and SVG charts (throughput against latency across
+// batch sizes, cost per million tokens across layouts, the memory breakdown, and a comparison of
+// several scenarios).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "cluster/planner.h"
+
+namespace dsv4::cluster {
+
+std::string TextReport(const nlohmann::json& answer);
+std::string ValidationText(const Validation& v);
+nlohmann::json ValidationJson(const Validation& v);
+// One line per scenario: devices, throughput, latency, cost.
+std::string ComparisonText(const std::vector<nlohmann::json>& answers);
+
+// SVG documents.
+std::string ThroughputLatencySvg(const nlohmann::json& answer);  // needs "sweeps"
+std::string LayoutCostSvg(const nlohmann::json& answer);         // needs "sweeps"
+std::string MemorySvg(const nlohmann::json& answer);
+std::string ComparisonSvg(const std::vector<nlohmann::json>& answers, const std::string& title);
+
+// Writes the charts of `answers` into `dir` (created if missing); returns the file names written.
+absl::StatusOr<std::vector<std::string>> WritePlots(const std::vector<nlohmann::json>& answers, const std::string& dir);
+
+}  // namespace dsv4::cluster

@@ -1,0 +1,403 @@
+#include "cluster/step_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+namespace dsv4::cluster {
+namespace {
+
+constexpr double kGB = 1e9;
+constexpr double kUs = 1e-6;
+
+// EP load spread across devices, as a coefficient of variation of per-device routed load.
+// Without redundant experts SGLang measured a balancedness (mean/max) of ~0.4-0.5 at EP72 decode
+// (LMSYS large-scale EP blog); with EPLB and redundant experts ~0.8. cv = (max/mean - 1) / sqrt(2 ln ep).
+constexpr double kCvNoEplb = 0.5;
+constexpr double kCvEplb = 0.08;
+// Two micro-batches hide communication behind computation except for this share of the shorter one
+// (pipeline fill and drain, synchronisation).
+constexpr double kOverlapLoss = 0.1;
+// DeepEP normal (prefill) kernels occupy ~20 of 132 SMs while they run (DeepEP README).
+constexpr double kPrefillCommSmPenalty = 1.1;
+// GEMMs on weights whose bit width the tensor cores do not take (2.5, 4.5, ...) dequantize tiles to FP16
+// first: they run at the FP16 rate at this share of the usual efficiency (llama.cpp MMQ/dequant kernels).
+constexpr double kDequantPenalty = 0.6;
+// A hybrid step synchronises host and device once per MoE layer (PCIe round trip, thread wake-up).
+constexpr double kHostSyncUs = 30;
+// Fraction of link peak that DeepEP-style all-to-all reaches: NVLink ~153 of 200 GB/s on H800,
+// RDMA ~43-46 of 50 GB/s (DeepEP README).
+constexpr double kScaleUpEff = 0.77;
+constexpr double kScaleOutEff = 0.85;
+
+bool NativeBits(double bits) { return bits == 4 || bits == 8 || bits == 16 || bits == 32; }
+
+}  // namespace
+
+struct StepModel::Engine {
+  double bw_gbps = 0;      // achieved streaming bandwidth
+  double floor_us = 0;
+};
+
+struct StepModel::Accum {
+  std::map<std::string, OpTime> ops;
+  double host_s = 0;
+  double engram_gather_s = 0;
+  double by_bound[4] = {0, 0, 0, 0};  // compute, memory, launch, host
+};
+
+StepModel::StepModel(const Resolved& r, const Profile* profile, bool speculative) : r_(r), profile_(profile) {
+  Precision p = r_.s.precision;
+  wb_ = CountWeightBytes(r_.model, p);
+  pc_ = CountParams(r_.model);
+  speculative_ = speculative;
+  if (speculative_) {
+    drafts_ = r_.s.speculative_tokens > 0 ? r_.s.speculative_tokens : (r_.s.speculative_accept >= 0 ? 1 : 3);
+    accept_ = r_.s.speculative_accept >= 0 ? r_.s.speculative_accept : 0.7;
+  }
+  // Decide how much of the routed experts spill to host memory on a single device: the weights, one
+  // request's cache and the activations of one prefill chunk must fit.
+  const double chunk = r_.s.token_budget > 0 ? r_.s.token_budget : 4096;
+  const double one_request = SequenceCacheBytes(r_.model, r_.s.input_tokens + r_.s.output_tokens, p) * r_.s.tp;
+  const MemoryBreakdown m = Memory(one_request, chunk / r_.s.tp);
+  if (m.free < 0 && !r_.s.experts_on_host && !r_.device.IsHostOnly()) {
+    if (r_.world == 1 && m.weights_experts > 0 && r_.host_gb > -m.free) {
+      spill_fraction_ = std::min(1.0, (-m.free + 1.0) / m.weights_experts);
+    } else {
+      fits_ = false;
+    }
+  }
+}
+
+double StepModel::TokensPerDecodeStep() const {
+  if (!speculative_ || drafts_ <= 0) return 1;
+  if (accept_ >= 1) return drafts_ + 1;
+  return (1 - std::pow(accept_, drafts_ + 1)) / (1 - accept_);
+}
+
+MemoryBreakdown StepModel::Memory(double kv_bytes, double step_tokens) const {
+  MemoryBreakdown m;
+  const Device& d = r_.device;
+  const double tp = r_.s.tp;
+  m.total = d.IsHostOnly() ? r_.host_gb : d.memory_gb;
+  const double split = pc_.attention_head_split / pc_.attention;
+  const double attention = wb_.attention * (1 - split + split / tp) + wb_.mhc + wb_.router;
+  m.weights_attention = attention / kGB;
+  m.weights_dense = (wb_.dense_ffn + wb_.shared_experts) / kGB;
+  const double slots = r_.routed_experts + r_.s.redundant_experts;
+  const double layers_moe = r_.model.layers - r_.model.dense_layers;
+  // The fullest device holds ceil(slots / ep) experts per layer.
+  const double experts_dev = std::ceil(slots / r_.ep) * layers_moe * wb_.expert_bytes / kGB;
+  if (r_.s.experts_on_host && !d.IsHostOnly()) {
+    m.experts_on_host = experts_dev;
+  } else {
+    m.weights_experts = experts_dev * (1 - spill_fraction_);
+    m.experts_on_host = experts_dev * spill_fraction_;
+  }
+  m.spilled_expert_fraction = spill_fraction_;
+  m.weights_embed_head = wb_.embed_head / tp / kGB;
+  // MTP layers are resident with speculation on, and on single-device engines that map the whole
+  // checkpoint file (llama.cpp, ds4); datacenter engines skip them otherwise.
+  if (speculative_ || (r_.world == 1 && d.device_class != "datacenter")) {
+    const double mtp_experts = r_.model.mtp_layers * slots / r_.ep * wb_.expert_bytes;
+    m.weights_mtp = (wb_.mtp + (r_.s.experts_on_host ? 0 : mtp_experts)) / kGB;
+  }
+  m.engram = wb_.engram_proj / kGB;
+  m.engram_tables_host = wb_.engram_tables / std::max(1, r_.world) / kGB;
+  m.kv_cache = kv_bytes / kGB;
+  const double D = r_.model.hidden, hc = std::max<int64_t>(1, r_.model.hc_mult);
+  const double per_token = D * 2 * (6 * hc + 10) + r_.model.top_k * (2 * D + 2.0 * r_.model.expert_inter) * 2;
+  // EP communication buffers: DeepEP-style buffers hold every received token (about 1 GB per device).
+  const double comm = r_.ep > 1 ? 1.0 : 0.0;
+  m.activations = step_tokens * per_token / kGB + comm;
+  if (d.IsHostOnly()) {
+    m.reserve = 4;
+  } else if (d.device_class == "datacenter") {
+    m.reserve = 3;  // CUDA context, cuBLAS/DeepGEMM workspaces, allocator slack
+  } else if (d.device_class == "apple") {
+    m.reserve = 1;
+  } else {
+    m.reserve = 1.5;
+  }
+  if (d.IsHostOnly()) m.experts_on_host = 0;  // everything is host memory already, counted above
+  m.free = m.total - (m.Weights() + m.engram + m.kv_cache + m.activations + m.reserve);
+  return m;
+}
+
+double StepModel::GemmRate(double bits, double tokens, bool grouped) const {
+  const Device& d = r_.device;
+  if (profile_ != nullptr) {
+    const RateCurve& c = grouped && !profile_->grouped_gemm.empty() ? profile_->grouped_gemm
+                         : bits <= 8 && !profile_->gemm_fp8.empty() ? profile_->gemm_fp8
+                                                                    : profile_->gemm_bf16;
+    if (!c.empty()) return c.At(tokens);
+  }
+  if (d.IsHostOnly()) return r_.host_cores * d.host_core_gflops * 1e-3 * r_.eff.host_compute;
+  if (!NativeBits(bits)) return d.bf16_tflops * r_.eff.gemm * kDequantPenalty;
+  return d.PeakTflops(bits) * r_.eff.gemm;
+}
+
+void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels,
+                      double tflops, double flop_eff, bool on_host, double mem_eff) const {
+  double bw, floor_us;
+  if (on_host || r_.device.IsHostOnly()) {
+    bw = (profile_ && profile_->host_memory_gbps > 0 ? profile_->host_memory_gbps : r_.host_gbps * r_.eff.host_memory);
+    floor_us = on_host ? 1 : r_.eff.kernel_floor_us;
+  } else {
+    bw = profile_ && profile_->memory_gbps > 0 ? profile_->memory_gbps
+                                                : r_.device.memory_gbps * (mem_eff > 0 ? mem_eff : r_.eff.memory);
+    floor_us = profile_ && profile_->kernel_floor_us > 0 ? profile_->kernel_floor_us : r_.eff.kernel_floor_us;
+  }
+  const double t_flops = tflops > 0 ? flops / (tflops * flop_eff * 1e12) : 0;
+  const double t_bytes = bytes / (bw * kGB);
+  const double t_launch = kernels * floor_us * kUs;
+  double t = std::max({t_flops, t_bytes, t_launch});
+  int bound = t == t_flops ? 0 : (t == t_bytes ? 1 : 2);
+  if (on_host) {
+    acc.host_s += t;
+    bound = 3;
+  }
+  OpTime& op = acc.ops[name];
+  op.name = name;
+  op.seconds += t;
+  op.flops += flops;
+  op.bytes += bytes;
+  static const char* kBound[] = {"compute", "memory", "launch", "host"};
+  op.bound = kBound[bound];
+  acc.by_bound[bound] += t;
+}
+
+double StepModel::Imbalance(double pairs_per_device) const {
+  if (r_.ep <= 1) return 1;
+  const double redundancy = std::min(1.0, r_.s.redundant_experts / std::max(1.0, r_.ep / 4.0));
+  const double cv = kCvNoEplb - (kCvNoEplb - kCvEplb) * redundancy;
+  const double noise = 1.0 / std::max(pairs_per_device, 1e-9);
+  const double imb = 1 + std::sqrt(cv * cv + noise) * std::sqrt(2 * std::log(r_.ep));
+  return std::min(imb, static_cast<double>(r_.ep));
+}
+
+double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const {
+  const ModelPreset& m = r_.model;
+  const Precision& p = r_.s.precision;
+  const double tp = r_.s.tp, D = m.hidden;
+  const bool host_only = r_.device.IsHostOnly();
+  double group_tokens = 0, logit_tokens = 0, decode_seqs = 0;
+  for (const BatchPart& b : parts) {
+    group_tokens += b.seqs * b.new_tokens * fraction;
+    logit_tokens += b.seqs * (b.prefill ? 1 : b.new_tokens) * fraction;
+    if (!b.prefill) decode_seqs += b.seqs * fraction;
+  }
+  if (group_tokens <= 0) return 0;
+  const double dev_tokens = group_tokens / tp;  // MoE tokens per device: TP ranks split the group's tokens
+  const Efficiency& e = r_.eff;
+  const double one = 1.0;
+  const double attn_bits = (p.kv_bits <= 8 && r_.device.fp8_tflops > r_.device.bf16_tflops) ? 8 : 16;
+  const double attn_peak = host_only ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
+  const double attn_prefill_eff = host_only ? 1 : e.attention;
+  const double attn_decode_eff = host_only ? 1 : e.gemm;
+  const double dense_rate = GemmRate(p.dense_bits, group_tokens, false);
+  const double bf16_rate = GemmRate(16, group_tokens, false);
+  const int64_t slots = r_.routed_experts + r_.s.redundant_experts;
+  const double local_slots = static_cast<double>(slots) / r_.ep;
+  const double k = m.top_k;
+  const double extra_passes = speculative_ && decode_seqs > 0 ? drafts_ : 0;
+  const double total_before = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2];
+  const double host_before = acc.host_s;
+
+  auto layer = [&](int64_t l, double tokens_scale, double mtp_seqs) {
+    const double g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
+    const double d_tokens = g_tokens / tp;
+    // Residual streams: mHC mixing (or plain norm + add).
+    AddOp(acc, "residual/mHC", MhcFlopsPerToken(m) * g_tokens, ResidualBytesPerToken(m) * g_tokens,
+          m.hc_mult > 1 ? 8 : 2, bf16_rate, 1, false);
+    // Attention: projections, then the attention core and indexer per batch part.
+    AttentionWork w0 = LayerAttentionWork(m, l, 0, false, p);
+    const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
+    AddOp(acc, "attention.proj", 2 * proj * g_tokens, proj * p.dense_bits / 8 + g_tokens * D * 2 * 4, 6, dense_rate,
+          1, false);
+    for (const BatchPart& b : parts) {
+      const double seqs = mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction;
+      const double ntok = mtp_seqs > 0 ? 1 : b.new_tokens;
+      if (seqs <= 0) continue;
+      const double ctx = b.context + (b.prefill ? b.new_tokens / 2 : 0);
+      const AttentionWork w = LayerAttentionWork(m, l, ctx, b.prefill, p);
+      const double tokens = seqs * ntok;
+      AddOp(acc, b.prefill ? "attention.core (prefill)" : "attention.core (decode)", w.core_flops * tokens / tp,
+            w.kv_read_bytes * seqs, w.kernels - 6, attn_peak, b.prefill ? attn_prefill_eff : attn_decode_eff, false,
+            e.kv_memory);
+      if (w.indexer_flops > 0)
+        AddOp(acc, "attention.indexer", w.indexer_flops * tokens, 0, 0, host_only ? attn_peak : r_.device.PeakTflops(8),
+              b.prefill ? attn_prefill_eff : attn_decode_eff, false);
+    }
+    // FFN.
+    if (!IsMoeLayer(m, l)) {
+      const double params = DenseFfnParams(m);
+      AddOp(acc, "dense FFN", 2 * params * d_tokens, params * p.dense_bits / 8, 3, dense_rate, 1, false);
+      return;
+    }
+    AddOp(acc, "moe.router", 2 * RouterParams(m) * d_tokens, RouterParams(m) * 2, 3, bf16_rate, 1, false);
+    const double shared = SharedExpertParams(m);
+    if (shared > 0)
+      AddOp(acc, "moe.shared", 2 * shared * d_tokens, shared * p.dense_bits / 8, 3, dense_rate, 1, false);
+    const double pairs_mean = d_tokens * k;
+    const double imb = Imbalance(pairs_mean);
+    const double pairs = pairs_mean * imb;
+    const double tokens_ep = d_tokens * r_.ep;
+    const double used = 1 - std::pow(std::max(0.0, 1 - k / std::max<double>(1, r_.routed_experts)), tokens_ep);
+    const double act_mean = local_slots * used;
+    const double act_max =
+        r_.ep > 1 ? std::min(local_slots, act_mean + std::sqrt(2 * act_mean * std::log(r_.ep))) : act_mean;
+    const double routed_flops = pairs * ExpertFlopsPerToken(m);
+    const double routed_act = pairs * (2 * D + 3.0 * m.expert_inter) * 2;
+    const double on_host = (r_.s.experts_on_host && !host_only) ? 1 : spill_fraction_;
+    const double per_expert_tokens = pairs / std::max(1.0, act_max);
+    if (on_host < 1) {
+      AddOp(acc, "moe.routed", routed_flops * (1 - on_host),
+            (act_max * wb_.expert_bytes + routed_act) * (1 - on_host), 4,
+            GemmRate(p.expert_bits, per_expert_tokens, true), 1, false);
+    }
+    if (on_host > 0) {
+      const double host_rate = profile_ && profile_->host_gflops > 0
+                                   ? profile_->host_gflops * 1e-3
+                                   : r_.host_cores * r_.device.host_core_gflops * 1e-3 * e.host_compute;
+      AddOp(acc, "moe.routed (host)", routed_flops * on_host, act_max * wb_.expert_bytes * on_host, 0, host_rate, 1,
+            true);
+      if (!host_only) acc.host_s += kHostSyncUs * kUs, acc.by_bound[3] += kHostSyncUs * kUs;
+    }
+    // Engram: projection on the device; the row gathers stream from host memory, prefetched ahead.
+    if (std::find(m.engram_layers.begin(), m.engram_layers.end(), l) != m.engram_layers.end()) {
+      const double params = EngramProjParams(m);
+      AddOp(acc, "engram", 2 * params * g_tokens, params * p.dense_bits / 8, 4, dense_rate, 1, false);
+      const double link = r_.device.unified_memory ? r_.host_gbps : 25;  // PCIe 4/5 host-to-device
+      acc.engram_gather_s += g_tokens * EngramGatherBytesPerToken(m) / (link * kGB * 0.5);
+    }
+    (void)tokens_scale;
+    (void)one;
+  };
+
+  for (int64_t l = 0; l < m.layers; ++l) layer(l, 1, 0);
+  // Draft passes of speculative decoding: one MTP layer per draft token for every decoding sequence.
+  for (int i = 0; i < extra_passes; ++i) {
+    layer(m.layers - 1, 1, decode_seqs);
+    AddOp(acc, "mtp.head", 2.0 * m.vocab * D * decode_seqs / tp, m.vocab * D * 2.0 / tp, 2, bf16_rate, 1, false);
+  }
+  AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp,
+        4, bf16_rate, 1, false);
+  const double device_s = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - total_before;
+  (void)host_before;
+  return device_s;
+}
+
+double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {
+  const int ep = r_.ep;
+  if (ep <= 1 || tokens_dev <= 0) return 0;
+  const double k = r_.model.top_k, D = r_.model.hidden;
+  // Decode (low-latency kernels) sends one copy per routed expert; prefill (normal kernels) one per
+  // destination device, and across nodes one per destination node.
+  const double copies = prefill ? ep * (1 - std::pow(1 - 1.0 / ep, k)) : k;
+  const double remote = copies * (ep - 1.0) / ep;
+  const double per_node = std::min(ep, r_.s.devices_per_node);
+  const double intra_share = ep > 1 ? (per_node - 1) / (ep - 1.0) : 1;
+  double intra = remote * intra_share, inter = remote - intra;
+  const double nodes = ep / per_node;
+  if (prefill && nodes > 1) inter = std::min(inter, nodes * (1 - std::pow(1 - 1 / nodes, k)) * (nodes - 1) / nodes);
+  const bool fp8 = r_.device.fp8_tflops > r_.device.bf16_tflops;
+  const double dispatch = fp8 ? D + D / 128 * 4 : D * 2;
+  const double combine = D * 2;
+  const double bytes_intra = tokens_dev * intra * (dispatch + combine);
+  const double bytes_inter = tokens_dev * inter * (dispatch + combine);
+  double bw_intra = r_.scale_up.gbps * kScaleUpEff, bw_inter = r_.scale_out.gbps * kScaleOutEff;
+  double lat = (inter > 0 ? r_.scale_out.latency_us + 10 : r_.scale_up.latency_us + 5);
+  if (profile_ != nullptr) {
+    if (profile_->all_to_all_intra_gbps > 0) bw_intra = profile_->all_to_all_intra_gbps;
+    if (profile_->all_to_all_inter_gbps > 0) bw_inter = profile_->all_to_all_inter_gbps;
+    if (profile_->all_to_all_latency_us > 0) lat = profile_->all_to_all_latency_us;
+  }
+  double t = 0;
+  if (bytes_intra > 0) t = std::max(t, bw_intra > 0 ? bytes_intra / (bw_intra * kGB) : 1e9);
+  if (bytes_inter > 0) t = std::max(t, bw_inter > 0 ? bytes_inter / (bw_inter * kGB) : 1e9);
+  return t + 2 * lat * kUs;
+}
+
+double StepModel::TpCollectives(double group_tokens) const {
+  const int tp = r_.s.tp;
+  if (tp <= 1 || group_tokens <= 0) return 0;
+  const double bytes = group_tokens * r_.model.hidden * 2;
+  const bool intra = tp <= r_.s.devices_per_node;
+  const Link& link = intra ? r_.scale_up : r_.scale_out;
+  double bw = link.gbps * (intra ? kScaleUpEff : kScaleOutEff);
+  if (profile_ != nullptr && !profile_->allreduce.empty()) bw = profile_->allreduce.At(bytes);
+  if (bw <= 0) return 1e9;
+  const double frac = (tp - 1.0) / tp;
+  // Attention output all-reduce (one-shot for small messages: two latency steps), then the all-gather of
+  // the MoE outputs the TP ranks computed for their share of the tokens.
+  const double all_reduce = 2 * link.latency_us * kUs + 2 * frac * bytes / (bw * kGB);
+  const double all_gather = link.latency_us * kUs + frac * bytes / (bw * kGB);
+  return all_reduce + all_gather;
+}
+
+double StepModel::CommSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const {
+  double group_tokens = 0;
+  bool prefill = false;
+  for (const BatchPart& b : parts) {
+    group_tokens += b.seqs * b.new_tokens * fraction;
+    prefill |= b.prefill;
+  }
+  const double dev_tokens = group_tokens / r_.s.tp;
+  const double moe_layers = r_.model.layers - r_.model.dense_layers;
+  const double ep = EpAllToAll(dev_tokens, prefill) * moe_layers;
+  const double tp = TpCollectives(group_tokens) * r_.model.layers;
+  if (ep > 0) acc.ops["ep dispatch/combine"] = {"ep dispatch/combine", ep, 0, 0, "network"};
+  if (tp > 0) acc.ops["tp all-reduce/gather"] = {"tp all-reduce/gather", tp, 0, 0, "network"};
+  return ep + tp;
+}
+
+StepTime StepModel::Step(const std::vector<BatchPart>& parts) const {
+  StepTime st;
+  double group_tokens = 0;
+  bool prefill = false;
+  for (const BatchPart& b : parts) {
+    group_tokens += b.seqs * b.new_tokens;
+    prefill |= b.prefill;
+  }
+  const double dev_tokens = group_tokens / r_.s.tp;
+  int mb = r_.s.micro_batches;
+  if (mb == 0) mb = (r_.ep > 1 && dev_tokens >= 32) ? 2 : 1;
+  st.micro_batches = mb;
+  const double fraction = 1.0 / mb;
+  Accum acc;
+  const double compute_one = ComputeSeconds(parts, fraction, acc);
+  const double comm_one = CommSeconds(parts, fraction, acc);
+  st.compute_s = compute_one * mb;
+  st.host_s = acc.host_s * mb;
+  st.comm_s = comm_one * mb;
+  const bool overlapped = mb >= 2;
+  if (overlapped && prefill && r_.ep > 1) st.compute_s *= kPrefillCommSmPenalty;
+  const double work = st.compute_s + st.host_s;
+  if (overlapped) {
+    st.seconds = std::max(work, st.comm_s) + kOverlapLoss * std::min(work, st.comm_s);
+    st.exposed_comm_s = std::max(0.0, st.seconds - work);
+  } else {
+    st.seconds = work + st.comm_s;
+    st.exposed_comm_s = st.comm_s;
+  }
+  st.seconds = std::max(st.seconds, acc.engram_gather_s * mb);
+  st.imbalance = Imbalance(dev_tokens * fraction * r_.model.top_k);
+  for (auto& [name, op] : acc.ops) {
+    if (op.bound != "network") op.seconds *= mb;
+    st.ops.push_back(op);
+  }
+  // Bottleneck: the largest of the time shares.
+  const bool inter = r_.world > r_.s.devices_per_node;
+  std::vector<std::pair<double, std::string>> shares = {
+      {acc.by_bound[0] * mb, "compute"},
+      {acc.by_bound[1] * mb, "memory bandwidth"},
+      {acc.by_bound[2] * mb, "launch overhead"},
+      {acc.by_bound[3] * mb, "host memory"},
+      {st.exposed_comm_s, inter ? "scale-out network" : "scale-up network"},
+  };
+  st.bottleneck = std::max_element(shares.begin(), shares.end())->second;
+  return st;
+}
+
+}  // namespace dsv4::cluster
