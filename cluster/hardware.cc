@@ -81,6 +81,7 @@ absl::Status ReadDevice(const json& j, const std::string& where, Device* d) {
   r.Number("host_memory_gb", &d->host_memory_gb);
   r.Int("host_cores", &d->host_cores);
   r.Number("host_core_gflops", &d->host_core_gflops);
+  r.Int("devices_per_host", &d->devices_per_host);
   if (!r.status().ok()) return r.status();
   static const char* kClasses[] = {"datacenter", "workstation", "consumer", "apple", "cpu"};
   bool known = false;
@@ -88,6 +89,7 @@ absl::Status ReadDevice(const json& j, const std::string& where, Device* d) {
   if (!known)
     return absl::InvalidArgumentError(
         absl::StrCat(where, ".class = \"", d->device_class, "\" (known: datacenter, workstation, consumer, apple, cpu)"));
+  if (d->devices_per_host < 1) return absl::InvalidArgumentError(absl::StrCat(where, ".devices_per_host must be >= 1"));
   if (d->scale_up_domain < 1) return absl::InvalidArgumentError(absl::StrCat(where, ".scale_up_domain must be >= 1"));
   if (!d->IsHostOnly() && (d->memory_gb <= 0 || d->memory_gbps <= 0 || d->bf16_tflops <= 0))
     return absl::InvalidArgumentError(

@@ -45,6 +45,7 @@ struct Device {
   double host_memory_gb = 0;  // 0 = class default (see README)
   int host_cores = 0;
   double host_core_gflops = 0;
+  int devices_per_host = 8;   // devices that share one host (the host_* figures are per host)
   std::map<std::string, std::string> sources;  // figure name -> source
   bool IsHostOnly() const { return device_class == "cpu"; }
   // Peak TFLOP/s for GEMMs whose weights have `bits` (activations quantized to match where the part can).

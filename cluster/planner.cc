@@ -87,6 +87,9 @@ void CheckMemory(Ctx& c, const MemoryBreakdown& m) {
   else if (m.free < 0)
     c.reasons.push_back(absl::StrCat("memory over by ", Round(-m.free, 2), " GB per device (cache ",
                                      Round(m.kv_cache, 2), " GB)"));
+  if (m.experts_on_host + m.engram_tables_host > c.r.host_gb && !c.r.device.unified_memory)
+    c.reasons.push_back(absl::StrCat("host memory too small: ", Round(m.experts_on_host + m.engram_tables_host, 1),
+                                     " GB per device needed, ", Round(c.r.host_gb, 1), " GB per device available"));
   if (m.spilled_expert_fraction > 0)
     c.warnings.push_back(absl::StrCat(Round(m.spilled_expert_fraction * 100, 1),
                                       "% of routed experts do not fit on the device and run from host memory "

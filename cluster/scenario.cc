@@ -1,5 +1,6 @@
 #include "cluster/scenario.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -296,14 +297,17 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {
                             r.model.max_context, " tokens"));
   if (s.speculative_tokens > 0 && s.speculative_accept < 0)
     return bad("scenario.workload.speculative_accept", "is needed when speculative_tokens is set");
-  r.host_gbps = s.host_memory_bandwidth_gbps > 0 ? s.host_memory_bandwidth_gbps : r.device.host_memory_gbps;
-  r.host_cores = s.host_cores > 0 ? s.host_cores : r.device.host_cores;
+  // Host figures (catalog or scenario) are per host; each device gets its share.
+  const int sharing = std::max(1, std::min(s.devices_per_node, r.device.devices_per_host));
+  r.host_gbps = (s.host_memory_bandwidth_gbps > 0 ? s.host_memory_bandwidth_gbps : r.device.host_memory_gbps) / sharing;
+  r.host_cores = std::max(1, (s.host_cores > 0 ? s.host_cores : r.device.host_cores) / sharing);
   r.host_gb = r.device.host_memory_gb;
   if (r.host_gb <= 0) {
-    if (r.device.device_class == "datacenter") r.host_gb = 2048.0 / 8;  // a 2 TB host shared by 8 devices
+    if (r.device.device_class == "datacenter") r.host_gb = 2048;  // a 2 TB server
     else if (r.device.unified_memory) r.host_gb = 0;
-    else r.host_gb = 192;                                             // a workstation or desktop host
+    else r.host_gb = 192;                                        // a workstation or desktop host
   }
+  if (!r.device.IsHostOnly()) r.host_gb /= sharing;
   if ((s.experts_on_host || r.device.IsHostOnly()) && r.host_gbps <= 0)
     return bad("scenario.hardware.host_memory_bandwidth_gbps", "is needed when experts live in host memory");
   r.price_per_hour = s.price_per_hour > 0 ? s.price_per_hour : r.device.price_per_hour;

@@ -79,9 +79,9 @@ struct Resolved {
   int dp = 1;             // attention data-parallel groups
   int ep = 1;             // expert-parallel group size
   int routed_experts = 0;  // after pruning
-  double host_gbps = 0;
-  int host_cores = 0;
-  double host_gb = 0;
+  double host_gbps = 0;   // host memory bandwidth, this device's share
+  int host_cores = 0;     // host cores, this device's share
+  double host_gb = 0;     // host memory, this device's share
   double price_per_hour = 0;
 };
 

@@ -27,4 +27,8 @@ inline std::string CpuIsaParam() { return ParamString("DSV4_CPU_ISA", "auto"); }
 // DSV4_NUM_THREADS: CPU worker threads (0 = one per available core).
 inline int64_t NumThreadsParam() { return ParamInt("DSV4_NUM_THREADS", 0); }
 
+// DSV4_FAULT_INJECT: testing only. "RANK:STEP:KILL" or "RANK:STEP:STOP": that world rank sends
+// itself SIGKILL / SIGSTOP when it reaches STEP, to test that its peers fail loudly, not hang.
+inline std::string FaultInjectParam() { return ParamString("DSV4_FAULT_INJECT", ""); }
+
 }  // namespace dsv4

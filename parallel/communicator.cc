@@ -1,5 +1,6 @@
 #include "parallel/communicator.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -9,13 +10,14 @@ namespace {
 
 class LocalCommunicator final : public Communicator {
  public:
+  explicit LocalCommunicator(std::string name = "local") : name_(std::move(name)) {}
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  std::string backend() const override { return "local"; }
+  std::string name() const override { return name_; }
 
   absl::Status AllReduceSum(float*, int64_t) override { return Check("AllReduce"); }
-  absl::Status AllGather(const float* in, int64_t n, float* out) override {
-    if (out != in) std::memmove(out, in, n * sizeof(float));
+  absl::Status AllGatherV(const float* in, const int64_t* counts, float* out) override {
+    if (out != in) std::memmove(out, in, counts[0] * sizeof(float));
     return Check("AllGather");
   }
   absl::Status Broadcast(void*, int64_t, int root) override {
@@ -27,11 +29,15 @@ class LocalCommunicator final : public Communicator {
     if (send_bytes[0] != recv_bytes[0])
       return absl::InvalidArgumentError(
           absl::StrCat("AllToAllV: sending ", send_bytes[0], " bytes to self but expecting ", recv_bytes[0]));
-    std::memmove(static_cast<char*>(recv) + recv_displs[0], static_cast<const char*>(send) + send_displs[0],
-                 send_bytes[0]);
+    if (send_bytes[0] > 0)
+      std::memmove(static_cast<char*>(recv) + recv_displs[0], static_cast<const char*>(send) + send_displs[0],
+                   send_bytes[0]);
     return Check("AllToAllV");
   }
   absl::Status Barrier() override { return Check("Barrier"); }
+  absl::StatusOr<std::unique_ptr<Communicator>> Split(int, int, const std::string& name) override {
+    return std::unique_ptr<Communicator>(new LocalCommunicator(name));
+  }
   void Abort(const std::string& reason) override { aborted_ = reason.empty() ? "aborted" : reason; }
 
  private:
@@ -39,11 +45,18 @@ class LocalCommunicator final : public Communicator {
     if (aborted_.empty()) return absl::OkStatus();
     return absl::AbortedError(absl::StrCat(op, ": communicator aborted: ", aborted_));
   }
+  std::string name_;
   std::string aborted_;
 };
 
 }  // namespace
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
+
+bool LaunchedByMpirun() {
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  if (size == nullptr) size = std::getenv("PMI_SIZE");
+  return size != nullptr && std::atoi(size) > 1;
+}
 
 }  // namespace dsv4

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/cpu/formats.h"
+#include "runtime/engram/layout.h"
 #include "runtime/status.h"
 
 namespace dsv4 {
@@ -15,13 +16,30 @@ struct Spec {
   int64_t vocab, hidden, layers, heads, head_dim, rope_dim, q_lora, o_groups, o_lora, experts, topk, inter;
   int64_t hash_layers, window, index_heads, index_dim, index_topk;
   std::vector<int64_t> ratios;
+  bool engram = false;  // Engram before layers 1 and 3 (EngramKeys)
 };
 
 Spec SpecFor(const std::string& name, bool* ok) {
   *ok = true;
   if (name == "v4-tiny") return {129280, 256, 5, 8, 128, 64, 128, 2, 64, 16, 4, 128, 2, 32, 16, 64, 8, {0, 4, 128, 4, 0}};
+  if (name == "v4-tiny-engram")
+    return {129280, 256, 5, 8, 128, 64, 128, 2, 64, 16, 4, 128, 2, 32, 16, 64, 8, {0, 4, 128, 4, 0}, true};
   *ok = false;
   return {};
+}
+
+// The engram_* keys of v4-tiny-engram: the small layout of golden/engram (engram_vocab_size 1000,
+// 2- and 3-grams, 4 heads; 8214 and 8612 rows of 64 FP8 values) and the compressed vocabulary of the
+// npm DeepSeek tokenizer the built-in models use (98627 keys).
+std::string EngramKeys() {
+  const std::vector<int64_t> layers = {1, 3};
+  const absl::StatusOr<EngramLayout> layout = BuildEngramLayout(1000, layers, 3, 4);
+  DSV4_CHECK(layout.ok(), layout.status().message());
+  return absl::StrCat(R"(,
+  "engram_layer_ids": [)", absl::StrJoin(layers, ", "), R"(], "engram_num_embeddings": [)",
+                      absl::StrJoin(layout->num_rows, ", "), R"(],
+  "engram_max_ngram_size": 3, "engram_vocab_size": 1000, "engram_n_heads": 4, "engram_head_dim": 64,
+  "engram_pad_id": 2, "engram_compressed_vocab_size": 98627)");
 }
 
 std::string ConfigJson(const Spec& s) {
@@ -44,7 +62,7 @@ std::string ConfigJson(const Spec& s) {
   "max_position_embeddings": 1048576, "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 1,
   "compress_ratios": [)", absl::StrJoin(s.ratios, ", "), R"(], "num_nextn_predict_layers": 0,
   "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128], "activation_scheme": "dynamic"},
-  "expert_dtype": "fp4", "torch_dtype": "bfloat16"
+  "expert_dtype": "fp4", "torch_dtype": "bfloat16")", s.engram ? EngramKeys() : "", R"(
 })");
 }
 
@@ -121,16 +139,21 @@ class Writer {
 
   // FP8 E4M3 weight [out, in] with 128x128 power-of-two block scales.
   void Fp8(const std::string& prefix, int64_t out, int64_t in) {
-    const float std = 1.0f / std::sqrt(static_cast<float>(in));
-    const int64_t B = 128, sr = (out + B - 1) / B, sc = (in + B - 1) / B;
+    Fp8Blocked(prefix, out, in, 128, 128, 1.0f / std::sqrt(static_cast<float>(in)));
+  }
+
+  // FP8 E4M3 values N(0, std^2) [out, in] with one power-of-two scale per br x bc block (Engram:
+  // W_kv 32 x 32, table rows 1 x 32).
+  void Fp8Blocked(const std::string& prefix, int64_t out, int64_t in, int64_t br, int64_t bc, float std) {
+    const int64_t sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
     std::vector<uint8_t> w(out * in), s(sr * sc);
     for (int64_t bi = 0; bi < sr; ++bi)
       for (int64_t bj = 0; bj < sc; ++bj) {
         // One scale per block: values are drawn, then stored as codes times the block's scale.
         const float scale = kernels::Pow2Ceil(4.0f * std / 448.0f);
         s[bi * sc + bj] = EncodeE8m0(scale);
-        for (int64_t r = bi * B; r < std::min(out, (bi + 1) * B); ++r)
-          for (int64_t c = bj * B; c < std::min(in, (bj + 1) * B); ++c)
+        for (int64_t r = bi * br; r < std::min(out, (bi + 1) * br); ++r)
+          for (int64_t c = bj * bc; c < std::min(in, (bj + 1) * bc); ++c)
             w[r * in + c] = EncodeFp8(kernels::RoundToFp8E4m3(std * rng_.Normal() / scale));
       }
     out_.push_back({prefix + ".weight", DType::kF8_E4M3, {out, in}, std::move(w)});
@@ -189,7 +212,7 @@ void WriteCompressor(Writer& w, const std::string& p, int64_t ratio, int64_t hd,
 
 }  // namespace
 
-std::vector<std::string> BuiltinModelNames() { return {"v4-tiny"}; }
+std::vector<std::string> BuiltinModelNames() { return {"v4-tiny", "v4-tiny-engram"}; }
 
 absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name) {
   bool ok;
@@ -257,6 +280,13 @@ absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t s
     w.Fp8(p + "ffn.shared_experts.w1", c.moe_intermediate_size, D);
     w.Fp8(p + "ffn.shared_experts.w2", D, c.moe_intermediate_size);
     w.Fp8(p + "ffn.shared_experts.w3", c.moe_intermediate_size, D);
+    if (const int64_t e = c.engram_index(l); e >= 0) {
+      const int64_t hd = c.engram_head_dim, K = (c.engram_max_ngram_size - 1) * c.engram_n_heads * hd;
+      w.Fp8Blocked(p + "engram.embed", c.engram_num_embeddings[e], hd, 1, 32, 1.0f);
+      w.Fp8Blocked(p + "engram.wkv", (hc + 1) * D, K, 32, 32, 1.0f / std::sqrt(static_cast<float>(K)));
+      w.Bf16(p + "engram.q_weight", {hc, D}, 0.1f, 1.0f);
+      w.Bf16(p + "engram.k_weight", {hc, D}, 0.1f, 1.0f);
+    }
   }
   auto image = std::make_shared<const std::vector<uint8_t>>(WriteSafetensors(w.tensors(), {{"format", "pt"}}));
   DSV4_ASSIGN_OR_RETURN(auto file, SafetensorsFile::FromMemory(image, name));

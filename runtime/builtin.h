@@ -19,7 +19,8 @@ struct BuiltinModel {
   std::shared_ptr<const Checkpoint> checkpoint;
 };
 
-// Names: "v4-tiny" (vocab 129280, 5 layers with ratios [0, 4, 128, 4, 0]).
+// Names: "v4-tiny" (vocab 129280, 5 layers with ratios [0, 4, 128, 4, 0]); "v4-tiny-engram" (the
+// same plus V4.1 Engram modules before layers 1 and 3; needs the npm DeepSeek tokenizer.json).
 std::vector<std::string> BuiltinModelNames();
 absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name);
 

@@ -75,6 +75,44 @@ class FieldReader {
   absl::Status status_;
 };
 
+// The engram_* fields (when engram_layer_ids is not empty).
+absl::Status ValidateEngramConfig(const ModelConfig& c, const std::string& source) {
+  if (!c.has_engram()) return absl::OkStatus();
+  auto bad = [&](const std::string& field, const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": field '", field, "' ", what));
+  };
+  for (size_t i = 0; i < c.engram_layer_ids.size(); ++i) {
+    const int64_t l = c.engram_layer_ids[i];
+    if (l < 0 || l >= c.num_hidden_layers)
+      return bad("engram_layer_ids", absl::StrCat("[", i, "] = ", l, " is outside [0, ", c.num_hidden_layers, ")"));
+    if (c.engram_index(l) != static_cast<int64_t>(i))
+      return bad("engram_layer_ids", absl::StrCat("lists layer ", l, " twice"));
+  }
+  if (c.engram_num_embeddings.size() != c.engram_layer_ids.size())
+    return bad("engram_num_embeddings", absl::StrCat("has ", c.engram_num_embeddings.size(), " entries for ",
+                                                     c.engram_layer_ids.size(), " engram_layer_ids"));
+  for (size_t i = 0; i < c.engram_num_embeddings.size(); ++i)
+    if (c.engram_num_embeddings[i] < 1)
+      return bad("engram_num_embeddings", absl::StrCat("[", i, "] = ", c.engram_num_embeddings[i], " must be positive"));
+  struct Range {
+    const char* name;
+    int64_t value, lo, hi;
+  };
+  const Range ranges[] = {
+      {"engram_max_ngram_size", c.engram_max_ngram_size, 2, 64},
+      {"engram_vocab_size", c.engram_vocab_size, 1, int64_t{1} << 40},
+      {"engram_n_heads", c.engram_n_heads, 1, 4096},
+      {"engram_head_dim", c.engram_head_dim, 32, 1 << 16},
+      {"engram_pad_id", c.engram_pad_id, 0, c.vocab_size - 1},
+      {"engram_compressed_vocab_size", c.engram_compressed_vocab_size, 1, c.vocab_size},
+  };
+  for (const auto& r : ranges)
+    if (r.value < r.lo || r.value > r.hi)
+      return bad(r.name, absl::StrCat("= ", r.value, " is outside [", r.lo, ", ", r.hi, "]"));
+  if (c.engram_head_dim % 32 != 0) return bad("engram_head_dim", "must be a multiple of 32 (one scale per 32 values)");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
@@ -138,6 +176,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   }
   std::string expert_dtype = "fp4";
   r.String("expert_dtype", &expert_dtype, false);
+  r.IntList("engram_layer_ids", &c.engram_layer_ids, false);
+  if (!c.engram_layer_ids.empty()) {  // the other engram_* keys are required with it
+    r.IntList("engram_num_embeddings", &c.engram_num_embeddings);
+    r.Int("engram_max_ngram_size", &c.engram_max_ngram_size);
+    r.Int("engram_vocab_size", &c.engram_vocab_size);
+    r.Int("engram_n_heads", &c.engram_n_heads);
+    r.Int("engram_head_dim", &c.engram_head_dim);
+    r.Int("engram_pad_id", &c.engram_pad_id);
+    r.Int("engram_compressed_vocab_size", &c.engram_compressed_vocab_size);
+  }
   DSV4_RETURN_IF_ERROR(r.status());
   if (expert_dtype != "fp4" && expert_dtype != "fp8")
     return absl::InvalidArgumentError(absl::StrCat(source, ": field 'expert_dtype' must be \"fp4\" or \"fp8\", got \"",
@@ -232,7 +280,7 @@ absl::Status ValidateModelConfig(const ModelConfig& c, const std::string& source
   if (c.rms_norm_eps < 0 || c.hc_eps < 0) return bad("rms_norm_eps", "must be non-negative");
   if (c.rope_theta <= 0 || c.compress_rope_theta <= 0) return bad("rope_theta", "must be positive");
   if (c.rope_factor <= 0) return bad("rope_scaling.factor", "must be positive");
-  return absl::OkStatus();
+  return ValidateEngramConfig(c, source);
 }
 
 }  // namespace dsv4

@@ -51,10 +51,27 @@ struct ModelConfig {
   // Quantization: FP8 block size for dense weights, and the expert format.
   int64_t fp8_block = 128;
   bool expert_fp4 = true;
+  // Engram (V4.1, MODEL.md 2.7): hashed n-gram tables read before the blocks of engram_layer_ids.
+  // All optional; an empty engram_layer_ids means no Engram.
+  std::vector<int64_t> engram_layer_ids;
+  std::vector<int64_t> engram_num_embeddings;  // table rows, one per entry of engram_layer_ids
+  int64_t engram_max_ngram_size = 0;           // n-grams of size 2..max
+  int64_t engram_vocab_size = 0;               // the smallest table prime is >= this
+  int64_t engram_n_heads = 0;
+  int64_t engram_head_dim = 0;                 // table row width (a multiple of 32)
+  int64_t engram_pad_id = 0;                   // token id whose compressed id pads n-grams
+  int64_t engram_compressed_vocab_size = 0;    // must equal the tokenizer's compression key count
 
   int64_t ratio(int64_t layer) const { return compress_ratios[layer]; }
   int64_t nope_dim() const { return head_dim - qk_rope_head_dim; }
   bool is_hash_layer(int64_t layer) const { return layer < num_hash_layers; }
+  bool has_engram() const { return !engram_layer_ids.empty(); }
+  // Position of `layer` in engram_layer_ids, or -1 when the layer has no Engram module.
+  int64_t engram_index(int64_t layer) const {
+    for (size_t i = 0; i < engram_layer_ids.size(); ++i)
+      if (engram_layer_ids[i] == layer) return static_cast<int64_t>(i);
+    return -1;
+  }
 };
 
 // Parses and validates config.json text; errors name the field. `source` names the file.

@@ -29,8 +29,10 @@ class Reader {
     return t;
   }
 
-  // A linear layer [out, in] in any supported storage.
-  WeightMatrix Linear(const std::string& prefix, int64_t out, int64_t in) {
+  // A linear layer [out, in] in any supported storage; FP8 uses `block` x `block` scale blocks
+  // (0: the config's block size).
+  WeightMatrix Linear(const std::string& prefix, int64_t out, int64_t in, int64_t block = 0) {
+    const int64_t block_ = block > 0 ? block : this->block_;
     WeightMatrix w;
     const std::string name = prefix + ".weight";
     const TensorInfo* t = Require(name);
@@ -71,6 +73,29 @@ class Reader {
                           " is not a weight format (expected F8_E4M3, packed FP4 as I8, BF16 or F32)"));
         return w;
     }
+  }
+
+  // FP8 E4M3 rows [rows, cols] with one E8M0 scale per 32 values of a row ([rows, cols / 32]), as
+  // Engram tables are stored. The scales are not scanned for NaN here (a table can hold billions;
+  // the row gather checks the rows it reads).
+  WeightMatrix Fp8Rows(const std::string& prefix, int64_t rows, int64_t cols) {
+    WeightMatrix w;
+    const std::string name = prefix + ".weight";
+    const TensorInfo* t = Require(name);
+    if (t == nullptr) return w;
+    if (t->dtype != DType::kF8_E4M3) {
+      Fail(absl::StrCat("tensor '", name, "' (", t->file, "): dtype ", DTypeName(t->dtype), ", expected F8_E4M3"));
+      return w;
+    }
+    ExpectShape(*t, {rows, cols});
+    w.type = WeightType::kFP8;
+    w.data = t->data;
+    w.ld = cols;
+    w.row_begin = 0, w.row_end = rows, w.col_begin = 0, w.col_end = cols;
+    w.block_rows = 1, w.block_cols = 32;
+    w.scales = Scales(prefix, rows, cols / 32, /*scan_nan=*/false);
+    w.scale_ld = cols / 32;
+    return w;
   }
 
   // A float vector of `n` values from F32 or BF16 storage.
@@ -134,7 +159,7 @@ class Reader {
                         " from config.json"));
   }
 
-  const uint8_t* Scales(const std::string& prefix, int64_t rows, int64_t cols) {
+  const uint8_t* Scales(const std::string& prefix, int64_t rows, int64_t cols, bool scan_nan = true) {
     const std::string name = prefix + ".scale";
     const TensorInfo* s = ckpt_.Find(name);
     if (s == nullptr) {
@@ -147,7 +172,7 @@ class Reader {
     }
     ExpectShape(*s, {rows, cols});
     if (!status_.ok()) return nullptr;
-    for (int64_t i = 0; i < rows * cols; ++i)
+    for (int64_t i = 0; scan_nan && i < rows * cols; ++i)
       if (s->data[i] == 0xff) {
         Fail(absl::StrCat("tensor '", name, "' (", s->file, "): scale ", i, " is 0xFF (E8M0 NaN)"));
         return nullptr;
@@ -177,6 +202,47 @@ ExpertWeights LoadExpert(Reader& r, const std::string& p, const ModelConfig& c) 
   e.w2 = r.Linear(p + ".w2", c.hidden_size, c.moe_intermediate_size);
   e.w3 = r.Linear(p + ".w3", c.moe_intermediate_size, c.hidden_size);
   return e;
+}
+
+// Narrows the views to this TP rank's heads and output groups. Query heads h and output groups g
+// are split in contiguous blocks; the shared KV head, compressors and indexer stay whole (see
+// DESIGN.md: they are small, and every TP rank must pick the same compressed blocks).
+void SliceAttention(const ModelConfig& c, int tp_rank, int tp_size, LayerWeights* w) {
+  const int64_t hd = c.head_dim, heads = c.num_attention_heads / tp_size, groups = c.o_groups / tp_size;
+  const int64_t h0 = tp_rank * heads, g0 = tp_rank * groups, lora = c.o_lora_rank;
+  w->wq_b.row_begin = h0 * hd, w->wq_b.row_end = (h0 + heads) * hd;
+  w->attn_sink = std::vector<float>(w->attn_sink.begin() + h0, w->attn_sink.begin() + h0 + heads);
+  w->wo_a.row_begin = g0 * lora, w->wo_a.row_end = (g0 + groups) * lora;
+  w->wo_b.col_begin = g0 * lora, w->wo_b.col_end = (g0 + groups) * lora;
+}
+
+// layers.L.engram.*: the table, W_kv (32x32 FP8 blocks) and the gate weights.
+void LoadEngram(Reader& r, const std::string& p, const ModelConfig& c, int64_t table_rows, EngramWeights* w) {
+  const int64_t D = c.hidden_size, hc = c.hc_mult;
+  const int64_t cols = (c.engram_max_ngram_size - 1) * c.engram_n_heads;
+  w->table = r.Fp8Rows(p + "embed", table_rows, c.engram_head_dim);
+  w->wkv = r.Linear(p + "wkv", (hc + 1) * D, cols * c.engram_head_dim, /*block=*/32);
+  const std::vector<float> q = r.Vector(p + "q_weight", {hc, D});
+  const std::vector<float> k = r.Vector(p + "k_weight", {hc, D});
+  if (q.size() != k.size()) return;  // an error is already recorded
+  w->gate_weight.resize(q.size());
+  for (size_t i = 0; i < q.size(); ++i) w->gate_weight[i] = q[i] * k[i];
+}
+
+// The Engram hasher: given in the options, or built from their tokenizer.json.
+absl::StatusOr<std::shared_ptr<const EngramHasher>> EngramHasherFor(const ModelConfig& config,
+                                                                   const LoadOptions& options) {
+  if (options.engram_hasher) {
+    const EngramHasher& h = *options.engram_hasher;
+    if (h.layout().layer_ids != config.engram_layer_ids || h.layout().num_rows != config.engram_num_embeddings ||
+        h.compressed_vocab() != config.engram_compressed_vocab_size)
+      return absl::InvalidArgumentError("the Engram hasher given to LoadWeights does not match config.json");
+    return options.engram_hasher;
+  }
+  if (options.tokenizer_json.empty())
+    return absl::InvalidArgumentError(
+        "config.json has Engram layers (engram_layer_ids), which need the model's tokenizer.json");
+  return LoadEngramHasher(config, options.tokenizer_json);
 }
 
 void LoadLayer(Reader& r, const ModelConfig& c, int64_t l, const LoadOptions& opt, LayerWeights* w) {
@@ -225,6 +291,11 @@ void LoadLayer(Reader& r, const ModelConfig& c, int64_t l, const LoadOptions& op
     w->expert_loaded[e] = true;
   }
   w->shared = LoadExpert(r, p + "ffn.shared_experts", c);
+  if (const int64_t e = c.engram_index(l); e >= 0) {
+    w->has_engram = true;
+    LoadEngram(r, p + "engram.", c, c.engram_num_embeddings[e], &w->engram);
+  }
+  if (opt.tp_size > 1) SliceAttention(c, opt.tp_rank, opt.tp_size, w);
 }
 
 }  // namespace
@@ -242,11 +313,27 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file, ") belongs to layer ", l,
                                                      " but config.json has num_hidden_layers = ",
                                                      config.num_hidden_layers));
+    if (name.find(".engram.") != std::string::npos && config.engram_index(l) < 0)
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file, ") is an Engram tensor of ",
+                                                     "layer ", l, ", which config.json's engram_layer_ids lacks"));
   }
+  if (config.has_engram()) {
+    DSV4_ASSIGN_OR_RETURN(w->engram_hasher, EngramHasherFor(config, options));
+  }
+  if (options.tp_size < 1 || options.tp_rank < 0 || options.tp_rank >= options.tp_size ||
+      config.num_attention_heads % options.tp_size != 0 || config.o_groups % options.tp_size != 0)
+    return absl::InvalidArgumentError(absl::StrCat("tensor-parallel slice ", options.tp_rank, "/", options.tp_size,
+                                                   " does not divide ", config.num_attention_heads, " heads and ",
+                                                   config.o_groups, " output groups"));
+  w->tp_rank = options.tp_rank, w->tp_size = options.tp_size;
   Reader r(*ckpt, config.fp8_block);
   const int64_t D = config.hidden_size, hc = config.hc_mult;
   w->embed = r.Linear("embed", config.vocab_size, D);
   w->head = r.Linear("head", config.vocab_size, D);
+  if (options.tp_size > 1 && config.vocab_size % options.tp_size == 0) {  // vocab-parallel head
+    const int64_t part = config.vocab_size / options.tp_size;
+    w->head.row_begin = options.tp_rank * part, w->head.row_end = (options.tp_rank + 1) * part;
+  }
   w->norm = r.Vector("norm.weight", {D});
   w->hc_head_fn = r.Vector("hc_head_fn", {hc, hc * D});
   w->hc_head_base = r.Vector("hc_head_base", {hc});
@@ -260,15 +347,22 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
   return w;
 }
 
-absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptions& options) {
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptionsFn& make_options) {
+  auto options_for = [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
+    return make_options ? make_options(c) : LoadOptions{};
+  };
   if (model.rfind("builtin:", 0) == 0) {
     DSV4_ASSIGN_OR_RETURN(BuiltinModel b, MakeBuiltinModel(model.substr(8)));
+    DSV4_ASSIGN_OR_RETURN(LoadOptions options, options_for(b.config));
+    if (options.tokenizer_json.empty()) options.tokenizer_json = TokenizerJsonPathFor(model);
     return LoadWeights(std::move(b.checkpoint), b.config, options);
   }
   namespace fs = std::filesystem;
   if (!fs::is_directory(model))
     return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist (or use builtin:v4-tiny)"));
   DSV4_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig((fs::path(model) / "config.json").string()));
+  DSV4_ASSIGN_OR_RETURN(LoadOptions options, options_for(config));
+  if (options.tokenizer_json.empty()) options.tokenizer_json = TokenizerJsonPathFor(model);
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::OpenDir(model));
   return LoadWeights(std::shared_ptr<const Checkpoint>(std::move(ckpt)), config, options);
 }

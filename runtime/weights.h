@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cpu/kernels.h"
 #include "runtime/config.h"
+#include "runtime/engram/hash.h"
 #include "runtime/safetensors.h"
 
 namespace dsv4 {
@@ -39,6 +40,13 @@ struct CompressorWeights {
 
 struct ExpertWeights {
   WeightMatrix w1, w2, w3;  // w1/w3 [inter, D], w2 [D, inter]
+};
+
+// An Engram module (V4.1, MODEL.md 2.7), read before its layer's block.
+struct EngramWeights {
+  WeightMatrix table;              // [engram_num_embeddings, head_dim] FP8 E4M3, one E8M0 scale per 32 values
+  WeightMatrix wkv;                // [(hc + 1) * D, cols * head_dim]: one key per stream, then the value
+  std::vector<float> gate_weight;  // [hc, D]: q_weight * k_weight (exact in fp32 for BF16 factors)
 };
 
 struct LayerWeights {
@@ -67,6 +75,9 @@ struct LayerWeights {
   std::vector<ExpertWeights> experts;  // [E]; only locally owned experts are loaded
   std::vector<bool> expert_loaded;
   ExpertWeights shared;
+  // Engram (layers listed in engram_layer_ids).
+  bool has_engram = false;
+  EngramWeights engram;
 };
 
 struct ModelWeights {
@@ -76,18 +87,30 @@ struct ModelWeights {
   std::vector<float> norm;                                       // [D]
   std::vector<float> hc_head_fn, hc_head_base, hc_head_scale;    // [hc, hc*D], [hc], [1]
   std::vector<LayerWeights> layers;
+  int tp_rank = 0, tp_size = 1;  // the attention / head slice these views cover
+  // Engram hashing (tokenizer compression, multipliers, layout); null without Engram layers.
+  std::shared_ptr<const EngramHasher> engram_hasher;
   std::shared_ptr<const Checkpoint> checkpoint;  // keeps the mappings alive
 };
 
 struct LoadOptions {
   // Which routed experts this rank holds (default: all).
   std::function<bool(int64_t layer, int64_t expert)> owns_expert;
+  // Tensor-parallel slice of attention: query heads, sinks, output groups (wo_a rows, wo_b columns)
+  // and the vocab rows of the head. Views into the one mapping: nothing else is read.
+  int tp_rank = 0, tp_size = 1;
+  // Engram configs only: the hasher to use, or else the tokenizer.json to build it from (LoadModel
+  // fills in the model's own tokenizer.json).
+  std::shared_ptr<const EngramHasher> engram_hasher;
+  std::string tokenizer_json;
 };
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const Checkpoint> ckpt,
                                                          const ModelConfig& config, const LoadOptions& options = {});
 
 // Opens `dir` (config.json + safetensors) or a built-in name ("builtin:v4-tiny") and loads it.
-absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptions& options = {});
+// `make_options`, when given, decides the slice to load once the config is known.
+using LoadOptionsFn = std::function<absl::StatusOr<LoadOptions>(const ModelConfig&)>;
+absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptionsFn& make_options = {});
 
 }  // namespace dsv4

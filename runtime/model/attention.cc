@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/kernels.h"
 #include "runtime/model/model.h"
+#include "runtime/status.h"
 
 namespace dsv4 {
 
@@ -101,11 +102,13 @@ void Model::IndexerTopK(int64_t layer, const float* x, const float* qr, int64_t 
   }
 }
 
-void Model::Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache, float* out) const {
+absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache,
+                              float* out) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const Rope& rope = RopeFor(layer);
-  const int64_t H = c.num_attention_heads, hd = c.head_dim, rd = c.qk_rope_head_dim, nope = hd - rd;
+  // Under tensor parallelism the views cover this rank's heads and output groups only.
+  const int64_t hd = c.head_dim, H = lw.wq_b.rows() / hd, rd = c.qk_rope_head_dim, nope = hd - rd;
   const int64_t win = c.sliding_window, ratio = c.ratio(layer), D = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
 
@@ -173,14 +176,41 @@ void Model::Attention(int64_t layer, const float* x, int64_t n, int64_t start, L
 
   // Grouped low-rank output: group g's heads -> o_lora via its block of wo_a (applied unrounded,
   // as the reference does), then wo_b over all groups.
-  const int64_t G = c.o_groups, gw = H * hd / G, lora = c.o_lora_rank;
+  const int64_t lora = c.o_lora_rank, G = lw.wo_a.rows() / lora, gw = H * hd / G;
   std::vector<float> z(n * G * lora);
   for (int64_t g = 0; g < G; ++g) {
     WeightMatrix wg = lw.wo_a;
-    wg.row_begin = g * lora, wg.row_end = (g + 1) * lora;
+    wg.row_begin = lw.wo_a.row_begin + g * lora, wg.row_end = wg.row_begin + lora;
     kernels::Linear(&o[g * gw], n, H * hd, wg, &z[g * lora], G * lora);
   }
-  Project(lw.wo_b, z.data(), n, G * lora, out);
+  return OutputProjection(lw.wo_b, z.data(), n, out);
+}
+
+absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const {
+  const int64_t cols = wo_b.cols(), D = config().hidden_size, block = config().fp8_block;
+  if (!distributed() || par_->layout.tp == 1) {
+    Project(wo_b, z, n, cols, out);
+    return absl::OkStatus();
+  }
+  // Row-parallel: this rank holds columns [col_begin, col_end) of wo_b and the matching slice of
+  // z. The reference rounds z to FP8 in blocks of `block` along the FULL row; when the slice cuts
+  // through a block, gather the whole row first so the block's scale is the same as on one rank.
+  const bool aligned = wo_b.col_begin % block == 0 && cols % block == 0;
+  if (opt_.qdq && IsQuantized(wo_b) && !aligned) {
+    const int tp = par_->layout.tp;
+    std::vector<float> all(tp * n * cols), row(tp * cols), zq(n * cols);
+    std::vector<int64_t> counts(tp, n * cols);
+    DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(z, counts.data(), all.data()));
+    for (int64_t t = 0; t < n; ++t) {
+      for (int r = 0; r < tp; ++r) std::memcpy(&row[r * cols], &all[(r * n + t) * cols], cols * sizeof(float));
+      kernels::QdqFp8(row.data(), 1, tp * cols, tp * cols, static_cast<int>(block));
+      std::memcpy(&zq[t * cols], &row[par_->layout.tp_rank * cols], cols * sizeof(float));
+    }
+    kernels::Linear(zq.data(), n, cols, wo_b, out, D);
+  } else {
+    Project(wo_b, z, n, cols, out);
+  }
+  return par_->tp->AllReduceSum(out, n * D);
 }
 
 }  // namespace dsv4

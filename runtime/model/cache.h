@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "runtime/engram/history.h"
+
 namespace dsv4 {
 
 struct CompressorState {
@@ -37,6 +39,7 @@ struct LayerCache {
 struct SequenceCache {
   int64_t length = 0;  // tokens already processed (the next position)
   std::vector<LayerCache> layers;
+  EngramHistory engram;  // the last tokens' compressed ids (Engram models)
 
   // Bytes held, for cache accounting.
   int64_t Bytes() const {

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "runtime/model/engram.h"
 #include "runtime/status.h"
 
 namespace dsv4 {
@@ -46,13 +47,14 @@ void Rope::Apply(float* x, int64_t pos, bool inverse) const {
   kernels::Rope(x, static_cast<int64_t>(freqs_.size()), cos, sin, inverse);
 }
 
-Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options)
-    : w_(std::move(weights)), opt_(options) {
+Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel)
+    : w_(std::move(weights)), opt_(options), par_(parallel) {
   const ModelConfig& c = config();
   rope_window_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.rope_theta, 0, 1.0, c.beta_fast, c.beta_slow);
   rope_compressed_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.compress_rope_theta,
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
+  InitEngram();
 }
 
 SequenceCache Model::NewCache() const {
@@ -66,6 +68,7 @@ SequenceCache Model::NewCache() const {
     if (r > 0) lc.compressor.Init(r, (r == 4 ? 2 : 1) * c.head_dim);
     if (r == 4) lc.index_compressor.Init(r, 2 * c.index_head_dim);
   }
+  if (w_->engram_hasher) cache.engram = w_->engram_hasher->NewHistory();
   return cache;
 }
 
@@ -90,8 +93,8 @@ void Model::Embed(std::span<const int32_t> tokens, float* x) const {
   }
 }
 
-void Model::Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start, LayerCache& cache,
-                  const ForwardTaps* taps) const {
+absl::Status Model::Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start,
+                          LayerCache& cache, const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
@@ -100,19 +103,20 @@ void Model::Block(int64_t layer, float* x, std::span<const int32_t> tokens, int6
 
   HcPre(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, u.data(), post.data(), comb.data());
   kernels::RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
-  Attention(layer, u.data(), n, start, cache, y.data());
+  DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, start, cache, y.data()));
   if (taps && taps->attn_out) (*taps->attn_out)[layer] = y;
   HcPost(y.data(), post.data(), comb.data(), n, x);
 
   HcPre(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, u.data(), post.data(), comb.data());
   kernels::RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
-  MoE(layer, u.data(), n, tokens, y.data());
+  DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
   if (taps && taps->ffn_out) (*taps->ffn_out)[layer] = y;
   HcPost(y.data(), post.data(), comb.data(), n, x);
   if (taps && taps->block_out) (*taps->block_out)[layer].assign(x, x + n * hc * D);
+  return absl::OkStatus();
 }
 
-void Model::Head(const float* x_last, float* logits) const {
+absl::Status Model::Head(const float* x_last, float* logits) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult;
   // Collapse the streams with sigmoid weights (no Sinkhorn), then the final norm and vocab head.
@@ -125,19 +129,36 @@ void Model::Head(const float* x_last, float* logits) const {
     for (int64_t d = 0; d < D; ++d) u[d] += pre * x_last[i * D + d];
   }
   kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), 1, D, D, u.data(), D);
-  kernels::Linear(u.data(), 1, D, w_->head, logits, c.vocab_size);
+  const WeightMatrix& head = w_->head;
+  if (head.rows() == c.vocab_size) {
+    kernels::Linear(u.data(), 1, D, head, logits, c.vocab_size);
+    return absl::OkStatus();
+  }
+  // Vocab-parallel head: each TP rank computes its rows, then gather.
+  std::vector<float> part(head.rows());
+  kernels::Linear(u.data(), 1, D, head, part.data(), head.rows());
+  std::vector<int64_t> counts(par_->tp->size(), head.rows());
+  return par_->tp->AllGatherV(part.data(), counts.data(), logits);
 }
 
-void Model::Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
-                    const ForwardTaps* taps) const {
+absl::Status Model::Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
+                            const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
-  if (n == 0) return;
+  if (n == 0) return absl::OkStatus();
   std::vector<float> x(n * hc * D);
   Embed(tokens, x.data());
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) Block(l, x.data(), tokens, cache.length, cache.layers[l], taps);
+  EngramStep engram;  // every Engram layer's rows are requested before the first layer runs
+  if (w_->engram_hasher) {
+    DSV4_ASSIGN_OR_RETURN(engram, BeginEngram(tokens, cache));
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (w_->layers[l].has_engram) DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram, x.data()));
+    DSV4_RETURN_IF_ERROR(Block(l, x.data(), tokens, cache.length, cache.layers[l], taps));
+  }
   cache.length += n;
-  if (logits) Head(&x[(n - 1) * hc * D], logits);
+  if (logits) DSV4_RETURN_IF_ERROR(Head(&x[(n - 1) * hc * D], logits));
+  return absl::OkStatus();
 }
 
 }  // namespace dsv4

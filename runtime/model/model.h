@@ -11,6 +11,9 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "parallel/layout.h"
+#include "runtime/engram/row_source.h"
 #include "runtime/model/cache.h"
 #include "runtime/weights.h"
 
@@ -39,9 +42,14 @@ class Rope {
   std::vector<float> freqs_;
 };
 
+struct EngramStep;  // runtime/model/engram.h
+
 class Model {
  public:
-  explicit Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options = {});
+  // `parallel` (may be null: a world of one) must outlive the model; the weights must be loaded
+  // with the same TP slice and expert ownership.
+  explicit Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options = {},
+                 const ParallelContext* parallel = nullptr);
 
   const ModelConfig& config() const { return w_->config; }
   const ModelWeights& weights() const { return *w_; }
@@ -49,37 +57,64 @@ class Model {
 
   SequenceCache NewCache() const;
 
+  // OK when every id is in the vocabulary and, with Engram, has a compressed id.
+  absl::Status CheckTokens(std::span<const int32_t> tokens) const;
+  // Engram models only: where table rows come from (default: the checkpoint's tables, mmapped).
+  // Not to be called while a Forward runs.
+  void SetEngramRowSource(std::shared_ptr<EngramRowSource> source);
+
   // Runs tokens [n] at positions cache.length .. +n-1, updates the cache and writes the
-  // last position's logits [vocab] to `logits` (may be null).
-  void Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
-               const ForwardTaps* taps = nullptr) const;
+  // last position's logits [vocab] to `logits` (may be null). Under a ParallelContext every rank
+  // of the job calls it with its group's tokens; errors are communication failures.
+  absl::Status Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
+                       const ForwardTaps* taps = nullptr) const;
 
   // Pieces, public for tests.
   void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]
-  void Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start, LayerCache& cache,
-             const ForwardTaps* taps) const;
-  void Head(const float* x_last, float* logits) const;  // x_last [hc, D]
+  absl::Status Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start, LayerCache& cache,
+                     const ForwardTaps* taps) const;
+  absl::Status Head(const float* x_last, float* logits) const;  // x_last [hc, D]
 
  private:
   // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
   void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
-  void Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache, float* out) const;
+  absl::Status Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache,
+                         float* out) const;
+  // The row-parallel output projection wo_b over this rank's groups, summed across the TP group.
+  absl::Status OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const;
   // Feeds rows x[n] to a compressor; appends each completed block to `out_rows` (grows).
   void Compress(const CompressorWeights& cw, const Rope& rope, bool indexer, const float* x, int64_t n, int64_t start,
                 CompressorState& st, std::vector<float>& out_rows) const;
   void IndexerTopK(int64_t layer, const float* x, const float* qr, int64_t n, int64_t start, const LayerCache& cache,
                    std::vector<int32_t>& picks, int64_t& k) const;
-  void MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
+  absl::Status MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
+  // Router: top-k logical experts and their weights for each of n tokens.
+  void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
+             float* weights) const;
+  // Routed experts over tokens [0, n) on this rank, or dispatched over the EP group.
+  void RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
+                   float* out) const;
+  absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
+                                    const float* weights, int64_t token_base, float* out) const;
   void Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const;
   // mHC: collapse streams into one row per token, returning post/comb for the expansion.
   void HcPre(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
              const float* x, int64_t n, float* collapsed, float* post, float* comb) const;
   void HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const;
+  // Engram (engram.cc): hash the step's tokens for every Engram layer and start the row gathers;
+  // then, before each Engram layer's block, wait for its rows and gate them into x [n, hc, D].
+  void InitEngram();
+  absl::StatusOr<EngramStep> BeginEngram(std::span<const int32_t> tokens, SequenceCache& cache) const;
+  absl::Status ApplyEngram(int64_t layer, EngramStep& step, float* x) const;
   const Rope& RopeFor(int64_t layer) const { return config().ratio(layer) > 0 ? *rope_compressed_ : *rope_window_; }
+
+  bool distributed() const { return par_ != nullptr && par_->layout.world > 1; }
 
   std::shared_ptr<const ModelWeights> w_;
   ForwardOptions opt_;
+  const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
+  std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
 };
 
 }  // namespace dsv4

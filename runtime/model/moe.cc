@@ -3,14 +3,17 @@
 // SwiGLU experts with the routing weight applied before w2; one shared expert.
 //
 // Tokens are grouped by expert, so each expert's weights are read once per step however many
-// tokens it serves.
+// tokens it serves. Under expert parallelism the TP ranks of a group split its tokens, dispatch
+// them over the EP group (parallel/moe_dispatch.h) and gather the results back.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/kernels.h"
+#include "parallel/moe_dispatch.h"
 #include "runtime/model/model.h"
+#include "runtime/status.h"
 
 namespace dsv4 {
 namespace {
@@ -41,17 +44,13 @@ void Model::Expert(const ExpertWeights& e, const float* x, int64_t n, const floa
   Project(e.w2, g.data(), n, I, out);
 }
 
-void Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const {
+void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
+                  float* weights) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-
-  // Router.
-  std::vector<float> scores(n * E);
+  std::vector<float> scores(n * E), biased(E);
   kernels::Linear(x, n, D, lw.gate, scores.data(), E);
-  std::vector<int32_t> experts(n * K);
-  std::vector<float> weights(n * K);
-  std::vector<float> biased(E);
   for (int64_t t = 0; t < n; ++t) {
     float* s = &scores[t * E];
     switch (c.scoring_func) {
@@ -69,29 +68,36 @@ void Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_
         break;
       }
     }
-    int32_t* idx = &experts[t * K];
-    if (!lw.tid2eid.empty()) {
+    int32_t* idx = experts + t * K;
+    if (!lw.tid2eid.empty()) {  // hash layer: fixed experts per token id
       std::memcpy(idx, &lw.tid2eid[static_cast<int64_t>(tokens[t]) * K], K * sizeof(int32_t));
-    } else {
+    } else {  // the bias only steers selection
       for (int64_t e = 0; e < E; ++e) biased[e] = s[e] + (lw.gate_bias.empty() ? 0.f : lw.gate_bias[e]);
       kernels::TopK(biased.data(), E, K, idx);
     }
+    float* w = weights + t * K;
     float sum = 0.f;
-    for (int64_t j = 0; j < K; ++j) sum += (weights[t * K + j] = s[idx[j]]);
+    for (int64_t j = 0; j < K; ++j) sum += (w[j] = s[idx[j]]);
     for (int64_t j = 0; j < K; ++j) {
-      if (c.scoring_func != ScoreFunc::kSoftmax) weights[t * K + j] /= sum;
-      weights[t * K + j] *= static_cast<float>(c.routed_scaling_factor);
+      if (c.scoring_func != ScoreFunc::kSoftmax) w[j] /= sum;
+      w[j] *= static_cast<float>(c.routed_scaling_factor);
     }
   }
+}
 
-  // Routed experts, one grouped call per expert that received tokens.
+void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
+                        float* out) const {
+  const ModelConfig& c = config();
+  const LayerWeights& lw = w_->layers[layer];
+  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   std::vector<std::vector<int64_t>> slots(E);  // per expert: t * K + j
-  for (int64_t s = 0; s < n * K; ++s) slots[experts[s]].push_back(s);
-  std::fill(out, out + n * D, 0.f);
+  for (int64_t s = 0; s < n * K; ++s)
+    if (experts[s] >= 0) slots[experts[s]].push_back(s);
   std::vector<float> xs, ws, ys;
   for (int64_t e = 0; e < E; ++e) {
     const auto& sl = slots[e];
-    if (sl.empty() || !lw.expert_loaded[e]) continue;
+    if (sl.empty()) continue;
+    DSV4_CHECK(lw.expert_loaded[e], "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
     const int64_t m = static_cast<int64_t>(sl.size());
     xs.resize(m * D), ws.resize(m), ys.resize(m * D);
     for (int64_t i = 0; i < m; ++i) {
@@ -104,9 +110,52 @@ void Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_
       for (int64_t d = 0; d < D; ++d) o[d] += ys[i * D + d];
     }
   }
-  ys.resize(n * D);
-  Expert(lw.shared, x, n, nullptr, ys.data());
-  for (int64_t i = 0; i < n * D; ++i) out[i] += ys[i];
+}
+
+absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
+                                         const float* weights, int64_t token_base, float* out) const {
+  const ModelConfig& c = config();
+  const int64_t D = c.hidden_size;
+  const int K = static_cast<int>(c.num_experts_per_tok);
+  MoeDispatcher dispatcher(par_->ep, &par_->placement);
+  DSV4_RETURN_IF_ERROR(dispatcher.Dispatch(x, n, D, experts, weights, K, token_base));
+  // The received records are tokens of other ranks: run them as a batch of their own.
+  const int64_t m = dispatcher.num_received();
+  std::vector<float> xr(m * D), wr(m * K), yr(m * D, 0.f);
+  std::vector<int32_t> er(m * K);
+  for (int64_t i = 0; i < m; ++i) {
+    std::memcpy(&xr[i * D], dispatcher.recv_hidden(i), D * sizeof(float));
+    for (int j = 0; j < K; ++j) er[i * K + j] = dispatcher.recv_expert(i, j), wr[i * K + j] = dispatcher.recv_weight(i, j);
+  }
+  RoutedLocal(layer, xr.data(), m, er.data(), wr.data(), yr.data());
+  return dispatcher.Combine(yr.data(), out);
+}
+
+absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const {
+  const ModelConfig& c = config();
+  const int64_t D = c.hidden_size, K = c.num_experts_per_tok;
+  // Under TP the ranks of a group hold the same tokens: each takes a contiguous share so no token
+  // is dispatched twice, and the shares are gathered at the end.
+  const int tp = distributed() ? par_->layout.tp : 1, tp_rank = distributed() ? par_->layout.tp_rank : 0;
+  const int64_t t0 = n * tp_rank / tp, t1 = n * (tp_rank + 1) / tp, mine = t1 - t0;
+  float* part = out + t0 * D;
+  std::fill(part, part + mine * D, 0.f);
+  std::vector<int32_t> experts(mine * K);
+  std::vector<float> weights(mine * K);
+  Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
+  if (distributed() && par_->layout.ep > 1) {
+    DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), t0, part));
+  } else {
+    RoutedLocal(layer, x + t0 * D, mine, experts.data(), weights.data(), part);
+  }
+  std::vector<float> shared(mine * D);
+  Expert(w_->layers[layer].shared, x + t0 * D, mine, nullptr, shared.data());
+  for (int64_t i = 0; i < mine * D; ++i) part[i] += shared[i];
+  if (tp == 1) return absl::OkStatus();
+  std::vector<int64_t> counts(tp);
+  for (int r = 0; r < tp; ++r) counts[r] = (n * (r + 1) / tp - n * r / tp) * D;
+  std::vector<float> mine_copy(part, part + mine * D);
+  return par_->tp->AllGatherV(mine_copy.data(), counts.data(), out);
 }
 
 }  // namespace dsv4

@@ -7,6 +7,9 @@
 // Coarse check (simulation on, against logits): r = rms(ours - golden) / std(golden row) <= 0.4
 // for every row and median r <= 0.2 per case, as the README states: the reference's deliberate
 // rounding makes tight agreement impossible for any other program.
+//
+// The same suite runs under mpirun in other layouts: DSV4_GOLDEN_LAUNCH is a command prefix
+// (e.g. "mpirun --oversubscribe -np 4") and DSV4_GOLDEN_ARGS extra flags (e.g. "--tp 2 --ep 4").
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -59,7 +62,10 @@ class GoldenTest : public ::testing::TestWithParam<int> {
   // Runs the dsv4 binary; returns the [rows, vocab] logits.
   static std::vector<float> RunLogits(const Case& c, bool qdq, const std::vector<int64_t>& decode) {
     const std::string out = testing::TempDir() + "/logits.npy";
-    const std::string cmd = absl::StrCat(DSV4_BINARY, " logits --model ", Dir(), " --prompt-ids ",
+    const char* launch = std::getenv("DSV4_GOLDEN_LAUNCH");
+    const char* args = std::getenv("DSV4_GOLDEN_ARGS");
+    const std::string cmd = absl::StrCat(launch ? launch : "", " ", DSV4_BINARY, " logits ", args ? args : "",
+                                         " --model ", Dir(), " --prompt-ids ",
                                          absl::StrJoin(c.prompt, ","), decode.empty() ? "" : " --decode-ids ",
                                          absl::StrJoin(decode, ","), " --qdq ", qdq ? "on" : "off", " --out ", out);
     const int rc = std::system(cmd.c_str());

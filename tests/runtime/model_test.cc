@@ -44,7 +44,7 @@ std::vector<float> RunChunks(const Model& m, const std::vector<int32_t>& tokens,
   std::vector<float> logits(m.config().vocab_size);
   int64_t at = 0;
   for (int64_t c : chunks) {
-    m.Forward(std::span<const int32_t>(tokens.data() + at, c), cache, logits.data());
+    EXPECT_TRUE(m.Forward(std::span<const int32_t>(tokens.data() + at, c), cache, logits.data()).ok());
     at += c;
   }
   EXPECT_EQ(at, static_cast<int64_t>(tokens.size()));
@@ -106,7 +106,7 @@ TEST(Model, BuiltinTinyRuns) {
   SequenceCache cache = m.NewCache();
   std::vector<float> logits(129280);
   const std::vector<int32_t> prompt = {0, 100, 129279};
-  m.Forward(prompt, cache, logits.data());
+  ASSERT_TRUE(m.Forward(prompt, cache, logits.data()).ok());
   const auto [lo, hi] = std::minmax_element(logits.begin(), logits.end());
   EXPECT_TRUE(std::isfinite(*lo) && std::isfinite(*hi));
   EXPECT_GT(*hi - *lo, 1.0f);

@@ -1,0 +1,76 @@
+// dsv4 engram-ids --model M --layer L --prompt-ids 1,2,3
+//
+// Prints, per token, the table rows the n-gram hash selects for Engram layer L (a model layer id
+// from engram_layer_ids): one JSON array per line, column (n - 2) * engram_n_heads + head, offsets
+// added. Reads only config.json and tokenizer.json (a debugging aid and a test hook).
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "launch/commands.h"
+#include "launch/common.h"
+#include "runtime/builtin.h"
+#include "runtime/config.h"
+#include "runtime/engram/hash.h"
+
+namespace dsv4 {
+namespace {
+
+absl::StatusOr<ModelConfig> ConfigOf(const std::string& model) {
+  if (model.rfind("builtin:", 0) == 0) {
+    auto json = BuiltinConfigJson(model.substr(8));
+    if (!json.ok()) return json.status();
+    return ParseModelConfig(*json, model);
+  }
+  if (!std::filesystem::is_directory(model))
+    return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist"));
+  return LoadModelConfig((std::filesystem::path(model) / "config.json").string());
+}
+
+}  // namespace
+
+int RunEngramIds(int argc, char** argv) {
+  Flags flags;
+  flags.Add("model", "builtin:v4-tiny-engram", "checkpoint directory (config.json + tokenizer.json) or built-in name")
+      .Add("layer", "", "model layer id of an Engram layer (one of engram_layer_ids; required)")
+      .Add("prompt-ids", "", "comma-separated token ids (required)");
+  if (WantsHelp(argc, argv)) return PrintHelp("engram-ids", flags);
+  if (auto st = flags.Parse(argc, argv, 2); !st.ok()) return Fail(st);
+  if (!flags.Given("layer")) return Fail(absl::InvalidArgumentError("--layer is required"));
+  auto layer = flags.Int("layer");
+  auto ids = flags.IntList("prompt-ids");
+  if (!layer.ok()) return Fail(layer.status());
+  if (!ids.ok()) return Fail(ids.status());
+  if (ids->empty()) return Fail(absl::InvalidArgumentError("--prompt-ids is required and must not be empty"));
+
+  const std::string model = flags.Str("model");
+  auto config = ConfigOf(model);
+  if (!config.ok()) return Fail(config.status());
+  if (!config->has_engram())
+    return Fail(absl::InvalidArgumentError(absl::StrCat(model, " has no Engram layers (engram_layer_ids)")));
+  const int64_t index = config->engram_index(*layer);
+  if (index < 0)
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--layer ", *layer, " is not an Engram layer of ", model,
+                                                        " (engram_layer_ids: [",
+                                                        absl::StrJoin(config->engram_layer_ids, ", "), "])")));
+  auto hasher = LoadEngramHasher(*config, TokenizerJsonPathFor(model));
+  if (!hasher.ok()) return Fail(hasher.status());
+  const EngramHasher& h = **hasher;
+  if (auto st = h.CheckTokens(*ids); !st.ok())
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--prompt-ids: ", st.message())));
+
+  const int64_t n = static_cast<int64_t>(ids->size()), layers = h.num_layers(), cols = h.num_cols();
+  std::vector<int64_t> rows(n * layers * cols);
+  EngramHistory history = h.NewHistory();
+  h.Hash(*ids, /*mask=*/nullptr, history, rows.data());
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t* r = &rows[(t * layers + index) * cols];
+    std::printf("[%s]\n", absl::StrJoin(r, r + cols, ", ").c_str());
+  }
+  return 0;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,79 @@
+#include "parallel/layout.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+
+absl::StatusOr<ParallelLayout> ParallelLayout::Make(int world, int rank, int tp, int ep, const ShardedDims& dims) {
+  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
+  if (world < 1 || rank < 0 || rank >= world) return bad(absl::StrCat("rank ", rank, " outside a world of ", world));
+  if (ep == 0) ep = world;
+  if (tp < 1) return bad(absl::StrCat("--tp ", tp, " must be >= 1"));
+  if (ep < 1) return bad(absl::StrCat("--ep ", ep, " must be >= 0 (0 = the whole world)"));
+  if (world % tp != 0) return bad(absl::StrCat("--tp ", tp, " does not divide the world size ", world));
+  if (world % ep != 0) return bad(absl::StrCat("--ep ", ep, " does not divide the world size ", world));
+  if (dims.num_heads % tp != 0)
+    return bad(absl::StrCat("--tp ", tp, " does not divide the model's ", dims.num_heads, " attention heads"));
+  if (dims.o_groups % tp != 0)
+    return bad(absl::StrCat("--tp ", tp, " does not divide the model's ", dims.o_groups, " output groups (o_groups)"));
+  if (dims.num_experts % ep != 0)
+    return bad(absl::StrCat("--ep ", ep, " does not divide the model's ", dims.num_experts, " routed experts"));
+  ParallelLayout l;
+  l.world = world, l.rank = rank, l.tp = tp, l.dp = world / tp, l.ep = ep;
+  l.tp_rank = rank % tp, l.dp_rank = rank / tp;
+  l.ep_rank = rank % ep, l.ep_group = rank / ep;
+  return l;
+}
+
+std::string ParallelLayout::ToString() const {
+  return absl::StrCat("rank ", rank, "/", world, ": tp ", tp_rank, "/", tp, ", dp ", dp_rank, "/", dp, ", ep ",
+                      ep_rank, "/", ep, " (group ", ep_group, ")");
+}
+
+ExpertPlacement ExpertPlacement::Contiguous(int64_t num_experts, int ep) {
+  ExpertPlacement p;
+  p.replicas_.resize(num_experts);
+  p.held_.resize(ep);
+  const int64_t per = num_experts / ep;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const int r = static_cast<int>(std::min<int64_t>(e / std::max<int64_t>(per, 1), ep - 1));
+    p.replicas_[e].push_back(r);
+    p.held_[r].push_back(e);
+  }
+  return p;
+}
+
+void ExpertPlacement::AddReplica(int64_t expert, int rank) {
+  if (Holds(rank, expert)) return;
+  replicas_[expert].push_back(rank);
+  held_[rank].push_back(expert);
+}
+
+bool ExpertPlacement::Holds(int rank, int64_t expert) const {
+  const auto& r = replicas_[expert];
+  return std::find(r.begin(), r.end(), rank) != r.end();
+}
+
+absl::StatusOr<std::unique_ptr<ParallelGroups>> MakeParallelGroups(std::unique_ptr<Communicator> world, int tp, int ep,
+                                                                   const ShardedDims& dims) {
+  auto layout = ParallelLayout::Make(world->size(), world->rank(), tp, ep, dims);
+  if (!layout.ok()) return layout.status();
+  auto g = std::make_unique<ParallelGroups>();
+  auto tpc = world->Split(layout->dp_rank, layout->tp_rank, "tp");
+  if (!tpc.ok()) return tpc.status();
+  auto epc = world->Split(layout->ep_group, layout->ep_rank, "ep");
+  if (!epc.ok()) return epc.status();
+  g->world = std::move(world);
+  g->tp = std::move(*tpc);
+  g->ep = std::move(*epc);
+  g->ctx.layout = *layout;
+  g->ctx.world = g->world.get();
+  g->ctx.tp = g->tp.get();
+  g->ctx.ep = g->ep.get();
+  g->ctx.placement = ExpertPlacement::Contiguous(dims.num_experts, layout->ep);
+  return g;
+}
+
+}  // namespace dsv4
