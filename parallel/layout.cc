@@ -1,6 +1,7 @@
 #include "parallel/layout.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,6 +31,24 @@ absl::StatusOr<ParallelLayout> ParallelLayout::Make(int world, int rank, int tp,
 std::string ParallelLayout::ToString() const {
   return absl::StrCat("rank ", rank, "/", world, ": tp ", tp_rank, "/", tp, ", dp ", dp_rank, "/", dp, ", ep ",
                       ep_rank, "/", ep, " (group ", ep_group, ")");
+}
+
+absl::StatusOr<int> DeviceForLocalRank(int local_rank, int local_size, int device_count) {
+  if (device_count < 1) return absl::FailedPreconditionError("no GPU is visible to this rank");
+  if (local_rank < 0 || local_rank >= local_size)
+    return absl::InvalidArgumentError(absl::StrCat("local rank ", local_rank, " outside [0, ", local_size, ")"));
+  if (local_size > device_count)
+    return absl::InvalidArgumentError(absl::StrCat(local_size, " ranks on this node but ", device_count,
+                                                   " visible GPU(s): two ranks would share a GPU; start at most ",
+                                                   device_count, " ranks per node"));
+  return local_rank;
+}
+
+LocalRank LocalRankFromEnv() {
+  LocalRank l;
+  if (const char* r = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) l.rank = std::atoi(r);
+  if (const char* s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) l.size = std::max(1, std::atoi(s));
+  return l;
 }
 
 ExpertPlacement ExpertPlacement::Contiguous(int64_t num_experts, int ep) {

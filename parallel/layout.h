@@ -32,6 +32,15 @@ struct ParallelLayout {
   std::string ToString() const;
 };
 
+// The GPU of this rank: its node-local rank, one GPU per rank. Two ranks on one GPU (more local
+// ranks than devices) is an error naming the numbers. Local rank and size come from the launcher's
+// environment (OpenMPI: OMPI_COMM_WORLD_LOCAL_RANK / _LOCAL_SIZE) via LocalRankFromEnv.
+absl::StatusOr<int> DeviceForLocalRank(int local_rank, int local_size, int device_count);
+struct LocalRank {
+  int rank = 0, size = 1;
+};
+LocalRank LocalRankFromEnv();
+
 // Which EP ranks hold which routed experts. Logical expert e is served by one or more physical
 // copies; the model only sees logical ids, so replicas of hot experts can be added freely.
 class ExpertPlacement {

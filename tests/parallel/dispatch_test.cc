@@ -118,6 +118,15 @@ TEST(Layout, ValidatesDivisibility) {
   EXPECT_FALSE(ParallelLayout::Make(4, 4, 1, 0, dims).ok());
 }
 
+TEST(Layout, OneGpuPerRank) {
+  EXPECT_EQ(*DeviceForLocalRank(3, 8, 8), 3);
+  const auto shared = DeviceForLocalRank(1, 2, 1);
+  ASSERT_FALSE(shared.ok());
+  EXPECT_NE(shared.status().message().find("2 ranks on this node but 1 visible GPU(s)"), std::string::npos);
+  EXPECT_FALSE(DeviceForLocalRank(0, 1, 0).ok());
+  EXPECT_FALSE(DeviceForLocalRank(4, 4, 8).ok());
+}
+
 }  // namespace
 }  // namespace dsv4
 
