@@ -49,13 +49,16 @@ dsv4_setup() {
 }
 
 # Configures and builds into $1 (default build/) with the remaining arguments passed to cmake.
+# DSV4_BUILD_TARGETS (space-separated) limits the build to those targets.
 dsv4_build() {
   local dir=${1:-build}
   shift || true
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   cmake -S "$root" -B "$root/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-  cmake --build "$root/$dir" -j "$(nproc)"
+  local targets=()
+  for t in ${DSV4_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+  cmake --build "$root/$dir" -j "$(nproc)" "${targets[@]}"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -23,10 +23,10 @@ struct JobResult {
 JobResult RunJob(const std::string& fault, int np, const std::string& extra) {
   const std::string out = testing::TempDir() + "/logits.npy";
   const std::string cmd = absl::StrCat(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DSV4_FAULT_INJECT=", fault, " timeout -s KILL 90 ",
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DSV4_FAULT_INJECT=", fault, " timeout -s KILL 150 ",
       DSV4_MPIEXEC, " --oversubscribe -np ", np, " ", DSV4_BINARY,
       " logits --model builtin:v4-tiny --prompt-ids 1,2,3,4,5 --decode-ids 6,7,8,9,10,11 --threads 1"
-      " --comm-timeout-s 3 --out ",
+      " --comm-timeout-s 10 --out ",
       out, " ", extra, " 2>&1");
   const auto t0 = std::chrono::steady_clock::now();
   FILE* p = popen(cmd.c_str(), "r");
@@ -45,12 +45,12 @@ TEST(Fault, HealthyJobSucceeds) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
-// A stopped rank never answers: its peers' collective times out after 3 s and names what it was.
+// A stopped rank never answers: its peers' collective times out after 10 s and names what it was.
 TEST(Fault, StoppedRankFailsTheJobWithinTheTimeout) {
   const JobResult r = RunJob("1:3:STOP", 2, "--ep 2");
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_LT(r.seconds, 60) << "the job ran into the test's own 90 s limit: it hung\n" << r.output;
-  EXPECT_NE(r.output.find("did not arrive within 3 s"), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 120) << "the job ran into the test's own 150 s limit: it hung\n" << r.output;
+  EXPECT_NE(r.output.find("did not arrive within 10 s"), std::string::npos) << r.output;
   const bool named = r.output.find("AllToAllV") != std::string::npos ||
                      r.output.find("AllReduce") != std::string::npos ||
                      r.output.find("Broadcast") != std::string::npos || r.output.find("AllGather") != std::string::npos;
@@ -62,8 +62,8 @@ TEST(Fault, KilledRankFailsTheJob) {
   const JobResult r = RunJob("2:3:KILL", 4, "--tp 2 --ep 4");
   EXPECT_NE(r.exit_code, 0) << r.output;
   // mpirun reports the victim's signal as its own status (137), so a hang shows in the time only:
-  // the test's own limit is 90 s.
-  EXPECT_LT(r.seconds, 60) << r.output;
+  // the test's own limit is 150 s.
+  EXPECT_LT(r.seconds, 120) << r.output;
 }
 
 }  // namespace
