@@ -344,8 +344,11 @@ void Tokenizer::EncodeValid(std::string_view text, std::span<const TextSpan> con
   // Added tokens inside the control spans: the non-normalized ones first, then the normalized ones
   // in the gaps between those (the reference's order). After this loop `matches` is sorted.
   std::vector<Match> matches, first, second;
+  size_t floor = 0;  // spans that overlap or go back are clipped to start after the previous one
   for (const TextSpan& span : control) {
-    const TextSpan clipped{std::min(span.begin, text.size()), std::min(span.end, text.size())};
+    const size_t begin = std::max(floor, std::min(span.begin, text.size()));
+    const TextSpan clipped{begin, std::max(begin, std::min(span.end, text.size()))};
+    floor = clipped.end;
     first.clear();
     FindAdded(text, clipped, /*normalized_pass=*/false, first);
     size_t gap_begin = clipped.begin;

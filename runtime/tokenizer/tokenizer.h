@@ -55,10 +55,11 @@ class Tokenizer {
   // Token ids of `text`. No BOS is added. See the class comment for invalid UTF-8 and
   // `allow_special`.
   std::vector<int32_t> Encode(std::string_view text, bool allow_special = false) const;
-  // Token ids of `text`, recognizing added-token text only inside the `control` spans (sorted,
-  // disjoint, on character boundaries). Text outside them is tokenized as ordinary characters but
-  // pre-tokenized together with its neighbours, so the ids equal Encode(text, true) whenever no
-  // added-token text occurs outside `control`.
+  // Token ids of `text`, recognizing added-token text only inside the `control` spans (meant to be
+  // sorted and disjoint; a span overlapping or preceding an earlier one is clipped to follow it).
+  // Text outside them is tokenized as ordinary characters but pre-tokenized together with its
+  // neighbours, so the ids equal Encode(text, true) whenever no added-token text occurs outside
+  // `control`.
   std::vector<int32_t> EncodeWithControl(std::string_view text, std::span<const TextSpan> control) const;
 
   // The text of `ids`; see the class comment.

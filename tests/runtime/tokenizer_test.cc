@@ -270,6 +270,11 @@ TEST(TinyTokenizer, ControlSpansLimitSpecialMatching) {
   EXPECT_EQ(ids.front(), x);
   EXPECT_EQ(std::count(ids.begin(), ids.end(), x), 1);
   EXPECT_EQ(t->Decode(ids), text);
+  // Spans out of order are clipped, never read backwards.
+  const TextSpan backwards[] = {{5, 12}, {0, 5}};
+  const auto clipped = t->EncodeWithControl(text, backwards);
+  EXPECT_EQ(clipped.back(), x);
+  EXPECT_EQ(std::count(clipped.begin(), clipped.end(), x), 1);
   // Invalid bytes before a control span: the span moves with the sanitized text.
   const std::string bad = "\xFF<|x|>";
   const TextSpan span{1, 6};
