@@ -5,6 +5,9 @@
 // merges. Decode maps token strings back to bytes.
 //
 // Rules worth knowing:
+// - Encode never adds template tokens: its ids are those of Hugging Face's
+//   encode(text, add_special_tokens=False), whatever "post_processor" the file names (for
+//   DeepSeek's files, ByteLevel, the two are the same). Prompts get their BOS from the chat format.
 // - Invalid UTF-8 input: before anything else, each maximal ill-formed subpart becomes U+FFFD (the
 //   rule of Rust's from_utf8_lossy and of JavaScript's TextDecoder; see utf8.h). So
 //   Decode(Encode(s)) == s for valid UTF-8 and == utf8::Sanitize(s) otherwise.

@@ -7,9 +7,9 @@
 //   --text-file F  one input per line of F (lines split at '\n'; a final '\n' ends the last line)
 //   --hex-file F   one input per line, each line the hex of the input's raw bytes
 //   --decode-file F  one JSON array of ids per line; prints the hex of the decoded UTF-8 text
-// Encoding modes print one JSON array of ids per input. Bytes become text with the WHATWG UTF-8
-// decoder (each maximal ill-formed subpart -> U+FFFD, a leading BOM kept), the rule the C++
-// tokenizer states, so inputs with invalid UTF-8 compare too.
+// Encoding modes print one JSON array of ids per input, without template tokens (add_special_tokens
+// off). Bytes become text with the WHATWG UTF-8 decoder (each maximal ill-formed subpart -> U+FFFD,
+// a leading BOM kept), the rule the C++ tokenizer states, so inputs with invalid UTF-8 compare too.
 'use strict';
 
 const fs = require('fs');
@@ -58,7 +58,7 @@ async function main() {
     }
     const kBatch = 512;
     for (let i = 0; i < inputs.length; i += kBatch) {
-      const encodings = await tok.encodeBatch(inputs.slice(i, i + kBatch));
+      const encodings = await tok.encodeBatch(inputs.slice(i, i + kBatch), { addSpecialTokens: false });
       for (const e of encodings) out.push(JSON.stringify(e.getIds()));
     }
   }
