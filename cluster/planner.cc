@@ -83,11 +83,15 @@ void CheckMemory(Ctx& c, const MemoryBreakdown& m) {
   c.out["memory_per_device_gb"] = MemoryJson(m);
   if (!c.model.WeightsFit())
     c.reasons.push_back(absl::StrCat("weights do not fit: ", Round(m.Weights(), 1), " GB per device of ",
-                                     Round(m.total, 1), " GB"));
+                                     Round(m.total, 1), " GB, with the runtime reserve and a 512-token step"));
   else if (m.free < 0)
     c.reasons.push_back(absl::StrCat("memory over by ", Round(-m.free, 2), " GB per device (cache ",
                                      Round(m.kv_cache, 2), " GB)"));
-  if (m.experts_on_host + m.engram_tables_host > c.r.host_gb && !c.r.device.unified_memory)
+  const double host_need = m.experts_on_host + m.engram_tables_host;
+  if (host_need > 0 && !c.r.device.unified_memory)
+    c.out["host_memory_needed_gb_per_host"] = Round(host_need * std::max(1, std::min(c.r.s.devices_per_node,
+                                                                                  c.r.device.devices_per_host)), 1);
+  if (host_need > c.r.host_gb && !c.r.device.unified_memory && (c.r.host_gb_given || m.spilled_expert_fraction > 0))
     c.reasons.push_back(absl::StrCat("host memory too small: ", Round(m.experts_on_host + m.engram_tables_host, 1),
                                      " GB per device needed, ", Round(c.r.host_gb, 1), " GB per device available"));
   if (m.spilled_expert_fraction > 0)
@@ -186,6 +190,7 @@ void AnswerCapacity(Ctx& c) {
   const CapacityResult cap = Capacity(r, c.model);
   const bool pd = s.disaggregated != Disaggregation::kNone;
   c.out["devices_needed"] = cap.devices_needed;
+  c.out["qps_served_output_tokens_per_s"] = Round(s.qps * s.output_tokens, 1);
   c.out["deployment_unit_devices"] = r.world;
   if (pd) {
     c.out["prefill_units"] = cap.prefill_units;
@@ -195,6 +200,7 @@ void AnswerCapacity(Ctx& c) {
     c.out["kv_transfer_ms"] = Round(cap.kv_transfer_ms, 3);
   } else {
     c.out["units"] = cap.units;
+    c.out["token_budget"] = cap.token_budget;
     c.out["max_qps_per_unit"] = Round(cap.max_qps_per_unit, 4);
   }
   const SimResult& t = cap.at_target;
@@ -215,12 +221,13 @@ void AnswerCapacity(Ctx& c) {
   const StepTime st = c.model.Step({{batch, 1.0 + c.model.Drafts(), s.input_tokens + s.output_tokens / 2, false}});
   c.out["decode"] = StepJson(st);
   c.out["bottleneck"]["decode"] = st.bottleneck;
-  const double chunk = std::min(s.input_tokens, s.token_budget > 0 ? s.token_budget : kDefaultBudget);
+  const double chunk = std::min(s.input_tokens, cap.token_budget > 0 ? cap.token_budget : kDefaultBudget);
   const StepTime pre = c.model.Step({{1, chunk, 0, true}});
   c.out["prefill"] = StepJson(pre);
   c.out["bottleneck"]["prefill"] = pre.bottleneck;
   const double per_seq = SeqCacheBytes(r, s.input_tokens + s.output_tokens) * s.tp;
-  CheckMemory(c, c.model.Memory(std::max(1.0, t.mean_running / s.tp) * per_seq, kDefaultBudget / s.tp));
+  CheckMemory(c, c.model.Memory(std::max(1.0, t.mean_running / s.tp) * per_seq,
+                                (cap.token_budget > 0 ? cap.token_budget : kDefaultBudget) / s.tp));
 }
 
 json ModelJson(const Resolved& r) {
@@ -287,7 +294,12 @@ bool UsesSpeculation(const Resolved& r) {
 CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   CapacityResult out;
   const Scenario& s = r.s;
-  const double budget = s.token_budget > 0 ? s.token_budget : kDefaultBudget;
+  // The token budget: the scenario's, else the largest power of two up to 8192 whose activations leave
+  // room for the cache of a few requests (SGLang/vLLM size their chunked-prefill budget the same way).
+  const double seq_bytes = SequenceCacheBytes(r.model, s.input_tokens + s.output_tokens, s.precision) * s.tp;
+  double budget = s.token_budget > 0 ? s.token_budget : kDefaultBudget;
+  while (s.token_budget <= 0 && budget > 256 && model.Memory(4 * seq_bytes, budget / s.tp).free < 0) budget /= 2;
+  out.token_budget = budget;
   SimConfig base;
   base.requests = s.requests > 0 ? s.requests : 400;
   base.seed = s.seed;
@@ -302,7 +314,6 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
     out.reasons.push_back("the model does not fit on the deployment unit");
     return out;
   }
-  const double seq_bytes = SequenceCacheBytes(r.model, s.input_tokens + s.output_tokens, s.precision) * s.tp;
   if (seq_bytes > base.kv_capacity_bytes) {
     out.reasons.push_back("one request's cache does not fit in the memory left on a device");
     return out;
@@ -324,6 +335,11 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   const StepTime pstep = model.Step({{std::max(1.0, budget / s.input_tokens), std::min(budget, s.input_tokens), 0, true}});
   const double prefill_rps = std::max(budget, s.input_tokens) / pstep.seconds / s.input_tokens;
   const double est = r.dp * std::min(decode_rps, prefill_rps);
+  // A rate at which requests almost never overlap: what one request sees on an idle unit.
+  const double alone_s = model.Step({{1, std::min(budget, s.input_tokens), 0, true}}, 0).seconds *
+                             std::ceil(s.input_tokens / budget) +
+                         s.output_tokens * model.Step({{1, 1, s.input_tokens, false}}, 0).seconds;
+  const double idle_qps = 0.02 / alone_s;
   // Largest grid QPS before the first that misses the SLO (a fixed grid keeps the answer monotone in the
   // SLO: a tighter SLO fails at the same grid point or an earlier one).
   auto search = [&](SimConfig::Mode mode, bool ttft, bool tpot, double extra_ms) {
@@ -346,8 +362,9 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   if (!pd) {
     out.max_qps_per_unit = search(SimConfig::Mode::kColocated, true, true, 0);
     if (out.max_qps_per_unit <= 0) {
-      out.reasons.push_back("no load meets the SLO on one unit (a single request already misses it)");
-      out.at_target = run(SimConfig::Mode::kColocated, s.qps);
+      out.reasons.push_back("no load meets the SLO: even one request alone on a unit misses it (the latencies "
+                            "reported are those of requests alone on an idle unit)");
+      out.at_target = run(SimConfig::Mode::kColocated, idle_qps);
       return out;
     }
     out.units = static_cast<int>(std::ceil(s.qps / out.max_qps_per_unit - 1e-9));
@@ -362,7 +379,11 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   out.max_qps_per_decode_unit = search(SimConfig::Mode::kDecodeOnly, false, true, 0);
   if (out.max_qps_per_prefill_unit <= 0) out.reasons.push_back("no prefill load meets the TTFT SLO");
   if (out.max_qps_per_decode_unit <= 0) out.reasons.push_back("no decode load meets the TPOT SLO");
-  if (!out.reasons.empty()) return out;
+  if (!out.reasons.empty()) {
+    out.prefill_at_target = run(SimConfig::Mode::kPrefillOnly, idle_qps);
+    out.at_target = run(SimConfig::Mode::kDecodeOnly, idle_qps);
+    return out;
+  }
   out.prefill_units = static_cast<int>(std::ceil(s.qps / out.max_qps_per_prefill_unit - 1e-9));
   out.decode_units = static_cast<int>(std::ceil(s.qps / out.max_qps_per_decode_unit - 1e-9));
   out.devices_needed = (out.prefill_units + out.decode_units) * r.world;

@@ -41,6 +41,7 @@ struct CapacityResult {
   SimResult at_target;                  // simulation at the target QPS spread over the units
   SimResult prefill_at_target;          // disaggregated only
   double kv_transfer_ms = 0;            // disaggregated: prompt cache sent from prefill to decode
+  double token_budget = 0;              // tokens per step per attention group used in the simulation
   std::vector<std::string> reasons;     // why no unit count meets the SLO (empty when one does)
 };
 CapacityResult Capacity(const Resolved& r, const StepModel& model);

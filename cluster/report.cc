@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -62,20 +63,26 @@ std::string Header(double width, double height, const std::string& title) {
       width, height, width, height, width / 2, Escape(title));
 }
 
+// A tick step of 1, 2 or 5 x 10^k giving about five ticks over `range`.
+double NiceStep(double range) {
+  const double raw = range / 5, mag = std::pow(10, std::floor(std::log10(raw)));
+  const double f = raw / mag;
+  return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * mag;
+}
+
 std::string Axes(const Frame& f, const std::string& xlabel, const std::string& ylabel, bool xticks = true) {
   std::string s = absl::StrFormat(
       "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n", f.x0, f.y0, f.w, f.h);
-  for (int i = 0; i <= 5; ++i) {
-    const double v = f.ymin + (f.ymax - f.ymin) * i / 5;
+  const double ystep = NiceStep(f.ymax - f.ymin);
+  for (double v = f.ymin; v <= f.ymax + 1e-9; v += ystep) {
     const double y = f.Y(v);
     absl::StrAppend(&s, absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", f.x0,
                                         y, f.x0 + f.w, y),
                     absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", f.x0 - 6, y + 4, Fmt(v)));
   }
   if (xticks) {
-    for (int i = 0; i <= 5; ++i) {
-      const double v = f.logx ? std::exp(std::log(f.xmin) + (std::log(f.xmax) - std::log(f.xmin)) * i / 5)
-                              : f.xmin + (f.xmax - f.xmin) * i / 5;
+    const double xstep = NiceStep(f.xmax - f.xmin);
+    for (double v = std::ceil(f.xmin / xstep) * xstep; v <= f.xmax + 1e-9; v += xstep) {
       absl::StrAppend(&s, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", f.X(v),
                                           f.y0 + f.h + 16, Fmt(v)));
     }
@@ -103,8 +110,12 @@ std::string LineChart(const std::string& title, const std::string& xlabel, const
       f.xmin = std::min(f.xmin, x), f.xmax = std::max(f.xmax, x), f.ymax = std::max(f.ymax, y);
     }
   if (f.xmin >= f.xmax) f.xmin = f.xmin * 0.5, f.xmax = f.xmax * 2 + 1;
-  if (logx && f.xmin <= 0) f.logx = false;
+  f.logx = false;  // linear axes read better; `logx` kept for callers that want it later
+  (void)logx;
+  f.xmin = 0;
   f.ymax = f.ymax > 0 ? f.ymax * 1.1 : 1;
+  f.ymax = std::ceil(f.ymax / NiceStep(f.ymax)) * NiceStep(f.ymax);
+  f.xmax = std::ceil(f.xmax * 1.05 / NiceStep(f.xmax)) * NiceStep(f.xmax);
   std::string svg = Header(760, 430, title) + Axes(f, xlabel, ylabel);
   for (size_t i = 0; i < series.size(); ++i) {
     const char* color = kColors[i % 11];
@@ -128,6 +139,7 @@ std::string BarChart(const std::string& title, const std::string& ylabel, const 
   for (const Series& s : series)
     for (auto [x, y] : s.points) f.ymax = std::max(f.ymax, y);
   f.ymax = f.ymax > 0 ? f.ymax * 1.15 : 1;
+  f.ymax = std::ceil(f.ymax / NiceStep(f.ymax)) * NiceStep(f.ymax);
   std::string svg = Header(760, 460, title) + Axes(f, "", ylabel, false);
   const double group = f.w / std::max<size_t>(1, categories.size());
   const double bar = group * 0.8 / std::max<size_t>(1, series.size());
@@ -244,8 +256,10 @@ std::string ComparisonText(const std::vector<json>& answers) {
                                     "TPOT p99 ms", "$/M output", "tok/s/device", "feasible");
   for (const json& a : answers) {
     const double devices = a.contains("devices_needed") ? Num(a, "devices_needed") : Num(a["hardware"], "devices");
-    const double tps = a.contains("decode_tokens_per_s_per_device") ? Num(a, "decode_tokens_per_s_per_device")
-                                                                    : Num(a, "single_stream_decode_tokens_per_s");
+    double tps = a.contains("decode_tokens_per_s_per_device") ? Num(a, "decode_tokens_per_s_per_device")
+                                                              : Num(a, "single_stream_decode_tokens_per_s");
+    if (a.contains("qps_served_output_tokens_per_s") && devices > 0)
+      tps = Num(a, "qps_served_output_tokens_per_s") / devices;
     absl::StrAppend(&out, absl::StrFormat("%-44s %8.0f %12.1f %12.2f %12.3f %14.1f %9s\n",
                                           a.value("scenario", std::string()).substr(0, 44), devices, Num(a, "ttft_ms_p99"),
                                           Num(a, "tpot_ms_p99"), Num(a, "cost_per_million_output_tokens"), tps,
@@ -296,16 +310,51 @@ std::string MemorySvg(const json& a) {
   return svg + "</svg>\n";
 }
 
+// One row per scenario, two panels of horizontal bars: devices needed and $ per million output tokens.
+// Scenarios that cannot meet the SLO (or do not fit) say so instead of a bar.
 std::string ComparisonSvg(const std::vector<json>& answers, const std::string& title) {
-  std::vector<std::string> cats;
-  Series devices{"devices needed", {}}, cost{"$ per M output tokens x 100", {}};
-  for (const json& a : answers) {
-    cats.push_back(a.value("scenario", std::string()).substr(0, 26));
-    const double d = a.contains("devices_needed") ? Num(a, "devices_needed") : Num(a["hardware"], "devices");
-    devices.points.push_back({cats.size(), d});
-    cost.points.push_back({cats.size(), Num(a, "cost_per_million_output_tokens") * 100});
+  const double row = 34, top = 70, label_w = 420, panel_w = 180, gap = 60;
+  const double height = top + row * answers.size() + 50;
+  std::string svg = Header(label_w + 2 * panel_w + 2 * gap + 40, height, title);
+  struct Panel {
+    const char* name;
+    std::function<double(const json&)> value;
+  };
+  const Panel panels[] = {
+      {"devices needed", [](const json& a) { return a.contains("devices_needed") ? Num(a, "devices_needed") : Num(a["hardware"], "devices"); }},
+      {"$ per million output tokens", [](const json& a) { return Num(a, "cost_per_million_output_tokens"); }},
+  };
+  for (int p = 0; p < 2; ++p) {
+    const double x0 = label_w + p * (panel_w + gap);
+    double vmax = 0;
+    for (const json& a : answers) vmax = std::max(vmax, panels[p].value(a));
+    vmax = vmax > 0 ? vmax * 1.15 : 1;
+    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s</text>\n",
+                                          x0 + panel_w / 2, top - 12, panels[p].name),
+                    absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#444\"/>\n", x0,
+                                    top - 4, x0, top + row * answers.size()));
+    for (size_t i = 0; i < answers.size(); ++i) {
+      const json& a = answers[i];
+      const double y = top + row * i;
+      const bool ok = a["feasible"].get<bool>();
+      if (!ok) {
+        absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" fill=\"#b00\">%s</text>\n", x0 + 6,
+                                              y + row / 2 + 4, p == 0 ? "does not meet the SLO" : "-"));
+        continue;
+      }
+      const double v = panels[p].value(a);
+      const double w = v / vmax * panel_w;
+      absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
+                                            x0, y + 6, w, row - 12, kColors[p]),
+                      absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x0 + w + 4, y + row / 2 + 4,
+                                      p == 0 ? Fmt(v) : absl::StrFormat("$%.3g", v)));
+    }
   }
-  return BarChart(title, "devices / cost", cats, {devices, cost});
+  for (size_t i = 0; i < answers.size(); ++i)
+    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", label_w - 10,
+                                          top + row * i + row / 2 + 4,
+                                          Escape(answers[i].value("scenario", std::string()).substr(0, 60))));
+  return svg + "</svg>\n";
 }
 
 absl::StatusOr<std::vector<std::string>> WritePlots(const std::vector<json>& answers, const std::string& dir) {

@@ -97,13 +97,14 @@ void ReadWeights(const json* j, Scenario* s, absl::Status* st) {
 
 void ReadHardware(const json* j, Scenario* s, absl::Status* st) {
   Section h(j, "scenario.hardware", st);
-  h.Known({"device", "devices_per_node", "nodes", "host_memory_bandwidth_gbps", "host_cores", "scale_out",
-           "price_per_hour"});
+  h.Known({"device", "devices_per_node", "nodes", "host_memory_bandwidth_gbps", "host_memory_gb", "host_cores",
+           "scale_out", "price_per_hour"});
   h.String("device", &s->device);
   h.Int("devices_per_node", &s->devices_per_node, 1, 1 << 16);
   h.Int("nodes", &s->nodes, 1, 1 << 20);
   if (h.Has("host_memory_bandwidth_gbps")) h.Positive("host_memory_bandwidth_gbps", &s->host_memory_bandwidth_gbps);
   h.Int("host_cores", &s->host_cores, 1, 1 << 16);
+  if (h.Has("host_memory_gb")) h.Positive("host_memory_gb", &s->host_memory_gb);
   h.String("scale_out", &s->scale_out);
   h.Number("price_per_hour", &s->price_per_hour, 0, 1e6);
 }
@@ -301,7 +302,8 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {
   const int sharing = std::max(1, std::min(s.devices_per_node, r.device.devices_per_host));
   r.host_gbps = (s.host_memory_bandwidth_gbps > 0 ? s.host_memory_bandwidth_gbps : r.device.host_memory_gbps) / sharing;
   r.host_cores = std::max(1, (s.host_cores > 0 ? s.host_cores : r.device.host_cores) / sharing);
-  r.host_gb = r.device.host_memory_gb;
+  r.host_gb = s.host_memory_gb > 0 ? s.host_memory_gb : r.device.host_memory_gb;
+  r.host_gb_given = s.host_memory_gb > 0;
   if (r.host_gb <= 0) {
     if (r.device.device_class == "datacenter") r.host_gb = 2048;  // a 2 TB server
     else if (r.device.unified_memory) r.host_gb = 0;

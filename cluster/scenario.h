@@ -29,6 +29,7 @@ struct Scenario {
   int devices_per_node = 1;
   int nodes = 1;
   double host_memory_bandwidth_gbps = 0;  // 0 = the device's catalog host
+  double host_memory_gb = 0;              // 0 = not stated (host experts: reported as a requirement)
   int host_cores = 0;                      // 0 = the device's catalog host
   std::string scale_out;                   // "" = the device's default NIC
   double price_per_hour = 0;               // 0 = the catalog's
@@ -82,6 +83,7 @@ struct Resolved {
   double host_gbps = 0;   // host memory bandwidth, this device's share
   int host_cores = 0;     // host cores, this device's share
   double host_gb = 0;     // host memory, this device's share
+  bool host_gb_given = false;
   double price_per_hour = 0;
 };
 

@@ -45,15 +45,17 @@ struct Request {
 class StepCache {
  public:
   explicit StepCache(const StepModel& m) : m_(m) {}
-  double Seconds(const std::vector<BatchPart>& parts) {
+  // `moe_tokens` < 0: all DP groups carry this batch.
+  double Seconds(const std::vector<BatchPart>& parts, double moe_tokens) {
     Key key{};
+    key.moe = moe_tokens < 0 ? -1 : std::llround(std::log2(1 + moe_tokens) * 8);
     for (const BatchPart& b : parts) {
       auto& k = b.prefill ? key.prefill : key.decode;
       k = {std::llround(b.seqs), std::llround(b.new_tokens / (b.prefill ? 32.0 : 1.0)), std::llround(b.context / 128)};
     }
     auto it = memo_.find(key);
     if (it != memo_.end()) return it->second;
-    const double s = m_.Step(parts).seconds;
+    const double s = m_.Step(parts, moe_tokens < 0 ? -1 : std::exp2(key.moe / 8.0) - 1).seconds;
     memo_.emplace(key, s);
     return s;
   }
@@ -61,7 +63,10 @@ class StepCache {
  private:
   struct Key {
     std::tuple<int64_t, int64_t, int64_t> decode{0, 0, 0}, prefill{0, 0, 0};
-    bool operator<(const Key& o) const { return std::tie(decode, prefill) < std::tie(o.decode, o.prefill); }
+    int64_t moe = -1;  // log-bucketed mean tokens per group across the EP group
+    bool operator<(const Key& o) const {
+      return std::tie(decode, prefill, moe) < std::tie(o.decode, o.prefill, o.moe);
+    }
   };
   const StepModel& m_;
   std::map<Key, double> memo_;
@@ -114,7 +119,8 @@ SimResult Simulate(const StepModel& model, const SimConfig& c) {
   StepCache cache(model);
   std::deque<int64_t> waiting;
   std::vector<int64_t> running;
-  double now = 0, kv_used = 0, running_time = 0;
+  double now = 0, kv_used = 0, running_time = 0, tokens_so_far = 0;
+  const double dp = model.resolved().dp;
   int64_t next = 0, completed = 0;
   SimResult res;
   const int64_t n = static_cast<int64_t>(reqs.size());
@@ -165,7 +171,18 @@ SimResult Simulate(const StepModel& model, const SimConfig& c) {
         pre_seqs += 1;
       }
     if (pre_seqs > 0) parts.push_back({pre_seqs, pre_tokens / pre_seqs, pre_ctx / pre_seqs, true});
-    double dt = parts.empty() ? 0 : cache.Seconds(parts);
+    // The other DP groups are statistically like this one but not in step with it: over this step they
+    // bring this group's long-run token rate times the step's duration (estimated without them first).
+    const double tokens = n_dec * (1 + drafts) + pre_tokens;
+    double dt = 0;
+    if (!parts.empty() && dp > 1) {
+      const double rate = now > reqs.front().arrival ? tokens_so_far / (now - reqs.front().arrival) : 0;
+      const double alone = cache.Seconds(parts, tokens / dp);
+      dt = cache.Seconds(parts, (tokens + (dp - 1) * rate * alone) / dp);
+    } else if (!parts.empty()) {
+      dt = cache.Seconds(parts, -1);
+    }
+    tokens_so_far += tokens;
     if (parts.empty() && c.mode != SimConfig::Mode::kDecodeOnly) {
       // Nothing admitted (cache full) and nothing running cannot happen: the first request always fits.
       dt = 1e-3;

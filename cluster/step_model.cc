@@ -55,13 +55,15 @@ StepModel::StepModel(const Resolved& r, const Profile* profile, bool speculative
     drafts_ = r_.s.speculative_tokens > 0 ? r_.s.speculative_tokens : (r_.s.speculative_accept >= 0 ? 1 : 3);
     accept_ = r_.s.speculative_accept >= 0 ? r_.s.speculative_accept : 0.7;
   }
-  // Decide how much of the routed experts spill to host memory on a single device: the weights, one
-  // request's cache and the activations of one prefill chunk must fit.
-  const double chunk = r_.s.token_budget > 0 ? r_.s.token_budget : 4096;
+  // The weights, one request's cache and the activations of a small step must fit. A single device
+  // whose weights do not fit spills routed experts to host memory (llama.cpp / ds4 style) so that a
+  // prefill chunk of the engine's size (4096 tokens unless the scenario sets a budget) also fits.
   const double one_request = SequenceCacheBytes(r_.model, r_.s.input_tokens + r_.s.output_tokens, p) * r_.s.tp;
+  const bool can_spill = r_.world == 1 && !r_.s.experts_on_host && !r_.device.IsHostOnly();
+  const double chunk = can_spill ? (r_.s.token_budget > 0 ? r_.s.token_budget : 4096) : 512;
   const MemoryBreakdown m = Memory(one_request, chunk / r_.s.tp);
-  if (m.free < 0 && !r_.s.experts_on_host && !r_.device.IsHostOnly()) {
-    if (r_.world == 1 && m.weights_experts > 0 && r_.host_gb > -m.free) {
+  if (m.free < 0) {
+    if (can_spill && m.weights_experts > 0 && r_.host_gb > -m.free) {
       spill_fraction_ = std::min(1.0, (-m.free + 1.0) / m.weights_experts);
     } else {
       fits_ = false;
@@ -176,7 +178,8 @@ double StepModel::Imbalance(double pairs_per_device) const {
   return std::min(imb, static_cast<double>(r_.ep));
 }
 
-double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const {
+double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale,
+                                 Accum& acc) const {
   const ModelPreset& m = r_.model;
   const Precision& p = r_.s.precision;
   const double tp = r_.s.tp, D = m.hidden;
@@ -188,9 +191,7 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     if (!b.prefill) decode_seqs += b.seqs * fraction;
   }
   if (group_tokens <= 0) return 0;
-  const double dev_tokens = group_tokens / tp;  // MoE tokens per device: TP ranks split the group's tokens
   const Efficiency& e = r_.eff;
-  const double one = 1.0;
   const double attn_bits = (p.kv_bits <= 8 && r_.device.fp8_tflops > r_.device.bf16_tflops) ? 8 : 16;
   const double attn_peak = host_only ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
   const double attn_prefill_eff = host_only ? 1 : e.attention;
@@ -202,11 +203,12 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   const double k = m.top_k;
   const double extra_passes = speculative_ && decode_seqs > 0 ? drafts_ : 0;
   const double total_before = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2];
-  const double host_before = acc.host_s;
 
-  auto layer = [&](int64_t l, double tokens_scale, double mtp_seqs) {
+  // One layer's operators; `mtp_seqs` > 0 runs it as a draft pass (one token per decoding sequence).
+  auto layer = [&](int64_t l, double mtp_seqs) {
     const double g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
-    const double d_tokens = g_tokens / tp;
+    const double d_tokens = g_tokens / tp;      // this group's tokens per device
+    const double e_tokens = d_tokens * moe_scale;  // tokens per device the routed experts see
     // Residual streams: mHC mixing (or plain norm + add).
     AddOp(acc, "residual/mHC", MhcFlopsPerToken(m) * g_tokens, ResidualBytesPerToken(m) * g_tokens,
           m.hc_mult > 1 ? 8 : 2, bf16_rate, 1, false);
@@ -239,10 +241,10 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     const double shared = SharedExpertParams(m);
     if (shared > 0)
       AddOp(acc, "moe.shared", 2 * shared * d_tokens, shared * p.dense_bits / 8, 3, dense_rate, 1, false);
-    const double pairs_mean = d_tokens * k;
+    const double pairs_mean = e_tokens * k;
     const double imb = Imbalance(pairs_mean);
     const double pairs = pairs_mean * imb;
-    const double tokens_ep = d_tokens * r_.ep;
+    const double tokens_ep = e_tokens * r_.ep;
     const double used = 1 - std::pow(std::max(0.0, 1 - k / std::max<double>(1, r_.routed_experts)), tokens_ep);
     const double act_mean = local_slots * used;
     const double act_max =
@@ -271,21 +273,17 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
       const double link = r_.device.unified_memory ? r_.host_gbps : 25;  // PCIe 4/5 host-to-device
       acc.engram_gather_s += g_tokens * EngramGatherBytesPerToken(m) / (link * kGB * 0.5);
     }
-    (void)tokens_scale;
-    (void)one;
   };
 
-  for (int64_t l = 0; l < m.layers; ++l) layer(l, 1, 0);
+  for (int64_t l = 0; l < m.layers; ++l) layer(l, 0);
   // Draft passes of speculative decoding: one MTP layer per draft token for every decoding sequence.
   for (int i = 0; i < extra_passes; ++i) {
-    layer(m.layers - 1, 1, decode_seqs);
+    layer(m.layers - 1, decode_seqs);
     AddOp(acc, "mtp.head", 2.0 * m.vocab * D * decode_seqs / tp, m.vocab * D * 2.0 / tp, 2, bf16_rate, 1, false);
   }
   AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp,
         4, bf16_rate, 1, false);
-  const double device_s = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - total_before;
-  (void)host_before;
-  return device_s;
+  return acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - total_before;
 }
 
 double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {
@@ -336,7 +334,8 @@ double StepModel::TpCollectives(double group_tokens) const {
   return all_reduce + all_gather;
 }
 
-double StepModel::CommSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const {
+double StepModel::CommSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale,
+                              Accum& acc) const {
   double group_tokens = 0;
   bool prefill = false;
   for (const BatchPart& b : parts) {
@@ -345,14 +344,24 @@ double StepModel::CommSeconds(const std::vector<BatchPart>& parts, double fracti
   }
   const double dev_tokens = group_tokens / r_.s.tp;
   const double moe_layers = r_.model.layers - r_.model.dense_layers;
-  const double ep = EpAllToAll(dev_tokens, prefill) * moe_layers;
+  // A device sends its own tokens and receives the EP group's mean; the larger sets the time.
+  const double ep = EpAllToAll(dev_tokens * std::max(1.0, moe_scale), prefill) * moe_layers;
   const double tp = TpCollectives(group_tokens) * r_.model.layers;
   if (ep > 0) acc.ops["ep dispatch/combine"] = {"ep dispatch/combine", ep, 0, 0, "network"};
   if (tp > 0) acc.ops["tp all-reduce/gather"] = {"tp all-reduce/gather", tp, 0, 0, "network"};
   return ep + tp;
 }
 
-StepTime StepModel::Step(const std::vector<BatchPart>& parts) const {
+StepTime StepModel::Step(const std::vector<BatchPart>& parts, double moe_group_tokens) const {
+  if (r_.s.micro_batches > 0 || r_.ep <= 1) return StepWith(parts, moe_group_tokens, r_.s.micro_batches);
+  // Two micro-batches hide communication but read the weights twice; engines turn the overlap on
+  // where it pays (SGLang's two-batch overlap, DeepSeek's serving), so take the faster.
+  StepTime one = StepWith(parts, moe_group_tokens, 1);
+  StepTime two = StepWith(parts, moe_group_tokens, 2);
+  return two.seconds < one.seconds ? two : one;
+}
+
+StepTime StepModel::StepWith(const std::vector<BatchPart>& parts, double moe_group_tokens, int micro_batches) const {
   StepTime st;
   double group_tokens = 0;
   bool prefill = false;
@@ -361,13 +370,14 @@ StepTime StepModel::Step(const std::vector<BatchPart>& parts) const {
     prefill |= b.prefill;
   }
   const double dev_tokens = group_tokens / r_.s.tp;
-  int mb = r_.s.micro_batches;
-  if (mb == 0) mb = (r_.ep > 1 && dev_tokens >= 32) ? 2 : 1;
+  // Two micro-batches need at least a few tokens per device each.
+  const int mb = micro_batches == 2 && dev_tokens >= 2 ? 2 : 1;
   st.micro_batches = mb;
   const double fraction = 1.0 / mb;
   Accum acc;
-  const double compute_one = ComputeSeconds(parts, fraction, acc);
-  const double comm_one = CommSeconds(parts, fraction, acc);
+  const double moe_scale = moe_group_tokens >= 0 && group_tokens > 0 ? moe_group_tokens / group_tokens : 1;
+  const double compute_one = ComputeSeconds(parts, fraction, moe_scale, acc);
+  const double comm_one = CommSeconds(parts, fraction, moe_scale, acc);
   st.compute_s = compute_one * mb;
   st.host_s = acc.host_s * mb;
   st.comm_s = comm_one * mb;
@@ -382,7 +392,7 @@ StepTime StepModel::Step(const std::vector<BatchPart>& parts) const {
     st.exposed_comm_s = st.comm_s;
   }
   st.seconds = std::max(st.seconds, acc.engram_gather_s * mb);
-  st.imbalance = Imbalance(dev_tokens * fraction * r_.model.top_k);
+  st.imbalance = Imbalance(dev_tokens * fraction * moe_scale * r_.model.top_k);
   for (auto& [name, op] : acc.ops) {
     if (op.bound != "network") op.seconds *= mb;
     st.ops.push_back(op);

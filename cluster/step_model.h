@@ -74,8 +74,10 @@ class StepModel {
   MemoryBreakdown Memory(double kv_bytes, double step_tokens) const;
   // Weights and fixed costs alone fit on the device.
   bool WeightsFit() const { return fits_; }
-  // Step time for a batch of parts on every attention group.
-  StepTime Step(const std::vector<BatchPart>& parts) const;
+  // Step time for a batch of parts on an attention group. The other DP groups carry the same batch,
+  // unless `moe_group_tokens` >= 0 gives the mean tokens per group across the EP group (the routed
+  // experts and the all-to-all see that load; attention sees this group's).
+  StepTime Step(const std::vector<BatchPart>& parts, double moe_group_tokens = -1) const;
   // Expected output tokens per sequence per decode step with speculation (1 without).
   double TokensPerDecodeStep() const;
   // Drafts per step (0 without speculation).
@@ -87,11 +89,12 @@ class StepModel {
   struct Accum;
   void AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels, double tflops_peak,
              double flop_eff, bool on_host, double mem_eff = 0) const;
-  double ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const;
-  double CommSeconds(const std::vector<BatchPart>& parts, double fraction, Accum& acc) const;
+  double ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale, Accum& acc) const;
+  double CommSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale, Accum& acc) const;
   double EpAllToAll(double tokens_dev, bool prefill) const;
   double TpCollectives(double group_tokens) const;
   double Imbalance(double pairs_per_device) const;
+  StepTime StepWith(const std::vector<BatchPart>& parts, double moe_group_tokens, int micro_batches) const;
   double GemmRate(double bits, double tokens, bool grouped) const;  // TFLOP/s achieved
 
   Resolved r_;

@@ -363,10 +363,17 @@ TEST(Simulation, LightLoadLatencyIsTheStepTime) {
   c.output_tokens = 50;
   c.kv_capacity_bytes = 1e12;
   const SimResult res = Simulate(model, c);
-  const double prefill = model.Step({{1, 1000, 0, true}}).seconds * 1e3;
-  EXPECT_NEAR(res.ttft_ms.p50, prefill, prefill * 0.01);
-  const double decode = model.Step({{1, 1, 1025, false}}).seconds * 1e3;
-  EXPECT_NEAR(res.tpot_ms.p50, decode, decode * 0.05);
+  // Alone, a request's step lies between "the other 7 DP groups idle" and "all groups as busy".
+  const double dp = r->dp;
+  const double prefill_busy = model.Step({{1, 1000, 0, true}}).seconds * 1e3;
+  const double prefill_idle = model.Step({{1, 1000, 0, true}}, 1000 / dp).seconds * 1e3;
+  EXPECT_LT(prefill_idle, prefill_busy);
+  EXPECT_GE(res.ttft_ms.p50, prefill_idle * 0.99);
+  EXPECT_LE(res.ttft_ms.p50, prefill_busy * 1.01);
+  const double decode_busy = model.Step({{1, 1, 1025, false}}).seconds * 1e3;
+  const double decode_idle = model.Step({{1, 1, 1025, false}}, 1 / dp).seconds * 1e3;
+  EXPECT_GE(res.tpot_ms.p50, decode_idle * 0.95);
+  EXPECT_LE(res.tpot_ms.p50, decode_busy * 1.05);
 }
 
 // ---- the step model ---------------------------------------------------------------------------------
