@@ -278,7 +278,7 @@ std::string ThroughputLatencySvg(const json& a) {
 
 std::string LayoutCostSvg(const json& a) {
   std::vector<std::string> cats;
-  Series cost{"$ per million output tokens", {}};
+  Series cost{"$/M output", {}};
   for (const auto& l : a["sweeps"]["layouts"]) {
     cats.push_back(l["layout"].get<std::string>());
     cost.points.push_back({cost.points.size(), Num(l, "cost_per_million_output_tokens")});
@@ -313,7 +313,7 @@ std::string MemorySvg(const json& a) {
 // One row per scenario, two panels of horizontal bars: devices needed and $ per million output tokens.
 // Scenarios that cannot meet the SLO (or do not fit) say so instead of a bar.
 std::string ComparisonSvg(const std::vector<json>& answers, const std::string& title) {
-  const double row = 34, top = 70, label_w = 420, panel_w = 180, gap = 60;
+  const double row = 34, top = 70, label_w = 420, panel_w = 200, gap = 80;
   const double height = top + row * answers.size() + 50;
   std::string svg = Header(label_w + 2 * panel_w + 2 * gap + 40, height, title);
   struct Panel {
@@ -329,7 +329,8 @@ std::string ComparisonSvg(const std::vector<json>& answers, const std::string& t
     double vmax = 0;
     for (const json& a : answers) vmax = std::max(vmax, panels[p].value(a));
     vmax = vmax > 0 ? vmax * 1.15 : 1;
-    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s</text>\n",
+    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s "
+                                          "(log scale)</text>\n",
                                           x0 + panel_w / 2, top - 12, panels[p].name),
                     absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#444\"/>\n", x0,
                                     top - 4, x0, top + row * answers.size()));
@@ -342,8 +343,9 @@ std::string ComparisonSvg(const std::vector<json>& answers, const std::string& t
                                               y + row / 2 + 4, p == 0 ? "does not meet the SLO" : "-"));
         continue;
       }
+      // Log widths: one deployment may need a thousand times the devices of another.
       const double v = panels[p].value(a);
-      const double w = v / vmax * panel_w;
+      const double w = std::log10(1 + v) / std::log10(1 + vmax) * panel_w;
       absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
                                             x0, y + 6, w, row - 12, kColors[p]),
                       absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x0 + w + 4, y + row / 2 + 4,
