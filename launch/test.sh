@@ -10,7 +10,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/launch/setup.sh"
 dsv4_setup
 
-cuda_flag=()
+# With nvcc present the CUDA backend is required (a broken toolkit fails the build, never silently
+# drops the CUDA path); it compiles without a GPU, and the `gpu` tests skip then.
+cuda_flag=(-DDSV4_CUDA=ON)
 if ! command -v nvcc >/dev/null 2>&1 && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then cuda_flag=(-DDSV4_CUDA=OFF); fi
 
 echo "== build (build/)"

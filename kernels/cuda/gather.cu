@@ -1,0 +1,69 @@
+// Row gather (Engram rows from pinned host memory, MoE dispatch packing) and the ordered weighted
+// combine of MoE results.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace dsv4::kernels::cuda {
+namespace {
+
+// Block per destination row; kVec-byte copies (16 when every address and pitch is 16-aligned).
+template <typename Vec>
+__global__ void GatherRowsKernel(const char* src, int64_t src_pitch, const int64_t* ids, int64_t row_bytes, char* dst,
+                                 int64_t dst_pitch) {
+  const int64_t r = blockIdx.x, id = ids[r], n = row_bytes / static_cast<int64_t>(sizeof(Vec));
+  Vec* d = reinterpret_cast<Vec*>(dst + r * dst_pitch);
+  if (id < 0) {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = Vec{};
+    return;
+  }
+  const Vec* s = reinterpret_cast<const Vec*>(src + id * src_pitch);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
+}
+
+// Thread per (row t, column c): the row's contributions in CSR order.
+__global__ void CombineRowsKernel(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
+                                  const float* weights, int64_t D, bool accumulate, float* out, int64_t ldo) {
+  const int64_t t = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= D) return;
+  float acc = accumulate ? out[t * ldo + c] : 0.f;
+  for (int32_t e = offsets[t]; e < offsets[t + 1]; ++e) {
+    const float v = src[static_cast<int64_t>(src_rows[e]) * lds + c];
+    acc += weights ? weights[e] * v : v;
+  }
+  out[t * ldo + c] = acc;
+}
+
+bool Aligned16(const void* p, int64_t a, int64_t b, int64_t c) {
+  return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && a % 16 == 0 && b % 16 == 0 && c % 16 == 0;
+}
+
+}  // namespace
+
+cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                       void* dst, int64_t dst_pitch, cudaStream_t stream) {
+  if (row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) return cudaErrorInvalidValue;
+  if (rows == 0 || row_bytes == 0) return cudaSuccess;
+  const LaunchConfig cfg = GatherLaunch(rows);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  const char* s = static_cast<const char*>(src);
+  char* d = static_cast<char*>(dst);
+  if (Aligned16(src, src_pitch, row_bytes, dst_pitch) && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    DSV4_LAUNCH(GatherRowsKernel<uint4>, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
+  } else {
+    DSV4_LAUNCH(GatherRowsKernel<unsigned char>, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
+                        const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo,
+                        cudaStream_t stream) {
+  if (D < 0 || lds < D || ldo < D) return cudaErrorInvalidValue;
+  if (rows == 0 || D == 0) return cudaSuccess;
+  const LaunchConfig cfg = CombineLaunch(rows, D);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(CombineRowsKernel, cfg, stream, src, lds, offsets, src_rows, weights, D, accumulate, out, ldo);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv4::kernels::cuda

@@ -1,0 +1,64 @@
+#include "kernels/cuda/memory_plan.h"
+
+#include <algorithm>
+
+namespace dsv4::kernels::cuda {
+
+int64_t Arena::Allocate(int64_t bytes, int64_t align) {
+  if (bytes < 0 || align < 1 || (align & (align - 1)) != 0) return -1;
+  const int64_t offset = (used_ + align - 1) / align * align;
+  if (offset > capacity_ || bytes > capacity_ - offset) return -1;
+  used_ = offset + bytes;
+  high_water_ = std::max(high_water_, used_);
+  return offset;
+}
+
+WeightUploadPlan PlanWeightUpload(const WeightMatrix& w) {
+  WeightUploadPlan p;
+  p.view = w;
+  p.view.data = nullptr;
+  p.view.scales = nullptr;
+  auto floor_to = [](int64_t v, int64_t b) { return v / b * b; };
+  auto ceil_to = [](int64_t v, int64_t b) { return (v + b - 1) / b * b; };
+  switch (w.type) {
+    case WeightType::kF32:
+    case WeightType::kBF16: {
+      const int64_t es = w.type == WeightType::kF32 ? 4 : 2;
+      p.data = {w.rows(), w.cols() * es, (w.row_begin * w.ld + w.col_begin) * es, w.ld * es};
+      p.view.ld = w.cols();
+      p.view.row_begin = 0, p.view.row_end = w.rows();
+      p.view.col_begin = 0, p.view.col_end = w.cols();
+      return p;
+    }
+    case WeightType::kFP8: {
+      // Whole scale blocks: rows [r0, r1), columns [c0, c1), clipped to the stored width (ld).
+      const int64_t r0 = floor_to(w.row_begin, w.block_rows), r1 = w.row_end;
+      const int64_t c0 = floor_to(w.col_begin, w.block_cols), c1 = std::min(ceil_to(w.col_end, w.block_cols), w.ld);
+      const int64_t sc0 = c0 / w.block_cols, sc1 = (c1 + w.block_cols - 1) / w.block_cols;
+      const int64_t sr0 = r0 / w.block_rows, sr1 = (r1 + w.block_rows - 1) / w.block_rows;
+      p.data = {r1 - r0, c1 - c0, r0 * w.ld + c0, w.ld};
+      p.scales = {sr1 - sr0, sc1 - sc0, sr0 * w.scale_ld + sc0, w.scale_ld};
+      p.view.ld = c1 - c0;
+      p.view.scale_ld = sc1 - sc0;
+      p.view.row_begin = w.row_begin - r0, p.view.row_end = w.row_end - r0;
+      p.view.col_begin = w.col_begin - c0, p.view.col_end = w.col_end - c0;
+      return p;
+    }
+    case WeightType::kFP4: {
+      // block_rows is 1; whole groups of block_cols (even) columns = whole bytes.
+      const int64_t c0 = floor_to(w.col_begin, w.block_cols), c1 = std::min(ceil_to(w.col_end, w.block_cols), 2 * w.ld);
+      const int64_t sc0 = c0 / w.block_cols, sc1 = (c1 + w.block_cols - 1) / w.block_cols;
+      const int64_t b0 = c0 / 2, b1 = (c1 + 1) / 2;
+      p.data = {w.rows(), b1 - b0, w.row_begin * w.ld + b0, w.ld};
+      p.scales = {w.rows(), sc1 - sc0, w.row_begin * w.scale_ld + sc0, w.scale_ld};
+      p.view.ld = b1 - b0;
+      p.view.scale_ld = sc1 - sc0;
+      p.view.row_begin = 0, p.view.row_end = w.rows();
+      p.view.col_begin = w.col_begin - c0, p.view.col_end = w.col_end - c0;
+      return p;
+    }
+  }
+  return p;
+}
+
+}  // namespace dsv4::kernels::cuda

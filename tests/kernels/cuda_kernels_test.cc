@@ -1,0 +1,661 @@
+// Every CUDA kernel against its CPU kernel (kernels/cpu, the reference) or a plain loop, over awkward
+// shapes, plus the golden kernel cases on the GPU. Label `gpu`: every test skips when no CUDA device
+// is present (cudaGetDeviceCount fails or finds none) and must pass when one is.
+//
+// Tolerances: bit-exact where the GPU performs the same float operations in the same order (QDQ,
+// Hadamard, top-k, gathers); otherwise float32 sums in another order, bounded relative to the
+// output's scale, with the reason next to each.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/formats.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/memory.h"
+#include "tests/testutil.h"
+
+namespace dsv4::kernels::cuda {
+namespace {
+
+using dsv4::testing::AllClose;
+
+bool DeviceAvailable() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// A device copy of a host vector, freed at scope exit.
+template <typename T>
+class DevVec {
+ public:
+  explicit DevVec(size_t n) : n_(n) { EXPECT_EQ(cudaMalloc(&p_, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess); }
+  explicit DevVec(const std::vector<T>& v) : DevVec(v.size()) {
+    EXPECT_EQ(cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DevVec() { cudaFree(p_); }
+  DevVec(const DevVec&) = delete;
+  DevVec& operator=(const DevVec&) = delete;
+  T* get() const { return static_cast<T*>(p_); }
+  std::vector<T> Host() const {
+    std::vector<T> v(n_);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_;
+};
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!DeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  void Sync() { ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess); }
+
+  std::vector<float> Random(size_t n, float sigma = 1.f) {
+    std::normal_distribution<float> nd(0.f, sigma);
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng_);
+    return v;
+  }
+
+  cudaStream_t stream_ = nullptr;
+  std::mt19937 rng_{1234};
+};
+
+bool SameBits(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
+}
+
+double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v)
+    if (std::isfinite(x)) m = std::max(m, static_cast<double>(std::fabs(x)));
+  return m;
+}
+
+// ---- rounding, norms, rotations --------------------------------------------------------------------
+
+TEST_F(CudaKernels, QdqBitExact) {
+  for (int64_t n : {1, 31, 100, 448, 4096})
+    for (int group : {16, 32, 64, 128})
+      for (bool fp4 : {false, true}) {
+        const int64_t m = 5, ld = n + 3;
+        std::vector<float> x = Random(m * ld, 3.f);
+        for (size_t i = 0; i < x.size(); i += 7) x[i] *= 1e-6f;
+        std::vector<float> want = x;
+        if (fp4) kernels::QdqFp4(want.data(), m, n, ld, group);
+        else kernels::QdqFp8(want.data(), m, n, ld, group);
+        DevVec<float> d(x);
+        ASSERT_EQ((fp4 ? QdqFp4 : QdqFp8)(d.get(), m, n, ld, group, stream_), cudaSuccess);
+        const std::vector<float> got = d.Host();
+        for (size_t i = 0; i < x.size(); ++i)
+          ASSERT_TRUE(SameBits(got[i], want[i])) << "n " << n << " group " << group << " fp4 " << fp4 << " at " << i;
+      }
+}
+
+// Float sums of n squares in another order: relative 1e-5.
+TEST_F(CudaKernels, RmsNorm) {
+  for (int64_t n : {1, 33, 512, 4097})
+    for (bool gain : {false, true})
+      for (bool in_place : {false, true}) {
+        const int64_t m = 7, ld = n + 1;
+        const std::vector<float> x = Random(m * ld, 2.f), w = Random(n);
+        std::vector<float> want(m * ld, 0.f);
+        kernels::RmsNorm(x.data(), gain ? w.data() : nullptr, 1e-6f, m, n, ld, want.data(), ld);
+        DevVec<float> dx(x), dw(w), dy(std::vector<float>(m * ld, 0.f));
+        float* out = in_place ? dx.get() : dy.get();
+        ASSERT_EQ(RmsNorm(dx.get(), gain ? dw.get() : nullptr, 1e-6f, m, n, ld, out, ld, stream_), cudaSuccess);
+        std::vector<float> got = in_place ? dx.Host() : dy.Host();
+        for (int64_t t = 0; t < m; ++t)  // the padding column is not part of the output
+          got[t * ld + n] = want[t * ld + n] = 0.f;
+        EXPECT_TRUE(AllClose("rmsnorm", got.data(), want.data(), got.size(), {.abs = 1e-6, .rel = 1e-5}))
+            << n << " " << gain << " " << in_place;
+      }
+}
+
+// Same products and sums as the CPU: 1e-6.
+TEST_F(CudaKernels, Rope) {
+  const int64_t tokens = 5, heads = 3, half = 32, ld = 2 * half + 448;  // rope on the last 64 of 512
+  const std::vector<float> x = Random(tokens * heads * ld);
+  std::vector<float> cos(tokens * half), sin(tokens * half);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(t * 37 + 1) * std::pow(10000.f, -static_cast<float>(i) / half);
+      cos[t * half + i] = std::cos(angle), sin[t * half + i] = std::sin(angle);
+    }
+  for (bool inverse : {false, true}) {
+    std::vector<float> want = x;
+    for (int64_t r = 0; r < tokens * heads; ++r)
+      kernels::Rope(&want[r * ld + 448], half, &cos[(r / heads) * half], &sin[(r / heads) * half], inverse);
+    DevVec<float> dx(x), dc(cos), ds(sin);
+    ASSERT_EQ(Rope(dx.get() + 448, tokens * heads, ld, half, dc.get(), ds.get(), heads, inverse, stream_), cudaSuccess);
+    const std::vector<float> got = dx.Host();
+    EXPECT_TRUE(AllClose("rope", got.data(), want.data(), got.size(), {.abs = 1e-6}));
+  }
+}
+
+TEST_F(CudaKernels, HadamardBitExact) {
+  for (int64_t n : {2, 64, 128, 512, 8192}) {
+    const int64_t m = 3, ld = n + 2;
+    const std::vector<float> x = Random(m * ld);
+    std::vector<float> want = x;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(n));
+    for (int64_t r = 0; r < m; ++r) kernels::Hadamard(&want[r * ld], n, scale);
+    DevVec<float> d(x);
+    ASSERT_EQ(Hadamard(d.get(), m, n, ld, scale, stream_), cudaSuccess);
+    const std::vector<float> got = d.Host();
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << n << " at " << i;
+  }
+  DevVec<float> d(std::vector<float>(96));
+  EXPECT_EQ(Hadamard(d.get(), 1, 96, 96, 1.f, stream_), cudaErrorInvalidValue);
+}
+
+TEST_F(CudaKernels, SwiGlu) {
+  const int64_t m = 9, I = 300, ld = 301;
+  std::vector<float> g = Random(m * ld, 6.f), u = Random(m * ld, 6.f), w = Random(m);
+  for (float limit : {0.f, 10.f})
+    for (bool weighted : {false, true}) {
+      std::vector<float> want(m * ld, 0.f);
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t i = 0; i < I; ++i) {
+          float gv = g[t * ld + i], uv = u[t * ld + i];
+          if (limit > 0) uv = std::clamp(uv, -limit, limit), gv = std::min(gv, limit);
+          want[t * ld + i] = gv / (1.0f + std::exp(-gv)) * uv * (weighted ? w[t] : 1.f);
+        }
+      DevVec<float> dg(g), du(u), dw(w), dh(std::vector<float>(m * ld, 0.f));
+      ASSERT_EQ(SwiGlu(dg.get(), du.get(), m, I, ld, weighted ? dw.get() : nullptr, limit, dh.get(), stream_),
+                cudaSuccess);
+      const std::vector<float> got = dh.Host();
+      // expf on the device is within 2 ulp of the host's.
+      EXPECT_TRUE(AllClose("swiglu", got.data(), want.data(), got.size(), {.abs = 1e-6, .rel = 1e-5}));
+    }
+}
+
+// ---- mHC -------------------------------------------------------------------------------------------
+
+// The plain-loop mHC pre/post of one token, composed from the CPU Sinkhorn.
+void HcPreRef(const float* x, int hc, int64_t D, const float* fn, const float* scale3, const float* base, int iters,
+              float norm_eps, float hc_eps, float* collapsed, float* post, float* comb) {
+  const int64_t width = hc * D, mix = hc * (hc + 2);
+  double ss = 0;
+  for (int64_t i = 0; i < width; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const double rs = 1.0 / std::sqrt(ss / width + norm_eps);
+  std::vector<float> mixes(mix), pre(hc);
+  for (int64_t k = 0; k < mix; ++k) {
+    double dot = 0;
+    for (int64_t i = 0; i < width; ++i) dot += static_cast<double>(x[i]) * fn[k * width + i];
+    mixes[k] = static_cast<float>(dot * rs);
+  }
+  kernels::HcSplitSinkhorn(mixes.data(), scale3, base, hc, iters, hc_eps, pre.data(), post, comb);
+  for (int64_t d = 0; d < D; ++d) {
+    float u = 0.f;
+    for (int i = 0; i < hc; ++i) u += pre[i] * x[i * D + d];
+    collapsed[d] = u;
+  }
+}
+
+// Dots over hc*D elements in another order feed sigmoids and Sinkhorn: 1e-4 relative.
+TEST_F(CudaKernels, HcPreAndPost) {
+  for (int hc : {1, 3, 4})
+    for (int64_t D : {1, 100, 4096}) {
+      const int64_t m = 6, mix = hc * (hc + 2), width = hc * D, ldx = width + 4;
+      const std::vector<float> x = Random(m * ldx), fn = Random(mix * width, 0.05f), base = Random(mix),
+                               scale3 = {0.5f, 0.8f, 1.1f}, y = Random(m * D);
+      std::vector<float> want_u(m * D), want_post(m * hc), want_comb(m * hc * hc);
+      for (int64_t t = 0; t < m; ++t)
+        HcPreRef(&x[t * ldx], hc, D, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, &want_u[t * D],
+                 &want_post[t * hc], &want_comb[t * hc * hc]);
+      DevVec<float> dx(x), dfn(fn), dbase(base), dscale(scale3), du(m * D), dpost(m * hc), dcomb(m * hc * hc), dy(y);
+      ASSERT_EQ(HcPre(dx.get(), m, hc, D, ldx, dfn.get(), dscale.get(), dbase.get(), 20, 1e-6f, 1e-6f, du.get(),
+                      dpost.get(), dcomb.get(), stream_),
+                cudaSuccess);
+      const std::vector<float> got_u = du.Host(), got_post = dpost.Host(), got_comb = dcomb.Host();
+      const std::string tag = "hc " + std::to_string(hc) + " D " + std::to_string(D);
+      EXPECT_TRUE(AllClose("hc collapse " + tag, got_u.data(), want_u.data(), got_u.size(), {.abs = 1e-4, .rel = 1e-4}));
+      EXPECT_TRUE(AllClose("hc post " + tag, got_post.data(), want_post.data(), got_post.size(), {.abs = 1e-5}));
+      EXPECT_TRUE(AllClose("hc comb " + tag, got_comb.data(), want_comb.data(), got_comb.size(), {.abs = 1e-5}));
+
+      // Post with the reference's post/comb: same operations as the CPU loop.
+      std::vector<float> want_x = x;
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t d = 0; d < D; ++d) {
+          float in[4];
+          for (int i = 0; i < hc; ++i) in[i] = x[t * ldx + i * D + d];
+          for (int j = 0; j < hc; ++j) {
+            float o = want_post[t * hc + j] * y[t * D + d];
+            for (int i = 0; i < hc; ++i) o += want_comb[t * hc * hc + i * hc + j] * in[i];
+            want_x[t * ldx + j * D + d] = o;
+          }
+        }
+      DevVec<float> dpost_ref(want_post), dcomb_ref(want_comb);
+      ASSERT_EQ(HcPost(dy.get(), D, dpost_ref.get(), dcomb_ref.get(), m, hc, D, dx.get(), ldx, stream_), cudaSuccess);
+      const std::vector<float> got_x = dx.Host();
+      EXPECT_TRUE(AllClose("hc post " + tag, got_x.data(), want_x.data(), got_x.size(), {.abs = 1e-6, .rel = 1e-6}));
+    }
+}
+
+// ---- linear layers ---------------------------------------------------------------------------------
+
+struct HostWeight {
+  std::vector<uint8_t> data, scales;
+  WeightMatrix w;
+};
+
+HostWeight MakeWeight(WeightType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::normal_distribution<float> nd;
+  HostWeight h;
+  const int64_t ld = type == WeightType::kFP4 ? (cols + 1) / 2 : cols;
+  const int64_t es = type == WeightType::kF32 ? 4 : type == WeightType::kBF16 ? 2 : 1;
+  h.data.resize(rows * ld * es);
+  if (type == WeightType::kF32) {
+    for (int64_t i = 0; i < rows * cols; ++i) reinterpret_cast<float*>(h.data.data())[i] = nd(rng);
+  } else if (type == WeightType::kBF16) {
+    for (int64_t i = 0; i < rows * cols; ++i) reinterpret_cast<uint16_t*>(h.data.data())[i] = FloatToBf16(nd(rng));
+  } else {
+    for (auto& b : h.data) b = static_cast<uint8_t>(byte(rng) & (type == WeightType::kFP8 ? 0x77 : 0xff));
+  }
+  WeightMatrix& w = h.w;
+  w.type = type, w.ld = ld, w.row_end = rows, w.col_end = cols;
+  if (type == WeightType::kFP8) {
+    w.block_rows = w.block_cols = 128, w.scale_ld = (cols + 127) / 128;
+    h.scales.resize(((rows + 127) / 128) * w.scale_ld);
+  } else if (type == WeightType::kFP4) {
+    w.block_cols = 32, w.scale_ld = (cols + 31) / 32;
+    h.scales.resize(rows * w.scale_ld);
+  }
+  for (auto& s : h.scales) s = static_cast<uint8_t>(120 + byte(rng) % 10);
+  w.data = h.data.data();
+  w.scales = h.scales.empty() ? nullptr : h.scales.data();
+  return h;
+}
+
+// Float sums of up to 1000 products in another order: 1e-5 of the output's scale.
+TEST_F(CudaKernels, LinearAllFormatsAndShards) {
+  DevicePool pool;
+  ASSERT_EQ(DevicePool::Create(64 << 20, &pool), cudaSuccess);
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8, WeightType::kFP4})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 32}, {70, 96}, {300, 1000}}) {
+      HostWeight h = MakeWeight(type, rows, cols, rng_);
+      for (int view = 0; view < 3; ++view) {
+        WeightMatrix wv = h.w;
+        if (view == 1 && rows > 2) wv.row_begin = 1, wv.row_end = rows - 1;        // a row shard
+        if (view == 2 && cols >= 64) wv.col_begin = 32, wv.col_end = cols - 1;   // a column shard
+        WeightMatrix dw;
+        const int64_t mark = pool.used();
+        ASSERT_EQ(UploadWeight(wv, pool, stream_, &dw), cudaSuccess);
+        for (int64_t m : {1, 3, 4, 5, 33, 70}) {
+          const int64_t ldx = cols + 3, ldy = wv.rows() + 2;
+          const std::vector<float> x = Random(m * ldx);
+          std::vector<float> want(m * ldy, 0.f);
+          kernels::ref::Linear(x.data() + wv.col_begin, m, ldx, wv, want.data(), ldy);
+          DevVec<float> dx(x), dy(std::vector<float>(m * ldy, 0.f));
+          ASSERT_EQ(Linear(dx.get() + wv.col_begin, m, ldx, dw, dy.get(), ldy, stream_), cudaSuccess);
+          const std::vector<float> got = dy.Host();
+          const double scale = MaxAbs(want);
+          EXPECT_TRUE(AllClose("linear", got.data(), want.data(), got.size(), {.abs = 1e-5 * (scale + 1), .rel = 1e-5}))
+              << "type " << static_cast<int>(type) << " " << rows << "x" << cols << " view " << view << " m " << m;
+        }
+        pool.Reset(mark);
+      }
+    }
+}
+
+TEST_F(CudaKernels, GroupedLinearExperts) {
+  const int64_t E = 4, rows = 96, cols = 160, ld = cols + 1;
+  const std::vector<int32_t> offsets = {0, 5, 5, 40, 41};  // an empty expert, a single-token one
+  const int64_t T = offsets.back();
+  for (WeightType type : {WeightType::kFP4, WeightType::kFP8}) {
+    DevicePool pool;
+    ASSERT_EQ(DevicePool::Create(16 << 20, &pool), cudaSuccess);
+    std::vector<HostWeight> host;
+    std::vector<WeightMatrix> dev(E);
+    for (int64_t e = 0; e < E; ++e) {
+      host.push_back(MakeWeight(type, rows, cols, rng_));
+      ASSERT_EQ(UploadWeight(host.back().w, pool, stream_, &dev[e]), cudaSuccess);
+    }
+    const std::vector<float> x = Random(T * ld);
+    std::vector<float> want(T * rows);
+    for (int64_t e = 0; e < E; ++e)
+      kernels::ref::Linear(&x[offsets[e] * ld], offsets[e + 1] - offsets[e], ld, host[e].w, &want[offsets[e] * rows],
+                           rows);
+    DevVec<float> dx(x), dy(std::vector<float>(T * rows, 0.f));
+    DevVec<int32_t> doff(offsets);
+    DevVec<WeightMatrix> dweights(dev);
+    ASSERT_EQ(GroupedLinear(dx.get(), ld, dweights.get(), dev[0], doff.get(), E, T, dy.get(), rows, stream_),
+              cudaSuccess);
+    const std::vector<float> got = dy.Host();
+    EXPECT_TRUE(AllClose("grouped", got.data(), want.data(), got.size(), {.abs = 1e-5 * (MaxAbs(want) + 1), .rel = 1e-5}))
+        << static_cast<int>(type);
+  }
+}
+
+// ---- attention -------------------------------------------------------------------------------------
+
+// Softmax-weighted sums over up to 200 rows in another order: 1e-5 absolute on O(1) outputs.
+TEST_F(CudaKernels, SparseAttentionMatchesCpu) {
+  for (int64_t d : {40, 72, 128, 200, 512})
+    for (int64_t H : {1, 5, 64})
+      for (int64_t k : {1, 63, 64, 65, 200}) {
+        if (H == 64 && d < 512 && k != 65) continue;  // keep the sweep short; every d and k still runs
+        const int64_t m = 4, n0 = 128, n1 = 9, n2 = 70, total = n0 + n1 + n2;
+        const std::vector<float> s0 = Random(n0 * d), s1 = Random(n1 * d), s2 = Random(n2 * d), q = Random(m * H * d),
+                                 sink = Random(H);
+        std::vector<int32_t> idx(m * k);
+        std::uniform_int_distribution<int32_t> pick(-1, static_cast<int32_t>(total - 1));
+        for (auto& v : idx) v = pick(rng_);
+        for (int64_t j = 0; j < k; ++j) idx[2 * k + j] = -1;  // query 2 sees nothing: output 0
+        KvSegments host_kv, dev_kv;
+        host_kv.ptr[0] = s0.data(), host_kv.ptr[1] = s1.data(), host_kv.ptr[2] = s2.data();
+        host_kv.len[0] = n0, host_kv.len[1] = n1, host_kv.len[2] = n2;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        std::vector<float> want(m * H * d);
+        kernels::ref::SparseAttention(q.data(), m, H, d, host_kv, idx.data(), k, sink.data(), scale, want.data());
+        DevVec<float> d0(s0), d1(s1), d2(s2), dq(q), dsink(sink), dout(m * H * d);
+        DevVec<int32_t> didx(idx);
+        dev_kv = host_kv;
+        dev_kv.ptr[0] = d0.get(), dev_kv.ptr[1] = d1.get(), dev_kv.ptr[2] = d2.get();
+        ASSERT_EQ(SparseAttention(dq.get(), m, H, d, dev_kv, didx.get(), k, dsink.get(), scale, dout.get(), stream_),
+                  cudaSuccess);
+        const std::vector<float> got = dout.Host();
+        EXPECT_TRUE(AllClose("sparse attention", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-4}))
+            << "d " << d << " H " << H << " k " << k;
+        for (int64_t i = 2 * H * d; i < 3 * H * d; ++i) ASSERT_EQ(got[i], 0.f);
+      }
+}
+
+// The CPU compressor's pooling (runtime/model/attention.cc) as a plain loop over a row buffer.
+void CompressRef(const std::vector<float>& kv, const std::vector<float>& score, int64_t ld, const std::vector<float>& ape,
+                 int64_t ratio, int64_t hd, bool overlap, int64_t first_row, bool first_has_prev, int64_t blocks,
+                 std::vector<float>& out) {
+  const int64_t width = overlap ? 2 * hd : hd;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t cur = first_row + b * ratio, prev = cur - ratio;
+    const bool with_prev = overlap && (b > 0 || first_has_prev);
+    for (int64_t ch = 0; ch < hd; ++ch) {
+      const int64_t cc = overlap ? hd + ch : ch;
+      double mx = -INFINITY;
+      for (int64_t r = 0; r < ratio; ++r) mx = std::max<double>(mx, score[(cur + r) * ld + cc] + ape[r * width + cc]);
+      if (with_prev)
+        for (int64_t r = 0; r < ratio; ++r) mx = std::max<double>(mx, score[(prev + r) * ld + ch] + ape[r * width + ch]);
+      double num = 0, den = 0;
+      for (int64_t r = 0; r < ratio; ++r) {
+        const double p = std::exp(score[(cur + r) * ld + cc] + ape[r * width + cc] - mx);
+        den += p, num += p * kv[(cur + r) * ld + cc];
+      }
+      if (with_prev)
+        for (int64_t r = 0; r < ratio; ++r) {
+          const double p = std::exp(score[(prev + r) * ld + ch] + ape[r * width + ch] - mx);
+          den += p, num += p * kv[(prev + r) * ld + ch];
+        }
+      out[b * hd + ch] = static_cast<float>(num / den);
+    }
+  }
+}
+
+TEST_F(CudaKernels, CompressPool) {
+  for (auto [ratio, overlap] : {std::pair<int64_t, bool>{4, true}, {128, false}, {3, false}, {2, true}})
+    for (bool first_has_prev : {false, true}) {
+      const int64_t hd = 72, width = overlap ? 2 * hd : hd, ld = width + 3, blocks = 5;
+      const int64_t first_row = overlap ? ratio : 0, rows = first_row + blocks * ratio;
+      const std::vector<float> kv = Random(rows * ld), score = Random(rows * ld, 2.f), ape = Random(ratio * width);
+      std::vector<float> want(blocks * hd);
+      CompressRef(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, blocks, want);
+      DevVec<float> dkv(kv), dscore(score), dape(ape), dout(blocks * hd);
+      ASSERT_EQ(CompressPool(dkv.get(), dscore.get(), ld, dape.get(), ratio, hd, overlap, first_row, first_has_prev,
+                             blocks, dout.get(), hd, stream_),
+                cudaSuccess);
+      const std::vector<float> got = dout.Host();
+      // Float softmax sums of up to 256 terms against a double loop.
+      EXPECT_TRUE(AllClose("compress", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-5}))
+          << ratio << " " << overlap << " " << first_has_prev;
+    }
+}
+
+// ---- indexer and top-k -----------------------------------------------------------------------------
+
+TEST_F(CudaKernels, IndexerScores) {
+  for (auto [H, d] : {std::pair<int64_t, int64_t>{3, 17}, {64, 128}, {33, 64}})
+    for (int64_t n : {1, 65, 300}) {
+      const int64_t m = 5;
+      const std::vector<float> q = Random(m * H * d), w = Random(m * H), keys = Random(n * d);
+      const std::vector<int64_t> nvis = {0, 1, n / 2, n, n};
+      std::vector<float> want(m * n);
+      kernels::ref::IndexerScores(q.data(), w.data(), m, H, d, keys.data(), n, nvis.data(), want.data());
+      DevVec<float> dq(q), dw(w), dk(keys), ds(m * n);
+      DevVec<int64_t> dn(nvis);
+      ASSERT_EQ(IndexerScores(dq.get(), dw.get(), m, H, d, dk.get(), n, dn.get(), ds.get(), stream_), cudaSuccess);
+      const std::vector<float> got = ds.Host();
+      // Sums of H relu'd dots of d products, float against the reference's double: 1e-5 of the scale.
+      EXPECT_TRUE(AllClose("indexer", got.data(), want.data(), got.size(), {.abs = 1e-5 * (MaxAbs(want) + 1), .rel = 1e-5}))
+          << H << " " << d << " " << n;
+    }
+}
+
+TEST_F(CudaKernels, TopKMatchesCpuExactly) {
+  std::uniform_int_distribution<int> coarse(-50, 50);
+  for (int64_t n : {1, 7, 300, 1000, 70000})
+    for (int64_t k : {1, 6, 512, 2048}) {
+      if (k > n) continue;
+      for (bool ties : {false, true}) {
+        const int64_t m = 4, ldx = n + 1, ldidx = k + 2;
+        std::vector<float> x = Random(m * ldx);
+        if (ties)
+          for (auto& v : x) v = static_cast<float>(coarse(rng_)) * 0.25f;  // many equal values, +-0 among them
+        if (ties)
+          for (size_t i = 0; i < x.size(); i += 11) x[i] = -0.0f;
+        x[0] = -std::numeric_limits<float>::infinity();
+        const std::vector<int64_t> nvalid = {n, std::max<int64_t>(0, n - 1), n / 2, 0};
+        std::vector<int32_t> want(m * ldidx, 77);
+        for (int64_t t = 0; t < m; ++t) {
+          const int64_t kk = std::min(k, nvalid[t]);
+          if (kk > 0) kernels::TopK(&x[t * ldx], nvalid[t], kk, &want[t * ldidx]);
+          for (int64_t j = kk; j < k; ++j) want[t * ldidx + j] = -1;
+        }
+        DevVec<float> dx(x);
+        DevVec<int64_t> dn(nvalid);
+        DevVec<int32_t> di(std::vector<int32_t>(m * ldidx, 77));
+        ASSERT_EQ(TopK(dx.get(), m, n, ldx, dn.get(), k, di.get(), ldidx, stream_), cudaSuccess);
+        const std::vector<int32_t> got = di.Host();
+        for (int64_t t = 0; t < m; ++t)
+          for (int64_t j = 0; j < ldidx; ++j)
+            ASSERT_EQ(got[t * ldidx + j], want[t * ldidx + j]) << "n " << n << " k " << k << " ties " << ties
+                                                               << " row " << t << " slot " << j;
+      }
+    }
+}
+
+// ---- data movement ---------------------------------------------------------------------------------
+
+TEST_F(CudaKernels, GatherRowsFromPinnedHost) {
+  for (int64_t row_bytes : {6144 + 192, 37})  // an Engram FP8 row with its scales; an unaligned size
+    for (int64_t dst_pitch : {row_bytes, row_bytes + 16}) {
+      const int64_t table_rows = 1000, src_pitch = row_bytes, n = 50;
+      void* table = nullptr;
+      ASSERT_EQ(cudaHostAlloc(&table, table_rows * src_pitch, cudaHostAllocMapped), cudaSuccess);
+      auto* bytes = static_cast<uint8_t*>(table);
+      for (int64_t i = 0; i < table_rows * src_pitch; ++i) bytes[i] = static_cast<uint8_t>(i * 131 + 7);
+      void* dev_table = nullptr;
+      ASSERT_EQ(cudaHostGetDevicePointer(&dev_table, table, 0), cudaSuccess);
+      std::vector<int64_t> ids(n);
+      std::uniform_int_distribution<int64_t> pick(0, table_rows - 1);
+      for (auto& v : ids) v = pick(rng_);
+      ids[3] = -1;  // zero fill
+      DevVec<int64_t> dids(ids);
+      DevVec<uint8_t> dst(n * dst_pitch);
+      ASSERT_EQ(GatherRows(dev_table, src_pitch, dids.get(), n, row_bytes, dst.get(), dst_pitch, stream_), cudaSuccess);
+      const std::vector<uint8_t> got = dst.Host();
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t b = 0; b < row_bytes; ++b)
+          ASSERT_EQ(got[r * dst_pitch + b], ids[r] < 0 ? 0 : bytes[ids[r] * src_pitch + b]) << r << " " << b;
+      cudaFreeHost(table);
+    }
+}
+
+TEST_F(CudaKernels, CombineRowsInOrder) {
+  const int64_t rows = 6, D = 300, src_rows = 20;
+  const std::vector<float> src = Random(src_rows * D), w = Random(13), init = Random(rows * D);
+  const std::vector<int32_t> offsets = {0, 2, 2, 5, 9, 12, 13};
+  std::vector<int32_t> which(13);
+  for (int i = 0; i < 13; ++i) which[i] = (i * 7) % src_rows;
+  for (bool accumulate : {false, true})
+    for (bool weighted : {false, true}) {
+      std::vector<float> want = accumulate ? init : std::vector<float>(rows * D, 0.f);
+      for (int64_t t = 0; t < rows; ++t)
+        for (int64_t c = 0; c < D; ++c)
+          for (int32_t e = offsets[t]; e < offsets[t + 1]; ++e)
+            want[t * D + c] += (weighted ? w[e] : 1.f) * src[which[e] * D + c];
+      DevVec<float> dsrc(src), dw(w), dout(init);
+      DevVec<int32_t> doff(offsets), dwhich(which);
+      ASSERT_EQ(CombineRows(dsrc.get(), D, doff.get(), dwhich.get(), weighted ? dw.get() : nullptr, rows, D, accumulate,
+                            dout.get(), D, stream_),
+                cudaSuccess);
+      const std::vector<float> got = dout.Host();
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << i;  // same order: exact
+    }
+}
+
+// ---- memory, graphs --------------------------------------------------------------------------------
+
+TEST_F(CudaKernels, DevicePoolNeverGrows) {
+  DevicePool pool;
+  ASSERT_EQ(DevicePool::Create(4096, &pool), cudaSuccess);
+  void* a = pool.Allocate(1000);
+  void* b = pool.Allocate(1000);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b) % kDeviceAlignment, 0u);
+  EXPECT_EQ(pool.Allocate(4096), nullptr);
+  pool.Reset();
+  EXPECT_EQ(pool.Allocate(4096), pool.base());
+}
+
+struct GraphCtx {
+  float* x;
+  int64_t m, n;
+};
+
+cudaError_t EnqueueNormAndRound(cudaStream_t s, void* p) {
+  auto* c = static_cast<GraphCtx*>(p);
+  if (cudaError_t e = RmsNorm(c->x, nullptr, 1e-6f, c->m, c->n, c->n, c->x, c->n, s); e != cudaSuccess) return e;
+  return QdqFp8(c->x, c->m, c->n, c->n, 64, s);
+}
+
+TEST_F(CudaKernels, StepGraphReplaysLaunches) {
+  const int64_t m = 3, n = 200;
+  const std::vector<float> x = Random(m * n, 5.f);
+  DevVec<float> direct(x), graphed(x);
+  GraphCtx c1{direct.get(), m, n}, c2{graphed.get(), m, n};
+  ASSERT_EQ(EnqueueNormAndRound(stream_, &c1), cudaSuccess);
+  StepGraph g;
+  ASSERT_EQ(g.Capture(stream_, EnqueueNormAndRound, &c2), cudaSuccess);
+  ASSERT_TRUE(g.captured());
+  ASSERT_EQ(g.Launch(stream_), cudaSuccess);
+  Sync();
+  const std::vector<float> a = direct.Host(), b = graphed.Host();
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_TRUE(SameBits(a[i], b[i])) << i;
+}
+
+// ---- golden kernel cases on the GPU ----------------------------------------------------------------
+
+class GoldenCuda : public CudaKernels {
+ protected:
+  void SetUp() override {
+    CudaKernels::SetUp();
+    if (IsSkipped()) return;
+    if (!dsv4::testing::SharedAvailable()) GTEST_SKIP() << "shared/golden not found";
+    auto f = SafetensorsFile::Open(dsv4::testing::SharedDir() + "/golden/v4-tiny/kernels.safetensors");
+    ASSERT_TRUE(f.ok()) << f.status();
+    f_ = std::move(*f);
+  }
+  std::vector<float> F32(const std::string& name) { return dsv4::testing::ReadF32(*f_, name); }
+  std::unique_ptr<SafetensorsFile> f_;
+};
+
+TEST_F(GoldenCuda, QdqBitExact) {
+  for (auto [name, group, fp4] : {std::tuple{"qdq_e4m3_g64", 64, false}, std::tuple{"qdq_e4m3_g128", 128, false},
+                                  std::tuple{"qdq_e2m1_g32", 32, true}}) {
+    const std::vector<float> x = F32(std::string(name) + ".in"), want = F32(std::string(name) + ".out");
+    const int64_t n = f_->tensors().at(std::string(name) + ".in").shape[1], m = static_cast<int64_t>(x.size()) / n;
+    DevVec<float> d(x);
+    ASSERT_EQ((fp4 ? QdqFp4 : QdqFp8)(d.get(), m, n, n, group, stream_), cudaSuccess);
+    const std::vector<float> got = d.Host();
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << name << " " << i;
+  }
+}
+
+TEST_F(GoldenCuda, Hadamard) {
+  for (int64_t n : {64, 128}) {
+    const std::string name = "hadamard_" + std::to_string(n);
+    const std::vector<float> x = F32(name + ".in"), want = F32(name + ".out");
+    DevVec<float> d(x);
+    ASSERT_EQ(Hadamard(d.get(), static_cast<int64_t>(x.size()) / n, n, n, 1.0f / std::sqrt(static_cast<float>(n)),
+                       stream_),
+              cudaSuccess);
+    const std::vector<float> got = d.Host();
+    EXPECT_TRUE(AllClose(name, got.data(), want.data(), got.size(), {.abs = 1e-5}));
+  }
+}
+
+// HcPre with D = 1, unit streams and fn rows that pick out the golden mixes: the Sinkhorn outputs
+// must match the reference's (1e-5, as on CPU).
+TEST_F(GoldenCuda, Sinkhorn) {
+  const std::vector<float> mixes = F32("sinkhorn.mixes"), scale = F32("sinkhorn.scale"), base = F32("sinkhorn.base"),
+                           pre = F32("sinkhorn.pre"), post = F32("sinkhorn.post"), comb = F32("sinkhorn.comb");
+  const int hc = 4, mix = hc * (hc + 2);
+  const int64_t tokens = static_cast<int64_t>(mixes.size()) / mix;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const std::vector<float> x(hc, 1.0f);  // rms exactly 1 with norm_eps 0
+    std::vector<float> fn(mix * hc, 0.f);
+    for (int k = 0; k < mix; ++k) fn[k * hc] = mixes[t * mix + k];
+    DevVec<float> dx(x), dfn(fn), dscale(scale), dbase(base), du(1), dpost(hc), dcomb(hc * hc);
+    ASSERT_EQ(HcPre(dx.get(), 1, hc, 1, hc, dfn.get(), dscale.get(), dbase.get(), 20, 0.f, 1e-6f, du.get(),
+                    dpost.get(), dcomb.get(), stream_),
+              cudaSuccess);
+    const std::vector<float> got_post = dpost.Host(), got_comb = dcomb.Host(), got_u = du.Host();
+    EXPECT_TRUE(AllClose("post", got_post.data(), &post[t * hc], hc, {.abs = 1e-5}));
+    EXPECT_TRUE(AllClose("comb", got_comb.data(), &comb[t * hc * hc], hc * hc, {.abs = 1e-5}));
+    float pre_sum = 0.f;  // collapse of unit streams = sum of pre
+    for (int i = 0; i < hc; ++i) pre_sum += pre[t * hc + i];
+    EXPECT_NEAR(got_u[0], pre_sum, 4e-5);
+  }
+}
+
+TEST_F(GoldenCuda, SparseAttention) {
+  const std::vector<float> q = F32("sparse_attn.q"), kv = F32("sparse_attn.kv"), sink = F32("sparse_attn.sink"),
+                           want = F32("sparse_attn.out");
+  const std::vector<int64_t> idx64 = dsv4::testing::ReadI64(*f_, "sparse_attn.idx");
+  const float scale = F32("sparse_attn.scale")[0];
+  const auto& qs = f_->tensors().at("sparse_attn.q").shape;  // [1, m, H, d]
+  const int64_t m = qs[1], H = qs[2], d = qs[3], k = f_->tensors().at("sparse_attn.idx").shape[2];
+  const std::vector<int32_t> idx(idx64.begin(), idx64.end());
+  DevVec<float> dq(q), dkv(kv), dsink(sink), dout(m * H * d);
+  DevVec<int32_t> didx(idx);
+  KvSegments segs;
+  segs.ptr[0] = dkv.get(), segs.len[0] = static_cast<int64_t>(kv.size()) / d;
+  ASSERT_EQ(SparseAttention(dq.get(), m, H, d, segs, didx.get(), k, dsink.get(), scale, dout.get(), stream_),
+            cudaSuccess);
+  const std::vector<float> got = dout.Host();
+  EXPECT_TRUE(AllClose("sparse_attn", got.data(), want.data(), got.size(), {.abs = 1e-5}));
+}
+
+}  // namespace
+}  // namespace dsv4::kernels::cuda
