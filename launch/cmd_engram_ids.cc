@@ -15,6 +15,7 @@
 #include "runtime/builtin.h"
 #include "runtime/config.h"
 #include "runtime/engram/hash.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace dsv4 {
 namespace {
@@ -56,7 +57,9 @@ int RunEngramIds(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(absl::StrCat("--layer ", *layer, " is not an Engram layer of ", model,
                                                         " (engram_layer_ids: [",
                                                         absl::StrJoin(config->engram_layer_ids, ", "), "])")));
-  auto hasher = LoadEngramHasher(*config, TokenizerJsonPathFor(model));
+  auto tokenizer = FindTokenizerJson(model);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  auto hasher = LoadEngramHasher(*config, *tokenizer);
   if (!hasher.ok()) return Fail(hasher.status());
   const EngramHasher& h = **hasher;
   if (auto st = h.CheckTokens(*ids); !st.ok())

