@@ -32,6 +32,19 @@ constexpr double kScaleOutEff = 0.85;
 
 bool NativeBits(double bits) { return bits == 4 || bits == 8 || bits == 16 || bits == 32; }
 
+// Bytes per token per layer of attention activations written and read between kernels (all heads).
+double AttentionActivationBytes(const ModelPreset& m, bool prefill) {
+  const double H = m.heads;
+  double elems;
+  if (m.attention == AttentionKind::kMla) {
+    elems = prefill ? H * (m.qk_nope_dim + m.qk_rope_dim) + H * (m.qk_nope_dim + m.v_head_dim) + H * m.v_head_dim
+                    : H * (m.kv_lora_rank + m.qk_rope_dim) + H * (m.kv_lora_rank + m.v_head_dim);
+  } else {
+    elems = 2 * H * m.head_dim;  // q and the attention output, 512 per head each
+  }
+  return elems * 2 /* BF16 */ * 2 /* write + read */;
+}
+
 }  // namespace
 
 struct StepModel::Engine {
@@ -217,6 +230,13 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
     AddOp(acc, "attention.proj", 2 * proj * g_tokens, proj * p.dense_bits / 8 + g_tokens * D * 2 * 4, 6, dense_rate,
           1, false);
+    // Activations that travel between the attention kernels through memory (BF16 q and output heads,
+    // MLA's up-projected k/v in prefill, quantized inputs): written once and read once.
+    for (const BatchPart& b : parts) {
+      const double tokens = (mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction * b.new_tokens);
+      AddOp(acc, "attention.activations", 0, tokens * AttentionActivationBytes(m, b.prefill && mtp_seqs <= 0) / tp + tokens * D * 6,
+            0, 0, 1, false);
+    }
     for (const BatchPart& b : parts) {
       const double seqs = mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction;
       const double ntok = mtp_seqs > 0 ? 1 : b.new_tokens;
@@ -254,6 +274,9 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     const double on_host = (r_.s.experts_on_host && !host_only) ? 1 : spill_fraction_;
     const double per_expert_tokens = pairs / std::max(1.0, act_max);
     if (on_host < 1) {
+      // Permuted hidden states, gate/up outputs, the quantized activation and the down outputs pass
+      // through memory between the grouped-GEMM kernels (separate kernels: not hidden behind compute).
+      AddOp(acc, "moe.activations", 0, pairs * (4 * D + 5.0 * m.expert_inter) * 2 * (1 - on_host), 0, 0, 1, false);
       AddOp(acc, "moe.routed", routed_flops * (1 - on_host),
             (act_max * wb_.expert_bytes + routed_act) * (1 - on_host), 4,
             GemmRate(p.expert_bits, per_expert_tokens, true), 1, false);
