@@ -175,8 +175,8 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
       w.core_flops = 2 * H * (latent + m.kv_lora_rank) * attended;
     }
     if (m.mla_indexer) w.indexer_flops = 2.0 * m.index_heads * m.index_dim * context;
-    w.kv_read_bytes = attended * MlaEntryBytes(m, p.kv_bits) +
-                      (m.mla_indexer ? context * IndexKeyBytes(m) : 0);
+    w.indexer_bytes = m.mla_indexer ? context * IndexKeyBytes(m) : 0;
+    w.kv_read_bytes = attended * MlaEntryBytes(m, p.kv_bits) + w.indexer_bytes;
     w.kernels = 18 + (m.mla_indexer ? 6 : 0);
     return w;
   }
@@ -188,7 +188,10 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
   w.core_flops = 2 * H * (2.0 * m.head_dim) * attended;  // QK and PV over the 512-d K = V head
   if (v.runs_indexer && v.ratio > 0) w.indexer_flops = 2.0 * m.index_heads * m.index_dim * (context / v.ratio);
   const double entry = EntryBytes(m.head_dim, m.qk_rope_dim, p.kv_bits);
-  w.kv_read_bytes = attended * entry + (v.runs_indexer && v.ratio > 0 ? (context / v.ratio) * IndexKeyBytes(m) : 0);
+  w.indexer_bytes = v.runs_indexer && v.ratio > 0 ? (context / v.ratio) * IndexKeyBytes(m) : 0;
+  w.kv_read_bytes = attended * entry + w.indexer_bytes;
+  w.window_flops = 2 * H * (2.0 * m.head_dim) * window;
+  w.window_bytes = window * entry;
   // Norms, q/kv projections, rope, window and compressed cache writes, sparse attention, output groups;
   // the compressor and the indexer (projection, scores, top-k) add their own kernels.
   w.kernels = 16 + (v.ratio > 0 ? 4 : 0) + (v.runs_indexer ? 6 : 0);
@@ -223,6 +226,48 @@ double MeanCacheBytesPerTokenPerLayer(const ModelPreset& m, const Precision& p) 
   double total = 0;
   for (int64_t l = 0; l < m.layers; ++l) total += LayerCacheBytes(m, l, p).per_token;
   return total / m.layers;
+}
+
+std::vector<TokenCostRow> PerTokenCosts(const ModelPreset& m, const Precision& p, double context) {
+  TokenCostRow proj{"attention projections"}, window{"attention: sliding window"},
+      compressed{m.attention == AttentionKind::kMla ? "attention: latent KV (MLA)" : "attention: compressed KV"},
+      indexer{"indexer"}, routed{"MoE routed experts (top-k)"}, shared{"MoE shared experts"}, router{"router"},
+      dense{"dense FFN"}, mhc{m.hc_mult > 1 ? "mHC" : "residual + norms"}, engram{"Engram"}, head{"head"};
+  const double expert_bytes = 3.0 * m.hidden * m.expert_inter * p.expert_bits / 8;
+  for (int64_t l = 0; l < m.layers; ++l) {
+    const AttentionWork w = LayerAttentionWork(m, l, context, false, p);
+    proj.flops += 2 * w.proj_params;
+    proj.bytes += w.proj_params * p.dense_bits / 8;
+    window.flops += w.window_flops;
+    window.bytes += w.window_bytes;
+    compressed.flops += w.core_flops - w.window_flops;
+    compressed.bytes += w.kv_read_bytes - w.window_bytes - w.indexer_bytes;
+    indexer.flops += w.indexer_flops;
+    indexer.bytes += w.indexer_bytes;
+    mhc.flops += MhcFlopsPerToken(m);
+    mhc.bytes += ResidualBytesPerToken(m);
+    if (IsMoeLayer(m, l)) {
+      routed.flops += m.top_k * ExpertFlopsPerToken(m);
+      routed.bytes += m.top_k * expert_bytes;
+      shared.flops += 2 * SharedExpertParams(m);
+      shared.bytes += SharedExpertParams(m) * p.dense_bits / 8;
+      router.flops += 2 * RouterParams(m);
+      router.bytes += RouterParams(m) * kBf16;
+    } else {
+      dense.flops += 2 * DenseFfnParams(m);
+      dense.bytes += DenseFfnParams(m) * p.dense_bits / 8;
+    }
+    if (std::find(m.engram_layers.begin(), m.engram_layers.end(), l) != m.engram_layers.end()) {
+      engram.flops += 2 * EngramProjParams(m);
+      engram.bytes += EngramProjParams(m) * p.dense_bits / 8 + EngramGatherBytesPerToken(m);
+    }
+  }
+  head.flops = 2.0 * m.vocab * m.hidden;
+  head.bytes = static_cast<double>(m.vocab) * m.hidden * kBf16;
+  std::vector<TokenCostRow> out;
+  for (const TokenCostRow& r : {proj, window, compressed, indexer, routed, shared, router, dense, mhc, engram, head})
+    if (r.flops > 0 || r.bytes > 0) out.push_back(r);
+  return out;
 }
 
 std::vector<ComponentRow> ComponentTable(const ModelPreset& m, const Precision& p) {

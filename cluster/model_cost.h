@@ -60,6 +60,11 @@ struct AttentionWork {
   double indexer_flops = 0;      // indexer scoring FLOPs for one new token
   double kv_read_bytes = 0;      // cache bytes one decode step of one sequence reads
   double kernels = 0;            // kernel launches of this layer's attention
+  // The part of core_flops / kv_read_bytes spent on the sliding window (V4); the rest is the
+  // compressed cache (V4) or the whole latent cache (MLA, counted as window = 0).
+  double window_flops = 0;
+  double window_bytes = 0;
+  double indexer_bytes = 0;      // indexer keys read (part of kv_read_bytes)
 };
 
 // Cache bytes one sequence holds per layer: `per_token` grows with the context, `fixed` does not
@@ -89,6 +94,15 @@ double ResidualBytesPerToken(const ModelPreset& m);  // one layer: stream reads 
 double EngramGatherBytesPerToken(const ModelPreset& m);  // one Engram layer
 double EngramProjParams(const ModelPreset& m);           // one Engram layer
 bool IsMoeLayer(const ModelPreset& m, int64_t layer);
+
+// What one decoded token costs per component at a context length, summed over layers, at batch 1:
+// FLOPs and the bytes moved (weights streamed plus cache read).
+struct TokenCostRow {
+  std::string component;
+  double flops = 0;
+  double bytes = 0;
+};
+std::vector<TokenCostRow> PerTokenCosts(const ModelPreset& m, const Precision& p, double context);
 
 // A breakdown for reports: rows of (component, parameters, bytes) that sum to the totals.
 struct ComponentRow {

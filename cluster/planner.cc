@@ -237,7 +237,12 @@ json ModelJson(const Resolved& r) {
   for (const ComponentRow& row : ComponentTable(r.model, r.s.precision))
     comps.push_back({{"component", row.component}, {"params_b", Round(row.params / 1e9, 3)},
                      {"gb", Round(row.bytes / kGB, 3)}});
+  json per_token = json::array();
+  for (const TokenCostRow& row : PerTokenCosts(r.model, r.s.precision, r.s.input_tokens))
+    per_token.push_back({{"component", row.component}, {"gflop", Round(row.flops / 1e9, 4)},
+                         {"mb_moved", Round(row.bytes / 1e6, 3)}});
   return {{"name", r.model.name},
+          {"decode_token_costs_at_input_context", per_token},
           {"total_params_b", Round(pc.Total() / 1e9, 2)},
           {"active_params_b", Round(pc.active / 1e9, 2)},
           {"weights_gb", Round(wb.Total() / kGB, 2)},
@@ -430,6 +435,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
                    {"experts_on", s.experts_on_host ? "host" : "device"},
                    {"redundant_experts", s.redundant_experts},
                    {"routed_experts", r.routed_experts}};
+  out["workload"] = {{"input_tokens", s.input_tokens}, {"output_tokens", s.output_tokens}};
   out["speculative"] = {{"enabled", spec}, {"draft_tokens", model.Drafts()},
                         {"tokens_per_step", Round(model.TokensPerDecodeStep(), 3)}};
   out["calibration"] = options.profile != nullptr ? options.profile->source : "catalog efficiencies";

@@ -197,6 +197,12 @@ std::string TextReport(const json& a) {
                                         l["tp"].get<int>(), l["dp_attention"].get<int>(), l["ep"].get<int>(),
                                         l["experts_on"].get<std::string>(), l["redundant_experts"].get<int>(),
                                         a["speculative"]["enabled"].get<bool>() ? "on" : "off"));
+  absl::StrAppend(&out, absl::StrFormat("\none decoded token at %s tokens of context (batch 1, all layers):\n",
+                                        Fmt(Num(a["workload"], "input_tokens"))));
+  absl::StrAppend(&out, absl::StrFormat("  %-32s %10s %12s\n", "component", "GFLOP", "MB moved"));
+  for (const auto& row : m["decode_token_costs_at_input_context"])
+    absl::StrAppend(&out, absl::StrFormat("  %-32s %10.3f %12.2f\n", row["component"].get<std::string>(),
+                                          Num(row, "gflop"), Num(row, "mb_moved")));
   absl::StrAppend(&out, "\nanswer:\n");
   AppendKeys(&out, a, {"prefill_tokens_per_s_per_device", "prefill_tokens_per_s_per_node", "decode_tokens_per_s_per_device",
                        "decode_tokens_per_s_per_node", "single_stream_decode_tokens_per_s",

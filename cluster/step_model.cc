@@ -244,9 +244,10 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
       const double ctx = b.context + (b.prefill ? b.new_tokens / 2 : 0);
       const AttentionWork w = LayerAttentionWork(m, l, ctx, b.prefill, p);
       const double tokens = seqs * ntok;
+      const bool measured = b.prefill && profile_ != nullptr && !profile_->attention_prefill.empty();
       AddOp(acc, b.prefill ? "attention.core (prefill)" : "attention.core (decode)", w.core_flops * tokens / tp,
-            w.kv_read_bytes * seqs, w.kernels - 6, attn_peak, b.prefill ? attn_prefill_eff : attn_decode_eff, false,
-            e.kv_memory);
+            w.kv_read_bytes * seqs, w.kernels - 6, measured ? profile_->attention_prefill.At(ctx) : attn_peak,
+            measured ? 1 : (b.prefill ? attn_prefill_eff : attn_decode_eff), false, e.kv_memory);
       if (w.indexer_flops > 0)
         AddOp(acc, "attention.indexer", w.indexer_flops * tokens, 0, 0, host_only ? attn_peak : r_.device.PeakTflops(8),
               b.prefill ? attn_prefill_eff : attn_decode_eff, false);

@@ -157,6 +157,21 @@ TEST(ModelCost, CacheBytesPerToken) {
   EXPECT_DOUBLE_EQ(LayerCacheBytes(*flash, 0, {8, 4, 16}).per_token, 0);
 }
 
+TEST(ModelCost, PerTokenCostsCoverTheActiveParameters) {
+  // Every active weight is used once per token (2 FLOPs) in the GEMM rows of the per-token table.
+  for (const char* name : {"deepseek-v3", "deepseek-v4-pro", "deepseek-v4.1-flash", "seed-v4-1t"}) {
+    auto m = FindPreset(name);
+    double gemm_flops = 0, attention_flops = 0;
+    for (const TokenCostRow& r : PerTokenCosts(*m, {8, 4, 8}, 8192)) {
+      if (r.component.rfind("attention:", 0) == 0) attention_flops += r.flops;
+      else if (r.component != "indexer" && r.component != "mHC" && r.component != "residual + norms") gemm_flops += r.flops;
+    }
+    const ParamCounts c = CountParams(*m);
+    EXPECT_NEAR(gemm_flops, 2 * (c.active - c.mhc), 2 * c.active * 1e-3) << name;
+    EXPECT_GT(attention_flops, 0) << name;
+  }
+}
+
 // ---- catalog ---------------------------------------------------------------------------------------
 
 TEST(Catalog, EveryListedDeviceHasSourcedFigures) {
