@@ -87,8 +87,8 @@ absl::Status ReadDevice(const json& j, const std::string& where, Device* d) {
   bool known = false;
   for (const char* c : kClasses) known |= d->device_class == c;
   if (!known)
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ".class = \"", d->device_class, "\" (known: datacenter, workstation, consumer, apple, cpu)"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ".class = \"", d->device_class,
+                                                   "\" (known: datacenter, workstation, consumer, apple, cpu)"));
   if (d->devices_per_host < 1) return absl::InvalidArgumentError(absl::StrCat(where, ".devices_per_host must be >= 1"));
   if (d->scale_up_domain < 1) return absl::InvalidArgumentError(absl::StrCat(where, ".scale_up_domain must be >= 1"));
   if (!d->IsHostOnly() && (d->memory_gb <= 0 || d->memory_gbps <= 0 || d->bf16_tflops <= 0))
@@ -173,7 +173,8 @@ Efficiency Catalog::EfficiencyFor(const Device& d) const {
 
 absl::Status MergeCatalogJson(const std::string& json_text, const std::string& source, Catalog* catalog) {
   const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   if (auto it = j.find("efficiency"); it != j.end())
     if (auto st = ReadEfficiency(*it, source + ": efficiency", &catalog->efficiency); !st.ok()) return st;
   if (auto it = j.find("links"); it != j.end())

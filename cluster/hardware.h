@@ -15,13 +15,13 @@ namespace dsv4::cluster {
 
 // Fractions of peak reached by tuned kernels, per device class (catalog "efficiency").
 struct Efficiency {
-  double gemm = 0.6;            // large GEMMs, of the tensor-core peak at the compute precision
-  double attention = 0.5;       // prefill attention, of the BF16 (or FP8) peak
-  double memory = 0.65;         // streaming weights in small-M GEMMs, of peak bandwidth
-  double kv_memory = 0.85;      // streaming KV / compressed caches in decode attention
-  double kernel_floor_us = 3;   // least time of one kernel launch
-  double host_memory = 0.22;    // host DRAM streaming for CPU experts, of host peak bandwidth
-  double host_compute = 0.13;   // host GEMMs, of host_cores x host_core_gflops
+  double gemm = 0.6;           // large GEMMs, of the tensor-core peak at the compute precision
+  double attention = 0.5;      // prefill attention, of the BF16 (or FP8) peak
+  double memory = 0.65;        // streaming weights in small-M GEMMs, of peak bandwidth
+  double kv_memory = 0.85;     // streaming KV / compressed caches in decode attention
+  double kernel_floor_us = 3;  // least time of one kernel launch
+  double host_memory = 0.22;   // host DRAM streaming for CPU experts, of host peak bandwidth
+  double host_compute = 0.13;  // host GEMMs, of host_cores x host_core_gflops
 };
 
 struct Link {
@@ -36,16 +36,16 @@ struct Device {
   double bf16_tflops = 0, fp8_tflops = 0, fp4_tflops = 0;
   double memory_gb = 0;
   double memory_gbps = 0;
-  std::string scale_up;       // link name
-  int scale_up_domain = 8;    // devices that share the scale-up fabric (NVL72: 72)
-  std::string scale_out;      // default NIC name
+  std::string scale_up;         // link name
+  int scale_up_domain = 8;      // devices that share the scale-up fabric (NVL72: 72)
+  std::string scale_out;        // default NIC name
   bool unified_memory = false;  // host and device share DRAM (Apple, DGX Spark, CPU)
-  double price_per_hour = 0;  // 0 = unknown
+  double price_per_hour = 0;    // 0 = unknown
   double host_memory_gbps = 0;
   double host_memory_gb = 0;  // 0 = class default (see README)
   int host_cores = 0;
   double host_core_gflops = 0;
-  int devices_per_host = 8;   // devices that share one host (the host_* figures are per host)
+  int devices_per_host = 8;                    // devices that share one host (the host_* figures are per host)
   std::map<std::string, std::string> sources;  // figure name -> source
   bool IsHostOnly() const { return device_class == "cpu"; }
   // Peak TFLOP/s for GEMMs whose weights have `bits` (activations quantized to match where the part can).

@@ -138,8 +138,8 @@ ParamCounts CountParams(const ModelPreset& m) {
   c.mtp = m.mtp_layers * (per_layer_mean_attention + SharedExpertParams(m) + RouterParams(m) + 2 * D * D);
   c.mtp_routed = m.mtp_layers * m.routed_experts * expert;
   const double moe_layers = m.layers - m.dense_layers;
-  c.active = c.attention + c.mhc + c.router + c.dense_ffn + c.shared_experts + moe_layers * m.top_k * expert +
-             c.head + c.engram_proj + D /* embedding row */;
+  c.active = c.attention + c.mhc + c.router + c.dense_ffn + c.shared_experts + moe_layers * m.top_k * expert + c.head +
+             c.engram_proj + D /* embedding row */;
   return c;
 }
 
@@ -201,8 +201,7 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
 CacheBytes LayerCacheBytes(const ModelPreset& m, int64_t layer, const Precision& p) {
   CacheBytes c;
   if (m.attention == AttentionKind::kMla) {
-    c.per_token = MlaEntryBytes(m, p.kv_bits) +
-                  (m.mla_indexer ? IndexKeyBytes(m) : 0);
+    c.per_token = MlaEntryBytes(m, p.kv_bits) + (m.mla_indexer ? IndexKeyBytes(m) : 0);
     return c;
   }
   const V4Layer& v = m.v4_layers[layer];

@@ -22,20 +22,20 @@ struct Precision {
 
 // Parameter counts by component (whole model; routed experts counted over all experts).
 struct ParamCounts {
-  double attention = 0;       // projections, compressors, indexers, norms, sinks (all main layers)
+  double attention = 0;             // projections, compressors, indexers, norms, sinks (all main layers)
   double attention_head_split = 0;  // the part of `attention` split by TP (per-head weights)
-  double mhc = 0;             // hyper-connection mixing weights (FP32)
-  double router = 0;          // gate weights (BF16)
-  double dense_ffn = 0;       // leading dense FFN layers
+  double mhc = 0;                   // hyper-connection mixing weights (FP32)
+  double router = 0;                // gate weights (BF16)
+  double dense_ffn = 0;             // leading dense FFN layers
   double shared_experts = 0;
   double routed_experts = 0;  // all routed experts of all main layers
   double embed = 0;
   double head = 0;
-  double engram_tables = 0;   // rows x dim, FP8 in host memory
+  double engram_tables = 0;  // rows x dim, FP8 in host memory
   double engram_proj = 0;
-  double mtp = 0;             // MTP / draft layers: attention + shared expert + projections
-  double mtp_routed = 0;      // their routed experts
-  double expert_params = 0;   // one routed expert
+  double mtp = 0;            // MTP / draft layers: attention + shared expert + projections
+  double mtp_routed = 0;     // their routed experts
+  double expert_params = 0;  // one routed expert
   double Total() const;
   // Parameters touched per token (top-k routed experts, no Engram tables).
   double active = 0;
@@ -64,7 +64,7 @@ struct AttentionWork {
   // compressed cache (V4) or the whole latent cache (MLA, counted as window = 0).
   double window_flops = 0;
   double window_bytes = 0;
-  double indexer_bytes = 0;      // indexer keys read (part of kv_read_bytes)
+  double indexer_bytes = 0;  // indexer keys read (part of kv_read_bytes)
 };
 
 // Cache bytes one sequence holds per layer: `per_token` grows with the context, `fixed` does not
@@ -76,8 +76,7 @@ struct CacheBytes {
 
 // Per-layer attention work for a token that sees `context` earlier tokens (prefill: the naive MLA form;
 // decode: the absorbed form).
-AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double context, bool prefill,
-                                 const Precision& p);
+AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double context, bool prefill, const Precision& p);
 CacheBytes LayerCacheBytes(const ModelPreset& m, int64_t layer, const Precision& p);
 // Sum over layers: bytes a sequence of `tokens` tokens keeps in cache.
 double SequenceCacheBytes(const ModelPreset& m, double tokens, const Precision& p);
@@ -85,12 +84,12 @@ double SequenceCacheBytes(const ModelPreset& m, double tokens, const Precision& 
 double MeanCacheBytesPerTokenPerLayer(const ModelPreset& m, const Precision& p);
 
 // Per-token FLOPs of the non-attention parts of one layer.
-double ExpertFlopsPerToken(const ModelPreset& m);    // one routed expert, one token
-double DenseFfnParams(const ModelPreset& m);         // one dense FFN layer
-double SharedExpertParams(const ModelPreset& m);     // one layer's shared experts
-double RouterParams(const ModelPreset& m);           // one layer's gate
-double MhcFlopsPerToken(const ModelPreset& m);       // one layer, both sub-layers
-double ResidualBytesPerToken(const ModelPreset& m);  // one layer: stream reads and writes (BF16)
+double ExpertFlopsPerToken(const ModelPreset& m);        // one routed expert, one token
+double DenseFfnParams(const ModelPreset& m);             // one dense FFN layer
+double SharedExpertParams(const ModelPreset& m);         // one layer's shared experts
+double RouterParams(const ModelPreset& m);               // one layer's gate
+double MhcFlopsPerToken(const ModelPreset& m);           // one layer, both sub-layers
+double ResidualBytesPerToken(const ModelPreset& m);      // one layer: stream reads and writes (BF16)
 double EngramGatherBytesPerToken(const ModelPreset& m);  // one Engram layer
 double EngramProjParams(const ModelPreset& m);           // one Engram layer
 bool IsMoeLayer(const ModelPreset& m, int64_t layer);

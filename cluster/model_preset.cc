@@ -21,8 +21,8 @@ std::vector<int64_t> AlternatingRatios(int64_t layers, int64_t first) {
   return r;
 }
 
-ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lora, int64_t o_groups,
-                     int64_t experts, int64_t top_k, int64_t inter, int64_t index_topk, int64_t first_ratio) {
+ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lora, int64_t o_groups, int64_t experts,
+                     int64_t top_k, int64_t inter, int64_t index_topk, int64_t first_ratio) {
   ModelConfig c;
   c.vocab_size = 129280;
   c.hidden_size = hidden;
@@ -87,9 +87,9 @@ ModelPreset V41Flash() {
   p.hc_mult = 4;
   p.engram_layers = {1, 14};
   p.engram_rows_per_layer = 384011425;  // mean of engram_num_embeddings [384006168, 384016682]
-  p.engram_lookups = 24;                 // n-gram orders 2..4 x 8 heads
+  p.engram_lookups = 24;                // n-gram orders 2..4 x 8 heads
   p.engram_row_dim = 256;
-  p.mtp_layers = 3;                      // DSpark draft layers
+  p.mtp_layers = 3;  // DSpark draft layers
   p.source = "MODEL.md 1.4 (V4.1 reference inference/config.json)";
   return p;
 }
@@ -179,8 +179,7 @@ absl::StatusOr<ModelPreset> ParseMlaConfig(const json& j, const std::string& sou
       continue;
     }
     if (!it->is_number_integer() || it->get<int64_t>() < 0)
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": field '", k.name, "' must be a non-negative integer"));
+      return absl::InvalidArgumentError(absl::StrCat(source, ": field '", k.name, "' must be a non-negative integer"));
     *k.out = it->get<int64_t>();
   }
   for (const auto* f : {&p.hidden, &p.layers, &p.heads, &p.routed_experts, &p.top_k, &p.vocab, &p.max_context})
@@ -201,8 +200,8 @@ absl::StatusOr<ModelPreset> ParseMlaConfig(const json& j, const std::string& sou
 }  // namespace
 
 std::vector<std::string> PresetNames() {
-  return {"deepseek-v3",        "deepseek-r1", "deepseek-v3.2", "deepseek-v4-flash", "deepseek-v4-pro",
-          "deepseek-v4.1-flash", "kimi-k2",     "seed-v4-1t"};
+  return {"deepseek-v3",     "deepseek-r1",         "deepseek-v3.2", "deepseek-v4-flash",
+          "deepseek-v4-pro", "deepseek-v4.1-flash", "kimi-k2",       "seed-v4-1t"};
 }
 
 ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name) {
@@ -252,8 +251,7 @@ absl::StatusOr<ModelPreset> FindPreset(const std::string& name) {
     p.index_topk = 2048;
     return p;
   }
-  if (name == "kimi-k2")
-    return Mla(name, 64, 1, 384, 8, 163840, 0, "moonshotai/Kimi-K2-Instruct config.json (public)");
+  if (name == "kimi-k2") return Mla(name, 64, 1, 384, 8, 163840, 0, "moonshotai/Kimi-K2-Instruct config.json (public)");
   if (name == "deepseek-v4-flash") {
     ModelPreset p = PresetFromModelConfig(V4Config(4096, 43, 64, 1024, 8, 256, 6, 2048, 512, 0), name);
     p.source = "MODEL.md 1.2 (HF config.json of DeepSeek-V4-Flash)";
@@ -270,14 +268,14 @@ absl::StatusOr<ModelPreset> FindPreset(const std::string& name) {
     p.source = "pre-release description (1T total / 32B active / top-16 / 1M context); layer sizes assumed";
     return p;
   }
-  return absl::InvalidArgumentError(absl::StrCat("model: unknown preset '", name,
-                                                 "' (known: ", absl::StrJoin(PresetNames(), ", "),
-                                                 "; or a path to a config.json)"));
+  return absl::InvalidArgumentError(absl::StrCat("model: unknown preset '", name, "' (known: ",
+                                                 absl::StrJoin(PresetNames(), ", "), "; or a path to a config.json)"));
 }
 
 absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, const std::string& source) {
   const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   std::string type = "deepseek_v4";
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) type = it->get<std::string>();
   if (type == "deepseek_v4") {

@@ -32,10 +32,10 @@ struct ModelPreset {
   std::string name;
   AttentionKind attention = AttentionKind::kV4;
   int64_t vocab = 0;
-  int64_t hidden = 0;        // D
-  int64_t layers = 0;        // main layers, without MTP / draft layers
-  int64_t max_context = 0;   // tokens
-  int64_t heads = 0;         // query heads
+  int64_t hidden = 0;       // D
+  int64_t layers = 0;       // main layers, without MTP / draft layers
+  int64_t max_context = 0;  // tokens
+  int64_t heads = 0;        // query heads
   int64_t q_lora_rank = 0;
   // MLA (V3, V3.2, Kimi-K2).
   int64_t kv_lora_rank = 0;  // 512
@@ -43,10 +43,10 @@ struct ModelPreset {
   int64_t qk_rope_dim = 0;   // 64 (also V4's rope part)
   int64_t v_head_dim = 0;    // 128
   // V4.
-  int64_t head_dim = 0;      // 512, K = V
+  int64_t head_dim = 0;  // 512, K = V
   int64_t o_groups = 0;
   int64_t o_lora_rank = 0;
-  int64_t window = 0;        // sliding window, tokens
+  int64_t window = 0;              // sliding window, tokens
   std::vector<V4Layer> v4_layers;  // one per main layer
   // Indexer (V3.2 DSA on every layer; V4 on CSA layers). index_topk = 0: no indexer.
   int64_t index_heads = 0;
@@ -54,7 +54,7 @@ struct ModelPreset {
   int64_t index_topk = 0;
   bool mla_indexer = false;  // V3.2: every MLA layer runs the DSA indexer over the full context
   // FFN.
-  int64_t dense_layers = 0;   // leading layers with a dense FFN (V3: 3; V4: 0)
+  int64_t dense_layers = 0;  // leading layers with a dense FFN (V3: 3; V4: 0)
   int64_t dense_inter = 0;
   int64_t routed_experts = 0;
   int64_t shared_experts = 0;
@@ -65,8 +65,8 @@ struct ModelPreset {
   // Engram (V4.1): tables of FP8 rows looked up before the listed layers.
   std::vector<int64_t> engram_layers;
   int64_t engram_rows_per_layer = 0;
-  int64_t engram_lookups = 0;     // rows gathered per token per Engram layer (n-gram orders x heads)
-  int64_t engram_row_dim = 0;     // elements per row
+  int64_t engram_lookups = 0;  // rows gathered per token per Engram layer (n-gram orders x heads)
+  int64_t engram_row_dim = 0;  // elements per row
   // Multi-token prediction / draft layers shipped with the checkpoint.
   int64_t mtp_layers = 0;
   // Free text: where the numbers come from.

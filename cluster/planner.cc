@@ -12,9 +12,9 @@ namespace {
 using nlohmann::json;
 
 constexpr double kGB = 1e9;
-constexpr double kDefaultBudget = 8192;      // tokens per step per attention group (chunked prefill)
+constexpr double kDefaultBudget = 8192;          // tokens per step per attention group (chunked prefill)
 constexpr double kDefaultPrefillTokens = 16384;  // tokens per device in one prefill step when unset
-constexpr double kMaxAutoBatch = 512;        // sequences per device when the batch is "what fits"
+constexpr double kMaxAutoBatch = 512;            // sequences per device when the batch is "what fits"
 
 double Round(double x, int digits) {
   const double f = std::pow(10.0, digits);
@@ -42,12 +42,20 @@ json StepJson(const StepTime& st) {
   std::vector<OpTime> sorted = st.ops;
   std::sort(sorted.begin(), sorted.end(), [](const OpTime& a, const OpTime& b) { return a.seconds > b.seconds; });
   for (const OpTime& o : sorted)
-    ops.push_back({{"op", o.name}, {"ms", Round(o.seconds * 1e3, 4)}, {"bound", o.bound},
-                   {"gflop", Round(o.flops / 1e9, 3)}, {"gb", Round(o.bytes / kGB, 4)}});
-  return {{"step_ms", Round(st.seconds * 1e3, 4)}, {"compute_ms", Round(st.compute_s * 1e3, 4)},
-          {"host_ms", Round(st.host_s * 1e3, 4)}, {"comm_ms", Round(st.comm_s * 1e3, 4)},
-          {"exposed_comm_ms", Round(st.exposed_comm_s * 1e3, 4)}, {"micro_batches", st.micro_batches},
-          {"expert_imbalance", Round(st.imbalance, 3)}, {"bottleneck", st.bottleneck}, {"ops", ops}};
+    ops.push_back({{"op", o.name},
+                   {"ms", Round(o.seconds * 1e3, 4)},
+                   {"bound", o.bound},
+                   {"gflop", Round(o.flops / 1e9, 3)},
+                   {"gb", Round(o.bytes / kGB, 4)}});
+  return {{"step_ms", Round(st.seconds * 1e3, 4)},
+          {"compute_ms", Round(st.compute_s * 1e3, 4)},
+          {"host_ms", Round(st.host_s * 1e3, 4)},
+          {"comm_ms", Round(st.comm_s * 1e3, 4)},
+          {"exposed_comm_ms", Round(st.exposed_comm_s * 1e3, 4)},
+          {"micro_batches", st.micro_batches},
+          {"expert_imbalance", Round(st.imbalance, 3)},
+          {"bottleneck", st.bottleneck},
+          {"ops", ops}};
 }
 
 // $ per million tokens for a device-hour price and a per-device token rate.
@@ -63,9 +71,7 @@ struct Ctx {
   std::vector<std::string> reasons, warnings;
 };
 
-double SeqCacheBytes(const Resolved& r, double tokens) {
-  return SequenceCacheBytes(r.model, tokens, r.s.precision);
-}
+double SeqCacheBytes(const Resolved& r, double tokens) { return SequenceCacheBytes(r.model, tokens, r.s.precision); }
 
 // Sequences per device that fit in memory for sequences of `tokens` tokens.
 double MaxBatchPerDevice(const Resolved& r, const StepModel& model, double tokens, double new_tokens) {
@@ -85,12 +91,12 @@ void CheckMemory(Ctx& c, const MemoryBreakdown& m) {
     c.reasons.push_back(absl::StrCat("weights do not fit: ", Round(m.Weights(), 1), " GB per device of ",
                                      Round(m.total, 1), " GB, with the runtime reserve and a 512-token step"));
   else if (m.free < 0)
-    c.reasons.push_back(absl::StrCat("memory over by ", Round(-m.free, 2), " GB per device (cache ",
-                                     Round(m.kv_cache, 2), " GB)"));
+    c.reasons.push_back(
+        absl::StrCat("memory over by ", Round(-m.free, 2), " GB per device (cache ", Round(m.kv_cache, 2), " GB)"));
   const double host_need = m.experts_on_host + m.engram_tables_host;
   if (host_need > 0 && !c.r.device.unified_memory)
-    c.out["host_memory_needed_gb_per_host"] = Round(host_need * std::max(1, std::min(c.r.s.devices_per_node,
-                                                                                  c.r.device.devices_per_host)), 1);
+    c.out["host_memory_needed_gb_per_host"] =
+        Round(host_need * std::max(1, std::min(c.r.s.devices_per_node, c.r.device.devices_per_host)), 1);
   if (host_need > c.r.host_gb && !c.r.device.unified_memory && (c.r.host_gb_given || m.spilled_expert_fraction > 0))
     c.reasons.push_back(absl::StrCat("host memory too small: ", Round(m.experts_on_host + m.engram_tables_host, 1),
                                      " GB per device needed, ", Round(c.r.host_gb, 1), " GB per device available"));
@@ -105,8 +111,8 @@ void AnswerPrefill(Ctx& c) {
   const Scenario& s = r.s;
   const double new_tokens = std::max(1.0, s.input_tokens * (1 - s.prefix_cache_hit));
   const double cached = s.input_tokens - new_tokens;
-  const double seqs_dev = s.batch_per_device > 0 ? s.batch_per_device
-                                                 : std::max(1.0, std::round(kDefaultPrefillTokens / new_tokens));
+  const double seqs_dev =
+      s.batch_per_device > 0 ? s.batch_per_device : std::max(1.0, std::round(kDefaultPrefillTokens / new_tokens));
   const double group_seqs = seqs_dev * s.tp;
   const StepTime st = c.model.Step({{group_seqs, new_tokens, cached, true}});
   const double per_device = group_seqs * new_tokens / s.tp / st.seconds;
@@ -170,17 +176,20 @@ void AnswerSingleStream(Ctx& c) {
   c.out["prefill"] = StepJson(last_prefill);
   c.out["bottleneck"]["decode"] = st.bottleneck;
   c.out["bottleneck"]["prefill"] = last_prefill.bottleneck;
-  c.out["cost_per_million_output_tokens"] =
-      Round(CostPerMillion(r.price_per_hour * r.world, decode_tps), 4);
+  c.out["cost_per_million_output_tokens"] = Round(CostPerMillion(r.price_per_hour * r.world, decode_tps), 4);
   CheckMemory(c, c.model.Memory(SeqCacheBytes(r, s.input_tokens + s.output_tokens), std::min(budget, new_tokens)));
 }
 
 json PercentilesJson(const SimResult& res) {
-  return {{"ttft_ms_p50", Round(res.ttft_ms.p50, 2)}, {"ttft_ms_p90", Round(res.ttft_ms.p90, 2)},
-          {"ttft_ms_p99", Round(res.ttft_ms.p99, 2)}, {"tpot_ms_p50", Round(res.tpot_ms.p50, 3)},
-          {"tpot_ms_p90", Round(res.tpot_ms.p90, 3)}, {"tpot_ms_p99", Round(res.tpot_ms.p99, 3)},
+  return {{"ttft_ms_p50", Round(res.ttft_ms.p50, 2)},
+          {"ttft_ms_p90", Round(res.ttft_ms.p90, 2)},
+          {"ttft_ms_p99", Round(res.ttft_ms.p99, 2)},
+          {"tpot_ms_p50", Round(res.tpot_ms.p50, 3)},
+          {"tpot_ms_p90", Round(res.tpot_ms.p90, 3)},
+          {"tpot_ms_p99", Round(res.tpot_ms.p99, 3)},
           {"output_tokens_per_s_per_group", Round(res.output_tokens_per_s, 2)},
-          {"mean_running_per_group", Round(res.mean_running, 2)}, {"simulated_steps", res.steps},
+          {"mean_running_per_group", Round(res.mean_running, 2)},
+          {"simulated_steps", res.steps},
           {"cache_limited_steps", res.cache_limited_steps}};
 }
 
@@ -235,12 +244,12 @@ json ModelJson(const Resolved& r) {
   const WeightBytes wb = CountWeightBytes(r.model, r.s.precision);
   json comps = json::array();
   for (const ComponentRow& row : ComponentTable(r.model, r.s.precision))
-    comps.push_back({{"component", row.component}, {"params_b", Round(row.params / 1e9, 3)},
-                     {"gb", Round(row.bytes / kGB, 3)}});
+    comps.push_back(
+        {{"component", row.component}, {"params_b", Round(row.params / 1e9, 3)}, {"gb", Round(row.bytes / kGB, 3)}});
   json per_token = json::array();
   for (const TokenCostRow& row : PerTokenCosts(r.model, r.s.precision, r.s.input_tokens))
-    per_token.push_back({{"component", row.component}, {"gflop", Round(row.flops / 1e9, 4)},
-                         {"mb_moved", Round(row.bytes / 1e6, 3)}});
+    per_token.push_back(
+        {{"component", row.component}, {"gflop", Round(row.flops / 1e9, 4)}, {"mb_moved", Round(row.bytes / 1e6, 3)}});
   return {{"name", r.model.name},
           {"decode_token_costs_at_input_context", per_token},
           {"total_params_b", Round(pc.Total() / 1e9, 2)},
@@ -262,7 +271,8 @@ json Sweeps(const Resolved& r, const PlanOptions& o) {
     const StepTime st = model.Step({{b * r.s.tp, 1.0 + model.Drafts(), ctx, false}});
     const double per_step = model.TokensPerDecodeStep();
     const double per_dev = b * per_step / st.seconds;
-    batch.push_back({{"batch_per_device", b}, {"tpot_ms", Round(st.seconds / per_step * 1e3, 3)},
+    batch.push_back({{"batch_per_device", b},
+                     {"tpot_ms", Round(st.seconds / per_step * 1e3, 3)},
                      {"tokens_per_s_per_device", Round(per_dev, 2)},
                      {"tokens_per_s_per_user", Round(per_step / st.seconds, 2)}});
   }
@@ -337,13 +347,14 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   const double max_seqs = std::min(kMaxAutoBatch * s.tp, std::floor(base.kv_capacity_bytes / seq_bytes));
   const StepTime dstep = model.Step({{max_seqs, 1.0 + model.Drafts(), s.input_tokens + s.output_tokens / 2, false}});
   const double decode_rps = max_seqs * model.TokensPerDecodeStep() / dstep.seconds / s.output_tokens;
-  const StepTime pstep = model.Step({{std::max(1.0, budget / s.input_tokens), std::min(budget, s.input_tokens), 0, true}});
+  const StepTime pstep =
+      model.Step({{std::max(1.0, budget / s.input_tokens), std::min(budget, s.input_tokens), 0, true}});
   const double prefill_rps = std::max(budget, s.input_tokens) / pstep.seconds / s.input_tokens;
   const double est = r.dp * std::min(decode_rps, prefill_rps);
   // A rate at which requests almost never overlap: what one request sees on an idle unit.
-  const double alone_s = model.Step({{1, std::min(budget, s.input_tokens), 0, true}}, 0).seconds *
-                             std::ceil(s.input_tokens / budget) +
-                         s.output_tokens * model.Step({{1, 1, s.input_tokens, false}}, 0).seconds;
+  const double alone_s =
+      model.Step({{1, std::min(budget, s.input_tokens), 0, true}}, 0).seconds * std::ceil(s.input_tokens / budget) +
+      s.output_tokens * model.Step({{1, 1, s.input_tokens, false}}, 0).seconds;
   const double idle_qps = 0.02 / alone_s;
   // Largest grid QPS before the first that misses the SLO (a fixed grid keeps the answer monotone in the
   // SLO: a tighter SLO fails at the same grid point or an earlier one).
@@ -367,8 +378,9 @@ CapacityResult Capacity(const Resolved& r, const StepModel& model) {
   if (!pd) {
     out.max_qps_per_unit = search(SimConfig::Mode::kColocated, true, true, 0);
     if (out.max_qps_per_unit <= 0) {
-      out.reasons.push_back("no load meets the SLO: even one request alone on a unit misses it (the latencies "
-                            "reported are those of requests alone on an idle unit)");
+      out.reasons.push_back(
+          "no load meets the SLO: even one request alone on a unit misses it (the latencies "
+          "reported are those of requests alone on an idle unit)");
       out.at_target = run(SimConfig::Mode::kColocated, idle_qps);
       return out;
     }
@@ -436,8 +448,8 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
                    {"redundant_experts", s.redundant_experts},
                    {"routed_experts", r.routed_experts}};
   out["workload"] = {{"input_tokens", s.input_tokens}, {"output_tokens", s.output_tokens}};
-  out["speculative"] = {{"enabled", spec}, {"draft_tokens", model.Drafts()},
-                        {"tokens_per_step", Round(model.TokensPerDecodeStep(), 3)}};
+  out["speculative"] = {
+      {"enabled", spec}, {"draft_tokens", model.Drafts()}, {"tokens_per_step", Round(model.TokensPerDecodeStep(), 3)}};
   out["calibration"] = options.profile != nullptr ? options.profile->source : "catalog efficiencies";
   out["bottleneck"] = json::object();
   Ctx c{r, model, out, {}, {}};
@@ -494,7 +506,8 @@ absl::StatusOr<Validation> Validate(const std::string& json_text, const std::str
       row.measured = m.value().get<double>();
       row.predicted = (*answer)[m.key()].get<double>();
       row.error = (row.predicted - row.measured) / row.measured;
-      const double ratio = row.predicted > 0 ? std::max(row.predicted / row.measured, row.measured / row.predicted) : 1e9;
+      const double ratio =
+          row.predicted > 0 ? std::max(row.predicted / row.measured, row.measured / row.predicted) : 1e9;
       if (ratio > v.worst_ratio) {
         v.worst_ratio = ratio;
         v.worst = absl::StrCat(name, " / ", m.key());

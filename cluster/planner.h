@@ -3,10 +3,9 @@
 // shared/planner/README.md; report.h renders them as text and SVG.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/status/statusor.h"
 #include "cluster/hardware.h"
@@ -35,14 +34,14 @@ struct CapacityResult {
   double max_qps_per_unit = 0;          // colocated: the unit; disaggregated: see the two below
   double max_qps_per_prefill_unit = 0;  // disaggregated only
   double max_qps_per_decode_unit = 0;
-  int units = 0;                        // colocated: units needed for the target QPS
+  int units = 0;  // colocated: units needed for the target QPS
   int prefill_units = 0, decode_units = 0;
   int devices_needed = 0;
-  SimResult at_target;                  // simulation at the target QPS spread over the units
-  SimResult prefill_at_target;          // disaggregated only
-  double kv_transfer_ms = 0;            // disaggregated: prompt cache sent from prefill to decode
-  double token_budget = 0;              // tokens per step per attention group used in the simulation
-  std::vector<std::string> reasons;     // why no unit count meets the SLO (empty when one does)
+  SimResult at_target;               // simulation at the target QPS spread over the units
+  SimResult prefill_at_target;       // disaggregated only
+  double kv_transfer_ms = 0;         // disaggregated: prompt cache sent from prefill to decode
+  double token_budget = 0;           // tokens per step per attention group used in the simulation
+  std::vector<std::string> reasons;  // why no unit count meets the SLO (empty when one does)
 };
 CapacityResult Capacity(const Resolved& r, const StepModel& model);
 // QPS the given number of devices sustains under the SLO (whole units only).

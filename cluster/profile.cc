@@ -20,13 +20,15 @@ absl::Status ReadCurve(const json& j, const std::string& field, const char* size
     const json& p = j[i];
     const std::string where = absl::StrCat(field, "[", i, "]");
     if (!p.is_object() || !p.contains(size_key) || !p.contains(rate_key))
-      return absl::InvalidArgumentError(absl::StrCat(where, " must be {\"", size_key, "\": .., \"", rate_key, "\": ..}"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " must be {\"", size_key, "\": .., \"", rate_key, "\": ..}"));
     if (!p[size_key].is_number() || !p[rate_key].is_number() || p[size_key].get<double>() <= 0 ||
         p[rate_key].get<double>() <= 0)
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", size_key, " and ", rate_key, " must be positive"));
     out->points.push_back({p[size_key].get<double>(), p[rate_key].get<double>()});
   }
-  std::sort(out->points.begin(), out->points.end(), [](const RatePoint& a, const RatePoint& b) { return a.size < b.size; });
+  std::sort(out->points.begin(), out->points.end(),
+            [](const RatePoint& a, const RatePoint& b) { return a.size < b.size; });
   return absl::OkStatus();
 }
 
@@ -57,7 +59,8 @@ double RateCurve::At(double size) const {
 
 absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source) {
   const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   const std::string p = source + ": profile";
   if (!j.contains("format") || !j["format"].is_string() || j["format"].get<std::string>() != "dsv4-profile/1")
     return absl::InvalidArgumentError(absl::StrCat(p, ".format must be \"dsv4-profile/1\""));
@@ -83,7 +86,8 @@ absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::st
   for (const CurveKey& c : curves)
     if (j.contains(c.key))
       if (auto st = ReadCurve(j[c.key], absl::StrCat(p, ".", c.key), c.size, c.rate, c.out); !st.ok()) return st;
-  for (auto [key, out] : {std::pair{"memory_gbps", &prof.memory_gbps}, std::pair{"kernel_floor_us", &prof.kernel_floor_us}})
+  for (auto [key, out] :
+       {std::pair{"memory_gbps", &prof.memory_gbps}, std::pair{"kernel_floor_us", &prof.kernel_floor_us}})
     if (auto st = ReadPositive(j, key, p, out); !st.ok()) return st;
   if (j.contains("all_to_all")) {
     const json& a = j["all_to_all"];

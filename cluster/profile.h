@@ -26,20 +26,20 @@ struct RateCurve {
 };
 
 struct Profile {
-  std::string device;           // catalog name of the measured device ("" = any)
-  std::string source;           // file name, for reports
-  RateCurve gemm_fp8;           // dense GEMM [tokens x K] x [K x N] with FP8 weights, TFLOP/s by tokens
-  RateCurve gemm_bf16;          // the same with BF16 weights
-  RateCurve grouped_gemm;       // MoE grouped GEMM, TFLOP/s by tokens per expert
-  RateCurve attention_prefill;  // TFLOP/s by context length
-  double memory_gbps = 0;       // streaming bandwidth (0 = catalog x efficiency)
-  double kernel_floor_us = 0;   // least time per kernel (0 = catalog)
-  RateCurve allreduce;          // algorithm bandwidth GB/s by message bytes (TP group of the run)
+  std::string device;                // catalog name of the measured device ("" = any)
+  std::string source;                // file name, for reports
+  RateCurve gemm_fp8;                // dense GEMM [tokens x K] x [K x N] with FP8 weights, TFLOP/s by tokens
+  RateCurve gemm_bf16;               // the same with BF16 weights
+  RateCurve grouped_gemm;            // MoE grouped GEMM, TFLOP/s by tokens per expert
+  RateCurve attention_prefill;       // TFLOP/s by context length
+  double memory_gbps = 0;            // streaming bandwidth (0 = catalog x efficiency)
+  double kernel_floor_us = 0;        // least time per kernel (0 = catalog)
+  RateCurve allreduce;               // algorithm bandwidth GB/s by message bytes (TP group of the run)
   double all_to_all_intra_gbps = 0;  // EP dispatch/combine within a node, per device
   double all_to_all_inter_gbps = 0;  // across nodes, per device
   double all_to_all_latency_us = 0;
-  double host_memory_gbps = 0;       // host DRAM streaming for CPU experts
-  double host_gflops = 0;            // host expert GEMMs, whole host
+  double host_memory_gbps = 0;  // host DRAM streaming for CPU experts
+  double host_gflops = 0;       // host expert GEMMs, whole host
 };
 
 absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source);

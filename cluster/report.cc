@@ -14,8 +14,8 @@ namespace {
 
 using nlohmann::json;
 
-const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f",
-                         "#bcbd22", "#e377c2", "#393b79"};
+const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+                         "#17becf", "#7f7f7f", "#bcbd22", "#e377c2", "#393b79"};
 
 double Num(const json& j, const char* key, double fallback = 0) {
   auto it = j.find(key);
@@ -25,10 +25,14 @@ double Num(const json& j, const char* key, double fallback = 0) {
 std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out += c;
   }
   return out;
 }
@@ -49,7 +53,8 @@ struct Frame {
   double xmin = 0, xmax = 1, ymin = 0, ymax = 1;
   bool logx = false;
   double X(double x) const {
-    const double f = logx ? (std::log(x) - std::log(xmin)) / (std::log(xmax) - std::log(xmin)) : (x - xmin) / (xmax - xmin);
+    const double f =
+        logx ? (std::log(x) - std::log(xmin)) / (std::log(xmax) - std::log(xmin)) : (x - xmin) / (xmax - xmin);
     return x0 + f * w;
   }
   double Y(double y) const { return y0 + h - (y - ymin) / (ymax - ymin) * h; }
@@ -59,7 +64,8 @@ std::string Header(double width, double height, const std::string& title) {
   return absl::StrFormat(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
       "font-family=\"Helvetica, Arial, sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" "
-      "fill=\"white\"/>\n<text x=\"%.0f\" y=\"24\" font-size=\"15\" text-anchor=\"middle\" font-weight=\"bold\">%s</text>\n",
+      "fill=\"white\"/>\n<text x=\"%.0f\" y=\"24\" font-size=\"15\" text-anchor=\"middle\" "
+      "font-weight=\"bold\">%s</text>\n",
       width, height, width, height, width / 2, Escape(title));
 }
 
@@ -71,14 +77,17 @@ double NiceStep(double range) {
 }
 
 std::string Axes(const Frame& f, const std::string& xlabel, const std::string& ylabel, bool xticks = true) {
-  std::string s = absl::StrFormat(
-      "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n", f.x0, f.y0, f.w, f.h);
+  std::string s =
+      absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n",
+                      f.x0, f.y0, f.w, f.h);
   const double ystep = NiceStep(f.ymax - f.ymin);
   for (double v = f.ymin; v <= f.ymax + 1e-9; v += ystep) {
     const double y = f.Y(v);
-    absl::StrAppend(&s, absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", f.x0,
-                                        y, f.x0 + f.w, y),
-                    absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", f.x0 - 6, y + 4, Fmt(v)));
+    absl::StrAppend(
+        &s,
+        absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", f.x0, y,
+                        f.x0 + f.w, y),
+        absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", f.x0 - 6, y + 4, Fmt(v)));
   }
   if (xticks) {
     const double xstep = NiceStep(f.xmax - f.xmin);
@@ -87,11 +96,12 @@ std::string Axes(const Frame& f, const std::string& xlabel, const std::string& y
                                           f.y0 + f.h + 16, Fmt(v)));
     }
   }
-  absl::StrAppend(&s,
-                  absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", f.x0 + f.w / 2,
-                                  f.y0 + f.h + 36, Escape(xlabel)),
-                  absl::StrFormat("<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
-                                  f.x0 - 58, f.y0 + f.h / 2, Escape(ylabel)));
+  absl::StrAppend(
+      &s,
+      absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", f.x0 + f.w / 2, f.y0 + f.h + 36,
+                      Escape(xlabel)),
+      absl::StrFormat("<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n",
+                      f.x0 - 58, f.y0 + f.h / 2, Escape(ylabel)));
   return s;
 }
 
@@ -123,7 +133,8 @@ std::string LineChart(const std::string& title, const std::string& xlabel, const
     for (auto [x, y] : series[i].points) absl::StrAppend(&path, path.empty() ? "M" : " L", f.X(x), ",", f.Y(y));
     absl::StrAppend(&svg, "<path d=\"", path, "\" fill=\"none\" stroke=\"", color, "\" stroke-width=\"2\"/>\n");
     for (auto [x, y] : series[i].points)
-      absl::StrAppend(&svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", f.X(x), f.Y(y), color));
+      absl::StrAppend(
+          &svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", f.X(x), f.Y(y), color));
     absl::StrAppend(&svg, absl::StrFormat("<rect x=\"652\" y=\"%.0f\" width=\"12\" height=\"12\" fill=\"%s\"/>"
                                           "<text x=\"668\" y=\"%.0f\">%s</text>\n",
                                           56 + 18 * i, color, 66 + 18 * i, Escape(series[i].name)));
@@ -148,13 +159,15 @@ std::string BarChart(const std::string& title, const std::string& ylabel, const 
       if (c >= series[i].points.size()) continue;
       const double y = series[i].points[c].second;
       const double x = f.x0 + group * c + group * 0.1 + bar * i;
-      absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
-                                            x, f.Y(y), bar * 0.92, f.Y(0) - f.Y(y), kColors[i % 11]),
+      absl::StrAppend(&svg,
+                      absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", x,
+                                      f.Y(y), bar * 0.92, f.Y(0) - f.Y(y), kColors[i % 11]),
                       absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\">%s</text>\n",
                                       x + bar * 0.46, f.Y(y) - 3, Fmt(y)));
     }
-    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n",
-                                          f.x0 + group * (c + 0.5), f.y0 + f.h + 16, Escape(categories[c])));
+    absl::StrAppend(&svg,
+                    absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n",
+                                    f.x0 + group * (c + 0.5), f.y0 + f.h + 16, Escape(categories[c])));
   }
   for (size_t i = 0; i < series.size(); ++i)
     absl::StrAppend(&svg, absl::StrFormat("<rect x=\"652\" y=\"%.0f\" width=\"12\" height=\"12\" fill=\"%s\"/>"
@@ -183,15 +196,17 @@ std::string TextReport(const json& a) {
   const json& m = a["model"];
   const json& hw = a["hardware"];
   const json& l = a["layout"];
-  absl::StrAppend(&out, "scenario: ", a.value("scenario", std::string()), "  (question: ", a["question"].get<std::string>(),
-                  ")\n");
-  absl::StrAppend(&out, absl::StrFormat("model:    %s  %.1fB total, %.1fB active, %.1f GB of weights, %.0f cache B/token/layer\n",
-                                        m["name"].get<std::string>(), Num(m, "total_params_b"), Num(m, "active_params_b"),
-                                        Num(m, "weights_gb"), Num(m, "cache_bytes_per_token_per_layer")));
-  absl::StrAppend(&out, absl::StrFormat("hardware: %d x %s (%d nodes x %d), scale-up %s, scale-out %s, $%.2f/device-hour\n",
-                                        hw["devices"].get<int>(), hw["device"].get<std::string>(), hw["nodes"].get<int>(),
-                                        hw["devices_per_node"].get<int>(), hw["scale_up"].get<std::string>(),
-                                        hw["scale_out"].get<std::string>(), Num(hw, "price_per_device_hour")));
+  absl::StrAppend(&out, "scenario: ", a.value("scenario", std::string()),
+                  "  (question: ", a["question"].get<std::string>(), ")\n");
+  absl::StrAppend(
+      &out, absl::StrFormat("model:    %s  %.1fB total, %.1fB active, %.1f GB of weights, %.0f cache B/token/layer\n",
+                            m["name"].get<std::string>(), Num(m, "total_params_b"), Num(m, "active_params_b"),
+                            Num(m, "weights_gb"), Num(m, "cache_bytes_per_token_per_layer")));
+  absl::StrAppend(&out,
+                  absl::StrFormat("hardware: %d x %s (%d nodes x %d), scale-up %s, scale-out %s, $%.2f/device-hour\n",
+                                  hw["devices"].get<int>(), hw["device"].get<std::string>(), hw["nodes"].get<int>(),
+                                  hw["devices_per_node"].get<int>(), hw["scale_up"].get<std::string>(),
+                                  hw["scale_out"].get<std::string>(), Num(hw, "price_per_device_hour")));
   absl::StrAppend(&out, absl::StrFormat("layout:   TP%d x DP%d attention, EP%d, experts on %s, %d redundant, "
                                         "speculative %s\n",
                                         l["tp"].get<int>(), l["dp_attention"].get<int>(), l["ep"].get<int>(),
@@ -204,12 +219,28 @@ std::string TextReport(const json& a) {
     absl::StrAppend(&out, absl::StrFormat("  %-32s %10.3f %12.2f\n", row["component"].get<std::string>(),
                                           Num(row, "gflop"), Num(row, "mb_moved")));
   absl::StrAppend(&out, "\nanswer:\n");
-  AppendKeys(&out, a, {"prefill_tokens_per_s_per_device", "prefill_tokens_per_s_per_node", "decode_tokens_per_s_per_device",
-                       "decode_tokens_per_s_per_node", "single_stream_decode_tokens_per_s",
-                       "single_stream_prefill_tokens_per_s", "devices_needed", "units", "max_qps_per_unit",
-                       "prefill_units", "decode_units", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
-                       "ttft_ms", "tpot_ms", "decode_batch_per_device", "prefill_batch_per_device",
-                       "cost_per_million_output_tokens", "cost_per_million_input_tokens"});
+  AppendKeys(&out, a,
+             {"prefill_tokens_per_s_per_device",
+              "prefill_tokens_per_s_per_node",
+              "decode_tokens_per_s_per_device",
+              "decode_tokens_per_s_per_node",
+              "single_stream_decode_tokens_per_s",
+              "single_stream_prefill_tokens_per_s",
+              "devices_needed",
+              "units",
+              "max_qps_per_unit",
+              "prefill_units",
+              "decode_units",
+              "ttft_ms_p50",
+              "ttft_ms_p99",
+              "tpot_ms_p50",
+              "tpot_ms_p99",
+              "ttft_ms",
+              "tpot_ms",
+              "decode_batch_per_device",
+              "prefill_batch_per_device",
+              "cost_per_million_output_tokens",
+              "cost_per_million_input_tokens"});
   absl::StrAppend(&out, "  feasible                               ", a["feasible"].get<bool>() ? "yes" : "NO", "\n");
   for (const auto& r : a["reasons"]) absl::StrAppend(&out, "    reason: ", r.get<std::string>(), "\n");
   for (const auto& w : a["warnings"]) absl::StrAppend(&out, "    note: ", w.get<std::string>(), "\n");
@@ -226,15 +257,17 @@ std::string TextReport(const json& a) {
   for (const char* phase : {"prefill", "decode"}) {
     if (!a.contains(phase)) continue;
     const json& p = a[phase];
-    absl::StrAppend(&out, absl::StrFormat("\n%s step: %.3f ms (compute %.3f, host %.3f, comm %.3f of which exposed %.3f; "
-                                          "%d micro-batch(es), expert imbalance %.2f) bottleneck: %s\n",
-                                          phase, Num(p, "step_ms"), Num(p, "compute_ms"), Num(p, "host_ms"),
-                                          Num(p, "comm_ms"), Num(p, "exposed_comm_ms"), p["micro_batches"].get<int>(),
-                                          Num(p, "expert_imbalance"), p["bottleneck"].get<std::string>()));
+    absl::StrAppend(
+        &out, absl::StrFormat("\n%s step: %.3f ms (compute %.3f, host %.3f, comm %.3f of which exposed %.3f; "
+                              "%d micro-batch(es), expert imbalance %.2f) bottleneck: %s\n",
+                              phase, Num(p, "step_ms"), Num(p, "compute_ms"), Num(p, "host_ms"), Num(p, "comm_ms"),
+                              Num(p, "exposed_comm_ms"), p["micro_batches"].get<int>(), Num(p, "expert_imbalance"),
+                              p["bottleneck"].get<std::string>()));
     absl::StrAppend(&out, absl::StrFormat("  %-28s %12s %10s %12s %10s\n", "operator", "ms", "bound", "GFLOP", "GB"));
     for (const auto& op : p["ops"])
-      absl::StrAppend(&out, absl::StrFormat("  %-28s %12.4f %10s %12.3f %10.4f\n", op["op"].get<std::string>(),
-                                            Num(op, "ms"), op["bound"].get<std::string>(), Num(op, "gflop"), Num(op, "gb")));
+      absl::StrAppend(&out,
+                      absl::StrFormat("  %-28s %12.4f %10s %12.3f %10.4f\n", op["op"].get<std::string>(), Num(op, "ms"),
+                                      op["bound"].get<std::string>(), Num(op, "gflop"), Num(op, "gb")));
   }
   return out;
 }
@@ -252,9 +285,13 @@ std::string ValidationText(const Validation& v) {
 json ValidationJson(const Validation& v) {
   json rows = json::array();
   for (const ValidationRow& r : v.rows)
-    rows.push_back({{"name", r.name}, {"metric", r.metric}, {"predicted", r.predicted}, {"measured", r.measured},
+    rows.push_back({{"name", r.name},
+                    {"metric", r.metric},
+                    {"predicted", r.predicted},
+                    {"measured", r.measured},
                     {"error", r.error}});
-  return {{"points", rows}, {"median_abs_error", v.median_abs_error}, {"worst_ratio", v.worst_ratio}, {"worst", v.worst}};
+  return {
+      {"points", rows}, {"median_abs_error", v.median_abs_error}, {"worst_ratio", v.worst_ratio}, {"worst", v.worst}};
 }
 
 std::string ComparisonText(const std::vector<json>& answers) {
@@ -266,17 +303,19 @@ std::string ComparisonText(const std::vector<json>& answers) {
                                                               : Num(a, "single_stream_decode_tokens_per_s");
     if (a.contains("qps_served_output_tokens_per_s") && devices > 0)
       tps = Num(a, "qps_served_output_tokens_per_s") / devices;
-    absl::StrAppend(&out, absl::StrFormat("%-44s %8.0f %12.1f %12.2f %12.3f %14.1f %9s\n",
-                                          a.value("scenario", std::string()).substr(0, 44), devices, Num(a, "ttft_ms_p99"),
-                                          Num(a, "tpot_ms_p99"), Num(a, "cost_per_million_output_tokens"), tps,
-                                          a["feasible"].get<bool>() ? "yes" : "NO"));
+    absl::StrAppend(&out,
+                    absl::StrFormat("%-44s %8.0f %12.1f %12.2f %12.3f %14.1f %9s\n",
+                                    a.value("scenario", std::string()).substr(0, 44), devices, Num(a, "ttft_ms_p99"),
+                                    Num(a, "tpot_ms_p99"), Num(a, "cost_per_million_output_tokens"), tps,
+                                    a["feasible"].get<bool>() ? "yes" : "NO"));
   }
   return out;
 }
 
 std::string ThroughputLatencySvg(const json& a) {
   Series s{a.value("scenario", std::string("scenario")), {}};
-  for (const auto& p : a["sweeps"]["decode_batch"]) s.points.push_back({Num(p, "tokens_per_s_per_user"), Num(p, "tokens_per_s_per_device")});
+  for (const auto& p : a["sweeps"]["decode_batch"])
+    s.points.push_back({Num(p, "tokens_per_s_per_user"), Num(p, "tokens_per_s_per_device")});
   std::sort(s.points.begin(), s.points.end());
   return LineChart("Decode throughput against interactivity (batch 1, 2, 4, ...)", "tokens/s per user",
                    "tokens/s per device", {s}, true);
@@ -297,16 +336,19 @@ std::string MemorySvg(const json& a) {
   const json& mem = a["memory_per_device_gb"];
   std::vector<std::pair<std::string, double>> rows;
   for (auto it = mem.begin(); it != mem.end(); ++it)
-    if (it.key() != "host" && it.key() != "total" && it.value().get<double>() > 0) rows.push_back({it.key(), it.value()});
+    if (it.key() != "host" && it.key() != "total" && it.value().get<double>() > 0)
+      rows.push_back({it.key(), it.value()});
   const double total = std::max(1e-9, Num(mem, "total"));
-  std::string svg = Header(760, 220 + 18 * rows.size(),
-                           absl::StrCat("Memory per device: ", a.value("scenario", std::string()), " (", Fmt(total), " GB)"));
+  std::string svg =
+      Header(760, 220 + 18 * rows.size(),
+             absl::StrCat("Memory per device: ", a.value("scenario", std::string()), " (", Fmt(total), " GB)"));
   double x = 40;
   const double width = 680;
   for (size_t i = 0; i < rows.size(); ++i) {
     const double w = rows[i].second / total * width;
-    absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%.1f\" y=\"50\" width=\"%.1f\" height=\"60\" fill=\"%s\"/>\n", x,
-                                          std::max(0.0, w), rows[i].first == "free" ? "#dddddd" : kColors[i % 11]),
+    absl::StrAppend(&svg,
+                    absl::StrFormat("<rect x=\"%.1f\" y=\"50\" width=\"%.1f\" height=\"60\" fill=\"%s\"/>\n", x,
+                                    std::max(0.0, w), rows[i].first == "free" ? "#dddddd" : kColors[i % 11]),
                     absl::StrFormat("<rect x=\"40\" y=\"%.0f\" width=\"12\" height=\"12\" fill=\"%s\"/>"
                                     "<text x=\"58\" y=\"%.0f\">%s: %.2f GB (%.1f%%)</text>\n",
                                     130 + 18 * i, rows[i].first == "free" ? "#dddddd" : kColors[i % 11], 140 + 18 * i,
@@ -327,7 +369,10 @@ std::string ComparisonSvg(const std::vector<json>& answers, const std::string& t
     std::function<double(const json&)> value;
   };
   const Panel panels[] = {
-      {"devices needed", [](const json& a) { return a.contains("devices_needed") ? Num(a, "devices_needed") : Num(a["hardware"], "devices"); }},
+      {"devices needed",
+       [](const json& a) {
+         return a.contains("devices_needed") ? Num(a, "devices_needed") : Num(a["hardware"], "devices");
+       }},
       {"$ per million output tokens", [](const json& a) { return Num(a, "cost_per_million_output_tokens"); }},
   };
   for (int p = 0; p < 2; ++p) {
@@ -335,9 +380,10 @@ std::string ComparisonSvg(const std::vector<json>& answers, const std::string& t
     double vmax = 0;
     for (const json& a : answers) vmax = std::max(vmax, panels[p].value(a));
     vmax = vmax > 0 ? vmax * 1.15 : 1;
-    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s "
-                                          "(log scale)</text>\n",
-                                          x0 + panel_w / 2, top - 12, panels[p].name),
+    absl::StrAppend(&svg,
+                    absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%s "
+                                    "(log scale)</text>\n",
+                                    x0 + panel_w / 2, top - 12, panels[p].name),
                     absl::StrFormat("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#444\"/>\n", x0,
                                     top - 4, x0, top + row * answers.size()));
     for (size_t i = 0; i < answers.size(); ++i) {
@@ -352,8 +398,9 @@ std::string ComparisonSvg(const std::vector<json>& answers, const std::string& t
       // Log widths: one deployment may need a thousand times the devices of another.
       const double v = panels[p].value(a);
       const double w = std::log10(1 + v) / std::log10(1 + vmax) * panel_w;
-      absl::StrAppend(&svg, absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
-                                            x0, y + 6, w, row - 12, kColors[p]),
+      absl::StrAppend(&svg,
+                      absl::StrFormat("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n", x0,
+                                      y + 6, w, row - 12, kColors[p]),
                       absl::StrFormat("<text x=\"%.1f\" y=\"%.1f\">%s</text>\n", x0 + w + 4, y + row / 2 + 4,
                                       p == 0 ? Fmt(v) : absl::StrFormat("$%.3g", v)));
     }

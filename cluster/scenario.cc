@@ -119,7 +119,8 @@ void ReadParallel(const json* j, Scenario* s, absl::Status* st) {
   p.Int("micro_batches", &s->micro_batches, 1, 2);
   std::string on = "device", dis;
   p.String("experts_on", &on);
-  if (on != "device" && on != "host") p.Fail("experts_on", absl::StrCat("= \"", on, "\" must be \"device\" or \"host\""));
+  if (on != "device" && on != "host")
+    p.Fail("experts_on", absl::StrCat("= \"", on, "\" must be \"device\" or \"host\""));
   s->experts_on_host = on == "host";
   p.String("disaggregated", &dis);
   if (dis == "prefill") {
@@ -133,8 +134,8 @@ void ReadParallel(const json* j, Scenario* s, absl::Status* st) {
 
 void ReadWorkload(const json* j, Scenario* s, absl::Status* st) {
   Section w(j, "scenario.workload", st);
-  w.Known({"input_tokens", "output_tokens", "batch_per_device", "concurrency", "prefix_cache_hit",
-           "speculative_accept", "speculative_tokens", "length_distribution", "requests", "token_budget"});
+  w.Known({"input_tokens", "output_tokens", "batch_per_device", "concurrency", "prefix_cache_hit", "speculative_accept",
+           "speculative_tokens", "length_distribution", "requests", "token_budget"});
   w.Number("input_tokens", &s->input_tokens, 1, 1e9);
   w.Number("output_tokens", &s->output_tokens, 1, 1e9);
   if (w.Has("batch_per_device")) w.Positive("batch_per_device", &s->batch_per_device);
@@ -162,9 +163,9 @@ absl::StatusOr<Question> ParseQuestion(const std::string& q) {
   if (q == "decode_throughput") return Question::kDecodeThroughput;
   if (q == "single_stream") return Question::kSingleStream;
   if (q == "capacity") return Question::kCapacity;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "scenario.question: unknown question \"", q, "\" (known: prefill_throughput, decode_throughput, single_stream, "
-      "capacity)"));
+  return absl::InvalidArgumentError(absl::StrCat("scenario.question: unknown question \"", q,
+                                                 "\" (known: prefill_throughput, decode_throughput, single_stream, "
+                                                 "capacity)"));
 }
 
 }  // namespace
@@ -185,7 +186,8 @@ const char* QuestionName(Question q) {
 
 absl::StatusOr<Scenario> ParseScenario(const std::string& json_text, const std::string& source) {
   const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   Scenario s;
   absl::Status st;
   Section top(&j, "scenario", &st);
@@ -214,7 +216,8 @@ absl::StatusOr<Scenario> ParseScenario(const std::string& json_text, const std::
   auto q = ParseQuestion(question);
   if (!q.ok()) return absl::Status(q.status().code(), absl::StrCat(source, ": ", q.status().message()));
   s.question = *q;
-  if (s.device.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": scenario.hardware.device is missing"));
+  if (s.device.empty())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": scenario.hardware.device is missing"));
   if (s.question == Question::kCapacity) {
     if (s.qps <= 0) return absl::InvalidArgumentError(absl::StrCat(source, ": scenario.qps: capacity needs qps > 0"));
     if (s.slo_ttft_ms <= 0 && s.slo_tpot_ms <= 0)
@@ -281,16 +284,16 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {
   if (s.pruned_experts_per_layer > 0) {
     if (s.pruned_experts_per_layer > r.model.routed_experts || s.pruned_experts_per_layer < r.model.top_k)
       return bad("scenario.weights.pruned_experts_per_layer",
-                 absl::StrCat("= ", s.pruned_experts_per_layer, " must be in [top_k = ", r.model.top_k,
-                              ", ", r.model.routed_experts, "]"));
+                 absl::StrCat("= ", s.pruned_experts_per_layer, " must be in [top_k = ", r.model.top_k, ", ",
+                              r.model.routed_experts, "]"));
     r.routed_experts = static_cast<int>(s.pruned_experts_per_layer);
   }
   if ((r.routed_experts + s.redundant_experts) < r.ep)
     return bad("scenario.parallel.ep", absl::StrCat("= ", r.ep, " exceeds the ", r.routed_experts + s.redundant_experts,
                                                     " expert slots (routed + redundant)"));
   if (r.model.heads % s.tp != 0)
-    return bad("scenario.parallel.tp", absl::StrCat("= ", s.tp, " does not divide the model's ", r.model.heads,
-                                                    " attention heads"));
+    return bad("scenario.parallel.tp",
+               absl::StrCat("= ", s.tp, " does not divide the model's ", r.model.heads, " attention heads"));
   const double context = s.input_tokens + s.output_tokens;
   if (context > static_cast<double>(r.model.max_context))
     return bad("scenario.workload.input_tokens",
@@ -305,9 +308,12 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {
   r.host_gb = s.host_memory_gb > 0 ? s.host_memory_gb : r.device.host_memory_gb;
   r.host_gb_given = s.host_memory_gb > 0;
   if (r.host_gb <= 0) {
-    if (r.device.device_class == "datacenter") r.host_gb = 2048;  // a 2 TB server
-    else if (r.device.unified_memory) r.host_gb = 0;
-    else r.host_gb = 192;                                        // a workstation or desktop host
+    if (r.device.device_class == "datacenter")
+      r.host_gb = 2048;  // a 2 TB server
+    else if (r.device.unified_memory)
+      r.host_gb = 0;
+    else
+      r.host_gb = 192;  // a workstation or desktop host
   }
   if (!r.device.IsHostOnly()) r.host_gb /= sharing;
   if ((s.experts_on_host || r.device.IsHostOnly()) && r.host_gbps <= 0)

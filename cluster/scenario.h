@@ -30,9 +30,9 @@ struct Scenario {
   int nodes = 1;
   double host_memory_bandwidth_gbps = 0;  // 0 = the device's catalog host
   double host_memory_gb = 0;              // 0 = not stated (host experts: reported as a requirement)
-  int host_cores = 0;                      // 0 = the device's catalog host
-  std::string scale_out;                   // "" = the device's default NIC
-  double price_per_hour = 0;               // 0 = the catalog's
+  int host_cores = 0;                     // 0 = the device's catalog host
+  std::string scale_out;                  // "" = the device's default NIC
+  double price_per_hour = 0;              // 0 = the catalog's
 
   int tp = 1;
   int ep = 0;            // 0 = the whole world
@@ -44,9 +44,9 @@ struct Scenario {
 
   double input_tokens = 1024;
   double output_tokens = 256;
-  double batch_per_device = 0;  // sequences per device; 0 = the most that fits (throughput questions)
-  double concurrency = 0;       // 0 = not set
-  double prefix_cache_hit = 0;  // fraction of input tokens found in the prefix cache
+  double batch_per_device = 0;     // sequences per device; 0 = the most that fits (throughput questions)
+  double concurrency = 0;          // 0 = not set
+  double prefix_cache_hit = 0;     // fraction of input tokens found in the prefix cache
   double speculative_accept = -1;  // per-draft-token acceptance; < 0 = not set (engine default)
   int speculative_tokens = -1;     // drafts per step; < 0 = not set
   LengthDistribution lengths = LengthDistribution::kFixed;
@@ -56,7 +56,7 @@ struct Scenario {
   double slo_ttft_ms = 0;
   double slo_tpot_ms = 0;
   double slo_percentile = 99;
-  int64_t requests = 0;     // simulated requests per run; 0 = automatic
+  int64_t requests = 0;  // simulated requests per run; 0 = automatic
   uint64_t seed = 1;
   double token_budget = 0;  // tokens per step per attention group; 0 = 8192
 
@@ -75,14 +75,14 @@ struct Resolved {
   Link scale_up;
   Link scale_out;
   Efficiency eff;
-  int world = 1;          // devices the layout uses (dp x tp)
+  int world = 1;           // devices the layout uses (dp x tp)
   int unused_devices = 0;  // devices of the hardware the layout leaves out
-  int dp = 1;             // attention data-parallel groups
-  int ep = 1;             // expert-parallel group size
+  int dp = 1;              // attention data-parallel groups
+  int ep = 1;              // expert-parallel group size
   int routed_experts = 0;  // after pruning
-  double host_gbps = 0;   // host memory bandwidth, this device's share
-  int host_cores = 0;     // host cores, this device's share
-  double host_gb = 0;     // host memory, this device's share
+  double host_gbps = 0;    // host memory bandwidth, this device's share
+  int host_cores = 0;      // host cores, this device's share
+  double host_gb = 0;      // host memory, this device's share
   bool host_gb_given = false;
   double price_per_hour = 0;
 };

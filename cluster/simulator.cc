@@ -30,8 +30,8 @@ double DrawLength(std::mt19937_64& rng, double mean, LengthDistribution d) {
 
 struct Request {
   double arrival = 0;
-  double input = 0;        // tokens to prefill (after prefix-cache hits)
-  double cached = 0;       // tokens found in the prefix cache
+  double input = 0;   // tokens to prefill (after prefix-cache hits)
+  double cached = 0;  // tokens found in the prefix cache
   double output = 0;
   double prefilled = 0;
   double generated = 0;
@@ -64,9 +64,7 @@ class StepCache {
   struct Key {
     std::tuple<int64_t, int64_t, int64_t> decode{0, 0, 0}, prefill{0, 0, 0};
     int64_t moe = -1;  // log-bucketed mean tokens per group across the EP group
-    bool operator<(const Key& o) const {
-      return std::tie(decode, prefill, moe) < std::tie(o.decode, o.prefill, o.moe);
-    }
+    bool operator<(const Key& o) const { return std::tie(decode, prefill, moe) < std::tie(o.decode, o.prefill, o.moe); }
   };
   const StepModel& m_;
   std::map<Key, double> memo_;

@@ -15,15 +15,15 @@
 namespace dsv4::cluster {
 
 struct SimConfig {
-  double qps = 1;               // arrivals per second to this group
+  double qps = 1;  // arrivals per second to this group
   int64_t requests = 400;
   uint64_t seed = 1;
-  double input_tokens = 1024;   // mean
-  double output_tokens = 256;   // mean
+  double input_tokens = 1024;  // mean
+  double output_tokens = 256;  // mean
   double prefix_cache_hit = 0;
   LengthDistribution lengths = LengthDistribution::kFixed;
-  double token_budget = 8192;   // tokens per step per group
-  double kv_capacity_bytes = 0; // cache bytes available to the group (per device of the group)
+  double token_budget = 8192;    // tokens per step per group
+  double kv_capacity_bytes = 0;  // cache bytes available to the group (per device of the group)
   // Colocated: prefill chunks and decodes share steps. PrefillOnly / DecodeOnly: the two pools of a
   // disaggregated deployment (decode-only requests arrive with their prompt in cache).
   enum class Mode { kColocated, kPrefillOnly, kDecodeOnly } mode = Mode::kColocated;
@@ -34,12 +34,12 @@ struct Percentiles {
 };
 
 struct SimResult {
-  Percentiles ttft_ms;   // arrival -> first token
-  Percentiles tpot_ms;   // mean time per output token after the first, per request
+  Percentiles ttft_ms;  // arrival -> first token
+  Percentiles tpot_ms;  // mean time per output token after the first, per request
   Percentiles e2e_ms;
   double output_tokens_per_s = 0;  // of the group
   double input_tokens_per_s = 0;
-  double mean_running = 0;         // sequences decoding per step, time-averaged
+  double mean_running = 0;  // sequences decoding per step, time-averaged
   double duration_s = 0;
   int64_t completed = 0;
   int64_t steps = 0;

@@ -48,7 +48,7 @@ double AttentionActivationBytes(const ModelPreset& m, bool prefill) {
 }  // namespace
 
 struct StepModel::Engine {
-  double bw_gbps = 0;      // achieved streaming bandwidth
+  double bw_gbps = 0;  // achieved streaming bandwidth
   double floor_us = 0;
 };
 
@@ -152,15 +152,15 @@ double StepModel::GemmRate(double bits, double tokens, bool grouped) const {
   return d.PeakTflops(bits) * r_.eff.gemm;
 }
 
-void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels,
-                      double tflops, double flop_eff, bool on_host, double mem_eff) const {
+void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels, double tflops,
+                      double flop_eff, bool on_host, double mem_eff) const {
   double bw, floor_us;
   if (on_host || r_.device.IsHostOnly()) {
     bw = (profile_ && profile_->host_memory_gbps > 0 ? profile_->host_memory_gbps : r_.host_gbps * r_.eff.host_memory);
     floor_us = on_host ? 1 : r_.eff.kernel_floor_us;
   } else {
     bw = profile_ && profile_->memory_gbps > 0 ? profile_->memory_gbps
-                                                : r_.device.memory_gbps * (mem_eff > 0 ? mem_eff : r_.eff.memory);
+                                               : r_.device.memory_gbps * (mem_eff > 0 ? mem_eff : r_.eff.memory);
     floor_us = profile_ && profile_->kernel_floor_us > 0 ? profile_->kernel_floor_us : r_.eff.kernel_floor_us;
   }
   const double t_flops = tflops > 0 ? flops / (tflops * flop_eff * 1e12) : 0;
@@ -220,7 +220,7 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   // One layer's operators; `mtp_seqs` > 0 runs it as a draft pass (one token per decoding sequence).
   auto layer = [&](int64_t l, double mtp_seqs) {
     const double g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
-    const double d_tokens = g_tokens / tp;      // this group's tokens per device
+    const double d_tokens = g_tokens / tp;         // this group's tokens per device
     const double e_tokens = d_tokens * moe_scale;  // tokens per device the routed experts see
     // Residual streams: mHC mixing (or plain norm + add).
     AddOp(acc, "residual/mHC", MhcFlopsPerToken(m) * g_tokens, ResidualBytesPerToken(m) * g_tokens,
@@ -228,14 +228,14 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     // Attention: projections, then the attention core and indexer per batch part.
     AttentionWork w0 = LayerAttentionWork(m, l, 0, false, p);
     const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
-    AddOp(acc, "attention.proj", 2 * proj * g_tokens, proj * p.dense_bits / 8 + g_tokens * D * 2 * 4, 6, dense_rate,
-          1, false);
+    AddOp(acc, "attention.proj", 2 * proj * g_tokens, proj * p.dense_bits / 8 + g_tokens * D * 2 * 4, 6, dense_rate, 1,
+          false);
     // Activations that travel between the attention kernels through memory (BF16 q and output heads,
     // MLA's up-projected k/v in prefill, quantized inputs): written once and read once.
     for (const BatchPart& b : parts) {
       const double tokens = (mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction * b.new_tokens);
-      AddOp(acc, "attention.activations", 0, tokens * AttentionActivationBytes(m, b.prefill && mtp_seqs <= 0) / tp + tokens * D * 6,
-            0, 0, 1, false);
+      AddOp(acc, "attention.activations", 0,
+            tokens * AttentionActivationBytes(m, b.prefill && mtp_seqs <= 0) / tp + tokens * D * 6, 0, 0, 1, false);
     }
     for (const BatchPart& b : parts) {
       const double seqs = mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction;
@@ -260,8 +260,7 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     }
     AddOp(acc, "moe.router", 2 * RouterParams(m) * d_tokens, RouterParams(m) * 2, 3, bf16_rate, 1, false);
     const double shared = SharedExpertParams(m);
-    if (shared > 0)
-      AddOp(acc, "moe.shared", 2 * shared * d_tokens, shared * p.dense_bits / 8, 3, dense_rate, 1, false);
+    if (shared > 0) AddOp(acc, "moe.shared", 2 * shared * d_tokens, shared * p.dense_bits / 8, 3, dense_rate, 1, false);
     const double pairs_mean = e_tokens * k;
     const double imb = Imbalance(pairs_mean);
     const double pairs = pairs_mean * imb;
@@ -278,9 +277,8 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
       // Permuted hidden states, gate/up outputs, the quantized activation and the down outputs pass
       // through memory between the grouped-GEMM kernels (separate kernels: not hidden behind compute).
       AddOp(acc, "moe.activations", 0, pairs * (4 * D + 5.0 * m.expert_inter) * 2 * (1 - on_host), 0, 0, 1, false);
-      AddOp(acc, "moe.routed", routed_flops * (1 - on_host),
-            (act_max * wb_.expert_bytes + routed_act) * (1 - on_host), 4,
-            GemmRate(p.expert_bits, per_expert_tokens, true), 1, false);
+      AddOp(acc, "moe.routed", routed_flops * (1 - on_host), (act_max * wb_.expert_bytes + routed_act) * (1 - on_host),
+            4, GemmRate(p.expert_bits, per_expert_tokens, true), 1, false);
     }
     if (on_host > 0) {
       const double host_rate = profile_ && profile_->host_gflops > 0
@@ -305,8 +303,8 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     layer(m.layers - 1, decode_seqs);
     AddOp(acc, "mtp.head", 2.0 * m.vocab * D * decode_seqs / tp, m.vocab * D * 2.0 / tp, 2, bf16_rate, 1, false);
   }
-  AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp,
-        4, bf16_rate, 1, false);
+  AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp, 4,
+        bf16_rate, 1, false);
   return acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - total_before;
 }
 

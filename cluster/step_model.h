@@ -17,22 +17,24 @@ namespace dsv4::cluster {
 
 // Memory of one device, in GB (10^9 bytes). The rows weights..free sum to `total`.
 struct MemoryBreakdown {
-  double total = 0;  // device memory (host memory for device "cpu")
+  double total = 0;              // device memory (host memory for device "cpu")
   double weights_attention = 0;  // attention, mHC, norms, router
   double weights_dense = 0;      // dense FFN layers and shared experts
   double weights_experts = 0;    // routed experts kept on the device (redundant copies included)
   double weights_embed_head = 0;
-  double weights_mtp = 0;        // MTP / draft layers (only when speculative decoding is on)
-  double engram = 0;             // Engram projections on the device (tables live in host memory)
-  double kv_cache = 0;           // window, KV and compressed caches of the resident sequences
-  double activations = 0;        // activations and communication buffers of one step
-  double reserve = 0;            // runtime context (CUDA context, allocator slack)
-  double free = 0;               // what is left (negative: does not fit)
+  double weights_mtp = 0;  // MTP / draft layers (only when speculative decoding is on)
+  double engram = 0;       // Engram projections on the device (tables live in host memory)
+  double kv_cache = 0;     // window, KV and compressed caches of the resident sequences
+  double activations = 0;  // activations and communication buffers of one step
+  double reserve = 0;      // runtime context (CUDA context, allocator slack)
+  double free = 0;         // what is left (negative: does not fit)
   // Outside the device:
-  double experts_on_host = 0;    // routed experts in host memory (hybrid or spilled), GB per device
-  double engram_tables_host = 0; // Engram tables, GB per device's share of host memory
+  double experts_on_host = 0;          // routed experts in host memory (hybrid or spilled), GB per device
+  double engram_tables_host = 0;       // Engram tables, GB per device's share of host memory
   double spilled_expert_fraction = 0;  // share of routed experts that did not fit and run from host
-  double Weights() const { return weights_attention + weights_dense + weights_experts + weights_embed_head + weights_mtp; }
+  double Weights() const {
+    return weights_attention + weights_dense + weights_experts + weights_embed_head + weights_mtp;
+  }
   double SumRows() const { return Weights() + engram + kv_cache + activations + reserve + free; }
 };
 
@@ -54,15 +56,16 @@ struct OpTime {
 };
 
 struct StepTime {
-  double seconds = 0;      // wall time of the step
-  double compute_s = 0;    // device operators (all micro-batches)
-  double host_s = 0;       // host-memory experts
-  double comm_s = 0;       // collectives (all micro-batches)
+  double seconds = 0;         // wall time of the step
+  double compute_s = 0;       // device operators (all micro-batches)
+  double host_s = 0;          // host-memory experts
+  double comm_s = 0;          // collectives (all micro-batches)
   double exposed_comm_s = 0;  // collective time not hidden behind computation
   int micro_batches = 1;
-  double imbalance = 1;    // busiest device's routed-expert load / mean
+  double imbalance = 1;  // busiest device's routed-expert load / mean
   std::vector<OpTime> ops;
-  std::string bottleneck;  // compute | memory bandwidth | launch overhead | scale-up network | scale-out network | host memory
+  std::string
+      bottleneck;  // compute | memory bandwidth | launch overhead | scale-up network | scale-out network | host memory
 };
 
 class StepModel {

@@ -24,9 +24,12 @@ namespace {
 std::vector<char*> BareBooleans(int argc, char** argv, std::vector<std::string>* storage) {
   std::vector<char*> out(argv, argv + argc);
   for (auto& a : out) {
-    if (!std::strcmp(a, "--json")) storage->push_back("--json=on");
-    else if (!std::strcmp(a, "--list")) storage->push_back("--list=on");
-    else continue;
+    if (!std::strcmp(a, "--json"))
+      storage->push_back("--json=on");
+    else if (!std::strcmp(a, "--list"))
+      storage->push_back("--list=on");
+    else
+      continue;
     a = storage->back().data();
   }
   return out;
@@ -34,8 +37,8 @@ std::vector<char*> BareBooleans(int argc, char** argv, std::vector<std::string>*
 
 int List(const cluster::Catalog& catalog) {
   std::printf("model presets: %s\n", absl::StrJoin(cluster::PresetNames(), ", ").c_str());
-  std::printf("%-20s %-12s %9s %9s %9s %8s %9s %-13s %-10s %8s\n", "device", "class", "BF16 TF", "FP8 TF", "FP4 TF", "mem GB",
-              "GB/s", "scale-up", "scale-out", "$/hour");
+  std::printf("%-20s %-12s %9s %9s %9s %8s %9s %-13s %-10s %8s\n", "device", "class", "BF16 TF", "FP8 TF", "FP4 TF",
+              "mem GB", "GB/s", "scale-up", "scale-out", "$/hour");
   for (const auto& [name, d] : catalog.devices)
     std::printf("%-20s %-12s %9.0f %9.0f %9.0f %8.0f %9.0f %-13s %-10s %8.2f\n", name.c_str(), d.device_class.c_str(),
                 d.bf16_tflops, d.fp8_tflops, d.fp4_tflops, d.memory_gb, d.memory_gbps, d.scale_up.c_str(),
@@ -103,7 +106,8 @@ int RunPlan(int argc, char** argv) {
     auto s = cluster::LoadScenario(std::string(path));
     if (!s.ok()) return Fail(s.status());
     auto a = cluster::Plan(*s, catalog, options);
-    if (!a.ok()) return Fail(absl::Status(a.status().code(), std::string(path) + ": " + std::string(a.status().message())));
+    if (!a.ok())
+      return Fail(absl::Status(a.status().code(), std::string(path) + ": " + std::string(a.status().message())));
     if (!a->contains("scenario") || (*a)["scenario"].get<std::string>().empty()) (*a)["scenario"] = std::string(path);
     answers.push_back(*a);
   }

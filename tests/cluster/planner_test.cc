@@ -1,6 +1,8 @@
 // The capacity planner: presets against published sizes, the catalog's sources, scenario validation
 // (PL-01), determinism (PL-02), monotonicity (PL-03), units and sums (PL-05), calibration profiles, and
 // the error against shared/planner/published_points.json.
+#include "cluster/planner.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 
 #include "cluster/hardware.h"
 #include "cluster/model_cost.h"
-#include "cluster/planner.h"
 #include "cluster/profile.h"
 #include "cluster/report.h"
 #include "cluster/scenario.h"
@@ -79,8 +80,11 @@ TEST(Presets, MatchPublishedSizes) {
     double total_b, active_b;
   };
   // Published "total / active" figures (MODEL.md 1.1; Kimi-K2 model card; the pre-release description).
-  const Case cases[] = {{"deepseek-v3", 671, 37},      {"deepseek-v4-flash", 284, 13}, {"deepseek-v4-pro", 1600, 49},
-                        {"kimi-k2", 1040, 32.5},       {"seed-v4-1t", 1000, 32}};
+  const Case cases[] = {{"deepseek-v3", 671, 37},
+                        {"deepseek-v4-flash", 284, 13},
+                        {"deepseek-v4-pro", 1600, 49},
+                        {"kimi-k2", 1040, 32.5},
+                        {"seed-v4-1t", 1000, 32}};
   for (const Case& c : cases) {
     auto m = FindPreset(c.name);
     ASSERT_TRUE(m.ok()) << m.status();
@@ -109,12 +113,24 @@ TEST(Presets, UnknownNameListsKnownOnes) {
 }
 
 TEST(Presets, ConfigJsonV4GoesThroughModelConfig) {
-  json c = {{"model_type", "deepseek_v4"},  {"vocab_size", 129280},    {"hidden_size", 4096},
-            {"num_hidden_layers", 4},       {"num_attention_heads", 64}, {"head_dim", 512},
-            {"qk_rope_head_dim", 64},       {"q_lora_rank", 1024},     {"o_groups", 8},
-            {"o_lora_rank", 1024},          {"n_routed_experts", 256}, {"num_experts_per_tok", 16},
-            {"moe_intermediate_size", 2048}, {"sliding_window", 128},   {"index_n_heads", 64},
-            {"index_head_dim", 128},        {"index_topk", 512},       {"max_position_embeddings", 1048576},
+  json c = {{"model_type", "deepseek_v4"},
+            {"vocab_size", 129280},
+            {"hidden_size", 4096},
+            {"num_hidden_layers", 4},
+            {"num_attention_heads", 64},
+            {"head_dim", 512},
+            {"qk_rope_head_dim", 64},
+            {"q_lora_rank", 1024},
+            {"o_groups", 8},
+            {"o_lora_rank", 1024},
+            {"n_routed_experts", 256},
+            {"num_experts_per_tok", 16},
+            {"moe_intermediate_size", 2048},
+            {"sliding_window", 128},
+            {"index_n_heads", 64},
+            {"index_head_dim", 128},
+            {"index_topk", 512},
+            {"max_position_embeddings", 1048576},
             {"compress_ratios", {0, 4, 128, 4}}};
   auto p = ParsePresetConfig(c.dump(), "config.json");
   ASSERT_TRUE(p.ok()) << p.status();
@@ -128,12 +144,23 @@ TEST(Presets, ConfigJsonV4GoesThroughModelConfig) {
 }
 
 TEST(Presets, ConfigJsonV3Style) {
-  json c = {{"model_type", "deepseek_v3"},  {"hidden_size", 7168},     {"num_hidden_layers", 61},
-            {"num_attention_heads", 128},   {"q_lora_rank", 1536},     {"kv_lora_rank", 512},
-            {"qk_nope_head_dim", 128},      {"qk_rope_head_dim", 64},  {"v_head_dim", 128},
-            {"n_routed_experts", 256},      {"n_shared_experts", 1},   {"num_experts_per_tok", 8},
-            {"moe_intermediate_size", 2048}, {"first_k_dense_replace", 3}, {"intermediate_size", 18432},
-            {"vocab_size", 129280},         {"max_position_embeddings", 163840}};
+  json c = {{"model_type", "deepseek_v3"},
+            {"hidden_size", 7168},
+            {"num_hidden_layers", 61},
+            {"num_attention_heads", 128},
+            {"q_lora_rank", 1536},
+            {"kv_lora_rank", 512},
+            {"qk_nope_head_dim", 128},
+            {"qk_rope_head_dim", 64},
+            {"v_head_dim", 128},
+            {"n_routed_experts", 256},
+            {"n_shared_experts", 1},
+            {"num_experts_per_tok", 8},
+            {"moe_intermediate_size", 2048},
+            {"first_k_dense_replace", 3},
+            {"intermediate_size", 18432},
+            {"vocab_size", 129280},
+            {"max_position_embeddings", 163840}};
   auto p = ParsePresetConfig(c.dump(), "v3.json");
   ASSERT_TRUE(p.ok()) << p.status();
   auto ref = FindPreset("deepseek-v3");
@@ -163,8 +190,10 @@ TEST(ModelCost, PerTokenCostsCoverTheActiveParameters) {
     auto m = FindPreset(name);
     double gemm_flops = 0, attention_flops = 0;
     for (const TokenCostRow& r : PerTokenCosts(*m, {8, 4, 8}, 8192)) {
-      if (r.component.rfind("attention:", 0) == 0) attention_flops += r.flops;
-      else if (r.component != "indexer" && r.component != "mHC" && r.component != "residual + norms") gemm_flops += r.flops;
+      if (r.component.rfind("attention:", 0) == 0)
+        attention_flops += r.flops;
+      else if (r.component != "indexer" && r.component != "mHC" && r.component != "residual + norms")
+        gemm_flops += r.flops;
     }
     const ParamCounts c = CountParams(*m);
     EXPECT_NEAR(gemm_flops, 2 * (c.active - c.mhc), 2 * c.active * 1e-3) << name;
@@ -175,9 +204,28 @@ TEST(ModelCost, PerTokenCostsCoverTheActiveParameters) {
 // ---- catalog ---------------------------------------------------------------------------------------
 
 TEST(Catalog, EveryListedDeviceHasSourcedFigures) {
-  const char* names[] = {"rtx-3090", "rtx-4090", "rtx-4090d", "rtx-5070ti", "rtx-5090", "rtx-6000-ada",
-                         "rtx-pro-6000", "rtx-pro-6000-maxq", "l20", "l40s", "a100-80g", "h20", "h100", "h800",
-                         "h200", "b200", "gb200", "gb300", "dgx-spark", "apple-m5-max", "apple-m3-ultra", "cpu"};
+  const char* names[] = {"rtx-3090",
+                         "rtx-4090",
+                         "rtx-4090d",
+                         "rtx-5070ti",
+                         "rtx-5090",
+                         "rtx-6000-ada",
+                         "rtx-pro-6000",
+                         "rtx-pro-6000-maxq",
+                         "l20",
+                         "l40s",
+                         "a100-80g",
+                         "h20",
+                         "h100",
+                         "h800",
+                         "h200",
+                         "b200",
+                         "gb200",
+                         "gb300",
+                         "dgx-spark",
+                         "apple-m5-max",
+                         "apple-m3-ultra",
+                         "cpu"};
   const Catalog& c = BuiltinCatalog();
   for (const char* n : names) {
     auto d = c.FindDevice(n, "device");
@@ -198,7 +246,7 @@ TEST(Catalog, UserFileOverridesAndAdds) {
                  "scale_up": "pcie5", "scale_out": "eth-100g"}}})";
   ASSERT_TRUE(MergeCatalogJson(user, "mine.json", &c).ok());
   EXPECT_DOUBLE_EQ(c.devices.at("h800").price_per_hour, 1.5);
-  EXPECT_DOUBLE_EQ(c.devices.at("h800").memory_gb, 80);  // untouched fields stay
+  EXPECT_DOUBLE_EQ(c.devices.at("h800").memory_gb, 80);      // untouched fields stay
   EXPECT_DOUBLE_EQ(c.devices.at("my-gpu").fp8_tflops, 100);  // no FP8 figure: the BF16 rate
   const absl::Status bad = MergeCatalogJson(R"({"devices": {"x": {"class": "gpu"}}})", "mine.json", &c);
   ASSERT_FALSE(bad.ok());
@@ -402,7 +450,8 @@ TEST(StepModel, RedundantExpertsBuyBackImbalance) {
   j["parallel"]["redundant_experts"] = 8;
   auto eplb = PlanJson(j);
   ASSERT_TRUE(plain.ok() && eplb.ok());
-  EXPECT_LT((*eplb)["prefill"]["expert_imbalance"].get<double>(), (*plain)["prefill"]["expert_imbalance"].get<double>());
+  EXPECT_LT((*eplb)["prefill"]["expert_imbalance"].get<double>(),
+            (*plain)["prefill"]["expert_imbalance"].get<double>());
   EXPECT_GT((*eplb)["prefill_tokens_per_s_per_device"].get<double>(),
             (*plain)["prefill_tokens_per_s_per_device"].get<double>());
 }
@@ -420,8 +469,11 @@ TEST(StepModel, OverlapHidesCommunication) {
 TEST(StepModel, HostExpertsAreBoundByHostMemory) {
   json j = BaseScenario();
   j["model"] = "deepseek-v4-pro";
-  j["hardware"] = {{"device", "rtx-pro-6000"}, {"devices_per_node", 1}, {"nodes", 1},
-                   {"host_memory_bandwidth_gbps", 460}, {"host_cores", 64}};
+  j["hardware"] = {{"device", "rtx-pro-6000"},
+                   {"devices_per_node", 1},
+                   {"nodes", 1},
+                   {"host_memory_bandwidth_gbps", 460},
+                   {"host_cores", 64}};
   j["parallel"] = {{"tp", 1}, {"ep", 1}, {"experts_on", "host"}};
   j["question"] = "single_stream";
   auto a = PlanJson(j);
@@ -461,7 +513,8 @@ TEST(Profile, MeasuredRatesReplaceCatalogEfficiencies) {
       "gemm_fp8": [{"tokens": 64, "tflops": 50}, {"tokens": 8192, "tflops": 400}],
       "grouped_gemm": [{"tokens_per_expert": 16, "tflops": 40}, {"tokens_per_expert": 4096, "tflops": 300}],
       "memory_gbps": 1500, "kernel_floor_us": 5,
-      "all_to_all": {"intra_node_gbps": 60, "inter_node_gbps": 20, "latency_us": 30}})", "slow.json");
+      "all_to_all": {"intra_node_gbps": 60, "inter_node_gbps": 20, "latency_us": 30}})",
+                           "slow.json");
   ASSERT_TRUE(slow.ok()) << slow.status();
   EXPECT_NEAR(slow->gemm_fp8.At(724), 225, 1);  // halfway in log(tokens)
   json j = BaseScenario();
