@@ -9,6 +9,7 @@ const std::vector<ParamInfo>& RegisteredParams() {
   static const std::vector<ParamInfo> kParams = {
       {"DSV4_CPU_ISA", "auto", "CPU kernel path: auto, avx512, avx2 or scalar"},
       {"DSV4_NUM_THREADS", "0", "CPU worker threads (0 = one per available core)"},
+      {"DSV4_PIN_THREADS", "1", "pin the CPU pool's worker threads one per core (0: let them float)"},
       {"DSV4_FAULT_INJECT", "", "testing only: RANK:STEP:KILL|STOP makes that world rank kill or stop itself at STEP"},
       {"DSV4_TOKENIZER", "", "tokenizer.json (or its directory) for builtin:* models; default: the npm copy"},
   };

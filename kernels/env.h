@@ -26,6 +26,8 @@ std::string ParamString(const char* env, const char* default_value);
 inline std::string CpuIsaParam() { return ParamString("DSV4_CPU_ISA", "auto"); }
 // DSV4_NUM_THREADS: CPU worker threads (0 = one per available core).
 inline int64_t NumThreadsParam() { return ParamInt("DSV4_NUM_THREADS", 0); }
+// DSV4_PIN_THREADS: pin the CPU pool's workers one per core (1) or let them float (0).
+inline int64_t PinThreadsParam() { return ParamInt("DSV4_PIN_THREADS", 1); }
 
 // DSV4_FAULT_INJECT: testing only. "RANK:STEP:KILL" or "RANK:STEP:STOP": that world rank sends
 // itself SIGKILL / SIGSTOP when it reaches STEP, to test that its peers fail loudly, not hang.

@@ -2,6 +2,8 @@
 //
 //   comm   MoE dispatch + combine against raw MPI_Alltoallv moving the same bytes
 //          (run under mpirun; --json prints dispatch_combine_gbps, raw_alltoallv_gbps, ratio)
+//   serve  N concurrent gRPC streams against the engine in-process, same workload (bench_serve.cc;
+//          --json prints ttft_ms_p50/p99, itl_ms_p50/p99, tokens_per_s, inprocess_tokens_per_s, ratio)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -86,6 +88,7 @@ struct BenchCommand {
 
 constexpr BenchCommand kBenches[] = {
     {"comm", BenchComm, "MoE dispatch + combine against raw MPI_Alltoallv (run under mpirun)"},
+    {"serve", BenchServe, "N concurrent gRPC streams against the same workload on the engine in-process"},
 };
 
 }  // namespace

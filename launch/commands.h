@@ -9,5 +9,10 @@ int RunBench(int argc, char** argv);
 int RunPlan(int argc, char** argv);
 int RunEngramIds(int argc, char** argv);
 int RunTokenize(int argc, char** argv);
+int RunServe(int argc, char** argv);
+int RunGenerate(int argc, char** argv);
+int RunCtl(int argc, char** argv);
+// `dsv4 bench serve` (bench_serve.cc).
+int BenchServe(int argc, char** argv);
 
 }  // namespace dsv4

@@ -24,6 +24,9 @@ constexpr Command kCommands[] = {
     {"plan", dsv4::RunPlan, "capacity planning: devices, layout, latency and cost for a scenario"},
     {"engram-ids", dsv4::RunEngramIds, "the Engram table rows each token's n-gram hash selects, one JSON array per line"},
     {"tokenize", dsv4::RunTokenize, "token ids of each line of a text file, one JSON array per line"},
+    {"serve", dsv4::RunServe, "serve the model over gRPC (inference endpoint, health, control plane)"},
+    {"generate", dsv4::RunGenerate, "send one request to a running server and print the text as it streams"},
+    {"ctl", dsv4::RunCtl, "a running server's control plane: status, drain, shutdown"},
 };
 
 void Usage() {

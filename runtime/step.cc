@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -14,19 +16,63 @@ namespace dsv4 {
 
 absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan& plan) {
   if (world.size() == 1) return absl::OkStatus();
-  int64_t header[4] = {plan.step, plan.start, static_cast<int64_t>(plan.tokens.size()), plan.stop ? 1 : 0};
+  constexpr int64_t kMaxCount = int64_t{1} << 24;
+  int64_t header[6] = {plan.step,
+                       plan.start,
+                       static_cast<int64_t>(plan.tokens.size()),
+                       plan.stop ? 1 : 0,
+                       static_cast<int64_t>(plan.seqs.size()),
+                       static_cast<int64_t>(plan.free_slots.size())};
   if (auto st = world.Broadcast(header, sizeof(header), 0); !st.ok()) return st;
   if (world.rank() != 0) {
     if (header[0] != expected_step)
       return absl::InternalError(absl::StrCat("rank ", world.rank(), " expected step ", expected_step,
                                               " but the leader sent step ", header[0], ": ranks are out of step"));
-    if (header[2] < 0 || header[2] > (int64_t{1} << 24))
+    if (header[2] < 0 || header[2] > kMaxCount)
       return absl::InternalError(absl::StrCat("step ", header[0], ": implausible token count ", header[2]));
+    if (header[4] < 0 || header[4] > kMaxCount || header[5] < 0 || header[5] > kMaxCount)
+      return absl::InternalError(absl::StrCat("step ", header[0], ": implausible batch of ", header[4],
+                                              " sequences and ", header[5], " freed slots"));
     plan.step = header[0], plan.start = header[1], plan.stop = header[3] != 0;
     plan.tokens.resize(header[2]);
+    plan.seqs.resize(header[4]);
+    plan.free_slots.resize(header[5]);
   }
-  if (plan.tokens.empty()) return absl::OkStatus();
-  return world.Broadcast(plan.tokens.data(), static_cast<int64_t>(plan.tokens.size() * sizeof(int32_t)), 0);
+  // One payload: tokens, then 5 int64 per sequence, then the freed slots.
+  constexpr int kSeqWords = 5;
+  const size_t n_tok = plan.tokens.size(), n_seq = plan.seqs.size(), n_free = plan.free_slots.size();
+  if (n_tok + n_seq + n_free == 0) return absl::OkStatus();
+  std::vector<char> payload(n_tok * 4 + n_seq * kSeqWords * 8 + n_free * 4);
+  char* tok = payload.data();
+  char* seq_bytes = tok + n_tok * 4;  // not 8-byte aligned in general: memcpy only
+  char* free_bytes = seq_bytes + n_seq * kSeqWords * 8;
+  if (world.rank() == 0) {
+    std::memcpy(tok, plan.tokens.data(), n_tok * 4);
+    for (size_t i = 0; i < n_seq; ++i) {
+      const StepSeq& s = plan.seqs[i];
+      const int64_t w[kSeqWords] = {s.request, s.slot, s.start, s.num_tokens, s.logits ? 1 : 0};
+      std::memcpy(seq_bytes + i * sizeof(w), w, sizeof(w));
+    }
+    std::memcpy(free_bytes, plan.free_slots.data(), n_free * 4);
+  }
+  if (auto st = world.Broadcast(payload.data(), static_cast<int64_t>(payload.size()), 0); !st.ok()) return st;
+  if (world.rank() == 0) return absl::OkStatus();
+  std::memcpy(plan.tokens.data(), tok, n_tok * 4);
+  int64_t total = 0;
+  for (size_t i = 0; i < n_seq; ++i) {
+    int64_t w[kSeqWords];
+    std::memcpy(w, seq_bytes + i * sizeof(w), sizeof(w));
+    if (w[1] < 0 || w[1] > kMaxCount || w[2] < 0 || w[3] < 1 || w[3] > static_cast<int64_t>(n_tok))
+      return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", i, " of the batch is malformed (slot ",
+                                              w[1], ", start ", w[2], ", ", w[3], " tokens)"));
+    plan.seqs[i] = StepSeq{w[0], static_cast<int32_t>(w[1]), w[2], static_cast<int32_t>(w[3]), w[4] != 0};
+    total += w[3];
+  }
+  if (n_seq > 0 && total != static_cast<int64_t>(n_tok))
+    return absl::InternalError(absl::StrCat("step ", plan.step, ": the batch's chunks hold ", total,
+                                            " tokens but the step carries ", n_tok));
+  std::memcpy(plan.free_slots.data(), free_bytes, n_free * 4);
+  return absl::OkStatus();
 }
 
 void MaybeInjectFault(int world_rank, int64_t step) {

@@ -10,11 +10,25 @@
 
 namespace dsv4 {
 
+// One sequence's share of a batched step (the serving engine): run its next `num_tokens` tokens
+// on cache slot `slot`, whose cache holds `start` tokens (0: a new sequence, fresh cache).
+struct StepSeq {
+  int64_t request = 0;     // the leader's sequence id (for errors and logs)
+  int32_t slot = 0;
+  int64_t start = 0;
+  int32_t num_tokens = 0;  // >= 1; its ids are the next num_tokens of StepPlan::tokens
+  bool logits = false;     // the leader samples after this chunk: every rank computes the logits
+};
+
 struct StepPlan {
   int64_t step = 0;
   int64_t start = 0;               // position of the first token (the sequence's cache length)
   std::vector<int32_t> tokens;     // token ids of this step
   bool stop = false;               // the leader ends the loop
+  // Batched steps: the sequences to run, in this order, with `tokens` holding their chunks back to
+  // back (`start` unused). Empty in single-sequence loops.
+  std::vector<StepSeq> seqs;
+  std::vector<int32_t> free_slots;  // cache slots every rank drops before running the step
 };
 
 // On the leader, sends `plan`; elsewhere, receives into `plan` and checks that its step number

@@ -2,8 +2,9 @@
 //
 // Conventions: row-major, float32 activations; a "row" is the last dimension. Weights stay in their
 // checkpoint format (BF16, FP8 E4M3 with E8M0 block scales, packed FP4 E2M1 with E8M0 per-32
-// scales) and are dequantized on the fly. Every kernel with a vectorized or multi-threaded path
-// has a plain-loop twin in namespace `ref` that the tests compare against.
+// scales) and are dequantized in registers; sums are float32. Every kernel with a vectorized or
+// multi-threaded path has a plain-loop twin in namespace `ref` that the tests compare against.
+// Kernels allocate nothing on the heap once their thread's scratch arena has grown (scratch.h).
 #pragma once
 
 #include <cstddef>
@@ -41,8 +42,38 @@ struct WeightMatrix {
 void DequantRow(const WeightMatrix& w, int64_t r, float* out);
 
 // y[m, w.rows()] = x[m, w.cols()] W^T (ldx / ldy: row strides of x and y, in elements).
-// Multi-threaded over output rows, vectorized dot products.
+// Multi-threaded over output rows. Up to 8 token rows stream each weight row once (decode); more
+// go through a cache-blocked GEMM on weight panels decoded once per call (prefill).
+// Fast paths read weights as they are stored: FP8 E4M3 codes other than NaN, E8M0 scales in
+// [2^-126, 2^20] (released checkpoints use far less); a scale of 2^-127 (code 0) counts as 0 there.
 void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
+
+// One product of a grouped call: y[m, w->rows()] = x[m, w->cols()] W^T.
+struct LinearJob {
+  const float* x = nullptr;
+  int64_t m = 0, ldx = 0;
+  const WeightMatrix* w = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+// Runs every job in one parallel pass (MoE experts over the tokens routed to them): the threads
+// share out all the jobs' rows, so many small products cost one dispatch and keep every core
+// busy. Jobs must not write overlapping outputs.
+void LinearGroup(const LinearJob* jobs, int64_t num_jobs);
+
+// Work done by the kernels, counted while enabled (benchmarks turn it on): bytes of weights read by
+// Linear, bytes of KV cache / indexer keys read by attention and indexer scoring, and
+// floating-point operations (a multiply-add is 2). Off by default.
+struct WorkCounts {
+  int64_t weight_bytes = 0;
+  int64_t cache_bytes = 0;
+  int64_t flops = 0;
+};
+void EnableWorkCounters(bool on);
+WorkCounts ReadWorkCounters();
+void ResetWorkCounters();
+// Adds to the counters when they are enabled (for work done outside these kernels).
+void CountWork(int64_t weight_bytes, int64_t cache_bytes, int64_t flops);
 
 // Quantize-dequantize each row of x[m, n] in place, in groups of `group` along the row, exactly as
 // the reference's QAT simulation: scale = 2^ceil(log2(amax / fmt_max)), amax floored at 1e-4

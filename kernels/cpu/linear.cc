@@ -1,18 +1,34 @@
-// Matrix products with weights dequantized on the fly.
+// Matrix products with weights read in their checkpoint formats and decoded in registers.
 //
-// Each output row of W is dequantized once into a thread-local buffer and dotted with every row of
-// x, so in decode (m = 1) a weight byte is read once and in prefill the dequantization cost is
-// amortized over m tokens. Threads split the output rows.
+// Decode (m <= 8 token rows): every weight row is streamed once, and 32 bytes at a time become float
+// vectors by integer shifts and masks only (no tables, no gathers): an FP8 E4M3 byte placed at bits
+// 20..26 of a float, its sign at bit 31, is the code's value times 2^-120; an FP4 E2M1 nibble placed
+// at bits 22..24 (sign at 31) is its value times 2^-126; a BF16 value in the upper half of a float
+// is that value. The token rows are permuted once per call into the order in which those lanes come
+// out and pre-scaled by a power of two (FP8: times the block scale as well, per row block), so the
+// products are normal floats; the sums are scaled back at the end. All sums are float32.
+//
+// Prefill (m > 8): a thread decodes a panel of 24 weight rows x 128 columns to true float values in
+// an L1-resident buffer and multiplies it with 16-token blocks of the transposed input (packed once
+// per call) in a 6 x 16 register-blocked FMA kernel, keeping partial sums across column blocks.
+//
+// The scalar path (DSV4_CPU_ISA=scalar, or a view the fast paths do not cover) dequantizes a row into
+// a buffer and takes dot products. The AVX2 kernels also serve AVX-512 machines.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
+
+#define DSV4_AVX2 __attribute__((target("avx2,fma")))
+#define DSV4_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
 
 namespace dsv4::kernels {
 
@@ -67,19 +83,25 @@ float DotScalar(const float* a, const float* b, int64_t n) {
   return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-__attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b, int64_t n) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-  }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  acc0 = _mm256_add_ps(acc0, acc1);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+DSV4_AVX2_INLINE float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  float r = _mm_cvtss_f32(s);
+  return _mm_cvtss_f32(s);
+}
+
+DSV4_AVX2 float DotAvx2(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+         acc3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
+    acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  float r = Hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
   for (; i < n; ++i) r += a[i] * b[i];
   return r;
 }
@@ -110,6 +132,525 @@ DotFn SelectDot() {
   }
 }
 
+// ---- geometry of the fast paths ----------------------------------------------------------------
+
+constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path
+constexpr int64_t kKc = 128;     // GEMM: columns per block (a multiple of every chunk width)
+constexpr int kPanel = 24;       // GEMM: weight rows decoded together (4 micro-kernel panels)
+constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens
+constexpr int kNt = 16;
+
+// Columns per 32-byte chunk of storage.
+int64_t ChunkCols(WeightType t) {
+  switch (t) {
+    case WeightType::kFP8:
+      return 32;
+    case WeightType::kFP4:
+      return 64;
+    case WeightType::kBF16:
+      return 16;
+    default:
+      return 8;
+  }
+}
+
+// The column (within its chunk) of decoded lane p: lane i of vector j is byte j of 32-bit word i
+// (FP8), nibble j of word i (FP4), half j of word i (BF16).
+int64_t LaneColumn(WeightType t, int64_t p) {
+  switch (t) {
+    case WeightType::kFP8:
+      return (p % 8) * 4 + p / 8;
+    case WeightType::kFP4:
+      return (p % 8) * 8 + p / 8;
+    case WeightType::kBF16:
+      return (p % 8) * 2 + p / 8;
+    default:
+      return p;
+  }
+}
+
+int64_t StorageBytes(const WeightMatrix& w) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  switch (w.type) {
+    case WeightType::kF32:
+      return rows * cols * 4;
+    case WeightType::kBF16:
+      return rows * cols * 2;
+    case WeightType::kFP8:
+      return rows * cols + ((rows + w.block_rows - 1) / w.block_rows) * ((cols + w.block_cols - 1) / w.block_cols);
+    case WeightType::kFP4:
+      return rows * cols / 2 + rows * ((cols + w.block_cols - 1) / w.block_cols);
+  }
+  return 0;
+}
+
+// One weight element, dequantized (for tail columns).
+inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return static_cast<const float*>(w.data)[row * w.ld + col];
+    case WeightType::kBF16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(w.data)[row * w.ld + col]);
+    case WeightType::kFP8:
+      return Fp8E4m3ToFloat(static_cast<const uint8_t*>(w.data)[row * w.ld + col]) *
+             E8m0ToFloat(w.scales[(row / w.block_rows) * w.scale_ld + col / w.block_cols]);
+    case WeightType::kFP4: {
+      const uint8_t byte = static_cast<const uint8_t*>(w.data)[row * w.ld + (col >> 1)];
+      return kFp4E2m1[(col & 1) ? (byte >> 4) : (byte & 0xf)] * E8m0ToFloat(w.scales[row * w.scale_ld + col / 32]);
+    }
+  }
+  return 0.f;
+}
+
+inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
+  const int64_t esize = w.type == WeightType::kF32 ? 4 : w.type == WeightType::kBF16 ? 2 : 1;
+  const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * esize;
+  return static_cast<const uint8_t*>(w.data) + row * w.ld * esize + col_bytes;
+}
+
+// ---- AVX2 decoders: one 32-byte chunk -> float vectors ------------------------------------------
+
+// FP8: vector j holds byte j of each 32-bit word, as value * 2^-120.
+DSV4_AVX2_INLINE void DecodeFp8(const uint8_t* p, __m256* f) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i mask = _mm256_set1_epi32(static_cast<int>(0x87F00000u));
+  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), mask));
+  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 4), mask));
+  f[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 8), 4), mask));
+  f[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(v, 4), mask));
+}
+
+// FP4: vector k holds nibble k of each 32-bit word, as value * 2^-126.
+DSV4_AVX2_INLINE void DecodeFp4(const uint8_t* p, __m256* f) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i mask = _mm256_set1_epi32(static_cast<int>(0x81C00000u));
+  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 28), 6), mask));
+  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 6), mask));
+  f[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 20), 6), mask));
+  f[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 6), mask));
+  f[4] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 12), 6), mask));
+  f[5] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 8), 6), mask));
+  f[6] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 4), 6), mask));
+  f[7] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(v, 6), mask));
+}
+
+// The two E8M0 scales of an FP4 chunk as floats, lanes 0-3 and 4-7 (code 0 reads as 0).
+DSV4_AVX2_INLINE __m256 Fp4ChunkScales(const uint8_t* s) {
+  uint16_t two;
+  std::memcpy(&two, s, 2);
+  const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  const __m256i e = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(two)), idx);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+
+// BF16: vector 0 holds the even elements, vector 1 the odd ones.
+DSV4_AVX2_INLINE void DecodeBf16(const uint8_t* p, __m256* f) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  f[0] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  f[1] = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+DSV4_AVX2_INLINE void DecodeF32(const uint8_t* p, __m256* f) { f[0] = _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
+
+template <WeightType T>
+struct Dec;
+template <>
+struct Dec<WeightType::kFP8> {
+  static constexpr int kVecs = 4;
+  DSV4_AVX2_INLINE static void Run(const uint8_t* p, __m256* f) { DecodeFp8(p, f); }
+};
+template <>
+struct Dec<WeightType::kBF16> {
+  static constexpr int kVecs = 2;
+  DSV4_AVX2_INLINE static void Run(const uint8_t* p, __m256* f) { DecodeBf16(p, f); }
+};
+template <>
+struct Dec<WeightType::kF32> {
+  static constexpr int kVecs = 1;
+  DSV4_AVX2_INLINE static void Run(const uint8_t* p, __m256* f) { DecodeF32(p, f); }
+};
+
+// ---- AVX2 streaming kernels: one weight row against M token rows ---------------------------------
+
+// out[t] = sum over `nchunks` chunks of decoded lanes times xp[t] (xp: M rows of stride ldxp, in
+// lane order). Independent accumulators hide the FMA latency when M is small.
+template <WeightType T, int M>
+DSV4_AVX2 void RowDot(const uint8_t* w, int64_t nchunks, const float* xp, int64_t ldxp, float* out) {
+  constexpr int V = Dec<T>::kVecs;
+  constexpr int A = M == 1 ? 4 : M <= 2 ? 4 : M <= 4 ? 2 : 1;  // accumulators per token
+  constexpr int U = A > V ? A / V : 1;                           // chunks per iteration
+  __m256 acc[M][A];
+#pragma GCC unroll 8
+  for (int t = 0; t < M; ++t)
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) acc[t][a] = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + U <= nchunks; c += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      __m256 f[V];
+      Dec<T>::Run(w + 32 * (c + u), f);
+#pragma GCC unroll 8
+      for (int t = 0; t < M; ++t)
+#pragma GCC unroll 4
+        for (int j = 0; j < V; ++j) {
+          const int a = (u * V + j) % A;
+          acc[t][a] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + (c + u) * 8 * V + 8 * j), acc[t][a]);
+        }
+    }
+  }
+  for (; c < nchunks; ++c) {
+    __m256 f[V];
+    Dec<T>::Run(w + 32 * c, f);
+#pragma GCC unroll 8
+    for (int t = 0; t < M; ++t)
+#pragma GCC unroll 4
+      for (int j = 0; j < V; ++j)
+        acc[t][j % A] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[t][j % A]);
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < M; ++t) {
+    __m256 s = acc[t][0];
+#pragma GCC unroll 4
+    for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[t][a]);
+    out[t] = Hsum(s);
+  }
+}
+
+// FP4: the per-32 scales multiply each chunk's partial sums (lanes 0-3: first group, 4-7: second).
+template <int M>
+DSV4_AVX2 void RowDotFp4(const uint8_t* w, const uint8_t* scales, int64_t nchunks, const float* xp, int64_t ldxp,
+                         float* out) {
+  constexpr int P = M == 1 ? 4 : M == 2 ? 2 : 1;  // partial-sum chains per token
+  __m256 acc[M];
+#pragma GCC unroll 8
+  for (int t = 0; t < M; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nchunks; ++c) {
+    __m256 f[8];
+    DecodeFp4(w + 32 * c, f);
+    const __m256 s = Fp4ChunkScales(scales + 2 * c);
+#pragma GCC unroll 8
+    for (int t = 0; t < M; ++t) {
+      const float* x = xp + t * ldxp + 64 * c;
+      __m256 p[P];
+#pragma GCC unroll 4
+      for (int k = 0; k < P; ++k) p[k] = _mm256_mul_ps(f[k], _mm256_loadu_ps(x + 8 * k));
+#pragma GCC unroll 8
+      for (int k = P; k < 8; ++k) p[k % P] = _mm256_fmadd_ps(f[k], _mm256_loadu_ps(x + 8 * k), p[k % P]);
+      if constexpr (P == 4) {
+        p[0] = _mm256_add_ps(_mm256_add_ps(p[0], p[1]), _mm256_add_ps(p[2], p[3]));
+      } else if constexpr (P == 2) {
+        p[0] = _mm256_add_ps(p[0], p[1]);
+      }
+      acc[t] = _mm256_fmadd_ps(p[0], s, acc[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < M; ++t) out[t] = Hsum(acc[t]);
+}
+
+// ---- AVX2 GEMM pieces ----------------------------------------------------------------------------
+
+// Decodes row `row` (absolute), columns [c0, c0 + kc) of the view (c0 relative to col_begin, a
+// multiple of kKc), into wd[kc] as true values: full chunks in lane order, the tail in column order.
+DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, float* wd) {
+  const int64_t cc = ChunkCols(w.type);
+  const int64_t full = kc / cc * cc;
+  const uint8_t* base = RowBytes(w, row);
+  switch (w.type) {
+    case WeightType::kFP8: {
+      const __m256 k2_120 = _mm256_set1_ps(std::ldexp(1.0f, 120));
+      const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
+      for (int64_t c = 0; c < full; c += 32) {
+        __m256 f[4];
+        DecodeFp8(base + c0 + c, f);
+        const __m256 s = _mm256_set1_ps(E8m0ToFloat(srow[(w.col_begin + c0 + c) / w.block_cols]));
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(wd + c + 8 * j, _mm256_mul_ps(_mm256_mul_ps(f[j], k2_120), s));
+      }
+      break;
+    }
+    case WeightType::kFP4: {
+      const __m256 k2_126 = _mm256_set1_ps(std::ldexp(1.0f, 126));
+      const uint8_t* srow = w.scales + row * w.scale_ld + w.col_begin / 32;
+      for (int64_t c = 0; c < full; c += 64) {
+        __m256 f[8];
+        DecodeFp4(base + (c0 + c) / 2, f);
+        const __m256 s = Fp4ChunkScales(srow + (c0 + c) / 32);
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(wd + c + 8 * j, _mm256_mul_ps(_mm256_mul_ps(f[j], k2_126), s));
+      }
+      break;
+    }
+    case WeightType::kBF16:
+      for (int64_t c = 0; c < full; c += 16) {
+        __m256 f[2];
+        DecodeBf16(base + (c0 + c) * 2, f);
+        _mm256_storeu_ps(wd + c, f[0]);
+        _mm256_storeu_ps(wd + c + 8, f[1]);
+      }
+      break;
+    case WeightType::kF32:
+      std::memcpy(wd, base + c0 * 4, full * sizeof(float));
+      break;
+  }
+  for (int64_t c = full; c < kc; ++c) wd[c] = Element(w, row, w.col_begin + c0 + c);
+}
+
+// c[R][16] (+)= wd[R rows of stride ldw][kc] x xt[kc][16]; NV = 1 uses only the first 8 tokens.
+template <int R, int NV>
+DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t kc, float* c, bool accumulate) {
+  __m256 acc[R][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? _mm256_loadu_ps(c + r * kNt + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(xt + k * kNt + 8 * v);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + k);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(c + r * kNt + 8 * v, acc[r][v]);
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, bool);
+template <int NV>
+constexpr MicroFn kMicro[kMr + 1] = {nullptr,          Micro<1, NV>, Micro<2, NV>, Micro<3, NV>,
+                                     Micro<4, NV>,     Micro<5, NV>, Micro<6, NV>};
+
+// ---- planning ------------------------------------------------------------------------------------
+
+// How one job runs, decided before the parallel pass.
+struct Plan {
+  const LinearJob* job = nullptr;
+  enum Path { kScalar, kGemv, kGemm } path = kScalar;
+  int64_t cc = 0;       // columns per chunk
+  int64_t nchunks = 0;  // full chunks of the view's columns (streaming path)
+  // Streaming path: the token rows in lane order [m][nchunks * cc], pre-scaled for FP4 (by 2^kx)
+  // but not yet for FP8 (block scales differ per row block); kx and the amax exponent per token.
+  float* xp = nullptr;
+  int kx[kMaxGemvRows] = {};
+  int amax_exp[kMaxGemvRows] = {};
+  bool zero_row[kMaxGemvRows] = {};
+  // GEMM path: transposed input [nkb][ntb][kKc][16], zero-padded.
+  const float* xt = nullptr;
+  int64_t ntb = 0, nkb = 0;
+};
+
+struct Task {
+  int32_t plan;
+  int64_t r0, r1;    // rows of the view
+  int64_t tb0, tb1;  // GEMM token blocks
+};
+
+bool FastPathCovers(const WeightMatrix& w) {
+  if (w.type == WeightType::kFP4) return w.col_begin % 32 == 0 && w.block_cols == 32;
+  if (w.type == WeightType::kFP8) return w.block_cols > 0 && w.block_rows > 0;
+  return true;
+}
+
+// Largest |x| of a row; false when it is not finite.
+bool RowAmax(const float* x, int64_t n, float* amax) {
+  float a = 0.f;
+  for (int64_t i = 0; i < n; ++i) a = std::max(a, std::fabs(x[i]));
+  *amax = a;
+  return std::isfinite(a);
+}
+
+// ---- the streaming path (m <= 8) -----------------------------------------------------------------
+
+template <int M>
+DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
+  const LinearJob& job = *p.job;
+  const WeightMatrix& w = *job.w;
+  const int64_t cols = w.cols(), main = p.nchunks * p.cc;
+  const int64_t lx = main;  // stride of p.xp
+  float sums[M] = {}, mult[M];
+  const float* xs = p.xp;
+  // FP8: scale the permuted rows by this row block's column-block scales (and 2^kx).
+  Scratch<float> xscaled(w.type == WeightType::kFP8 ? M * main : 0, NoInit{});
+  if (w.type == WeightType::kFP8) {
+    const int64_t row0 = w.row_begin + r0;
+    const uint8_t* srow = w.scales + (row0 / w.block_rows) * w.scale_ld;
+    const int64_t cb0 = w.col_begin / w.block_cols, cb1 = (w.col_end - 1) / w.block_cols;
+    int max_es = 0;
+    for (int64_t cb = cb0; cb <= cb1; ++cb) max_es = std::max<int>(max_es, srow[cb]);
+    for (int t = 0; t < M; ++t) {
+      // Products x * s * 2^kx * code * 2^-120 stay near 2^-10: kx = 100 - log2(amax) - log2(max s),
+      // limited so the factors s * 2^kx stay finite.
+      int kx = 100 - p.amax_exp[t] - (max_es - 127);
+      kx = std::min(kx, 126 - (max_es - 127));
+      mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 120 - kx);
+      float* dst = xscaled.data() + t * lx;
+      const float* src = p.xp + t * lx;
+      const bool aligned = w.col_begin % 32 == 0 && w.block_cols % 32 == 0;
+      if (aligned) {
+        for (int64_t c = 0; c < main; c += 32) {
+          const __m256 f = _mm256_set1_ps(std::ldexp(1.0f, srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
+          for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + c + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * j), f));
+        }
+      } else {
+        for (int64_t c = 0; c < main; ++c) {
+          const int64_t col = w.col_begin + (c / 32) * 32 + LaneColumn(WeightType::kFP8, c % 32);
+          dst[c] = src[c] * std::ldexp(1.0f, srow[col / w.block_cols] - 127 + kx);
+        }
+      }
+    }
+    xs = xscaled.data();
+  } else if (w.type == WeightType::kFP4) {
+    for (int t = 0; t < M; ++t) mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 126 - p.kx[t]);
+  } else {
+    for (int t = 0; t < M; ++t) mult[t] = 1.f;
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t row = w.row_begin + r;
+    const uint8_t* wr = RowBytes(w, row);
+    switch (w.type) {
+      case WeightType::kFP8:
+        RowDot<WeightType::kFP8, M>(wr, p.nchunks, xs, lx, sums);
+        break;
+      case WeightType::kFP4:
+        RowDotFp4<M>(wr, w.scales + row * w.scale_ld + w.col_begin / 32, p.nchunks, xs, lx, sums);
+        break;
+      case WeightType::kBF16:
+        RowDot<WeightType::kBF16, M>(wr, p.nchunks, xs, lx, sums);
+        break;
+      case WeightType::kF32:
+        RowDot<WeightType::kF32, M>(wr, p.nchunks, job.x, job.ldx, sums);
+        break;
+    }
+    for (int t = 0; t < M; ++t) {
+      float v = sums[t] * mult[t];
+      for (int64_t c = main; c < cols; ++c) v += job.x[t * job.ldx + c] * Element(w, row, w.col_begin + c);
+      job.y[t * job.ldy + r] = v;
+    }
+  }
+}
+
+void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
+  switch (p.job->m) {
+    case 1: return GemvRows<1>(p, r0, r1);
+    case 2: return GemvRows<2>(p, r0, r1);
+    case 3: return GemvRows<3>(p, r0, r1);
+    case 4: return GemvRows<4>(p, r0, r1);
+    case 5: return GemvRows<5>(p, r0, r1);
+    case 6: return GemvRows<6>(p, r0, r1);
+    case 7: return GemvRows<7>(p, r0, r1);
+    default: return GemvRows<8>(p, r0, r1);
+  }
+}
+
+// Prepares the lane-ordered token rows of a streaming job (in the caller's scratch).
+void PrepareGemv(Plan& p, float* xp) {
+  const LinearJob& job = *p.job;
+  const WeightMatrix& w = *job.w;
+  const int64_t main = p.nchunks * p.cc;
+  p.xp = xp;
+  for (int64_t t = 0; t < job.m; ++t) {
+    const float* x = job.x + t * job.ldx;
+    float amax = 0.f;
+    RowAmax(x, w.cols(), &amax);
+    p.zero_row[t] = amax == 0.f;
+    p.amax_exp[t] = amax > 0.f ? std::ilogb(amax) : 0;
+    p.kx[t] = std::clamp(100 - p.amax_exp[t], -126, 126);
+    const float f = w.type == WeightType::kFP4 ? std::ldexp(1.0f, p.kx[t]) : 1.0f;
+    float* dst = xp + t * main;
+    for (int64_t c = 0; c < main; c += p.cc)
+      for (int64_t l = 0; l < p.cc; ++l) dst[c + l] = x[c + LaneColumn(w.type, l)] * f;
+  }
+}
+
+// ---- the GEMM path (m > 8) -----------------------------------------------------------------------
+
+// Packs column block kb of the job's input, transposed: xt[tb][kk][16] for all token blocks.
+void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
+  const LinearJob& job = *p.job;
+  const WeightMatrix& w = *job.w;
+  const int64_t cols = w.cols(), c0 = kb * kKc, kc = std::min(kKc, cols - c0);
+  const int64_t full = kc / p.cc * p.cc;
+  for (int64_t tb = 0; tb < p.ntb; ++tb) {
+    float* dst = xt_kb + tb * kKc * kNt;
+    const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+    for (int64_t kk = 0; kk < kKc; ++kk) {
+      float* d = dst + kk * kNt;
+      if (kk >= kc) {
+        std::fill(d, d + kNt, 0.f);
+        continue;
+      }
+      const int64_t col = c0 + (kk < full ? (kk / p.cc) * p.cc + LaneColumn(w.type, kk % p.cc) : kk);
+      const float* src = job.x + (tb * kNt) * job.ldx + col;
+      int64_t t = 0;
+      for (; t < nt; ++t) d[t] = src[t * job.ldx];
+      for (; t < kNt; ++t) d[t] = 0.f;
+    }
+  }
+}
+
+DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
+  const LinearJob& job = *p.job;
+  const WeightMatrix& w = *job.w;
+  const int64_t cols = w.cols(), nrows = r1 - r0, ntbl = tb1 - tb0;
+  Scratch<float> wd(kPanel * kKc, NoInit{});
+  Scratch<float> ctile(ntbl * kPanel * kNt, NoInit{});
+  for (int64_t kb = 0; kb < p.nkb; ++kb) {
+    const int64_t c0 = kb * kKc, kc = std::min(kKc, cols - c0);
+    for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd.data() + r * kKc);
+    const float* xt_kb = p.xt + kb * p.ntb * kKc * kNt;
+    for (int64_t tb = tb0; tb < tb1; ++tb) {
+      const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+      const float* xt = xt_kb + tb * kKc * kNt;
+      float* ct = ctile.data() + (tb - tb0) * kPanel * kNt;
+      for (int64_t sp = 0; sp < nrows; sp += kMr) {
+        const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
+        const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
+        fn(wd.data() + sp * kKc, kKc, xt, kc, ct + sp * kNt, kb > 0);
+      }
+    }
+  }
+  for (int64_t tb = tb0; tb < tb1; ++tb) {
+    const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+    const float* ct = ctile.data() + (tb - tb0) * kPanel * kNt;
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t t = 0; t < nt; ++t) job.y[(tb * kNt + t) * job.ldy + r0 + r] = ct[r * kNt + t];
+  }
+}
+
+// ---- the scalar path -----------------------------------------------------------------------------
+
+void ScalarRows(const LinearJob& job, int64_t r0, int64_t r1) {
+  const WeightMatrix& w = *job.w;
+  const int64_t cols = w.cols();
+  Scratch<float> buf(cols, NoInit{});
+  static const DotFn dot = SelectDot();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* wr;
+    if (w.type == WeightType::kF32) {
+      wr = static_cast<const float*>(w.data) + (w.row_begin + r) * w.ld + w.col_begin;
+    } else {
+      DequantRow(w, r, buf.data());
+      wr = buf.data();
+    }
+    for (int64_t t = 0; t < job.m; ++t) job.y[t * job.ldy + r] = dot(job.x + t * job.ldx, wr, cols);
+  }
+}
+
+// Rows per streaming task: about 128 KB of weights, at least 4 tasks per thread, and (FP8) never
+// across a block of rows that shares scales.
+int64_t RowsPerTask(const WeightMatrix& w) {
+  const int64_t row_bytes = std::max<int64_t>(1, StorageBytes(w) / std::max<int64_t>(1, w.rows()));
+  int64_t rows = std::max<int64_t>(1, (128 << 10) / row_bytes);
+  rows = std::min(rows, std::max<int64_t>(1, w.rows() / (4 * NumThreads())));
+  return rows;
+}
+
 }  // namespace
 
 float Dot(const float* a, const float* b, int64_t n) {
@@ -117,24 +658,138 @@ float Dot(const float* a, const float* b, int64_t n) {
   return fn(a, b, n);
 }
 
-void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy) {
-  const int64_t rows = w.rows(), cols = w.cols();
-  if (rows == 0 || m == 0) return;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols * m));
-  ParallelFor(rows, grain, [&](int64_t r0, int64_t r1) {
-    thread_local std::vector<float> buf;
-    if (static_cast<int64_t>(buf.size()) < cols) buf.resize(cols);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* wr;
-      if (w.type == WeightType::kF32) {
-        wr = static_cast<const float*>(w.data) + (w.row_begin + r) * w.ld + w.col_begin;
-      } else {
-        DequantRow(w, r, buf.data());
-        wr = buf.data();
+void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
+  const bool vector = ActiveIsa() != Isa::kScalar;
+  Scratch<Plan> plans(num_jobs);
+  // Buffers of the caller: streaming inputs in lane order, GEMM inputs transposed.
+  int64_t xp_floats = 0, xt_floats = 0, num_tasks = 0;
+  for (int64_t j = 0; j < num_jobs; ++j) {
+    const LinearJob& job = jobs[j];
+    const WeightMatrix& w = *job.w;
+    Plan& p = plans[j];
+    p.job = &job;
+    if (job.m <= 0 || w.rows() <= 0) continue;
+    CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols());
+    bool finite = true;
+    if (vector && FastPathCovers(w) && job.m <= kMaxGemvRows) {
+      for (int64_t t = 0; t < job.m && finite; ++t) {
+        float amax;
+        finite = RowAmax(job.x + t * job.ldx, w.cols(), &amax);
       }
-      for (int64_t t = 0; t < m; ++t) y[t * ldy + r] = Dot(x + t * ldx, wr, cols);
+    }
+    p.cc = ChunkCols(w.type);
+    // The GEMM path takes one FP8 block scale per 32-column chunk.
+    const bool gemm_ok = w.type != WeightType::kFP8 || (w.col_begin % 32 == 0 && w.block_cols % 32 == 0);
+    if (!vector || !FastPathCovers(w) || !finite || (job.m > kMaxGemvRows && !gemm_ok)) {
+      p.path = Plan::kScalar;
+    } else if (job.m <= kMaxGemvRows) {
+      p.path = Plan::kGemv;
+      p.nchunks = w.cols() / p.cc;
+      if (w.type != WeightType::kF32) xp_floats += job.m * p.nchunks * p.cc;
+    } else {
+      p.path = Plan::kGemm;
+      p.ntb = (job.m + kNt - 1) / kNt;
+      p.nkb = (w.cols() + kKc - 1) / kKc;
+      xt_floats += p.nkb * p.ntb * kKc * kNt;
+    }
+    if (p.path == Plan::kGemm) {
+      const int64_t panels = (w.rows() + kPanel - 1) / kPanel;
+      const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
+      num_tasks += panels * splits;
+    } else {
+      const int64_t per = RowsPerTask(w);
+      num_tasks += (w.rows() + per - 1) / per + (w.type == WeightType::kFP8 ? w.rows() / w.block_rows + 1 : 0);
+    }
+  }
+  Scratch<float> xp(xp_floats, NoInit{});
+  Scratch<float> xt(xt_floats, NoInit{});
+  Scratch<Task> tasks(num_tasks);
+  int64_t xp_used = 0, xt_used = 0, nt = 0;
+  // Pack work for the GEMM inputs: (plan, column block) pairs.
+  Scratch<int64_t> packs(xt_floats > 0 ? num_jobs * 2 : 0);
+  int64_t num_packs = 0;
+  for (int64_t j = 0; j < num_jobs; ++j) {
+    Plan& p = plans[j];
+    const LinearJob& job = jobs[j];
+    const WeightMatrix& w = *job.w;
+    if (job.m <= 0 || w.rows() <= 0) continue;
+    if (p.path == Plan::kGemv && w.type != WeightType::kF32) {
+      PrepareGemv(p, xp.data() + xp_used);
+      xp_used += job.m * p.nchunks * p.cc;
+    }
+    if (p.path == Plan::kGemm) {
+      // Jobs reading the same input the same way share one packed copy (w1 and w3 of an expert).
+      for (int64_t i = 0; i < j; ++i) {
+        const Plan& q = plans[i];
+        const LinearJob& o = jobs[i];
+        if (q.path == Plan::kGemm && o.x == job.x && o.m == job.m && o.ldx == job.ldx && o.w->type == w.type &&
+            o.w->cols() == w.cols()) {
+          p.xt = q.xt;
+          break;
+        }
+      }
+      if (p.xt == nullptr) {
+        p.xt = xt.data() + xt_used;
+        xt_used += p.nkb * p.ntb * kKc * kNt;
+        packs[num_packs++] = j;
+      }
+    }
+    // Tasks.
+    if (p.path == Plan::kGemm) {
+      const int64_t panels = (w.rows() + kPanel - 1) / kPanel;
+      const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
+      for (int64_t s = 0; s < splits; ++s)
+        for (int64_t pi = 0; pi < panels; ++pi)
+          tasks[nt++] = {static_cast<int32_t>(j), pi * kPanel, std::min(w.rows(), (pi + 1) * kPanel),
+                         p.ntb * s / splits, p.ntb * (s + 1) / splits};
+    } else {
+      const int64_t per = RowsPerTask(w);
+      for (int64_t r = 0; r < w.rows();) {
+        int64_t e = std::min(w.rows(), r + per);
+        if (p.path == Plan::kGemv && w.type == WeightType::kFP8) {
+          const int64_t block_end = ((w.row_begin + r) / w.block_rows + 1) * w.block_rows - w.row_begin;
+          e = std::min(e, block_end);
+        }
+        tasks[nt++] = {static_cast<int32_t>(j), r, e, 0, 0};
+        r = e;
+      }
+    }
+  }
+  if (num_packs > 0) {
+    int64_t units = 0;
+    for (int64_t i = 0; i < num_packs; ++i) units += plans[packs[i]].nkb;
+    ParallelForDynamic(units, 1, [&](int64_t b, int64_t e) {
+      for (int64_t u = b; u < e; ++u) {
+        int64_t rest = u, i = 0;
+        while (rest >= plans[packs[i]].nkb) rest -= plans[packs[i++]].nkb;
+        const Plan& p = plans[packs[i]];
+        PackGemmBlock(p, rest, const_cast<float*>(p.xt) + rest * p.ntb * kKc * kNt);
+      }
+    });
+  }
+  ParallelForDynamic(nt, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const Task& t = tasks[i];
+      const Plan& p = plans[t.plan];
+      switch (p.path) {
+        case Plan::kScalar:
+          ScalarRows(*p.job, t.r0, t.r1);
+          break;
+        case Plan::kGemv:
+          RunGemv(p, t.r0, t.r1);
+          break;
+        case Plan::kGemm:
+          GemmTask(p, t.r0, t.r1, t.tb0, t.tb1);
+          break;
+      }
     }
   });
+}
+
+void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy) {
+  LinearJob job;
+  job.x = x, job.m = m, job.ldx = ldx, job.w = &w, job.y = y, job.ldy = ldy;
+  LinearGroup(&job, 1);
 }
 
 namespace ref {

@@ -55,6 +55,13 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
   InitEngram();
+  expert_load_ = std::make_unique<std::atomic<int64_t>[]>(c.n_routed_experts);
+}
+
+std::vector<int64_t> Model::ExpertLoad() const {
+  std::vector<int64_t> load(config().n_routed_experts);
+  for (size_t e = 0; e < load.size(); ++e) load[e] = expert_load_[e].load(std::memory_order_relaxed);
+  return load;
 }
 
 SequenceCache Model::NewCache() const {

@@ -6,6 +6,7 @@
 // quantized linears, FP8 KV, FP4 indexer q/k) are on unless ForwardOptions::qdq is false.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -56,6 +57,10 @@ class Model {
   const ForwardOptions& options() const { return opt_; }
 
   SequenceCache NewCache() const;
+
+  // Tokens this rank's copy of each routed expert has processed since the model was built, summed
+  // over layers: [n_routed_experts], for load reporting (the control plane's Status). Thread-safe.
+  std::vector<int64_t> ExpertLoad() const;
 
   // OK when every id is in the vocabulary and, with Engram, has a compressed id.
   absl::Status CheckTokens(std::span<const int32_t> tokens) const;
@@ -115,6 +120,7 @@ class Model {
   const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
+  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [n_routed_experts]
 };
 
 }  // namespace dsv4

@@ -99,6 +99,7 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t*
     if (sl.empty()) continue;
     DSV4_CHECK(lw.expert_loaded[e], "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
     const int64_t m = static_cast<int64_t>(sl.size());
+    expert_load_[e].fetch_add(m, std::memory_order_relaxed);
     xs.resize(m * D), ws.resize(m), ys.resize(m * D);
     for (int64_t i = 0; i < m; ++i) {
       std::memcpy(&xs[i * D], x + (sl[i] / K) * D, D * sizeof(float));

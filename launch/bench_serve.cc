@@ -1,0 +1,258 @@
+// dsv4 bench serve: N concurrent streams over gRPC against the same workload run on the engine
+// in-process, in one run. The ratio (gRPC tokens/s over in-process tokens/s) is what serving over
+// the network costs; the latency figures use the names of `vllm bench serve` (TTFT: time to the
+// first token; ITL: gaps between tokens as they arrive).
+//
+// Without --server the gRPC server is started in this process on 127.0.0.1, over the same engine
+// the in-process phase uses; with --server ADDR a running server is driven instead (the
+// in-process phase still runs here, on --model).
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "launch/client_flags.h"
+#include "launch/commands.h"
+#include "launch/common.h"
+#include "rpc/client.h"
+#include "rpc/inference_server.h"
+#include "runtime/serving/engine.h"
+
+namespace dsv4 {
+namespace {
+
+struct Workload {
+  int64_t streams, requests, prompt_tokens, max_tokens;
+  int64_t vocab;
+};
+
+// Request i: a deterministic prompt, seeded sampling, a fixed number of tokens (EOS ignored).
+GenerateSpec MakeSpec(const Workload& w, int64_t i) {
+  GenerateSpec s;
+  for (int64_t t = 0; t < w.prompt_tokens; ++t)
+    s.prompt.push_back(static_cast<int32_t>(100 + (t * 7919 + i * 104729) % (w.vocab - 200)));
+  s.sampling.temperature = 0.8;
+  s.sampling.top_p = 0.95;
+  s.sampling.seed = i;
+  s.sampling.max_tokens = w.max_tokens;
+  s.sampling.ignore_eos = true;
+  return s;
+}
+
+v1::GenerateRequest ToRequest(const GenerateSpec& s) {
+  v1::GenerateRequest r;
+  r.mutable_tokens()->mutable_ids()->Add(s.prompt.begin(), s.prompt.end());
+  v1::SamplingParams* p = r.mutable_sampling();
+  p->set_temperature(s.sampling.temperature);
+  p->set_top_p(s.sampling.top_p);
+  p->set_seed(s.sampling.seed);
+  p->set_max_tokens(s.sampling.max_tokens);
+  p->set_ignore_eos(true);
+  return r;
+}
+
+// Timings of one phase.
+struct Phase {
+  absl::Mutex mu;
+  std::vector<double> ttft_ms, itl_ms;
+  int64_t tokens = 0, failed = 0;
+  absl::Status first_error;
+  double seconds = 0;
+
+  // One request's arrivals: (time since its start, tokens in that message).
+  void Record(const std::vector<std::pair<double, int>>& arrivals, const absl::Status& st) {
+    absl::MutexLock l(&mu);
+    if (!st.ok()) {
+      ++failed;
+      if (first_error.ok()) first_error = st;
+      return;
+    }
+    double prev = -1;
+    for (const auto& [t, n] : arrivals) {
+      if (n == 0) continue;
+      if (prev < 0) {
+        ttft_ms.push_back(t);
+      } else {
+        for (int k = 0; k < n; ++k) itl_ms.push_back((t - prev) / n);
+      }
+      prev = t;
+      tokens += n;
+    }
+  }
+};
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size()))) - (q > 0 ? 1 : 0);
+  return v[std::min(i, v.size() - 1)];
+}
+
+// Runs `requests` requests with `streams` workers; `one(i, phase)` runs request i.
+void Drive(const Workload& w, Phase& phase, const std::function<void(int64_t)>& one) {
+  std::atomic<int64_t> next{0};
+  std::vector<std::thread> workers;
+  const absl::Time t0 = absl::Now();
+  for (int64_t s = 0; s < w.streams; ++s)
+    workers.emplace_back([&] {
+      for (int64_t i = next.fetch_add(1); i < w.requests; i = next.fetch_add(1)) one(i);
+    });
+  for (auto& t : workers) t.join();
+  phase.seconds = absl::ToDoubleSeconds(absl::Now() - t0);
+}
+
+void InProcessOne(Engine& engine, const Workload& w, int64_t i, Phase& phase) {
+  const absl::Time t0 = absl::Now();
+  std::vector<std::pair<double, int>> arrivals;
+  auto h = engine.Submit(MakeSpec(w, i));
+  absl::Status st = h.status();
+  while (st.ok()) {
+    auto out = (*h)->Next(absl::Milliseconds(100));
+    if (out.ok()) {
+      arrivals.emplace_back(absl::ToDoubleMilliseconds(absl::Now() - t0), static_cast<int>(out->token_ids.size()));
+      continue;
+    }
+    if (absl::IsDeadlineExceeded(out.status())) continue;
+    if (!absl::IsOutOfRange(out.status())) st = out.status();
+    break;
+  }
+  phase.Record(arrivals, st);
+}
+
+void GrpcOne(InferenceClient& client, const Workload& w, int64_t i, Phase& phase) {
+  const v1::GenerateRequest req = ToRequest(MakeSpec(w, i));
+  const absl::Time t0 = absl::Now();
+  std::vector<std::pair<double, int>> arrivals;
+  const absl::Status st = client.Generate(req, [&](const v1::GenerateResponse& m) {
+    arrivals.emplace_back(absl::ToDoubleMilliseconds(absl::Now() - t0), m.token_ids_size());
+  });
+  phase.Record(arrivals, st);
+}
+
+}  // namespace
+
+int BenchServe(int argc, char** argv) {
+  Flags flags;
+  AddModelFlags(flags);
+  flags.Add("server", "", "address of a running dsv4 serve (default: start one in this process on 127.0.0.1)")
+      .Add("streams", "16", "concurrent streams")
+      .Add("requests", "0", "requests in all (0 = 2 x streams)")
+      .Add("prompt-tokens", "32", "prompt length of each request")
+      .Add("max-tokens", "16", "tokens generated by each request")
+      .Add("max-batch-tokens", "256", "engine: token budget of one step")
+      .Add("json", "off", "print one JSON object (on|off)");
+  AddClientFlags(flags);
+  if (WantsHelp(argc, argv)) return PrintHelp("bench serve", flags);
+  if (auto st = flags.Parse(argc, argv, 3); !st.ok()) return Fail(st);
+  if (LaunchedByMpirun()) return Fail(absl::InvalidArgumentError("dsv4 bench serve runs as one process"));
+  Workload w{};
+  for (auto [name, dst, lo] : {std::tuple{"streams", &w.streams, 1}, {"requests", &w.requests, 0},
+                               {"prompt-tokens", &w.prompt_tokens, 1}, {"max-tokens", &w.max_tokens, 1}}) {
+    auto v = flags.Int(name);
+    if (!v.ok()) return Fail(v.status());
+    if (*v < lo || *v > (1 << 20))
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--", name, " must be in [", lo, ", 1048576]")));
+    *dst = *v;
+  }
+  if (w.requests == 0) w.requests = 2 * w.streams;
+  auto json = flags.OnOff("json");
+  auto budget = flags.Int("max-batch-tokens");
+  auto security = ParseClientFlags(flags);
+  if (!json.ok()) return Fail(json.status());
+  if (!budget.ok()) return Fail(budget.status());
+  if (!security.ok()) return Fail(security.status());
+
+  auto rt = OpenRuntime(flags);
+  if (!rt.ok()) return Fail(rt.status());
+  const Model& model = *(*rt)->model;
+  w.vocab = model.config().vocab_size;
+  EngineOptions opt;
+  opt.scheduler.max_running = std::max<int64_t>(w.streams, 1);
+  opt.scheduler.max_queued = w.requests + 16;
+  opt.scheduler.prefill_chunk = std::min<int64_t>(128, std::max<int64_t>(1, *budget - opt.scheduler.max_running + 1));
+  opt.scheduler.max_batch_tokens = std::max(*budget, opt.scheduler.max_running - 1 + opt.scheduler.prefill_chunk);
+  opt.max_model_len = w.prompt_tokens + w.max_tokens + 1;
+  opt.cache_bytes = int64_t{8} << 30;
+  auto engine = Engine::Create(model, nullptr, (*rt)->world(), opt);
+  if (!engine.ok()) return Fail(engine.status());
+  absl::Status run_status;
+  std::thread loop([&] { run_status = (*engine)->Run(); });
+
+  // Warm-up: one request through the engine.
+  {
+    Phase warm;
+    Workload one = w;
+    one.requests = 1, one.streams = 1;
+    Drive(one, warm, [&](int64_t i) { InProcessOne(**engine, one, i, warm); });
+    if (warm.failed) return Fail(warm.first_error);
+  }
+  Phase inproc;
+  Drive(w, inproc, [&](int64_t i) { InProcessOne(**engine, w, i, inproc); });
+  if (inproc.failed) return Fail(inproc.first_error);
+
+  std::unique_ptr<InferenceServer> server;
+  std::string address = flags.Str("server");
+  if (address.empty()) {
+    EndpointOptions ep;
+    ep.host = "127.0.0.1";
+    ep.port = 0;
+    auto s = InferenceServer::Start(ep, ServerIdentity{"bench", 1, "bench"});
+    if (!s.ok()) return Fail(s.status());
+    server = std::move(*s);
+    InputLimits limits;
+    limits.max_model_len = opt.max_model_len;
+    server->Attach(engine->get(), nullptr, v1::ModelInfo(), limits, "bench");
+    server->SetState(v1::SERVER_STATE_SERVING);
+    address = absl::StrCat("127.0.0.1:", server->port());
+  }
+  std::vector<std::unique_ptr<InferenceClient>> clients;
+  for (int64_t s = 0; s < w.streams; ++s) {
+    auto c = InferenceClient::Connect(address, *security);
+    if (!c.ok()) return Fail(c.status());
+    clients.push_back(std::move(*c));
+  }
+  if (auto st = clients[0]->WaitForServing(absl::Seconds(30)); !st.ok()) return Fail(st);
+  Phase grpc_phase;
+  std::atomic<int64_t> next_client{0};
+  Drive(w, grpc_phase, [&](int64_t i) {
+    GrpcOne(*clients[next_client.fetch_add(1) % w.streams], w, i, grpc_phase);
+  });
+  if (server) server->Shutdown(absl::Seconds(1));
+  (*engine)->Stop();
+  loop.join();
+  if (grpc_phase.failed) return Fail(grpc_phase.first_error);
+
+  const double tps = grpc_phase.tokens / grpc_phase.seconds, in_tps = inproc.tokens / inproc.seconds;
+  const double ratio = tps / in_tps;
+  if (*json) {
+    std::printf(
+        "{\"streams\": %lld, \"requests\": %lld, \"prompt_tokens\": %lld, \"max_tokens\": %lld, "
+        "\"ttft_ms_p50\": %.3f, \"ttft_ms_p99\": %.3f, \"itl_ms_p50\": %.3f, \"itl_ms_p99\": %.3f, "
+        "\"tokens_per_s\": %.3f, \"inprocess_ttft_ms_p50\": %.3f, \"inprocess_itl_ms_p50\": %.3f, "
+        "\"inprocess_tokens_per_s\": %.3f, \"ratio\": %.4f}\n",
+        static_cast<long long>(w.streams), static_cast<long long>(w.requests),
+        static_cast<long long>(w.prompt_tokens), static_cast<long long>(w.max_tokens),
+        Percentile(grpc_phase.ttft_ms, 0.5), Percentile(grpc_phase.ttft_ms, 0.99), Percentile(grpc_phase.itl_ms, 0.5),
+        Percentile(grpc_phase.itl_ms, 0.99), tps, Percentile(inproc.ttft_ms, 0.5), Percentile(inproc.itl_ms, 0.5),
+        in_tps, ratio);
+  } else {
+    std::printf("serving %lld requests (%lld prompt + %lld generated tokens) over %lld concurrent streams\n",
+                static_cast<long long>(w.requests), static_cast<long long>(w.prompt_tokens),
+                static_cast<long long>(w.max_tokens), static_cast<long long>(w.streams));
+    std::printf("  gRPC (%s)   : %.1f tokens/s, TTFT p50 %.1f ms p99 %.1f ms, ITL p50 %.1f ms p99 %.1f ms\n",
+                address.c_str(), tps, Percentile(grpc_phase.ttft_ms, 0.5), Percentile(grpc_phase.ttft_ms, 0.99),
+                Percentile(grpc_phase.itl_ms, 0.5), Percentile(grpc_phase.itl_ms, 0.99));
+    std::printf("  in-process engine : %.1f tokens/s, TTFT p50 %.1f ms p99 %.1f ms, ITL p50 %.1f ms p99 %.1f ms\n",
+                in_tps, Percentile(inproc.ttft_ms, 0.5), Percentile(inproc.ttft_ms, 0.99),
+                Percentile(inproc.itl_ms, 0.5), Percentile(inproc.itl_ms, 0.99));
+    std::printf("  ratio (gRPC / in-process) : %.3f\n", ratio);
+  }
+  return 0;
+}
+
+}  // namespace dsv4

@@ -1,0 +1,144 @@
+#include "rpc/client.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "rpc/grpc_status.h"
+
+namespace dsv4 {
+namespace {
+
+void SetTimeout(grpc::ClientContext& ctx, absl::Duration timeout) {
+  if (timeout > absl::ZeroDuration())
+    ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMicroseconds(timeout));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Connect(const std::string& address,
+                                                                          const ClientSecurity& security) {
+  auto channel = MakeChannel(address, security);
+  if (!channel.ok()) return channel.status();
+  auto c = std::make_unique<InferenceClient>();
+  c->channel_ = *channel;
+  c->stub_ = v1::Inference::NewStub(c->channel_);
+  c->health_ = grpc::health::v1::Health::NewStub(c->channel_);
+  c->security_ = security;
+  return c;
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> InferenceClient::Health(
+    const std::string& service, absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, timeout);
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  const grpc::Status st = health_->Check(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp.status();
+}
+
+absl::Status InferenceClient::WaitForServing(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Status last = absl::UnavailableError("no answer yet");
+  while (absl::Now() < deadline) {
+    auto h = Health("", absl::Seconds(2));
+    if (h.ok() && *h == grpc::health::v1::HealthCheckResponse::SERVING) return absl::OkStatus();
+    last = h.ok() ? absl::UnavailableError("health is NOT_SERVING") : h.status();
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("the server was not SERVING within ", absl::FormatDuration(timeout), ": ", last.message()));
+}
+
+absl::Status InferenceClient::Generate(const v1::GenerateRequest& request,
+                                       const std::function<void(const v1::GenerateResponse&)>& on_message,
+                                       absl::Duration timeout,
+                                       const std::function<void(grpc::ClientContext*)>& context_out) {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, timeout);
+  if (context_out) context_out(&ctx);
+  auto reader = stub_->Generate(&ctx, request);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg))
+    if (on_message) on_message(msg);
+  const grpc::Status st = reader->Finish();
+  if (context_out) context_out(nullptr);
+  return FromGrpcStatus(st);
+}
+
+absl::StatusOr<bool> InferenceClient::Abort(const std::string& request_id) {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::AbortRequest req;
+  req.set_request_id(request_id);
+  v1::AbortResponse resp;
+  const grpc::Status st = stub_->Abort(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp.found();
+}
+
+absl::StatusOr<v1::ModelInfo> InferenceClient::ModelInfo() {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::ModelInfo resp;
+  const grpc::Status st = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<v1::ServerInfo> InferenceClient::ServerInfo() {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::ServerInfo resp;
+  const grpc::Status st = stub_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& address,
+                                                                      const ClientSecurity& security) {
+  auto channel = MakeChannel(address, security, 1 << 20);
+  if (!channel.ok()) return channel.status();
+  auto c = std::make_unique<ControlClient>();
+  c->channel_ = *channel;
+  c->stub_ = v1::ControlPlane::NewStub(c->channel_);
+  c->security_ = security;
+  return c;
+}
+
+absl::StatusOr<v1::ClusterStatus> ControlClient::Status() {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::ClusterStatus resp;
+  const grpc::Status st = stub_->Status(&ctx, v1::StatusRequest(), &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::Status ControlClient::Drain(double grace_seconds) {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::DrainRequest req;
+  req.set_grace_seconds(grace_seconds);
+  v1::DrainResponse resp;
+  return FromGrpcStatus(stub_->Drain(&ctx, req, &resp));
+}
+
+absl::Status ControlClient::Shutdown() {
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetTimeout(ctx, absl::Seconds(10));
+  v1::ShutdownResponse resp;
+  return FromGrpcStatus(stub_->Shutdown(&ctx, v1::ShutdownRequest(), &resp));
+}
+
+}  // namespace dsv4

@@ -1,0 +1,75 @@
+// The public inference endpoint (leader only): dsv4.v1.Inference, grpc.health.v1.Health and
+// server reflection on one port.
+//
+// The server listens from the start, before the model is loaded: while loading, health is
+// NOT_SERVING, GetServerInfo answers state LOADING, and Generate answers UNAVAILABLE. Health turns
+// SERVING only when SetState(SERVING) is called — after a real warm-up request went through every
+// rank (row DF-10) — and NOT_SERVING again on drain or failure.
+//
+// Generate runs one handler thread per stream (gRPC's synchronous API): it submits to the engine,
+// forwards the engine's pieces, and aborts the request when the client cancels, disconnects or
+// its deadline passes (polled every few milliseconds, so the cache is freed within a step).
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "dsv4/v1/inference.grpc.pb.h"
+#include "rpc/convert.h"
+#include "rpc/security.h"
+#include "runtime/serving/engine.h"
+
+namespace dsv4 {
+
+struct EndpointOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;                          // 0 = any free port (see InferenceServer::port)
+  ServerSecurity security;
+  int max_receive_bytes = 4 << 20;       // larger requests: RESOURCE_EXHAUSTED (row GR-01)
+  int max_concurrent_streams = 256;      // per HTTP/2 connection
+  int max_threads = 1024;                // gRPC's resource quota: streams beyond it are refused
+  bool reflection = true;
+};
+
+// What GetServerInfo reports besides the engine's figures.
+struct ServerIdentity {
+  std::string build_id;
+  int world_size = 1;
+  std::string layout;
+};
+
+class InferenceServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<InferenceServer>> Start(const EndpointOptions& options,
+                                                                ServerIdentity identity);
+  ~InferenceServer();
+
+  int port() const { return port_; }
+  // The engine to serve; it must outlive the server or be detached (nullptr) first. `layout` is
+  // the job's parallel layout, for GetServerInfo.
+  void Attach(Engine* engine, const Tokenizer* tokenizer, v1::ModelInfo model, InputLimits limits,
+              const std::string& layout);
+  // SERVING turns health SERVING; every other state turns it NOT_SERVING.
+  void SetState(v1::ServerState state);
+  v1::ServerState state() const;
+  // Stops accepting calls; calls still running after `grace` are cancelled.
+  void Shutdown(absl::Duration grace);
+
+  class Service;  // the dsv4.v1.Inference implementation
+
+ private:
+  InferenceServer() = default;
+
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace dsv4

@@ -1,0 +1,116 @@
+#include "rpc/security.h"
+
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_metadata_processor.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+namespace {
+
+// Equality in time that depends on the lengths only, not on where the first difference is.
+// `want` is never empty.
+bool ConstantTimeEqual(std::string_view got, std::string_view want) {
+  unsigned char diff = got.size() == want.size() ? 0 : 1;
+  for (size_t i = 0; i < got.size(); ++i) diff |= static_cast<unsigned char>(got[i] ^ want[i % want.size()]);
+  return diff == 0;
+}
+
+class BearerTokenProcessor final : public grpc::AuthMetadataProcessor {
+ public:
+  explicit BearerTokenProcessor(std::string token) : expected_("Bearer " + std::move(token)) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext*, OutputMetadata*,
+                       OutputMetadata*) override {
+    auto it = auth_metadata.find("authorization");
+    if (it == auth_metadata.end())
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing bearer token (authorization metadata)");
+    if (!ConstantTimeEqual(std::string_view(it->second.data(), it->second.size()), expected_))
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token");
+    return grpc::Status::OK;
+  }
+
+ private:
+  const std::string expected_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (ss.str().size() > (1 << 20)) return absl::InvalidArgumentError(absl::StrCat(path, " is larger than 1 MiB"));
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerSecurity& s) {
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (s.tls_cert_file.empty() != s.tls_key_file.empty())
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  if (!s.tls_cert_file.empty()) {
+    auto cert = ReadSmallFile(s.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    auto key = ReadSmallFile(s.tls_key_file);
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions opt;
+    opt.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!s.tls_client_ca_file.empty()) {
+      auto ca = ReadSmallFile(s.tls_client_ca_file);
+      if (!ca.ok()) return ca.status();
+      opt.pem_root_certs = *ca;
+      opt.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(opt);
+  } else if (!s.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+  } else if (!s.token.empty()) {
+    creds = grpc::experimental::LocalServerCredentials(LOCAL_TCP);
+  } else {
+    return grpc::InsecureServerCredentials();
+  }
+  if (!s.token.empty()) creds->SetAuthMetadataProcessor(std::make_shared<BearerTokenProcessor>(s.token));
+  return creds;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const ClientSecurity& s,
+                                                           int max_message_bytes) {
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (s.tls) {
+    grpc::SslCredentialsOptions opt;
+    if (!s.tls_ca_file.empty()) {
+      auto ca = ReadSmallFile(s.tls_ca_file);
+      if (!ca.ok()) return ca.status();
+      opt.pem_root_certs = *ca;
+    }
+    if (!s.tls_cert_file.empty()) {
+      auto cert = ReadSmallFile(s.tls_cert_file);
+      if (!cert.ok()) return cert.status();
+      auto key = ReadSmallFile(s.tls_key_file);
+      if (!key.ok()) return key.status();
+      opt.pem_cert_chain = *cert;
+      opt.pem_private_key = *key;
+    }
+    creds = grpc::SslCredentials(opt);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  // Each client gets its own connection (tests and benchmarks open many channels on purpose).
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, creds, args);
+}
+
+void AddCredentials(grpc::ClientContext& context, const ClientSecurity& s) {
+  if (!s.token.empty()) context.AddMetadata("authorization", "Bearer " + s.token);
+}
+
+}  // namespace dsv4

@@ -1,0 +1,46 @@
+// Transport security and the bearer token, for every server and client of dsv4.
+//
+// Server side, one choke point: the token is checked by an AuthMetadataProcessor on the server's
+// credentials, so it guards every RPC of the server — the inference service, the control plane,
+// health and reflection alike — and a missing or wrong token is UNAUTHENTICATED. gRPC runs such a
+// processor only on secure credentials: with TLS, on the TLS credentials; without TLS, a token
+// makes the server use gRPC's local credentials, which accept loopback (127.0.0.1, ::1) clients
+// only — a token is never accepted in clear text from another machine.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace dsv4 {
+
+struct ServerSecurity {
+  std::string tls_cert_file;       // PEM certificate chain; with tls_key_file, turns TLS on
+  std::string tls_key_file;        // PEM private key
+  std::string tls_client_ca_file;  // PEM roots: clients must present a certificate they sign (mTLS)
+  std::string token;               // bearer token every call must carry ("" = none)
+};
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerSecurity& security);
+
+struct ClientSecurity {
+  bool tls = false;
+  std::string tls_ca_file;    // PEM roots to verify the server ("" = the system's)
+  std::string tls_cert_file;  // client certificate and key, for mTLS
+  std::string tls_key_file;
+  std::string token;          // sent as "authorization: Bearer <token>"
+};
+
+// A channel to `address` (host:port) with bounded message sizes and keepalive pings.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const ClientSecurity& security,
+                                                           int max_message_bytes = 64 << 20);
+// Adds the bearer token to a call.
+void AddCredentials(grpc::ClientContext& context, const ClientSecurity& security);
+
+// Reads a whole (small) file, e.g. a PEM file or a token file.
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path);
+
+}  // namespace dsv4

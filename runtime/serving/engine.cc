@@ -1,0 +1,499 @@
+#include "runtime/serving/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/status.h"
+
+namespace dsv4 {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point t0, Clock::time_point t1) {
+  return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+
+constexpr size_t kMaxRequestIdBytes = 256;
+constexpr int32_t kMaxSlots = 1 << 16;
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kNone:
+      break;
+  }
+  return "";
+}
+
+void GenerateOutput::MergeFrom(GenerateOutput&& next) {
+  token_ids.insert(token_ids.end(), next.token_ids.begin(), next.token_ids.end());
+  text += next.text;
+  for (auto& lp : next.logprobs) logprobs.push_back(std::move(lp));
+  if (!next.prompt_token_ids.empty()) prompt_token_ids = std::move(next.prompt_token_ids);
+  if (!next.prompt_text.empty()) prompt_text = std::move(next.prompt_text);
+  if (next.finished) {
+    finished = true;
+    finish_reason = next.finish_reason;
+    matched_stop = std::move(next.matched_stop);
+    matched_stop_token_id = next.matched_stop_token_id;
+    prompt_tokens = next.prompt_tokens, completion_tokens = next.completion_tokens;
+    seed = next.seed, queue_ms = next.queue_ms, ttft_ms = next.ttft_ms;
+  }
+}
+
+// ---- RequestHandle ------------------------------------------------------------------------------
+
+absl::StatusOr<GenerateOutput> RequestHandle::Next(absl::Duration timeout) {
+  absl::MutexLock l(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || closed_; };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  if (!queue_.empty()) {
+    GenerateOutput out = std::move(queue_.front());
+    queue_.pop_front();
+    while (!queue_.empty()) {
+      out.MergeFrom(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    return out;
+  }
+  if (!closed_) return absl::DeadlineExceededError("no output yet");
+  if (!end_.ok()) return end_;
+  return absl::OutOfRangeError("the request has finished");
+}
+
+void RequestHandle::Push(GenerateOutput out) {
+  absl::MutexLock l(&mu_);
+  if (!closed_) queue_.push_back(std::move(out));
+}
+
+void RequestHandle::Close(const absl::Status& status) {
+  absl::MutexLock l(&mu_);
+  if (closed_) return;
+  closed_ = true;
+  end_ = status;
+}
+
+// ---- PlanExecutor -------------------------------------------------------------------------------
+
+PlanExecutor::PlanExecutor(const Model& model, bool want_logits)
+    : model_(model), want_logits_(want_logits), logits_(model.config().vocab_size) {}
+
+absl::Status PlanExecutor::Execute(const StepPlan& plan,
+                                   const std::function<void(size_t, std::span<const float>)>& on_logits) {
+  for (int32_t slot : plan.free_slots)
+    if (slot >= 0 && slot < static_cast<int32_t>(caches_.size())) caches_[slot].reset();
+  size_t offset = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const StepSeq& s = plan.seqs[i];
+    if (s.slot < 0 || s.slot >= kMaxSlots || s.num_tokens < 1 || offset + s.num_tokens > plan.tokens.size())
+      return absl::InternalError(absl::StrCat("step ", plan.step, ": malformed entry for sequence ", s.request));
+    if (s.slot >= static_cast<int32_t>(caches_.size())) caches_.resize(s.slot + 1);
+    std::optional<SequenceCache>& cache = caches_[s.slot];
+    if (s.start == 0) {
+      if (cache.has_value())
+        return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " starts on slot ",
+                                                s.slot, ", which was never freed: ranks are out of step"));
+      cache = model_.NewCache();
+    } else if (!cache.has_value() || cache->length != s.start) {
+      return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ",
+                                              s.start, " but slot ", s.slot, " holds ",
+                                              cache.has_value() ? cache->length : -1, " tokens: ranks are out of step"));
+    }
+    const std::span<const int32_t> tokens(plan.tokens.data() + offset, s.num_tokens);
+    offset += s.num_tokens;
+    float* logits = s.logits && want_logits_ ? logits_.data() : nullptr;
+    DSV4_RETURN_IF_ERROR(model_.Forward(tokens, *cache, logits));
+    if (logits != nullptr && on_logits) on_logits(i, logits_);
+  }
+  return absl::OkStatus();
+}
+
+int64_t PlanExecutor::cache_bytes() const {
+  int64_t b = 0;
+  for (const auto& c : caches_)
+    if (c.has_value()) b += c->Bytes();
+  return b;
+}
+
+int64_t PlanExecutor::sequences() const {
+  return std::count_if(caches_.begin(), caches_.end(), [](const auto& c) { return c.has_value(); });
+}
+
+// ---- Engine -------------------------------------------------------------------------------------
+
+struct Engine::Request {
+  int64_t seq = 0;
+  std::string id;
+  std::vector<int32_t> tokens;  // prompt, then sampled tokens
+  int64_t prompt_len = 0;
+  int64_t max_tokens = 0;
+  SamplingParams params;
+  uint64_t seed = 0;
+  bool echo = false;
+  std::shared_ptr<RequestHandle> handle;
+  std::unique_ptr<Sampler> sampler;  // engine thread only, like everything below
+  std::unique_ptr<OutputText> text;
+  Clock::time_point arrival, scheduled, first_token;
+  bool was_scheduled = false;
+  int64_t completion = 0;
+  FinishReason finished = FinishReason::kNone;  // set by Sampled on the last token
+  bool abort_requested = false;                 // guarded by Engine::mu_
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const Tokenizer* tokenizer,
+                                                       Communicator& world, EngineOptions options) {
+  if (options.block_bytes < 1) return absl::InvalidArgumentError("block_bytes must be >= 1");
+  if (options.cache_bytes < options.block_bytes)
+    return absl::InvalidArgumentError("the cache budget must hold at least one block");
+  if (options.max_model_len < 2) return absl::InvalidArgumentError("max_model_len must be >= 2");
+  if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens must be >= 1");
+  options.scheduler.num_blocks = options.cache_bytes / options.block_bytes;
+  DSV4_RETURN_IF_ERROR(options.scheduler.Validate());
+  std::unique_ptr<Engine> e(new Engine(model, tokenizer, world, options));
+  const int64_t need = (e->ReservedBytes(options.max_model_len) + options.block_bytes - 1) / options.block_bytes;
+  if (need > options.scheduler.num_blocks)
+    return absl::InvalidArgumentError(absl::StrCat("the cache budget (", options.cache_bytes,
+                                                   " bytes) cannot hold one sequence of max_model_len ",
+                                                   options.max_model_len, " tokens (", need * options.block_bytes,
+                                                   " bytes): raise the budget or lower max_model_len"));
+  return e;
+}
+
+Engine::Engine(const Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options)
+    : model_(model),
+      tokenizer_(tokenizer),
+      world_(world),
+      opt_(options),
+      eos_id_(tokenizer != nullptr && tokenizer->eos_id() >= 0 ? tokenizer->eos_id()
+                                                                : static_cast<int32_t>(model.config().eos_token_id)),
+      executor_(model, /*want_logits=*/true),
+      scheduler_(options.scheduler) {
+  fixed_bytes_ = model.NewCache().Bytes();
+  const ModelConfig& c = model.config();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int64_t r = c.ratio(l);
+    if (r > 0) bytes_per_token_ += 4.0 * c.head_dim / r;
+    if (r == 4) bytes_per_token_ += 4.0 * c.index_head_dim / r;
+  }
+}
+
+Engine::~Engine() = default;
+
+int64_t Engine::ReservedBytes(int64_t tokens) const {
+  return fixed_bytes_ + static_cast<int64_t>(std::ceil(bytes_per_token_ * static_cast<double>(tokens)));
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec) {
+  const Clock::time_point arrival = Clock::now();
+  const ModelConfig& c = model_.config();
+  auto reject = [this](absl::Status st) {
+    absl::MutexLock l(&mu_);
+    ++counters_.received, ++counters_.rejected;
+    return st;
+  };
+  // Checks that need no lock.
+  if (spec.request_id.size() > kMaxRequestIdBytes)
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("request_id is ", spec.request_id.size(), " bytes; at most ", kMaxRequestIdBytes)));
+  if (spec.prompt.empty()) return reject(absl::InvalidArgumentError("the prompt is empty"));
+  for (size_t i = 0; i < spec.prompt.size(); ++i)
+    if (spec.prompt[i] < 0 || spec.prompt[i] >= c.vocab_size)
+      return reject(absl::InvalidArgumentError(absl::StrCat("tokens: id ", spec.prompt[i], " at index ", i,
+                                                            " is outside the vocabulary [0, ", c.vocab_size, ")")));
+  if (auto st = model_.CheckTokens(spec.prompt); !st.ok()) return reject(absl::InvalidArgumentError(st.message()));
+  SamplingLimits limits;
+  limits.vocab_size = c.vocab_size;
+  if (auto st = ValidateSamplingParams(spec.sampling, limits); !st.ok()) return reject(st);
+  if (!spec.sampling.stop.empty() && tokenizer_ == nullptr)
+    return reject(absl::InvalidArgumentError("sampling.stop needs a tokenizer, and this model has none"));
+  const int64_t prompt_len = static_cast<int64_t>(spec.prompt.size());
+  const int64_t room = opt_.max_model_len - prompt_len;
+  int64_t max_tokens = spec.sampling.max_tokens;
+  if (max_tokens != -1 && max_tokens < 1)
+    return reject(absl::InvalidArgumentError(absl::StrCat("sampling.max_tokens must be at least 1, got ", max_tokens)));
+  if (max_tokens == -1) max_tokens = std::min(opt_.default_max_tokens, room);
+  if (room < 1 || max_tokens > room)
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "This model's maximum context length is ", opt_.max_model_len, " tokens. However, you requested ",
+        prompt_len + std::max<int64_t>(max_tokens, 1), " tokens (", prompt_len, " in the prompt, ",
+        std::max<int64_t>(max_tokens, 1), " for the completion). Please reduce the prompt or sampling.max_tokens.")));
+
+  auto r = std::make_unique<Request>();
+  r->prompt_len = prompt_len;
+  r->max_tokens = max_tokens;
+  r->echo = spec.echo;
+  r->arrival = arrival;
+  r->seed = spec.sampling.seed >= 0 ? static_cast<uint64_t>(spec.sampling.seed)
+                                    : ((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) >> 1;
+  r->params = std::move(spec.sampling);
+  r->sampler = std::make_unique<Sampler>(r->params, r->seed, spec.prompt);
+  r->text = std::make_unique<OutputText>(tokenizer_, r->params.skip_special_tokens, r->params.stop);
+  r->tokens = std::move(spec.prompt);
+  r->tokens.reserve(prompt_len + max_tokens);
+  const int64_t blocks = (ReservedBytes(prompt_len + max_tokens) + opt_.block_bytes - 1) / opt_.block_bytes;
+
+  absl::MutexLock l(&mu_);
+  ++counters_.received;
+  if (state_ != EngineState::kServing) {
+    ++counters_.rejected;
+    return state_ == EngineState::kFailed
+               ? absl::UnavailableError(absl::StrCat("the server has failed: ", fail_status_.message()))
+               : absl::UnavailableError("the server is shutting down and admits no new requests");
+  }
+  r->seq = next_seq_++;
+  r->id = spec.request_id.empty() ? absl::StrCat("req-", r->seq) : std::move(spec.request_id);
+  if (by_id_.contains(r->id)) {
+    ++counters_.rejected;
+    return absl::InvalidArgumentError(absl::StrCat("request_id '", r->id, "' is already in flight"));
+  }
+  if (auto st = scheduler_.Add(r->seq, prompt_len, blocks); !st.ok()) {
+    ++counters_.rejected;
+    return st;
+  }
+  r->handle = std::make_shared<RequestHandle>(r->id);
+  auto handle = r->handle;
+  by_id_[r->id] = r->seq;
+  requests_[r->seq] = std::move(r);
+  wake_.Signal();
+  return handle;
+}
+
+bool Engine::Abort(std::string_view request_id) {
+  absl::MutexLock l(&mu_);
+  auto it = by_id_.find(std::string(request_id));
+  if (it == by_id_.end()) return false;
+  requests_[it->second]->abort_requested = true;
+  wake_.Signal();
+  return true;
+}
+
+void Engine::Drain(absl::Duration grace) {
+  absl::MutexLock l(&mu_);
+  if (state_ != EngineState::kServing) return;
+  state_ = EngineState::kDraining;
+  drain_deadline_ = absl::Now() + grace;
+  wake_.Signal();
+}
+
+void Engine::Stop() {
+  absl::MutexLock l(&mu_);
+  stop_requested_ = true;
+  wake_.Signal();
+}
+
+void Engine::Fail(const absl::Status& status) {
+  absl::MutexLock l(&mu_);
+  if (state_ == EngineState::kFailed) return;
+  state_ = EngineState::kFailed;
+  fail_status_ = status;
+  // Only the handles are touched here: the engine thread may be inside a step with the requests.
+  for (auto& [seq, r] : requests_) {
+    ++counters_.failed;
+    r->handle->Close(status);
+  }
+  wake_.Signal();
+}
+
+void Engine::CountRejected() {
+  absl::MutexLock l(&mu_);
+  ++counters_.received, ++counters_.rejected;
+}
+
+EngineState Engine::state() const {
+  absl::MutexLock l(&mu_);
+  return state_;
+}
+
+EngineStats Engine::Stats() const {
+  absl::MutexLock l(&mu_);
+  EngineStats s = counters_;
+  s.state = state_;
+  s.active = scheduler_.running();
+  s.queued = scheduler_.queued();
+  s.max_queued = opt_.scheduler.max_queued;
+  s.block_bytes = opt_.block_bytes;
+  s.blocks_total = opt_.scheduler.num_blocks;
+  s.blocks_used = scheduler_.blocks_used();
+  s.cache_bytes = cache_bytes_;
+  s.cache_sequences = cache_sequences_;
+  s.step = step_;
+  return s;
+}
+
+void Engine::FinishLocked(Request& r, FinishReason reason, const absl::Status& status) {
+  if (reason == FinishReason::kAbort) {
+    GenerateOutput out;
+    out.finished = true;
+    out.finish_reason = FinishReason::kAbort;
+    out.prompt_tokens = r.prompt_len, out.completion_tokens = r.completion;
+    out.seed = r.seed;
+    r.handle->Push(std::move(out));
+    r.handle->Close(absl::AbortedError(absl::StrCat("request '", r.id, "' was aborted")));
+    ++counters_.aborted;
+  } else if (status.ok()) {
+    r.handle->Close(absl::OkStatus());  // the final piece went out with the last token
+    ++counters_.completed;
+  } else {
+    r.handle->Close(status);
+    ++counters_.failed;
+  }
+  const int32_t slot = scheduler_.Remove(r.seq);
+  if (slot >= 0) pending_frees_.push_back(slot);
+  by_id_.erase(r.id);
+  requests_.erase(r.seq);  // r is gone
+}
+
+void Engine::EndAllLocked(const absl::Status& status) {
+  std::vector<Request*> all;
+  for (auto& [seq, r] : requests_) all.push_back(r.get());
+  for (Request* r : all) FinishLocked(*r, FinishReason::kNone, status);
+}
+
+void Engine::Sampled(Request& r, std::span<const float> logits) {
+  TokenLogprobs lp;
+  const int32_t token = r.sampler->Sample(logits, r.params.logprobs > 0 ? &lp : nullptr);
+  r.tokens.push_back(token);
+  ++r.completion;
+  GenerateOutput out;
+  out.token_ids.push_back(token);
+  if (r.params.logprobs > 0) out.logprobs.push_back(std::move(lp));
+  if (r.completion == 1) {
+    r.first_token = Clock::now();
+    if (r.echo) {
+      out.prompt_token_ids.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
+      if (tokenizer_ != nullptr)
+        out.prompt_text = tokenizer_->Decode(out.prompt_token_ids, r.params.skip_special_tokens);
+    }
+  }
+  OutputText::Delta d = r.text->Push(token);
+  out.text = std::move(d.text);
+  FinishReason reason = FinishReason::kNone;
+  if (d.stopped) {
+    reason = FinishReason::kStop;
+    out.matched_stop = d.matched;
+  } else if (!r.params.ignore_eos && token == eos_id_) {
+    reason = FinishReason::kStop;
+    out.matched_stop_token_id = token;
+  } else if (std::find(r.params.stop_token_ids.begin(), r.params.stop_token_ids.end(), token) !=
+             r.params.stop_token_ids.end()) {
+    reason = FinishReason::kStop;
+    out.matched_stop_token_id = token;
+  } else if (r.completion >= r.max_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone) {
+    if (!d.stopped) out.text += r.text->Finish();
+    out.finished = true;
+    out.finish_reason = reason;
+    out.prompt_tokens = r.prompt_len, out.completion_tokens = r.completion;
+    out.seed = r.seed;
+    out.queue_ms = MsSince(r.arrival, r.scheduled);
+    out.ttft_ms = MsSince(r.arrival, r.first_token);
+    r.finished = reason;
+  }
+  r.handle->Push(std::move(out));
+}
+
+absl::Status Engine::Run() {
+  for (;;) {
+    StepPlan plan;
+    std::vector<Scheduler::Work> work;
+    std::vector<Request*> batch;  // parallel to plan.seqs
+    {
+      absl::MutexLock l(&mu_);
+      for (;;) {
+        if (state_ == EngineState::kFailed) return fail_status_;
+        std::vector<Request*> aborts;
+        for (auto& [seq, r] : requests_)
+          if (r->abort_requested) aborts.push_back(r.get());
+        for (Request* r : aborts) FinishLocked(*r, FinishReason::kAbort, absl::OkStatus());
+        if (stop_requested_) {
+          EndAllLocked(absl::UnavailableError("the server stopped before the request finished"));
+          state_ = EngineState::kStopped;
+        } else if (state_ == EngineState::kDraining) {
+          if (requests_.empty()) {
+            state_ = EngineState::kStopped;
+          } else if (absl::Now() >= drain_deadline_) {
+            EndAllLocked(absl::UnavailableError("the server is shutting down: the drain grace period expired"));
+            state_ = EngineState::kStopped;
+          }
+        }
+        if (state_ == EngineState::kStopped) {
+          plan.stop = true;
+          break;
+        }
+        work = scheduler_.Schedule();
+        if (!work.empty() || !pending_frees_.empty()) break;
+        // Idle: wait for work; followers get an empty step every idle_tick so their wait for the
+        // next plan never times out.
+        absl::Duration wait = world_.size() > 1 ? opt_.idle_tick : absl::Seconds(1);
+        if (state_ == EngineState::kDraining) wait = std::min(wait, drain_deadline_ - absl::Now());
+        if (wake_.WaitWithTimeout(&mu_, std::max(wait, absl::ZeroDuration())) && world_.size() > 1) break;  // tick
+      }
+      plan.step = step_;
+      if (!plan.stop) {
+        plan.free_slots = std::move(pending_frees_);
+        pending_frees_.clear();
+        const Clock::time_point now = Clock::now();
+        for (const Scheduler::Work& w : work) {
+          Request* r = requests_.at(w.seq).get();
+          if (!r->was_scheduled) r->was_scheduled = true, r->scheduled = now;
+          plan.seqs.push_back(StepSeq{r->seq, w.slot, w.begin, static_cast<int32_t>(w.end - w.begin), w.last});
+          plan.tokens.insert(plan.tokens.end(), r->tokens.begin() + w.begin, r->tokens.begin() + w.end);
+          batch.push_back(r);
+        }
+      }
+    }
+    absl::Status st = BroadcastStep(world_, plan.step, plan);
+    if (st.ok() && plan.stop) return absl::OkStatus();
+    MaybeInjectFault(world_.rank(), plan.step);
+    if (st.ok()) st = executor_.Execute(plan, [&](size_t i, std::span<const float> logits) { Sampled(*batch[i], logits); });
+    if (!st.ok()) {
+      Fail(absl::UnavailableError(absl::StrCat("step ", plan.step, " failed: ", st.message())));
+      return st;
+    }
+    absl::MutexLock l(&mu_);
+    if (state_ == EngineState::kFailed) return fail_status_;
+    ++step_;
+    cache_bytes_ = executor_.cache_bytes();
+    cache_sequences_ = executor_.sequences();
+    for (size_t i = 0; i < work.size(); ++i) {
+      Request* r = batch[i];
+      scheduler_.Done(work[i]);
+      if (!work[i].last) continue;
+      ++counters_.tokens_generated;
+      if (r->finished != FinishReason::kNone)
+        FinishLocked(*r, r->finished, absl::OkStatus());
+      else
+        scheduler_.Append(r->seq);
+    }
+  }
+}
+
+absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
+                         std::atomic<int64_t>* cache_bytes) {
+  // The logits matter only when the vocab head is split over the TP group (they are gathered).
+  const bool want_logits = model.weights().head.rows() != model.config().vocab_size;
+  PlanExecutor executor(model, want_logits);
+  for (int64_t step = 0;; ++step) {
+    StepPlan plan;
+    DSV4_RETURN_IF_ERROR(BroadcastStep(world, step, plan));
+    if (plan.stop) return absl::OkStatus();
+    MaybeInjectFault(world.rank(), step);
+    DSV4_RETURN_IF_ERROR(executor.Execute(plan, nullptr));
+    if (steps != nullptr) steps->store(step + 1, std::memory_order_relaxed);
+    if (cache_bytes != nullptr) cache_bytes->store(executor.cache_bytes(), std::memory_order_relaxed);
+  }
+}
+
+}  // namespace dsv4

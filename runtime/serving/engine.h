@@ -1,0 +1,213 @@
+// The serving engine: admission, continuous batching, sampling and streaming of requests on the
+// leader (world rank 0), and the loop that mirrors its steps on every other rank.
+//
+// A step (DESIGN.md, "How a step runs"): the leader's scheduler picks the batch, the plan is
+// broadcast (runtime/step.h), and every rank runs the same Forward calls in the same order — one
+// per scheduled sequence, on its prompt chunk or its one decode token. (Batching is at the
+// scheduling level: the model runs one sequence per Forward call.) The leader then samples each
+// sequence that reached its last token and streams the result to its RequestHandle.
+//
+// Every request ends exactly once: with a final output (finish reason and usage), or with an error
+// status — ABORTED (Abort), UNAVAILABLE (drain grace expired, Stop, a lost rank), or the failure.
+//
+// Thread-safety: Submit, Abort, Stats, Drain, Stop and Fail may be called from any thread. Run
+// must be called by one thread (under MPI, the main thread); it is the only one that touches the
+// model, the communicator and the sequence caches.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "parallel/communicator.h"
+#include "runtime/model/model.h"
+#include "runtime/serving/output_text.h"
+#include "runtime/serving/sampler.h"
+#include "runtime/serving/scheduler.h"
+#include "runtime/step.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace dsv4 {
+
+struct EngineOptions {
+  SchedulerOptions scheduler;       // num_blocks is derived from cache_bytes / block_bytes
+  int64_t cache_bytes = int64_t{1} << 30;  // budget for sequence caches on each rank
+  int64_t block_bytes = int64_t{1} << 16;  // accounting unit
+  int64_t max_model_len = 16384;    // prompt + completion tokens of one request
+  int64_t default_max_tokens = 256; // when a request gives none (bounded by the context)
+  absl::Duration idle_tick = absl::Milliseconds(500);  // empty steps keep idle followers in step
+};
+
+enum class FinishReason { kNone, kStop, kLength, kAbort };
+const char* FinishReasonName(FinishReason r);
+
+// What a request asks for. Validated by Submit.
+struct GenerateSpec {
+  std::string request_id;  // "" = the engine picks one; must not equal an in-flight id
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  bool echo = false;
+};
+
+// One piece of a request's stream. Pieces that queue up while the consumer is busy are merged.
+struct GenerateOutput {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  std::vector<int32_t> prompt_token_ids;  // first piece, with echo
+  std::string prompt_text;
+  bool finished = false;  // the last piece; the fields below are set
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string matched_stop;
+  int32_t matched_stop_token_id = -1;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  uint64_t seed = 0;
+  double queue_ms = 0, ttft_ms = 0;
+
+  void MergeFrom(GenerateOutput&& next);
+};
+
+// The consumer's side of one request.
+class RequestHandle {
+ public:
+  explicit RequestHandle(std::string id) : id_(std::move(id)) {}
+  const std::string& id() const { return id_; }
+  // The next output (all pieces queued so far, merged), waiting up to `timeout`. DEADLINE_EXCEEDED
+  // when nothing came; after the last piece, or after an error, returns the ending status:
+  // OK-less ends are the request's error; a finished request answers OUT_OF_RANGE.
+  absl::StatusOr<GenerateOutput> Next(absl::Duration timeout);
+
+ private:
+  friend class Engine;
+  void Push(GenerateOutput out);
+  void Close(const absl::Status& status);  // first call wins
+
+  const std::string id_;
+  absl::Mutex mu_;
+  std::deque<GenerateOutput> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status end_ ABSL_GUARDED_BY(mu_);
+};
+
+enum class EngineState { kServing, kDraining, kStopped, kFailed };
+
+struct EngineStats {
+  EngineState state = EngineState::kServing;
+  int64_t active = 0, queued = 0, max_queued = 0;
+  int64_t block_bytes = 0, blocks_total = 0, blocks_used = 0;
+  int64_t cache_bytes = 0, cache_sequences = 0;
+  int64_t step = 0;
+  int64_t received = 0, completed = 0, aborted = 0, failed = 0, rejected = 0, tokens_generated = 0;
+};
+
+// Runs the sequences of a step plan on this rank's caches (every rank runs one).
+class PlanExecutor {
+ public:
+  // With `want_logits` false (a follower whose head needs no collective), logits are skipped.
+  PlanExecutor(const Model& model, bool want_logits);
+  // Drops plan.free_slots, then runs each sequence's chunk; calls `on_logits(i, logits)` after
+  // sequence i when it asks for logits (may be null). Errors: a plan that disagrees with this
+  // rank's caches (ranks out of step), or the model's (communication) errors.
+  absl::Status Execute(const StepPlan& plan, const std::function<void(size_t, std::span<const float>)>& on_logits);
+  int64_t cache_bytes() const;
+  int64_t sequences() const;
+
+ private:
+  const Model& model_;
+  bool want_logits_;
+  std::vector<std::optional<SequenceCache>> caches_;  // by slot
+  std::vector<float> logits_;
+};
+
+class Engine {
+ public:
+  // `model`, `tokenizer` (may be null: no text, no stop strings) and `world` must outlive the
+  // engine. Every other rank of `world` runs RunFollower.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model, const Tokenizer* tokenizer,
+                                                        Communicator& world, EngineOptions options);
+  ~Engine();
+
+  // Admits a request. INVALID_ARGUMENT (a bad field, named), RESOURCE_EXHAUSTED (queue full),
+  // UNAVAILABLE (draining, stopped or failed).
+  absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerateSpec spec);
+  // Ends an in-flight request: its stream gets a final piece (finish reason abort) and then
+  // ABORTED. Its cache is dropped at the start of the next step. False when no such request.
+  bool Abort(std::string_view request_id);
+
+  // Leader loop: runs steps until drained, stopped or failed; then tells the followers to stop
+  // (unless failed). Returns the failure, or OK.
+  absl::Status Run();
+  // Stops admitting; in-flight requests finish, and those still running after `grace` end with
+  // UNAVAILABLE. Run returns once none is left.
+  void Drain(absl::Duration grace);
+  // Ends every request with UNAVAILABLE; Run returns after the current step.
+  void Stop();
+  // The job is failing (e.g. a rank was lost): every request ends with `status` now, from the
+  // calling thread (even while a step is blocked); Submit answers UNAVAILABLE; Run returns it.
+  void Fail(const absl::Status& status);
+
+  EngineStats Stats() const;
+  // Counts a request that was rejected before it reached Submit (e.g. it did not parse).
+  void CountRejected();
+  EngineState state() const;
+  const EngineOptions& options() const { return opt_; }
+  // Bytes the accounting reserves for a sequence of `tokens` tokens.
+  int64_t ReservedBytes(int64_t tokens) const;
+
+ private:
+  struct Request;
+  Engine(const Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options);
+
+  // Ends `r` (removing it from the scheduler; its slot is freed in the next plan).
+  void FinishLocked(Request& r, FinishReason reason, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndAllLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Samples after a sequence's last token and streams the piece; marks the request finished when
+  // it is complete. Engine thread only.
+  void Sampled(Request& r, std::span<const float> logits);
+
+  const Model& model_;
+  const Tokenizer* tokenizer_;
+  Communicator& world_;
+  const EngineOptions opt_;
+  const int32_t eos_id_;
+  int64_t fixed_bytes_ = 0;      // a fresh sequence cache
+  double bytes_per_token_ = 0;   // growth of a cache per token, at most
+  PlanExecutor executor_;        // engine thread only
+
+  mutable absl::Mutex mu_;
+  absl::CondVar wake_;
+  Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int64_t, std::unique_ptr<Request>> requests_ ABSL_GUARDED_BY(mu_);  // by seq
+  absl::flat_hash_map<std::string, int64_t> by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> pending_frees_ ABSL_GUARDED_BY(mu_);
+  EngineState state_ ABSL_GUARDED_BY(mu_) = EngineState::kServing;
+  absl::Status fail_status_ ABSL_GUARDED_BY(mu_);
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_);
+  int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  EngineStats counters_ ABSL_GUARDED_BY(mu_);
+  int64_t cache_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t cache_sequences_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Every rank but the leader: runs the leader's plans until the stop plan (OK) or an error (a
+// desync, a lost peer). `steps` (may be null) counts the steps run, for heartbeats.
+absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
+                         std::atomic<int64_t>* cache_bytes = nullptr);
+
+}  // namespace dsv4

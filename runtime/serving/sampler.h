@@ -1,0 +1,90 @@
+// Sampling parameters, their validation, and the per-request sampler.
+//
+// The sampler of a request owns its random generator, seeded from the request's seed and advanced
+// once per sampled token, so a request's tokens depend only on its own logits and seed — never on
+// which other requests share its steps.
+//
+// Order of operations on the logits of one step (a copy; the model's output is not changed):
+//   logit_bias -> repetition penalty (prompt and output tokens) -> presence / frequency penalties
+//   (output tokens) -> greedy argmax when temperature == 0, else temperature -> top-k -> top-p ->
+//   min-p -> draw. Ties are broken by the lower token id everywhere, so the result is a pure
+//   function of (logits, history, parameters, generator state).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+
+namespace dsv4 {
+
+struct SamplingParams {
+  double temperature = 1.0;         // [0, 2]; 0 = greedy
+  double top_p = 1.0;               // (0, 1]
+  int64_t top_k = 0;                // 0 or -1 = off, else [1, vocab]
+  double min_p = 0.0;               // [0, 1]
+  double repetition_penalty = 1.0;  // (0, 10]
+  double presence_penalty = 0.0;    // [-2, 2]
+  double frequency_penalty = 0.0;   // [-2, 2]
+  int64_t seed = -1;                // -1 = chosen at admission
+  int64_t max_tokens = -1;          // -1 = the engine's default (bounded by the context)
+  std::vector<std::string> stop;    // non-empty UTF-8 strings
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  bool skip_special_tokens = true;
+  std::vector<std::pair<int32_t, double>> logit_bias;  // values clamped to [-100, 100] by Validate
+  int32_t logprobs = 0;             // [0, 20]
+};
+
+// Caps on per-request sizes (rows RQ-04 to RQ-06 of ecosystem_reliability.md).
+struct SamplingLimits {
+  int64_t vocab_size = 0;
+  int64_t max_stop = 16;
+  int64_t max_stop_bytes = 256;
+  int64_t max_stop_token_ids = 64;
+  int64_t max_logit_bias = 1024;
+  int32_t max_logprobs = 20;
+};
+
+// Checks every field; INVALID_ARGUMENT names the first bad one as "sampling.<field>". Clamps
+// logit_bias values to [-100, 100] (NaN is rejected). max_tokens is checked by the engine, which
+// knows the prompt length and the context limit.
+absl::Status ValidateSamplingParams(SamplingParams& params, const SamplingLimits& limits);
+
+// The log-probabilities reported for one sampled token (log-softmax of the raw logits).
+struct TokenLogprobs {
+  int32_t token_id = 0;
+  double logprob = 0;
+  std::vector<std::pair<int32_t, double>> top;  // best first
+};
+
+// Not thread-safe: one sampler per request, used by the engine thread.
+class Sampler {
+ public:
+  // `params` must be valid; `seed` is the resolved seed (>= 0); `prompt` feeds the repetition penalty.
+  Sampler(const SamplingParams& params, uint64_t seed, std::span<const int32_t> prompt);
+
+  // Picks the next token from `logits` [vocab] (left unchanged) and records it in the history.
+  // Fills `logprobs` when params.logprobs > 0 or it is non-null and wanted.
+  int32_t Sample(std::span<const float> logits, TokenLogprobs* logprobs = nullptr);
+
+  // Raw log-softmax figures for `token`, with the top `n` alternatives.
+  static TokenLogprobs Logprobs(std::span<const float> logits, int32_t token, int32_t n);
+
+ private:
+  double Uniform();  // [0, 1) from 53 random bits
+  void ApplyPenalties(std::vector<float>& l) const;
+
+  SamplingParams p_;
+  uint64_t state_;
+  absl::flat_hash_map<int32_t, int32_t> seen_;    // prompt and output tokens (repetition penalty)
+  absl::flat_hash_map<int32_t, int32_t> output_;  // output token -> count (presence / frequency)
+  std::vector<float> work_;
+  std::vector<int32_t> order_;
+};
+
+}  // namespace dsv4

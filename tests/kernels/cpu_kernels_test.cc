@@ -1,0 +1,246 @@
+// The fast CPU kernels against plain loops over awkward shapes, every weight format and both the
+// streaming (m <= 8) and the blocked (m > 8) matrix paths. ctest runs this binary three times: with
+// the best instruction set, with DSV4_CPU_ISA=avx2 and with DSV4_CPU_ISA=scalar.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/formats.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_pool.h"
+#include "tests/testutil.h"
+
+namespace dsv4::kernels {
+namespace {
+
+using dsv4::testing::AllClose;
+
+// A random weight matrix [rows, cols] in one storage format, with its backing bytes.
+struct TestWeight {
+  std::vector<uint8_t> data, scales;
+  WeightMatrix w;
+};
+
+TestWeight MakeWeight(WeightType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::normal_distribution<float> nd;
+  TestWeight t;
+  const int64_t ld = type == WeightType::kFP4 ? cols / 2 : cols;
+  const int64_t esize = type == WeightType::kF32 ? 4 : type == WeightType::kBF16 ? 2 : 1;
+  t.data.resize(rows * ld * esize);
+  if (type == WeightType::kF32) {
+    for (int64_t i = 0; i < rows * cols; ++i) reinterpret_cast<float*>(t.data.data())[i] = nd(rng);
+  } else if (type == WeightType::kBF16) {
+    for (int64_t i = 0; i < rows * cols; ++i) reinterpret_cast<uint16_t*>(t.data.data())[i] = FloatToBf16(nd(rng));
+  } else {
+    for (auto& b : t.data) {
+      b = static_cast<uint8_t>(byte(rng));
+      if (type == WeightType::kFP8 && (b & 0x7f) == 0x7f) b ^= 1;  // every code but NaN, subnormals included
+    }
+  }
+  WeightMatrix& w = t.w;
+  w.type = type, w.ld = ld, w.row_end = rows, w.col_end = cols;
+  if (type == WeightType::kFP8) {
+    w.block_rows = w.block_cols = 128, w.scale_ld = (cols + 127) / 128;
+    t.scales.resize(((rows + 127) / 128) * w.scale_ld);
+  } else if (type == WeightType::kFP4) {
+    w.block_cols = 32, w.scale_ld = cols / 32;
+    t.scales.resize(rows * w.scale_ld);
+  }
+  for (auto& s : t.scales) s = static_cast<uint8_t>(110 + byte(rng) % 25);  // 2^-17 .. 2^7
+  w.data = t.data.data();
+  w.scales = t.scales.data();
+  return t;
+}
+
+// Inputs of m rows of width n, with a zero row, a tiny row and a large row among normal ones.
+std::vector<float> MakeInput(int64_t m, int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  std::vector<float> x(m * n);
+  for (int64_t t = 0; t < m; ++t) {
+    const float scale = t % 4 == 1 ? 1e-30f : t % 4 == 2 ? 3e4f : 1.0f;
+    for (int64_t i = 0; i < n; ++i) x[t * n + i] = (t % 7 == 3) ? 0.f : scale * nd(rng);
+  }
+  return x;
+}
+
+// y against the plain loop, element by element within 1e-5 of sum |x_c w_c| (float32 sums of up to
+// a few hundred products in another order).
+void ExpectMatchesRef(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, const float* y, int64_t ldy,
+                      const std::string& what) {
+  std::vector<float> row(w.cols());
+  for (int64_t r = 0; r < w.rows(); ++r) {
+    DequantRow(w, r, row.data());
+    for (int64_t t = 0; t < m; ++t) {
+      double s = 0, mag = 0;
+      for (int64_t c = 0; c < w.cols(); ++c) {
+        s += static_cast<double>(x[t * ldx + c]) * row[c];
+        mag += std::fabs(static_cast<double>(x[t * ldx + c]) * row[c]);
+      }
+      const double got = y[t * ldy + r];
+      ASSERT_LE(std::fabs(got - s), 1e-5 * mag + 1e-37)
+          << what << ": row " << r << " token " << t << " got " << got << " want " << s;
+    }
+  }
+}
+
+std::string Name(WeightType t) {
+  switch (t) {
+    case WeightType::kF32:
+      return "f32";
+    case WeightType::kBF16:
+      return "bf16";
+    case WeightType::kFP8:
+      return "fp8";
+    case WeightType::kFP4:
+      return "fp4";
+  }
+  return "?";
+}
+
+TEST(FastLinear, MatchesPlainLoopAllFormatsAndPaths) {
+  std::mt19937 rng(11);
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
+    for (auto [rows, cols] : {std::pair{1, 32}, {7, 96}, {25, 160}, {130, 288}, {53, 704}}) {
+      TestWeight tw = MakeWeight(type, rows, cols, rng);
+      for (int m : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 40}) {
+        if (rows * cols * m > 400000) continue;
+        const std::vector<float> x = MakeInput(m, cols, rng);
+        // Views: whole; inner rows from column 32 (aligned); odd rows from an unaligned column.
+        for (int view = 0; view < 3; ++view) {
+          WeightMatrix wv = tw.w;
+          if (view == 1) {
+            if (rows < 3 || cols < 96) continue;
+            wv.row_begin = 1, wv.row_end = rows - 1, wv.col_begin = 32;
+          } else if (view == 2) {
+            if (rows < 3 || cols < 96) continue;
+            wv.row_begin = 2, wv.row_end = rows, wv.col_begin = type == WeightType::kFP4 ? 2 : 5;
+            wv.col_end = cols - (type == WeightType::kFP4 ? 30 : 3);
+          }
+          std::vector<float> y(m * (wv.rows() + 3), -7.f);
+          const int64_t ldy = wv.rows() + 3;
+          Linear(x.data() + wv.col_begin, m, cols, wv, y.data(), ldy);
+          ExpectMatchesRef(x.data() + wv.col_begin, m, cols, wv, y.data(), ldy,
+                           Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols) + " m " +
+                               std::to_string(m) + " view " + std::to_string(view));
+          for (int64_t t = 0; t < m; ++t)
+            for (int64_t r = wv.rows(); r < ldy; ++r) ASSERT_EQ(y[t * ldy + r], -7.f) << "wrote past the row";
+        }
+      }
+    }
+  }
+}
+
+// A grouped call equals the jobs run one by one: mixed formats, shared inputs, an empty job.
+TEST(FastLinear, GroupMatchesSingleJobs) {
+  std::mt19937 rng(13);
+  std::vector<TestWeight> ws;
+  ws.push_back(MakeWeight(WeightType::kFP4, 64, 256, rng));
+  ws.push_back(MakeWeight(WeightType::kFP4, 64, 256, rng));
+  ws.push_back(MakeWeight(WeightType::kFP8, 200, 256, rng));
+  ws.push_back(MakeWeight(WeightType::kBF16, 33, 256, rng));
+  ws.push_back(MakeWeight(WeightType::kFP4, 256, 64, rng));
+  for (int m : {1, 3, 8, 12, 33}) {
+    const std::vector<float> x = MakeInput(m, 256, rng);
+    std::vector<std::vector<float>> ys;
+    std::vector<LinearJob> jobs;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      ys.emplace_back(m * ws[i].w.rows());
+      LinearJob j;
+      j.x = x.data(), j.m = (i == 3 && m == 12) ? 0 : m, j.ldx = 256, j.w = &ws[i].w, j.y = ys.back().data();
+      j.ldy = ws[i].w.rows();
+      jobs.push_back(j);
+    }
+    LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t i = 0; i < ws.size(); ++i)
+      ExpectMatchesRef(x.data(), jobs[i].m, 256, ws[i].w, ys[i].data(), jobs[i].ldy,
+                       "job " + std::to_string(i) + " m " + std::to_string(m));
+  }
+}
+
+// Large products (the model's shapes, scaled down) stay close to the plain loop.
+TEST(FastLinear, ModelShapes) {
+  std::mt19937 rng(17);
+  for (auto [type, rows, cols, m] : {std::tuple{WeightType::kFP8, 512, 1024, 1}, {WeightType::kFP8, 256, 2048, 24},
+                                     {WeightType::kFP4, 256, 2048, 1}, {WeightType::kFP4, 96, 1024, 48},
+                                     {WeightType::kBF16, 300, 2048, 1}, {WeightType::kF32, 24, 4096, 3}}) {
+    TestWeight tw = MakeWeight(type, rows, cols, rng);
+    std::vector<float> x(m * cols);
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+    std::vector<float> y(m * rows);
+    Linear(x.data(), m, cols, tw.w, y.data(), rows);
+    ExpectMatchesRef(x.data(), m, cols, tw.w, y.data(), rows, Name(type) + " model shape");
+  }
+}
+
+TEST(FastLinear, CountsWork) {
+  std::mt19937 rng(19);
+  TestWeight tw = MakeWeight(WeightType::kFP8, 256, 512, rng);
+  std::vector<float> x(2 * 512, 1.f), y(2 * 256);
+  ResetWorkCounters();
+  EnableWorkCounters(true);
+  Linear(x.data(), 2, 512, tw.w, y.data(), 256);
+  EnableWorkCounters(false);
+  const WorkCounts c = ReadWorkCounters();
+  EXPECT_EQ(c.weight_bytes, 256 * 512 + 2 * 4);
+  EXPECT_EQ(c.flops, 2 * 2 * 256 * 512);
+  Linear(x.data(), 2, 512, tw.w, y.data(), 256);
+  EXPECT_EQ(ReadWorkCounters().flops, 2 * 2 * 256 * 512) << "counted while disabled";
+}
+
+TEST(ThreadPool, DynamicCoversRangeOnce) {
+  for (int64_t chunk : {1, 3, 64, 5000}) {
+    std::vector<int> hits(1000, 0);
+    ParallelForDynamic(1000, chunk, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) ++hits[i];
+    });
+    for (int h : hits) ASSERT_EQ(h, 1) << "chunk " << chunk;
+  }
+}
+
+TEST(ThreadPool, ManyShortCallsAndNesting) {
+  std::vector<int64_t> sum(NumThreads() * 16, 0);
+  for (int it = 0; it < 2000; ++it) {
+    ParallelFor(64, 1, [&](int64_t b, int64_t e) {
+      // A nested call runs serially on this thread.
+      ParallelFor(e - b, 1, [&](int64_t b2, int64_t e2) { sum[(b / 8) % sum.size()] += e2 - b2; });
+    });
+  }
+  int64_t total = 0;
+  for (int64_t s : sum) total += s;
+  EXPECT_EQ(total, 64 * 2000);
+}
+
+TEST(Scratch, LifoZeroedAlignedAndReused) {
+  const size_t before = ScratchArena::ForThisThread().capacity();
+  for (int round = 0; round < 3; ++round) {
+    Scratch<float> a(1000);
+    for (float v : a) ASSERT_EQ(v, 0.f);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u);
+    a[999] = 5.f;
+    {
+      Scratch<int32_t> b(3 << 20, -1);  // bigger than the first block: a new one
+      EXPECT_EQ(b[0], -1);
+      EXPECT_EQ(b[(3 << 20) - 1], -1);
+      Scratch<uint8_t> c(7);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(c.data()) % 64, 0u);
+    }
+    EXPECT_EQ(a[999], 5.f);
+  }
+  const size_t after = ScratchArena::ForThisThread().capacity();
+  EXPECT_GT(after, before);
+  {
+    Scratch<int32_t> b(3 << 20, NoInit{});
+    (void)b;
+  }
+  EXPECT_EQ(ScratchArena::ForThisThread().capacity(), after) << "a second round must reuse the blocks";
+}
+
+}  // namespace
+}  // namespace dsv4::kernels

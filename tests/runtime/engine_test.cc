@@ -1,0 +1,301 @@
+// The serving engine in-process on builtin:v4-tiny (one rank): batching does not change a
+// request's tokens, Abort frees the cache, drain and failure end every request exactly once.
+// One process for all cases (the model takes seconds to build): registered as a single ctest.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "runtime/serving/engine.h"
+#include "runtime/weights.h"
+
+namespace dsv4 {
+namespace {
+
+struct Shared {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Communicator> world = MakeLocalCommunicator();
+};
+
+Shared& S() {
+  static Shared* s = [] {
+    auto* s = new Shared;
+    auto w = LoadModel("builtin:v4-tiny");
+    if (!w.ok()) {
+      ADD_FAILURE() << w.status();
+      return s;
+    }
+    s->model = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)));
+    if (auto path = FindTokenizerJson("builtin:v4-tiny"); path.ok())
+      if (auto t = Tokenizer::Load(*path); t.ok()) s->tokenizer = std::move(*t);
+    return s;
+  }();
+  return *s;
+}
+
+// An engine running on its own thread for the length of a test.
+class Running {
+ public:
+  explicit Running(EngineOptions opt = Small()) {
+    auto e = Engine::Create(*S().model, S().tokenizer.get(), *S().world, opt);
+    EXPECT_TRUE(e.ok()) << e.status();
+    engine = std::move(*e);
+    thread = std::thread([this] { result = engine->Run(); });
+  }
+  ~Running() {
+    engine->Stop();
+    thread.join();
+  }
+  static EngineOptions Small() {
+    EngineOptions o;
+    o.scheduler.max_running = 8;
+    o.scheduler.prefill_chunk = 16;
+    o.scheduler.max_batch_tokens = 32;
+    o.scheduler.max_queued = 64;
+    o.max_model_len = 256;
+    o.cache_bytes = 64 << 20;
+    return o;
+  }
+  std::unique_ptr<Engine> engine;
+  std::thread thread;
+  absl::Status result;
+};
+
+struct Result {
+  std::vector<int32_t> tokens;
+  std::string text;
+  GenerateOutput last;
+  absl::Status status;  // OK when the stream finished normally
+};
+
+Result Collect(RequestHandle& h, absl::Duration limit = absl::Seconds(120)) {
+  Result r;
+  const absl::Time deadline = absl::Now() + limit;
+  while (absl::Now() < deadline) {
+    auto o = h.Next(absl::Milliseconds(100));
+    if (o.ok()) {
+      r.tokens.insert(r.tokens.end(), o->token_ids.begin(), o->token_ids.end());
+      r.text += o->text;
+      if (o->finished) r.last = *o;
+      continue;
+    }
+    if (absl::IsDeadlineExceeded(o.status())) continue;
+    r.status = absl::IsOutOfRange(o.status()) ? absl::OkStatus() : o.status();
+    return r;
+  }
+  r.status = absl::DeadlineExceededError("the test's own time limit");
+  return r;
+}
+
+std::vector<int32_t> Prompt(int n, int salt) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < n; ++i) p.push_back(100 + (i * 7919 + salt * 104729) % 100000);
+  return p;
+}
+
+GenerateSpec Spec(int i) {
+  GenerateSpec s;
+  s.prompt = Prompt(3 + 5 * i, i);  // 3 .. 38 tokens: some cross the 16-token chunk boundaries
+  s.sampling.max_tokens = 6;
+  s.sampling.seed = 1000 + i;
+  s.sampling.temperature = i % 4 == 0 ? 0.0 : 0.9;
+  s.sampling.top_p = i % 3 == 0 ? 0.8 : 1.0;
+  s.sampling.top_k = i % 2 == 0 ? 50 : 0;
+  s.sampling.repetition_penalty = i % 5 == 0 ? 1.2 : 1.0;
+  s.sampling.frequency_penalty = i % 3 == 1 ? 0.5 : 0.0;
+  s.sampling.ignore_eos = true;
+  return s;
+}
+
+TEST(Engine, ConcurrentRequestsGetTheTokensTheyGetAlone) {
+  ASSERT_NE(S().model, nullptr);
+  Running run;
+  const int n = 8;
+  std::vector<Result> alone(n), together(n);
+  for (int i = 0; i < n; ++i) {
+    auto h = run.engine->Submit(Spec(i));
+    ASSERT_TRUE(h.ok()) << h.status();
+    alone[i] = Collect(**h);
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status;
+    EXPECT_EQ(alone[i].tokens.size(), 6u);
+    EXPECT_EQ(alone[i].last.finish_reason, FinishReason::kLength);
+  }
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  for (int i = 0; i < n; ++i) {
+    auto h = run.engine->Submit(Spec(i));
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles.push_back(*h);
+  }
+  for (int i = 0; i < n; ++i) {
+    together[i] = Collect(*handles[i]);
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status;
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+    EXPECT_EQ(together[i].text, alone[i].text) << "request " << i;
+    EXPECT_EQ(together[i].last.completion_tokens, 6);
+    EXPECT_EQ(together[i].last.prompt_tokens, static_cast<int64_t>(Spec(i).prompt.size()));
+  }
+  const EngineStats st = run.engine->Stats();
+  EXPECT_EQ(st.completed, 2 * n);
+  EXPECT_EQ(st.tokens_generated, 2 * n * 6);
+}
+
+TEST(Engine, AbortFreesTheCacheWithinAStep) {
+  ASSERT_NE(S().model, nullptr);
+  Running run;
+  GenerateSpec s = Spec(1);
+  s.request_id = "long";
+  s.sampling.max_tokens = 200;
+  auto h = run.engine->Submit(s);
+  ASSERT_TRUE(h.ok());
+  auto first = (*h)->Next(absl::Seconds(60));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_GT(run.engine->Stats().cache_bytes, 0);
+  EXPECT_GT(run.engine->Stats().blocks_used, 0);
+  EXPECT_TRUE(run.engine->Abort("long"));
+  Result r = Collect(**h);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kAborted) << r.status;
+  EXPECT_EQ(r.last.finish_reason, FinishReason::kAbort);
+  EXPECT_FALSE(run.engine->Abort("long"));  // idempotent: now unknown
+  EXPECT_FALSE(run.engine->Abort("never-existed"));
+  EngineStats st;
+  for (int i = 0; i < 100; ++i) {
+    st = run.engine->Stats();
+    if (st.cache_bytes == 0 && st.blocks_used == 0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(st.cache_bytes, 0);
+  EXPECT_EQ(st.cache_sequences, 0);
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(st.aborted, 1);
+}
+
+TEST(Engine, RejectsBadRequestsNamingTheField) {
+  ASSERT_NE(S().model, nullptr);
+  Running run;
+  auto code_of = [&](GenerateSpec s) { return run.engine->Submit(std::move(s)).status(); };
+  GenerateSpec s = Spec(0);
+  s.prompt = {};
+  EXPECT_EQ(code_of(s).code(), absl::StatusCode::kInvalidArgument);
+  s = Spec(0);
+  s.prompt = {5, -1};
+  EXPECT_EQ(code_of(s).code(), absl::StatusCode::kInvalidArgument);
+  s.prompt = {5, 129280};
+  EXPECT_EQ(code_of(s).code(), absl::StatusCode::kInvalidArgument);
+  s = Spec(0);
+  s.sampling.max_tokens = 0;
+  EXPECT_NE(code_of(s).message().find("max_tokens"), std::string::npos);
+  s.sampling.max_tokens = 1000;  // 3 + 1000 > 256
+  const absl::Status ctx = code_of(s);
+  EXPECT_EQ(ctx.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ctx.message().find("maximum context length is 256 tokens"), std::string::npos) << ctx;
+  s = Spec(0);
+  s.prompt = Prompt(256, 0);  // no room, max_tokens absent
+  s.sampling.max_tokens = -1;
+  EXPECT_NE(code_of(s).message().find("maximum context length"), std::string::npos);
+  s = Spec(0);
+  s.sampling.temperature = -1;
+  EXPECT_NE(code_of(s).message().find("sampling.temperature"), std::string::npos);
+  // A duplicate in-flight id.
+  s = Spec(0);
+  s.request_id = "dup";
+  s.sampling.max_tokens = 100;
+  auto h = run.engine->Submit(s);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(code_of(s).code(), absl::StatusCode::kInvalidArgument);
+  run.engine->Abort("dup");
+  Collect(**h);
+}
+
+TEST(Engine, DrainFinishesInFlightThenRefuses) {
+  ASSERT_NE(S().model, nullptr);
+  auto e = Engine::Create(*S().model, S().tokenizer.get(), *S().world, Running::Small());
+  ASSERT_TRUE(e.ok());
+  Engine& engine = **e;
+  absl::Status result = absl::UnknownError("not run");
+  std::thread t([&] { result = engine.Run(); });
+  auto a = engine.Submit(Spec(2));
+  ASSERT_TRUE(a.ok());
+  engine.Drain(absl::Seconds(60));
+  EXPECT_EQ(engine.Submit(Spec(3)).status().code(), absl::StatusCode::kUnavailable);
+  Result r = Collect(**a);
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.tokens.size(), 6u);
+  t.join();
+  EXPECT_TRUE(result.ok()) << result;
+  EXPECT_EQ(engine.state(), EngineState::kStopped);
+}
+
+TEST(Engine, DrainGraceExpiryAndFailureEndRequestsWithUnavailable) {
+  ASSERT_NE(S().model, nullptr);
+  {
+    auto e = Engine::Create(*S().model, S().tokenizer.get(), *S().world, Running::Small());
+    ASSERT_TRUE(e.ok());
+    Engine& engine = **e;
+    std::thread t([&] { (void)engine.Run(); });
+    GenerateSpec s = Spec(1);
+    s.sampling.max_tokens = 200;
+    auto a = engine.Submit(s);
+    ASSERT_TRUE(a.ok());
+    ASSERT_TRUE((*a)->Next(absl::Seconds(60)).ok());
+    engine.Drain(absl::ZeroDuration());
+    EXPECT_EQ(Collect(**a).status.code(), absl::StatusCode::kUnavailable);
+    t.join();
+  }
+  {
+    auto e = Engine::Create(*S().model, S().tokenizer.get(), *S().world, Running::Small());
+    ASSERT_TRUE(e.ok());
+    Engine& engine = **e;
+    absl::Status result;
+    std::thread t([&] { result = engine.Run(); });
+    GenerateSpec s = Spec(1);
+    s.sampling.max_tokens = 200;
+    auto a = engine.Submit(s);
+    ASSERT_TRUE(a.ok());
+    engine.Fail(absl::UnavailableError("rank 1 was lost"));
+    const Result r = Collect(**a);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable);
+    EXPECT_NE(r.status.message().find("rank 1 was lost"), std::string::npos);
+    t.join();
+    EXPECT_EQ(result.code(), absl::StatusCode::kUnavailable);
+    EXPECT_EQ(engine.Submit(Spec(0)).status().code(), absl::StatusCode::kUnavailable);
+  }
+}
+
+TEST(Engine, StopStringsEndTheRequestAndEchoReturnsThePrompt) {
+  ASSERT_NE(S().model, nullptr);
+  if (!S().tokenizer) GTEST_SKIP() << "the builtin tokenizer is missing";
+  Running run;
+  // Find what greedy generation says, then stop on a piece of it.
+  GenerateSpec s = Spec(0);
+  s.sampling.temperature = 0;
+  s.sampling.max_tokens = 8;
+  auto h = run.engine->Submit(s);
+  ASSERT_TRUE(h.ok());
+  const Result full = Collect(**h);
+  ASSERT_TRUE(full.status.ok());
+  if (full.text.size() < 4) GTEST_SKIP() << "greedy output too short to cut";
+  // A stop string from the middle of the text, starting at a character boundary.
+  size_t at = full.text.size() / 2;
+  while (at > 0 && (static_cast<unsigned char>(full.text[at]) & 0xC0) == 0x80) --at;
+  size_t end = at + 1;
+  while (end < full.text.size() && (static_cast<unsigned char>(full.text[end]) & 0xC0) == 0x80) ++end;
+  s.sampling.stop = {full.text.substr(at, end - at)};
+  s.echo = true;
+  h = run.engine->Submit(s);
+  ASSERT_TRUE(h.ok());
+  auto first = (*h)->Next(absl::Seconds(60));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->prompt_token_ids, s.prompt);
+  Result r = Collect(**h);
+  r.text = first->text + r.text;
+  if (first->finished) r.last = *first;
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(r.last.matched_stop, s.sampling.stop[0]);
+  EXPECT_EQ(full.text.substr(0, r.text.size()), r.text);
+  EXPECT_EQ(r.text.find(s.sampling.stop[0]), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dsv4

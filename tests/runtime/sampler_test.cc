@@ -1,0 +1,331 @@
+// The serving pieces that need no model: sampling parameters and the sampler, the scheduler, and
+// the streamed output text with stop strings.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "runtime/serving/output_text.h"
+#include "runtime/serving/sampler.h"
+#include "runtime/serving/scheduler.h"
+#include "runtime/tokenizer/utf8.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr int64_t kVocab = 1000;
+
+absl::Status Check(SamplingParams p) {
+  SamplingLimits lim;
+  lim.vocab_size = kVocab;
+  return ValidateSamplingParams(p, lim);
+}
+
+// Each bad value (rows RQ-02, RQ-04 to RQ-07) is INVALID_ARGUMENT naming its field.
+TEST(SamplingParams, RejectsEachBadValueNamingTheField) {
+  const double nan = std::nan(""), inf = INFINITY;
+  struct Case {
+    const char* field;
+    void (*set)(SamplingParams&, double);
+    std::vector<double> bad, good;
+  };
+  const std::vector<Case> cases = {
+      {"temperature", [](SamplingParams& p, double v) { p.temperature = v; }, {nan, inf, -inf, -0.1, 2.1, 999999},
+       {0, 0.7, 2}},
+      {"top_p", [](SamplingParams& p, double v) { p.top_p = v; }, {0, -1, 1.5, nan, inf}, {1e-6, 0.5, 1}},
+      {"top_k", [](SamplingParams& p, double v) { p.top_k = static_cast<int64_t>(v); }, {-2, 1e12, kVocab + 1},
+       {-1, 0, 1, kVocab}},
+      {"min_p", [](SamplingParams& p, double v) { p.min_p = v; }, {-0.1, 1.1, nan}, {0, 0.5, 1}},
+      {"repetition_penalty", [](SamplingParams& p, double v) { p.repetition_penalty = v; }, {0, -1, nan, inf, 11},
+       {0.5, 1, 10}},
+      {"presence_penalty", [](SamplingParams& p, double v) { p.presence_penalty = v; }, {-2.1, 2.1, nan, inf},
+       {-2, 0, 2}},
+      {"frequency_penalty", [](SamplingParams& p, double v) { p.frequency_penalty = v; }, {-2.1, 2.1, nan, -inf},
+       {-2, 0, 2}},
+      {"seed", [](SamplingParams& p, double v) { p.seed = static_cast<int64_t>(v); }, {-2, -1e9}, {-1, 0, 1e18}},
+      {"logprobs", [](SamplingParams& p, double v) { p.logprobs = static_cast<int32_t>(v); }, {-1, 21, 1e6},
+       {0, 5, 20}},
+  };
+  for (const Case& c : cases) {
+    for (double v : c.bad) {
+      SamplingParams p;
+      c.set(p, v);
+      const absl::Status st = Check(p);
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.field << " = " << v;
+      EXPECT_NE(st.message().find(std::string("sampling.") + c.field), std::string::npos) << st;
+    }
+    for (double v : c.good) {
+      SamplingParams p;
+      c.set(p, v);
+      EXPECT_TRUE(Check(p).ok()) << c.field << " = " << v << ": " << Check(p);
+    }
+  }
+}
+
+TEST(SamplingParams, StopStringsTokenIdsAndLogitBias) {
+  auto code = [](SamplingParams p) { return Check(std::move(p)).code(); };
+  SamplingParams p;
+  p.stop = {""};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop = {std::string(1 << 20, 'x')};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop = std::vector<std::string>(100000, "x");
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop = {"\xff\xfe"};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop = {"</s>", "\n\n"};
+  EXPECT_EQ(code(p), absl::StatusCode::kOk);
+  p = {};
+  p.stop_token_ids = {kVocab};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop_token_ids = {-1};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.stop_token_ids = {0, kVocab - 1};
+  EXPECT_EQ(code(p), absl::StatusCode::kOk);
+  p = {};
+  p.logit_bias = {{kVocab, 1.0}};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  p.logit_bias = {{5, std::nan("")}};
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  for (int i = 0; i < 2000; ++i) p.logit_bias.emplace_back(i % kVocab, 1.0);
+  EXPECT_EQ(code(p), absl::StatusCode::kInvalidArgument);
+  // Values are clamped to [-100, 100].
+  p = {};
+  p.logit_bias = {{1, 1e9}, {2, -1e9}};
+  SamplingLimits lim;
+  lim.vocab_size = kVocab;
+  ASSERT_TRUE(ValidateSamplingParams(p, lim).ok());
+  EXPECT_EQ(p.logit_bias[0].second, 100.0);
+  EXPECT_EQ(p.logit_bias[1].second, -100.0);
+}
+
+std::vector<float> Logits(std::vector<double> probs) {
+  std::vector<float> l;
+  for (double p : probs) l.push_back(static_cast<float>(std::log(p)));
+  return l;
+}
+
+TEST(Sampler, GreedyIsArgmaxWithLowestIdOnTies) {
+  SamplingParams p;
+  p.temperature = 0;
+  Sampler s(p, 1, {});
+  EXPECT_EQ(s.Sample(std::vector<float>{0.f, 3.f, 1.f, 3.f}), 1);
+  SamplingParams k1;
+  k1.top_k = 1;
+  Sampler s1(k1, 1, {});
+  EXPECT_EQ(s1.Sample(std::vector<float>{0.f, 2.f, 5.f, 5.f}), 2);
+}
+
+TEST(Sampler, SameSeedSameTokensDifferentSeedDiffers) {
+  SamplingParams p;
+  p.temperature = 1.0;
+  std::vector<float> logits(kVocab, 0.f);  // uniform: every draw is the generator's choice
+  auto draw = [&](uint64_t seed) {
+    Sampler s(p, seed, {});
+    std::vector<int32_t> out;
+    for (int i = 0; i < 32; ++i) out.push_back(s.Sample(logits));
+    return out;
+  };
+  EXPECT_EQ(draw(42), draw(42));
+  EXPECT_NE(draw(42), draw(43));
+}
+
+// Frequencies of draws follow the distribution after top-k / top-p / min-p truncation.
+TEST(Sampler, DrawsFollowTheTruncatedDistribution) {
+  const std::vector<float> logits = Logits({0.5, 0.3, 0.15, 0.05});
+  auto freq = [&](SamplingParams p) {
+    Sampler s(p, 7, {});
+    std::vector<double> f(4, 0);
+    const int n = 20000;
+    for (int i = 0; i < n; ++i) f[s.Sample(logits)] += 1.0 / n;
+    return f;
+  };
+  auto expect_near = [](const std::vector<double>& got, const std::vector<double>& want) {
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 0.015) << "token " << i;
+  };
+  SamplingParams p;
+  expect_near(freq(p), {0.5, 0.3, 0.15, 0.05});
+  p.top_k = 2;
+  expect_near(freq(p), {0.5 / 0.8, 0.3 / 0.8, 0, 0});
+  p = {};
+  p.top_p = 0.75;  // 0.5 + 0.3 reaches it
+  expect_near(freq(p), {0.5 / 0.8, 0.3 / 0.8, 0, 0});
+  p = {};
+  p.min_p = 0.25;  // keeps p >= 0.125
+  expect_near(freq(p), {0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0});
+  p = {};
+  p.temperature = 0.5;  // p^2, renormalized
+  const double z = 0.25 + 0.09 + 0.0225 + 0.0025;
+  expect_near(freq(p), {0.25 / z, 0.09 / z, 0.0225 / z, 0.0025 / z});
+}
+
+TEST(Sampler, TopPNeedsOnlyThePrefixItSorts) {
+  // A large vocabulary with one dominant token: top_p 0.5 must return it every time.
+  std::vector<float> logits(129280, 0.f);
+  logits[77777] = 20.f;
+  SamplingParams p;
+  p.top_p = 0.5;
+  Sampler s(p, 3, {});
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(s.Sample(logits), 77777);
+}
+
+TEST(Sampler, PenaltiesAndBias) {
+  const std::vector<float> logits = {1.f, 2.f, 3.f, 2.9f};
+  SamplingParams p;
+  p.temperature = 0;
+  p.repetition_penalty = 2.0;  // token 2 is in the prompt: 3 / 2 = 1.5 < 2.9
+  EXPECT_EQ(Sampler(p, 0, std::vector<int32_t>{2}).Sample(logits), 3);
+  p = {};
+  p.temperature = 0;
+  p.frequency_penalty = 0.2;  // each repeat of the best costs 0.2: 3, then 2.9 wins, then 3 - 0.2 ...
+  Sampler f(p, 0, {});
+  EXPECT_EQ(f.Sample(logits), 2);
+  EXPECT_EQ(f.Sample(logits), 3);
+  p = {};
+  p.temperature = 0;
+  p.presence_penalty = 0.5;
+  Sampler pr(p, 0, {});
+  EXPECT_EQ(pr.Sample(logits), 2);
+  EXPECT_EQ(pr.Sample(logits), 3);
+  EXPECT_EQ(pr.Sample(logits), 2);  // once per token, not per repeat: 2.5 beats 2.4
+  p = {};
+  p.temperature = 0;
+  p.logit_bias = {{0, 100.0}};
+  EXPECT_EQ(Sampler(p, 0, {}).Sample(logits), 0);
+}
+
+TEST(Sampler, LogprobsAreTheRawLogSoftmax) {
+  const std::vector<float> logits = Logits({0.5, 0.3, 0.2});
+  const TokenLogprobs lp = Sampler::Logprobs(logits, 1, 2);
+  EXPECT_NEAR(lp.logprob, std::log(0.3), 1e-6);
+  ASSERT_EQ(lp.top.size(), 2u);
+  EXPECT_EQ(lp.top[0].first, 0);
+  EXPECT_EQ(lp.top[1].first, 1);
+  EXPECT_NEAR(lp.top[0].second, std::log(0.5), 1e-6);
+}
+
+// ---- scheduler ----------------------------------------------------------------------------------
+
+SchedulerOptions SmallOptions() {
+  SchedulerOptions o;
+  o.max_batch_tokens = 10;
+  o.max_running = 3;
+  o.max_queued = 4;
+  o.prefill_chunk = 4;
+  o.num_blocks = 10;
+  return o;
+}
+
+TEST(Scheduler, ValidatesThatEveryStepCanTakeAChunk) {
+  SchedulerOptions o = SmallOptions();
+  EXPECT_TRUE(o.Validate().ok());
+  o.max_batch_tokens = 5;  // 2 decodes + a chunk of 4 do not fit
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Scheduler, ChunksAreFixedAndDecodesComeFirstWithinTheBudget) {
+  Scheduler s(SmallOptions());
+  ASSERT_TRUE(s.Add(1, 9, 2).ok());
+  ASSERT_TRUE(s.Add(2, 3, 2).ok());
+  auto w = s.Schedule();
+  // Budget 10: seq 1's chunk [0, 4), seq 2's whole prompt [0, 3).
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].seq, 1);
+  EXPECT_EQ(w[0].begin, 0);
+  EXPECT_EQ(w[0].end, 4);
+  EXPECT_FALSE(w[0].last);
+  EXPECT_EQ(w[1].seq, 2);
+  EXPECT_EQ(w[1].end, 3);
+  EXPECT_TRUE(w[1].last);
+  for (const auto& x : w) s.Done(x);
+  s.Append(2);  // seq 2 sampled a token: it decodes next
+  w = s.Schedule();
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].seq, 2);  // the decode first
+  EXPECT_EQ(w[0].begin, 3);
+  EXPECT_EQ(w[0].end, 4);
+  EXPECT_EQ(w[1].seq, 1);
+  EXPECT_EQ(w[1].begin, 4);
+  EXPECT_EQ(w[1].end, 8);  // the next fixed chunk, not a budget-sized one
+}
+
+TEST(Scheduler, AdmissionByBlocksAndSlotsAndAQueueLimit) {
+  Scheduler s(SmallOptions());
+  ASSERT_TRUE(s.Add(1, 2, 6).ok());
+  ASSERT_TRUE(s.Add(2, 2, 6).ok());  // 6 + 6 > 10 blocks: waits for seq 1
+  EXPECT_EQ(s.Add(3, 2, 11).code(), absl::StatusCode::kInvalidArgument);  // can never fit
+  auto w = s.Schedule();
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(s.running(), 1);
+  EXPECT_EQ(s.queued(), 1);
+  EXPECT_EQ(s.blocks_used(), 6);
+  ASSERT_TRUE(s.Add(4, 1, 1).ok());  // behind seq 2: first come, first served
+  ASSERT_TRUE(s.Add(5, 1, 1).ok());
+  ASSERT_TRUE(s.Add(6, 1, 1).ok());
+  EXPECT_EQ(s.Add(7, 1, 1).code(), absl::StatusCode::kResourceExhausted);  // 4 waiting
+  EXPECT_EQ(s.Remove(1), 0);  // slot 0 freed
+  EXPECT_EQ(s.blocks_used(), 0);
+  w = s.Schedule();
+  EXPECT_EQ(s.running(), 3);  // seqs 2, 4, 5 (slots 0, 1, 2); seq 6 waits for a slot
+  EXPECT_EQ(s.queued(), 1);
+  EXPECT_EQ(s.blocks_used(), 8);
+  EXPECT_EQ(s.Remove(6), -1);  // a waiting sequence has no slot
+  EXPECT_EQ(s.queued(), 0);
+}
+
+// ---- output text --------------------------------------------------------------------------------
+
+std::unique_ptr<Tokenizer> LoadTokenizer() {
+  auto path = FindTokenizerJson("builtin:v4-tiny");
+  if (!path.ok()) return nullptr;
+  auto t = Tokenizer::Load(*path);
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+// Streams `text` token by token through OutputText; returns the released text and the stop.
+std::pair<std::string, std::string> Stream(const Tokenizer& tok, const std::string& text,
+                                           std::vector<std::string> stop, std::vector<std::string>* pieces) {
+  OutputText out(&tok, true, std::move(stop));
+  std::string all;
+  for (int32_t id : tok.Encode(text)) {
+    OutputText::Delta d = out.Push(id);
+    EXPECT_TRUE(utf8::IsValid(d.text)) << "broken UTF-8 released";
+    if (pieces) pieces->push_back(d.text);
+    all += d.text;
+    if (d.stopped) return {all, d.matched};
+  }
+  return {all + out.Finish(), ""};
+}
+
+TEST(OutputText, StopStringsAcrossTokensAreHonouredOnceAndExcluded) {
+  auto tok = LoadTokenizer();
+  if (!tok) GTEST_SKIP() << "the builtin tokenizer is missing: run launch/setup.sh";
+  auto [text, matched] = Stream(*tok, "Hello world, this is the end. More text", {"the end", "zzz"}, nullptr);
+  EXPECT_EQ(text, "Hello world, this is ");
+  EXPECT_EQ(matched, "the end");
+  // Earliest match wins when two stop strings complete.
+  std::tie(text, matched) = Stream(*tok, "abc STOP1 STOP2", {"STOP2", "STOP1"}, nullptr);
+  EXPECT_EQ(text, "abc ");
+  EXPECT_EQ(matched, "STOP1");
+  // A stop string longer than the whole output never matches; everything is released at the end.
+  std::tie(text, matched) = Stream(*tok, "short", {"a much longer stop string"}, nullptr);
+  EXPECT_EQ(text, "short");
+  EXPECT_EQ(matched, "");
+}
+
+TEST(OutputText, MultiByteCharactersAreNeverSplit) {
+  auto tok = LoadTokenizer();
+  if (!tok) GTEST_SKIP() << "the builtin tokenizer is missing: run launch/setup.sh";
+  const std::string s = "日本語のテキスト🙂 and emoji 🙂🙂 ok";
+  std::vector<std::string> pieces;
+  auto [text, matched] = Stream(*tok, s, {}, &pieces);
+  EXPECT_EQ(text, s);
+  auto [t2, m2] = Stream(*tok, s, {"🙂🙂"}, nullptr);
+  EXPECT_EQ(t2, "日本語のテキスト🙂 and emoji ");
+  EXPECT_EQ(m2, "🙂🙂");
+}
+
+}  // namespace
+}  // namespace dsv4
