@@ -47,11 +47,6 @@ double AttentionActivationBytes(const ModelPreset& m, bool prefill) {
 
 }  // namespace
 
-struct StepModel::Engine {
-  double bw_gbps = 0;  // achieved streaming bandwidth
-  double floor_us = 0;
-};
-
 struct StepModel::Accum {
   std::map<std::string, OpTime> ops;
   double host_s = 0;
@@ -191,12 +186,108 @@ double StepModel::Imbalance(double pairs_per_device) const {
   return std::min(imb, static_cast<double>(r_.ep));
 }
 
+// What one pass over a layer works on: the group's tokens (or, for a draft pass, one token per decoding
+// sequence) and the rates of this device.
+struct StepModel::Pass {
+  const std::vector<BatchPart>* parts = nullptr;
+  double fraction = 1;  // this micro-batch's share of every part
+  double mtp_seqs = 0;  // > 0: a draft pass of one MTP layer
+  double g_tokens = 0;  // tokens of this attention group in the pass
+  double d_tokens = 0;  // the group's tokens per device (TP ranks split them for the FFN)
+  double e_tokens = 0;  // tokens per device the routed experts see (other DP groups included)
+  double dense_rate = 0, bf16_rate = 0, attn_peak = 0;  // TFLOP/s before efficiency
+};
+
+void StepModel::AttentionOps(Accum& acc, int64_t l, const Pass& s) const {
+  const ModelPreset& m = r_.model;
+  const Precision& p = r_.s.precision;
+  const Efficiency& e = r_.eff;
+  const double tp = r_.s.tp, D = m.hidden;
+  const bool host_only = r_.device.IsHostOnly();
+  const bool draft = s.mtp_seqs > 0;
+  const AttentionWork w0 = LayerAttentionWork(m, l, 0, false, p);
+  const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
+  AddOp(acc, "attention.proj", 2 * proj * s.g_tokens, proj * p.dense_bits / 8 + s.g_tokens * D * 2 * 4, 6, s.dense_rate,
+        1, false);
+  for (const BatchPart& b : *s.parts) {
+    const double seqs = b.seqs * s.fraction * (draft && b.prefill ? 0 : 1);
+    if (seqs <= 0) continue;
+    const double tokens = seqs * (draft ? 1 : b.new_tokens);
+    const bool prefill = b.prefill && !draft;
+    // Activations that travel between the attention kernels through memory (BF16 q and output heads,
+    // MLA's up-projected k/v in prefill, quantized inputs): written once and read once.
+    AddOp(acc, "attention.activations", 0, tokens * (AttentionActivationBytes(m, prefill) / tp + D * 6), 0, 0, 1,
+          false);
+    const double ctx = b.context + (prefill ? b.new_tokens / 2 : 0);
+    const AttentionWork w = LayerAttentionWork(m, l, ctx, prefill, p);
+    const bool measured = prefill && profile_ != nullptr && !profile_->attention_prefill.empty();
+    const double flop_eff = host_only ? 1 : (prefill ? e.attention : e.gemm);
+    AddOp(acc, prefill ? "attention.core (prefill)" : "attention.core (decode)", w.core_flops * tokens / tp,
+          w.kv_read_bytes * seqs, w.kernels - 6, measured ? profile_->attention_prefill.At(ctx) : s.attn_peak,
+          measured ? 1 : flop_eff, false, e.kv_memory);
+    if (w.indexer_flops > 0)
+      AddOp(acc, "attention.indexer", w.indexer_flops * tokens, 0, 0, host_only ? s.attn_peak : r_.device.PeakTflops(8),
+            flop_eff, false);
+  }
+}
+
+void StepModel::FfnOps(Accum& acc, int64_t l, const Pass& s) const {
+  const ModelPreset& m = r_.model;
+  const Precision& p = r_.s.precision;
+  const double D = m.hidden, k = m.top_k;
+  if (!IsMoeLayer(m, l)) {
+    const double params = DenseFfnParams(m);
+    AddOp(acc, "dense FFN", 2 * params * s.d_tokens, params * p.dense_bits / 8, 3, s.dense_rate, 1, false);
+    return;
+  }
+  AddOp(acc, "moe.router", 2 * RouterParams(m) * s.d_tokens, RouterParams(m) * 2, 3, s.bf16_rate, 1, false);
+  const double shared = SharedExpertParams(m);
+  if (shared > 0)
+    AddOp(acc, "moe.shared", 2 * shared * s.d_tokens, shared * p.dense_bits / 8, 3, s.dense_rate, 1, false);
+  // The busiest device's (token, expert) pairs, and the experts its tokens touch.
+  const double pairs = s.e_tokens * k * Imbalance(s.e_tokens * k);
+  const double local_slots = static_cast<double>(r_.routed_experts + r_.s.redundant_experts) / r_.ep;
+  const double tokens_ep = s.e_tokens * r_.ep;
+  const double used = 1 - std::pow(std::max(0.0, 1 - k / std::max<double>(1, r_.routed_experts)), tokens_ep);
+  const double act_mean = local_slots * used;
+  const double act_max =
+      r_.ep > 1 ? std::min(local_slots, act_mean + std::sqrt(2 * act_mean * std::log(r_.ep))) : act_mean;
+  const double routed_flops = pairs * ExpertFlopsPerToken(m);
+  const double routed_act = pairs * (2 * D + 3.0 * m.expert_inter) * 2;
+  const double on_host = (r_.s.experts_on_host && !r_.device.IsHostOnly()) ? 1 : spill_fraction_;
+  if (on_host < 1) {
+    // Permuted hidden states, gate/up outputs, the quantized activation and the down outputs pass
+    // through memory between the grouped-GEMM kernels (separate kernels: not hidden behind compute).
+    const double on_device = 1 - on_host;
+    AddOp(acc, "moe.activations", 0, pairs * (4 * D + 5.0 * m.expert_inter) * 2 * on_device, 0, 0, 1, false);
+    AddOp(acc, "moe.routed", routed_flops * on_device, (act_max * wb_.expert_bytes + routed_act) * on_device, 4,
+          GemmRate(p.expert_bits, pairs / std::max(1.0, act_max), true), 1, false);
+  }
+  if (on_host > 0) {
+    const double host_rate = profile_ && profile_->host_gflops > 0
+                                 ? profile_->host_gflops * 1e-3
+                                 : r_.host_cores * r_.device.host_core_gflops * 1e-3 * r_.eff.host_compute;
+    AddOp(acc, "moe.routed (host)", routed_flops * on_host, act_max * wb_.expert_bytes * on_host, 0, host_rate, 1,
+          true);
+    if (!r_.device.IsHostOnly()) acc.host_s += kHostSyncUs * kUs, acc.by_bound[3] += kHostSyncUs * kUs;
+  }
+}
+
+// Engram: the projection runs on the device; the row gathers stream from host memory, prefetched ahead.
+void StepModel::EngramOps(Accum& acc, int64_t l, const Pass& s) const {
+  const ModelPreset& m = r_.model;
+  if (std::find(m.engram_layers.begin(), m.engram_layers.end(), l) == m.engram_layers.end()) return;
+  const double params = EngramProjParams(m);
+  AddOp(acc, "engram", 2 * params * s.g_tokens, params * r_.s.precision.dense_bits / 8, 4, s.dense_rate, 1, false);
+  const double link = r_.device.unified_memory ? r_.host_gbps : 25;  // PCIe 4/5 host-to-device
+  acc.engram_gather_s += s.g_tokens * EngramGatherBytesPerToken(m) / (link * kGB * 0.5);
+}
+
 double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale,
                                  Accum& acc) const {
   const ModelPreset& m = r_.model;
   const Precision& p = r_.s.precision;
   const double tp = r_.s.tp, D = m.hidden;
-  const bool host_only = r_.device.IsHostOnly();
   double group_tokens = 0, logit_tokens = 0, decode_seqs = 0;
   for (const BatchPart& b : parts) {
     group_tokens += b.seqs * b.new_tokens * fraction;
@@ -204,108 +295,36 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
     if (!b.prefill) decode_seqs += b.seqs * fraction;
   }
   if (group_tokens <= 0) return 0;
-  const Efficiency& e = r_.eff;
   const double attn_bits = (p.kv_bits <= 8 && r_.device.fp8_tflops > r_.device.bf16_tflops) ? 8 : 16;
-  const double attn_peak = host_only ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
-  const double attn_prefill_eff = host_only ? 1 : e.attention;
-  const double attn_decode_eff = host_only ? 1 : e.gemm;
-  const double dense_rate = GemmRate(p.dense_bits, group_tokens, false);
-  const double bf16_rate = GemmRate(16, group_tokens, false);
-  const int64_t slots = r_.routed_experts + r_.s.redundant_experts;
-  const double local_slots = static_cast<double>(slots) / r_.ep;
-  const double k = m.top_k;
-  const double extra_passes = speculative_ && decode_seqs > 0 ? drafts_ : 0;
-  const double total_before = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2];
-
-  // One layer's operators; `mtp_seqs` > 0 runs it as a draft pass (one token per decoding sequence).
+  Pass pass;
+  pass.parts = &parts;
+  pass.fraction = fraction;
+  pass.dense_rate = GemmRate(p.dense_bits, group_tokens, false);
+  pass.bf16_rate = GemmRate(16, group_tokens, false);
+  pass.attn_peak = r_.device.IsHostOnly() ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
+  const double before = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2];
+  // One layer's operators; a pass with mtp_seqs > 0 is a draft pass (one token per decoding sequence).
   auto layer = [&](int64_t l, double mtp_seqs) {
-    const double g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
-    const double d_tokens = g_tokens / tp;         // this group's tokens per device
-    const double e_tokens = d_tokens * moe_scale;  // tokens per device the routed experts see
-    // Residual streams: mHC mixing (or plain norm + add).
-    AddOp(acc, "residual/mHC", MhcFlopsPerToken(m) * g_tokens, ResidualBytesPerToken(m) * g_tokens,
-          m.hc_mult > 1 ? 8 : 2, bf16_rate, 1, false);
-    // Attention: projections, then the attention core and indexer per batch part.
-    AttentionWork w0 = LayerAttentionWork(m, l, 0, false, p);
-    const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
-    AddOp(acc, "attention.proj", 2 * proj * g_tokens, proj * p.dense_bits / 8 + g_tokens * D * 2 * 4, 6, dense_rate, 1,
-          false);
-    // Activations that travel between the attention kernels through memory (BF16 q and output heads,
-    // MLA's up-projected k/v in prefill, quantized inputs): written once and read once.
-    for (const BatchPart& b : parts) {
-      const double tokens = (mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction * b.new_tokens);
-      AddOp(acc, "attention.activations", 0,
-            tokens * AttentionActivationBytes(m, b.prefill && mtp_seqs <= 0) / tp + tokens * D * 6, 0, 0, 1, false);
-    }
-    for (const BatchPart& b : parts) {
-      const double seqs = mtp_seqs > 0 ? (b.prefill ? 0 : b.seqs * fraction) : b.seqs * fraction;
-      const double ntok = mtp_seqs > 0 ? 1 : b.new_tokens;
-      if (seqs <= 0) continue;
-      const double ctx = b.context + (b.prefill ? b.new_tokens / 2 : 0);
-      const AttentionWork w = LayerAttentionWork(m, l, ctx, b.prefill, p);
-      const double tokens = seqs * ntok;
-      const bool measured = b.prefill && profile_ != nullptr && !profile_->attention_prefill.empty();
-      AddOp(acc, b.prefill ? "attention.core (prefill)" : "attention.core (decode)", w.core_flops * tokens / tp,
-            w.kv_read_bytes * seqs, w.kernels - 6, measured ? profile_->attention_prefill.At(ctx) : attn_peak,
-            measured ? 1 : (b.prefill ? attn_prefill_eff : attn_decode_eff), false, e.kv_memory);
-      if (w.indexer_flops > 0)
-        AddOp(acc, "attention.indexer", w.indexer_flops * tokens, 0, 0, host_only ? attn_peak : r_.device.PeakTflops(8),
-              b.prefill ? attn_prefill_eff : attn_decode_eff, false);
-    }
-    // FFN.
-    if (!IsMoeLayer(m, l)) {
-      const double params = DenseFfnParams(m);
-      AddOp(acc, "dense FFN", 2 * params * d_tokens, params * p.dense_bits / 8, 3, dense_rate, 1, false);
-      return;
-    }
-    AddOp(acc, "moe.router", 2 * RouterParams(m) * d_tokens, RouterParams(m) * 2, 3, bf16_rate, 1, false);
-    const double shared = SharedExpertParams(m);
-    if (shared > 0) AddOp(acc, "moe.shared", 2 * shared * d_tokens, shared * p.dense_bits / 8, 3, dense_rate, 1, false);
-    const double pairs_mean = e_tokens * k;
-    const double imb = Imbalance(pairs_mean);
-    const double pairs = pairs_mean * imb;
-    const double tokens_ep = e_tokens * r_.ep;
-    const double used = 1 - std::pow(std::max(0.0, 1 - k / std::max<double>(1, r_.routed_experts)), tokens_ep);
-    const double act_mean = local_slots * used;
-    const double act_max =
-        r_.ep > 1 ? std::min(local_slots, act_mean + std::sqrt(2 * act_mean * std::log(r_.ep))) : act_mean;
-    const double routed_flops = pairs * ExpertFlopsPerToken(m);
-    const double routed_act = pairs * (2 * D + 3.0 * m.expert_inter) * 2;
-    const double on_host = (r_.s.experts_on_host && !host_only) ? 1 : spill_fraction_;
-    const double per_expert_tokens = pairs / std::max(1.0, act_max);
-    if (on_host < 1) {
-      // Permuted hidden states, gate/up outputs, the quantized activation and the down outputs pass
-      // through memory between the grouped-GEMM kernels (separate kernels: not hidden behind compute).
-      AddOp(acc, "moe.activations", 0, pairs * (4 * D + 5.0 * m.expert_inter) * 2 * (1 - on_host), 0, 0, 1, false);
-      AddOp(acc, "moe.routed", routed_flops * (1 - on_host), (act_max * wb_.expert_bytes + routed_act) * (1 - on_host),
-            4, GemmRate(p.expert_bits, per_expert_tokens, true), 1, false);
-    }
-    if (on_host > 0) {
-      const double host_rate = profile_ && profile_->host_gflops > 0
-                                   ? profile_->host_gflops * 1e-3
-                                   : r_.host_cores * r_.device.host_core_gflops * 1e-3 * e.host_compute;
-      AddOp(acc, "moe.routed (host)", routed_flops * on_host, act_max * wb_.expert_bytes * on_host, 0, host_rate, 1,
-            true);
-      if (!host_only) acc.host_s += kHostSyncUs * kUs, acc.by_bound[3] += kHostSyncUs * kUs;
-    }
-    // Engram: projection on the device; the row gathers stream from host memory, prefetched ahead.
-    if (std::find(m.engram_layers.begin(), m.engram_layers.end(), l) != m.engram_layers.end()) {
-      const double params = EngramProjParams(m);
-      AddOp(acc, "engram", 2 * params * g_tokens, params * p.dense_bits / 8, 4, dense_rate, 1, false);
-      const double link = r_.device.unified_memory ? r_.host_gbps : 25;  // PCIe 4/5 host-to-device
-      acc.engram_gather_s += g_tokens * EngramGatherBytesPerToken(m) / (link * kGB * 0.5);
-    }
+    pass.mtp_seqs = mtp_seqs;
+    pass.g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
+    pass.d_tokens = pass.g_tokens / tp;
+    pass.e_tokens = pass.d_tokens * moe_scale;
+    AddOp(acc, "residual/mHC", MhcFlopsPerToken(m) * pass.g_tokens, ResidualBytesPerToken(m) * pass.g_tokens,
+          m.hc_mult > 1 ? 8 : 2, pass.bf16_rate, 1, false);
+    AttentionOps(acc, l, pass);
+    FfnOps(acc, l, pass);
+    EngramOps(acc, l, pass);
   };
-
   for (int64_t l = 0; l < m.layers; ++l) layer(l, 0);
-  // Draft passes of speculative decoding: one MTP layer per draft token for every decoding sequence.
-  for (int i = 0; i < extra_passes; ++i) {
+  // Draft passes of speculative decoding: one MTP layer and head per draft token per decoding sequence.
+  const int drafts = speculative_ && decode_seqs > 0 ? drafts_ : 0;
+  for (int i = 0; i < drafts; ++i) {
     layer(m.layers - 1, decode_seqs);
-    AddOp(acc, "mtp.head", 2.0 * m.vocab * D * decode_seqs / tp, m.vocab * D * 2.0 / tp, 2, bf16_rate, 1, false);
+    AddOp(acc, "mtp.head", 2.0 * m.vocab * D * decode_seqs / tp, m.vocab * D * 2.0 / tp, 2, pass.bf16_rate, 1, false);
   }
   AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp, 4,
-        bf16_rate, 1, false);
-  return acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - total_before;
+        pass.bf16_rate, 1, false);
+  return acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - before;
 }
 
 double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {

@@ -88,8 +88,11 @@ class StepModel {
   const Resolved& resolved() const { return r_; }
 
  private:
-  struct Engine;  // execution resources (device or host)
   struct Accum;
+  struct Pass;
+  void AttentionOps(Accum& acc, int64_t layer, const Pass& pass) const;
+  void FfnOps(Accum& acc, int64_t layer, const Pass& pass) const;
+  void EngramOps(Accum& acc, int64_t layer, const Pass& pass) const;
   void AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels, double tflops_peak,
              double flop_eff, bool on_host, double mem_eff = 0) const;
   double ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale, Accum& acc) const;
