@@ -468,7 +468,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
       break;
   }
   if (spec && r.s.speculative_accept < 0)
-    c.warnings.push_back("speculative decoding assumed (engine default for this setup): 3 MTP drafts, 0.7 acceptance");
+    c.warnings.push_back("speculative decoding assumed (engine default for this setup): 3 MTP drafts, 0.6 acceptance");
   if (!out.contains("cost_per_million_output_tokens")) out["cost_per_million_output_tokens"] = nullptr;
   if (r.price_per_hour <= 0) out["cost_per_million_output_tokens"] = nullptr;
   out["feasible"] = c.reasons.empty();
