@@ -122,6 +122,10 @@ void AnswerPrefill(Ctx& c) {
   c.out["prefill"] = StepJson(st);
   c.out["bottleneck"]["prefill"] = st.bottleneck;
   c.out["cost_per_million_input_tokens"] = Round(CostPerMillion(r.price_per_hour, per_device), 4);
+  // A prefill instance's share of the cost of a million output tokens of this workload: the prompts
+  // behind them (1e6 / output_tokens requests).
+  c.out["cost_per_million_output_tokens"] =
+      Round(CostPerMillion(r.price_per_hour, per_device / new_tokens * s.output_tokens), 4);
   CheckMemory(c, c.model.Memory(group_seqs * SeqCacheBytes(r, s.input_tokens), seqs_dev * new_tokens));
 }
 

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -305,6 +306,29 @@ TEST(Validation, InvalidScenariosNameTheField) {
   j["parallel"]["dp_attention"] = 1;
   j["model"] = "kimi-k2";  // 64 heads: TP8 divides; TP 128 would not
   EXPECT_TRUE(PlanJson(j).ok());
+}
+
+// ---- the answer keys of the contract (shared/planner/README.md) ------------------------------------
+
+TEST(Contract, EveryQuestionCarriesItsKeys) {
+  const std::map<std::string, std::vector<std::string>> keys = {
+      {"prefill_throughput", {"prefill_tokens_per_s_per_node", "prefill_tokens_per_s_per_device"}},
+      {"decode_throughput", {"decode_tokens_per_s_per_node", "decode_tokens_per_s_per_device"}},
+      {"single_stream", {"single_stream_decode_tokens_per_s", "single_stream_prefill_tokens_per_s"}},
+      {"capacity", {"devices_needed", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99"}},
+  };
+  for (const auto& [question, expected] : keys) {
+    json j = question == "capacity" ? CapacityScenario() : BaseScenario();
+    j["question"] = question;
+    auto a = PlanJson(j);
+    ASSERT_TRUE(a.ok()) << a.status();
+    for (const std::string& k : expected) EXPECT_TRUE((*a)[k].is_number()) << question << ": " << k;
+    for (const char* k :
+         {"memory_per_device_gb", "feasible", "reasons", "bottleneck", "cost_per_million_output_tokens"})
+      EXPECT_TRUE(a->contains(k)) << question << ": " << k;
+    EXPECT_TRUE((*a)["cost_per_million_output_tokens"].is_number()) << question;
+    EXPECT_FALSE((*a)["bottleneck"].empty()) << question;
+  }
 }
 
 // ---- PL-05: units and sums -------------------------------------------------------------------------
