@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/thread_pool.h"
+#include "runtime/engram/sharded_source.h"
 
 namespace dsv4 {
 
@@ -14,7 +15,28 @@ void AddModelFlags(Flags& flags) {
       .Add("threads", "0", "CPU threads per rank (0 = one per core available to the rank)")
       .Add("tp", "1", "tensor-parallel ranks for attention (divides the world)")
       .Add("ep", "0", "expert-parallel ranks (0 = the whole world)")
-      .Add("comm-timeout-s", "60", "seconds a collective may wait for a peer before the job fails");
+      .Add("comm-timeout-s", "60", "seconds a collective may wait for a peer before the job fails")
+      .Add("engram-placement", "local",
+           "Engram tables: local (every rank holds them whole), node (sharded over the node's ranks) or world "
+           "(sharded over all ranks, read with one-sided MPI gets)");
+}
+
+// Shards the Engram tables over the node's or the world's ranks when asked (collective).
+absl::Status PlaceEngramTables(const Flags& flags, Runtime& rt) {
+  auto placement = ParseEngramPlacement(flags.Str("engram-placement"));
+  if (!placement.ok()) return placement.status();
+  if (!rt.model->has_engram() || *placement == EngramPlacement::kLocal) return absl::OkStatus();
+  Communicator* comm = rt.groups->world.get();
+  if (*placement == EngramPlacement::kNode) {
+    auto node = rt.groups->world->SplitNode("engram-node");
+    if (!node.ok()) return node.status();
+    rt.engram_comm = std::move(*node);
+    comm = rt.engram_comm.get();
+  }
+  auto source = ShardedEngramRowSource::Create(*comm, rt.model->EngramTables(), rt.model->config().engram_head_dim);
+  if (!source.ok()) return source.status();
+  rt.model->SetEngramRowSource(std::move(*source));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags) {
@@ -58,6 +80,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags) {
   ForwardOptions opt;
   opt.qdq = *qdq;
   rt->model = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*weights)), opt, &rt->groups->ctx);
+  if (auto st = PlaceEngramTables(flags, *rt); !st.ok()) return st;
   return rt;
 }
 

@@ -13,13 +13,14 @@
 
 namespace dsv4 {
 
-// --model, --qdq, --threads, --tp, --ep, --comm-timeout-s.
+// --model, --qdq, --threads, --tp, --ep, --comm-timeout-s, --engram-placement.
 void AddModelFlags(Flags& flags);
 
 // A model ready to run on this rank: under mpirun the communicators of its TP and EP groups and
 // the weights of its slice; otherwise a world of one.
 struct Runtime {
   std::unique_ptr<ParallelGroups> groups;
+  std::unique_ptr<Communicator> engram_comm;  // the ranks sharing the Engram tables (node placement)
   std::unique_ptr<Model> model;
   bool leader() const { return groups->ctx.layout.rank == 0; }
   Communicator& world() const { return *groups->world; }

@@ -38,6 +38,8 @@ class Communicator {
   virtual absl::Status Barrier() = 0;
   // Sub-communicator of the ranks passing the same color, ordered by key (MPI_Comm_split).
   virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key, const std::string& name) = 0;
+  // Sub-communicator of the ranks that share this rank's node (shared memory).
+  virtual absl::StatusOr<std::unique_ptr<Communicator>> SplitNode(const std::string& name) { return Split(0, rank(), name); }
   // Makes every pending and later call fail promptly.
   virtual void Abort(const std::string& reason) = 0;
 

@@ -117,6 +117,16 @@ class MpiCommunicator final : public Communicator {
     return std::unique_ptr<Communicator>(std::move(c));
   }
 
+  absl::StatusOr<std::unique_ptr<Communicator>> SplitNode(const std::string& name) override {
+    if (!aborted_.empty()) return absl::AbortedError("SplitNode: communicator aborted: " + aborted_);
+    MPI_Comm sub;
+    if (MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &sub) != MPI_SUCCESS)
+      return absl::InternalError(absl::StrCat("MPI_Comm_split_type of ", this->name(), " failed"));
+    auto c = std::make_unique<MpiCommunicator>(sub, name, /*owned=*/true);
+    c->set_timeout(timeout_);
+    return std::unique_ptr<Communicator>(std::move(c));
+  }
+
   void Abort(const std::string& reason) override { aborted_ = reason.empty() ? "aborted" : reason; }
   const void* NativeHandle() const override { return &comm_; }
 

@@ -103,15 +103,19 @@ void EngramGate(const EngramWeights& w, float* emb, int64_t n, int64_t hc, int64
 
 // ---- the model's Engram step ------------------------------------------------------------------
 
-void Model::InitEngram() {
-  if (!w_->engram_hasher) return;
-  const ModelConfig& c = config();
+std::vector<EngramTableView> Model::EngramTables() const {
   std::vector<EngramTableView> tables;
-  for (int64_t l : c.engram_layer_ids) {
+  if (!w_->engram_hasher) return tables;
+  for (int64_t l : config().engram_layer_ids) {
     const WeightMatrix& t = w_->layers[l].engram.table;
     tables.push_back({static_cast<const uint8_t*>(t.data), t.scales, t.rows()});
   }
-  engram_rows_ = std::make_shared<LocalEngramRowSource>(std::move(tables), c.engram_head_dim);
+  return tables;
+}
+
+void Model::InitEngram() {
+  if (!w_->engram_hasher) return;
+  engram_rows_ = std::make_shared<LocalEngramRowSource>(EngramTables(), config().engram_head_dim);
 }
 
 void Model::SetEngramRowSource(std::shared_ptr<EngramRowSource> source) {

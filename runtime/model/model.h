@@ -67,6 +67,9 @@ class Model {
   // Engram models only: where table rows come from (default: the checkpoint's tables, mmapped).
   // Not to be called while a Forward runs.
   void SetEngramRowSource(std::shared_ptr<EngramRowSource> source);
+  // The checkpoint's Engram tables, in engram_layer_ids order (empty without Engram).
+  std::vector<EngramTableView> EngramTables() const;
+  bool has_engram() const { return w_->engram_hasher != nullptr; }
 
   // Runs tokens [n] at positions cache.length .. +n-1, updates the cache and writes the
   // last position's logits [vocab] to `logits` (may be null). Under a ParallelContext every rank
