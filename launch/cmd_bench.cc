@@ -88,6 +88,7 @@ struct BenchCommand {
 
 constexpr BenchCommand kBenches[] = {
     {"comm", BenchComm, "MoE dispatch + combine against raw MPI_Alltoallv (run under mpirun)"},
+    {"engram", BenchEngram, "Engram decode steps, tables sharded vs whole on every rank (run under mpirun -np 2)"},
     {"serve", BenchServe, "N concurrent gRPC streams against the same workload on the engine in-process"},
 };
 

@@ -6,6 +6,7 @@ namespace dsv4 {
 int RunLogits(int argc, char** argv);
 int RunComplete(int argc, char** argv);
 int RunBench(int argc, char** argv);
+int BenchEngram(int argc, char** argv);  // dsv4 bench engram
 int RunPlan(int argc, char** argv);
 int RunEngramIds(int argc, char** argv);
 int RunTokenize(int argc, char** argv);

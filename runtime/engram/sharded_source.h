@@ -29,7 +29,7 @@ class ShardedEngramRowSource final : public EngramRowSource {
   int64_t head_dim() const override { return head_dim_; }
   absl::StatusOr<std::unique_ptr<EngramFetch>> Start(int64_t engram_index, std::span<const int64_t> row_ids,
                                                      uint8_t* codes_out, uint8_t* scales_out) override;
-  const ShardedRowStore& store() const { return *store_; }
+  ShardedRowStore& store() { return *store_; }
 
  private:
   ShardedEngramRowSource(std::unique_ptr<ShardedRowStore> store, int64_t head_dim)
