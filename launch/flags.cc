@@ -12,6 +12,11 @@ Flags& Flags::Add(const std::string& name, const std::string& default_value, con
   return *this;
 }
 
+Flags& Flags::SetDefault(const std::string& name, const std::string& default_value) {
+  defs_[name].value = default_value;
+  return *this;
+}
+
 absl::Status Flags::Parse(int argc, char** argv, int first) {
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];

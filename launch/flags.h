@@ -15,6 +15,8 @@ class Flags {
  public:
   // Declares a flag with its default and help text.
   Flags& Add(const std::string& name, const std::string& default_value, const std::string& help);
+  // Changes the default of a declared flag.
+  Flags& SetDefault(const std::string& name, const std::string& default_value);
   // Parses argv[first..argc).
   absl::Status Parse(int argc, char** argv, int first);
 
