@@ -285,7 +285,9 @@ int RunLeader(const Flags& flags, const ServeFlags& f, const std::string& digest
     return name.substr(std::string("SERVER_STATE_").size());
   };
   Coordinator coordinator(copt, cb);
-  auto control = StartControlServer(f.control_host, f.control_port, f.security, &coordinator);
+  ServerSecurity control_security;  // cluster-internal: the token, no TLS (workers dial it by address)
+  control_security.token = f.security.token;
+  auto control = StartControlServer(f.control_host, f.control_port, control_security, &coordinator);
   if (!control.ok()) return Fail(control.status());
   const std::string control_address = absl::StrCat(f.control_host, ":", control->port);
   if (auto st = WriteInfoFile(f.info_file, absl::StrFormat(R"({"host": "%s", "port": %d, "control": "%s", "pid": %d})",

@@ -1,0 +1,124 @@
+#include "tests/rpc/serve_harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
+#include "tests/testutil.h"
+
+extern char** environ;
+
+namespace dsv4::testing {
+
+int ServeRanks() {
+  const char* np = std::getenv("DSV4_SERVE_NP");
+  int n = 1;
+  if (np != nullptr && !absl::SimpleAtoi(np, &n)) n = 1;
+  return std::max(1, n);
+}
+
+absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vector<std::string>& args, int np,
+                                                                  absl::Duration timeout) {
+  static int counter = 0;
+  std::unique_ptr<ServeProcess> p(new ServeProcess());
+  const std::string dir = TempDir();
+  const std::string info = absl::StrCat(dir, "/serve-", getpid(), "-", counter, ".json");
+  p->log_path_ = absl::StrCat(dir, "/serve-", getpid(), "-", counter++, ".log");
+  std::vector<std::string> argv;
+  if (np > 1) {
+    argv = {DSV4_MPIEXEC, "--oversubscribe", "-np", std::to_string(np)};
+  }
+  for (const std::string& a : {std::string(DSV4_BINARY), std::string("serve"), std::string("--port"),
+                               std::string("0"), std::string("--info-file"), info})
+    argv.push_back(a);
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, p->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attr, 0);  // its own process group: the destructor kills all of it
+  const int rc = posix_spawn(&p->child_, cargv[0], &fa, &attr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return absl::InternalError(absl::StrCat("posix_spawn ", cargv[0], " failed: ", rc));
+
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::ifstream f(info);
+    if (f) {
+      try {
+        const nlohmann::json j = nlohmann::json::parse(f);
+        p->port_ = j.at("port").get<int>();
+        p->control_ = j.at("control").get<std::string>();
+        p->leader_pid_ = j.at("pid").get<int>();
+        return p;
+      } catch (const std::exception&) {
+        // Not complete yet (it is written by rename, so this is unlikely); read again.
+      }
+    }
+    int status;
+    if (waitpid(p->child_, &status, WNOHANG) == p->child_) {
+      p->exited_ = true;
+      return absl::InternalError(absl::StrCat("dsv4 serve exited before listening:\n", p->Log()));
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("dsv4 serve did not write ", info, " in time:\n", p->Log()));
+}
+
+ServeProcess::~ServeProcess() {
+  if (child_ > 0 && !exited_) {
+    kill(-child_, SIGKILL);
+    int status;
+    waitpid(child_, &status, 0);
+  }
+}
+
+void ServeProcess::SignalLeader(int sig) const {
+  if (leader_pid_ > 0) kill(leader_pid_, sig);
+}
+
+int ServeProcess::Wait(absl::Duration timeout) {
+  if (exited_) return status_;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    int status;
+    if (waitpid(child_, &status, WNOHANG) == child_) {
+      exited_ = true;
+      status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return status_;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  kill(-child_, SIGKILL);
+  int status;
+  waitpid(child_, &status, 0);
+  exited_ = true;
+  status_ = -1;
+  return -1;
+}
+
+std::string ServeProcess::Log() const {
+  std::ifstream f(log_path_);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace dsv4::testing
