@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/cpu/formats.h"
+#include "kernels/cpu/thread_pool.h"
 #include "runtime/engram/layout.h"
 #include "runtime/status.h"
 
@@ -17,6 +18,7 @@ struct Spec {
   int64_t hash_layers, window, index_heads, index_dim, index_topk;
   std::vector<int64_t> ratios;
   bool engram = false;  // Engram before layers 1 and 3 (EngramKeys)
+  bool fast_sampling = false;  // cheap approximate normals, in parallel (multi-GB models)
 };
 
 Spec SpecFor(const std::string& name, bool* ok) {
@@ -24,6 +26,11 @@ Spec SpecFor(const std::string& name, bool* ok) {
   if (name == "v4-tiny") return {129280, 256, 5, 8, 128, 64, 128, 2, 64, 16, 4, 128, 2, 32, 16, 64, 8, {0, 4, 128, 4, 0}};
   if (name == "v4-tiny-engram")
     return {129280, 256, 5, 8, 128, 64, 128, 2, 64, 16, 4, 128, 2, 32, 16, 64, 8, {0, 4, 128, 4, 0}, true};
+  // The V4-Flash architecture at about 4.7 GB: attention and vocabulary at full Flash width per layer,
+  // 12 layers on the Flash ratio schedule, 64 experts of width 1024. About 1.9 GB read per token.
+  if (name == "v4-bench")
+    return {129280, 2048, 12,  64, 512, 64, 1024, 8, 1024, 64, 6, 1024, 3, 128, 64, 128, 512,
+            {0, 0, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128}, false, true};
   *ok = false;
   return {};
 }
@@ -113,9 +120,61 @@ uint8_t EncodeE8m0(float pow2) {
   return static_cast<uint8_t>(e - 1 + 127);
 }
 
+// Approximately normal samples for the large built-in models, cheap enough for billions of
+// weights: z = (sum of four uniform random bytes - 510) / 147.8 (mean 0, variance 1, |z| < 3.5).
+// The encoded value of each of the 1021 possible sums is tabulated per tensor; blocks of 64K
+// elements draw from their own splitmix64 stream, so the bytes do not depend on the thread count.
+class FastSampler {
+ public:
+  static constexpr int kSums = 1021;
+  static float Z(int sum) { return (static_cast<float>(sum) - 510.0f) / 147.8f; }
+
+  // dst[i] = table[sum_i] for n elements of type T.
+  template <typename T>
+  static void Fill(T* dst, int64_t n, uint64_t seed, const std::vector<T>& table) {
+    Blocks(n, [&](int64_t b, int64_t e, Rng& rng) {
+      for (int64_t i = b; i < e; i += 2) {
+        const uint64_t r = rng.Next();
+        dst[i] = table[Sum(r)];
+        if (i + 1 < e) dst[i + 1] = table[Sum(r >> 32)];
+      }
+    }, seed);
+  }
+  // Packed FP4 nibbles, two per byte: 16 states are coarse enough for a sum of two random bytes
+  // (triangular, standard deviation 104.5, |z| < 2.5), so one draw fills two bytes. table2 holds
+  // the codes of the 511 possible sums of two bytes.
+  static constexpr int kSums2 = 511;
+  static float Z2(int sum) { return (static_cast<float>(sum) - 255.0f) / 104.5f; }
+  static void FillNibbles(uint8_t* dst, int64_t n, uint64_t seed, const std::vector<uint8_t>& table2) {
+    Blocks(n, [&](int64_t b, int64_t e, Rng& rng) {
+      for (int64_t i = b; i < e; i += 2) {
+        const uint64_t r = rng.Next();
+        dst[i] = static_cast<uint8_t>(table2[Sum2(r)] | (table2[Sum2(r >> 16)] << 4));
+        if (i + 1 < e) dst[i + 1] = static_cast<uint8_t>(table2[Sum2(r >> 32)] | (table2[Sum2(r >> 48)] << 4));
+      }
+    }, seed);
+  }
+
+ private:
+  static int Sum2(uint64_t r) { return static_cast<int>((r & 0xff) + ((r >> 8) & 0xff)); }
+  static int Sum(uint64_t r) {
+    return static_cast<int>((r & 0xff) + ((r >> 8) & 0xff) + ((r >> 16) & 0xff) + ((r >> 24) & 0xff));
+  }
+  template <typename Fn>
+  static void Blocks(int64_t n, Fn fn, uint64_t seed) {
+    constexpr int64_t kBlock = 1 << 16;
+    kernels::ParallelFor((n + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        Rng rng(seed ^ (0x9e3779b97f4a7c15ull * static_cast<uint64_t>(blk + 1)));
+        fn(blk * kBlock, std::min(n, (blk + 1) * kBlock), rng);
+      }
+    });
+  }
+};
+
 class Writer {
  public:
-  explicit Writer(uint64_t seed) : rng_(seed) {}
+  explicit Writer(uint64_t seed, bool fast = false) : rng_(seed), fast_(fast) {}
 
   void F32(const std::string& name, std::vector<int64_t> shape, float std, float mean = 0.f) {
     const int64_t n = Numel(shape);
@@ -129,6 +188,15 @@ class Writer {
 
   void Bf16(const std::string& name, std::vector<int64_t> shape, float std, float mean = 0.f) {
     const int64_t n = Numel(shape);
+    if (fast_ && n >= kFastMin) {
+      std::vector<uint16_t> table(FastSampler::kSums);
+      for (int i = 0; i < FastSampler::kSums; ++i) table[i] = kernels::FloatToBf16(mean + std * FastSampler::Z(i));
+      const uint64_t seed = rng_.Next();
+      out_.push_back({name, DType::kBF16, std::move(shape), {}, [n, seed, table](uint8_t* dst) {
+                        FastSampler::Fill(reinterpret_cast<uint16_t*>(dst), n, seed, table);
+                      }});
+      return;
+    }
     std::vector<uint8_t> bytes(n * 2);
     for (int64_t i = 0; i < n; ++i) {
       const uint16_t v = kernels::FloatToBf16(mean + std * rng_.Normal());
@@ -146,6 +214,18 @@ class Writer {
   // W_kv 32 x 32, table rows 1 x 32).
   void Fp8Blocked(const std::string& prefix, int64_t out, int64_t in, int64_t br, int64_t bc, float std) {
     const int64_t sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
+    if (fast_ && out * in >= kFastMin) {
+      const float scale = kernels::Pow2Ceil(4.0f * std / 448.0f);  // the same for every block
+      std::vector<uint8_t> table(FastSampler::kSums);
+      for (int i = 0; i < FastSampler::kSums; ++i)
+        table[i] = EncodeFp8(kernels::RoundToFp8E4m3(std * FastSampler::Z(i) / scale));
+      const uint64_t seed = rng_.Next();
+      const int64_t n = out * in;
+      out_.push_back({prefix + ".weight", DType::kF8_E4M3, {out, in}, {},
+                      [n, seed, table](uint8_t* dst) { FastSampler::Fill(dst, n, seed, table); }});
+      out_.push_back({prefix + ".scale", DType::kF8_E8M0, {sr, sc}, std::vector<uint8_t>(sr * sc, EncodeE8m0(scale))});
+      return;
+    }
     std::vector<uint8_t> w(out * in), s(sr * sc);
     for (int64_t bi = 0; bi < sr; ++bi)
       for (int64_t bj = 0; bj < sc; ++bj) {
@@ -163,8 +243,19 @@ class Writer {
   // Packed FP4 E2M1 weight [out, in] (I8 [out, in/2], low nibble first), E8M0 scale per 32 inputs.
   void Fp4(const std::string& prefix, int64_t out, int64_t in) {
     const float std = 1.0f / std::sqrt(static_cast<float>(in));
-    std::vector<uint8_t> w(out * in / 2), s(out * in / 32);
     const float scale = kernels::Pow2Ceil(2.5f * std / 6.0f);
+    if (fast_) {
+      std::vector<uint8_t> table(FastSampler::kSums2);
+      for (int i = 0; i < FastSampler::kSums2; ++i)
+        table[i] = EncodeFp4(kernels::RoundToFp4E2m1(std * FastSampler::Z2(i) / scale));
+      const uint64_t seed = rng_.Next();
+      const int64_t n = out * in / 2;
+      out_.push_back({prefix + ".weight", DType::kI8, {out, in / 2}, {},
+                      [n, seed, table](uint8_t* dst) { FastSampler::FillNibbles(dst, n, seed, table); }});
+      out_.push_back({prefix + ".scale", DType::kF8_E8M0, {out, in / 32}, std::vector<uint8_t>(out * in / 32, EncodeE8m0(scale))});
+      return;
+    }
+    std::vector<uint8_t> w(out * in / 2), s(out * in / 32);
     for (int64_t r = 0; r < out; ++r) {
       for (int64_t g = 0; g < in / 32; ++g) s[r * (in / 32) + g] = EncodeE8m0(scale);
       for (int64_t c = 0; c < in; ++c) {
@@ -198,7 +289,9 @@ class Writer {
     for (int64_t d : s) n *= d;
     return n;
   }
+  static constexpr int64_t kFastMin = 1 << 16;  // smaller tensors keep the exact sampler
   Rng rng_;
+  bool fast_;
   std::vector<TensorToWrite> out_;
 };
 
@@ -212,7 +305,7 @@ void WriteCompressor(Writer& w, const std::string& p, int64_t ratio, int64_t hd,
 
 }  // namespace
 
-std::vector<std::string> BuiltinModelNames() { return {"v4-tiny", "v4-tiny-engram"}; }
+std::vector<std::string> BuiltinModelNames() { return {"v4-tiny", "v4-tiny-engram", "v4-bench"}; }
 
 absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name) {
   bool ok;
@@ -227,12 +320,14 @@ absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name) {
   DSV4_ASSIGN_OR_RETURN(std::string json, BuiltinConfigJson(name));
   uint64_t seed = 0x5eed0000ull;
   for (char ch : name) seed = seed * 131 + static_cast<unsigned char>(ch);  // stable across platforms
-  return MakeRandomModel(json, seed, "builtin:" + name);
+  bool ok;
+  return MakeRandomModel(json, seed, "builtin:" + name, SpecFor(name, &ok).fast_sampling);
 }
 
-absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t seed, const std::string& name) {
+absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t seed, const std::string& name,
+                                             bool fast_sampling) {
   DSV4_ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(json, name));
-  Writer w(seed);
+  Writer w(seed, fast_sampling);
   const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2), H = c.num_attention_heads;
   const float inv_d = 1.0f / std::sqrt(static_cast<float>(D));
   w.Bf16("embed.weight", {c.vocab_size, D}, 1.0f);

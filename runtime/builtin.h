@@ -20,13 +20,17 @@ struct BuiltinModel {
 };
 
 // Names: "v4-tiny" (vocab 129280, 5 layers with ratios [0, 4, 128, 4, 0]); "v4-tiny-engram" (the
-// same plus V4.1 Engram modules before layers 1 and 3; needs the npm DeepSeek tokenizer.json).
+// same plus V4.1 Engram modules before layers 1 and 3; needs the npm DeepSeek tokenizer.json);
+// "v4-bench" (the V4-Flash architecture at about 4.7 GB for `dsv4 bench`: hidden 2048, 12 layers with
+// ratios [0, 0, 4, 128, ...], 64 heads x 512, 64 experts of 1024 top-6; built in a few seconds).
 std::vector<std::string> BuiltinModelNames();
 absl::StatusOr<BuiltinModel> MakeBuiltinModel(const std::string& name);
 
 // A model of any valid config with seeded random weights in the released formats (tests use it
 // for configurations no checkpoint covers: other ratio schedules, top-k 16, ...).
-absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& config_json, uint64_t seed, const std::string& name);
+// `fast_sampling` draws the large tensors from a cheap approximate normal, in parallel.
+absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& config_json, uint64_t seed, const std::string& name,
+                                             bool fast_sampling = false);
 
 // The config.json text of a built-in model (for writing a model directory).
 absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name);

@@ -659,8 +659,9 @@ std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
     DSV4_CHECK(IsValidUtf8(t.name), "tensor name is not UTF-8");
     for (int64_t d : t.shape) DSV4_CHECK(d >= 0, t.name, ": negative dimension");
     uint64_t nbytes = 0;
-    DSV4_CHECK(TensorBytes(t.dtype, t.shape, &nbytes) == SizeError::kNone && nbytes == t.bytes.size(), t.name, ": ",
-               t.bytes.size(), " bytes do not match shape ", ShapeText(t.shape), " of ", DTypeName(t.dtype));
+    DSV4_CHECK(TensorBytes(t.dtype, t.shape, &nbytes) == SizeError::kNone && (t.fill || nbytes == t.bytes.size()),
+               t.name, ": ", t.bytes.size(), " bytes do not match shape ", ShapeText(t.shape), " of ",
+               DTypeName(t.dtype));
     json entry = json::object();
     entry["dtype"] = DTypeName(t.dtype);
     entry["shape"] = t.shape;
@@ -675,7 +676,17 @@ std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
   out.reserve(kLengthBytes + text.size() + offset);
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i)));
   out.insert(out.end(), text.begin(), text.end());
-  for (const TensorToWrite& t : tensors) out.insert(out.end(), t.bytes.begin(), t.bytes.end());
+  for (const TensorToWrite& t : tensors) {
+    if (t.fill) {
+      uint64_t nbytes = 0;
+      TensorBytes(t.dtype, t.shape, &nbytes);
+      const size_t at = out.size();
+      out.resize(at + nbytes);
+      t.fill(out.data() + at);
+    } else {
+      out.insert(out.end(), t.bytes.begin(), t.bytes.end());
+    }
+  }
   return out;
 }
 

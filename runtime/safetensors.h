@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -73,6 +74,9 @@ struct TensorToWrite {
   DType dtype;
   std::vector<int64_t> shape;
   std::vector<uint8_t> bytes;
+  // When set, writes the tensor's bytes straight into the image instead of `bytes` (large built-in
+  // models: no second copy of the weights).
+  std::function<void(uint8_t* dst)> fill;
 };
 std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
                                       const std::map<std::string, std::string>& metadata = {});

@@ -133,11 +133,18 @@ DotFn SelectDot() {
 }
 
 // ---- geometry of the fast paths ----------------------------------------------------------------
+//
+// Every (weight row, token) result comes out of one canonical order, whichever path runs and however
+// many token rows come together, so a token's output does not depend on its batch and prefill
+// agrees with decode to the bit: lane l of one 8-lane accumulator sums, chunk after chunk, the
+// products of the columns decoded into lane l (vector 0 first); the lanes are added in a fixed
+// tree (Hsum, LaneTree); the columns after the last full chunk are added one by one. The streaming
+// path multiplies its operands by powers of two, which changes no rounding.
 
 constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path
-constexpr int64_t kKc = 128;     // GEMM: columns per block (a multiple of every chunk width)
-constexpr int kPanel = 24;       // GEMM: weight rows decoded together (4 micro-kernel panels)
-constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens
+constexpr int64_t kKc = 512;     // GEMM: columns per block (a multiple of every chunk width)
+constexpr int kPanel = 12;       // GEMM: weight rows decoded together (2 micro-kernel panels)
+constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens, one lane at a time
 constexpr int kNt = 16;
 
 // Columns per 32-byte chunk of storage.
@@ -154,8 +161,8 @@ int64_t ChunkCols(WeightType t) {
   }
 }
 
-// The column (within its chunk) of decoded lane p: lane i of vector j is byte j of 32-bit word i
-// (FP8), nibble j of word i (FP4), half j of word i (BF16).
+// The column (within its chunk) of decoded position p = 8 * vector + lane: lane i of vector j is
+// byte j of 32-bit word i (FP8), nibble j of word i (FP4), half j of word i (BF16).
 int64_t LaneColumn(WeightType t, int64_t p) {
   switch (t) {
     case WeightType::kFP8:
@@ -202,11 +209,19 @@ inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
   return 0.f;
 }
 
+inline int64_t RowStride(const WeightMatrix& w) {
+  const int64_t esize = w.type == WeightType::kF32 ? 4 : w.type == WeightType::kBF16 ? 2 : 1;
+  return w.ld * esize;
+}
+
 inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
   const int64_t esize = w.type == WeightType::kF32 ? 4 : w.type == WeightType::kBF16 ? 2 : 1;
   const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * esize;
-  return static_cast<const uint8_t*>(w.data) + row * w.ld * esize + col_bytes;
+  return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + col_bytes;
 }
+
+// The fixed tree Hsum adds an accumulator's lanes in, for sums kept lane by lane in memory.
+inline float LaneTree(const float* v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 
 // ---- AVX2 decoders: one 32-byte chunk -> float vectors ------------------------------------------
 
@@ -234,12 +249,15 @@ DSV4_AVX2_INLINE void DecodeFp4(const uint8_t* p, __m256* f) {
   f[7] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(v, 6), mask));
 }
 
-// The two E8M0 scales of an FP4 chunk as floats, lanes 0-3 and 4-7 (code 0 reads as 0).
+// The two E8M0 scales of an FP4 chunk times 2^100, lanes 0-3 and 4-7; times a decoded nibble
+// (value * 2^-126) this is value * scale * 2^-26, a normal float for scales in [2^-100, 2^27].
+// (Scale code 0, 2^-127, reads as 2^-27 here: its products underflow to about 0.)
 DSV4_AVX2_INLINE __m256 Fp4ChunkScales(const uint8_t* s) {
   uint16_t two;
   std::memcpy(&two, s, 2);
   const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-  const __m256i e = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(two)), idx);
+  __m256i e = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(two)), idx);
+  e = _mm256_add_epi32(e, _mm256_set1_epi32(100));
   return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
 }
 
@@ -270,98 +288,77 @@ struct Dec<WeightType::kF32> {
   DSV4_AVX2_INLINE static void Run(const uint8_t* p, __m256* f) { DecodeF32(p, f); }
 };
 
-// ---- AVX2 streaming kernels: one weight row against M token rows ---------------------------------
+// ---- AVX2 streaming kernels: R weight rows against M token rows ----------------------------------
 
-// out[t] = sum over `nchunks` chunks of decoded lanes times xp[t] (xp: M rows of stride ldxp, in
-// lane order). Independent accumulators hide the FMA latency when M is small.
-template <WeightType T, int M>
-DSV4_AVX2 void RowDot(const uint8_t* w, int64_t nchunks, const float* xp, int64_t ldxp, float* out) {
+// out[r * M + t] = Hsum of the canonical lane sums of row r (at w + r * wstride) and token row t
+// (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains.
+template <WeightType T, int M, int R>
+DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out) {
   constexpr int V = Dec<T>::kVecs;
-  constexpr int A = M == 1 ? 4 : M <= 2 ? 4 : M <= 4 ? 2 : 1;  // accumulators per token
-  constexpr int U = A > V ? A / V : 1;                           // chunks per iteration
-  __m256 acc[M][A];
+  __m256 acc[R][M];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-  for (int t = 0; t < M; ++t)
+    for (int t = 0; t < M; ++t) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nchunks; ++c) {
 #pragma GCC unroll 4
-    for (int a = 0; a < A; ++a) acc[t][a] = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + U <= nchunks; c += U) {
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
+    for (int r = 0; r < R; ++r) {
       __m256 f[V];
-      Dec<T>::Run(w + 32 * (c + u), f);
-#pragma GCC unroll 8
-      for (int t = 0; t < M; ++t)
-#pragma GCC unroll 4
-        for (int j = 0; j < V; ++j) {
-          const int a = (u * V + j) % A;
-          acc[t][a] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + (c + u) * 8 * V + 8 * j), acc[t][a]);
-        }
-    }
-  }
-  for (; c < nchunks; ++c) {
-    __m256 f[V];
-    Dec<T>::Run(w + 32 * c, f);
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t)
+      Dec<T>::Run(w + r * wstride + 32 * c, f);
 #pragma GCC unroll 4
       for (int j = 0; j < V; ++j)
-        acc[t][j % A] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[t][j % A]);
-  }
 #pragma GCC unroll 8
-  for (int t = 0; t < M; ++t) {
-    __m256 s = acc[t][0];
-#pragma GCC unroll 4
-    for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[t][a]);
-    out[t] = Hsum(s);
-  }
-}
-
-// FP4: the per-32 scales multiply each chunk's partial sums (lanes 0-3: first group, 4-7: second).
-template <int M>
-DSV4_AVX2 void RowDotFp4(const uint8_t* w, const uint8_t* scales, int64_t nchunks, const float* xp, int64_t ldxp,
-                         float* out) {
-  constexpr int P = M == 1 ? 4 : M == 2 ? 2 : 1;  // partial-sum chains per token
-  __m256 acc[M];
-#pragma GCC unroll 8
-  for (int t = 0; t < M; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < nchunks; ++c) {
-    __m256 f[8];
-    DecodeFp4(w + 32 * c, f);
-    const __m256 s = Fp4ChunkScales(scales + 2 * c);
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t) {
-      const float* x = xp + t * ldxp + 64 * c;
-      __m256 p[P];
-#pragma GCC unroll 4
-      for (int k = 0; k < P; ++k) p[k] = _mm256_mul_ps(f[k], _mm256_loadu_ps(x + 8 * k));
-#pragma GCC unroll 8
-      for (int k = P; k < 8; ++k) p[k % P] = _mm256_fmadd_ps(f[k], _mm256_loadu_ps(x + 8 * k), p[k % P]);
-      if constexpr (P == 4) {
-        p[0] = _mm256_add_ps(_mm256_add_ps(p[0], p[1]), _mm256_add_ps(p[2], p[3]));
-      } else if constexpr (P == 2) {
-        p[0] = _mm256_add_ps(p[0], p[1]);
-      }
-      acc[t] = _mm256_fmadd_ps(p[0], s, acc[t]);
+        for (int t = 0; t < M; ++t)
+          acc[r][t] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[r][t]);
     }
   }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-  for (int t = 0; t < M; ++t) out[t] = Hsum(acc[t]);
+    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(acc[r][t]);
+}
+
+// FP4: each decoded vector is multiplied by its chunk's scales (exactly) before the FMA.
+template <int M, int R>
+DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, int64_t nchunks,
+                          const float* xp, int64_t ldxp, float* out) {
+  __m256 acc[R][M];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < M; ++t) acc[r][t] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nchunks; ++c) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      __m256 f[8];
+      DecodeFp4(w + r * wstride + 32 * c, f);
+      const __m256 sc = Fp4ChunkScales(s + r * sstride + 2 * c);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256 wj = _mm256_mul_ps(f[j], sc);
+#pragma GCC unroll 8
+        for (int t = 0; t < M; ++t)
+          acc[r][t] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xp + t * ldxp + c * 64 + 8 * j), acc[r][t]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(acc[r][t]);
 }
 
 // ---- AVX2 GEMM pieces ----------------------------------------------------------------------------
 
-// Decodes row `row` (absolute), columns [c0, c0 + kc) of the view (c0 relative to col_begin, a
-// multiple of kKc), into wd[kc] as true values: full chunks in lane order, the tail in column order.
+// Decodes the full chunks of row `row` (absolute), columns [c0, c0 + kc) of the view (c0 a multiple
+// of kKc, kc of the chunk width), into wd[kc] in lane order, as true values.
 DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, float* wd) {
-  const int64_t cc = ChunkCols(w.type);
-  const int64_t full = kc / cc * cc;
   const uint8_t* base = RowBytes(w, row);
   switch (w.type) {
     case WeightType::kFP8: {
       const __m256 k2_120 = _mm256_set1_ps(std::ldexp(1.0f, 120));
       const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
-      for (int64_t c = 0; c < full; c += 32) {
+      for (int64_t c = 0; c < kc; c += 32) {
         __m256 f[4];
         DecodeFp8(base + c0 + c, f);
         const __m256 s = _mm256_set1_ps(E8m0ToFloat(srow[(w.col_begin + c0 + c) / w.block_cols]));
@@ -370,18 +367,18 @@ DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, in
       break;
     }
     case WeightType::kFP4: {
-      const __m256 k2_126 = _mm256_set1_ps(std::ldexp(1.0f, 126));
+      const __m256 k2_26 = _mm256_set1_ps(std::ldexp(1.0f, 26));
       const uint8_t* srow = w.scales + row * w.scale_ld + w.col_begin / 32;
-      for (int64_t c = 0; c < full; c += 64) {
+      for (int64_t c = 0; c < kc; c += 64) {
         __m256 f[8];
         DecodeFp4(base + (c0 + c) / 2, f);
         const __m256 s = Fp4ChunkScales(srow + (c0 + c) / 32);
-        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(wd + c + 8 * j, _mm256_mul_ps(_mm256_mul_ps(f[j], k2_126), s));
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(wd + c + 8 * j, _mm256_mul_ps(_mm256_mul_ps(f[j], s), k2_26));
       }
       break;
     }
     case WeightType::kBF16:
-      for (int64_t c = 0; c < full; c += 16) {
+      for (int64_t c = 0; c < kc; c += 16) {
         __m256 f[2];
         DecodeBf16(base + (c0 + c) * 2, f);
         _mm256_storeu_ps(wd + c, f[0]);
@@ -389,28 +386,28 @@ DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, in
       }
       break;
     case WeightType::kF32:
-      std::memcpy(wd, base + c0 * 4, full * sizeof(float));
+      std::memcpy(wd, base + c0 * 4, kc * sizeof(float));
       break;
   }
-  for (int64_t c = full; c < kc; ++c) wd[c] = Element(w, row, w.col_begin + c0 + c);
 }
 
-// c[R][16] (+)= wd[R rows of stride ldw][kc] x xt[kc][16]; NV = 1 uses only the first 8 tokens.
+// One lane of the canonical sums for R rows x 16 tokens: c[r][t] (+)= sum over k < steps of
+// wd[r * ldw + 8 k] * xt[k][t] (wd points at the lane's first element; NV = 1: first 8 tokens).
 template <int R, int NV>
-DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t kc, float* c, bool accumulate) {
+DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t steps, float* c, bool accumulate) {
   __m256 acc[R][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? _mm256_loadu_ps(c + r * kNt + 8 * v) : _mm256_setzero_ps();
 #pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
+  for (int64_t k = 0; k < steps; ++k) {
     __m256 b[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(xt + k * kNt + 8 * v);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + k);
+      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + 8 * k);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
@@ -433,14 +430,14 @@ struct Plan {
   const LinearJob* job = nullptr;
   enum Path { kScalar, kGemv, kGemm } path = kScalar;
   int64_t cc = 0;       // columns per chunk
-  int64_t nchunks = 0;  // full chunks of the view's columns (streaming path)
+  int64_t nchunks = 0;  // full chunks of the view's columns; the rest are tail columns
   // Streaming path: the token rows in lane order [m][nchunks * cc], pre-scaled for FP4 (by 2^kx)
   // but not yet for FP8 (block scales differ per row block); kx and the amax exponent per token.
   float* xp = nullptr;
   int kx[kMaxGemvRows] = {};
   int amax_exp[kMaxGemvRows] = {};
   bool zero_row[kMaxGemvRows] = {};
-  // GEMM path: transposed input [nkb][ntb][kKc][16], zero-padded.
+  // GEMM path: the input in lane order, transposed per lane: [nkb][ntb][8 lanes][kKc / 8][16].
   const float* xt = nullptr;
   int64_t ntb = 0, nkb = 0;
 };
@@ -451,9 +448,11 @@ struct Task {
   int64_t tb0, tb1;  // GEMM token blocks
 };
 
+// Views the fast paths take (any other runs the scalar path, for every m).
 bool FastPathCovers(const WeightMatrix& w) {
   if (w.type == WeightType::kFP4) return w.col_begin % 32 == 0 && w.block_cols == 32;
-  if (w.type == WeightType::kFP8) return w.block_cols > 0 && w.block_rows > 0;
+  if (w.type == WeightType::kFP8)
+    return w.block_rows > 0 && w.block_cols > 0 && w.col_begin % 32 == 0 && w.block_cols % 32 == 0;
   return true;
 }
 
@@ -467,19 +466,43 @@ bool RowAmax(const float* x, int64_t n, float* amax) {
 
 // ---- the streaming path (m <= 8) -----------------------------------------------------------------
 
+// Rows taken together for M tokens: enough independent FMA chains, within 16 registers.
+constexpr int GemvRowsAtOnce(WeightType t, int M) {
+  if (M == 1) return 4;
+  if (M == 2) return 2;
+  return (M <= 4 && t != WeightType::kFP4) ? 2 : 1;
+}
+
+template <WeightType T, int M, int R>
+DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, int64_t nchunks, const float* xs,
+                            int64_t lx, float* sums) {
+  int64_t r = 0;
+  const int64_t stride = RowStride(w);
+  if constexpr (T == WeightType::kFP4) {
+    for (; r + R <= rows; r += R)
+      RowsDotFp4<M, R>(RowBytes(w, row0 + r), stride, w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32,
+                       w.scale_ld, nchunks, xs, lx, sums + r * M);
+    for (; r < rows; ++r)
+      RowsDotFp4<M, 1>(RowBytes(w, row0 + r), stride, w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32,
+                       w.scale_ld, nchunks, xs, lx, sums + r * M);
+  } else {
+    for (; r + R <= rows; r += R) RowsDot<T, M, R>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M);
+    for (; r < rows; ++r) RowsDot<T, M, 1>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M);
+  }
+}
+
 template <int M>
 DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
   const int64_t cols = w.cols(), main = p.nchunks * p.cc;
-  const int64_t lx = main;  // stride of p.xp
-  float sums[M] = {}, mult[M];
+  float mult[M];
   const float* xs = p.xp;
-  // FP8: scale the permuted rows by this row block's column-block scales (and 2^kx).
+  int64_t lx = main;
+  // FP8: scale the lane-ordered rows by this row block's column-block scales (and 2^kx).
   Scratch<float> xscaled(w.type == WeightType::kFP8 ? M * main : 0, NoInit{});
   if (w.type == WeightType::kFP8) {
-    const int64_t row0 = w.row_begin + r0;
-    const uint8_t* srow = w.scales + (row0 / w.block_rows) * w.scale_ld;
+    const uint8_t* srow = w.scales + ((w.row_begin + r0) / w.block_rows) * w.scale_ld;
     const int64_t cb0 = w.col_begin / w.block_cols, cb1 = (w.col_end - 1) / w.block_cols;
     int max_es = 0;
     for (int64_t cb = cb0; cb <= cb1; ++cb) max_es = std::max<int>(max_es, srow[cb]);
@@ -491,47 +514,43 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
       mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 120 - kx);
       float* dst = xscaled.data() + t * lx;
       const float* src = p.xp + t * lx;
-      const bool aligned = w.col_begin % 32 == 0 && w.block_cols % 32 == 0;
-      if (aligned) {
-        for (int64_t c = 0; c < main; c += 32) {
-          const __m256 f = _mm256_set1_ps(std::ldexp(1.0f, srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
-          for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + c + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * j), f));
-        }
-      } else {
-        for (int64_t c = 0; c < main; ++c) {
-          const int64_t col = w.col_begin + (c / 32) * 32 + LaneColumn(WeightType::kFP8, c % 32);
-          dst[c] = src[c] * std::ldexp(1.0f, srow[col / w.block_cols] - 127 + kx);
-        }
+      for (int64_t c = 0; c < main; c += 32) {
+        const __m256 f = _mm256_set1_ps(std::ldexp(1.0f, srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + c + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * j), f));
       }
     }
     xs = xscaled.data();
   } else if (w.type == WeightType::kFP4) {
-    for (int t = 0; t < M; ++t) mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 126 - p.kx[t]);
+    for (int t = 0; t < M; ++t) mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 26 - p.kx[t]);
   } else {
     for (int t = 0; t < M; ++t) mult[t] = 1.f;
+    if (w.type == WeightType::kF32) xs = job.x, lx = job.ldx;
   }
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t row = w.row_begin + r;
-    const uint8_t* wr = RowBytes(w, row);
+  constexpr int kRowsPerPass = 64;
+  float sums[kRowsPerPass * M];
+  for (int64_t rb = r0; rb < r1; rb += kRowsPerPass) {
+    const int64_t rows = std::min<int64_t>(kRowsPerPass, r1 - rb), row0 = w.row_begin + rb;
     switch (w.type) {
       case WeightType::kFP8:
-        RowDot<WeightType::kFP8, M>(wr, p.nchunks, xs, lx, sums);
+        GemvRowRange<WeightType::kFP8, M, GemvRowsAtOnce(WeightType::kFP8, M)>(w, row0, rows, p.nchunks, xs, lx, sums);
         break;
       case WeightType::kFP4:
-        RowDotFp4<M>(wr, w.scales + row * w.scale_ld + w.col_begin / 32, p.nchunks, xs, lx, sums);
+        GemvRowRange<WeightType::kFP4, M, GemvRowsAtOnce(WeightType::kFP4, M)>(w, row0, rows, p.nchunks, xs, lx, sums);
         break;
       case WeightType::kBF16:
-        RowDot<WeightType::kBF16, M>(wr, p.nchunks, xs, lx, sums);
+        GemvRowRange<WeightType::kBF16, M, GemvRowsAtOnce(WeightType::kBF16, M)>(w, row0, rows, p.nchunks, xs, lx,
+                                                                                 sums);
         break;
       case WeightType::kF32:
-        RowDot<WeightType::kF32, M>(wr, p.nchunks, job.x, job.ldx, sums);
+        GemvRowRange<WeightType::kF32, M, GemvRowsAtOnce(WeightType::kF32, M)>(w, row0, rows, p.nchunks, xs, lx, sums);
         break;
     }
-    for (int t = 0; t < M; ++t) {
-      float v = sums[t] * mult[t];
-      for (int64_t c = main; c < cols; ++c) v += job.x[t * job.ldx + c] * Element(w, row, w.col_begin + c);
-      job.y[t * job.ldy + r] = v;
-    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int t = 0; t < M; ++t) {
+        float v = sums[r * M + t] * mult[t];
+        for (int64_t c = main; c < cols; ++c) v += job.x[t * job.ldx + c] * Element(w, row0 + r, w.col_begin + c);
+        job.y[t * job.ldy + rb + r] = v;
+      }
   }
 }
 
@@ -561,6 +580,7 @@ void PrepareGemv(Plan& p, float* xp) {
     p.zero_row[t] = amax == 0.f;
     p.amax_exp[t] = amax > 0.f ? std::ilogb(amax) : 0;
     p.kx[t] = std::clamp(100 - p.amax_exp[t], -126, 126);
+    if (w.type == WeightType::kF32) continue;  // read in place
     const float f = w.type == WeightType::kFP4 ? std::ldexp(1.0f, p.kx[t]) : 1.0f;
     float* dst = xp + t * main;
     for (int64_t c = 0; c < main; c += p.cc)
@@ -570,26 +590,29 @@ void PrepareGemv(Plan& p, float* xp) {
 
 // ---- the GEMM path (m > 8) -----------------------------------------------------------------------
 
-// Packs column block kb of the job's input, transposed: xt[tb][kk][16] for all token blocks.
+// Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
+// the input column decoded into position 8 k + lane of the block.
 void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), c0 = kb * kKc, kc = std::min(kKc, cols - c0);
-  const int64_t full = kc / p.cc * p.cc;
+  const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / 8;
   for (int64_t tb = 0; tb < p.ntb; ++tb) {
-    float* dst = xt_kb + tb * kKc * kNt;
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    for (int64_t kk = 0; kk < kKc; ++kk) {
-      float* d = dst + kk * kNt;
-      if (kk >= kc) {
-        std::fill(d, d + kNt, 0.f);
-        continue;
+    for (int64_t l = 0; l < 8; ++l) {
+      float* dst = xt_kb + (tb * 8 + l) * steps * kNt;
+      for (int64_t k = 0; k < steps; ++k) {
+        float* d = dst + k * kNt;
+        const int64_t pos = 8 * k + l;
+        if (pos >= kc) {
+          std::fill(d, d + kNt, 0.f);
+          continue;
+        }
+        const int64_t col = c0 + (pos / p.cc) * p.cc + LaneColumn(w.type, pos % p.cc);
+        const float* src = job.x + (tb * kNt) * job.ldx + col;
+        int64_t t = 0;
+        for (; t < nt; ++t) d[t] = src[t * job.ldx];
+        for (; t < kNt; ++t) d[t] = 0.f;
       }
-      const int64_t col = c0 + (kk < full ? (kk / p.cc) * p.cc + LaneColumn(w.type, kk % p.cc) : kk);
-      const float* src = job.x + (tb * kNt) * job.ldx + col;
-      int64_t t = 0;
-      for (; t < nt; ++t) d[t] = src[t * job.ldx];
-      for (; t < kNt; ++t) d[t] = 0.f;
     }
   }
 }
@@ -597,29 +620,42 @@ void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
 DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), nrows = r1 - r0, ntbl = tb1 - tb0;
+  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0, ntbl = tb1 - tb0, steps = kKc / 8;
   Scratch<float> wd(kPanel * kKc, NoInit{});
-  Scratch<float> ctile(ntbl * kPanel * kNt, NoInit{});
+  // Per token block and lane: the rows' partial sums [kPanel][16].
+  Scratch<float> ctile(ntbl * 8 * kPanel * kNt);
   for (int64_t kb = 0; kb < p.nkb; ++kb) {
-    const int64_t c0 = kb * kKc, kc = std::min(kKc, cols - c0);
+    const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
     for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd.data() + r * kKc);
-    const float* xt_kb = p.xt + kb * p.ntb * kKc * kNt;
+    const int64_t ksteps = kc / 8;
+    const float* xt_kb = p.xt + kb * p.ntb * 8 * steps * kNt;
     for (int64_t tb = tb0; tb < tb1; ++tb) {
       const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-      const float* xt = xt_kb + tb * kKc * kNt;
-      float* ct = ctile.data() + (tb - tb0) * kPanel * kNt;
-      for (int64_t sp = 0; sp < nrows; sp += kMr) {
-        const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
-        const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
-        fn(wd.data() + sp * kKc, kKc, xt, kc, ct + sp * kNt, kb > 0);
+      for (int64_t l = 0; l < 8; ++l) {
+        const float* xt = xt_kb + (tb * 8 + l) * steps * kNt;
+        float* ct = ctile.data() + ((tb - tb0) * 8 + l) * kPanel * kNt;
+        for (int64_t sp = 0; sp < nrows; sp += kMr) {
+          const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
+          const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
+          fn(wd.data() + sp * kKc + l, kKc, xt, ksteps, ct + sp * kNt, kb > 0);
+        }
       }
     }
   }
   for (int64_t tb = tb0; tb < tb1; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    const float* ct = ctile.data() + (tb - tb0) * kPanel * kNt;
-    for (int64_t r = 0; r < nrows; ++r)
-      for (int64_t t = 0; t < nt; ++t) job.y[(tb * kNt + t) * job.ldy + r0 + r] = ct[r * kNt + t];
+    const float* ct = ctile.data() + (tb - tb0) * 8 * kPanel * kNt;
+    for (int64_t r = 0; r < nrows; ++r) {
+      const int64_t row = w.row_begin + r0 + r;
+      for (int64_t t = 0; t < nt; ++t) {
+        float lanes[8];
+        for (int l = 0; l < 8; ++l) lanes[l] = ct[(l * kPanel + r) * kNt + t];
+        const float* x = job.x + (tb * kNt + t) * job.ldx;
+        float v = LaneTree(lanes);
+        for (int64_t c = main; c < cols; ++c) v += x[c] * Element(w, row, w.col_begin + c);
+        job.y[(tb * kNt + t) * job.ldy + r0 + r] = v;
+      }
+    }
   }
 }
 
@@ -678,18 +714,16 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       }
     }
     p.cc = ChunkCols(w.type);
-    // The GEMM path takes one FP8 block scale per 32-column chunk.
-    const bool gemm_ok = w.type != WeightType::kFP8 || (w.col_begin % 32 == 0 && w.block_cols % 32 == 0);
-    if (!vector || !FastPathCovers(w) || !finite || (job.m > kMaxGemvRows && !gemm_ok)) {
+    p.nchunks = w.cols() / p.cc;
+    if (!vector || !FastPathCovers(w) || !finite) {
       p.path = Plan::kScalar;
     } else if (job.m <= kMaxGemvRows) {
       p.path = Plan::kGemv;
-      p.nchunks = w.cols() / p.cc;
       if (w.type != WeightType::kF32) xp_floats += job.m * p.nchunks * p.cc;
     } else {
       p.path = Plan::kGemm;
       p.ntb = (job.m + kNt - 1) / kNt;
-      p.nkb = (w.cols() + kKc - 1) / kKc;
+      p.nkb = (p.nchunks * p.cc + kKc - 1) / kKc;
       xt_floats += p.nkb * p.ntb * kKc * kNt;
     }
     if (p.path == Plan::kGemm) {
@@ -763,7 +797,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         int64_t rest = u, i = 0;
         while (rest >= plans[packs[i]].nkb) rest -= plans[packs[i++]].nkb;
         const Plan& p = plans[packs[i]];
-        PackGemmBlock(p, rest, const_cast<float*>(p.xt) + rest * p.ntb * kKc * kNt);
+        PackGemmBlock(p, rest, const_cast<float*>(p.xt) + rest * p.ntb * kKc * kNt);  // 8 lanes x kKc / 8
       }
     });
   }

@@ -9,6 +9,7 @@
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace dsv4::kernels {
@@ -140,7 +141,7 @@ float DotPlain(const float* a, const float* b, int64_t n) {
 void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                      int64_t k, const float* sink, float scale, float* out) {
   ParallelFor(m * H, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> logits(k);
+    Scratch<float> logits(k, NoInit{});
     for (int64_t th = b; th < e; ++th) {
       const int64_t t = th / H, h = th % H;
       AttendOne<Dot>(q + th * d, d, kv, idx + t * k, k, sink[h], scale, out + th * d, logits.data());
@@ -166,7 +167,7 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
 }
 
 void TopK(const float* x, int64_t n, int64_t k, int32_t* idx) {
-  std::vector<int32_t> order(n);
+  Scratch<int32_t> order(n, NoInit{});
   std::iota(order.begin(), order.end(), 0);
   auto better = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
   std::partial_sort(order.begin(), order.begin() + k, order.end(), better);

@@ -81,7 +81,7 @@ class Pool {
     t_in_pool_task = true;
     Work(0);
     t_in_pool_task = false;
-    if (SpinWhile([&] { return pending_.load(std::memory_order_acquire) != 0; }, 2000))
+    if (SpinWhile([&] { return pending_.load(std::memory_order_acquire) != 0; }, 100))
       while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
     fn_ = nullptr;
   }

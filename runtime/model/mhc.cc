@@ -6,8 +6,10 @@
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/model/model.h"
+#include "runtime/status.h"
 
 namespace dsv4 {
 
@@ -15,15 +17,22 @@ void Model::HcPre(const std::vector<float>& fn, const std::vector<float>& scale,
                   const float* x, int64_t n, float* collapsed, float* post, float* comb) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2), width = hc * D;
+  // mixes = (flat x . fn^T) / rms(flat x); no learned gain. One product for all tokens.
+  kernels::Scratch<float> mixes(n * mix, kernels::NoInit{});
+  WeightMatrix fw;
+  fw.type = kernels::WeightType::kF32, fw.data = fn.data(), fw.ld = width;
+  fw.row_end = mix, fw.col_end = width;
+  kernels::Linear(x, n, width, fw, mixes.data(), mix);
   kernels::ParallelFor(n, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> mixes(mix), pre(hc);
+    float pre[16];
+    DSV4_CHECK(hc <= 16, "hc_mult too large");
     for (int64_t t = b; t < e; ++t) {
       const float* xt = x + t * width;
-      // mixes = (flat x . fn^T) / rms(flat x); no learned gain.
+      float* mt = &mixes[t * mix];
       const float rs = 1.0f / std::sqrt(kernels::Dot(xt, xt, width) / width + static_cast<float>(c.rms_norm_eps));
-      for (int64_t k = 0; k < mix; ++k) mixes[k] = kernels::Dot(xt, &fn[k * width], width) * rs;
-      kernels::HcSplitSinkhorn(mixes.data(), scale.data(), base.data(), static_cast<int>(hc),
-                               static_cast<int>(c.hc_sinkhorn_iters), static_cast<float>(c.hc_eps), pre.data(),
+      for (int64_t k = 0; k < mix; ++k) mt[k] *= rs;
+      kernels::HcSplitSinkhorn(mt, scale.data(), base.data(), static_cast<int>(hc),
+                               static_cast<int>(c.hc_sinkhorn_iters), static_cast<float>(c.hc_eps), pre,
                                post + t * hc, comb + t * hc * hc);
       float* u = collapsed + t * D;
       for (int64_t d = 0; d < D; ++d) u[d] = 0.f;
@@ -36,7 +45,7 @@ void Model::HcPre(const std::vector<float>& fn, const std::vector<float>& scale,
 void Model::HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const {
   const int64_t D = config().hidden_size, hc = config().hc_mult;
   kernels::ParallelFor(n, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> mixed(hc * D);
+    kernels::Scratch<float> mixed(hc * D, kernels::NoInit{});
     for (int64_t t = b; t < e; ++t) {
       float* xt = x + t * hc * D;
       const float* ct = comb + t * hc * hc;

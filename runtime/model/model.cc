@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "runtime/model/engram.h"
 #include "runtime/status.h"
 
@@ -40,11 +41,14 @@ void Rope::CosSin(int64_t pos, float* cos, float* sin) const {
   }
 }
 
-void Rope::Apply(float* x, int64_t pos, bool inverse) const {
+void Rope::Apply(float* x, int64_t pos, bool inverse) const { ApplyMany(x, 1, 0, pos, inverse); }
+
+void Rope::ApplyMany(float* x, int64_t count, int64_t stride, int64_t pos, bool inverse) const {
   float cos[512], sin[512];
   DSV4_CHECK(freqs_.size() <= 512, "rope dim too large");
   CosSin(pos, cos, sin);
-  kernels::Rope(x, static_cast<int64_t>(freqs_.size()), cos, sin, inverse);
+  for (int64_t i = 0; i < count; ++i)
+    kernels::Rope(x + i * stride, static_cast<int64_t>(freqs_.size()), cos, sin, inverse);
 }
 
 Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel)
@@ -82,7 +86,7 @@ SequenceCache Model::NewCache() const {
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
   if (opt_.qdq && IsQuantized(w)) {
     // The reference rounds the input of every FP8/FP4 linear to FP8 in blocks of fp8_block.
-    std::vector<float> xq(n * w.cols());
+    kernels::Scratch<float> xq(n * w.cols(), kernels::NoInit{});
     for (int64_t t = 0; t < n; ++t) std::memcpy(&xq[t * w.cols()], x + t * ldx, w.cols() * sizeof(float));
     kernels::QdqFp8(xq.data(), n, w.cols(), w.cols(), static_cast<int>(config().fp8_block));
     kernels::Linear(xq.data(), n, w.cols(), w, y, w.rows());
@@ -102,69 +106,126 @@ void Model::Embed(std::span<const int32_t> tokens, float* x) const {
 
 absl::Status Model::Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start,
                           LayerCache& cache, const ForwardTaps* taps) const {
+  const SeqSlice seq{0, static_cast<int64_t>(tokens.size()), start, &cache};
+  return BlockBatch(layer, x, tokens, {&seq, 1}, taps);
+}
+
+absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
+                               std::span<const SeqSlice> seqs, const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<float> u(n * D), y(n * D), post(n * hc), comb(n * hc * hc);
+  kernels::Scratch<float> u(n * D, kernels::NoInit{}), y(n * D, kernels::NoInit{}), post(n * hc, kernels::NoInit{}),
+      comb(n * hc * hc, kernels::NoInit{});
 
   HcPre(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, u.data(), post.data(), comb.data());
   kernels::RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
-  DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, start, cache, y.data()));
-  if (taps && taps->attn_out) (*taps->attn_out)[layer] = y;
+  DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
+  if (taps && taps->attn_out) (*taps->attn_out)[layer].assign(y.begin(), y.end());
   HcPost(y.data(), post.data(), comb.data(), n, x);
 
   HcPre(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, u.data(), post.data(), comb.data());
   kernels::RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
-  if (taps && taps->ffn_out) (*taps->ffn_out)[layer] = y;
+  if (taps && taps->ffn_out) (*taps->ffn_out)[layer].assign(y.begin(), y.end());
   HcPost(y.data(), post.data(), comb.data(), n, x);
   if (taps && taps->block_out) (*taps->block_out)[layer].assign(x, x + n * hc * D);
   return absl::OkStatus();
 }
 
-absl::Status Model::Head(const float* x_last, float* logits) const {
+absl::Status Model::Head(const float* x_last, float* logits) const { return HeadBatch(&x_last, 1, logits); }
+
+absl::Status Model::HeadBatch(const float* const* x_last, int64_t count, float* logits) const {
   const ModelConfig& c = config();
-  const int64_t D = c.hidden_size, hc = c.hc_mult;
+  const int64_t D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
   // Collapse the streams with sigmoid weights (no Sinkhorn), then the final norm and vocab head.
-  const float rs = 1.0f / std::sqrt(kernels::Dot(x_last, x_last, hc * D) / (hc * D) + static_cast<float>(c.rms_norm_eps));
-  std::vector<float> u(D, 0.f);
-  for (int64_t i = 0; i < hc; ++i) {
-    const float m = kernels::Dot(x_last, &w_->hc_head_fn[i * hc * D], hc * D) * rs;
-    const float pre = 1.0f / (1.0f + std::exp(-(m * w_->hc_head_scale[0] + w_->hc_head_base[i]))) +
-                      static_cast<float>(c.hc_eps);
-    for (int64_t d = 0; d < D; ++d) u[d] += pre * x_last[i * D + d];
+  kernels::Scratch<float> u(count * D);
+  for (int64_t b = 0; b < count; ++b) {
+    const float* xl = x_last[b];
+    float* ub = u.data() + b * D;
+    const float rs = 1.0f / std::sqrt(kernels::Dot(xl, xl, hc * D) / (hc * D) + static_cast<float>(c.rms_norm_eps));
+    for (int64_t i = 0; i < hc; ++i) {
+      const float m = kernels::Dot(xl, &w_->hc_head_fn[i * hc * D], hc * D) * rs;
+      const float pre = 1.0f / (1.0f + std::exp(-(m * w_->hc_head_scale[0] + w_->hc_head_base[i]))) +
+                        static_cast<float>(c.hc_eps);
+      for (int64_t d = 0; d < D; ++d) ub[d] += pre * xl[i * D + d];
+    }
   }
-  kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), 1, D, D, u.data(), D);
+  kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
   const WeightMatrix& head = w_->head;
-  if (head.rows() == c.vocab_size) {
-    kernels::Linear(u.data(), 1, D, head, logits, c.vocab_size);
+  if (head.rows() == V) {
+    kernels::Linear(u.data(), count, D, head, logits, V);
     return absl::OkStatus();
   }
-  // Vocab-parallel head: each TP rank computes its rows, then gather.
-  std::vector<float> part(head.rows());
-  kernels::Linear(u.data(), 1, D, head, part.data(), head.rows());
-  std::vector<int64_t> counts(par_->tp->size(), head.rows());
-  return par_->tp->AllGatherV(part.data(), counts.data(), logits);
+  // Vocab-parallel head: each TP rank computes its rows [count, part], then gather and interleave.
+  const int64_t part = head.rows(), tp = par_->tp->size();
+  std::vector<float> mine(count * part), all(tp * count * part);
+  kernels::Linear(u.data(), count, D, head, mine.data(), part);
+  std::vector<int64_t> counts(tp, count * part);
+  DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(mine.data(), counts.data(), all.data()));
+  for (int64_t r = 0; r < tp; ++r)
+    for (int64_t b = 0; b < count; ++b)
+      std::memcpy(logits + b * V + r * part, &all[(r * count + b) * part], part * sizeof(float));
+  return absl::OkStatus();
 }
 
 absl::Status Model::Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
                             const ForwardTaps* taps) const {
+  if (tokens.empty()) return absl::OkStatus();
+  const SequenceChunk seq{&cache, static_cast<int64_t>(tokens.size())};
+  return ForwardBatch(tokens, {&seq, 1}, logits, taps);
+}
+
+absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
+                                 const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
+  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
+  int64_t total = 0;
+  for (const SequenceChunk& s : seqs) {
+    if (s.cache == nullptr || s.n < 1) return absl::InvalidArgumentError("ForwardBatch: every sequence needs tokens");
+    total += s.n;
+  }
+  if (total != n) return absl::InvalidArgumentError("ForwardBatch: the sequences' tokens do not add up");
   if (n == 0) return absl::OkStatus();
-  std::vector<float> x(n * hc * D);
+  kernels::Scratch<float> x(n * hc * D, kernels::NoInit{});
   Embed(tokens, x.data());
-  EngramStep engram;  // every Engram layer's rows are requested before the first layer runs
+  // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
+  // history is the sequence's own).
+  std::vector<EngramStep> engram;
   if (w_->engram_hasher) {
-    DSV4_ASSIGN_OR_RETURN(engram, BeginEngram(tokens, cache));
+    int64_t at = 0;
+    for (const SequenceChunk& s : seqs) {
+      DSV4_ASSIGN_OR_RETURN(EngramStep step, BeginEngram(tokens.subspan(at, s.n), *s.cache));
+      engram.push_back(std::move(step));
+      at += s.n;
+    }
   }
+  kernels::Scratch<SeqSlice> slices(num_seqs);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (w_->layers[l].has_engram) DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram, x.data()));
-    DSV4_RETURN_IF_ERROR(Block(l, x.data(), tokens, cache.length, cache.layers[l], taps));
+    if (w_->layers[l].has_engram) {
+      int64_t at = 0;
+      for (int64_t i = 0; i < num_seqs; ++i) {
+        DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram[i], x.data() + at * hc * D));
+        at += seqs[i].n;
+      }
+    }
+    int64_t at = 0;
+    for (int64_t i = 0; i < num_seqs; ++i) {
+      slices[i] = {at, seqs[i].n, seqs[i].cache->length, &seqs[i].cache->layers[l]};
+      at += seqs[i].n;
+    }
+    DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), slices.size()}, taps));
   }
-  cache.length += n;
-  if (logits) DSV4_RETURN_IF_ERROR(Head(&x[(n - 1) * hc * D], logits));
+  kernels::Scratch<const float*> last(num_seqs);
+  int64_t at = 0;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    seqs[i].cache->length += seqs[i].n;
+    at += seqs[i].n;
+    last[i] = x.data() + (at - 1) * hc * D;
+  }
+  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), num_seqs, logits));
   return absl::OkStatus();
 }
 

@@ -37,6 +37,8 @@ class Rope {
   Rope(int64_t rope_dim, double theta, int64_t original_len, double factor, double beta_fast, double beta_slow);
   // Rotates x[rope_dim] (interleaved pairs) to position `pos`; inverse rotates back.
   void Apply(float* x, int64_t pos, bool inverse = false) const;
+  // The same for `count` vectors `stride` floats apart, with the angles computed once.
+  void ApplyMany(float* x, int64_t count, int64_t stride, int64_t pos, bool inverse = false) const;
   void CosSin(int64_t pos, float* cos, float* sin) const;
 
  private:
@@ -44,6 +46,20 @@ class Rope {
 };
 
 struct EngramStep;  // runtime/model/engram.h
+
+// One sequence's share of a batched step (Model::ForwardBatch): its next `n` tokens, appended to
+// `cache`.
+struct SequenceChunk {
+  SequenceCache* cache = nullptr;
+  int64_t n = 0;
+};
+
+// A sequence's rows inside a batched layer: rows [begin, begin + n) of the step, at positions
+// start .. start + n - 1, with that sequence's cache of the layer.
+struct SeqSlice {
+  int64_t begin = 0, n = 0, start = 0;
+  LayerCache* cache = nullptr;
+};
 
 class Model {
  public:
@@ -76,6 +92,13 @@ class Model {
   // of the job calls it with its group's tokens; errors are communication failures.
   absl::Status Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
                        const ForwardTaps* taps = nullptr) const;
+  // Several sequences in one step (batched decode, or prefills together): `tokens` holds each
+  // sequence's chunk in turn; logits [seqs.size(), vocab] gets each one's last-position logits (may
+  // be null). Every weight is read once per step for the whole batch: the dense projections and
+  // the head take all rows at once, and each routed expert runs once over all tokens routed to it.
+  // Attention runs per sequence on its own cache. The result equals one Forward per sequence.
+  absl::Status ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
+                            const ForwardTaps* taps = nullptr) const;
 
   // Pieces, public for tests.
   void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]
@@ -84,27 +107,48 @@ class Model {
   absl::Status Head(const float* x_last, float* logits) const;  // x_last [hc, D]
 
  private:
+  // A layer over a batch of sequences (x [n, hc, D], n = sum of the slices' rows).
+  absl::Status BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens, std::span<const SeqSlice> seqs,
+                          const ForwardTaps* taps) const;
+  // Logits of `count` last positions: x_last[i] points at [hc, D]; logits [count, vocab].
+  absl::Status HeadBatch(const float* const* x_last, int64_t count, float* logits) const;
   // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
   void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
-  absl::Status Attention(int64_t layer, const float* x, int64_t n, int64_t start, LayerCache& cache,
-                         float* out) const;
+  absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs, float* out) const;
   // The row-parallel output projection wo_b over this rank's groups, summed across the TP group.
   absl::Status OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const;
-  // Feeds rows x[n] to a compressor; appends each completed block to `out_rows` (grows).
-  void Compress(const CompressorWeights& cw, const Rope& rope, bool indexer, const float* x, int64_t n, int64_t start,
-                CompressorState& st, std::vector<float>& out_rows) const;
-  void IndexerTopK(int64_t layer, const float* x, const float* qr, int64_t n, int64_t start, const LayerCache& cache,
-                   std::vector<int32_t>& picks, int64_t& k) const;
+  // Feeds one sequence's projected rows kv, score [n, width] to its compressor; appends each
+  // completed block to `out_rows` (grows).
+  void Compress(const CompressorWeights& cw, const Rope& rope, bool indexer, const float* kv, const float* score,
+                int64_t n, int64_t start, CompressorState& st, std::vector<float>& out_rows) const;
+  // The indexer's queries q [n, Hi, di] (rotated, Hadamard-transformed, rounded) and head weights
+  // w [n, Hi] of a batch's rows at positions pos[n].
+  void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const int64_t* pos, float* q,
+                      float* w) const;
+  // One sequence's picks [n, k] of compressed blocks (-1: none), k = min(index_topk, blocks).
+  void IndexerTopK(int64_t layer, const float* q, const float* w, int64_t n, int64_t start, const LayerCache& cache,
+                   int32_t* picks, int64_t k) const;
   absl::Status MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
   // Router: top-k logical experts and their weights for each of n tokens.
   void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
              float* weights) const;
   // Routed experts over tokens [0, n) on this rank, or dispatched over the EP group.
+  // With `shared_out`, the shared expert over the same n rows runs in the same grouped products.
   void RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
-                   float* out) const;
+                   float* out, float* shared_out = nullptr) const;
   absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
                                     const float* weights, int64_t token_base, float* out) const;
   void Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const;
+  // Several experts, each over its own rows, as three grouped products (w1 and w3 together, then
+  // w2): out[m, D] = expert(x[m, D]) (times the routing weight of each row when weights is set).
+  struct ExpertRun {
+    const ExpertWeights* e;
+    const float* x;
+    int64_t m;
+    const float* weights;
+    float* out;
+  };
+  void ExpertGroup(const ExpertRun* runs, int64_t count) const;
   // mHC: collapse streams into one row per token, returning post/comb for the expansion.
   void HcPre(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
              const float* x, int64_t n, float* collapsed, float* post, float* comb) const;

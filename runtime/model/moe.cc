@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "parallel/moe_dispatch.h"
 #include "runtime/model/model.h"
 #include "runtime/status.h"
@@ -24,24 +25,55 @@ float Softplus(float z) { return z > 20.0f ? z : std::log1p(std::exp(z)); }
 }  // namespace
 
 void Model::Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const {
+  const ExpertRun run{&e, x, n, weights, out};
+  ExpertGroup(&run, 1);
+}
+
+void Model::ExpertGroup(const ExpertRun* runs, int64_t count) const {
+  using kernels::NoInit;
   const ModelConfig& c = config();
-  const int64_t I = c.moe_intermediate_size;
+  const int64_t D = c.hidden_size, I = c.moe_intermediate_size;
   const float limit = static_cast<float>(c.swiglu_limit);
-  std::vector<float> g(n * I), u(n * I);
-  Project(e.w1, x, n, c.hidden_size, g.data());
-  Project(e.w3, x, n, c.hidden_size, u.data());
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t i = 0; i < I; ++i) {
-      float gv = g[t * I + i], uv = u[t * I + i];
-      if (limit > 0) {
-        uv = std::clamp(uv, -limit, limit);
-        gv = std::min(gv, limit);  // the gate has no lower clamp
+  const int block = static_cast<int>(c.fp8_block);
+  int64_t total = 0;
+  for (int64_t r = 0; r < count; ++r) total += runs[r].m;
+  if (total == 0) return;
+  // Inputs, rounded to FP8 as the reference does for quantized weights (once for w1 and w3).
+  kernels::Scratch<float> xq(total * D, NoInit{}), g(total * I, NoInit{}), u(total * I, NoInit{});
+  kernels::Scratch<kernels::LinearJob> jobs(2 * count);
+  int64_t at = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const ExpertRun& run = runs[r];
+    std::memcpy(&xq[at * D], run.x, run.m * D * sizeof(float));
+    if (opt_.qdq && IsQuantized(run.e->w1)) kernels::QdqFp8(&xq[at * D], run.m, D, D, block);
+    jobs[2 * r] = {&xq[at * D], run.m, D, &run.e->w1, &g[at * I], I};
+    jobs[2 * r + 1] = {&xq[at * D], run.m, D, &run.e->w3, &u[at * I], I};
+    at += run.m;
+  }
+  kernels::LinearGroup(jobs.data(), 2 * count);
+  // Clamped SwiGLU, times the routing weight, into g; then w2.
+  at = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const ExpertRun& run = runs[r];
+    for (int64_t t = 0; t < run.m; ++t) {
+      float* gt = &g[(at + t) * I];
+      const float* ut = &u[(at + t) * I];
+      for (int64_t i = 0; i < I; ++i) {
+        float gv = gt[i], uv = ut[i];
+        if (limit > 0) {
+          uv = std::clamp(uv, -limit, limit);
+          gv = std::min(gv, limit);  // the gate has no lower clamp
+        }
+        float h = gv / (1.0f + std::exp(-gv)) * uv;
+        if (run.weights) h *= run.weights[t];
+        gt[i] = h;
       }
-      float h = gv / (1.0f + std::exp(-gv)) * uv;
-      if (weights) h *= weights[t];
-      g[t * I + i] = h;
     }
-  Project(e.w2, g.data(), n, I, out);
+    if (opt_.qdq && IsQuantized(run.e->w2)) kernels::QdqFp8(&g[at * I], run.m, I, I, block);
+    jobs[r] = {&g[at * I], run.m, I, &run.e->w2, run.out, D};
+    at += run.m;
+  }
+  kernels::LinearGroup(jobs.data(), count);
 }
 
 void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
@@ -49,7 +81,7 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  std::vector<float> scores(n * E), biased(E);
+  kernels::Scratch<float> scores(n * E, kernels::NoInit{}), biased(E, kernels::NoInit{});
   kernels::Linear(x, n, D, lw.gate, scores.data(), E);
   for (int64_t t = 0; t < n; ++t) {
     float* s = &scores[t * E];
@@ -86,30 +118,46 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
 }
 
 void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
-                        float* out) const {
+                        float* out, float* shared_out) const {
+  using kernels::NoInit;
+  using kernels::Scratch;
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  std::vector<std::vector<int64_t>> slots(E);  // per expert: t * K + j
+  // Slots (t * K + j) grouped by expert, in expert order (a counting sort).
+  Scratch<int64_t> first(E + 1), slots(n * K, NoInit{});
   for (int64_t s = 0; s < n * K; ++s)
-    if (experts[s] >= 0) slots[experts[s]].push_back(s);
-  std::vector<float> xs, ws, ys;
+    if (experts[s] >= 0) ++first[experts[s] + 1];
+  for (int64_t e = 0; e < E; ++e) first[e + 1] += first[e];
+  const int64_t total = first[E];
+  {
+    Scratch<int64_t> fill(E, NoInit{});
+    std::copy(first.begin(), first.begin() + E, fill.begin());
+    for (int64_t s = 0; s < n * K; ++s)
+      if (experts[s] >= 0) slots[fill[experts[s]]++] = s;
+  }
+  // Each routed expert once over all its rows, and the shared expert, in one grouped pass.
+  Scratch<float> xs(total * D, NoInit{}), ws(total, NoInit{}), ys(total * D, NoInit{});
+  Scratch<ExpertRun> runs(E + 1);
+  int64_t num_runs = 0;
   for (int64_t e = 0; e < E; ++e) {
-    const auto& sl = slots[e];
-    if (sl.empty()) continue;
+    const int64_t b = first[e], m = first[e + 1] - b;
+    if (m == 0) continue;
     DSV4_CHECK(lw.expert_loaded[e], "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
-    const int64_t m = static_cast<int64_t>(sl.size());
     expert_load_[e].fetch_add(m, std::memory_order_relaxed);
-    xs.resize(m * D), ws.resize(m), ys.resize(m * D);
     for (int64_t i = 0; i < m; ++i) {
-      std::memcpy(&xs[i * D], x + (sl[i] / K) * D, D * sizeof(float));
-      ws[i] = weights[sl[i]];
+      std::memcpy(&xs[(b + i) * D], x + (slots[b + i] / K) * D, D * sizeof(float));
+      ws[b + i] = weights[slots[b + i]];
     }
-    Expert(lw.experts[e], xs.data(), m, ws.data(), ys.data());
-    for (int64_t i = 0; i < m; ++i) {
-      float* o = out + (sl[i] / K) * D;
-      for (int64_t d = 0; d < D; ++d) o[d] += ys[i * D + d];
-    }
+    runs[num_runs++] = {&lw.experts[e], &xs[b * D], m, &ws[b], &ys[b * D]};
+  }
+  if (shared_out != nullptr && n > 0) runs[num_runs++] = {&lw.shared, x, n, nullptr, shared_out};
+  ExpertGroup(runs.data(), num_runs);
+  // Sum into the tokens' rows, expert by expert.
+  for (int64_t i = 0; i < total; ++i) {
+    float* o = out + (slots[i] / K) * D;
+    const float* y = &ys[i * D];
+    for (int64_t d = 0; d < D; ++d) o[d] += y[d];
   }
 }
 
@@ -141,16 +189,15 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   const int64_t t0 = n * tp_rank / tp, t1 = n * (tp_rank + 1) / tp, mine = t1 - t0;
   float* part = out + t0 * D;
   std::fill(part, part + mine * D, 0.f);
-  std::vector<int32_t> experts(mine * K);
-  std::vector<float> weights(mine * K);
+  kernels::Scratch<int32_t> experts(mine * K, kernels::NoInit{});
+  kernels::Scratch<float> weights(mine * K, kernels::NoInit{}), shared(mine * D, kernels::NoInit{});
   Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
     DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), t0, part));
+    Expert(w_->layers[layer].shared, x + t0 * D, mine, nullptr, shared.data());
   } else {
-    RoutedLocal(layer, x + t0 * D, mine, experts.data(), weights.data(), part);
+    RoutedLocal(layer, x + t0 * D, mine, experts.data(), weights.data(), part, shared.data());
   }
-  std::vector<float> shared(mine * D);
-  Expert(w_->layers[layer].shared, x + t0 * D, mine, nullptr, shared.data());
   for (int64_t i = 0; i < mine * D; ++i) part[i] += shared[i];
   if (tp == 1) return absl::OkStatus();
   std::vector<int64_t> counts(tp);

@@ -3,6 +3,7 @@
 // the best instruction set, with DSV4_CPU_ISA=avx2 and with DSV4_CPU_ISA=scalar.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -160,6 +161,33 @@ TEST(FastLinear, GroupMatchesSingleJobs) {
     for (size_t i = 0; i < ws.size(); ++i)
       ExpectMatchesRef(x.data(), jobs[i].m, 256, ws[i].w, ys[i].data(), jobs[i].ldy,
                        "job " + std::to_string(i) + " m " + std::to_string(m));
+  }
+}
+
+// A token's output does not depend on the other rows computed with it: the streaming path (m <= 8)
+// and the blocked one (m > 8) sum in the same order, so prefill and decode agree to the bit.
+TEST(FastLinear, BitwiseIndependentOfBatch) {
+  std::mt19937 rng(23);
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
+    for (auto [rows, cols] : {std::pair{37, 1056}, {13, 160}}) {
+      TestWeight tw = MakeWeight(type, rows, cols, rng);
+      const int64_t m = 40;
+      std::vector<float> x(m * cols);
+      std::normal_distribution<float> nd;
+      for (auto& v : x) v = nd(rng);
+      std::vector<float> all(m * rows);
+      Linear(x.data(), m, cols, tw.w, all.data(), rows);
+      for (int64_t chunk : {1, 3, 8, 9, 17}) {
+        std::vector<float> part(m * rows);
+        for (int64_t t = 0; t < m; t += chunk) {
+          const int64_t n = std::min(chunk, m - t);
+          Linear(x.data() + t * cols, n, cols, tw.w, part.data() + t * rows, rows);
+        }
+        for (int64_t i = 0; i < m * rows; ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
+              << Name(type) << " rows " << rows << " cols " << cols << " chunk " << chunk << " element " << i;
+      }
+    }
   }
 }
 

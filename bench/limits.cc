@@ -1,0 +1,103 @@
+#include "bench/limits.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <vector>
+
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace dsv4::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// One thread's share of the triad, vectorized the way a compiler does for stream.c at -O3.
+__attribute__((target("avx2"))) void TriadAvx2(double* a, const double* b, const double* c, double q, int64_t n) {
+  const __m256d vq = _mm256_set1_pd(q);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    _mm256_storeu_pd(a + i, _mm256_add_pd(_mm256_loadu_pd(b + i), _mm256_mul_pd(vq, _mm256_loadu_pd(c + i))));
+  for (; i < n; ++i) a[i] = b[i] + q * c[i];
+}
+
+void TriadPlain(double* a, const double* b, const double* c, double q, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = b[i] + q * c[i];
+}
+
+// Independent FMA chains per thread: 12 accumulators hide the latency of both FMA pipes.
+__attribute__((target("avx2,fma"))) double FmaLoopAvx2(int64_t iters) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(0.001f * i);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  __m256 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  return out[0];
+}
+
+double FmaLoopScalar(int64_t iters) {
+  float acc[8];
+  for (int i = 0; i < 8; ++i) acc[i] = 0.001f * i;
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 8; ++i) acc[i] = acc[i] * 0.999999f + 1e-7f;
+  return acc[0] + acc[7];
+}
+
+}  // namespace
+
+double MeasureStreamTriadGBps(int reps) {
+  const int64_t n = int64_t{32} << 20;  // 3 arrays x 256 MB: 24x a 32 MB last-level cache
+  double* a = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
+  double* b = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
+  double* c = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
+  const bool avx2 = kernels::ActiveIsa() != kernels::Isa::kScalar;
+  // First touch by the thread that later streams each part.
+  kernels::ParallelFor(n, 1 << 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) a[i] = 0.0, b[i] = 1.0, c[i] = 2.0;
+  });
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    kernels::ParallelFor(n, 1 << 16, [&](int64_t lo, int64_t hi) {
+      if (avx2) TriadAvx2(a + lo, b + lo, c + lo, 3.0, hi - lo);
+      else TriadPlain(a + lo, b + lo, c + lo, 3.0, hi - lo);
+    });
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  std::free(a), std::free(b), std::free(c);
+  return 24.0 * static_cast<double>(n) / best / 1e9;
+}
+
+PeakRate MeasurePeakGflops(int reps) {
+  PeakRate p;
+  const kernels::Isa isa = kernels::ActiveIsa();
+  // The matrix kernels run their AVX2 code on AVX-512 machines too (kernels/cpu/linear.cc).
+  const int lanes = isa == kernels::Isa::kScalar ? 1 : 8;
+  const int chains = isa == kernels::Isa::kScalar ? 8 : 12;
+  p.kind = isa == kernels::Isa::kScalar ? "fp32_fma_scalar" : "fp32_fma_avx2";
+  const int threads = kernels::NumThreads();
+  const int64_t iters = 20'000'000 / lanes;
+  double best = 1e30;
+  std::vector<double> sink(threads * 8);
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    kernels::ParallelFor(threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t)
+        sink[t * 8] = isa == kernels::Isa::kScalar ? FmaLoopScalar(iters) : FmaLoopAvx2(iters);
+    });
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  p.gflops = 2.0 * lanes * chains * static_cast<double>(iters) * threads / best / 1e9;
+  return p;
+}
+
+}  // namespace dsv4::bench

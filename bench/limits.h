@@ -1,0 +1,21 @@
+// The limits a CPU benchmark figure is a ratio to, measured on this machine in the same run.
+#pragma once
+
+#include <string>
+
+namespace dsv4::bench {
+
+// STREAM triad (a[i] = b[i] + q * c[i] over arrays of doubles far larger than the last-level cache,
+// 24 bytes counted per element, no write-allocate traffic counted, best of `reps`), with the CPU
+// kernels' thread pool at its current size.
+double MeasureStreamTriadGBps(int reps = 10);
+
+// Peak rate of the arithmetic the matrix kernels use: float32 fused multiply-adds at the widest
+// vector width they run (2 flops each), every pool thread issuing independent chains.
+struct PeakRate {
+  double gflops = 0;
+  std::string kind;  // e.g. "fp32_fma_avx2"
+};
+PeakRate MeasurePeakGflops(int reps = 5);
+
+}  // namespace dsv4::bench

@@ -1,0 +1,54 @@
+// Decode and prefill throughput of the CPU model, with the work the kernels count (bytes of
+// weights and caches read, floating-point operations) so each figure can be set against the
+// machine's limits (bench/limits.h).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/model/model.h"
+
+namespace dsv4::bench {
+
+struct DecodeBenchOptions {
+  int64_t batch = 1;    // sequences decoding together, one token each per step
+  int64_t context = 0;  // tokens prefilled into each sequence before the timed steps
+  int64_t steps = 16;   // timed steps (the median is reported)
+  int64_t warmup = 2;   // untimed steps first (page in the weights, grow the scratch arenas)
+  uint64_t seed = 1;
+};
+
+struct WorkPerToken {
+  double weight_bytes = 0, cache_bytes = 0, flops = 0;
+  double bytes() const { return weight_bytes + cache_bytes; }
+};
+
+struct DecodeBenchResult {
+  double context_seconds = 0;         // building the context (chunked prefill)
+  std::vector<double> step_seconds;   // every timed step
+  double median_step_seconds = 0;
+  double tokens_per_s = 0;            // batch / median step
+  WorkPerToken work;                  // counted over the timed steps
+};
+
+absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const DecodeBenchOptions& options);
+
+struct PrefillBenchOptions {
+  int64_t tokens = 512;  // prompt length of each sequence, all prefilled in one forward step
+  int64_t batch = 1;     // sequences
+  int64_t iters = 2;     // timed prefills (median reported)
+  int64_t warmup = 1;
+  uint64_t seed = 1;
+};
+
+struct PrefillBenchResult {
+  std::vector<double> seconds;
+  double median_seconds = 0;
+  double tokens_per_s = 0;
+  WorkPerToken work;
+};
+
+absl::StatusOr<PrefillBenchResult> RunPrefillBench(const Model& model, const PrefillBenchOptions& options);
+
+}  // namespace dsv4::bench

@@ -1,0 +1,140 @@
+// Batched steps (Model::ForwardBatch) against one Forward per sequence, and the decode path's
+// promise of no heap allocation once warmed up.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <bit>
+#include <cstdlib>
+#include <new>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "runtime/builtin.h"
+#include "runtime/model/model.h"
+#include "tests/testutil.h"
+
+// Every operator new of this binary is counted (the decode path must make none).
+namespace {
+std::atomic<int64_t> g_news{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  g_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace dsv4 {
+namespace {
+
+// v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both.
+std::unique_ptr<Model> MakeModel(bool qdq) {
+  auto j = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
+  j["vocab_size"] = 512;
+  j["sliding_window"] = 8;
+  j["compress_ratios"] = {0, 4, 128, 4, 0};
+  j["index_topk"] = 3;
+  auto b = MakeRandomModel(j.dump(), 5, "batch-test-model");
+  EXPECT_TRUE(b.ok()) << b.status();
+  auto w = LoadWeights(b->checkpoint, b->config);
+  EXPECT_TRUE(w.ok()) << w.status();
+  ForwardOptions opt;
+  opt.qdq = qdq;
+  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), opt);
+}
+
+std::vector<int32_t> Tokens(int64_t n, uint32_t seed) {
+  std::vector<int32_t> t(n);
+  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((seed * 2654435761u + i * 40503u) % 512);
+  return t;
+}
+
+// Sequences of different lengths decoded together, mixed with a prefill chunk in the same step,
+// give the logits one Forward per sequence gives, bit for bit (the kernels' sums do not depend on
+// the batch) and leave the same caches behind.
+TEST(ForwardBatch, EqualsOneForwardPerSequence) {
+  for (bool qdq : {false, true}) {
+    auto m = MakeModel(qdq);
+    const int64_t V = m->config().vocab_size;
+    const std::vector<int64_t> context = {0, 3, 17, 40};
+    std::vector<SequenceCache> solo, batched;
+    for (size_t s = 0; s < context.size(); ++s) {
+      solo.push_back(m->NewCache());
+      batched.push_back(m->NewCache());
+      if (context[s] == 0) continue;
+      const std::vector<int32_t> prompt = Tokens(context[s], 100 + s);
+      ASSERT_TRUE(m->Forward(prompt, solo.back(), nullptr).ok());
+      ASSERT_TRUE(m->Forward(prompt, batched.back(), nullptr).ok());
+    }
+    for (int step = 0; step < 6; ++step) {
+      // Sequence 0 takes a 5-token chunk in the first step, the others one token per step.
+      std::vector<int32_t> tokens;
+      std::vector<SequenceChunk> seqs;
+      std::vector<float> want(context.size() * V);
+      for (size_t s = 0; s < context.size(); ++s) {
+        const int64_t n = (s == 0 && step == 0) ? 5 : 1;
+        const std::vector<int32_t> t = Tokens(n, 1000 * step + s);
+        tokens.insert(tokens.end(), t.begin(), t.end());
+        seqs.push_back({&batched[s], n});
+        ASSERT_TRUE(m->Forward(t, solo[s], &want[s * V]).ok());
+      }
+      std::vector<float> got(context.size() * V);
+      ASSERT_TRUE(m->ForwardBatch(tokens, seqs, got.data()).ok());
+      for (int64_t i = 0; i < static_cast<int64_t>(got.size()); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+            << "qdq " << qdq << " step " << step << " sequence " << i / V << " logit " << i % V;
+    }
+    for (size_t s = 0; s < context.size(); ++s) {
+      EXPECT_EQ(batched[s].length, solo[s].length);
+      for (size_t l = 0; l < solo[s].layers.size(); ++l) {
+        EXPECT_EQ(batched[s].layers[l].window, solo[s].layers[l].window);
+        EXPECT_EQ(batched[s].layers[l].compressed, solo[s].layers[l].compressed);
+        EXPECT_EQ(batched[s].layers[l].index_keys, solo[s].layers[l].index_keys);
+      }
+    }
+  }
+}
+
+TEST(ForwardBatch, RejectsInconsistentChunks) {
+  auto m = MakeModel(true);
+  SequenceCache a = m->NewCache();
+  const std::vector<int32_t> tokens = Tokens(3, 1);
+  const std::vector<SequenceChunk> wrong_total = {{&a, 2}};
+  EXPECT_FALSE(m->ForwardBatch(tokens, wrong_total, nullptr).ok());
+  const std::vector<SequenceChunk> empty_chunk = {{&a, 3}, {&a, 0}};
+  EXPECT_FALSE(m->ForwardBatch(tokens, empty_chunk, nullptr).ok());
+}
+
+// Once a first step has grown the scratch arenas, decode steps (batch 1 and 3) make no heap
+// allocation; the compressed caches, which grow by a block every few tokens, are reserved first.
+TEST(DecodePath, AllocatesNothingOnceWarm) {
+  const int64_t at_start = g_news.load();
+  auto m = MakeModel(true);
+  ASSERT_GT(g_news.load(), at_start) << "the counting operator new is not in use";
+  const int64_t V = m->config().vocab_size;
+  std::vector<SequenceCache> caches;
+  for (int s = 0; s < 3; ++s) {
+    caches.push_back(m->NewCache());
+    for (auto& l : caches.back().layers) l.compressed.reserve(1 << 16), l.index_keys.reserve(1 << 16);
+    ASSERT_TRUE(m->Forward(Tokens(20 + s, 7 + s), caches.back(), nullptr).ok());
+  }
+  std::vector<float> logits(3 * V);
+  std::vector<int32_t> tokens = {1, 2, 3};
+  std::vector<SequenceChunk> one = {{&caches[0], 1}}, three = {{&caches[0], 1}, {&caches[1], 1}, {&caches[2], 1}};
+  for (int warm = 0; warm < 2; ++warm) {
+    ASSERT_TRUE(m->ForwardBatch(std::span(tokens.data(), 1), one, logits.data()).ok());
+    ASSERT_TRUE(m->ForwardBatch(tokens, three, logits.data()).ok());
+  }
+  const int64_t before = g_news.load();
+  for (int step = 0; step < 9; ++step) {  // crosses window and block boundaries
+    tokens = {static_cast<int32_t>(step), static_cast<int32_t>(step + 50), static_cast<int32_t>(step + 99)};
+    ASSERT_TRUE(m->ForwardBatch(std::span(tokens.data(), 1), one, logits.data()).ok());
+    ASSERT_TRUE(m->ForwardBatch(tokens, three, logits.data()).ok());
+  }
+  EXPECT_EQ(g_news.load() - before, 0) << "heap allocations on the decode path";
+}
+
+}  // namespace
+}  // namespace dsv4
