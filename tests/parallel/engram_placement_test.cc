@@ -14,7 +14,7 @@
 namespace dsv4 {
 namespace {
 
-std::vector<float> Run(const std::string& launch, const std::string& placement) {
+std::vector<float> LogitsOf(const std::string& launch, const std::string& placement) {
   const std::string out = testing::TempDir() + "/logits.npy";
   const std::string cmd = absl::StrCat(
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 ", launch, " ", DSV4_BINARY,
@@ -27,11 +27,11 @@ std::vector<float> Run(const std::string& launch, const std::string& placement) 
 }
 
 TEST(EngramPlacement, ShardedTablesGiveIdenticalLogits) {
-  const std::vector<float> local = Run("", "local");
+  const std::vector<float> local = LogitsOf("", "local");
   ASSERT_FALSE(local.empty());
   for (const char* np : {"2", "4"})
     for (const char* placement : {"world", "node"}) {
-      const std::vector<float> sharded = Run(absl::StrCat(DSV4_MPIEXEC, " --oversubscribe -np ", np), placement);
+      const std::vector<float> sharded = LogitsOf(absl::StrCat(DSV4_MPIEXEC, " --oversubscribe -np ", np), placement);
       ASSERT_EQ(sharded.size(), local.size()) << np << " " << placement;
       for (size_t i = 0; i < local.size(); ++i)
         ASSERT_EQ(sharded[i], local[i]) << "-np " << np << " --engram-placement " << placement << " element " << i;
