@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -136,12 +137,14 @@ DotFn SelectDot() {
 //
 // Every (weight row, token) result comes out of one canonical order, whichever path runs and however
 // many token rows come together, so a token's output does not depend on its batch and prefill
-// agrees with decode to the bit: lane l of one 8-lane accumulator sums, chunk after chunk, the
-// products of the columns decoded into lane l (vector 0 first); the lanes are added in a fixed
-// tree (Hsum, LaneTree); the columns after the last full chunk are added one by one. The streaming
-// path multiplies its operands by powers of two, which changes no rounding.
+// agrees with decode to the bit. The decoded vectors of a row, numbered g = 0, 1, ... along the
+// row, go alternately to two 8-lane accumulators (g even / odd), each summing lane by lane in
+// order; then the two are added lane-wise, the lanes in a fixed tree (Hsum, LaneTree), and the
+// columns after the last full chunk one by one. The streaming path multiplies its operands by
+// powers of two, which changes no rounding.
 
-constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path
+constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path (in passes of up to 4)
+constexpr int kVLanes = 16;      // lanes of the canonical sums: 8 lanes x the 2 alternating accumulators
 constexpr int64_t kKc = 512;     // GEMM: columns per block (a multiple of every chunk width)
 constexpr int kPanel = 12;       // GEMM: weight rows decoded together (2 micro-kernel panels)
 constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens, one lane at a time
@@ -220,45 +223,69 @@ inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
   return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + col_bytes;
 }
 
-// The fixed tree Hsum adds an accumulator's lanes in, for sums kept lane by lane in memory.
-inline float LaneTree(const float* v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+// 2^e, from the bits when e is in the normal range.
+inline float Pow2(int e) {
+  if (e < -126 || e > 127) return std::ldexp(1.0f, e);
+  return std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
+}
+
+// The canonical combination of the 16 lane sums kept in memory: even plus odd accumulator lane by
+// lane, then the fixed tree of Hsum.
+inline float LaneTree(const float* v) {
+  float s[8];
+  for (int l = 0; l < 8; ++l) s[l] = v[l] + v[8 + l];
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
 
 // ---- AVX2 decoders: one 32-byte chunk -> float vectors ------------------------------------------
 
-// FP8: vector j holds byte j of each 32-bit word, as value * 2^-120.
+// FP8: vector j holds byte j of each 32-bit word, as value * 2^-120. A 16-bit arithmetic shift
+// decodes the high byte of both halves of a word at once; the low half's result moves up by 16.
 DSV4_AVX2_INLINE void DecodeFp8(const uint8_t* p, __m256* f) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   const __m256i mask = _mm256_set1_epi32(static_cast<int>(0x87F00000u));
-  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 4), mask));
-  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 4), mask));
-  f[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 8), 4), mask));
-  f[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(v, 4), mask));
+  const __m256i odd = _mm256_srai_epi16(v, 4);                             // bytes 1 and 3
+  const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 4);     // bytes 0 and 2
+  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(even, 16), mask));
+  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(odd, 16), mask));
+  f[2] = _mm256_castsi256_ps(_mm256_and_si256(even, mask));
+  f[3] = _mm256_castsi256_ps(_mm256_and_si256(odd, mask));
 }
 
-// FP4: vector k holds nibble k of each 32-bit word, as value * 2^-126.
+// FP4: vector k holds nibble k of each 32-bit word, as value * 2^-126; 16-bit shifts decode
+// nibbles k + 4 and k together.
 DSV4_AVX2_INLINE void DecodeFp4(const uint8_t* p, __m256* f) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   const __m256i mask = _mm256_set1_epi32(static_cast<int>(0x81C00000u));
-  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 28), 6), mask));
-  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 24), 6), mask));
-  f[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 20), 6), mask));
-  f[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 6), mask));
-  f[4] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 12), 6), mask));
-  f[5] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 8), 6), mask));
-  f[6] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(_mm256_slli_epi32(v, 4), 6), mask));
-  f[7] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(v, 6), mask));
+  const __m256i n3 = _mm256_srai_epi16(v, 6);                           // nibbles 7 and 3
+  const __m256i n2 = _mm256_srai_epi16(_mm256_slli_epi16(v, 4), 6);     // 6 and 2
+  const __m256i n1 = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 6);     // 5 and 1
+  const __m256i n0 = _mm256_srai_epi16(_mm256_slli_epi16(v, 12), 6);    // 4 and 0
+  f[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n0, 16), mask));
+  f[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n1, 16), mask));
+  f[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n2, 16), mask));
+  f[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(n3, 16), mask));
+  f[4] = _mm256_castsi256_ps(_mm256_and_si256(n0, mask));
+  f[5] = _mm256_castsi256_ps(_mm256_and_si256(n1, mask));
+  f[6] = _mm256_castsi256_ps(_mm256_and_si256(n2, mask));
+  f[7] = _mm256_castsi256_ps(_mm256_and_si256(n3, mask));
 }
 
-// The two E8M0 scales of an FP4 chunk times 2^100, lanes 0-3 and 4-7; times a decoded nibble
-// (value * 2^-126) this is value * scale * 2^-26, a normal float for scales in [2^-100, 2^27].
-// (Scale code 0, 2^-127, reads as 2^-27 here: its products underflow to about 0.)
+// E8M0 code e -> 2^(e - 27): an FP4 scale times 2^100. Times a decoded nibble (value * 2^-126) it
+// gives value * scale * 2^-26, a normal float for scales in [2^-100, 2^27] (larger ones read as
+// infinity; code 0, 2^-127, underflows to about 0 in the products).
+struct Fp4ScaleTable {
+  float v[256];
+  constexpr Fp4ScaleTable() : v() {
+    for (int e = 0; e < 256; ++e) v[e] = std::bit_cast<float>(e + 100 <= 254 ? static_cast<uint32_t>(e + 100) << 23 : 0x7f800000u);
+  }
+};
+inline constexpr Fp4ScaleTable kFp4Scale;
+
+// The two scales of an FP4 chunk (lanes 0-3: first 32 columns, 4-7: next 32), from the table.
 DSV4_AVX2_INLINE __m256 Fp4ChunkScales(const uint8_t* s) {
-  uint16_t two;
-  std::memcpy(&two, s, 2);
-  const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-  __m256i e = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(two)), idx);
-  e = _mm256_add_epi32(e, _mm256_set1_epi32(100));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(&kFp4Scale.v[s[0]])),
+                              _mm_broadcast_ss(&kFp4Scale.v[s[1]]), 1);
 }
 
 // BF16: vector 0 holds the even elements, vector 1 the odd ones.
@@ -290,43 +317,57 @@ struct Dec<WeightType::kF32> {
 
 // ---- AVX2 streaming kernels: R weight rows against M token rows ----------------------------------
 
-// out[r * M + t] = Hsum of the canonical lane sums of row r (at w + r * wstride) and token row t
-// (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains.
+// out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
+// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains.
 template <WeightType T, int M, int R>
 DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out) {
   constexpr int V = Dec<T>::kVecs;
-  __m256 acc[R][M];
+  constexpr int U = V == 1 ? 2 : 1;  // chunks per step, so that a step holds an even number of vectors
+  __m256 acc[R][M][2];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t) acc[r][t] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < nchunks; ++c) {
+#pragma GCC unroll 4
+    for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + U <= nchunks; c += U) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      __m256 f[V * U];
+#pragma GCC unroll 2
+      for (int u = 0; u < U; ++u) Dec<T>::Run(w + r * wstride + 32 * (c + u), f + u * V);
+#pragma GCC unroll 4
+      for (int j = 0; j < V * U; ++j)
+#pragma GCC unroll 4
+        for (int t = 0; t < M; ++t)
+          acc[r][t][j % 2] =
+              _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[r][t][j % 2]);
+    }
+  }
+  for (; c < nchunks; ++c) {  // V == 1 only: the last, even-numbered vector
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       __m256 f[V];
       Dec<T>::Run(w + r * wstride + 32 * c, f);
 #pragma GCC unroll 4
-      for (int j = 0; j < V; ++j)
-#pragma GCC unroll 8
-        for (int t = 0; t < M; ++t)
-          acc[r][t] = _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[r][t]);
+      for (int t = 0; t < M; ++t)
+        acc[r][t][0] = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V), acc[r][t][0]);
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(acc[r][t]);
+#pragma GCC unroll 4
+    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
 }
 
 // FP4: each decoded vector is multiplied by its chunk's scales (exactly) before the FMA.
 template <int M, int R>
 DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, int64_t nchunks,
                           const float* xp, int64_t ldxp, float* out) {
-  __m256 acc[R][M];
+  __m256 acc[R][M][2];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t) acc[r][t] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
   for (int64_t c = 0; c < nchunks; ++c) {
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
@@ -336,16 +377,16 @@ DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, i
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const __m256 wj = _mm256_mul_ps(f[j], sc);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int t = 0; t < M; ++t)
-          acc[r][t] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xp + t * ldxp + c * 64 + 8 * j), acc[r][t]);
+          acc[r][t][j % 2] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xp + t * ldxp + c * 64 + 8 * j), acc[r][t][j % 2]);
       }
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(acc[r][t]);
+#pragma GCC unroll 4
+    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
 }
 
 // ---- AVX2 GEMM pieces ----------------------------------------------------------------------------
@@ -391,8 +432,8 @@ DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, in
   }
 }
 
-// One lane of the canonical sums for R rows x 16 tokens: c[r][t] (+)= sum over k < steps of
-// wd[r * ldw + 8 k] * xt[k][t] (wd points at the lane's first element; NV = 1: first 8 tokens).
+// One of the 16 canonical lane sums for R rows x 16 tokens: c[r][t] (+)= sum over k < steps of
+// wd[r * ldw + 16 k] * xt[k][t] (wd points at the lane's first element; NV = 1: first 8 tokens).
 template <int R, int NV>
 DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t steps, float* c, bool accumulate) {
   __m256 acc[R][NV];
@@ -407,7 +448,7 @@ DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t step
     for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(xt + k * kNt + 8 * v);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + 8 * k);
+      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + kVLanes * k);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
@@ -437,7 +478,7 @@ struct Plan {
   int kx[kMaxGemvRows] = {};
   int amax_exp[kMaxGemvRows] = {};
   bool zero_row[kMaxGemvRows] = {};
-  // GEMM path: the input in lane order, transposed per lane: [nkb][ntb][8 lanes][kKc / 8][16].
+  // GEMM path: the input in lane order, transposed per canonical lane: [nkb][ntb][16][kKc / 16][16].
   const float* xt = nullptr;
   int64_t ntb = 0, nkb = 0;
 };
@@ -466,11 +507,10 @@ bool RowAmax(const float* x, int64_t n, float* amax) {
 
 // ---- the streaming path (m <= 8) -----------------------------------------------------------------
 
-// Rows taken together for M tokens: enough independent FMA chains, within 16 registers.
+// Rows taken together for M <= 4 tokens: enough independent FMA chains within 16 registers.
 constexpr int GemvRowsAtOnce(WeightType t, int M) {
-  if (M == 1) return 4;
-  if (M == 2) return 2;
-  return (M <= 4 && t != WeightType::kFP4) ? 2 : 1;
+  if (t == WeightType::kFP4) return M == 1 ? 2 : 1;
+  return M == 1 ? 4 : M == 2 ? 2 : 1;
 }
 
 template <WeightType T, int M, int R>
@@ -491,13 +531,19 @@ DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, i
   }
 }
 
+// Token rows t0 .. t0 + M - 1 of a streaming job against its rows [r0, r1).
 template <int M>
-DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
+DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
   const int64_t cols = w.cols(), main = p.nchunks * p.cc;
+  const float* xin = job.x + t0 * job.ldx;
+  float* yout = job.y + t0 * job.ldy;
+  const int* kxs = p.kx + t0;
+  const int* amax_exps = p.amax_exp + t0;
+  const bool* zero_rows = p.zero_row + t0;
   float mult[M];
-  const float* xs = p.xp;
+  const float* xs = p.xp + t0 * main;
   int64_t lx = main;
   // FP8: scale the lane-ordered rows by this row block's column-block scales (and 2^kx).
   Scratch<float> xscaled(w.type == WeightType::kFP8 ? M * main : 0, NoInit{});
@@ -509,22 +555,22 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
     for (int t = 0; t < M; ++t) {
       // Products x * s * 2^kx * code * 2^-120 stay near 2^-10: kx = 100 - log2(amax) - log2(max s),
       // limited so the factors s * 2^kx stay finite.
-      int kx = 100 - p.amax_exp[t] - (max_es - 127);
+      int kx = 100 - amax_exps[t] - (max_es - 127);
       kx = std::min(kx, 126 - (max_es - 127));
-      mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 120 - kx);
+      mult[t] = zero_rows[t] ? 0.f : Pow2(120 - kx);
       float* dst = xscaled.data() + t * lx;
-      const float* src = p.xp + t * lx;
+      const float* src = p.xp + (t0 + t) * lx;
       for (int64_t c = 0; c < main; c += 32) {
-        const __m256 f = _mm256_set1_ps(std::ldexp(1.0f, srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
+        const __m256 f = _mm256_set1_ps(Pow2(srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
         for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + c + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * j), f));
       }
     }
     xs = xscaled.data();
   } else if (w.type == WeightType::kFP4) {
-    for (int t = 0; t < M; ++t) mult[t] = p.zero_row[t] ? 0.f : std::ldexp(1.0f, 26 - p.kx[t]);
+    for (int t = 0; t < M; ++t) mult[t] = zero_rows[t] ? 0.f : Pow2(26 - kxs[t]);
   } else {
     for (int t = 0; t < M; ++t) mult[t] = 1.f;
-    if (w.type == WeightType::kF32) xs = job.x, lx = job.ldx;
+    if (w.type == WeightType::kF32) xs = xin, lx = job.ldx;
   }
   constexpr int kRowsPerPass = 64;
   float sums[kRowsPerPass * M];
@@ -548,22 +594,29 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
     for (int64_t r = 0; r < rows; ++r)
       for (int t = 0; t < M; ++t) {
         float v = sums[r * M + t] * mult[t];
-        for (int64_t c = main; c < cols; ++c) v += job.x[t * job.ldx + c] * Element(w, row0 + r, w.col_begin + c);
-        job.y[t * job.ldy + rb + r] = v;
+        for (int64_t c = main; c < cols; ++c) v += xin[t * job.ldx + c] * Element(w, row0 + r, w.col_begin + c);
+        yout[t * job.ldy + rb + r] = v;
       }
   }
 }
 
+// Up to 4 token rows per pass over the weights (more would not fit the registers).
 void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
-  switch (p.job->m) {
-    case 1: return GemvRows<1>(p, r0, r1);
-    case 2: return GemvRows<2>(p, r0, r1);
-    case 3: return GemvRows<3>(p, r0, r1);
-    case 4: return GemvRows<4>(p, r0, r1);
-    case 5: return GemvRows<5>(p, r0, r1);
-    case 6: return GemvRows<6>(p, r0, r1);
-    case 7: return GemvRows<7>(p, r0, r1);
-    default: return GemvRows<8>(p, r0, r1);
+  for (int t0 = 0; t0 < p.job->m; t0 += 4) {
+    switch (std::min<int64_t>(4, p.job->m - t0)) {
+      case 1:
+        GemvRows<1>(p, r0, r1, t0);
+        break;
+      case 2:
+        GemvRows<2>(p, r0, r1, t0);
+        break;
+      case 3:
+        GemvRows<3>(p, r0, r1, t0);
+        break;
+      default:
+        GemvRows<4>(p, r0, r1, t0);
+        break;
+    }
   }
 }
 
@@ -581,28 +634,30 @@ void PrepareGemv(Plan& p, float* xp) {
     p.amax_exp[t] = amax > 0.f ? std::ilogb(amax) : 0;
     p.kx[t] = std::clamp(100 - p.amax_exp[t], -126, 126);
     if (w.type == WeightType::kF32) continue;  // read in place
-    const float f = w.type == WeightType::kFP4 ? std::ldexp(1.0f, p.kx[t]) : 1.0f;
+    const float f = w.type == WeightType::kFP4 ? Pow2(p.kx[t]) : 1.0f;
     float* dst = xp + t * main;
+    int64_t lane_col[64];
+    for (int64_t l = 0; l < p.cc; ++l) lane_col[l] = LaneColumn(w.type, l);
     for (int64_t c = 0; c < main; c += p.cc)
-      for (int64_t l = 0; l < p.cc; ++l) dst[c + l] = x[c + LaneColumn(w.type, l)] * f;
+      for (int64_t l = 0; l < p.cc; ++l) dst[c + l] = x[c + lane_col[l]] * f;
   }
 }
 
 // ---- the GEMM path (m > 8) -----------------------------------------------------------------------
 
 // Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
-// the input column decoded into position 8 k + lane of the block.
+// the input column decoded into position 16 k + lane of the block (lane: canonical lane).
 void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / 8;
+  const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / kVLanes;
   for (int64_t tb = 0; tb < p.ntb; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    for (int64_t l = 0; l < 8; ++l) {
-      float* dst = xt_kb + (tb * 8 + l) * steps * kNt;
+    for (int64_t l = 0; l < kVLanes; ++l) {
+      float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
       for (int64_t k = 0; k < steps; ++k) {
         float* d = dst + k * kNt;
-        const int64_t pos = 8 * k + l;
+        const int64_t pos = kVLanes * k + l;
         if (pos >= kc) {
           std::fill(d, d + kNt, 0.f);
           continue;
@@ -620,20 +675,21 @@ void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
 DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0, ntbl = tb1 - tb0, steps = kKc / 8;
+  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0, ntbl = tb1 - tb0;
+  const int64_t steps = kKc / kVLanes;
   Scratch<float> wd(kPanel * kKc, NoInit{});
-  // Per token block and lane: the rows' partial sums [kPanel][16].
-  Scratch<float> ctile(ntbl * 8 * kPanel * kNt);
+  // Per token block and canonical lane: the rows' partial sums [kPanel][16].
+  Scratch<float> ctile(ntbl * kVLanes * kPanel * kNt);
   for (int64_t kb = 0; kb < p.nkb; ++kb) {
     const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
     for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd.data() + r * kKc);
-    const int64_t ksteps = kc / 8;
-    const float* xt_kb = p.xt + kb * p.ntb * 8 * steps * kNt;
+    const float* xt_kb = p.xt + kb * p.ntb * kVLanes * steps * kNt;
     for (int64_t tb = tb0; tb < tb1; ++tb) {
       const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-      for (int64_t l = 0; l < 8; ++l) {
-        const float* xt = xt_kb + (tb * 8 + l) * steps * kNt;
-        float* ct = ctile.data() + ((tb - tb0) * 8 + l) * kPanel * kNt;
+      for (int64_t l = 0; l < kVLanes; ++l) {
+        const int64_t ksteps = (kc - l + kVLanes - 1) / kVLanes;  // positions l, l + 16, ... below kc
+        const float* xt = xt_kb + (tb * kVLanes + l) * steps * kNt;
+        float* ct = ctile.data() + ((tb - tb0) * kVLanes + l) * kPanel * kNt;
         for (int64_t sp = 0; sp < nrows; sp += kMr) {
           const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
           const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
@@ -642,17 +698,28 @@ DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
       }
     }
   }
+  // The lanes' sums combined as LaneTree does, 8 tokens at a time, then the tail columns.
   for (int64_t tb = tb0; tb < tb1; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    const float* ct = ctile.data() + (tb - tb0) * 8 * kPanel * kNt;
+    const float* ct = ctile.data() + (tb - tb0) * kVLanes * kPanel * kNt;
     for (int64_t r = 0; r < nrows; ++r) {
       const int64_t row = w.row_begin + r0 + r;
+      alignas(32) float sum[kNt];
+      for (int v = 0; v < kNt / 8; ++v) {
+        __m256 s8[8];
+        for (int l = 0; l < 8; ++l)
+          s8[l] = _mm256_add_ps(_mm256_loadu_ps(ct + (l * kPanel + r) * kNt + 8 * v),
+                                _mm256_loadu_ps(ct + ((8 + l) * kPanel + r) * kNt + 8 * v));
+        const __m256 t = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s8[0], s8[4]), _mm256_add_ps(s8[2], s8[6])),
+                                       _mm256_add_ps(_mm256_add_ps(s8[1], s8[5]), _mm256_add_ps(s8[3], s8[7])));
+        _mm256_store_ps(sum + 8 * v, t);
+      }
       for (int64_t t = 0; t < nt; ++t) {
-        float lanes[8];
-        for (int l = 0; l < 8; ++l) lanes[l] = ct[(l * kPanel + r) * kNt + t];
-        const float* x = job.x + (tb * kNt + t) * job.ldx;
-        float v = LaneTree(lanes);
-        for (int64_t c = main; c < cols; ++c) v += x[c] * Element(w, row, w.col_begin + c);
+        float v = sum[t];
+        if (main < cols) {
+          const float* x = job.x + (tb * kNt + t) * job.ldx;
+          for (int64_t c = main; c < cols; ++c) v += x[c] * Element(w, row, w.col_begin + c);
+        }
         job.y[(tb * kNt + t) * job.ldy + r0 + r] = v;
       }
     }

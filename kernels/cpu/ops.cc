@@ -1,5 +1,7 @@
 // Element-wise and small reduction kernels: QAT rounding, RMSNorm, RoPE, Hadamard, mHC Sinkhorn,
 // sparse attention with sinks, indexer scoring and top-k.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -30,13 +32,61 @@ void QdqRows(float* x, int64_t m, int64_t n, int64_t ld, int group, float fmt_ma
   }
 }
 
+// The same, 8 values at a time, bit for bit: |v| rounds on a grid of step 2^(max(floor(log2|v|),
+// emin) - mbits) (E4M3: emin -6, 3 mantissa bits; E2M1: emin 0, 1 bit), ties to even, saturating.
+// NaN stays NaN; a NaN does not count in the group's amax (as std::max leaves it out).
+template <int kEmin, int kMbits>
+__attribute__((target("avx2,fma"))) void QdqRowsAvx2(float* x, int64_t m, int64_t n, int64_t ld, int group,
+                                                     float fmt_max, float amax_floor) {
+  const float fmt_max_inv = 1.0f / fmt_max;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 vmax = _mm256_set1_ps(fmt_max);
+  const __m256i emin = _mm256_set1_epi32(kEmin);
+  for (int64_t t = 0; t < m; ++t) {
+    float* row = x + t * ld;
+    for (int64_t g = 0; g < n; g += group) {
+      const int64_t len = std::min<int64_t>(group, n - g);
+      __m256 vamax = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 8 <= len; i += 8) vamax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(row + g + i), abs_mask), vamax);
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, vamax);
+      float amax = 0.f;
+      for (float v : lanes) amax = std::max(amax, v);
+      for (; i < len; ++i) amax = std::max(amax, std::fabs(row[g + i]));
+      amax = std::max(amax, amax_floor);
+      const float s = Pow2Ceil(amax * fmt_max_inv), inv = 1.0f / s;  // both powers of two
+      const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv);
+      for (i = 0; i + 8 <= len; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + g + i), vinv);
+        const __m256 a = _mm256_and_ps(v, abs_mask);
+        __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(a), 23), _mm256_set1_epi32(127));
+        e = _mm256_max_epi32(e, emin);
+        const __m256 up = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127 + kMbits), e), 23));
+        const __m256 down = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127 - kMbits)), 23));
+        __m256 q = _mm256_mul_ps(_mm256_round_ps(_mm256_mul_ps(a, up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), down);
+        q = _mm256_min_ps(q, vmax);
+        q = _mm256_or_ps(q, _mm256_andnot_ps(abs_mask, v));                    // the sign of v
+        q = _mm256_blendv_ps(q, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));          // NaN stays NaN
+        _mm256_storeu_ps(row + g + i, _mm256_mul_ps(q, vs));
+      }
+      for (; i < len; ++i) {
+        const float v = row[g + i] / s;
+        row[g + i] = (kMbits == 3 ? RoundToFp8E4m3(v) : RoundToFp4E2m1(v)) * s;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<-6, 3>(x, m, n, ld, group, 448.0f, 1e-4f);
   QdqRows<RoundToFp8E4m3>(x, m, n, ld, group, 1.0f / 448.0f, 1e-4f);
 }
 
 void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<0, 1>(x, m, n, ld, group, 6.0f, 6.0f * std::ldexp(1.0f, -126));
   QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, 6.0f * std::ldexp(1.0f, -126));
 }
 
@@ -138,8 +188,18 @@ float DotPlain(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
+// AVX2 versions (attention.cc).
+void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                         int64_t k, const float* sink, float scale, float* out);
+void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                       const int64_t* nvis, float* score);
+
 void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                      int64_t k, const float* sink, float scale, float* out) {
+  if (ActiveIsa() != Isa::kScalar && d % 16 == 0) return SparseAttentionAvx2(q, m, H, d, kv, idx, k, sink, scale, out);
+  int64_t rows_read = 0;
+  for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
+  CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
   ParallelFor(m * H, 1, [&](int64_t b, int64_t e) {
     Scratch<float> logits(k, NoInit{});
     for (int64_t th = b; th < e; ++th) {
@@ -151,6 +211,10 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
 
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score) {
+  if (ActiveIsa() != Isa::kScalar && d % 8 == 0) return IndexerScoresAvx2(q, w, m, H, d, keys, n, nvis, score);
+  int64_t keys_read = 0;
+  for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
+  CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       for (int64_t j = 0; j < n; ++j) {

@@ -36,7 +36,7 @@ int AvailableCores() {
 // it still holds.
 template <typename Busy>
 bool SpinWhile(Busy busy, int spin_us) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
   for (int i = 0;; ++i) {
     if (!busy()) return false;
     _mm_pause();
@@ -44,6 +44,15 @@ bool SpinWhile(Busy busy, int spin_us) {
   }
 }
 
+// Work is handed out in chunks claimed from a shared counter, by the caller and by whichever
+// workers are awake: a worker that another process keeps off its core costs the caller nothing,
+// because the caller never waits for a worker that has not claimed a chunk.
+//
+// The counter packs the job's chunk count with the next chunk index, so a claim is valid exactly
+// when index < count, whichever job the claiming thread thinks it is in. The caller writes the
+// job's fields, then the counter (release), then bumps epoch_ to wake the workers; it claims chunks
+// itself, then waits until every chunk is done and no worker is inside Claim (active_), and only
+// then may overwrite the fields for the next job.
 class Pool {
  public:
   explicit Pool(int n) { Start(n); }
@@ -56,48 +65,50 @@ class Pool {
     Start(n);
   }
 
-  // Static: chunk c of `chunks` is [n c / chunks, n (c + 1) / chunks). Dynamic (chunk > 0): chunks
-  // of `chunk` from a shared counter.
-  void Run(int64_t n, int chunks, int64_t dyn_chunk, RangeFn fn) {
-    if (chunks <= 1 || t_in_pool_task) {
-      if (dyn_chunk > 0) {
-        for (int64_t b = 0; b < n; b += dyn_chunk) fn(b, std::min(n, b + dyn_chunk));
-      } else {
-        fn(0, n);
-      }
+  static constexpr int64_t kMaxChunks = int64_t{1} << 23;
+
+  // fn over [0, n) in `num_chunks` (< kMaxChunks) chunks: chunk c is [c * chunk, min(n, (c + 1) *
+  // chunk)) when chunk > 0, else [n c / num_chunks, n (c + 1) / num_chunks).
+  void Run(int64_t n, int64_t num_chunks, int64_t chunk, RangeFn fn) {
+    if (num_chunks <= 1 || workers_.empty() || t_in_pool_task) {
+      for (int64_t c = 0; c < num_chunks; ++c) RunChunk(fn, n, num_chunks, chunk, c);
       return;
     }
     std::lock_guard<std::mutex> serialize(call_mu_);
     fn_ = &fn;
     n_ = n;
-    chunks_ = chunks;
-    dyn_chunk_ = dyn_chunk;
-    next_.store(0, std::memory_order_relaxed);
-    // Every worker checks in for every job, participant or not, so no worker can read the fields
-    // of the next job while it still acts on this one.
-    pending_.store(size() - 1, std::memory_order_relaxed);
+    chunk_ = chunk;
+    done_.store(0, std::memory_order_relaxed);
+    next_.store(static_cast<uint64_t>(num_chunks) << 24, std::memory_order_release);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) epoch_.notify_all();
     t_in_pool_task = true;
-    Work(0);
+    Claim();
     t_in_pool_task = false;
-    if (SpinWhile([&] { return pending_.load(std::memory_order_acquire) != 0; }, 100))
-      while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-    fn_ = nullptr;
+    auto busy = [&] {
+      return done_.load(std::memory_order_acquire) != num_chunks || active_.load(std::memory_order_acquire) != 0;
+    };
+    if (SpinWhile(busy, 200))
+      while (busy()) std::this_thread::yield();
   }
 
  private:
-  // The share of the current job of participant `id` (0 = the caller).
-  void Work(int id) {
-    const RangeFn& fn = *fn_;
-    if (dyn_chunk_ > 0) {
-      for (;;) {
-        const int64_t b = next_.fetch_add(dyn_chunk_, std::memory_order_relaxed);
-        if (b >= n_) break;
-        fn(b, std::min(n_, b + dyn_chunk_));
-      }
+  static void RunChunk(const RangeFn& fn, int64_t n, int64_t num_chunks, int64_t chunk, int64_t c) {
+    if (chunk > 0) {
+      fn(c * chunk, std::min(n, (c + 1) * chunk));
     } else {
-      fn(n_ * id / chunks_, n_ * (id + 1) / chunks_);
+      fn(n * c / num_chunks, n * (c + 1) / num_chunks);
+    }
+  }
+
+  // Runs chunks of the current job until none is left.
+  void Claim() {
+    for (;;) {
+      const uint64_t v = next_.fetch_add(1, std::memory_order_acq_rel);
+      const int64_t c = static_cast<int64_t>(v & 0xffffff), count = static_cast<int64_t>(v >> 24);
+      if (c >= count) return;
+      RunChunk(*fn_, n_, count, chunk_, c);
+      done_.fetch_add(1, std::memory_order_acq_rel);
     }
   }
 
@@ -111,7 +122,7 @@ class Pool {
     // first job has been published.
     const uint32_t epoch = epoch_.load();
     for (int i = 1; i < n; ++i) {
-      workers_.emplace_back([this, i, epoch] { Loop(i, epoch); });
+      workers_.emplace_back([this, epoch] { Loop(epoch); });
       if (pin) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -129,7 +140,7 @@ class Pool {
     workers_.clear();
   }
 
-  void Loop(int id, uint32_t seen) {
+  void Loop(uint32_t seen) {
     t_in_pool_task = true;
     for (;;) {
       if (SpinWhile([&] { return epoch_.load(std::memory_order_acquire) == seen; }, 300)) {
@@ -138,23 +149,23 @@ class Pool {
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         continue;  // re-check: the wait may return spuriously
       }
-      seen = epoch_.load(std::memory_order_acquire);
       if (stop_.load()) return;
-      if (id < chunks_) Work(id);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      seen = epoch_.load(std::memory_order_acquire);
+      active_.fetch_add(1, std::memory_order_seq_cst);
+      Claim();
+      active_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex call_mu_;
-  // The current job; written by the caller before epoch_ is bumped.
+  // The current job; written by the caller before next_, read only after a valid claim.
   const RangeFn* fn_ = nullptr;
-  int64_t n_ = 0;
-  int chunks_ = 0;
-  int64_t dyn_chunk_ = 0;
-  std::atomic<int64_t> next_{0};
+  int64_t n_ = 0, chunk_ = 0;
+  std::atomic<uint64_t> next_{0};  // chunk count << 24 | next chunk index
+  std::atomic<int64_t> done_{0};
   std::atomic<uint32_t> epoch_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> active_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
 };
@@ -177,15 +188,13 @@ void ParallelFor(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   Pool& pool = GlobalPool();
   const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-  pool.Run(n, static_cast<int>(std::min<int64_t>(pool.size(), max_chunks)), 0, fn);
+  pool.Run(n, std::min<int64_t>(pool.size(), max_chunks), 0, fn);
 }
 
 void ParallelForDynamic(int64_t n, int64_t chunk, RangeFn fn) {
   if (n <= 0) return;
-  chunk = std::max<int64_t>(1, chunk);
-  Pool& pool = GlobalPool();
-  const int64_t num_chunks = (n + chunk - 1) / chunk;
-  pool.Run(n, static_cast<int>(std::min<int64_t>(pool.size(), num_chunks)), chunk, fn);
+  chunk = std::max<int64_t>({1, chunk, (n + Pool::kMaxChunks - 1) / Pool::kMaxChunks});
+  GlobalPool().Run(n, (n + chunk - 1) / chunk, chunk, fn);
 }
 
 }  // namespace dsv4::kernels

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -220,6 +221,95 @@ TEST(FastLinear, CountsWork) {
   EXPECT_EQ(c.flops, 2 * 2 * 256 * 512);
   Linear(x.data(), 2, 512, tw.w, y.data(), 256);
   EXPECT_EQ(ReadWorkCounters().flops, 2 * 2 * 256 * 512) << "counted while disabled";
+}
+
+// The rounding kernels against a plain loop over the formats' scalar rounding, bit for bit: values
+// of every magnitude, exact ties, zeros of both signs, subnormals, infinities and NaN, short groups.
+TEST(Qdq, VectorMatchesScalarBitForBit) {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> exp(-40, 20), pick(0, 30);
+  for (bool fp4 : {false, true}) {
+    for (int group : {32, 64, 128}) {
+      for (int64_t n : {int64_t{7}, int64_t{64}, int64_t{200}, int64_t{1000}}) {
+        const int64_t m = 3;
+        std::vector<float> x(m * n);
+        for (auto& v : x) {
+          const int kind = pick(rng);
+          v = std::ldexp(nd(rng), exp(rng));
+          if (kind == 0) v = 0.f;
+          if (kind == 1) v = -0.f;
+          if (kind == 2) v = std::ldexp(1.5f, exp(rng));  // exact ties on many grids
+          if (kind == 3) v = std::numeric_limits<float>::denorm_min() * pick(rng);
+          if (kind == 4 && n == 200) v = std::numeric_limits<float>::infinity();
+          if (kind == 5 && n == 1000) v = std::nanf("");
+        }
+        std::vector<float> want = x;
+        const float fmt_max = fp4 ? 6.0f : 448.0f, floor = fp4 ? 6.0f * std::ldexp(1.0f, -126) : 1e-4f;
+        for (int64_t t = 0; t < m; ++t)
+          for (int64_t g = 0; g < n; g += group) {
+            const int64_t len = std::min<int64_t>(group, n - g);
+            float amax = 0.f;
+            for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(want[t * n + g + i]));
+            const float s = Pow2Ceil(std::max(amax, floor) * (1.0f / fmt_max));
+            for (int64_t i = 0; i < len; ++i) {
+              float& v = want[t * n + g + i];
+              v = (fp4 ? RoundToFp4E2m1(v / s) : RoundToFp8E4m3(v / s)) * s;
+            }
+          }
+        if (fp4) QdqFp4(x.data(), m, n, n, group);
+        else QdqFp8(x.data(), m, n, n, group);
+        for (int64_t i = 0; i < m * n; ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(x[i]), std::bit_cast<uint32_t>(want[i]))
+              << (fp4 ? "fp4" : "fp8") << " group " << group << " n " << n << " element " << i << ": got " << x[i]
+              << " want " << want[i];
+      }
+    }
+  }
+}
+
+// Attention over gathered rows against the plain loop: head counts around the 4- and 16-head
+// blocks, rows from all three segments with gaps, a query that sees nothing, sinks above and below
+// every logit. 2e-6 relative: float32 sums in another order and a polynomial e^x (about 1 ulp).
+TEST(FastAttention, MatchesPlainLoop) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd;
+  for (auto [m, H, d, k] : {std::tuple{1, 64, 512, 40}, {3, 5, 48, 11}, {7, 18, 128, 23}, {2, 1, 16, 3}}) {
+    std::vector<float> a(9 * d), b(m * d), c(30 * d), q(m * H * d), sink(H);
+    for (auto* v : {&a, &b, &c, &q}) for (auto& x : *v) x = nd(rng);
+    for (int64_t h = 0; h < H; ++h) sink[h] = h % 3 == 0 ? 30.f : nd(rng);
+    KvSegments segs;
+    segs.ptr[0] = a.data(), segs.len[0] = 9;
+    segs.ptr[1] = b.data(), segs.len[1] = m;
+    segs.ptr[2] = c.data(), segs.len[2] = 30;
+    const int64_t total = 9 + m + 30;
+    std::vector<int32_t> idx(m * k);
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t j = 0; j < k; ++j)
+        idx[t * k + j] = (t == 1 || (j * 7 + t) % 5 == 0) ? -1 : static_cast<int32_t>((t * 13 + j * 3) % total);
+    std::vector<float> out(m * H * d), want(m * H * d);
+    SparseAttention(q.data(), m, H, d, segs, idx.data(), k, sink.data(), 0.05f, out.data());
+    ref::SparseAttention(q.data(), m, H, d, segs, idx.data(), k, sink.data(), 0.05f, want.data());
+    EXPECT_TRUE(AllClose("attention", out.data(), want.data(), out.size(), {.abs = 2e-6, .rel = 2e-6}))
+        << "m " << m << " H " << H << " d " << d << " k " << k;
+  }
+}
+
+// Indexer scores against the plain loop, with visibility limits inside and across key blocks.
+TEST(FastIndexer, MatchesPlainLoop) {
+  std::mt19937 rng(37);
+  std::normal_distribution<float> nd;
+  for (auto [m, H, d, n] : {std::tuple{1, 64, 128, 1000}, {4, 7, 64, 77}, {2, 3, 32, 5}}) {
+    std::vector<float> q(m * H * d), w(m * H), keys(n * d);
+    for (auto* v : {&q, &w, &keys}) for (auto& x : *v) x = nd(rng);
+    std::vector<int64_t> nvis(m);
+    for (int64_t t = 0; t < m; ++t) nvis[t] = std::min<int64_t>(n, (t * 37 + n / 2) % (n + 1));
+    std::vector<float> s(m * n), want(m * n);
+    IndexerScores(q.data(), w.data(), m, H, d, keys.data(), n, nvis.data(), s.data());
+    ref::IndexerScores(q.data(), w.data(), m, H, d, keys.data(), n, nvis.data(), want.data());
+    EXPECT_TRUE(AllClose("indexer", s.data(), want.data(), s.size(), {.abs = 1e-4, .rel = 1e-5}))
+        << "m " << m << " H " << H << " d " << d << " n " << n;
+  }
 }
 
 TEST(ThreadPool, DynamicCoversRangeOnce) {

@@ -1,0 +1,223 @@
+// AVX2 attention over gathered KV rows and the lightning indexer's scores (kernels.h has the
+// contracts; ops.cc dispatches here unless DSV4_CPU_ISA=scalar).
+//
+// The K = V head is shared by all query heads, so a query token's rows are gathered once and every
+// block of heads reads them from cache: logits by 4-head x 2-row blocks of dot products, softmax
+// with the sink per head, then the weighted sum of rows for 4 heads x 16 channels at a time.
+// Every (token, head) result is computed the same way whatever the batch and the task split, so
+// prefill and decode agree.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_pool.h"
+
+#define DSV4_AVX2 __attribute__((target("avx2,fma")))
+#define DSV4_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+namespace dsv4::kernels {
+
+// Defined for ops.cc.
+void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                         int64_t k, const float* sink, float scale, float* out);
+void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                       const int64_t* nvis, float* score);
+
+namespace {
+
+DSV4_AVX2_INLINE float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 0 (softmax arguments), about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
+// polynomial for e^r, times 2^n. Arguments below -87 give 0.
+DSV4_AVX2_INLINE __m256 ExpNonPositive(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2 in two steps (ln2 split into a high part exact in float and the rest).
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+DSV4_AVX2 float ExpScalar(float x) {
+  alignas(32) float v[8] = {x, x, x, x, x, x, x, x};
+  _mm256_store_ps(v, ExpNonPositive(_mm256_load_ps(v)));
+  return v[0];
+}
+
+// out[i * ldo + j] = dot(a_i, b_j) for i < RA rows of a (stride lda), j < RB rows (pointers b),
+// length d (a multiple of 8): one accumulator per pair over d, then Hsum.
+template <int RA, int RB>
+DSV4_AVX2 void DotBlock(const float* a, int64_t lda, const float* const* b, int64_t d, float* out, int64_t ldo) {
+  __m256 acc[RA][RB];
+#pragma GCC unroll 4
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < d; c += 8) {
+    __m256 bv[RB];
+#pragma GCC unroll 2
+    for (int j = 0; j < RB; ++j) bv[j] = _mm256_loadu_ps(b[j] + c);
+#pragma GCC unroll 4
+    for (int i = 0; i < RA; ++i) {
+      const __m256 av = _mm256_loadu_ps(a + i * lda + c);
+#pragma GCC unroll 2
+      for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < RB; ++j) out[i * ldo + j] = Hsum(acc[i][j]);
+}
+
+// All dot products of `na` rows of a with `nb` rows b[]: out[i * ldo + j].
+DSV4_AVX2 void Dots(const float* a, int64_t lda, int64_t na, const float* const* b, int64_t nb, int64_t d, float* out,
+                    int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 4 <= na; i += 4) {
+    int64_t j = 0;
+    for (; j + 2 <= nb; j += 2) DotBlock<4, 2>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+    for (; j < nb; ++j) DotBlock<4, 1>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+  }
+  for (; i < na; ++i) {
+    int64_t j = 0;
+    for (; j + 2 <= nb; j += 2) DotBlock<1, 2>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+    for (; j < nb; ++j) DotBlock<1, 1>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+  }
+}
+
+// out[h][c] = inv[h] * sum_j p[h * ldp + j] * rows[j][c] for RH heads, 16 channels from c0.
+template <int RH>
+DSV4_AVX2 void WeightedRows(const float* p, int64_t ldp, const float* const* rows, int64_t nv, int64_t c0,
+                            const float* inv, float* out, int64_t ldo) {
+  __m256 acc[RH][2];
+#pragma GCC unroll 4
+  for (int h = 0; h < RH; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < nv; ++j) {
+    const __m256 r0 = _mm256_loadu_ps(rows[j] + c0), r1 = _mm256_loadu_ps(rows[j] + c0 + 8);
+#pragma GCC unroll 4
+    for (int h = 0; h < RH; ++h) {
+      const __m256 ph = _mm256_broadcast_ss(p + h * ldp + j);
+      acc[h][0] = _mm256_fmadd_ps(ph, r0, acc[h][0]);
+      acc[h][1] = _mm256_fmadd_ps(ph, r1, acc[h][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < RH; ++h) {
+    const __m256 s = _mm256_set1_ps(inv[h]);
+    _mm256_storeu_ps(out + h * ldo + c0, _mm256_mul_ps(acc[h][0], s));
+    _mm256_storeu_ps(out + h * ldo + c0 + 8, _mm256_mul_ps(acc[h][1], s));
+  }
+}
+
+constexpr int64_t kHeadBlock = 16;
+
+// Attention of token t's heads [h0, h0 + nh) (kernels.h: SparseAttention).
+DSV4_AVX2 void AttendHeads(const float* q, int64_t H, int64_t d, const KvSegments& kv, const int32_t* it, int64_t k,
+                           const float* sink, float scale, int64_t t, int64_t h0, int64_t nh, const float** rows,
+                           float* logits, float* out) {
+  int64_t nv = 0;
+  for (int64_t j = 0; j < k; ++j)
+    if (it[j] >= 0) rows[nv++] = kv.Row(it[j], d);
+  float* o = out + (t * H + h0) * d;
+  if (nv == 0) {  // nothing visible: output 0
+    std::fill(o, o + nh * d, 0.f);
+    return;
+  }
+  // Logits, then the softmax with the sink per head (p overwrites the logits).
+  Dots(q + (t * H + h0) * d, d, nh, rows, nv, d, logits, nv);
+  float inv[kHeadBlock];
+  for (int64_t h = 0; h < nh; ++h) {
+    float* l = logits + h * nv;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, l[j] *= scale);
+    const float top = std::max(mx, sink[h0 + h]);  // the sink may exceed every logit
+    const __m256 vtop = _mm256_set1_ps(top);
+    int64_t j = 0;
+    for (; j + 8 <= nv; j += 8) _mm256_storeu_ps(l + j, ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(l + j), vtop)));
+    for (; j < nv; ++j) l[j] = ExpScalar(l[j] - top);
+    float denom = ExpScalar(sink[h0 + h] - top);
+    for (j = 0; j < nv; ++j) denom += l[j];
+    inv[h] = 1.0f / denom;
+  }
+  for (int64_t c = 0; c < d; c += 16) {
+    int64_t h = 0;
+    for (; h + 4 <= nh; h += 4) WeightedRows<4>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
+    for (; h < nh; ++h) WeightedRows<1>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
+  }
+}
+
+// Indexer scores of token t for keys [j0, j1) (kernels.h: IndexerScores).
+DSV4_AVX2 void ScoreKeys(const float* q, const float* w, int64_t H, int64_t d, const float* keys, int64_t n,
+                         int64_t nvis, int64_t t, int64_t j0, int64_t j1, float* dots, int64_t ldd, float* score) {
+  const int64_t jv = std::min(j1, std::max(j0, nvis));  // keys [j0, jv) are visible
+  float* s = score + t * n;
+  for (int64_t j = jv; j < j1; ++j) s[j] = -std::numeric_limits<float>::infinity();
+  if (jv == j0) return;
+  const float* krows[64];
+  for (int64_t j = j0; j < jv; ++j) krows[j - j0] = keys + j * d;
+  Dots(q + t * H * d, d, H, krows, jv - j0, d, dots, ldd);
+  const float* wt = w + t * H;
+  for (int64_t j = j0; j < jv; ++j) {
+    float acc = 0.f;
+    for (int64_t h = 0; h < H; ++h) acc += wt[h] * std::max(0.f, dots[h * ldd + (j - j0)]);
+    s[j] = acc;
+  }
+}
+
+}  // namespace
+
+void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
+                         int64_t k, const float* sink, float scale, float* out) {
+  int64_t rows_read = 0;
+  for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
+  CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
+  const int64_t hblocks = (H + kHeadBlock - 1) / kHeadBlock;
+  ParallelForDynamic(m * hblocks, 1, [&](int64_t b, int64_t e) {
+    Scratch<const float*> rows(k, NoInit{});
+    Scratch<float> logits(kHeadBlock * std::max<int64_t>(k, 1), NoInit{});
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t t = task / hblocks, h0 = (task % hblocks) * kHeadBlock;
+      AttendHeads(q, H, d, kv, idx + t * k, k, sink, scale, t, h0, std::min(kHeadBlock, H - h0), rows.data(),
+                  logits.data(), out);
+    }
+  });
+}
+
+void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                       const int64_t* nvis, float* score) {
+  constexpr int64_t kKeys = 32;  // keys per task
+  int64_t keys_read = 0;
+  for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
+  CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
+  const int64_t kblocks = (n + kKeys - 1) / kKeys;
+  ParallelForDynamic(m * kblocks, 4, [&](int64_t b, int64_t e) {
+    Scratch<float> dots(H * kKeys, NoInit{});
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t t = task / kblocks, j0 = (task % kblocks) * kKeys;
+      ScoreKeys(q, w, H, d, keys, n, nvis[t], t, j0, std::min(n, j0 + kKeys), dots.data(), kKeys, score);
+    }
+  });
+}
+
+}  // namespace dsv4::kernels
