@@ -10,10 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "launch/client_flags.h"
 #include "launch/commands.h"
 #include "launch/common.h"
 #include "nlohmann/json.hpp"
-#include "launch/client_flags.h"
 #include "rpc/client.h"
 
 namespace dsv4 {
@@ -117,8 +117,7 @@ int RunGenerate(int argc, char** argv) {
                v1::FinishReason_Name(last.finish_reason()).substr(std::string("FINISH_REASON_").size()).c_str(),
                last.matched_stop().empty() ? "" : absl::StrCat(" on '", last.matched_stop(), "'").c_str(),
                static_cast<long long>(last.usage().prompt_tokens()),
-               static_cast<long long>(last.usage().completion_tokens()), ttft_ms,
-               static_cast<long long>(last.seed()));
+               static_cast<long long>(last.usage().completion_tokens()), ttft_ms, static_cast<long long>(last.seed()));
   return 0;
 }
 

@@ -88,11 +88,11 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const Flags& flags) {
       return absl::InvalidArgumentError(absl::StrCat("--", name, " must be in [", lo, ", ", hi, "]"));
     return absl::Seconds(*v);
   };
-#define DSV4_GET(lhs, expr)          \
-  do {                               \
-    auto _v = (expr);                \
+#define DSV4_GET(lhs, expr)           \
+  do {                                \
+    auto _v = (expr);                 \
     if (!_v.ok()) return _v.status(); \
-    lhs = *_v;                       \
+    lhs = *_v;                        \
   } while (0)
   int64_t port, control_port, cache_mb, request_mb, streams;
   DSV4_GET(port, get_int("port", 0, 65535));
@@ -290,9 +290,9 @@ int RunLeader(const Flags& flags, const ServeFlags& f, const std::string& digest
   auto control = StartControlServer(f.control_host, f.control_port, control_security, &coordinator);
   if (!control.ok()) return Fail(control.status());
   const std::string control_address = absl::StrCat(f.control_host, ":", control->port);
-  if (auto st = WriteInfoFile(f.info_file, absl::StrFormat(R"({"host": "%s", "port": %d, "control": "%s", "pid": %d})",
-                                                           f.endpoint.host, (*server)->port(), control_address,
-                                                           getpid()));
+  if (auto st =
+          WriteInfoFile(f.info_file, absl::StrFormat(R"({"host": "%s", "port": %d, "control": "%s", "pid": %d})",
+                                                     f.endpoint.host, (*server)->port(), control_address, getpid()));
       !st.ok())
     return Fail(st);
   std::printf("dsv4 serve: listening on %s:%d (control plane %s), loading %s\n", f.endpoint.host.c_str(),
@@ -423,8 +423,7 @@ int RunServe(int argc, char** argv) {
   if (auto st = flags.Parse(argc, argv, 2); !st.ok()) return Fail(st);
   auto f = ParseServeFlags(flags);
   if (!f.ok()) return Fail(f.status());
-  const std::string settings =
-      absl::StrCat("qdq=", flags.Str("qdq"), " tp=", flags.Str("tp"), " ep=", flags.Str("ep"));
+  const std::string settings = absl::StrCat("qdq=", flags.Str("qdq"), " tp=", flags.Str("tp"), " ep=", flags.Str("ep"));
   auto digest = ConfigDigest(flags.Str("model"), settings);
   if (!digest.ok()) return Fail(digest.status());
   const int rank = LaunchedByMpirun() ? EnvInt("OMPI_COMM_WORLD_RANK", 0) : 0;

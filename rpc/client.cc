@@ -27,8 +27,8 @@ absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Connect(const 
   return c;
 }
 
-absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> InferenceClient::Health(
-    const std::string& service, absl::Duration timeout) {
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> InferenceClient::Health(const std::string& service,
+                                                                                             absl::Duration timeout) {
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
   SetTimeout(ctx, timeout);

@@ -21,8 +21,8 @@ class InferenceClient {
                                                                   const ClientSecurity& security);
 
   // grpc.health.v1 Check of `service` ("" = the whole server).
-  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(const std::string& service = "",
-                                                                            absl::Duration timeout = absl::Seconds(5));
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(
+      const std::string& service = "", absl::Duration timeout = absl::Seconds(5));
   // Polls health until SERVING, or DEADLINE_EXCEEDED after `timeout`.
   absl::Status WaitForServing(absl::Duration timeout);
 

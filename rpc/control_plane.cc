@@ -52,8 +52,8 @@ void Coordinator::Watchdog() {
 void Coordinator::Lost(int rank, const std::string& why) {
   Rank& r = ranks_[rank];
   r.state = RankState::kLost;
-  const absl::Status st = absl::UnavailableError(absl::StrCat("rank ", rank, " (", r.join.host(), ", pid ",
-                                                              r.join.pid(), ") was lost: ", why));
+  const absl::Status st = absl::UnavailableError(
+      absl::StrCat("rank ", rank, " (", r.join.host(), ", pid ", r.join.pid(), ") was lost: ", why));
   if (error_.empty()) error_ = std::string(st.message());
   if (lost_reported_) return;
   lost_reported_ = true;
@@ -114,8 +114,8 @@ grpc::Status Coordinator::Join(grpc::ServerContext*, const v1::JoinRequest* req,
                                                     req->config_digest(), " but the leader's is ", opt_.config_digest,
                                                     ": every rank must load the same model and settings"));
   else if (req->layout() != opt_.layout)
-    st = absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has layout ", req->layout(),
-                                                    " but the leader has ", opt_.layout));
+    st = absl::FailedPreconditionError(
+        absl::StrCat("rank ", rank, " has layout ", req->layout(), " but the leader has ", opt_.layout));
   else if (ranks_[rank].state != RankState::kAbsent)
     st = absl::FailedPreconditionError(absl::StrCat("rank ", rank, " joined twice"));
   if (!st.ok()) {
@@ -225,8 +225,7 @@ absl::StatusOr<ControlServer> StartControlServer(const std::string& host, int po
 
 absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Join(const std::string& address,
                                                                const ClientSecurity& security,
-                                                               const v1::JoinRequest& request,
-                                                               absl::Duration timeout) {
+                                                               const v1::JoinRequest& request, absl::Duration timeout) {
   std::unique_ptr<WorkerAgent> a(new WorkerAgent());
   auto channel = MakeChannel(address, security, 1 << 20);
   if (!channel.ok()) return channel.status();
@@ -256,9 +255,7 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Join(const std::string
   }
 }
 
-WorkerAgent::~WorkerAgent() {
-  Leave();
-}
+WorkerAgent::~WorkerAgent() { Leave(); }
 
 void WorkerAgent::Start(std::function<void(v1::Beat*)> beat, std::function<void(const absl::Status&)> on_lost) {
   beat_ = std::move(beat);
@@ -283,8 +280,8 @@ void WorkerAgent::WriterLoop() {
       absl::MutexLock l(&mu_);
       if (leaving_) return;
       if (absl::Now() - last_ack_ > timeout_ && !lost_reported_)
-        lost = absl::UnavailableError(absl::StrCat("the coordinator has not answered for ",
-                                                   absl::FormatDuration(absl::Now() - last_ack_)));
+        lost = absl::UnavailableError(
+            absl::StrCat("the coordinator has not answered for ", absl::FormatDuration(absl::Now() - last_ack_)));
     }
     if (!lost.ok() || !stream_->Write(b)) {
       if (lost.ok()) lost = absl::UnavailableError("the heartbeat stream to the coordinator broke");

@@ -38,7 +38,7 @@ struct CoordinatorOptions {
 };
 
 struct CoordinatorCallbacks {
-  std::function<void(const absl::Status&)> on_rank_lost;   // first loss only; the job must fail
+  std::function<void(const absl::Status&)> on_rank_lost;  // first loss only; the job must fail
   std::function<void(absl::Duration grace)> on_drain;
   std::function<void()> on_shutdown;
   // The leader's own row of Status (rank 0) and the server state / error.

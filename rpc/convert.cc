@@ -12,7 +12,8 @@ namespace {
 absl::Status CheckText(const std::string& field, const std::string& text, const InputLimits& limits) {
   const int64_t cap = limits.max_model_len * limits.max_bytes_per_token;
   if (static_cast<int64_t>(text.size()) > cap)
-    return absl::InvalidArgumentError(absl::StrCat(field, " is ", text.size(), " bytes: more than the maximum context length of ",
+    return absl::InvalidArgumentError(absl::StrCat(field, " is ", text.size(),
+                                                   " bytes: more than the maximum context length of ",
                                                    limits.max_model_len, " tokens can hold (at most ", cap, " bytes)"));
   if (!utf8::IsValid(text)) {
     size_t at = 0;
@@ -83,7 +84,8 @@ absl::StatusOr<GenerateSpec> ToGenerateSpec(const v1::GenerateRequest& req, cons
       const std::string& json = req.chat().messages_json();
       if (auto st = CheckText("chat.messages_json", json, limits); !st.ok()) return st;
       auto messages = ParseChatMessages(json);
-      if (!messages.ok()) return absl::InvalidArgumentError(absl::StrCat("chat.messages_json: ", messages.status().message()));
+      if (!messages.ok())
+        return absl::InvalidArgumentError(absl::StrCat("chat.messages_json: ", messages.status().message()));
       ChatOptions options;
       options.thinking = req.chat().thinking();
       options.reasoning_effort = req.chat().reasoning_effort();

@@ -30,11 +30,11 @@ namespace dsv4 {
 
 struct EndpointOptions {
   std::string host = "127.0.0.1";
-  int port = 0;                          // 0 = any free port (see InferenceServer::port)
+  int port = 0;  // 0 = any free port (see InferenceServer::port)
   ServerSecurity security;
-  int max_receive_bytes = 4 << 20;       // larger requests: RESOURCE_EXHAUSTED (row GR-01)
-  int max_concurrent_streams = 256;      // per HTTP/2 connection
-  int max_threads = 1024;                // gRPC's resource quota: streams beyond it are refused
+  int max_receive_bytes = 4 << 20;   // larger requests: RESOURCE_EXHAUSTED (row GR-01)
+  int max_concurrent_streams = 256;  // per HTTP/2 connection
+  int max_threads = 1024;            // gRPC's resource quota: streams beyond it are refused
   bool reflection = true;
 };
 

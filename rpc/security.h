@@ -31,7 +31,7 @@ struct ClientSecurity {
   std::string tls_ca_file;    // PEM roots to verify the server ("" = the system's)
   std::string tls_cert_file;  // client certificate and key, for mTLS
   std::string tls_key_file;
-  std::string token;          // sent as "authorization: Bearer <token>"
+  std::string token;  // sent as "authorization: Bearer <token>"
 };
 
 // A channel to `address` (host:port) with bounded message sizes and keepalive pings.

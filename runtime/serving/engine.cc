@@ -105,9 +105,9 @@ absl::Status PlanExecutor::Execute(const StepPlan& plan,
                                                 s.slot, ", which was never freed: ranks are out of step"));
       cache = model_.NewCache();
     } else if (!cache.has_value() || cache->length != s.start) {
-      return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ",
-                                              s.start, " but slot ", s.slot, " holds ",
-                                              cache.has_value() ? cache->length : -1, " tokens: ranks are out of step"));
+      return absl::InternalError(
+          absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ", s.start, " but slot ",
+                       s.slot, " holds ", cache.has_value() ? cache->length : -1, " tokens: ranks are out of step"));
     }
     const std::span<const int32_t> tokens(plan.tokens.data() + offset, s.num_tokens);
     offset += s.num_tokens;
@@ -175,7 +175,7 @@ Engine::Engine(const Model& model, const Tokenizer* tokenizer, Communicator& wor
       world_(world),
       opt_(options),
       eos_id_(tokenizer != nullptr && tokenizer->eos_id() >= 0 ? tokenizer->eos_id()
-                                                                : static_cast<int32_t>(model.config().eos_token_id)),
+                                                               : static_cast<int32_t>(model.config().eos_token_id)),
       executor_(model, /*want_logits=*/true),
       scheduler_(options.scheduler) {
   fixed_bytes_ = model.NewCache().Bytes();
@@ -233,8 +233,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec)
   r->max_tokens = max_tokens;
   r->echo = spec.echo;
   r->arrival = arrival;
-  r->seed = spec.sampling.seed >= 0 ? static_cast<uint64_t>(spec.sampling.seed)
-                                    : ((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) >> 1;
+  r->seed = spec.sampling.seed >= 0
+                ? static_cast<uint64_t>(spec.sampling.seed)
+                : ((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) >> 1;
   r->params = std::move(spec.sampling);
   r->sampler = std::make_unique<Sampler>(r->params, r->seed, spec.prompt);
   r->text = std::make_unique<OutputText>(tokenizer_, r->params.skip_special_tokens, r->params.stop);
@@ -457,7 +458,8 @@ absl::Status Engine::Run() {
     absl::Status st = BroadcastStep(world_, plan.step, plan);
     if (st.ok() && plan.stop) return absl::OkStatus();
     MaybeInjectFault(world_.rank(), plan.step);
-    if (st.ok()) st = executor_.Execute(plan, [&](size_t i, std::span<const float> logits) { Sampled(*batch[i], logits); });
+    if (st.ok())
+      st = executor_.Execute(plan, [&](size_t i, std::span<const float> logits) { Sampled(*batch[i], logits); });
     if (!st.ok()) {
       Fail(absl::UnavailableError(absl::StrCat("step ", plan.step, " failed: ", st.message())));
       return st;

@@ -44,11 +44,11 @@
 namespace dsv4 {
 
 struct EngineOptions {
-  SchedulerOptions scheduler;       // num_blocks is derived from cache_bytes / block_bytes
-  int64_t cache_bytes = int64_t{1} << 30;  // budget for sequence caches on each rank
-  int64_t block_bytes = int64_t{1} << 16;  // accounting unit
-  int64_t max_model_len = 16384;    // prompt + completion tokens of one request
-  int64_t default_max_tokens = 256; // when a request gives none (bounded by the context)
+  SchedulerOptions scheduler;                          // num_blocks is derived from cache_bytes / block_bytes
+  int64_t cache_bytes = int64_t{1} << 30;              // budget for sequence caches on each rank
+  int64_t block_bytes = int64_t{1} << 16;              // accounting unit
+  int64_t max_model_len = 16384;                       // prompt + completion tokens of one request
+  int64_t default_max_tokens = 256;                    // when a request gives none (bounded by the context)
   absl::Duration idle_tick = absl::Milliseconds(500);  // empty steps keep idle followers in step
 };
 
@@ -86,9 +86,10 @@ class RequestHandle {
  public:
   explicit RequestHandle(std::string id) : id_(std::move(id)) {}
   const std::string& id() const { return id_; }
-  // The next output (all pieces queued so far, merged), waiting up to `timeout`. DEADLINE_EXCEEDED
-  // when nothing came; after the last piece, or after an error, returns the ending status:
-  // OK-less ends are the request's error; a finished request answers OUT_OF_RANGE.
+  // The next output (all pieces queued so far, merged), waiting up to `timeout`. Once every piece
+  // has been taken it answers how the request ended: OUT_OF_RANGE when it finished normally (the
+  // last piece had `finished` set), else the error that ended it (e.g. ABORTED, UNAVAILABLE).
+  // DEADLINE_EXCEEDED: nothing new within `timeout`.
   absl::StatusOr<GenerateOutput> Next(absl::Duration timeout);
 
  private:
@@ -184,9 +185,9 @@ class Engine {
   Communicator& world_;
   const EngineOptions opt_;
   const int32_t eos_id_;
-  int64_t fixed_bytes_ = 0;      // a fresh sequence cache
-  double bytes_per_token_ = 0;   // growth of a cache per token, at most
-  PlanExecutor executor_;        // engine thread only
+  int64_t fixed_bytes_ = 0;     // a fresh sequence cache
+  double bytes_per_token_ = 0;  // growth of a cache per token, at most
+  PlanExecutor executor_;       // engine thread only
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_;

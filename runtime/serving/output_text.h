@@ -19,9 +19,9 @@ class OutputText {
   OutputText(const Tokenizer* tokenizer, bool skip_special, std::vector<std::string> stop);
 
   struct Delta {
-    std::string text;     // released by this token
-    bool stopped = false; // a stop string completed: the request ends; its text is not released
-    std::string matched;  // that stop string
+    std::string text;      // released by this token
+    bool stopped = false;  // a stop string completed: the request ends; its text is not released
+    std::string matched;   // that stop string
   };
   Delta Push(int32_t token);
   // At the end of a request that did not stop on a stop string: everything still held back.

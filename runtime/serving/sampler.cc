@@ -28,8 +28,8 @@ absl::Status ValidateSamplingParams(SamplingParams& p, const SamplingLimits& lim
   if (!In(p.temperature, 0, 2)) return Bad("temperature", "in [0, 2]", p.temperature);
   if (!std::isfinite(p.top_p) || p.top_p <= 0 || p.top_p > 1) return Bad("top_p", "in (0, 1]", p.top_p);
   if (p.top_k < -1 || p.top_k > lim.vocab_size)
-    return absl::InvalidArgumentError(absl::StrCat("sampling.top_k must be -1, 0 (off) or in [1, ", lim.vocab_size,
-                                                   "], got ", p.top_k));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k must be -1, 0 (off) or in [1, ", lim.vocab_size, "], got ", p.top_k));
   if (!In(p.min_p, 0, 1)) return Bad("min_p", "in [0, 1]", p.min_p);
   if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0 || p.repetition_penalty > 10)
     return Bad("repetition_penalty", "in (0, 10]", p.repetition_penalty);
@@ -44,8 +44,8 @@ absl::Status ValidateSamplingParams(SamplingParams& p, const SamplingLimits& lim
     const std::string& s = p.stop[i];
     if (s.empty()) return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] is empty"));
     if (static_cast<int64_t>(s.size()) > lim.max_stop_bytes)
-      return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] is ", s.size(), " bytes; at most ",
-                                                     lim.max_stop_bytes, " are allowed"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling.stop[", i, "] is ", s.size(), " bytes; at most ", lim.max_stop_bytes, " are allowed"));
     if (!utf8::IsValid(s)) return absl::InvalidArgumentError(absl::StrCat("sampling.stop[", i, "] is not UTF-8"));
   }
   if (static_cast<int64_t>(p.stop_token_ids.size()) > lim.max_stop_token_ids)
@@ -62,8 +62,7 @@ absl::Status ValidateSamplingParams(SamplingParams& p, const SamplingLimits& lim
     if (id < 0 || id >= lim.vocab_size)
       return absl::InvalidArgumentError(
           absl::StrCat("sampling.logit_bias: token id ", id, " is outside [0, ", lim.vocab_size, ")"));
-    if (std::isnan(bias))
-      return absl::InvalidArgumentError(absl::StrCat("sampling.logit_bias[", id, "] is NaN"));
+    if (std::isnan(bias)) return absl::InvalidArgumentError(absl::StrCat("sampling.logit_bias[", id, "] is NaN"));
     bias = std::clamp(bias, -100.0, 100.0);
   }
   if (p.logprobs < 0 || p.logprobs > lim.max_logprobs)
@@ -94,8 +93,7 @@ void Sampler::ApplyPenalties(std::vector<float>& l) const {
     for (const auto& [id, n] : seen_) l[id] = l[id] > 0 ? l[id] / rp : l[id] * rp;
   }
   if (p_.presence_penalty != 0.0 || p_.frequency_penalty != 0.0)
-    for (const auto& [id, n] : output_)
-      l[id] -= static_cast<float>(p_.frequency_penalty * n + p_.presence_penalty);
+    for (const auto& [id, n] : output_) l[id] -= static_cast<float>(p_.frequency_penalty * n + p_.presence_penalty);
 }
 
 int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) {

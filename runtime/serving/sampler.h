@@ -37,7 +37,7 @@ struct SamplingParams {
   bool ignore_eos = false;
   bool skip_special_tokens = true;
   std::vector<std::pair<int32_t, double>> logit_bias;  // values clamped to [-100, 100] by Validate
-  int32_t logprobs = 0;             // [0, 20]
+  int32_t logprobs = 0;                                // [0, 20]
 };
 
 // Caps on per-request sizes (rows RQ-04 to RQ-06 of ecosystem_reliability.md).

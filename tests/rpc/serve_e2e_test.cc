@@ -28,9 +28,24 @@ using testing::ServeProcess;
 constexpr int kMaxModelLen = 512;
 
 std::vector<std::string> ServeArgs() {
-  return {"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len", std::to_string(kMaxModelLen),
-          "--cache-mb", "256", "--max-running", "32", "--max-batch-tokens", "160", "--prefill-chunk", "64",
-          "--max-queued", "64", "--drain-grace-s", "60"};
+  return {"--model",
+          "builtin:v4-tiny",
+          "--threads",
+          "1",
+          "--max-model-len",
+          std::to_string(kMaxModelLen),
+          "--cache-mb",
+          "256",
+          "--max-running",
+          "32",
+          "--max-batch-tokens",
+          "160",
+          "--prefill-chunk",
+          "64",
+          "--max-queued",
+          "64",
+          "--drain-grace-s",
+          "60"};
 }
 
 // A stream's outcome as the client saw it.
@@ -150,10 +165,10 @@ std::string ReflectionListServices(const std::string& address) {
   return out;
 }
 
-#define REQUIRE_SERVER()                                                   \
-  do {                                                                     \
-    ASSERT_TRUE(S().start_error.empty()) << S().start_error;               \
-    ASSERT_TRUE(S().server != nullptr && S().client != nullptr);           \
+#define REQUIRE_SERVER()                                                                   \
+  do {                                                                                     \
+    ASSERT_TRUE(S().start_error.empty()) << S().start_error;                               \
+    ASSERT_TRUE(S().server != nullptr && S().client != nullptr);                           \
     ASSERT_FALSE(S().server->exited()) << "the server is gone (an earlier case ended it)"; \
   } while (0)
 
@@ -243,9 +258,7 @@ TEST(Serve, BadRequestsAreInvalidArgumentNamingTheField) {
     std::string name, field;
     std::function<void(v1::GenerateRequest&)> edit;
   };
-  auto sampling = [](auto set) {
-    return [set](v1::GenerateRequest& r) { set(*r.mutable_sampling()); };
-  };
+  auto sampling = [](auto set) { return [set](v1::GenerateRequest& r) { set(*r.mutable_sampling()); }; };
   std::vector<Case> cases = {
       // RQ-01
       {"max_tokens 0", "max_tokens", sampling([](auto& p) { p.set_max_tokens(0); })},
@@ -290,14 +303,12 @@ TEST(Serve, BadRequestsAreInvalidArgumentNamingTheField) {
       {"logit_bias id >= vocab", "logit_bias", sampling([](auto& p) { (*p.mutable_logit_bias())[129280] = 1; })},
       {"logit_bias id < 0", "logit_bias", sampling([](auto& p) { (*p.mutable_logit_bias())[-5] = 1; })},
       {"logit_bias NaN", "logit_bias", sampling([=](auto& p) { (*p.mutable_logit_bias())[5] = nan; })},
-      {"logit_bias 2000 entries", "logit_bias",
-       sampling([](auto& p) {
+      {"logit_bias 2000 entries", "logit_bias", sampling([](auto& p) {
          for (int i = 0; i < 2000; ++i) (*p.mutable_logit_bias())[i] = 1;
        })},
       // RQ-06
       {"stop empty", "stop", sampling([](auto& p) { p.add_stop(""); })},
-      {"stop 100 strings", "stop",
-       sampling([](auto& p) {
+      {"stop 100 strings", "stop", sampling([](auto& p) {
          for (int i = 0; i < 100; ++i) p.add_stop("x");
        })},
       {"stop 1 MB", "stop", sampling([](auto& p) { p.add_stop(std::string(1 << 20, 'a')); })},
@@ -327,14 +338,15 @@ TEST(Serve, BadRequestsAreInvalidArgumentNamingTheField) {
       {"empty messages", "chat", [](v1::GenerateRequest& r) { r.mutable_chat()->set_messages_json("[]"); }},
       {"messages not JSON", "chat.messages_json",
        [](v1::GenerateRequest& r) { r.mutable_chat()->set_messages_json("{not json"); }},
-      {"unknown role", "chat", [](v1::GenerateRequest& r) {
-         r.mutable_chat()->set_messages_json(R"([{"role": "wizard", "content": "hi"}])");
-       }},
+      {"unknown role", "chat",
+       [](v1::GenerateRequest& r) { r.mutable_chat()->set_messages_json(R"([{"role": "wizard", "content": "hi"}])"); }},
       // TK-02
       {"text invalid UTF-8", "text", [](v1::GenerateRequest& r) { r.set_text("abc\xff\xfe"); }},
       {"text lone surrogate", "text", [](v1::GenerateRequest& r) { r.set_text("a\xed\xa0\x80z"); }},
       {"chat invalid UTF-8", "chat.messages_json",
-       [](v1::GenerateRequest& r) { r.mutable_chat()->set_messages_json("[{\"role\": \"user\", \"content\": \"\xc3\"}]"); }},
+       [](v1::GenerateRequest& r) {
+         r.mutable_chat()->set_messages_json("[{\"role\": \"user\", \"content\": \"\xc3\"}]");
+       }},
       // TK-03: a 1 MB word, far more than the context can hold, is refused before tokenizing.
       {"1 MB word", "text", [](v1::GenerateRequest& r) { r.set_text(std::string(1 << 20, 'x')); }},
       {"1 MB of digits", "text", [](v1::GenerateRequest& r) { r.set_text(std::string(1 << 20, '7')); }},
@@ -360,7 +372,9 @@ TEST(Serve, BadRequestsAreInvalidArgumentNamingTheField) {
         for (int i = 0; i < 100; ++i) text += "\xcc\x81";
         r.set_text(text);
       },
-      [](v1::GenerateRequest& r) { r.mutable_chat()->set_messages_json(R"([{"role": "system", "content": "be brief"}])"); },
+      [](v1::GenerateRequest& r) {
+        r.mutable_chat()->set_messages_json(R"([{"role": "system", "content": "be brief"}])");
+      },
       [](v1::GenerateRequest& r) { r.set_text(""); },
   };
   for (size_t i = 0; i < fine.size(); ++i) {
@@ -477,13 +491,22 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
     absl::Status status;
     std::thread t([&] {
       status = S().client->Generate(
-          r, [&](const v1::GenerateResponse&) { absl::MutexLock l(&mu); ++got; },
+          r,
+          [&](const v1::GenerateResponse&) {
+            absl::MutexLock l(&mu);
+            ++got;
+          },
           mode == kDeadline ? absl::Seconds(3) : absl::Seconds(300),
-          [&](grpc::ClientContext* c) { absl::MutexLock l(&mu); live = c; });
+          [&](grpc::ClientContext* c) {
+            absl::MutexLock l(&mu);
+            live = c;
+          });
     });
     {
       absl::MutexLock l(&mu);
-      mu.AwaitWithTimeout(absl::Condition(+[](int* g) { return *g >= 2; }, &got), absl::Seconds(120));
+      mu.AwaitWithTimeout(absl::Condition(
+                              +[](int* g) { return *g >= 2; }, &got),
+                          absl::Seconds(120));
       ASSERT_GE(got, 2);
     }
     auto during = S().client->ServerInfo();

@@ -26,8 +26,9 @@ struct Job {
 };
 
 Job StartJob(std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len", "4096",
-                                   "--cache-mb", "256", "--comm-timeout-s", "30"};
+  std::vector<std::string> args = {
+      "--model", "builtin:v4-tiny",  "--threads", "1", "--max-model-len", "4096", "--cache-mb",
+      "256",     "--comm-timeout-s", "30"};
   args.insert(args.end(), extra.begin(), extra.end());
   Job job;
   auto p = ServeProcess::Start(args, 2);
@@ -70,7 +71,12 @@ void Observe(Job& job, Observed& obs, std::thread& gen, std::thread& watch, grpc
   r.mutable_sampling()->set_ignore_eos(true);
   gen = std::thread([&job, &obs, r] {
     const absl::Status st = job.client->Generate(
-        r, [&](const v1::GenerateResponse&) { absl::MutexLock l(&obs.mu); ++obs.messages; }, absl::Seconds(120));
+        r,
+        [&](const v1::GenerateResponse&) {
+          absl::MutexLock l(&obs.mu);
+          ++obs.messages;
+        },
+        absl::Seconds(120));
     absl::MutexLock l(&obs.mu);
     obs.status = st, obs.done = true, obs.ended = absl::Now();
   });
@@ -85,7 +91,9 @@ void Observe(Job& job, Observed& obs, std::thread& gen, std::thread& watch, grpc
     (void)reader->Finish();
   });
   absl::MutexLock l(&obs.mu);
-  obs.mu.AwaitWithTimeout(absl::Condition(+[](int* m) { return *m >= 3; }, &obs.messages), absl::Seconds(120));
+  obs.mu.AwaitWithTimeout(absl::Condition(
+                              +[](int* m) { return *m >= 3; }, &obs.messages),
+                          absl::Seconds(120));
 }
 
 void ExpectFailedFast(Observed& obs, absl::Time t_fault, ServeProcess& server, absl::Duration bound) {

@@ -37,8 +37,8 @@ absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vec
   if (np > 1) {
     argv = {DSV4_MPIEXEC, "--oversubscribe", "-np", std::to_string(np)};
   }
-  for (const std::string& a : {std::string(DSV4_BINARY), std::string("serve"), std::string("--port"),
-                               std::string("0"), std::string("--info-file"), info})
+  for (const std::string& a : {std::string(DSV4_BINARY), std::string("serve"), std::string("--port"), std::string("0"),
+                               std::string("--info-file"), info})
     argv.push_back(a);
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> cargv;

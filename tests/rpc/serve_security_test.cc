@@ -16,8 +16,8 @@ namespace {
 
 using testing::ServeProcess;
 
-const std::vector<std::string> kArgs = {"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len", "256",
-                                        "--cache-mb", "64"};
+const std::vector<std::string> kArgs = {"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len",
+                                        "256",     "--cache-mb",      "64"};
 
 std::string WriteFile(const std::string& name, const std::string& text) {
   const std::string path = testing::TempDir() + "/" + name;

@@ -1,11 +1,12 @@
 // The serving engine in-process on builtin:v4-tiny (one rank): batching does not change a
 // request's tokens, Abort frees the cache, drain and failure end every request exactly once.
 // One process for all cases (the model takes seconds to build): registered as a single ctest.
+#include "runtime/serving/engine.h"
+
 #include <gtest/gtest.h>
 
 #include <thread>
 
-#include "runtime/serving/engine.h"
 #include "runtime/weights.h"
 
 namespace dsv4 {
@@ -205,6 +206,34 @@ TEST(Engine, RejectsBadRequestsNamingTheField) {
   EXPECT_EQ(code_of(s).code(), absl::StatusCode::kInvalidArgument);
   run.engine->Abort("dup");
   Collect(**h);
+}
+
+// Admission control (row LD-01): past the running and queued limits a request is refused at once
+// with RESOURCE_EXHAUSTED, and the admitted ones are unaffected.
+TEST(Engine, AFullQueueIsResourceExhausted) {
+  ASSERT_NE(S().model, nullptr);
+  EngineOptions o = Running::Small();
+  o.scheduler.max_running = 1;
+  o.scheduler.max_queued = 1;
+  Running run(o);
+  GenerateSpec s = Spec(1);
+  s.sampling.max_tokens = 50;
+  s.request_id = "running";
+  auto a = run.engine->Submit(s);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->Next(absl::Seconds(60)).ok());  // admitted and generating
+  s.request_id = "queued";
+  auto b = run.engine->Submit(s);
+  ASSERT_TRUE(b.ok());
+  s.request_id = "refused";
+  const auto c = run.engine->Submit(s);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted) << c.status();
+  EXPECT_EQ(run.engine->Stats().queued, 1);
+  run.engine->Abort("running");
+  run.engine->Abort("queued");
+  EXPECT_EQ(Collect(**a).status.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(Collect(**b).status.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(run.engine->Stats().rejected, 1);
 }
 
 TEST(Engine, DrainFinishesInFlightThenRefuses) {

@@ -1,5 +1,7 @@
 // The serving pieces that need no model: sampling parameters and the sampler, the scheduler, and
 // the streamed output text with stop strings.
+#include "runtime/serving/sampler.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "runtime/serving/output_text.h"
-#include "runtime/serving/sampler.h"
 #include "runtime/serving/scheduler.h"
 #include "runtime/tokenizer/utf8.h"
 
@@ -32,20 +33,32 @@ TEST(SamplingParams, RejectsEachBadValueNamingTheField) {
     std::vector<double> bad, good;
   };
   const std::vector<Case> cases = {
-      {"temperature", [](SamplingParams& p, double v) { p.temperature = v; }, {nan, inf, -inf, -0.1, 2.1, 999999},
+      {"temperature",
+       [](SamplingParams& p, double v) { p.temperature = v; },
+       {nan, inf, -inf, -0.1, 2.1, 999999},
        {0, 0.7, 2}},
       {"top_p", [](SamplingParams& p, double v) { p.top_p = v; }, {0, -1, 1.5, nan, inf}, {1e-6, 0.5, 1}},
-      {"top_k", [](SamplingParams& p, double v) { p.top_k = static_cast<int64_t>(v); }, {-2, 1e12, kVocab + 1},
+      {"top_k",
+       [](SamplingParams& p, double v) { p.top_k = static_cast<int64_t>(v); },
+       {-2, 1e12, kVocab + 1},
        {-1, 0, 1, kVocab}},
       {"min_p", [](SamplingParams& p, double v) { p.min_p = v; }, {-0.1, 1.1, nan}, {0, 0.5, 1}},
-      {"repetition_penalty", [](SamplingParams& p, double v) { p.repetition_penalty = v; }, {0, -1, nan, inf, 11},
+      {"repetition_penalty",
+       [](SamplingParams& p, double v) { p.repetition_penalty = v; },
+       {0, -1, nan, inf, 11},
        {0.5, 1, 10}},
-      {"presence_penalty", [](SamplingParams& p, double v) { p.presence_penalty = v; }, {-2.1, 2.1, nan, inf},
+      {"presence_penalty",
+       [](SamplingParams& p, double v) { p.presence_penalty = v; },
+       {-2.1, 2.1, nan, inf},
        {-2, 0, 2}},
-      {"frequency_penalty", [](SamplingParams& p, double v) { p.frequency_penalty = v; }, {-2.1, 2.1, nan, -inf},
+      {"frequency_penalty",
+       [](SamplingParams& p, double v) { p.frequency_penalty = v; },
+       {-2.1, 2.1, nan, -inf},
        {-2, 0, 2}},
       {"seed", [](SamplingParams& p, double v) { p.seed = static_cast<int64_t>(v); }, {-2, -1e9}, {-1, 0, 1e18}},
-      {"logprobs", [](SamplingParams& p, double v) { p.logprobs = static_cast<int32_t>(v); }, {-1, 21, 1e6},
+      {"logprobs",
+       [](SamplingParams& p, double v) { p.logprobs = static_cast<int32_t>(v); },
+       {-1, 21, 1e6},
        {0, 5, 20}},
   };
   for (const Case& c : cases) {
@@ -254,7 +267,7 @@ TEST(Scheduler, ChunksAreFixedAndDecodesComeFirstWithinTheBudget) {
 TEST(Scheduler, AdmissionByBlocksAndSlotsAndAQueueLimit) {
   Scheduler s(SmallOptions());
   ASSERT_TRUE(s.Add(1, 2, 6).ok());
-  ASSERT_TRUE(s.Add(2, 2, 6).ok());  // 6 + 6 > 10 blocks: waits for seq 1
+  ASSERT_TRUE(s.Add(2, 2, 6).ok());                                       // 6 + 6 > 10 blocks: waits for seq 1
   EXPECT_EQ(s.Add(3, 2, 11).code(), absl::StatusCode::kInvalidArgument);  // can never fit
   auto w = s.Schedule();
   ASSERT_EQ(w.size(), 1u);
@@ -265,7 +278,7 @@ TEST(Scheduler, AdmissionByBlocksAndSlotsAndAQueueLimit) {
   ASSERT_TRUE(s.Add(5, 1, 1).ok());
   ASSERT_TRUE(s.Add(6, 1, 1).ok());
   EXPECT_EQ(s.Add(7, 1, 1).code(), absl::StatusCode::kResourceExhausted);  // 4 waiting
-  EXPECT_EQ(s.Remove(1), 0);  // slot 0 freed
+  EXPECT_EQ(s.Remove(1), 0);                                               // slot 0 freed
   EXPECT_EQ(s.blocks_used(), 0);
   w = s.Schedule();
   EXPECT_EQ(s.running(), 3);  // seqs 2, 4, 5 (slots 0, 1, 2); seq 6 waits for a slot
@@ -285,8 +298,8 @@ std::unique_ptr<Tokenizer> LoadTokenizer() {
 }
 
 // Streams `text` token by token through OutputText; returns the released text and the stop.
-std::pair<std::string, std::string> Stream(const Tokenizer& tok, const std::string& text,
-                                           std::vector<std::string> stop, std::vector<std::string>* pieces) {
+std::pair<std::string, std::string> Stream(const Tokenizer& tok, const std::string& text, std::vector<std::string> stop,
+                                           std::vector<std::string>* pieces) {
   OutputText out(&tok, true, std::move(stop));
   std::string all;
   for (int32_t id : tok.Encode(text)) {
