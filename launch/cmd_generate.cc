@@ -112,6 +112,7 @@ int RunGenerate(int argc, char** argv) {
       },
       absl::Seconds(*timeout));
   if (!*json) std::printf("\n");
+  std::fflush(stdout);
   if (!st.ok()) return Fail(st);
   std::fprintf(stderr, "[finish: %s%s, prompt %lld tokens, completion %lld tokens, ttft %.1f ms, seed %lld]\n",
                v1::FinishReason_Name(last.finish_reason()).substr(std::string("FINISH_REASON_").size()).c_str(),

@@ -28,7 +28,7 @@ source "$root/launch/setup.sh"
 dsv4_setup
 cuda_flag=()
 if ! command -v nvcc >/dev/null 2>&1 && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then cuda_flag=(-DDSV4_CUDA=OFF); fi
-dsv4_build build "${cuda_flag[@]}" --target dsv4
+DSV4_BUILD_TARGETS=dsv4 dsv4_build build "${cuda_flag[@]}"
 dsv4="$root/build/launch/dsv4"
 
 work=$(mktemp -d)
@@ -68,6 +68,9 @@ control=$(field control)
 echo "== listening on $server (control plane $control); waiting for health SERVING"
 
 echo "== dsv4 generate --server $server --prompt \"$prompt\""
+if [[ $model == builtin:* ]]; then
+  echo "   ($model has seeded random weights: the text below is meaningless by design)"
+fi
 "$dsv4" generate --server "$server" --prompt "$prompt" --max-tokens "$max_tokens" --temperature 0.7 --seed 1 \
   --wait-ready-s 1800
 
