@@ -270,7 +270,8 @@ TEST(Qdq, VectorMatchesScalarBitForBit) {
 
 // Attention over gathered rows against the plain loop: head counts around the 4- and 16-head
 // blocks, rows from all three segments with gaps, a query that sees nothing, sinks above and below
-// every logit. 2e-6 relative: float32 sums in another order and a polynomial e^x (about 1 ulp).
+// every logit. 1e-5: float32 sums of up to 40 weighted rows in another order and a polynomial e^x
+// (about 1 ulp); the scalar path was measured at 4e-6 relative, a wrong row or weight is > 1e-2.
 TEST(FastAttention, MatchesPlainLoop) {
   std::mt19937 rng(31);
   std::normal_distribution<float> nd;
@@ -290,7 +291,7 @@ TEST(FastAttention, MatchesPlainLoop) {
     std::vector<float> out(m * H * d), want(m * H * d);
     SparseAttention(q.data(), m, H, d, segs, idx.data(), k, sink.data(), 0.05f, out.data());
     ref::SparseAttention(q.data(), m, H, d, segs, idx.data(), k, sink.data(), 0.05f, want.data());
-    EXPECT_TRUE(AllClose("attention", out.data(), want.data(), out.size(), {.abs = 2e-6, .rel = 2e-6}))
+    EXPECT_TRUE(AllClose("attention", out.data(), want.data(), out.size(), {.abs = 1e-5, .rel = 1e-5}))
         << "m " << m << " H " << H << " d " << d << " k " << k;
   }
 }
