@@ -11,11 +11,12 @@ namespace dsv4::bench {
 double MeasureStreamTriadGBps(int reps = 10);
 
 // Peak rate of the arithmetic the matrix kernels use: float32 fused multiply-adds at the widest
-// vector width they run (2 flops each), every pool thread issuing independent chains.
+// vector width they run (2 flops each), 12 independent chains per pool thread; the sum over the
+// threads of each one's best rate in `reps` tries.
 struct PeakRate {
   double gflops = 0;
   std::string kind;  // e.g. "fp32_fma_avx2"
 };
-PeakRate MeasurePeakGflops(int reps = 5);
+PeakRate MeasurePeakGflops(int reps = 20);
 
 }  // namespace dsv4::bench

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <random>
 
+#include <time.h>
+
 #include "kernels/cpu/kernels.h"
 #include "runtime/status.h"
 
@@ -11,6 +13,12 @@ namespace dsv4::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+double CpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -57,17 +65,22 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
   for (int64_t b = 0; b < o.batch; ++b) seqs[b] = {&caches[b], 1};
   std::vector<float> logits(o.batch * vocab);
   kernels::ResetWorkCounters();
+  double cpu0 = 0;
   for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
     const std::vector<int32_t> tokens = RandomTokens(rng, o.batch, vocab);
     if (s == o.warmup) {
       kernels::ResetWorkCounters();
       kernels::EnableWorkCounters(true);
+      cpu0 = CpuSeconds();
     }
     const auto t0 = Clock::now();
     DSV4_RETURN_IF_ERROR(model.ForwardBatch(tokens, seqs, logits.data()));
     if (s >= o.warmup) r.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
   kernels::EnableWorkCounters(false);
+  double wall = 0;
+  for (double t : r.step_seconds) wall += t;
+  r.cpu_utilization = (CpuSeconds() - cpu0) / wall;
   r.median_step_seconds = Median(r.step_seconds);
   r.tokens_per_s = static_cast<double>(o.batch) / r.median_step_seconds;
   r.work = PerToken(kernels::ReadWorkCounters(), static_cast<double>(o.batch * o.steps));
@@ -94,8 +107,12 @@ absl::StatusOr<PrefillBenchResult> RunPrefillBench(const Model& model, const Pre
       kernels::EnableWorkCounters(true);
     }
     const auto t0 = Clock::now();
+    const double c0 = CpuSeconds();
     DSV4_RETURN_IF_ERROR(model.ForwardBatch(prompts, seqs, logits.data()));
-    if (i >= o.warmup) r.seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (i >= o.warmup) {
+      r.seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      r.cpu_utilization += (CpuSeconds() - c0) / r.seconds.back() / static_cast<double>(o.iters);
+    }
   }
   kernels::EnableWorkCounters(false);
   r.median_seconds = Median(r.seconds);

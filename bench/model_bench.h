@@ -30,6 +30,7 @@ struct DecodeBenchResult {
   double median_step_seconds = 0;
   double tokens_per_s = 0;            // batch / median step
   WorkPerToken work;                  // counted over the timed steps
+  double cpu_utilization = 0;         // process CPU seconds per wall second over the timed steps
 };
 
 absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const DecodeBenchOptions& options);
@@ -47,6 +48,7 @@ struct PrefillBenchResult {
   double median_seconds = 0;
   double tokens_per_s = 0;
   WorkPerToken work;
+  double cpu_utilization = 0;  // process CPU seconds per wall second over the timed prefills
 };
 
 absl::StatusOr<PrefillBenchResult> RunPrefillBench(const Model& model, const PrefillBenchOptions& options);

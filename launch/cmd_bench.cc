@@ -100,7 +100,7 @@ void AddModelBenchFlags(Flags& flags, const char* context_help, const char* cont
 
 struct BenchFigures {
   int64_t batch = 1, context = 0;
-  double tokens_per_s = 0, step_ms = 0;
+  double tokens_per_s = 0, step_ms = 0, cpu_utilization = 0;
   bench::WorkPerToken work;
   double stream_gbps = 0;
   bench::PeakRate peak;
@@ -115,10 +115,11 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
         "\"tokens_per_s\": %.4f, \"step_ms\": %.3f, \"bytes_per_token\": %.0f, \"weight_bytes_per_token\": %.0f, "
         "\"cache_bytes_per_token\": %.0f, \"flops_per_token\": %.0f, \"achieved_gbps\": %.4f, "
         "\"stream_gbps\": %.4f, \"ratio_to_stream\": %.4f, \"achieved_gflops\": %.4f, \"peak_gflops\": %.4f, "
-        "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f}\n",
+        "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f, \"cpu_utilization\": %.3f}\n",
         what, kernels::NumThreads(), isa, static_cast<long long>(f.batch), static_cast<long long>(f.context),
         f.tokens_per_s, f.step_ms, f.work.bytes(), f.work.weight_bytes, f.work.cache_bytes, f.work.flops, gbps,
-        f.stream_gbps, gbps / f.stream_gbps, gflops, f.peak.gflops, f.peak.kind.c_str(), gflops / f.peak.gflops);
+        f.stream_gbps, gbps / f.stream_gbps, gflops, f.peak.gflops, f.peak.kind.c_str(), gflops / f.peak.gflops,
+        f.cpu_utilization);
     return;
   }
   std::printf("%s: %d threads (%s), batch %lld, context %lld\n", what, kernels::NumThreads(), isa,
@@ -130,6 +131,8 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
               gbps / f.stream_gbps);
   std::printf("  achieved arithmetic   : %.2f GFLOP/s  of %s peak %.2f GFLOP/s  = %.3f\n", gflops,
               f.peak.kind.c_str(), f.peak.gflops, gflops / f.peak.gflops);
+  std::printf("  CPU seconds per second: %.2f of %d threads (less: other processes had the cores)\n",
+              f.cpu_utilization, kernels::NumThreads());
 }
 
 absl::StatusOr<BenchFigures> ParseCommon(const Flags& flags, int64_t* steps, int64_t* warmup, uint64_t* seed) {
@@ -160,6 +163,7 @@ int BenchDecode(int argc, char** argv) {
   f->stream_gbps = bench::MeasureStreamTriadGBps();
   f->peak = bench::MeasurePeakGflops();
   f->tokens_per_s = r->tokens_per_s, f->step_ms = r->median_step_seconds * 1e3, f->work = r->work;
+  f->cpu_utilization = r->cpu_utilization;
   PrintFigures("decode", *f, *json);
   return 0;
 }
@@ -183,6 +187,7 @@ int BenchPrefill(int argc, char** argv) {
   f->stream_gbps = bench::MeasureStreamTriadGBps();
   f->peak = bench::MeasurePeakGflops();
   f->tokens_per_s = r->tokens_per_s, f->step_ms = r->median_seconds * 1e3, f->work = r->work;
+  f->cpu_utilization = r->cpu_utilization;
   PrintFigures("prefill", *f, *json);
   return 0;
 }

@@ -1,5 +1,5 @@
-// AVX2 attention over gathered KV rows and the lightning indexer's scores (kernels.h has the
-// contracts; ops.cc dispatches here unless DSV4_CPU_ISA=scalar).
+// AVX2 attention over gathered KV rows, the lightning indexer's scores and the compressors'
+// softmax pooling (kernels.h has the contracts; ops.cc dispatches here unless DSV4_CPU_ISA=scalar).
 //
 // The K = V head is shared by all query heads, so a query token's rows are gathered once and every
 // block of heads reads them from cache: logits by 4-head x 2-row blocks of dot products, softmax
@@ -22,6 +22,7 @@
 namespace dsv4::kernels {
 
 // Defined for ops.cc.
+void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
 void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                          int64_t k, const float* sink, float scale, float* out);
 void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
@@ -71,22 +72,22 @@ DSV4_AVX2 void DotBlock(const float* a, int64_t lda, const float* const* b, int6
   __m256 acc[RA][RB];
 #pragma GCC unroll 4
   for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t c = 0; c < d; c += 8) {
     __m256 bv[RB];
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int j = 0; j < RB; ++j) bv[j] = _mm256_loadu_ps(b[j] + c);
 #pragma GCC unroll 4
     for (int i = 0; i < RA; ++i) {
       const __m256 av = _mm256_loadu_ps(a + i * lda + c);
-#pragma GCC unroll 2
+#pragma GCC unroll 3
       for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
     }
   }
 #pragma GCC unroll 4
   for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int j = 0; j < RB; ++j) out[i * ldo + j] = Hsum(acc[i][j]);
 }
 
@@ -96,7 +97,7 @@ DSV4_AVX2 void Dots(const float* a, int64_t lda, int64_t na, const float* const*
   int64_t i = 0;
   for (; i + 4 <= na; i += 4) {
     int64_t j = 0;
-    for (; j + 2 <= nb; j += 2) DotBlock<4, 2>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+    for (; j + 3 <= nb; j += 3) DotBlock<4, 3>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
     for (; j < nb; ++j) DotBlock<4, 1>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
   }
   for (; i < na; ++i) {
@@ -111,18 +112,18 @@ template <int RH>
 DSV4_AVX2 void WeightedRows(const float* p, int64_t ldp, const float* const* rows, int64_t nv, int64_t c0,
                             const float* inv, float* out, int64_t ldo) {
   __m256 acc[RH][2];
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int h = 0; h < RH; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (int64_t j = 0; j < nv; ++j) {
     const __m256 r0 = _mm256_loadu_ps(rows[j] + c0), r1 = _mm256_loadu_ps(rows[j] + c0 + 8);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int h = 0; h < RH; ++h) {
       const __m256 ph = _mm256_broadcast_ss(p + h * ldp + j);
       acc[h][0] = _mm256_fmadd_ps(ph, r0, acc[h][0]);
       acc[h][1] = _mm256_fmadd_ps(ph, r1, acc[h][1]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int h = 0; h < RH; ++h) {
     const __m256 s = _mm256_set1_ps(inv[h]);
     _mm256_storeu_ps(out + h * ldo + c0, _mm256_mul_ps(acc[h][0], s));
@@ -162,7 +163,8 @@ DSV4_AVX2 void AttendHeads(const float* q, int64_t H, int64_t d, const KvSegment
   }
   for (int64_t c = 0; c < d; c += 16) {
     int64_t h = 0;
-    for (; h + 4 <= nh; h += 4) WeightedRows<4>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
+    for (; h + 6 <= nh; h += 6) WeightedRows<6>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
+    for (; h + 2 <= nh; h += 2) WeightedRows<2>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
     for (; h < nh; ++h) WeightedRows<1>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
   }
 }
@@ -185,7 +187,35 @@ DSV4_AVX2 void ScoreKeys(const float* q, const float* w, int64_t H, int64_t d, c
   }
 }
 
+// Softmax pooling of 8 channels from c0 over n rows (kernels.h: SoftmaxPool).
+DSV4_AVX2 void Pool8(const float* const* values, const float* const* scores, int64_t n, int64_t c0, float* out) {
+  __m256 mx = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; ++i) mx = _mm256_max_ps(_mm256_loadu_ps(scores[i] + c0), mx);
+  __m256 num = _mm256_setzero_ps(), den = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; ++i) {
+    const __m256 p = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(scores[i] + c0), mx));
+    den = _mm256_add_ps(den, p);
+    num = _mm256_fmadd_ps(p, _mm256_loadu_ps(values[i] + c0), num);
+  }
+  _mm256_storeu_ps(out + c0, _mm256_div_ps(num, den));
+}
+
 }  // namespace
+
+void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
+  int64_t c = 0;
+  for (; c + 8 <= width; c += 8) Pool8(values, scores, n, c, out);
+  for (; c < width; ++c) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, scores[i][c]);
+    float num = 0.f, den = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float p = ExpScalar(scores[i][c] - mx);
+      den += p, num += p * values[i][c];
+    }
+    out[c] = num / den;
+  }
+}
 
 void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                          int64_t k, const float* sink, float scale, float* out) {

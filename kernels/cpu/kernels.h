@@ -122,6 +122,11 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score);
 
+// Softmax-weighted pooling, channel by channel, over n rows (the compressors' blocks):
+// out[c] = sum_i e^{s_i[c] - m[c]} v_i[c] / sum_i e^{s_i[c] - m[c]}, m[c] = max_i s_i[c], for c < width;
+// row i is values[i], scores[i] (pointers to its first channel). Sums run in row order.
+void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
+
 // Indices of the k largest values of x[n] (k <= n), in descending order of value; ties by lower
 // index first.
 void TopK(const float* x, int64_t n, int64_t k, int32_t* idx);
@@ -133,6 +138,7 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
                      int64_t k, const float* sink, float scale, float* out);
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score);
+void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
 }  // namespace ref
 
 }  // namespace dsv4::kernels

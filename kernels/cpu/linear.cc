@@ -679,7 +679,8 @@ DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
   const int64_t steps = kKc / kVLanes;
   Scratch<float> wd(kPanel * kKc, NoInit{});
   // Per token block and canonical lane: the rows' partial sums [kPanel][16].
-  Scratch<float> ctile(ntbl * kVLanes * kPanel * kNt);
+  Scratch<float> ctile(ntbl * kVLanes * kPanel * kNt, NoInit{});
+  if (p.nkb == 0) std::fill(ctile.begin(), ctile.end(), 0.f);  // no full chunk: only tail columns
   for (int64_t kb = 0; kb < p.nkb; ++kb) {
     const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
     for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd.data() + r * kKc);

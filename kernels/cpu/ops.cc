@@ -230,6 +230,13 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
   });
 }
 
+void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
+
+void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
+  if (ActiveIsa() != Isa::kScalar) return SoftmaxPoolAvx2(values, scores, n, width, out);
+  ref::SoftmaxPool(values, scores, n, width, out);
+}
+
 void TopK(const float* x, int64_t n, int64_t k, int32_t* idx) {
   Scratch<int32_t> order(n, NoInit{});
   std::iota(order.begin(), order.end(), 0);
@@ -257,6 +264,19 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
       for (int64_t h = 0; h < H; ++h) s += w[t * H + h] * std::max(0.f, DotPlain(q + (t * H + h) * d, keys + j * d, d));
       score[t * n + j] = j < nvis[t] ? static_cast<float>(s) : -std::numeric_limits<float>::infinity();
     }
+}
+
+void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
+  for (int64_t c = 0; c < width; ++c) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, scores[i][c]);
+    float num = 0.f, den = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float p = std::exp(scores[i][c] - mx);
+      den += p, num += p * values[i][c];
+    }
+    out[c] = num / den;
+  }
 }
 
 }  // namespace ref

@@ -24,6 +24,7 @@ void Model::Compress(const CompressorWeights& cw, const Rope& rope, bool indexer
   const int64_t ratio = cw.ratio, hd = cw.head_dim, width = st.width, rd = c.qk_rope_head_dim;
   const bool overlap = ratio == 4;
   kernels::Scratch<float> block(hd, kernels::NoInit{});
+  kernels::Scratch<const float*> values(2 * ratio, kernels::NoInit{}), scores(2 * ratio, kernels::NoInit{});
   for (int64_t t = 0; t < n; ++t) {
     const int64_t pos = start + t, i = pos % ratio;
     std::memcpy(&st.cur_kv[i * width], &kv[t * width], width * sizeof(float));
@@ -32,25 +33,19 @@ void Model::Compress(const CompressorWeights& cw, const Rope& rope, bool indexer
 
     // Block j = pos / ratio is complete: softmax-weighted pooling over its rows, per channel. With
     // overlap, channels [0, hd) come from the previous block's rows and [hd, 2hd) from this one's,
-    // all 2*ratio candidates in one softmax.
-    for (int64_t ch = 0; ch < hd; ++ch) {
-      float mx = -INFINITY;
-      const int64_t cur_ch = overlap ? hd + ch : ch;
-      for (int64_t r = 0; r < ratio; ++r) mx = std::max(mx, st.cur_score[r * width + cur_ch]);
-      if (overlap && st.has_prev)
-        for (int64_t r = 0; r < ratio; ++r) mx = std::max(mx, st.prev_score[r * width + ch]);
-      float num = 0.f, den = 0.f;
-      for (int64_t r = 0; r < ratio; ++r) {
-        const float p = std::exp(st.cur_score[r * width + cur_ch] - mx);
-        den += p, num += p * st.cur_kv[r * width + cur_ch];
-      }
-      if (overlap && st.has_prev)
-        for (int64_t r = 0; r < ratio; ++r) {
-          const float p = std::exp(st.prev_score[r * width + ch] - mx);
-          den += p, num += p * st.prev_kv[r * width + ch];
-        }
-      block[ch] = num / den;
+    // all 2*ratio candidates in one softmax (this block's rows first).
+    int64_t nrows = 0;
+    for (int64_t r = 0; r < ratio; ++r, ++nrows) {
+      values[nrows] = &st.cur_kv[r * width + (overlap ? hd : 0)];
+      scores[nrows] = &st.cur_score[r * width + (overlap ? hd : 0)];
     }
+    if (overlap && st.has_prev) {
+      for (int64_t r = 0; r < ratio; ++r, ++nrows) {
+        values[nrows] = &st.prev_kv[r * width];
+        scores[nrows] = &st.prev_score[r * width];
+      }
+    }
+    kernels::SoftmaxPool(values.data(), scores.data(), nrows, hd, block.data());
     kernels::RmsNorm(block.data(), cw.norm.data(), static_cast<float>(c.rms_norm_eps), 1, hd, hd, block.data(), hd);
     rope.Apply(&block[hd - rd], pos + 1 - ratio);  // a block sits at its first token's position
     if (indexer) {

@@ -270,8 +270,8 @@ TEST(Qdq, VectorMatchesScalarBitForBit) {
 
 // Attention over gathered rows against the plain loop: head counts around the 4- and 16-head
 // blocks, rows from all three segments with gaps, a query that sees nothing, sinks above and below
-// every logit. 1e-5: float32 sums of up to 40 weighted rows in another order and a polynomial e^x
-// (about 1 ulp); the scalar path was measured at 4e-6 relative, a wrong row or weight is > 1e-2.
+// every logit. 1e-5: float32 sums of up to 512 products in another order (about 1e-6 relative),
+// amplified by the exponential of logits up to ~5, and a polynomial e^x (about 1 ulp).
 TEST(FastAttention, MatchesPlainLoop) {
   std::mt19937 rng(31);
   std::normal_distribution<float> nd;
@@ -310,6 +310,24 @@ TEST(FastIndexer, MatchesPlainLoop) {
     ref::IndexerScores(q.data(), w.data(), m, H, d, keys.data(), n, nvis.data(), want.data());
     EXPECT_TRUE(AllClose("indexer", s.data(), want.data(), s.size(), {.abs = 1e-4, .rel = 1e-5}))
         << "m " << m << " H " << H << " d " << d << " n " << n;
+  }
+}
+
+// The compressors' pooling against the plain loop: widths around the 8-channel vectors, one row
+// and 2 x 128 rows, scores spread so the softmax is both flat and peaked. 1e-6: a polynomial e^x.
+TEST(SoftmaxPool, MatchesPlainLoop) {
+  std::mt19937 rng(41);
+  std::normal_distribution<float> nd;
+  for (auto [n, width] : {std::pair{1, 8}, {8, 512}, {256, 130}, {5, 3}}) {
+    std::vector<float> v(n * width), sc(n * width);
+    for (auto& x : v) x = nd(rng);
+    for (int64_t i = 0; i < n * width; ++i) sc[i] = nd(rng) * (i % 2 ? 0.1f : 8.0f);
+    std::vector<const float*> vp(n), sp(n);
+    for (int64_t i = 0; i < n; ++i) vp[i] = &v[i * width], sp[i] = &sc[i * width];
+    std::vector<float> out(width), want(width);
+    SoftmaxPool(vp.data(), sp.data(), n, width, out.data());
+    ref::SoftmaxPool(vp.data(), sp.data(), n, width, want.data());
+    EXPECT_TRUE(AllClose("pool", out.data(), want.data(), width, {.abs = 1e-6, .rel = 1e-6})) << n << " x " << width;
   }
 }
 
