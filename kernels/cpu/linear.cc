@@ -271,9 +271,9 @@ DSV4_AVX2_INLINE void DecodeFp4(const uint8_t* p, __m256* f) {
   f[7] = _mm256_castsi256_ps(_mm256_and_si256(n3, mask));
 }
 
-// E8M0 code e -> 2^(e - 27): an FP4 scale times 2^100. Times a decoded nibble (value * 2^-126) it
-// gives value * scale * 2^-26, a normal float for scales in [2^-100, 2^27] (larger ones read as
-// infinity; code 0, 2^-127, underflows to about 0 in the products).
+// E8M0 code e -> 2^(e - 27): an FP4 scale times 2^100, so that with a decoded nibble (value *
+// 2^-126) the products are normal floats for scales in [2^-100, 2^20] (code 0, 2^-127, underflows to
+// about 0 in the products).
 struct Fp4ScaleTable {
   float v[256];
   constexpr Fp4ScaleTable() : v() {
@@ -359,7 +359,9 @@ DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const
     for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
 }
 
-// FP4: each decoded vector is multiplied by its chunk's scales (exactly) before the FMA.
+// FP4: the chunk's scales multiply (exactly) the token row for one token, off the decode's
+// dependency chain, or the decoded weights for several: f * (s * x) and (f * s) * x are the same
+// product, so both round alike.
 template <int M, int R>
 DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, int64_t nchunks,
                           const float* xp, int64_t ldxp, float* out) {
@@ -376,10 +378,15 @@ DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, i
       const __m256 sc = Fp4ChunkScales(s + r * sstride + 2 * c);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        const __m256 wj = _mm256_mul_ps(f[j], sc);
+        if constexpr (M == 1) {
+          acc[r][0][j % 2] =
+              _mm256_fmadd_ps(f[j], _mm256_mul_ps(sc, _mm256_loadu_ps(xp + c * 64 + 8 * j)), acc[r][0][j % 2]);
+        } else {
+          const __m256 wj = _mm256_mul_ps(f[j], sc);
 #pragma GCC unroll 4
-        for (int t = 0; t < M; ++t)
-          acc[r][t][j % 2] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xp + t * ldxp + c * 64 + 8 * j), acc[r][t][j % 2]);
+          for (int t = 0; t < M; ++t)
+            acc[r][t][j % 2] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xp + t * ldxp + c * 64 + 8 * j), acc[r][t][j % 2]);
+        }
       }
     }
   }
@@ -632,7 +639,9 @@ void PrepareGemv(Plan& p, float* xp) {
     RowAmax(x, w.cols(), &amax);
     p.zero_row[t] = amax == 0.f;
     p.amax_exp[t] = amax > 0.f ? std::ilogb(amax) : 0;
-    p.kx[t] = std::clamp(100 - p.amax_exp[t], -126, 126);
+    // FP4: x * 2^kx is about 1, times a scale (2^(e - 27) from the table) at most 2^121 for scales
+    // up to 2^20, and the products stay normal for scales down to 2^-100.
+    p.kx[t] = std::clamp(w.type == WeightType::kFP4 ? -p.amax_exp[t] : 100 - p.amax_exp[t], -126, 126);
     if (w.type == WeightType::kF32) continue;  // read in place
     const float f = w.type == WeightType::kFP4 ? Pow2(p.kx[t]) : 1.0f;
     float* dst = xp + t * main;
