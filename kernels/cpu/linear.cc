@@ -147,6 +147,7 @@ constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path (in p
 constexpr int kVLanes = 16;      // lanes of the canonical sums: 8 lanes x the 2 alternating accumulators
 constexpr int64_t kKc = 512;     // GEMM: columns per block (a multiple of every chunk width)
 constexpr int kPanel = 12;       // GEMM: weight rows decoded together (2 micro-kernel panels)
+constexpr int kTaskRows = 48;    // GEMM: rows per task, whole 64-byte lines of float outputs
 constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens, one lane at a time
 constexpr int kNt = 16;
 
@@ -681,29 +682,29 @@ void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
   }
 }
 
-DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
+// One panel of up to kPanel rows [r0, r1) for token blocks [tb0, tb1): results into
+// out[(token - 16 tb0) * ldo + (row - r0)].
+DSV4_AVX2 void GemmPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1, float* wd, float* ctile,
+                         float* out, int64_t ldo) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0, ntbl = tb1 - tb0;
+  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0;
   const int64_t steps = kKc / kVLanes;
-  Scratch<float> wd(kPanel * kKc, NoInit{});
-  // Per token block and canonical lane: the rows' partial sums [kPanel][16].
-  Scratch<float> ctile(ntbl * kVLanes * kPanel * kNt, NoInit{});
-  if (p.nkb == 0) std::fill(ctile.begin(), ctile.end(), 0.f);  // no full chunk: only tail columns
+  if (p.nkb == 0) std::fill(ctile, ctile + (tb1 - tb0) * kVLanes * kPanel * kNt, 0.f);  // only tail columns
   for (int64_t kb = 0; kb < p.nkb; ++kb) {
     const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
-    for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd.data() + r * kKc);
+    for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd + r * kKc);
     const float* xt_kb = p.xt + kb * p.ntb * kVLanes * steps * kNt;
     for (int64_t tb = tb0; tb < tb1; ++tb) {
       const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
       for (int64_t l = 0; l < kVLanes; ++l) {
         const int64_t ksteps = (kc - l + kVLanes - 1) / kVLanes;  // positions l, l + 16, ... below kc
         const float* xt = xt_kb + (tb * kVLanes + l) * steps * kNt;
-        float* ct = ctile.data() + ((tb - tb0) * kVLanes + l) * kPanel * kNt;
+        float* ct = ctile + ((tb - tb0) * kVLanes + l) * kPanel * kNt;
         for (int64_t sp = 0; sp < nrows; sp += kMr) {
           const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
           const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
-          fn(wd.data() + sp * kKc + l, kKc, xt, ksteps, ct + sp * kNt, kb > 0);
+          fn(wd + sp * kKc + l, kKc, xt, ksteps, ct + sp * kNt, kb > 0);
         }
       }
     }
@@ -711,7 +712,7 @@ DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
   // The lanes' sums combined as LaneTree does, 8 tokens at a time, then the tail columns.
   for (int64_t tb = tb0; tb < tb1; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    const float* ct = ctile.data() + (tb - tb0) * kVLanes * kPanel * kNt;
+    const float* ct = ctile + (tb - tb0) * kVLanes * kPanel * kNt;
     for (int64_t r = 0; r < nrows; ++r) {
       const int64_t row = w.row_begin + r0 + r;
       alignas(32) float sum[kNt];
@@ -730,10 +731,25 @@ DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
           const float* x = job.x + (tb * kNt + t) * job.ldx;
           for (int64_t c = main; c < cols; ++c) v += x[c] * Element(w, row, w.col_begin + c);
         }
-        job.y[(tb * kNt + t) * job.ldy + r0 + r] = v;
+        out[((tb - tb0) * kNt + t) * ldo + r] = v;
       }
     }
   }
+}
+
+// Rows [r0, r1) (at most kTaskRows, starting at a multiple of it) for token blocks [tb0, tb1):
+// panel by panel into a buffer, then each token's row segment written whole, so no two tasks
+// write the same cache line of y.
+DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
+  const LinearJob& job = *p.job;
+  const int64_t ntok = std::min(job.m, tb1 * kNt) - tb0 * kNt, nrows = r1 - r0;
+  Scratch<float> wd(kPanel * kKc, NoInit{});
+  Scratch<float> ctile((tb1 - tb0) * kVLanes * kPanel * kNt, NoInit{});
+  Scratch<float> out(ntok * kTaskRows, NoInit{});
+  for (int64_t pr = r0; pr < r1; pr += kPanel)
+    GemmPanel(p, pr, std::min(r1, pr + kPanel), tb0, tb1, wd.data(), ctile.data(), out.data() + (pr - r0), kTaskRows);
+  for (int64_t t = 0; t < ntok; ++t)
+    std::memcpy(job.y + (tb0 * kNt + t) * job.ldy + r0, out.data() + t * kTaskRows, nrows * sizeof(float));
 }
 
 // ---- the scalar path -----------------------------------------------------------------------------
@@ -804,7 +820,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       xt_floats += p.nkb * p.ntb * kKc * kNt;
     }
     if (p.path == Plan::kGemm) {
-      const int64_t panels = (w.rows() + kPanel - 1) / kPanel;
+      const int64_t panels = (w.rows() + kTaskRows - 1) / kTaskRows;
       const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
       num_tasks += panels * splits;
     } else {
@@ -847,11 +863,11 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     // Tasks.
     if (p.path == Plan::kGemm) {
-      const int64_t panels = (w.rows() + kPanel - 1) / kPanel;
+      const int64_t panels = (w.rows() + kTaskRows - 1) / kTaskRows;
       const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
       for (int64_t s = 0; s < splits; ++s)
         for (int64_t pi = 0; pi < panels; ++pi)
-          tasks[nt++] = {static_cast<int32_t>(j), pi * kPanel, std::min(w.rows(), (pi + 1) * kPanel),
+          tasks[nt++] = {static_cast<int32_t>(j), pi * kTaskRows, std::min(w.rows(), (pi + 1) * kTaskRows),
                          p.ntb * s / splits, p.ntb * (s + 1) / splits};
     } else {
       const int64_t per = RowsPerTask(w);
