@@ -44,8 +44,10 @@ void DequantRow(const WeightMatrix& w, int64_t r, float* out);
 // y[m, w.rows()] = x[m, w.cols()] W^T (ldx / ldy: row strides of x and y, in elements).
 // Multi-threaded over output rows. Up to 8 token rows stream each weight row once (decode); more
 // go through a cache-blocked GEMM on weight panels decoded once per call (prefill).
-// Fast paths read weights as they are stored: FP8 E4M3 codes other than NaN, E8M0 scales in
-// [2^-126, 2^20] (released checkpoints use far less); a scale of 2^-127 (code 0) counts as 0 there.
+// Every (row, token) result is summed in one order whatever m is, so a token's output does not
+// depend on the rows computed with it. Fast paths read weights as they are stored: FP8 E4M3 codes
+// other than NaN (0x7F/0xFF read as +-480), E8M0 scales in [2^-100, 2^20] (released checkpoints
+// use about 2^-10..2^0); an FP4 scale of 2^-127 (code 0) contributes about 0 there.
 void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
 
 // One product of a grouped call: y[m, w->rows()] = x[m, w->cols()] W^T.
