@@ -145,7 +145,7 @@ DotFn SelectDot() {
 
 constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path (in passes of up to 4)
 constexpr int kVLanes = 16;      // lanes of the canonical sums: 8 lanes x the 2 alternating accumulators
-constexpr int64_t kKc = 512;     // GEMM: columns per block (a multiple of every chunk width)
+constexpr int64_t kKc = 2048;    // GEMM: columns per block (a multiple of 128 and of every chunk width)
 constexpr int kPanel = 12;       // GEMM: weight rows decoded together (2 micro-kernel panels)
 constexpr int kTaskRows = 48;    // GEMM: rows per task, whole 64-byte lines of float outputs
 constexpr int kMr = 6;           // GEMM micro-kernel: 6 weight rows x 16 tokens, one lane at a time
@@ -440,8 +440,37 @@ DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, in
   }
 }
 
+// Moves a row decoded in lane order (positions p = 8 g + l: lane l of vector g) to the lane-major
+// layout of the micro-kernel: canonical lane v = 8 (g % 2) + l, step g / 2, at wl[v * vstride + step].
+// Sixteen vectors at a time go through two 8 x 8 transposes (even and odd vectors).
+DSV4_AVX2 void ToLaneMajor(const float* row, int64_t kc, float* wl, int64_t vstride) {
+  const int64_t nvec = kc / 8;
+  int64_t g = 0;
+  for (; g + 16 <= nvec; g += 16) {
+    for (int parity = 0; parity < 2; ++parity) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(row + (g + 2 * i + parity) * 8);
+      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      const __m256 o[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                           _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                           _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                           _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+      for (int l = 0; l < 8; ++l) _mm256_storeu_ps(wl + (8 * parity + l) * vstride + g / 2, o[l]);
+    }
+  }
+  for (; g < nvec; ++g)
+    for (int l = 0; l < 8; ++l) wl[(8 * (g % 2) + l) * vstride + g / 2] = row[g * 8 + l];
+}
+
 // One of the 16 canonical lane sums for R rows x 16 tokens: c[r][t] (+)= sum over k < steps of
-// wd[r * ldw + 16 k] * xt[k][t] (wd points at the lane's first element; NV = 1: first 8 tokens).
+// wd[r * ldw + k] * xt[k][t] (wd: the lane's slab; NV = 1: first 8 tokens).
 template <int R, int NV>
 DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t steps, float* c, bool accumulate) {
   __m256 acc[R][NV];
@@ -456,7 +485,7 @@ DSV4_AVX2 void Micro(const float* wd, int64_t ldw, const float* xt, int64_t step
     for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(xt + k * kNt + 8 * v);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + kVLanes * k);
+      const __m256 a = _mm256_broadcast_ss(wd + r * ldw + k);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
@@ -682,34 +711,42 @@ void PackGemmBlock(const Plan& p, int64_t kb, float* xt_kb) {
   }
 }
 
-// One panel of up to kPanel rows [r0, r1) for token blocks [tb0, tb1): results into
-// out[(token - 16 tb0) * ldo + (row - r0)].
-DSV4_AVX2 void GemmPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1, float* wd, float* ctile,
-                         float* out, int64_t ldo) {
+// Column block kb of one panel of up to kPanel rows [r0, r1), for token blocks [tb0, tb1): decodes
+// the panel (lane-major, into wd) and adds its products to the lane sums in ctile.
+DSV4_AVX2 void AccumulatePanel(const Plan& p, int64_t r0, int64_t r1, int64_t kb, int64_t tb0, int64_t tb1, float* wd,
+                               float* row_buf, float* ctile) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0;
-  const int64_t steps = kKc / kVLanes;
-  if (p.nkb == 0) std::fill(ctile, ctile + (tb1 - tb0) * kVLanes * kPanel * kNt, 0.f);  // only tail columns
-  for (int64_t kb = 0; kb < p.nkb; ++kb) {
-    const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
-    for (int64_t r = 0; r < nrows; ++r) DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, wd + r * kKc);
-    const float* xt_kb = p.xt + kb * p.ntb * kVLanes * steps * kNt;
-    for (int64_t tb = tb0; tb < tb1; ++tb) {
-      const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-      for (int64_t l = 0; l < kVLanes; ++l) {
-        const int64_t ksteps = (kc - l + kVLanes - 1) / kVLanes;  // positions l, l + 16, ... below kc
-        const float* xt = xt_kb + (tb * kVLanes + l) * steps * kNt;
-        float* ct = ctile + ((tb - tb0) * kVLanes + l) * kPanel * kNt;
-        for (int64_t sp = 0; sp < nrows; sp += kMr) {
-          const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
-          const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
-          fn(wd + sp * kKc + l, kKc, xt, ksteps, ct + sp * kNt, kb > 0);
-        }
+  const int64_t main = p.nchunks * p.cc, nrows = r1 - r0;
+  const int64_t steps = kKc / kVLanes;  // the lane-major panel: wd[(lane * kPanel + row) * steps + step]
+  const int64_t c0 = kb * kKc, kc = std::min(kKc, main - c0);
+  for (int64_t r = 0; r < nrows; ++r) {
+    DecodePanelRow(w, w.row_begin + r0 + r, c0, kc, row_buf);
+    ToLaneMajor(row_buf, kc, wd + r * steps, kPanel * steps);
+  }
+  const float* xt_kb = p.xt + kb * p.ntb * kVLanes * steps * kNt;
+  for (int64_t tb = tb0; tb < tb1; ++tb) {
+    const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+    for (int64_t l = 0; l < kVLanes; ++l) {
+      const int64_t ksteps = (kc - l + kVLanes - 1) / kVLanes;  // positions l, l + 16, ... below kc
+      const float* xt = xt_kb + (tb * kVLanes + l) * steps * kNt;
+      float* ct = ctile + ((tb - tb0) * kVLanes + l) * kPanel * kNt;
+      for (int64_t sp = 0; sp < nrows; sp += kMr) {
+        const int rr = static_cast<int>(std::min<int64_t>(kMr, nrows - sp));
+        const MicroFn fn = nt > 8 ? kMicro<2>[rr] : kMicro<1>[rr];
+        fn(wd + (l * kPanel + sp) * steps, steps, xt, ksteps, ct + sp * kNt, kb > 0);
       }
     }
   }
-  // The lanes' sums combined as LaneTree does, 8 tokens at a time, then the tail columns.
+}
+
+// The panel's lane sums combined as LaneTree does, 8 tokens at a time, then the tail columns:
+// results into out[(token - 16 tb0) * ldo + (row - r0)].
+DSV4_AVX2 void FinishPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1, const float* ctile,
+                           float* out, int64_t ldo) {
+  const LinearJob& job = *p.job;
+  const WeightMatrix& w = *job.w;
+  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0;
   for (int64_t tb = tb0; tb < tb1; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
     const float* ct = ctile + (tb - tb0) * kVLanes * kPanel * kNt;
@@ -737,17 +774,25 @@ DSV4_AVX2 void GemmPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int
   }
 }
 
-// Rows [r0, r1) (at most kTaskRows, starting at a multiple of it) for token blocks [tb0, tb1):
-// panel by panel into a buffer, then each token's row segment written whole, so no two tasks
+// Rows [r0, r1) (at most kTaskRows, starting at a multiple of it) for token blocks [tb0, tb1).
+// Column blocks outermost, so the transposed input of one block serves every panel of the task
+// while it is in cache; each token's row segment is written whole at the end, so no two tasks
 // write the same cache line of y.
 DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
   const LinearJob& job = *p.job;
   const int64_t ntok = std::min(job.m, tb1 * kNt) - tb0 * kNt, nrows = r1 - r0;
-  Scratch<float> wd(kPanel * kKc, NoInit{});
-  Scratch<float> ctile((tb1 - tb0) * kVLanes * kPanel * kNt, NoInit{});
+  const int64_t npanels = (nrows + kPanel - 1) / kPanel, tile = (tb1 - tb0) * kVLanes * kPanel * kNt;
+  Scratch<float> wd(kPanel * kKc, NoInit{}), row_buf(kKc, NoInit{});
+  Scratch<float> ctile(npanels * tile, NoInit{});
+  if (p.nkb == 0) std::fill(ctile.begin(), ctile.end(), 0.f);  // no full chunk: only tail columns
+  for (int64_t kb = 0; kb < p.nkb; ++kb)
+    for (int64_t i = 0; i < npanels; ++i)
+      AccumulatePanel(p, r0 + i * kPanel, std::min(r1, r0 + (i + 1) * kPanel), kb, tb0, tb1, wd.data(),
+                      row_buf.data(), ctile.data() + i * tile);
   Scratch<float> out(ntok * kTaskRows, NoInit{});
-  for (int64_t pr = r0; pr < r1; pr += kPanel)
-    GemmPanel(p, pr, std::min(r1, pr + kPanel), tb0, tb1, wd.data(), ctile.data(), out.data() + (pr - r0), kTaskRows);
+  for (int64_t i = 0; i < npanels; ++i)
+    FinishPanel(p, r0 + i * kPanel, std::min(r1, r0 + (i + 1) * kPanel), tb0, tb1, ctile.data() + i * tile,
+                out.data() + i * kPanel, kTaskRows);
   for (int64_t t = 0; t < ntok; ++t)
     std::memcpy(job.y + (tb0 * kNt + t) * job.ldy + r0, out.data() + t * kTaskRows, nrows * sizeof(float));
 }
