@@ -319,9 +319,18 @@ struct Dec<WeightType::kF32> {
 // ---- AVX2 streaming kernels: R weight rows against M token rows ----------------------------------
 
 // out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
-// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains.
+// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains; the rows at
+// `next` (same stride; null: none) are prefetched meanwhile.
+// Software prefetch of the rows read next (at `next`, R rows `rstride` apart), one cache line per
+// two chunks: R streams far apart defeat the hardware prefetcher's page-local training.
+template <int R>
+DSV4_AVX2_INLINE void PrefetchStep(const uint8_t* next, int64_t rstride, int64_t c) {
+  if (next != nullptr && (c & 1) == 0)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next + r * rstride + 32 * c), _MM_HINT_T0);
+}
 template <WeightType T, int M, int R>
-DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out) {
+DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out, const uint8_t* next) {
   constexpr int V = Dec<T>::kVecs;
   constexpr int U = V == 1 ? 2 : 1;  // chunks per step, so that a step holds an even number of vectors
   __m256 acc[R][M][2];
@@ -331,6 +340,7 @@ DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const
     for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
   int64_t c = 0;
   for (; c + U <= nchunks; c += U) {
+    PrefetchStep<R>(next, wstride, c);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       __m256 f[V * U];
@@ -365,13 +375,14 @@ DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const
 // product, so both round alike.
 template <int M, int R>
 DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, int64_t nchunks,
-                          const float* xp, int64_t ldxp, float* out) {
+                          const float* xp, int64_t ldxp, float* out, const uint8_t* next) {
   __m256 acc[R][M][2];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
   for (int64_t c = 0; c < nchunks; ++c) {
+    PrefetchStep<R>(next, wstride, c);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       __m256 f[8];
@@ -553,18 +564,26 @@ constexpr int GemvRowsAtOnce(WeightType t, int M) {
 template <WeightType T, int M, int R>
 DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, int64_t nchunks, const float* xs,
                             int64_t lx, float* sums) {
-  int64_t r = 0;
   const int64_t stride = RowStride(w);
-  if constexpr (T == WeightType::kFP4) {
-    for (; r + R <= rows; r += R)
-      RowsDotFp4<M, R>(RowBytes(w, row0 + r), stride, w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32,
-                       w.scale_ld, nchunks, xs, lx, sums + r * M);
-    for (; r < rows; ++r)
-      RowsDotFp4<M, 1>(RowBytes(w, row0 + r), stride, w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32,
-                       w.scale_ld, nchunks, xs, lx, sums + r * M);
-  } else {
-    for (; r + R <= rows; r += R) RowsDot<T, M, R>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M);
-    for (; r < rows; ++r) RowsDot<T, M, 1>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M);
+  // R rows at once, one from each of R regions of the range: R streams far apart keep more of
+  // memory busy than R neighbouring rows. The next row of each region is prefetched meanwhile.
+  const int64_t q = rows / R;
+  auto fp4_scales = [&](int64_t r) { return w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32; };
+  float part[R * M];
+  for (int64_t i = 0; i < q; ++i) {
+    const uint8_t* next = i + 1 < q ? RowBytes(w, row0 + i + 1) : nullptr;
+    if constexpr (T == WeightType::kFP4)
+      RowsDotFp4<M, R>(RowBytes(w, row0 + i), q * stride, fp4_scales(i), q * w.scale_ld, nchunks, xs, lx, part, next);
+    else
+      RowsDot<T, M, R>(RowBytes(w, row0 + i), q * stride, nchunks, xs, lx, part, next);
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < M; ++t) sums[(i + r * q) * M + t] = part[r * M + t];
+  }
+  for (int64_t r = q * R; r < rows; ++r) {
+    if constexpr (T == WeightType::kFP4)
+      RowsDotFp4<M, 1>(RowBytes(w, row0 + r), stride, fp4_scales(r), w.scale_ld, nchunks, xs, lx, sums + r * M, nullptr);
+    else
+      RowsDot<T, M, 1>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M, nullptr);
   }
 }
 
