@@ -61,28 +61,34 @@ __attribute__((noinline)) double FmaLoopScalar(int64_t iters) {
 
 }  // namespace
 
-double MeasureStreamTriadGBps(int reps) {
-  const int64_t n = int64_t{32} << 20;  // 3 arrays x 256 MB: 24x a 32 MB last-level cache
-  double* a = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
-  double* b = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
-  double* c = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
-  const bool avx2 = kernels::ActiveIsa() != kernels::Isa::kScalar;
+StreamTriad::StreamTriad(int64_t n) : n_(n) {
+  // 3 arrays x 256 MB by default: 24x a 32 MB last-level cache.
+  a_ = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
+  b_ = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
+  c_ = static_cast<double*>(std::aligned_alloc(64, n * sizeof(double)));
   // First touch by the thread that later streams each part.
   kernels::ParallelFor(n, 1 << 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) a[i] = 0.0, b[i] = 1.0, c[i] = 2.0;
+    for (int64_t i = lo; i < hi; ++i) a_[i] = 0.0, b_[i] = 1.0, c_[i] = 2.0;
   });
+}
+
+StreamTriad::~StreamTriad() { std::free(a_), std::free(b_), std::free(c_); }
+
+double StreamTriad::BestGBps(int reps) {
+  const bool avx2 = kernels::ActiveIsa() != kernels::Isa::kScalar;
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = Clock::now();
-    kernels::ParallelFor(n, 1 << 16, [&](int64_t lo, int64_t hi) {
-      if (avx2) TriadAvx2(a + lo, b + lo, c + lo, 3.0, hi - lo);
-      else TriadPlain(a + lo, b + lo, c + lo, 3.0, hi - lo);
+    kernels::ParallelFor(n_, 1 << 16, [&](int64_t lo, int64_t hi) {
+      if (avx2) TriadAvx2(a_ + lo, b_ + lo, c_ + lo, 3.0, hi - lo);
+      else TriadPlain(a_ + lo, b_ + lo, c_ + lo, 3.0, hi - lo);
     });
     best = std::min(best, Seconds(t0, Clock::now()));
   }
-  std::free(a), std::free(b), std::free(c);
-  return 24.0 * static_cast<double>(n) / best / 1e9;
+  return 24.0 * static_cast<double>(n_) / best / 1e9;
 }
+
+double MeasureStreamTriadGBps(int reps) { return StreamTriad().BestGBps(reps); }
 
 PeakRate MeasurePeakGflops(int reps) {
   PeakRate p;

@@ -6,6 +6,7 @@
 
 #include <time.h>
 
+#include "bench/limits.h"
 #include "kernels/cpu/kernels.h"
 #include "runtime/status.h"
 
@@ -73,6 +74,11 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
       kernels::EnableWorkCounters(true);
       cpu0 = CpuSeconds();
     }
+    if (s >= o.warmup && o.triad != nullptr) {
+      const double c = CpuSeconds();
+      r.stream_gbps.push_back(o.triad->BestGBps(2));
+      cpu0 += CpuSeconds() - c;  // the triad's CPU time is not the step's
+    }
     const auto t0 = Clock::now();
     DSV4_RETURN_IF_ERROR(model.ForwardBatch(tokens, seqs, logits.data()));
     if (s >= o.warmup) r.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
@@ -84,6 +90,13 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
   r.median_step_seconds = Median(r.step_seconds);
   r.tokens_per_s = static_cast<double>(o.batch) / r.median_step_seconds;
   r.work = PerToken(kernels::ReadWorkCounters(), static_cast<double>(o.batch * o.steps));
+  if (!r.stream_gbps.empty()) {
+    std::vector<double> ratios;
+    for (size_t i = 0; i < r.step_seconds.size(); ++i)
+      ratios.push_back(r.work.bytes() * static_cast<double>(o.batch) / r.step_seconds[i] / 1e9 / r.stream_gbps[i]);
+    r.median_ratio_to_stream = Median(ratios);
+    r.median_stream_gbps = Median(r.stream_gbps);
+  }
   return r;
 }
 

@@ -11,12 +11,17 @@
 
 namespace dsv4::bench {
 
+class StreamTriad;  // bench/limits.h
+
 struct DecodeBenchOptions {
   int64_t batch = 1;    // sequences decoding together, one token each per step
   int64_t context = 0;  // tokens prefilled into each sequence before the timed steps
   int64_t steps = 16;   // timed steps (the median is reported)
   int64_t warmup = 2;   // untimed steps first (page in the weights, grow the scratch arenas)
   uint64_t seed = 1;
+  // When set, STREAM triad is measured (best of 2 passes) right before every timed step, so each
+  // step's bandwidth has a limit taken under the same conditions.
+  StreamTriad* triad = nullptr;
 };
 
 struct WorkPerToken {
@@ -31,6 +36,11 @@ struct DecodeBenchResult {
   double tokens_per_s = 0;            // batch / median step
   WorkPerToken work;                  // counted over the timed steps
   double cpu_utilization = 0;         // process CPU seconds per wall second over the timed steps
+  std::vector<double> stream_gbps;    // the triad before each timed step (with options.triad)
+  double median_stream_gbps = 0;
+  // Median over the timed steps of the step's bandwidth (bytes counted per token) over the triad
+  // measured just before it (with options.triad).
+  double median_ratio_to_stream = 0;
 };
 
 absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const DecodeBenchOptions& options);

@@ -1,0 +1,88 @@
+// What `dsv4 bench decode` reports, checked without timing anything: the bytes it counts per step
+// (experts read once per step, not once per token) and the bookkeeping of its per-step ratios.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "bench/limits.h"
+#include "bench/model_bench.h"
+#include "runtime/builtin.h"
+#include "runtime/model/model.h"
+
+namespace dsv4 {
+namespace {
+
+// v4-tiny (16 experts, top-4, 5 layers) with a small vocabulary.
+std::unique_ptr<Model> TinyModel() {
+  auto j = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
+  j["vocab_size"] = 512;
+  auto b = MakeRandomModel(j.dump(), 7, "bench-test-model");
+  EXPECT_TRUE(b.ok()) << b.status();
+  auto w = LoadWeights(b->checkpoint, b->config);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), ForwardOptions{});
+}
+
+double WeightBytesPerStep(const Model& m, int64_t batch) {
+  bench::DecodeBenchOptions o;
+  o.batch = batch, o.steps = 3, o.warmup = 1, o.context = 5;
+  auto r = bench::RunDecodeBench(m, o);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r->work.weight_bytes * static_cast<double>(batch);
+}
+
+// At batch 8 the 32 (token, expert) pairs of a layer hit at most the 16 experts, and each expert
+// routed to is read once: the step reads at most 12 more experts per layer than a batch-1 step.
+// Reading per token would add 28 per layer.
+TEST(DecodeBench, ExpertsAreReadOncePerStep) {
+  auto m = TinyModel();
+  const ModelConfig& c = m->config();
+  const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.moe_intermediate_size);
+  const double expert_bytes = 3 * (D * I / 2 + D * I / 32);  // w1, w3, w2 in FP4 with per-32 E8M0 scales
+  const double layers = static_cast<double>(c.num_hidden_layers);
+  const double one = WeightBytesPerStep(*m, 1), eight = WeightBytesPerStep(*m, 8);
+  const double extra_experts = (eight - one) / expert_bytes / layers;
+  EXPECT_GT(extra_experts, 0.0);
+  EXPECT_LE(extra_experts, static_cast<double>(c.n_routed_experts - c.num_experts_per_tok) + 1e-9)
+      << "batch 1: " << one << " bytes per step, batch 8: " << eight;
+}
+
+// With a triad, every timed step has its own limit, and the reported ratio is the median of the
+// per-step ratios.
+TEST(DecodeBench, RatioIsTheMedianOfPerStepRatios) {
+  auto m = TinyModel();
+  bench::StreamTriad triad(int64_t{1} << 18);
+  bench::DecodeBenchOptions o;
+  o.steps = 5, o.warmup = 1, o.triad = &triad;
+  auto r = bench::RunDecodeBench(*m, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->stream_gbps.size(), 5u);
+  ASSERT_EQ(r->step_seconds.size(), 5u);
+  std::vector<double> ratios;
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_GT(r->stream_gbps[i], 0.0);
+    ratios.push_back(r->work.bytes() / r->step_seconds[i] / 1e9 / r->stream_gbps[i]);
+  }
+  std::nth_element(ratios.begin(), ratios.begin() + 2, ratios.end());
+  EXPECT_DOUBLE_EQ(r->median_ratio_to_stream, ratios[2]);
+  // Without one, nothing is measured.
+  o.triad = nullptr;
+  auto plain = bench::RunDecodeBench(*m, o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(plain->stream_gbps.empty());
+  EXPECT_EQ(plain->median_ratio_to_stream, 0.0);
+}
+
+TEST(DecodeBench, RejectsBadOptions) {
+  auto m = TinyModel();
+  bench::DecodeBenchOptions o;
+  o.batch = 0;
+  auto r = bench::RunDecodeBench(*m, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("batch"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dsv4
