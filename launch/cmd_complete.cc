@@ -36,7 +36,7 @@ int RunComplete(int argc, char** argv) {
   auto rt = OpenRuntime(flags);
   if (!rt.ok()) return Fail(rt.status());
   const Model& m = *(*rt)->model;
-  if (auto st = CheckTokenIds(*prompt, m.config(), "--prompt-ids"); !st.ok()) return Fail(st);
+  if (auto st = CheckTokenIds(*prompt, m, "--prompt-ids"); !st.ok()) return Fail(st);
   const auto t_prefill = Clock::now();
 
   const int64_t V = m.config().vocab_size;

@@ -31,8 +31,8 @@ int RunLogits(int argc, char** argv) {
   auto rt = OpenRuntime(flags);
   if (!rt.ok()) return Fail(rt.status());
   const Model& m = *(*rt)->model;
-  if (auto st = CheckTokenIds(*prompt, m.config(), "--prompt-ids"); !st.ok()) return Fail(st);
-  if (auto st = CheckTokenIds(*decode, m.config(), "--decode-ids"); !st.ok()) return Fail(st);
+  if (auto st = CheckTokenIds(*prompt, m, "--prompt-ids"); !st.ok()) return Fail(st);
+  if (auto st = CheckTokenIds(*decode, m, "--decode-ids"); !st.ok()) return Fail(st);
 
   const int64_t V = m.config().vocab_size;
   const int64_t steps = 1 + static_cast<int64_t>(decode->size());

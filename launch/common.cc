@@ -84,11 +84,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags) {
   return rt;
 }
 
-absl::Status CheckTokenIds(std::span<const int32_t> ids, const ModelConfig& config, const std::string& flag) {
-  for (size_t i = 0; i < ids.size(); ++i)
-    if (ids[i] < 0 || ids[i] >= config.vocab_size)
-      return absl::InvalidArgumentError(
-          absl::StrCat(flag, ": token id ", ids[i], " at index ", i, " is outside [0, ", config.vocab_size, ")"));
+absl::Status CheckTokenIds(std::span<const int32_t> ids, const Model& model, const std::string& flag) {
+  if (auto st = model.CheckTokens(ids); !st.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", st.message()));
   return absl::OkStatus();
 }
 

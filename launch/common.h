@@ -27,7 +27,9 @@ struct Runtime {
 };
 absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags);
 
-absl::Status CheckTokenIds(std::span<const int32_t> ids, const ModelConfig& config, const std::string& flag);
+// The ids of `flag` as the model checks them (vocabulary, and an Engram compressed id where the
+// model has Engram layers), as InvalidArgument naming the flag.
+absl::Status CheckTokenIds(std::span<const int32_t> ids, const Model& model, const std::string& flag);
 
 bool WantsHelp(int argc, char** argv);
 int PrintHelp(const std::string& command, const Flags& flags);

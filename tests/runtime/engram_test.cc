@@ -859,6 +859,21 @@ TEST(EngramIdsCommand, PrintsTheGoldenRows) {
   EXPECT_EQ(checked, 6);
 }
 
+// An id the vocabulary has but the Engram compression map does not (the tokenizer's 128815 ids
+// end below vocab_size 129280) is a bad input of the command, exit 2, naming the flag; an id past
+// the vocabulary too.
+TEST(LogitsCommand, TokenIdsAreCheckedAsTheModelChecksThem) {
+  REQUIRE_TOKENIZER();
+  const std::string out = testing::TempDir() + "/bad_ids.npy";
+  CommandResult r = RunDsv4("logits --model builtin:v4-tiny-engram --prompt-ids 1,128815 --out " + out);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--prompt-ids: token id 128815 at index 1 has no Engram compressed id"), std::string::npos)
+      << r.out;
+  r = RunDsv4("logits --model builtin:v4-tiny --prompt-ids 5 --decode-ids 129280 --out " + out);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--decode-ids: token id 129280 at index 0 is outside [0, 129280)"), std::string::npos) << r.out;
+}
+
 TEST(EngramIdsCommand, BadInputsFailClearly) {
   REQUIRE_TOKENIZER();
   auto expect_fail = [](const std::string& args, const std::string& needle) {
