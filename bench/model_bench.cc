@@ -62,8 +62,13 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
   }
   r.context_seconds = std::chrono::duration<double>(Clock::now() - c0).count();
 
-  std::vector<SequenceChunk> seqs(o.batch);
+  std::vector<SequenceChunk> seqs(o.batch), short_seqs;
   for (int64_t b = 0; b < o.batch; ++b) seqs[b] = {&caches[b], 1};
+  std::vector<SequenceCache> short_caches;
+  if (o.compare_short) {
+    for (int64_t b = 0; b < o.batch; ++b) short_caches.push_back(model.NewCache());
+    for (auto& c : short_caches) short_seqs.push_back({&c, 1});
+  }
   std::vector<float> logits(o.batch * vocab);
   kernels::ResetWorkCounters();
   double cpu0 = 0;
@@ -82,6 +87,16 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
     const auto t0 = Clock::now();
     DSV4_RETURN_IF_ERROR(model.ForwardBatch(tokens, seqs, logits.data()));
     if (s >= o.warmup) r.step_seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (o.compare_short) {
+      const bool counting = s >= o.warmup;
+      kernels::EnableWorkCounters(false);
+      const double c = CpuSeconds();
+      const auto t1 = Clock::now();
+      DSV4_RETURN_IF_ERROR(model.ForwardBatch(tokens, short_seqs, logits.data()));
+      if (counting) r.short_step_seconds.push_back(std::chrono::duration<double>(Clock::now() - t1).count());
+      cpu0 += CpuSeconds() - c;
+      kernels::EnableWorkCounters(counting);
+    }
   }
   kernels::EnableWorkCounters(false);
   double wall = 0;
@@ -96,6 +111,12 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
       ratios.push_back(r.work.bytes() * static_cast<double>(o.batch) / r.step_seconds[i] / 1e9 / r.stream_gbps[i]);
     r.median_ratio_to_stream = Median(ratios);
     r.median_stream_gbps = Median(r.stream_gbps);
+  }
+  if (!r.short_step_seconds.empty()) {
+    std::vector<double> speed;
+    for (size_t i = 0; i < r.step_seconds.size(); ++i) speed.push_back(r.short_step_seconds[i] / r.step_seconds[i]);
+    r.context_speed_ratio = Median(speed);
+    r.short_tokens_per_s = static_cast<double>(o.batch) / Median(r.short_step_seconds);
   }
   return r;
 }

@@ -22,6 +22,10 @@ struct DecodeBenchOptions {
   // When set, STREAM triad is measured (best of 2 passes) right before every timed step, so each
   // step's bandwidth has a limit taken under the same conditions.
   StreamTriad* triad = nullptr;
+  // With a context: also decode `batch` sequences that start empty, one step of them after each
+  // step of the long ones (not counted in the work or CPU figures), so the cost of the context is
+  // a ratio of steps taken side by side.
+  bool compare_short = false;
 };
 
 struct WorkPerToken {
@@ -38,6 +42,11 @@ struct DecodeBenchResult {
   double cpu_utilization = 0;         // process CPU seconds per wall second over the timed steps
   std::vector<double> stream_gbps;    // the triad before each timed step (with options.triad)
   double median_stream_gbps = 0;
+  std::vector<double> short_step_seconds;  // with options.compare_short: the short sequences' steps
+  double short_tokens_per_s = 0;           // batch / their median step
+  // Median over the step pairs of (short step time / long step time): the long context's decode
+  // speed as a fraction of the short context's.
+  double context_speed_ratio = 0;
   // Median over the timed steps of the step's bandwidth (bytes counted per token) over the triad
   // measured just before it (with options.triad).
   double median_ratio_to_stream = 0;

@@ -104,6 +104,7 @@ struct BenchFigures {
   bench::WorkPerToken work;
   double stream_gbps = 0;
   double ratio_to_stream = -1;  // when >= 0: the median of per-step ratios (decode), else achieved / stream
+  double short_tokens_per_s = 0, context_speed_ratio = 0;  // decode with a context: side-by-side short steps
   bench::PeakRate peak;
 };
 
@@ -117,11 +118,16 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
         "\"tokens_per_s\": %.4f, \"step_ms\": %.3f, \"bytes_per_token\": %.0f, \"weight_bytes_per_token\": %.0f, "
         "\"cache_bytes_per_token\": %.0f, \"flops_per_token\": %.0f, \"achieved_gbps\": %.4f, "
         "\"stream_gbps\": %.4f, \"ratio_to_stream\": %.4f, \"achieved_gflops\": %.4f, \"peak_gflops\": %.4f, "
-        "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f, \"cpu_utilization\": %.3f}\n",
+        "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f, \"cpu_utilization\": %.3f%s}\n",
         what, kernels::NumThreads(), isa, static_cast<long long>(f.batch), static_cast<long long>(f.context),
         f.tokens_per_s, f.step_ms, f.work.bytes(), f.work.weight_bytes, f.work.cache_bytes, f.work.flops, gbps,
         f.stream_gbps, ratio_to_stream, gflops, f.peak.gflops, f.peak.kind.c_str(), gflops / f.peak.gflops,
-        f.cpu_utilization);
+        f.cpu_utilization,
+        f.context_speed_ratio > 0
+            ? absl::StrFormat(", \"short_context_tokens_per_s\": %.4f, \"context_speed_ratio\": %.4f",
+                              f.short_tokens_per_s, f.context_speed_ratio)
+                  .c_str()
+            : "");
     return;
   }
   std::printf("%s: %d threads (%s), batch %lld, context %lld\n", what, kernels::NumThreads(), isa,
@@ -135,6 +141,10 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
               f.peak.kind.c_str(), f.peak.gflops, gflops / f.peak.gflops);
   std::printf("  CPU seconds per second: %.2f of %d threads (less: other processes had the cores)\n",
               f.cpu_utilization, kernels::NumThreads());
+  if (f.context_speed_ratio > 0)
+    std::printf("  against short context : %.3f of the speed of sequences without context (%.3f tokens/s), steps\n"
+                "                          taken in alternation\n",
+                f.context_speed_ratio, f.short_tokens_per_s);
 }
 
 absl::StatusOr<BenchFigures> ParseCommon(const Flags& flags, int64_t* steps, int64_t* warmup, uint64_t* seed) {
@@ -164,10 +174,12 @@ int BenchDecode(int argc, char** argv) {
   // measured under the same conditions (the median of those ratios is reported).
   bench::StreamTriad triad;
   o.triad = &triad;
+  o.compare_short = o.context > 0;
   auto r = bench::RunDecodeBench(*(*rt)->model, o);
   if (!r.ok()) return Fail(r.status());
   f->stream_gbps = r->median_stream_gbps;
   f->ratio_to_stream = r->median_ratio_to_stream;
+  f->short_tokens_per_s = r->short_tokens_per_s, f->context_speed_ratio = r->context_speed_ratio;
   f->peak = bench::MeasurePeakGflops();
   f->tokens_per_s = r->tokens_per_s, f->step_ms = r->median_step_seconds * 1e3, f->work = r->work;
   f->cpu_utilization = r->cpu_utilization;

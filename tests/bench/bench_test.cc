@@ -75,6 +75,29 @@ TEST(DecodeBench, RatioIsTheMedianOfPerStepRatios) {
   EXPECT_EQ(plain->median_ratio_to_stream, 0.0);
 }
 
+// With a context, the short sequences' steps alternate with the long ones, are left out of the
+// work counted (same bytes per token as without them), and the speed ratio is the median of the
+// per-pair ratios.
+TEST(DecodeBench, ShortContextStepsAlternateAndAreNotCounted) {
+  auto m = TinyModel();
+  bench::DecodeBenchOptions o;
+  o.steps = 5, o.warmup = 1, o.context = 9;
+  auto plain = bench::RunDecodeBench(*m, o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(plain->short_step_seconds.empty());
+  o.compare_short = true;
+  auto r = bench::RunDecodeBench(*m, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->short_step_seconds.size(), 5u);
+  EXPECT_EQ(r->work.weight_bytes, plain->work.weight_bytes);
+  EXPECT_EQ(r->work.cache_bytes, plain->work.cache_bytes);
+  std::vector<double> speed;
+  for (size_t i = 0; i < 5; ++i) speed.push_back(r->short_step_seconds[i] / r->step_seconds[i]);
+  std::nth_element(speed.begin(), speed.begin() + 2, speed.end());
+  EXPECT_DOUBLE_EQ(r->context_speed_ratio, speed[2]);
+  EXPECT_GT(r->short_tokens_per_s, 0.0);
+}
+
 TEST(DecodeBench, RejectsBadOptions) {
   auto m = TinyModel();
   bench::DecodeBenchOptions o;
