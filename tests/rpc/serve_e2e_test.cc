@@ -479,6 +479,18 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
   ASSERT_TRUE(before.ok());
   // Abort, a client that cancels (disconnects), a client whose deadline passes (row GR-02).
   enum Mode { kAbort, kDisconnect, kDeadline };
+  // The deadline must pass mid-stream whatever this machine's speed: a sixth of the time the same
+  // request takes alone (the second token comes within a few steps).
+  absl::Duration deadline = absl::Seconds(3);
+  {
+    v1::GenerateRequest r = TokensRequest(Prompt(40, 9), 450);
+    r.set_request_id("to-end-timing");
+    r.mutable_sampling()->set_ignore_eos(true);
+    const absl::Time t0 = absl::Now();
+    ASSERT_TRUE(RunStream(*S().client, r).status.ok());
+    deadline = std::max(absl::Milliseconds(200), (absl::Now() - t0) / 6);
+  }
+  SCOPED_TRACE(absl::StrCat("deadline ", absl::FormatDuration(deadline)));
   for (const Mode mode : {kAbort, kDisconnect, kDeadline}) {
     const bool disconnect = mode == kDisconnect;
     SCOPED_TRACE(mode == kAbort ? "Abort" : disconnect ? "client disconnect" : "deadline");
@@ -496,7 +508,7 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
             absl::MutexLock l(&mu);
             ++got;
           },
-          mode == kDeadline ? absl::Seconds(3) : absl::Seconds(300),
+          mode == kDeadline ? deadline : absl::Seconds(300),
           [&](grpc::ClientContext* c) {
             absl::MutexLock l(&mu);
             live = c;
