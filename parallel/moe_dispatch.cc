@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/kernels.h"
 
 namespace dsv4 {
 namespace {
@@ -121,10 +122,7 @@ absl::Status MoeDispatcher::Combine(const float* y_recv, float* out) {
       !st.ok())
     return st;
   // Add every serving rank's rows in rank order, this rank's own at its place in that order.
-  auto add = [&](int64_t t, const float* y) {
-    float* o = out + t * D_;
-    for (int64_t d = 0; d < D_; ++d) o[d] += y[d];
-  };
+  auto add = [&](int64_t t, const float* y) { kernels::AddTo(out + t * D_, y, D_); };
   int64_t at = 0;
   for (int p = 0; p < P; ++p) {
     if (p == me) {

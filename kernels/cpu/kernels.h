@@ -84,6 +84,10 @@ void CountWork(int64_t weight_bytes, int64_t cache_bytes, int64_t flops);
 void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group);
 void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group);
 
+// y[i] += x[i] for i < n, vectorized: each element is one add, so the bits are a plain loop's (the
+// MoE combines call it; at -O2 that loop stays scalar for fear of aliasing).
+void AddTo(float* y, const float* x, int64_t n);
+
 // y = w * x / sqrt(mean(x^2) + eps), per row of length n. `w` may be null (no gain).
 void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy);
 

@@ -188,6 +188,22 @@ float DotPlain(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
+namespace {
+__attribute__((target("avx2"))) void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+    _mm256_storeu_ps(y + i + 8, _mm256_add_ps(_mm256_loadu_ps(y + i + 8), _mm256_loadu_ps(x + i + 8)));
+  }
+  for (; i < n; ++i) y[i] += x[i];
+}
+}  // namespace
+
+void AddTo(float* y, const float* x, int64_t n) {
+  if (ActiveIsa() != Isa::kScalar) return AddToAvx2(y, x, n);
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
 // AVX2 versions (attention.cc).
 void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                          int64_t k, const float* sink, float scale, float* out);

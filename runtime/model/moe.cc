@@ -155,9 +155,7 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t*
   ExpertGroup(runs.data(), num_runs);
   // Sum into the tokens' rows, expert by expert.
   for (int64_t i = 0; i < total; ++i) {
-    float* o = out + (slots[i] / K) * D;
-    const float* y = &ys[i * D];
-    for (int64_t d = 0; d < D; ++d) o[d] += y[d];
+    kernels::AddTo(out + (slots[i] / K) * D, &ys[i * D], D);
   }
 }
 

@@ -105,6 +105,21 @@ std::string Name(WeightType t) {
   return "?";
 }
 
+// AddTo is elementwise: the same bits as the plain loop for every length, in place or not aligned.
+TEST(AddTo, EqualsThePlainLoop) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  for (int64_t n : {0, 1, 7, 15, 16, 17, 33, 4096, 4099}) {
+    std::vector<float> x(n + 1), y(n + 1);
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : y) v = nd(rng);
+    std::vector<float> want = y;
+    for (int64_t i = 0; i < n; ++i) want[i + 1] += x[i];
+    AddTo(y.data() + 1, x.data(), n);  // y off a 32-byte boundary
+    EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0) << "n = " << n;
+  }
+}
+
 TEST(FastLinear, MatchesPlainLoopAllFormatsAndPaths) {
   std::mt19937 rng(11);
   for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
