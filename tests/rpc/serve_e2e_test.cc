@@ -236,6 +236,10 @@ TEST(Serve, ConcurrentStreamsGetTheTokensTheyGetAlone) {
     auto c = InferenceClient::Connect(S().server->address(), {});
     ASSERT_TRUE(c.ok());
     clients[i] = std::move(*c);
+    // Channels connect lazily, and one of 32 first connects racing on loopback can fail (gRPC
+    // fails such a call fast with UNAVAILABLE); this test is about the streams, so each channel
+    // is up before they start.
+    ASSERT_TRUE(clients[i]->WaitForServing(absl::Seconds(60)).ok()) << "client " << i;
   }
   for (int i = 0; i < n; ++i) threads.emplace_back([&, i] { together[i] = RunStream(*clients[i], reqs[i]); });
   for (auto& t : threads) t.join();
