@@ -2,8 +2,8 @@
 // softmax pooling (kernels.h has the contracts; ops.cc dispatches here unless DSV4_CPU_ISA=scalar).
 //
 // The K = V head is shared by all query heads, so a query token's rows are gathered once and every
-// block of heads reads them from cache: logits by 4-head x 2-row blocks of dot products, softmax
-// with the sink per head, then the weighted sum of rows for 4 heads x 16 channels at a time.
+// block of heads reads them from cache: logits by 4-head x 3-row blocks of dot products, softmax
+// with the sink per head, then the weighted sum of rows for 6 heads x 16 channels at a time.
 // Every (token, head) result is computed the same way whatever the batch and the task split, so
 // prefill and decode agree.
 #include <immintrin.h>
@@ -12,30 +12,14 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 
-#define DSV4_AVX2 __attribute__((target("avx2,fma")))
-#define DSV4_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
-
 namespace dsv4::kernels {
 
-// Defined for ops.cc.
-void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
-void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
-                         int64_t k, const float* sink, float scale, float* out);
-void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
-                       const int64_t* nvis, float* score);
-
 namespace {
-
-DSV4_AVX2_INLINE float Hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // e^x for x <= 0 (softmax arguments), about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
 // polynomial for e^r, times 2^n. Arguments below -87 give 0.
@@ -219,9 +203,6 @@ void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int
 
 void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                          int64_t k, const float* sink, float scale, float* out) {
-  int64_t rows_read = 0;
-  for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
-  CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
   const int64_t hblocks = (H + kHeadBlock - 1) / kHeadBlock;
   ParallelForDynamic(m * hblocks, 1, [&](int64_t b, int64_t e) {
     Scratch<const float*> rows(k, NoInit{});
@@ -237,9 +218,6 @@ void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const 
 void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                        const int64_t* nvis, float* score) {
   constexpr int64_t kKeys = 32;  // keys per task
-  int64_t keys_read = 0;
-  for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
-  CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
   const int64_t kblocks = (n + kKeys - 1) / kKeys;
   ParallelForDynamic(m * kblocks, 4, [&](int64_t b, int64_t e) {
     Scratch<float> dots(H * kKeys, NoInit{});

@@ -22,14 +22,12 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
-
-#define DSV4_AVX2 __attribute__((target("avx2,fma")))
-#define DSV4_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
 
 namespace dsv4::kernels {
 
@@ -84,13 +82,6 @@ float DotScalar(const float* a, const float* b, int64_t n) {
   return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-DSV4_AVX2_INLINE float Hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 DSV4_AVX2 float DotAvx2(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
          acc3 = _mm256_setzero_ps();
@@ -139,7 +130,7 @@ DotFn SelectDot() {
 // many token rows come together, so a token's output does not depend on its batch and prefill
 // agrees with decode to the bit. The decoded vectors of a row, numbered g = 0, 1, ... along the
 // row, go alternately to two 8-lane accumulators (g even / odd), each summing lane by lane in
-// order; then the two are added lane-wise, the lanes in a fixed tree (Hsum, LaneTree), and the
+// order; then the two are added lane-wise, the lanes in the fixed tree of Hsum, and the
 // columns after the last full chunk one by one. The streaming path multiplies its operands by
 // powers of two, which changes no rounding.
 
@@ -213,14 +204,20 @@ inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
   return 0.f;
 }
 
-inline int64_t RowStride(const WeightMatrix& w) {
-  const int64_t esize = w.type == WeightType::kF32 ? 4 : w.type == WeightType::kBF16 ? 2 : 1;
-  return w.ld * esize;
+// v plus the columns of row `row` (absolute) from `from` on, one by one: the end of every canonical
+// sum (the columns after the last full chunk).
+inline float AddTail(float v, const WeightMatrix& w, int64_t row, const float* x, int64_t from) {
+  for (int64_t c = from; c < w.cols(); ++c) v += x[c] * Element(w, row, w.col_begin + c);
+  return v;
 }
 
+// Bytes of one stored element (FP4: 1, its `ld` counts bytes).
+inline int64_t ElementBytes(WeightType t) { return t == WeightType::kF32 ? 4 : t == WeightType::kBF16 ? 2 : 1; }
+
+inline int64_t RowStride(const WeightMatrix& w) { return w.ld * ElementBytes(w.type); }
+
 inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
-  const int64_t esize = w.type == WeightType::kF32 ? 4 : w.type == WeightType::kBF16 ? 2 : 1;
-  const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * esize;
+  const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * ElementBytes(w.type);
   return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + col_bytes;
 }
 
@@ -228,14 +225,6 @@ inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
 inline float Pow2(int e) {
   if (e < -126 || e > 127) return std::ldexp(1.0f, e);
   return std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
-}
-
-// The canonical combination of the 16 lane sums kept in memory: even plus odd accumulator lane by
-// lane, then the fixed tree of Hsum.
-inline float LaneTree(const float* v) {
-  float s[8];
-  for (int l = 0; l < 8; ++l) s[l] = v[l] + v[8 + l];
-  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
 }
 
 // ---- AVX2 decoders: one 32-byte chunk -> float vectors ------------------------------------------
@@ -318,9 +307,6 @@ struct Dec<WeightType::kF32> {
 
 // ---- AVX2 streaming kernels: R weight rows against M token rows ----------------------------------
 
-// out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
-// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains; the rows at
-// `next` (same stride; null: none) are prefetched meanwhile.
 // Software prefetch of the rows read next (at `next`, R rows `rstride` apart), one cache line per
 // two chunks: R streams far apart defeat the hardware prefetcher's page-local training.
 template <int R>
@@ -329,6 +315,10 @@ DSV4_AVX2_INLINE void PrefetchStep(const uint8_t* next, int64_t rstride, int64_t
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next + r * rstride + 32 * c), _MM_HINT_T0);
 }
+
+// out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
+// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains; the rows at
+// `next` (same stride; null: none) are prefetched meanwhile.
 template <WeightType T, int M, int R>
 DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out, const uint8_t* next) {
   constexpr int V = Dec<T>::kVecs;
@@ -529,6 +519,8 @@ struct Plan {
   // GEMM path: the input in lane order, transposed per canonical lane: [nkb][ntb][16][kKc / 16][16].
   const float* xt = nullptr;
   int64_t ntb = 0, nkb = 0;
+  // Tasks: GEMM, row panels x token-block splits; otherwise rows per task.
+  int64_t panels = 0, splits = 0, rows_per_task = 0;
 };
 
 struct Task {
@@ -592,7 +584,7 @@ template <int M>
 DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), main = p.nchunks * p.cc;
+  const int64_t main = p.nchunks * p.cc;
   const float* xin = job.x + t0 * job.ldx;
   float* yout = job.y + t0 * job.ldy;
   const int* kxs = p.kx + t0;
@@ -649,9 +641,7 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int t = 0; t < M; ++t) {
-        float v = sums[r * M + t] * mult[t];
-        for (int64_t c = main; c < cols; ++c) v += xin[t * job.ldx + c] * Element(w, row0 + r, w.col_begin + c);
-        yout[t * job.ldy + rb + r] = v;
+        yout[t * job.ldy + rb + r] = AddTail(sums[r * M + t] * mult[t], w, row0 + r, xin + t * job.ldx, main);
       }
   }
 }
@@ -759,13 +749,13 @@ DSV4_AVX2 void AccumulatePanel(const Plan& p, int64_t r0, int64_t r1, int64_t kb
   }
 }
 
-// The panel's lane sums combined as LaneTree does, 8 tokens at a time, then the tail columns:
+// The panel's lane sums combined in the canonical order (odd onto even lane, then Hsum's tree), 8 tokens at a time, then the tail columns:
 // results into out[(token - 16 tb0) * ldo + (row - r0)].
 DSV4_AVX2 void FinishPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1, const float* ctile,
                            float* out, int64_t ldo) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  const int64_t cols = w.cols(), main = p.nchunks * p.cc, nrows = r1 - r0;
+  const int64_t main = p.nchunks * p.cc, nrows = r1 - r0;
   for (int64_t tb = tb0; tb < tb1; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
     const float* ct = ctile + (tb - tb0) * kVLanes * kPanel * kNt;
@@ -781,14 +771,8 @@ DSV4_AVX2 void FinishPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, i
                                        _mm256_add_ps(_mm256_add_ps(s8[1], s8[5]), _mm256_add_ps(s8[3], s8[7])));
         _mm256_store_ps(sum + 8 * v, t);
       }
-      for (int64_t t = 0; t < nt; ++t) {
-        float v = sum[t];
-        if (main < cols) {
-          const float* x = job.x + (tb * kNt + t) * job.ldx;
-          for (int64_t c = main; c < cols; ++c) v += x[c] * Element(w, row, w.col_begin + c);
-        }
-        out[((tb - tb0) * kNt + t) * ldo + r] = v;
-      }
+      for (int64_t t = 0; t < nt; ++t)
+        out[((tb - tb0) * kNt + t) * ldo + r] = AddTail(sum[t], w, row, job.x + (tb * kNt + t) * job.ldx, main);
     }
   }
 }
@@ -884,12 +868,13 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       xt_floats += p.nkb * p.ntb * kKc * kNt;
     }
     if (p.path == Plan::kGemm) {
-      const int64_t panels = (w.rows() + kTaskRows - 1) / kTaskRows;
-      const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
-      num_tasks += panels * splits;
+      p.panels = (w.rows() + kTaskRows - 1) / kTaskRows;
+      p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
+      num_tasks += p.panels * p.splits;
     } else {
-      const int64_t per = RowsPerTask(w);
-      num_tasks += (w.rows() + per - 1) / per + (w.type == WeightType::kFP8 ? w.rows() / w.block_rows + 1 : 0);
+      p.rows_per_task = RowsPerTask(w);
+      num_tasks += (w.rows() + p.rows_per_task - 1) / p.rows_per_task +
+                   (w.type == WeightType::kFP8 ? w.rows() / w.block_rows + 1 : 0);
     }
   }
   Scratch<float> xp(xp_floats, NoInit{});
@@ -927,16 +912,13 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     // Tasks.
     if (p.path == Plan::kGemm) {
-      const int64_t panels = (w.rows() + kTaskRows - 1) / kTaskRows;
-      const int64_t splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + panels - 1) / panels));
-      for (int64_t s = 0; s < splits; ++s)
-        for (int64_t pi = 0; pi < panels; ++pi)
+      for (int64_t s = 0; s < p.splits; ++s)
+        for (int64_t pi = 0; pi < p.panels; ++pi)
           tasks[nt++] = {static_cast<int32_t>(j), pi * kTaskRows, std::min(w.rows(), (pi + 1) * kTaskRows),
-                         p.ntb * s / splits, p.ntb * (s + 1) / splits};
+                         p.ntb * s / p.splits, p.ntb * (s + 1) / p.splits};
     } else {
-      const int64_t per = RowsPerTask(w);
       for (int64_t r = 0; r < w.rows();) {
-        int64_t e = std::min(w.rows(), r + per);
+        int64_t e = std::min(w.rows(), r + p.rows_per_task);
         if (p.path == Plan::kGemv && w.type == WeightType::kFP8) {
           const int64_t block_end = ((w.row_begin + r) / w.block_rows + 1) * w.block_rows - w.row_begin;
           e = std::min(e, block_end);
@@ -954,7 +936,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         int64_t rest = u, i = 0;
         while (rest >= plans[packs[i]].nkb) rest -= plans[packs[i++]].nkb;
         const Plan& p = plans[packs[i]];
-        PackGemmBlock(p, rest, const_cast<float*>(p.xt) + rest * p.ntb * kKc * kNt);  // 8 lanes x kKc / 8
+        PackGemmBlock(p, rest, const_cast<float*>(p.xt) + rest * p.ntb * kKc * kNt);
       }
     });
   }

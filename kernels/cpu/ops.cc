@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/cpu/avx2.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
@@ -186,10 +187,7 @@ float DotPlain(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-}  // namespace
-
-namespace {
-__attribute__((target("avx2"))) void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t n) {
+DSV4_AVX2 void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
@@ -197,6 +195,7 @@ __attribute__((target("avx2"))) void AddToAvx2(float* __restrict y, const float*
   }
   for (; i < n; ++i) y[i] += x[i];
 }
+
 }  // namespace
 
 void AddTo(float* y, const float* x, int64_t n) {
@@ -204,18 +203,12 @@ void AddTo(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-// AVX2 versions (attention.cc).
-void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
-                         int64_t k, const float* sink, float scale, float* out);
-void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
-                       const int64_t* nvis, float* score);
-
 void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                      int64_t k, const float* sink, float scale, float* out) {
-  if (ActiveIsa() != Isa::kScalar && d % 16 == 0) return SparseAttentionAvx2(q, m, H, d, kv, idx, k, sink, scale, out);
   int64_t rows_read = 0;
   for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
   CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
+  if (ActiveIsa() != Isa::kScalar && d % 16 == 0) return SparseAttentionAvx2(q, m, H, d, kv, idx, k, sink, scale, out);
   ParallelFor(m * H, 1, [&](int64_t b, int64_t e) {
     Scratch<float> logits(k, NoInit{});
     for (int64_t th = b; th < e; ++th) {
@@ -227,10 +220,10 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
 
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score) {
-  if (ActiveIsa() != Isa::kScalar && d % 8 == 0) return IndexerScoresAvx2(q, w, m, H, d, keys, n, nvis, score);
   int64_t keys_read = 0;
   for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
   CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
+  if (ActiveIsa() != Isa::kScalar && d % 8 == 0) return IndexerScoresAvx2(q, w, m, H, d, keys, n, nvis, score);
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       for (int64_t j = 0; j < n; ++j) {
@@ -245,8 +238,6 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
     }
   });
 }
-
-void SoftmaxPoolAvx2(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
 
 void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
   if (ActiveIsa() != Isa::kScalar) return SoftmaxPoolAvx2(values, scores, n, width, out);
