@@ -113,21 +113,28 @@ void ExpectFailedFast(Observed& obs, absl::Time t_fault, ServeProcess& server, a
   EXPECT_EQ(obs.health.back(), HealthCheckResponse::NOT_SERVING) << "health never turned NOT_SERVING";
 }
 
-TEST(ServeFault, KilledWorkerMidGenerationFailsTheJobFast) {
-  Job job = StartJob();
-  ASSERT_TRUE(job.client != nullptr);
+// A generation in flight and a health watch, then worker rank 1 gets `sig`: the client must see the
+// failure within 10 s, health turn NOT_SERVING and mpirun exit non-zero (ExpectFailedFast).
+void FaultWorkerMidGeneration(Job& job, int sig) {
   Observed obs;
   std::thread gen, watch;
   grpc::ClientContext wctx;
   Observe(job, obs, gen, watch, wctx);
   const int64_t pid = WorkerPid(job);
   ASSERT_GT(pid, 0);
-  const absl::Time t_kill = absl::Now();
-  ASSERT_EQ(kill(static_cast<pid_t>(pid), SIGKILL), 0);
-  ExpectFailedFast(obs, t_kill, *job.server, absl::Seconds(10));
+  const absl::Time t_fault = absl::Now();
+  ASSERT_EQ(kill(static_cast<pid_t>(pid), sig), 0);
+  ExpectFailedFast(obs, t_fault, *job.server, absl::Seconds(10));
+  if (sig != SIGKILL) kill(static_cast<pid_t>(pid), SIGKILL);  // in case mpirun left it stopped
   wctx.TryCancel();
   gen.join();
   watch.join();
+}
+
+TEST(ServeFault, KilledWorkerMidGenerationFailsTheJobFast) {
+  Job job = StartJob();
+  ASSERT_TRUE(job.client != nullptr);
+  FaultWorkerMidGeneration(job, SIGKILL);
   EXPECT_NE(job.server->Log().find("rank 1"), std::string::npos) << job.server->Log();
 }
 
@@ -135,19 +142,7 @@ TEST(ServeFault, KilledWorkerMidGenerationFailsTheJobFast) {
 TEST(ServeFault, StoppedWorkerIsDeclaredLostAfterTheHeartbeatTimeout) {
   Job job = StartJob({"--heartbeat-timeout-s", "2"});
   ASSERT_TRUE(job.client != nullptr);
-  Observed obs;
-  std::thread gen, watch;
-  grpc::ClientContext wctx;
-  Observe(job, obs, gen, watch, wctx);
-  const int64_t pid = WorkerPid(job);
-  ASSERT_GT(pid, 0);
-  const absl::Time t_stop = absl::Now();
-  ASSERT_EQ(kill(static_cast<pid_t>(pid), SIGSTOP), 0);
-  ExpectFailedFast(obs, t_stop, *job.server, absl::Seconds(10));
-  kill(static_cast<pid_t>(pid), SIGKILL);  // in case mpirun left it stopped
-  wctx.TryCancel();
-  gen.join();
-  watch.join();
+  FaultWorkerMidGeneration(job, SIGSTOP);
   EXPECT_NE(job.server->Log().find("no heartbeat"), std::string::npos) << job.server->Log();
 }
 
