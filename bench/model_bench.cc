@@ -1,14 +1,14 @@
 #include "bench/model_bench.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <random>
 
-#include <time.h>
-
+#include "base/status.h"
 #include "bench/limits.h"
 #include "kernels/cpu/kernels.h"
-#include "runtime/status.h"
 
 namespace dsv4::bench {
 namespace {

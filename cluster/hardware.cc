@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -176,18 +178,17 @@ absl::Status MergeCatalogJson(const std::string& json_text, const std::string& s
   if (j.is_discarded() || !j.is_object())
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   if (auto it = j.find("efficiency"); it != j.end())
-    if (auto st = ReadEfficiency(*it, source + ": efficiency", &catalog->efficiency); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(ReadEfficiency(*it, source + ": efficiency", &catalog->efficiency));
   if (auto it = j.find("links"); it != j.end())
-    if (auto st = ReadLinks(*it, source + ": links", &catalog->links); !st.ok()) return st;
-  if (auto it = j.find("nics"); it != j.end())
-    if (auto st = ReadLinks(*it, source + ": nics", &catalog->nics); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(ReadLinks(*it, source + ": links", &catalog->links));
+  if (auto it = j.find("nics"); it != j.end()) DSV4_RETURN_IF_ERROR(ReadLinks(*it, source + ": nics", &catalog->nics));
   if (auto it = j.find("devices"); it != j.end()) {
     if (!it->is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": devices must be an object"));
     for (auto d = it->begin(); d != it->end(); ++d) {
       Device dev;
       if (auto old = catalog->devices.find(d.key()); old != catalog->devices.end()) dev = old->second;
       dev.name = d.key();
-      if (auto st = ReadDevice(d.value(), absl::StrCat(source, ": devices.", d.key()), &dev); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(ReadDevice(d.value(), absl::StrCat(source, ": devices.", d.key()), &dev));
       if (!dev.scale_up.empty() && !catalog->links.count(dev.scale_up))
         return absl::InvalidArgumentError(
             absl::StrCat(source, ": devices.", d.key(), ".scale_up names unknown link '", dev.scale_up, "'"));
@@ -201,11 +202,8 @@ absl::Status MergeCatalogJson(const std::string& json_text, const std::string& s
 }
 
 absl::Status MergeCatalogFile(const std::string& path, Catalog* catalog) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("--catalog: cannot open '", path, "'"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return MergeCatalogJson(ss.str(), path, catalog);
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(path), "--catalog");
+  return MergeCatalogJson(text, path, catalog);
 }
 
 const Catalog& BuiltinCatalog() {

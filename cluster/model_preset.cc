@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -127,17 +129,6 @@ ModelPreset Mla(const std::string& name, int64_t heads, int64_t dense_layers, in
 ModelConfig Seed1TConfig() {
   ModelConfig c = V4Config(6144, 61, 64, 1536, 8, 896, 16, 1024, 1024, 128);
   return c;
-}
-
-std::string ReadFile(const std::string& path, absl::Status* status) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *status = absl::NotFoundError(absl::StrCat("model: cannot open config file '", path, "'"));
-    return "";
-  }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // Reads V3-style keys; errors name the field.
@@ -293,9 +284,7 @@ absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, cons
 absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec) {
   if (spec.empty()) return absl::InvalidArgumentError("model: must name a preset or a config.json path");
   if (spec.find('/') == std::string::npos && spec.find(".json") == std::string::npos) return FindPreset(spec);
-  absl::Status status;
-  const std::string text = ReadFile(spec, &status);
-  if (!status.ok()) return status;
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(spec), "model: config file");
   return ParsePresetConfig(text, spec);
 }
 

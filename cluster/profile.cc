@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -85,10 +87,10 @@ absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::st
   };
   for (const CurveKey& c : curves)
     if (j.contains(c.key))
-      if (auto st = ReadCurve(j[c.key], absl::StrCat(p, ".", c.key), c.size, c.rate, c.out); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(ReadCurve(j[c.key], absl::StrCat(p, ".", c.key), c.size, c.rate, c.out));
   for (auto [key, out] :
        {std::pair{"memory_gbps", &prof.memory_gbps}, std::pair{"kernel_floor_us", &prof.kernel_floor_us}})
-    if (auto st = ReadPositive(j, key, p, out); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(ReadPositive(j, key, p, out));
   if (j.contains("all_to_all")) {
     const json& a = j["all_to_all"];
     if (!a.is_object()) return absl::InvalidArgumentError(absl::StrCat(p, ".all_to_all must be an object"));
@@ -96,23 +98,20 @@ absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::st
     for (auto [key, out] : {std::pair{"intra_node_gbps", &prof.all_to_all_intra_gbps},
                             std::pair{"inter_node_gbps", &prof.all_to_all_inter_gbps},
                             std::pair{"latency_us", &prof.all_to_all_latency_us}})
-      if (auto st = ReadPositive(a, key, f, out); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(ReadPositive(a, key, f, out));
   }
   if (j.contains("host")) {
     const json& h = j["host"];
     if (!h.is_object()) return absl::InvalidArgumentError(absl::StrCat(p, ".host must be an object"));
     for (auto [key, out] : {std::pair{"memory_gbps", &prof.host_memory_gbps}, std::pair{"gflops", &prof.host_gflops}})
-      if (auto st = ReadPositive(h, key, p + ".host", out); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(ReadPositive(h, key, p + ".host", out));
   }
   return prof;
 }
 
 absl::StatusOr<Profile> LoadProfile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("--profile: cannot open '", path, "'"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ParseProfile(ss.str(), path);
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(path), "--profile");
+  return ParseProfile(text, path);
 }
 
 }  // namespace dsv4::cluster

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -429,15 +430,14 @@ absl::StatusOr<std::vector<std::string>> WritePlots(const std::vector<json>& ans
     const json& a = answers[i];
     const std::string slug = Slug(a.value("scenario", std::string()), i);
     if (a.contains("sweeps")) {
-      if (auto st = write("throughput_latency_" + slug + ".svg", ThroughputLatencySvg(a)); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(write("throughput_latency_" + slug + ".svg", ThroughputLatencySvg(a)));
       if (!a["sweeps"]["layouts"].empty())
-        if (auto st = write("layout_cost_" + slug + ".svg", LayoutCostSvg(a)); !st.ok()) return st;
+        DSV4_RETURN_IF_ERROR(write("layout_cost_" + slug + ".svg", LayoutCostSvg(a)));
     }
-    if (a.contains("memory_per_device_gb"))
-      if (auto st = write("memory_" + slug + ".svg", MemorySvg(a)); !st.ok()) return st;
+    if (a.contains("memory_per_device_gb")) DSV4_RETURN_IF_ERROR(write("memory_" + slug + ".svg", MemorySvg(a)));
   }
   if (answers.size() > 1)
-    if (auto st = write("comparison.svg", ComparisonSvg(answers, "Devices and cost per scenario")); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(write("comparison.svg", ComparisonSvg(answers, "Devices and cost per scenario")));
   return written;
 }
 

@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -228,11 +230,8 @@ absl::StatusOr<Scenario> ParseScenario(const std::string& json_text, const std::
 }
 
 absl::StatusOr<Scenario> LoadScenario(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("--scenario: cannot open '", path, "'"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ParseScenario(ss.str(), path);
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(path), "--scenario");
+  return ParseScenario(text, path);
 }
 
 absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "launch/commands.h"
 #include "launch/common.h"
 #include "runtime/engram/sharded_source.h"
@@ -22,7 +23,7 @@ using Clock = std::chrono::steady_clock;
 absl::StatusOr<double> MedianOfMax(Communicator& c, const std::vector<double>& times) {
   std::vector<float> mine(times.begin(), times.end()), all(times.size() * c.size());
   std::vector<int64_t> counts(c.size(), static_cast<int64_t>(times.size()));
-  if (auto st = c.AllGatherV(mine.data(), counts.data(), all.data()); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(c.AllGatherV(mine.data(), counts.data(), all.data()));
   std::vector<double> worst(times.size(), 0);
   for (int r = 0; r < c.size(); ++r)
     for (size_t i = 0; i < times.size(); ++i) worst[i] = std::max<double>(worst[i], all[r * times.size() + i]);
@@ -40,15 +41,15 @@ absl::StatusOr<double> DecodeSteps(const Model& m, Communicator& world, int64_t 
     caches.push_back(m.NewCache());
     std::vector<int32_t> ids(prompt);
     for (int64_t i = 0; i < prompt; ++i) ids[i] = token(b, i);
-    if (auto st = m.Forward(ids, caches.back(), logits.data()); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(m.Forward(ids, caches.back(), logits.data()));
   }
   std::vector<double> times;
   for (int64_t s = 0; s < warmup + steps; ++s) {
-    if (auto st = world.Barrier(); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(world.Barrier());
     const auto t0 = Clock::now();
     for (int64_t b = 0; b < batch; ++b) {
       const int32_t id = token(b, prompt + s);
-      if (auto st = m.Forward(std::span<const int32_t>(&id, 1), caches[b], logits.data()); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(m.Forward(std::span<const int32_t>(&id, 1), caches[b], logits.data()));
     }
     if (s >= warmup) times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }

@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "cluster/planner.h"
 #include "cluster/report.h"
 #include "launch/commands.h"
@@ -47,13 +49,9 @@ int List(const cluster::Catalog& catalog) {
 }
 
 int Validate(const std::string& path, const cluster::Catalog& catalog, const cluster::PlanOptions& options, bool json) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return Fail(absl::NotFoundError("--validate: cannot open '" + path + "'"));
-  std::string text;
-  char buf[65536];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
-  std::fclose(f);
-  auto v = cluster::Validate(text, path, catalog, options);
+  auto text = ReadFile(path);
+  if (!text.ok()) return Fail(WithContext(text.status(), "--validate"));
+  auto v = cluster::Validate(*text, path, catalog, options);
   if (!v.ok()) return Fail(v.status());
   if (json) {
     std::printf("%s\n", cluster::ValidationJson(*v).dump(2).c_str());

@@ -28,6 +28,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status.h"
 #include "launch/commands.h"
 #include "launch/common.h"
 #include "rpc/control_plane.h"
@@ -177,7 +178,7 @@ absl::StatusOr<std::string> ShareAddress(Communicator& world, const std::string&
     if (address.size() >= sizeof(buf)) return absl::InvalidArgumentError("control-plane address too long");
     std::memcpy(buf, address.data(), address.size());
   }
-  if (auto st = world.Broadcast(buf, sizeof(buf), 0); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(world.Broadcast(buf, sizeof(buf), 0));
   buf[sizeof(buf) - 1] = '\0';
   return std::string(buf);
 }

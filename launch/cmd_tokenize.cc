@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
 #include "launch/commands.h"
 #include "launch/common.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -26,11 +27,7 @@ namespace {
 
 absl::StatusOr<std::string> ReadInput(const std::string& path) {
   if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  return ReadFile(path);
 }
 
 void PrintIds(const std::vector<int32_t>& ids, std::string& out) {

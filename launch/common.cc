@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/engram/sharded_source.h"
 
@@ -80,7 +81,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const Flags& flags) {
   ForwardOptions opt;
   opt.qdq = *qdq;
   rt->model = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*weights)), opt, &rt->groups->ctx);
-  if (auto st = PlaceEngramTables(flags, *rt); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(PlaceEngramTables(flags, *rt));
   return rt;
 }
 

@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include "base/env.h"
+#include "base/log.h"
 #include "launch/commands.h"
 #include "parallel/communicator.h"
 
@@ -32,7 +34,7 @@ constexpr Command kCommands[] = {
 void Usage() {
   std::fprintf(stderr, "usage: dsv4 <command> [flags]\ncommands:\n");
   for (const auto& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
-  std::fprintf(stderr, "Run `dsv4 <command> --help` for its flags.\n");
+  std::fprintf(stderr, "Run `dsv4 <command> --help` for its flags.\nEnvironment:\n%s", dsv4::env::Help().c_str());
 }
 
 }  // namespace
@@ -43,6 +45,12 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
+  if (absl::Status st = dsv4::env::CheckAll(); !st.ok()) {
+    std::fprintf(stderr, "dsv4: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  for (const std::string& name : dsv4::env::UnknownVariables())
+    DSV4_LOG(kWarn, name, " is set but is not a dsv4 setting (`dsv4 --help` lists them)");
   // Under mpirun every rank joins the MPI world before anything else.
   std::unique_ptr<dsv4::MpiSession> mpi;
   if (dsv4::LaunchedByMpirun()) mpi = std::make_unique<dsv4::MpiSession>(&argc, &argv);

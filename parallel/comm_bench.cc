@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "parallel/layout.h"
 #include "parallel/moe_dispatch.h"
 
@@ -22,7 +23,7 @@ using Clock = std::chrono::steady_clock;
 absl::StatusOr<double> MedianOfMax(Communicator& c, std::vector<double> times) {
   std::vector<float> mine(times.begin(), times.end()), all(times.size() * c.size());
   std::vector<int64_t> counts(c.size(), static_cast<int64_t>(times.size()));
-  if (auto st = c.AllGatherV(mine.data(), counts.data(), all.data()); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(c.AllGatherV(mine.data(), counts.data(), all.data()));
   std::vector<double> worst(times.size(), 0);
   for (int r = 0; r < c.size(); ++r)
     for (size_t i = 0; i < times.size(); ++i) worst[i] = std::max(worst[i], static_cast<double>(all[r * times.size() + i]));
@@ -55,11 +56,11 @@ absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenc
   std::vector<float> y, out(n * D);
   std::vector<double> ours;
   for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
-    if (auto st = ep.Barrier(); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(ep.Barrier());
     const auto t0 = Clock::now();
-    if (auto st = disp.Dispatch(x.data(), n, D, e.data(), w.data(), K); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(disp.Dispatch(x.data(), n, D, e.data(), w.data(), K));
     y.resize(disp.num_received() * D);  // the experts' work is not part of the figure
-    if (auto st = disp.Combine(y.data(), out.data()); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(disp.Combine(y.data(), out.data()));
     if (it >= cfg.warmup) ours.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
   CommBenchResult r;
@@ -72,7 +73,7 @@ absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenc
   std::vector<float> counts_f(1, static_cast<float>(disp.bytes_moved()));
   std::vector<float> all_bytes(P);
   std::vector<int64_t> ones(P, 1);
-  if (auto st = ep.AllGatherV(counts_f.data(), ones.data(), all_bytes.data()); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(ep.AllGatherV(counts_f.data(), ones.data(), all_bytes.data()));
   double total = 0;
   for (float b : all_bytes) total += b;
   r.bytes_per_rank = static_cast<int64_t>(total / P);

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "parallel/communicator.h"
 
 #if DSV4_MPI
@@ -51,7 +52,7 @@ class MpiCommunicator final : public Communicator {
   absl::Status AllReduceSum(float* data, int64_t n) override {
     std::vector<float> all(static_cast<size_t>(n) * size_);
     std::vector<int64_t> counts(size_, n);
-    if (auto st = GatherImpl("AllReduce", data, counts.data(), all.data()); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(GatherImpl("AllReduce", data, counts.data(), all.data()));
     // Same order on every rank: bit-identical results.
     std::memcpy(data, all.data(), n * sizeof(float));
     for (int r = 1; r < size_; ++r) {

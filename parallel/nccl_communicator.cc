@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "parallel/nccl_plan.h"
 
 namespace dsv4 {
@@ -77,27 +78,27 @@ class NcclComm final : public NcclCommunicator {
   const void* NativeHandle() const override { return &comm_; }
 
   absl::Status AllReduceSum(float* data, int64_t n) override {
-    if (auto st = AllReduceSumAsync(data, n, stream_); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(AllReduceSumAsync(data, n, stream_));
     return Synchronize(stream_);
   }
 
   absl::Status AllReduceSumAsync(float* data, int64_t n, cudaStream_t stream) override {
-    if (auto st = Ready("AllReduce"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Ready("AllReduce"));
     if (n == 0) return absl::OkStatus();
     return Enqueued("AllReduce", ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat32, ncclSum, comm_, stream));
   }
 
   absl::Status AllGatherV(const float* in, const int64_t* counts, float* out) override {
-    if (auto st = Ready("AllGatherV"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Ready("AllGatherV"));
     const GroupedExchange g = PlanAllGatherV(rank_, size_, counts, sizeof(float));
-    if (auto st = RunExchange("AllGatherV", g, in, out, stream_); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(RunExchange("AllGatherV", g, in, out, stream_));
     return Synchronize(stream_);
   }
 
   absl::Status Broadcast(void* data, int64_t bytes, int root) override {
     if (root < 0 || root >= size_)
       return absl::InvalidArgumentError(absl::StrCat("Broadcast: root ", root, " outside [0, ", size_, ")"));
-    if (auto st = Ready("Broadcast"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Ready("Broadcast"));
     if (bytes == 0) return absl::OkStatus();
     auto st = Enqueued("Broadcast", ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclInt8, root, comm_, stream_));
     if (!st.ok()) return st;
@@ -106,14 +107,13 @@ class NcclComm final : public NcclCommunicator {
 
   absl::Status AllToAllV(const void* send, const int64_t* send_bytes, const int64_t* send_displs, void* recv,
                          const int64_t* recv_bytes, const int64_t* recv_displs) override {
-    if (auto st = AllToAllVAsync(send, send_bytes, send_displs, recv, recv_bytes, recv_displs, stream_); !st.ok())
-      return st;
+    DSV4_RETURN_IF_ERROR(AllToAllVAsync(send, send_bytes, send_displs, recv, recv_bytes, recv_displs, stream_));
     return Synchronize(stream_);
   }
 
   absl::Status AllToAllVAsync(const void* send, const int64_t* send_bytes, const int64_t* send_displs, void* recv,
                               const int64_t* recv_bytes, const int64_t* recv_displs, cudaStream_t stream) override {
-    if (auto st = Ready("AllToAllV"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Ready("AllToAllV"));
     absl::StatusOr<GroupedExchange> g = PlanAllToAllV(rank_, size_, send_bytes, send_displs, recv_bytes, recv_displs);
     if (!g.ok()) return g.status();
     return RunExchange("AllToAllV", *g, send, recv, stream);
@@ -122,11 +122,11 @@ class NcclComm final : public NcclCommunicator {
   absl::Status Barrier() override { return AllReduceSum(scratch_, 1); }
 
   absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key, const std::string& name) override {
-    if (auto st = Ready("Split"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Ready("Split"));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t sub = nullptr;
-    if (auto st = FromNccl(ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit"); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(FromNccl(ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit"));
     if (auto st = WaitComm(sub, "ncclCommSplit"); !st.ok()) {
       if (sub != nullptr) ncclCommAbort(sub);
       return st;
@@ -178,10 +178,8 @@ class NcclComm final : public NcclCommunicator {
 
   // Creates the blocking-collective stream and the barrier scratch on the current device.
   static absl::Status MakeStreamAndScratch(cudaStream_t* stream, float** scratch) {
-    if (auto st = FromCuda(cudaStreamCreateWithFlags(stream, cudaStreamNonBlocking), "cudaStreamCreate"); !st.ok())
-      return st;
-    if (auto st = FromCuda(cudaMalloc(reinterpret_cast<void**>(scratch), sizeof(float)), "cudaMalloc"); !st.ok())
-      return st;
+    DSV4_RETURN_IF_ERROR(FromCuda(cudaStreamCreateWithFlags(stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+    DSV4_RETURN_IF_ERROR(FromCuda(cudaMalloc(reinterpret_cast<void**>(scratch), sizeof(float)), "cudaMalloc"));
     return FromCuda(cudaMemset(*scratch, 0, sizeof(float)), "cudaMemset");
   }
 
@@ -190,7 +188,7 @@ class NcclComm final : public NcclCommunicator {
     const auto deadline = Clock::now() + timeout();
     ncclResult_t st = ncclInProgress;
     while (comm != nullptr) {
-      if (auto s = FromNccl(ncclCommGetAsyncError(comm, &st), what); !s.ok()) return s;
+      DSV4_RETURN_IF_ERROR(FromNccl(ncclCommGetAsyncError(comm, &st), what));
       if (st != ncclInProgress) return FromNccl(st, what);
       if (Clock::now() >= deadline)
         return absl::DeadlineExceededError(absl::StrCat(what, ": peers did not join within ", timeout().count(), " ms"));
@@ -206,7 +204,7 @@ class NcclComm final : public NcclCommunicator {
   }
 
   absl::Status Enqueued(const std::string& op, ncclResult_t r) {
-    if (auto st = FromNccl(r, op + " on " + name_); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(FromNccl(r, op + " on " + name_));
     if (r == ncclInProgress) return WaitComm(comm_, op + " on " + name_);
     return absl::OkStatus();
   }
@@ -221,7 +219,7 @@ class NcclComm final : public NcclCommunicator {
       if (!st.ok()) return st;
     }
     if (g.ops.empty()) return absl::OkStatus();
-    if (auto st = FromNccl(ncclGroupStart(), op); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(FromNccl(ncclGroupStart(), op));
     absl::Status first;
     for (const P2pOp& o : g.ops) {
       const ncclResult_t r =
@@ -249,13 +247,13 @@ class NcclComm final : public NcclCommunicator {
 
 absl::StatusOr<std::unique_ptr<NcclCommunicator>> MakeNcclCommunicator(Communicator& bootstrap, int device,
                                                                         const std::string& name) {
-  if (auto st = FromCuda(cudaSetDevice(device), absl::StrCat("cudaSetDevice(", device, ")")); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device), absl::StrCat("cudaSetDevice(", device, ")")));
   ncclUniqueId id{};
   absl::Status drawn = bootstrap.rank() == 0 ? FromNccl(ncclGetUniqueId(&id), "ncclGetUniqueId") : absl::OkStatus();
   // Every rank takes part in the broadcast, so a failure on rank 0 does not leave the others waiting:
   // an all-zero id tells them.
   if (!drawn.ok()) id = ncclUniqueId{};
-  if (auto st = bootstrap.Broadcast(&id, sizeof(id), 0); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(bootstrap.Broadcast(&id, sizeof(id), 0));
   if (!drawn.ok()) return drawn;
   bool zero = true;
   for (char c : id.internal) zero &= c == 0;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "kernels/cuda/kernels.h"
 
 namespace dsv4 {
@@ -33,7 +34,7 @@ absl::Status NcclMoeExchange::EnsurePinned(int64_t bytes) {
   if (bytes <= pinned_bytes_) return absl::OkStatus();
   if (pinned_ != nullptr) cudaFreeHost(pinned_);
   pinned_ = nullptr, pinned_bytes_ = 0;
-  if (auto st = Cuda(cudaMallocHost(&pinned_, static_cast<size_t>(bytes)), "pinned staging"); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(Cuda(cudaMallocHost(&pinned_, static_cast<size_t>(bytes)), "pinned staging"));
   pinned_bytes_ = bytes;
   return absl::OkStatus();
 }
@@ -55,7 +56,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
                                        const float* weights, int K, cudaStream_t stream, int64_t token_base) {
   n_ = n, D_ = D;
   // The previous micro-batch on this stream is done before its workspace is reused (bounded wait).
-  if (auto st = comm_->Synchronize(stream); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));
   pool_->Reset();
   absl::StatusOr<MoeSendPlan> plan = PlanMoeSend(*placement_, experts, weights, n, K, token_base);
   if (!plan.ok()) return plan.status();
@@ -67,18 +68,18 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   std::vector<int64_t> ones(ep, 1), cnt_bytes, cnt_displs;
   Bytes(ones, sizeof(int64_t), cnt_bytes, cnt_displs);
   int64_t *dev_send_count = nullptr, *dev_recv_count = Take<int64_t>(ep);
-  if (auto st = Upload(send_.send_count, &dev_send_count, stream); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(Upload(send_.send_count, &dev_send_count, stream));
   if (dev_recv_count == nullptr) return absl::ResourceExhaustedError("MoE exchange: workspace pool too small");
   if (auto st = comm_->AllToAllVAsync(dev_send_count, cnt_bytes.data(), cnt_displs.data(), dev_recv_count,
                                       cnt_bytes.data(), cnt_displs.data(), stream);
       !st.ok())
     return st;
-  if (auto st = EnsurePinned(ep * static_cast<int64_t>(sizeof(int64_t))); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(EnsurePinned(ep * static_cast<int64_t>(sizeof(int64_t))));
   if (auto st = Cuda(cudaMemcpyAsync(pinned_, dev_recv_count, ep * sizeof(int64_t), cudaMemcpyDeviceToHost, stream),
                      "counts");
       !st.ok())
     return st;
-  if (auto st = comm_->Synchronize(stream); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));
   recv_count_.assign(static_cast<const int64_t*>(pinned_), static_cast<const int64_t*>(pinned_) + ep);
   int64_t received = 0;
   for (int64_t c : recv_count_) received += c;
@@ -92,7 +93,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
       std::memcpy(&records[i * rec + K + j], &send_.weight[i * K + j], sizeof(float));
     }
   int32_t *dev_records = nullptr, *dev_recv_records = Take<int32_t>(received * rec);
-  if (auto st = Upload(records, &dev_records, stream); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(Upload(records, &dev_records, stream));
   if (dev_recv_records == nullptr) return absl::ResourceExhaustedError("MoE exchange: workspace pool too small");
   std::vector<int64_t> sb, sd, rb, rd;
   Bytes(send_.send_count, rec * 4, sb, sd);
@@ -100,7 +101,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   if (auto st = comm_->AllToAllVAsync(dev_records, sb.data(), sd.data(), dev_recv_records, rb.data(), rd.data(), stream);
       !st.ok())
     return st;
-  if (auto st = EnsurePinned(received * rec * 4); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(EnsurePinned(received * rec * 4));
   if (received > 0) {
     if (auto st = Cuda(cudaMemcpyAsync(pinned_, dev_recv_records, received * rec * 4, cudaMemcpyDeviceToHost, stream),
                        "records");
@@ -108,7 +109,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
       return st;
   }
 
-  if (auto st = comm_->Synchronize(stream); !st.ok()) return st;  // the records are on the host now
+  DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));  // the records are on the host now
   const int32_t* recv_records = static_cast<const int32_t*>(pinned_);
   std::vector<int32_t> recv_expert(received * K);
   std::vector<float> recv_weight(received * K);
@@ -125,14 +126,14 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   // Every plan array goes up now, while the stream is idle: copies from pageable memory wait for the
   // stream, so none may follow the rows in flight.
   int64_t *dev_tokens = nullptr, *dev_row_token = nullptr;
-  if (auto st = Upload(send_.token, &dev_tokens, stream); !st.ok()) return st;
-  if (auto st = Upload(groups_.row_token, &dev_row_token, stream); !st.ok()) return st;
-  if (auto st = Upload(groups_.offsets, &dev_offsets_, stream); !st.ok()) return st;
-  if (auto st = Upload(groups_.row_weight, &dev_row_weight_, stream); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(Upload(send_.token, &dev_tokens, stream));
+  DSV4_RETURN_IF_ERROR(Upload(groups_.row_token, &dev_row_token, stream));
+  DSV4_RETURN_IF_ERROR(Upload(groups_.offsets, &dev_offsets_, stream));
+  DSV4_RETURN_IF_ERROR(Upload(groups_.row_weight, &dev_row_weight_, stream));
   for (auto [host, dev] : {std::pair{&groups_.sum_offset, &sum_offset_}, std::pair{&groups_.sum_rows, &sum_rows_},
                            std::pair{&send_.combine_offset, &combine_offset_},
                            std::pair{&send_.combine_rows, &combine_rows_}})
-    if (auto st = Upload(*host, dev, stream); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(Upload(*host, dev, stream));
   float* packed = Take<float>(send_.total() * D);
   received_ = Take<float>(received * D);
   grouped_ = Take<float>(groups_.rows() * D);
@@ -148,8 +149,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
     return st;
   Bytes(send_.send_count, D * 4, sb, sd);
   Bytes(recv_count_, D * 4, rb, rd);
-  if (auto st = comm_->AllToAllVAsync(packed, sb.data(), sd.data(), received_, rb.data(), rd.data(), stream); !st.ok())
-    return st;
+  DSV4_RETURN_IF_ERROR(comm_->AllToAllVAsync(packed, sb.data(), sd.data(), received_, rb.data(), rd.data(), stream));
   return Cuda(kernels::cuda::GatherRows(received_, D * 4, dev_row_token, groups_.rows(), D * 4, grouped_, D * 4, stream),
               "regroup");
 }
@@ -166,8 +166,7 @@ absl::Status NcclMoeExchange::Combine(const float* y_rows, float* out, cudaStrea
   std::vector<int64_t> sb, sd, rb, rd;
   Bytes(recv_count_, D * 4, sb, sd);
   Bytes(send_.send_count, D * 4, rb, rd);
-  if (auto st = comm_->AllToAllVAsync(summed_, sb.data(), sd.data(), returned_, rb.data(), rd.data(), stream); !st.ok())
-    return st;
+  DSV4_RETURN_IF_ERROR(comm_->AllToAllVAsync(summed_, sb.data(), sd.data(), returned_, rb.data(), rd.data(), stream));
   return Cuda(kernels::cuda::CombineRows(returned_, D, combine_offset_, combine_rows_, nullptr, n_, D, true, out, D,
                                          stream),
               "combine");

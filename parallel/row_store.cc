@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 
 #if DSV4_MPI
 #include <mpi.h>
@@ -63,7 +64,7 @@ class LocalRowStore final : public ShardedRowStore {
   }
   absl::StatusOr<std::unique_ptr<RowGather>> Start(int table, std::span<const int64_t> ids, uint8_t* out) override {
     if (table >= static_cast<int>(rows_.size())) return absl::InvalidArgumentError("row store: no such table");
-    if (auto st = CheckIds(*this, table, ids); !st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(CheckIds(*this, table, ids));
     for (size_t i = 0; i < ids.size(); ++i) std::memcpy(out + i * row_bytes_, LocalRow(table, ids[i]), row_bytes_);
     counters_.local_rows += static_cast<int64_t>(ids.size());
     return std::unique_ptr<RowGather>(new DoneGather());
@@ -169,7 +170,7 @@ class MpiRowGather final : public RowGather {
 
 absl::StatusOr<std::unique_ptr<RowGather>> MpiRowStore::Start(int table, std::span<const int64_t> ids, uint8_t* out) {
   if (table >= static_cast<int>(rows_.size())) return absl::InvalidArgumentError("row store: no such table");
-  if (auto st = CheckIds(*this, table, ids); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(CheckIds(*this, table, ids));
   std::vector<MPI_Request> reqs;
   std::vector<int> owners;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -206,7 +207,7 @@ absl::StatusOr<std::unique_ptr<ShardedRowStore>> ShardedRowStore::Create(Communi
 #if DSV4_MPI
   if (comm.NativeHandle() == nullptr) return absl::FailedPreconditionError("row store: needs an MPI communicator");
   auto store = std::make_unique<MpiRowStore>(comm, std::move(rows), row_bytes);
-  if (auto st = store->Init(fill); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(store->Init(fill));
   return std::unique_ptr<ShardedRowStore>(std::move(store));
 #else
   return absl::UnavailableError("row store: a sharded store needs MPI (built without it)");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "runtime/tokenizer/chat_format.h"
 #include "runtime/tokenizer/utf8.h"
 
@@ -64,7 +65,7 @@ absl::StatusOr<GenerateSpec> ToGenerateSpec(const v1::GenerateRequest& req, cons
   GenerateSpec spec;
   spec.request_id = req.request_id();
   spec.echo = req.echo();
-  if (auto st = ToSampling(req.sampling(), spec.sampling); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(ToSampling(req.sampling(), spec.sampling));
   switch (req.input_case()) {
     case v1::GenerateRequest::kTokens:
       spec.prompt.assign(req.tokens().ids().begin(), req.tokens().ids().end());
@@ -72,7 +73,7 @@ absl::StatusOr<GenerateSpec> ToGenerateSpec(const v1::GenerateRequest& req, cons
       break;
     case v1::GenerateRequest::kText: {
       if (tok == nullptr) return absl::InvalidArgumentError("text input needs a tokenizer, and this model has none");
-      if (auto st = CheckText("text", req.text(), limits); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(CheckText("text", req.text(), limits));
       if (!req.skip_bos() && tok->bos_id() >= 0) spec.prompt.push_back(tok->bos_id());
       const std::vector<int32_t> ids = tok->Encode(req.text(), req.allow_special_tokens());
       spec.prompt.insert(spec.prompt.end(), ids.begin(), ids.end());
@@ -82,7 +83,7 @@ absl::StatusOr<GenerateSpec> ToGenerateSpec(const v1::GenerateRequest& req, cons
     case v1::GenerateRequest::kChat: {
       if (tok == nullptr) return absl::InvalidArgumentError("chat input needs a tokenizer, and this model has none");
       const std::string& json = req.chat().messages_json();
-      if (auto st = CheckText("chat.messages_json", json, limits); !st.ok()) return st;
+      DSV4_RETURN_IF_ERROR(CheckText("chat.messages_json", json, limits));
       auto messages = ParseChatMessages(json);
       if (!messages.ok())
         return absl::InvalidArgumentError(absl::StrCat("chat.messages_json: ", messages.status().message()));

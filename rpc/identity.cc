@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "runtime/builtin.h"
 
 #ifndef DSV4_VERSION
@@ -39,13 +41,9 @@ const std::string& BuildId() {
 absl::StatusOr<std::string> ConfigDigest(const std::string& model, const std::string& settings) {
   std::string text;
   if (absl::StartsWith(model, "builtin:")) {
-    auto j = BuiltinConfigJson(model.substr(8));
-    if (!j.ok()) return j.status();
-    text = *j;
+    DSV4_ASSIGN_OR_RETURN(text, BuiltinConfigJson(model.substr(8)));
   } else {
-    std::ifstream f(model + "/config.json", std::ios::binary);
-    if (!f) return absl::NotFoundError(absl::StrCat(model, "/config.json: cannot open"));
-    text.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    DSV4_ASSIGN_OR_RETURN(text, ReadFile(model + "/config.json", int64_t{64} << 20));
   }
   Fnv f;
   f.Add(text.data(), text.size());

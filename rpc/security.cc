@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 
 namespace dsv4 {
 namespace {
@@ -39,14 +40,7 @@ class BearerTokenProcessor final : public grpc::AuthMetadataProcessor {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (ss.str().size() > (1 << 20)) return absl::InvalidArgumentError(absl::StrCat(path, " is larger than 1 MiB"));
-  return ss.str();
-}
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) { return ReadFile(path, 1 << 20); }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerSecurity& s) {
   std::shared_ptr<grpc::ServerCredentials> creds;

@@ -5,10 +5,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/engram/layout.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 namespace {

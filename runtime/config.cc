@@ -6,7 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/status.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {
@@ -205,11 +206,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
 }
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ParseModelConfig(ss.str(), path);
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(path, int64_t{64} << 20));
+  return ParseModelConfig(text, path);
 }
 
 absl::Status ValidateModelConfig(const ModelConfig& c, const std::string& source) {

@@ -10,7 +10,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "kernels/env.h"
+#include "base/env.h"
+#include "base/log.h"
+#include "base/status.h"
 
 namespace dsv4 {
 
@@ -23,7 +25,7 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
                        plan.stop ? 1 : 0,
                        static_cast<int64_t>(plan.seqs.size()),
                        static_cast<int64_t>(plan.free_slots.size())};
-  if (auto st = world.Broadcast(header, sizeof(header), 0); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(world.Broadcast(header, sizeof(header), 0));
   if (world.rank() != 0) {
     if (header[0] != expected_step)
       return absl::InternalError(absl::StrCat("rank ", world.rank(), " expected step ", expected_step,
@@ -55,7 +57,7 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
     }
     std::memcpy(free_bytes, plan.free_slots.data(), n_free * 4);
   }
-  if (auto st = world.Broadcast(payload.data(), static_cast<int64_t>(payload.size()), 0); !st.ok()) return st;
+  DSV4_RETURN_IF_ERROR(world.Broadcast(payload.data(), static_cast<int64_t>(payload.size()), 0));
   if (world.rank() == 0) return absl::OkStatus();
   std::memcpy(plan.tokens.data(), tok, n_tok * 4);
   int64_t total = 0;
@@ -76,16 +78,14 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
 }
 
 void MaybeInjectFault(int world_rank, int64_t step) {
-  const std::string spec = FaultInjectParam();
+  const std::string spec = env::Str(env::Knob::kFaultInject);
   if (spec.empty()) return;
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
   int rank;
   int64_t at;
   if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &rank) || !absl::SimpleAtoi(parts[1], &at)) return;
   if (rank != world_rank || at != step) return;
-  std::fprintf(stderr, "dsv4 (rank %d): fault injection: %s at step %lld\n", world_rank, parts[2].c_str(),
-               static_cast<long long>(step));
-  std::fflush(stderr);
+  DSV4_LOG(kWarn, "fault injection: ", parts[2], " at step ", step);
   ::kill(::getpid(), parts[2] == "STOP" ? SIGSTOP : SIGKILL);
 }
 

@@ -35,7 +35,7 @@ struct StepPlan {
 // is `expected_step`. Every rank must call it once per step.
 absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan& plan);
 
-// Honours DSV4_FAULT_INJECT (kernels/env.h) for fault tests: may kill or stop this process.
+// Honours DSV4_FAULT_INJECT (base/env.h) for fault tests: may kill or stop this process.
 void MaybeInjectFault(int world_rank, int64_t step);
 
 }  // namespace dsv4

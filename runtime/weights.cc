@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "kernels/cpu/formats.h"
 #include "runtime/builtin.h"
-#include "runtime/status.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace dsv4 {

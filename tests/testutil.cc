@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include "base/env.h"
+
 namespace dsv4::testing {
 
 ::testing::AssertionResult AllClose(const std::string& what, const float* got, const float* ref, int64_t n, Tol tol) {
@@ -52,7 +54,7 @@ double RelRms(const float* got, const float* ref, int64_t n) {
 }
 
 std::string SharedDir() {
-  if (const char* env = std::getenv("DSV4_SHARED_DIR_OVERRIDE")) return env;
+  if (env::IsSet(env::Knob::kSharedDir)) return env::Str(env::Knob::kSharedDir);
   return DSV4_SHARED_DIR;
 }
 

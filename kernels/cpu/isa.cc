@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "kernels/env.h"
+#include "base/env.h"
 
 namespace dsv4::kernels {
 
@@ -12,7 +12,7 @@ Isa ActiveIsa() {
     Isa best = Isa::kScalar;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
     if (__builtin_cpu_supports("avx512f")) best = Isa::kAvx512;
-    const std::string want = CpuIsaParam();
+    const std::string want = env::Str(env::Knob::kCpuIsa);
     Isa forced = best;
     if (want == "scalar") forced = Isa::kScalar;
     if (want == "avx2") forced = Isa::kAvx2;

@@ -1,4 +1,4 @@
-// Runtime choice of the CPU instruction set, overridable with DSV4_CPU_ISA (kernels/env.h) so
+// Runtime choice of the CPU instruction set, overridable with DSV4_CPU_ISA (base/env.h) so
 // the AVX2 and scalar paths can be tested on an AVX-512 machine.
 #pragma once
 

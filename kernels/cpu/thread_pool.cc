@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/env.h"
+#include "base/env.h"
 
 namespace dsv4::kernels {
 namespace {
@@ -117,7 +117,7 @@ class Pool {
     const std::vector<int> cpus = AllowedCpus();
     // Workers go to cores 1.. of the allowed set; the caller keeps (and, being the only other
     // runnable thread of the pool, in practice gets) the first.
-    const bool pin = PinThreadsParam() != 0 && n > 1 && n <= static_cast<int>(cpus.size());
+    const bool pin = env::Int(env::Knob::kPinThreads) != 0 && n > 1 && n <= static_cast<int>(cpus.size());
     // A worker waits for the first epoch after this one, even if it starts running only after the
     // first job has been published.
     const uint32_t epoch = epoch_.load();
@@ -172,7 +172,7 @@ class Pool {
 
 Pool& GlobalPool() {
   static Pool pool([] {
-    const int64_t n = NumThreadsParam();
+    const int64_t n = env::Int(env::Knob::kNumThreads);
     return n > 0 ? static_cast<int>(n) : AvailableCores();
   }());
   return pool;

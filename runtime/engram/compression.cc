@@ -9,7 +9,8 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/status.h"
+#include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {
@@ -220,11 +221,8 @@ absl::StatusOr<std::vector<std::string>> ReadTokenizerVocab(const std::string& j
 }
 
 absl::StatusOr<TokenCompression> LoadTokenCompression(const std::string& tokenizer_json_path) {
-  std::ifstream in(tokenizer_json_path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open tokenizer file ", tokenizer_json_path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  DSV4_ASSIGN_OR_RETURN(std::vector<std::string> vocab, ReadTokenizerVocab(ss.str(), tokenizer_json_path));
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(tokenizer_json_path), "tokenizer file");
+  DSV4_ASSIGN_OR_RETURN(std::vector<std::string> vocab, ReadTokenizerVocab(text, tokenizer_json_path));
   return BuildTokenCompression(vocab);
 }
 

@@ -3,8 +3,8 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "runtime/engram/numpy_random.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 namespace {

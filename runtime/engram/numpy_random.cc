@@ -1,6 +1,6 @@
 #include "runtime/engram/numpy_random.h"
 
-#include "runtime/status.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {

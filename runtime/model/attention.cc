@@ -11,10 +11,10 @@
 #include <cstring>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "runtime/model/model.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 

@@ -5,12 +5,12 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/model/model.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 namespace {

@@ -4,12 +4,12 @@
 #include <cmath>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/model/model.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 

@@ -4,11 +4,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "base/status.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "runtime/model/engram.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 

@@ -10,11 +10,11 @@
 #include <cstring>
 #include <vector>
 
+#include "base/status.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "parallel/moe_dispatch.h"
 #include "runtime/model/model.h"
-#include "runtime/status.h"
 
 namespace dsv4 {
 namespace {

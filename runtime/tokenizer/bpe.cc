@@ -4,7 +4,7 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/status.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/status.h"
+#include "base/status.h"
 #include "runtime/tokenizer/utf8.h"
 
 namespace dsv4 {

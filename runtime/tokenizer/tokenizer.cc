@@ -10,8 +10,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/env.h"
-#include "runtime/status.h"
+#include "base/env.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "runtime/tokenizer/utf8.h"
 
 #ifndef DSV4_SOURCE_DIR
@@ -76,15 +77,6 @@ std::string ByteLevelDecode(std::string_view token) {
   return bytes;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
-  return ss.str();
-}
-
 bool IsEmptySequence(const nlohmann::json& j, const char* list_key) {
   return j.is_object() && j.value("type", "") == "Sequence" && j.contains(list_key) && j[list_key].is_array() &&
          j[list_key].empty();
@@ -119,7 +111,7 @@ std::optional<std::string> FindUpwards(fs::path start) {
 }
 
 absl::StatusOr<std::string> FindBuiltinTokenizer() {
-  const std::string env = ParamString("DSV4_TOKENIZER", "");
+  const std::string env = env::Str(env::Knob::kTokenizer);
   if (!env.empty()) {
     std::error_code ec;
     const fs::path p = fs::is_directory(env, ec) ? fs::path(env) / "tokenizer.json" : fs::path(env);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "base/file.h"
 #include "cluster/hardware.h"
 #include "cluster/model_cost.h"
 #include "cluster/profile.h"
@@ -26,12 +27,9 @@ using nlohmann::json;
 std::string SharedPath(const std::string& rel) { return std::string(DSV4_SHARED_DIR) + "/" + rel; }
 
 bool ReadText(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
-  return true;
+  auto text = ReadFile(path);
+  if (text.ok()) *out = std::move(*text);
+  return text.ok();
 }
 
 json BaseScenario() {

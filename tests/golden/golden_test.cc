@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/env.h"
 #include "runtime/model/model.h"
 #include "runtime/npy.h"
 #include "tests/testutil.h"
@@ -62,10 +63,8 @@ class GoldenTest : public ::testing::TestWithParam<int> {
   // Runs the dsv4 binary; returns the [rows, vocab] logits.
   static std::vector<float> RunLogits(const Case& c, bool qdq, const std::vector<int64_t>& decode) {
     const std::string out = testing::TempDir() + "/logits.npy";
-    const char* launch = std::getenv("DSV4_GOLDEN_LAUNCH");
-    const char* args = std::getenv("DSV4_GOLDEN_ARGS");
-    const std::string cmd = absl::StrCat(launch ? launch : "", " ", DSV4_BINARY, " logits ", args ? args : "",
-                                         " --model ", Dir(), " --prompt-ids ",
+    const std::string cmd = absl::StrCat(env::Str(env::Knob::kGoldenLaunch), " ", DSV4_BINARY, " logits ",
+                                         env::Str(env::Knob::kGoldenArgs), " --model ", Dir(), " --prompt-ids ",
                                          absl::StrJoin(c.prompt, ","), decode.empty() ? "" : " --decode-ids ",
                                          absl::StrJoin(decode, ","), " --qdq ", qdq ? "on" : "off", " --out ", out);
     const int rc = std::system(cmd.c_str());

@@ -12,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/env.h"
+#include "base/file.h"
 #include "nlohmann/json.hpp"
 #include "tests/testutil.h"
 
@@ -19,12 +21,7 @@ extern char** environ;
 
 namespace dsv4::testing {
 
-int ServeRanks() {
-  const char* np = std::getenv("DSV4_SERVE_NP");
-  int n = 1;
-  if (np != nullptr && !absl::SimpleAtoi(np, &n)) n = 1;
-  return std::max(1, n);
-}
+int ServeRanks() { return static_cast<int>(env::Int(env::Knob::kServeNp)); }
 
 absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vector<std::string>& args, int np,
                                                                   absl::Duration timeout) {
@@ -114,11 +111,6 @@ int ServeProcess::Wait(absl::Duration timeout) {
   return -1;
 }
 
-std::string ServeProcess::Log() const {
-  std::ifstream f(log_path_);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string ServeProcess::Log() const { return ReadFile(log_path_).value_or(""); }
 
 }  // namespace dsv4::testing

@@ -1,6 +1,8 @@
 // Engram against golden/engram (README there): NumPy PCG64 and bounded integers, hash multipliers,
 // prime layout, tokenizer compression, n-gram hash rows and the gate; plus config/loader errors,
 // the model's Engram step and `dsv4 engram-ids`.
+#include "runtime/model/engram.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,13 +12,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "base/file.h"
 #include "kernels/cpu/formats.h"
 #include "runtime/builtin.h"
 #include "runtime/engram/compression.h"
 #include "runtime/engram/hash.h"
 #include "runtime/engram/layout.h"
 #include "runtime/engram/numpy_random.h"
-#include "runtime/model/engram.h"
 #include "runtime/model/model.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "tests/testutil.h"
@@ -38,12 +40,7 @@ std::string NpmTokenizer() { return FindTokenizerJson("builtin:v4-tiny-engram").
 #define REQUIRE_TOKENIZER() \
   if (NpmTokenizer().empty()) GTEST_SKIP() << "the DeepSeek tokenizer.json is not installed (launch/setup.sh)"
 
-json ReadJson(const std::string& name) {
-  std::ifstream in(EngramDir() + "/" + name);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return json::parse(ss.str());
-}
+json ReadJson(const std::string& name) { return json::parse(ReadFile(EngramDir() + "/" + name).value()); }
 
 uint64_t U64(const json& v) { return v.is_string() ? std::stoull(v.get<std::string>()) : v.get<uint64_t>(); }
 int64_t I64(const json& v) { return v.is_string() ? std::stoll(v.get<std::string>()) : v.get<int64_t>(); }

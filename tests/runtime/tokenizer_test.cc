@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "base/file.h"
 #include "runtime/tokenizer/chat_format.h"
 #include "runtime/tokenizer/utf8.h"
 #include "tests/testutil.h"
@@ -27,12 +28,7 @@ namespace fs = std::filesystem;
 
 // ---- helpers ------------------------------------------------------------------------------------
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string ReadText(const std::string& path) { return ReadFile(path).value_or(""); }
 
 void WriteText(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
