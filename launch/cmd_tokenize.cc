@@ -18,8 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/file.h"
+#include "base/status.h"
 #include "launch/commands.h"
-#include "launch/common.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace dsv4 {
@@ -36,7 +36,7 @@ void PrintIds(const std::vector<int32_t>& ids, std::string& out) {
   out += "]\n";
 }
 
-int TokenizeLines(const Tokenizer& tok, const std::string& text, bool special) {
+absl::Status TokenizeLines(const Tokenizer& tok, const std::string& text, bool special) {
   std::string out;
   size_t begin = 0;
   while (begin < text.size()) {
@@ -50,48 +50,40 @@ int TokenizeLines(const Tokenizer& tok, const std::string& text, bool special) {
     }
   }
   std::fwrite(out.data(), 1, out.size(), stdout);
-  return std::fflush(stdout) == 0 ? 0 : Fail(absl::DataLossError("cannot write the output"));
+  return std::fflush(stdout) == 0 ? absl::OkStatus() : absl::DataLossError("cannot write the output");
 }
 
-int TokenizeChat(const Tokenizer& tok, const std::string& json, bool thinking) {
-  auto messages = ParseChatMessages(json);
-  if (!messages.ok()) return Fail(messages.status());
+absl::Status TokenizeChat(const Tokenizer& tok, const std::string& json, bool thinking) {
+  DSV4_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseChatMessages(json));
   ChatOptions options;
   options.thinking = thinking;
-  auto ids = tok.EncodeChat(*messages, options);
-  if (!ids.ok()) return Fail(ids.status());
+  DSV4_ASSIGN_OR_RETURN(const std::vector<int32_t> ids, tok.EncodeChat(messages, options));
   std::string out;
-  PrintIds(*ids, out);
+  PrintIds(ids, out);
   std::fwrite(out.data(), 1, out.size(), stdout);
-  return std::fflush(stdout) == 0 ? 0 : Fail(absl::DataLossError("cannot write the output"));
+  return std::fflush(stdout) == 0 ? absl::OkStatus() : absl::DataLossError("cannot write the output");
 }
 
 }  // namespace
 
-int RunTokenize(int argc, char** argv) {
-  Flags flags;
-  flags.Add("model", "builtin:v4-tiny", "checkpoint directory, tokenizer.json file, or built-in model name")
-      .Add("text-file", "", "text to tokenize, one input per line ('-' = stdin)")
-      .Add("special", "on", "recognize added/special-token text in the input (on|off)")
-      .Add("chat-file", "", "a JSON list of chat messages to encode in the DeepSeek-V4 format instead")
-      .Add("thinking", "off", "with --chat-file: thinking mode (on|off)");
-  if (WantsHelp(argc, argv)) return PrintHelp("tokenize", flags);
-  if (auto st = flags.Parse(argc, argv, 2); !st.ok()) return Fail(st);
-  auto special = flags.OnOff("special");
-  if (!special.ok()) return Fail(special.status());
-  auto thinking = flags.OnOff("thinking");
-  if (!thinking.ok()) return Fail(thinking.status());
-  const std::string text_file = flags.Str("text-file"), chat_file = flags.Str("chat-file");
-  if (text_file.empty() == chat_file.empty())
-    return Fail(absl::InvalidArgumentError("give exactly one of --text-file and --chat-file"));
+void TokenizeFlags(Flags& flags) {
+  flags.String("model", "builtin:v4-tiny", "checkpoint directory, tokenizer.json file, or built-in model name")
+      .String("text-file", "", "text to tokenize, one input per line ('-' = stdin)")
+      .Bool("special", true, "recognize added/special-token text in the input")
+      .String("chat-file", "", "a JSON list of chat messages to encode in the DeepSeek-V4 format instead")
+      .Bool("thinking", false, "with --chat-file: thinking mode");
+}
 
-  auto path = FindTokenizerJson(flags.Str("model"));
-  if (!path.ok()) return Fail(path.status());
-  auto tok = Tokenizer::Load(*path);
-  if (!tok.ok()) return Fail(tok.status());
-  auto input = ReadInput(text_file.empty() ? chat_file : text_file);
-  if (!input.ok()) return Fail(input.status());
-  return text_file.empty() ? TokenizeChat(**tok, *input, *thinking) : TokenizeLines(**tok, *input, *special);
+absl::Status Tokenize(const Flags& flags) {
+  const std::string& text_file = flags.GetString("text-file");
+  const std::string& chat_file = flags.GetString("chat-file");
+  if (text_file.empty() == chat_file.empty())
+    return absl::InvalidArgumentError("give exactly one of --text-file and --chat-file");
+  DSV4_ASSIGN_OR_RETURN(const std::string path, FindTokenizerJson(flags.GetString("model")));
+  DSV4_ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tok, Tokenizer::Load(path));
+  DSV4_ASSIGN_OR_RETURN(const std::string input, ReadInput(text_file.empty() ? chat_file : text_file));
+  return text_file.empty() ? TokenizeChat(*tok, input, flags.GetBool("thinking"))
+                           : TokenizeLines(*tok, input, flags.GetBool("special"));
 }
 
 }  // namespace dsv4

@@ -1,5 +1,6 @@
 #include "parallel/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -53,10 +54,18 @@ class LocalCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
 
-bool LaunchedByMpirun() {
-  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
-  if (size == nullptr) size = std::getenv("PMI_SIZE");
-  return size != nullptr && std::atoi(size) > 1;
+LauncherPlace LauncherWorld() {
+  auto read = [](const char* ompi, const char* pmi, int fallback) {
+    const char* v = std::getenv(ompi);
+    if (v == nullptr) v = std::getenv(pmi);
+    return v != nullptr ? std::atoi(v) : fallback;
+  };
+  LauncherPlace p;
+  p.size = std::max(1, read("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", 1));
+  p.rank = std::clamp(read("OMPI_COMM_WORLD_RANK", "PMI_RANK", 0), 0, p.size - 1);
+  return p;
 }
+
+bool LaunchedByMpirun() { return LauncherWorld().size > 1; }
 
 }  // namespace dsv4

@@ -74,6 +74,12 @@ class MpiSession {
   bool initialized_ = false;
 };
 
+// Where the launcher put this process, from its environment (OpenMPI's OMPI_COMM_WORLD_RANK /
+// _SIZE, or PMI_RANK / PMI_SIZE), before MPI is initialized: {0, 1} when not launched by one.
+struct LauncherPlace {
+  int rank = 0, size = 1;
+};
+LauncherPlace LauncherWorld();
 // True when this process was started by mpirun with more than one rank.
 bool LaunchedByMpirun();
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {
@@ -41,6 +42,29 @@ class BearerTokenProcessor final : public grpc::AuthMetadataProcessor {
 }  // namespace
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path) { return ReadFile(path, 1 << 20); }
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  DSV4_ASSIGN_OR_RETURN(std::string token, ReadSmallFile(path), "--token-file");
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) token.pop_back();
+  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--token-file ", path, " holds an empty token"));
+  return token;
+}
+
+void AddClientFlags(Flags& flags) {
+  flags.Bool("tls", false, "connect with TLS")
+      .String("tls-ca", "", "PEM roots that sign the server's certificate (implies --tls)")
+      .String("token-file", "", "file holding the server's bearer token");
+}
+
+absl::StatusOr<ClientSecurity> ClientSecurityFromFlags(const Flags& flags) {
+  ClientSecurity s;
+  s.tls_ca_file = flags.GetString("tls-ca");
+  s.tls = flags.GetBool("tls") || !s.tls_ca_file.empty();
+  if (!flags.GetString("token-file").empty()) {
+    DSV4_ASSIGN_OR_RETURN(s.token, ReadTokenFile(flags.GetString("token-file")));
+  }
+  return s;
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerSecurity& s) {
   std::shared_ptr<grpc::ServerCredentials> creds;

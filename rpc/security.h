@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "base/flags.h"
 
 namespace dsv4 {
 
@@ -40,7 +41,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
 // Adds the bearer token to a call.
 void AddCredentials(grpc::ClientContext& context, const ClientSecurity& security);
 
-// Reads a whole (small) file, e.g. a PEM file or a token file.
+// Reads a whole (small) file, e.g. a PEM file.
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path);
+// The bearer token in `path` (trailing newlines dropped); an empty token is INVALID_ARGUMENT.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
+
+// The flags of every command that talks to a running server (generate, ctl, bench serve):
+// --tls, --tls-ca, --token-file.
+void AddClientFlags(Flags& flags);
+absl::StatusOr<ClientSecurity> ClientSecurityFromFlags(const Flags& flags);
 
 }  // namespace dsv4

@@ -20,6 +20,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
 #include "base/status.h"
 
 namespace dsv4 {
@@ -459,23 +460,10 @@ absl::StatusOr<TensorIndex> BuildIndex(const FileList& files) {
   return index;
 }
 
-absl::StatusOr<std::string> ReadSmallFile(const fs::path& path, uint64_t max_bytes) {
-  std::error_code ec;
-  const uintmax_t size = fs::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot read: ", ec.message()));
-  if (size > max_bytes) return FileError(path.string(), "is ", size, " bytes, over the limit of ", max_bytes);
-  std::ifstream in(path, std::ios::binary);
-  std::string text(static_cast<size_t>(size), '\0');
-  if (!in.read(text.data(), static_cast<std::streamsize>(size))) {
-    return absl::DataLossError(absl::StrCat(path.string(), ": cannot read ", size, " bytes"));
-  }
-  return text;
-}
-
 // weight_map of an index: tensor name -> shard file name.
 absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const fs::path& index_path) {
   const std::string where = index_path.string();
-  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(where, kMaxIndexBytes));
   if (!IsValidUtf8(text)) return FileError(where, "not valid UTF-8");
   DSV4_ASSIGN_OR_RETURN(const json index, ParseStrictObject(text, where, "index", "key"));
   auto it = index.find("weight_map");

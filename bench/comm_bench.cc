@@ -1,12 +1,14 @@
-#include "parallel/comm_bench.h"
+#include "bench/comm_bench.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
+#include "bench/commands.h"
 #include "parallel/layout.h"
 #include "parallel/moe_dispatch.h"
 
@@ -26,7 +28,8 @@ absl::StatusOr<double> MedianOfMax(Communicator& c, std::vector<double> times) {
   DSV4_RETURN_IF_ERROR(c.AllGatherV(mine.data(), counts.data(), all.data()));
   std::vector<double> worst(times.size(), 0);
   for (int r = 0; r < c.size(); ++r)
-    for (size_t i = 0; i < times.size(); ++i) worst[i] = std::max(worst[i], static_cast<double>(all[r * times.size() + i]));
+    for (size_t i = 0; i < times.size(); ++i)
+      worst[i] = std::max(worst[i], static_cast<double>(all[r * times.size() + i]));
   std::nth_element(worst.begin(), worst.begin() + worst.size() / 2, worst.end());
   return worst[worst.size() / 2];
 }
@@ -123,4 +126,60 @@ absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenc
   return r;
 }
 
+namespace bench {
+namespace {
+
+std::unique_ptr<Communicator> WorldOrLocal() {
+  if (LaunchedByMpirun()) {
+    auto w = MakeMpiWorldCommunicator();
+    if (w.ok()) return std::move(*w);
+  }
+  return MakeLocalCommunicator();
+}
+
+}  // namespace
+
+void CommFlags(Flags& flags) {
+  const CommBenchConfig d;
+  flags.Int("hidden", d.hidden, "hidden size (V4-Flash: 4096)", 1, 1 << 20)
+      .Int("experts", d.experts, "routed experts", 1, 1 << 16)
+      .Int("topk", d.topk, "experts per token", 1, 64)
+      .Int("tokens", d.tokens, "tokens per rank per step", 1, 1 << 20)
+      .Int("iters", d.iters, "timed iterations (median reported)", 1, 1 << 20)
+      .Bool("json", false, "print one JSON object")
+      .Double("comm-timeout-s", 120, "seconds a collective may wait", 0.001, 86400);
+}
+
+absl::Status Comm(const Flags& flags) {
+  CommBenchConfig cfg;
+  cfg.hidden = flags.GetInt("hidden"), cfg.experts = flags.GetInt("experts"), cfg.tokens = flags.GetInt("tokens");
+  cfg.topk = static_cast<int>(flags.GetInt("topk"));
+  cfg.iters = static_cast<int>(flags.GetInt("iters"));
+  if (cfg.topk > cfg.experts) return absl::InvalidArgumentError("--topk must not exceed --experts");
+  auto world = WorldOrLocal();
+  world->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(flags.GetDouble("comm-timeout-s") * 1000)));
+  DSV4_ASSIGN_OR_RETURN(const CommBenchResult r, RunMoeCommBench(*world, cfg));
+  if (world->rank() != 0) return absl::OkStatus();
+  if (flags.GetBool("json")) {
+    std::printf(
+        "{\"ranks\": %d, \"hidden\": %lld, \"experts\": %lld, \"topk\": %d, \"tokens_per_rank\": %lld, "
+        "\"bytes_per_rank\": %lld, \"dispatch_combine_ms\": %.4f, \"raw_alltoallv_ms\": %.4f, "
+        "\"dispatch_combine_gbps\": %.4f, \"raw_alltoallv_gbps\": %.4f, \"ratio\": %.4f}\n",
+        r.ranks, static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.topk,
+        static_cast<long long>(cfg.tokens), static_cast<long long>(r.bytes_per_rank), r.dispatch_combine_s * 1e3,
+        r.raw_alltoallv_s * 1e3, r.dispatch_combine_gbps, r.raw_alltoallv_gbps, r.ratio);
+  } else {
+    std::printf("MoE dispatch+combine, %d ranks, hidden %lld, %lld experts top-%d, %lld tokens/rank\n", r.ranks,
+                static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.topk,
+                static_cast<long long>(cfg.tokens));
+    std::printf("  bytes per rank per step : %lld\n", static_cast<long long>(r.bytes_per_rank));
+    std::printf("  dispatch+combine        : %.3f ms  %.3f GB/s\n", r.dispatch_combine_s * 1e3,
+                r.dispatch_combine_gbps);
+    std::printf("  raw MPI_Alltoallv x2    : %.3f ms  %.3f GB/s\n", r.raw_alltoallv_s * 1e3, r.raw_alltoallv_gbps);
+    std::printf("  ratio (ours / raw)      : %.3f\n", r.ratio);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace bench
 }  // namespace dsv4

@@ -10,11 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
-#include "launch/commands.h"
-#include "launch/common.h"
+#include "bench/commands.h"
 #include "runtime/engram/sharded_source.h"
+#include "runtime/runtime.h"
 
-namespace dsv4 {
+namespace dsv4::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -58,49 +58,40 @@ absl::StatusOr<double> DecodeSteps(const Model& m, Communicator& world, int64_t 
 
 }  // namespace
 
-int BenchEngram(int argc, char** argv) {
-  Flags flags;
-  AddModelFlags(flags);
+void EngramFlags(Flags& flags) {
+  AddRuntimeFlags(flags);
   flags.SetDefault("model", "builtin:v4-tiny-engram").SetDefault("threads", "1");
-  flags.Add("batches", "1,8,64", "decode batch sizes (sequences per step)")
-      .Add("prompt", "8", "tokens prefilled per sequence before the timed steps")
-      .Add("steps", "8", "timed decode steps per batch size (median reported)")
-      .Add("warmup", "2", "untimed steps first")
-      .Add("gather-rows", "200000", "rows read for the raw gather rate")
-      .Add("json", "false", "print one JSON object");
-  if (WantsHelp(argc, argv)) return PrintHelp("bench engram", flags);
-  if (auto st = flags.Parse(argc, argv, 3); !st.ok()) return Fail(st);
-  auto batches = flags.IntList("batches");
-  auto prompt = flags.Int("prompt"), steps = flags.Int("steps"), warmup = flags.Int("warmup"),
-       rows = flags.Int("gather-rows");
-  auto json = flags.OnOff("json");
-  for (auto* v : {&prompt, &steps, &warmup, &rows})
-    if (!v->ok()) return Fail(v->status());
-  if (!batches.ok()) return Fail(batches.status());
-  if (!json.ok()) return Fail(json.status());
-  if (*prompt < 1 || *steps < 1 || *warmup < 0 || *rows < 1)
-    return Fail(absl::InvalidArgumentError("--prompt, --steps and --gather-rows must be >= 1, --warmup >= 0"));
-  for (int32_t b : *batches)
-    if (b < 1) return Fail(absl::InvalidArgumentError("--batches must be positive"));
-  auto rt = OpenRuntime(flags);
-  if (!rt.ok()) return Fail(rt.status());
-  Model& m = *(*rt)->model;
-  Communicator& world = (*rt)->world();
-  if (!m.has_engram()) return Fail(absl::InvalidArgumentError(absl::StrCat(flags.Str("model"), " has no Engram layers")));
+  flags.IntList("batches", "1,8,64", "decode batch sizes (sequences per step)")
+      .Int("prompt", 8, "tokens prefilled per sequence before the timed steps", 1, 1 << 20)
+      .Int("steps", 8, "timed decode steps per batch size (median reported)", 1, 1 << 20)
+      .Int("warmup", 2, "untimed steps first", 0, 1 << 20)
+      .Int("gather-rows", 200000, "rows read for the raw gather rate", 1, int64_t{1} << 30)
+      .Bool("json", false, "print one JSON object");
+}
+
+absl::Status Engram(const Flags& flags) {
+  const std::vector<int32_t>& batches = flags.GetIntList("batches");
+  const int64_t prompt = flags.GetInt("prompt"), steps = flags.GetInt("steps"), warmup = flags.GetInt("warmup"),
+                rows = flags.GetInt("gather-rows");
+  for (int32_t b : batches)
+    if (b < 1) return absl::InvalidArgumentError("--batches must be positive");
+  DSV4_ASSIGN_OR_RETURN(const RuntimeOptions options, RuntimeOptionsFromFlags(flags));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> rt, Runtime::Open(options));
+  Model& m = rt->model();
+  Communicator& world = rt->world();
+  if (!m.has_engram()) return absl::InvalidArgumentError(absl::StrCat(options.model, " has no Engram layers"));
   const int64_t hd = m.config().engram_head_dim;
   std::shared_ptr<EngramRowSource> local = std::make_shared<LocalEngramRowSource>(m.EngramTables(), hd);
-  auto sharded = ShardedEngramRowSource::Create(world, m.EngramTables(), hd);
-  if (!sharded.ok()) return Fail(sharded.status());
+  DSV4_ASSIGN_OR_RETURN(const std::shared_ptr<ShardedEngramRowSource> sharded,
+                        ShardedEngramRowSource::Create(world, m.EngramTables(), hd));
 
   std::string rows_json;
   std::vector<std::string> lines;
-  for (int32_t b : *batches) {
+  for (int32_t b : batches) {
     double ms[2];
     for (int layout = 0; layout < 2; ++layout) {
-      m.SetEngramRowSource(layout == 0 ? local : std::shared_ptr<EngramRowSource>(*sharded));
-      auto t = DecodeSteps(m, world, b, *prompt, *steps, *warmup);
-      if (!t.ok()) return Fail(t.status());
-      ms[layout] = *t;
+      m.SetEngramRowSource(layout == 0 ? local : std::shared_ptr<EngramRowSource>(sharded));
+      DSV4_ASSIGN_OR_RETURN(ms[layout], DecodeSteps(m, world, b, prompt, steps, warmup));
     }
     const double overhead = ms[1] / ms[0] - 1;
     absl::StrAppend(&rows_json, rows_json.empty() ? "" : ", ", "{\"batch\": ", b, ", \"step_ms_sharded\": ", ms[1],
@@ -110,37 +101,37 @@ int BenchEngram(int argc, char** argv) {
   }
 
   // Raw gather rate over table 0 against memcpy of the same bytes, measured here.
-  ShardedRowStore& store = (*sharded)->store();
+  ShardedRowStore& store = sharded->store();
   std::mt19937_64 rng(world.rank() + 1);
-  std::vector<int64_t> ids(*rows);
+  std::vector<int64_t> ids(rows);
   for (auto& id : ids) id = static_cast<int64_t>(rng() % store.num_rows(0));
-  std::vector<uint8_t> out(*rows * store.row_bytes()), src(out.size(), 1);
-  if (auto st = world.Barrier(); !st.ok()) return Fail(st);
+  std::vector<uint8_t> out(rows * store.row_bytes()), src(out.size(), 1);
+  DSV4_RETURN_IF_ERROR(world.Barrier());
   auto t0 = Clock::now();
-  auto g = store.Start(0, ids, out.data());
-  if (!g.ok()) return Fail(g.status());
-  if (auto st = (*g)->Wait(); !st.ok()) return Fail(st);
+  DSV4_ASSIGN_OR_RETURN(const auto gather, store.Start(0, ids, out.data()));
+  DSV4_RETURN_IF_ERROR(gather->Wait());
   const double gather_s = std::chrono::duration<double>(Clock::now() - t0).count();
   t0 = Clock::now();
   std::memcpy(out.data(), src.data(), out.size());
   const double memcpy_s = std::chrono::duration<double>(Clock::now() - t0).count();
   const double bytes = static_cast<double>(out.size());
-  if (world.rank() != 0) return 0;
+  if (world.rank() != 0) return absl::OkStatus();
   const double remote_share = 1.0 - 1.0 / world.size();
-  if (*json) {
+  if (flags.GetBool("json")) {
     std::printf(
-        "{\"ranks\": %d, \"model\": \"%s\", \"remote_row_share\": %.3f, \"batches\": [%s], \"gather_rows_per_s\": %.0f, "
+        "{\"ranks\": %d, \"model\": \"%s\", \"remote_row_share\": %.3f, \"batches\": [%s], \"gather_rows_per_s\": "
+        "%.0f, "
         "\"gather_gbps\": %.4f, \"memcpy_gbps\": %.4f}\n",
-        world.size(), flags.Str("model").c_str(), remote_share, rows_json.c_str(), *rows / gather_s,
-        bytes / gather_s / 1e9, bytes / memcpy_s / 1e9);
+        world.size(), options.model.c_str(), remote_share, rows_json.c_str(), rows / gather_s, bytes / gather_s / 1e9,
+        bytes / memcpy_s / 1e9);
   } else {
-    std::printf("Engram decode, %d ranks (%.0f%% of rows remote when sharded), %s\n", world.size(),
-                remote_share * 100, flags.Str("model").c_str());
+    std::printf("Engram decode, %d ranks (%.0f%% of rows remote when sharded), %s\n", world.size(), remote_share * 100,
+                options.model.c_str());
     for (const auto& l : lines) std::printf("%s\n", l.c_str());
-    std::printf("  gather: %.0f rows/s, %.3f GB/s; memcpy of the same bytes: %.3f GB/s\n", *rows / gather_s,
+    std::printf("  gather: %.0f rows/s, %.3f GB/s; memcpy of the same bytes: %.3f GB/s\n", rows / gather_s,
                 bytes / gather_s / 1e9, bytes / memcpy_s / 1e9);
   }
-  return 0;
+  return absl::OkStatus();
 }
 
-}  // namespace dsv4
+}  // namespace dsv4::bench

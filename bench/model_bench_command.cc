@@ -1,0 +1,139 @@
+// `dsv4 bench decode` and `dsv4 bench prefill`: flags, the runs of model_bench.h, and the report
+// (text, or one JSON object with --json).
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "base/status.h"
+#include "bench/commands.h"
+#include "bench/limits.h"
+#include "bench/model_bench.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/thread_pool.h"
+#include "runtime/runtime.h"
+
+namespace dsv4::bench {
+namespace {
+
+// Flags shared by `bench decode` and `bench prefill`.
+void AddModelBenchFlags(Flags& flags, const char* context_help, int64_t context_default) {
+  AddRuntimeFlags(flags);
+  flags.SetDefault("model", "builtin:v4-bench")
+      .Int("batch", 1, "sequences per step", 1, 1 << 16)
+      .Int("context", context_default, context_help, 0, int64_t{1} << 24)
+      .Int("steps", 16, "timed decode steps / prefills (the median is reported)", 1, 1 << 20)
+      .Int("warmup", 2, "untimed steps first", 0, 1 << 20)
+      .Int("seed", 1, "token ids are drawn at random from this seed", 0)
+      .Bool("json", false, "print one JSON object");
+}
+
+struct BenchFigures {
+  int64_t batch = 1, context = 0;
+  double tokens_per_s = 0, step_ms = 0, cpu_utilization = 0;
+  WorkPerToken work;
+  double stream_gbps = 0;
+  double ratio_to_stream = -1;  // when >= 0: the median of per-step ratios (decode), else achieved / stream
+  double short_tokens_per_s = 0, context_speed_ratio = 0;  // decode with a context: side-by-side short steps
+  PeakRate peak;
+};
+
+void PrintFigures(const char* what, const BenchFigures& f, bool json) {
+  const double gbps = f.work.bytes() * f.tokens_per_s / 1e9, gflops = f.work.flops * f.tokens_per_s / 1e9;
+  const double ratio_to_stream = f.ratio_to_stream >= 0 ? f.ratio_to_stream : gbps / f.stream_gbps;
+  const char* isa = kernels::IsaName(kernels::ActiveIsa());
+  if (json) {
+    std::printf(
+        "{\"bench\": \"%s\", \"threads\": %d, \"isa\": \"%s\", \"batch\": %lld, \"context\": %lld, "
+        "\"tokens_per_s\": %.4f, \"step_ms\": %.3f, \"bytes_per_token\": %.0f, \"weight_bytes_per_token\": %.0f, "
+        "\"cache_bytes_per_token\": %.0f, \"flops_per_token\": %.0f, \"achieved_gbps\": %.4f, "
+        "\"stream_gbps\": %.4f, \"ratio_to_stream\": %.4f, \"achieved_gflops\": %.4f, \"peak_gflops\": %.4f, "
+        "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f, \"cpu_utilization\": %.3f%s}\n",
+        what, kernels::NumThreads(), isa, static_cast<long long>(f.batch), static_cast<long long>(f.context),
+        f.tokens_per_s, f.step_ms, f.work.bytes(), f.work.weight_bytes, f.work.cache_bytes, f.work.flops, gbps,
+        f.stream_gbps, ratio_to_stream, gflops, f.peak.gflops, f.peak.kind.c_str(), gflops / f.peak.gflops,
+        f.cpu_utilization,
+        f.context_speed_ratio > 0
+            ? absl::StrFormat(", \"short_context_tokens_per_s\": %.4f, \"context_speed_ratio\": %.4f",
+                              f.short_tokens_per_s, f.context_speed_ratio)
+                  .c_str()
+            : "");
+    return;
+  }
+  std::printf("%s: %d threads (%s), batch %lld, context %lld\n", what, kernels::NumThreads(), isa,
+              static_cast<long long>(f.batch), static_cast<long long>(f.context));
+  std::printf("  tokens/s              : %.3f  (median step %.2f ms)\n", f.tokens_per_s, f.step_ms);
+  std::printf("  bytes read per token  : %.1f MB  (weights %.1f MB, caches %.2f MB)\n", f.work.bytes() / 1e6,
+              f.work.weight_bytes / 1e6, f.work.cache_bytes / 1e6);
+  std::printf("  achieved bandwidth    : %.2f GB/s  of STREAM triad %.2f GB/s  = %.3f%s\n", gbps, f.stream_gbps,
+              ratio_to_stream, f.ratio_to_stream >= 0 ? "  (median of per-step ratios)" : "");
+  std::printf("  achieved arithmetic   : %.2f GFLOP/s  of %s peak %.2f GFLOP/s  = %.3f\n", gflops, f.peak.kind.c_str(),
+              f.peak.gflops, gflops / f.peak.gflops);
+  std::printf("  CPU seconds per second: %.2f of %d threads (less: other processes had the cores)\n", f.cpu_utilization,
+              kernels::NumThreads());
+  if (f.context_speed_ratio > 0)
+    std::printf(
+        "  against short context : %.3f of the speed of sequences without context (%.3f tokens/s), steps\n"
+        "                          taken in alternation\n",
+        f.context_speed_ratio, f.short_tokens_per_s);
+}
+
+BenchFigures CommonFigures(const Flags& flags) {
+  BenchFigures f;
+  f.batch = flags.GetInt("batch"), f.context = flags.GetInt("context");
+  return f;
+}
+
+}  // namespace
+
+void DecodeFlags(Flags& flags) {
+  AddModelBenchFlags(flags, "tokens already in each sequence's cache before the timed steps", 0);
+}
+
+absl::Status Decode(const Flags& flags) {
+  BenchFigures f = CommonFigures(flags);
+  DecodeBenchOptions o;
+  o.batch = f.batch, o.context = f.context;
+  o.steps = flags.GetInt("steps"), o.warmup = flags.GetInt("warmup");
+  o.seed = static_cast<uint64_t>(flags.GetInt("seed"));
+  DSV4_ASSIGN_OR_RETURN(const RuntimeOptions options, RuntimeOptionsFromFlags(flags));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> rt, Runtime::Open(options));
+  // The triad runs right before every timed step: each step's bandwidth is set against the limit
+  // measured under the same conditions (the median of those ratios is reported).
+  StreamTriad triad;
+  o.triad = &triad;
+  o.compare_short = o.context > 0;
+  DSV4_ASSIGN_OR_RETURN(const DecodeBenchResult r, RunDecodeBench(rt->model(), o));
+  f.stream_gbps = r.median_stream_gbps;
+  f.ratio_to_stream = r.median_ratio_to_stream;
+  f.short_tokens_per_s = r.short_tokens_per_s, f.context_speed_ratio = r.context_speed_ratio;
+  f.peak = MeasurePeakGflops();
+  f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_step_seconds * 1e3, f.work = r.work;
+  f.cpu_utilization = r.cpu_utilization;
+  PrintFigures("decode", f, flags.GetBool("json"));
+  return absl::OkStatus();
+}
+
+void PrefillFlags(Flags& flags) {
+  AddModelBenchFlags(flags, "prompt tokens prefilled per sequence", 512);
+  flags.SetDefault("steps", "2").SetDefault("warmup", "1");
+}
+
+absl::Status Prefill(const Flags& flags) {
+  BenchFigures f = CommonFigures(flags);
+  PrefillBenchOptions o;
+  o.tokens = f.context, o.batch = f.batch;
+  o.iters = flags.GetInt("steps"), o.warmup = flags.GetInt("warmup");
+  o.seed = static_cast<uint64_t>(flags.GetInt("seed"));
+  if (o.tokens < 1) return absl::InvalidArgumentError("--context must be at least 1 for a prefill");
+  DSV4_ASSIGN_OR_RETURN(const RuntimeOptions options, RuntimeOptionsFromFlags(flags));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> rt, Runtime::Open(options));
+  DSV4_ASSIGN_OR_RETURN(const PrefillBenchResult r, RunPrefillBench(rt->model(), o));
+  f.stream_gbps = MeasureStreamTriadGBps();
+  f.peak = MeasurePeakGflops();
+  f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_seconds * 1e3, f.work = r.work;
+  f.cpu_utilization = r.cpu_utilization;
+  PrintFigures("prefill", f, flags.GetBool("json"));
+  return absl::OkStatus();
+}
+
+}  // namespace dsv4::bench

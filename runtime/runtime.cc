@@ -1,0 +1,92 @@
+#include "runtime/runtime.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace dsv4 {
+
+void AddRuntimeFlags(Flags& flags) {
+  const RuntimeOptions d;
+  flags.String("model", d.model, "checkpoint directory or built-in model name")
+      .Bool("qdq", d.qdq, "reproduce the reference's quantization simulation")
+      .Int("threads", d.threads, "CPU threads per rank (0 = one per core available to the rank)", 0, kMaxCpuThreads)
+      .Int("tp", d.tp, "tensor-parallel ranks for attention (divides the world)", 1, 1 << 16)
+      .Int("ep", d.ep, "expert-parallel ranks (0 = the whole world)", 0, 1 << 16)
+      .Double("comm-timeout-s", d.comm_timeout_s, "seconds a collective may wait for a peer before the job fails",
+              0.001, 86400)
+      .String("engram-placement", "local",
+              "Engram tables: local (every rank holds them whole), node (sharded over the node's ranks) or world "
+              "(sharded over all ranks, read with one-sided MPI gets)");
+}
+
+absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
+  RuntimeOptions o;
+  o.model = flags.GetString("model");
+  o.qdq = flags.GetBool("qdq");
+  o.threads = static_cast<int>(flags.GetInt("threads"));
+  o.tp = static_cast<int>(flags.GetInt("tp"));
+  o.ep = static_cast<int>(flags.GetInt("ep"));
+  o.comm_timeout_s = flags.GetDouble("comm-timeout-s");
+  DSV4_ASSIGN_OR_RETURN(o.engram_placement, ParseEngramPlacement(flags.GetString("engram-placement")));
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
+  if (options.threads < 0 || options.threads > kMaxCpuThreads)
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads must be in [0, ", kMaxCpuThreads, "], got ", options.threads));
+  if (!(options.comm_timeout_s > 0)) return absl::InvalidArgumentError("the communication timeout must be positive");
+  if (options.threads > 0) kernels::SetNumThreads(options.threads);
+
+  std::unique_ptr<Communicator> world;
+  if (LaunchedByMpirun()) {
+    DSV4_ASSIGN_OR_RETURN(world, MakeMpiWorldCommunicator());
+  } else {
+    world = MakeLocalCommunicator();
+  }
+  world->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(options.comm_timeout_s * 1000)));
+  log::SetRank(world->rank());
+
+  std::unique_ptr<Runtime> rt(new Runtime(options));
+  // The layout is validated against the model's sizes once its config is read; the weights are
+  // then loaded for this rank's slice only.
+  DSV4_ASSIGN_OR_RETURN(
+      std::unique_ptr<ModelWeights> weights,
+      LoadModel(options.model, [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
+        const ShardedDims dims{c.num_attention_heads, c.o_groups, c.n_routed_experts};
+        DSV4_ASSIGN_OR_RETURN(rt->groups_, MakeParallelGroups(std::move(world), options.tp, options.ep, dims));
+        const ParallelContext& ctx = rt->groups_->ctx;
+        LoadOptions load;
+        load.tp_rank = ctx.layout.tp_rank, load.tp_size = ctx.layout.tp;
+        load.owns_expert = [&ctx](int64_t, int64_t e) { return ctx.placement.Holds(ctx.layout.ep_rank, e); };
+        return load;
+      }));
+  ForwardOptions forward;
+  forward.qdq = options.qdq;
+  rt->model_ =
+      std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(weights)), forward, &rt->groups_->ctx);
+  DSV4_RETURN_IF_ERROR(rt->PlaceEngramTables());
+  DSV4_LOG(kDebug, "opened ", options.model, " (", rt->layout().ToString(), ")");
+  return rt;
+}
+
+// Shards the Engram tables over the node's or the world's ranks when asked (collective).
+absl::Status Runtime::PlaceEngramTables() {
+  if (!model_->has_engram() || options_.engram_placement == EngramPlacement::kLocal) return absl::OkStatus();
+  Communicator* comm = groups_->world.get();
+  if (options_.engram_placement == EngramPlacement::kNode) {
+    DSV4_ASSIGN_OR_RETURN(engram_comm_, groups_->world->SplitNode("engram-node"));
+    comm = engram_comm_.get();
+  }
+  DSV4_ASSIGN_OR_RETURN(
+      std::shared_ptr<ShardedEngramRowSource> source,
+      ShardedEngramRowSource::Create(*comm, model_->EngramTables(), model_->config().engram_head_dim));
+  model_->SetEngramRowSource(std::move(source));
+  return absl::OkStatus();
+}
+
+}  // namespace dsv4

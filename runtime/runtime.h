@@ -1,0 +1,58 @@
+// The assembly of a running model on this rank, in one pass: the world (MPI under mpirun, else a
+// world of one), the layout and its TP/EP groups, this rank's slice of the weights, the model,
+// and where its Engram tables live. Commands, the server and benchmarks open one Runtime and use
+// its parts; nothing else wires them together.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "base/flags.h"
+#include "parallel/layout.h"
+#include "runtime/engram/sharded_source.h"
+#include "runtime/model/model.h"
+
+namespace dsv4 {
+
+// The most CPU threads a rank may ask for (more is a mistake, not a machine).
+inline constexpr int kMaxCpuThreads = 1024;
+
+struct RuntimeOptions {
+  std::string model = "builtin:v4-tiny";  // checkpoint directory or built-in name
+  bool qdq = true;                        // the reference's deliberate rounding steps
+  int threads = 0;                        // CPU threads per rank (0: one per available core)
+  int tp = 1;                             // tensor-parallel ranks for attention
+  int ep = 0;                             // expert-parallel ranks (0: the whole world)
+  double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
+  EngramPlacement engram_placement = EngramPlacement::kLocal;
+};
+
+// The flags of every command that runs the model: --model, --qdq, --threads, --tp, --ep,
+// --comm-timeout-s, --engram-placement; and the options they give.
+void AddRuntimeFlags(Flags& flags);
+absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags);
+
+class Runtime {
+ public:
+  // Collective under mpirun: every rank opens its share. Errors name the bad option or file.
+  static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options);
+
+  Model& model() const { return *model_; }
+  Communicator& world() const { return *groups_->world; }
+  const ParallelContext& parallel() const { return groups_->ctx; }
+  const ParallelLayout& layout() const { return groups_->ctx.layout; }
+  bool leader() const { return layout().rank == 0; }
+  const RuntimeOptions& options() const { return options_; }
+
+ private:
+  explicit Runtime(RuntimeOptions options) : options_(std::move(options)) {}
+  absl::Status PlaceEngramTables();
+
+  RuntimeOptions options_;
+  std::unique_ptr<ParallelGroups> groups_;
+  std::unique_ptr<Communicator> engram_comm_;  // the ranks sharing the Engram tables (node placement)
+  std::unique_ptr<Model> model_;
+};
+
+}  // namespace dsv4
