@@ -68,9 +68,7 @@ absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenc
   }
   CommBenchResult r;
   r.ranks = P;
-  auto t_ours = MedianOfMax(ep, ours);
-  if (!t_ours.ok()) return t_ours.status();
-  r.dispatch_combine_s = *t_ours;
+  DSV4_ASSIGN_OR_RETURN(r.dispatch_combine_s, MedianOfMax(ep, ours));
 
   // The same bytes, per peer, through MPI_Alltoallv: dispatch's counts, then combine's.
   std::vector<float> counts_f(1, static_cast<float>(disp.bytes_moved()));
@@ -113,9 +111,7 @@ absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenc
                     comm);
       if (it >= cfg.warmup) raw.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     }
-    auto t_raw = MedianOfMax(ep, raw);
-    if (!t_raw.ok()) return t_raw.status();
-    r.raw_alltoallv_s = *t_raw;
+    DSV4_ASSIGN_OR_RETURN(r.raw_alltoallv_s, MedianOfMax(ep, raw));
   }
 #endif
   r.dispatch_combine_gbps = r.bytes_per_rank / r.dispatch_combine_s / 1e9;

@@ -270,9 +270,8 @@ absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, cons
   std::string type = "deepseek_v4";
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) type = it->get<std::string>();
   if (type == "deepseek_v4") {
-    auto c = ParseModelConfig(json_text, source);
-    if (!c.ok()) return c.status();
-    return PresetFromModelConfig(*c, source);
+    DSV4_ASSIGN_OR_RETURN(auto c, ParseModelConfig(json_text, source));
+    return PresetFromModelConfig(c, source);
   }
   if (type == "deepseek_v3" || type == "deepseek_v32" || type == "kimi_k2" || type == "deepseek_v2")
     return ParseMlaConfig(j, source);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "cluster/simulator.h"
 
 namespace dsv4::cluster {
@@ -426,9 +427,8 @@ double CapacityForDevices(const CapacityResult& c, int unit_devices, int devices
 }
 
 absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanOptions& options) {
-  auto resolved = Resolve(s, catalog);
-  if (!resolved.ok()) return resolved.status();
-  const Resolved& r = *resolved;
+  DSV4_ASSIGN_OR_RETURN(auto resolved, Resolve(s, catalog));
+  const Resolved& r = resolved;
   if (options.profile != nullptr && !options.profile->device.empty() && options.profile->device != r.device.name)
     return absl::InvalidArgumentError(absl::StrCat("--profile: measured on '", options.profile->device,
                                                    "' but scenario.hardware.device is '", r.device.name, "'"));
@@ -495,10 +495,9 @@ absl::StatusOr<Validation> Validate(const std::string& json_text, const std::str
     if (!pt.is_object() || !pt.contains("scenario") || !pt.contains("measured") || !pt["measured"].is_object())
       return absl::InvalidArgumentError(absl::StrCat(where, ": needs \"scenario\" and \"measured\" objects"));
     const std::string name = pt.value("name", absl::StrCat("point ", i));
-    auto s = ParseScenario(pt["scenario"].dump(), where);
-    if (!s.ok()) return s.status();
-    if (s->name.empty()) s->name = name;
-    auto answer = Plan(*s, catalog, options);
+    DSV4_ASSIGN_OR_RETURN(auto s, ParseScenario(pt["scenario"].dump(), where));
+    if (s.name.empty()) s.name = name;
+    auto answer = Plan(s, catalog, options);
     if (!answer.ok()) return absl::Status(answer.status().code(), absl::StrCat(where, ": ", answer.status().message()));
     for (auto m = pt["measured"].begin(); m != pt["measured"].end(); ++m) {
       if (!m.value().is_number() || m.value().get<double>() <= 0) continue;

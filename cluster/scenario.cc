@@ -240,16 +240,13 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog) {
   auto model = LoadPreset(s.model);
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat("scenario.model: ", model.status().message()));
   r.model = *model;
-  auto device = catalog.FindDevice(s.device, "scenario.hardware.device");
-  if (!device.ok()) return device.status();
-  r.device = *device;
+  DSV4_ASSIGN_OR_RETURN(auto device, catalog.FindDevice(s.device, "scenario.hardware.device"));
+  r.device = device;
   r.eff = catalog.EfficiencyFor(r.device);
   r.scale_up = catalog.ScaleUpLink(r.device);
   const std::string nic = s.scale_out.empty() ? r.device.scale_out : s.scale_out;
   if (!nic.empty()) {
-    auto l = catalog.FindNic(nic, "scenario.hardware.scale_out");
-    if (!l.ok()) return l.status();
-    r.scale_out = *l;
+    DSV4_ASSIGN_OR_RETURN(r.scale_out, catalog.FindNic(nic, "scenario.hardware.scale_out"));
   }
   r.world = s.World();
   auto bad = [](const std::string& field, const std::string& what) {

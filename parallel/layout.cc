@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 
 namespace dsv4 {
 
@@ -77,21 +78,16 @@ bool ExpertPlacement::Holds(int rank, int64_t expert) const {
 
 absl::StatusOr<std::unique_ptr<ParallelGroups>> MakeParallelGroups(std::unique_ptr<Communicator> world, int tp, int ep,
                                                                    const ShardedDims& dims) {
-  auto layout = ParallelLayout::Make(world->size(), world->rank(), tp, ep, dims);
-  if (!layout.ok()) return layout.status();
+  DSV4_ASSIGN_OR_RETURN(auto layout, ParallelLayout::Make(world->size(), world->rank(), tp, ep, dims));
   auto g = std::make_unique<ParallelGroups>();
-  auto tpc = world->Split(layout->dp_rank, layout->tp_rank, "tp");
-  if (!tpc.ok()) return tpc.status();
-  auto epc = world->Split(layout->ep_group, layout->ep_rank, "ep");
-  if (!epc.ok()) return epc.status();
+  DSV4_ASSIGN_OR_RETURN(g->tp, world->Split(layout.dp_rank, layout.tp_rank, "tp"));
+  DSV4_ASSIGN_OR_RETURN(g->ep, world->Split(layout.ep_group, layout.ep_rank, "ep"));
   g->world = std::move(world);
-  g->tp = std::move(*tpc);
-  g->ep = std::move(*epc);
-  g->ctx.layout = *layout;
+  g->ctx.layout = layout;
   g->ctx.world = g->world.get();
   g->ctx.tp = g->tp.get();
   g->ctx.ep = g->ep.get();
-  g->ctx.placement = ExpertPlacement::Contiguous(dims.num_experts, layout->ep);
+  g->ctx.placement = ExpertPlacement::Contiguous(dims.num_experts, layout.ep);
   return g;
 }
 

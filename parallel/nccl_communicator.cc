@@ -100,8 +100,8 @@ class NcclComm final : public NcclCommunicator {
       return absl::InvalidArgumentError(absl::StrCat("Broadcast: root ", root, " outside [0, ", size_, ")"));
     DSV4_RETURN_IF_ERROR(Ready("Broadcast"));
     if (bytes == 0) return absl::OkStatus();
-    auto st = Enqueued("Broadcast", ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclInt8, root, comm_, stream_));
-    if (!st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(
+        Enqueued("Broadcast", ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclInt8, root, comm_, stream_)));
     return Synchronize(stream_);
   }
 

@@ -58,9 +58,7 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   // The previous micro-batch on this stream is done before its workspace is reused (bounded wait).
   DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));
   pool_->Reset();
-  absl::StatusOr<MoeSendPlan> plan = PlanMoeSend(*placement_, experts, weights, n, K, token_base);
-  if (!plan.ok()) return plan.status();
-  send_ = *std::move(plan);
+  DSV4_ASSIGN_OR_RETURN(send_, PlanMoeSend(*placement_, experts, weights, n, K, token_base));
   const int ep = comm_->size();
   if (send_.ep != ep) return absl::InvalidArgumentError("MoE exchange: placement and communicator sizes differ");
 
@@ -118,10 +116,8 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
       recv_expert[r * K + j] = recv_records[r * rec + j];
       std::memcpy(&recv_weight[r * K + j], &recv_records[r * rec + K + j], sizeof(float));
     }
-  absl::StatusOr<ExpertGroups> groups =
-      PlanExpertGroups(*placement_, comm_->rank(), recv_expert.data(), recv_weight.data(), received, K);
-  if (!groups.ok()) return groups.status();
-  groups_ = *std::move(groups);
+  DSV4_ASSIGN_OR_RETURN(
+      groups_, PlanExpertGroups(*placement_, comm_->rank(), recv_expert.data(), recv_weight.data(), received, K));
 
   // Every plan array goes up now, while the stream is idle: copies from pageable memory wait for the
   // stream, so none may follow the rows in flight.

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "rpc/grpc_status.h"
 
 namespace dsv4 {
@@ -17,10 +18,9 @@ void SetTimeout(grpc::ClientContext& ctx, absl::Duration timeout) {
 
 absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Connect(const std::string& address,
                                                                           const ClientSecurity& security) {
-  auto channel = MakeChannel(address, security);
-  if (!channel.ok()) return channel.status();
+  DSV4_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, security));
   auto c = std::make_unique<InferenceClient>();
-  c->channel_ = *channel;
+  c->channel_ = channel;
   c->stub_ = v1::Inference::NewStub(c->channel_);
   c->health_ = grpc::health::v1::Health::NewStub(c->channel_);
   c->security_ = security;
@@ -104,10 +104,9 @@ absl::StatusOr<v1::ServerInfo> InferenceClient::ServerInfo() {
 
 absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& address,
                                                                       const ClientSecurity& security) {
-  auto channel = MakeChannel(address, security, 1 << 20);
-  if (!channel.ok()) return channel.status();
+  DSV4_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, security, 1 << 20));
   auto c = std::make_unique<ControlClient>();
-  c->channel_ = *channel;
+  c->channel_ = channel;
   c->stub_ = v1::ControlPlane::NewStub(c->channel_);
   c->security_ = security;
   return c;

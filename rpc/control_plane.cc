@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 #include "rpc/grpc_status.h"
 
 namespace dsv4 {
@@ -207,12 +208,11 @@ grpc::Status Coordinator::Shutdown(grpc::ServerContext*, const v1::ShutdownReque
 
 absl::StatusOr<ControlServer> StartControlServer(const std::string& host, int port, const ServerSecurity& security,
                                                  Coordinator* coordinator) {
-  auto creds = MakeServerCredentials(security);
-  if (!creds.ok()) return creds.status();
+  DSV4_ASSIGN_OR_RETURN(auto creds, MakeServerCredentials(security));
   ControlServer out;
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(host, ":", port);
-  builder.AddListeningPort(address, *creds, &out.port);
+  builder.AddListeningPort(address, creds, &out.port);
   builder.RegisterService(coordinator);
   builder.SetMaxReceiveMessageSize(1 << 20);
   out.server = builder.BuildAndStart();
@@ -227,9 +227,8 @@ absl::StatusOr<std::unique_ptr<WorkerAgent>> WorkerAgent::Join(const std::string
                                                                const ClientSecurity& security,
                                                                const v1::JoinRequest& request, absl::Duration timeout) {
   std::unique_ptr<WorkerAgent> a(new WorkerAgent());
-  auto channel = MakeChannel(address, security, 1 << 20);
-  if (!channel.ok()) return channel.status();
-  a->channel_ = *channel;
+  DSV4_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, security, 1 << 20));
+  a->channel_ = channel;
   a->stub_ = v1::ControlPlane::NewStub(a->channel_);
   a->security_ = security;
   a->rank_ = request.rank();

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "rpc/grpc_status.h"
 
 namespace dsv4 {
@@ -165,8 +166,7 @@ class InferenceServer::Service final : public v1::Inference::Service {
 
 absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const EndpointOptions& options,
                                                                         ServerIdentity identity) {
-  auto creds = MakeServerCredentials(options.security);
-  if (!creds.ok()) return creds.status();
+  DSV4_ASSIGN_OR_RETURN(auto creds, MakeServerCredentials(options.security));
   std::unique_ptr<InferenceServer> s(new InferenceServer());
   s->service_ = std::make_unique<Service>(std::move(identity));
   grpc::EnableDefaultHealthCheckService(true);
@@ -174,7 +174,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const En
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host.find(':') != std::string::npos ? "[" : "", options.host,
                                            options.host.find(':') != std::string::npos ? "]" : "", ":", options.port);
-  builder.AddListeningPort(address, *creds, &s->port_);
+  builder.AddListeningPort(address, creds, &s->port_);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);

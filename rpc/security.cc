@@ -71,12 +71,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (s.tls_cert_file.empty() != s.tls_key_file.empty())
     return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
   if (!s.tls_cert_file.empty()) {
-    auto cert = ReadSmallFile(s.tls_cert_file);
-    if (!cert.ok()) return cert.status();
-    auto key = ReadSmallFile(s.tls_key_file);
-    if (!key.ok()) return key.status();
+    DSV4_ASSIGN_OR_RETURN(auto cert, ReadSmallFile(s.tls_cert_file));
+    DSV4_ASSIGN_OR_RETURN(auto key, ReadSmallFile(s.tls_key_file));
     grpc::SslServerCredentialsOptions opt;
-    opt.pem_key_cert_pairs.push_back({*key, *cert});
+    opt.pem_key_cert_pairs.push_back({key, cert});
     if (!s.tls_client_ca_file.empty()) {
       auto ca = ReadSmallFile(s.tls_client_ca_file);
       if (!ca.ok()) return ca.status();
@@ -101,17 +99,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   if (s.tls) {
     grpc::SslCredentialsOptions opt;
     if (!s.tls_ca_file.empty()) {
-      auto ca = ReadSmallFile(s.tls_ca_file);
-      if (!ca.ok()) return ca.status();
-      opt.pem_root_certs = *ca;
+      DSV4_ASSIGN_OR_RETURN(auto ca, ReadSmallFile(s.tls_ca_file));
+      opt.pem_root_certs = ca;
     }
     if (!s.tls_cert_file.empty()) {
-      auto cert = ReadSmallFile(s.tls_cert_file);
-      if (!cert.ok()) return cert.status();
-      auto key = ReadSmallFile(s.tls_key_file);
-      if (!key.ok()) return key.status();
-      opt.pem_cert_chain = *cert;
-      opt.pem_private_key = *key;
+      DSV4_ASSIGN_OR_RETURN(auto cert, ReadSmallFile(s.tls_cert_file));
+      DSV4_ASSIGN_OR_RETURN(auto key, ReadSmallFile(s.tls_key_file));
+      opt.pem_cert_chain = cert;
+      opt.pem_private_key = key;
     }
     creds = grpc::SslCredentials(opt);
   } else {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {
@@ -22,9 +23,9 @@ class ShardedFetch final : public EngramFetch {
 
   absl::Status Wait() override {
     if (!gather_) return absl::FailedPreconditionError("Engram fetch waited on twice");
-    absl::Status st = gather_->Wait();
+    const absl::Status st = gather_->Wait();
     gather_.reset();
-    if (!st.ok()) return st;
+    DSV4_RETURN_IF_ERROR(st);
     const int64_t ns = hd_ / 32, row = hd_ + ns;
     for (int64_t i = 0; i < n_; ++i) {
       const uint8_t* src = &staging_[i * row];
@@ -79,11 +80,10 @@ absl::StatusOr<std::unique_ptr<EngramFetch>> ShardedEngramRowSource::Start(int64
   const int64_t n = static_cast<int64_t>(row_ids.size());
   std::vector<uint8_t> staging(n * store_->row_bytes());
   std::vector<int64_t> ids(row_ids.begin(), row_ids.end());
-  auto gather = store_->Start(static_cast<int>(engram_index), ids, staging.data());
-  if (!gather.ok()) return gather.status();
+  DSV4_ASSIGN_OR_RETURN(auto gather, store_->Start(static_cast<int>(engram_index), ids, staging.data()));
   // `ids` and `staging` move into the fetch: vector moves keep their heap buffers in place.
   return std::unique_ptr<EngramFetch>(
-      new ShardedFetch(std::move(*gather), std::move(staging), n, head_dim_, codes_out, scales_out, std::move(ids)));
+      new ShardedFetch(std::move(gather), std::move(staging), n, head_dim_, codes_out, scales_out, std::move(ids)));
 }
 
 }  // namespace dsv4

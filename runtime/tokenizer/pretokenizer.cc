@@ -274,18 +274,16 @@ absl::Status PreTokenizer::AddStep(const nlohmann::json& j, bool& saw_byte_level
     auto compiled = Regex::Compile(regex);
     if (!compiled.ok()) return absl::InvalidArgumentError(absl::StrCat("pre_tokenizer: ", compiled.status().message()));
     step.regex = std::move(*compiled);
-    auto behavior = ParseBehavior(j.value("behavior", ""));
-    if (!behavior.ok()) return behavior.status();
-    step.behavior = *behavior;
+    DSV4_ASSIGN_OR_RETURN(auto behavior, ParseBehavior(j.value("behavior", "")));
+    step.behavior = behavior;
     step.invert = j.value("invert", false);
   } else if (type == "ByteLevel") {
     saw_byte_level = true;
     if (j.value("add_prefix_space", false))
       return absl::UnimplementedError("pre_tokenizer: ByteLevel with add_prefix_space is not supported");
     if (!j.value("use_regex", true)) return absl::OkStatus();
-    auto compiled = Regex::Compile(kByteLevelPattern);
-    if (!compiled.ok()) return compiled.status();
-    step.regex = std::move(*compiled);
+    DSV4_ASSIGN_OR_RETURN(auto compiled, Regex::Compile(kByteLevelPattern));
+    step.regex = std::move(compiled);
   } else {
     return absl::UnimplementedError(absl::StrCat("pre_tokenizer: unsupported type '", type, "'"));
   }
