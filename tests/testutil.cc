@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "base/env.h"
+#include "runtime/builtin.h"
 
 namespace dsv4::testing {
 
@@ -101,6 +102,32 @@ std::string TempDir() {
   if (mkdtemp(tmpl.data()) == nullptr) return "";
   TempDirs().push_back(tmpl);
   return tmpl;
+}
+
+nlohmann::json TinyConfig() {
+  auto j = nlohmann::json::parse(BuiltinConfigJson("v4-tiny").value());
+  j["vocab_size"] = 512;
+  return j;
+}
+
+nlohmann::json SmallConfig() {
+  auto j = TinyConfig();
+  j["sliding_window"] = 8;
+  j["compress_ratios"] = {0, 4, 128, 4, 0};
+  j["index_topk"] = 3;
+  return j;
+}
+
+std::unique_ptr<Model> MakeTestModel(const nlohmann::json& config, bool qdq, uint64_t seed) {
+  auto b = MakeRandomModel(config.dump(), seed, "test-model");
+  EXPECT_TRUE(b.ok()) << b.status();
+  if (!b.ok()) return nullptr;
+  auto w = LoadWeights(b->checkpoint, b->config);
+  EXPECT_TRUE(w.ok()) << w.status();
+  if (!w.ok()) return nullptr;
+  ForwardOptions opt;
+  opt.qdq = qdq;
+  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), opt);
 }
 
 }  // namespace dsv4::testing

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "nlohmann/json.hpp"
+#include "runtime/model/model.h"
 #include "runtime/safetensors.h"
 
 namespace dsv4::testing {
@@ -35,5 +37,13 @@ std::vector<int64_t> ReadI64(const SafetensorsFile& f, const std::string& name);
 
 // A fresh temporary directory, removed at process exit.
 std::string TempDir();
+
+// builtin:v4-tiny's config with a 512-token vocabulary (every kind of layer, small and fast).
+nlohmann::json TinyConfig();
+// The same with a window of 8 and top-3 indexer blocks over layers [0, 4, 128, 4, 0], so short
+// sequences cross the window and every kind of compressed block.
+nlohmann::json SmallConfig();
+// A model of `config` with seeded random weights in the released formats, built in memory.
+std::unique_ptr<Model> MakeTestModel(const nlohmann::json& config, bool qdq = true, uint64_t seed = 1);
 
 }  // namespace dsv4::testing

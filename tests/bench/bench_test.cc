@@ -10,20 +10,13 @@
 #include "bench/model_bench.h"
 #include "runtime/builtin.h"
 #include "runtime/model/model.h"
+#include "tests/testutil.h"
 
 namespace dsv4 {
 namespace {
 
 // v4-tiny (16 experts, top-4, 5 layers) with a small vocabulary.
-std::unique_ptr<Model> TinyModel() {
-  auto j = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
-  j["vocab_size"] = 512;
-  auto b = MakeRandomModel(j.dump(), 7, "bench-test-model");
-  EXPECT_TRUE(b.ok()) << b.status();
-  auto w = LoadWeights(b->checkpoint, b->config);
-  EXPECT_TRUE(w.ok()) << w.status();
-  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), ForwardOptions{});
-}
+std::unique_ptr<Model> TinyModel() { return testing::MakeTestModel(testing::TinyConfig(), /*qdq=*/true, 7); }
 
 double WeightBytesPerStep(const Model& m, int64_t batch) {
   bench::DecodeBenchOptions o;

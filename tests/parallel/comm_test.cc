@@ -9,17 +9,12 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "tests/mpi_main.h"
 
 namespace dsv4 {
 namespace {
 
-std::unique_ptr<Communicator> World() {
-  if (!LaunchedByMpirun()) return MakeLocalCommunicator();
-  auto w = MakeMpiWorldCommunicator();
-  EXPECT_TRUE(w.ok()) << w.status();
-  (*w)->set_timeout(std::chrono::seconds(30));
-  return std::move(*w);
-}
+using testing::World;
 
 float Tag(int rank, int64_t i) { return static_cast<float>(rank * 1000 + i); }
 
@@ -134,17 +129,3 @@ TEST(Comm, AbortFailsPromptly) {
 
 }  // namespace
 }  // namespace dsv4
-
-// MPI must be initialized before the tests and finalized after them.
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  dsv4::MpiSession mpi(&argc, &argv);
-  int rank = 0;
-  if (dsv4::LaunchedByMpirun()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  // Rank 0 prints the full report, the others only their failures; any rank's failure fails all.
-  if (rank != 0) GTEST_FLAG_SET(brief, true);
-  const int rc = RUN_ALL_TESTS();
-  int worst = rc;
-  if (dsv4::LaunchedByMpirun()) MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return worst;
-}

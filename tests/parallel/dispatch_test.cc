@@ -9,17 +9,12 @@
 
 #include "parallel/layout.h"
 #include "parallel/moe_dispatch.h"
+#include "tests/mpi_main.h"
 
 namespace dsv4 {
 namespace {
 
-std::unique_ptr<Communicator> World() {
-  if (!LaunchedByMpirun()) return MakeLocalCommunicator();
-  auto w = MakeMpiWorldCommunicator();
-  EXPECT_TRUE(w.ok()) << w.status();
-  (*w)->set_timeout(std::chrono::seconds(30));
-  return std::move(*w);
-}
+using testing::World;
 
 float ExpertFn(int32_t e, float x) { return (e + 1) * x + e; }
 
@@ -129,15 +124,3 @@ TEST(Layout, OneGpuPerRank) {
 
 }  // namespace
 }  // namespace dsv4
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  dsv4::MpiSession mpi(&argc, &argv);
-  int rank = 0;
-  if (dsv4::LaunchedByMpirun()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) GTEST_FLAG_SET(brief, true);
-  const int rc = RUN_ALL_TESTS();
-  int worst = rc;
-  if (dsv4::LaunchedByMpirun()) MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return worst;
-}

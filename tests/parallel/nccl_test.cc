@@ -14,11 +14,10 @@
 #include "parallel/layout.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/nccl_moe.h"
+#include "tests/mpi_main.h"
 
 namespace dsv4 {
 namespace {
-
-Communicator* g_world = nullptr;
 
 template <typename T>
 struct Dev {
@@ -45,11 +44,13 @@ class Nccl : public ::testing::Test {
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < 1) GTEST_SKIP() << "no CUDA device";
     const LocalRank local = LocalRankFromEnv();
     if (devices < local.size) GTEST_SKIP() << devices << " GPUs for " << local.size << " local ranks";
-    auto c = MakeNcclCommunicator(*g_world, local.rank, "nccl");
+    world_ = testing::World();
+    auto c = MakeNcclCommunicator(*world_, local.rank, "nccl");
     ASSERT_TRUE(c.ok()) << c.status();
     comm_ = std::move(*c);
     comm_->set_timeout(std::chrono::seconds(60));
   }
+  std::unique_ptr<Communicator> world_;
   std::unique_ptr<NcclCommunicator> comm_;
 };
 
@@ -144,17 +145,3 @@ TEST_F(Nccl, MoeExchangeMatchesDirect) {
 
 }  // namespace
 }  // namespace dsv4
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  dsv4::MpiSession mpi(&argc, &argv);
-  auto world = dsv4::LaunchedByMpirun() ? dsv4::MakeMpiWorldCommunicator()
-                                        : absl::StatusOr<std::unique_ptr<dsv4::Communicator>>(
-                                              dsv4::MakeLocalCommunicator());
-  if (!world.ok()) {
-    fprintf(stderr, "%s\n", world.status().ToString().c_str());
-    return 1;
-  }
-  dsv4::g_world = world->get();
-  return RUN_ALL_TESTS();
-}

@@ -1,6 +1,8 @@
 // The sharded row store under mpirun at 1..4 ranks. Every row's bytes encode the rank that filled
 // it and its own (table, row), so a reader can check both that it got the right row and that the
 // row came from the rank that owns that range.
+#include "parallel/row_store.h"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -8,18 +10,12 @@
 #include <random>
 #include <vector>
 
-#include "parallel/row_store.h"
+#include "tests/mpi_main.h"
 
 namespace dsv4 {
 namespace {
 
-std::unique_ptr<Communicator> World() {
-  if (!LaunchedByMpirun()) return MakeLocalCommunicator();
-  auto w = MakeMpiWorldCommunicator();
-  EXPECT_TRUE(w.ok()) << w.status();
-  (*w)->set_timeout(std::chrono::seconds(30));
-  return std::move(*w);
-}
+using testing::World;
 
 constexpr int64_t kRowBytes = 40;  // e.g. 32 FP8 codes + 1 scale, padded: any size works
 
@@ -76,15 +72,3 @@ TEST(RowStore, RowsComeFromTheirOwners) {
 
 }  // namespace
 }  // namespace dsv4
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  dsv4::MpiSession mpi(&argc, &argv);
-  int rank = 0;
-  if (dsv4::LaunchedByMpirun()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) GTEST_FLAG_SET(brief, true);
-  const int rc = RUN_ALL_TESTS();
-  int worst = rc;
-  if (dsv4::LaunchedByMpirun()) MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return worst;
-}

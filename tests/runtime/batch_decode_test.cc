@@ -30,20 +30,7 @@ namespace dsv4 {
 namespace {
 
 // v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both.
-std::unique_ptr<Model> MakeModel(bool qdq) {
-  auto j = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
-  j["vocab_size"] = 512;
-  j["sliding_window"] = 8;
-  j["compress_ratios"] = {0, 4, 128, 4, 0};
-  j["index_topk"] = 3;
-  auto b = MakeRandomModel(j.dump(), 5, "batch-test-model");
-  EXPECT_TRUE(b.ok()) << b.status();
-  auto w = LoadWeights(b->checkpoint, b->config);
-  EXPECT_TRUE(w.ok()) << w.status();
-  ForwardOptions opt;
-  opt.qdq = qdq;
-  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), opt);
-}
+std::unique_ptr<Model> MakeModel(bool qdq) { return testing::MakeTestModel(testing::SmallConfig(), qdq, 5); }
 
 std::vector<int32_t> Tokens(int64_t n, uint32_t seed) {
   std::vector<int32_t> t(n);

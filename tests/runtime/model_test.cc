@@ -12,24 +12,10 @@
 namespace dsv4 {
 namespace {
 
-// A small V4 config: window 8 so that short sequences cross it, every kind of layer.
-nlohmann::json SmallConfig() {
-  auto j = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
-  j["vocab_size"] = 512;
-  j["sliding_window"] = 8;
-  j["compress_ratios"] = {0, 4, 128, 4, 0};
-  j["index_topk"] = 3;
-  return j;
-}
+using testing::SmallConfig;
 
 std::unique_ptr<Model> MakeModel(const nlohmann::json& config, bool qdq, uint64_t seed = 1) {
-  auto b = MakeRandomModel(config.dump(), seed, "test-model");
-  EXPECT_TRUE(b.ok()) << b.status();
-  auto w = LoadWeights(b->checkpoint, b->config);
-  EXPECT_TRUE(w.ok()) << w.status();
-  ForwardOptions opt;
-  opt.qdq = qdq;
-  return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), opt);
+  return testing::MakeTestModel(config, qdq, seed);
 }
 
 std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed = 9) {
