@@ -321,17 +321,19 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
   if (config.has_engram()) {
     DSV4_ASSIGN_OR_RETURN(w->engram_hasher, EngramHasherFor(config, options));
   }
-  if (options.tp_size < 1 || options.tp_rank < 0 || options.tp_rank >= options.tp_size ||
-      config.num_attention_heads % options.tp_size != 0 || config.o_groups % options.tp_size != 0)
-    return absl::InvalidArgumentError(absl::StrCat("tensor-parallel slice ", options.tp_rank, "/", options.tp_size,
-                                                   " does not divide ", config.num_attention_heads, " heads and ",
-                                                   config.o_groups, " output groups"));
-  w->tp_rank = options.tp_rank, w->tp_size = options.tp_size;
+  // The slice comes from a validated layout (ParallelLayout::Make checks that tp divides the heads
+  // and output groups): anything else is a caller's bug.
+  DSV4_CHECK(options.tp_size >= 1 && options.tp_rank >= 0 && options.tp_rank < options.tp_size &&
+                 config.num_attention_heads % options.tp_size == 0 && config.o_groups % options.tp_size == 0,
+             "tensor-parallel slice ", options.tp_rank, "/", options.tp_size, " of ", config.num_attention_heads,
+             " heads and ", config.o_groups, " output groups");
   Reader r(*ckpt, config.fp8_block);
   const int64_t D = config.hidden_size, hc = config.hc_mult;
   w->embed = r.Linear("embed", config.vocab_size, D);
   w->head = r.Linear("head", config.vocab_size, D);
-  if (options.tp_size > 1 && config.vocab_size % options.tp_size == 0) {  // vocab-parallel head
+  // The one place that decides whether the vocab head is split over the TP group.
+  w->vocab_parallel_head = options.tp_size > 1 && config.vocab_size % options.tp_size == 0;
+  if (w->vocab_parallel_head) {
     const int64_t part = config.vocab_size / options.tp_size;
     w->head.row_begin = options.tp_rank * part, w->head.row_end = (options.tp_rank + 1) * part;
   }

@@ -87,7 +87,9 @@ struct ModelWeights {
   std::vector<float> norm;                                       // [D]
   std::vector<float> hc_head_fn, hc_head_base, hc_head_scale;    // [hc, hc*D], [hc], [1]
   std::vector<LayerWeights> layers;
-  int tp_rank = 0, tp_size = 1;  // the attention / head slice these views cover
+  // The vocab head's rows are split over the TP group (tp > 1 divides the vocabulary): each rank
+  // computes its part of the logits and the parts are gathered. Decided once, when loading.
+  bool vocab_parallel_head = false;
   // Engram hashing (tokenizer compression, multipliers, layout); null without Engram layers.
   std::shared_ptr<const EngramHasher> engram_hasher;
   std::shared_ptr<const Checkpoint> checkpoint;  // keeps the mappings alive

@@ -154,7 +154,7 @@ absl::Status Model::HeadBatch(const float* const* x_last, int64_t count, float* 
   }
   kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
   const WeightMatrix& head = w_->head;
-  if (head.rows() == V) {
+  if (!w_->vocab_parallel_head) {
     kernels::Linear(u.data(), count, D, head, logits, V);
     return absl::OkStatus();
   }

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "base/log.h"
 #include "base/status.h"
 
 namespace dsv4 {
@@ -295,6 +296,7 @@ void Engine::Stop() {
 void Engine::Fail(const absl::Status& status) {
   absl::MutexLock l(&mu_);
   if (state_ == EngineState::kFailed) return;
+  DSV4_LOG(kError, "the engine failed: ", status.message(), " (", requests_.size(), " requests in flight end with it)");
   state_ = EngineState::kFailed;
   fail_status_ = status;
   // Only the handles are touched here: the engine thread may be inside a step with the requests.
@@ -332,6 +334,16 @@ EngineStats Engine::Stats() const {
 }
 
 void Engine::FinishLocked(Request& r, FinishReason reason, const absl::Status& status) {
+  // One line per request: what came in, what went out, how it ended, how long the first token took.
+  const double ttft_ms = r.completion > 0 ? MsSince(r.arrival, r.first_token) : -1;
+  if (status.ok() || reason == FinishReason::kAbort) {
+    DSV4_LOG(kInfo, "request ", r.id, ": ", r.prompt_len, " prompt tokens, ", r.completion, " generated, finish ",
+             FinishReasonName(reason == FinishReason::kNone ? r.finished : reason), ", ttft ",
+             ttft_ms >= 0 ? absl::StrCat(static_cast<int64_t>(ttft_ms), " ms") : "none");
+  } else {
+    DSV4_LOG(kWarn, "request ", r.id, ": ", r.prompt_len, " prompt tokens, ", r.completion, " generated, ended with ",
+             status.ToString());
+  }
   if (reason == FinishReason::kAbort) {
     GenerateOutput out;
     out.finished = true;
@@ -455,6 +467,7 @@ absl::Status Engine::Run() {
         }
       }
     }
+    log::SetStep(plan.step);
     absl::Status st = BroadcastStep(world_, plan.step, plan);
     if (st.ok() && plan.stop) return absl::OkStatus();
     MaybeInjectFault(world_.rank(), plan.step);
@@ -485,11 +498,12 @@ absl::Status Engine::Run() {
 absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
                          std::atomic<int64_t>* cache_bytes) {
   // The logits matter only when the vocab head is split over the TP group (they are gathered).
-  const bool want_logits = model.weights().head.rows() != model.config().vocab_size;
+  const bool want_logits = model.weights().vocab_parallel_head;
   PlanExecutor executor(model, want_logits);
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
-    DSV4_RETURN_IF_ERROR(BroadcastStep(world, step, plan));
+    log::SetStep(step);
+    DSV4_RETURN_IF_ERROR(BroadcastStep(world, step, plan), "step ", step);
     if (plan.stop) return absl::OkStatus();
     MaybeInjectFault(world.rank(), step);
     DSV4_RETURN_IF_ERROR(executor.Execute(plan, nullptr));
