@@ -137,6 +137,54 @@ void SoftmaxPool(const float* const* values, const float* const* scores, int64_t
 // index first.
 void TopK(const float* x, int64_t n, int64_t k, int32_t* idx);
 
+// ---- the model's fused row operations (fused.cc), named and shaped as their CUDA twins -----------
+
+inline constexpr int kMaxHc = 16;  // residual streams the mHC kernels take
+
+// Clamped SwiGLU of the V4 experts: h = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp
+// when limit <= 0), times row_weight[t] when not null. g, u, h [m, I] with row stride ld; h may be g.
+void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
+            float* h);
+
+// mHC pre for tokens x [m, hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x) with fn
+// [hc*(hc+2), hc*D] dense, then HcSplitSinkhorn, then collapsed[t] [D] = sum_i pre_i x[t, i].
+// Writes post [m, hc] and comb [m, hc, hc] for HcPost. hc <= kMaxHc.
+void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb);
+// x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
+void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
+            int64_t ldx);
+
+// Compressor pooling (MODEL.md 2.3, before its norm / rotation / rounding). kv, score [rows, width]
+// (row stride ld); ape [ratio, width]. Output block b (< num_blocks) pools rows first_row + b*ratio
+// + i (i < ratio) with per-channel softmax weights score + ape[i]:
+//   no overlap (width = hd): channel ch of those rows;
+//   overlap (width = 2*hd):  channel hd+ch of those rows, then channel ch of the previous block's
+//                            rows first_row + (b-1)*ratio + i, all 2*ratio in one softmax, when b > 0
+//                            or first_has_prev.
+// out [num_blocks, hd] (row stride ldo). Sums run in that candidate order (SoftmaxPool).
+void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
+                  bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out, int64_t ldo);
+
+// Rope over `rows` rows of 2*half floats (row r at x + r*ldx) with table entry r / rows_per_entry
+// of cos / sin [entries, half].
+void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin, int64_t rows_per_entry,
+          bool inverse);
+// Hadamard of each row of x [m, n] (ld).
+void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale);
+// Top-k of each row of x [m, n] (ldx): row t has nvalid[t] valid leading entries (n when nvalid is
+// null); idx[t] [k] (ldidx) gets the indices of the min(k, nvalid[t]) largest (TopK's order), then -1s.
+void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
+          int64_t ldidx);
+// dst row r [row_bytes] (pitch dst_pitch) = src row ids[r] (pitch src_pitch); ids[r] < 0 zero-fills.
+void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                int64_t dst_pitch);
+// Ordered weighted combine: out[t] (+)= sum over j in [offsets[t], offsets[t+1]) of weights[j] *
+// src[src_rows[j]] (weight 1 when weights is null), summed in j order, each product rounded before
+// it is added. src [*, D] (lds), out [rows, D] (ldo).
+void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
+                 int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo);
+
 namespace ref {
 // Plain loops, obviously correct, no threads, no intrinsics.
 void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
@@ -145,6 +193,13 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score);
 void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out);
+// The fused operations in double precision.
+void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
+            float* h);
+void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb);
+void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
+                  bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out, int64_t ldo);
 }  // namespace ref
 
 }  // namespace dsv4::kernels

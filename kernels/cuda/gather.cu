@@ -20,7 +20,9 @@ __global__ void GatherRowsKernel(const char* src, int64_t src_pitch, const int64
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
 }
 
-// Thread per (row t, column c): the row's contributions in CSR order.
+// Thread per (row t, column c): the row's contributions in CSR order. Each product is rounded
+// before it is added (__fmul_rn / __fadd_rn are never contracted into an FMA), as the CPU's plain
+// loop does, so the two agree bit for bit.
 __global__ void CombineRowsKernel(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
                                   const float* weights, int64_t D, bool accumulate, float* out, int64_t ldo) {
   const int64_t t = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -28,7 +30,7 @@ __global__ void CombineRowsKernel(const float* src, int64_t lds, const int32_t* 
   float acc = accumulate ? out[t * ldo + c] : 0.f;
   for (int32_t e = offsets[t]; e < offsets[t + 1]; ++e) {
     const float v = src[static_cast<int64_t>(src_rows[e]) * lds + c];
-    acc += weights ? weights[e] * v : v;
+    acc = __fadd_rn(acc, weights ? __fmul_rn(weights[e], v) : v);
   }
   out[t * ldo + c] = acc;
 }

@@ -174,12 +174,7 @@ TEST_F(CudaKernels, SwiGlu) {
   for (float limit : {0.f, 10.f})
     for (bool weighted : {false, true}) {
       std::vector<float> want(m * ld, 0.f);
-      for (int64_t t = 0; t < m; ++t)
-        for (int64_t i = 0; i < I; ++i) {
-          float gv = g[t * ld + i], uv = u[t * ld + i];
-          if (limit > 0) uv = std::clamp(uv, -limit, limit), gv = std::min(gv, limit);
-          want[t * ld + i] = gv / (1.0f + std::exp(-gv)) * uv * (weighted ? w[t] : 1.f);
-        }
+      kernels::ref::SwiGlu(g.data(), u.data(), m, I, ld, weighted ? w.data() : nullptr, limit, want.data());
       DevVec<float> dg(g), du(u), dw(w), dh(std::vector<float>(m * ld, 0.f));
       ASSERT_EQ(SwiGlu(dg.get(), du.get(), m, I, ld, weighted ? dw.get() : nullptr, limit, dh.get(), stream_),
                 cudaSuccess);
@@ -191,27 +186,6 @@ TEST_F(CudaKernels, SwiGlu) {
 
 // ---- mHC -------------------------------------------------------------------------------------------
 
-// The plain-loop mHC pre/post of one token, composed from the CPU Sinkhorn.
-void HcPreRef(const float* x, int hc, int64_t D, const float* fn, const float* scale3, const float* base, int iters,
-              float norm_eps, float hc_eps, float* collapsed, float* post, float* comb) {
-  const int64_t width = hc * D, mix = hc * (hc + 2);
-  double ss = 0;
-  for (int64_t i = 0; i < width; ++i) ss += static_cast<double>(x[i]) * x[i];
-  const double rs = 1.0 / std::sqrt(ss / width + norm_eps);
-  std::vector<float> mixes(mix), pre(hc);
-  for (int64_t k = 0; k < mix; ++k) {
-    double dot = 0;
-    for (int64_t i = 0; i < width; ++i) dot += static_cast<double>(x[i]) * fn[k * width + i];
-    mixes[k] = static_cast<float>(dot * rs);
-  }
-  kernels::HcSplitSinkhorn(mixes.data(), scale3, base, hc, iters, hc_eps, pre.data(), post, comb);
-  for (int64_t d = 0; d < D; ++d) {
-    float u = 0.f;
-    for (int i = 0; i < hc; ++i) u += pre[i] * x[i * D + d];
-    collapsed[d] = u;
-  }
-}
-
 // Dots over hc*D elements in another order feed sigmoids and Sinkhorn: 1e-4 relative.
 TEST_F(CudaKernels, HcPreAndPost) {
   for (int hc : {1, 3, 4})
@@ -220,9 +194,8 @@ TEST_F(CudaKernels, HcPreAndPost) {
       const std::vector<float> x = Random(m * ldx), fn = Random(mix * width, 0.05f), base = Random(mix),
                                scale3 = {0.5f, 0.8f, 1.1f}, y = Random(m * D);
       std::vector<float> want_u(m * D), want_post(m * hc), want_comb(m * hc * hc);
-      for (int64_t t = 0; t < m; ++t)
-        HcPreRef(&x[t * ldx], hc, D, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, &want_u[t * D],
-                 &want_post[t * hc], &want_comb[t * hc * hc]);
+      kernels::ref::HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f,
+                          want_u.data(), want_post.data(), want_comb.data());
       DevVec<float> dx(x), dfn(fn), dbase(base), dscale(scale3), du(m * D), dpost(m * hc), dcomb(m * hc * hc), dy(y);
       ASSERT_EQ(HcPre(dx.get(), m, hc, D, ldx, dfn.get(), dscale.get(), dbase.get(), 20, 1e-6f, 1e-6f, du.get(),
                       dpost.get(), dcomb.get(), stream_),
@@ -382,35 +355,6 @@ TEST_F(CudaKernels, SparseAttentionMatchesCpu) {
       }
 }
 
-// The CPU compressor's pooling (runtime/model/attention.cc) as a plain loop over a row buffer.
-void CompressRef(const std::vector<float>& kv, const std::vector<float>& score, int64_t ld, const std::vector<float>& ape,
-                 int64_t ratio, int64_t hd, bool overlap, int64_t first_row, bool first_has_prev, int64_t blocks,
-                 std::vector<float>& out) {
-  const int64_t width = overlap ? 2 * hd : hd;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t cur = first_row + b * ratio, prev = cur - ratio;
-    const bool with_prev = overlap && (b > 0 || first_has_prev);
-    for (int64_t ch = 0; ch < hd; ++ch) {
-      const int64_t cc = overlap ? hd + ch : ch;
-      double mx = -INFINITY;
-      for (int64_t r = 0; r < ratio; ++r) mx = std::max<double>(mx, score[(cur + r) * ld + cc] + ape[r * width + cc]);
-      if (with_prev)
-        for (int64_t r = 0; r < ratio; ++r) mx = std::max<double>(mx, score[(prev + r) * ld + ch] + ape[r * width + ch]);
-      double num = 0, den = 0;
-      for (int64_t r = 0; r < ratio; ++r) {
-        const double p = std::exp(score[(cur + r) * ld + cc] + ape[r * width + cc] - mx);
-        den += p, num += p * kv[(cur + r) * ld + cc];
-      }
-      if (with_prev)
-        for (int64_t r = 0; r < ratio; ++r) {
-          const double p = std::exp(score[(prev + r) * ld + ch] + ape[r * width + ch] - mx);
-          den += p, num += p * kv[(prev + r) * ld + ch];
-        }
-      out[b * hd + ch] = static_cast<float>(num / den);
-    }
-  }
-}
-
 TEST_F(CudaKernels, CompressPool) {
   for (auto [ratio, overlap] : {std::pair<int64_t, bool>{4, true}, {128, false}, {3, false}, {2, true}})
     for (bool first_has_prev : {false, true}) {
@@ -418,7 +362,8 @@ TEST_F(CudaKernels, CompressPool) {
       const int64_t first_row = overlap ? ratio : 0, rows = first_row + blocks * ratio;
       const std::vector<float> kv = Random(rows * ld), score = Random(rows * ld, 2.f), ape = Random(ratio * width);
       std::vector<float> want(blocks * hd);
-      CompressRef(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, blocks, want);
+      kernels::ref::CompressPool(kv.data(), score.data(), ld, ape.data(), ratio, hd, overlap, first_row, first_has_prev,
+                                 blocks, want.data(), hd);
       DevVec<float> dkv(kv), dscore(score), dape(ape), dout(blocks * hd);
       ASSERT_EQ(CompressPool(dkv.get(), dscore.get(), ld, dape.get(), ratio, hd, overlap, first_row, first_has_prev,
                              blocks, dout.get(), hd, stream_),

@@ -1,0 +1,149 @@
+// The model's fused row operations (kernels/cpu/fused.cc) against plain loops: double-precision
+// twins for the ones that sum (mHC, pooling, SwiGLU), and the single-row kernels they batch for the
+// others (bit for bit). Awkward shapes: odd widths, strides past the row, hc of 1, 3 and 4.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/kernels.h"
+#include "tests/testutil.h"
+
+namespace dsv4::kernels {
+namespace {
+
+using dsv4::testing::AllClose;
+
+std::vector<float> Random(size_t n, float scale = 1.f, uint32_t seed = 7) {
+  std::mt19937 rng(seed + static_cast<uint32_t>(n));
+  std::normal_distribution<float> nd(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+bool SameBits(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+
+// Float against double: the float path's rounding of exp and of each product, 1e-6 relative.
+TEST(Fused, SwiGluMatchesDoubleLoop) {
+  const int64_t m = 9, I = 300, ld = 301;
+  const std::vector<float> g = Random(m * ld, 6.f), u = Random(m * ld, 6.f, 8), w = Random(m, 1.f, 9);
+  for (float limit : {0.f, 10.f})
+    for (bool weighted : {false, true}) {
+      std::vector<float> got(m * ld, 0.f), want(m * ld, 0.f);
+      SwiGlu(g.data(), u.data(), m, I, ld, weighted ? w.data() : nullptr, limit, got.data());
+      ref::SwiGlu(g.data(), u.data(), m, I, ld, weighted ? w.data() : nullptr, limit, want.data());
+      EXPECT_TRUE(AllClose("swiglu", got.data(), want.data(), got.size(), {.abs = 1e-6, .rel = 1e-6}))
+          << limit << " " << weighted;
+    }
+}
+
+// Dots over hc*D floats in another order than the double loop feed Sinkhorn: 1e-4 relative on the
+// collapse, 1e-5 absolute on the (bounded) mixing weights.
+TEST(Fused, HcPreMatchesDoubleLoopAndHcPostThePlainLoop) {
+  for (int hc : {1, 3, 4})
+    for (int64_t D : {1, 100, 517}) {
+      const int64_t m = 5, mix = int64_t{hc} * (hc + 2), width = hc * D, ldx = width + 4;
+      const std::vector<float> x = Random(m * ldx), fn = Random(mix * width, 0.05f, 3), base = Random(mix, 1.f, 4),
+                               scale3 = {0.5f, 0.8f, 1.1f}, y = Random(m * D, 1.f, 5);
+      std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc), want_u(m * D), want_post(m * hc),
+          want_comb(m * hc * hc);
+      HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, u.data(), post.data(),
+            comb.data());
+      ref::HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, want_u.data(),
+                 want_post.data(), want_comb.data());
+      const std::string tag = "hc " + std::to_string(hc) + " D " + std::to_string(D);
+      EXPECT_TRUE(AllClose("collapse " + tag, u.data(), want_u.data(), u.size(), {.abs = 1e-4, .rel = 1e-4}));
+      EXPECT_TRUE(AllClose("post " + tag, post.data(), want_post.data(), post.size(), {.abs = 1e-5}));
+      EXPECT_TRUE(AllClose("comb " + tag, comb.data(), want_comb.data(), comb.size(), {.abs = 1e-5}));
+
+      // Post: X'_j = post_j y + sum_i comb[i][j] X_i, in that order, as a plain loop.
+      std::vector<float> got_x = x, want_x = x;
+      HcPost(y.data(), D, post.data(), comb.data(), m, hc, D, got_x.data(), ldx);
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t d = 0; d < D; ++d)
+          for (int j = 0; j < hc; ++j) {
+            float o = post[t * hc + j] * y[t * D + d];
+            for (int i = 0; i < hc; ++i) o += comb[t * hc * hc + i * hc + j] * x[t * ldx + i * D + d];
+            want_x[t * ldx + j * D + d] = o;
+          }
+      for (size_t i = 0; i < got_x.size(); ++i) ASSERT_TRUE(SameBits(got_x[i], want_x[i])) << tag << " at " << i;
+    }
+}
+
+// Float softmax sums of up to 2*128 terms against a double loop: 1e-5.
+TEST(Fused, CompressPoolMatchesDoubleLoop) {
+  for (auto [ratio, overlap] : {std::pair<int64_t, bool>{4, true}, {128, false}, {3, false}, {2, true}})
+    for (bool first_has_prev : {false, true}) {
+      const int64_t hd = 72, width = overlap ? 2 * hd : hd, ld = width + 3, blocks = 5, ldo = hd + 1;
+      const int64_t first_row = overlap ? ratio : 0, rows = first_row + blocks * ratio;
+      const std::vector<float> kv = Random(rows * ld), score = Random(rows * ld, 2.f, 11), ape = Random(ratio * width);
+      std::vector<float> got(blocks * ldo, 0.f), want(blocks * ldo, 0.f);
+      CompressPool(kv.data(), score.data(), ld, ape.data(), ratio, hd, overlap, first_row, first_has_prev, blocks,
+                   got.data(), ldo);
+      ref::CompressPool(kv.data(), score.data(), ld, ape.data(), ratio, hd, overlap, first_row, first_has_prev, blocks,
+                        want.data(), ldo);
+      EXPECT_TRUE(AllClose("compress", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-5}))
+          << ratio << " " << overlap << " " << first_has_prev;
+    }
+}
+
+TEST(Fused, RowBatchedRopeHadamardTopKEqualTheSingleRowKernels) {
+  const int64_t heads = 3, tokens = 4, half = 16, d = 2 * half + 5, n = 64;
+  const std::vector<float> cos = Random(tokens * half), sin = Random(tokens * half, 1.f, 12);
+  std::vector<float> x = Random(tokens * heads * d), want = x;
+  for (bool inverse : {false, true}) {
+    Rope(x.data(), tokens * heads, d, half, cos.data(), sin.data(), heads, inverse);
+    for (int64_t r = 0; r < tokens * heads; ++r)
+      Rope(&want[r * d], half, &cos[(r / heads) * half], &sin[(r / heads) * half], inverse);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_TRUE(SameBits(x[i], want[i])) << i;
+  }
+  std::vector<float> h = Random(3 * (n + 2)), hw = h;
+  Hadamard(h.data(), 3, n, n + 2, 0.125f);
+  for (int64_t r = 0; r < 3; ++r) Hadamard(&hw[r * (n + 2)], n, 0.125f);
+  for (size_t i = 0; i < h.size(); ++i) ASSERT_TRUE(SameBits(h[i], hw[i])) << i;
+
+  const int64_t m = 4, cols = 50, k = 8, ldidx = 9;
+  std::vector<float> s = Random(m * cols);
+  s[3] = s[7];  // a tie: the lower index first
+  const std::vector<int64_t> nvalid = {50, 5, 0, 8};
+  std::vector<int32_t> got(m * ldidx, -7), expect(m * ldidx, -7);
+  TopK(s.data(), m, cols, cols, nvalid.data(), k, got.data(), ldidx);
+  for (int64_t t = 0; t < m; ++t) {
+    const int64_t kk = std::min<int64_t>(k, nvalid[t]);
+    if (kk > 0) TopK(&s[t * cols], nvalid[t], kk, &expect[t * ldidx]);
+    for (int64_t j = kk; j < k; ++j) expect[t * ldidx + j] = -1;
+  }
+  EXPECT_EQ(got, expect);
+}
+
+TEST(Fused, GatherRowsAndCombineRowsInOrder) {
+  const int64_t rows = 6, D = 37, src_rows = 20;
+  const std::vector<float> src = Random(src_rows * D), w = Random(13), init = Random(rows * D, 1.f, 2);
+  const std::vector<int64_t> ids = {3, -1, 19, 0, 3, 7};
+  std::vector<float> gathered(rows * (D + 1), 5.f);
+  GatherRows(src.data(), D * 4, ids.data(), rows, D * 4, gathered.data(), (D + 1) * 4);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < D; ++c)
+      ASSERT_EQ(gathered[r * (D + 1) + c], ids[r] < 0 ? 0.f : src[ids[r] * D + c]) << r << " " << c;
+
+  const std::vector<int32_t> offsets = {0, 2, 2, 5, 9, 12, 13};
+  std::vector<int32_t> which(13);
+  for (int i = 0; i < 13; ++i) which[i] = (i * 7) % src_rows;
+  for (bool accumulate : {false, true})
+    for (bool weighted : {false, true}) {
+      std::vector<float> want = accumulate ? init : std::vector<float>(rows * D, 0.f), got = init;
+      for (int64_t t = 0; t < rows; ++t)
+        for (int64_t c = 0; c < D; ++c)
+          for (int32_t e = offsets[t]; e < offsets[t + 1]; ++e)
+            want[t * D + c] += (weighted ? w[e] : 1.f) * src[which[e] * D + c];
+      CombineRows(src.data(), D, offsets.data(), which.data(), weighted ? w.data() : nullptr, rows, D, accumulate,
+                  got.data(), D);
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << i;  // same order: exact
+    }
+}
+
+}  // namespace
+}  // namespace dsv4::kernels
