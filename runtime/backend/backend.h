@@ -1,0 +1,120 @@
+// The seam between the model and the machine (DESIGN.md, "Backends"): the model code is written
+// once against this interface, and a backend owns its memory and runs each operation on its
+// device. CpuBackend calls kernels/cpu; CudaBackend calls kernels/cuda on one stream of one GPU.
+//
+// Memory: every pointer an operation takes is memory of the backend's device: persistent
+// allocations (weights copies, caches) that live as long as the backend, and a per-step workspace
+// that Reset() recycles, so a step allocates nothing once the workspace has grown to its size.
+//
+// Operations only enqueue work (CUDA: on the backend's stream) and return nothing: the first
+// failure (an unsupported shape, a launch error) is latched, later operations are skipped, and
+// status() / Synchronize() report it with the operation's name. Shapes are host values; anything
+// that changes from step to step without changing a launch (positions, row ids) is in device memory.
+//
+// Thread-safety: one thread drives a backend (the engine's step loop).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/kernels.h"
+
+namespace dsv4 {
+
+enum class Device { kCpu, kCuda };
+const char* DeviceName(Device d);
+
+// "cpu", "cuda" or "auto" (CUDA where a GPU is present).
+enum class DeviceChoice { kAuto, kCpu, kCuda };
+absl::StatusOr<DeviceChoice> ParseDeviceChoice(const std::string& s);
+
+struct BackendOptions {
+  DeviceChoice device = DeviceChoice::kAuto;
+  // Under a launcher: this process's node-local rank and the node's rank count; each rank takes
+  // the GPU of its local rank, and two ranks on one GPU are an error.
+  int local_rank = 0, local_size = 1;
+  int64_t workspace_bytes = int64_t{1} << 30;  // CUDA: the step workspace (one allocation)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual Device device() const = 0;
+  // "cpu (avx512, 2 threads)", "cuda:0 NVIDIA H200 (sm_90, 139 GiB)".
+  virtual std::string Describe() const = 0;
+
+  // ---- memory -----------------------------------------------------------------------------------
+  // Persistent memory, alive as long as the backend (weights, caches): RESOURCE_EXHAUSTED naming
+  // the size when the device has no room.
+  virtual absl::StatusOr<void*> Allocate(int64_t bytes) = 0;
+  // Step workspace: valid until the next Reset(); 64-byte aligned. Never null: exhausting the
+  // workspace latches RESOURCE_EXHAUSTED and returns a dummy region the skipped operations ignore.
+  virtual void* Workspace(int64_t bytes) = 0;
+  float* WorkspaceF32(int64_t n) { return static_cast<float*>(Workspace(n * 4)); }
+  int32_t* WorkspaceI32(int64_t n) { return static_cast<int32_t*>(Workspace(n * 4)); }
+  int64_t* WorkspaceI64(int64_t n) { return static_cast<int64_t*>(Workspace(n * 8)); }
+  // Starts a step: the workspace is free again (only after the previous step's work is done).
+  virtual void Reset() = 0;
+  // Host <-> device copies, ordered with the operations. CopyToHost waits for them.
+  virtual void CopyToDevice(void* dst, const void* src, int64_t bytes) = 0;
+  virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
+  virtual void CopyOnDevice(void* dst, const void* src, int64_t bytes) = 0;
+  virtual void Zero(void* x, int64_t bytes) = 0;
+  // The view of a (host, mmapped) weight on this device: the same view on the CPU; a copy of the
+  // rectangle the view covers on a GPU, uploaded once per rank shard.
+  virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) = 0;
+  // A float32 host vector placed on the device (norm gains, sinks, mHC parameters): persistent.
+  absl::StatusOr<const float*> PlaceVector(const float* host, int64_t n);
+
+  // Waits for the enqueued work; returns the first latched error.
+  virtual absl::Status Synchronize() = 0;
+  // The first latched error (OK while none), without waiting.
+  virtual absl::Status status() const = 0;
+
+  // ---- operations: kernels/cpu/kernels.h and kernels/cuda/kernels.h say what each computes ------
+  virtual void Linear(const float* x, int64_t m, int64_t ldx, const kernels::WeightMatrix& w, float* y,
+                      int64_t ldy) = 0;
+  // Independent products with views already placed on the device (MoE experts, grouped outputs).
+  virtual void LinearGroup(const kernels::LinearJob* jobs, int64_t num_jobs) = 0;
+  virtual void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) = 0;
+  virtual void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) = 0;
+  virtual void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
+                       int64_t ldy) = 0;
+  virtual void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin,
+                    int64_t rows_per_entry, bool inverse) = 0;
+  virtual void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) = 0;
+  virtual void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+                     const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
+                     float* comb) = 0;
+  virtual void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
+                      float* x, int64_t ldx) = 0;
+  virtual void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight,
+                      float limit, float* h) = 0;
+  virtual void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,
+                               const int32_t* idx, int64_t k, const float* sink, float scale, float* out) = 0;
+  virtual void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio,
+                            int64_t hd, bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks,
+                            float* out, int64_t ldo) = 0;
+  virtual void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys,
+                             int64_t n, const int64_t* nvis, float* score) = 0;
+  virtual void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
+                    int64_t ldidx) = 0;
+  virtual void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                          void* dst, int64_t dst_pitch) = 0;
+  virtual void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
+                           const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) = 0;
+};
+
+// The backend `options` ask for: a CPU backend, or the GPU of this local rank. `auto` is CUDA when
+// this build has the CUDA backend and a GPU is visible, else the CPU. Asking for CUDA where there
+// is none is FAILED_PRECONDITION saying why (no CUDA in this build, no device, too few devices).
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options);
+
+// The CPU backend (always built).
+std::unique_ptr<Backend> MakeCpuBackend();
+
+}  // namespace dsv4

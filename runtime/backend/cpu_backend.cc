@@ -1,0 +1,146 @@
+// The CPU backend: host memory and kernels/cpu. Weights stay views of the mmapped checkpoint.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "base/status.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/thread_pool.h"
+#include "runtime/backend/backend.h"
+
+namespace dsv4 {
+namespace {
+
+// A bump allocator over chunks that are kept across Reset(): once a step has run, the same step
+// allocates nothing. Pointers stay valid until Reset().
+class ChunkArena {
+ public:
+  void* Allocate(int64_t bytes) {
+    bytes = std::max<int64_t>(64, (bytes + 63) / 64 * 64);
+    while (current_ < chunks_.size() && used_ + bytes > chunks_[current_].size) ++current_, used_ = 0;
+    if (current_ == chunks_.size()) {
+      const int64_t size = std::max<int64_t>(bytes, int64_t{16} << 20);
+      char* p = static_cast<char*>(std::aligned_alloc(64, static_cast<size_t>(size)));
+      DSV4_CHECK(p != nullptr, "out of host memory for a ", size, "-byte step workspace");
+      chunks_.push_back(Chunk{std::unique_ptr<char, FreeDeleter>(p), size});
+      used_ = 0;
+    }
+    void* p = chunks_[current_].data.get() + used_;
+    used_ += bytes;
+    return p;
+  }
+  void Reset() { current_ = 0, used_ = 0; }
+
+ private:
+  struct FreeDeleter {
+    void operator()(char* p) const { std::free(p); }
+  };
+  struct Chunk {
+    std::unique_ptr<char, FreeDeleter> data;
+    int64_t size;
+  };
+  std::vector<Chunk> chunks_;
+  size_t current_ = 0;
+  int64_t used_ = 0;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::kCpu; }
+  std::string Describe() const override {
+    return absl::StrCat("cpu (", kernels::IsaName(kernels::ActiveIsa()), ", ", kernels::NumThreads(), " threads)");
+  }
+
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    persistent_.push_back(std::unique_ptr<char[]>(new (std::nothrow) char[std::max<int64_t>(bytes, 1)]));
+    if (persistent_.back() == nullptr) {
+      persistent_.pop_back();
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+    }
+    return static_cast<void*>(persistent_.back().get());
+  }
+  void* Workspace(int64_t bytes) override { return workspace_.Allocate(bytes); }
+  void Reset() override { workspace_.Reset(); }
+  void CopyToDevice(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
+  void CopyToHost(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
+  void CopyOnDevice(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
+  void Zero(void* x, int64_t bytes) override {
+    if (bytes > 0) std::memset(x, 0, static_cast<size_t>(bytes));
+  }
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) override { return host; }
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+  absl::Status status() const override { return absl::OkStatus(); }
+
+  void Linear(const float* x, int64_t m, int64_t ldx, const kernels::WeightMatrix& w, float* y, int64_t ldy) override {
+    kernels::Linear(x, m, ldx, w, y, ldy);
+  }
+  void LinearGroup(const kernels::LinearJob* jobs, int64_t num_jobs) override { kernels::LinearGroup(jobs, num_jobs); }
+  void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) override { kernels::QdqFp8(x, m, n, ld, group); }
+  void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) override { kernels::QdqFp4(x, m, n, ld, group); }
+  void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
+               int64_t ldy) override {
+    kernels::RmsNorm(x, w, eps, m, n, ldx, y, ldy);
+  }
+  void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin,
+            int64_t rows_per_entry, bool inverse) override {
+    kernels::Rope(x, rows, ldx, half, cos, sin, rows_per_entry, inverse);
+  }
+  void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) override {
+    kernels::Hadamard(x, m, n, ld, scale);
+  }
+  void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
+             float* comb) override {
+    kernels::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb);
+  }
+  void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
+              int64_t ldx) override {
+    kernels::HcPost(y, ldy, post, comb, m, hc, D, x, ldx);
+  }
+  void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
+              float* h) override {
+    kernels::SwiGlu(g, u, m, I, ld, row_weight, limit, h);
+  }
+  void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,
+                       const int32_t* idx, int64_t k, const float* sink, float scale, float* out) override {
+    kernels::SparseAttention(q, m, H, d, kv, idx, k, sink, scale, out);
+  }
+  void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
+                    bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out,
+                    int64_t ldo) override {
+    kernels::CompressPool(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, num_blocks, out, ldo);
+  }
+  void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                     const int64_t* nvis, float* score) override {
+    kernels::IndexerScores(q, w, m, H, d, keys, n, nvis, score);
+  }
+  void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
+            int64_t ldidx) override {
+    kernels::TopK(x, m, n, ldx, nvalid, k, idx, ldidx);
+  }
+  void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                  int64_t dst_pitch) override {
+    kernels::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
+  }
+  void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
+                   int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {
+    kernels::CombineRows(src, lds, offsets, src_rows, weights, rows, D, accumulate, out, ldo);
+  }
+
+ private:
+  static void Copy(void* dst, const void* src, int64_t bytes) {
+    if (bytes > 0 && dst != src) std::memmove(dst, src, static_cast<size_t>(bytes));
+  }
+
+  std::vector<std::unique_ptr<char[]>> persistent_;
+  ChunkArena workspace_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace dsv4

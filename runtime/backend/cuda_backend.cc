@@ -1,0 +1,228 @@
+// The CUDA backend: one GPU (this local rank's), one non-blocking stream, kernels/cuda. Weights
+// are copied to the device once (only the rectangle each rank's view covers); the step workspace is
+// one preallocated pool, so a step makes no allocation and can be captured in a CUDA graph.
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/status.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/memory.h"
+#include "parallel/layout.h"
+#include "runtime/backend/backend.h"
+
+namespace dsv4 {
+
+int VisibleCudaDevices() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
+namespace {
+
+namespace kc = kernels::cuda;
+
+absl::Status CudaError(cudaError_t err, const std::string& what) {
+  const std::string msg = absl::StrCat(what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  if (err == cudaErrorInvalidValue) return absl::InvalidArgumentError(msg);
+  return absl::InternalError(msg);
+}
+
+class CudaBackend final : public Backend {
+ public:
+  ~CudaBackend() override {
+    if (stream_ != nullptr) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+    for (void* p : allocations_) cudaFree(p);
+  }
+
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& o) {
+    const int count = VisibleCudaDevices();
+    if (count == 0)
+      return absl::FailedPreconditionError("--device cuda: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)");
+    DSV4_ASSIGN_OR_RETURN(const int device, DeviceForLocalRank(o.local_rank, o.local_size, count), "--device cuda");
+    std::unique_ptr<CudaBackend> b(new CudaBackend());
+    b->device_ = device;
+    if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess)
+      return CudaError(e, absl::StrCat("cudaSetDevice(", device, ")"));
+    if (cudaError_t e = cudaGetDeviceProperties(&b->props_, device); e != cudaSuccess)
+      return CudaError(e, "cudaGetDeviceProperties");
+    if (cudaError_t e = cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking); e != cudaSuccess)
+      return CudaError(e, "cudaStreamCreate");
+    if (cudaError_t e = kc::DevicePool::Create(o.workspace_bytes, &b->workspace_); e != cudaSuccess)
+      return CudaError(e, absl::StrCat("the step workspace (", o.workspace_bytes, " bytes)"));
+    return std::unique_ptr<Backend>(std::move(b));
+  }
+
+  Device device() const override { return Device::kCuda; }
+  std::string Describe() const override {
+    return absl::StrFormat("cuda:%d %s (sm_%d%d, %.0f GiB)", device_, props_.name, props_.major, props_.minor,
+                           static_cast<double>(props_.totalGlobalMem) / (1 << 30));
+  }
+
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    void* p = nullptr;
+    if (cudaError_t e = cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))); e != cudaSuccess)
+      return CudaError(e, absl::StrCat("cudaMalloc of ", bytes, " bytes on GPU ", device_));
+    allocations_.push_back(p);
+    return p;
+  }
+
+  void* Workspace(int64_t bytes) override {
+    void* p = workspace_.Allocate(bytes, 64);
+    if (p != nullptr) return p;
+    Latch(absl::ResourceExhaustedError(absl::StrCat("the step workspace (", workspace_.capacity(),
+                                                    " bytes) is exhausted by a request of ", bytes, " bytes")));
+    return workspace_.base();
+  }
+  void Reset() override { workspace_.Reset(); }
+
+  void CopyToDevice(void* dst, const void* src, int64_t bytes) override {
+    if (ok() && bytes > 0) Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to device");
+  }
+  void CopyToHost(void* dst, const void* src, int64_t bytes) override {
+    if (!ok() || bytes <= 0) return;
+    Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy to host");
+    Check(cudaStreamSynchronize(stream_), "copy to host");
+  }
+  void CopyOnDevice(void* dst, const void* src, int64_t bytes) override {
+    if (ok() && bytes > 0) Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "device copy");
+  }
+  void Zero(void* x, int64_t bytes) override {
+    if (ok() && bytes > 0) Check(cudaMemsetAsync(x, 0, bytes, stream_), "memset");
+  }
+
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) override {
+    const auto key = std::make_tuple(host.data, host.row_begin, host.row_end, host.col_begin, host.col_end);
+    if (auto it = placed_.find(key); it != placed_.end()) return it->second;
+    if (const char* why = kc::CheckWeight(host); why != nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("a weight the CUDA kernels cannot take: ", why));
+    const kc::WeightUploadPlan plan = kc::PlanWeightUpload(host);
+    kc::DevicePool pool;
+    const int64_t bytes = plan.data.bytes() + plan.scales.bytes() + 2 * kc::kDeviceAlignment;
+    if (cudaError_t e = kc::DevicePool::Create(bytes, &pool); e != cudaSuccess)
+      return CudaError(e, absl::StrCat("placing a ", bytes, "-byte weight on GPU ", device_));
+    kernels::WeightMatrix device;
+    if (cudaError_t e = kc::UploadWeight(host, pool, stream_, &device); e != cudaSuccess)
+      return CudaError(e, "uploading a weight");
+    weights_.push_back(std::move(pool));
+    placed_.emplace(key, device);
+    return device;
+  }
+
+  absl::Status Synchronize() override {
+    if (ok()) Check(cudaStreamSynchronize(stream_), "synchronize");
+    return status_;
+  }
+  absl::Status status() const override { return status_; }
+
+  // ---- operations -----------------------------------------------------------------------------
+  void Linear(const float* x, int64_t m, int64_t ldx, const kernels::WeightMatrix& w, float* y, int64_t ldy) override {
+    if (ok()) Check(kc::Linear(x, m, ldx, w, y, ldy, stream_), "Linear");
+  }
+  void LinearGroup(const kernels::LinearJob* jobs, int64_t num_jobs) override {
+    for (int64_t j = 0; j < num_jobs && ok(); ++j)
+      if (jobs[j].m > 0)
+        Check(kc::Linear(jobs[j].x, jobs[j].m, jobs[j].ldx, *jobs[j].w, jobs[j].y, jobs[j].ldy, stream_),
+              "LinearGroup");
+  }
+  void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) override {
+    if (ok() && m > 0) Check(kc::QdqFp8(x, m, n, ld, group, stream_), "QdqFp8");
+  }
+  void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) override {
+    if (ok() && m > 0) Check(kc::QdqFp4(x, m, n, ld, group, stream_), "QdqFp4");
+  }
+  void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
+               int64_t ldy) override {
+    if (ok() && m > 0) Check(kc::RmsNorm(x, w, eps, m, n, ldx, y, ldy, stream_), "RmsNorm");
+  }
+  void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin,
+            int64_t rows_per_entry, bool inverse) override {
+    if (ok() && rows > 0) Check(kc::Rope(x, rows, ldx, half, cos, sin, rows_per_entry, inverse, stream_), "Rope");
+  }
+  void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) override {
+    if (ok() && m > 0) Check(kc::Hadamard(x, m, n, ld, scale, stream_), "Hadamard");
+  }
+  void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
+             float* comb) override {
+    if (ok() && m > 0)
+      Check(kc::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, stream_),
+            "HcPre");
+  }
+  void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
+              int64_t ldx) override {
+    if (ok() && m > 0) Check(kc::HcPost(y, ldy, post, comb, m, hc, D, x, ldx, stream_), "HcPost");
+  }
+  void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
+              float* h) override {
+    if (ok() && m > 0) Check(kc::SwiGlu(g, u, m, I, ld, row_weight, limit, h, stream_), "SwiGlu");
+  }
+  void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,
+                       const int32_t* idx, int64_t k, const float* sink, float scale, float* out) override {
+    if (ok() && m > 0) Check(kc::SparseAttention(q, m, H, d, kv, idx, k, sink, scale, out, stream_), "SparseAttention");
+  }
+  void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
+                    bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out,
+                    int64_t ldo) override {
+    if (ok() && num_blocks > 0)
+      Check(kc::CompressPool(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, num_blocks, out, ldo,
+                             stream_),
+            "CompressPool");
+  }
+  void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                     const int64_t* nvis, float* score) override {
+    if (ok() && m > 0 && n > 0) Check(kc::IndexerScores(q, w, m, H, d, keys, n, nvis, score, stream_), "IndexerScores");
+  }
+  void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
+            int64_t ldidx) override {
+    if (ok() && m > 0 && k > 0) Check(kc::TopK(x, m, n, ldx, nvalid, k, idx, ldidx, stream_), "TopK");
+  }
+  void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                  int64_t dst_pitch) override {
+    if (ok() && rows > 0)
+      Check(kc::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream_), "GatherRows");
+  }
+  void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
+                   int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {
+    if (ok() && rows > 0)
+      Check(kc::CombineRows(src, lds, offsets, src_rows, weights, rows, D, accumulate, out, ldo, stream_),
+            "CombineRows");
+  }
+
+ private:
+  CudaBackend() = default;
+  bool ok() const { return status_.ok(); }
+  void Latch(absl::Status st) {
+    if (status_.ok()) status_ = std::move(st);
+  }
+  void Check(cudaError_t err, const char* op) {
+    if (err != cudaSuccess) Latch(CudaError(err, absl::StrCat(op, " on GPU ", device_)));
+  }
+
+  int device_ = 0;
+  cudaDeviceProp props_{};
+  cudaStream_t stream_ = nullptr;
+  kc::DevicePool workspace_;
+  std::vector<void*> allocations_;
+  std::vector<kc::DevicePool> weights_;
+  std::map<std::tuple<const void*, int64_t, int64_t, int64_t, int64_t>, kernels::WeightMatrix> placed_;
+  absl::Status status_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const BackendOptions& options) {
+  return CudaBackend::Create(options);
+}
+
+}  // namespace dsv4

@@ -1,0 +1,250 @@
+// Every backend operation against the CPU kernel it stands for (ggml's test-backend-ops pattern):
+// inputs are made on the host, copied into the backend's memory, run there, copied back and
+// compared. Built twice: backend_test runs the CPU backend (label unit; it catches a wrapper that
+// passes an argument wrongly), backend_cuda_test the CUDA backend (label gpu; skipped without a
+// device). Tolerances are the CUDA kernels' (kernels/cuda/README.md): bit-exact where the kernel
+// is (QDQ, Hadamard, top-k, gathers, combines), else float sums in another order.
+#include "runtime/backend/backend.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "tests/testutil.h"
+
+#ifndef DSV4_TEST_DEVICE_CUDA
+#define DSV4_TEST_DEVICE_CUDA 0
+#endif
+
+namespace dsv4 {
+namespace {
+
+using testing::AllClose;
+using testing::Tol;
+
+std::vector<float> Random(size_t n, float scale = 1.f, uint32_t seed = 3) {
+  std::mt19937 rng(seed + static_cast<uint32_t>(n));
+  std::normal_distribution<float> nd(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+class BackendOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    BackendOptions o;
+    o.device = DSV4_TEST_DEVICE_CUDA ? DeviceChoice::kCuda : DeviceChoice::kCpu;
+    o.workspace_bytes = int64_t{64} << 20;
+    auto b = MakeBackend(o);
+    if (!b.ok() && DSV4_TEST_DEVICE_CUDA) GTEST_SKIP() << b.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    be_ = std::move(*b);
+  }
+  void TearDown() override {
+    if (be_) EXPECT_TRUE(be_->Synchronize().ok()) << be_->status();
+  }
+
+  // Device copies of host data, and back.
+  template <typename T>
+  T* Put(const std::vector<T>& v) {
+    auto p = be_->Allocate(static_cast<int64_t>(std::max<size_t>(v.size(), 1) * sizeof(T)));
+    EXPECT_TRUE(p.ok()) << p.status();
+    be_->CopyToDevice(*p, v.data(), static_cast<int64_t>(v.size() * sizeof(T)));
+    return static_cast<T*>(*p);
+  }
+  template <typename T>
+  std::vector<T> Get(const T* p, size_t n) {
+    std::vector<T> v(n);
+    be_->CopyToHost(v.data(), p, static_cast<int64_t>(n * sizeof(T)));
+    EXPECT_TRUE(be_->status().ok()) << be_->status();
+    return v;
+  }
+  bool Exact() const { return be_->device() == Device::kCpu; }
+  // On the CPU the backend runs the reference kernel itself: equal bits.
+  Tol Or(Tol gpu) const { return Exact() ? Tol{} : gpu; }
+
+  std::unique_ptr<Backend> be_;
+};
+
+TEST_F(BackendOps, DescribesItsDevice) {
+  EXPECT_FALSE(be_->Describe().empty());
+  EXPECT_TRUE(absl::StartsWith(be_->Describe(), DeviceName(be_->device())));
+}
+
+TEST_F(BackendOps, LinearQdqNormRopeHadamard) {
+  const int64_t m = 5, n = 256, ld = 260;
+  std::vector<float> x = Random(m * ld, 3.f), w = Random(96 * n, 0.1f, 4);
+  kernels::WeightMatrix host;
+  host.type = kernels::WeightType::kF32, host.data = w.data(), host.ld = n, host.row_end = 96, host.col_end = n;
+  auto dw = be_->PlaceWeight(host);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  float* dx = Put(x);
+  std::vector<float> y(m * 100, 0.f), want = y;
+  float* dy = Put(y);
+  be_->Linear(dx, m, ld, *dw, dy, 100);
+  kernels::Linear(x.data(), m, ld, host, want.data(), 100);
+  std::vector<float> got = Get(dy, y.size());
+  // Float sums of 256 products in another order.
+  EXPECT_TRUE(AllClose("linear", got.data(), want.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+
+  std::vector<float> q = x;
+  be_->QdqFp8(dx, m, n, ld, 128);
+  kernels::QdqFp8(q.data(), m, n, ld, 128);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("qdq fp8", got.data(), q.data(), got.size(), Tol{}));  // bit-exact on every backend
+  be_->QdqFp4(dx, m, n, ld, 32);
+  kernels::QdqFp4(q.data(), m, n, ld, 32);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("qdq fp4", got.data(), q.data(), got.size(), Tol{}));
+
+  const std::vector<float> gain = Random(n, 1.f, 5);
+  const float* dgain = Put(gain);
+  be_->RmsNorm(dx, dgain, 1e-6f, m, n, ld, dx, ld);
+  kernels::RmsNorm(q.data(), gain.data(), 1e-6f, m, n, ld, q.data(), ld);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("rmsnorm", got.data(), q.data(), got.size(), Or({.abs = 1e-5, .rel = 1e-5})));
+
+  const int64_t half = 32;
+  const std::vector<float> cos = Random(m * half, 1.f, 6), sin = Random(m * half, 1.f, 7);
+  be_->Rope(dx + 4, m, ld, half, Put(cos), Put(sin), 1, false);
+  kernels::Rope(q.data() + 4, m, ld, half, cos.data(), sin.data(), 1, false);
+  be_->Hadamard(dx, m, 128, ld, 0.5f);
+  kernels::Hadamard(q.data(), m, 128, ld, 0.5f);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("rope+hadamard", got.data(), q.data(), got.size(), Or({.abs = 1e-5, .rel = 1e-5})));
+}
+
+TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
+  const int hc = 4;
+  const int64_t m = 3, D = 64, mix = hc * (hc + 2);
+  const std::vector<float> x = Random(m * hc * D), fn = Random(mix * hc * D, 0.05f, 8), base = Random(mix, 1.f, 9),
+                           scale3 = {0.5f, 0.8f, 1.1f};
+  std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc);
+  float *du = Put(u), *dpost = Put(post), *dcomb = Put(comb), *dx = Put(x);
+  be_->HcPre(dx, m, hc, D, hc * D, Put(fn), Put(scale3), Put(base), 20, 1e-6f, 1e-6f, du, dpost, dcomb);
+  kernels::HcPre(x.data(), m, hc, D, hc * D, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, u.data(),
+                 post.data(), comb.data());
+  std::vector<float> got = Get(du, u.size());
+  EXPECT_TRUE(AllClose("hc pre", got.data(), u.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+  std::vector<float> xs = x;
+  be_->HcPost(du, D, dpost, dcomb, m, hc, D, dx, hc * D);
+  kernels::HcPost(u.data(), D, post.data(), comb.data(), m, hc, D, xs.data(), hc * D);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("hc post", got.data(), xs.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+
+  const int64_t I = 70;
+  const std::vector<float> g = Random(m * I, 5.f, 10), uu = Random(m * I, 5.f, 11), rw = Random(m, 1.f, 12);
+  std::vector<float> h(m * I);
+  float* dh = Put(h);
+  be_->SwiGlu(Put(g), Put(uu), m, I, I, Put(rw), 10.f, dh);
+  kernels::SwiGlu(g.data(), uu.data(), m, I, I, rw.data(), 10.f, h.data());
+  got = Get(dh, h.size());
+  EXPECT_TRUE(AllClose("swiglu", got.data(), h.data(), got.size(), Or({.abs = 1e-6, .rel = 1e-5})));
+
+  const int64_t ratio = 4, hd = 24, width = 2 * hd, rows = 3 * ratio;
+  const std::vector<float> kv = Random(rows * width, 1.f, 13), sc = Random(rows * width, 2.f, 14),
+                           ape = Random(ratio * width, 1.f, 15);
+  std::vector<float> pooled(2 * hd);
+  float* dpooled = Put(pooled);
+  be_->CompressPool(Put(kv), Put(sc), width, Put(ape), ratio, hd, true, ratio, true, 2, dpooled, hd);
+  kernels::CompressPool(kv.data(), sc.data(), width, ape.data(), ratio, hd, true, ratio, true, 2, pooled.data(), hd);
+  got = Get(dpooled, pooled.size());
+  EXPECT_TRUE(AllClose("pool", got.data(), pooled.data(), got.size(), Or({.abs = 1e-5, .rel = 1e-5})));
+
+  const int64_t n = 40, k = 6;
+  const std::vector<float> s = Random(m * n, 1.f, 16);
+  const std::vector<int64_t> nvalid = {40, 3, 17};
+  std::vector<int32_t> idx(m * k, -7);
+  int32_t* didx = Put(idx);
+  be_->TopK(Put(s), m, n, n, Put(nvalid), k, didx, k);
+  kernels::TopK(s.data(), m, n, n, nvalid.data(), k, idx.data(), k);
+  EXPECT_EQ(Get(didx, idx.size()), idx);  // the same order on every backend
+
+  const std::vector<int64_t> ids = {2, -1, 0};
+  std::vector<float> gathered(m * D, 9.f);
+  float* dgathered = Put(gathered);
+  be_->GatherRows(dx, hc * D * 4, Put(ids), m, D * 4, dgathered, D * 4);
+  kernels::GatherRows(xs.data(), hc * D * 4, ids.data(), m, D * 4, gathered.data(), D * 4);
+  EXPECT_EQ(Get(dgathered, gathered.size()), gathered);
+
+  const std::vector<int32_t> offsets = {0, 2, 2, 3}, src_rows = {1, 0, 2};
+  const std::vector<float> weights = Random(3, 1.f, 17);
+  std::vector<float> out = Random(m * D, 1.f, 18);
+  float* dout = Put(out);
+  be_->CombineRows(dgathered, D, Put(offsets), Put(src_rows), Put(weights), m, D, true, dout, D);
+  kernels::CombineRows(gathered.data(), D, offsets.data(), src_rows.data(), weights.data(), m, D, true, out.data(), D);
+  EXPECT_EQ(Get(dout, out.size()), out);  // products rounded before each add, in order: exact
+}
+
+TEST_F(BackendOps, AttentionAndIndexer) {
+  const int64_t m = 2, H = 4, d = 64, rows = 12, k = 6;
+  const std::vector<float> q = Random(m * H * d, 1.f, 19), kvrows = Random(rows * d, 1.f, 20),
+                           sink = Random(H, 1.f, 21);
+  const std::vector<int32_t> idx = {0, 3, 5, -1, 11, 2, 1, 1, 4, 7, -1, -1};
+  kernels::KvSegments host_kv, dev_kv;
+  host_kv.ptr[0] = kvrows.data(), host_kv.len[0] = rows;
+  dev_kv.ptr[0] = Put(kvrows), dev_kv.len[0] = rows;
+  std::vector<float> o(m * H * d);
+  float* dout = Put(o);
+  be_->SparseAttention(Put(q), m, H, d, dev_kv, Put(idx), k, Put(sink), 0.125f, dout);
+  kernels::SparseAttention(q.data(), m, H, d, host_kv, idx.data(), k, sink.data(), 0.125f, o.data());
+  std::vector<float> got = Get(dout, o.size());
+  EXPECT_TRUE(AllClose("attention", got.data(), o.data(), got.size(), Or({.abs = 1e-5, .rel = 1e-4})));
+
+  const int64_t Hi = 8, di = 32, n = 20;
+  const std::vector<float> iq = Random(m * Hi * di, 1.f, 22), iw = Random(m * Hi, 1.f, 23),
+                           keys = Random(n * di, 1.f, 24);
+  const std::vector<int64_t> nvis = {20, 7};
+  std::vector<float> scores(m * n);
+  float* dscores = Put(scores);
+  be_->IndexerScores(Put(iq), Put(iw), m, Hi, di, Put(keys), n, Put(nvis), dscores);
+  kernels::IndexerScores(iq.data(), iw.data(), m, Hi, di, keys.data(), n, nvis.data(), scores.data());
+  got = Get(dscores, scores.size());
+  EXPECT_TRUE(AllClose("indexer", got.data(), scores.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+}
+
+TEST_F(BackendOps, WorkspaceIsRecycledAndCopiesRoundTrip) {
+  void* a = be_->Workspace(1000);
+  be_->Reset();
+  EXPECT_EQ(be_->Workspace(1000), a);  // the same memory for the same step shape
+  const std::vector<float> v = Random(33);
+  float* p = be_->WorkspaceF32(33);
+  be_->CopyToDevice(p, v.data(), 33 * 4);
+  float* p2 = be_->WorkspaceF32(33);
+  be_->CopyOnDevice(p2, p, 33 * 4);
+  EXPECT_EQ(Get(p2, 33), v);
+  be_->Zero(p2, 33 * 4);
+  EXPECT_EQ(Get(p2, 33), std::vector<float>(33, 0.f));
+}
+
+#if !DSV4_TEST_DEVICE_CUDA
+TEST(Backends, ChoiceParsingAndClearErrors) {
+  EXPECT_EQ(*ParseDeviceChoice("cpu"), DeviceChoice::kCpu);
+  EXPECT_EQ(*ParseDeviceChoice("cuda"), DeviceChoice::kCuda);
+  EXPECT_EQ(*ParseDeviceChoice("auto"), DeviceChoice::kAuto);
+  auto bad = ParseDeviceChoice("gpu");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--device must be cpu, cuda or auto"), std::string::npos);
+
+  BackendOptions o;
+  o.device = DeviceChoice::kCpu;
+  EXPECT_EQ((*MakeBackend(o))->device(), Device::kCpu);
+  // Without a usable GPU, asking for one is an error that says why; auto falls back to the CPU.
+  o.device = DeviceChoice::kCuda;
+  auto cuda = MakeBackend(o);
+  if (!cuda.ok()) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition) << cuda.status();
+    EXPECT_NE(cuda.status().message().find("--device cuda"), std::string::npos) << cuda.status();
+    o.device = DeviceChoice::kAuto;
+    EXPECT_EQ((*MakeBackend(o))->device(), Device::kCpu);
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace dsv4
