@@ -34,6 +34,8 @@ constexpr KnobInfo kKnobs[] = {
     {Knob::kGoldenLaunch, "DSV4_GOLDEN_LAUNCH", "", "tests only: command the golden cases run dsv4 under (mpirun ...)",
      ""},
     {Knob::kGoldenArgs, "DSV4_GOLDEN_ARGS", "", "tests only: extra dsv4 flags for the golden cases (--tp 2 ...)", ""},
+    {Knob::kGoldenBinary, "DSV4_GOLDEN_BINARY", "",
+     "tests only: the dsv4 binary the golden cases run (default: the one built beside the test)", ""},
     {Knob::kServeNp, "DSV4_SERVE_NP", "1", "tests only: ranks of the job the serving tests start", "int:1:64"},
 };
 
@@ -63,6 +65,14 @@ absl::Status CheckValue(const KnobInfo& k, const std::string& v) {
 }
 
 }  // namespace
+
+// The table is indexed by Knob: each entry sits at its enumerator's position.
+constexpr bool TableInEnumOrder() {
+  for (size_t i = 0; i < std::size(kKnobs); ++i)
+    if (static_cast<size_t>(kKnobs[i].knob) != i) return false;
+  return true;
+}
+static_assert(TableInEnumOrder(), "env.cc's knob table must list the knobs in the order of enum Knob");
 
 std::span<const KnobInfo> Knobs() { return kKnobs; }
 

@@ -22,6 +22,7 @@ enum class Knob : int {
   kSharedDir,     // DSV4_SHARED_DIR_OVERRIDE: tests only, the shared/ folder with golden data
   kGoldenLaunch,  // DSV4_GOLDEN_LAUNCH: tests only, launcher for the golden cases
   kGoldenArgs,    // DSV4_GOLDEN_ARGS: tests only, extra flags for the golden cases
+  kGoldenBinary,  // DSV4_GOLDEN_BINARY: tests only, the dsv4 binary the golden cases run
   kServeNp,       // DSV4_SERVE_NP: tests only, ranks of the served job
 };
 

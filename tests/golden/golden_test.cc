@@ -63,7 +63,8 @@ class GoldenTest : public ::testing::TestWithParam<int> {
   // Runs the dsv4 binary; returns the [rows, vocab] logits.
   static std::vector<float> RunLogits(const Case& c, bool qdq, const std::vector<int64_t>& decode) {
     const std::string out = testing::TempDir() + "/logits.npy";
-    const std::string cmd = absl::StrCat(env::Str(env::Knob::kGoldenLaunch), " ", DSV4_BINARY, " logits ",
+    const std::string binary = env::IsSet(env::Knob::kGoldenBinary) ? env::Str(env::Knob::kGoldenBinary) : DSV4_BINARY;
+    const std::string cmd = absl::StrCat(env::Str(env::Knob::kGoldenLaunch), " ", binary, " logits ",
                                          env::Str(env::Knob::kGoldenArgs), " --model ", Dir(), " --prompt-ids ",
                                          absl::StrJoin(c.prompt, ","), decode.empty() ? "" : " --decode-ids ",
                                          absl::StrJoin(decode, ","), " --qdq ", qdq ? "on" : "off", " --out ", out);
