@@ -46,7 +46,7 @@ void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const floa
   fw.row_end = mix, fw.col_end = width;
   Linear(x, m, ldx, fw, mixes.data(), mix);
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
-    float pre[kMaxHc];
+    float pre[kMaxHcStreams];
     for (int64_t t = b; t < e; ++t) {
       const float* xt = x + t * ldx;
       float* mt = &mixes[t * mix];
@@ -81,6 +81,33 @@ void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, i
       std::copy(mixed.begin(), mixed.end(), xt);
     }
   });
+}
+
+void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+            const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) {
+  const int64_t width = hc * D;
+  ParallelFor(m, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* xt = x + t * ldx;
+      float* ot = out + t * ldo;
+      std::fill(ot, ot + D, 0.f);
+      const float rs = 1.0f / std::sqrt(Dot(xt, xt, width) / width + norm_eps);
+      for (int64_t i = 0; i < hc; ++i) {
+        const float mx = Dot(xt, fn + i * width, width) * rs;
+        const float pre = 1.0f / (1.0f + std::exp(-(mx * scale[0] + base[i]))) + hc_eps;
+        for (int64_t d = 0; d < D; ++d) ot[d] += pre * xt[i * D + d];
+      }
+    }
+  });
+}
+
+void EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo) {
+  const int64_t D = table.cols();
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = out + t * ldo;
+    DequantRow(table, ids[t], row);
+    for (int i = 1; i < copies; ++i) std::memcpy(row + i * D, row, D * sizeof(float));
+  }
 }
 
 void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,

@@ -139,7 +139,8 @@ void TopK(const float* x, int64_t n, int64_t k, int32_t* idx);
 
 // ---- the model's fused row operations (fused.cc), named and shaped as their CUDA twins -----------
 
-inline constexpr int kMaxHc = 16;  // residual streams the mHC kernels take
+// Residual streams the CPU mHC kernels take (the CUDA ones: kernels::cuda::kMaxHc).
+inline constexpr int kMaxHcStreams = 16;
 
 // Clamped SwiGLU of the V4 experts: h = silu(min(g, limit)) * clamp(u, -limit, limit) (no clamp
 // when limit <= 0), times row_weight[t] when not null. g, u, h [m, I] with row stride ld; h may be g.
@@ -148,12 +149,22 @@ void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, co
 
 // mHC pre for tokens x [m, hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x) with fn
 // [hc*(hc+2), hc*D] dense, then HcSplitSinkhorn, then collapsed[t] [D] = sum_i pre_i x[t, i].
-// Writes post [m, hc] and comb [m, hc, hc] for HcPost. hc <= kMaxHc.
+// Writes post [m, hc] and comb [m, hc, hc] for HcPost. hc <= kMaxHcStreams.
 void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
            const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb);
 // x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
 void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
             int64_t ldx);
+
+// The final collapse of the streams before the head (MODEL.md 2.6), per token of x [m, hc, D] (ldx):
+// rs = 1 / sqrt(mean(x^2) + norm_eps); pre_i = sigmoid((x . fn_i) rs scale + base_i) + hc_eps;
+// out[t] [D] (ldo) = sum_i pre_i x[t, i]. fn [hc, hc*D] dense, scale [1], base [hc].
+void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+            const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo);
+
+// Embedding: out[t] (ldo) holds `copies` copies of row ids[t] of `table` dequantized (the residual
+// streams start equal). ids must be rows of the view.
+void EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo);
 
 // Compressor pooling (MODEL.md 2.3, before its norm / rotation / rounding). kv, score [rows, width]
 // (row stride ld); ape [ratio, width]. Output block b (< num_blocks) pools rows first_row + b*ratio

@@ -68,4 +68,31 @@ cudaError_t CombineRows(const float* src, int64_t lds, const int32_t* offsets, c
   return cudaGetLastError();
 }
 
+namespace {
+
+// Thread per (token, column): the dequantized element, written to each copy.
+template <WeightType kType>
+__global__ void EmbedRowsKernel(WeightMatrix table, const int32_t* ids, int64_t cols, int copies, float* out,
+                                int64_t ldo) {
+  const int64_t t = blockIdx.x, c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const float v = LoadWeight<kType>(table, ids[t], c);
+  for (int i = 0; i < copies; ++i) out[t * ldo + i * cols + c] = v;
+}
+
+}  // namespace
+
+cudaError_t EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo,
+                      cudaStream_t stream) {
+  DSV4_CUDA_SUPPORTED(CheckWeight(table));
+  const int64_t cols = table.cols();
+  if (copies < 1 || ldo < copies * cols) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const LaunchConfig cfg = EmbedLaunch(n, cols);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_DISPATCH_WEIGHT_TYPE(table.type, kType,
+                            DSV4_LAUNCH(EmbedRowsKernel<kType>, cfg, stream, table, ids, cols, copies, out, ldo));
+  return cudaGetLastError();
+}
+
 }  // namespace dsv4::kernels::cuda

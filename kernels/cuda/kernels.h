@@ -53,6 +53,11 @@ cudaError_t HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, con
 cudaError_t HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                    float* x, int64_t ldx, cudaStream_t stream);
 
+// Head collapse (kernels::HcHead): out[t] [D] (ldo) = sum_i pre_i x[t, i], pre_i = sigmoid((x . fn_i)
+// / rms(x) * scale[0] + base[i]) + hc_eps; fn [hc, hc*D] dense, scale [1], base [hc].
+cudaError_t HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+                   const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo, cudaStream_t stream);
+
 // ---- linear layers ---------------------------------------------------------------------------------
 
 // y[m, w.rows()] = x[m, w.cols()] W^T (ldx, ldy: row strides). `w` is a view whose data / scales are
@@ -115,6 +120,11 @@ cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_
 // Also packs MoE dispatch buffers. 16-byte copies when every address and pitch allows.
 cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                        void* dst, int64_t dst_pitch, cudaStream_t stream);
+
+// Embedding (kernels::EmbedRows): out[t] (ldo) = `copies` copies of row ids[t] (device) of `table`
+// (a placed view, any format) dequantized.
+cudaError_t EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo,
+                      cudaStream_t stream);
 
 // Ordered weighted combine (MoE): out[t] (+)= sum over e in [offsets[t], offsets[t+1]) of
 // weight[e] * src[src_rows[e]] (weight 1 when weights is null), summed in e order, so the result

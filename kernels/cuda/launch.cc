@@ -47,6 +47,13 @@ LaunchConfig HcPreLaunch(int64_t tokens, int hc) {
           (kHcPreThreads / kWarpSize) * values * static_cast<int64_t>(sizeof(float))};
 }
 
+LaunchConfig HcHeadLaunch(int64_t tokens, int hc) {
+  const int64_t values = 1 + static_cast<int64_t>(hc);
+  return {{tokens, 1, 1},
+          {kHcHeadThreads, 1, 1},
+          (kHcHeadThreads / kWarpSize) * values * static_cast<int64_t>(sizeof(float))};
+}
+
 LaunchConfig HcPostLaunch(int64_t tokens, int64_t D) {
   return {{tokens, CeilDiv(D, kHcPostThreads), 1}, {kHcPostThreads, 1, 1}, 0};
 }
@@ -102,6 +109,10 @@ LaunchConfig GatherLaunch(int64_t rows) { return {{rows, 1, 1}, {kGatherThreads,
 
 LaunchConfig CombineLaunch(int64_t rows, int64_t D) {
   return {{rows, CeilDiv(D, kCombineThreads), 1}, {kCombineThreads, 1, 1}, 0};
+}
+
+LaunchConfig EmbedLaunch(int64_t tokens, int64_t cols) {
+  return {{tokens, CeilDiv(cols, kEmbedThreads), 1}, {kEmbedThreads, 1, 1}, 0};
 }
 
 std::vector<int64_t> GraphBuckets(int64_t max_batch) {

@@ -53,6 +53,9 @@ inline constexpr int kHcPreThreads = 256;
 inline constexpr int kHcPostThreads = 256;
 LaunchConfig HcPreLaunch(int64_t tokens, int hc);
 LaunchConfig HcPostLaunch(int64_t tokens, int64_t D);
+// Head collapse: one block per token, the warps' partial sum of squares and hc dots in shared memory.
+inline constexpr int kHcHeadThreads = 256;
+LaunchConfig HcHeadLaunch(int64_t tokens, int hc);
 
 // ---- linear layers: y = x W^T with W dequantized on the fly -------------------------------------
 // Up to kGemvMaxTokens tokens: one warp per output row, kGemvWarps rows per block, every token in
@@ -106,6 +109,9 @@ inline constexpr int kGatherThreads = 128;
 LaunchConfig GatherLaunch(int64_t rows);
 inline constexpr int kCombineThreads = 256;
 LaunchConfig CombineLaunch(int64_t rows, int64_t D);
+// Embedding rows: grid x over tokens, y over column slices of kEmbedThreads.
+inline constexpr int kEmbedThreads = 256;
+LaunchConfig EmbedLaunch(int64_t tokens, int64_t cols);
 
 // ---- CUDA graphs for decode ----------------------------------------------------------------------
 // Decode steps are captured once per batch-size bucket (1, 2, 4, 8, then multiples of 8 up to

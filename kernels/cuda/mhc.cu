@@ -97,4 +97,61 @@ cudaError_t HcPost(const float* y, int64_t ldy, const float* post, const float* 
   return cudaGetLastError();
 }
 
+namespace {
+
+// One block per token: the sum of squares and the hc dots with fn, reduced by warps then in warp
+// order by thread 0, which computes the hc sigmoid weights; every thread then collapses its d.
+template <int kHc>
+__global__ void HcHeadKernel(const float* x, int64_t D, int64_t ldx, const float* fn, const float* scale,
+                             const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) {
+  extern __shared__ float partial[];  // [warps][1 + hc]
+  __shared__ float pre_s[kHc];
+  constexpr int values = 1 + kHc;
+  const int64_t t = blockIdx.x, width = kHc * D;
+  const float* xt = x + t * ldx;
+  float acc[values];
+  for (int v = 0; v < values; ++v) acc[v] = 0.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float xv = xt[i];
+    acc[0] += xv * xv;
+    for (int k = 0; k < kHc; ++k) acc[1 + k] += xv * fn[k * width + i];
+  }
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
+  for (int v = 0; v < values; ++v) {
+    const float s = WarpSum(acc[v]);
+    if (lane == 0) partial[warp * values + v] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sums[values];
+    for (int v = 0; v < values; ++v) {
+      float s = 0.f;
+      for (int w = 0; w < warps; ++w) s += partial[w * values + v];
+      sums[v] = s;
+    }
+    const float rs = 1.0f / sqrtf(sums[0] / static_cast<float>(width) + norm_eps);
+    for (int k = 0; k < kHc; ++k) pre_s[k] = 1.0f / (1.0f + expf(-(sums[1 + k] * rs * scale[0] + base[k]))) + hc_eps;
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float u = 0.f;
+    for (int i = 0; i < kHc; ++i) u += pre_s[i] * xt[i * D + d];
+    out[t * ldo + d] = u;
+  }
+}
+
+}  // namespace
+
+cudaError_t HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+                   const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo, cudaStream_t stream) {
+  DSV4_CUDA_SUPPORTED(CheckHc(hc));
+  if (D < 1 || ldx < hc * D || ldo < D) return cudaErrorInvalidValue;
+  if (m == 0) return cudaSuccess;
+  const LaunchConfig cfg = HcHeadLaunch(m, hc);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_DISPATCH_HC(hc, kHc,
+                   DSV4_LAUNCH(HcHeadKernel<kHc>, cfg, stream, x, D, ldx, fn, scale, base, norm_eps, hc_eps, out, ldo));
+  return cudaGetLastError();
+}
+
 }  // namespace dsv4::kernels::cuda

@@ -92,6 +92,10 @@ class Backend {
                      float* comb) = 0;
   virtual void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                       float* x, int64_t ldx) = 0;
+  virtual void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+                      const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) = 0;
+  virtual void EmbedRows(const kernels::WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out,
+                         int64_t ldo) = 0;
   virtual void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight,
                       float limit, float* h) = 0;
   virtual void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,

@@ -100,6 +100,14 @@ class CpuBackend final : public Backend {
               int64_t ldx) override {
     kernels::HcPost(y, ldy, post, comb, m, hc, D, x, ldx);
   }
+  void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+              const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) override {
+    kernels::HcHead(x, m, hc, D, ldx, fn, scale, base, norm_eps, hc_eps, out, ldo);
+  }
+  void EmbedRows(const kernels::WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out,
+                 int64_t ldo) override {
+    kernels::EmbedRows(table, ids, n, copies, out, ldo);
+  }
   void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
               float* h) override {
     kernels::SwiGlu(g, u, m, I, ld, row_weight, limit, h);

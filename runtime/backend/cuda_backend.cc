@@ -163,6 +163,15 @@ class CudaBackend final : public Backend {
               int64_t ldx) override {
     if (ok() && m > 0) Check(kc::HcPost(y, ldy, post, comb, m, hc, D, x, ldx, stream_), "HcPost");
   }
+  void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+              const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) override {
+    if (ok() && m > 0)
+      Check(kc::HcHead(x, m, hc, D, ldx, fn, scale, base, norm_eps, hc_eps, out, ldo, stream_), "HcHead");
+  }
+  void EmbedRows(const kernels::WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out,
+                 int64_t ldo) override {
+    if (ok() && n > 0) Check(kc::EmbedRows(table, ids, n, copies, out, ldo, stream_), "EmbedRows");
+  }
   void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
               float* h) override {
     if (ok() && m > 0) Check(kc::SwiGlu(g, u, m, I, ld, row_weight, limit, h, stream_), "SwiGlu");

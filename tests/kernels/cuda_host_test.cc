@@ -205,6 +205,8 @@ TEST(Launch, V4ShapesAreLaunchable) {
     EXPECT_TRUE(Launchable(CompressLaunch(m / 4 + 1, 512)));
     EXPECT_TRUE(Launchable(GatherLaunch(m * 24)));
     EXPECT_TRUE(Launchable(CombineLaunch(m, 7168)));
+    EXPECT_TRUE(Launchable(HcHeadLaunch(m, 4)));
+    EXPECT_TRUE(Launchable(EmbedLaunch(m, 7168)));
   }
   EXPECT_TRUE(Launchable(HadamardLaunch(1, 8192)));
   EXPECT_FALSE(Launchable(LaunchConfig{{1, 1, 1}, {1025, 1, 1}, 0}));
@@ -239,6 +241,7 @@ TEST(Launch, GridsCoverOutputs) {
   for (int64_t D : {1, 255, 256, 257, 4096}) {
     EXPECT_GE(HcPostLaunch(3, D).grid.y * kHcPostThreads, D);
     EXPECT_GE(CombineLaunch(3, D).grid.y * kCombineThreads, D);
+    EXPECT_GE(EmbedLaunch(3, D).grid.y * kEmbedThreads, D);
     EXPECT_GE(CompressLaunch(3, D).grid.y * kCompressThreads, D);
   }
   // Element-wise launches are grid-stride: fewer blocks than elements is fine, zero is not.
@@ -255,6 +258,7 @@ TEST(Launch, SharedMemorySizing) {
   EXPECT_EQ(HadamardLaunch(1, 128).block.x, 64);
   EXPECT_EQ(HadamardLaunch(1, 4).block.x, 32);
   EXPECT_EQ(HcPreLaunch(1, 4).smem_bytes, (kHcPreThreads / 32) * 25 * 4);
+  EXPECT_EQ(HcHeadLaunch(1, 4).smem_bytes, (kHcHeadThreads / 32) * 5 * 4);
   for (int64_t k : {1, 2, 3, 6, 512, 513, 1024, 2048}) {
     const int64_t p = TopKSortSize(k);
     EXPECT_GE(p, k);

@@ -73,6 +73,45 @@ TEST(Fused, HcPreMatchesDoubleLoopAndHcPostThePlainLoop) {
     }
 }
 
+// The head's collapse against a double loop (dots over hc*D floats in another order: 1e-5), and
+// the embedding's copies against DequantRow (bit for bit).
+TEST(Fused, HcHeadAndEmbedRows) {
+  for (int hc : {1, 4}) {
+    const int64_t m = 3, D = 130, width = hc * D, ldx = width + 2, ldo = D + 3;
+    const std::vector<float> x = Random(m * ldx), fn = Random(hc * width, 0.05f, 21), base = Random(hc, 1.f, 22),
+                             scale = {0.7f};
+    std::vector<float> got(m * ldo, 0.f), want(m * ldo, 0.f);
+    HcHead(x.data(), m, hc, D, ldx, fn.data(), scale.data(), base.data(), 1e-6f, 1e-6f, got.data(), ldo);
+    for (int64_t t = 0; t < m; ++t) {
+      const float* xt = &x[t * ldx];
+      double ss = 0;
+      for (int64_t i = 0; i < width; ++i) ss += static_cast<double>(xt[i]) * xt[i];
+      const double rs = 1.0 / std::sqrt(ss / width + 1e-6);
+      for (int i = 0; i < hc; ++i) {
+        double dot = 0;
+        for (int64_t j = 0; j < width; ++j) dot += static_cast<double>(xt[j]) * fn[i * width + j];
+        const double pre = 1.0 / (1.0 + std::exp(-(dot * rs * scale[0] + base[i]))) + 1e-6;
+        for (int64_t d = 0; d < D; ++d) want[t * ldo + d] += static_cast<float>(pre * xt[i * D + d]);
+      }
+    }
+    EXPECT_TRUE(AllClose("hc head", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-5})) << hc;
+  }
+  std::vector<uint16_t> bf16(10 * 24);
+  for (size_t i = 0; i < bf16.size(); ++i) bf16[i] = static_cast<uint16_t>(0x3f80 + i * 37);
+  WeightMatrix table;
+  table.type = WeightType::kBF16, table.data = bf16.data(), table.ld = 24, table.row_end = 10, table.col_end = 24;
+  table.row_begin = 2;  // a view: ids are rows of the view
+  const std::vector<int32_t> ids = {0, 7, 3};
+  std::vector<float> out(3 * (3 * 24 + 1), -1.f), row(24);
+  EmbedRows(table, ids.data(), 3, 3, out.data(), 3 * 24 + 1);
+  for (int64_t t = 0; t < 3; ++t) {
+    DequantRow(table, ids[t], row.data());
+    for (int c = 0; c < 3; ++c)
+      for (int64_t d = 0; d < 24; ++d) ASSERT_TRUE(SameBits(out[t * 73 + c * 24 + d], row[d])) << t << " " << c;
+    EXPECT_EQ(out[t * 73 + 72], -1.f);  // the row's padding is left alone
+  }
+}
+
 // Float softmax sums of up to 2*128 terms against a double loop: 1e-5.
 TEST(Fused, CompressPoolMatchesDoubleLoop) {
   for (auto [ratio, overlap] : {std::pair<int64_t, bool>{4, true}, {128, false}, {3, false}, {2, true}})

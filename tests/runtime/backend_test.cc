@@ -137,6 +137,28 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
   got = Get(dx, x.size());
   EXPECT_TRUE(AllClose("hc post", got.data(), xs.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
 
+  const std::vector<float> hfn = Random(hc * hc * D, 0.05f, 25), hbase = Random(hc, 1.f, 26), hscale = {0.6f};
+  std::vector<float> head(m * D);
+  float* dhead = Put(head);
+  be_->HcHead(dx, m, hc, D, hc * D, Put(hfn), Put(hscale), Put(hbase), 1e-6f, 1e-6f, dhead, D);
+  kernels::HcHead(xs.data(), m, hc, D, hc * D, hfn.data(), hscale.data(), hbase.data(), 1e-6f, 1e-6f, head.data(), D);
+  got = Get(dhead, head.size());
+  EXPECT_TRUE(AllClose("hc head", got.data(), head.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+
+  std::vector<uint16_t> table_bits(50 * D);
+  for (size_t i = 0; i < table_bits.size(); ++i) table_bits[i] = static_cast<uint16_t>(0x3c00 + (i * 131) % 2048);
+  kernels::WeightMatrix table;
+  table.type = kernels::WeightType::kBF16, table.data = table_bits.data(), table.ld = D, table.row_end = 50,
+  table.col_end = D;
+  auto dtable = be_->PlaceWeight(table);
+  ASSERT_TRUE(dtable.ok()) << dtable.status();
+  const std::vector<int32_t> tokens = {49, 0, 17};
+  std::vector<float> emb(m * 2 * D);
+  float* demb = Put(emb);
+  be_->EmbedRows(*dtable, Put(tokens), m, 2, demb, 2 * D);
+  kernels::EmbedRows(table, tokens.data(), m, 2, emb.data(), 2 * D);
+  EXPECT_EQ(Get(demb, emb.size()), emb);  // a format decode: exact
+
   const int64_t I = 70;
   const std::vector<float> g = Random(m * I, 5.f, 10), uu = Random(m * I, 5.f, 11), rw = Random(m, 1.f, 12);
   std::vector<float> h(m * I);
