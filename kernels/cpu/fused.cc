@@ -182,6 +182,7 @@ void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const in
       float* o = out + t * ldo;
       if (!accumulate) std::fill(o, o + D, 0.f);
       for (int32_t j = offsets[t]; j < offsets[t + 1]; ++j) {
+        if (src_rows[j] < 0) continue;
         const float* v = src + static_cast<int64_t>(src_rows[j]) * lds;
         if (weights == nullptr) {
           AddTo(o, v, D);

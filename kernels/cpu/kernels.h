@@ -187,12 +187,33 @@ void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale);
 // null); idx[t] [k] (ldidx) gets the indices of the min(k, nvalid[t]) largest (TopK's order), then -1s.
 void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
           int64_t ldidx);
+// ---- MoE routing and grouping (moe.cc) ---------------------------------------------------------------
+
+enum class RouterScore : uint8_t { kSoftmax, kSigmoid, kSqrtSoftplus };
+
+// The router (MODEL.md 2.5) over gate logits scores [m, E], which become the routing scores in place:
+// divided by temp (when != 1), then softmax / sigmoid / sqrt(softplus). experts[t] [K] are the
+// hash table's tid2eid[tokens[t]] (hash layers: tid2eid [vocab, K] non-null) or the top-K of
+// scores + bias (bias may be null; TopK's order); weights[t] [K] the scores of those experts,
+// divided by their sum + norm_eps when `normalize`, times `scaling`.
+void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
+           const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
+           int32_t* experts, float* weights);
+
+// Groups `pairs` (token, slot) pairs p = t*K + j by experts[p] in [0, E) (others are left out: not
+// held here): offsets [E+1] (expert e's rows are [offsets[e], offsets[e+1])), order [pairs] the pair
+// of each row (pair order within an expert) then -1s, order_tokens [pairs] = order / K (then -1s),
+// position [pairs] the row of each pair (-1 when left out). counts [E] (may be null) += rows per
+// expert.
+void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
+                   int64_t* order_tokens, int32_t* position, int64_t* counts);
+
 // dst row r [row_bytes] (pitch dst_pitch) = src row ids[r] (pitch src_pitch); ids[r] < 0 zero-fills.
 void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                 int64_t dst_pitch);
 // Ordered weighted combine: out[t] (+)= sum over j in [offsets[t], offsets[t+1]) of weights[j] *
-// src[src_rows[j]] (weight 1 when weights is null), summed in j order, each product rounded before
-// it is added. src [*, D] (lds), out [rows, D] (ldo).
+// src[src_rows[j]] (weight 1 when weights is null; src_rows[j] < 0 is skipped), summed in j order,
+// each product rounded before it is added. src [*, D] (lds), out [rows, D] (ldo).
 void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                  int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo);
 

@@ -31,6 +31,9 @@ const char* CheckAttention(int64_t H, int64_t d, int64_t k);
 const char* CheckIndexer(int64_t H, int64_t d);
 // Top-k: 0 <= k <= 2048 and k <= n < 2^31.
 const char* CheckTopK(int64_t n, int64_t k);
+// Router: 1 <= K <= 32 experts per token, K <= E <= 4096 routed experts (the scores of a token sit
+// in shared memory).
+const char* CheckRoute(int64_t E, int64_t K);
 // Compressor pooling: ratio >= 1, hd >= 1.
 const char* CheckCompress(int64_t ratio, int64_t hd);
 

@@ -29,6 +29,7 @@ __global__ void CombineRowsKernel(const float* src, int64_t lds, const int32_t* 
   if (c >= D) return;
   float acc = accumulate ? out[t * ldo + c] : 0.f;
   for (int32_t e = offsets[t]; e < offsets[t + 1]; ++e) {
+    if (src_rows[e] < 0) continue;
     const float v = src[static_cast<int64_t>(src_rows[e]) * lds + c];
     acc = __fadd_rn(acc, weights ? __fmul_rn(weights[e], v) : v);
   }

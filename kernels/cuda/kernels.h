@@ -112,6 +112,21 @@ cudaError_t IndexerScores(const float* q, const float* w, int64_t m, int64_t H, 
 cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
                  int64_t ldidx, cudaStream_t stream);
 
+// ---- MoE routing and grouping (kernels::Route, kernels::GroupByExpert) ------------------------------
+
+// The router over gate logits scores [m, E] (device, updated in place to the routing scores);
+// bias [E], tid2eid [vocab, K] and tokens [m] may be null as on the CPU. Top-k ties go to the lower
+// expert id, as kernels::TopK.
+cudaError_t Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
+                  const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
+                  int32_t* experts, float* weights, cudaStream_t stream);
+// Bytes of device workspace GroupByExpert needs for `pairs` pairs over E experts (-1: unsupported).
+int64_t GroupByExpertWorkspaceBytes(int64_t pairs, int64_t E);
+// kernels::GroupByExpert on the device (a stable radix sort: rows of an expert keep pair order).
+cudaError_t GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
+                          int64_t* order_tokens, int32_t* position, int64_t* counts, void* workspace,
+                          int64_t workspace_bytes, cudaStream_t stream);
+
 // ---- data movement ---------------------------------------------------------------------------------
 
 // dst row r [row_bytes] (pitch dst_pitch) = src row ids[r] (pitch src_pitch); ids[r] < 0 zero-fills.
@@ -127,8 +142,9 @@ cudaError_t EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, 
                       cudaStream_t stream);
 
 // Ordered weighted combine (MoE): out[t] (+)= sum over e in [offsets[t], offsets[t+1]) of
-// weight[e] * src[src_rows[e]] (weight 1 when weights is null), summed in e order, so the result
-// does not depend on thread timing. src [*, D] (lds), out [rows, D] (ldo); accumulate = add to out.
+// weight[e] * src[src_rows[e]] (weight 1 when weights is null; src_rows[e] < 0 is skipped), summed
+// in e order, so the result does not depend on thread timing. src [*, D] (lds), out [rows, D] (ldo); accumulate = add
+// to out.
 cudaError_t CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
                         const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo,
                         cudaStream_t stream);

@@ -111,6 +111,10 @@ LaunchConfig CombineLaunch(int64_t rows, int64_t D) {
   return {{rows, CeilDiv(D, kCombineThreads), 1}, {kCombineThreads, 1, 1}, 0};
 }
 
+LaunchConfig RouteLaunch(int64_t tokens, int64_t E) {
+  return {{tokens, 1, 1}, {kRouteThreads, 1, 1}, (2 * E + 2 * kWarpSize) * static_cast<int64_t>(sizeof(float))};
+}
+
 LaunchConfig EmbedLaunch(int64_t tokens, int64_t cols) {
   return {{tokens, CeilDiv(cols, kEmbedThreads), 1}, {kEmbedThreads, 1, 1}, 0};
 }
@@ -191,6 +195,12 @@ const char* CheckIndexer(int64_t H, int64_t d) {
 const char* CheckTopK(int64_t n, int64_t k) {
   if (k < 0 || k > kMaxTopK) return "k must be in [0, 2048]";
   if (n < k || n >= (int64_t{1} << 31)) return "need k <= n < 2^31";
+  return nullptr;
+}
+
+const char* CheckRoute(int64_t E, int64_t K) {
+  if (K < 1 || K > kMaxRouteK) return "experts per token must be in [1, 32]";
+  if (E < K || E > kMaxRouteExperts) return "need experts per token <= routed experts <= 4096";
   return nullptr;
 }
 

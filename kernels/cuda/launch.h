@@ -100,6 +100,12 @@ inline constexpr int kTopKRadixBins = 256;
 int64_t TopKSortSize(int64_t k);
 LaunchConfig TopKLaunch(int64_t m, int64_t k);
 
+// ---- MoE router: one block per token, its E scores (and biased copies) in shared memory -------------
+inline constexpr int kRouteThreads = 256;
+inline constexpr int64_t kMaxRouteK = 32;
+inline constexpr int64_t kMaxRouteExperts = 4096;
+LaunchConfig RouteLaunch(int64_t tokens, int64_t E);
+
 // ---- compressor pooling: thread per (output block, channel); grid x = blocks, y = channel slices --
 inline constexpr int kCompressThreads = 128;
 LaunchConfig CompressLaunch(int64_t num_blocks, int64_t hd);

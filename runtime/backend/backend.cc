@@ -36,6 +36,14 @@ absl::StatusOr<const float*> Backend::PlaceVector(const float* host, int64_t n) 
   return static_cast<const float*>(p);
 }
 
+absl::StatusOr<const int32_t*> Backend::PlaceInts(const int32_t* host, int64_t n) {
+  if (device() == Device::kCpu) return host;
+  DSV4_ASSIGN_OR_RETURN(void* p, Allocate(n * 4));
+  CopyToDevice(p, host, n * 4);
+  DSV4_RETURN_IF_ERROR(status());
+  return static_cast<const int32_t*>(p);
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options) {
   switch (options.device) {
     case DeviceChoice::kCpu:

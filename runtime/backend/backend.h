@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -30,6 +31,26 @@ const char* DeviceName(Device d);
 // "cpu", "cuda" or "auto" (CUDA where a GPU is present).
 enum class DeviceChoice { kAuto, kCpu, kCuda };
 absl::StatusOr<DeviceChoice> ParseDeviceChoice(const std::string& s);
+
+// One layer's routed experts placed on a backend's device (Backend::PlaceExperts); opaque.
+class ExpertTable {
+ public:
+  virtual ~ExpertTable() = default;
+};
+
+// The (host) views of one expert's three matrices: w1, w3 [inter, D], w2 [D, inter].
+struct ExpertViews {
+  const kernels::WeightMatrix* w1 = nullptr;
+  const kernels::WeightMatrix* w2 = nullptr;
+  const kernels::WeightMatrix* w3 = nullptr;
+};
+
+// How the expert FFNs compute (MODEL.md 2.5).
+struct ExpertFfnOptions {
+  float swiglu_limit = 0;  // clamp of the SwiGLU inputs (<= 0: none)
+  bool qdq = true;         // round the inputs of quantized products to FP8, as the reference
+  int qdq_group = 128;     // in groups of this many values
+};
 
 struct BackendOptions {
   DeviceChoice device = DeviceChoice::kAuto;
@@ -69,6 +90,11 @@ class Backend {
   virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) = 0;
   // A float32 host vector placed on the device (norm gains, sinks, mHC parameters): persistent.
   absl::StatusOr<const float*> PlaceVector(const float* host, int64_t n);
+  // Host int32 data (hash-routing tables) placed on the device: persistent.
+  absl::StatusOr<const int32_t*> PlaceInts(const int32_t* host, int64_t n);
+  // The experts of one layer; experts[e] with null views are not held on this rank (never routed
+  // here). At least one must be held, all of one shape and format.
+  virtual absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> experts) = 0;
 
   // Waits for the enqueued work; returns the first latched error.
   virtual absl::Status Synchronize() = 0;
@@ -107,6 +133,18 @@ class Backend {
                              int64_t n, const int64_t* nvis, float* score) = 0;
   virtual void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
                     int64_t ldidx) = 0;
+  virtual void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score,
+                     const float* bias, const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps,
+                     float scaling, int32_t* experts, float* weights) = 0;
+  virtual void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets,
+                             int64_t* order, int64_t* order_tokens, int32_t* position, int64_t* counts) = 0;
+  // Expert FFNs over rows grouped by expert: rows [offsets[e], offsets[e+1]) of x [*, ldx] (offsets
+  // [E+1] in device memory) go through expert e of `table` into the same rows of y [*, ldy]:
+  // y = (silu(min(x W1^T, limit)) * clamp(x W3^T, -limit, limit) * row_weights[row]) W2^T, the
+  // inputs of quantized products rounded to FP8 first (options.qdq). x's rows may be rounded in
+  // place. max_rows (host) bounds offsets[E]; rows past offsets[E] are computed and ignored.
+  virtual void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
+                         const float* row_weights, const ExpertFfnOptions& options, float* y, int64_t ldy) = 0;
   virtual void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                           void* dst, int64_t dst_pitch) = 0;
   virtual void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,

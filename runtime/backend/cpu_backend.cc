@@ -47,6 +47,17 @@ class ChunkArena {
   int64_t used_ = 0;
 };
 
+// The experts are the checkpoint's own views.
+class CpuExpertTable final : public ExpertTable {
+ public:
+  explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()) {}
+  std::vector<ExpertViews> experts;
+};
+
+bool IsQuantized(const kernels::WeightMatrix& w) {
+  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
+}
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::kCpu; }
@@ -71,6 +82,9 @@ class CpuBackend final : public Backend {
     if (bytes > 0) std::memset(x, 0, static_cast<size_t>(bytes));
   }
   absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) override { return host; }
+  absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> experts) override {
+    return std::unique_ptr<ExpertTable>(new CpuExpertTable(experts));
+  }
   absl::Status Synchronize() override { return absl::OkStatus(); }
   absl::Status status() const override { return absl::OkStatus(); }
 
@@ -128,6 +142,50 @@ class CpuBackend final : public Backend {
   void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
             int64_t ldidx) override {
     kernels::TopK(x, m, n, ldx, nvalid, k, idx, ldidx);
+  }
+  void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score, const float* bias,
+             const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
+             int32_t* experts, float* weights) override {
+    kernels::Route(scores, m, E, K, temp, score, bias, tid2eid, tokens, normalize, norm_eps, scaling, experts, weights);
+  }
+  void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
+                     int64_t* order_tokens, int32_t* position, int64_t* counts) override {
+    kernels::GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts);
+  }
+  // The experts that received rows, as three grouped products (w1 and w3 together, then w2): every
+  // expert's weights are read once for all its rows, and the threads share out all the products.
+  void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
+                 const float* row_weights, const ExpertFfnOptions& o, float* y, int64_t ldy) override {
+    const auto& experts = static_cast<const CpuExpertTable&>(table).experts;
+    const int64_t E = static_cast<int64_t>(experts.size());
+    const int64_t total = offsets[E];
+    if (total == 0) return;
+    const ExpertViews* any = nullptr;
+    for (const ExpertViews& e : experts)
+      if (e.w1 != nullptr) any = &e;
+    const int64_t I = any->w1->rows(), D = any->w2->rows();
+    float* g = WorkspaceF32(total * I);
+    float* u = WorkspaceF32(total * I);
+    std::vector<kernels::LinearJob> jobs;
+    jobs.reserve(2 * E);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t b = offsets[e], m = offsets[e + 1] - b;
+      if (m == 0) continue;
+      DSV4_CHECK(experts[e].w1 != nullptr, "rows routed to expert ", e, ", which this rank does not hold");
+      if (o.qdq && IsQuantized(*experts[e].w1)) kernels::QdqFp8(x + b * ldx, m, D, ldx, o.qdq_group);
+      jobs.push_back({x + b * ldx, m, ldx, experts[e].w1, g + b * I, I});
+      jobs.push_back({x + b * ldx, m, ldx, experts[e].w3, u + b * I, I});
+    }
+    kernels::LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
+    kernels::SwiGlu(g, u, total, I, I, row_weights, o.swiglu_limit, g);
+    jobs.clear();
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t b = offsets[e], m = offsets[e + 1] - b;
+      if (m == 0) continue;
+      if (o.qdq && IsQuantized(*experts[e].w2)) kernels::QdqFp8(g + b * I, m, I, I, o.qdq_group);
+      jobs.push_back({g + b * I, m, I, experts[e].w2, y + b * ldy, ldy});
+    }
+    kernels::LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
   }
   void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                   int64_t dst_pitch) override {

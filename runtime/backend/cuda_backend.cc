@@ -35,6 +35,20 @@ absl::Status CudaError(cudaError_t err, const std::string& what) {
   return absl::InternalError(msg);
 }
 
+// A layer's experts on the device: for each of w1, w2, w3 a device array of one view per expert
+// (experts not held here repeat a held one: their groups never have rows), and the host view that
+// gives the shape and format.
+class CudaExpertTable final : public ExpertTable {
+ public:
+  int64_t experts = 0;
+  const kernels::WeightMatrix* w[3] = {nullptr, nullptr, nullptr};  // device arrays [experts]
+  kernels::WeightMatrix like[3];
+};
+
+bool IsQuantized(const kernels::WeightMatrix& w) {
+  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
+}
+
 class CudaBackend final : public Backend {
  public:
   ~CudaBackend() override {
@@ -119,6 +133,34 @@ class CudaBackend final : public Backend {
     return device;
   }
 
+  absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> experts) override {
+    auto table = std::make_unique<CudaExpertTable>();
+    table->experts = static_cast<int64_t>(experts.size());
+    std::vector<kernels::WeightMatrix> views[3];
+    for (auto& v : views) v.resize(experts.size());
+    int64_t first_held = -1;
+    for (size_t e = 0; e < experts.size(); ++e) {
+      if (experts[e].w1 == nullptr) continue;
+      const kernels::WeightMatrix* host[3] = {experts[e].w1, experts[e].w2, experts[e].w3};
+      for (int k = 0; k < 3; ++k) {
+        DSV4_ASSIGN_OR_RETURN(views[k][e], PlaceWeight(*host[k]), "expert ", e);
+      }
+      if (first_held < 0) first_held = static_cast<int64_t>(e);
+    }
+    if (first_held < 0) return absl::InvalidArgumentError("a layer with no expert held on this rank");
+    for (int k = 0; k < 3; ++k) {
+      table->like[k] = views[k][first_held];
+      for (size_t e = 0; e < experts.size(); ++e)
+        if (experts[e].w1 == nullptr) views[k][e] = views[k][first_held];
+      const int64_t bytes = static_cast<int64_t>(experts.size() * sizeof(kernels::WeightMatrix));
+      DSV4_ASSIGN_OR_RETURN(void* dev, Allocate(bytes));
+      CopyToDevice(dev, views[k].data(), bytes);
+      table->w[k] = static_cast<const kernels::WeightMatrix*>(dev);
+    }
+    DSV4_RETURN_IF_ERROR(Synchronize());
+    return std::unique_ptr<ExpertTable>(std::move(table));
+  }
+
   absl::Status Synchronize() override {
     if (ok()) Check(cudaStreamSynchronize(stream_), "synchronize");
     return status_;
@@ -195,6 +237,38 @@ class CudaBackend final : public Backend {
   void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
             int64_t ldidx) override {
     if (ok() && m > 0 && k > 0) Check(kc::TopK(x, m, n, ldx, nvalid, k, idx, ldidx, stream_), "TopK");
+  }
+  void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score, const float* bias,
+             const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
+             int32_t* experts, float* weights) override {
+    if (ok() && m > 0)
+      Check(kc::Route(scores, m, E, K, temp, score, bias, tid2eid, tokens, normalize, norm_eps, scaling, experts,
+                      weights, stream_),
+            "Route");
+  }
+  void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
+                     int64_t* order_tokens, int32_t* position, int64_t* counts) override {
+    if (!ok()) return;
+    const int64_t bytes = kc::GroupByExpertWorkspaceBytes(pairs, E);
+    if (bytes < 0) return Latch(absl::InvalidArgumentError(absl::StrCat("GroupByExpert of ", pairs, " pairs")));
+    void* w = Workspace(bytes);
+    if (ok())
+      Check(kc::GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts, w, bytes, stream_),
+            "GroupByExpert");
+  }
+  void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
+                 const float* row_weights, const ExpertFfnOptions& o, float* y, int64_t ldy) override {
+    if (!ok() || max_rows == 0) return;
+    const auto& t = static_cast<const CudaExpertTable&>(table);
+    const int64_t I = t.like[0].rows(), D = t.like[1].rows();
+    float* g = WorkspaceF32(max_rows * I);
+    float* u = WorkspaceF32(max_rows * I);
+    if (o.qdq && IsQuantized(t.like[0])) QdqFp8(x, max_rows, D, ldx, o.qdq_group);
+    if (ok()) Check(kc::GroupedLinear(x, ldx, t.w[0], t.like[0], offsets, t.experts, max_rows, g, I, stream_), "w1");
+    if (ok()) Check(kc::GroupedLinear(x, ldx, t.w[2], t.like[2], offsets, t.experts, max_rows, u, I, stream_), "w3");
+    SwiGlu(g, u, max_rows, I, I, row_weights, o.swiglu_limit, g);
+    if (o.qdq && IsQuantized(t.like[1])) QdqFp8(g, max_rows, I, I, o.qdq_group);
+    if (ok()) Check(kc::GroupedLinear(g, I, t.w[1], t.like[1], offsets, t.experts, max_rows, y, ldy, stream_), "w2");
   }
   void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                   int64_t dst_pitch) override {

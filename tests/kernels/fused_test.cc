@@ -3,6 +3,7 @@
 // others (bit for bit). Awkward shapes: odd widths, strides past the row, hc of 1, 3 and 4.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <random>
@@ -182,6 +183,83 @@ TEST(Fused, GatherRowsAndCombineRowsInOrder) {
                   got.data(), D);
       for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << i;  // same order: exact
     }
+}
+
+// The router against a plain restatement: scores, the top-K of score + bias by sorting (ties to the
+// lower id), weights normalized and scaled; and hash layers taking the table's experts.
+TEST(Moe, RouteMatchesAPlainRestatement) {
+  const int64_t m = 4, E = 24, K = 5, vocab = 10;
+  const std::vector<float> logits = Random(m * E, 2.f, 31), bias = Random(E, 0.3f, 32);
+  const std::vector<int32_t> tokens = {3, 9, 0, 3};
+  std::vector<int32_t> table(vocab * K);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>((i * 7) % E);
+  for (RouterScore score : {RouterScore::kSqrtSoftplus, RouterScore::kSigmoid, RouterScore::kSoftmax})
+    for (bool hashed : {false, true}) {
+      std::vector<float> scores = logits, w(m * K);
+      std::vector<int32_t> ex(m * K);
+      const bool normalize = score != RouterScore::kSoftmax;
+      Route(scores.data(), m, E, K, 1.5f, score, bias.data(), hashed ? table.data() : nullptr, tokens.data(), normalize,
+            1e-20f, 2.5f, ex.data(), w.data());
+      for (int64_t t = 0; t < m; ++t) {
+        std::vector<double> s(E);
+        double mx = -INFINITY, sum = 0;
+        for (int64_t e = 0; e < E; ++e) mx = std::max<double>(mx, logits[t * E + e] / 1.5);
+        for (int64_t e = 0; e < E; ++e) {
+          const double z = logits[t * E + e] / 1.5;
+          s[e] = score == RouterScore::kSqrtSoftplus ? std::sqrt(std::log1p(std::exp(z)))
+                 : score == RouterScore::kSigmoid    ? 1 / (1 + std::exp(-z))
+                                                     : std::exp(z - mx);
+          sum += s[e];
+        }
+        if (score == RouterScore::kSoftmax)
+          for (auto& v : s) v /= sum;
+        std::vector<int32_t> want(K);
+        if (hashed) {
+          for (int64_t j = 0; j < K; ++j) want[j] = table[tokens[t] * K + j];
+        } else {
+          std::vector<int32_t> ids(E);
+          for (int32_t e = 0; e < E; ++e) ids[e] = e;
+          std::stable_sort(ids.begin(), ids.end(),
+                           [&](int32_t a, int32_t b) { return s[a] + bias[a] > s[b] + bias[b]; });
+          want.assign(ids.begin(), ids.begin() + K);
+        }
+        double wsum = 0;
+        for (int64_t j = 0; j < K; ++j) wsum += s[want[j]];
+        for (int64_t j = 0; j < K; ++j) {
+          ASSERT_EQ(ex[t * K + j], want[j]) << static_cast<int>(score) << " " << hashed << " token " << t;
+          const double expect = (normalize ? s[want[j]] / wsum : s[want[j]]) * 2.5;
+          EXPECT_NEAR(w[t * K + j], expect, 1e-5 * std::abs(expect)) << t << " " << j;  // float vs double
+          EXPECT_NEAR(scores[t * E + want[j]], s[want[j]], 1e-5 * std::abs(s[want[j]]) + 1e-7);
+        }
+      }
+    }
+}
+
+// Grouping against a direct construction: every kept pair once, in expert order then pair order.
+TEST(Moe, GroupByExpertIsAStableCountingSort) {
+  const int64_t K = 3, tokens = 7, pairs = tokens * K, E = 5;
+  std::vector<int32_t> experts(pairs);
+  for (int64_t p = 0; p < pairs; ++p) experts[p] = static_cast<int32_t>((p * 11) % 7) - 1;  // -1 and 5: not held
+  std::vector<int32_t> offsets(E + 1), position(pairs);
+  std::vector<int64_t> order(pairs), order_tokens(pairs), counts(E, 10);
+  GroupByExpert(experts.data(), pairs, K, E, offsets.data(), order.data(), order_tokens.data(), position.data(),
+                counts.data());
+  int64_t row = 0;
+  for (int32_t e = 0; e < E; ++e) {
+    ASSERT_EQ(offsets[e], row) << e;
+    for (int64_t p = 0; p < pairs; ++p)
+      if (experts[p] == e) {
+        ASSERT_EQ(order[row], p);
+        ASSERT_EQ(order_tokens[row], p / K);
+        ASSERT_EQ(position[p], row);
+        ++row;
+      }
+    EXPECT_EQ(counts[e], 10 + (offsets[e + 1] - offsets[e]));
+  }
+  ASSERT_EQ(offsets[E], row);
+  for (int64_t i = row; i < pairs; ++i) EXPECT_EQ(order[i], -1);
+  for (int64_t p = 0; p < pairs; ++p)
+    if (experts[p] < 0 || experts[p] >= E) EXPECT_EQ(position[p], -1);
 }
 
 }  // namespace

@@ -230,6 +230,95 @@ TEST_F(BackendOps, AttentionAndIndexer) {
   EXPECT_TRUE(AllClose("indexer", got.data(), scores.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
 }
 
+// The MoE path: route, group by expert, gather, expert FFNs, combine, against the same steps on the
+// CPU kernels.
+TEST_F(BackendOps, RoutedExpertsEndToEnd) {
+  const int64_t n = 5, E = 8, K = 3, D = 64, I = 32;
+  const std::vector<float> logits = Random(n * E, 2.f, 40), bias = Random(E, 0.2f, 41), x = Random(n * D, 1.f, 42);
+  std::vector<float> scores = logits, weights(n * K);
+  std::vector<int32_t> experts(n * K);
+  float* dscores = Put(logits);
+  int32_t* dexperts = Put(experts);
+  float* dweights = Put(weights);
+  be_->Route(dscores, n, E, K, 1.f, kernels::RouterScore::kSqrtSoftplus, Put(bias), nullptr, nullptr, true, 0.f, 1.5f,
+             dexperts, dweights);
+  kernels::Route(scores.data(), n, E, K, 1.f, kernels::RouterScore::kSqrtSoftplus, bias.data(), nullptr, nullptr, true,
+                 0.f, 1.5f, experts.data(), weights.data());
+  ASSERT_EQ(Get(dexperts, experts.size()), experts);  // the picks: no near-ties in this data
+  std::vector<float> got = Get(dweights, weights.size());
+  EXPECT_TRUE(AllClose("route weights", got.data(), weights.data(), got.size(), Or({.abs = 1e-6, .rel = 1e-5})));
+
+  const int64_t pairs = n * K;
+  std::vector<int32_t> offsets(E + 1), position(pairs);
+  std::vector<int64_t> order(pairs), tokens(pairs), counts(E, 0);
+  int32_t* doffsets = Put(offsets);
+  int32_t* dposition = Put(position);
+  int64_t *dorder = Put(order), *dtokens = Put(tokens), *dcounts = Put(counts);
+  be_->GroupByExpert(dexperts, pairs, K, E, doffsets, dorder, dtokens, dposition, dcounts);
+  kernels::GroupByExpert(experts.data(), pairs, K, E, offsets.data(), order.data(), tokens.data(), position.data(),
+                         counts.data());
+  EXPECT_EQ(Get(doffsets, offsets.size()), offsets);
+  EXPECT_EQ(Get(dorder, order.size()), order);
+  EXPECT_EQ(Get(dtokens, tokens.size()), tokens);
+  EXPECT_EQ(Get(dposition, position.size()), position);
+  EXPECT_EQ(Get(dcounts, counts.size()), counts);
+
+  // Experts in BF16 (no input rounding) with expert 6 not held here.
+  std::vector<std::vector<uint16_t>> bits(3 * E);
+  std::vector<kernels::WeightMatrix> mats(3 * E);
+  std::vector<ExpertViews> views(E);
+  for (int64_t e = 0; e < E; ++e)
+    for (int k = 0; k < 3; ++k) {
+      const int64_t rows = k == 1 ? D : I, cols = k == 1 ? I : D;
+      auto& b = bits[e * 3 + k];
+      b.resize(rows * cols);
+      for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint16_t>(0x3c00 + ((i * 37 + e * 101 + k) % 1024));
+      kernels::WeightMatrix& w = mats[e * 3 + k];
+      w.type = kernels::WeightType::kBF16, w.data = b.data(), w.ld = cols, w.row_end = rows, w.col_end = cols;
+    }
+  for (int64_t e = 0; e < E; ++e)
+    if (e != 6) views[e] = {&mats[e * 3], &mats[e * 3 + 1], &mats[e * 3 + 2]};
+  std::vector<int32_t> routed = experts;
+  for (auto& r : routed)
+    if (r == 6) r = -1;  // routed to another rank
+  int32_t* drouted = Put(routed);
+  be_->GroupByExpert(drouted, pairs, K, E, doffsets, dorder, dtokens, dposition, nullptr);
+  kernels::GroupByExpert(routed.data(), pairs, K, E, offsets.data(), order.data(), tokens.data(), position.data(),
+                         nullptr);
+  auto table = be_->PlaceExperts(views);
+  ASSERT_TRUE(table.ok()) << table.status();
+  std::vector<float> xs(pairs * D), ws(pairs), ys(pairs * D, 0.f);
+  float *dxs = Put(xs), *dws = Put(ws), *dys = Put(ys);
+  be_->GatherRows(Put(x), D * 4, dtokens, pairs, D * 4, dxs, D * 4);
+  be_->GatherRows(dweights, 4, dorder, pairs, 4, dws, 4);
+  kernels::GatherRows(x.data(), D * 4, tokens.data(), pairs, D * 4, xs.data(), D * 4);
+  kernels::GatherRows(weights.data(), 4, order.data(), pairs, 4, ws.data(), 4);
+  ExpertFfnOptions fo;
+  fo.swiglu_limit = 7.f;
+  be_->ExpertFfn(**table, dxs, D, doffsets, pairs, dws, fo, dys, D);
+  // The same FFN from single products on the CPU, expert by expert.
+  std::vector<float> want(pairs * D, 0.f), g(I), u(I);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
+      kernels::Linear(&xs[r * D], 1, D, mats[e * 3], g.data(), I);
+      kernels::Linear(&xs[r * D], 1, D, mats[e * 3 + 2], u.data(), I);
+      kernels::SwiGlu(g.data(), u.data(), 1, I, I, &ws[r], 7.f, g.data());
+      kernels::Linear(g.data(), 1, I, mats[e * 3 + 1], &want[r * D], D);
+    }
+  got = Get(dys, want.size());
+  const int64_t kept = offsets[E];
+  EXPECT_TRUE(AllClose("expert ffn", got.data(), want.data(), kept * D, Or({.abs = 1e-3, .rel = 1e-4})));
+
+  std::vector<int32_t> token_offsets(n + 1);
+  for (int64_t t = 0; t <= n; ++t) token_offsets[t] = static_cast<int32_t>(t * K);
+  std::vector<float> out(n * D);
+  float* dout = Put(out);
+  be_->CombineRows(dys, D, Put(token_offsets), dposition, nullptr, n, D, false, dout, D);
+  kernels::CombineRows(want.data(), D, token_offsets.data(), position.data(), nullptr, n, D, false, out.data(), D);
+  got = Get(dout, out.size());
+  EXPECT_TRUE(AllClose("combine", got.data(), out.data(), got.size(), Or({.abs = 1e-3, .rel = 1e-4})));
+}
+
 TEST_F(BackendOps, WorkspaceIsRecycledAndCopiesRoundTrip) {
   void* a = be_->Workspace(1000);
   be_->Reset();
