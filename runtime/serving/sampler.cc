@@ -1,10 +1,12 @@
 #include "runtime/serving/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/sampling.h"
 #include "runtime/tokenizer/utf8.h"
 
 namespace dsv4 {
@@ -96,64 +98,106 @@ void Sampler::ApplyPenalties(std::vector<float>& l) const {
     for (const auto& [id, n] : output_) l[id] -= static_cast<float>(p_.frequency_penalty * n + p_.presence_penalty);
 }
 
+namespace sampling_internal {
+
+// Linear time: a histogram of the weights' float bits (weights are in [0, 1], so their bits order
+// them) finds the bucket where the mass is reached; only that bucket's ids are then selected by
+// mass, partitioning around pivots.
+int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>& hist, std::vector<int32_t>& ids) {
+  constexpr int kShift = 19;  // 8 exponent and 4 mantissa bits: 16 buckets per binade
+  constexpr int kBuckets = (0x3F800000 >> kShift) + 1;
+  hist.assign(4 * kBuckets, 0.0);  // four interleaved histograms: no store-to-load chains
+  for (int32_t i = 0; i < V; ++i)
+    hist[(i & 3) * kBuckets + (std::bit_cast<uint32_t>(e[i]) >> kShift)] += e[i];
+  double acc = 0;
+  int b = kBuckets - 1;
+  for (; b > 0; --b) {
+    const double m = hist[b] + hist[kBuckets + b] + hist[2 * kBuckets + b] + hist[3 * kBuckets + b];
+    if (acc + m >= target) break;
+    acc += m;
+  }
+  if (b == 0) return -1;  // the mass is reached only with every candidate (rounding): keep them all
+  ids.clear();
+  for (int32_t i = 0; i < V; ++i)
+    if ((std::bit_cast<uint32_t>(e[i]) >> kShift) == static_cast<uint32_t>(b)) ids.push_back(i);
+  // Select inside the bucket by mass: partition around a pivot, keep the side the mass ends in.
+  int64_t lo = 0, hi = static_cast<int64_t>(ids.size());
+  for (;;) {
+    if (hi - lo <= 32) {
+      std::sort(ids.begin() + lo, ids.begin() + hi, [e](int32_t a, int32_t b) { return Before(e, a, b); });
+      for (int64_t i = lo; i < hi; ++i)
+        if ((acc += e[ids[i]]) >= target) return ids[i];
+      return ids[hi - 1];  // rounding: the bucket's whole mass was needed after all
+    }
+    const int32_t pivot = ids[lo + (hi - lo) / 2];
+    const auto mid = std::partition(ids.begin() + lo, ids.begin() + hi,
+                                    [e, pivot](int32_t a) { return Before(e, a, pivot); });
+    double upper = 0;
+    for (auto it = ids.begin() + lo; it != mid; ++it) upper += e[*it];
+    if (acc + upper >= target) {
+      hi = mid - ids.begin();
+    } else if (acc + upper + e[pivot] >= target) {
+      return pivot;
+    } else {
+      acc += upper + e[pivot];
+      // The pivot sits somewhere in [mid, hi): the rest, without it, is the new range.
+      auto p = std::find(mid, ids.begin() + hi, pivot);
+      std::iter_swap(p, mid);
+      lo = (mid - ids.begin()) + 1;
+    }
+  }
+}
+
+}  // namespace sampling_internal
+
 int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) {
   const int32_t V = static_cast<int32_t>(logits.size());
   work_.assign(logits.begin(), logits.end());
   ApplyPenalties(work_);
   // NaN logits (a broken model) must not poison the choice: they rank below everything.
-  for (float& v : work_)
+  float best = -std::numeric_limits<float>::infinity();
+  for (float& v : work_) {
     if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
+    best = std::max(best, v);
+  }
   const float* w = work_.data();
   int32_t chosen = 0;
-  const float best = *std::max_element(work_.begin(), work_.end());
   if (p_.temperature == 0 || p_.top_k == 1 || !std::isfinite(best)) {
     for (int32_t i = 1; i < V; ++i)
       if (w[i] > w[chosen]) chosen = i;
   } else {
-    // Candidates: the top-k (all tokens when k is off), then the smallest best-first prefix that
-    // holds top_p of their probability mass. Only as much is sorted as top-p needs.
+    // Unnormalized probabilities: the best token's is 1, the others' exp((l - best) / T).
+    weight_.resize(V);
+    float* e = weight_.data();
+    double z = kernels::ExpShiftedSum(w, V, best, static_cast<float>(1.0 / p_.temperature), e);
+    // top-k: the candidates are the k best logits (lower id first on ties); the others weigh 0.
     const int64_t k = p_.top_k > 0 ? std::min<int64_t>(p_.top_k, V) : V;
-    order_.resize(V);
-    for (int32_t i = 0; i < V; ++i) order_[i] = i;
-    const ByValue by{w};
-    if (k < V) std::nth_element(order_.begin(), order_.begin() + k, order_.end(), by);
-    const double inv_t = 1.0 / p_.temperature;
-    const float mx = best;
-    // Unnormalized probability of a token; the best candidate's is exp(0) = 1.
-    auto weight = [&](int32_t id) { return std::exp((static_cast<double>(w[id]) - mx) * inv_t); };
-    int64_t keep = k;
-    if (p_.top_p < 1) {
-      double z = 0;
-      for (int64_t i = 0; i < k; ++i) z += weight(order_[i]);
-      for (int64_t sorted = std::min<int64_t>(k, 64);; sorted = std::min<int64_t>(k, sorted * 8)) {
-        std::partial_sort(order_.begin(), order_.begin() + sorted, order_.begin() + k, by);
-        double mass = 0;
-        for (keep = 0; keep < sorted;) {
-          mass += weight(order_[keep++]) / z;
-          if (mass >= p_.top_p) break;
-        }
-        if (mass >= p_.top_p || sorted == k) break;
-      }
+    if (k < V) {
+      order_.resize(V);
+      for (int32_t i = 0; i < V; ++i) order_[i] = i;
+      std::nth_element(order_.begin(), order_.begin() + k, order_.end(), ByValue{w});
+      for (int64_t i = k; i < V; ++i) e[order_[i]] = 0.f;
+      z = 0;
+      for (int64_t i = 0; i < k; ++i) z += e[order_[i]];
     }
-    // min-p: keep candidates whose probability is at least min_p times the best one's.
-    if (p_.min_p > 0) {
-      int64_t m = 0;
-      for (int64_t i = 0; i < keep; ++i)
-        if (weight(order_[i]) >= p_.min_p) order_[m++] = order_[i];
-      keep = m;
-    }
+    // top-p: the smallest best-first set of candidates holding top_p of their mass.
+    const int32_t cut = p_.top_p < 1 ? sampling_internal::TopPCutoff(e, V, p_.top_p * z, hist_, order_) : -1;
+    // min-p: candidates at least min_p times as likely as the best one (whose weight is 1).
+    const float min_w = static_cast<float>(p_.min_p);
+    auto kept = [&](int32_t i) { return e[i] > 0.f && e[i] >= min_w && (cut < 0 || !sampling_internal::Before(e, cut, i)); };
+    // Draw over the kept tokens in id order (any fixed order draws the same distribution).
     double total = 0;
-    for (int64_t i = 0; i < keep; ++i) total += weight(order_[i]);
+    for (int32_t i = 0; i < V; ++i)
+      if (kept(i)) total += e[i];
     const double u = Uniform() * total;
     double acc = 0;
-    chosen = order_[keep - 1];
-    for (int64_t i = 0; i < keep; ++i) {
-      acc += weight(order_[i]);
-      if (u < acc) {
-        chosen = order_[i];
-        break;
-      }
+    chosen = -1;
+    for (int32_t i = 0; i < V; ++i) {
+      if (!kept(i)) continue;
+      chosen = i;
+      if (u < (acc += e[i])) break;
     }
+    if (chosen < 0) chosen = std::max_element(w, w + V) - w;  // unreachable: the best token is kept
   }
   if (p_.repetition_penalty != 1.0) ++seen_[chosen];
   if (p_.presence_penalty != 0.0 || p_.frequency_penalty != 0.0) ++output_[chosen];

@@ -9,6 +9,11 @@
 //   (output tokens) -> greedy argmax when temperature == 0, else temperature -> top-k -> top-p ->
 //   min-p -> draw. Ties are broken by the lower token id everywhere, so the result is a pure
 //   function of (logits, history, parameters, generator state).
+//
+// Cost: a few linear passes over the vocabulary and no sort of it (top-p selects its cutoff by a
+// histogram of the weights, then by mass inside one bucket; the draw runs over the kept tokens in
+// id order), so sampling stays small next to a decode step even for a flat distribution, where
+// top-p keeps most of a 129k vocabulary.
 #pragma once
 
 #include <cstdint>
@@ -83,8 +88,21 @@ class Sampler {
   uint64_t state_;
   absl::flat_hash_map<int32_t, int32_t> seen_;    // prompt and output tokens (repetition penalty)
   absl::flat_hash_map<int32_t, int32_t> output_;  // output token -> count (presence / frequency)
-  std::vector<float> work_;
+  std::vector<float> work_;    // the logits after bias and penalties
+  std::vector<float> weight_;  // their unnormalized probabilities
   std::vector<int32_t> order_;
+  std::vector<double> hist_;
 };
 
+namespace sampling_internal {  // the sampler's pieces, public for tests
+
+// The order of candidates by weight: larger first, then lower id (a total order).
+inline bool Before(const float* e, int32_t a, int32_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); }
+
+// Top-p over weights e[V] in [0, 1] (0 = not a candidate): the smallest set of candidates, best
+// first in the order of Before, whose weights sum to at least `target`, given as its last (worst)
+// element; -1 when only every candidate together reaches it. `hist` and `ids` are scratch.
+int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>& hist, std::vector<int32_t>& ids);
+
+}  // namespace sampling_internal
 }  // namespace dsv4

@@ -1,0 +1,89 @@
+#include "kernels/cpu/sampling.h"
+
+#include <immintrin.h>
+
+#include <bit>
+#include <cmath>
+
+#include "kernels/cpu/isa.h"
+
+namespace dsv4::kernels {
+namespace {
+
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kMinExponent = -126.0f;  // below: the result is 0 (no denormals)
+// 2^f = e^(f ln 2) = sum_k (ln 2)^k / k! f^k, k = 0..6.
+constexpr float kC[7] = {1.0f,
+                         0.693147180559945309f,
+                         0.240226506959100712f,
+                         0.0555041086648215800f,
+                         0.00961812910762847716f,
+                         0.00133335581464284434f,
+                         0.000154035303933816099f};
+
+// One element, exactly as one lane of the vector path computes it.
+inline float ExpOne(float x, float shift, float c) {
+  const float t = (x - shift) * c;
+  if (!(t >= kMinExponent)) return 0.f;  // also -inf and NaN
+  const float k = std::nearbyint(t);
+  const float f = t - k;
+  float p = kC[6];
+  for (int i = 5; i >= 0; --i) p = std::fma(p, f, kC[i]);
+  const float pow2k = std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23);
+  return p * pow2k;
+}
+
+// The lanes' sums added in the fixed order ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)).
+inline double LaneTotal(const double* s) { return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])); }
+
+__attribute__((target("avx2,fma"))) double ExpShiftedSumAvx2(const float* x, int64_t n, float shift, float scale,
+                                                              float* e) {
+  const float c = scale * kLog2e;
+  const __m256 vshift = _mm256_set1_ps(shift), vc = _mm256_set1_ps(c), vmin = _mm256_set1_ps(kMinExponent);
+  __m256 coef[7];
+  for (int i = 0; i < 7; ++i) coef[i] = _mm256_set1_ps(kC[i]);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vshift), vc);
+    const __m256 keep = _mm256_cmp_ps(t, vmin, _CMP_GE_OQ);
+    const __m256 k = _mm256_round_ps(_mm256_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(t, k);
+    __m256 p = coef[6];
+    for (int j = 5; j >= 0; --j) p = _mm256_fmadd_ps(p, f, coef[j]);
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    const __m256 v = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
+    _mm256_storeu_ps(e + i, v);
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  double lanes[8];
+  _mm256_storeu_pd(lanes, lo);
+  _mm256_storeu_pd(lanes + 4, hi);
+  double sum = LaneTotal(lanes);
+  for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
+  return sum;
+}
+
+}  // namespace
+
+double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
+  if (ActiveIsa() != Isa::kScalar) return ExpShiftedSumAvx2(x, n, shift, scale, e);
+  return ref::ExpShiftedSum(x, n, shift, scale, e);
+}
+
+namespace ref {
+
+double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
+  const float c = scale * kLog2e;
+  double lanes[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lanes[j] += (e[i + j] = ExpOne(x[i + j], shift, c));
+  double sum = LaneTotal(lanes);
+  for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
+  return sum;
+}
+
+}  // namespace ref
+}  // namespace dsv4::kernels
