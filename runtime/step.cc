@@ -40,8 +40,8 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
     plan.seqs.resize(header[4]);
     plan.free_slots.resize(header[5]);
   }
-  // One payload: tokens, then 5 int64 per sequence, then the freed slots.
-  constexpr int kSeqWords = 5;
+  // One payload: tokens, then 6 int64 per sequence, then the freed slots.
+  constexpr int kSeqWords = 6;
   const size_t n_tok = plan.tokens.size(), n_seq = plan.seqs.size(), n_free = plan.free_slots.size();
   if (n_tok + n_seq + n_free == 0) return absl::OkStatus();
   std::vector<char> payload(n_tok * 4 + n_seq * kSeqWords * 8 + n_free * 4);
@@ -52,7 +52,7 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
     std::memcpy(tok, plan.tokens.data(), n_tok * 4);
     for (size_t i = 0; i < n_seq; ++i) {
       const StepSeq& s = plan.seqs[i];
-      const int64_t w[kSeqWords] = {s.request, s.slot, s.start, s.num_tokens, s.logits ? 1 : 0};
+      const int64_t w[kSeqWords] = {s.request, s.slot, s.start, s.num_tokens, s.logits ? 1 : 0, s.group};
       std::memcpy(seq_bytes + i * sizeof(w), w, sizeof(w));
     }
     std::memcpy(free_bytes, plan.free_slots.data(), n_free * 4);
@@ -64,10 +64,12 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
   for (size_t i = 0; i < n_seq; ++i) {
     int64_t w[kSeqWords];
     std::memcpy(w, seq_bytes + i * sizeof(w), sizeof(w));
-    if (w[1] < 0 || w[1] > kMaxCount || w[2] < 0 || w[3] < 1 || w[3] > static_cast<int64_t>(n_tok))
+    if (w[1] < 0 || w[1] > kMaxCount || w[2] < 0 || w[3] < 1 || w[3] > static_cast<int64_t>(n_tok) || w[5] < 0 ||
+        w[5] >= world.size())
       return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", i, " of the batch is malformed (slot ",
-                                              w[1], ", start ", w[2], ", ", w[3], " tokens)"));
-    plan.seqs[i] = StepSeq{w[0], static_cast<int32_t>(w[1]), w[2], static_cast<int32_t>(w[3]), w[4] != 0};
+                                              w[1], ", start ", w[2], ", ", w[3], " tokens, group ", w[5], ")"));
+    plan.seqs[i] = StepSeq{w[0], static_cast<int32_t>(w[1]), w[2], static_cast<int32_t>(w[3]), w[4] != 0,
+                           static_cast<int32_t>(w[5])};
     total += w[3];
   }
   if (n_seq > 0 && total != static_cast<int64_t>(n_tok))

@@ -11,13 +11,15 @@
 namespace dsv4 {
 
 // One sequence's share of a batched step (the serving engine): run its next `num_tokens` tokens
-// on cache slot `slot`, whose cache holds `start` tokens (0: a new sequence, fresh cache).
+// on cache slot `slot`, whose cache holds `start` tokens (0: a new sequence, fresh cache). Only
+// the ranks of data-parallel attention group `group` run it (and hold its cache).
 struct StepSeq {
   int64_t request = 0;     // the leader's sequence id (for errors and logs)
   int32_t slot = 0;
   int64_t start = 0;
   int32_t num_tokens = 0;  // >= 1; its ids are the next num_tokens of StepPlan::tokens
-  bool logits = false;     // the leader samples after this chunk: every rank computes the logits
+  bool logits = false;     // the leader samples after this chunk: its group computes the logits
+  int32_t group = 0;       // the dp group (parallel/layout.h) that runs it, in [0, dp)
 };
 
 struct StepPlan {

@@ -182,13 +182,15 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   const ModelConfig& c = config();
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
   const int64_t num_seqs = static_cast<int64_t>(seqs.size());
-  int64_t total = 0;
+  int64_t total = 0, num_logits = 0;
   for (const SequenceChunk& s : seqs) {
     if (s.cache == nullptr || s.n < 1) return absl::InvalidArgumentError("ForwardBatch: every sequence needs tokens");
     total += s.n;
+    num_logits += s.logits ? 1 : 0;
   }
   if (total != n) return absl::InvalidArgumentError("ForwardBatch: the sequences' tokens do not add up");
-  if (n == 0) return absl::OkStatus();
+  // Alone, an empty step has nothing to do; in a job its collectives still have to be joined.
+  if (n == 0 && !distributed()) return absl::OkStatus();
   kernels::Scratch<float> x(n * hc * D, kernels::NoInit{});
   Embed(tokens, x.data());
   // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
@@ -218,14 +220,14 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     }
     DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), slices.size()}, taps));
   }
-  kernels::Scratch<const float*> last(num_seqs);
-  int64_t at = 0;
+  kernels::Scratch<const float*> last(num_logits);
+  int64_t at = 0, k = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     seqs[i].cache->length += seqs[i].n;
     at += seqs[i].n;
-    last[i] = x.data() + (at - 1) * hc * D;
+    if (seqs[i].logits) last[k++] = x.data() + (at - 1) * hc * D;
   }
-  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), num_seqs, logits));
+  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), num_logits, logits));
   return absl::OkStatus();
 }
 

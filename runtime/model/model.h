@@ -48,10 +48,11 @@ class Rope {
 struct EngramStep;  // runtime/model/engram.h
 
 // One sequence's share of a batched step (Model::ForwardBatch): its next `n` tokens, appended to
-// `cache`.
+// `cache`; with `logits`, its last position's logits are computed.
 struct SequenceChunk {
   SequenceCache* cache = nullptr;
   int64_t n = 0;
+  bool logits = true;
 };
 
 // A sequence's rows inside a batched layer: rows [begin, begin + n) of the step, at positions
@@ -71,6 +72,8 @@ class Model {
   const ModelConfig& config() const { return w_->config; }
   const ModelWeights& weights() const { return *w_; }
   const ForwardOptions& options() const { return opt_; }
+  // The job's layout and communicators (null: a world of one).
+  const ParallelContext* parallel() const { return par_; }
 
   SequenceCache NewCache() const;
 
@@ -93,10 +96,15 @@ class Model {
   absl::Status Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
                        const ForwardTaps* taps = nullptr) const;
   // Several sequences in one step (batched decode, or prefills together): `tokens` holds each
-  // sequence's chunk in turn; logits [seqs.size(), vocab] gets each one's last-position logits (may
-  // be null). Every weight is read once per step for the whole batch: the dense projections and
-  // the head take all rows at once, and each routed expert runs once over all tokens routed to it.
-  // Attention runs per sequence on its own cache. The result equals one Forward per sequence.
+  // sequence's chunk in turn; logits [sequences with `logits` set, vocab] gets their last-position
+  // logits in order (may be null). Every weight is read once per step for the whole batch: the
+  // dense projections and the head take all rows at once, and each routed expert runs once over
+  // all tokens routed to it. Attention runs per sequence on its own cache. The result equals one
+  // Forward per sequence, bit for bit (the kernels' sums do not depend on the batch).
+  //
+  // Under a ParallelContext every rank calls it once per step, with its own group's sequences —
+  // possibly none (data-parallel attention groups take different sequences): a rank without
+  // tokens still takes part in the MoE's collectives, so the others are not left waiting.
   absl::Status ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
                             const ForwardTaps* taps = nullptr) const;
 

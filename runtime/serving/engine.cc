@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace dsv4 {
 namespace {
@@ -86,19 +87,41 @@ void RequestHandle::Close(const absl::Status& status) {
 
 // ---- PlanExecutor -------------------------------------------------------------------------------
 
-PlanExecutor::PlanExecutor(const Model& model, bool want_logits)
-    : model_(model), want_logits_(want_logits), logits_(model.config().vocab_size) {}
+PlanExecutor::PlanExecutor(const Model& model, Communicator& world) : model_(model), world_(world) {
+  if (const ParallelContext* par = model.parallel(); par != nullptr && par->layout.world > 1) {
+    dp_ = par->layout.dp, tp_ = par->layout.tp, group_ = par->layout.dp_rank;
+  }
+  // Only the leader samples; another rank computes logits when it holds part of a split vocab
+  // head (HeadBatch gathers it over the TP group) or sends its group's logits to the leader.
+  want_logits_ = world.rank() == 0 || model.weights().vocab_parallel_head || dp_ > 1;
+}
 
-absl::Status PlanExecutor::Execute(const StepPlan& plan,
-                                   const std::function<void(size_t, std::span<const float>)>& on_logits) {
+absl::Status PlanExecutor::Execute(const StepPlan& plan) {
   for (int32_t slot : plan.free_slots)
     if (slot >= 0 && slot < static_cast<int32_t>(caches_.size())) caches_[slot].reset();
+  const int64_t V = model_.config().vocab_size;
+  step_tokens_.clear();
+  chunks_.clear();
+  row_of_.clear();
+  std::vector<int64_t> group_rows(dp_, 0);  // logit rows of each dp group
+  // chunks_ points into caches_: it must not reallocate while they are collected.
+  int32_t max_slot = -1;
+  for (const StepSeq& s : plan.seqs)
+    if (s.group == group_ && s.slot < kMaxSlots) max_slot = std::max(max_slot, s.slot);
+  if (max_slot >= static_cast<int32_t>(caches_.size())) caches_.resize(max_slot + 1);
   size_t offset = 0;
-  for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const StepSeq& s = plan.seqs[i];
-    if (s.slot < 0 || s.slot >= kMaxSlots || s.num_tokens < 1 || offset + s.num_tokens > plan.tokens.size())
+  for (const StepSeq& s : plan.seqs) {
+    if (s.slot < 0 || s.slot >= kMaxSlots || s.num_tokens < 1 || offset + s.num_tokens > plan.tokens.size() ||
+        s.group < 0 || s.group >= dp_)
       return absl::InternalError(absl::StrCat("step ", plan.step, ": malformed entry for sequence ", s.request));
-    if (s.slot >= static_cast<int32_t>(caches_.size())) caches_.resize(s.slot + 1);
+    const std::span<const int32_t> tokens(plan.tokens.data() + offset, s.num_tokens);
+    offset += s.num_tokens;
+    if (s.logits) {
+      // dp 1: rows of logits_ in plan order; dp > 1: (group, row in group), made global below.
+      row_of_.push_back(dp_ == 1 ? group_rows[0] : (int64_t{s.group} << 32) | group_rows[s.group]);
+      ++group_rows[s.group];
+    }
+    if (s.group != group_) continue;
     std::optional<SequenceCache>& cache = caches_[s.slot];
     if (s.start == 0) {
       if (cache.has_value())
@@ -110,13 +133,30 @@ absl::Status PlanExecutor::Execute(const StepPlan& plan,
           absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ", s.start, " but slot ",
                        s.slot, " holds ", cache.has_value() ? cache->length : -1, " tokens: ranks are out of step"));
     }
-    const std::span<const int32_t> tokens(plan.tokens.data() + offset, s.num_tokens);
-    offset += s.num_tokens;
-    float* logits = s.logits && want_logits_ ? logits_.data() : nullptr;
-    DSV4_RETURN_IF_ERROR(model_.Forward(tokens, *cache, logits));
-    if (logits != nullptr && on_logits) on_logits(i, logits_);
+    step_tokens_.insert(step_tokens_.end(), tokens.begin(), tokens.end());
+    chunks_.push_back(SequenceChunk{&*cache, s.num_tokens, s.logits && want_logits_});
   }
+  const int64_t mine = group_rows[group_];
+  if (want_logits_) logits_.resize(mine * V);
+  DSV4_RETURN_IF_ERROR(model_.ForwardBatch(step_tokens_, chunks_, want_logits_ ? logits_.data() : nullptr));
+  if (dp_ == 1) return absl::OkStatus();
+  // The first rank of every dp group sends its group's logits; the leader keeps them all.
+  std::vector<int64_t> counts(world_.size(), 0), first_row(dp_ + 1, 0);
+  for (int g = 0; g < dp_; ++g) {
+    counts[g * tp_] = group_rows[g] * V;
+    first_row[g + 1] = first_row[g] + group_rows[g];
+  }
+  gathered_.resize(first_row[dp_] * V);
+  DSV4_RETURN_IF_ERROR(world_.AllGatherV(logits_.data(), counts.data(), gathered_.data()),
+                       "step ", plan.step, ": gathering the dp groups' logits");
+  for (int64_t& r : row_of_) r = first_row[r >> 32] + (r & 0xffffffff);
   return absl::OkStatus();
+}
+
+std::span<const float> PlanExecutor::logits(int64_t k) const {
+  const int64_t V = model_.config().vocab_size;
+  const std::vector<float>& rows = dp_ == 1 ? logits_ : gathered_;
+  return std::span<const float>(rows.data() + row_of_[k] * V, V);
 }
 
 int64_t PlanExecutor::cache_bytes() const {
@@ -159,6 +199,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
   if (options.max_model_len < 2) return absl::InvalidArgumentError("max_model_len must be >= 2");
   if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens must be >= 1");
   options.scheduler.num_blocks = options.cache_bytes / options.block_bytes;
+  if (const ParallelContext* par = model.parallel(); par != nullptr && par->layout.world > 1)
+    options.scheduler.dp_groups = par->layout.dp;
   DSV4_RETURN_IF_ERROR(options.scheduler.Validate());
   std::unique_ptr<Engine> e(new Engine(model, tokenizer, world, options));
   const int64_t need = (e->ReservedBytes(options.max_model_len) + options.block_bytes - 1) / options.block_bytes;
@@ -177,7 +219,7 @@ Engine::Engine(const Model& model, const Tokenizer* tokenizer, Communicator& wor
       opt_(options),
       eos_id_(tokenizer != nullptr && tokenizer->eos_id() >= 0 ? tokenizer->eos_id()
                                                                : static_cast<int32_t>(model.config().eos_token_id)),
-      executor_(model, /*want_logits=*/true),
+      executor_(model, world),
       scheduler_(options.scheduler) {
   fixed_bytes_ = model.NewCache().Bytes();
   const ModelConfig& c = model.config();
@@ -461,7 +503,8 @@ absl::Status Engine::Run() {
         for (const Scheduler::Work& w : work) {
           Request* r = requests_.at(w.seq).get();
           if (!r->was_scheduled) r->was_scheduled = true, r->scheduled = now;
-          plan.seqs.push_back(StepSeq{r->seq, w.slot, w.begin, static_cast<int32_t>(w.end - w.begin), w.last});
+          plan.seqs.push_back(
+              StepSeq{r->seq, w.slot, w.begin, static_cast<int32_t>(w.end - w.begin), w.last, w.group});
           plan.tokens.insert(plan.tokens.end(), r->tokens.begin() + w.begin, r->tokens.begin() + w.end);
           batch.push_back(r);
         }
@@ -471,8 +514,17 @@ absl::Status Engine::Run() {
     absl::Status st = BroadcastStep(world_, plan.step, plan);
     if (st.ok() && plan.stop) return absl::OkStatus();
     MaybeInjectFault(world_.rank(), plan.step);
-    if (st.ok())
-      st = executor_.Execute(plan, [&](size_t i, std::span<const float> logits) { Sampled(*batch[i], logits); });
+    if (st.ok()) st = executor_.Execute(plan);
+    if (st.ok()) {
+      // Each request's sampler on its own logits row; requests are independent, so they are
+      // sampled in parallel on the CPU pool (the model is idle now).
+      std::vector<Request*> sampled;
+      for (size_t i = 0; i < plan.seqs.size(); ++i)
+        if (plan.seqs[i].logits) sampled.push_back(batch[i]);
+      kernels::ParallelForDynamic(static_cast<int64_t>(sampled.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) Sampled(*sampled[k], executor_.logits(k));
+      });
+    }
     if (!st.ok()) {
       Fail(absl::UnavailableError(absl::StrCat("step ", plan.step, " failed: ", st.message())));
       return st;
@@ -497,16 +549,14 @@ absl::Status Engine::Run() {
 
 absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
                          std::atomic<int64_t>* cache_bytes) {
-  // The logits matter only when the vocab head is split over the TP group (they are gathered).
-  const bool want_logits = model.weights().vocab_parallel_head;
-  PlanExecutor executor(model, want_logits);
+  PlanExecutor executor(model, world);
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
     log::SetStep(step);
     DSV4_RETURN_IF_ERROR(BroadcastStep(world, step, plan), "step ", step);
     if (plan.stop) return absl::OkStatus();
     MaybeInjectFault(world.rank(), step);
-    DSV4_RETURN_IF_ERROR(executor.Execute(plan, nullptr));
+    DSV4_RETURN_IF_ERROR(executor.Execute(plan));
     if (steps != nullptr) steps->store(step + 1, std::memory_order_relaxed);
     if (cache_bytes != nullptr) cache_bytes->store(executor.cache_bytes(), std::memory_order_relaxed);
   }

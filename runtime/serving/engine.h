@@ -2,10 +2,11 @@
 // leader (world rank 0), and the loop that mirrors its steps on every other rank.
 //
 // A step (DESIGN.md, "How a step runs"): the leader's scheduler picks the batch, the plan is
-// broadcast (runtime/step.h), and every rank runs the same Forward calls in the same order — one
-// per scheduled sequence, on its prompt chunk or its one decode token. (Batching is at the
-// scheduling level: the model runs one sequence per Forward call.) The leader then samples each
-// sequence that reached its last token and streams the result to its RequestHandle.
+// broadcast (runtime/step.h), and every rank runs one batched forward pass over the scheduled
+// sequences of its data-parallel group — decode tokens and prompt chunks together. The leader
+// then samples each sequence that reached its last token (the requests' samplers in parallel on
+// the CPU pool: each owns its generator, so a request's tokens do not depend on the batch) and
+// streams the result to its RequestHandle.
 //
 // Every request ends exactly once: with a final output (finish reason and usage), or with an error
 // status — ABORTED (Abort), UNAVAILABLE (drain grace expired, Stop, a lost rank), or the failure.
@@ -115,23 +116,34 @@ struct EngineStats {
   int64_t received = 0, completed = 0, aborted = 0, failed = 0, rejected = 0, tokens_generated = 0;
 };
 
-// Runs the sequences of a step plan on this rank's caches (every rank runs one).
+// Runs a step plan on this rank (every rank runs one): drops the caches of the freed slots, then
+// ONE batched forward pass (Model::ForwardBatch) over the plan's sequences of this rank's
+// data-parallel group — decode tokens and prompt chunks together. With several dp groups the
+// leader receives the other groups' logits over the world communicator.
 class PlanExecutor {
  public:
-  // With `want_logits` false (a follower whose head needs no collective), logits are skipped.
-  PlanExecutor(const Model& model, bool want_logits);
-  // Drops plan.free_slots, then runs each sequence's chunk; calls `on_logits(i, logits)` after
-  // sequence i when it asks for logits (may be null). Errors: a plan that disagrees with this
-  // rank's caches (ranks out of step), or the model's (communication) errors.
-  absl::Status Execute(const StepPlan& plan, const std::function<void(size_t, std::span<const float>)>& on_logits);
+  // `world` is the job's world communicator (the one the plan is broadcast on).
+  PlanExecutor(const Model& model, Communicator& world);
+  // Errors: a plan that disagrees with this rank's caches (ranks out of step), or the model's
+  // (communication) errors.
+  absl::Status Execute(const StepPlan& plan);
+  // On the leader after Execute: the logits [vocab] of the k-th sequence of the plan that asked for
+  // them (plan order). Valid until the next Execute.
+  std::span<const float> logits(int64_t k) const;
   int64_t cache_bytes() const;
   int64_t sequences() const;
 
  private:
   const Model& model_;
-  bool want_logits_;
+  Communicator& world_;
+  int dp_ = 1, tp_ = 1, group_ = 0;
+  bool want_logits_;  // this rank computes logits (the leader, a split vocab head, or dp > 1)
   std::vector<std::optional<SequenceCache>> caches_;  // by slot
-  std::vector<float> logits_;
+  std::vector<int32_t> step_tokens_;
+  std::vector<SequenceChunk> chunks_;
+  std::vector<float> logits_;    // [this group's logit rows, vocab]
+  std::vector<float> gathered_;  // dp > 1: [every group's logit rows, vocab], groups in order
+  std::vector<int64_t> row_of_;  // plan logit index -> row of logits_ (dp 1) or gathered_ (dp > 1)
 };
 
 class Engine {
@@ -177,7 +189,8 @@ class Engine {
   void FinishLocked(Request& r, FinishReason reason, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndAllLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Samples after a sequence's last token and streams the piece; marks the request finished when
-  // it is complete. Engine thread only.
+  // it is complete. Called by the engine thread or a CPU pool thread it runs, one thread per
+  // request at a time (it touches only `r`, its handle and immutable engine state).
   void Sampled(Request& r, std::span<const float> logits);
 
   const Model& model_;

@@ -12,6 +12,7 @@ absl::Status SchedulerOptions::Validate() const {
   if (max_queued < 0) return absl::InvalidArgumentError("max_queued must be >= 0");
   if (prefill_chunk < 1) return absl::InvalidArgumentError("prefill_chunk must be >= 1");
   if (num_blocks < 1) return absl::InvalidArgumentError("num_blocks must be >= 1");
+  if (dp_groups < 1) return absl::InvalidArgumentError("dp_groups must be >= 1");
   if (max_batch_tokens < max_running - 1 + prefill_chunk)
     return absl::InvalidArgumentError(absl::StrCat("max_batch_tokens (", max_batch_tokens,
                                                    ") must be at least max_running - 1 + prefill_chunk (",
@@ -41,6 +42,7 @@ int32_t Scheduler::Remove(int64_t seq) {
   if (slot >= 0) {
     running_.erase(std::find(running_.begin(), running_.end(), seq));
     free_slots_.push_back(slot);
+    --group_running_[it->second.group];
     blocks_used_ -= it->second.blocks;
   } else {
     waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq));
@@ -63,6 +65,9 @@ std::vector<Scheduler::Work> Scheduler::Schedule() {
     } else {
       s.slot = next_slot_++;
     }
+    s.group = static_cast<int32_t>(std::min_element(group_running_.begin(), group_running_.end()) -
+                                   group_running_.begin());
+    ++group_running_[s.group];
     running_.push_back(waiting_.front());
     waiting_.pop_front();
   }
@@ -71,7 +76,7 @@ std::vector<Scheduler::Work> Scheduler::Schedule() {
   for (int64_t id : running_) {  // decodes
     const Seq& s = seqs_[id];
     if (s.num_computed >= s.prompt_len && s.num_computed < s.num_tokens) {
-      work.push_back({id, s.slot, s.num_computed, s.num_tokens, true});
+      work.push_back({id, s.slot, s.num_computed, s.num_tokens, true, s.group});
       budget -= s.num_tokens - s.num_computed;
     }
   }
@@ -80,7 +85,7 @@ std::vector<Scheduler::Work> Scheduler::Schedule() {
     if (s.num_computed >= s.prompt_len) continue;
     const int64_t end = std::min(s.prompt_len, s.num_computed + opt_.prefill_chunk);
     if (end - s.num_computed > budget) break;  // keep arrival order: no overtaking here either
-    work.push_back({id, s.slot, s.num_computed, end, end == s.num_tokens});
+    work.push_back({id, s.slot, s.num_computed, end, end == s.num_tokens, s.group});
     budget -= end - s.num_computed;
   }
   return work;

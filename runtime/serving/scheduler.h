@@ -9,9 +9,14 @@
 // Prompt chunks start at multiples of `prefill_chunk` whatever else is in the batch, so a
 // sequence's forward passes — and so its logits — are the same alone or in any batch.
 //
+// With data-parallel attention (`dp_groups` > 1) each admitted sequence is given to the group
+// running the fewest sequences (the lowest on a tie) and stays there: its cache lives on that
+// group's ranks.
+//
 // Not thread-safe: the engine calls it under its own lock.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <vector>
@@ -27,6 +32,7 @@ struct SchedulerOptions {
   int64_t max_queued = 256;        // waiting sequences; one more is RESOURCE_EXHAUSTED
   int64_t prefill_chunk = 128;     // prompt tokens per forward pass
   int64_t num_blocks = 1024;       // cache blocks in all
+  int32_t dp_groups = 1;           // data-parallel attention groups that take different sequences
 
   // Every decode plus one prompt chunk must fit in a step, so prompts always make progress.
   absl::Status Validate() const;
@@ -34,7 +40,7 @@ struct SchedulerOptions {
 
 class Scheduler {
  public:
-  explicit Scheduler(SchedulerOptions options) : opt_(options) {}
+  explicit Scheduler(SchedulerOptions options) : opt_(options), group_running_(std::max(options.dp_groups, 1)) {}
 
   // Queues sequence `seq` (a new id) with `prompt_len` >= 1 tokens, which will need `blocks`
   // cache blocks at most. RESOURCE_EXHAUSTED when the queue is full; INVALID_ARGUMENT when it can
@@ -48,7 +54,8 @@ class Scheduler {
     int64_t seq;
     int32_t slot;
     int64_t begin, end;
-    bool last;  // the chunk ends at the sequence's last known token: the caller samples after it
+    bool last;      // the chunk ends at the sequence's last known token: the caller samples after it
+    int32_t group;  // the dp group that runs it
   };
   // Admits waiting sequences while slots and blocks allow, then picks the step: one token of each
   // decoding sequence (in admission order), then prompt chunks in admission order while the
@@ -71,6 +78,7 @@ class Scheduler {
     int64_t num_computed = 0;  // in the cache
     int64_t blocks = 0;
     int32_t slot = -1;
+    int32_t group = 0;
   };
 
   SchedulerOptions opt_;
@@ -80,6 +88,7 @@ class Scheduler {
   std::vector<int32_t> free_slots_;
   int32_t next_slot_ = 0;
   int64_t blocks_used_ = 0;
+  std::vector<int64_t> group_running_;  // running sequences per dp group
 };
 
 }  // namespace dsv4

@@ -4,11 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/sampling.h"
 #include "runtime/serving/output_text.h"
 #include "runtime/serving/scheduler.h"
 #include "runtime/tokenizer/utf8.h"
@@ -219,6 +223,88 @@ TEST(Sampler, LogprobsAreTheRawLogSoftmax) {
   EXPECT_NEAR(lp.top[0].second, std::log(0.5), 1e-6);
 }
 
+// The weights kernel: the vector path and the plain loop agree to the bit, and both agree with
+// std::exp in double within 3e-7 + 2.4e-7 |ln e| relative: the degree-6 polynomial's 1.2e-7 on
+// [-1/2, 1/2] and a few float roundings, plus the float argument (x - shift) * scale, rounded twice
+// (about 1.2e-7 |t| absolute), which exp turns into ln 2 times that relative. Below 2^-126, and
+// for -inf, the weight is exactly 0.
+TEST(SamplerKernels, ExpShiftedSumMatchesStdExpAndTheScalarPath) {
+  std::vector<float> x(129280 + 5);
+  uint64_t s = 12345;
+  for (float& v : x) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<float>(static_cast<int64_t>(s >> 40) % 4000) / 100.f - 30.f;  // [-30, 10)
+  }
+  x[3] = -std::numeric_limits<float>::infinity();
+  x[7] = -1e30f;
+  const float shift = *std::max_element(x.begin(), x.end());
+  for (float scale : {1.0f, 1.25f, 0.5f, 8.0f}) {
+    std::vector<float> e(x.size()), r(x.size());
+    const double sum = kernels::ExpShiftedSum(x.data(), static_cast<int64_t>(x.size()), shift, scale, e.data());
+    const double ref = kernels::ref::ExpShiftedSum(x.data(), static_cast<int64_t>(x.size()), shift, scale, r.data());
+    EXPECT_EQ(sum, ref) << "scale " << scale;
+    double want_sum = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(e[i]), std::bit_cast<uint32_t>(r[i])) << i;
+      const double want = std::exp((static_cast<double>(x[i]) - shift) * scale);
+      if (want < std::ldexp(1.0, -125)) {
+        EXPECT_LE(e[i], std::ldexp(1.0f, -125)) << i;  // at the cutoff: 0 or the smallest normals
+        continue;
+      }
+      want_sum += want;
+      ASSERT_NEAR(e[i], want, (3e-7 + 2.4e-7 * std::fabs(std::log(want))) * want) << "x " << x[i] << " scale " << scale;
+    }
+    EXPECT_EQ(e[3], 0.f);
+    EXPECT_EQ(e[7], 0.f);
+    EXPECT_NEAR(sum, want_sum, 3e-7 * want_sum);  // dominated by the weights near 1
+  }
+}
+
+// Top-p's cutoff against the definition: sort every candidate best first (weight, then id), take
+// the shortest prefix whose running sum reaches the target. Weights with many exact ties and a
+// flat distribution (most of the vocabulary kept) as well as a peaked one.
+TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
+  const int32_t V = 129280;
+  std::vector<double> hist;
+  std::vector<int32_t> ids;
+  uint64_t s = 99;
+  for (int trial = 0; trial < 12; ++trial) {
+    std::vector<float> e(V);
+    for (int32_t i = 0; i < V; ++i) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      const double u = static_cast<double>(s >> 11) / 9007199254740992.0;
+      e[i] = trial % 3 == 0   ? static_cast<float>(std::round(u * 8) / 8)       // ties
+             : trial % 3 == 1 ? static_cast<float>(std::exp(-2 * u))           // flat
+                              : static_cast<float>(std::exp(-40 * u * u * u));  // peaked
+      if (i % 97 == 0) e[i] = 0.f;  // not a candidate
+    }
+    std::vector<int32_t> order(V);
+    for (int32_t i = 0; i < V; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return sampling_internal::Before(e.data(), a, b); });
+    double z = 0;
+    for (float v : e) z += v;
+    for (double top_p : {0.05, 0.3, 0.5, 0.9, 0.95, 0.999}) {
+      const double target = top_p * z;
+      double acc = 0;
+      int32_t want = -1;
+      for (int32_t id : order) {
+        if (e[id] == 0.f) break;
+        if ((acc += e[id]) >= target) {
+          want = id;
+          break;
+        }
+      }
+      const int32_t got = sampling_internal::TopPCutoff(e.data(), V, target, hist, ids);
+      // The two sums run in different orders; where they straddle the target within rounding
+      // the cutoff may move by one position, so compare ranks within 1.
+      const auto rank = [&](int32_t id) { return std::find(order.begin(), order.end(), id) - order.begin(); };
+      ASSERT_NE(got, -1) << "trial " << trial << " top_p " << top_p;
+      ASSERT_NE(want, -1);
+      EXPECT_LE(std::abs(rank(got) - rank(want)), 1) << "trial " << trial << " top_p " << top_p;
+    }
+  }
+}
+
 // ---- scheduler ----------------------------------------------------------------------------------
 
 SchedulerOptions SmallOptions() {
@@ -286,6 +372,32 @@ TEST(Scheduler, AdmissionByBlocksAndSlotsAndAQueueLimit) {
   EXPECT_EQ(s.blocks_used(), 8);
   EXPECT_EQ(s.Remove(6), -1);  // a waiting sequence has no slot
   EXPECT_EQ(s.queued(), 0);
+}
+
+// Data-parallel attention groups: each admitted sequence goes to the group running the fewest
+// (the lowest on a tie) and keeps it; its work items carry the group.
+TEST(Scheduler, SequencesSpreadOverDpGroupsAndStay) {
+  SchedulerOptions o = SmallOptions();
+  o.dp_groups = 2;
+  o.max_batch_tokens = 20;
+  Scheduler s(o);
+  for (int64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(s.Add(seq, 1, 1).ok());
+  auto w = s.Schedule();
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_EQ(w[0].group, 0);
+  EXPECT_EQ(w[1].group, 1);
+  EXPECT_EQ(w[2].group, 0);
+  for (const auto& x : w) s.Done(x), s.Append(x.seq);
+  s.Remove(2);  // group 1 is empty now: the next sequence goes there
+  ASSERT_TRUE(s.Add(4, 1, 1).ok());
+  w = s.Schedule();
+  ASSERT_EQ(w.size(), 3u);  // two decodes, then the new prompt
+  EXPECT_EQ(w[0].seq, 1);
+  EXPECT_EQ(w[0].group, 0);
+  EXPECT_EQ(w[1].seq, 3);
+  EXPECT_EQ(w[1].group, 0);
+  EXPECT_EQ(w[2].seq, 4);
+  EXPECT_EQ(w[2].group, 1);
 }
 
 // ---- output text --------------------------------------------------------------------------------
