@@ -18,7 +18,7 @@ void DecodeFlags(Flags& flags);
 absl::Status Decode(const Flags& flags);
 void PrefillFlags(Flags& flags);
 absl::Status Prefill(const Flags& flags);
-// N concurrent gRPC streams against the same workload on the engine in-process.
+// N concurrent gRPC streams against the engine in-process and the model's batched decode rate.
 void ServeFlags(Flags& flags);
 absl::Status Serve(const Flags& flags);
 

@@ -24,7 +24,7 @@ constexpr Command kBenchCommands[] = {
      bench::Decode},
     {"prefill", "CPU prefill tokens/s and GFLOP/s against the peak of its arithmetic (default builtin:v4-bench)",
      bench::PrefillFlags, bench::Prefill},
-    {"serve", "N concurrent gRPC streams against the same workload on the engine in-process", bench::ServeFlags,
+    {"serve", "N concurrent gRPC streams against the engine in-process and the batched decode rate", bench::ServeFlags,
      bench::Serve},
 };
 
