@@ -152,6 +152,8 @@ grpc::Status Coordinator::Heartbeat(grpc::ServerContext* ctx, grpc::ServerReader
       r.step = beat.step();
       r.cache_bytes = beat.cache_bytes();
       r.expert_load.assign(beat.expert_load().begin(), beat.expert_load().end());
+      r.expert_layer_load.assign(beat.expert_layer_load().begin(), beat.expert_layer_load().end());
+      r.step_seconds = beat.step_seconds();
       r.last_beat = absl::Now();
     }
     if (!stream->Write(ack)) break;
@@ -163,6 +165,12 @@ grpc::Status Coordinator::Heartbeat(grpc::ServerContext* ctx, grpc::ServerReader
 }
 
 grpc::Status Coordinator::Status(grpc::ServerContext*, const v1::StatusRequest*, v1::ClusterStatus* resp) {
+  *resp = Snapshot();
+  return grpc::Status::OK;
+}
+
+v1::ClusterStatus Coordinator::Snapshot() {
+  v1::ClusterStatus status, *resp = &status;
   v1::RankStatus leader;
   leader.set_rank(0);
   leader.set_state("alive");
@@ -187,11 +195,13 @@ grpc::Status Coordinator::Status(grpc::ServerContext*, const v1::StatusRequest*,
     s->set_step(r.step);
     s->set_last_beat_age_ms(absl::ToDoubleMilliseconds(now - r.last_beat));
     s->mutable_expert_load()->Add(r.expert_load.begin(), r.expert_load.end());
+    s->mutable_expert_layer_load()->Add(r.expert_layer_load.begin(), r.expert_layer_load.end());
+    s->set_step_seconds(r.step_seconds);
     s->set_cache_bytes(r.cache_bytes);
     s->mutable_devices()->CopyFrom(r.join.devices());
     s->set_memory_bytes(r.join.memory_bytes());
   }
-  return grpc::Status::OK;
+  return status;
 }
 
 grpc::Status Coordinator::Drain(grpc::ServerContext*, const v1::DrainRequest* req, v1::DrainResponse*) {

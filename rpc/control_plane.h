@@ -57,6 +57,8 @@ class Coordinator final : public v1::ControlPlane::Service {
   absl::Status WaitForRanksToLeave(absl::Duration timeout);
   // The job is failing for `reason` (reported by Status).
   void SetError(const std::string& reason);
+  // What Status answers: every rank's last report (rank 0's from the leader_status callback).
+  v1::ClusterStatus Snapshot();
 
   grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* req, v1::JoinResponse* resp) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::BeatAck, v1::Beat>* stream) override;
@@ -70,7 +72,8 @@ class Coordinator final : public v1::ControlPlane::Service {
     RankState state = RankState::kAbsent;
     v1::JoinRequest join;
     int64_t step = 0, cache_bytes = 0;
-    std::vector<int64_t> expert_load;
+    std::vector<int64_t> expert_load, expert_layer_load;
+    double step_seconds = 0;
     absl::Time last_beat;
   };
   void Lost(int rank, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

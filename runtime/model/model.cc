@@ -59,12 +59,20 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
   InitEngram();
-  expert_load_ = std::make_unique<std::atomic<int64_t>[]>(c.n_routed_experts);
+  expert_load_ = std::make_unique<std::atomic<int64_t>[]>(c.num_hidden_layers * c.n_routed_experts);
 }
 
 std::vector<int64_t> Model::ExpertLoad() const {
-  std::vector<int64_t> load(config().n_routed_experts);
-  for (size_t e = 0; e < load.size(); ++e) load[e] = expert_load_[e].load(std::memory_order_relaxed);
+  const int64_t E = config().n_routed_experts;
+  const std::vector<int64_t> by_layer = ExpertLoadByLayer();
+  std::vector<int64_t> load(E, 0);
+  for (size_t i = 0; i < by_layer.size(); ++i) load[i % E] += by_layer[i];
+  return load;
+}
+
+std::vector<int64_t> Model::ExpertLoadByLayer() const {
+  std::vector<int64_t> load(config().num_hidden_layers * config().n_routed_experts);
+  for (size_t i = 0; i < load.size(); ++i) load[i] = expert_load_[i].load(std::memory_order_relaxed);
   return load;
 }
 

@@ -80,6 +80,8 @@ class Model {
   // Tokens this rank's copy of each routed expert has processed since the model was built, summed
   // over layers: [n_routed_experts], for load reporting (the control plane's Status). Thread-safe.
   std::vector<int64_t> ExpertLoad() const;
+  // The same by layer: [num_hidden_layers, n_routed_experts] (the hash-routed layers included).
+  std::vector<int64_t> ExpertLoadByLayer() const;
 
   // OK when every id is in the vocabulary and, with Engram, has a compressed id.
   absl::Status CheckTokens(std::span<const int32_t> tokens) const;
@@ -175,7 +177,7 @@ class Model {
   const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
-  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [n_routed_experts]
+  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [num_hidden_layers, n_routed_experts]
 };
 
 }  // namespace dsv4

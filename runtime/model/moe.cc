@@ -144,7 +144,7 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t*
     const int64_t b = first[e], m = first[e + 1] - b;
     if (m == 0) continue;
     DSV4_CHECK(lw.expert_loaded[e], "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
-    expert_load_[e].fetch_add(m, std::memory_order_relaxed);
+    expert_load_[layer * E + e].fetch_add(m, std::memory_order_relaxed);
     for (int64_t i = 0; i < m; ++i) {
       std::memcpy(&xs[(b + i) * D], x + (slots[b + i] / K) * D, D * sizeof(float));
       ws[b + i] = weights[slots[b + i]];

@@ -184,7 +184,7 @@ struct Engine::Request {
   std::shared_ptr<RequestHandle> handle;
   std::unique_ptr<Sampler> sampler;  // engine thread only, like everything below
   std::unique_ptr<OutputText> text;
-  Clock::time_point arrival, scheduled, first_token;
+  Clock::time_point arrival, scheduled, first_token, last_token;
   bool was_scheduled = false;
   int64_t completion = 0;
   FinishReason finished = FinishReason::kNone;  // set by Sampled on the last token
@@ -305,6 +305,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec)
     return st;
   }
   r->handle = std::make_shared<RequestHandle>(r->id);
+  counters_.prompt_tokens += prompt_len;
   auto handle = r->handle;
   by_id_[r->id] = r->seq;
   requests_[r->seq] = std::move(r);
@@ -398,6 +399,7 @@ void Engine::FinishLocked(Request& r, FinishReason reason, const absl::Status& s
   } else if (status.ok()) {
     r.handle->Close(absl::OkStatus());  // the final piece went out with the last token
     ++counters_.completed;
+    ++(reason == FinishReason::kStop ? counters_.finished_stop : counters_.finished_length);
   } else {
     r.handle->Close(status);
     ++counters_.failed;
@@ -422,8 +424,17 @@ void Engine::Sampled(Request& r, std::span<const float> logits) {
   GenerateOutput out;
   out.token_ids.push_back(token);
   if (r.params.logprobs > 0) out.logprobs.push_back(std::move(lp));
+  const Clock::time_point now = Clock::now();
+  EngineObserver* observer = observer_.load(std::memory_order_relaxed);
+  if (observer != nullptr) {
+    if (r.completion == 1)
+      observer->FirstToken(MsSince(r.arrival, r.scheduled) / 1e3, MsSince(r.arrival, now) / 1e3);
+    else
+      observer->NextToken(MsSince(r.last_token, now) / 1e3);
+  }
+  r.last_token = now;
   if (r.completion == 1) {
-    r.first_token = Clock::now();
+    r.first_token = now;
     if (r.echo) {
       out.prompt_token_ids.assign(r.tokens.begin(), r.tokens.begin() + r.prompt_len);
       if (tokenizer_ != nullptr)
@@ -455,6 +466,7 @@ void Engine::Sampled(Request& r, std::span<const float> logits) {
     out.queue_ms = MsSince(r.arrival, r.scheduled);
     out.ttft_ms = MsSince(r.arrival, r.first_token);
     r.finished = reason;
+    if (observer != nullptr) observer->Finished(MsSince(r.arrival, now) / 1e3);
   }
   r.handle->Push(std::move(out));
 }
@@ -511,6 +523,7 @@ absl::Status Engine::Run() {
       }
     }
     log::SetStep(plan.step);
+    const Clock::time_point step_start = Clock::now();
     absl::Status st = BroadcastStep(world_, plan.step, plan);
     if (st.ok() && plan.stop) return absl::OkStatus();
     MaybeInjectFault(world_.rank(), plan.step);
@@ -529,9 +542,11 @@ absl::Status Engine::Run() {
       Fail(absl::UnavailableError(absl::StrCat("step ", plan.step, " failed: ", st.message())));
       return st;
     }
+    const double step_s = MsSince(step_start, Clock::now()) / 1e3;
     absl::MutexLock l(&mu_);
     if (state_ == EngineState::kFailed) return fail_status_;
     ++step_;
+    if (!plan.seqs.empty()) counters_.step_seconds += step_s;
     cache_bytes_ = executor_.cache_bytes();
     cache_sequences_ = executor_.sequences();
     for (size_t i = 0; i < work.size(); ++i) {
@@ -548,15 +563,19 @@ absl::Status Engine::Run() {
 }
 
 absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
-                         std::atomic<int64_t>* cache_bytes) {
+                         std::atomic<int64_t>* cache_bytes, std::atomic<int64_t>* step_nanos) {
   PlanExecutor executor(model, world);
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
     log::SetStep(step);
     DSV4_RETURN_IF_ERROR(BroadcastStep(world, step, plan), "step ", step);
     if (plan.stop) return absl::OkStatus();
+    const Clock::time_point t0 = Clock::now();  // after the plan arrived: idle waits are not steps
     MaybeInjectFault(world.rank(), step);
     DSV4_RETURN_IF_ERROR(executor.Execute(plan));
+    if (step_nanos != nullptr && !plan.seqs.empty())
+      step_nanos->fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
+                            std::memory_order_relaxed);
     if (steps != nullptr) steps->store(step + 1, std::memory_order_relaxed);
     if (cache_bytes != nullptr) cache_bytes->store(executor.cache_bytes(), std::memory_order_relaxed);
   }

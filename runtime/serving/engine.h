@@ -113,7 +113,24 @@ struct EngineStats {
   int64_t block_bytes = 0, blocks_total = 0, blocks_used = 0;
   int64_t cache_bytes = 0, cache_sequences = 0;
   int64_t step = 0;
+  double step_seconds = 0;  // wall time the leader spent running steps
   int64_t received = 0, completed = 0, aborted = 0, failed = 0, rejected = 0, tokens_generated = 0;
+  int64_t finished_stop = 0, finished_length = 0;  // completed, by finish reason
+  int64_t prompt_tokens = 0;                       // prompt tokens of the admitted requests
+  int64_t prefix_queries = 0, prefix_hits = 0;     // prompt tokens looked up in / found in the prefix cache
+};
+
+// Per-request timings, for metrics (rpc/metrics.h). Called on the engine's threads (the step loop
+// and the pool threads it samples on): implementations must be thread-safe and cheap.
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  // A request's first token: seconds it waited for its first step, and from arrival to the token.
+  virtual void FirstToken(double queue_s, double ttft_s) = 0;
+  // A later token: seconds since the request's previous one.
+  virtual void NextToken(double itl_s) = 0;
+  // A request ended normally (stop or length): seconds from arrival to its last token.
+  virtual void Finished(double e2e_s) = 0;
 };
 
 // Runs a step plan on this rank (every rank runs one): drops the caches of the freed slots, then
@@ -174,6 +191,9 @@ class Engine {
   void Fail(const absl::Status& status);
 
   EngineStats Stats() const;
+  // Receives the timings of every request from now on (null: none). Must outlive the engine or be
+  // replaced first.
+  void SetObserver(EngineObserver* observer) { observer_.store(observer); }
   // Counts a request that was rejected before it reached Submit (e.g. it did not parse).
   void CountRejected();
   EngineState state() const;
@@ -201,6 +221,7 @@ class Engine {
   int64_t fixed_bytes_ = 0;     // a fresh sequence cache
   double bytes_per_token_ = 0;  // growth of a cache per token, at most
   PlanExecutor executor_;       // engine thread only
+  std::atomic<EngineObserver*> observer_{nullptr};
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
@@ -221,7 +242,8 @@ class Engine {
 
 // Every rank but the leader: runs the leader's plans until the stop plan (OK) or an error (a
 // desync, a lost peer). `steps` (may be null) counts the steps run, for heartbeats.
+// `step_nanos` (may be null) accumulates the wall time spent in steps.
 absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
-                         std::atomic<int64_t>* cache_bytes = nullptr);
+                         std::atomic<int64_t>* cache_bytes = nullptr, std::atomic<int64_t>* step_nanos = nullptr);
 
 }  // namespace dsv4
