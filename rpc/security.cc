@@ -11,15 +11,14 @@
 #include "base/status.h"
 
 namespace dsv4 {
-namespace {
 
-// Equality in time that depends on the lengths only, not on where the first difference is.
-// `want` is never empty.
 bool ConstantTimeEqual(std::string_view got, std::string_view want) {
   unsigned char diff = got.size() == want.size() ? 0 : 1;
   for (size_t i = 0; i < got.size(); ++i) diff |= static_cast<unsigned char>(got[i] ^ want[i % want.size()]);
   return diff == 0;
 }
+
+namespace {
 
 class BearerTokenProcessor final : public grpc::AuthMetadataProcessor {
  public:

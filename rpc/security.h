@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "base/flags.h"
@@ -40,6 +41,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
                                                            int max_message_bytes = 64 << 20);
 // Adds the bearer token to a call.
 void AddCredentials(grpc::ClientContext& context, const ClientSecurity& security);
+
+// Equality in time that depends on the lengths only, not on where the first difference is (token
+// checks). `want` must not be empty.
+bool ConstantTimeEqual(std::string_view got, std::string_view want);
 
 // Reads a whole (small) file, e.g. a PEM file.
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path);
