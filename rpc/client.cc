@@ -9,12 +9,47 @@
 namespace dsv4 {
 namespace {
 
-void SetTimeout(grpc::ClientContext& ctx, absl::Duration timeout) {
-  if (timeout > absl::ZeroDuration())
-    ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMicroseconds(timeout));
+void SetDeadline(grpc::ClientContext& ctx, absl::Time deadline) {
+  if (deadline != absl::InfiniteFuture()) ctx.set_deadline(absl::ToChronoTime(deadline));
+}
+
+absl::Time DeadlineOf(absl::Duration timeout) {
+  return timeout > absl::ZeroDuration() ? absl::Now() + timeout : absl::InfiniteFuture();
+}
+
+const char* ChannelStateName(grpc_connectivity_state s) {
+  switch (s) {
+    case GRPC_CHANNEL_IDLE:
+      return "idle";
+    case GRPC_CHANNEL_CONNECTING:
+      return "connecting";
+    case GRPC_CHANNEL_READY:
+      return "ready";
+    case GRPC_CHANNEL_TRANSIENT_FAILURE:
+      return "failing to connect";
+    case GRPC_CHANNEL_SHUTDOWN:
+      return "shut down";
+  }
+  return "unknown";
 }
 
 }  // namespace
+
+absl::Status AwaitFirstConnect(grpc::Channel& channel, std::atomic<bool>& connected, const std::string& address,
+                               absl::Time deadline) {
+  if (connected.load(std::memory_order_acquire)) return absl::OkStatus();
+  const absl::Time start = absl::Now();
+  if (deadline == absl::InfiniteFuture()) deadline = start + kFirstConnectTimeout;
+  grpc_connectivity_state state = channel.GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (state == GRPC_CHANNEL_SHUTDOWN || !channel.WaitForStateChange(state, absl::ToChronoTime(deadline)))
+      return absl::UnavailableError(absl::StrCat("cannot connect to ", address, ": still ", ChannelStateName(state),
+                                                 " after ", absl::FormatDuration(absl::Now() - start)));
+    state = channel.GetState(/*try_to_connect=*/true);
+  }
+  connected.store(true, std::memory_order_release);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Connect(const std::string& address,
                                                                           const ClientSecurity& security) {
@@ -24,14 +59,23 @@ absl::StatusOr<std::unique_ptr<InferenceClient>> InferenceClient::Connect(const 
   c->stub_ = v1::Inference::NewStub(c->channel_);
   c->health_ = grpc::health::v1::Health::NewStub(c->channel_);
   c->security_ = security;
+  c->address_ = address;
   return c;
+}
+
+absl::StatusOr<absl::Time> InferenceClient::Ready(absl::Duration timeout) {
+  const absl::Time deadline = DeadlineOf(timeout);
+  if (absl::Status st = AwaitFirstConnect(*channel_, connected_, address_, deadline); !st.ok()) return st;
+  return deadline;
 }
 
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> InferenceClient::Health(const std::string& service,
                                                                                              absl::Duration timeout) {
+  auto deadline = Ready(timeout);
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, timeout);
+  SetDeadline(ctx, *deadline);
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
   grpc::health::v1::HealthCheckResponse resp;
@@ -57,9 +101,11 @@ absl::Status InferenceClient::Generate(const v1::GenerateRequest& request,
                                        const std::function<void(const v1::GenerateResponse&)>& on_message,
                                        absl::Duration timeout,
                                        const std::function<void(grpc::ClientContext*)>& context_out) {
+  auto deadline = Ready(timeout);
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, timeout);
+  SetDeadline(ctx, *deadline);
   if (context_out) context_out(&ctx);
   auto reader = stub_->Generate(&ctx, request);
   v1::GenerateResponse msg;
@@ -71,9 +117,11 @@ absl::Status InferenceClient::Generate(const v1::GenerateRequest& request,
 }
 
 absl::StatusOr<bool> InferenceClient::Abort(const std::string& request_id) {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::AbortRequest req;
   req.set_request_id(request_id);
   v1::AbortResponse resp;
@@ -83,9 +131,11 @@ absl::StatusOr<bool> InferenceClient::Abort(const std::string& request_id) {
 }
 
 absl::StatusOr<v1::ModelInfo> InferenceClient::ModelInfo() {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::ModelInfo resp;
   const grpc::Status st = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &resp);
   if (!st.ok()) return FromGrpcStatus(st);
@@ -93,9 +143,11 @@ absl::StatusOr<v1::ModelInfo> InferenceClient::ModelInfo() {
 }
 
 absl::StatusOr<v1::ServerInfo> InferenceClient::ServerInfo() {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::ServerInfo resp;
   const grpc::Status st = stub_->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &resp);
   if (!st.ok()) return FromGrpcStatus(st);
@@ -109,13 +161,22 @@ absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(const std:
   c->channel_ = channel;
   c->stub_ = v1::ControlPlane::NewStub(c->channel_);
   c->security_ = security;
+  c->address_ = address;
   return c;
 }
 
+absl::StatusOr<absl::Time> ControlClient::Ready(absl::Duration timeout) {
+  const absl::Time deadline = DeadlineOf(timeout);
+  if (absl::Status st = AwaitFirstConnect(*channel_, connected_, address_, deadline); !st.ok()) return st;
+  return deadline;
+}
+
 absl::StatusOr<v1::ClusterStatus> ControlClient::Status() {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::ClusterStatus resp;
   const grpc::Status st = stub_->Status(&ctx, v1::StatusRequest(), &resp);
   if (!st.ok()) return FromGrpcStatus(st);
@@ -123,9 +184,11 @@ absl::StatusOr<v1::ClusterStatus> ControlClient::Status() {
 }
 
 absl::Status ControlClient::Drain(double grace_seconds) {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::DrainRequest req;
   req.set_grace_seconds(grace_seconds);
   v1::DrainResponse resp;
@@ -133,9 +196,11 @@ absl::Status ControlClient::Drain(double grace_seconds) {
 }
 
 absl::Status ControlClient::Shutdown() {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
-  SetTimeout(ctx, absl::Seconds(10));
+  SetDeadline(ctx, *deadline);
   v1::ShutdownResponse resp;
   return FromGrpcStatus(stub_->Shutdown(&ctx, v1::ShutdownRequest(), &resp));
 }

@@ -1,7 +1,15 @@
 // A client of the inference endpoint and the control plane, for `dsv4 generate`, `dsv4 ctl`,
 // `dsv4 bench serve` and the end-to-end tests. Thread-safe (gRPC stubs are).
+//
+// Channels connect lazily. Until a channel has been connected once, every call first waits for
+// the connection within the call's deadline (without one, kFirstConnectTimeout), while gRPC retries
+// a refused or failed connect with backoff (100 ms growing to 1 s, rpc/security.h): a client
+// started together with its server, or one of many connecting at once, does not fail on its first
+// try. Once connected, a lost server is reported at once (UNAVAILABLE), never waited for: a call
+// that may have reached the server is never sent twice.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -14,6 +22,14 @@
 #include "rpc/security.h"
 
 namespace dsv4 {
+
+// How long a call without a deadline waits for the first connection.
+inline constexpr absl::Duration kFirstConnectTimeout = absl::Seconds(20);
+
+// Waits, before a call, until `channel` has connected once (`connected` remembers it): UNAVAILABLE
+// naming `address` and the channel's last state when it did not by `deadline`.
+absl::Status AwaitFirstConnect(grpc::Channel& channel, std::atomic<bool>& connected, const std::string& address,
+                               absl::Time deadline);
 
 class InferenceClient {
  public:
@@ -42,10 +58,15 @@ class InferenceClient {
   const ClientSecurity& security() const { return security_; }
 
  private:
+  // The call's deadline (`timeout`, or none: infinite) after the first connection is up.
+  absl::StatusOr<absl::Time> Ready(absl::Duration timeout);
+
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   ClientSecurity security_;
+  std::string address_;
+  std::atomic<bool> connected_{false};
 };
 
 class ControlClient {
@@ -57,9 +78,13 @@ class ControlClient {
   absl::Status Shutdown();
 
  private:
+  absl::StatusOr<absl::Time> Ready(absl::Duration timeout);
+
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ControlPlane::Stub> stub_;
   ClientSecurity security_;
+  std::string address_;
+  std::atomic<bool> connected_{false};
 };
 
 }  // namespace dsv4
