@@ -3,7 +3,10 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <chrono>
+
+#include "absl/container/flat_hash_set.h"
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
@@ -34,6 +37,23 @@ v1::ServerState FromEngineState(EngineState s) {
 
 class InferenceServer::Service final : public v1::Inference::Service {
  public:
+  // A stream's write in progress, for the stall watchdog.
+  struct Watch {
+    grpc::ServerContext* ctx;
+    absl::Time writing_since = absl::InfiniteFuture();
+    bool cancelled = false;
+  };
+
+  // Cancels every stream whose write has waited longer than `timeout` (its client reads nothing).
+  void CancelStalled(absl::Time now, absl::Duration timeout) {
+    absl::MutexLock l(&watch_mu_);
+    for (Watch* w : watches_)
+      if (!w->cancelled && now - w->writing_since > timeout) {
+        w->ctx->TryCancel();
+        w->cancelled = true;
+      }
+  }
+
   explicit Service(ServerIdentity identity) : start_(absl::Now()), identity_(std::move(identity)) {}
 
   void Attach(Engine* engine, const Tokenizer* tokenizer, v1::ModelInfo model, InputLimits limits,
@@ -71,14 +91,35 @@ class InferenceServer::Service final : public v1::Inference::Service {
     auto handle = engine->Submit(std::move(*spec));
     if (!handle.ok()) return ToGrpcStatus(handle.status());
     const std::string& id = (*handle)->id();
+    Watch watch{ctx};
+    {
+      absl::MutexLock l(&watch_mu_);
+      watches_.insert(&watch);
+    }
+    struct Unwatch {
+      Service* s;
+      Watch* w;
+      ~Unwatch() {
+        absl::MutexLock l(&s->watch_mu_);
+        s->watches_.erase(w);
+      }
+    } unwatch{this, &watch};
     for (;;) {
       auto out = (*handle)->Next(kPoll);
       if (out.ok()) {
         v1::GenerateResponse resp;
         ToProto(id, std::move(*out), &resp);
-        if (!writer->Write(resp)) {  // the client is gone
+        {
+          absl::MutexLock l(&watch_mu_);
+          watch.writing_since = absl::Now();
+        }
+        const bool written = writer->Write(resp);
+        absl::MutexLock l(&watch_mu_);
+        watch.writing_since = absl::InfiniteFuture();
+        if (!written) {  // the client is gone, or read nothing for the stall timeout
           engine->Abort(id);
-          return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+          return grpc::Status(grpc::StatusCode::CANCELLED,
+                              watch.cancelled ? "the client stopped reading its stream" : "the client went away");
         }
         continue;
       }
@@ -155,6 +196,8 @@ class InferenceServer::Service final : public v1::Inference::Service {
   }
 
   const absl::Time start_;
+  absl::Mutex watch_mu_;
+  absl::flat_hash_set<Watch*> watches_ ABSL_GUARDED_BY(watch_mu_);
   mutable absl::Mutex mu_;
   ServerIdentity identity_ ABSL_GUARDED_BY(mu_);
   Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
@@ -188,7 +231,16 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const En
   if (s->server_ == nullptr || s->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address, " (in use, or not a local address?)"));
   s->SetState(v1::SERVER_STATE_LOADING);
+  InferenceServer* raw = s.get();
+  s->watchdog_ = std::thread([raw, timeout = options.stream_stall_timeout] { raw->Watchdog(timeout); });
   return s;
+}
+
+void InferenceServer::Watchdog(absl::Duration stall_timeout) {
+  const absl::Duration period = std::clamp(stall_timeout / 10, absl::Milliseconds(10), absl::Seconds(1));
+  absl::MutexLock l(&watchdog_mu_);
+  while (!watchdog_mu_.AwaitWithTimeout(absl::Condition(&stopping_), period))
+    service_->CancelStalled(absl::Now(), stall_timeout);
 }
 
 InferenceServer::~InferenceServer() { Shutdown(absl::ZeroDuration()); }
@@ -211,6 +263,13 @@ void InferenceServer::SetState(v1::ServerState state) {
 v1::ServerState InferenceServer::state() const { return service_->state(); }
 
 void InferenceServer::Shutdown(absl::Duration grace) {
+  if (watchdog_.joinable()) {
+    {
+      absl::MutexLock l(&watchdog_mu_);
+      stopping_ = true;
+    }
+    watchdog_.join();
+  }
   if (server_ == nullptr) return;
   SetState(v1::SERVER_STATE_STOPPED);
   // Health Watch streams end too (they would otherwise keep Shutdown waiting).

@@ -8,7 +8,11 @@
 //
 // Generate runs one handler thread per stream (gRPC's synchronous API): it submits to the engine,
 // forwards the engine's pieces, and aborts the request when the client cancels, disconnects or
-// its deadline passes (polled every few milliseconds, so the cache is freed within a step).
+// its deadline passes (polled every few milliseconds, so the cache is freed within a step). A
+// client that stops reading fills its stream's flow-control window and the handler's write waits:
+// after `stream_stall_timeout` a watchdog cancels that stream (row GR-04), so a reader that never
+// drains holds neither a handler thread nor cache blocks for longer; the engine's own buffering of
+// a request is bounded by its max_tokens.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once
@@ -17,6 +21,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -36,6 +41,7 @@ struct EndpointOptions {
   int max_concurrent_streams = 256;  // per HTTP/2 connection
   int max_threads = 1024;            // gRPC's resource quota: streams beyond it are refused
   bool reflection = true;
+  absl::Duration stream_stall_timeout = absl::Seconds(30);  // a write waiting this long cancels the stream
 };
 
 // What GetServerInfo reports besides the engine's figures.
@@ -67,9 +73,14 @@ class InferenceServer {
  private:
   InferenceServer() = default;
 
+  void Watchdog(absl::Duration stall_timeout);
+
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  absl::Mutex watchdog_mu_;
+  bool stopping_ ABSL_GUARDED_BY(watchdog_mu_) = false;
+  std::thread watchdog_;
 };
 
 }  // namespace dsv4

@@ -89,6 +89,8 @@ void AddServeFlags(Flags& flags) {
       .Int("cache-mb", e.cache_bytes >> 20, "sequence-cache budget per rank, in MiB", 1, int64_t{1} << 30)
       .Int("max-request-mb", 4, "largest request message, in MiB", 1, 1024)
       .Int("max-streams", 1024, "concurrent streams per connection (and handler threads)", 1, 1 << 20)
+      .Double("stream-stall-timeout-s", absl::ToDoubleSeconds(d.endpoint.stream_stall_timeout),
+              "a stream whose client reads nothing for this long is cancelled", 0.1, 86400)
       .Bool("reflection", d.endpoint.reflection, "gRPC server reflection")
       .String("tls-cert", "", "PEM certificate chain: serve TLS")
       .String("tls-key", "", "PEM private key for --tls-cert")
@@ -121,6 +123,7 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
   ep.max_concurrent_streams = static_cast<int>(streams);
   ep.max_threads = static_cast<int>(std::min<int64_t>(streams + 64, 1 << 20));
   ep.reflection = flags.GetBool("reflection");
+  ep.stream_stall_timeout = absl::Seconds(flags.GetDouble("stream-stall-timeout-s"));
   ep.security.tls_cert_file = flags.GetString("tls-cert");
   ep.security.tls_key_file = flags.GetString("tls-key");
   ep.security.tls_client_ca_file = flags.GetString("tls-client-ca");
