@@ -1,6 +1,7 @@
 #include "rpc/http_gateway.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <ctime>
 #include <random>
@@ -23,6 +24,7 @@ using Clock = std::chrono::steady_clock;
 constexpr absl::Duration kPoll = absl::Milliseconds(10);    // a stream's wait for the engine's next piece
 constexpr auto kKeepAlive = std::chrono::seconds(1);        // SSE comment while no token is ready
 constexpr char kJson[] = "application/json";
+constexpr int kListenBacklog = 1024;  // connections the kernel holds before they are accepted
 
 void SendError(httplib::Response& res, const absl::Status& status) {
   res.status = HttpStatusOf(status);
@@ -110,11 +112,22 @@ class HttpGateway::Impl {
     server_->set_keep_alive_timeout(std::max<time_t>(1, absl::ToInt64Seconds(opt_.keep_alive)));
     server_->set_keep_alive_max_count(1000);
     Routes();
+    // Debian's build listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into the
+    // library): a burst of connections overflows it and some of them are reset. The socket is
+    // recorded as it is created, and listen() again raises its backlog (Linux allows this).
+    int listen_fd = -1;
+    server_->set_socket_options([&listen_fd](int fd) {
+      const int yes = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));  // what the library's default sets
+      listen_fd = fd;
+    });
     port_ = opt_.port == 0 ? server_->bind_to_any_port(opt_.host)
                            : (server_->bind_to_port(opt_.host, opt_.port) ? opt_.port : -1);
     if (port_ <= 0)
       return absl::UnavailableError(
           absl::StrCat("cannot listen for HTTP on ", opt_.host, ":", opt_.port, " (in use, or not a local address?)"));
+    if (listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) != 0)
+      return absl::UnavailableError(absl::StrCat("listen(", kListenBacklog, ") on the HTTP port failed"));
     thread_ = std::thread([this] { server_->listen_after_bind(); });
     return absl::OkStatus();
   }
