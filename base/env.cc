@@ -37,6 +37,8 @@ constexpr KnobInfo kKnobs[] = {
     {Knob::kGoldenBinary, "DSV4_GOLDEN_BINARY", "",
      "tests only: the dsv4 binary the golden cases run (default: the one built beside the test)", ""},
     {Knob::kServeNp, "DSV4_SERVE_NP", "1", "tests only: ranks of the job the serving tests start", "int:1:64"},
+    {Knob::kServeArgs, "DSV4_SERVE_ARGS", "", "tests only: extra flags of the job the serving tests start (e.g. --tp 2)",
+     ""},
 };
 
 absl::Status CheckValue(const KnobInfo& k, const std::string& v) {

@@ -24,6 +24,7 @@ enum class Knob : int {
   kGoldenArgs,    // DSV4_GOLDEN_ARGS: tests only, extra flags for the golden cases
   kGoldenBinary,  // DSV4_GOLDEN_BINARY: tests only, the dsv4 binary the golden cases run
   kServeNp,       // DSV4_SERVE_NP: tests only, ranks of the served job
+  kServeArgs,     // DSV4_SERVE_ARGS: tests only, extra flags of the served job
 };
 
 struct KnobInfo {

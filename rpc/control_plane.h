@@ -74,6 +74,7 @@ class Coordinator final : public v1::ControlPlane::Service {
     int64_t step = 0, cache_bytes = 0;
     std::vector<int64_t> expert_load, expert_layer_load;
     double step_seconds = 0;
+    int64_t busy_steps = 0;
     absl::Time last_beat;
   };
   void Lost(int rank, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -71,8 +71,8 @@ class PrometheusText {
 // One rank's figures at scrape time (the leader's own, the others' from their heartbeats).
 struct RankFigures {
   int rank = 0;
-  int64_t steps = 0;
-  double step_seconds = 0;
+  int64_t steps = 0;        // steps that ran sequences
+  double step_seconds = 0;  // their wall time
   int64_t cache_bytes = 0;
   std::vector<int64_t> expert_layer_load;  // [layers, experts] (empty: unknown)
 };

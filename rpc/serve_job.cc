@@ -75,7 +75,11 @@ void AddServeFlags(Flags& flags) {
       .Int("port", 50051, "inference port (0 = any free port; see --info-file)", 0, 65535)
       .String("control-host", d.control_host, "the leader's cluster-internal address for the control plane")
       .Int("control-port", d.control_port, "control-plane port (0 = any free port)", 0, 65535)
-      .String("info-file", "", "write {host, port, control, pid} as JSON here once listening")
+      .Int("http-port", -1, "OpenAI-compatible HTTP, /health, /ready, /metrics on this port (-1 = off, 0 = any)", -1,
+           65535)
+      .String("http-host", "", "address the HTTP gateway binds to (default: --host)")
+      .Int("http-threads", d.http_options.threads, "HTTP connections served at once", 1, 1 << 16)
+      .String("info-file", "", "write {host, port, http_port, control, pid} as JSON here once listening")
       .Int("max-model-len", 4096, "prompt + completion tokens of one request (at most the model's)", 2,
            int64_t{1} << 24)
       .Int("default-max-tokens", e.default_max_tokens, "completion tokens when a request gives no max_tokens", 1,
@@ -130,6 +134,15 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
   if (!flags.GetString("token-file").empty()) {
     DSV4_ASSIGN_OR_RETURN(ep.security.token, ReadTokenFile(flags.GetString("token-file")));
   }
+  o.http = flags.GetInt("http-port") >= 0;
+  HttpOptions& h = o.http_options;
+  h.host = flags.GetString("http-host").empty() ? ep.host : flags.GetString("http-host");
+  h.port = static_cast<int>(std::max<int64_t>(0, flags.GetInt("http-port")));
+  h.threads = static_cast<int>(flags.GetInt("http-threads"));
+  h.max_body_bytes = flags.GetInt("max-request-mb") << 20;
+  h.write_timeout = ep.stream_stall_timeout;
+  h.tls_cert_file = ep.security.tls_cert_file, h.tls_key_file = ep.security.tls_key_file;
+  h.token = ep.security.token;
   o.control_host = flags.GetString("control-host");
   o.control_port = static_cast<int>(flags.GetInt("control-port"));
   o.info_file = flags.GetString("info-file");
@@ -146,7 +159,11 @@ ServeJob::ServeJob(ServeOptions options) : opt_(std::move(options)) {
   world_size_ = place.size, rank_ = place.rank;
 }
 
-ServeJob::~ServeJob() = default;
+ServeJob::~ServeJob() {
+  // The endpoints first: their handlers use the engine, which is destroyed before them otherwise.
+  if (http_) http_->Shutdown();
+  server_.reset();
+}
 
 absl::Status ServeJob::Run() {
   DSV4_ASSIGN_OR_RETURN(digest_, ConfigDigest(opt_.runtime.model, settings_));
@@ -175,24 +192,46 @@ absl::Status ServeJob::RunWorker() {
   DSV4_ASSIGN_OR_RETURN(
       std::unique_ptr<WorkerAgent> agent,
       WorkerAgent::Join(address, ClientSecurity{.token = opt_.endpoint.security.token}, join, opt_.join_timeout));
-  std::atomic<int64_t> steps{0}, cache_bytes{0};
+  FollowerCounters counters;
   const Model& model = runtime_->model();
   agent->Start(
       [&](v1::Beat* b) {
-        b->set_step(steps.load(std::memory_order_relaxed));
-        b->set_cache_bytes(cache_bytes.load(std::memory_order_relaxed));
-        const std::vector<int64_t> load = model.ExpertLoad();
-        b->mutable_expert_load()->Add(load.begin(), load.end());
+        b->set_step(counters.steps.load(std::memory_order_relaxed));
+        b->set_cache_bytes(counters.cache_bytes.load(std::memory_order_relaxed));
+        b->set_busy_steps(counters.busy_steps.load(std::memory_order_relaxed));
+        b->set_step_seconds(1e-9 * static_cast<double>(counters.busy_nanos.load(std::memory_order_relaxed)));
+        const std::vector<int64_t> load = model.ExpertLoadByLayer();
+        b->mutable_expert_layer_load()->Add(load.begin(), load.end());
+        const std::vector<int64_t> total = model.ExpertLoad();
+        b->mutable_expert_load()->Add(total.begin(), total.end());
       },
       [](const absl::Status& st) { ExitNow(absl::StrCat("lost the coordinator: ", st.message())); });
-  DSV4_RETURN_IF_ERROR(RunFollower(model, runtime_->world(), &steps, &cache_bytes));
+  DSV4_RETURN_IF_ERROR(RunFollower(model, runtime_->world(), &counters));
   agent->Leave();
   return absl::OkStatus();
 }
 
+void ServeJob::SetState(v1::ServerState state) {
+  if (server_) server_->SetState(state);
+  if (http_) http_->SetState(state);
+}
+
+std::string ServeJob::RenderMetrics() {
+  const EngineStats stats = engine_ptr_.load()->Stats();
+  std::vector<RankFigures> ranks;
+  const v1::ClusterStatus cluster = coordinator_->Snapshot();
+  for (const v1::RankStatus& r : cluster.ranks()) {
+    RankFigures f;
+    f.rank = r.rank(), f.steps = r.busy_steps(), f.step_seconds = r.step_seconds(), f.cache_bytes = r.cache_bytes();
+    f.expert_layer_load.assign(r.expert_layer_load().begin(), r.expert_layer_load().end());
+    ranks.push_back(std::move(f));
+  }
+  return metrics_->Render(stats, ranks);
+}
+
 void ServeJob::FailStop(const absl::Status& st) {
   if (failing_.exchange(true)) return;
-  if (server_) server_->SetState(v1::SERVER_STATE_FAILED);
+  SetState(v1::SERVER_STATE_FAILED);
   if (Engine* e = engine_ptr_.load()) e->Fail(st);
   // Give the stream handlers a moment to tell their clients, then end the job.
   std::thread([st, linger = opt_.linger] {
@@ -205,7 +244,7 @@ void ServeJob::Drain(absl::Duration grace) {
   Engine* e = engine_ptr_.load();
   if (e == nullptr) ExitNow("stopped while loading");
   if (e->state() != EngineState::kServing) return;
-  server_->SetState(v1::SERVER_STATE_DRAINING);
+  SetState(v1::SERVER_STATE_DRAINING);
   DSV4_LOG(kInfo, "draining (grace ", absl::FormatDuration(grace), ")");
   e->Drain(grace);
 }
@@ -213,7 +252,7 @@ void ServeJob::Drain(absl::Duration grace) {
 void ServeJob::Shutdown() {
   Engine* e = engine_ptr_.load();
   if (e == nullptr) ExitNow("shut down while loading");
-  server_->SetState(v1::SERVER_STATE_DRAINING);
+  SetState(v1::SERVER_STATE_DRAINING);
   e->Stop();
 }
 
@@ -224,10 +263,14 @@ void ServeJob::FillLeaderStatus(v1::RankStatus* s) {
     const EngineStats st = e->Stats();
     s->set_step(st.step);
     s->set_cache_bytes(st.cache_bytes);
+    s->set_step_seconds(st.step_seconds);
+    s->set_busy_steps(st.busy_steps);
   }
   if (const Model* m = model_ptr_.load()) {
     const std::vector<int64_t> load = m->ExpertLoad();
     s->mutable_expert_load()->Add(load.begin(), load.end());
+    const std::vector<int64_t> by_layer = m->ExpertLoadByLayer();
+    s->mutable_expert_layer_load()->Add(by_layer.begin(), by_layer.end());
   }
 }
 
@@ -235,6 +278,9 @@ void ServeJob::FillLeaderStatus(v1::RankStatus* s) {
 absl::Status ServeJob::Listen() {
   DSV4_ASSIGN_OR_RETURN(server_,
                         InferenceServer::Start(opt_.endpoint, ServerIdentity{BuildId(), world_size_, settings_}));
+  if (opt_.http) {
+    DSV4_ASSIGN_OR_RETURN(http_, HttpGateway::Start(opt_.http_options, BuildId()));
+  }
   CoordinatorOptions copt;
   copt.world_size = world_size_;
   copt.build_id = BuildId();
@@ -247,7 +293,7 @@ absl::Status ServeJob::Listen() {
   cb.on_shutdown = [this] { Shutdown(); };
   cb.leader_status = [this](v1::RankStatus* s) { FillLeaderStatus(s); };
   cb.server_state = [this] {
-    std::string name = v1::ServerState_Name(server_->state());
+    const std::string name = v1::ServerState_Name(server_->state());
     return name.substr(std::string("SERVER_STATE_").size());
   };
   coordinator_ = std::make_unique<Coordinator>(copt, cb);
@@ -258,11 +304,13 @@ absl::Status ServeJob::Listen() {
   control_address_ = absl::StrCat(opt_.control_host, ":", control_.port);
   if (!opt_.info_file.empty()) {
     DSV4_RETURN_IF_ERROR(WriteFileAtomic(
-        opt_.info_file, absl::StrFormat("{\"host\": \"%s\", \"port\": %d, \"control\": \"%s\", \"pid\": %d}\n",
-                                        opt_.endpoint.host, server_->port(), control_address_, getpid())));
+        opt_.info_file,
+        absl::StrFormat("{\"host\": \"%s\", \"port\": %d, \"http_port\": %d, \"control\": \"%s\", \"pid\": %d}\n",
+                        opt_.endpoint.host, server_->port(), http_ ? http_->port() : -1, control_address_, getpid())));
   }
-  DSV4_LOG(kInfo, "listening on ", opt_.endpoint.host, ":", server_->port(), " (control plane ", control_address_,
-           "), loading ", opt_.runtime.model);
+  DSV4_LOG(kInfo, "listening on ", opt_.endpoint.host, ":", server_->port(),
+           http_ ? absl::StrCat(" (HTTP ", opt_.http_options.host, ":", http_->port(), ")") : "", " (control plane ",
+           control_address_, "), loading ", opt_.runtime.model);
   return absl::OkStatus();
 }
 
@@ -289,7 +337,14 @@ absl::Status ServeJob::Load() {
   server_->Attach(engine_.get(), tokenizer_.get(),
                   MakeModelInfo(opt_.runtime.model, model, tokenizer_.get(), eopt.max_model_len), limits,
                   runtime_->layout().ToString());
+  metrics_ = std::make_unique<ServingMetrics>(opt_.runtime.model, model.config().num_hidden_layers,
+                                              model.config().n_routed_experts);
+  engine_->SetObserver(metrics_.get());
   engine_ptr_.store(engine_.get());
+  if (http_) {
+    http_->Attach(engine_.get(), tokenizer_.get(), opt_.runtime.model, limits);
+    http_->SetMetrics([this] { return RenderMetrics(); });
+  }
   if (failing_.load()) engine_->Fail(absl::UnavailableError("a rank was lost while loading"));
   return absl::OkStatus();
 }
@@ -315,7 +370,7 @@ void ServeJob::WarmUp() {
     return;
   }
   if (server_->state() == v1::SERVER_STATE_LOADING && engine_->state() == EngineState::kServing) {
-    server_->SetState(v1::SERVER_STATE_SERVING);
+    SetState(v1::SERVER_STATE_SERVING);
     DSV4_LOG(kInfo, "serving ", opt_.runtime.model, " on ", opt_.endpoint.host, ":", server_->port(), " (",
              runtime_->layout().ToString(), ")");
   }
@@ -342,9 +397,10 @@ absl::Status ServeJob::Finish(const absl::Status& engine_status) {
     absl::SleepFor(opt_.linger + absl::Seconds(5));  // FailStop's thread exits the process
     return engine_status;
   }
-  server_->SetState(v1::SERVER_STATE_STOPPED);
+  SetState(v1::SERVER_STATE_STOPPED);
   DSV4_RETURN_IF_ERROR(coordinator_->WaitForRanksToLeave(absl::Seconds(30)));
   server_->Shutdown(absl::Seconds(1));
+  if (http_) http_->Shutdown();
   control_.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   const EngineStats stats = engine_->Stats();
   DSV4_LOG(kInfo, "stopped after ", stats.received, " requests (", stats.completed, " completed, ", stats.aborted,

@@ -1,7 +1,7 @@
 // The life of a `dsv4 serve` job on one rank, from listening to the last exit.
 //
-// The leader (world rank 0) starts listening first (health NOT_SERVING while it loads), then the
-// control plane; loads its share of the model; tells the other ranks the control-plane address
+// The leader (world rank 0) starts listening first (health NOT_SERVING while it loads; with
+// --http-port, the OpenAI-compatible HTTP gateway too, /ready 503), then the control plane; loads its share of the model; tells the other ranks the control-plane address
 // (MPI broadcast); waits for every rank to Join; sends one warm-up request through every rank;
 // and only then turns health SERVING. Its main thread runs the engine loop (MPI calls stay on the
 // main thread). Every other rank loads its share, joins, keeps a heartbeat and mirrors the
@@ -26,7 +26,9 @@
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "rpc/control_plane.h"
+#include "rpc/http_gateway.h"
 #include "rpc/inference_server.h"
+#include "rpc/metrics.h"
 #include "runtime/runtime.h"
 #include "runtime/serving/engine.h"
 
@@ -36,9 +38,11 @@ struct ServeOptions {
   RuntimeOptions runtime;
   EngineOptions engine;
   EndpointOptions endpoint;  // the inference port, with its security
+  bool http = false;         // the HTTP gateway (its token and TLS files are the endpoint's)
+  HttpOptions http_options;
   std::string control_host = "127.0.0.1";
   int control_port = 0;
-  std::string info_file;  // {host, port, control, pid} as JSON once listening ("" = none)
+  std::string info_file;  // {host, port, http_port, control, pid} as JSON once listening ("" = none)
   absl::Duration drain_grace = absl::Seconds(30);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration join_timeout = absl::Seconds(300);
@@ -72,12 +76,18 @@ class ServeJob {
   void Drain(absl::Duration grace);
   void Shutdown();
   void FillLeaderStatus(v1::RankStatus* status);
+  // The state both endpoints announce (health, /ready).
+  void SetState(v1::ServerState state);
+  // The /metrics exposition: the engine's figures and every rank's.
+  std::string RenderMetrics();
 
   const ServeOptions opt_;
   std::string settings_, digest_;  // what every rank must agree on
   int world_size_ = 1, rank_ = 0;
 
   std::unique_ptr<InferenceServer> server_;
+  std::unique_ptr<HttpGateway> http_;
+  std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<Coordinator> coordinator_;
   ControlServer control_;
   std::string control_address_;

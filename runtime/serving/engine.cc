@@ -546,7 +546,7 @@ absl::Status Engine::Run() {
     absl::MutexLock l(&mu_);
     if (state_ == EngineState::kFailed) return fail_status_;
     ++step_;
-    if (!plan.seqs.empty()) counters_.step_seconds += step_s;
+    if (!plan.seqs.empty()) ++counters_.busy_steps, counters_.step_seconds += step_s;
     cache_bytes_ = executor_.cache_bytes();
     cache_sequences_ = executor_.sequences();
     for (size_t i = 0; i < work.size(); ++i) {
@@ -562,8 +562,7 @@ absl::Status Engine::Run() {
   }
 }
 
-absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
-                         std::atomic<int64_t>* cache_bytes, std::atomic<int64_t>* step_nanos) {
+absl::Status RunFollower(const Model& model, Communicator& world, FollowerCounters* counters) {
   PlanExecutor executor(model, world);
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
@@ -573,11 +572,14 @@ absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<in
     const Clock::time_point t0 = Clock::now();  // after the plan arrived: idle waits are not steps
     MaybeInjectFault(world.rank(), step);
     DSV4_RETURN_IF_ERROR(executor.Execute(plan));
-    if (step_nanos != nullptr && !plan.seqs.empty())
-      step_nanos->fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
-                            std::memory_order_relaxed);
-    if (steps != nullptr) steps->store(step + 1, std::memory_order_relaxed);
-    if (cache_bytes != nullptr) cache_bytes->store(executor.cache_bytes(), std::memory_order_relaxed);
+    if (counters == nullptr) continue;
+    if (!plan.seqs.empty()) {
+      counters->busy_steps.fetch_add(1, std::memory_order_relaxed);
+      counters->busy_nanos.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count(),
+                                     std::memory_order_relaxed);
+    }
+    counters->steps.store(step + 1, std::memory_order_relaxed);
+    counters->cache_bytes.store(executor.cache_bytes(), std::memory_order_relaxed);
   }
 }
 

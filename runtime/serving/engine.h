@@ -113,7 +113,8 @@ struct EngineStats {
   int64_t block_bytes = 0, blocks_total = 0, blocks_used = 0;
   int64_t cache_bytes = 0, cache_sequences = 0;
   int64_t step = 0;
-  double step_seconds = 0;  // wall time the leader spent running steps
+  int64_t busy_steps = 0;   // steps that ran sequences (idle ticks aside)
+  double step_seconds = 0;  // the leader's wall time in those steps
   int64_t received = 0, completed = 0, aborted = 0, failed = 0, rejected = 0, tokens_generated = 0;
   int64_t finished_stop = 0, finished_length = 0;  // completed, by finish reason
   int64_t prompt_tokens = 0;                       // prompt tokens of the admitted requests
@@ -240,10 +241,16 @@ class Engine {
   int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// What a follower's loop reports (heartbeats), updated after every step.
+struct FollowerCounters {
+  std::atomic<int64_t> steps{0};        // every step, idle ticks included
+  std::atomic<int64_t> cache_bytes{0};  // held by this rank's sequence caches
+  std::atomic<int64_t> busy_steps{0};   // steps that ran sequences
+  std::atomic<int64_t> busy_nanos{0};   // their wall time
+};
+
 // Every rank but the leader: runs the leader's plans until the stop plan (OK) or an error (a
-// desync, a lost peer). `steps` (may be null) counts the steps run, for heartbeats.
-// `step_nanos` (may be null) accumulates the wall time spent in steps.
-absl::Status RunFollower(const Model& model, Communicator& world, std::atomic<int64_t>* steps,
-                         std::atomic<int64_t>* cache_bytes = nullptr, std::atomic<int64_t>* step_nanos = nullptr);
+// desync, a lost peer). `counters` (may be null) follow its progress.
+absl::Status RunFollower(const Model& model, Communicator& world, FollowerCounters* counters = nullptr);
 
 }  // namespace dsv4

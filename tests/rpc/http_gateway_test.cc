@@ -82,7 +82,7 @@ HttpGateway& Serving() {
     S().gateway->SetMetrics([] {
       const EngineStats st = S().engine->Stats();
       RankFigures r;
-      r.steps = st.step, r.step_seconds = st.step_seconds, r.cache_bytes = st.cache_bytes;
+      r.steps = st.busy_steps, r.step_seconds = st.step_seconds, r.cache_bytes = st.cache_bytes;
       r.expert_layer_load = S().model->ExpertLoadByLayer();
       return S().metrics->Render(st, {&r, 1});
     });

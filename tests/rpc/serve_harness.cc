@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "base/env.h"
 #include "base/file.h"
@@ -38,6 +39,9 @@ absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vec
                                std::string("--info-file"), info})
     argv.push_back(a);
   argv.insert(argv.end(), args.begin(), args.end());
+  // The layout under test (DSV4_SERVE_ARGS, e.g. "--tp 2"), after the test's own flags.
+  for (absl::string_view a : absl::StrSplit(env::Str(env::Knob::kServeArgs), ' ', absl::SkipEmpty()))
+    argv.emplace_back(a);
   std::vector<char*> cargv;
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
@@ -62,6 +66,7 @@ absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vec
       try {
         const nlohmann::json j = nlohmann::json::parse(f);
         p->port_ = j.at("port").get<int>();
+        p->http_port_ = j.value("http_port", -1);
         p->control_ = j.at("control").get<std::string>();
         p->leader_pid_ = j.at("pid").get<int>();
         return p;

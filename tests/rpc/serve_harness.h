@@ -1,5 +1,5 @@
 // Runs `dsv4 serve` as a child process for end-to-end tests: alone, or under mpirun when
-// DSV4_SERVE_NP is set (> 1). Servers bind 127.0.0.1 on a free port, read back from --info-file.
+// DSV4_SERVE_NP is set (> 1), with the flags of DSV4_SERVE_ARGS (a layout, e.g. "--tp 2") added. Servers bind 127.0.0.1 on a free port, read back from --info-file.
 // Every wait is bounded; the destructor kills whatever is left (the whole process group).
 #pragma once
 
@@ -23,6 +23,9 @@ class ServeProcess {
   ~ServeProcess();
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+  // The HTTP gateway's port (with --http-port), else -1.
+  int http_port() const { return http_port_; }
   const std::string& control() const { return control_; }
   pid_t leader_pid() const { return leader_pid_; }
   // Sends `sig` to the leader (rank 0) process.
@@ -39,6 +42,7 @@ class ServeProcess {
   pid_t child_ = -1;
   pid_t leader_pid_ = -1;
   int port_ = 0;
+  int http_port_ = -1;
   std::string control_;
   std::string log_path_;
   bool exited_ = false;
