@@ -35,18 +35,47 @@ Spec SpecFor(const std::string& name, bool* ok) {
   return {};
 }
 
-// The engram_* keys of v4-tiny-engram: the small layout of golden/engram (engram_vocab_size 1000,
-// 2- and 3-grams, 4 heads; 8214 and 8612 rows of 64 FP8 values) and the compressed vocabulary of the
-// npm DeepSeek tokenizer the built-in models use (98627 keys).
-std::string EngramKeys() {
-  const std::vector<int64_t> layers = {1, 3};
-  const absl::StatusOr<EngramLayout> layout = BuildEngramLayout(1000, layers, 3, 4);
+// Engram keys for `layers` with the table layout of BuildEngramLayout and the compressed vocabulary
+// of the npm DeepSeek tokenizer the built-in models use (98627 keys).
+std::string EngramKeys(const std::vector<int64_t>& layers, int64_t vocab_size, int64_t max_ngram, int64_t heads,
+                       int64_t head_dim) {
+  const absl::StatusOr<EngramLayout> layout = BuildEngramLayout(vocab_size, layers, max_ngram, heads);
   DSV4_CHECK(layout.ok(), layout.status().message());
-  return absl::StrCat(R"(,
-  "engram_layer_ids": [)", absl::StrJoin(layers, ", "), R"(], "engram_num_embeddings": [)",
+  return absl::StrCat(R"("engram_layer_ids": [)", absl::StrJoin(layers, ", "), R"(], "engram_num_embeddings": [)",
                       absl::StrJoin(layout->num_rows, ", "), R"(],
-  "engram_max_ngram_size": 3, "engram_vocab_size": 1000, "engram_n_heads": 4, "engram_head_dim": 64,
+  "engram_max_ngram_size": )", max_ngram, R"(, "engram_vocab_size": )", vocab_size, R"(, "engram_n_heads": )", heads,
+                      R"(, "engram_head_dim": )", head_dim, R"(,
   "engram_pad_id": 2, "engram_compressed_vocab_size": 98627)");
+}
+
+// v41-tiny: the layout of golden/v41-tiny (MODEL.md 1.4 at small sizes) in the released V4.1 file
+// format (text_config nesting, 32 x 32 tiles): 8 layers with ratios [0, 0, 2, 2, 2, 1, 1, 1], KV
+// sources 2, 4, 5, index sources 2, 4, 5, 7, level-1 candidates at layer 5 (6 blocks of 4), Engram
+// before layers 1 and 4 (2- to 4-grams, 4 heads of 32, primes from 600).
+std::string V41TinyConfigJson() {
+  return absl::StrCat(R"({
+  "architectures": ["DeepseekV41ForCausalLM"], "model_type": "deepseek_v41", "dtype": "bfloat16",
+  "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, "image_token_id": 129264,
+  "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [32, 32],
+                          "scale_fmt": "ue8m0", "expert_dtype": "fp4"},
+  "text_config": {
+    "model_type": "deepseek_v41_text", "vocab_size": 129280, "hidden_size": 64, "num_hidden_layers": 8,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 96, "qk_rope_head_dim": 32,
+    "q_lora_rank": 96, "o_groups": 2, "o_lora_rank": 32,
+    "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 3, "moe_intermediate_size": 96,
+    "scoring_func": "sqrtsoftplus", "topk_method": "noaux_tc", "norm_topk_prob": true, "routed_scaling_factor": 1.5,
+    "swiglu_limit": 10.0, "hidden_act": "silu", "sliding_window": 32,
+    "compress_ratios": [0, 0, 2, 2, 2, 1, 1, 1], "kv_source_layer_ids": [2, 4, 5],
+    "index_source_layer_ids": [2, 4, 5, 7], "candidate_source_layer_id": 5, "candidate_topk_blocks": 6,
+    "candidate_block_size": 4, "index_n_heads": 16, "index_head_dim": 64, "index_topk": 8,
+    "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-06, "rms_norm_eps": 1e-20,
+    "rope_theta": 10000, "compress_rope_theta": 160000,
+    "rope_scaling": {"rope_type": "yarn", "factor": 16, "original_max_position_embeddings": 65536, "beta_fast": 32,
+                     "beta_slow": 1},
+    "max_position_embeddings": 1048576, "num_nextn_predict_layers": 0,
+    )", EngramKeys({1, 4}, 600, 4, 4, 32), R"(
+  }
+})");
 }
 
 std::string ConfigJson(const Spec& s) {
@@ -69,7 +98,8 @@ std::string ConfigJson(const Spec& s) {
   "max_position_embeddings": 1048576, "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 1,
   "compress_ratios": [)", absl::StrJoin(s.ratios, ", "), R"(], "num_nextn_predict_layers": 0,
   "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128], "activation_scheme": "dynamic"},
-  "expert_dtype": "fp4", "torch_dtype": "bfloat16")", s.engram ? EngramKeys() : "", R"(
+  "expert_dtype": "fp4", "torch_dtype": "bfloat16")", s.engram ? ",\n  " + EngramKeys({1, 3}, 1000, 3, 4, 64) : "",
+                      R"(
 })");
 }
 
@@ -205,9 +235,9 @@ class Writer {
     out_.push_back({name, DType::kBF16, std::move(shape), std::move(bytes)});
   }
 
-  // FP8 E4M3 weight [out, in] with 128x128 power-of-two block scales.
-  void Fp8(const std::string& prefix, int64_t out, int64_t in) {
-    Fp8Blocked(prefix, out, in, 128, 128, 1.0f / std::sqrt(static_cast<float>(in)));
+  // FP8 E4M3 weight [out, in] with power-of-two scales per br x bc block (the config's tiles).
+  void Fp8(const std::string& prefix, int64_t out, int64_t in, int64_t br = 128, int64_t bc = 128) {
+    Fp8Blocked(prefix, out, in, br, bc, 1.0f / std::sqrt(static_cast<float>(in)));
   }
 
   // FP8 E4M3 values N(0, std^2) [out, in] with one power-of-two scale per br x bc block (Engram:
@@ -295,19 +325,22 @@ class Writer {
   std::vector<TensorToWrite> out_;
 };
 
-void WriteCompressor(Writer& w, const std::string& p, int64_t ratio, int64_t hd, int64_t D) {
-  const int64_t coff = ratio == 4 ? 2 : 1;
-  w.Bf16(p + ".wkv.weight", {coff * hd, D}, 1.0f / std::sqrt(static_cast<float>(D)));
-  w.Bf16(p + ".wgate.weight", {coff * hd, D}, 1.0f / std::sqrt(static_cast<float>(D)));
-  w.F32(p + ".ape", {ratio, coff * hd}, 0.5f);
+// A compressor as weights.cc loads it: V4 with `ape` (ratio 4 overlapping, 2 x hd channels);
+// V4.1 without, and without a gate at ratio 1.
+void WriteCompressor(Writer& w, const std::string& p, const ModelConfig& c, int64_t layer, int64_t hd) {
+  const int64_t D = c.hidden_size, ratio = c.ratio(layer), width = (c.compressor_overlap(layer) ? 2 : 1) * hd;
+  w.Bf16(p + ".wkv.weight", {width, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+  if (!c.v41() || ratio > 1) w.Bf16(p + ".wgate.weight", {width, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+  if (!c.v41()) w.F32(p + ".ape", {ratio, width}, 0.5f);
   w.Bf16(p + ".norm.weight", {hd}, 0.1f, 1.0f);
 }
 
 }  // namespace
 
-std::vector<std::string> BuiltinModelNames() { return {"v4-tiny", "v4-tiny-engram", "v4-bench"}; }
+std::vector<std::string> BuiltinModelNames() { return {"v4-tiny", "v4-tiny-engram", "v41-tiny", "v4-bench"}; }
 
 absl::StatusOr<std::string> BuiltinConfigJson(const std::string& name) {
+  if (name == "v41-tiny") return V41TinyConfigJson();
   bool ok;
   const Spec s = SpecFor(name, &ok);
   if (!ok)
@@ -333,9 +366,12 @@ absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t s
   w.Bf16("embed.weight", {c.vocab_size, D}, 1.0f);
   w.Bf16("head.weight", {c.vocab_size, D}, inv_d);
   w.Bf16("norm.weight", {D}, 0.1f, 1.0f);
-  w.F32("hc_head_fn", {hc, hc * D}, 1.0f / std::sqrt(static_cast<float>(hc * D)));
-  w.F32("hc_head_base", {hc}, 0.5f);
-  w.F32("hc_head_scale", {1}, 0.1f, 1.0f);
+  if (!c.hc_lagged()) {
+    w.F32("hc_head_fn", {hc, hc * D}, 1.0f / std::sqrt(static_cast<float>(hc * D)));
+    w.F32("hc_head_base", {hc}, 0.5f);
+    w.F32("hc_head_scale", {1}, 0.1f, 1.0f);
+  }
+  const int64_t br = c.fp8_block_rows, bc = c.fp8_block_cols;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = absl::StrCat("layers.", l, ".");
     for (const char* sub : {"attn", "ffn"}) {
@@ -345,20 +381,24 @@ absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t s
     }
     w.Bf16(p + "attn_norm.weight", {D}, 0.1f, 1.0f);
     w.Bf16(p + "ffn_norm.weight", {D}, 0.1f, 1.0f);
-    w.Fp8(p + "attn.wq_a", c.q_lora_rank, D);
+    w.Fp8(p + "attn.wq_a", c.q_lora_rank, D, br, bc);
     w.Bf16(p + "attn.q_norm.weight", {c.q_lora_rank}, 0.1f, 1.0f);
-    w.Fp8(p + "attn.wq_b", H * c.head_dim, c.q_lora_rank);
-    w.Fp8(p + "attn.wkv", c.head_dim, D);
+    w.Fp8(p + "attn.wq_b", H * c.head_dim, c.q_lora_rank, br, bc);
+    w.Fp8(p + "attn.wkv", c.head_dim, D, br, bc);
     w.Bf16(p + "attn.kv_norm.weight", {c.head_dim}, 0.1f, 1.0f);
     w.F32(p + "attn.attn_sink", {H}, 1.0f);
-    w.Fp8(p + "attn.wo_a", c.o_groups * c.o_lora_rank, H * c.head_dim / c.o_groups);
-    w.Fp8(p + "attn.wo_b", D, c.o_groups * c.o_lora_rank);
-    const int64_t r = c.ratio(l);
-    if (r > 0) WriteCompressor(w, p + "attn.compressor", r, c.head_dim, D);
-    if (r == 4) {
-      WriteCompressor(w, p + "attn.indexer.compressor", r, c.index_head_dim, D);
-      w.Fp8(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+    w.Fp8(p + "attn.wo_a", c.o_groups * c.o_lora_rank, H * c.head_dim / c.o_groups, br, bc);
+    w.Fp8(p + "attn.wo_b", D, c.o_groups * c.o_lora_rank, br, bc);
+    if (c.compresses(l)) WriteCompressor(w, p + "attn.compressor", c, l, c.head_dim);
+    if (c.runs_indexer(l)) {
+      if (!c.v41()) WriteCompressor(w, p + "attn.indexer.compressor", c, l, c.index_head_dim);
+      w.Fp8(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank, br, bc);
       w.Bf16(p + "attn.indexer.weights_proj.weight", {c.index_n_heads, D}, inv_d);
+      if (c.v41() && c.owns_index_keys(l)) {
+        w.Bf16(p + "attn.indexer.wk.weight", {c.index_head_dim, c.head_dim},
+               1.0f / std::sqrt(static_cast<float>(c.head_dim)));
+        w.Bf16(p + "attn.indexer.k_norm.weight", {c.index_head_dim}, 0.1f, 1.0f);
+      }
     }
     w.Bf16(p + "ffn.gate.weight", {c.n_routed_experts, D}, inv_d);
     if (c.is_hash_layer(l)) {
@@ -372,9 +412,9 @@ absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t s
       w.Fp4(ep + ".w2", D, c.moe_intermediate_size);
       w.Fp4(ep + ".w3", c.moe_intermediate_size, D);
     }
-    w.Fp8(p + "ffn.shared_experts.w1", c.moe_intermediate_size, D);
-    w.Fp8(p + "ffn.shared_experts.w2", D, c.moe_intermediate_size);
-    w.Fp8(p + "ffn.shared_experts.w3", c.moe_intermediate_size, D);
+    w.Fp8(p + "ffn.shared_experts.w1", c.moe_intermediate_size, D, br, bc);
+    w.Fp8(p + "ffn.shared_experts.w2", D, c.moe_intermediate_size, br, bc);
+    w.Fp8(p + "ffn.shared_experts.w3", c.moe_intermediate_size, D, br, bc);
     if (const int64_t e = c.engram_index(l); e >= 0) {
       const int64_t hd = c.engram_head_dim, K = (c.engram_max_ngram_size - 1) * c.engram_n_heads * hd;
       w.Fp8Blocked(p + "engram.embed", c.engram_num_embeddings[e], hd, 1, 32, 1.0f);

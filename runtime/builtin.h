@@ -1,6 +1,6 @@
-// Built-in models: the V4 architecture at small sizes with seeded random weights in the released
-// checkpoint formats (FP8 E4M3 with 128x128 E8M0 scales, packed FP4 experts with per-32 scales,
-// BF16, F32). They go through the same safetensors parser and weight checks as a real checkpoint.
+// Built-in models: the V4 and V4.1 architectures at small sizes with seeded random weights in the
+// released checkpoint formats (FP8 E4M3 with 128 x 128 (V4) or 32 x 32 (V4.1) E8M0 scales, packed
+// FP4 experts with per-32 scales, BF16, F32). They go through the same safetensors parser and weight checks as a real checkpoint.
 #pragma once
 
 #include <memory>
@@ -21,6 +21,8 @@ struct BuiltinModel {
 
 // Names: "v4-tiny" (vocab 129280, 5 layers with ratios [0, 4, 128, 4, 0]); "v4-tiny-engram" (the
 // same plus V4.1 Engram modules before layers 1 and 3; needs the npm DeepSeek tokenizer.json);
+// "v41-tiny" (the V4.1 architecture in the layout of golden/v41-tiny: shared compressed KV, the
+// two-level indexer, lagged mHC, 32 x 32 FP8 tiles, Engram before layers 1 and 4; npm tokenizer);
 // "v4-bench" (the V4-Flash architecture at about 4.7 GB for `dsv4 bench`: hidden 2048, 12 layers with
 // ratios [0, 0, 4, 128, ...], 64 heads x 512, 64 experts of 1024 top-6; built in a few seconds).
 std::vector<std::string> BuiltinModelNames();

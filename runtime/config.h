@@ -1,4 +1,6 @@
-// Model configuration: the published DeepSeek-V4 `config.json` keys, parsed and validated once.
+// Model configuration: the published DeepSeek-V4 / V4.1 `config.json` keys, parsed and validated
+// once, and the per-layer facts derived from them (which layer compresses, which indexer a layer
+// uses, how many cache rows a token adds): computed here, asked for everywhere else.
 #pragma once
 
 #include <cstdint>
@@ -11,8 +13,21 @@ namespace dsv4 {
 
 enum class ScoreFunc { kSoftmax, kSigmoid, kSqrtSoftplus };
 
+// V4 (Flash, Pro) or V4.1 (Flash with Engram): MODEL.md 2.4-2.7 list what V4.1 changes. The family
+// comes from `model_type` (deepseek_v4; deepseek_v41 / deepseek_v41_text); the differences are the
+// predicates below, not checks of the family scattered through the model.
+enum class ModelFamily { kV4, kV41 };
+
+// Cache rows one sequence adds per token, summed over layers: compressed KV rows of head_dim values
+// and indexer-key rows of index_head_dim values (fractions: one row per `ratio` tokens).
+struct CacheRowsPerToken {
+  double kv = 0;
+  double index_keys = 0;
+};
+
 struct ModelConfig {
   std::string model_type = "deepseek_v4";
+  ModelFamily family = ModelFamily::kV4;
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;            // D
   int64_t num_hidden_layers = 0;
@@ -45,12 +60,32 @@ struct ModelConfig {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32, beta_slow = 1;
   int64_t max_position_embeddings = 0;
-  std::vector<int64_t> compress_ratios;  // per layer (MTP entries beyond num_hidden_layers ignored)
-  int64_t num_nextn_predict_layers = 0;
+  std::vector<int64_t> compress_ratios;  // per layer (MTP / DSpark entries beyond num_hidden_layers ignored)
+  int64_t num_nextn_predict_layers = 0;  // MTP (V4) or DSpark draft layers (V4.1): mtp.* tensors, not run
   int64_t bos_token_id = 0, eos_token_id = 1;
-  // Quantization: FP8 block size for dense weights, and the expert format.
-  int64_t fp8_block = 128;
+  // Quantization (quantization_config): FP8 E4M3 dense weights with one E8M0 scale per block of
+  // fp8_block_rows x fp8_block_cols (weight_block_size: V4 128 x 128, V4.1 32 x 32); the inputs of
+  // FP8 and FP4 linears are rounded to FP8 in groups of fp8_block_cols (act_quant_group). Experts
+  // are FP4 (or FP8).
+  int64_t fp8_block_rows = 128, fp8_block_cols = 128;
   bool expert_fp4 = true;
+  // Routing: logits divided by gate_temp before scoring (V4.1); top-k weights renormalized.
+  double gate_temp = 1.0;
+  bool norm_topk_prob = true;
+  // KV sharing and the two-level indexer (V4.1, MODEL.md 2.4); empty lists in V4, where every
+  // compressed layer compresses for itself and ratio-4 layers run their own indexer.
+  //   kv_source_layer_ids: the layers that compress; a later compressed layer reads the latest one's cache.
+  //   index_source_layer_ids: the layers that run an indexer; a later compressed layer reuses the latest
+  //     one's top-k. An index source that is also a KV source makes index keys from its latent; the
+  //     others score the latest such layer's keys.
+  //   candidate_source_layer_id: level 1 (-1: off): its indexer keeps, per query, the
+  //     candidate_topk_blocks best blocks of candidate_block_size compressed positions; later index
+  //     sources pick their top-k inside those blocks (level 2).
+  std::vector<int64_t> kv_source_layer_ids;
+  std::vector<int64_t> index_source_layer_ids;
+  int64_t candidate_source_layer_id = -1;
+  int64_t candidate_topk_blocks = 0;
+  int64_t candidate_block_size = 0;
   // Engram (V4.1, MODEL.md 2.7): hashed n-gram tables read before the blocks of engram_layer_ids.
   // All optional; an empty engram_layer_ids means no Engram.
   std::vector<int64_t> engram_layer_ids;
@@ -64,6 +99,52 @@ struct ModelConfig {
 
   int64_t ratio(int64_t layer) const { return compress_ratios[layer]; }
   int64_t nope_dim() const { return head_dim - qk_rope_head_dim; }
+  bool v41() const { return family == ModelFamily::kV41; }
+  int64_t act_quant_group() const { return fp8_block_cols; }
+
+  // ---- attention roles of a layer (all -1 / false for ratio-0 layers) ----
+  // The layer whose compressed cache `layer` attends: itself in V4, the latest KV source in V4.1.
+  int64_t kv_source(int64_t layer) const;
+  bool compresses(int64_t layer) const { return ratio(layer) > 0 && kv_source(layer) == layer; }
+  // The layer whose indexer picks the compressed blocks `layer` attends: itself for V4 ratio-4
+  // layers, the latest index source in V4.1; -1 when every visible block is attended (V4 ratio 128).
+  int64_t index_source(int64_t layer) const;
+  bool runs_indexer(int64_t layer) const { return ratio(layer) > 0 && index_source(layer) == layer; }
+  // The layer whose index keys the indexer of `layer` scores (layer must run an indexer).
+  int64_t index_key_source(int64_t layer) const;
+  bool owns_index_keys(int64_t layer) const { return runs_indexer(layer) && index_key_source(layer) == layer; }
+  bool is_candidate_source(int64_t layer) const {
+    return candidate_source_layer_id >= 0 && layer == candidate_source_layer_id;
+  }
+  bool uses_candidates(int64_t layer) const {
+    return candidate_source_layer_id >= 0 && layer > candidate_source_layer_id && runs_indexer(layer);
+  }
+
+  // ---- what V4.1 changes (MODEL.md 2.4, 2.6) ----
+  // V4 ratio-4 compressors pool overlapping blocks: 2 x head_dim projected channels per token.
+  bool compressor_overlap(int64_t layer) const { return !v41() && ratio(layer) == 4; }
+  // V4 renormalizes each query head (no gain); V4.1 does not.
+  bool q_head_norm() const { return !v41(); }
+  // Window KV rounding: FP8 over the first window_kv_qdq_len() channels in groups of
+  // window_kv_qdq_group() (V4: the non-rope part, groups of 64; V4.1: the whole vector, groups of 32).
+  int64_t window_kv_qdq_len() const { return v41() ? head_dim : nope_dim(); }
+  int64_t window_kv_qdq_group() const { return v41() ? act_quant_group() : 64; }
+  // Index keys: V4 from a separate ratio-4 compressor with a Hadamard rotation; V4.1 from the KV
+  // source's latent (wk, k_norm, no rotation), and indexer queries without the rotation.
+  bool index_hadamard() const { return !v41(); }
+  // mHC: V4.1 collapses each sub-layer's input with the pre weights computed one sub-layer earlier
+  // and the final output with the last block's FFN pre weights (no hc_head_* tensors).
+  bool hc_lagged() const { return v41(); }
+  // Router: V4 normalizes the top-k weights unless scoring is softmax; V4.1 when norm_topk_prob and
+  // top-k > 1, with 1e-20 added to the sum.
+  bool route_normalizes() const {
+    return v41() ? norm_topk_prob && num_experts_per_tok > 1 : scoring_func != ScoreFunc::kSoftmax;
+  }
+  double route_norm_eps() const { return v41() ? 1e-20 : 0.0; }
+
+  // Compressed KV and index-key rows a token adds to one sequence's cache (only the layers that
+  // store them: every compressed layer in V4, the KV sources in V4.1).
+  CacheRowsPerToken cache_rows_per_token() const;
   bool is_hash_layer(int64_t layer) const { return layer < num_hash_layers; }
   bool has_engram() const { return !engram_layer_ids.empty(); }
   // Position of `layer` in engram_layer_ids, or -1 when the layer has no Engram module.

@@ -2,9 +2,11 @@
 
 #include <cstring>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/formats.h"
 #include "runtime/builtin.h"
@@ -20,20 +22,23 @@ std::string Shape(const std::vector<int64_t>& s) { return absl::StrCat("[", absl
 // Looks tensors up by name and checks them; the first error is kept and returned by status().
 class Reader {
  public:
-  Reader(const Checkpoint& ckpt, int64_t fp8_block) : ckpt_(ckpt), block_(fp8_block) {}
+  Reader(const Checkpoint& ckpt, int64_t block_rows, int64_t block_cols)
+      : ckpt_(ckpt), block_rows_(block_rows), block_cols_(block_cols) {}
 
   const absl::Status& status() const { return status_; }
+  // Names of the tensors read so far.
+  const std::set<std::string>& used() const { return used_; }
 
   const TensorInfo* Require(const std::string& name) {
-    const TensorInfo* t = ckpt_.Find(name);
+    const TensorInfo* t = Find(name);
     if (t == nullptr) Fail(absl::StrCat("tensor '", name, "' is missing from the checkpoint"));
     return t;
   }
 
   // A linear layer [out, in] in any supported storage; FP8 uses `block` x `block` scale blocks
-  // (0: the config's block size).
+  // (0: the config's weight_block_size).
   WeightMatrix Linear(const std::string& prefix, int64_t out, int64_t in, int64_t block = 0) {
-    const int64_t b = block > 0 ? block : block_;
+    const int64_t br = block > 0 ? block : block_rows_, bc = block > 0 ? block : block_cols_;
     WeightMatrix w;
     const std::string name = prefix + ".weight";
     const TensorInfo* t = Require(name);
@@ -50,9 +55,10 @@ class Reader {
       case DType::kF8_E4M3: {
         w.type = WeightType::kFP8;
         w.ld = in;
-        w.block_rows = w.block_cols = static_cast<int32_t>(b);
+        w.block_rows = static_cast<int32_t>(br), w.block_cols = static_cast<int32_t>(bc);
         ExpectShape(*t, {out, in});
-        const int64_t sr = (out + b - 1) / b, sc = (in + b - 1) / b;
+        const int64_t sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
+        if (block == 0) ExpectTiles(prefix, out, in, sr, sc);
         w.scales = Scales(prefix, sr, sc);
         w.scale_ld = sc;
         return w;
@@ -154,6 +160,23 @@ class Reader {
   }
 
  private:
+  // The FP8 scales of [out, in] must be [sr, sc], the config's tiles: a mismatch names
+  // weight_block_size and the tiles the scales would fit.
+  void ExpectTiles(const std::string& prefix, int64_t out, int64_t in, int64_t sr, int64_t sc) {
+    const TensorInfo* s = ckpt_.Find(prefix + ".scale");
+    if (s == nullptr || s->shape.size() != 2 || (s->shape[0] == sr && s->shape[1] == sc)) return;
+    std::string fits;
+    if (s->shape[0] > 0 && s->shape[1] > 0) {
+      const int64_t br = (out + s->shape[0] - 1) / s->shape[0], bc = (in + s->shape[1] - 1) / s->shape[1];
+      if ((out + br - 1) / br == s->shape[0] && (in + bc - 1) / bc == s->shape[1])
+        fits = absl::StrCat(" (they fit ", br, " x ", bc, " tiles)");
+    }
+    Fail(absl::StrCat("tensor '", s->name, "' (", s->file, "): shape ", Shape(s->shape), ", expected [", sr, ", ",
+                      sc, "] for ", out, " x ", in, " weights in ", block_rows_, " x ", block_cols_,
+                      " tiles: the scales do not match config.json's quantization_config.weight_block_size",
+                      fits));
+  }
+
   void ExpectShape(const TensorInfo& t, const std::vector<int64_t>& want) {
     if (t.shape != want)
       Fail(absl::StrCat("tensor '", t.name, "' (", t.file, "): shape ", Shape(t.shape), ", expected ", Shape(want),
@@ -162,7 +185,7 @@ class Reader {
 
   const uint8_t* Scales(const std::string& prefix, int64_t rows, int64_t cols, bool scan_nan = true) {
     const std::string name = prefix + ".scale";
-    const TensorInfo* s = ckpt_.Find(name);
+    const TensorInfo* s = Find(name);
     if (s == nullptr) {
       Fail(absl::StrCat("tensor '", name, "' (the block scales of '", prefix, ".weight') is missing"));
       return nullptr;
@@ -181,19 +204,29 @@ class Reader {
     return s->data;
   }
 
+  const TensorInfo* Find(const std::string& name) {
+    const TensorInfo* t = ckpt_.Find(name);
+    if (t != nullptr) used_.insert(name);
+    return t;
+  }
+
   const Checkpoint& ckpt_;
-  int64_t block_;
+  int64_t block_rows_, block_cols_;
+  std::set<std::string> used_;
   absl::Status status_;
 };
 
-void LoadCompressor(Reader& r, const std::string& p, const ModelConfig& c, int64_t ratio, int64_t head_dim,
+// A compressor of `head_dim` outputs: V4 pools with a position bias `ape` (ratio 4: overlapping,
+// 2 x head_dim channels); V4.1 without, and ratio 1 is a bare projection (no gate).
+void LoadCompressor(Reader& r, const std::string& p, const ModelConfig& c, int64_t layer, int64_t head_dim,
                     CompressorWeights* w) {
-  const int64_t coff = ratio == 4 ? 2 : 1;  // ratio-4 compressors overlap two blocks
+  const int64_t ratio = c.ratio(layer);
   w->ratio = ratio;
   w->head_dim = head_dim;
-  w->wkv = r.Linear(p + ".wkv", coff * head_dim, c.hidden_size);
-  w->wgate = r.Linear(p + ".wgate", coff * head_dim, c.hidden_size);
-  w->ape = r.Vector(p + ".ape", {ratio, coff * head_dim});
+  w->overlap = c.compressor_overlap(layer);
+  w->wkv = r.Linear(p + ".wkv", w->width(), c.hidden_size);
+  if (!c.v41() || ratio > 1) w->wgate = r.Linear(p + ".wgate", w->width(), c.hidden_size);
+  if (!c.v41()) w->ape = r.Vector(p + ".ape", {ratio, w->width()});
   w->norm = r.Vector(p + ".norm.weight", {head_dim});
 }
 
@@ -228,6 +261,19 @@ void LoadEngram(Reader& r, const std::string& p, const ModelConfig& c, int64_t t
   if (q.size() != k.size()) return;  // an error is already recorded
   w->gate_weight.resize(q.size());
   for (size_t i = 0; i < q.size(); ++i) w->gate_weight[i] = q[i] * k[i];
+}
+
+// What config.json makes of a layer, for error messages.
+std::string LayerRoles(const ModelConfig& c, int64_t l) {
+  if (l < 0 || l >= c.num_hidden_layers) return absl::StrCat("no layer ", l);
+  std::vector<std::string> roles = {absl::StrCat("layer ", l, ": compress_ratios ", c.ratio(l))};
+  if (c.ratio(l) > 0) {
+    roles.push_back(c.compresses(l) ? "compresses" : absl::StrCat("reads layer ", c.kv_source(l), "'s cache"));
+    if (c.runs_indexer(l)) roles.push_back(c.owns_index_keys(l) ? "indexer with keys" : "indexer");
+  }
+  if (c.is_hash_layer(l)) roles.push_back("hash-routed");
+  if (c.engram_index(l) >= 0) roles.push_back("Engram");
+  return absl::StrJoin(roles, ", ");
 }
 
 // The Engram hasher: given in the options, or built from their tokenizer.json.
@@ -267,14 +313,17 @@ void LoadLayer(Reader& r, const ModelConfig& c, int64_t l, const LoadOptions& op
   w->attn_sink = r.Vector(p + "attn.attn_sink", {H});
   w->wo_a = r.Linear(p + "attn.wo_a", G * c.o_lora_rank, H * hd / G);
   w->wo_b = r.Linear(p + "attn.wo_b", D, G * c.o_lora_rank);
-  const int64_t ratio = c.ratio(l);
-  w->has_compressor = ratio > 0;
-  w->has_indexer = ratio == 4;
-  if (w->has_compressor) LoadCompressor(r, p + "attn.compressor", c, ratio, hd, &w->compressor);
+  w->has_compressor = c.compresses(l);
+  w->has_indexer = c.runs_indexer(l);
+  if (w->has_compressor) LoadCompressor(r, p + "attn.compressor", c, l, hd, &w->compressor);
   if (w->has_indexer) {
-    LoadCompressor(r, p + "attn.indexer.compressor", c, ratio, c.index_head_dim, &w->index_compressor);
+    if (!c.v41()) LoadCompressor(r, p + "attn.indexer.compressor", c, l, c.index_head_dim, &w->index_compressor);
     w->index_wq_b = r.Linear(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
     w->index_weights_proj = r.Linear(p + "attn.indexer.weights_proj", c.index_n_heads, D);
+    if (c.v41() && c.owns_index_keys(l)) {
+      w->index_wk = r.Linear(p + "attn.indexer.wk", c.index_head_dim, hd);
+      w->index_k_norm = r.Vector(p + "attn.indexer.k_norm.weight", {c.index_head_dim});
+    }
   }
 
   const int64_t E = c.n_routed_experts;
@@ -306,8 +355,10 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
   auto w = std::make_unique<ModelWeights>();
   w->config = config;
   w->checkpoint = ckpt;
-  // Tensors of layers the config does not have mean config and checkpoint disagree.
+  // Tensors of layers the config does not have mean config and checkpoint disagree. Draft layers
+  // (MTP in V4, DSpark in V4.1) live under mtp.*: recognised, and not part of this model.
   for (const auto& [name, info] : ckpt->all()) {
+    if (name.rfind("mtp.", 0) == 0) ++w->num_draft_tensors;
     if (name.rfind("layers.", 0) != 0) continue;
     const int64_t l = std::atoll(name.c_str() + 7);
     if (l >= config.num_hidden_layers)
@@ -327,7 +378,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
                  config.num_attention_heads % options.tp_size == 0 && config.o_groups % options.tp_size == 0,
              "tensor-parallel slice ", options.tp_rank, "/", options.tp_size, " of ", config.num_attention_heads,
              " heads and ", config.o_groups, " output groups");
-  Reader r(*ckpt, config.fp8_block);
+  Reader r(*ckpt, config.fp8_block_rows, config.fp8_block_cols);
   const int64_t D = config.hidden_size, hc = config.hc_mult;
   w->embed = r.Linear("embed", config.vocab_size, D);
   w->head = r.Linear("head", config.vocab_size, D);
@@ -338,15 +389,28 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
     w->head.row_begin = options.tp_rank * part, w->head.row_end = (options.tp_rank + 1) * part;
   }
   w->norm = r.Vector("norm.weight", {D});
-  w->hc_head_fn = r.Vector("hc_head_fn", {hc, hc * D});
-  w->hc_head_base = r.Vector("hc_head_base", {hc});
-  w->hc_head_scale = r.Vector("hc_head_scale", {1});
+  if (!config.hc_lagged()) {  // V4.1 collapses the final streams with the last block's mix
+    w->hc_head_fn = r.Vector("hc_head_fn", {hc, hc * D});
+    w->hc_head_base = r.Vector("hc_head_base", {hc});
+    w->hc_head_scale = r.Vector("hc_head_scale", {1});
+  }
   DSV4_RETURN_IF_ERROR(r.status());
   w->layers.resize(config.num_hidden_layers);
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     LoadLayer(r, config, l, options, &w->layers[l]);
     DSV4_RETURN_IF_ERROR(r.status());
   }
+  // Every tensor of a main layer has a use (routed experts of other ranks aside): a leftover means
+  // the config describes another model (e.g. kv_source_layer_ids lists fewer sources).
+  for (const auto& [name, info] : ckpt->all()) {
+    if (name.rfind("layers.", 0) != 0 || r.used().count(name) || name.find(".ffn.experts.") != std::string::npos)
+      continue;
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file, ") has no use in the model ",
+                                                   "config.json describes (", LayerRoles(config, std::atoll(name.c_str() + 7)),
+                                                   ")"));
+  }
+  if (w->num_draft_tensors > 0)
+    DSV4_LOG(kInfo, w->num_draft_tensors, " draft-layer tensors (mtp.*) in the checkpoint are not loaded");
   return w;
 }
 

@@ -2,10 +2,12 @@
 // against the config: every tensor's presence, dtype and shape, and the shape of its scales.
 //
 // Storage policy for a linear layer [out, in]: F8_E4M3 with F8_E8M0 block scales
-// [ceil(out/B), ceil(in/B)]; packed FP4 (I8 [out, in/2]) with F8_E8M0 scales [out, in/32]; or plain
-// BF16 / F32. Any other dtype is an error naming the tensor; bytes are never reinterpreted.
-// Scales of 0xFF (E8M0 NaN) are rejected. Small vectors (norm gains, sinks, mHC parameters, `ape`,
-// router bias) are converted to float32 copies.
+// [ceil(out/Br), ceil(in/Bc)] for the config's Br x Bc tiles (quantization_config.weight_block_size);
+// packed FP4 (I8 [out, in/2]) with F8_E8M0 scales [out, in/32]; or plain BF16 / F32. Any other dtype
+// is an error naming the tensor; bytes are never reinterpreted. Scales of 0xFF (E8M0 NaN) are
+// rejected. Small vectors (norm gains, sinks, mHC parameters, `ape`, router bias) are converted to
+// float32 copies. A tensor of a main layer that the config gives no use is an error (config and
+// checkpoint disagree); MTP / DSpark draft tensors (`mtp.*`) are recognised and left out.
 #pragma once
 
 #include <cstdint>
@@ -32,10 +34,12 @@ inline bool IsQuantized(const WeightMatrix& w) {
 
 struct CompressorWeights {
   int64_t ratio = 0;
-  int64_t head_dim = 0;        // output width (512 main, index_head_dim for the indexer)
-  WeightMatrix wkv, wgate;     // [coff * head_dim, D]
-  std::vector<float> ape;      // [ratio, coff * head_dim]
+  int64_t head_dim = 0;        // output width (512 main, index_head_dim for the V4 indexer)
+  bool overlap = false;        // V4 ratio 4: each token projects 2 x head_dim channels (coff = 2)
+  WeightMatrix wkv, wgate;     // [coff * head_dim, D]; V4.1 ratio 1 has no wgate
+  std::vector<float> ape;      // [ratio, coff * head_dim] (V4; V4.1 has no position bias)
   std::vector<float> norm;     // [head_dim]
+  int64_t width() const { return (overlap ? 2 : 1) * head_dim; }
 };
 
 struct ExpertWeights {
@@ -63,11 +67,15 @@ struct LayerWeights {
   std::vector<float> attn_sink;  // [H]
   WeightMatrix wo_a;             // [G * o_lora, H * head_dim / G]
   WeightMatrix wo_b;             // [D, G * o_lora]
+  // Compressor (ModelConfig::compresses) and indexer (runs_indexer): V4 indexers have their own
+  // ratio-4 compressor for the keys; V4.1 key owners (owns_index_keys) project the latent instead.
   bool has_compressor = false, has_indexer = false;
   CompressorWeights compressor;
-  CompressorWeights index_compressor;
-  WeightMatrix index_wq_b;          // [index_heads * index_head_dim, q_lora]
-  WeightMatrix index_weights_proj;  // [index_heads, D]
+  CompressorWeights index_compressor;  // V4
+  WeightMatrix index_wq_b;             // [index_heads * index_head_dim, q_lora]
+  WeightMatrix index_weights_proj;     // [index_heads, D]
+  WeightMatrix index_wk;               // V4.1 key owners: [index_head_dim, head_dim]
+  std::vector<float> index_k_norm;     // V4.1 key owners: [index_head_dim]
   // MoE.
   WeightMatrix gate;                 // [E, D]
   std::vector<float> gate_bias;      // [E] (score-routed layers)
@@ -85,11 +93,12 @@ struct ModelWeights {
   WeightMatrix embed;  // [vocab, D]
   WeightMatrix head;   // [vocab, D]
   std::vector<float> norm;                                       // [D]
-  std::vector<float> hc_head_fn, hc_head_base, hc_head_scale;    // [hc, hc*D], [hc], [1]
+  std::vector<float> hc_head_fn, hc_head_base, hc_head_scale;    // [hc, hc*D], [hc], [1] (V4; none in V4.1)
   std::vector<LayerWeights> layers;
   // The vocab head's rows are split over the TP group (tp > 1 divides the vocabulary): each rank
   // computes its part of the logits and the parts are gathered. Decided once, when loading.
   bool vocab_parallel_head = false;
+  int64_t num_draft_tensors = 0;  // mtp.* tensors (MTP / DSpark draft layers): recognised, not loaded
   // Engram hashing (tokenizer compression, multipliers, layout); null without Engram layers.
   std::shared_ptr<const EngramHasher> engram_hasher;
   std::shared_ptr<const Checkpoint> checkpoint;  // keeps the mappings alive

@@ -83,6 +83,10 @@ void CountWork(int64_t weight_bytes, int64_t cache_bytes, int64_t flops);
 // times scale. A short last group (n % group != 0) is scaled on its own.
 void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group);
 void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group);
+// FP4 E2M1 with an E4M3 scale per group (V4.1's compressed KV, groups of 16): amax floored at
+// 6 * 2^-9, scale = amax / 6 rounded to E4M3 (ties to even, saturating), value / scale rounded to
+// E2M1 (saturating at 6), times scale. The scale is not a power of two: the quotient is a true division.
+void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group);
 
 // y[i] += x[i] for i < n, vectorized: each element is one add, so the bits are a plain loop's (the
 // MoE combines call it; at -O2 that loop stays scalar for fear of aliasing).

@@ -91,6 +91,20 @@ void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) {
   QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, 6.0f * std::ldexp(1.0f, -126));
 }
 
+void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  const float amax_floor = 6.0f * std::ldexp(1.0f, -9);
+  for (int64_t t = 0; t < m; ++t) {
+    float* row = x + t * ld;
+    for (int64_t g = 0; g < n; g += group) {
+      const int64_t len = std::min<int64_t>(group, n - g);
+      float amax = 0.f;
+      for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(row[g + i]));
+      const float s = RoundToFp8E4m3(std::max(amax, amax_floor) / 6.0f);
+      for (int64_t i = 0; i < len; ++i) row[g + i] = RoundToFp4E2m1(row[g + i] / s) * s;
+    }
+  }
+}
+
 void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy) {
   for (int64_t t = 0; t < m; ++t) {
     const float* xr = x + t * ldx;

@@ -1,8 +1,10 @@
 // Per-request state for incremental decoding, one LayerCache per layer.
 //
-// Window KV lives in a ring of `sliding_window` slots (slot = position mod window). Compressed KV
-// and indexer keys grow by one row per completed block. A compressor keeps the rows of the block
-// being filled, and (ratio 4, overlapping) the rows of the previous complete block.
+// Window KV lives in a ring of `sliding_window` slots (slot = position mod window) on every layer.
+// Compressed KV and indexer keys grow by one row per completed block, on the layers that store them
+// (ModelConfig::compresses / owns_index_keys: every compressed layer in V4; in V4.1 only the KV
+// sources, whose caches the later layers of the same ratio read). A compressor keeps the rows of
+// the block being filled, and (V4 ratio 4, overlapping) the rows of the previous complete block.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +15,7 @@
 namespace dsv4 {
 
 struct CompressorState {
-  int64_t width = 0;              // coff * head_dim: channels of one projected row
+  int64_t width = 0;              // channels of one projected row (coff * head_dim)
   int64_t ratio = 0;
   std::vector<float> cur_kv;      // [ratio, width]: rows of the block being filled
   std::vector<float> cur_score;   // [ratio, width]: gate scores (+ ape) of those rows
@@ -21,18 +23,21 @@ struct CompressorState {
   std::vector<float> prev_score;
   bool has_prev = false;
 
-  void Init(int64_t r, int64_t w) {
+  void Init(int64_t r, int64_t w, bool overlap) {
     ratio = r, width = w;
     cur_kv.assign(r * w, 0.f), cur_score.assign(r * w, 0.f);
-    prev_kv.assign(r * w, 0.f), prev_score.assign(r * w, 0.f);
+    if (overlap) prev_kv.assign(r * w, 0.f), prev_score.assign(r * w, 0.f);
     has_prev = false;
+  }
+  int64_t floats() const {
+    return static_cast<int64_t>(cur_kv.size() + cur_score.size() + prev_kv.size() + prev_score.size());
   }
 };
 
 struct LayerCache {
   std::vector<float> window;      // [sliding_window, head_dim]
-  std::vector<float> compressed;  // [num_blocks, head_dim]
-  std::vector<float> index_keys;  // [num_blocks, index_head_dim] (ratio-4 layers)
+  std::vector<float> compressed;  // [num_blocks, head_dim] (layers that compress)
+  std::vector<float> index_keys;  // [num_blocks, index_head_dim] (layers that own index keys)
   CompressorState compressor, index_compressor;
 };
 
@@ -43,11 +48,11 @@ struct SequenceCache {
 
   // Bytes held, for cache accounting.
   int64_t Bytes() const {
-    int64_t b = 0;
+    int64_t floats = 0;
     for (const auto& l : layers)
-      b += 4 * (l.window.size() + l.compressed.size() + l.index_keys.size() + 4 * l.compressor.cur_kv.size() +
-                4 * l.index_compressor.cur_kv.size());
-    return b;
+      floats += static_cast<int64_t>(l.window.size() + l.compressed.size() + l.index_keys.size()) +
+                l.compressor.floats() + l.index_compressor.floats();
+    return 4 * floats;
   }
 };
 

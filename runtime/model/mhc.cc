@@ -13,10 +13,10 @@
 
 namespace dsv4 {
 
-void Model::HcPre(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-                  const float* x, int64_t n, float* collapsed, float* post, float* comb) const {
+void Model::HcMixes(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
+                    const float* x, int64_t n, float* pre, float* post, float* comb) const {
   const ModelConfig& c = config();
-  const int64_t D = c.hidden_size, hc = c.hc_mult, mix = hc * (hc + 2), width = hc * D;
+  const int64_t hc = c.hc_mult, mix = hc * (hc + 2), width = hc * c.hidden_size;
   // mixes = (flat x . fn^T) / rms(flat x); no learned gain. One product for all tokens.
   kernels::Scratch<float> mixes(n * mix, kernels::NoInit{});
   WeightMatrix fw;
@@ -24,20 +24,27 @@ void Model::HcPre(const std::vector<float>& fn, const std::vector<float>& scale,
   fw.row_end = mix, fw.col_end = width;
   kernels::Linear(x, n, width, fw, mixes.data(), mix);
   kernels::ParallelFor(n, 1, [&](int64_t b, int64_t e) {
-    float pre[16];
-    DSV4_CHECK(hc <= 16, "hc_mult too large");
     for (int64_t t = b; t < e; ++t) {
       const float* xt = x + t * width;
       float* mt = &mixes[t * mix];
       const float rs = 1.0f / std::sqrt(kernels::Dot(xt, xt, width) / width + static_cast<float>(c.rms_norm_eps));
       for (int64_t k = 0; k < mix; ++k) mt[k] *= rs;
       kernels::HcSplitSinkhorn(mt, scale.data(), base.data(), static_cast<int>(hc),
-                               static_cast<int>(c.hc_sinkhorn_iters), static_cast<float>(c.hc_eps), pre,
+                               static_cast<int>(c.hc_sinkhorn_iters), static_cast<float>(c.hc_eps), pre + t * hc,
                                post + t * hc, comb + t * hc * hc);
+    }
+  });
+}
+
+void Model::HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const {
+  const int64_t D = config().hidden_size, hc = config().hc_mult;
+  kernels::ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* xt = x + t * hc * D;
       float* u = collapsed + t * D;
       for (int64_t d = 0; d < D; ++d) u[d] = 0.f;
       for (int64_t i = 0; i < hc; ++i)
-        for (int64_t d = 0; d < D; ++d) u[d] += pre[i] * xt[i * D + d];
+        for (int64_t d = 0; d < D; ++d) u[d] += pre[t * hc + i] * xt[i * D + d];
     }
   });
 }

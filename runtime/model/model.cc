@@ -8,6 +8,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
+#include "runtime/model/candidates.h"
 #include "runtime/model/engram.h"
 
 namespace dsv4 {
@@ -82,10 +83,13 @@ SequenceCache Model::NewCache() const {
   cache.layers.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerCache& lc = cache.layers[l];
+    const LayerWeights& lw = w_->layers[l];
     lc.window.assign(c.sliding_window * c.head_dim, 0.f);
-    const int64_t r = c.ratio(l);
-    if (r > 0) lc.compressor.Init(r, (r == 4 ? 2 : 1) * c.head_dim);
-    if (r == 4) lc.index_compressor.Init(r, 2 * c.index_head_dim);
+    // Ratio 1 completes a block with every token: no rows wait.
+    if (lw.has_compressor && c.ratio(l) > 1)
+      lc.compressor.Init(c.ratio(l), lw.compressor.width(), lw.compressor.overlap);
+    if (lw.has_indexer && !c.v41())
+      lc.index_compressor.Init(c.ratio(l), lw.index_compressor.width(), lw.index_compressor.overlap);
   }
   if (w_->engram_hasher) cache.engram = w_->engram_hasher->NewHistory();
   return cache;
@@ -93,10 +97,10 @@ SequenceCache Model::NewCache() const {
 
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
   if (opt_.qdq && IsQuantized(w)) {
-    // The reference rounds the input of every FP8/FP4 linear to FP8 in blocks of fp8_block.
+    // The reference rounds the input of every FP8/FP4 linear to FP8 in groups of act_quant_group.
     kernels::Scratch<float> xq(n * w.cols(), kernels::NoInit{});
     for (int64_t t = 0; t < n; ++t) std::memcpy(&xq[t * w.cols()], x + t * ldx, w.cols() * sizeof(float));
-    kernels::QdqFp8(xq.data(), n, w.cols(), w.cols(), static_cast<int>(config().fp8_block));
+    kernels::QdqFp8(xq.data(), n, w.cols(), w.cols(), static_cast<int>(config().act_quant_group()));
     kernels::Linear(xq.data(), n, w.cols(), w, y, w.rows());
   } else {
     kernels::Linear(x, n, ldx, w, y, w.rows());
@@ -112,46 +116,52 @@ void Model::Embed(std::span<const int32_t> tokens, float* x) const {
   }
 }
 
-absl::Status Model::Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start,
-                          LayerCache& cache, const ForwardTaps* taps) const {
-  const SeqSlice seq{0, static_cast<int64_t>(tokens.size()), start, &cache};
-  return BlockBatch(layer, x, tokens, {&seq, 1}, taps);
-}
-
 absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
-                               std::span<const SeqSlice> seqs, const ForwardTaps* taps) const {
+                               std::span<const SeqSlice> seqs, float* pre_mix, const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  const bool lagged = c.hc_lagged();
   kernels::Scratch<float> u(n * D, kernels::NoInit{}), y(n * D, kernels::NoInit{}), post(n * hc, kernels::NoInit{}),
-      comb(n * hc * hc, kernels::NoInit{});
+      comb(n * hc * hc, kernels::NoInit{}), attn_pre(n * hc, kernels::NoInit{}), ffn_pre(n * hc, kernels::NoInit{});
 
-  HcPre(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, u.data(), post.data(), comb.data());
+  // Each sub-layer computes its mixes from its input streams; V4 collapses with its own pre
+  // weights, V4.1 with those computed one sub-layer earlier (attention: the previous block's FFN).
+  HcMixes(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, attn_pre.data(), post.data(), comb.data());
+  HcCollapse(x, lagged ? pre_mix : attn_pre.data(), n, u.data());
   kernels::RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
   if (taps && taps->attn_out) (*taps->attn_out)[layer].assign(y.begin(), y.end());
   HcPost(y.data(), post.data(), comb.data(), n, x);
 
-  HcPre(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, u.data(), post.data(), comb.data());
+  HcMixes(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, ffn_pre.data(), post.data(), comb.data());
+  HcCollapse(x, lagged ? attn_pre.data() : ffn_pre.data(), n, u.data());
   kernels::RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
   if (taps && taps->ffn_out) (*taps->ffn_out)[layer].assign(y.begin(), y.end());
   HcPost(y.data(), post.data(), comb.data(), n, x);
+  if (lagged) {
+    std::copy(ffn_pre.begin(), ffn_pre.end(), pre_mix);
+    if (taps && taps->pre_mix) (*taps->pre_mix)[layer].assign(ffn_pre.begin(), ffn_pre.end());
+  }
   if (taps && taps->block_out) (*taps->block_out)[layer].assign(x, x + n * hc * D);
   return absl::OkStatus();
 }
 
-absl::Status Model::Head(const float* x_last, float* logits) const { return HeadBatch(&x_last, 1, logits); }
-
-absl::Status Model::HeadBatch(const float* const* x_last, int64_t count, float* logits) const {
+absl::Status Model::HeadBatch(const float* const* x_last, const float* const* pre_last, int64_t count,
+                              float* logits) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
-  // Collapse the streams with sigmoid weights (no Sinkhorn), then the final norm and vocab head.
   kernels::Scratch<float> u(count * D);
   for (int64_t b = 0; b < count; ++b) {
     const float* xl = x_last[b];
     float* ub = u.data() + b * D;
+    if (c.hc_lagged()) {  // V4.1: the last block's FFN mix
+      HcCollapse(xl, pre_last[b], 1, ub);
+      continue;
+    }
+    // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn).
     const float rs = 1.0f / std::sqrt(kernels::Dot(xl, xl, hc * D) / (hc * D) + static_cast<float>(c.rms_norm_eps));
     for (int64_t i = 0; i < hc; ++i) {
       const float m = kernels::Dot(xl, &w_->hc_head_fn[i * hc * D], hc * D) * rs;
@@ -160,6 +170,7 @@ absl::Status Model::HeadBatch(const float* const* x_last, int64_t count, float* 
       for (int64_t d = 0; d < D; ++d) ub[d] += pre * xl[i * D + d];
     }
   }
+  // The final norm and the vocab head.
   kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
   const WeightMatrix& head = w_->head;
   if (!w_->vocab_parallel_head) {
@@ -212,30 +223,50 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
       at += s.n;
     }
   }
+  // V4.1: the first block collapses its attention input with the one-hot mix [1, 0, ..., 0].
+  kernels::Scratch<float> pre_mix(c.hc_lagged() ? n * hc : 0);
+  for (int64_t t = 0; t < pre_mix.size() / hc; ++t) pre_mix[t * hc] = 1.f;
+  // What each sequence's index sources hand to later layers: top-k picks, level-1 candidates.
+  const int64_t cand = c.candidate_source_layer_id;
+  int64_t cand_room = 0;
+  for (const SequenceChunk& s : seqs)
+    if (cand >= 0) cand_room += s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
+  kernels::Scratch<int32_t> pick_rows(n * c.index_topk, kernels::NoInit{});
+  kernels::Scratch<uint8_t> cand_rows(cand_room, kernels::NoInit{});
+  kernels::Scratch<StepPicks> picks(num_seqs);
   kernels::Scratch<SeqSlice> slices(num_seqs);
+  int64_t at = 0, cand_at = 0;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    const SequenceChunk& s = seqs[i];
+    picks[i].picks = &pick_rows[at * c.index_topk];
+    if (cand >= 0) {
+      picks[i].candidates = &cand_rows[cand_at];
+      picks[i].candidates_capacity =
+          s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
+      cand_at += picks[i].candidates_capacity;
+    }
+    slices[i] = {at, s.n, s.cache->length, s.cache, &picks[i]};
+    at += s.n;
+  }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (w_->layers[l].has_engram) {
-      int64_t at = 0;
-      for (int64_t i = 0; i < num_seqs; ++i) {
-        DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram[i], x.data() + at * hc * D));
-        at += seqs[i].n;
-      }
+      for (int64_t i = 0; i < num_seqs; ++i)
+        DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram[i], x.data() + slices[i].begin * hc * D));
+      if (taps && taps->engram_out) (*taps->engram_out)[l].assign(x.begin(), x.end());
     }
-    int64_t at = 0;
-    for (int64_t i = 0; i < num_seqs; ++i) {
-      slices[i] = {at, seqs[i].n, seqs[i].cache->length, &seqs[i].cache->layers[l]};
-      at += seqs[i].n;
-    }
-    DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), slices.size()}, taps));
+    DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), static_cast<size_t>(slices.size())},
+                                    pre_mix.size() > 0 ? pre_mix.data() : nullptr, taps));
   }
-  kernels::Scratch<const float*> last(num_logits);
-  int64_t at = 0, k = 0;
+  kernels::Scratch<const float*> last(num_logits), last_pre(num_logits);
+  int64_t k = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     seqs[i].cache->length += seqs[i].n;
-    at += seqs[i].n;
-    if (seqs[i].logits) last[k++] = x.data() + (at - 1) * hc * D;
+    if (!seqs[i].logits) continue;
+    const int64_t row = slices[i].begin + slices[i].n - 1;
+    last[k] = x.data() + row * hc * D;
+    last_pre[k++] = pre_mix.size() > 0 ? &pre_mix[row * hc] : nullptr;
   }
-  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), num_logits, logits));
+  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), last_pre.data(), num_logits, logits));
   return absl::OkStatus();
 }
 

@@ -1,9 +1,12 @@
-// The DeepSeek-V4 forward pass on CPU. Reads top to bottom like MODEL.md section 2:
-// embedding into hc_mult residual streams; per layer mHC collapse -> norm -> attention -> mHC
-// expand, then mHC collapse -> norm -> MoE -> mHC expand; the hc head, final norm and vocab head.
+// The DeepSeek-V4 / V4.1 forward pass on CPU. Reads top to bottom like MODEL.md section 2:
+// embedding into hc_mult residual streams; per layer (Engram first where configured) mHC collapse
+// -> norm -> attention -> mHC expand, then mHC collapse -> norm -> MoE -> mHC expand; the final
+// collapse, norm and vocab head. What V4.1 changes comes from ModelConfig's predicates (shared
+// compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
 //
-// Activations are float32. The reference's three deliberate rounding steps (FP8 inputs of
-// quantized linears, FP8 KV, FP4 indexer q/k) are on unless ForwardOptions::qdq is false.
+// Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
+// linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
+// ForwardOptions::qdq is false.
 #pragma once
 
 #include <atomic>
@@ -29,6 +32,8 @@ struct ForwardTaps {
   std::vector<std::vector<float>>* block_out = nullptr;   // per layer [n, hc, D]
   std::vector<std::vector<float>>* attn_out = nullptr;    // per layer [n, D]
   std::vector<std::vector<float>>* ffn_out = nullptr;     // per layer [n, D]
+  std::vector<std::vector<float>>* engram_out = nullptr;  // per Engram layer [n, hc, D]: the block's input
+  std::vector<std::vector<float>>* pre_mix = nullptr;     // per layer [n, hc] (V4.1): the mix handed on
 };
 
 // Rotary tables of one kind of layer: float32 frequencies as the reference computes them.
@@ -55,11 +60,25 @@ struct SequenceChunk {
   bool logits = true;
 };
 
+// What one sequence's layers hand down the stack within a step: the compressed positions the last
+// index source picked for each of its rows (the layers up to the next index source attend the
+// same), and the blocks the candidate source kept (level 1 of the V4.1 indexer).
+// The buffers belong to the step (ForwardBatch's scratch, sized for every layer of the step).
+struct StepPicks {
+  int64_t k = 0;
+  int32_t* picks = nullptr;         // [n, k]: compressed positions, -1 = none (room for n * index_topk)
+  int64_t num_blocks = 0;
+  uint8_t* candidates = nullptr;    // [n, num_blocks]: 1 = kept by level 1
+  int64_t candidates_capacity = 0;  // entries `candidates` has room for
+};
+
 // A sequence's rows inside a batched layer: rows [begin, begin + n) of the step, at positions
-// start .. start + n - 1, with that sequence's cache of the layer.
+// start .. start + n - 1, with that sequence's cache (all layers: V4.1 layers read their KV
+// source's) and its step state.
 struct SeqSlice {
   int64_t begin = 0, n = 0, start = 0;
-  LayerCache* cache = nullptr;
+  SequenceCache* cache = nullptr;
+  StepPicks* picks = nullptr;
 };
 
 class Model {
@@ -112,32 +131,40 @@ class Model {
 
   // Pieces, public for tests.
   void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]
-  absl::Status Block(int64_t layer, float* x, std::span<const int32_t> tokens, int64_t start, LayerCache& cache,
-                     const ForwardTaps* taps) const;
-  absl::Status Head(const float* x_last, float* logits) const;  // x_last [hc, D]
 
  private:
-  // A layer over a batch of sequences (x [n, hc, D], n = sum of the slices' rows).
+  // A layer over a batch of sequences (x [n, hc, D], n = sum of the slices' rows). `pre_mix`
+  // [n, hc] (V4.1, lagged mHC): in, the collapse weights the previous block's FFN computed; out,
+  // this block's FFN weights for the next block (null in V4).
   absl::Status BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens, std::span<const SeqSlice> seqs,
-                          const ForwardTaps* taps) const;
-  // Logits of `count` last positions: x_last[i] points at [hc, D]; logits [count, vocab].
-  absl::Status HeadBatch(const float* const* x_last, int64_t count, float* logits) const;
+                          float* pre_mix, const ForwardTaps* taps) const;
+  // Logits of `count` last positions: x_last[i] points at [hc, D], pre_last[i] at its final
+  // collapse weights [hc] (V4.1; null in V4, which computes them with hc_head_*); logits [count, vocab].
+  absl::Status HeadBatch(const float* const* x_last, const float* const* pre_last, int64_t count,
+                         float* logits) const;
   // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
   void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
   absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs, float* out) const;
   // The row-parallel output projection wo_b over this rank's groups, summed across the TP group.
   absl::Status OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const;
-  // Feeds one sequence's projected rows kv, score [n, width] to its compressor; appends each
-  // completed block to `out_rows` (grows).
-  void Compress(const CompressorWeights& cw, const Rope& rope, bool indexer, const float* kv, const float* score,
-                int64_t n, int64_t start, CompressorState& st, std::vector<float>& out_rows) const;
-  // The indexer's queries q [n, Hi, di] (rotated, Hadamard-transformed, rounded) and head weights
-  // w [n, Hi] of a batch's rows at positions pos[n].
+  // compressor.cc: runs the layer's compressor(s) over the batch's rows x [n, D] and appends each
+  // sequence's completed blocks to its cache of the layer: compressed KV, and the index keys (V4:
+  // from the indexer's own compressor; V4.1 key owners: from the latents).
+  void CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const;
+  // Feeds one sequence's projected rows kv, score [n, width] (score null for ratio 1) to its
+  // compressor; writes each completed block's pooled, normalized latent to latents [blocks,
+  // head_dim] and the position of its first token to positions [blocks] (room for n / ratio + 1
+  // blocks); returns the number of blocks.
+  int64_t PoolBlocks(const CompressorWeights& cw, const float* kv, const float* score, int64_t n, int64_t start,
+                     CompressorState& st, float* latents, int64_t* positions) const;
+  // indexer.cc: the indexer's queries q [n, Hi, di] (rotated, V4: Hadamard-transformed, rounded)
+  // and head weights w [n, Hi] of a batch's rows at positions pos[n].
   void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const int64_t* pos, float* q,
                       float* w) const;
-  // One sequence's picks [n, k] of compressed blocks (-1: none), k = min(index_topk, blocks).
-  void IndexerTopK(int64_t layer, const float* q, const float* w, int64_t n, int64_t start, const LayerCache& cache,
-                   int32_t* picks, int64_t k) const;
+  // One sequence's picks of compressed positions into seq.picks ([seq.n, k], -1: none,
+  // k = min(index_topk, positions)), from the index keys of index_key_source(layer); the candidate
+  // source also records its kept blocks there, and later index sources pick inside them.
+  void IndexerTopK(int64_t layer, const float* q, const float* w, const SeqSlice& seq) const;
   absl::Status MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
   // Router: top-k logical experts and their weights for each of n tokens.
   void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
@@ -159,9 +186,13 @@ class Model {
     float* out;
   };
   void ExpertGroup(const ExpertRun* runs, int64_t count) const;
-  // mHC: collapse streams into one row per token, returning post/comb for the expansion.
-  void HcPre(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-             const float* x, int64_t n, float* collapsed, float* post, float* comb) const;
+  // mHC (mhc.cc): the mixes of a sub-layer from the streams x [n, hc, D]: collapse weights
+  // pre [n, hc], expansion weights post [n, hc] and the Sinkhorn mixing comb [n, hc, hc].
+  void HcMixes(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
+               const float* x, int64_t n, float* pre, float* post, float* comb) const;
+  // collapsed [n, D] = sum_i pre[t, i] x[t, i].
+  void HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const;
+  // x[t, j] = post[t, j] y[t] + sum_i comb[t, i, j] x[t, i].
   void HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const;
   // Engram (engram.cc): hash the step's tokens for every Engram layer and start the row gathers;
   // then, before each Engram layer's block, wait for its rows and gate them into x [n, hc, D].

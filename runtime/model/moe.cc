@@ -1,6 +1,7 @@
-// V4 MoE (MODEL.md 2.5): sqrt-softplus router with a selection-only bias, or a fixed token-id ->
-// experts table in the first num_hash_layers layers; weights renormalized and scaled; clamped
-// SwiGLU experts with the routing weight applied before w2; one shared expert.
+// V4 / V4.1 MoE (MODEL.md 2.5): sqrt-softplus router (V4.1: logits over gate_temp) with a
+// selection-only bias, or a fixed token-id -> experts table in the first num_hash_layers layers
+// (V4); weights renormalized and scaled; clamped SwiGLU experts with the routing weight applied
+// before w2; one shared expert.
 //
 // Tokens are grouped by expert, so each expert's weights are read once per step however many
 // tokens it serves. Under expert parallelism the TP ranks of a group split its tokens, dispatch
@@ -34,7 +35,7 @@ void Model::ExpertGroup(const ExpertRun* runs, int64_t count) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, I = c.moe_intermediate_size;
   const float limit = static_cast<float>(c.swiglu_limit);
-  const int block = static_cast<int>(c.fp8_block);
+  const int block = static_cast<int>(c.act_quant_group());
   int64_t total = 0;
   for (int64_t r = 0; r < count; ++r) total += runs[r].m;
   if (total == 0) return;
@@ -83,8 +84,11 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   kernels::Scratch<float> scores(n * E, kernels::NoInit{}), biased(E, kernels::NoInit{});
   kernels::Linear(x, n, D, lw.gate, scores.data(), E);
+  const float temp = static_cast<float>(c.gate_temp), norm_eps = static_cast<float>(c.route_norm_eps());
   for (int64_t t = 0; t < n; ++t) {
     float* s = &scores[t * E];
+    if (temp != 1.0f)
+      for (int64_t e = 0; e < E; ++e) s[e] /= temp;
     switch (c.scoring_func) {
       case ScoreFunc::kSqrtSoftplus:
         for (int64_t e = 0; e < E; ++e) s[e] = std::sqrt(Softplus(s[e]));
@@ -111,7 +115,7 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
     float sum = 0.f;
     for (int64_t j = 0; j < K; ++j) sum += (w[j] = s[idx[j]]);
     for (int64_t j = 0; j < K; ++j) {
-      if (c.scoring_func != ScoreFunc::kSoftmax) w[j] /= sum;
+      if (c.route_normalizes()) w[j] /= sum + norm_eps;
       w[j] *= static_cast<float>(c.routed_scaling_factor);
     }
   }

@@ -221,13 +221,12 @@ Engine::Engine(const Model& model, const Tokenizer* tokenizer, Communicator& wor
                                                                : static_cast<int32_t>(model.config().eos_token_id)),
       executor_(model, world),
       scheduler_(options.scheduler) {
+  // A sequence's cache: the window rings and compressor states (fixed), plus float32 rows of
+  // compressed KV and index keys on the layers that store them (ModelConfig: V4.1 shares them).
   fixed_bytes_ = model.NewCache().Bytes();
   const ModelConfig& c = model.config();
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const int64_t r = c.ratio(l);
-    if (r > 0) bytes_per_token_ += 4.0 * c.head_dim / r;
-    if (r == 4) bytes_per_token_ += 4.0 * c.index_head_dim / r;
-  }
+  const CacheRowsPerToken rows = c.cache_rows_per_token();
+  bytes_per_token_ = 4.0 * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim);
 }
 
 Engine::~Engine() = default;

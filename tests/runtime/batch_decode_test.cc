@@ -29,8 +29,21 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace dsv4 {
 namespace {
 
-// v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both.
-std::unique_ptr<Model> MakeModel(bool qdq) { return testing::MakeTestModel(testing::SmallConfig(), qdq, 5); }
+// v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both; or
+// v41-tiny's (shared KV, both indexer levels, lagged mHC) with the same window and top-k and level
+// 1 keeping 3 blocks of 2 (no Engram: vocab 512).
+std::unique_ptr<Model> MakeModel(bool qdq, bool v41 = false) {
+  if (!v41) return testing::MakeTestModel(testing::SmallConfig(), qdq, 5);
+  auto j = nlohmann::json::parse(*BuiltinConfigJson("v41-tiny"));
+  nlohmann::json& t = j["text_config"];
+  for (auto it = t.begin(); it != t.end();) it = it.key().rfind("engram_", 0) == 0 ? t.erase(it) : std::next(it);
+  t["vocab_size"] = 512;
+  t["sliding_window"] = 8;
+  t["index_topk"] = 3;
+  t["candidate_topk_blocks"] = 3;
+  t["candidate_block_size"] = 2;
+  return testing::MakeTestModel(j, qdq, 5);
+}
 
 std::vector<int32_t> Tokens(int64_t n, uint32_t seed) {
   std::vector<int32_t> t(n);
@@ -41,9 +54,11 @@ std::vector<int32_t> Tokens(int64_t n, uint32_t seed) {
 // Sequences of different lengths decoded together, mixed with a prefill chunk in the same step,
 // give the logits one Forward per sequence gives, bit for bit (the kernels' sums do not depend on
 // the batch) and leave the same caches behind.
-TEST(ForwardBatch, EqualsOneForwardPerSequence) {
+class ForwardBatch : public ::testing::TestWithParam<bool> {};  // V4.1?
+
+TEST_P(ForwardBatch, EqualsOneForwardPerSequence) {
   for (bool qdq : {false, true}) {
-    auto m = MakeModel(qdq);
+    auto m = MakeModel(qdq, GetParam());
     const int64_t V = m->config().vocab_size;
     const std::vector<int64_t> context = {0, 3, 17, 40};
     std::vector<SequenceCache> solo, batched;
@@ -84,8 +99,8 @@ TEST(ForwardBatch, EqualsOneForwardPerSequence) {
   }
 }
 
-TEST(ForwardBatch, RejectsInconsistentChunks) {
-  auto m = MakeModel(true);
+TEST_P(ForwardBatch, RejectsInconsistentChunks) {
+  auto m = MakeModel(true, GetParam());
   SequenceCache a = m->NewCache();
   const std::vector<int32_t> tokens = Tokens(3, 1);
   const std::vector<SequenceChunk> wrong_total = {{&a, 2}};
@@ -95,10 +110,11 @@ TEST(ForwardBatch, RejectsInconsistentChunks) {
 }
 
 // Once a first step has grown the scratch arenas, decode steps (batch 1 and 3) make no heap
-// allocation; the compressed caches, which grow by a block every few tokens, are reserved first.
-TEST(DecodePath, AllocatesNothingOnceWarm) {
+// allocation; the compressed caches, which grow by a block every few tokens (every token at V4.1's
+// ratio 1), are reserved first.
+TEST_P(ForwardBatch, DecodeAllocatesNothingOnceWarm) {
   const int64_t at_start = g_news.load();
-  auto m = MakeModel(true);
+  auto m = MakeModel(true, GetParam());
   ASSERT_GT(g_news.load(), at_start) << "the counting operator new is not in use";
   const int64_t V = m->config().vocab_size;
   std::vector<SequenceCache> caches;
@@ -122,6 +138,9 @@ TEST(DecodePath, AllocatesNothingOnceWarm) {
   }
   EXPECT_EQ(g_news.load() - before, 0) << "heap allocations on the decode path";
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, ForwardBatch, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "V41" : "V4"; });
 
 }  // namespace
 }  // namespace dsv4
