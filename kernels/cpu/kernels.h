@@ -20,7 +20,8 @@ enum class WeightType : uint8_t { kF32, kBF16, kFP8, kFP4 };
 // of the one mmapped tensor. Storage per type:
 //   kF32 / kBF16: `ld` elements per stored row.
 //   kFP8: one byte per element, `ld` bytes per row; scales E8M0 [ceil(R/bh), scale_ld] for
-//         blocks of `block_rows` x `block_cols` (128 x 128 in V4).
+//         blocks of `block_rows` x `block_cols` (128 x 128 in V4, 32 x 32 in V4.1; any shape, the
+//         fast paths take block_cols a multiple of 32).
 //   kFP4: two elements per byte (low nibble = even column), `ld` BYTES per row; scales E8M0
 //         [R, scale_ld], one per `block_cols` (32) columns, `block_rows` = 1.
 struct WeightMatrix {

@@ -153,6 +153,93 @@ TEST(FastLinear, MatchesPlainLoopAllFormatsAndPaths) {
   }
 }
 
+// FP8 weights in tiles of any shape (V4.1: 32 x 32; others the loader accepts), every path, on
+// views like the tensor-parallel slices (rows of one head on, columns of one output group on).
+// The reference decodes each element with its own tile's scale here, not through DequantRow.
+TEST(FastLinear, Fp8TilesOfAnyShape) {
+  std::mt19937 rng(29);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto [br, bc] : {std::pair{32, 32}, {1, 128}, {32, 64}, {64, 32}, {16, 16}, {128, 128}}) {
+    for (auto [rows, cols] : {std::pair{96, 64}, {384, 96}, {64, 192}, {1024, 96}, {70, 160}}) {
+      TestWeight t;
+      t.data.resize(rows * cols);
+      for (auto& b : t.data) b = static_cast<uint8_t>(byte(rng)) & 0xf7;  // no NaN codes (0x7f / 0xff)
+      WeightMatrix& w = t.w;
+      w.type = WeightType::kFP8, w.ld = cols, w.row_end = rows, w.col_end = cols;
+      w.block_rows = br, w.block_cols = bc, w.scale_ld = (cols + bc - 1) / bc;
+      t.scales.resize(((rows + br - 1) / br) * w.scale_ld);
+      for (auto& sc : t.scales) sc = static_cast<uint8_t>(110 + byte(rng) % 25);
+      w.data = t.data.data(), w.scales = t.scales.data();
+      auto element = [&](int64_t r, int64_t c) {  // absolute row and column
+        return Fp8E4m3ToFloat(t.data[r * cols + c]) * E8m0ToFloat(t.scales[(r / br) * w.scale_ld + c / bc]);
+      };
+      for (int m : {1, 3, 4, 8, 9, 17, 40}) {
+        const std::vector<float> x = MakeInput(m, cols, rng);
+        for (int view = 0; view < 3; ++view) {
+          WeightMatrix wv = w;
+          if (view == 1) wv.row_begin = rows / 4, wv.row_end = rows / 4 + rows / 2;  // rows of a head slice
+          if (view == 2) wv.col_begin = 32, wv.col_end = cols - (cols > 64 ? 32 : 0);  // an output group's columns
+          const int64_t ldy = wv.rows() + 1;
+          std::vector<float> y(m * ldy, -7.f);
+          Linear(x.data() + wv.col_begin, m, cols, wv, y.data(), ldy);
+          for (int64_t r = 0; r < wv.rows(); ++r)
+            for (int64_t tok = 0; tok < m; ++tok) {
+              double want = 0, mag = 0;
+              for (int64_t c = wv.col_begin; c < wv.col_end; ++c) {
+                const double p = static_cast<double>(x[tok * cols + c]) * element(wv.row_begin + r, c);
+                want += p, mag += std::fabs(p);
+              }
+              // float32 sums of at most a few hundred products in another order.
+              ASSERT_LE(std::fabs(y[tok * ldy + r] - want), 1e-5 * mag + 1e-37)
+                  << br << "x" << bc << " tiles, " << rows << "x" << cols << ", m " << m << ", view " << view
+                  << ", row " << r << ", token " << tok;
+            }
+          for (int64_t tok = 0; tok < m; ++tok) ASSERT_EQ(y[tok * ldy + wv.rows()], -7.f) << "wrote past the row";
+        }
+      }
+      // Decode and prefill give the same bits with these tiles too.
+      const int64_t m = 24;
+      const std::vector<float> x = MakeInput(m, cols, rng);
+      std::vector<float> all(m * rows), one(m * rows);
+      Linear(x.data(), m, cols, w, all.data(), rows);
+      for (int64_t tok = 0; tok < m; ++tok) Linear(x.data() + tok * cols, 1, cols, w, one.data() + tok * rows, rows);
+      for (int64_t i = 0; i < m * rows; ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(one[i]), std::bit_cast<uint32_t>(all[i]))
+            << br << "x" << bc << " tiles, " << rows << "x" << cols << ", element " << i;
+    }
+  }
+}
+
+// FP4 with E4M3 group scales (V4.1's compressed KV) against the definition, element by element:
+// every output is a multiple of its group's scale by an E2M1 value, the nearest one to x / scale.
+TEST(Qdq, Fp4WithE4m3ScalesMatchesTheDefinition) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd;
+  const float grid[] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f};
+  for (int64_t n : {16, 96, 100}) {
+    std::vector<float> x(3 * n);
+    for (int64_t i = 0; i < 3 * n; ++i) x[i] = (i / n == 1 ? 1e-4f : i / n == 2 ? 3e3f : 1.f) * nd(rng);
+    x[5] = 0.f;
+    std::vector<float> y = x;
+    QdqFp4E4m3(y.data(), 3, n, n, 16);
+    for (int64_t t = 0; t < 3; ++t)
+      for (int64_t g = 0; g < n; g += 16) {
+        const int64_t len = std::min<int64_t>(16, n - g);
+        float amax = 0.f;
+        for (int64_t i = 0; i < len; ++i) amax = std::max(amax, std::fabs(x[t * n + g + i]));
+        amax = std::max(amax, 6.0f / 512.0f);  // the floor: 6 * 2^-9
+        const float s = RoundToFp8E4m3(amax / 6.0f);
+        for (int64_t i = 0; i < len; ++i) {
+          const float v = x[t * n + g + i] / s;
+          float best = 0.f;
+          for (float q : grid)  // nearest, ties to the even code (0, 1, 2, 4, 6 have even codes)
+            if (std::fabs(std::fabs(v) - q) < std::fabs(std::fabs(v) - best)) best = q;
+          EXPECT_FLOAT_EQ(std::fabs(y[t * n + g + i]), std::min(best, 6.f) * s) << "row " << t << " index " << g + i;
+        }
+      }
+  }
+}
+
 // A grouped call equals the jobs run one by one: mixed formats, shared inputs, an empty job.
 TEST(FastLinear, GroupMatchesSingleJobs) {
   std::mt19937 rng(13);

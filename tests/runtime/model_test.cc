@@ -2,11 +2,16 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <limits>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "runtime/builtin.h"
+#include "runtime/model/candidates.h"
 #include "runtime/model/model.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "tests/testutil.h"
 
 namespace dsv4 {
@@ -96,6 +101,130 @@ TEST(Model, BuiltinTinyRuns) {
   const auto [lo, hi] = std::minmax_element(logits.begin(), logits.end());
   EXPECT_TRUE(std::isfinite(*lo) && std::isfinite(*hi));
   EXPECT_GT(*hi - *lo, 1.0f);
+}
+
+// ---- V4.1 ------------------------------------------------------------------------------------
+
+// v41-tiny's layer roles (ratios [0, 0, 2, 2, 2, 1, 1, 1], KV sources 2, 4, 5, index sources 2, 4,
+// 5, 7, level 1 at layer 5) with window 8, top-3 and level 1 keeping 3 blocks of 2, so that short
+// sequences cross the window, both indexer limits and odd ratio-2 groups. No Engram (vocab 512).
+nlohmann::json SmallV41Config() {
+  auto j = nlohmann::json::parse(*BuiltinConfigJson("v41-tiny"));
+  nlohmann::json& t = j["text_config"];
+  for (auto it = t.begin(); it != t.end();) it = it.key().rfind("engram_", 0) == 0 ? t.erase(it) : std::next(it);
+  t["vocab_size"] = 512;
+  t["sliding_window"] = 8;
+  t["index_topk"] = 3;
+  t["candidate_topk_blocks"] = 3;
+  t["candidate_block_size"] = 2;
+  return j;
+}
+
+// As PrefillVsDecode for V4: T crosses the window (8), ratio-2 groups (odd T leaves half a group
+// waiting), the top-3 limit and level 1 dropping blocks (beyond 6 ratio-1 positions).
+class PrefillVsDecodeV41 : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
+
+TEST_P(PrefillVsDecodeV41, SameLastLogits) {
+  const auto [T, qdq] = GetParam();
+  auto m = MakeModel(SmallV41Config(), qdq);
+  const auto tokens = Tokens(T + 1, 512);
+  const auto full = RunChunks(*m, tokens, {T + 1});
+  const auto split = RunChunks(*m, tokens, {T, 1});
+  EXPECT_TRUE(testing::AllClose("prefill(T+1) vs prefill(T)+decode", split.data(), full.data(), full.size(),
+                                {.abs = 1e-4}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Boundaries, PrefillVsDecodeV41,
+                         ::testing::Combine(::testing::Values(1, 2, 3, 5, 6, 7, 8, 9, 12, 13, 16, 33, 64),
+                                            ::testing::Bool()));
+
+TEST(ModelV41, ChunkedPrefillMatchesOneShot) {
+  auto m = MakeModel(SmallV41Config(), /*qdq=*/true);
+  const auto tokens = Tokens(70, 512);
+  const auto full = RunChunks(*m, tokens, {70});
+  for (const std::vector<int64_t>& chunks :
+       {std::vector<int64_t>{1, 2, 3, 4, 60}, {7, 9, 54}, {13, 1, 1, 1, 54}, std::vector<int64_t>(70, 1)}) {
+    const auto got = RunChunks(*m, tokens, chunks);
+    EXPECT_TRUE(testing::AllClose("chunked", got.data(), full.data(), full.size(), {.abs = 1e-4}));
+  }
+}
+
+// The cache holds exactly the rows ModelConfig says a token adds: one compressed cache per KV source
+// (layers 2 and 4 at ratio 2, 5 at ratio 1) and index keys on those three, nothing on the readers.
+TEST(ModelV41, CacheHoldsTheRowsTheConfigCounts) {
+  for (const nlohmann::json& j : {SmallV41Config(), SmallConfig()}) {
+    auto m = MakeModel(j, /*qdq=*/true);
+    const ModelConfig& c = m->config();
+    const int64_t T = 256;  // a multiple of every ratio: whole blocks only
+    SequenceCache cache = m->NewCache();
+    const int64_t fixed = cache.Bytes();
+    ASSERT_TRUE(m->Forward(Tokens(T, 512), cache, nullptr).ok());
+    const CacheRowsPerToken rows = c.cache_rows_per_token();
+    EXPECT_EQ(cache.Bytes() - fixed,
+              static_cast<int64_t>(4 * T * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim)));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const int64_t blocks = c.ratio(l) > 0 ? T / c.ratio(l) : 0;
+      EXPECT_EQ(static_cast<int64_t>(cache.layers[l].compressed.size()), c.compresses(l) ? blocks * c.head_dim : 0)
+          << "layer " << l;
+      EXPECT_EQ(static_cast<int64_t>(cache.layers[l].index_keys.size()),
+                c.owns_index_keys(l) ? blocks * c.index_head_dim : 0)
+          << "layer " << l;
+    }
+  }
+}
+
+// builtin:v41-tiny (Engram included: needs the npm tokenizer) loads and runs.
+TEST(ModelV41, BuiltinTinyRuns) {
+  if (!FindTokenizerJson("builtin:v41-tiny").ok()) GTEST_SKIP() << "the DeepSeek tokenizer.json is not installed";
+  auto w = LoadModel("builtin:v41-tiny");
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE((*w)->config.v41());
+  Model m(std::shared_ptr<const ModelWeights>(std::move(*w)));
+  ASSERT_TRUE(m.has_engram());
+  const auto tokens = Tokens(40, 100000);  // ids with a compressed id in the npm tokenizer
+  const auto full = RunChunks(m, tokens, {40});
+  const auto split = RunChunks(m, tokens, {31, 1, 1, 7});
+  const auto [lo, hi] = std::minmax_element(full.begin(), full.end());
+  EXPECT_TRUE(std::isfinite(*lo) && std::isfinite(*hi));
+  EXPECT_GT(*hi - *lo, 1.0f);
+  EXPECT_TRUE(testing::AllClose("builtin:v41-tiny chunked", split.data(), full.data(), full.size(), {.abs = 1e-4}));
+}
+
+// Level 1 against a direct reading of its definition: per query, the newest block plus the best
+// others by their max score, topk_blocks in all; blocks past the visible positions never.
+TEST(CandidateBlocks, MatchTheDefinition) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (auto [width, bs, k] : {std::tuple{1, 4, 6}, {23, 4, 6}, {24, 4, 6}, {100, 4, 6}, {37, 3, 1}, {50, 8, 2}}) {
+    const int64_t n = 30, nb = CandidateBlockCount(width, bs);
+    std::vector<int64_t> nvis(n);
+    std::vector<float> scores(n * width);
+    for (int64_t t = 0; t < n; ++t) {
+      nvis[t] = t == 0 ? 0 : 1 + (t * 7) % width;  // includes a query that sees nothing
+      for (int64_t p = 0; p < width; ++p)
+        scores[t * width + p] = p < nvis[t] ? nd(rng) : -std::numeric_limits<float>::infinity();
+    }
+    std::vector<uint8_t> keep(n * nb, 7);
+    SelectCandidateBlocks(scores.data(), n, width, nvis.data(), k, bs, keep.data());
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<std::pair<float, int64_t>> blocks;  // (score, block) of the visible blocks
+      for (int64_t b = 0; b * bs < nvis[t]; ++b) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t p = b * bs; p < std::min(nvis[t], (b + 1) * bs); ++p) mx = std::max(mx, scores[t * width + p]);
+        blocks.push_back({mx, b});
+      }
+      if (!blocks.empty()) blocks.back().first = std::numeric_limits<float>::infinity();
+      std::sort(blocks.begin(), blocks.end(), [](auto a, auto b) { return a.first > b.first; });
+      std::vector<uint8_t> want(nb, 0);
+      for (size_t i = 0; i < std::min<size_t>(k, blocks.size()); ++i) want[blocks[i].second] = 1;
+      for (int64_t b = 0; b < nb; ++b)
+        ASSERT_EQ(keep[t * nb + b], want[b]) << "width " << width << " query " << t << " block " << b;
+    }
+    MaskToCandidates(scores.data(), n, width, keep.data(), bs);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t p = 0; p < width; ++p)
+        if (!keep[t * nb + p / bs]) ASSERT_EQ(scores[t * width + p], -std::numeric_limits<float>::infinity());
+  }
 }
 
 TEST(Model, UnknownBuiltinIsAnError) {
