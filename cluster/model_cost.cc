@@ -208,7 +208,7 @@ CacheBytes LayerCacheBytes(const ModelPreset& m, int64_t layer, const Precision&
   const double entry = EntryBytes(m.head_dim, m.qk_rope_dim, p.kv_bits);
   c.fixed = m.window * entry;
   if (v.ratio > 0 && v.owns_cache) c.per_token += entry / v.ratio;
-  if (v.ratio > 0 && v.runs_indexer) c.per_token += IndexKeyBytes(m) / v.ratio;
+  if (v.ratio > 0 && v.owns_index_keys) c.per_token += IndexKeyBytes(m) / v.ratio;
   return c;
 }
 

@@ -51,47 +51,56 @@ ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lo
   return c;
 }
 
-// MODEL.md 1.4: ratios 2 (layers 2-19) and 1 (20-39); only kv_source_layers write a cache and only
-// index_source_layers score; the others reuse them. Every compressed layer attends the top-k.
+// MODEL.md 1.4 (the reference's inference/config.json): ratios 2 (layers 2-19) and 1 (20-39); only
+// kv_source_layers write a cache and only index_source_layers score; the others reuse them.
+ModelConfig V41FlashConfig() {
+  ModelConfig c;
+  c.model_type = "deepseek_v41";
+  c.family = ModelFamily::kV41;
+  c.vocab_size = 129280;
+  c.hidden_size = 5120;
+  c.num_hidden_layers = 40;
+  c.num_attention_heads = 64;
+  c.head_dim = 512;
+  c.qk_rope_head_dim = 64;
+  c.q_lora_rank = 1280;
+  c.o_groups = 8;
+  c.o_lora_rank = 1024;
+  c.n_routed_experts = 384;
+  c.n_shared_experts = 1;
+  c.num_experts_per_tok = 6;
+  c.moe_intermediate_size = 2304;
+  c.routed_scaling_factor = 1.5;
+  c.swiglu_limit = 10;
+  c.sliding_window = 128;
+  c.index_n_heads = 32;
+  c.index_head_dim = 128;
+  c.index_topk = 512;
+  c.hc_mult = 4;
+  c.rms_norm_eps = 1e-20;
+  c.max_position_embeddings = 1048576;
+  c.compress_ratios.assign(43, 0);  // 40 layers + 3 DSpark
+  for (int64_t l = 2; l < 40; ++l) c.compress_ratios[l] = l < 20 ? 2 : 1;
+  c.kv_source_layer_ids = {2, 8, 14, 20};
+  c.index_source_layer_ids = {2, 8, 14, 20, 24, 28, 32, 36};
+  c.candidate_source_layer_id = 20;
+  c.candidate_topk_blocks = 2048;
+  c.candidate_block_size = 8;
+  c.num_nextn_predict_layers = 3;  // DSpark draft layers
+  c.fp8_block_rows = c.fp8_block_cols = 32;
+  c.engram_layer_ids = {1, 14};
+  c.engram_num_embeddings = {384006168, 384016682};
+  c.engram_max_ngram_size = 4;
+  c.engram_vocab_size = 16000000;
+  c.engram_n_heads = 8;
+  c.engram_head_dim = 256;
+  c.engram_pad_id = 2;
+  c.engram_compressed_vocab_size = 99092;
+  return c;
+}
+
 ModelPreset V41Flash() {
-  ModelPreset p;
-  p.name = "deepseek-v4.1-flash";
-  p.attention = AttentionKind::kV4;
-  p.vocab = 129280;
-  p.hidden = 5120;
-  p.layers = 40;
-  p.max_context = 1048576;
-  p.heads = 64;
-  p.q_lora_rank = 1280;
-  p.qk_rope_dim = 64;
-  p.head_dim = 512;
-  p.o_groups = 8;
-  p.o_lora_rank = 1024;
-  p.window = 128;
-  const std::vector<int64_t> kv_sources = {2, 8, 14, 20};
-  const std::vector<int64_t> index_sources = {2, 8, 14, 20, 24, 28, 32, 36};
-  auto in = [](const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
-  for (int64_t l = 0; l < p.layers; ++l) {
-    V4Layer v;
-    v.ratio = l < 2 ? 0 : (l < 20 ? 2 : 1);
-    v.owns_cache = v.ratio > 0 && in(kv_sources, l);
-    v.runs_indexer = in(index_sources, l);
-    v.selects_topk = v.ratio > 0;
-    p.v4_layers.push_back(v);
-  }
-  p.index_heads = 32;
-  p.index_dim = 128;
-  p.index_topk = 512;
-  p.routed_experts = 384;
-  p.shared_experts = 1;
-  p.top_k = 6;
-  p.expert_inter = 2304;
-  p.hc_mult = 4;
-  p.engram_layers = {1, 14};
-  p.engram_rows_per_layer = 384011425;  // mean of engram_num_embeddings [384006168, 384016682]
-  p.engram_lookups = 24;                // n-gram orders 2..4 x 8 heads
-  p.engram_row_dim = 256;
-  p.mtp_layers = 3;  // DSpark draft layers
+  ModelPreset p = PresetFromModelConfig(V41FlashConfig(), "deepseek-v4.1-flash");
   p.source = "MODEL.md 1.4 (V4.1 reference inference/config.json)";
   return p;
 }
@@ -213,9 +222,10 @@ ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     V4Layer v;
     v.ratio = c.ratio(l);
-    v.owns_cache = v.ratio > 0;
-    v.runs_indexer = v.ratio == 4;
-    v.selects_topk = v.ratio == 4;
+    v.owns_cache = c.compresses(l);
+    v.runs_indexer = c.runs_indexer(l);
+    v.owns_index_keys = c.owns_index_keys(l);
+    v.selects_topk = c.index_source(l) >= 0;
     p.v4_layers.push_back(v);
   }
   p.index_heads = c.index_n_heads;
@@ -227,6 +237,14 @@ ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name)
   p.expert_inter = c.moe_intermediate_size;
   p.hc_mult = c.hc_mult;
   p.mtp_layers = c.num_nextn_predict_layers;
+  if (c.has_engram()) {
+    p.engram_layers = c.engram_layer_ids;
+    double rows = 0;
+    for (int64_t r : c.engram_num_embeddings) rows += static_cast<double>(r);
+    p.engram_rows_per_layer = static_cast<int64_t>(rows / c.engram_num_embeddings.size());
+    p.engram_lookups = (c.engram_max_ngram_size - 1) * c.engram_n_heads;
+    p.engram_row_dim = c.engram_head_dim;
+  }
   p.source = "ModelConfig";
   return p;
 }
@@ -269,15 +287,15 @@ absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, cons
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   std::string type = "deepseek_v4";
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) type = it->get<std::string>();
-  if (type == "deepseek_v4") {
+  if (type == "deepseek_v4" || type == "deepseek_v41" || type == "deepseek_v41_text") {
     DSV4_ASSIGN_OR_RETURN(auto c, ParseModelConfig(json_text, source));
     return PresetFromModelConfig(c, source);
   }
   if (type == "deepseek_v3" || type == "deepseek_v32" || type == "kimi_k2" || type == "deepseek_v2")
     return ParseMlaConfig(j, source);
   return absl::InvalidArgumentError(absl::StrCat(source, ": field 'model_type' = \"", type,
-                                                 "\" is not one the planner knows (deepseek_v4, deepseek_v3, "
-                                                 "deepseek_v32, kimi_k2)"));
+                                                 "\" is not one the planner knows (deepseek_v4, deepseek_v41, "
+                                                 "deepseek_v3, deepseek_v32, kimi_k2)"));
 }
 
 absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec) {

@@ -1,9 +1,10 @@
 // Model presets for the capacity planner: the architecture facts that decide bytes and FLOPs.
 //
-// The runtime's ModelConfig describes what the runtime executes (V4 only). The planner also has to
-// cost V3-class MLA models, Kimi-K2, V4.1 (KV sharing, Engram) and a pre-release description, so it
-// keeps its own struct. A V4 `config.json` goes through ParseModelConfig (one validation for both);
-// V3-style configs (`model_type` deepseek_v3 / deepseek_v32 / kimi_k2) are read here.
+// The runtime's ModelConfig describes what the runtime executes (V4, V4.1). The planner also has to
+// cost V3-class MLA models, Kimi-K2 and a pre-release description, so it keeps its own struct. A V4
+// or V4.1 `config.json` goes through ParseModelConfig (one validation, and the layer roles and cache
+// rows ModelConfig derives, for both); V3-style configs (`model_type` deepseek_v3 / deepseek_v32 /
+// kimi_k2) are read here.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,7 @@ struct V4Layer {
   int64_t ratio = 0;          // compression ratio: 0 = window only; 4 = CSA; 128 = HCA; V4.1 also 1 and 2
   bool owns_cache = true;     // writes its own compressed cache (V4.1 shares caches between layers)
   bool runs_indexer = false;  // computes indexer scores itself (else reuses another layer's top-k, or none)
+  bool owns_index_keys = false;  // stores indexer keys (V4.1: only indexers that are also KV sources)
   bool selects_topk = false;  // attends only index_topk compressed entries (else all of them)
 };
 
@@ -77,9 +79,9 @@ struct ModelPreset {
 std::vector<std::string> PresetNames();
 // A built-in preset; the error lists the known names.
 absl::StatusOr<ModelPreset> FindPreset(const std::string& name);
-// A V4 runtime config turned into a preset.
+// A V4 / V4.1 runtime config turned into a preset (layer roles from ModelConfig).
 ModelPreset PresetFromModelConfig(const ModelConfig& config, const std::string& name);
-// Parses a config.json text: V4 (through ParseModelConfig) or V3-style MLA configs.
+// Parses a config.json text: V4 / V4.1 (through ParseModelConfig) or V3-style MLA configs.
 absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, const std::string& source);
 // `spec` is a preset name or a path to a config.json.
 absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec);

@@ -105,6 +105,79 @@ TEST(Presets, V41HasEngramAndSharedCaches) {
   EXPECT_EQ(owners, 4);  // kv_source_layers [2, 8, 14, 20]
 }
 
+// The V4.1-Flash config.json in the released layout (MODEL.md 1.4's values, text_config nesting).
+json V41FlashConfigJson() {
+  json ratios = json::array();
+  for (int l = 0; l < 43; ++l) ratios.push_back(l < 2 || l >= 40 ? 0 : (l < 20 ? 2 : 1));
+  json text = {{"model_type", "deepseek_v41_text"},
+               {"vocab_size", 129280},
+               {"hidden_size", 5120},
+               {"num_hidden_layers", 40},
+               {"num_attention_heads", 64},
+               {"head_dim", 512},
+               {"qk_rope_head_dim", 64},
+               {"q_lora_rank", 1280},
+               {"o_groups", 8},
+               {"o_lora_rank", 1024},
+               {"n_routed_experts", 384},
+               {"num_experts_per_tok", 6},
+               {"moe_intermediate_size", 2304},
+               {"sliding_window", 128},
+               {"index_n_heads", 32},
+               {"index_head_dim", 128},
+               {"index_topk", 512},
+               {"rms_norm_eps", 1e-20},
+               {"max_position_embeddings", 1048576},
+               {"num_nextn_predict_layers", 3},
+               {"compress_ratios", ratios},
+               {"kv_source_layer_ids", {2, 8, 14, 20}},
+               {"index_source_layer_ids", {2, 8, 14, 20, 24, 28, 32, 36}},
+               {"candidate_source_layer_id", 20},
+               {"candidate_topk_blocks", 2048},
+               {"candidate_block_size", 8},
+               {"engram_layer_ids", {1, 14}},
+               {"engram_num_embeddings", {384006168, 384016682}},
+               {"engram_max_ngram_size", 4},
+               {"engram_vocab_size", 16000000},
+               {"engram_n_heads", 8},
+               {"engram_head_dim", 256},
+               {"engram_pad_token_id", 2},
+               {"engram_compressed_vocab_size", 99092}};
+  return {{"model_type", "deepseek_v41"},
+          {"quantization_config", {{"quant_method", "fp8"}, {"weight_block_size", {32, 32}}, {"expert_dtype", "fp4"}}},
+          {"text_config", text}};
+}
+
+// The cache bytes `dsv4 plan` reports for V4.1-Flash count the rows the runtime's cache accounting
+// counts for the same config.json: one compressed cache per KV source (layers 2, 8, 14 at ratio 2
+// and 20 at ratio 1: 2.5 rows per token) and index keys where an indexer is also a KV source (the
+// same 2.5), none on the level-2 indexers 24..36 nor on the readers.
+TEST(Presets, V41FlashCacheBytesFollowTheRuntimeAccounting) {
+  auto runtime = ParseModelConfig(V41FlashConfigJson().dump(), "v4.1-flash/config.json");
+  ASSERT_TRUE(runtime.ok()) << runtime.status();
+  const CacheRowsPerToken rows = runtime->cache_rows_per_token();
+  EXPECT_DOUBLE_EQ(rows.kv, 2.5);
+  EXPECT_DOUBLE_EQ(rows.index_keys, 2.5);
+  // One row at kv_bits 8 in the planner: 448 FP8 values, 448 / 64 UE8M0 scales and 64 BF16 rope
+  // values = 583 B; an index key: 128 FP4 values and 128 / 32 scales = 68 B.
+  const Precision p{8, 4, 8};
+  const double want = (rows.kv * 583 + rows.index_keys * 68) / 40;
+  auto preset = FindPreset("deepseek-v4.1-flash");
+  auto parsed = ParsePresetConfig(V41FlashConfigJson().dump(), "v4.1-flash/config.json");
+  ASSERT_TRUE(preset.ok() && parsed.ok()) << parsed.status();
+  for (const ModelPreset* m : {&*preset, &*parsed}) {
+    EXPECT_DOUBLE_EQ(MeanCacheBytesPerTokenPerLayer(*m, p), want) << m->name;
+    EXPECT_EQ(m->engram_layers, (std::vector<int64_t>{1, 14}));
+    EXPECT_EQ(m->engram_lookups, 24);
+  }
+  // What `dsv4 plan` prints for a V4.1 scenario.
+  json j = BaseScenario();
+  j["model"] = "deepseek-v4.1-flash";
+  auto a = PlanJson(j);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_NEAR((*a)["model"]["cache_bytes_per_token_per_layer"].get<double>(), want, 0.05) << a->dump();
+}
+
 TEST(Presets, UnknownNameListsKnownOnes) {
   auto m = FindPreset("deepseek-v9");
   ASSERT_FALSE(m.ok());
