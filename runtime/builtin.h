@@ -1,6 +1,7 @@
 // Built-in models: the V4 and V4.1 architectures at small sizes with seeded random weights in the
 // released checkpoint formats (FP8 E4M3 with 128 x 128 (V4) or 32 x 32 (V4.1) E8M0 scales, packed
-// FP4 experts with per-32 scales, BF16, F32). They go through the same safetensors parser and weight checks as a real checkpoint.
+// FP4 experts with per-32 scales, BF16, F32). They go through the same safetensors parser and
+// weight checks as a real checkpoint.
 #pragma once
 
 #include <memory>

@@ -246,7 +246,8 @@ absl::Status ValidateSharing(const ModelConfig& c, const std::string& source) {
   // make the reference pick among masked positions in an unspecified order.
   if ((c.candidate_topk_blocks - 1) * c.candidate_block_size + 1 < c.index_topk)
     return bad("candidate_topk_blocks",
-               absl::StrCat("x candidate_block_size can leave ", (c.candidate_topk_blocks - 1) * c.candidate_block_size + 1,
+               absl::StrCat("x candidate_block_size can leave ",
+                            (c.candidate_topk_blocks - 1) * c.candidate_block_size + 1,
                             " candidate positions, fewer than index_topk = ", c.index_topk));
   for (int64_t l : c.index_source_layer_ids)
     if (l > cand && c.ratio(l) != c.ratio(cand))
@@ -298,7 +299,8 @@ absl::Status ValidateEngramConfig(const ModelConfig& c, const std::string& sourc
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
   const json top = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (top.is_discarded() || !top.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  if (top.is_discarded() || !top.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   if (top.contains("text_config") && !top["text_config"].is_object())
     return absl::InvalidArgumentError(absl::StrCat(source, ": field 'text_config' must be an object"));
   const json j = FlattenTextConfig(top);

@@ -400,14 +400,19 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
     LoadLayer(r, config, l, options, &w->layers[l]);
     DSV4_RETURN_IF_ERROR(r.status());
   }
-  // Every tensor of a main layer has a use (routed experts of other ranks aside): a leftover means
-  // the config describes another model (e.g. kv_source_layer_ids lists fewer sources).
+  // Every tensor of a main layer has a use (routed experts of other ranks aside, and V4.1's
+  // image-token routing bias: the runtime serves text): a leftover means the config describes
+  // another model (e.g. kv_source_layer_ids lists fewer sources).
+  auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
   for (const auto& [name, info] : ckpt->all()) {
-    if (name.rfind("layers.", 0) != 0 || r.used().count(name) || name.find(".ffn.experts.") != std::string::npos)
+    if (name.rfind("layers.", 0) != 0 || r.used().count(name) || name.find(".ffn.experts.") != std::string::npos ||
+        ends_with(name, ".ffn.gate.bias_vl"))
       continue;
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file, ") has no use in the model ",
-                                                   "config.json describes (", LayerRoles(config, std::atoll(name.c_str() + 7)),
-                                                   ")"));
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' (", info->file,
+                                                   ") has no use in the model config.json describes (",
+                                                   LayerRoles(config, std::atoll(name.c_str() + 7)), ")"));
   }
   if (w->num_draft_tensors > 0)
     DSV4_LOG(kInfo, w->num_draft_tensors, " draft-layer tensors (mtp.*) in the checkpoint are not loaded");

@@ -35,7 +35,8 @@ void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64
     if (opt_.qdq) kernels::QdqFp4(qt, Hi, di, di, 32);
   }
   Project(lw.index_weights_proj, x, n, c.hidden_size, w);
-  const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)) / std::sqrt(static_cast<double>(Hi)));
+  const float wscale =
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)) / std::sqrt(static_cast<double>(Hi)));
   for (int64_t i = 0; i < n * Hi; ++i) w[i] *= wscale;
 }
 

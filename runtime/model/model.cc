@@ -228,9 +228,12 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   for (int64_t t = 0; t < pre_mix.size() / hc; ++t) pre_mix[t * hc] = 1.f;
   // What each sequence's index sources hand to later layers: top-k picks, level-1 candidates.
   const int64_t cand = c.candidate_source_layer_id;
+  auto cand_entries = [&](const SequenceChunk& s) {  // level 1 keeps [n, blocks of the positions]
+    if (cand < 0) return int64_t{0};
+    return s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
+  };
   int64_t cand_room = 0;
-  for (const SequenceChunk& s : seqs)
-    if (cand >= 0) cand_room += s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
+  for (const SequenceChunk& s : seqs) cand_room += cand_entries(s);
   kernels::Scratch<int32_t> pick_rows(n * c.index_topk, kernels::NoInit{});
   kernels::Scratch<uint8_t> cand_rows(cand_room, kernels::NoInit{});
   kernels::Scratch<StepPicks> picks(num_seqs);
@@ -239,12 +242,9 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   for (int64_t i = 0; i < num_seqs; ++i) {
     const SequenceChunk& s = seqs[i];
     picks[i].picks = &pick_rows[at * c.index_topk];
-    if (cand >= 0) {
-      picks[i].candidates = &cand_rows[cand_at];
-      picks[i].candidates_capacity =
-          s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
-      cand_at += picks[i].candidates_capacity;
-    }
+    picks[i].candidates = &cand_rows[cand_at];
+    picks[i].candidates_capacity = cand_entries(s);
+    cand_at += picks[i].candidates_capacity;
     slices[i] = {at, s.n, s.cache->length, s.cache, &picks[i]};
     at += s.n;
   }

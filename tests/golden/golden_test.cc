@@ -134,7 +134,8 @@ TEST_P(GoldenTest, TightWithoutQdq) {
   for (size_t row = 0; row < 1 + c.decode.size(); ++row) {
     EXPECT_TRUE(testing::AllClose(absl::StrCat(What(), " row ", row), &got[row * V], &c.logits_noqdq[row * V], V,
                                   {.abs = 1e-3}));
-    for (int64_t i = 0; i < V; ++i) worst = std::max<double>(worst, std::fabs(got[row * V + i] - c.logits_noqdq[row * V + i]));
+    for (int64_t i = 0; i < V; ++i)
+      worst = std::max<double>(worst, std::fabs(got[row * V + i] - c.logits_noqdq[row * V + i]));
   }
   RecordProperty("max_abs_diff", absl::StrCat(worst));
   std::printf("%s: qdq off, max |ours - logits_noqdq| = %.3g over %zu rows\n", What().c_str(), worst,
@@ -164,7 +165,8 @@ TEST_P(GoldenTest, CoarseWithQdq) {
   for (size_t row = 0; row < 1 + c.decode.size(); ++row) {
     r.push_back(testing::RelRms(&got[row * V], &c.logits[row * V], V));
     EXPECT_LE(r.back(), set().coarse_row_max) << What() << " row " << row;
-    for (int64_t i = 0; i < V; ++i) worst_abs = std::max<double>(worst_abs, std::fabs(got[row * V + i] - c.logits[row * V + i]));
+    for (int64_t i = 0; i < V; ++i)
+      worst_abs = std::max<double>(worst_abs, std::fabs(got[row * V + i] - c.logits[row * V + i]));
   }
   const double worst_r = *std::max_element(r.begin(), r.end());
   std::sort(r.begin(), r.end());

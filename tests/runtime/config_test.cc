@@ -187,7 +187,8 @@ TEST(ConfigV41, InferenceConfigSpellings) {
 
 // Each bad V4.1 config is one error naming the field.
 TEST(ConfigV41, BadSharingFieldsNameTheField) {
-  ExpectV41Error([](auto& t) { t["kv_source_layer_ids"] = {2, 4, 9}; }, "'kv_source_layer_ids' [2] = 9 is outside [0, 8)");
+  ExpectV41Error([](auto& t) { t["kv_source_layer_ids"] = {2, 4, 9}; },
+                 "'kv_source_layer_ids' [2] = 9 is outside [0, 8)");
   ExpectV41Error([](auto& t) { t["kv_source_layer_ids"] = {2, 5, 4}; },
                  "'kv_source_layer_ids' must be strictly ascending ([2] = 4 follows 5)");
   ExpectV41Error([](auto& t) { t["kv_source_layer_ids"] = {1, 2, 4, 5}; },

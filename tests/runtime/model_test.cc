@@ -223,7 +223,9 @@ TEST(CandidateBlocks, MatchTheDefinition) {
     MaskToCandidates(scores.data(), n, width, keep.data(), bs);
     for (int64_t t = 0; t < n; ++t)
       for (int64_t p = 0; p < width; ++p)
-        if (!keep[t * nb + p / bs]) ASSERT_EQ(scores[t * width + p], -std::numeric_limits<float>::infinity());
+        if (!keep[t * nb + p / bs]) {
+          ASSERT_EQ(scores[t * width + p], -std::numeric_limits<float>::infinity());
+        }
   }
 }
 
