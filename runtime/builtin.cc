@@ -330,8 +330,8 @@ class Writer {
 void WriteCompressor(Writer& w, const std::string& p, const ModelConfig& c, int64_t layer, int64_t hd) {
   const int64_t D = c.hidden_size, ratio = c.ratio(layer), width = (c.compressor_overlap(layer) ? 2 : 1) * hd;
   w.Bf16(p + ".wkv.weight", {width, D}, 1.0f / std::sqrt(static_cast<float>(D)));
-  if (!c.v41() || ratio > 1) w.Bf16(p + ".wgate.weight", {width, D}, 1.0f / std::sqrt(static_cast<float>(D)));
-  if (!c.v41()) w.F32(p + ".ape", {ratio, width}, 0.5f);
+  if (c.compressor_gate(layer)) w.Bf16(p + ".wgate.weight", {width, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+  if (c.compressor_ape()) w.F32(p + ".ape", {ratio, width}, 0.5f);
   w.Bf16(p + ".norm.weight", {hd}, 0.1f, 1.0f);
 }
 
@@ -391,10 +391,10 @@ absl::StatusOr<BuiltinModel> MakeRandomModel(const std::string& json, uint64_t s
     w.Fp8(p + "attn.wo_b", D, c.o_groups * c.o_lora_rank, br, bc);
     if (c.compresses(l)) WriteCompressor(w, p + "attn.compressor", c, l, c.head_dim);
     if (c.runs_indexer(l)) {
-      if (!c.v41()) WriteCompressor(w, p + "attn.indexer.compressor", c, l, c.index_head_dim);
+      if (!c.index_keys_from_latent()) WriteCompressor(w, p + "attn.indexer.compressor", c, l, c.index_head_dim);
       w.Fp8(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank, br, bc);
       w.Bf16(p + "attn.indexer.weights_proj.weight", {c.index_n_heads, D}, inv_d);
-      if (c.v41() && c.owns_index_keys(l)) {
+      if (c.index_keys_from_latent() && c.owns_index_keys(l)) {
         w.Bf16(p + "attn.indexer.wk.weight", {c.index_head_dim, c.head_dim},
                1.0f / std::sqrt(static_cast<float>(c.head_dim)));
         w.Bf16(p + "attn.indexer.k_norm.weight", {c.index_head_dim}, 0.1f, 1.0f);

@@ -123,14 +123,21 @@ struct ModelConfig {
   // ---- what V4.1 changes (MODEL.md 2.4, 2.6) ----
   // V4 ratio-4 compressors pool overlapping blocks: 2 x head_dim projected channels per token.
   bool compressor_overlap(int64_t layer) const { return !v41() && ratio(layer) == 4; }
+  // V4 compressors add a learned position bias `ape` to the gate scores; V4.1's have none, and at
+  // ratio 1 no gate either (the latent is the normalized projection).
+  bool compressor_ape() const { return !v41(); }
+  bool compressor_gate(int64_t layer) const { return !v41() || ratio(layer) > 1; }
+  // Compressed KV rounding: V4 FP8 like the window; V4.1 FP4 in groups of 16 with E4M3 scales.
+  bool compressed_kv_fp4() const { return v41(); }
   // V4 renormalizes each query head (no gain); V4.1 does not.
   bool q_head_norm() const { return !v41(); }
   // Window KV rounding: FP8 over the first window_kv_qdq_len() channels in groups of
   // window_kv_qdq_group() (V4: the non-rope part, groups of 64; V4.1: the whole vector, groups of 32).
   int64_t window_kv_qdq_len() const { return v41() ? head_dim : nope_dim(); }
   int64_t window_kv_qdq_group() const { return v41() ? act_quant_group() : 64; }
-  // Index keys: V4 from a separate ratio-4 compressor with a Hadamard rotation; V4.1 from the KV
-  // source's latent (wk, k_norm, no rotation), and indexer queries without the rotation.
+  // Index keys: V4 from the indexer's own ratio-4 compressor, rotated by a Hadamard transform as
+  // the queries are; V4.1 from the KV source's latent (wk, k_norm), queries and keys unrotated.
+  bool index_keys_from_latent() const { return v41(); }
   bool index_hadamard() const { return !v41(); }
   // mHC: V4.1 collapses each sub-layer's input with the pre weights computed one sub-layer earlier
   // and the final output with the last block's FFN pre weights (no hc_head_* tensors).

@@ -225,8 +225,8 @@ void LoadCompressor(Reader& r, const std::string& p, const ModelConfig& c, int64
   w->head_dim = head_dim;
   w->overlap = c.compressor_overlap(layer);
   w->wkv = r.Linear(p + ".wkv", w->width(), c.hidden_size);
-  if (!c.v41() || ratio > 1) w->wgate = r.Linear(p + ".wgate", w->width(), c.hidden_size);
-  if (!c.v41()) w->ape = r.Vector(p + ".ape", {ratio, w->width()});
+  if (c.compressor_gate(layer)) w->wgate = r.Linear(p + ".wgate", w->width(), c.hidden_size);
+  if (c.compressor_ape()) w->ape = r.Vector(p + ".ape", {ratio, w->width()});
   w->norm = r.Vector(p + ".norm.weight", {head_dim});
 }
 
@@ -317,10 +317,11 @@ void LoadLayer(Reader& r, const ModelConfig& c, int64_t l, const LoadOptions& op
   w->has_indexer = c.runs_indexer(l);
   if (w->has_compressor) LoadCompressor(r, p + "attn.compressor", c, l, hd, &w->compressor);
   if (w->has_indexer) {
-    if (!c.v41()) LoadCompressor(r, p + "attn.indexer.compressor", c, l, c.index_head_dim, &w->index_compressor);
+    if (!c.index_keys_from_latent())
+      LoadCompressor(r, p + "attn.indexer.compressor", c, l, c.index_head_dim, &w->index_compressor);
     w->index_wq_b = r.Linear(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
     w->index_weights_proj = r.Linear(p + "attn.indexer.weights_proj", c.index_n_heads, D);
-    if (c.v41() && c.owns_index_keys(l)) {
+    if (c.index_keys_from_latent() && c.owns_index_keys(l)) {
       w->index_wk = r.Linear(p + "attn.indexer.wk", c.index_head_dim, hd);
       w->index_k_norm = r.Vector(p + "attn.indexer.k_norm.weight", {c.index_head_dim});
     }

@@ -80,7 +80,8 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
   const int64_t D = c.hidden_size, rd = c.qk_rope_head_dim;
   // The compressor of the KV, then (V4 ratio 4) the indexer's own: projections over the batch,
   // pooling per sequence.
-  const CompressorWeights* comps[2] = {&lw.compressor, lw.has_indexer && !c.v41() ? &lw.index_compressor : nullptr};
+  const bool own_index_compressor = lw.has_indexer && !c.index_keys_from_latent();
+  const CompressorWeights* comps[2] = {&lw.compressor, own_index_compressor ? &lw.index_compressor : nullptr};
   for (int k = 0; k < 2 && comps[k] != nullptr; ++k) {
     const CompressorWeights& cw = *comps[k];
     const bool index_keys = k == 1;
@@ -97,7 +98,7 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
           PoolBlocks(cw, &ckv[s.begin * width], cw.ratio > 1 ? &cscore[s.begin * width] : nullptr, s.n, s.start,
                      index_keys ? lc.index_compressor : lc.compressor, latents.data(), positions.data());
       if (blocks == 0) continue;
-      if (c.v41() && c.owns_index_keys(layer)) {
+      if (c.index_keys_from_latent() && c.owns_index_keys(layer)) {
         // Index keys from the latents, before they are rotated and rounded for the cache.
         const int64_t di = c.index_head_dim;
         Scratch<float> keys(blocks * di, NoInit{});
@@ -116,7 +117,7 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
         if (index_keys) {
           kernels::Hadamard(row, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
           if (opt_.qdq) kernels::QdqFp4(row, 1, hd, hd, 32);
-        } else if (opt_.qdq && c.v41()) {
+        } else if (opt_.qdq && c.compressed_kv_fp4()) {
           kernels::QdqFp4E4m3(row, 1, hd, hd, 16);
         } else if (opt_.qdq) {
           kernels::QdqFp8(row, 1, hd - rd, hd, 64);

@@ -88,7 +88,7 @@ SequenceCache Model::NewCache() const {
     // Ratio 1 completes a block with every token: no rows wait.
     if (lw.has_compressor && c.ratio(l) > 1)
       lc.compressor.Init(c.ratio(l), lw.compressor.width(), lw.compressor.overlap);
-    if (lw.has_indexer && !c.v41())
+    if (lw.has_indexer && !c.index_keys_from_latent())
       lc.index_compressor.Init(c.ratio(l), lw.index_compressor.width(), lw.index_compressor.overlap);
   }
   if (w_->engram_hasher) cache.engram = w_->engram_hasher->NewHistory();
