@@ -5,9 +5,126 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 
 namespace dsv4 {
 namespace {
+
+// Every wait fails: for communicators whose buffers are not host memory.
+class UnsupportedExchange final : public PeerExchange {
+ public:
+  UnsupportedExchange(std::string comm, std::string what) : comm_(std::move(comm)), what_(std::move(what)) {}
+  Handle Send(int, const void*, int64_t) override { return 0; }
+  Handle SendRows(int, const void*, int64_t, const int64_t*, int64_t) override { return 0; }
+  Handle Recv(int, void*, int64_t) override { return 0; }
+  absl::Status Wait(Handle) override { return Error(); }
+  absl::StatusOr<size_t> WaitAny(const std::vector<Handle>&) override { return Error(); }
+  absl::Status WaitAll() override { return Error(); }
+
+ private:
+  absl::Status Error() const {
+    return absl::UnimplementedError(absl::StrCat(what_, ": ", comm_, " has no point-to-point exchange"));
+  }
+  std::string comm_, what_;
+};
+
+// A world of one: messages to self, matched in posting order and copied once both sides exist. A
+// receive that no send matches fails at its wait (in a world of one it could never complete).
+class LocalExchange final : public PeerExchange {
+ public:
+  LocalExchange(std::string what, const std::string* aborted) : what_(std::move(what)), aborted_(aborted) {}
+
+  Handle Send(int peer, const void* data, int64_t bytes) override {
+    return Post(peer, {static_cast<const char*>(data), bytes, 0, nullptr, 0}, true);
+  }
+  Handle SendRows(int peer, const void* base, int64_t row_bytes, const int64_t* offsets, int64_t count) override {
+    return Post(peer, {static_cast<const char*>(base), row_bytes * count, row_bytes, offsets, count}, true);
+  }
+  Handle Recv(int peer, void* data, int64_t bytes) override {
+    return Post(peer, {static_cast<const char*>(data), bytes, 0, nullptr, 0}, false);
+  }
+  absl::Status Wait(Handle h) override {
+    DSV4_RETURN_IF_ERROR(Check());
+    if (h < 0 || h >= static_cast<Handle>(msgs_.size())) return absl::InvalidArgumentError("no such message");
+    if (!msgs_[h].done) return Unmatched(h);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<size_t> WaitAny(const std::vector<Handle>& handles) override {
+    DSV4_RETURN_IF_ERROR(Check());
+    for (size_t i = 0; i < handles.size(); ++i) {
+      const Handle h = handles[i];
+      if (h < 0 || h >= static_cast<Handle>(msgs_.size())) return absl::InvalidArgumentError("no such message");
+      if (msgs_[h].returned) continue;
+      if (!msgs_[h].done) return Unmatched(h);
+      msgs_[h].returned = true;
+      return i;
+    }
+    return absl::OutOfRangeError(absl::StrCat(what_, ": every message was already waited for"));
+  }
+  absl::Status WaitAll() override {
+    DSV4_RETURN_IF_ERROR(Check());
+    for (size_t h = 0; h < msgs_.size(); ++h)
+      if (!msgs_[h].done) return Unmatched(static_cast<Handle>(h));
+    return absl::OkStatus();
+  }
+
+ private:
+  struct Buf {
+    const char* data;
+    int64_t bytes, row_bytes;
+    const int64_t* offsets;
+    int64_t rows;
+  };
+  struct Msg {
+    Buf buf;
+    bool send, done = false, returned = false;
+  };
+  absl::Status Check() const {
+    if (!status_.ok()) return status_;
+    if (!aborted_->empty()) return absl::AbortedError(absl::StrCat(what_, ": communicator aborted: ", *aborted_));
+    return absl::OkStatus();
+  }
+  absl::Status Unmatched(Handle h) const {
+    return absl::FailedPreconditionError(absl::StrCat(what_, ": ", msgs_[h].send ? "send to" : "receive from",
+                                                      " self without a matching ",
+                                                      msgs_[h].send ? "receive" : "send", " (a world of one)"));
+  }
+  Handle Post(int peer, Buf b, bool send) {
+    if (peer != 0 && status_.ok())
+      status_ = absl::InvalidArgumentError(absl::StrCat(what_, ": peer ", peer, " outside a world of one"));
+    msgs_.push_back({b, send});
+    // Match the oldest unmatched send with the oldest unmatched receive.
+    size_t s = 0, r = 0;
+    for (;;) {
+      while (s < msgs_.size() && (!msgs_[s].send || msgs_[s].done)) ++s;
+      while (r < msgs_.size() && (msgs_[r].send || msgs_[r].done)) ++r;
+      if (s == msgs_.size() || r == msgs_.size()) break;
+      Copy(msgs_[s].buf, msgs_[r].buf);
+      msgs_[s].done = msgs_[r].done = true;
+    }
+    return static_cast<Handle>(msgs_.size() - 1);
+  }
+  void Copy(const Buf& from, const Buf& to) {
+    if (from.bytes != to.bytes) {
+      if (status_.ok())
+        status_ = absl::InvalidArgumentError(
+            absl::StrCat(what_, ": a ", from.bytes, "-byte message to self received into ", to.bytes, " bytes"));
+      return;
+    }
+    char* dst = const_cast<char*>(to.data);
+    if (from.offsets == nullptr) {
+      if (from.bytes > 0) std::memmove(dst, from.data, from.bytes);
+      return;
+    }
+    for (int64_t i = 0; i < from.rows; ++i)
+      std::memmove(dst + i * from.row_bytes, from.data + from.offsets[i], from.row_bytes);
+  }
+
+  std::string what_;
+  const std::string* aborted_;
+  std::vector<Msg> msgs_;
+  absl::Status status_;
+};
 
 class LocalCommunicator final : public Communicator {
  public:
@@ -40,6 +157,9 @@ class LocalCommunicator final : public Communicator {
     return std::unique_ptr<Communicator>(new LocalCommunicator(name));
   }
   void Abort(const std::string& reason) override { aborted_ = reason.empty() ? "aborted" : reason; }
+  std::unique_ptr<PeerExchange> NewExchange(const char* what) override {
+    return std::make_unique<LocalExchange>(absl::StrCat(what, " on ", name_), &aborted_);
+  }
 
  private:
   absl::Status Check(const char* op) const {
@@ -51,6 +171,10 @@ class LocalCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+std::unique_ptr<PeerExchange> Communicator::NewExchange(const char* what) {
+  return std::make_unique<UnsupportedExchange>(name(), what);
+}
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
 

@@ -12,11 +12,39 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace dsv4 {
+
+// A batch of point-to-point messages with the peers of one communicator, for exchanges whose later
+// messages depend on earlier ones (a size sent ahead of its payload, a payload received into room
+// allocated once that size is known). Messages between two ranks match in the order each side
+// posts them. Every wait is bounded by the communicator's timeout (DEADLINE_EXCEEDED naming the
+// world ranks whose messages are missing) and fails promptly after Abort. A posting error (a
+// message over 2^31-1 bytes, a peer outside the group) is returned by the next wait. Buffers must
+// stay valid until their message completes; destroying the exchange cancels what is pending.
+// One thread at a time, like the communicator.
+class PeerExchange {
+ public:
+  using Handle = int;
+  virtual ~PeerExchange() = default;
+  virtual Handle Send(int peer, const void* data, int64_t bytes) = 0;
+  // `count` rows of `row_bytes` bytes each, row i at `base + offsets[i]` (bytes), arriving as one
+  // contiguous message. The transport gathers them itself where it can (MPI: an indexed datatype),
+  // so no packing copy is made.
+  virtual Handle SendRows(int peer, const void* base, int64_t row_bytes, const int64_t* offsets, int64_t count) = 0;
+  virtual Handle Recv(int peer, void* data, int64_t bytes) = 0;
+  // Waits for one message.
+  virtual absl::Status Wait(Handle h) = 0;
+  // Waits until one of `handles` is complete and returns its index in `handles` (each completes
+  // once: a handle already returned is not returned again). OutOfRange when all were returned.
+  virtual absl::StatusOr<size_t> WaitAny(const std::vector<Handle>& handles) = 0;
+  // Waits for every message posted so far.
+  virtual absl::Status WaitAll() = 0;
+};
 
 class Communicator {
  public:
@@ -42,6 +70,9 @@ class Communicator {
   virtual absl::StatusOr<std::unique_ptr<Communicator>> SplitNode(const std::string& name) { return Split(0, rank(), name); }
   // Makes every pending and later call fail promptly.
   virtual void Abort(const std::string& reason) = 0;
+  // A new batch of point-to-point messages (`what` names it in errors). Host-memory backends only:
+  // the default's waits fail with UNIMPLEMENTED.
+  virtual std::unique_ptr<PeerExchange> NewExchange(const char* what);
 
   // The backend's own handle (MPI_Comm* for MPI, null for local): for benchmarks that compare
   // against the raw transport.

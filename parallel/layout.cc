@@ -20,8 +20,6 @@ absl::StatusOr<ParallelLayout> ParallelLayout::Make(int world, int rank, int tp,
     return bad(absl::StrCat("--tp ", tp, " does not divide the model's ", dims.num_heads, " attention heads"));
   if (dims.o_groups % tp != 0)
     return bad(absl::StrCat("--tp ", tp, " does not divide the model's ", dims.o_groups, " output groups (o_groups)"));
-  if (dims.num_experts % ep != 0)
-    return bad(absl::StrCat("--ep ", ep, " does not divide the model's ", dims.num_experts, " routed experts"));
   ParallelLayout l;
   l.world = world, l.rank = rank, l.tp = tp, l.dp = world / tp, l.ep = ep;
   l.tp_rank = rank % tp, l.dp_rank = rank / tp;
@@ -52,33 +50,33 @@ LocalRank LocalRankFromEnv() {
   return l;
 }
 
-ExpertPlacement ExpertPlacement::Contiguous(int64_t num_experts, int ep) {
-  ExpertPlacement p;
-  p.replicas_.resize(num_experts);
-  p.held_.resize(ep);
-  const int64_t per = num_experts / ep;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int r = static_cast<int>(std::min<int64_t>(e / std::max<int64_t>(per, 1), ep - 1));
-    p.replicas_[e].push_back(r);
-    p.held_[r].push_back(e);
-  }
-  return p;
-}
-
-void ExpertPlacement::AddReplica(int64_t expert, int rank) {
-  if (Holds(rank, expert)) return;
-  replicas_[expert].push_back(rank);
-  held_[rank].push_back(expert);
-}
-
-bool ExpertPlacement::Holds(int rank, int64_t expert) const {
-  const auto& r = replicas_[expert];
-  return std::find(r.begin(), r.end(), rank) != r.end();
-}
-
 absl::StatusOr<std::unique_ptr<ParallelGroups>> MakeParallelGroups(std::unique_ptr<Communicator> world, int tp, int ep,
-                                                                   const ShardedDims& dims) {
+                                                                   const ShardedDims& dims, const PlacementSpec& spec) {
   DSV4_ASSIGN_OR_RETURN(auto layout, ParallelLayout::Make(world->size(), world->rank(), tp, ep, dims));
+  // EP ranks per node, when every node runs the same number of ranks and an EP group spans whole
+  // nodes (EP groups are consecutive ranks; launchers place consecutive ranks on a node).
+  int ranks_per_node = 0;
+  {
+    const float mine = static_cast<float>(LocalRankFromEnv().size);
+    std::vector<float> all(world->size());
+    std::vector<int64_t> ones(world->size(), 1);
+    DSV4_RETURN_IF_ERROR(world->AllGatherV(&mine, ones.data(), all.data()), "agreeing on ranks per node");
+    const bool same = std::all_of(all.begin(), all.end(), [&](float v) { return v == all[0]; });
+    const int local = static_cast<int>(all[0]);
+    if (same && local > 0 && local < layout.ep && layout.ep % local == 0) ranks_per_node = local;
+  }
+  ModelPlacement placement;
+  if (spec.given != nullptr) {
+    DSV4_RETURN_IF_ERROR(spec.given->CheckFits(dims.num_layers, dims.num_experts, layout.ep, spec.given_source));
+    if (spec.redundant != 0 && spec.redundant != spec.given->redundant())
+      return absl::InvalidArgumentError(absl::StrCat("--redundant-experts ", spec.redundant, " but ",
+                                                     spec.given_source, " has ", spec.given->redundant(),
+                                                     " redundant slots"));
+    placement = *spec.given;
+  } else {
+    DSV4_ASSIGN_OR_RETURN(placement, ModelPlacement::Default(dims.num_layers, dims.num_experts, layout.ep,
+                                                             spec.redundant, ranks_per_node));
+  }
   auto g = std::make_unique<ParallelGroups>();
   DSV4_ASSIGN_OR_RETURN(g->tp, world->Split(layout.dp_rank, layout.tp_rank, "tp"));
   DSV4_ASSIGN_OR_RETURN(g->ep, world->Split(layout.ep_group, layout.ep_rank, "ep"));
@@ -87,7 +85,8 @@ absl::StatusOr<std::unique_ptr<ParallelGroups>> MakeParallelGroups(std::unique_p
   g->ctx.world = g->world.get();
   g->ctx.tp = g->tp.get();
   g->ctx.ep = g->ep.get();
-  g->ctx.placement = ExpertPlacement::Contiguous(dims.num_experts, layout.ep);
+  g->ctx.placement = std::move(placement);
+  g->ctx.ep_ranks_per_node = ranks_per_node;
   return g;
 }
 

@@ -1,6 +1,7 @@
 // Rank layout of a job: the world is dp x tp for attention (tp consecutive ranks form one
 // tensor-parallel group; the dp groups take different requests) and is cut into EP groups of ep
-// consecutive ranks for the MoE, each holding every routed expert once (plus optional replicas).
+// consecutive ranks for the MoE, each holding every routed expert at least once (any EP size:
+// uneven slot counts when ep does not divide the experts, plus redundant copies; placement.h).
 #pragma once
 
 #include <cstdint>
@@ -10,14 +11,16 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
+#include "parallel/placement.h"
 
 namespace dsv4 {
 
-// The model sizes a layout must divide.
+// The model sizes a layout must fit.
 struct ShardedDims {
   int64_t num_heads = 1;     // attention query heads (split by tp)
   int64_t o_groups = 1;      // output projection groups (split by tp)
-  int64_t num_experts = 1;   // routed experts (split by ep)
+  int64_t num_experts = 1;   // routed experts (placed over ep ranks)
+  int64_t num_layers = 1;    // MoE layers (each has its own expert placement)
 };
 
 struct ParallelLayout {
@@ -27,7 +30,7 @@ struct ParallelLayout {
   int ep_rank = 0, ep_group = 0;
 
   // Validates every divisibility the runtime relies on; errors name the numbers. ep = 0 means the
-  // whole world.
+  // whole world. The experts need not divide over ep (ModelPlacement checks the slots cover it).
   static absl::StatusOr<ParallelLayout> Make(int world, int rank, int tp, int ep, const ShardedDims& dims);
   std::string ToString() const;
 };
@@ -41,37 +44,14 @@ struct LocalRank {
 };
 LocalRank LocalRankFromEnv();
 
-// Which EP ranks hold which routed experts. Logical expert e is served by one or more physical
-// copies; the model only sees logical ids, so replicas of hot experts can be added freely.
-class ExpertPlacement {
- public:
-  // Contiguous blocks: EP rank r holds experts [r*E/ep, (r+1)*E/ep).
-  static ExpertPlacement Contiguous(int64_t num_experts, int ep);
-  // Adds a copy of expert e on EP rank r (no-op if it is there already).
-  void AddReplica(int64_t expert, int rank);
-
-  int ep() const { return static_cast<int>(held_.size()); }
-  int64_t num_experts() const { return static_cast<int64_t>(replicas_.size()); }
-  const std::vector<int>& replicas(int64_t expert) const { return replicas_[expert]; }
-  bool Holds(int rank, int64_t expert) const;
-  // The EP rank that serves (token, expert): copies are used round-robin by token index.
-  int Route(int64_t expert, int64_t token) const {
-    const auto& r = replicas_[expert];
-    return r[static_cast<size_t>(token) % r.size()];
-  }
-
- private:
-  std::vector<std::vector<int>> replicas_;  // expert -> EP ranks
-  std::vector<std::vector<int64_t>> held_;  // EP rank -> experts
-};
-
 // Everything a rank needs to run its share of a step. Communicators are owned by the caller.
 struct ParallelContext {
   ParallelLayout layout;
   Communicator* world = nullptr;
   Communicator* tp = nullptr;  // this rank's TP group
   Communicator* ep = nullptr;  // this rank's EP group
-  ExpertPlacement placement = ExpertPlacement::Contiguous(1, 1);
+  ModelPlacement placement;    // routed experts over the EP group at start (the model may switch it)
+  int ep_ranks_per_node = 0;   // EP ranks sharing a node (EPLB's node grouping); 0: one node or unknown
 };
 
 // Owns the communicators of a ParallelContext.
@@ -80,8 +60,19 @@ struct ParallelGroups {
   ParallelContext ctx;
 };
 
-// Builds the TP and EP sub-communicators of `world` for a validated layout.
+// How routed experts are placed at start: a placement file's contents, or the default for
+// `redundant` extra slots (ModelPlacement::Default).
+struct PlacementSpec {
+  const ModelPlacement* given = nullptr;  // from --placement (checked against the model and layout)
+  std::string given_source;               // its file name, for errors
+  int64_t redundant = 0;                  // --redundant-experts
+};
+
+// Builds the TP and EP sub-communicators of `world` for a validated layout, and the start
+// placement. Collective over `world`: the ranks agree on how many EP ranks share a node (for EPLB's
+// node grouping: the launcher's local size when every node has the same, else unknown).
 absl::StatusOr<std::unique_ptr<ParallelGroups>> MakeParallelGroups(std::unique_ptr<Communicator> world, int tp, int ep,
-                                                                   const ShardedDims& dims);
+                                                                   const ShardedDims& dims,
+                                                                   const PlacementSpec& placement = {});
 
 }  // namespace dsv4

@@ -1,62 +1,87 @@
-// Expert-parallel MoE dispatch and combine over an EP group.
+// Expert-parallel MoE dispatch and combine over an EP group (host memory: the MPI path; the NCCL
+// path in nccl_moe.h runs the same plan, parallel/moe_plan.h).
 //
 // Dispatch sends each token's hidden state ONCE to every EP rank that serves at least one of its
-// top-k experts, together with the (expert, weight) pairs that rank must apply; the receiver runs
-// its experts grouped and returns one weighted-sum row per received token; Combine adds the rows
-// back into the senders' outputs, in EP-rank order (deterministic). Tokens served by the sending
-// rank itself never leave it: they are read in place and their rows added in place.
+// top-k experts, with the (expert, weight) pairs that rank must apply. Replicas of an expert split
+// its tokens evenly (PlanMoeSend). The receiver runs its experts grouped and returns one weighted
+// sum row per received token; Combine adds the rows into the senders' outputs. Tokens a rank
+// serves itself never leave it: they are read in place and their rows added in place.
 //
-// Wire format of one dispatched token (a "record", all 4-byte words): D floats of hidden state,
-// then K int32 expert ids (-1 = not for this rank), then K float weights.
+// On the wire, per peer and in this order: the number of tokens (one int64, sent first so the
+// receiver can make room while the payload is already on its way), then their routing words (2K
+// per token, MoeSendPlan::meta), then their rows, sent straight from the hidden-state buffer
+// (PeerExchange::SendRows: an indexed MPI datatype, no packing copy). Counts, routing and rows of
+// every peer are posted at once; a peer's payload is received as soon as its count is in.
+// Combine posts every return at once and reduces peer by peer as each arrives, in a fixed order
+// (this rank's own rows, then rank - 1, rank - 2, ...: the order the peers send in), so the sums do
+// not depend on timing.
+//
+// Buffers are kept across calls: no allocation in steady state. One thread at a time.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "parallel/communicator.h"
-#include "parallel/layout.h"
+#include "parallel/moe_plan.h"
+#include "parallel/placement.h"
 
 namespace dsv4 {
 
 class MoeDispatcher {
  public:
-  MoeDispatcher(Communicator* ep, const ExpertPlacement* placement) : comm_(ep), placement_(placement) {}
+  // `ep` must outlive the dispatcher; the placement is given per Dispatch (it changes by layer and
+  // when the job rebalances).
+  explicit MoeDispatcher(Communicator* ep) : comm_(ep) {}
 
-  // x [n, D] (must stay valid until Combine); experts / weights [n, K] (logical expert ids).
-  // `token_base` offsets token indices for replica choice so TP ranks sharing a batch spread over
-  // replicas like one rank would.
-  absl::Status Dispatch(const float* x, int64_t n, int64_t D, const int32_t* experts, const float* weights, int K,
-                        int64_t token_base = 0);
+  // x [n, D] (must stay valid until Combine); experts / weights [n, K] (logical expert ids, -1 =
+  // none). `placement` must be the same on every rank of the group.
+  absl::Status Dispatch(const ExpertPlacement& placement, const float* x, int64_t n, int64_t D, const int32_t* experts,
+                        const float* weights, int K);
 
-  // What this rank serves: num_received() tokens (its own first, then other ranks').
-  int64_t num_received() const { return num_self_ + num_remote_; }
-  const float* recv_hidden(int64_t i) const;
-  int32_t recv_expert(int64_t i, int j) const;
+  // What this rank serves: num_received() tokens, its own first, then each peer's in rank order.
+  int64_t num_received() const { return static_cast<int64_t>(hidden_.size()); }
+  const float* recv_hidden(int64_t i) const { return hidden_[i]; }
+  // Row i's routing words: K expert ids (-1: not for this rank), then K weights (float bits).
+  const int32_t* recv_meta(int64_t i) const { return meta_[i]; }
+  int32_t recv_expert(int64_t i, int j) const { return meta_[i][j]; }
   float recv_weight(int64_t i, int j) const;
 
   // y_recv [num_received(), D]: this rank's weighted expert sum per served token. Adds each
-  // token's rows from every serving rank into out [n, D] in EP-rank order (out is not cleared).
+  // token's rows from every serving rank into out [n, D] (out is not cleared).
   absl::Status Combine(const float* y_recv, float* out);
 
+  // The last Dispatch's plan ((expert, slot) pairs per EP rank, tokens per peer).
+  const MoeSendPlan& plan() const { return plan_; }
   // Bytes of hidden state and routing (including the tokens a rank serves itself) moved by the
   // last Dispatch + Combine: the figure the raw-transport benchmark moves too.
   int64_t bytes_moved() const { return bytes_moved_; }
 
  private:
-  const float* Meta(int64_t i) const;  // the K ids + K weights of served token i
+  // Grow-only storage, left uninitialized (every byte is received before it is read).
+  template <typename T>
+  struct Buffer {
+    std::unique_ptr<T[]> data;
+    int64_t capacity = 0;
+    T* Reserve(int64_t n) {
+      if (n > capacity) data.reset(new T[n]), capacity = n;
+      return data.get();
+    }
+  };
 
   Communicator* comm_;
-  const ExpertPlacement* placement_;
-  const float* x_ = nullptr;
-  int64_t D_ = 0, n_ = 0, record_ = 0;
+  int64_t D_ = 0;
   int K_ = 0;
-  std::vector<float> send_, recv_, back_;  // reused across steps: no allocation in steady state
-  std::vector<int64_t> send_count_, recv_count_;  // records per peer (self: 0, handled in place)
-  std::vector<int64_t> send_token_;                 // token of each remote record, in send order
-  std::vector<int64_t> self_token_;                 // tokens this rank serves itself
-  std::vector<float> self_meta_;                    // [num_self, 2K] ids (bit patterns) + weights
-  int64_t num_self_ = 0, num_remote_ = 0;
+  MoeSendPlan plan_;
+  std::vector<int64_t> send_count_, recv_count_;  // tokens per peer (self: 0, served in place)
+  std::vector<Buffer<float>> recv_rows_;           // per peer [recv_count, D]
+  std::vector<Buffer<int32_t>> recv_meta_;         // per peer [recv_count, 2K]
+  std::vector<Buffer<float>> back_;                // per peer [send_count, D]: the returned rows
+  std::vector<int64_t> row_offsets_;               // byte offset in x of every packed row
+  std::vector<const float*> hidden_;               // [num_received] rows this rank serves
+  std::vector<const int32_t*> meta_;               // [num_received] their routing words
   int64_t bytes_moved_ = 0;
 };
 

@@ -130,6 +130,9 @@ class MpiCommunicator final : public Communicator {
 
   void Abort(const std::string& reason) override { aborted_ = reason.empty() ? "aborted" : reason; }
   const void* NativeHandle() const override { return &comm_; }
+  std::unique_ptr<PeerExchange> NewExchange(const char* what) override {
+    return std::make_unique<Exchange>(this, what);
+  }
 
  private:
   // One collective: its requests, and which peer each belongs to.
@@ -153,25 +156,13 @@ class MpiCommunicator final : public Communicator {
       if (!c_->aborted_.empty()) Fail(absl::AbortedError(absl::StrCat(what_, " on ", c_->name(),
                                                                       ": communicator aborted: ", c_->aborted_)));
       if (!status_.ok()) return status_;
-      const auto start = std::chrono::steady_clock::now();
-      const auto deadline = start + c_->timeout_;
-      auto nap = std::chrono::microseconds(0);
-      for (int polls = 1;; ++polls) {
-        int done = 0;
-        MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
-        if (done) return absl::OkStatus();
-        const auto now = std::chrono::steady_clock::now();
-        if (now > deadline) return TimedOut();
-        // Large messages only move while we call into MPI, so poll hot at first, yielding the core
-        // to oversubscribed peers every 16th poll only (a yield per poll slowed shared-memory
-        // transfers by a third); a peer that is late by more than 50 ms gets a gentler backoff.
-        if (now - start < std::chrono::milliseconds(50)) {
-          if (polls % 16 == 0) std::this_thread::yield();
-          continue;
-        }
-        nap = std::min<std::chrono::microseconds>(nap * 2 + std::chrono::microseconds(1), std::chrono::microseconds(500));
-        std::this_thread::sleep_for(nap);
-      }
+      if (c_->PollUntil([this] {
+            int done = 0;
+            MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
+            return done != 0;
+          }))
+        return absl::OkStatus();
+      return TimedOut();
     }
 
    private:
@@ -198,15 +189,9 @@ class MpiCommunicator final : public Communicator {
       for (size_t i = 0; i < reqs_.size(); ++i) {
         int flag = 0;
         if (reqs_[i] != MPI_REQUEST_NULL) MPI_Test(&reqs_[i], &flag, MPI_STATUS_IGNORE);
-        if (!flag && reqs_[i] != MPI_REQUEST_NULL) missing.push_back(c_->world_ranks_[peers_[i]]);
+        if (!flag && reqs_[i] != MPI_REQUEST_NULL) missing.push_back(peers_[i]);
       }
-      std::sort(missing.begin(), missing.end());
-      missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
-      const double secs = std::chrono::duration<double>(c_->timeout_).count();
-      return absl::DeadlineExceededError(absl::StrCat(what_, " on ", c_->name(), " (world rank ",
-                                                      c_->world_ranks_[c_->rank_], "): world rank(s) ",
-                                                      absl::StrJoin(missing, ", "), " did not arrive within ", secs,
-                                                      " s"));
+      return c_->Missing(what_, missing);
     }
 
     MpiCommunicator* c_;
@@ -221,6 +206,192 @@ class MpiCommunicator final : public Communicator {
     seq_ = (seq_ + 1) % 30000;  // MPI guarantees tags up to 32767
     return seq_ + 1;
   }
+
+  // Polls `done` until it returns true (true) or the timeout passes (false). Large messages only
+  // move while we call into MPI, so poll hot at first, yielding the core to oversubscribed peers
+  // every 16th poll only (a yield per poll slowed shared-memory transfers by a third); a peer that
+  // is late by more than 50 ms gets a gentler backoff.
+  template <typename Done>
+  bool PollUntil(Done done) const {
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + timeout_;
+    auto nap = std::chrono::microseconds(0);
+    for (int polls = 1;; ++polls) {
+      if (done()) return true;
+      const auto now = std::chrono::steady_clock::now();
+      if (now > deadline) return false;
+      if (now - start < std::chrono::milliseconds(50)) {
+        if (polls % 16 == 0) std::this_thread::yield();
+        continue;
+      }
+      nap = std::min<std::chrono::microseconds>(nap * 2 + std::chrono::microseconds(1), std::chrono::microseconds(500));
+      std::this_thread::sleep_for(nap);
+    }
+  }
+
+  // DEADLINE_EXCEEDED for `what`, naming the world ranks of the (group) peers that did not arrive.
+  absl::Status Missing(const std::string& what, const std::vector<int>& peers) const {
+    std::vector<int> missing;
+    for (int p : peers) missing.push_back(world_ranks_[p]);
+    std::sort(missing.begin(), missing.end());
+    missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+    const double secs = std::chrono::duration<double>(timeout_).count();
+    return absl::DeadlineExceededError(absl::StrCat(what, " on ", name(), " (world rank ", world_ranks_[rank_],
+                                                    "): world rank(s) ", absl::StrJoin(missing, ", "),
+                                                    " did not arrive within ", secs, " s"));
+  }
+
+  // PeerExchange over non-blocking MPI messages, all with one tag (MPI keeps messages between two
+  // ranks with one tag in order). Rows are sent with an hindexed datatype straight from the
+  // caller's buffer.
+  class Exchange final : public PeerExchange {
+   public:
+    Exchange(MpiCommunicator* c, std::string what) : c_(c), what_(std::move(what)), tag_(c->NextTag()) {}
+    ~Exchange() override {
+      for (auto& r : reqs_)
+        if (r != MPI_REQUEST_NULL) {
+          MPI_Cancel(&r);
+          MPI_Request_free(&r);
+        }
+    }
+
+    Handle Send(int peer, const void* data, int64_t bytes) override {
+      return Post(peer, const_cast<void*>(data), bytes, MPI_BYTE, true);
+    }
+    Handle SendRows(int peer, const void* base, int64_t row_bytes, const int64_t* offsets, int64_t count) override {
+      if (count == 0 || row_bytes == 0) return Post(peer, nullptr, 0, MPI_BYTE, true);
+      if (row_bytes > INT_MAX || count > INT_MAX || row_bytes * count > INT_MAX) {
+        Fail(absl::InvalidArgumentError(absl::StrCat(what_, " on ", c_->name(), ": ", count, " rows of ", row_bytes,
+                                                     " bytes to rank ", peer, " (limit 2^31-1 bytes)")));
+        return Record(MPI_REQUEST_NULL, peer);
+      }
+      // Absolute addresses from MPI_BOTTOM: the datatype describes the rows where they are.
+      displs_.resize(count);
+      for (int64_t i = 0; i < count; ++i)
+        MPI_Get_address(static_cast<const char*>(base) + offsets[i], &displs_[i]);
+      MPI_Datatype rows;
+      if (MPI_Type_create_hindexed_block(static_cast<int>(count), static_cast<int>(row_bytes), displs_.data(), MPI_BYTE,
+                                         &rows) != MPI_SUCCESS ||
+          MPI_Type_commit(&rows) != MPI_SUCCESS) {
+        Fail(absl::InternalError(absl::StrCat(what_, " on ", c_->name(), ": cannot build a datatype of ", count,
+                                              " rows")));
+        return Record(MPI_REQUEST_NULL, peer);
+      }
+      const Handle h = Post(peer, MPI_BOTTOM, 1, rows, true);
+      MPI_Type_free(&rows);  // freed once the send no longer needs it
+      return h;
+    }
+    Handle Recv(int peer, void* data, int64_t bytes) override { return Post(peer, data, bytes, MPI_BYTE, false); }
+
+    absl::Status Wait(Handle h) override {
+      DSV4_RETURN_IF_ERROR(Check());
+      if (h < 0 || h >= static_cast<Handle>(reqs_.size()))
+        return absl::InvalidArgumentError(absl::StrCat(what_, ": no message ", h));
+      if (c_->PollUntil([&] {
+            int flag = 0;
+            MPI_Test(&reqs_[h], &flag, MPI_STATUS_IGNORE);
+            return flag != 0;
+          }))
+        return absl::OkStatus();
+      return c_->Missing(what_, {peers_[h]});
+    }
+
+    absl::StatusOr<size_t> WaitAny(const std::vector<Handle>& handles) override {
+      DSV4_RETURN_IF_ERROR(Check());
+      for (Handle h : handles)
+        if (h < 0 || h >= static_cast<Handle>(reqs_.size()))
+          return absl::InvalidArgumentError(absl::StrCat(what_, ": no message ", h));
+      std::vector<size_t> open;
+      for (size_t i = 0; i < handles.size(); ++i)
+        if (!returned_[handles[i]]) open.push_back(i);
+      if (open.empty()) return absl::OutOfRangeError(absl::StrCat(what_, ": every message was already waited for"));
+      // Messages completed by an earlier Wait or WaitAll hold MPI_REQUEST_NULL, which MPI_Testany
+      // skips: they are answered first.
+      for (size_t i : open)
+        if (reqs_[handles[i]] == MPI_REQUEST_NULL) {
+          returned_[handles[i]] = true;
+          return i;
+        }
+      std::vector<MPI_Request> reqs(open.size());
+      for (size_t i = 0; i < open.size(); ++i) reqs[i] = reqs_[handles[open[i]]];
+      int index = MPI_UNDEFINED;
+      const bool ok = c_->PollUntil([&] {
+        int flag = 0;
+        MPI_Testany(static_cast<int>(reqs.size()), reqs.data(), &index, &flag, MPI_STATUS_IGNORE);
+        return flag != 0 && index != MPI_UNDEFINED;
+      });
+      for (size_t i = 0; i < open.size(); ++i) reqs_[handles[open[i]]] = reqs[i];  // completed ones are null now
+      if (!ok) {
+        std::vector<int> peers;
+        for (size_t i : open) peers.push_back(peers_[handles[i]]);
+        return c_->Missing(what_, peers);
+      }
+      const size_t i = open[index];
+      returned_[handles[i]] = true;
+      return i;
+    }
+
+    absl::Status WaitAll() override {
+      DSV4_RETURN_IF_ERROR(Check());
+      if (c_->PollUntil([this] {
+            int done = 0;
+            MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &done, MPI_STATUSES_IGNORE);
+            return done != 0;
+          }))
+        return absl::OkStatus();
+      std::vector<int> peers;
+      for (size_t i = 0; i < reqs_.size(); ++i)
+        if (reqs_[i] != MPI_REQUEST_NULL) peers.push_back(peers_[i]);
+      return c_->Missing(what_, peers);
+    }
+
+   private:
+    absl::Status Check() const {
+      if (!status_.ok()) return status_;
+      if (!c_->aborted_.empty())
+        return absl::AbortedError(absl::StrCat(what_, " on ", c_->name(), ": communicator aborted: ", c_->aborted_));
+      return absl::OkStatus();
+    }
+    void Fail(absl::Status st) {
+      if (status_.ok()) status_ = std::move(st);
+    }
+    Handle Record(MPI_Request r, int peer) {
+      reqs_.push_back(r);
+      peers_.push_back(peer);
+      returned_.push_back(false);
+      return static_cast<Handle>(reqs_.size() - 1);
+    }
+    Handle Post(int peer, void* buf, int64_t count, MPI_Datatype type, bool send) {
+      if (peer < 0 || peer >= c_->size_) {
+        Fail(absl::InvalidArgumentError(absl::StrCat(what_, " on ", c_->name(), ": peer ", peer, " outside [0, ",
+                                                     c_->size_, ")")));
+        return Record(MPI_REQUEST_NULL, 0);
+      }
+      if (count < 0 || count > INT_MAX) {
+        Fail(absl::InvalidArgumentError(absl::StrCat(what_, " on ", c_->name(), ": message of ", count,
+                                                     " bytes to/from rank ", peer, " (limit 2^31-1)")));
+        return Record(MPI_REQUEST_NULL, peer);
+      }
+      MPI_Request r;
+      const int n = static_cast<int>(count);
+      const int rc = send ? MPI_Isend(buf, n, type, peer, tag_, c_->comm_, &r)
+                          : MPI_Irecv(buf, n, type, peer, tag_, c_->comm_, &r);
+      if (rc != MPI_SUCCESS) {
+        Fail(absl::UnavailableError(absl::StrCat(what_, " on ", c_->name(), ": MPI error ", rc, " with rank ", peer)));
+        return Record(MPI_REQUEST_NULL, peer);
+      }
+      return Record(r, peer);
+    }
+
+    MpiCommunicator* c_;
+    std::string what_;
+    int tag_;
+    std::vector<MPI_Request> reqs_;
+    std::vector<int> peers_;
+    std::vector<bool> returned_;
+    std::vector<MPI_Aint> displs_;
+    absl::Status status_;
+  };
 
   absl::Status GatherImpl(const char* what, const float* in, const int64_t* counts, float* out) {
     Op op(this, what);

@@ -52,15 +52,15 @@ absl::Status NcclMoeExchange::Upload(const std::vector<T>& host, T** dev, cudaSt
   return Cuda(cudaMemcpyAsync(*dev, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream), "upload");
 }
 
-absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, const int32_t* experts,
-                                       const float* weights, int K, cudaStream_t stream, int64_t token_base) {
+absl::Status NcclMoeExchange::Dispatch(const ExpertPlacement& placement, const float* x, int64_t n, int64_t D,
+                                       const int32_t* experts, const float* weights, int K, cudaStream_t stream) {
   n_ = n, D_ = D;
   // The previous micro-batch on this stream is done before its workspace is reused (bounded wait).
   DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));
   pool_->Reset();
-  DSV4_ASSIGN_OR_RETURN(send_, PlanMoeSend(*placement_, experts, weights, n, K, token_base));
   const int ep = comm_->size();
-  if (send_.ep != ep) return absl::InvalidArgumentError("MoE exchange: placement and communicator sizes differ");
+  if (placement.ep() != ep) return absl::InvalidArgumentError("MoE exchange: placement and communicator sizes differ");
+  DSV4_ASSIGN_OR_RETURN(send_, PlanMoeSend(placement, experts, weights, n, K, comm_->rank()));
 
   // 1. Counts: one int64 per peer each way.
   std::vector<int64_t> ones(ep, 1), cnt_bytes, cnt_displs;
@@ -82,16 +82,10 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   int64_t received = 0;
   for (int64_t c : recv_count_) received += c;
 
-  // 2. Records: K expert ids then K weights per token (4-byte words).
+  // 2. Records: K expert ids then K weights per token (4-byte words, MoeSendPlan::meta).
   const int64_t rec = 2 * static_cast<int64_t>(K);
-  std::vector<int32_t> records(send_.total() * rec);
-  for (int64_t i = 0; i < send_.total(); ++i)
-    for (int j = 0; j < K; ++j) {
-      records[i * rec + j] = send_.expert[i * K + j];
-      std::memcpy(&records[i * rec + K + j], &send_.weight[i * K + j], sizeof(float));
-    }
   int32_t *dev_records = nullptr, *dev_recv_records = Take<int32_t>(received * rec);
-  DSV4_RETURN_IF_ERROR(Upload(records, &dev_records, stream));
+  DSV4_RETURN_IF_ERROR(Upload(send_.meta, &dev_records, stream));
   if (dev_recv_records == nullptr) return absl::ResourceExhaustedError("MoE exchange: workspace pool too small");
   std::vector<int64_t> sb, sd, rb, rd;
   Bytes(send_.send_count, rec * 4, sb, sd);
@@ -108,16 +102,8 @@ absl::Status NcclMoeExchange::Dispatch(const float* x, int64_t n, int64_t D, con
   }
 
   DSV4_RETURN_IF_ERROR(comm_->Synchronize(stream));  // the records are on the host now
-  const int32_t* recv_records = static_cast<const int32_t*>(pinned_);
-  std::vector<int32_t> recv_expert(received * K);
-  std::vector<float> recv_weight(received * K);
-  for (int64_t r = 0; r < received; ++r)
-    for (int j = 0; j < K; ++j) {
-      recv_expert[r * K + j] = recv_records[r * rec + j];
-      std::memcpy(&recv_weight[r * K + j], &recv_records[r * rec + K + j], sizeof(float));
-    }
-  DSV4_ASSIGN_OR_RETURN(
-      groups_, PlanExpertGroups(*placement_, comm_->rank(), recv_expert.data(), recv_weight.data(), received, K));
+  DSV4_ASSIGN_OR_RETURN(groups_, PlanExpertGroups(placement, comm_->rank(), static_cast<const int32_t*>(pinned_),
+                                                  received, K));
 
   // Every plan array goes up now, while the stream is idle: copies from pageable memory wait for the
   // stream, so none may follow the rows in flight.

@@ -20,27 +20,28 @@
 
 #include "absl/status/status.h"
 #include "kernels/cuda/memory.h"
-#include "parallel/layout.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/nccl_plan.h"
+#include "parallel/placement.h"
 
 namespace dsv4 {
 
 class NcclMoeExchange {
  public:
-  // `ep`, `placement` and `workspace` must outlive the exchange; the workspace holds this
-  // micro-batch's buffers (about (sent + 2 * received + grouped rows) * D floats).
-  NcclMoeExchange(NcclCommunicator* ep, const ExpertPlacement* placement, kernels::cuda::DevicePool* workspace)
-      : comm_(ep), placement_(placement), pool_(workspace) {}
+  // `ep` and `workspace` must outlive the exchange; the workspace holds this micro-batch's buffers
+  // (about (sent + 2 * received + grouped rows) * D floats).
+  NcclMoeExchange(NcclCommunicator* ep, kernels::cuda::DevicePool* workspace) : comm_(ep), pool_(workspace) {}
   ~NcclMoeExchange();
   NcclMoeExchange(const NcclMoeExchange&) = delete;
   NcclMoeExchange& operator=(const NcclMoeExchange&) = delete;
 
-  // x [n, D] device; experts / weights [n, K] host. Blocks the host (bounded by the communicator's
-  // timeout) for the small count and record exchanges; the hidden rows are left in flight on
-  // `stream`. One stream per exchange: the next Dispatch reuses the workspace in stream order.
-  absl::Status Dispatch(const float* x, int64_t n, int64_t D, const int32_t* experts, const float* weights, int K,
-                        cudaStream_t stream, int64_t token_base = 0);
+  // x [n, D] device; experts / weights [n, K] host; `placement` (the layer's, the same on every rank;
+  // it must outlive Combine) decides the routes, as on the MPI path (PlanMoeSend). Blocks the host
+  // (bounded by the communicator's timeout) for the small count and record exchanges; the hidden
+  // rows are left in flight on `stream`. One stream per exchange: the next Dispatch reuses the
+  // workspace in stream order.
+  absl::Status Dispatch(const ExpertPlacement& placement, const float* x, int64_t n, int64_t D, const int32_t* experts,
+                        const float* weights, int K, cudaStream_t stream);
 
   // After Dispatch: the received tokens grouped by local expert.
   const ExpertGroups& groups() const { return groups_; }
@@ -62,7 +63,6 @@ class NcclMoeExchange {
   absl::Status EnsurePinned(int64_t bytes);
 
   NcclCommunicator* comm_;
-  const ExpertPlacement* placement_;
   kernels::cuda::DevicePool* pool_;
   int64_t n_ = 0, D_ = 0;
   MoeSendPlan send_;

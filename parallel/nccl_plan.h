@@ -5,21 +5,18 @@
 //    zero-byte messages dropped, the self part a local copy.
 //  - MicroBatches: the token ranges MoE splits a step into so one half's dispatch / combine overlaps
 //    the other half's expert computation.
-//  - MoeSendPlan: which of this rank's tokens go to which EP rank, packed peer by peer (each token
-//    at most once per peer, with the (expert, weight) pairs that peer applies), and the ordered
-//    combine of the returned rows (CSR per token, in EP-rank order: deterministic sums).
-//  - ExpertGroups: on the receiving rank, the received tokens regrouped by local expert for the
-//    grouped GEMM, and the per-received-token sum over its experts.
+//
+// The MoE plans themselves (which token goes to which EP rank, the expert grouping on the receiver,
+// the order of the combine) are shared with the MPI path: parallel/moe_plan.h.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "parallel/moe_plan.h"
 
 namespace dsv4 {
-
-class ExpertPlacement;
 
 // ---- grouped point-to-point exchange --------------------------------------------------------------
 
@@ -55,44 +52,5 @@ struct TokenRange {
 // One range for n < min_tokens_to_split (too few tokens to hide communication), else two halves
 // (the first gets the extra token).
 std::vector<TokenRange> MicroBatches(int64_t n, int64_t min_tokens_to_split);
-
-// ---- MoE dispatch / combine plans ------------------------------------------------------------------
-
-struct MoeSendPlan {
-  int ep = 0;
-  int K = 0;
-  std::vector<int64_t> send_count;   // [ep] tokens sent to each EP rank (self included)
-  std::vector<int64_t> send_offset;  // [ep + 1] first packed row of each EP rank
-  std::vector<int64_t> token;        // [total] token index of each packed row (GatherRows ids)
-  std::vector<int32_t> expert;       // [total, K] expert ids that rank applies; -1 = not for it
-  std::vector<float> weight;         // [total, K] their routing weights; 0 where expert is -1
-  // Combine: token t's returned rows are packed rows combine_rows[combine_offset[t] ..
-  // combine_offset[t+1]), in EP-rank order.
-  std::vector<int32_t> combine_offset;  // [n + 1]
-  std::vector<int32_t> combine_rows;    // [total]
-  int64_t total() const { return static_cast<int64_t>(token.size()); }
-};
-
-// experts [n, K] (logical ids, -1 = none); weights [n, K]. Replicas are chosen by token index +
-// token_base (ExpertPlacement::Route). InvalidArgument on an expert id outside the placement.
-absl::StatusOr<MoeSendPlan> PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights,
-                                        int64_t n, int K, int64_t token_base = 0);
-
-struct ExpertGroups {
-  std::vector<int64_t> local_experts;  // the logical experts this rank holds, ascending
-  std::vector<int32_t> offsets;        // [local_experts + 1] rows of each expert in the grouped buffer
-  std::vector<int64_t> row_token;      // [rows] received token (row of the receive buffer) per row
-  std::vector<float> row_weight;       // [rows] its routing weight (applied before w2)
-  // Sum per received token over its experts: rows sum_rows[sum_offset[r] .. sum_offset[r+1]).
-  std::vector<int32_t> sum_offset;  // [received + 1]
-  std::vector<int32_t> sum_rows;    // [rows]
-  int64_t rows() const { return static_cast<int64_t>(row_token.size()); }
-};
-
-// recv_expert / recv_weight [received, K]: what arrived with the received tokens. Rows are grouped
-// by expert in ascending id order, tokens in receive order within an expert. InvalidArgument when
-// a received expert id is not held by `rank`.
-absl::StatusOr<ExpertGroups> PlanExpertGroups(const ExpertPlacement& placement, int rank, const int32_t* recv_expert,
-                                              const float* recv_weight, int64_t received, int K);
 
 }  // namespace dsv4

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/thread_pool.h"
@@ -15,7 +16,10 @@ void AddRuntimeFlags(Flags& flags) {
       .Bool("qdq", d.qdq, "reproduce the reference's quantization simulation")
       .Int("threads", d.threads, "CPU threads per rank (0 = one per core available to the rank)", 0, kMaxCpuThreads)
       .Int("tp", d.tp, "tensor-parallel ranks for attention (divides the world)", 1, 1 << 16)
-      .Int("ep", d.ep, "expert-parallel ranks (0 = the whole world)", 0, 1 << 16)
+      .Int("ep", d.ep, "expert-parallel ranks (0 = the whole world); need not divide the routed experts", 0, 1 << 16)
+      .Int("redundant-experts", d.redundant_experts,
+           "extra expert slots per layer over the EP group, holding copies of the most loaded experts", 0, 1 << 20)
+      .String("placement", "", "expert placement file (JSON: each EP rank's slots, per layer; docs/parallelism.md)")
       .Double("comm-timeout-s", d.comm_timeout_s, "seconds a collective may wait for a peer before the job fails",
               0.001, 86400)
       .String("engram-placement", "local",
@@ -30,6 +34,8 @@ absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
   o.threads = static_cast<int>(flags.GetInt("threads"));
   o.tp = static_cast<int>(flags.GetInt("tp"));
   o.ep = static_cast<int>(flags.GetInt("ep"));
+  o.redundant_experts = flags.GetInt("redundant-experts");
+  o.placement_file = flags.GetString("placement");
   o.comm_timeout_s = flags.GetDouble("comm-timeout-s");
   DSV4_ASSIGN_OR_RETURN(o.engram_placement, ParseEngramPlacement(flags.GetString("engram-placement")));
   return o;
@@ -52,17 +58,27 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   log::SetRank(world->rank());
 
   std::unique_ptr<Runtime> rt(new Runtime(options));
+  PlacementSpec placement;
+  placement.redundant = options.redundant_experts;
+  ModelPlacement given;
+  if (!options.placement_file.empty()) {
+    DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(options.placement_file, int64_t{1} << 28), "--placement");
+    DSV4_ASSIGN_OR_RETURN(given, ModelPlacement::FromJson(text, options.placement_file));
+    placement.given = &given;
+    placement.given_source = options.placement_file;
+  }
   // The layout is validated against the model's sizes once its config is read; the weights are
   // then loaded for this rank's slice only.
   DSV4_ASSIGN_OR_RETURN(
       std::unique_ptr<ModelWeights> weights,
       LoadModel(options.model, [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
-        const ShardedDims dims{c.num_attention_heads, c.o_groups, c.n_routed_experts};
-        DSV4_ASSIGN_OR_RETURN(rt->groups_, MakeParallelGroups(std::move(world), options.tp, options.ep, dims));
+        const ShardedDims dims{c.num_attention_heads, c.o_groups, c.n_routed_experts, c.num_hidden_layers};
+        DSV4_ASSIGN_OR_RETURN(rt->groups_,
+                              MakeParallelGroups(std::move(world), options.tp, options.ep, dims, placement));
         const ParallelContext& ctx = rt->groups_->ctx;
         LoadOptions load;
         load.tp_rank = ctx.layout.tp_rank, load.tp_size = ctx.layout.tp;
-        load.owns_expert = [&ctx](int64_t, int64_t e) { return ctx.placement.Holds(ctx.layout.ep_rank, e); };
+        load.owns_expert = [&ctx](int64_t l, int64_t e) { return ctx.placement.layer(l).Holds(ctx.layout.ep_rank, e); };
         return load;
       }));
   ForwardOptions forward;

@@ -24,12 +24,14 @@ struct RuntimeOptions {
   int threads = 0;                        // CPU threads per rank (0: one per available core)
   int tp = 1;                             // tensor-parallel ranks for attention
   int ep = 0;                             // expert-parallel ranks (0: the whole world)
+  int64_t redundant_experts = 0;          // extra expert slots per layer, holding copies of hot experts
+  std::string placement_file;             // a placement file (parallel/placement.h) instead of the default
   double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
   EngramPlacement engram_placement = EngramPlacement::kLocal;
 };
 
 // The flags of every command that runs the model: --model, --qdq, --threads, --tp, --ep,
-// --comm-timeout-s, --engram-placement; and the options they give.
+// --redundant-experts, --placement, --comm-timeout-s, --engram-placement; and the options they give.
 void AddRuntimeFlags(Flags& flags);
 absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags);
 

@@ -420,6 +420,18 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
   return w;
 }
 
+absl::StatusOr<ExpertWeights> LoadExpertWeights(const Checkpoint& ckpt, const ModelConfig& config, int64_t layer,
+                                                int64_t expert) {
+  if (layer < 0 || layer >= config.num_hidden_layers || expert < 0 || expert >= config.n_routed_experts)
+    return absl::InvalidArgumentError(absl::StrCat("expert ", expert, " of layer ", layer, " is outside the model (",
+                                                   config.num_hidden_layers, " layers, ", config.n_routed_experts,
+                                                   " routed experts)"));
+  Reader r(ckpt, config.fp8_block_rows, config.fp8_block_cols);
+  ExpertWeights e = LoadExpert(r, absl::StrCat("layers.", layer, ".ffn.experts.", expert), config);
+  DSV4_RETURN_IF_ERROR(r.status());
+  return e;
+}
+
 namespace {
 
 // Engram models build their hasher from the model's tokenizer.json (FindTokenizerJson: the

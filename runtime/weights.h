@@ -105,7 +105,8 @@ struct ModelWeights {
 };
 
 struct LoadOptions {
-  // Which routed experts this rank holds (default: all).
+  // Which routed experts this rank holds (default: all). Others can be loaded later
+  // (LoadExpertWeights).
   std::function<bool(int64_t layer, int64_t expert)> owns_expert;
   // Tensor-parallel slice of attention: query heads, sinks, output groups (wo_a rows, wo_b columns)
   // and the vocab rows of the head. Views into the one mapping: nothing else is read.
@@ -118,6 +119,11 @@ struct LoadOptions {
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const Checkpoint> ckpt,
                                                          const ModelConfig& config, const LoadOptions& options = {});
+
+// Views of routed expert `expert` of layer `layer`, checked as LoadWeights checks them: what a rank
+// loads when a new expert placement gives it an expert it did not hold.
+absl::StatusOr<ExpertWeights> LoadExpertWeights(const Checkpoint& ckpt, const ModelConfig& config, int64_t layer,
+                                                int64_t expert);
 
 // Opens `dir` (config.json + safetensors) or a built-in name ("builtin:v4-tiny") and loads it.
 // `make_options`, when given, decides the slice to load once the config is known.

@@ -60,14 +60,26 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
   InitEngram();
-  expert_load_ = std::make_unique<std::atomic<int64_t>[]>(c.num_hidden_layers * c.n_routed_experts);
+  const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
+  expert_load_ = std::make_unique<std::atomic<int64_t>[]>(L * E);
+  routed_.assign(L, std::vector<const ExpertWeights*>(E, nullptr));
+  extra_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    extra_[l].resize(E);
+    for (int64_t e = 0; e < E; ++e)
+      if (w_->layers[l].expert_loaded[e]) routed_[l][e] = &w_->layers[l].experts[e];
+  }
+  if (par_ != nullptr) {
+    placement_ = std::make_shared<const ModelPlacement>(par_->placement);
+    dispatcher_ = std::make_unique<MoeDispatcher>(par_->ep);
+  }
 }
 
 std::vector<int64_t> Model::ExpertLoad() const {
-  const int64_t E = config().n_routed_experts;
-  const std::vector<int64_t> by_layer = ExpertLoadByLayer();
+  const int64_t L = config().num_hidden_layers, E = config().n_routed_experts;
   std::vector<int64_t> load(E, 0);
-  for (size_t i = 0; i < by_layer.size(); ++i) load[i % E] += by_layer[i];
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e) load[e] += expert_load_[l * E + e].load(std::memory_order_relaxed);
   return load;
 }
 
@@ -75,6 +87,50 @@ std::vector<int64_t> Model::ExpertLoadByLayer() const {
   std::vector<int64_t> load(config().num_hidden_layers * config().n_routed_experts);
   for (size_t i = 0; i < load.size(); ++i) load[i] = expert_load_[i].load(std::memory_order_relaxed);
   return load;
+}
+
+std::shared_ptr<const ModelPlacement> Model::placement() const {
+  absl::MutexLock l(&placement_mu_);
+  return placement_;
+}
+
+absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
+  if (par_ == nullptr) return absl::FailedPreconditionError("this model runs without expert parallelism");
+  const ModelConfig& c = config();
+  const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
+  const int me = par_->layout.ep_rank;
+  DSV4_RETURN_IF_ERROR(next.CheckFits(L, E, par_->layout.ep, "the new expert placement"));
+  // Everything that can fail first: views of the experts this rank gains.
+  struct Gain {
+    int64_t layer, expert;
+    std::unique_ptr<ExpertWeights> weights;  // null: the view loaded at start is reused
+  };
+  std::vector<Gain> gains;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e) {
+      if (!next.layer(l).Holds(me, e) || routed_[l][e] != nullptr) continue;
+      Gain g{l, e, nullptr};
+      if (!w_->layers[l].expert_loaded[e]) {
+        DSV4_ASSIGN_OR_RETURN(ExpertWeights w, LoadExpertWeights(*w_->checkpoint, c, l, e));
+        g.weights = std::make_unique<ExpertWeights>(w);
+      }
+      gains.push_back(std::move(g));
+    }
+  // Then the switch, which cannot fail.
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e)
+      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) routed_[l][e] = nullptr, extra_[l][e].reset();
+  for (Gain& g : gains) {
+    if (g.weights) {
+      extra_[g.layer][g.expert] = std::move(g.weights);
+      routed_[g.layer][g.expert] = extra_[g.layer][g.expert].get();
+    } else {
+      routed_[g.layer][g.expert] = &w_->layers[g.layer].experts[g.expert];
+    }
+  }
+  absl::MutexLock l(&placement_mu_);
+  placement_ = std::make_shared<const ModelPlacement>(next);
+  return absl::OkStatus();
 }
 
 SequenceCache Model::NewCache() const {

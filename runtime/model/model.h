@@ -15,8 +15,11 @@
 #include <span>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "parallel/layout.h"
+#include "parallel/moe_dispatch.h"
 #include "runtime/engram/row_source.h"
 #include "runtime/model/cache.h"
 #include "runtime/weights.h"
@@ -99,8 +102,19 @@ class Model {
   // Tokens this rank's copy of each routed expert has processed since the model was built, summed
   // over layers: [n_routed_experts], for load reporting (the control plane's Status). Thread-safe.
   std::vector<int64_t> ExpertLoad() const;
-  // The same by layer: [num_hidden_layers, n_routed_experts] (the hash-routed layers included).
+  // The same per MoE layer: [num_hidden_layers * n_routed_experts], layer-major (what EPLB
+  // balances). Thread-safe.
   std::vector<int64_t> ExpertLoadByLayer() const;
+
+  // Expert parallelism: where the routed experts live now (null without a ParallelContext).
+  // Thread-safe.
+  std::shared_ptr<const ModelPlacement> placement() const;
+  // Switches to `next`: views of the experts this rank gains are loaded from the mapped checkpoint
+  // (and checked) first, then the placement and this rank's expert table change together. Every rank
+  // of the job must switch at the same step, between steps (the step plan carries it: runtime/step.h);
+  // not while a Forward runs. On error nothing changed here, but other ranks may have switched:
+  // the job must stop.
+  absl::Status SwitchPlacement(const ModelPlacement& next);
 
   // OK when every id is in the vocabulary and, with Engram, has a compressed id.
   absl::Status CheckTokens(std::span<const int32_t> tokens) const;
@@ -169,12 +183,13 @@ class Model {
   // Router: top-k logical experts and their weights for each of n tokens.
   void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
              float* weights) const;
-  // Routed experts over tokens [0, n) on this rank, or dispatched over the EP group.
-  // With `shared_out`, the shared expert over the same n rows runs in the same grouped products.
-  void RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
-                   float* out, float* shared_out = nullptr) const;
+  // Routed experts over n rows on this rank (rows[i]: row i's D floats, wherever it lives) into out
+  // [n, D] (added), or dispatched over the EP group. With `shared_out`, the shared expert over the
+  // contiguous `shared_x` [n, D] runs in the same grouped products.
+  void RoutedLocal(int64_t layer, const float* const* rows, int64_t n, const int32_t* experts, const float* weights,
+                   float* out, const float* shared_x = nullptr, float* shared_out = nullptr) const;
   absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
-                                    const float* weights, int64_t token_base, float* out) const;
+                                    const float* weights, float* out) const;
   void Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const;
   // Several experts, each over its own rows, as three grouped products (w1 and w3 together, then
   // w2): out[m, D] = expert(x[m, D]) (times the routing weight of each row when weights is set).
@@ -208,7 +223,15 @@ class Model {
   const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
-  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [num_hidden_layers, n_routed_experts]
+  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [layers * n_routed_experts]
+  // The routed experts this rank serves: [layer][expert] -> views (null: held elsewhere), pointing
+  // into w_ (loaded at start) or into extra_ (loaded by a placement switch). Engine thread only.
+  std::vector<std::vector<const ExpertWeights*>> routed_;
+  std::vector<std::vector<std::unique_ptr<ExpertWeights>>> extra_;
+  mutable absl::Mutex placement_mu_;
+  std::shared_ptr<const ModelPlacement> placement_ ABSL_GUARDED_BY(placement_mu_);
+  // The EP exchange's buffers, kept across layers and steps (engine thread only, like the caches).
+  mutable std::unique_ptr<MoeDispatcher> dispatcher_;
 };
 
 }  // namespace dsv4

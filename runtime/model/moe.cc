@@ -121,8 +121,8 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   }
 }
 
-void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t* experts, const float* weights,
-                        float* out, float* shared_out) const {
+void Model::RoutedLocal(int64_t layer, const float* const* rows, int64_t n, const int32_t* experts,
+                        const float* weights, float* out, const float* shared_x, float* shared_out) const {
   using kernels::NoInit;
   using kernels::Scratch;
   const ModelConfig& c = config();
@@ -147,15 +147,16 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t*
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = first[e], m = first[e + 1] - b;
     if (m == 0) continue;
-    DSV4_CHECK(lw.expert_loaded[e], "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
+    const ExpertWeights* ew = routed_[layer][e];
+    DSV4_CHECK(ew != nullptr, "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
     expert_load_[layer * E + e].fetch_add(m, std::memory_order_relaxed);
     for (int64_t i = 0; i < m; ++i) {
-      std::memcpy(&xs[(b + i) * D], x + (slots[b + i] / K) * D, D * sizeof(float));
+      std::memcpy(&xs[(b + i) * D], rows[slots[b + i] / K], D * sizeof(float));
       ws[b + i] = weights[slots[b + i]];
     }
-    runs[num_runs++] = {&lw.experts[e], &xs[b * D], m, &ws[b], &ys[b * D]};
+    runs[num_runs++] = {ew, &xs[b * D], m, &ws[b], &ys[b * D]};
   }
-  if (shared_out != nullptr && n > 0) runs[num_runs++] = {&lw.shared, x, n, nullptr, shared_out};
+  if (shared_out != nullptr && n > 0) runs[num_runs++] = {&lw.shared, shared_x, n, nullptr, shared_out};
   ExpertGroup(runs.data(), num_runs);
   // Sum into the tokens' rows, expert by expert.
   for (int64_t i = 0; i < total; ++i) {
@@ -164,21 +165,26 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t n, const int32_t*
 }
 
 absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
-                                         const float* weights, int64_t token_base, float* out) const {
+                                         const float* weights, float* out) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size;
   const int K = static_cast<int>(c.num_experts_per_tok);
-  MoeDispatcher dispatcher(par_->ep, &par_->placement);
-  DSV4_RETURN_IF_ERROR(dispatcher.Dispatch(x, n, D, experts, weights, K, token_base));
-  // The received records are tokens of other ranks: run them as a batch of their own.
+  // The placement only changes between steps (SwitchPlacement), on this thread.
+  const std::shared_ptr<const ModelPlacement> placement = this->placement();
+  MoeDispatcher& dispatcher = *dispatcher_;
+  DSV4_RETURN_IF_ERROR(dispatcher.Dispatch(placement->layer(layer), x, n, D, experts, weights, K));
+  // The tokens this rank serves (its own in place, the others' as received) run as one batch.
   const int64_t m = dispatcher.num_received();
-  std::vector<float> xr(m * D), wr(m * K), yr(m * D, 0.f);
-  std::vector<int32_t> er(m * K);
+  kernels::Scratch<const float*> rows(m, kernels::NoInit{});
+  kernels::Scratch<int32_t> er(m * K, kernels::NoInit{});
+  kernels::Scratch<float> wr(m * K, kernels::NoInit{}), yr(m * D);
   for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(&xr[i * D], dispatcher.recv_hidden(i), D * sizeof(float));
-    for (int j = 0; j < K; ++j) er[i * K + j] = dispatcher.recv_expert(i, j), wr[i * K + j] = dispatcher.recv_weight(i, j);
+    rows[i] = dispatcher.recv_hidden(i);
+    const int32_t* meta = dispatcher.recv_meta(i);
+    std::memcpy(&er[i * K], meta, K * sizeof(int32_t));
+    std::memcpy(&wr[i * K], meta + K, K * sizeof(float));
   }
-  RoutedLocal(layer, xr.data(), m, er.data(), wr.data(), yr.data());
+  RoutedLocal(layer, rows.data(), m, er.data(), wr.data(), yr.data());
   return dispatcher.Combine(yr.data(), out);
 }
 
@@ -195,10 +201,12 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   kernels::Scratch<float> weights(mine * K, kernels::NoInit{}), shared(mine * D, kernels::NoInit{});
   Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
-    DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), t0, part));
+    DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), part));
     Expert(w_->layers[layer].shared, x + t0 * D, mine, nullptr, shared.data());
   } else {
-    RoutedLocal(layer, x + t0 * D, mine, experts.data(), weights.data(), part, shared.data());
+    kernels::Scratch<const float*> rows(mine, kernels::NoInit{});
+    for (int64_t i = 0; i < mine; ++i) rows[i] = x + (t0 + i) * D;
+    RoutedLocal(layer, rows.data(), mine, experts.data(), weights.data(), part, x + t0 * D, shared.data());
   }
   for (int64_t i = 0; i < mine * D; ++i) part[i] += shared[i];
   if (tp == 1) return absl::OkStatus();

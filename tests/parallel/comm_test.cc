@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -84,6 +85,97 @@ TEST(Comm, AllToAllVPatterns) {
   CheckAllToAll(*c, [](int from, int to) { return from == to ? 5 : 0; });            // only self
 }
 
+// PeerExchange: every rank sends every other rank a count first, then that many rows gathered
+// from scattered places of a buffer (SendRows), then a trailer. Receivers make room as each count
+// arrives (WaitAny) and check where every value came from.
+TEST(Comm, ExchangeSizesAheadOfRows) {
+  auto c = World();
+  const int P = c->size(), me = c->rank();
+  const int64_t W = 5;  // floats per row
+  auto count_to = [](int from, int to) { return static_cast<int64_t>((from * 3 + to * 5) % 4); };  // some zero
+  // The source: 8 rows; peer p gets rows 7, 6, 5, ... (reversed: not contiguous in the source order).
+  std::vector<float> src(8 * W);
+  for (int64_t r = 0; r < 8; ++r)
+    for (int64_t i = 0; i < W; ++i) src[r * W + i] = Tag(me, r * 10 + i);
+  std::vector<int64_t> counts_out(P), counts_in(P, -1), offsets(8);
+  for (int64_t r = 0; r < 8; ++r) offsets[r] = (7 - r) * W * static_cast<int64_t>(sizeof(float));
+  std::vector<int32_t> trailer_out(P), trailer_in(P, -1);
+  for (int round = 0; round < 2; ++round) {
+    auto ex = c->NewExchange("exchange test");
+    std::vector<PeerExchange::Handle> count_msgs;
+    std::vector<int> peers;
+    for (int p = 0; p < P; ++p)
+      if (p != me) peers.push_back(p), count_msgs.push_back(ex->Recv(p, &counts_in[p], sizeof(int64_t)));
+    for (int p = 0; p < P; ++p) {
+      if (p == me) continue;
+      counts_out[p] = count_to(me, p);
+      trailer_out[p] = me * 100 + p;
+      ex->Send(p, &counts_out[p], sizeof(int64_t));
+      ex->SendRows(p, src.data(), W * sizeof(float), offsets.data(), counts_out[p]);
+      ex->Send(p, &trailer_out[p], sizeof(int32_t));
+    }
+    std::vector<std::vector<float>> rows(P);
+    for (size_t k = 0; k < peers.size(); ++k) {
+      auto i = ex->WaitAny(count_msgs);
+      ASSERT_TRUE(i.ok()) << i.status();
+      const int p = peers[*i];
+      ASSERT_EQ(counts_in[p], count_to(p, me));
+      rows[p].assign(counts_in[p] * W, -1.f);
+      ex->Recv(p, rows[p].data(), counts_in[p] * W * static_cast<int64_t>(sizeof(float)));
+      ex->Recv(p, &trailer_in[p], sizeof(int32_t));
+    }
+    EXPECT_EQ(ex->WaitAny(count_msgs).status().code(), absl::StatusCode::kOutOfRange);
+    ASSERT_TRUE(ex->WaitAll().ok());
+    for (int p = 0; p < P; ++p) {
+      if (p == me) continue;
+      EXPECT_EQ(trailer_in[p], p * 100 + me);
+      for (int64_t k = 0; k < counts_in[p]; ++k)
+        for (int64_t i = 0; i < W; ++i) ASSERT_EQ(rows[p][k * W + i], Tag(p, (7 - k) * 10 + i)) << "from " << p;
+    }
+  }
+}
+
+TEST(Comm, ExchangeWithSelfInAWorldOfOne) {
+  auto local = MakeLocalCommunicator();
+  auto ex = local->NewExchange("self");
+  const float a[3] = {1, 2, 3};
+  float b[3] = {};
+  const int64_t offsets[2] = {8, 0};
+  ex->SendRows(0, a, 4, offsets, 2);  // a[2], a[0]
+  const auto h = ex->Recv(0, b, 8);
+  ASSERT_TRUE(ex->Wait(h).ok());
+  EXPECT_EQ(b[0], 3.f);
+  EXPECT_EQ(b[1], 1.f);
+  float lonely;
+  const auto unmatched = ex->Recv(0, &lonely, 4);
+  EXPECT_EQ(ex->Wait(unmatched).code(), absl::StatusCode::kFailedPrecondition);
+  auto bad = local->NewExchange("self");
+  bad->Send(1, a, 4);
+  EXPECT_EQ(bad->WaitAll().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A peer that never sends: the exchange's wait fails within the timeout, naming it.
+TEST(Comm, ExchangeMissingPeerTimesOutWithNames) {
+  auto c = World();
+  if (c->size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto sub = c->Split(0, c->rank(), "exchange-timeout-test");
+  ASSERT_TRUE(sub.ok());
+  (*sub)->set_timeout(std::chrono::milliseconds(800));
+  const int absent = c->size() - 1;
+  if (c->rank() != absent) {
+    auto ex = (*sub)->NewExchange("MoE test");
+    int64_t n = 0;
+    const auto h = ex->Recv(absent, &n, sizeof(n));
+    const absl::Status st = ex->Wait(h);
+    EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+    EXPECT_NE(st.message().find("MoE test"), std::string::npos) << st;
+    EXPECT_NE(st.message().find("rank(s) " + std::to_string(absent)), std::string::npos) << st;
+    auto any = ex->WaitAny({h});
+    EXPECT_EQ(any.status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  ASSERT_TRUE(c->Barrier().ok());
+}
+
 TEST(Comm, SplitGroupsAreIndependent) {
   auto c = World();
   auto sub = c->Split(c->rank() % 2, c->rank(), "parity");
@@ -125,6 +217,8 @@ TEST(Comm, AbortFailsPromptly) {
   (*sub)->Abort("test");
   float x = 0;
   EXPECT_EQ((*sub)->AllReduceSum(&x, 1).code(), absl::StatusCode::kAborted);
+  auto ex = (*sub)->NewExchange("after abort");
+  EXPECT_EQ(ex->WaitAll().code(), absl::StatusCode::kAborted);
 }
 
 }  // namespace

@@ -16,8 +16,8 @@
 #include <tuple>
 #include <vector>
 
-#include "parallel/layout.h"
 #include "parallel/nccl_plan.h"
+#include "parallel/placement.h"
 
 namespace dsv4 {
 namespace {
@@ -147,7 +147,7 @@ void RunMoe(int P, int64_t E, int K, bool replica, bool with_gaps) {
         w[r][t * K + j] = wd(rng);
       }
     }
-    auto p = PlanMoeSend(placement, experts[r].data(), w[r].data(), n[r], K, /*token_base=*/r * 7);
+    auto p = PlanMoeSend(placement, experts[r].data(), w[r].data(), n[r], K, /*sender=*/r);
     ASSERT_TRUE(p.ok()) << p.status();
     send[r] = *p;
     ASSERT_EQ(send[r].send_offset[P], send[r].total());
@@ -157,19 +157,17 @@ void RunMoe(int P, int64_t E, int K, bool replica, bool with_gaps) {
   // Receive side: rank q gets, from each r in rank order, r's rows for q (the exchange's layout).
   for (int q = 0; q < P; ++q) {
     std::vector<float> recv_x;
-    std::vector<int32_t> recv_e;
-    std::vector<float> recv_w;
+    std::vector<int32_t> recv_meta;
     std::vector<std::pair<int, int64_t>> origin;  // (rank, packed row)
     for (int r = 0; r < P; ++r)
       for (int64_t i = send[r].send_offset[q]; i < send[r].send_offset[q + 1]; ++i) {
         const int64_t t = send[r].token[i];
         recv_x.insert(recv_x.end(), &x[r][t * D], &x[r][t * D] + D);
-        recv_e.insert(recv_e.end(), &send[r].expert[i * K], &send[r].expert[i * K] + K);
-        recv_w.insert(recv_w.end(), &send[r].weight[i * K], &send[r].weight[i * K] + K);
+        recv_meta.insert(recv_meta.end(), &send[r].meta[i * 2 * K], &send[r].meta[(i + 1) * 2 * K]);
         origin.push_back({r, i});
       }
     const int64_t received = static_cast<int64_t>(origin.size());
-    auto g = PlanExpertGroups(placement, q, recv_e.data(), recv_w.data(), received, K);
+    auto g = PlanExpertGroups(placement, q, recv_meta.data(), received, K);
     ASSERT_TRUE(g.ok()) << g.status();
     // Grouped GEMM stand-in: row i of expert group s computes weight * ExpertFn(expert, x).
     std::vector<float> y(g->rows() * D);
@@ -214,18 +212,59 @@ void RunMoe(int P, int64_t E, int K, bool replica, bool with_gaps) {
 }
 
 TEST(NcclPlan, MoeEndToEnd) {
-  for (int P : {1, 2, 3, 4})
-    for (int K : {1, 2, 6})
-      for (bool replica : {false, true}) RunMoe(P, /*E=*/12, K, replica, /*with_gaps=*/K > 1);
+  for (int64_t E : {12, 13})  // 13: the experts do not divide over 2, 3 or 4 ranks
+    for (int P : {1, 2, 3, 4})
+      for (int K : {1, 2, 6})
+        for (bool replica : {false, true}) RunMoe(P, E, K, replica, /*with_gaps=*/K > 1);
 }
 
 TEST(NcclPlan, MoeRejectsBadExperts) {
   const ExpertPlacement placement = ExpertPlacement::Contiguous(4, 2);
   const int32_t experts[2] = {1, 4};
   const float w[2] = {1, 1};
-  EXPECT_FALSE(PlanMoeSend(placement, experts, w, 1, 2).ok());
-  const int32_t held_elsewhere[1] = {3};  // expert 3 lives on rank 1
-  EXPECT_FALSE(PlanExpertGroups(placement, 0, held_elsewhere, w, 1, 1).ok());
+  EXPECT_FALSE(PlanMoeSend(placement, experts, w, 1, 2, 0).ok());
+  const int32_t held_elsewhere[2] = {3, 0};  // expert 3 lives on rank 1 (routing words: id, weight)
+  EXPECT_FALSE(PlanExpertGroups(placement, 0, held_elsewhere, 1, 1).ok());
+}
+
+// The replica rule (moe_plan.h): sender s sends the i-th pair of expert e to replica (i + s) mod R.
+// So every sender splits a hot expert evenly, and senders with one pair each start on different
+// replicas; the packing sends a token once per rank however many of its experts live there.
+TEST(NcclPlan, ReplicasSplitTheirExpertEvenly) {
+  ExpertPlacement placement = ExpertPlacement::Contiguous(8, 4);  // ranks hold {0,1} {2,3} {4,5} {6,7}
+  placement.AddReplica(0, 2);
+  placement.AddReplica(0, 3);  // expert 0 on ranks 0, 2, 3
+  ASSERT_EQ(placement.replicas(0), (std::vector<int>{0, 2, 3}));
+  // 7 tokens, top-2: expert 0 and expert 1 + t % 7 (1..7).
+  const int K = 2;
+  std::vector<int32_t> e;
+  std::vector<float> w;
+  for (int t = 0; t < 7; ++t) e.push_back(0), e.push_back(1 + t % 7), w.push_back(0.75f), w.push_back(0.25f);
+  for (int sender = 0; sender < 4; ++sender) {
+    auto p = PlanMoeSend(placement, e.data(), w.data(), 7, K, sender);
+    ASSERT_TRUE(p.ok()) << p.status();
+    // Pairs of expert 0 per rank: 7 over 3 replicas, starting at replica `sender % 3`: 3, 2, 2 in turn.
+    std::vector<int64_t> zero(4, 0);
+    for (int64_t row = 0; row < p->total(); ++row) {
+      int dest = 0;
+      while (p->send_offset[dest + 1] <= row) ++dest;
+      for (int j = 0; j < K; ++j)
+        if (p->expert(row, j) == 0) {
+          ++zero[dest];
+          EXPECT_EQ(p->weight(row, j), 0.75f);
+        }
+    }
+    std::vector<int64_t> want(4, 0);
+    for (int i = 0; i < 7; ++i) ++want[placement.replicas(0)[(i + sender) % 3]];
+    EXPECT_EQ(zero, want) << "sender " << sender;
+    int64_t pairs = 0;
+    for (int64_t v : p->pairs_per_rank) pairs += v;
+    EXPECT_EQ(pairs, 14);
+    // Token 0 routes to experts 0 and 1, both on rank 0 when sender 0 picks replica 0 for it: one row.
+    if (sender == 0) {
+      EXPECT_EQ(p->combine_offset[1] - p->combine_offset[0], 1);
+    }
+  }
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 
 #include "kernels/cuda/memory.h"
 #include "parallel/communicator.h"
-#include "parallel/layout.h"
+#include "parallel/placement.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/nccl_moe.h"
 #include "tests/mpi_main.h"
@@ -118,10 +118,10 @@ TEST_F(Nccl, MoeExchangeMatchesDirect) {
   }
   kernels::cuda::DevicePool pool;
   ASSERT_EQ(kernels::cuda::DevicePool::Create(16 << 20, &pool), cudaSuccess);
-  NcclMoeExchange ex(comm_.get(), &placement, &pool);
+  NcclMoeExchange ex(comm_.get(), &pool);
   Dev<float> dx(x), dout(std::vector<float>(n * D, 0.f));
   cudaStream_t stream = comm_->stream();
-  ASSERT_TRUE(ex.Dispatch(dx.get(), n, D, experts.data(), w.data(), K, stream).ok());
+  ASSERT_TRUE(ex.Dispatch(placement, dx.get(), n, D, experts.data(), w.data(), K, stream).ok());
   // The experts, on the host: grouped rows -> weight * ExpertFn.
   const ExpertGroups& g = ex.groups();
   std::vector<float> grouped(g.rows() * D);
