@@ -170,7 +170,7 @@ absl::Status Serve(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(const ClientSecurity security, ClientSecurityFromFlags(flags));
   DSV4_ASSIGN_OR_RETURN(const RuntimeOptions options, RuntimeOptionsFromFlags(flags));
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> rt, Runtime::Open(options));
-  const Model& model = rt->model();
+  Model& model = rt->model();
   w.vocab = model.config().vocab_size;
   EngineOptions opt;
   opt.scheduler.max_running = std::max<int64_t>(w.streams, 1);

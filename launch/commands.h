@@ -39,6 +39,8 @@ void CtlFlags(Flags& flags);
 absl::Status CtlStatus(const Flags& flags);
 absl::Status CtlDrain(const Flags& flags);
 absl::Status CtlShutdown(const Flags& flags);
+absl::Status CtlRebalance(const Flags& flags);
+absl::Status CtlPlacement(const Flags& flags);
 
 // The ids of `flag` as the model checks them (vocabulary, and an Engram compressed id where the
 // model has Engram layers): INVALID_ARGUMENT naming the flag.

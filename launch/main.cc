@@ -32,6 +32,9 @@ constexpr Command kCtlCommands[] = {
     {"status", "every rank's state, step and per-expert load, as JSON", CtlFlags, CtlStatus},
     {"drain", "stop admitting, let in-flight requests finish (--grace-s), then stop the job", CtlFlags, CtlDrain},
     {"shutdown", "stop the job now", CtlFlags, CtlShutdown},
+    {"rebalance", "re-place the experts from the routed load (EPLB) and switch every rank at the next step",
+     CtlFlags, CtlRebalance},
+    {"placement", "the expert placement the job runs, as a placement file", CtlFlags, CtlPlacement},
 };
 
 // Every subcommand, in the order `dsv4 --help` lists them.

@@ -440,4 +440,35 @@ absl::StatusOr<ModelPlacement> PlanEplb(const std::vector<std::vector<double>>& 
   return ModelPlacement::Make(static_cast<int64_t>(load.size()), std::move(maps), options.ranks_per_node);
 }
 
+absl::StatusOr<ModelPlacement> Rebalance(const ModelPlacement& current, const std::vector<std::vector<double>>& load,
+                                         int ranks_per_node) {
+  if (current.num_maps() == 0) return absl::InvalidArgumentError("rebalance: no current placement");
+  const int64_t layers = static_cast<int64_t>(load.size());
+  DSV4_RETURN_IF_ERROR(current.CheckFits(layers, load.empty() ? 0 : static_cast<int64_t>(load[0].size()), current.ep(),
+                                         "rebalance"));
+  std::vector<ExpertPlacement> maps;
+  for (int64_t l = 0; l < layers; ++l) {
+    if (static_cast<int64_t>(load[l].size()) != current.num_experts())
+      return absl::InvalidArgumentError(absl::StrCat("rebalance: layer ", l, " has ", load[l].size(), " loads for ",
+                                                     current.num_experts(), " experts"));
+    const EplbOptions o{current.layer(l).num_slots(), ranks_per_node, 1};
+    DSV4_ASSIGN_OR_RETURN(ExpertPlacement map, PlanEplbLayer(load[l], current.ep(), o), "layer ", l);
+    maps.push_back(std::move(map));
+  }
+  return ModelPlacement::Make(layers, std::move(maps), ranks_per_node);
+}
+
+PlacementBalance Balance(const ModelPlacement& p, const std::vector<std::vector<double>>& load) {
+  PlacementBalance b;
+  if (load.empty() || p.num_maps() == 0) return b;
+  double sum = 0;
+  b.worst = 0;
+  for (size_t l = 0; l < load.size(); ++l) {
+    const double v = Imbalance(p.layer(static_cast<int64_t>(l)).RankLoad(load[l]));
+    sum += v, b.worst = std::max(b.worst, v);
+  }
+  b.mean = sum / static_cast<double>(load.size());
+  return b;
+}
+
 }  // namespace dsv4

@@ -137,4 +137,16 @@ absl::StatusOr<ExpertPlacement> PlanEplbLayer(std::span<const double> load, int 
 absl::StatusOr<ModelPlacement> PlanEplb(const std::vector<std::vector<double>>& load, int ep,
                                         const EplbOptions& options);
 
+// A rebalance: EPLB for load [layers][experts], keeping `current`'s ranks and each layer's slot
+// count (the memory a rank reserved for experts does not change).
+absl::StatusOr<ModelPlacement> Rebalance(const ModelPlacement& current, const std::vector<std::vector<double>>& load,
+                                         int ranks_per_node);
+
+// How evenly `p` spreads load [layers][experts] (replicas splitting their expert's share): max /
+// mean of the per-rank load, averaged over layers and in the worst layer.
+struct PlacementBalance {
+  double mean = 1, worst = 1;
+};
+PlacementBalance Balance(const ModelPlacement& p, const std::vector<std::vector<double>>& load);
+
 }  // namespace dsv4

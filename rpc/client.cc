@@ -156,7 +156,8 @@ absl::StatusOr<v1::ServerInfo> InferenceClient::ServerInfo() {
 
 absl::StatusOr<std::unique_ptr<ControlClient>> ControlClient::Connect(const std::string& address,
                                                                       const ClientSecurity& security) {
-  DSV4_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, security, 1 << 20));
+  // Statuses with per-layer loads and placement files of large models run to megabytes.
+  DSV4_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, security, 64 << 20));
   auto c = std::make_unique<ControlClient>();
   c->channel_ = channel;
   c->stub_ = v1::ControlPlane::NewStub(c->channel_);
@@ -171,14 +172,44 @@ absl::StatusOr<absl::Time> ControlClient::Ready(absl::Duration timeout) {
   return deadline;
 }
 
-absl::StatusOr<v1::ClusterStatus> ControlClient::Status() {
+absl::StatusOr<v1::ClusterStatus> ControlClient::Status(bool expert_layer_load) {
   auto deadline = Ready(absl::Seconds(10));
   if (!deadline.ok()) return deadline.status();
   grpc::ClientContext ctx;
   AddCredentials(ctx, security_);
   SetDeadline(ctx, *deadline);
+  v1::StatusRequest req;
+  req.set_expert_layer_load(expert_layer_load);
   v1::ClusterStatus resp;
-  const grpc::Status st = stub_->Status(&ctx, v1::StatusRequest(), &resp);
+  const grpc::Status st = stub_->Status(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<v1::RebalanceResponse> ControlClient::Rebalance(bool dry_run, double timeout_seconds) {
+  // The switch waits for the next step; planning and loading views take a little more.
+  auto deadline = Ready(absl::Seconds((timeout_seconds > 0 ? timeout_seconds : 60) + 30));
+  if (!deadline.ok()) return deadline.status();
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetDeadline(ctx, *deadline);
+  v1::RebalanceRequest req;
+  req.set_dry_run(dry_run);
+  req.set_timeout_seconds(timeout_seconds);
+  v1::RebalanceResponse resp;
+  const grpc::Status st = stub_->Rebalance(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpcStatus(st);
+  return resp;
+}
+
+absl::StatusOr<v1::PlacementResponse> ControlClient::GetPlacement() {
+  auto deadline = Ready(absl::Seconds(10));
+  if (!deadline.ok()) return deadline.status();
+  grpc::ClientContext ctx;
+  AddCredentials(ctx, security_);
+  SetDeadline(ctx, *deadline);
+  v1::PlacementResponse resp;
+  const grpc::Status st = stub_->GetPlacement(&ctx, v1::PlacementRequest(), &resp);
   if (!st.ok()) return FromGrpcStatus(st);
   return resp;
 }

@@ -73,9 +73,11 @@ class ControlClient {
  public:
   static absl::StatusOr<std::unique_ptr<ControlClient>> Connect(const std::string& address,
                                                                 const ClientSecurity& security);
-  absl::StatusOr<v1::ClusterStatus> Status();
+  absl::StatusOr<v1::ClusterStatus> Status(bool expert_layer_load = false);
   absl::Status Drain(double grace_seconds);
   absl::Status Shutdown();
+  absl::StatusOr<v1::RebalanceResponse> Rebalance(bool dry_run, double timeout_seconds);
+  absl::StatusOr<v1::PlacementResponse> GetPlacement();
 
  private:
   absl::StatusOr<absl::Time> Ready(absl::Duration timeout);

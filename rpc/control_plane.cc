@@ -165,8 +165,11 @@ grpc::Status Coordinator::Heartbeat(grpc::ServerContext* ctx, grpc::ServerReader
   return grpc::Status::OK;
 }
 
-grpc::Status Coordinator::Status(grpc::ServerContext*, const v1::StatusRequest*, v1::ClusterStatus* resp) {
+grpc::Status Coordinator::Status(grpc::ServerContext*, const v1::StatusRequest* req, v1::ClusterStatus* resp) {
   *resp = Snapshot();
+  // Per-layer loads are [layers * experts] per rank: sent only to those who ask (ctl rebalance).
+  if (!req->expert_layer_load())
+    for (v1::RankStatus& r : *resp->mutable_ranks()) r.clear_expert_layer_load();
   return grpc::Status::OK;
 }
 
@@ -216,6 +219,39 @@ grpc::Status Coordinator::Drain(grpc::ServerContext*, const v1::DrainRequest* re
 grpc::Status Coordinator::Shutdown(grpc::ServerContext*, const v1::ShutdownRequest*, v1::ShutdownResponse*) {
   if (cb_.on_shutdown) cb_.on_shutdown();
   return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::Rebalance(grpc::ServerContext*, const v1::RebalanceRequest* req,
+                                    v1::RebalanceResponse* resp) {
+  if (!cb_.rebalance) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server does not rebalance");
+  if (!(req->timeout_seconds() >= 0) || req->timeout_seconds() > 86400)
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_seconds must be in [0, 86400]");
+  absl::StatusOr<v1::RebalanceResponse> r = cb_.rebalance(*req);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status Coordinator::GetPlacement(grpc::ServerContext*, const v1::PlacementRequest*,
+                                       v1::PlacementResponse* resp) {
+  if (!cb_.placement) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server has no expert placement");
+  absl::StatusOr<v1::PlacementResponse> r = cb_.placement();
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
+std::vector<int64_t> Coordinator::WorkerExpertLoadByLayer() const {
+  absl::MutexLock l(&mu_);
+  std::vector<int64_t> sum;
+  for (size_t i = 1; i < ranks_.size(); ++i) {
+    const std::vector<int64_t>& v = ranks_[i].expert_layer_load;
+    if (v.empty()) continue;
+    if (sum.empty()) sum.assign(v.size(), 0);
+    if (v.size() != sum.size()) continue;  // a malformed beat: ignored (the config digest matched)
+    for (size_t k = 0; k < v.size(); ++k) sum[k] += v[k];
+  }
+  return sum;
 }
 
 absl::StatusOr<ControlServer> StartControlServer(const std::string& host, int port, const ServerSecurity& security,

@@ -44,6 +44,9 @@ struct CoordinatorCallbacks {
   // The leader's own row of Status (rank 0) and the server state / error.
   std::function<void(v1::RankStatus*)> leader_status;
   std::function<std::string()> server_state;
+  // Expert placement: Rebalance and GetPlacement (UNIMPLEMENTED when unset).
+  std::function<absl::StatusOr<v1::RebalanceResponse>(const v1::RebalanceRequest&)> rebalance;
+  std::function<absl::StatusOr<v1::PlacementResponse>()> placement;
 };
 
 class Coordinator final : public v1::ControlPlane::Service {
@@ -59,12 +62,17 @@ class Coordinator final : public v1::ControlPlane::Service {
   void SetError(const std::string& reason);
   // What Status answers: every rank's last report (rank 0's from the leader_status callback).
   v1::ClusterStatus Snapshot();
+  // The per-layer routed-token counts of every worker rank's latest heartbeat, summed
+  // ([layers * experts]; empty before any beat carried them).
+  std::vector<int64_t> WorkerExpertLoadByLayer() const;
 
   grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest* req, v1::JoinResponse* resp) override;
   grpc::Status Heartbeat(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::BeatAck, v1::Beat>* stream) override;
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::ClusterStatus* resp) override;
   grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest* req, v1::DrainResponse*) override;
   grpc::Status Shutdown(grpc::ServerContext*, const v1::ShutdownRequest*, v1::ShutdownResponse*) override;
+  grpc::Status Rebalance(grpc::ServerContext*, const v1::RebalanceRequest* req, v1::RebalanceResponse* resp) override;
+  grpc::Status GetPlacement(grpc::ServerContext*, const v1::PlacementRequest*, v1::PlacementResponse* resp) override;
 
  private:
   enum class RankState { kAbsent, kJoined, kAlive, kLeft, kLost };

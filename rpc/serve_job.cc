@@ -105,7 +105,10 @@ void AddServeFlags(Flags& flags) {
       .Double("heartbeat-timeout-s", absl::ToDoubleSeconds(d.heartbeat_timeout),
               "silence after which a rank is declared lost", 0.5, 3600)
       .Double("join-timeout-s", absl::ToDoubleSeconds(d.join_timeout), "seconds the ranks get to load and join", 1,
-              3600);
+              3600)
+      .Int("rebalance-every", d.rebalance_every,
+           "steps between automatic expert rebalances from the routed load (0 = only on `dsv4 ctl rebalance`)", 0,
+           int64_t{1} << 40);
 }
 
 absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
@@ -149,12 +152,14 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
   o.drain_grace = absl::Seconds(flags.GetDouble("drain-grace-s"));
   o.heartbeat_timeout = absl::Seconds(flags.GetDouble("heartbeat-timeout-s"));
   o.join_timeout = absl::Seconds(flags.GetDouble("join-timeout-s"));
+  o.rebalance_every = flags.GetInt("rebalance-every");
   return o;
 }
 
 ServeJob::ServeJob(ServeOptions options) : opt_(std::move(options)) {
   const RuntimeOptions& r = opt_.runtime;
-  settings_ = absl::StrCat("qdq=", r.qdq ? "on" : "off", " tp=", r.tp, " ep=", r.ep);
+  settings_ = absl::StrCat("qdq=", r.qdq ? "on" : "off", " tp=", r.tp, " ep=", r.ep,
+                           " redundant-experts=", r.redundant_experts, " placement=", r.placement_file);
   const LauncherPlace place = LauncherWorld();
   world_size_ = place.size, rank_ = place.rank;
 }
@@ -193,7 +198,7 @@ absl::Status ServeJob::RunWorker() {
       std::unique_ptr<WorkerAgent> agent,
       WorkerAgent::Join(address, ClientSecurity{.token = opt_.endpoint.security.token}, join, opt_.join_timeout));
   FollowerCounters counters;
-  const Model& model = runtime_->model();
+  Model& model = runtime_->model();
   agent->Start(
       [&](v1::Beat* b) {
         b->set_step(counters.steps.load(std::memory_order_relaxed));
@@ -267,10 +272,80 @@ void ServeJob::FillLeaderStatus(v1::RankStatus* s) {
     s->set_busy_steps(st.busy_steps);
   }
   if (const Model* m = model_ptr_.load()) {
-    const std::vector<int64_t> load = m->ExpertLoad();
+    const std::vector<int64_t> load = m->ExpertLoad(), by_layer = m->ExpertLoadByLayer();
     s->mutable_expert_load()->Add(load.begin(), load.end());
-    const std::vector<int64_t> by_layer = m->ExpertLoadByLayer();
     s->mutable_expert_layer_load()->Add(by_layer.begin(), by_layer.end());
+  }
+}
+
+absl::StatusOr<v1::RebalanceResponse> ServeJob::Rebalance(const v1::RebalanceRequest& req) {
+  absl::MutexLock lock(&rebalance_mu_);
+  Engine* engine = engine_ptr_.load();
+  if (engine == nullptr) return absl::UnavailableError("the server is still loading");
+  Model& model = runtime_->model();
+  const std::shared_ptr<const ModelPlacement> current = model.placement();
+  if (current == nullptr || runtime_->layout().ep < 2)
+    return absl::FailedPreconditionError("the job has one EP rank: there is nothing to rebalance");
+  // Every rank's counts: the workers' from their last heartbeats, the leader's own now.
+  std::vector<int64_t> total = model.ExpertLoadByLayer();
+  const std::vector<int64_t> workers = coordinator_->WorkerExpertLoadByLayer();
+  if (!workers.empty() && workers.size() == total.size())
+    for (size_t i = 0; i < total.size(); ++i) total[i] += workers[i];
+  const int64_t L = model.config().num_hidden_layers, E = model.config().n_routed_experts;
+  std::vector<std::vector<double>> load(L, std::vector<double>(E, 0.0));
+  int64_t routed = 0;
+  for (int64_t i = 0; i < L * E; ++i) {
+    const int64_t since = total[i] - (rebalance_snapshot_.empty() ? 0 : rebalance_snapshot_[i]);
+    load[i / E][i % E] = static_cast<double>(std::max<int64_t>(since, 0));
+    routed += std::max<int64_t>(since, 0);
+  }
+  if (routed == 0)
+    return absl::FailedPreconditionError("no token was routed since the last placement: nothing to balance");
+  DSV4_ASSIGN_OR_RETURN(ModelPlacement next, dsv4::Rebalance(*current, load, runtime_->parallel().ep_ranks_per_node));
+  const PlacementBalance before = Balance(*current, load), after = Balance(next, load);
+  v1::RebalanceResponse resp;
+  resp.set_step(-1);
+  resp.set_routed(routed);
+  resp.set_imbalance_before(before.mean), resp.set_worst_layer_before(before.worst);
+  resp.set_imbalance_after(after.mean), resp.set_worst_layer_after(after.worst);
+  if (!req.dry_run()) {
+    const absl::Duration timeout = req.timeout_seconds() > 0 ? absl::Seconds(req.timeout_seconds()) : absl::Seconds(60);
+    DSV4_ASSIGN_OR_RETURN(const int64_t step, engine->SwitchPlacement(next, timeout));
+    resp.set_step(step);
+    rebalance_snapshot_ = std::move(total);
+    DSV4_LOG(kInfo, "rebalanced the experts at step ", step, " from ", routed, " routed pairs: max/mean per rank ",
+             absl::StrFormat("%.3f -> %.3f (worst layer %.3f -> %.3f)", before.mean, after.mean, before.worst,
+                             after.worst));
+  }
+  resp.set_placement(next.ToJson(req.dry_run() ? "dsv4 ctl rebalance --dry-run"
+                                               : absl::StrCat("dsv4 rebalance at step ", resp.step())));
+  return resp;
+}
+
+absl::StatusOr<v1::PlacementResponse> ServeJob::CurrentPlacement() const {
+  const Model* m = model_ptr_.load();
+  if (m == nullptr) return absl::UnavailableError("the server is still loading");
+  const std::shared_ptr<const ModelPlacement> p = m->placement();
+  if (p == nullptr) return absl::FailedPreconditionError("this job has no expert placement");
+  v1::PlacementResponse resp;
+  resp.set_placement(p->ToJson("dsv4 ctl placement"));
+  if (Engine* e = engine_ptr_.load()) resp.set_switches(e->Stats().placement_switches);
+  return resp;
+}
+
+// Rebalances whenever `steps` more steps have run, while the job serves.
+void ServeJob::RebalanceEvery(int64_t steps) {
+  int64_t last = 0;
+  while (!done_.load()) {
+    absl::SleepFor(absl::Milliseconds(50));
+    Engine* e = engine_ptr_.load();
+    if (e == nullptr || e->state() != EngineState::kServing) continue;
+    const int64_t step = e->Stats().step;
+    if (step - last < steps) continue;
+    last = step;
+    absl::StatusOr<v1::RebalanceResponse> r = Rebalance(v1::RebalanceRequest());
+    if (!r.ok() && !absl::IsFailedPrecondition(r.status()))
+      DSV4_LOG(kWarn, "automatic rebalance at step ", step, " failed: ", r.status().message());
   }
 }
 
@@ -296,6 +371,8 @@ absl::Status ServeJob::Listen() {
     const std::string name = v1::ServerState_Name(server_->state());
     return name.substr(std::string("SERVER_STATE_").size());
   };
+  cb.rebalance = [this](const v1::RebalanceRequest& r) { return Rebalance(r); };
+  cb.placement = [this] { return CurrentPlacement(); };
   coordinator_ = std::make_unique<Coordinator>(copt, cb);
   ServerSecurity control_security;  // cluster-internal: the token, no TLS (workers dial it by address)
   control_security.token = opt_.endpoint.security.token;
@@ -328,7 +405,7 @@ absl::Status ServeJob::Load() {
   } else {
     DSV4_LOG(kWarn, path.status().message(), "; serving token ids only");
   }
-  const Model& model = runtime_->model();
+  Model& model = runtime_->model();
   EngineOptions eopt = opt_.engine;
   eopt.max_model_len = std::min(eopt.max_model_len, model.config().max_position_embeddings);
   DSV4_ASSIGN_OR_RETURN(engine_, Engine::Create(model, tokenizer_.get(), runtime_->world(), eopt));
@@ -418,10 +495,13 @@ absl::Status ServeJob::RunLeader() {
   DSV4_RETURN_IF_ERROR(Load());
   std::thread warmup([this] { WarmUp(); });
   std::thread signals([this] { WatchSignals(); });
+  std::thread rebalancer;
+  if (opt_.rebalance_every > 0) rebalancer = std::thread([this] { RebalanceEvery(opt_.rebalance_every); });
   const absl::Status st = engine_->Run();
   done_.store(true);
   warmup.join();
   signals.join();
+  if (rebalancer.joinable()) rebalancer.join();
   return Finish(st);
 }
 

@@ -14,6 +14,10 @@
 //  - Shutdown on the control plane: the same with no grace.
 //  - A lost rank: health NOT_SERVING, in-flight requests end with UNAVAILABLE, the job exits
 //    non-zero. A worker that loses the leader exits non-zero.
+//
+// Expert rebalancing (leader): Rebalance on the control plane, or every --rebalance-every steps,
+// plans EPLB from the routed-token counts the heartbeats carried since the last placement and
+// switches every rank at the next step (the step plan carries the placement).
 // Workers ignore SIGTERM/SIGINT: they stop when the leader tells them, or when it is gone.
 #pragma once
 
@@ -22,7 +26,9 @@
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/flags.h"
 #include "rpc/control_plane.h"
@@ -47,6 +53,7 @@ struct ServeOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration join_timeout = absl::Seconds(300);
   absl::Duration linger = absl::Seconds(1);  // stream handlers' time to tell clients before a failed job exits
+  int64_t rebalance_every = 0;  // steps between automatic expert rebalances (0: only `dsv4 ctl rebalance`)
 };
 
 // `dsv4 serve`'s flags (the runtime's included), and the options they give.
@@ -80,6 +87,10 @@ class ServeJob {
   void SetState(v1::ServerState state);
   // The /metrics exposition: the engine's figures and every rank's.
   std::string RenderMetrics();
+  // Plans (and unless dry_run applies) a rebalanced expert placement; one at a time.
+  absl::StatusOr<v1::RebalanceResponse> Rebalance(const v1::RebalanceRequest& request);
+  absl::StatusOr<v1::PlacementResponse> CurrentPlacement() const;
+  void RebalanceEvery(int64_t steps);
 
   const ServeOptions opt_;
   std::string settings_, digest_;  // what every rank must agree on
@@ -97,6 +108,10 @@ class ServeJob {
   std::atomic<Engine*> engine_ptr_{nullptr};  // set once the engine can take calls
   std::atomic<const Model*> model_ptr_{nullptr};
   std::atomic<bool> failing_{false}, done_{false};
+  absl::Mutex rebalance_mu_;
+  // Every rank's per-layer routed-token counts at the last placement switch (the next plan balances
+  // what was routed since).
+  std::vector<int64_t> rebalance_snapshot_ ABSL_GUARDED_BY(rebalance_mu_);
 };
 
 }  // namespace dsv4

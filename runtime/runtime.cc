@@ -41,6 +41,26 @@ absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
   return o;
 }
 
+namespace {
+
+// The bytes of `path` as world rank 0 reads them, on every rank (collective): the ranks agree on
+// what they load even where their file systems differ, and rank 0's error is every rank's.
+absl::StatusOr<std::string> ReadOnLeader(Communicator& world, const std::string& path) {
+  absl::StatusOr<std::string> text = std::string();
+  if (world.rank() == 0) text = ReadFile(path, int64_t{1} << 28);
+  int64_t size = text.ok() ? static_cast<int64_t>(text->size()) : -1;
+  DSV4_RETURN_IF_ERROR(world.Broadcast(&size, sizeof(size), 0));
+  if (size < 0) {
+    if (world.rank() == 0) return text.status();
+    return absl::InvalidArgumentError(absl::StrCat(path, ": world rank 0 could not read it"));
+  }
+  if (world.rank() != 0) text = std::string(size, '\0');
+  if (size > 0) DSV4_RETURN_IF_ERROR(world.Broadcast(text->data(), size, 0));
+  return text;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
   if (options.threads < 0 || options.threads > kMaxCpuThreads)
     return absl::InvalidArgumentError(
@@ -62,7 +82,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   placement.redundant = options.redundant_experts;
   ModelPlacement given;
   if (!options.placement_file.empty()) {
-    DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(options.placement_file, int64_t{1} << 28), "--placement");
+    DSV4_ASSIGN_OR_RETURN(const std::string text, ReadOnLeader(*world, options.placement_file), "--placement");
     DSV4_ASSIGN_OR_RETURN(given, ModelPlacement::FromJson(text, options.placement_file));
     placement.given = &given;
     placement.given_source = options.placement_file;

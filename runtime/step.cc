@@ -19,12 +19,13 @@ namespace dsv4 {
 absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan& plan) {
   if (world.size() == 1) return absl::OkStatus();
   constexpr int64_t kMaxCount = int64_t{1} << 24;
-  int64_t header[6] = {plan.step,
+  int64_t header[7] = {plan.step,
                        plan.start,
                        static_cast<int64_t>(plan.tokens.size()),
                        plan.stop ? 1 : 0,
                        static_cast<int64_t>(plan.seqs.size()),
-                       static_cast<int64_t>(plan.free_slots.size())};
+                       static_cast<int64_t>(plan.free_slots.size()),
+                       static_cast<int64_t>(plan.placement.size())};
   DSV4_RETURN_IF_ERROR(world.Broadcast(header, sizeof(header), 0));
   if (world.rank() != 0) {
     if (header[0] != expected_step)
@@ -32,22 +33,27 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
                                               " but the leader sent step ", header[0], ": ranks are out of step"));
     if (header[2] < 0 || header[2] > kMaxCount)
       return absl::InternalError(absl::StrCat("step ", header[0], ": implausible token count ", header[2]));
-    if (header[4] < 0 || header[4] > kMaxCount || header[5] < 0 || header[5] > kMaxCount)
+    if (header[4] < 0 || header[4] > kMaxCount || header[5] < 0 || header[5] > kMaxCount || header[6] < 0 ||
+        header[6] > kMaxCount)
       return absl::InternalError(absl::StrCat("step ", header[0], ": implausible batch of ", header[4],
-                                              " sequences and ", header[5], " freed slots"));
+                                              " sequences, ", header[5], " freed slots and a placement of ",
+                                              header[6], " words"));
     plan.step = header[0], plan.start = header[1], plan.stop = header[3] != 0;
     plan.tokens.resize(header[2]);
     plan.seqs.resize(header[4]);
     plan.free_slots.resize(header[5]);
+    plan.placement.resize(header[6]);
   }
-  // One payload: tokens, then 6 int64 per sequence, then the freed slots.
+  // One payload: tokens, then 6 int64 per sequence, then the freed slots, then the placement.
   constexpr int kSeqWords = 6;
-  const size_t n_tok = plan.tokens.size(), n_seq = plan.seqs.size(), n_free = plan.free_slots.size();
-  if (n_tok + n_seq + n_free == 0) return absl::OkStatus();
-  std::vector<char> payload(n_tok * 4 + n_seq * kSeqWords * 8 + n_free * 4);
+  const size_t n_tok = plan.tokens.size(), n_seq = plan.seqs.size(), n_free = plan.free_slots.size(),
+               n_place = plan.placement.size();
+  if (n_tok + n_seq + n_free + n_place == 0) return absl::OkStatus();
+  std::vector<char> payload(n_tok * 4 + n_seq * kSeqWords * 8 + n_free * 4 + n_place * 4);
   char* tok = payload.data();
   char* seq_bytes = tok + n_tok * 4;  // not 8-byte aligned in general: memcpy only
   char* free_bytes = seq_bytes + n_seq * kSeqWords * 8;
+  char* place_bytes = free_bytes + n_free * 4;
   if (world.rank() == 0) {
     std::memcpy(tok, plan.tokens.data(), n_tok * 4);
     for (size_t i = 0; i < n_seq; ++i) {
@@ -56,6 +62,7 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
       std::memcpy(seq_bytes + i * sizeof(w), w, sizeof(w));
     }
     std::memcpy(free_bytes, plan.free_slots.data(), n_free * 4);
+    std::memcpy(place_bytes, plan.placement.data(), n_place * 4);
   }
   DSV4_RETURN_IF_ERROR(world.Broadcast(payload.data(), static_cast<int64_t>(payload.size()), 0));
   if (world.rank() == 0) return absl::OkStatus();
@@ -76,6 +83,7 @@ absl::Status BroadcastStep(Communicator& world, int64_t expected_step, StepPlan&
     return absl::InternalError(absl::StrCat("step ", plan.step, ": the batch's chunks hold ", total,
                                             " tokens but the step carries ", n_tok));
   std::memcpy(plan.free_slots.data(), free_bytes, n_free * 4);
+  std::memcpy(plan.placement.data(), place_bytes, n_place * 4);
   return absl::OkStatus();
 }
 

@@ -31,6 +31,9 @@ struct StepPlan {
   // back (`start` unused). Empty in single-sequence loops.
   std::vector<StepSeq> seqs;
   std::vector<int32_t> free_slots;  // cache slots every rank drops before running the step
+  // A new expert placement (ModelPlacement::Encode) every rank switches to before running the step,
+  // so all ranks switch at the same step; empty: unchanged.
+  std::vector<int32_t> placement;
 };
 
 // On the leader, sends `plan`; elsewhere, receives into `plan` and checks that its step number

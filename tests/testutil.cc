@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "base/env.h"
+#include "base/file.h"
+#include "base/status.h"
 #include "runtime/builtin.h"
 
 namespace dsv4::testing {
@@ -128,6 +130,22 @@ std::unique_ptr<Model> MakeTestModel(const nlohmann::json& config, bool qdq, uin
   ForwardOptions opt;
   opt.qdq = qdq;
   return std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w)), opt);
+}
+
+absl::Status WriteRandomModelDir(const std::string& dir, const nlohmann::json& config, uint64_t seed,
+                                 const TensorPatch& patch) {
+  DSV4_ASSIGN_OR_RETURN(BuiltinModel b, MakeRandomModel(config.dump(), seed, dir));
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, info] : b.checkpoint->all()) {
+    TensorToWrite t{name, info->dtype, info->shape, std::vector<uint8_t>(info->data, info->data + info->nbytes), {}};
+    if (patch) patch(t);
+    tensors.push_back(std::move(t));
+  }
+  const std::vector<uint8_t> image = WriteSafetensors(tensors, {{"format", "pt"}});
+  std::filesystem::create_directories(dir);
+  DSV4_RETURN_IF_ERROR(WriteFileAtomic(
+      dir + "/model.safetensors", absl::string_view(reinterpret_cast<const char*>(image.data()), image.size())));
+  return WriteFileAtomic(dir + "/config.json", config.dump(2));
 }
 
 }  // namespace dsv4::testing

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -45,5 +46,12 @@ nlohmann::json TinyConfig();
 nlohmann::json SmallConfig();
 // A model of `config` with seeded random weights in the released formats, built in memory.
 std::unique_ptr<Model> MakeTestModel(const nlohmann::json& config, bool qdq = true, uint64_t seed = 1);
+
+// Writes a checkpoint directory (config.json, model.safetensors) of `config` with seeded random
+// weights in the released formats, for tests that run the dsv4 binary on a model no built-in name
+// covers. `patch`, when given, may change each tensor before it is written.
+using TensorPatch = std::function<void(TensorToWrite&)>;
+absl::Status WriteRandomModelDir(const std::string& dir, const nlohmann::json& config, uint64_t seed = 1,
+                                 const TensorPatch& patch = {});
 
 }  // namespace dsv4::testing

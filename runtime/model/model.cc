@@ -94,12 +94,17 @@ std::shared_ptr<const ModelPlacement> Model::placement() const {
   return placement_;
 }
 
-absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
+absl::Status Model::CheckPlacement(const ModelPlacement& next) const {
   if (par_ == nullptr) return absl::FailedPreconditionError("this model runs without expert parallelism");
+  return next.CheckFits(config().num_hidden_layers, config().n_routed_experts, par_->layout.ep,
+                        "the new expert placement");
+}
+
+absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
+  DSV4_RETURN_IF_ERROR(CheckPlacement(next));
   const ModelConfig& c = config();
   const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
   const int me = par_->layout.ep_rank;
-  DSV4_RETURN_IF_ERROR(next.CheckFits(L, E, par_->layout.ep, "the new expert placement"));
   // Everything that can fail first: views of the experts this rank gains.
   struct Gain {
     int64_t layer, expert;

@@ -109,6 +109,8 @@ class Model {
   // Expert parallelism: where the routed experts live now (null without a ParallelContext).
   // Thread-safe.
   std::shared_ptr<const ModelPlacement> placement() const;
+  // OK when `next` fits this model and its EP group (the checks SwitchPlacement makes first).
+  absl::Status CheckPlacement(const ModelPlacement& next) const;
   // Switches to `next`: views of the experts this rank gains are loaded from the mapped checkpoint
   // (and checked) first, then the placement and this rank's expert table change together. Every rank
   // of the job must switch at the same step, between steps (the step plan carries it: runtime/step.h);

@@ -87,7 +87,7 @@ void RequestHandle::Close(const absl::Status& status) {
 
 // ---- PlanExecutor -------------------------------------------------------------------------------
 
-PlanExecutor::PlanExecutor(const Model& model, Communicator& world) : model_(model), world_(world) {
+PlanExecutor::PlanExecutor(Model& model, Communicator& world) : model_(model), world_(world) {
   if (const ParallelContext* par = model.parallel(); par != nullptr && par->layout.world > 1) {
     dp_ = par->layout.dp, tp_ = par->layout.tp, group_ = par->layout.dp_rank;
   }
@@ -97,6 +97,12 @@ PlanExecutor::PlanExecutor(const Model& model, Communicator& world) : model_(mod
 }
 
 absl::Status PlanExecutor::Execute(const StepPlan& plan) {
+  if (!plan.placement.empty()) {
+    DSV4_ASSIGN_OR_RETURN(const ModelPlacement next, ModelPlacement::Decode(plan.placement), "step ", plan.step);
+    DSV4_RETURN_IF_ERROR(model_.SwitchPlacement(next), "step ", plan.step);
+    DSV4_LOG(kInfo, "switched to a new expert placement (", next.num_maps(), " layer map(s), ", next.redundant(),
+             " redundant slots)");
+  }
   for (int32_t slot : plan.free_slots)
     if (slot >= 0 && slot < static_cast<int32_t>(caches_.size())) caches_[slot].reset();
   const int64_t V = model_.config().vocab_size;
@@ -191,8 +197,8 @@ struct Engine::Request {
   bool abort_requested = false;                 // guarded by Engine::mu_
 };
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const Tokenizer* tokenizer,
-                                                       Communicator& world, EngineOptions options) {
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Model& model, const Tokenizer* tokenizer, Communicator& world,
+                                                       EngineOptions options) {
   if (options.block_bytes < 1) return absl::InvalidArgumentError("block_bytes must be >= 1");
   if (options.cache_bytes < options.block_bytes)
     return absl::InvalidArgumentError("the cache budget must hold at least one block");
@@ -212,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model, const
   return e;
 }
 
-Engine::Engine(const Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options)
+Engine::Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options)
     : model_(model),
       tokenizer_(tokenizer),
       world_(world),
@@ -347,6 +353,30 @@ void Engine::Fail(const absl::Status& status) {
     r->handle->Close(status);
   }
   wake_.Signal();
+}
+
+absl::StatusOr<int64_t> Engine::SwitchPlacement(const ModelPlacement& placement, absl::Duration timeout) {
+  DSV4_RETURN_IF_ERROR(model_.CheckPlacement(placement));
+  absl::MutexLock l(&mu_);
+  if (state_ != EngineState::kServing)
+    return absl::FailedPreconditionError("the engine is not serving: no placement switch");
+  if (!pending_placement_.empty() || placement_done_ < placement_asked_)
+    return absl::FailedPreconditionError("another placement switch is pending");
+  pending_placement_ = placement.Encode();
+  const int64_t ticket = ++placement_asked_;
+  wake_.Signal();
+  auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return placement_done_ >= ticket || state_ == EngineState::kFailed || state_ == EngineState::kStopped;
+  };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&done), timeout))
+    return absl::DeadlineExceededError(
+        absl::StrCat("the placement switch did not run within ", absl::FormatDuration(timeout)));
+  if (placement_done_ >= ticket) return placement_step_;
+  if (state_ == EngineState::kFailed) return fail_status_;
+  // Stopped before the plan carrying it went out.
+  pending_placement_.clear();
+  placement_asked_ = placement_done_;
+  return absl::UnavailableError("the engine stopped before the placement switch");
 }
 
 void Engine::CountRejected() {
@@ -499,7 +529,7 @@ absl::Status Engine::Run() {
           break;
         }
         work = scheduler_.Schedule();
-        if (!work.empty() || !pending_frees_.empty()) break;
+        if (!work.empty() || !pending_frees_.empty() || !pending_placement_.empty()) break;
         // Idle: wait for work; followers get an empty step every idle_tick so their wait for the
         // next plan never times out.
         absl::Duration wait = world_.size() > 1 ? opt_.idle_tick : absl::Seconds(1);
@@ -510,6 +540,8 @@ absl::Status Engine::Run() {
       if (!plan.stop) {
         plan.free_slots = std::move(pending_frees_);
         pending_frees_.clear();
+        plan.placement = std::move(pending_placement_);
+        pending_placement_.clear();
         const Clock::time_point now = Clock::now();
         for (const Scheduler::Work& w : work) {
           Request* r = requests_.at(w.seq).get();
@@ -544,6 +576,11 @@ absl::Status Engine::Run() {
     const double step_s = MsSince(step_start, Clock::now()) / 1e3;
     absl::MutexLock l(&mu_);
     if (state_ == EngineState::kFailed) return fail_status_;
+    if (!plan.placement.empty()) {
+      placement_done_ = placement_asked_;
+      placement_step_ = plan.step;
+      ++counters_.placement_switches;
+    }
     ++step_;
     if (!plan.seqs.empty()) ++counters_.busy_steps, counters_.step_seconds += step_s;
     cache_bytes_ = executor_.cache_bytes();
@@ -561,7 +598,7 @@ absl::Status Engine::Run() {
   }
 }
 
-absl::Status RunFollower(const Model& model, Communicator& world, FollowerCounters* counters) {
+absl::Status RunFollower(Model& model, Communicator& world, FollowerCounters* counters) {
   PlanExecutor executor(model, world);
   for (int64_t step = 0;; ++step) {
     StepPlan plan;

@@ -119,6 +119,7 @@ struct EngineStats {
   int64_t finished_stop = 0, finished_length = 0;  // completed, by finish reason
   int64_t prompt_tokens = 0;                       // prompt tokens of the admitted requests
   int64_t prefix_queries = 0, prefix_hits = 0;     // prompt tokens looked up in / found in the prefix cache
+  int64_t placement_switches = 0;                 // expert placements switched to
 };
 
 // Per-request timings, for metrics (rpc/metrics.h). Called on the engine's threads (the step loop
@@ -141,9 +142,10 @@ class EngineObserver {
 class PlanExecutor {
  public:
   // `world` is the job's world communicator (the one the plan is broadcast on).
-  PlanExecutor(const Model& model, Communicator& world);
-  // Errors: a plan that disagrees with this rank's caches (ranks out of step), or the model's
-  // (communication) errors.
+  PlanExecutor(Model& model, Communicator& world);
+  // Switches the expert placement when the plan carries one, then runs the step. Errors: a plan that
+  // disagrees with this rank's caches (ranks out of step), a placement that cannot be switched to,
+  // or the model's (communication) errors.
   absl::Status Execute(const StepPlan& plan);
   // On the leader after Execute: the logits [vocab] of the k-th sequence of the plan that asked for
   // them (plan order). Valid until the next Execute.
@@ -152,7 +154,7 @@ class PlanExecutor {
   int64_t sequences() const;
 
  private:
-  const Model& model_;
+  Model& model_;
   Communicator& world_;
   int dp_ = 1, tp_ = 1, group_ = 0;
   bool want_logits_;  // this rank computes logits (the leader, a split vocab head, or dp > 1)
@@ -168,8 +170,8 @@ class Engine {
  public:
   // `model`, `tokenizer` (may be null: no text, no stop strings) and `world` must outlive the
   // engine. Every other rank of `world` runs RunFollower.
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model, const Tokenizer* tokenizer,
-                                                        Communicator& world, EngineOptions options);
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(Model& model, const Tokenizer* tokenizer, Communicator& world,
+                                                        EngineOptions options);
   ~Engine();
 
   // Admits a request. INVALID_ARGUMENT (a bad field, named), RESOURCE_EXHAUSTED (queue full),
@@ -190,6 +192,13 @@ class Engine {
   // The job is failing (e.g. a rank was lost): every request ends with `status` now, from the
   // calling thread (even while a step is blocked); Submit answers UNAVAILABLE; Run returns it.
   void Fail(const absl::Status& status);
+  // Moves the routed experts to `placement` on every rank: it travels in the next step's plan (an
+  // empty step when nothing else runs), so all ranks switch at that step, between two steps of the
+  // requests in flight. Waits until that step has run here: its number. INVALID_ARGUMENT when the
+  // placement does not fit the model, FAILED_PRECONDITION when the engine is not serving or another
+  // switch is pending, DEADLINE_EXCEEDED after `timeout` (the switch may still happen), the step's
+  // error when it failed (the job then fails).
+  absl::StatusOr<int64_t> SwitchPlacement(const ModelPlacement& placement, absl::Duration timeout);
 
   EngineStats Stats() const;
   // Receives the timings of every request from now on (null: none). Must outlive the engine or be
@@ -204,7 +213,7 @@ class Engine {
 
  private:
   struct Request;
-  Engine(const Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options);
+  Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options);
 
   // Ends `r` (removing it from the scheduler; its slot is freed in the next plan).
   void FinishLocked(Request& r, FinishReason reason, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -214,7 +223,7 @@ class Engine {
   // request at a time (it touches only `r`, its handle and immutable engine state).
   void Sampled(Request& r, std::span<const float> logits);
 
-  const Model& model_;
+  Model& model_;
   const Tokenizer* tokenizer_;
   Communicator& world_;
   const EngineOptions opt_;
@@ -239,6 +248,11 @@ class Engine {
   int64_t cache_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t cache_sequences_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  // Placement switches: the encoded placement waiting for the next plan, and how many switches
+  // were asked for / have run (with the step of the last one).
+  std::vector<int32_t> pending_placement_ ABSL_GUARDED_BY(mu_);
+  int64_t placement_asked_ ABSL_GUARDED_BY(mu_) = 0, placement_done_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t placement_step_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
 // What a follower's loop reports (heartbeats), updated after every step.
@@ -251,6 +265,6 @@ struct FollowerCounters {
 
 // Every rank but the leader: runs the leader's plans until the stop plan (OK) or an error (a
 // desync, a lost peer). `counters` (may be null) follow its progress.
-absl::Status RunFollower(const Model& model, Communicator& world, FollowerCounters* counters = nullptr);
+absl::Status RunFollower(Model& model, Communicator& world, FollowerCounters* counters = nullptr);
 
 }  // namespace dsv4

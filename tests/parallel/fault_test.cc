@@ -53,7 +53,8 @@ TEST(Fault, StoppedRankFailsTheJobWithinTheTimeout) {
   EXPECT_NE(r.output.find("did not arrive within 10 s"), std::string::npos) << r.output;
   const bool named = r.output.find("AllToAllV") != std::string::npos ||
                      r.output.find("AllReduce") != std::string::npos ||
-                     r.output.find("Broadcast") != std::string::npos || r.output.find("AllGather") != std::string::npos;
+                     r.output.find("Broadcast") != std::string::npos || r.output.find("AllGather") != std::string::npos ||
+                     r.output.find("MoE dispatch") != std::string::npos || r.output.find("MoE combine") != std::string::npos;
   EXPECT_TRUE(named) << r.output;
 }
 
