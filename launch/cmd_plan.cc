@@ -1,15 +1,19 @@
 // dsv4 plan --scenario FILE.json[,FILE2.json...] [--json] [--plot DIR] [--profile FILE] [--catalog FILE]
+//           [--placement-out FILE]
 // dsv4 plan --validate POINTS.json [--json]
 // dsv4 plan --list
 //
 // Capacity planning: answers a scenario (shared/planner/README.md) with devices, layout, latency,
 // memory and cost; several scenarios are compared side by side. --validate compares the planner with
-// published measurements. See cluster/README.md.
+// published measurements. See cluster/README.md. --placement-out writes the expert placement of
+// the planned layout (its EP size, redundant experts and devices per node) in the runtime's
+// placement-file format (parallel/placement.h), for `dsv4 serve --placement`.
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "base/file.h"
@@ -18,6 +22,7 @@
 #include "cluster/planner.h"
 #include "cluster/report.h"
 #include "launch/commands.h"
+#include "parallel/placement.h"
 
 namespace dsv4 {
 namespace {
@@ -53,8 +58,31 @@ void PlanFlags(Flags& flags) {
       .String("plot", "", "directory to write SVG charts into")
       .String("profile", "", "measured profile (cluster/README.md, 'Profile format') in place of catalog efficiencies")
       .String("catalog", "", "extra hardware catalog file that adds or overrides devices")
-      .Bool("list", false, "list model presets and catalog devices");
+      .Bool("list", false, "list model presets and catalog devices")
+      .String("placement-out", "",
+              "write the planned layout's expert placement (the runtime's --placement file) here; one scenario");
 }
+
+namespace {
+
+// The expert placement of a planned layout: its EP size and redundant slots, groups kept within a
+// node of `devices_per_node`. The planner knows no per-expert load, so the redundant slots copy the
+// lowest ids (ModelPlacement::Default) until the running job rebalances from its measured load.
+absl::Status WritePlacement(const nlohmann::json& answer, const std::string& path) {
+  const nlohmann::json& l = answer["layout"];
+  const int ep = l["ep"].get<int>();
+  const int64_t experts = l["routed_experts"].get<int64_t>(), redundant = l["redundant_experts"].get<int64_t>();
+  const int per_node = answer["hardware"]["devices_per_node"].get<int>();
+  const int ranks_per_node = per_node > 0 && per_node < ep && ep % per_node == 0 ? per_node : 0;
+  DSV4_ASSIGN_OR_RETURN(const ModelPlacement p, ModelPlacement::Default(0, experts, ep, redundant, ranks_per_node),
+                        "--placement-out");
+  DSV4_RETURN_IF_ERROR(WriteFileAtomic(path, p.ToJson(absl::StrCat("dsv4 plan ", answer["scenario"].get<std::string>()))));
+  DSV4_LOG(kInfo, "wrote the expert placement of EP ", ep, " (", experts, " experts + ", redundant, " redundant) to ",
+           path);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status Plan(const Flags& flags) {
   const bool json = flags.GetBool("json");
@@ -76,7 +104,10 @@ absl::Status Plan(const Flags& flags) {
     return absl::InvalidArgumentError("give --scenario FILE.json, --validate POINTS.json or --list");
 
   std::vector<nlohmann::json> answers;
-  for (absl::string_view path : absl::StrSplit(flags.GetString("scenario"), ',', absl::SkipEmpty())) {
+  const std::vector<std::string> scenarios = absl::StrSplit(flags.GetString("scenario"), ',', absl::SkipEmpty());
+  if (flags.Given("placement-out") && scenarios.size() != 1)
+    return absl::InvalidArgumentError("--placement-out takes one --scenario");
+  for (absl::string_view path : scenarios) {
     DSV4_ASSIGN_OR_RETURN(const cluster::Scenario s, cluster::LoadScenario(std::string(path)));
     DSV4_ASSIGN_OR_RETURN(nlohmann::json a, cluster::Plan(s, catalog, options), path);
     if (!a.contains("scenario") || a["scenario"].get<std::string>().empty()) a["scenario"] = std::string(path);
@@ -89,6 +120,7 @@ absl::Status Plan(const Flags& flags) {
       std::printf("%s%s", i ? "\n==========\n\n" : "", cluster::TextReport(answers[i]).c_str());
     if (answers.size() > 1) std::printf("\ncomparison:\n%s", cluster::ComparisonText(answers).c_str());
   }
+  if (flags.Given("placement-out")) DSV4_RETURN_IF_ERROR(WritePlacement(answers[0], flags.GetString("placement-out")));
   if (flags.Given("plot")) {
     DSV4_ASSIGN_OR_RETURN(const std::vector<std::string> written,
                           cluster::WritePlots(answers, flags.GetString("plot")));

@@ -108,6 +108,32 @@ TEST_F(EpLayout, PlacementFile) {
   ExpectSameAsOneRank(3, "--tp 3 --placement " + file);
 }
 
+// `dsv4 plan` writes the placement of the layout it plans, and the runtime runs it: a scenario on
+// this very model (3 devices, EP 3, 4 redundant experts), --placement-out, then --placement.
+TEST_F(EpLayout, PlannedPlacementRuns) {
+  const std::string scenario = *dir_ + "/scenario.json", placement = *dir_ + "/planned.json";
+  nlohmann::json s = {
+      {"name", "ep_layout_test"},
+      {"model", *dir_ + "/model/config.json"},
+      {"weights", {{"dense_bits", 8}, {"expert_bits", 4}, {"kv_bits", 8}}},
+      {"hardware", {{"device", "h100"}, {"devices_per_node", 3}, {"nodes", 1}}},
+      {"parallel", {{"tp", 3}, {"ep", 3}, {"dp_attention", 1}, {"redundant_experts", 4}}},
+      {"workload", {{"input_tokens", 64}, {"output_tokens", 8}}},
+      {"question", "single_stream"}};
+  ASSERT_TRUE(WriteFileAtomic(scenario, s.dump(2)).ok());
+  const std::string cmd =
+      absl::StrCat(DSV4_BINARY, " plan --scenario ", scenario, " --placement-out ", placement, " > /dev/null 2>&1");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto text = ReadFile(placement);
+  ASSERT_TRUE(text.ok()) << text.status();
+  auto p = ModelPlacement::FromJson(*text, placement);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ep(), 3);
+  EXPECT_EQ(p->num_experts(), 32);
+  EXPECT_EQ(p->redundant(), 4);
+  ExpectSameAsOneRank(3, "--tp 3 --placement " + placement);
+}
+
 // The errors a user meets first.
 TEST_F(EpLayout, BadPlacementsAreNamed) {
   auto run = [&](int np, const std::string& args) {
