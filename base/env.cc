@@ -39,6 +39,10 @@ constexpr KnobInfo kKnobs[] = {
     {Knob::kServeNp, "DSV4_SERVE_NP", "1", "tests only: ranks of the job the serving tests start", "int:1:64"},
     {Knob::kServeArgs, "DSV4_SERVE_ARGS", "", "tests only: extra flags of the job the serving tests start (e.g. --tp 2)",
      ""},
+    {Knob::kEpSingleCopy, "DSV4_EP_SINGLE_COPY", "1",
+     "MoE dispatch/combine between ranks of one node read each other's memory directly (Linux cross-memory attach, "
+     "one copy, no packing); 0: messages only",
+     "int:0:1"},
 };
 
 absl::Status CheckValue(const KnobInfo& k, const std::string& v) {

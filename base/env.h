@@ -25,6 +25,7 @@ enum class Knob : int {
   kGoldenBinary,  // DSV4_GOLDEN_BINARY: tests only, the dsv4 binary the golden cases run
   kServeNp,       // DSV4_SERVE_NP: tests only, ranks of the served job
   kServeArgs,     // DSV4_SERVE_ARGS: tests only, extra flags of the served job
+  kEpSingleCopy,  // DSV4_EP_SINGLE_COPY: MoE exchanges read same-node peers' memory directly
 };
 
 struct KnobInfo {

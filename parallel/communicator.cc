@@ -176,6 +176,22 @@ std::unique_ptr<PeerExchange> Communicator::NewExchange(const char* what) {
   return std::make_unique<UnsupportedExchange>(name(), what);
 }
 
+namespace {
+
+class NoPeerMemory final : public PeerMemory {
+ public:
+  bool CanRead(int, int) const override { return false; }
+  absl::Status Gather(int owner, const uint64_t*, int64_t, int64_t, void*) override {
+    return absl::FailedPreconditionError(absl::StrCat("the memory of rank ", owner, " cannot be read directly"));
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PeerMemory>> Communicator::NewPeerMemory() {
+  return std::unique_ptr<PeerMemory>(std::make_unique<NoPeerMemory>());
+}
+
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
 
 LauncherPlace LauncherWorld() {

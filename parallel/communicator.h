@@ -46,6 +46,23 @@ class PeerExchange {
   virtual absl::Status WaitAll() = 0;
 };
 
+// Single-copy reads of the memory of peers on the same node (Linux cross-memory attach: the kernel
+// copies straight from one address space into the other, as MPI's shared-memory transport does
+// for large messages), for exchanges whose payload is scattered: a receiver gathers rows where the
+// sender keeps them, so nobody packs. Whether rank a may read rank b is probed once, when the
+// object is made (collectively), and every rank knows it for every pair. Reads are synchronous;
+// the owner must keep the memory unchanged until the reader says it is done (the caller's
+// protocol). One thread at a time.
+class PeerMemory {
+ public:
+  virtual ~PeerMemory() = default;
+  // True when rank `reader` can read rank `owner`'s memory (same node, allowed by the OS).
+  virtual bool CanRead(int reader, int owner) const = 0;
+  // Copies `count` pieces of `bytes` each from `owner`'s address space, piece i at address
+  // remote[i], into dst (contiguous). INTERNAL naming the peer when the kernel refuses.
+  virtual absl::Status Gather(int owner, const uint64_t* remote, int64_t bytes, int64_t count, void* dst) = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -73,6 +90,9 @@ class Communicator {
   // A new batch of point-to-point messages (`what` names it in errors). Host-memory backends only:
   // the default's waits fail with UNIMPLEMENTED.
   virtual std::unique_ptr<PeerExchange> NewExchange(const char* what);
+  // Direct reads of same-node peers' memory (collective). The default (and the MPI backend when
+  // DSV4_EP_SINGLE_COPY=0 or the OS refuses) reaches nobody: callers fall back to messages.
+  virtual absl::StatusOr<std::unique_ptr<PeerMemory>> NewPeerMemory();
 
   // The backend's own handle (MPI_Comm* for MPI, null for local): for benchmarks that compare
   // against the raw transport.

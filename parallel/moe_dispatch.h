@@ -8,15 +8,22 @@
 // serves itself never leave it: they are read in place and their rows added in place.
 //
 // On the wire, per peer and in this order: the number of tokens (one int64, sent first so the
-// receiver can make room while the payload is already on its way), then their routing words (2K
-// per token, MoeSendPlan::meta), then their rows, sent straight from the hidden-state buffer
-// (PeerExchange::SendRows: an indexed MPI datatype, no packing copy). Counts, routing and rows of
-// every peer are posted at once; a peer's payload is received as soon as its count is in.
-// Combine posts every return at once and reduces peer by peer as each arrives, in a fixed order
-// (this rank's own rows, then rank - 1, rank - 2, ...: the order the peers send in), so the sums do
-// not depend on timing.
+// receiver can make room while the rest is on its way), then their routing (2K words per token,
+// MoeSendPlan::meta, then the tokens' row indices and the address of the hidden-state buffer),
+// then their rows. Counts and routing of every peer are posted at once; a peer's payload is
+// received as soon as its count is in, whatever the other peers do.
 //
-// Buffers are kept across calls: no allocation in steady state. One thread at a time.
+// Rows never get packed. Between ranks of one node that may read each other's memory
+// (PeerMemory: Linux cross-memory attach), the receiver gathers a peer's rows straight out of its
+// hidden-state buffer, one kernel copy per row as MPI's own single-copy transport makes for a
+// contiguous message; and in Combine the sender reads each peer's returned rows in L2-sized
+// chunks and adds them at once, so the returned rows cross memory once. Other peers get the rows
+// as a message sent from the hidden-state buffer with an indexed datatype (PeerExchange::SendRows).
+// Combine reduces in a fixed order (this rank's own rows, then rank - 1, rank - 2, ...: the order
+// the peers send in), so the sums do not depend on timing.
+//
+// Buffers are kept across calls: no allocation in steady state. The first Dispatch probes which
+// peers' memory can be read (collective, like every Dispatch). One thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -71,17 +78,26 @@ class MoeDispatcher {
     }
   };
 
+  // Words of a peer's routing message for `count` tokens: meta, token indices, buffer address.
+  int64_t RoutingWords(int64_t count) const { return count * (2 * K_ + 1) + 2; }
+
   Communicator* comm_;
+  std::unique_ptr<PeerMemory> peers_;  // made by the first Dispatch
   int64_t D_ = 0;
   int K_ = 0;
   MoeSendPlan plan_;
   std::vector<int64_t> send_count_, recv_count_;  // tokens per peer (self: 0, served in place)
-  std::vector<Buffer<float>> recv_rows_;           // per peer [recv_count, D]
-  std::vector<Buffer<int32_t>> recv_meta_;         // per peer [recv_count, 2K]
-  std::vector<Buffer<float>> back_;                // per peer [send_count, D]: the returned rows
-  std::vector<int64_t> row_offsets_;               // byte offset in x of every packed row
-  std::vector<const float*> hidden_;               // [num_received] rows this rank serves
-  std::vector<const int32_t*> meta_;               // [num_received] their routing words
+  std::vector<std::vector<int32_t>> send_routing_;  // per peer: its routing message
+  std::vector<Buffer<int32_t>> recv_routing_;       // per peer: the routing message received
+  std::vector<Buffer<float>> recv_rows_;            // per peer [recv_count, D]
+  std::vector<Buffer<float>> back_;                 // per peer [send_count, D]: returned rows (messages)
+  std::vector<int64_t> row_offsets_;                // byte offset in x of every packed row
+  std::vector<uint64_t> remote_;                    // addresses of a peer's rows (direct reads)
+  std::vector<uint64_t> y_address_, peer_y_;        // per peer: where its returned rows are
+  std::vector<int64_t> acks_;                       // per peer: "done reading your rows"
+  Buffer<float> stage_;                             // an L2-sized chunk of returned rows
+  std::vector<const float*> hidden_;                // [num_received] rows this rank serves
+  std::vector<const int32_t*> meta_;                // [num_received] their routing words
   int64_t bytes_moved_ = 0;
 };
 

@@ -22,11 +22,78 @@
 #if DSV4_MPI
 #include <mpi.h>
 #endif
+#if defined(__linux__)
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
+
+#include "base/env.h"
 
 namespace dsv4 {
 
 #if DSV4_MPI
 namespace {
+
+// PeerMemory over Linux cross-memory attach (process_vm_readv), between ranks that share a node.
+class CmaPeerMemory final : public PeerMemory {
+ public:
+  // The probe every rank publishes: a value its peers can check they read correctly.
+  static uint64_t ProbeValue(int pid) { return 0x64737634504d454dull ^ static_cast<uint64_t>(pid); }
+
+  CmaPeerMemory(std::string comm, int size) : comm_(std::move(comm)), size_(size) {}
+  uint64_t* probe() { return &probe_; }
+  void Init(std::vector<int> pids, std::vector<int> world_ranks, std::vector<uint8_t> can) {
+    pids_ = std::move(pids), world_ranks_ = std::move(world_ranks), can_ = std::move(can);
+  }
+  // Reads 8 bytes at `address` of process `pid`: true when they hold `want`.
+  static bool Probe(int pid, uint64_t address, uint64_t want) {
+#if defined(__linux__)
+    uint64_t got = 0;
+    iovec local{&got, sizeof(got)}, remote{reinterpret_cast<void*>(address), sizeof(got)};
+    return process_vm_readv(pid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(sizeof(got)) && got == want;
+#else
+    return false;
+#endif
+  }
+
+  bool CanRead(int reader, int owner) const override {
+    return reader >= 0 && owner >= 0 && reader < size_ && owner < size_ && can_[reader * size_ + owner] != 0;
+  }
+
+  absl::Status Gather(int owner, const uint64_t* remote, int64_t bytes, int64_t count, void* dst) override {
+#if defined(__linux__)
+    constexpr int64_t kMaxIov = 1024;  // IOV_MAX on Linux
+    char* out = static_cast<char*>(dst);
+    for (int64_t first = 0; first < count; first += kMaxIov) {
+      const int64_t m = std::min(kMaxIov, count - first);
+      iov_.resize(m);
+      for (int64_t i = 0; i < m; ++i)
+        iov_[i] = {reinterpret_cast<void*>(remote[first + i]), static_cast<size_t>(bytes)};
+      iovec local{out + first * bytes, static_cast<size_t>(m * bytes)};
+      const ssize_t got = process_vm_readv(pids_[owner], &local, 1, iov_.data(), m, 0);
+      if (got != static_cast<ssize_t>(m * bytes))
+        return absl::InternalError(absl::StrCat("reading ", m * bytes, " bytes of world rank ", world_ranks_[owner],
+                                                " (", comm_, ") directly failed: ",
+                                                got < 0 ? std::strerror(errno) : "a short read"));
+    }
+    return absl::OkStatus();
+#else
+    return absl::FailedPreconditionError("no cross-memory attach on this system");
+#endif
+  }
+
+ private:
+  std::string comm_;
+  int size_;
+  uint64_t probe_ = 0;
+  std::vector<int> pids_, world_ranks_;
+  std::vector<uint8_t> can_;  // [reader * size + owner]
+#if defined(__linux__)
+  std::vector<iovec> iov_;
+#endif
+};
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -132,6 +199,46 @@ class MpiCommunicator final : public Communicator {
   const void* NativeHandle() const override { return &comm_; }
   std::unique_ptr<PeerExchange> NewExchange(const char* what) override {
     return std::make_unique<Exchange>(this, what);
+  }
+
+  // Collective: which ranks share a node, their pids, and a probe read of every same-node peer.
+  absl::StatusOr<std::unique_ptr<PeerMemory>> NewPeerMemory() override {
+    if (!aborted_.empty()) return absl::AbortedError("NewPeerMemory: communicator aborted: " + aborted_);
+    auto pm = std::make_unique<CmaPeerMemory>(name(), size_);
+    MPI_Comm node;
+    if (MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node) != MPI_SUCCESS)
+      return absl::InternalError(absl::StrCat("MPI_Comm_split_type of ", name(), " failed"));
+    int node_root_world = 0;  // names the node: the world rank of its first rank in this group
+    {
+      int node_rank = 0;
+      MPI_Comm_rank(node, &node_rank);
+      int mine = node_rank == 0 ? world_ranks_[rank_] : -1;
+      MPI_Allreduce(&mine, &node_root_world, 1, MPI_INT, MPI_MAX, node);
+      MPI_Comm_free(&node);
+    }
+#if defined(__linux__)
+    const int pid = static_cast<int>(getpid());
+#else
+    const int pid = 0;
+#endif
+    const bool enabled = env::Int(env::Knob::kEpSingleCopy) != 0 && pid != 0;
+    *pm->probe() = CmaPeerMemory::ProbeValue(pid);
+    struct Who {
+      int pid, node;
+      uint64_t probe;
+    };
+    const Who me{pid, node_root_world, reinterpret_cast<uint64_t>(pm->probe())};
+    std::vector<Who> all(size_);
+    MPI_Allgather(&me, sizeof(Who), MPI_BYTE, all.data(), sizeof(Who), MPI_BYTE, comm_);
+    std::vector<uint8_t> mine(size_, 0), can(static_cast<size_t>(size_) * size_, 0);
+    for (int p = 0; p < size_; ++p)
+      if (enabled && p != rank_ && all[p].node == me.node)
+        mine[p] = CmaPeerMemory::Probe(all[p].pid, all[p].probe, CmaPeerMemory::ProbeValue(all[p].pid)) ? 1 : 0;
+    MPI_Allgather(mine.data(), size_, MPI_BYTE, can.data(), size_, MPI_BYTE, comm_);
+    std::vector<int> pids(size_);
+    for (int p = 0; p < size_; ++p) pids[p] = all[p].pid;
+    pm->Init(std::move(pids), world_ranks_, std::move(can));
+    return std::unique_ptr<PeerMemory>(std::move(pm));
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <numeric>
 #include <vector>
@@ -174,6 +175,42 @@ TEST(Comm, ExchangeMissingPeerTimesOutWithNames) {
     EXPECT_EQ(any.status().code(), absl::StatusCode::kDeadlineExceeded);
   }
   ASSERT_TRUE(c->Barrier().ok());
+}
+
+// PeerMemory: ranks of one node read each other's rows directly (when the OS allows it: then every
+// pair of this single-node job can), gathering scattered rows into one buffer.
+TEST(Comm, PeerMemoryGathersRowsOfSameNodePeers) {
+  auto c = World();
+  const int P = c->size(), me = c->rank();
+  auto pm = c->NewPeerMemory();
+  ASSERT_TRUE(pm.ok()) << pm.status();
+  for (int p = 0; p < P; ++p) EXPECT_FALSE((*pm)->CanRead(p, p)) << "a rank never reads itself";
+  if (P < 2 || !(*pm)->CanRead(me, (me + 1) % P)) {
+    GTEST_SKIP() << "no direct reads here (one rank, DSV4_EP_SINGLE_COPY=0, or the OS refuses)";
+  }
+  for (int a = 0; a < P; ++a)
+    for (int b = 0; b < P; ++b) EXPECT_EQ((*pm)->CanRead(a, b), a != b) << a << " " << b;  // one node: all pairs
+  const int64_t W = 6;
+  std::vector<float> mine(10 * W);
+  for (int64_t i = 0; i < 10 * W; ++i) mine[i] = Tag(me, i);
+  // Everyone publishes its buffer's address; each reads rows 9, 2, 5 of its right neighbour.
+  const uint64_t address = reinterpret_cast<uint64_t>(mine.data());
+  std::vector<float> addresses(2 * P);
+  float pair[2];
+  std::memcpy(pair, &address, sizeof(address));
+  std::vector<int64_t> twos(P, 2);
+  ASSERT_TRUE(c->AllGatherV(pair, twos.data(), addresses.data()).ok());
+  const int owner = (me + 1) % P;
+  uint64_t base;
+  std::memcpy(&base, &addresses[2 * owner], sizeof(base));
+  const uint64_t rows[3] = {base + 9 * W * 4, base + 2 * W * 4, base + 5 * W * 4};
+  std::vector<float> got(3 * W, -1.f);
+  ASSERT_TRUE((*pm)->Gather(owner, rows, W * 4, 3, got.data()).ok());
+  for (int k = 0; k < 3; ++k)
+    for (int64_t i = 0; i < W; ++i) EXPECT_EQ(got[k * W + i], Tag(owner, (k == 0 ? 9 : k == 1 ? 2 : 5) * W + i));
+  const uint64_t wild = 8;  // an address nobody maps: an error, not a crash
+  EXPECT_EQ((*pm)->Gather(owner, &wild, 4, 1, got.data()).code(), absl::StatusCode::kInternal);
+  ASSERT_TRUE(c->Barrier().ok());  // the buffers stay until everyone has read
 }
 
 TEST(Comm, SplitGroupsAreIndependent) {
