@@ -70,7 +70,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, int64_t max_bytes)
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view bytes) {
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, "create", tmp);
+  if (fd < 0) return ErrnoError(errno, "write", absl::StrCat(path, " (as ", tmp, ")"));
   size_t put = 0;
   while (put < bytes.size()) {
     const ssize_t w = ::write(fd, bytes.data() + put, bytes.size() - put);

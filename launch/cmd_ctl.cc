@@ -22,6 +22,8 @@
 namespace dsv4 {
 namespace {
 
+constexpr const char* kService = "dsv4.v1.ControlPlane";
+
 absl::StatusOr<std::unique_ptr<ControlClient>> Connect(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(const ClientSecurity security, ClientSecurityFromFlags(flags));
   return ControlClient::Connect(flags.GetString("server"), security);
@@ -54,15 +56,17 @@ std::string ToJson(const google::protobuf::Message& m) {
 
 absl::Status CtlStatus(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<ControlClient> client, Connect(flags));
-  DSV4_ASSIGN_OR_RETURN(const v1::ClusterStatus status, client->Status(flags.GetBool("by-layer")));
-  std::printf("%s", ToJson(status).c_str());
+  auto status = client->Status(flags.GetBool("by-layer"));
+  DSV4_RETURN_IF_ERROR(ServerError(status.status(), flags.GetString("server"), kService));
+  std::printf("%s", ToJson(*status).c_str());
   return absl::OkStatus();
 }
 
 absl::Status CtlRebalance(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<ControlClient> client, Connect(flags));
-  DSV4_ASSIGN_OR_RETURN(const v1::RebalanceResponse r,
-                        client->Rebalance(flags.GetBool("dry-run"), flags.GetDouble("timeout-s")));
+  auto rebalanced = client->Rebalance(flags.GetBool("dry-run"), flags.GetDouble("timeout-s"));
+  DSV4_RETURN_IF_ERROR(ServerError(rebalanced.status(), flags.GetString("server"), kService));
+  const v1::RebalanceResponse& r = *rebalanced;
   const std::string& out = flags.GetString("out");
   if (!out.empty()) DSV4_RETURN_IF_ERROR(WriteFileAtomic(out, r.placement()));
   // The summary; the placement itself goes to --out (or `dsv4 ctl placement` prints it).
@@ -77,7 +81,9 @@ absl::Status CtlRebalance(const Flags& flags) {
 
 absl::Status CtlPlacement(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<ControlClient> client, Connect(flags));
-  DSV4_ASSIGN_OR_RETURN(const v1::PlacementResponse r, client->GetPlacement());
+  auto placement = client->GetPlacement();
+  DSV4_RETURN_IF_ERROR(ServerError(placement.status(), flags.GetString("server"), kService));
+  const v1::PlacementResponse& r = *placement;
   if (!flags.GetString("out").empty()) return WriteFileAtomic(flags.GetString("out"), r.placement());
   std::printf("%s", r.placement().c_str());
   return absl::OkStatus();
@@ -85,12 +91,12 @@ absl::Status CtlPlacement(const Flags& flags) {
 
 absl::Status CtlDrain(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<ControlClient> client, Connect(flags));
-  return client->Drain(flags.GetDouble("grace-s"));
+  return ServerError(client->Drain(flags.GetDouble("grace-s")), flags.GetString("server"), kService);
 }
 
 absl::Status CtlShutdown(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<ControlClient> client, Connect(flags));
-  return client->Shutdown();
+  return ServerError(client->Shutdown(), flags.GetString("server"), kService);
 }
 
 }  // namespace dsv4

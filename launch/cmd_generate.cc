@@ -14,8 +14,22 @@
 #include "launch/commands.h"
 #include "nlohmann/json.hpp"
 #include "rpc/client.h"
+#include "runtime/tokenizer/utf8.h"
 
 namespace dsv4 {
+namespace {
+
+// Text flags travel as proto3 strings and JSON, which hold UTF-8 only.
+absl::Status CheckUtf8Flags(const Flags& flags) {
+  for (const char* name : {"prompt", "system", "stop", "request-id"}) {
+    const std::string& v = flags.GetString(name);
+    if (const size_t at = utf8::FirstInvalid(v); at != std::string_view::npos)
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " is not valid UTF-8 (at byte ", at, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 void GenerateFlags(Flags& flags) {
   flags.String("server", "127.0.0.1:50051", "address of a running dsv4 serve")
@@ -45,6 +59,7 @@ absl::Status Generate(const Flags& flags) {
   const std::vector<int32_t>& ids = flags.GetIntList("prompt-ids");
   if (flags.Given("prompt-ids") && ids.empty())
     return absl::InvalidArgumentError("--prompt-ids is empty: give token ids, or --prompt for text");
+  DSV4_RETURN_IF_ERROR(CheckUtf8Flags(flags));
   const bool json = flags.GetBool("json");
 
   v1::GenerateRequest req;
@@ -75,7 +90,8 @@ absl::Status Generate(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<InferenceClient> client,
                         InferenceClient::Connect(flags.GetString("server"), security));
   if (flags.GetDouble("wait-ready-s") > 0)
-    DSV4_RETURN_IF_ERROR(client->WaitForServing(absl::Seconds(flags.GetDouble("wait-ready-s"))));
+    DSV4_RETURN_IF_ERROR(ServerError(client->WaitForServing(absl::Seconds(flags.GetDouble("wait-ready-s"))),
+                                     flags.GetString("server"), "grpc.health.v1.Health"));
   v1::GenerateResponse last;
   const absl::Time t0 = absl::Now();
   double ttft_ms = -1;
@@ -98,7 +114,7 @@ absl::Status Generate(const Flags& flags) {
       absl::Seconds(flags.GetDouble("timeout-s")));
   if (!json) std::printf("\n");
   std::fflush(stdout);
-  DSV4_RETURN_IF_ERROR(st);
+  DSV4_RETURN_IF_ERROR(ServerError(st, flags.GetString("server"), "dsv4.v1.Inference"));
   std::fprintf(stderr, "[finish: %s%s, prompt %lld tokens, completion %lld tokens, ttft %.1f ms, seed %lld]\n",
                v1::FinishReason_Name(last.finish_reason()).substr(std::string("FINISH_REASON_").size()).c_str(),
                last.matched_stop().empty() ? "" : absl::StrCat(" on '", last.matched_stop(), "'").c_str(),

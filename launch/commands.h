@@ -46,4 +46,9 @@ absl::Status CtlPlacement(const Flags& flags);
 // model has Engram layers): INVALID_ARGUMENT naming the flag.
 absl::Status CheckTokenIds(std::span<const int32_t> ids, const Model& model, const std::string& flag);
 
+// A failed call to the server at `address`, said so that it names the server; UNIMPLEMENTED (a
+// server that does not offer `service`, e.g. the control plane's port given for the inference
+// port) says which service was expected.
+absl::Status ServerError(const absl::Status& status, const std::string& address, const std::string& service);
+
 }  // namespace dsv4

@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "base/env.h"
 #include "base/log.h"
 #include "bench/commands.h"
@@ -135,5 +136,11 @@ int main(int argc, char** argv) {
   // Under mpirun every rank joins the MPI world before anything else.
   std::unique_ptr<dsv4::MpiSession> mpi;
   if (dsv4::LaunchedByMpirun()) mpi = std::make_unique<dsv4::MpiSession>(&argc, &argv);
-  return dsv4::Main(argc, argv);
+  // Errors are statuses; an exception reaching here (a library's, or std::system_error when the
+  // system refuses a thread) is still reported as one line and a non-zero exit, never an abort.
+  try {
+    return dsv4::Main(argc, argv);
+  } catch (const std::exception& e) {
+    return dsv4::Fail(absl::InternalError(absl::StrCat("unexpected error: ", e.what())));
+  }
 }

@@ -5,7 +5,8 @@ set -euo pipefail
 
 DSV4_DEBS=(build-essential cmake ccache pkg-config libabsl-dev libspdlog-dev nlohmann-json3-dev libgtest-dev
            libgmock-dev libbenchmark-dev libopenmpi-dev openmpi-bin libpcre2-dev libutf8proc-dev
-           libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcpp-httplib-dev curl)
+           libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libcpp-httplib-dev curl
+           libssl-dev)
 
 dsv4_missing_debs() {
   local missing=()

@@ -16,15 +16,8 @@ absl::Status CheckText(const std::string& field, const std::string& text, const 
     return absl::InvalidArgumentError(absl::StrCat(field, " is ", text.size(),
                                                    " bytes: more than the maximum context length of ",
                                                    limits.max_model_len, " tokens can hold (at most ", cap, " bytes)"));
-  if (!utf8::IsValid(text)) {
-    size_t at = 0;
-    while (at < text.size()) {
-      const utf8::Step s = utf8::ScanChar(std::string_view(text).substr(at));
-      if (s.scan != utf8::Scan::kValid) break;
-      at += s.length;
-    }
+  if (const size_t at = utf8::FirstInvalid(text); at != std::string_view::npos)
     return absl::InvalidArgumentError(absl::StrCat(field, " is not valid UTF-8 (at byte ", at, ")"));
-  }
   return absl::OkStatus();
 }
 

@@ -36,7 +36,10 @@ struct ClientSecurity {
   std::string token;  // sent as "authorization: Bearer <token>"
 };
 
-// A channel to `address` (host:port) with bounded message sizes and keepalive pings.
+// OK for "host:port" or "[ipv6]:port" with a port in [1, 65535], and for gRPC target URIs
+// ("dns:///...", "unix:..."); INVALID_ARGUMENT naming the address otherwise.
+absl::Status CheckAddress(const std::string& address);
+// A channel to `address` (checked as above) with bounded message sizes and keepalive pings.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const ClientSecurity& security,
                                                            int max_message_bytes = 64 << 20);
 // Adds the bearer token to a call.

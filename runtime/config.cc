@@ -298,9 +298,19 @@ absl::Status ValidateEngramConfig(const ModelConfig& c, const std::string& sourc
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
-  const json top = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (top.is_discarded() || !top.is_object())
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  json top;
+  try {
+    top = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    constexpr size_t kMax = 300;  // the message quotes the offending token, which may be long
+    const std::string what = e.what();
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": invalid JSON: ", what.substr(0, kMax), what.size() > kMax ? "..." : ""));
+  } catch (const json::exception& e) {  // e.g. a number beyond a double's range
+    return absl::InvalidArgumentError(absl::StrCat(source, ": invalid JSON: ", e.what()));
+  }
+  if (!top.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(source, ": must be a JSON object, not ", top.type_name()));
   if (top.contains("text_config") && !top["text_config"].is_object())
     return absl::InvalidArgumentError(absl::StrCat(source, ": field 'text_config' must be an object"));
   const json j = FlattenTextConfig(top);
@@ -444,6 +454,10 @@ absl::Status ValidateModelConfig(const ModelConfig& c, const std::string& source
   for (const auto& r : ranges)
     if (r.value < r.lo || r.value > r.hi)
       return bad(r.name, absl::StrCat("= ", r.value, " is outside [", r.lo, ", ", r.hi, "]"));
+  // Token ids the runtime feeds or stops on must be rows of the embedding.
+  for (const auto& [name, id] : {std::pair{"bos_token_id", c.bos_token_id}, std::pair{"eos_token_id", c.eos_token_id}})
+    if (id < 0 || id >= c.vocab_size)
+      return bad(name, absl::StrCat("= ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
   if (c.num_experts_per_tok > c.n_routed_experts)
     return bad("num_experts_per_tok", absl::StrCat("= ", c.num_experts_per_tok, " exceeds n_routed_experts = ",
                                                     c.n_routed_experts));

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/file.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/formats.h"
@@ -448,6 +449,25 @@ absl::Status FindEngramTokenizer(const std::string& model, const ModelConfig& co
 
 }  // namespace
 
+
+absl::Status CheckModelDir(const std::string& model) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(model, ec);
+  if (!fs::exists(st))
+    return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist (or use builtin:v4-tiny)"));
+  if (!fs::is_directory(st))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", model, "' is a file, not a checkpoint directory (config.json, *.safetensors, tokenizer.json)"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ModelConfigText(const std::string& model) {
+  if (model.rfind("builtin:", 0) == 0) return BuiltinConfigJson(model.substr(8));
+  DSV4_RETURN_IF_ERROR(CheckModelDir(model));
+  return ReadFile(model + "/config.json", int64_t{64} << 20);
+}
+
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model, const LoadOptionsFn& make_options) {
   auto options_for = [&](const ModelConfig& c) -> absl::StatusOr<LoadOptions> {
     return make_options ? make_options(c) : LoadOptions{};
@@ -459,8 +479,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModel(const std::string& model
     return LoadWeights(std::move(b.checkpoint), b.config, options);
   }
   namespace fs = std::filesystem;
-  if (!fs::is_directory(model))
-    return absl::NotFoundError(absl::StrCat("model directory '", model, "' does not exist (or use builtin:v4-tiny)"));
+  DSV4_RETURN_IF_ERROR(CheckModelDir(model));
   DSV4_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig((fs::path(model) / "config.json").string()));
   DSV4_ASSIGN_OR_RETURN(LoadOptions options, options_for(config));
   DSV4_RETURN_IF_ERROR(FindEngramTokenizer(model, config, options));

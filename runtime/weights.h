@@ -125,6 +125,11 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
 absl::StatusOr<ExpertWeights> LoadExpertWeights(const Checkpoint& ckpt, const ModelConfig& config, int64_t layer,
                                                 int64_t expert);
 
+// OK when `model` is an existing directory: NOT_FOUND, or INVALID_ARGUMENT for a file, naming it.
+absl::Status CheckModelDir(const std::string& model);
+// The config.json text of a model directory or built-in name.
+absl::StatusOr<std::string> ModelConfigText(const std::string& model);
+
 // Opens `dir` (config.json + safetensors) or a built-in name ("builtin:v4-tiny") and loads it.
 // `make_options`, when given, decides the slice to load once the config is known.
 using LoadOptionsFn = std::function<absl::StatusOr<LoadOptions>(const ModelConfig&)>;

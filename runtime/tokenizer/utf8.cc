@@ -42,7 +42,7 @@ Step ScanChar(std::string_view s) {
   return {Scan::kValid, got};
 }
 
-bool IsValid(std::string_view s) {
+size_t FirstInvalid(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
     if (static_cast<uint8_t>(s[i]) < 0x80) {
@@ -50,11 +50,13 @@ bool IsValid(std::string_view s) {
       continue;
     }
     const Step step = ScanChar(s.substr(i));
-    if (step.scan != Scan::kValid) return false;
+    if (step.scan != Scan::kValid) return i;
     i += step.length;
   }
-  return true;
+  return std::string_view::npos;
 }
+
+bool IsValid(std::string_view s) { return FirstInvalid(s) == std::string_view::npos; }
 
 std::string Sanitize(std::string_view s) {
   if (IsValid(s)) return std::string(s);

@@ -33,6 +33,8 @@ Step ScanChar(std::string_view s);
 
 // True when every byte of `s` belongs to a well-formed character.
 bool IsValid(std::string_view s);
+// The offset of the first byte that does not, or npos when `s` is valid.
+size_t FirstInvalid(std::string_view s);
 
 // `s` with each ill-formed subpart (truncated tails included) replaced by U+FFFD.
 std::string Sanitize(std::string_view s);

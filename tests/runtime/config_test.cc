@@ -74,7 +74,19 @@ TEST(Config, Errors) {
   ExpectConfigError(j, "'model_type' = \"deepseek_v3\"");
   j = TinyConfig(), j["kv_source_layer_ids"] = {1, 3};
   ExpectConfigError(j, "'kv_source_layer_ids' is a V4.1 key");
-  ExpectConfigError(nlohmann::json::array(), "not a JSON object");
+  ExpectConfigError(nlohmann::json::array(), "must be a JSON object, not array");
+  // Ids the runtime feeds or stops on must be in the vocabulary; only V4-family model types run.
+  j = TinyConfig(), j["eos_token_id"] = 512;
+  ExpectConfigError(j, "'eos_token_id' = 512 is outside the vocabulary [0, ");
+  j = TinyConfig(), j["bos_token_id"] = -1;
+  ExpectConfigError(j, "'bos_token_id'");
+  j = TinyConfig(), j["model_type"] = "llama";
+  ExpectConfigError(j, "'model_type' = \"llama\" is not a model this runtime executes");
+  // A syntax error says so, with where it is (not "not a JSON object").
+  auto bad = ParseModelConfig("{\"vocab_size\": 512,\n \"hidden_size\": }", "config.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("config.json: invalid JSON"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("line 2"), std::string::npos) << bad.status();
 }
 
 // A weight block that is not square is a config like any other; the checkpoint's scales decide
