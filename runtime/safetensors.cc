@@ -479,26 +479,43 @@ absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const fs::path& ind
   return weight_map;
 }
 
-// A shard named by the index must be a relative path that stays inside the model directory, also
-// after resolving symlinks.
+// A shard named by the index must be a file of the model directory: a relative path, no '..',
+// each folder on the way a real folder of the directory (not a symlink). The file itself may be a
+// symlink, followed as the operating system does: that is how the Hugging Face hub stores a
+// snapshot (snapshots/<rev>/model-00001-of-00002.safetensors -> ../../blobs/<sha256>), and the
+// same link is followed when the directory is read without an index. So the index, which is
+// data, can only pick among the directory's own files; where those files live is the directory's
+// owner's choice.
 absl::Status CheckShardPath(const std::string& where, const fs::path& dir, const std::string& tensor,
                             const std::string& shard) {
   const std::string what = absl::StrCat("shard ", Quote(shard), " (for tensor ", Quote(tensor), ")");
   const fs::path p(shard);
-  if (shard.empty() || shard.find('\0') != std::string::npos) return FileError(where, what, " is not a file name");
+  if (shard.empty() || shard.find('\0') != std::string::npos || p.filename().empty())
+    return FileError(where, what, " is not a file name");
   if (p.is_absolute()) return FileError(where, what, " is an absolute path; shards must be inside the model dir");
   for (const fs::path& part : p) {
     if (part == "..") return FileError(where, what, " contains '..' and escapes the model directory");
   }
+  fs::path at = dir;
   std::error_code ec;
-  const fs::path root = fs::weakly_canonical(dir, ec);
-  const fs::path resolved = ec ? fs::path() : fs::weakly_canonical(dir / p, ec);
-  if (ec) return FileError(where, what, ": cannot resolve: ", ec.message());
-  const fs::path rel = resolved.lexically_relative(root);
-  if (rel.empty() || *rel.begin() == ".." || *rel.begin() == ".") {
-    return FileError(where, what, " resolves to ", resolved.string(), ", outside the model directory ", root.string());
+  for (auto it = p.begin(); std::next(it) != p.end(); ++it) {
+    if (*it == ".") continue;
+    at /= *it;
+    const fs::file_status st = fs::symlink_status(at, ec);
+    if (fs::is_symlink(st))
+      return FileError(where, what, " goes through ", Quote(at.string()),
+                       ", a symlink; shards must be files of the model directory or of its own folders");
+    if (!fs::is_directory(st))
+      return absl::NotFoundError(absl::StrCat(where, ": ", what, " does not exist (no folder ", at.string(), ")"));
   }
-  if (!fs::exists(dir / p, ec)) return absl::NotFoundError(absl::StrCat(where, ": ", what, " does not exist"));
+  const fs::path file = dir / p;
+  if (!fs::exists(fs::symlink_status(file, ec)))
+    return absl::NotFoundError(absl::StrCat(where, ": ", what, " does not exist"));
+  const fs::file_status target = fs::status(file, ec);
+  if (!fs::exists(target))
+    return absl::NotFoundError(absl::StrCat(where, ": ", what, " is a symlink to ", fs::read_symlink(file, ec).string(),
+                                            ", which does not exist (an incomplete download?)"));
+  if (!fs::is_regular_file(target)) return FileError(where, what, " is not a regular file");
   return absl::OkStatus();
 }
 

@@ -82,8 +82,9 @@ std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
                                       const std::map<std::string, std::string>& metadata = {});
 
 // All tensors of a checkpoint directory: `model.safetensors.index.json` with its shards when
-// present, else every `*.safetensors` file in the directory. A name found twice is an error; index
-// entries must stay inside the directory.
+// present, else every `*.safetensors` file in the directory. A name found twice is an error. Index
+// entries must name files of the directory (no absolute paths, '..' or symlinked folders); a file
+// that is itself a symlink is followed, as in a Hugging Face hub snapshot.
 class Checkpoint {
  public:
   static absl::StatusOr<std::unique_ptr<Checkpoint>> OpenDir(const std::string& dir);

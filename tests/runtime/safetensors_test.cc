@@ -580,12 +580,54 @@ TEST(SafetensorsST11, AbsoluteShardPath) {
   EXPECT_TRUE(FailsWith(Checkpoint::OpenDir(dir).status(), {"index.json", outside, "absolute"}));
 }
 
-TEST(SafetensorsST11, SymlinkEscapingDir) {
+// A Hugging Face hub cache: the snapshot's files (the index included) are symlinks into
+// ../../blobs/, outside the snapshot folder. It loads with the index as it does without.
+TEST(SafetensorsST11, HubSnapshotWithIndex) {
+  const std::string repo = TempDir() + "/models--deepseek-ai--tiny";
+  const std::string snap = repo + "/snapshots/0123abcd";
+  fs::create_directories(repo + "/blobs");
+  fs::create_directories(snap);
+  WriteFile(repo + "/blobs", "b1", WriteSafetensors({{"a", DType::kU8, {1}, {7}}}));
+  WriteFile(repo + "/blobs", "b2", WriteSafetensors({{"b", DType::kU8, {2}, {8, 9}}}));
+  WriteIndex(repo + "/blobs", {{"a", "model-00001-of-00002.safetensors"}, {"b", "model-00002-of-00002.safetensors"}});
+  fs::rename(repo + "/blobs/model.safetensors.index.json", repo + "/blobs/b3");
+  fs::create_symlink("../../blobs/b1", snap + "/model-00001-of-00002.safetensors");
+  fs::create_symlink("../../blobs/b2", snap + "/model-00002-of-00002.safetensors");
+  fs::create_symlink("../../blobs/b3", snap + "/model.safetensors.index.json");
+  auto ckpt = Checkpoint::OpenDir(snap);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ((*ckpt)->Find("a")->data[0], 7);
+  EXPECT_EQ((*ckpt)->Find("b")->data[1], 9);
+  EXPECT_EQ((*ckpt)->Find("a")->file, snap + "/model-00001-of-00002.safetensors");
+}
+
+// The directory's own symlinks are followed wherever they point, as they are without an index.
+TEST(SafetensorsST11, SymlinkedFileOutsideDirFollowed) {
   const std::string dir = TempDir();
-  const std::string outside = WriteFile(TempDir(), "x.safetensors", WriteSafetensors({{"a", DType::kU8, {1}, {1}}}));
+  const std::string outside = WriteFile(TempDir(), "x.safetensors", WriteSafetensors({{"a", DType::kU8, {1}, {5}}}));
   fs::create_symlink(outside, dir + "/model.safetensors");
   WriteIndex(dir, {{"a", "model.safetensors"}});
-  EXPECT_TRUE(FailsWith(Checkpoint::OpenDir(dir).status(), {"index.json", "'model.safetensors'", "outside"}));
+  auto ckpt = Checkpoint::OpenDir(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ((*ckpt)->Find("a")->data[0], 5);
+}
+
+// An index entry cannot reach outside through a symlinked folder: shards are the directory's files.
+TEST(SafetensorsST11, SymlinkedFolderRefused) {
+  const std::string dir = TempDir();
+  const std::string outside = TempDir();
+  WriteFile(outside, "x.safetensors", WriteSafetensors({{"a", DType::kU8, {1}, {1}}}));
+  fs::create_directory_symlink(outside, dir + "/sub");
+  WriteIndex(dir, {{"a", "sub/x.safetensors"}});
+  EXPECT_TRUE(FailsWith(Checkpoint::OpenDir(dir).status(), {"index.json", "'sub/x.safetensors'", "symlink"}));
+}
+
+TEST(SafetensorsST11, DanglingSymlinkNamed) {
+  const std::string dir = TempDir();
+  fs::create_symlink("../../blobs/missing", dir + "/model.safetensors");
+  WriteIndex(dir, {{"a", "model.safetensors"}});
+  EXPECT_TRUE(FailsWith(Checkpoint::OpenDir(dir).status(),
+                        {"index.json", "'model.safetensors'", "../../blobs/missing", "does not exist"}));
 }
 
 TEST(SafetensorsST11, SymlinkInsideDirAccepted) {
