@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/file.h"
 #include "base/status.h"
 
 namespace dsv4::cluster {
@@ -420,9 +421,7 @@ absl::StatusOr<std::vector<std::string>> WritePlots(const std::vector<json>& ans
   std::vector<std::string> written;
   auto write = [&](const std::string& name, const std::string& svg) -> absl::Status {
     const std::string path = (std::filesystem::path(dir) / name).string();
-    std::ofstream out(path, std::ios::binary);
-    out << svg;
-    if (!out) return absl::InternalError(absl::StrCat("--plot: cannot write '", path, "'"));
+    DSV4_RETURN_IF_ERROR(WriteFileAtomic(path, svg), "--plot");
     written.push_back(path);
     return absl::OkStatus();
   };

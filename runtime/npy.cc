@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/file.h"
 
 namespace dsv4 {
 
@@ -21,15 +22,15 @@ absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& sh
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
   const uint16_t hlen = static_cast<uint16_t>(header.size());
-  out.write("\x93NUMPY\x01\x00", 8);
-  out.write(reinterpret_cast<const char*>(&hlen), 2);
-  out.write(header.data(), header.size());
-  out.write(reinterpret_cast<const char*>(data), n * sizeof(float));
-  if (!out) return absl::DataLossError(absl::StrCat("short write to ", path));
-  return absl::OkStatus();
+  std::string bytes;
+  bytes.reserve(10 + header.size() + n * sizeof(float));
+  bytes.append("\x93NUMPY\x01\x00", 8);
+  bytes.append(reinterpret_cast<const char*>(&hlen), 2);
+  bytes.append(header);
+  bytes.append(reinterpret_cast<const char*>(data), n * sizeof(float));
+  // A failed write leaves the file that was there (or none), never a truncated array.
+  return WriteFileAtomic(path, bytes);
 }
 
 absl::StatusOr<NpyF32> ReadNpyF32(const std::string& path) {
