@@ -66,7 +66,10 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
     return absl::InvalidArgumentError(
         absl::StrCat("threads must be in [0, ", kMaxCpuThreads, "], got ", options.threads));
   if (!(options.comm_timeout_s > 0)) return absl::InvalidArgumentError("the communication timeout must be positive");
-  if (options.threads > 0) kernels::SetNumThreads(options.threads);
+  DSV4_RETURN_IF_ERROR(kernels::SetNumThreads(options.threads));
+  if (kernels::NumThreads() > kernels::AvailableCores())
+    DSV4_LOG(kWarn, kernels::NumThreads(), " CPU threads on ", kernels::AvailableCores(),
+             " available cores: the threads take turns, and steps run slower than with one per core");
 
   std::unique_ptr<Communicator> world;
   if (LaunchedByMpirun()) {

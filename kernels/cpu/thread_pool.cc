@@ -8,9 +8,11 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "base/env.h"
 
 namespace dsv4::kernels {
@@ -27,10 +29,6 @@ std::vector<int> AllowedCpus() {
   return cpus;
 }
 
-int AvailableCores() {
-  const size_t n = AllowedCpus().size();
-  return n > 0 ? static_cast<int>(n) : std::max(1u, std::thread::hardware_concurrency());
-}
 
 // Spins (with pause) while `busy()` holds, for about `spin_us` microseconds, then returns whether
 // it still holds.
@@ -55,14 +53,14 @@ bool SpinWhile(Busy busy, int spin_us) {
 // then may overwrite the fields for the next job.
 class Pool {
  public:
-  explicit Pool(int n) { Start(n); }
+  explicit Pool(int n) { (void)Start(n); }
   ~Pool() { Stop(); }
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  void Resize(int n) {
+  absl::Status Resize(int n) {
     Stop();
-    Start(n);
+    return Start(n);
   }
 
   static constexpr int64_t kMaxChunks = int64_t{1} << 23;
@@ -112,7 +110,8 @@ class Pool {
     }
   }
 
-  void Start(int n) {
+  // Starts n - 1 workers; when the system refuses one, keeps those already running.
+  absl::Status Start(int n) {
     stop_.store(false);
     const std::vector<int> cpus = AllowedCpus();
     // Workers go to cores 1.. of the allowed set; the caller keeps (and, being the only other
@@ -122,7 +121,14 @@ class Pool {
     // first job has been published.
     const uint32_t epoch = epoch_.load();
     for (int i = 1; i < n; ++i) {
-      workers_.emplace_back([this, epoch] { Loop(epoch); });
+      try {
+        workers_.emplace_back([this, epoch] { Loop(epoch); });
+      } catch (const std::system_error& e) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("cannot start ", n, " CPU threads (the system refused thread ", i + 1, ": ", e.what(),
+                         "); running with ", i, ". Lower --threads / DSV4_NUM_THREADS, or raise the process or "
+                         "memory limits (ulimit -u, -v)"));
+      }
       if (pin) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -130,6 +136,7 @@ class Pool {
         pthread_setaffinity_np(workers_.back().native_handle(), sizeof(set), &set);
       }
     }
+    return absl::OkStatus();
   }
 
   void Stop() {
@@ -170,19 +177,28 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+int DefaultThreads() {
+  const int64_t n = env::Int(env::Knob::kNumThreads);
+  return n > 0 ? static_cast<int>(n) : AvailableCores();
+}
+
+// Started on first use with the default size; a shortfall then leaves a smaller pool (callers that
+// must know, the runtime, size it with SetNumThreads first).
 Pool& GlobalPool() {
-  static Pool pool([] {
-    const int64_t n = env::Int(env::Knob::kNumThreads);
-    return n > 0 ? static_cast<int>(n) : AvailableCores();
-  }());
+  static Pool pool(DefaultThreads());
   return pool;
 }
 
 }  // namespace
 
+int AvailableCores() {
+  const size_t n = AllowedCpus().size();
+  return n > 0 ? static_cast<int>(n) : std::max(1u, std::thread::hardware_concurrency());
+}
+
 int NumThreads() { return GlobalPool().size(); }
 
-void SetNumThreads(int n) { GlobalPool().Resize(n > 0 ? n : AvailableCores()); }
+absl::Status SetNumThreads(int n) { return GlobalPool().Resize(n > 0 ? n : DefaultThreads()); }
 
 void ParallelFor(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;

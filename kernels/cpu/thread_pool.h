@@ -12,6 +12,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "absl/status/status.h"
+
 namespace dsv4::kernels {
 
 // A non-owning reference to a callable `void(int64_t begin, int64_t end)`. Binding a lambda
@@ -31,8 +33,12 @@ class RangeFn {
 
 // Number of threads ParallelFor uses (workers + the caller).
 int NumThreads();
-// Resizes the pool (0 = one per available core). Not to be called concurrently with ParallelFor.
-void SetNumThreads(int n);
+// Resizes the pool (0 = DSV4_NUM_THREADS, else one per available core). Not to be called
+// concurrently with ParallelFor. When the system refuses a thread (a process or memory limit),
+// the pool keeps the workers it could start and the error says how many that was.
+absl::Status SetNumThreads(int n);
+// Cores this process may run on (its affinity mask).
+int AvailableCores();
 
 // fn(begin, end) over contiguous chunks of [0, n), one per thread; chunks are at least `grain` long.
 void ParallelFor(int64_t n, int64_t grain, RangeFn fn);
