@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
@@ -190,6 +191,13 @@ class NoPeerMemory final : public PeerMemory {
 
 absl::StatusOr<std::unique_ptr<PeerMemory>> Communicator::NewPeerMemory() {
   return std::unique_ptr<PeerMemory>(std::make_unique<NoPeerMemory>());
+}
+
+absl::Status AllGatherBytes(Communicator& comm, const void* in, int64_t bytes, void* out) {
+  const int n = comm.size();
+  std::vector<int64_t> counts(n, bytes), send_displs(n, 0), recv_displs(n);
+  for (int r = 0; r < n; ++r) recv_displs[r] = r * bytes;
+  return comm.AllToAllV(in, counts.data(), send_displs.data(), out, counts.data(), recv_displs.data());
 }
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }

@@ -105,6 +105,9 @@ class Communicator {
   std::chrono::milliseconds timeout_{std::chrono::seconds(60)};
 };
 
+// Every rank's `bytes` bytes at `in`, in rank order at `out` (size() * bytes bytes), over AllToAllV.
+absl::Status AllGatherBytes(Communicator& comm, const void* in, int64_t bytes, void* out);
+
 // The world of one: collectives are copies.
 std::unique_ptr<Communicator> MakeLocalCommunicator();
 

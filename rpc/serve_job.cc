@@ -157,9 +157,7 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
 }
 
 ServeJob::ServeJob(ServeOptions options) : opt_(std::move(options)) {
-  const RuntimeOptions& r = opt_.runtime;
-  settings_ = absl::StrCat("qdq=", r.qdq ? "on" : "off", " tp=", r.tp, " ep=", r.ep,
-                           " redundant-experts=", r.redundant_experts, " placement=", r.placement_file);
+  settings_ = RuntimeSettings(opt_.runtime);
   const LauncherPlace place = LauncherWorld();
   world_size_ = place.size, rank_ = place.rank;
 }

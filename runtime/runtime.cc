@@ -1,9 +1,13 @@
 #include "runtime/runtime.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "base/fnv.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/thread_pool.h"
@@ -41,7 +45,60 @@ absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
   return o;
 }
 
+std::string RuntimeSettings(const RuntimeOptions& o) {
+  const char* engram = o.engram_placement == EngramPlacement::kLocal  ? "local"
+                       : o.engram_placement == EngramPlacement::kNode ? "node"
+                                                                      : "world";
+  return absl::StrCat("qdq=", o.qdq ? "on" : "off", " tp=", o.tp, " ep=", o.ep, " redundant-experts=",
+                      o.redundant_experts, " engram=", engram);
+}
+
+absl::StatusOr<std::string> ConfigDigest(const std::string& model, const std::string& settings) {
+  DSV4_ASSIGN_OR_RETURN(const std::string text, ModelConfigText(model));
+  Fnv64 f;
+  f.Add(text);
+  f.Add("\n");
+  f.Add(settings);
+  return f.Hex();
+}
+
 namespace {
+
+// What one rank opened, as it sends it to every other rank (fixed size, NUL-terminated fields).
+struct OpenedModel {
+  char digest[24];
+  char settings[104];
+  char model[384];
+};
+
+void CopyField(char* dst, size_t size, const std::string& s) {
+  std::memset(dst, 0, size);
+  std::memcpy(dst, s.data(), std::min(s.size(), size - 1));
+}
+
+// Every rank's (model, settings, digest) against rank 0's; `what` names the digest ("config",
+// "weights"). Collective; every rank returns the same error.
+absl::Status CheckRanksAgree(Communicator& world, const std::string& model, const std::string& settings,
+                             const std::string& digest, const char* what) {
+  if (world.size() == 1) return absl::OkStatus();
+  OpenedModel mine;
+  CopyField(mine.digest, sizeof(mine.digest), digest);
+  CopyField(mine.settings, sizeof(mine.settings), settings);
+  CopyField(mine.model, sizeof(mine.model), model);
+  std::vector<OpenedModel> all(world.size());
+  DSV4_RETURN_IF_ERROR(AllGatherBytes(world, &mine, sizeof(mine), all.data()),
+                       "comparing the ranks' models (", what, ")");
+  for (int r = 1; r < world.size(); ++r) {
+    const OpenedModel &a = all[0], &b = all[r];
+    if (std::strcmp(a.digest, b.digest) == 0 && std::strcmp(a.settings, b.settings) == 0) continue;
+    const bool settings_differ = std::strcmp(a.settings, b.settings) != 0;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", r, " and rank 0 opened different ", settings_differ ? "settings" : what, ": rank 0 '", a.model, "' (",
+        a.settings, ", ", what, " ", a.digest, "), rank ", r, " '", b.model, "' (", b.settings, ", ", what, " ",
+        b.digest, "); every rank must open the same checkpoint with the same --qdq, --tp, --ep and --engram-placement"));
+  }
+  return absl::OkStatus();
+}
 
 // The bytes of `path` as world rank 0 reads them, on every rank (collective): the ranks agree on
 // what they load even where their file systems differ, and rank 0's error is every rank's.
@@ -79,6 +136,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   }
   world->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(options.comm_timeout_s * 1000)));
   log::SetRank(world->rank());
+  const std::string settings = RuntimeSettings(options);
+  DSV4_ASSIGN_OR_RETURN(const std::string config_digest, ConfigDigest(options.model, settings));
+  DSV4_RETURN_IF_ERROR(CheckRanksAgree(*world, options.model, settings, config_digest, "config"));
 
   std::unique_ptr<Runtime> rt(new Runtime(options));
   PlacementSpec placement;
@@ -104,6 +164,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
         load.owns_expert = [&ctx](int64_t l, int64_t e) { return ctx.placement.layer(l).Holds(ctx.layout.ep_rank, e); };
         return load;
       }));
+  DSV4_RETURN_IF_ERROR(
+      CheckRanksAgree(rt->world(), options.model, settings, weights->checkpoint->Fingerprint(), "weights"));
   ForwardOptions forward;
   forward.qdq = options.qdq;
   rt->model_ =

@@ -30,6 +30,13 @@ struct RuntimeOptions {
   EngramPlacement engram_placement = EngramPlacement::kLocal;
 };
 
+// The options every rank of a job must agree on, as text ("qdq=on tp=2 ep=0 engram=local").
+std::string RuntimeSettings(const RuntimeOptions& options);
+
+// 16 hex digits: a 64-bit FNV-1a hash of the model's config.json text (a built-in model's
+// generated one) and `settings`. Ranks compare it before they load anything.
+absl::StatusOr<std::string> ConfigDigest(const std::string& model, const std::string& settings);
+
 // The flags of every command that runs the model: --model, --qdq, --threads, --tp, --ep,
 // --redundant-experts, --placement, --comm-timeout-s, --engram-placement; and the options they give.
 void AddRuntimeFlags(Flags& flags);
@@ -38,6 +45,9 @@ absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags);
 class Runtime {
  public:
   // Collective under mpirun: every rank opens its share. Errors name the bad option or file.
+  // Every rank checks that all ranks opened the same model with the same settings (the config
+  // digest before loading, the checkpoint's fingerprint after): a job whose ranks disagree fails
+  // on every rank with one error naming both, instead of computing with mixed weights.
   static absl::StatusOr<std::unique_ptr<Runtime>> Open(const RuntimeOptions& options);
 
   Model& model() const { return *model_; }

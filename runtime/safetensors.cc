@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/file.h"
+#include "base/fnv.h"
 #include "base/status.h"
 
 namespace dsv4 {
@@ -721,6 +722,29 @@ std::unique_ptr<Checkpoint> Checkpoint::FromFiles(std::vector<std::unique_ptr<Sa
   ckpt->files_ = std::move(files);
   ckpt->index_ = std::move(index).value();
   return ckpt;
+}
+
+std::string Checkpoint::Fingerprint() const {
+  std::vector<const SafetensorsFile*> files;
+  for (const auto& f : files_) files.push_back(f.get());
+  auto base_name = [](const SafetensorsFile* f) { return fs::path(f->path()).filename().string(); };
+  std::sort(files.begin(), files.end(), [&](auto* a, auto* b) { return base_name(a) < base_name(b); });
+  constexpr uint64_t kSample = 4096;
+  Fnv64 h;
+  for (const SafetensorsFile* f : files) {
+    const std::string name = base_name(f);
+    const uint64_t size = f->size();
+    h.Add(name);
+    h.Add(&size, sizeof(size));
+    uint64_t header = 0;
+    std::memcpy(&header, f->data(), kLengthBytes);  // Parse checked it against the size
+    const uint64_t data_begin = kLengthBytes + header;
+    h.Add(f->data(), data_begin);
+    const uint64_t data = size - data_begin;
+    h.Add(f->data() + data_begin, std::min(data, kSample));
+    if (data > kSample) h.Add(f->data() + size - kSample, kSample);
+  }
+  return h.Hex();
 }
 
 const TensorInfo* Checkpoint::Find(const std::string& name) const {

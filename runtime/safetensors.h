@@ -54,6 +54,9 @@ class SafetensorsFile {
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& path() const { return path_; }
+  // The whole file image (header and data).
+  const uint8_t* data() const { return base_; }
+  uint64_t size() const { return size_; }
 
  private:
   SafetensorsFile() = default;
@@ -92,6 +95,10 @@ class Checkpoint {
 
   // nullptr when absent.
   const TensorInfo* Find(const std::string& name) const;
+  // 16 hex digits that differ, in practice, between two checkpoints that are not the same files:
+  // a hash of every file's base name, size and header, and of the first and last 4 KiB of its
+  // data (a few pages per file, whatever the model's size). Equal for copies at different paths.
+  std::string Fingerprint() const;
   const std::map<std::string, const TensorInfo*>& all() const { return index_; }
 
  private:

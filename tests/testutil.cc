@@ -148,4 +148,11 @@ absl::Status WriteRandomModelDir(const std::string& dir, const nlohmann::json& c
   return WriteFileAtomic(dir + "/config.json", config.dump(2));
 }
 
+std::string WriteModelDir(const nlohmann::json& config, uint64_t seed, const TensorPatch& edit) {
+  const std::string dir = TempDir();
+  const absl::Status st = WriteRandomModelDir(dir, config, seed, edit);
+  EXPECT_TRUE(st.ok()) << st;
+  return st.ok() ? dir : "";
+}
+
 }  // namespace dsv4::testing

@@ -53,5 +53,7 @@ std::unique_ptr<Model> MakeTestModel(const nlohmann::json& config, bool qdq = tr
 using TensorPatch = std::function<void(TensorToWrite&)>;
 absl::Status WriteRandomModelDir(const std::string& dir, const nlohmann::json& config, uint64_t seed = 1,
                                  const TensorPatch& patch = {});
+// The same into a fresh temporary directory, whose path it returns ("" after a test failure).
+std::string WriteModelDir(const nlohmann::json& config, uint64_t seed = 1, const TensorPatch& edit = {});
 
 }  // namespace dsv4::testing
