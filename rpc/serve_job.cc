@@ -441,7 +441,11 @@ void ServeJob::WarmUp() {
     break;
   }
   if (!st.ok()) {
-    if (engine_->state() != EngineState::kFailed) DSV4_LOG(kError, "warm-up failed: ", st.message());
+    // A job that cannot answer its own warm-up (e.g. weights that compute NaN) never turns SERVING:
+    // it fails loudly instead of sitting NOT_SERVING for ever.
+    if (!absl::IsUnavailable(st) && engine_->state() != EngineState::kFailed &&
+        engine_->state() != EngineState::kStopped)
+      FailStop(absl::Status(st.code(), absl::StrCat("the warm-up request failed: ", st.message())));
     return;
   }
   if (server_->state() == v1::SERVER_STATE_LOADING && engine_->state() == EngineState::kServing) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
 #include "base/fnv.h"
@@ -28,7 +29,9 @@ void AddRuntimeFlags(Flags& flags) {
               0.001, 86400)
       .String("engram-placement", "local",
               "Engram tables: local (every rank holds them whole), node (sharded over the node's ranks) or world "
-              "(sharded over all ranks, read with one-sided MPI gets)");
+              "(sharded over all ranks, read with one-sided MPI gets)")
+      .Bool("check-weights", d.check_weights,
+            "read every floating-point weight once when loading and refuse NaN or Inf (the ranks share the pass)");
 }
 
 absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
@@ -41,6 +44,7 @@ absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
   o.redundant_experts = flags.GetInt("redundant-experts");
   o.placement_file = flags.GetString("placement");
   o.comm_timeout_s = flags.GetDouble("comm-timeout-s");
+  o.check_weights = flags.GetBool("check-weights");
   DSV4_ASSIGN_OR_RETURN(o.engram_placement, ParseEngramPlacement(flags.GetString("engram-placement")));
   return o;
 }
@@ -116,6 +120,27 @@ absl::StatusOr<std::string> ReadOnLeader(Communicator& world, const std::string&
   return text;
 }
 
+// Every rank learns the first (by rank) non-OK status among the ranks' `local` ones. Collective.
+absl::Status ShareFirstError(Communicator& world, const absl::Status& local) {
+  if (world.size() == 1) return local;
+  char mine[512] = {};
+  if (!local.ok()) {
+    const std::string text = absl::StrCat(static_cast<int>(local.code()), ":", local.message());
+    std::memcpy(mine, text.data(), std::min(text.size(), sizeof(mine) - 1));
+  }
+  std::vector<char> all(sizeof(mine) * world.size());
+  DSV4_RETURN_IF_ERROR(AllGatherBytes(world, mine, sizeof(mine), all.data()));
+  for (int r = 0; r < world.size(); ++r) {
+    const std::string text(all.data() + r * sizeof(mine), strnlen(all.data() + r * sizeof(mine), sizeof(mine)));
+    if (text.empty()) continue;
+    const size_t colon = text.find(':');
+    int code = static_cast<int>(absl::StatusCode::kUnknown);
+    (void)absl::SimpleAtoi(text.substr(0, colon), &code);
+    return absl::Status(static_cast<absl::StatusCode>(code), absl::StrCat("rank ", r, ": ", text.substr(colon + 1)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& options) {
@@ -166,6 +191,12 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
       }));
   DSV4_RETURN_IF_ERROR(
       CheckRanksAgree(rt->world(), options.model, settings, weights->checkpoint->Fingerprint(), "weights"));
+  if (options.check_weights) {
+    // Each rank reads its share of the tensors; the ranks then agree on the verdict, so every rank
+    // fails with the finding (or none does).
+    const absl::Status scan = CheckWeightsFinite(*weights->checkpoint, rt->world().rank(), rt->world().size());
+    DSV4_RETURN_IF_ERROR(ShareFirstError(rt->world(), scan));
+  }
   ForwardOptions forward;
   forward.qdq = options.qdq;
   rt->model_ =

@@ -27,6 +27,7 @@ struct RuntimeOptions {
   int64_t redundant_experts = 0;          // extra expert slots per layer, holding copies of hot experts
   std::string placement_file;             // a placement file (parallel/placement.h) instead of the default
   double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
+  bool check_weights = false;             // scan the checkpoint for NaN/Inf when loading (shared by the ranks)
   EngramPlacement engram_placement = EngramPlacement::kLocal;
 };
 
@@ -38,7 +39,8 @@ std::string RuntimeSettings(const RuntimeOptions& options);
 absl::StatusOr<std::string> ConfigDigest(const std::string& model, const std::string& settings);
 
 // The flags of every command that runs the model: --model, --qdq, --threads, --tp, --ep,
-// --redundant-experts, --placement, --comm-timeout-s, --engram-placement; and the options they give.
+// --redundant-experts, --placement, --comm-timeout-s, --engram-placement, --check-weights; and the
+// options they give.
 void AddRuntimeFlags(Flags& flags);
 absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags);
 

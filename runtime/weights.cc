@@ -1,5 +1,6 @@
 #include "runtime/weights.h"
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -10,6 +11,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/formats.h"
+#include "kernels/cpu/thread_pool.h"
 #include "runtime/builtin.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -449,6 +451,81 @@ absl::Status FindEngramTokenizer(const std::string& model, const ModelConfig& co
 
 }  // namespace
 
+namespace {
+
+// Whether an element's bit pattern is a NaN or an infinity, per dtype (false: it has none).
+bool NonFinite(DType t, const uint8_t* p) {
+  uint64_t v = 0;
+  switch (t) {
+    case DType::kF64:
+      std::memcpy(&v, p, 8);
+      return (v & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+    case DType::kF32:
+      std::memcpy(&v, p, 4);
+      return (v & 0x7f800000u) == 0x7f800000u;
+    case DType::kF16:
+      std::memcpy(&v, p, 2);
+      return (v & 0x7c00u) == 0x7c00u;
+    case DType::kBF16:
+      std::memcpy(&v, p, 2);
+      return (v & 0x7f80u) == 0x7f80u;
+    case DType::kF8_E4M3:  // e4m3fn: no infinity; S.1111.111 is NaN
+      return (p[0] & 0x7f) == 0x7f;
+    case DType::kF8_E5M2:
+      return (p[0] & 0x7c) == 0x7c;
+    case DType::kF8_E8M0:
+      return p[0] == 0xff;
+    default:
+      return false;
+  }
+}
+
+bool CanBeNonFinite(DType t) {
+  switch (t) {
+    case DType::kF64:
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kF8_E4M3:
+    case DType::kF8_E5M2:
+    case DType::kF8_E8M0:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+absl::Status CheckWeightsFinite(const Checkpoint& ckpt, int part, int parts) {
+  int64_t index = -1;
+  for (const auto& [name, tensor] : ckpt.all()) {
+    const TensorInfo* info = tensor;  // clang 14 cannot capture a structured binding in a lambda
+    if (++index % parts != part) continue;
+    if (!CanBeNonFinite(info->dtype)) continue;
+    const int64_t bytes = DTypeBits(info->dtype) / 8, n = info->numel();
+    std::atomic<int64_t> bad{0}, first{n};
+    kernels::ParallelForDynamic(n, int64_t{1} << 20, [&](int64_t begin, int64_t end) {
+      int64_t count = 0, at = -1;
+      for (int64_t i = begin; i < end; ++i)
+        if (NonFinite(info->dtype, info->data + i * bytes)) {
+          if (at < 0) at = i;
+          ++count;
+        }
+      if (count == 0) return;
+      bad.fetch_add(count);
+      int64_t prev = first.load();
+      while (at < prev && !first.compare_exchange_weak(prev, at)) {
+      }
+    });
+    if (bad.load() > 0)
+      return absl::InvalidArgumentError(absl::StrCat("--check-weights: tensor '", name, "' (", info->file, ", ",
+                                                     DTypeName(info->dtype), " ", info->ShapeString(), ") holds ",
+                                                     bad.load(), " NaN/Inf value(s), the first at element ",
+                                                     first.load()));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status CheckModelDir(const std::string& model) {
   namespace fs = std::filesystem;

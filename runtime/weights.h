@@ -125,6 +125,12 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(std::shared_ptr<const 
 absl::StatusOr<ExpertWeights> LoadExpertWeights(const Checkpoint& ckpt, const ModelConfig& config, int64_t layer,
                                                 int64_t expert);
 
+// --check-weights: reads the floating-point tensors of `ckpt` (F64, F32, F16, BF16, F8_E4M3,
+// F8_E5M2, F8_E8M0; F4 has no NaN or Inf) at positions part, part + parts, ... of the name order,
+// so the ranks of a job share one pass over the checkpoint. INVALID_ARGUMENT naming the first
+// tensor that holds a NaN or Inf, with its file, how many and the first index.
+absl::Status CheckWeightsFinite(const Checkpoint& ckpt, int part = 0, int parts = 1);
+
 // OK when `model` is an existing directory: NOT_FOUND, or INVALID_ARGUMENT for a file, naming it.
 absl::Status CheckModelDir(const std::string& model);
 // The config.json text of a model directory or built-in name.

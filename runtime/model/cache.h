@@ -45,6 +45,10 @@ struct SequenceCache {
   int64_t length = 0;  // tokens already processed (the next position)
   std::vector<LayerCache> layers;
   EngramHistory engram;  // the last tokens' compressed ids (Engram models)
+  // The numerical watchdog's finding (Model::ForwardBatch): the first layer whose output at the
+  // sequence's last position held a NaN or Inf, num_hidden_layers when only the logits did, -1
+  // while everything stayed finite. Once set the sequence's state is poisoned for good.
+  int64_t nonfinite_layer = -1;
 
   // Bytes held, for cache accounting.
   int64_t Bytes() const {

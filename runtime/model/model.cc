@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
@@ -254,8 +255,35 @@ absl::Status Model::Forward(std::span<const int32_t> tokens, SequenceCache& cach
                             const ForwardTaps* taps) const {
   if (tokens.empty()) return absl::OkStatus();
   const SequenceChunk seq{&cache, static_cast<int64_t>(tokens.size())};
-  return ForwardBatch(tokens, {&seq, 1}, logits, taps);
+  DSV4_RETURN_IF_ERROR(ForwardBatch(tokens, {&seq, 1}, logits, taps));
+  return NumericalError(cache);
 }
+
+absl::Status Model::NumericalError(const SequenceCache& cache) const {
+  const int64_t l = cache.nonfinite_layer;
+  if (l < 0) return absl::OkStatus();
+  return absl::DataLossError(
+      l < config().num_hidden_layers
+          ? absl::StrCat("non-finite values (NaN or Inf) in the hidden state after layer ", l,
+                         ": the weights or the model are broken (run with --check-weights)")
+          : "non-finite values (NaN or Inf) in the logits: the head's weights are broken (run with --check-weights)");
+}
+
+namespace {
+
+// NaN and Inf are the floats whose exponent bits are all ones. One pass of integer operations
+// without an early exit, which the compiler vectorizes: a few thousand floats per call.
+bool AllFinite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+}  // namespace
 
 absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
                                  const ForwardTaps* taps) const {
@@ -317,6 +345,12 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     }
     DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), static_cast<size_t>(slices.size())},
                                     pre_mix.size() > 0 ? pre_mix.data() : nullptr, taps));
+    // The watchdog: each sequence's last row after the layer.
+    for (int64_t i = 0; i < num_seqs; ++i) {
+      SequenceCache& cache = *seqs[i].cache;
+      if (cache.nonfinite_layer < 0 && !AllFinite(x.data() + (slices[i].begin + slices[i].n - 1) * hc * D, hc * D))
+        cache.nonfinite_layer = l;
+    }
   }
   kernels::Scratch<const float*> last(num_logits), last_pre(num_logits);
   int64_t k = 0;
@@ -327,7 +361,16 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     last[k] = x.data() + row * hc * D;
     last_pre[k++] = pre_mix.size() > 0 ? &pre_mix[row * hc] : nullptr;
   }
-  if (logits) DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), last_pre.data(), num_logits, logits));
+  if (logits) {
+    DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), last_pre.data(), num_logits, logits));
+    int64_t row = 0;
+    for (int64_t i = 0; i < num_seqs; ++i) {
+      if (!seqs[i].logits) continue;
+      if (seqs[i].cache->nonfinite_layer < 0 && !AllFinite(logits + row * c.vocab_size, c.vocab_size))
+        seqs[i].cache->nonfinite_layer = c.num_hidden_layers;
+      ++row;
+    }
+  }
   return absl::OkStatus();
 }
 

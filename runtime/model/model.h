@@ -129,7 +129,9 @@ class Model {
 
   // Runs tokens [n] at positions cache.length .. +n-1, updates the cache and writes the
   // last position's logits [vocab] to `logits` (may be null). Under a ParallelContext every rank
-  // of the job calls it with its group's tokens; errors are communication failures.
+  // of the job calls it with its group's tokens. Errors are communication failures, and DATA_LOSS
+  // naming the layer when the numerical watchdog finds a NaN or Inf in the sequence's hidden state
+  // or logits (cache.nonfinite_layer; the cache is updated either way, so ranks stay in step).
   absl::Status Forward(std::span<const int32_t> tokens, SequenceCache& cache, float* logits,
                        const ForwardTaps* taps = nullptr) const;
   // Several sequences in one step (batched decode, or prefills together): `tokens` holds each
@@ -142,8 +144,17 @@ class Model {
   // Under a ParallelContext every rank calls it once per step, with its own group's sequences —
   // possibly none (data-parallel attention groups take different sequences): a rank without
   // tokens still takes part in the MoE's collectives, so the others are not left waiting.
+  //
+  // The numerical watchdog: after every layer, each sequence's last row is checked for NaN/Inf
+  // (hc * D values per sequence and layer; a bad value elsewhere in a sequence reaches its last
+  // row through attention by the next layer), and so are the logits; the first finding is kept in
+  // that sequence's cache (nonfinite_layer). Rows never mix across sequences, so one poisoned
+  // sequence leaves the others' results unchanged; the caller decides what to do with it.
   absl::Status ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
                             const ForwardTaps* taps = nullptr) const;
+
+  // The watchdog's error for a poisoned cache (OK when cache.nonfinite_layer < 0).
+  absl::Status NumericalError(const SequenceCache& cache) const;
 
   // Pieces, public for tests.
   void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]

@@ -165,6 +165,21 @@ std::span<const float> PlanExecutor::logits(int64_t k) const {
   return std::span<const float>(rows.data() + row_of_[k] * V, V);
 }
 
+absl::Status PlanExecutor::NumericalError(const StepSeq& seq, std::span<const float> logits) const {
+  // This rank's own sequences: the watchdog's finding in their cache, naming the layer.
+  if (seq.group == group_ && seq.slot >= 0 && seq.slot < static_cast<int32_t>(caches_.size()) &&
+      caches_[seq.slot].has_value())
+    return model_.NumericalError(*caches_[seq.slot]);
+  // Another dp group's sequence: its logits are all this rank has; a NaN or Inf in the hidden state
+  // reaches them.
+  for (float v : logits)
+    if (!std::isfinite(v))
+      return absl::DataLossError(
+          "non-finite values (NaN or Inf) in the logits: the weights or the model are broken (run with "
+          "--check-weights)");
+  return absl::OkStatus();
+}
+
 int64_t PlanExecutor::cache_bytes() const {
   int64_t b = 0;
   for (const auto& c : caches_)
@@ -194,6 +209,7 @@ struct Engine::Request {
   bool was_scheduled = false;
   int64_t completion = 0;
   FinishReason finished = FinishReason::kNone;  // set by Sampled on the last token
+  absl::Status fault;                           // the numerical watchdog ended it (engine thread)
   bool abort_requested = false;                 // guarded by Engine::mu_
 };
 
@@ -561,12 +577,19 @@ absl::Status Engine::Run() {
     if (st.ok()) st = executor_.Execute(plan);
     if (st.ok()) {
       // Each request's sampler on its own logits row; requests are independent, so they are
-      // sampled in parallel on the CPU pool (the model is idle now).
-      std::vector<Request*> sampled;
+      // sampled in parallel on the CPU pool (the model is idle now). Sampling from non-finite
+      // logits would stream garbage (token 0 every step): the request ends with the watchdog's
+      // error instead.
+      std::vector<size_t> sampled;
       for (size_t i = 0; i < plan.seqs.size(); ++i)
-        if (plan.seqs[i].logits) sampled.push_back(batch[i]);
+        if (plan.seqs[i].logits) sampled.push_back(i);
       kernels::ParallelForDynamic(static_cast<int64_t>(sampled.size()), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) Sampled(*sampled[k], executor_.logits(k));
+        for (int64_t k = begin; k < end; ++k) {
+          Request& r = *batch[sampled[k]];
+          const std::span<const float> logits = executor_.logits(k);
+          r.fault = executor_.NumericalError(plan.seqs[sampled[k]], logits);
+          if (r.fault.ok()) Sampled(r, logits);
+        }
       });
     }
     if (!st.ok()) {
@@ -588,6 +611,10 @@ absl::Status Engine::Run() {
     for (size_t i = 0; i < work.size(); ++i) {
       Request* r = batch[i];
       scheduler_.Done(work[i]);
+      if (!r->fault.ok()) {
+        FinishLocked(*r, FinishReason::kNone, r->fault);
+        continue;
+      }
       if (!work[i].last) continue;
       ++counters_.tokens_generated;
       if (r->finished != FinishReason::kNone)

@@ -150,6 +150,9 @@ class PlanExecutor {
   // On the leader after Execute: the logits [vocab] of the k-th sequence of the plan that asked for
   // them (plan order). Valid until the next Execute.
   std::span<const float> logits(int64_t k) const;
+  // The numerical watchdog's error for a sequence of the last plan (OK when finite): from its cache
+  // on the rank that holds it, else from its `logits`.
+  absl::Status NumericalError(const StepSeq& seq, std::span<const float> logits) const;
   int64_t cache_bytes() const;
   int64_t sequences() const;
 

@@ -1,6 +1,7 @@
 // Whole-model invariants on configurations the golden data does not cover.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <nlohmann/json.hpp>
 #include <algorithm>
 #include <limits>
@@ -227,6 +228,57 @@ TEST(CandidateBlocks, MatchTheDefinition) {
           ASSERT_EQ(scores[t * width + p], -std::numeric_limits<float>::infinity());
         }
   }
+
+// The numerical watchdog (issue 18, finding 8): a NaN in a sequence's hidden state ends it with an
+// error naming the first layer whose output held it; the other sequences of the same batch are
+// computed as if it were not there.
+std::unique_ptr<Model> LoadDir(const std::string& dir) {
+  auto w = LoadModel(dir);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return w.ok() ? std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w))) : nullptr;
+}
+
+TEST(Watchdog, NamesTheFirstNonFiniteLayer) {
+  const std::string dir = testing::WriteModelDir(testing::TinyConfig(), 1, [](TensorToWrite& t) {
+    if (t.name == "layers.2.ffn_norm.weight") t.bytes[6] = 0xc0, t.bytes[7] = 0x7f;  // BF16 NaN at element 3
+  });
+  auto m = LoadDir(dir);
+  ASSERT_NE(m, nullptr);
+  SequenceCache cache = m->NewCache();
+  std::vector<float> logits(m->config().vocab_size);
+  const absl::Status st = m->Forward(Tokens(5, 512), cache, logits.data());
+  EXPECT_TRUE(absl::IsDataLoss(st)) << st;
+  EXPECT_NE(st.message().find("after layer 2"), std::string::npos) << st;
+  EXPECT_EQ(cache.nonfinite_layer, 2);
+  EXPECT_EQ(cache.length, 5);  // the step ran: ranks stay in step
+}
+
+TEST(Watchdog, APoisonedSequenceLeavesItsBatchNeighboursAlone) {
+  const int64_t D = testing::TinyConfig()["hidden_size"].get<int64_t>();
+  const std::string dir = testing::WriteModelDir(testing::TinyConfig(), 1, [&](TensorToWrite& t) {
+    if (t.name != "embed.weight") return;
+    for (int64_t i = 0; i < D; ++i) t.bytes[2 * (7 * D + i)] = 0xc0, t.bytes[2 * (7 * D + i) + 1] = 0x7f;  // token 7
+  });
+  auto m = LoadDir(dir);
+  ASSERT_NE(m, nullptr);
+  const int64_t V = m->config().vocab_size;
+  const std::vector<int32_t> good = {1, 2, 3, 4}, bad = {5, 7, 9};
+  std::vector<float> alone(V);
+  SequenceCache solo = m->NewCache();
+  ASSERT_TRUE(m->Forward(good, solo, alone.data()).ok());
+  SequenceCache a = m->NewCache(), b = m->NewCache();
+  std::vector<int32_t> tokens = good;
+  tokens.insert(tokens.end(), bad.begin(), bad.end());
+  const SequenceChunk seqs[] = {{&a, 4}, {&b, 3}};
+  std::vector<float> logits(2 * V);
+  ASSERT_TRUE(m->ForwardBatch(tokens, seqs, logits.data()).ok());  // the batch as a whole goes on
+  EXPECT_EQ(a.nonfinite_layer, -1);
+  EXPECT_EQ(b.nonfinite_layer, 0);
+  EXPECT_TRUE(absl::IsDataLoss(m->NumericalError(b)));
+  // Rows never mix across sequences, and the kernels' sums do not depend on the batch: bit for bit
+  // the logits the good sequence gets alone.
+  for (int64_t i = 0; i < V; ++i)
+    ASSERT_EQ(std::bit_cast<uint32_t>(logits[i]), std::bit_cast<uint32_t>(alone[i])) << "logit " << i;
 }
 
 TEST(Model, UnknownBuiltinIsAnError) {
