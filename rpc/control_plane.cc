@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "base/status.h"
 #include "rpc/grpc_status.h"
+#include "rpc/listener.h"
 
 namespace dsv4 {
 namespace {
@@ -258,11 +259,16 @@ absl::StatusOr<ControlServer> StartControlServer(const std::string& host, int po
                                                  Coordinator* coordinator) {
   DSV4_ASSIGN_OR_RETURN(auto creds, MakeServerCredentials(security));
   ControlServer out;
+  // A fixed port is tried first the way the inference port binds, for an error that says why
+  // (in use by another process, not a local address); gRPC then binds it without SO_REUSEPORT, so
+  // a second job cannot share it either.
+  if (port != 0) DSV4_RETURN_IF_ERROR(Listener::Bind(host, port).status(), "the control plane");
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(host, ":", port);
   builder.AddListeningPort(address, creds, &out.port);
   builder.RegisterService(coordinator);
   builder.SetMaxReceiveMessageSize(1 << 20);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   out.server = builder.BuildAndStart();
   if (out.server == nullptr || out.port == 0)
     return absl::UnavailableError(absl::StrCat("the control plane cannot listen on ", address));

@@ -214,25 +214,38 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Start(const En
   s->service_ = std::make_unique<Service>(std::move(identity));
   grpc::EnableDefaultHealthCheckService(true);
   if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  DSV4_ASSIGN_OR_RETURN(s->listener_, Listener::Bind(options.host, options.port));
+  s->port_ = s->listener_->port();
   grpc::ServerBuilder builder;
-  const std::string address = absl::StrCat(options.host.find(':') != std::string::npos ? "[" : "", options.host,
-                                           options.host.find(':') != std::string::npos ? "]" : "", ":", options.port);
-  builder.AddListeningPort(address, creds, &s->port_);
+  auto acceptor = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, creds);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(options.max_receive_bytes);
+  builder.SetMaxSendMessageSize(64 << 20);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
-  // Clients that ping too often are told to go away (row GR-07); idle connections are closed.
+  // Clients that ping too often are told to go away (row GR-07); the server pings idle
+  // connections to find dead peers; connections that never finish their handshake, or stay idle,
+  // are closed.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 30 * 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.handshake_timeout)));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(options.idle_timeout)));
   grpc::ResourceQuota quota("dsv4-inference");
   quota.SetMaxThreads(options.max_threads);
   builder.SetResourceQuota(quota);
   s->server_ = builder.BuildAndStart();
-  if (s->server_ == nullptr || s->port_ == 0)
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address, " (in use, or not a local address?)"));
+  if (s->server_ == nullptr) return absl::InternalError(absl::StrCat("cannot start the gRPC server on port ", s->port_));
   s->SetState(v1::SERVER_STATE_LOADING);
   InferenceServer* raw = s.get();
   s->watchdog_ = std::thread([raw, timeout = options.stream_stall_timeout] { raw->Watchdog(timeout); });
+  s->listener_->Start(std::move(acceptor), options.max_connections, [raw](bool accepting) {
+    raw->accepting_.store(accepting);
+    raw->UpdateHealth();
+  });
   return s;
 }
 
@@ -252,8 +265,13 @@ void InferenceServer::Attach(Engine* engine, const Tokenizer* tokenizer, v1::Mod
 
 void InferenceServer::SetState(v1::ServerState state) {
   service_->SetState(state);
+  UpdateHealth();
+}
+
+void InferenceServer::UpdateHealth() {
+  absl::MutexLock l(&health_mu_);
   if (server_ == nullptr) return;
-  const bool serving = state == v1::SERVER_STATE_SERVING;
+  const bool serving = service_->state() == v1::SERVER_STATE_SERVING && accepting_.load();
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
   health->SetServingStatus("", serving);
@@ -271,6 +289,7 @@ void InferenceServer::Shutdown(absl::Duration grace) {
     watchdog_.join();
   }
   if (server_ == nullptr) return;
+  listener_->Stop();  // no connection is handed to a server that is going away
   SetState(v1::SERVER_STATE_STOPPED);
   // Health Watch streams end too (they would otherwise keep Shutdown waiting).
   if (auto* health = server_->GetHealthCheckService()) health->Shutdown();

@@ -6,6 +6,10 @@
 // SERVING only when SetState(SERVING) is called — after a real warm-up request went through every
 // rank (row DF-10) — and NOT_SERVING again on drain or failure.
 //
+// The port is bound and accepted by rpc/listener.h, not by gRPC: a port another process holds is
+// an error, live connections are capped, and running out of file descriptors turns health
+// NOT_SERVING until connections can be accepted again (instead of a port that never answers).
+//
 // Generate runs one handler thread per stream (gRPC's synchronous API): it submits to the engine,
 // forwards the engine's pieces, and aborts the request when the client cancels, disconnects or
 // its deadline passes (polled every few milliseconds, so the cache is freed within a step). A
@@ -19,6 +23,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -28,6 +33,7 @@
 #include "absl/time/time.h"
 #include "dsv4/v1/inference.grpc.pb.h"
 #include "rpc/convert.h"
+#include "rpc/listener.h"
 #include "rpc/security.h"
 #include "runtime/serving/engine.h"
 
@@ -42,6 +48,13 @@ struct EndpointOptions {
   int max_threads = 1024;            // gRPC's resource quota: streams beyond it are refused
   bool reflection = true;
   absl::Duration stream_stall_timeout = absl::Seconds(30);  // a write waiting this long cancels the stream
+  // Transport limits (rpc/listener.h): live connections at most (further ones are closed at once;
+  // also kept under the open-files limit), keepalive pings to find dead peers, and how long a
+  // connection may take to handshake or stay idle before it is closed.
+  int max_connections = 4096;
+  absl::Duration keepalive = absl::Seconds(60), keepalive_timeout = absl::Seconds(20);
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  absl::Duration idle_timeout = absl::Minutes(30);
 };
 
 // What GetServerInfo reports besides the engine's figures.
@@ -62,7 +75,8 @@ class InferenceServer {
   // the job's parallel layout, for GetServerInfo.
   void Attach(Engine* engine, const Tokenizer* tokenizer, v1::ModelInfo model, InputLimits limits,
               const std::string& layout);
-  // SERVING turns health SERVING; every other state turns it NOT_SERVING.
+  // SERVING turns health SERVING (while the port accepts connections); every other state turns
+  // it NOT_SERVING.
   void SetState(v1::ServerState state);
   v1::ServerState state() const;
   // Stops accepting calls; calls still running after `grace` are cancelled.
@@ -74,13 +88,18 @@ class InferenceServer {
   InferenceServer() = default;
 
   void Watchdog(absl::Duration stall_timeout);
+  // Health from the state and whether the listener accepts.
+  void UpdateHealth();
 
   std::unique_ptr<Service> service_;
+  std::unique_ptr<Listener> listener_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   absl::Mutex watchdog_mu_;
   bool stopping_ ABSL_GUARDED_BY(watchdog_mu_) = false;
   std::thread watchdog_;
+  std::atomic<bool> accepting_{true};
+  absl::Mutex health_mu_;  // one health update at a time (state and listener threads)
 };
 
 }  // namespace dsv4

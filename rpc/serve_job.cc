@@ -4,6 +4,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -13,6 +14,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "rpc/identity.h"
+#include "rpc/listener.h"
 
 namespace dsv4 {
 namespace {
@@ -26,9 +28,18 @@ std::string HostName() {
   return gethostname(buf, sizeof(buf) - 1) == 0 ? std::string(buf) : "unknown";
 }
 
+// The leader's --info-file names a live job: it is removed however the job ends (a normal return,
+// an error, ExitNow). Set once, by Listen, before any thread that may exit the process starts.
+std::string g_info_file;
+
+void RemoveInfoFile() {
+  if (!g_info_file.empty()) ::unlink(g_info_file.c_str());
+}
+
 // Logs the error and ends this process at once with status 1 (no destructors: other threads may
 // be inside MPI or blocked on a dead peer). mpirun then ends the other ranks.
 [[noreturn]] void ExitNow(const std::string& message) {
+  RemoveInfoFile();
   DSV4_LOG(kError, message);
   std::fflush(stdout);
   std::_Exit(1);
@@ -95,6 +106,11 @@ void AddServeFlags(Flags& flags) {
       .Int("max-streams", 1024, "concurrent streams per connection (and handler threads)", 1, 1 << 20)
       .Double("stream-stall-timeout-s", absl::ToDoubleSeconds(d.endpoint.stream_stall_timeout),
               "a stream whose client reads nothing for this long is cancelled", 0.1, 86400)
+      .Int("max-connections", d.endpoint.max_connections,
+           "live connections to the inference port; more are closed at once (also kept under the open-files limit)",
+           1, 1 << 20)
+      .Double("idle-timeout-s", absl::ToDoubleSeconds(d.endpoint.idle_timeout),
+              "an inference connection without calls for this long is closed", 1, 86400 * 7)
       .Bool("reflection", d.endpoint.reflection, "gRPC server reflection")
       .String("tls-cert", "", "PEM certificate chain: serve TLS")
       .String("tls-key", "", "PEM private key for --tls-cert")
@@ -131,6 +147,8 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
   ep.max_threads = static_cast<int>(std::min<int64_t>(streams + 64, 1 << 20));
   ep.reflection = flags.GetBool("reflection");
   ep.stream_stall_timeout = absl::Seconds(flags.GetDouble("stream-stall-timeout-s"));
+  ep.max_connections = static_cast<int>(flags.GetInt("max-connections"));
+  ep.idle_timeout = absl::Seconds(flags.GetDouble("idle-timeout-s"));
   ep.security.tls_cert_file = flags.GetString("tls-cert");
   ep.security.tls_key_file = flags.GetString("tls-key");
   ep.security.tls_client_ca_file = flags.GetString("tls-client-ca");
@@ -166,11 +184,13 @@ ServeJob::~ServeJob() {
   // The endpoints first: their handlers use the engine, which is destroyed before them otherwise.
   if (http_) http_->Shutdown();
   server_.reset();
+  RemoveInfoFile();
 }
 
 absl::Status ServeJob::Run() {
   DSV4_ASSIGN_OR_RETURN(digest_, ConfigDigest(opt_.runtime.model, settings_));
   log::SetRank(rank_);
+  open_files_ = RaiseOpenFilesLimit();
   if (rank_ == 0) return RunLeader();
   signal(SIGTERM, SIG_IGN);
   signal(SIGINT, SIG_IGN);
@@ -349,8 +369,16 @@ void ServeJob::RebalanceEvery(int64_t steps) {
 
 // Listen (health NOT_SERVING), start the control plane, publish the addresses.
 absl::Status ServeJob::Listen() {
-  DSV4_ASSIGN_OR_RETURN(server_,
-                        InferenceServer::Start(opt_.endpoint, ServerIdentity{BuildId(), world_size_, settings_}));
+  EndpointOptions endpoint = opt_.endpoint;
+  // Connections stay under the open-files limit with room for everything else (checkpoint files,
+  // the control plane, MPI).
+  const int64_t headroom = std::min<int64_t>(1024, open_files_ / 2);
+  if (open_files_ > 0 && endpoint.max_connections > open_files_ - headroom) {
+    endpoint.max_connections = static_cast<int>(std::max<int64_t>(1, open_files_ - headroom));
+    DSV4_LOG(kInfo, "at most ", endpoint.max_connections, " inference connections (open-files limit ", open_files_,
+             ")");
+  }
+  DSV4_ASSIGN_OR_RETURN(server_, InferenceServer::Start(endpoint, ServerIdentity{BuildId(), world_size_, settings_}));
   if (opt_.http) {
     DSV4_ASSIGN_OR_RETURN(http_, HttpGateway::Start(opt_.http_options, BuildId()));
   }
@@ -378,6 +406,7 @@ absl::Status ServeJob::Listen() {
                         StartControlServer(opt_.control_host, opt_.control_port, control_security, coordinator_.get()));
   control_address_ = absl::StrCat(opt_.control_host, ":", control_.port);
   if (!opt_.info_file.empty()) {
+    g_info_file = opt_.info_file;
     DSV4_RETURN_IF_ERROR(WriteFileAtomic(
         opt_.info_file,
         absl::StrFormat("{\"host\": \"%s\", \"port\": %d, \"http_port\": %d, \"control\": \"%s\", \"pid\": %d}\n",

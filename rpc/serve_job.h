@@ -95,6 +95,7 @@ class ServeJob {
   const ServeOptions opt_;
   std::string settings_, digest_;  // what every rank must agree on
   int world_size_ = 1, rank_ = 0;
+  int64_t open_files_ = -1;  // the open-files soft limit, raised to the hard limit at start
 
   std::unique_ptr<InferenceServer> server_;
   std::unique_ptr<HttpGateway> http_;
