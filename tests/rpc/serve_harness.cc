@@ -25,15 +25,19 @@ namespace dsv4::testing {
 int ServeRanks() { return static_cast<int>(env::Int(env::Knob::kServeNp)); }
 
 absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vector<std::string>& args, int np,
-                                                                  absl::Duration timeout) {
+                                                                  absl::Duration timeout,
+                                                                  const std::vector<std::string>& wrapper) {
   static int counter = 0;
   std::unique_ptr<ServeProcess> p(new ServeProcess());
   const std::string dir = TempDir();
   const std::string info = absl::StrCat(dir, "/serve-", getpid(), "-", counter, ".json");
   p->log_path_ = absl::StrCat(dir, "/serve-", getpid(), "-", counter++, ".log");
-  std::vector<std::string> argv;
+  p->info_file_ = info;
+  std::vector<std::string> argv = wrapper;
   if (np > 1) {
-    argv = {DSV4_MPIEXEC, "--oversubscribe", "-np", std::to_string(np)};
+    for (const std::string& a : {std::string(DSV4_MPIEXEC), std::string("--oversubscribe"), std::string("-np"),
+                                 std::to_string(np)})
+      argv.push_back(a);
   }
   for (const std::string& a : {std::string(DSV4_BINARY), std::string("serve"), std::string("--port"), std::string("0"),
                                std::string("--info-file"), info})

@@ -18,8 +18,10 @@ class ServeProcess {
  public:
   // Starts `dsv4 serve --port 0 --info-file ... <args>` (with `np` ranks under mpirun when np > 1)
   // and waits for the info file (the server listens before it loads).
+  // `wrapper` (e.g. {"/usr/bin/prlimit", "--nofile=256:256", "--"}) runs the whole job under it.
   static absl::StatusOr<std::unique_ptr<ServeProcess>> Start(const std::vector<std::string>& args, int np,
-                                                             absl::Duration timeout = absl::Seconds(60));
+                                                             absl::Duration timeout = absl::Seconds(60),
+                                                             const std::vector<std::string>& wrapper = {});
   ~ServeProcess();
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
@@ -27,6 +29,7 @@ class ServeProcess {
   // The HTTP gateway's port (with --http-port), else -1.
   int http_port() const { return http_port_; }
   const std::string& control() const { return control_; }
+  const std::string& info_file() const { return info_file_; }
   pid_t leader_pid() const { return leader_pid_; }
   // Sends `sig` to the leader (rank 0) process.
   void SignalLeader(int sig) const;
@@ -44,6 +47,7 @@ class ServeProcess {
   int port_ = 0;
   int http_port_ = -1;
   std::string control_;
+  std::string info_file_;
   std::string log_path_;
   bool exited_ = false;
   int status_ = -1;

@@ -1,0 +1,226 @@
+// The dsv4 command under careless and hostile use (issue 18's findings 3, 4, 7 to 11): each case
+// runs the binary as a user would and checks the exit code, the one-line error and what was (not)
+// written. Every case failed before its fix (an abort, a wrong or empty message, a silent success).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "base/file.h"
+#include "nlohmann/json.hpp"
+#include "runtime/npy.h"
+#include "tests/launch/run_dsv4.h"
+#include "tests/testutil.h"
+
+namespace dsv4::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The one error line of a failed command.
+::testing::AssertionResult FailsWith(const RunResult& r, int code, std::initializer_list<std::string> parts) {
+  if (r.exit_code != code)
+    return ::testing::AssertionFailure() << "exit " << r.exit_code << " (want " << code << "); stderr:\n" << r.err;
+  for (const std::string& p : parts)
+    if (r.err.find(p) == std::string::npos)
+      return ::testing::AssertionFailure() << "stderr lacks '" << p << "':\n" << r.err;
+  if (r.err.find("dsv4") == std::string::npos) return ::testing::AssertionFailure() << "no dsv4 error line:\n" << r.err;
+  return ::testing::AssertionSuccess();
+}
+
+// A small checkpoint directory (vocabulary 512) with one tensor edited.
+std::string ModelDir(const std::function<void(TensorToWrite&)>& edit = nullptr) {
+  return WriteModelDir(TinyConfig(), 1, edit);
+}
+
+// Puts a NaN into element `index` of the BF16 tensor `name`.
+std::function<void(TensorToWrite&)> PoisonBf16(const std::string& name, int64_t index) {
+  return [=](TensorToWrite& t) {
+    if (t.name != name) return;
+    ASSERT_EQ(t.dtype, DType::kBF16);
+    t.bytes[2 * index] = 0xc0, t.bytes[2 * index + 1] = 0x7f;  // 0x7fc0: a quiet NaN
+  };
+}
+
+// ---- finding 3: invalid UTF-8 in chat text aborted the process (uncaught nlohmann type_error) ---
+
+TEST(CliFinding3, InvalidUtf8InChatTextIsAnError) {
+  for (const char* flag : {"--prompt", "--system", "--stop", "--request-id"}) {
+    const RunResult r = RunDsv4({"generate", "--server", "127.0.0.1:1", flag, "ok \xff\xfe", "--timeout-s", "1"});
+    EXPECT_TRUE(FailsWith(r, 2, {flag, "not valid UTF-8", "at byte 3"})) << flag;
+  }
+}
+
+// ---- finding 4: --threads 100000 / DSV4_NUM_THREADS=99999 ended in std::system_error ---------------
+
+TEST(CliFinding4, ThreadCountsOutOfRangeAreRefusedBeforeAnythingStarts) {
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--prompt-ids", "1", "--out", TempDir() + "/x.npy", "--threads", "100000"}),
+                        2, {"--threads", "[0, 1024]"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--prompt-ids", "1", "--out", TempDir() + "/x.npy"},
+                                {.env = {{"DSV4_NUM_THREADS", "99999"}}}),
+                        2, {"DSV4_NUM_THREADS", "99999", "[0, 1024]"}));
+  // serve used to write its info file first and then die.
+  const std::string info = TempDir() + "/info.json";
+  EXPECT_TRUE(FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info, "--threads", "100000"}), 2,
+                        {"--threads"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info}, {.env = {{"DSV4_NUM_THREADS", "99999"}}}),
+                        2, {"DSV4_NUM_THREADS"}));
+  EXPECT_FALSE(fs::exists(info));
+}
+
+// The system refusing a thread (a process limit) is an error naming the cause, not an abort.
+// RLIMIT_NPROC binds unprivileged users only: the child runs as nobody.
+TEST(CliFinding4, RefusedThreadIsAnError) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to run the child as an unprivileged user under RLIMIT_NPROC";
+  const std::string dir = TempDir();
+  chmod(dir.c_str(), 0777);
+  RunOptions opt;
+  opt.uid = 65534;  // nobody
+  opt.limits = {{RLIMIT_NPROC, 3}};
+  const RunResult r = RunDsv4({"logits", "--prompt-ids", "1,2", "--out", dir + "/x.npy", "--threads", "8"}, opt);
+  if (r.exit_code == 202) GTEST_SKIP() << "cannot switch to user nobody here";
+  EXPECT_TRUE(FailsWith(r, 1, {"cannot start 8 CPU threads", "--threads"}));
+  EXPECT_FALSE(fs::exists(dir + "/x.npy"));
+}
+
+// ---- finding 7: a failed write truncated the .npy and had already destroyed the old file --------
+
+TEST(CliFinding7, FailedWriteKeepsTheOldFile) {
+  const std::string dir = TempDir(), out = dir + "/logits.npy";
+  ASSERT_TRUE(WriteFileAtomic(out, "the previous result").ok());
+  RunOptions opt;
+  opt.limits = {{RLIMIT_FSIZE, 4096}};  // the array is 512 floats + header > 2 KiB... and more with decode steps
+  opt.ignore_signals = {SIGXFSZ};       // so the write fails with EFBIG instead of killing the process
+  const RunResult r =
+      RunDsv4({"logits", "--model", ModelDir(), "--prompt-ids", "1,2,3", "--decode-ids", "4,5,6", "--out", out}, opt);
+  EXPECT_TRUE(FailsWith(r, 1, {out, "File too large"}));
+  EXPECT_EQ(ReadFile(out).value_or(""), "the previous result");
+  for (const auto& e : fs::directory_iterator(dir)) EXPECT_EQ(e.path().string(), out) << "left behind";
+  // Without the limit the same command replaces the file with the whole array.
+  ASSERT_EQ(RunDsv4({"logits", "--model", ModelDir(), "--prompt-ids", "1,2,3", "--decode-ids", "4,5,6", "--out", out})
+                .exit_code,
+            0);
+  auto npy = ReadNpyF32(out);
+  ASSERT_TRUE(npy.ok()) << npy.status();
+  EXPECT_EQ(npy->shape, (std::vector<int64_t>{4, 512}));
+}
+
+// ---- finding 8: NaN weights gave all-NaN logits with exit 0 -------------------------------------
+
+TEST(CliFinding8, NonFiniteHiddenStateNamesTheLayer) {
+  const std::string model = ModelDir(PoisonBf16("layers.2.ffn_norm.weight", 5));
+  const std::string out = TempDir() + "/x.npy";
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1,2,3", "--out", out}), 1,
+                        {"non-finite", "after layer 2", "--check-weights"}));
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(FailsWith(RunDsv4({"complete", "--model", model, "--prompt-ids", "1,2,3", "--max-tokens", "2"}), 1,
+                        {"after layer 2"}));
+}
+
+TEST(CliFinding8, CheckWeightsNamesTheTensor) {
+  const std::string model = ModelDir(PoisonBf16("layers.3.attn_norm.weight", 17));
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1", "--out", TempDir() + "/x.npy",
+                                 "--check-weights"}),
+                        2, {"--check-weights", "layers.3.attn_norm.weight", "BF16", "1 NaN/Inf", "element 17"}));
+  // A clean checkpoint passes the scan and computes.
+  EXPECT_EQ(RunDsv4({"logits", "--model", ModelDir(), "--prompt-ids", "1", "--out", TempDir() + "/x.npy",
+                     "--check-weights"})
+                .exit_code,
+            0);
+}
+
+// ---- finding 9: a flag took the next --flag as its value; bare booleans failed in some commands --
+
+TEST(CliFinding9, AFlagNeverTakesAFlagAsItsValue) {
+  const std::string cwd = TempDir();
+  const RunResult r = RunDsv4({"logits", "--prompt-ids", "1", "--out", "--qdq"}, {.cwd = cwd});
+  EXPECT_TRUE(FailsWith(r, 2, {"--out needs a value"}));
+  EXPECT_TRUE(fs::is_empty(cwd)) << "a file named --qdq was written";
+}
+
+TEST(CliFinding9, BareBooleansWorkInEveryCommand) {
+  // Parsed (the failure is the connection, exit 1), not "unexpected argument" (exit 2).
+  const RunResult r = RunDsv4({"generate", "--server", "127.0.0.1:1", "--json", "--raw", "--ignore-eos", "--thinking",
+                               "--timeout-s", "1"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err.find("unexpected argument"), std::string::npos) << r.err;
+  const std::string text = TempDir() + "/text";
+  ASSERT_TRUE(WriteFileAtomic(text, "hello\n").ok());
+  const RunResult t = RunDsv4({"tokenize", "--model", "builtin:v4-tiny", "--text-file", text, "--special"});
+  EXPECT_EQ(t.exit_code, 0) << t.err;
+}
+
+// ---- finding 10: errors that said nothing or the wrong thing ------------------------------------
+
+TEST(CliFinding10, ARegularFileAsModelSaysSo) {
+  const std::string file = TempDir() + "/model.bin";
+  ASSERT_TRUE(WriteFileAtomic(file, "x").ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", file, "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}), 2,
+                        {file, "is a file, not a checkpoint directory"}));
+}
+
+TEST(CliFinding10, AConfigSyntaxErrorIsReportedAsOne) {
+  const std::string model = ModelDir();
+  ASSERT_TRUE(WriteFileAtomic(model + "/config.json", "{\"vocab_size\": 512,\n \"hidden_size\": }").ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}), 2,
+                        {"config.json", "invalid JSON", "line 2"}));
+  ASSERT_TRUE(WriteFileAtomic(model + "/config.json", "[1, 2]").ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}), 2,
+                        {"config.json", "must be a JSON object, not array"}));
+}
+
+TEST(CliFinding10, BadTlsFilesAreNamed) {
+  const std::string dir = TempDir();
+  ASSERT_TRUE(WriteFileAtomic(dir + "/bad.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n").ok());
+  const std::string info = dir + "/info.json";
+  EXPECT_TRUE(FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info, "--tls-cert", dir + "/bad.pem",
+                                 "--tls-key", dir + "/bad.pem"}),
+                        2, {"--tls-cert", dir + "/bad.pem", "not a PEM certificate"}));
+  EXPECT_FALSE(fs::exists(info));
+  EXPECT_TRUE(FailsWith(
+      RunDsv4({"generate", "--server", "127.0.0.1:1", "--tls-ca", dir + "/bad.pem", "--timeout-s", "1"}), 2,
+      {"--tls-ca", "no PEM certificate"}));
+}
+
+// ---- finding 11 ----------------------------------------------------------------------------------
+
+TEST(CliFinding11, EmptyPromptIdsIsAnError) {
+  EXPECT_TRUE(FailsWith(RunDsv4({"generate", "--server", "127.0.0.1:1", "--prompt-ids", ""}), 2,
+                        {"--prompt-ids is empty"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--prompt-ids", "", "--out", TempDir() + "/x.npy"}), 2, {"--prompt-ids"}));
+}
+
+TEST(CliFinding11, ServerPortOutOfRangeIsAnError) {
+  EXPECT_TRUE(FailsWith(RunDsv4({"generate", "--server", "127.0.0.1:99999", "--timeout-s", "1"}), 2,
+                        {"127.0.0.1:99999", "99999", "[1, 65535]"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"ctl", "status", "--server", "localhost:http"}), 2, {"not a number"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"generate", "--server", "127.0.0.1", "--timeout-s", "1"}), 2, {"host:port"}));
+}
+
+TEST(CliFinding11, TokenizeADirectoryIsAnError) {
+  const RunResult r = RunDsv4({"tokenize", "--model", "builtin:v4-tiny", "--text-file", TempDir()});
+  EXPECT_TRUE(FailsWith(r, 2, {"is a directory"}));
+  EXPECT_TRUE(r.out.empty());
+}
+
+TEST(CliFinding11, ConfigFieldsTheRuntimeRelyOnAreChecked) {
+  const std::string model = ModelDir();
+  nlohmann::json c = TinyConfig();
+  c["eos_token_id"] = 512;  // the vocabulary is [0, 512)
+  ASSERT_TRUE(WriteFileAtomic(model + "/config.json", c.dump()).ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}), 2,
+                        {"eos_token_id", "512", "outside the vocabulary"}));
+  c = TinyConfig();
+  c["model_type"] = "llama";
+  ASSERT_TRUE(WriteFileAtomic(model + "/config.json", c.dump()).ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--model", model, "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}), 2,
+                        {"model_type", "llama", "deepseek_v4"}));
+}
+
+}  // namespace
+}  // namespace dsv4::testing
