@@ -87,6 +87,12 @@ TEST(Config, Errors) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("config.json: invalid JSON"), std::string::npos) << bad.status();
   EXPECT_NE(bad.status().message().find("line 2"), std::string::npos) << bad.status();
+  // A number beyond double's range is an error too, not an uncaught exception (found by fuzz_config;
+  // the input is tests/fuzz/corpus/config/crash_number_overflow.json).
+  bad = ParseModelConfig("{\"vocab_size\": 512, \"rope_theta\": 1e6666666666666666666666666}", "config.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("config.json: invalid JSON"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("number overflow"), std::string::npos) << bad.status();
 }
 
 // A weight block that is not square is a config like any other; the checkpoint's scales decide
