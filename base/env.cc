@@ -43,6 +43,11 @@ constexpr KnobInfo kKnobs[] = {
      "MoE dispatch/combine between ranks of one node read each other's memory directly (Linux cross-memory attach, "
      "one copy, no packing); 0: messages only",
      "int:0:1"},
+    {Knob::kSoakRequests, "DSV4_SOAK_REQUESTS", "120",
+     "tests only: requests of mixed load in serve_soak_test after its warm-up (a stop, a storm and a kill come on top)",
+     "int:30:10000000"},
+    {Knob::kFuzzSeconds, "DSV4_FUZZ_SECONDS", "30", "tests only: seconds each libFuzzer target runs in launch/fuzz.sh",
+     "int:1:604800"},
 };
 
 absl::Status CheckValue(const KnobInfo& k, const std::string& v) {

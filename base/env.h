@@ -26,6 +26,8 @@ enum class Knob : int {
   kServeNp,       // DSV4_SERVE_NP: tests only, ranks of the served job
   kServeArgs,     // DSV4_SERVE_ARGS: tests only, extra flags of the served job
   kEpSingleCopy,  // DSV4_EP_SINGLE_COPY: MoE exchanges read same-node peers' memory directly
+  kSoakRequests,  // DSV4_SOAK_REQUESTS: tests only, requests of the soak test's load
+  kFuzzSeconds,   // DSV4_FUZZ_SECONDS: tests only, time each fuzzer runs (launch/fuzz.sh)
 };
 
 struct KnobInfo {

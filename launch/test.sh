@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds dsv4 and runs the test suite (every ctest label but `gpu`,
 # which runs only where a GPU is present). Then builds the safetensors and model-loading tests
-# under AddressSanitizer + UBSan and runs them (malformed checkpoints must never crash).
+# and the fuzz targets' corpus replays under AddressSanitizer + UBSan and runs them (malformed
+# checkpoints, configs, tokenizers, chats and flags must never crash). With DSV4_FUZZ_SECONDS set,
+# it then runs every libFuzzer target for that long (launch/fuzz.sh; a clang build of its own).
 #
 #   launch/test.sh            # everything
 #   DSV4_TEST_LABELS=unit launch/test.sh   # one label (ctest -L regex)
+#   DSV4_FUZZ_SECONDS=60 launch/test.sh    # everything, then each fuzzer for 60 s
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/launch/setup.sh"
@@ -25,8 +28,14 @@ echo "== tests"
 (cd "$root/build" && ctest --output-on-failure -j 2 ${labels:+-L "$labels"} -LE "$exclude")
 
 if [[ -z "$labels" ]]; then
-  echo "== loader tests under AddressSanitizer + UBSan (build-asan/)"
-  DSV4_BUILD_TARGETS="safetensors_test config_test" dsv4_build build-asan -DDSV4_CUDA=OFF \
+  echo "== loader tests and fuzz corpora under AddressSanitizer + UBSan (build-asan/)"
+  # Every fuzz target but convert (which would pull gRPC and protobuf into this build).
+  fuzzers=(safetensors safetensors_index config tokenizer_json tokenizer chat flags)
+  replays=$(IFS='|'; echo "${fuzzers[*]}")
+  DSV4_BUILD_TARGETS="safetensors_test config_test ${fuzzers[*]/#/fuzz_}" dsv4_build build-asan -DDSV4_CUDA=OFF \
     -DDSV4_SANITIZE_ADDRESS=ON -DDSV4_SANITIZE_UNDEFINED=ON -DCMAKE_BUILD_TYPE=Debug
-  (cd "$root/build-asan" && ctest --output-on-failure -R "^(Safetensors[A-Za-z]*|Config|Weights)\\.")
+  (cd "$root/build-asan" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --output-on-failure -j 2 -R "^(Safetensors[A-Za-z]*|Config|Weights)\\.|^fuzz_corpus_(${replays})\$")
+  # Coverage-guided fuzzing is on demand: it needs a clang build of its own (build-fuzz/).
+  if [[ -n "${DSV4_FUZZ_SECONDS:-}" ]]; then "$root/launch/fuzz.sh"; fi
 fi
