@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "bench/commands.h"
+#include "bench/profile.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/placement.h"
 
@@ -212,6 +213,7 @@ void CommFlags(Flags& flags) {
       .Int("redundant-experts", d.redundant,
            "time EPLB's placement with this many redundant slots (0: contiguous blocks)", 0, 1 << 20)
       .Bool("json", false, "print one JSON object")
+      .String("profile-out", "", "also write this machine's dsv4-profile/1 file (`dsv4 plan --profile`) here")
       .Double("comm-timeout-s", 120, "seconds a collective may wait", 0.001, 86400);
 }
 
@@ -263,6 +265,9 @@ absl::Status Comm(const Flags& flags) {
                                        static_cast<long long>(cfg.redundant));
     std::printf("\n");
   }
+  if (flags.Given("profile-out"))
+    DSV4_RETURN_IF_ERROR(
+        bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench comm", r.dispatch_combine_gbps));
   return absl::OkStatus();
 }
 

@@ -8,6 +8,7 @@
 #include "bench/commands.h"
 #include "bench/limits.h"
 #include "bench/model_bench.h"
+#include "bench/profile.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/runtime.h"
@@ -24,7 +25,8 @@ void AddModelBenchFlags(Flags& flags, const char* context_help, int64_t context_
       .Int("steps", 16, "timed decode steps / prefills (the median is reported)", 1, 1 << 20)
       .Int("warmup", 2, "untimed steps first", 0, 1 << 20)
       .Int("seed", 1, "token ids are drawn at random from this seed", 0)
-      .Bool("json", false, "print one JSON object");
+      .Bool("json", false, "print one JSON object")
+      .String("profile-out", "", "also write this machine's dsv4-profile/1 file (`dsv4 plan --profile`) here");
 }
 
 struct BenchFigures {
@@ -110,6 +112,8 @@ absl::Status Decode(const Flags& flags) {
   f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_step_seconds * 1e3, f.work = r.work;
   f.cpu_utilization = r.cpu_utilization;
   PrintFigures("decode", f, flags.GetBool("json"));
+  if (flags.Given("profile-out"))
+    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench decode"));
   return absl::OkStatus();
 }
 
@@ -133,6 +137,8 @@ absl::Status Prefill(const Flags& flags) {
   f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_seconds * 1e3, f.work = r.work;
   f.cpu_utilization = r.cpu_utilization;
   PrintFigures("prefill", f, flags.GetBool("json"));
+  if (flags.Given("profile-out"))
+    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench prefill"));
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "base/file.h"
 #include "base/status.h"
+#include "absl/synchronization/mutex.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -250,25 +251,40 @@ ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name)
 }
 
 absl::StatusOr<ModelPreset> FindPreset(const std::string& name) {
-  if (name == "deepseek-v3" || name == "deepseek-r1")
-    return Mla(name, 128, 3, 256, 8, 129280, 1, "deepseek-ai/DeepSeek-V3:inference/configs/config_671B.json");
+  // Release dates: the public weight releases (DeepSeek-V3 2024-12-26, R1 2025-01-20, V3.2-Exp
+  // 2025-09-29, Kimi-K2 2025-07-11, V4 Flash and Pro 2026-04-24).
+  if (name == "deepseek-v3" || name == "deepseek-r1") {
+    ModelPreset p = Mla(name, 128, 3, 256, 8, 129280, 1, "deepseek-ai/DeepSeek-V3:inference/configs/config_671B.json");
+    p.release_date = name == "deepseek-v3" ? "2024-12-26" : "2025-01-20";
+    p.architecture_date = "2024-12-26";
+    return p;
+  }
   if (name == "deepseek-v3.2") {
     ModelPreset p = Mla(name, 128, 3, 256, 8, 129280, 1, "MODEL.md 1.1 and 2.2 (V3 + DSA indexer)");
     p.mla_indexer = true;
     p.index_heads = 64;
     p.index_dim = 128;
     p.index_topk = 2048;
+    p.release_date = "2025-09-29";
+    p.architecture_date = "2025-09-29";  // MLA with the DSA indexer
     return p;
   }
-  if (name == "kimi-k2") return Mla(name, 64, 1, 384, 8, 163840, 0, "moonshotai/Kimi-K2-Instruct config.json (public)");
+  if (name == "kimi-k2") {
+    ModelPreset p = Mla(name, 64, 1, 384, 8, 163840, 0, "moonshotai/Kimi-K2-Instruct config.json (public)");
+    p.release_date = "2025-07-11";
+    p.architecture_date = "2024-12-26";  // the DeepSeek-V3 architecture
+    return p;
+  }
   if (name == "deepseek-v4-flash") {
     ModelPreset p = PresetFromModelConfig(V4Config(4096, 43, 64, 1024, 8, 256, 6, 2048, 512, 0), name);
     p.source = "MODEL.md 1.2 (HF config.json of DeepSeek-V4-Flash)";
+    p.release_date = p.architecture_date = "2026-04-24";
     return p;
   }
   if (name == "deepseek-v4-pro") {
     ModelPreset p = PresetFromModelConfig(V4Config(7168, 61, 128, 1536, 16, 384, 6, 3072, 1024, 128), name);
     p.source = "MODEL.md 1.3 (HF config.json of DeepSeek-V4-Pro)";
+    p.release_date = p.architecture_date = "2026-04-24";
     return p;
   }
   if (name == "deepseek-v4.1-flash") return V41Flash();
@@ -298,8 +314,33 @@ absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, cons
                                                  "deepseek_v3, deepseek_v32, kimi_k2)"));
 }
 
+namespace {
+
+struct ConfigRegistry {
+  absl::Mutex mu;
+  std::map<std::string, std::string> configs ABSL_GUARDED_BY(mu);
+};
+
+ConfigRegistry& Registry() {
+  static ConfigRegistry* r = new ConfigRegistry;
+  return *r;
+}
+
+}  // namespace
+
+void RegisterModelConfig(const std::string& name, const std::string& config_json) {
+  ConfigRegistry& r = Registry();
+  absl::MutexLock lock(&r.mu);
+  r.configs[name] = config_json;
+}
+
 absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec) {
   if (spec.empty()) return absl::InvalidArgumentError("model: must name a preset or a config.json path");
+  {
+    ConfigRegistry& r = Registry();
+    absl::MutexLock lock(&r.mu);
+    if (auto it = r.configs.find(spec); it != r.configs.end()) return ParsePresetConfig(it->second, spec);
+  }
   if (spec.find('/') == std::string::npos && spec.find(".json") == std::string::npos) return FindPreset(spec);
   DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(spec), "model: config file");
   return ParsePresetConfig(text, spec);

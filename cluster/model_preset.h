@@ -71,6 +71,11 @@ struct ModelPreset {
   int64_t engram_row_dim = 0;  // elements per row
   // Multi-token prediction / draft layers shipped with the checkpoint.
   int64_t mtp_layers = 0;
+  // Public release date of the weights, and of the first model of its architecture (YYYY-MM-DD;
+  // "" = unknown). Software maturity counts from the architecture's: Kimi-K2 runs on DeepSeek-V3's
+  // kernels from its first day.
+  std::string release_date;
+  std::string architecture_date;
   // Free text: where the numbers come from.
   std::string source;
 };
@@ -83,7 +88,10 @@ absl::StatusOr<ModelPreset> FindPreset(const std::string& name);
 ModelPreset PresetFromModelConfig(const ModelConfig& config, const std::string& name);
 // Parses a config.json text: V4 / V4.1 (through ParseModelConfig) or V3-style MLA configs.
 absl::StatusOr<ModelPreset> ParsePresetConfig(const std::string& json_text, const std::string& source);
-// `spec` is a preset name or a path to a config.json.
+// `spec` is a preset name, a name given to RegisterModelConfig, or a path to a config.json.
 absl::StatusOr<ModelPreset> LoadPreset(const std::string& spec);
+// Makes `name` (e.g. "builtin:v4-bench", whose config the runtime owns) resolve to `config_json`.
+// Thread-safe.
+void RegisterModelConfig(const std::string& name, const std::string& config_json);
 
 }  // namespace dsv4::cluster

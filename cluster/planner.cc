@@ -116,7 +116,7 @@ void AnswerPrefill(Ctx& c) {
       s.batch_per_device > 0 ? s.batch_per_device : std::max(1.0, std::round(kDefaultPrefillTokens / new_tokens));
   const double group_seqs = seqs_dev * s.tp;
   const StepTime st = c.model.Step({{group_seqs, new_tokens, cached, true}});
-  const double per_device = group_seqs * new_tokens / s.tp / st.seconds;
+  const double per_device = group_seqs * new_tokens / s.tp / r.pp / st.seconds;
   c.out["prefill_tokens_per_s_per_device"] = Round(per_device, 2);
   c.out["prefill_tokens_per_s_per_node"] = Round(per_device * s.devices_per_node, 1);
   c.out["prefill_batch_per_device"] = seqs_dev;
@@ -130,25 +130,64 @@ void AnswerPrefill(Ctx& c) {
   CheckMemory(c, c.model.Memory(group_seqs * SeqCacheBytes(r, s.input_tokens), seqs_dev * new_tokens));
 }
 
+// Prefill tokens per second per device with the scenario's layout, chunks of 16K tokens per device.
+double PrefillRatePerDevice(const Resolved& r, const StepModel& model) {
+  const Scenario& s = r.s;
+  const double new_tokens = std::max(1.0, s.input_tokens * (1 - s.prefix_cache_hit));
+  const double seqs_dev = std::max(1.0, std::round(kDefaultPrefillTokens / new_tokens));
+  const StepTime st = model.Step({{seqs_dev * s.tp, new_tokens, s.input_tokens - new_tokens, true}});
+  return seqs_dev * new_tokens / r.pp / st.seconds;
+}
+
 void AnswerDecode(Ctx& c) {
   const Resolved& r = c.r;
   const Scenario& s = r.s;
   const double ctx = s.input_tokens + s.output_tokens / 2;
   const double step_tokens = 1 + c.model.Drafts();
+  const double per_step = c.model.TokensPerDecodeStep();
+  auto tpot_ms = [&](double b) { return c.model.Step({{b * s.tp, step_tokens, ctx, false}}).seconds / per_step * 1e3; };
   double batch = s.batch_per_device;
   if (batch <= 0 && s.concurrency > 0) batch = std::max(1.0, s.concurrency / r.dp / s.tp);
   if (batch <= 0) {
-    batch = std::max(1.0, MaxBatchPerDevice(r, c.model, s.input_tokens + s.output_tokens, step_tokens));
-    c.warnings.push_back(absl::StrCat("batch_per_device not given: using the most that fits, ", batch));
+    const double fits = std::max(1.0, MaxBatchPerDevice(r, c.model, s.input_tokens + s.output_tokens, step_tokens));
+    if (s.slo_tpot_ms > 0) {
+      // Throughput at an interactivity: the largest batch whose time per output token meets the SLO.
+      double lo = 1, hi = fits;
+      if (tpot_ms(lo) > s.slo_tpot_ms) {
+        c.reasons.push_back(absl::StrCat("slo.tpot_ms = ", s.slo_tpot_ms, " is not met even at batch 1 (",
+                                         Round(tpot_ms(lo), 2), " ms)"));
+        hi = lo;
+      }
+      while (hi - lo > 0.5) {
+        const double mid = std::floor((lo + hi) / 2);
+        if (mid <= lo) break;
+        (tpot_ms(mid) <= s.slo_tpot_ms ? lo : hi) = mid;
+      }
+      batch = tpot_ms(hi) <= s.slo_tpot_ms ? hi : lo;
+      c.warnings.push_back(absl::StrCat("batch_per_device not given: the largest that meets slo.tpot_ms = ",
+                                        s.slo_tpot_ms, ", ", batch));
+    } else {
+      batch = fits;
+      c.warnings.push_back(absl::StrCat("batch_per_device not given: using the most that fits, ", batch));
+    }
   }
   const double group_seqs = batch * s.tp;
   const StepTime st = c.model.Step({{group_seqs, step_tokens, ctx, false}});
-  const double per_step = c.model.TokensPerDecodeStep();
-  const double per_device = group_seqs * per_step / s.tp / st.seconds;
+  const double per_device = group_seqs * per_step / s.tp / r.pp / st.seconds;
   c.out["decode_tokens_per_s_per_device"] = Round(per_device, 2);
   c.out["decode_tokens_per_s_per_node"] = Round(per_device * s.devices_per_node, 1);
   c.out["decode_batch_per_device"] = batch;
   c.out["tpot_ms"] = Round(st.seconds / per_step * 1e3, 3);
+  c.out["tokens_per_s_per_user"] = Round(per_step / st.seconds, 2);
+  // End to end: the devices also prefill the prompts (in a disaggregated deployment, a prefill pool
+  // sized to the decode pool). Each output token needs input/output prompt tokens prefilled, so a
+  // device's output rate is 1 / (1/decode + (input/output)/prefill) (InferenceX's tok/s/GPU counts
+  // input and output tokens over all GPUs).
+  const double prefill = PrefillRatePerDevice(r, c.model);
+  const double new_input = std::max(1.0, s.input_tokens * (1 - s.prefix_cache_hit));
+  const double serving_out = 1 / (1 / per_device + new_input / s.output_tokens / prefill);
+  c.out["serving_output_tokens_per_s_per_device"] = Round(serving_out, 2);
+  c.out["serving_tokens_per_s_per_device"] = Round(serving_out * (s.input_tokens + s.output_tokens) / s.output_tokens, 2);
   c.out["decode"] = StepJson(st);
   c.out["bottleneck"]["decode"] = st.bottleneck;
   c.out["cost_per_million_output_tokens"] = Round(CostPerMillion(r.price_per_hour, per_device), 4);
@@ -427,8 +466,7 @@ double CapacityForDevices(const CapacityResult& c, int unit_devices, int devices
 }
 
 absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanOptions& options) {
-  DSV4_ASSIGN_OR_RETURN(auto resolved, Resolve(s, catalog));
-  const Resolved& r = resolved;
+  DSV4_ASSIGN_OR_RETURN(const Resolved r, Resolve(s, catalog, options.tuning));
   if (options.profile != nullptr && !options.profile->device.empty() && options.profile->device != r.device.name)
     return absl::InvalidArgumentError(absl::StrCat("--profile: measured on '", options.profile->device,
                                                    "' but scenario.hardware.device is '", r.device.name, "'"));
@@ -437,7 +475,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
   json out;
   out["scenario"] = s.name;
   out["question"] = QuestionName(s.question);
-  out["model"] = ModelJson(r);
+  out["model"] = options.brief ? json{{"name", r.model.name}} : ModelJson(r);
   out["hardware"] = {{"device", r.device.name},
                      {"devices", r.world},
                      {"nodes", s.nodes},
@@ -446,6 +484,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
                      {"scale_out", r.scale_out.name},
                      {"price_per_device_hour", r.price_per_hour}};
   out["layout"] = {{"tp", s.tp},
+                   {"pp", r.pp},
                    {"dp_attention", r.dp},
                    {"ep", r.ep},
                    {"experts_on", s.experts_on_host ? "host" : "device"},
@@ -455,8 +494,26 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
   out["speculative"] = {
       {"enabled", spec}, {"draft_tokens", model.Drafts()}, {"tokens_per_step", Round(model.TokensPerDecodeStep(), 3)}};
   out["calibration"] = options.profile != nullptr ? options.profile->source : "catalog efficiencies";
+  out["software"] = {{"engine", r.engine.name},
+                     {"engine_assumed", r.engine_assumed},
+                     {"engine_version", s.engine_version},
+                     {"date", s.software_date},
+                     {"maturity", MaturityName(r.maturity)},
+                     {"maturity_reason", r.maturity_reason},
+                     {"maturity_factor", Round(r.maturity_factor, 3)},
+                     {"fused_moe", r.fused_moe}};
+  out["host"] = {{"cpu", r.host.cpu},
+                 {"sockets", r.host.sockets},
+                 {"cores", r.host.cores},
+                 {"dram_peak_gbps", Round(r.host.peak_gbps, 1)},
+                 {"stream_gbps", Round(r.host.stream_gbps, 1)},
+                 {"expert_gbps_per_device", Round(r.host_gbps, 2)},
+                 {"expert_gflops_per_device", Round(r.host_gflops, 1)}};
   out["bottleneck"] = json::object();
-  Ctx c{r, model, out, {}, {}};
+  Ctx c{r, model, out, {}, r.notes};
+  if (r.engine_assumed)
+    c.warnings.push_back(absl::StrCat("software.engine not given: planned as ", r.engine.name,
+                                      ", the usual engine for this setup"));
   switch (s.question) {
     case Question::kPrefillThroughput:
       AnswerPrefill(c);
@@ -480,51 +537,6 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
   out["warnings"] = c.warnings;
   if (options.sweeps) out["sweeps"] = Sweeps(r, options);
   return out;
-}
-
-absl::StatusOr<Validation> Validate(const std::string& json_text, const std::string& source, const Catalog& catalog,
-                                    const PlanOptions& options) {
-  const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_array())
-    return absl::InvalidArgumentError(absl::StrCat(source, ": must be a JSON array of points"));
-  Validation v;
-  std::vector<double> abs_errors;
-  for (size_t i = 0; i < j.size(); ++i) {
-    const json& pt = j[i];
-    const std::string where = absl::StrCat(source, "[", i, "]");
-    if (!pt.is_object() || !pt.contains("scenario") || !pt.contains("measured") || !pt["measured"].is_object())
-      return absl::InvalidArgumentError(absl::StrCat(where, ": needs \"scenario\" and \"measured\" objects"));
-    const std::string name = pt.value("name", absl::StrCat("point ", i));
-    DSV4_ASSIGN_OR_RETURN(auto s, ParseScenario(pt["scenario"].dump(), where));
-    if (s.name.empty()) s.name = name;
-    auto answer = Plan(s, catalog, options);
-    if (!answer.ok()) return absl::Status(answer.status().code(), absl::StrCat(where, ": ", answer.status().message()));
-    for (auto m = pt["measured"].begin(); m != pt["measured"].end(); ++m) {
-      if (!m.value().is_number() || m.value().get<double>() <= 0) continue;
-      if (!answer->contains(m.key()) || !(*answer)[m.key()].is_number())
-        return absl::InvalidArgumentError(absl::StrCat(where, ": measured key '", m.key(), "' is not in the answer"));
-      ValidationRow row;
-      row.name = name;
-      row.metric = m.key();
-      row.measured = m.value().get<double>();
-      row.predicted = (*answer)[m.key()].get<double>();
-      row.error = (row.predicted - row.measured) / row.measured;
-      const double ratio =
-          row.predicted > 0 ? std::max(row.predicted / row.measured, row.measured / row.predicted) : 1e9;
-      if (ratio > v.worst_ratio) {
-        v.worst_ratio = ratio;
-        v.worst = absl::StrCat(name, " / ", m.key());
-      }
-      abs_errors.push_back(std::abs(row.error));
-      v.rows.push_back(row);
-    }
-  }
-  if (!abs_errors.empty()) {
-    std::sort(abs_errors.begin(), abs_errors.end());
-    const size_t n = abs_errors.size();
-    v.median_abs_error = n % 2 ? abs_errors[n / 2] : (abs_errors[n / 2 - 1] + abs_errors[n / 2]) / 2;
-  }
-  return v;
 }
 
 }  // namespace dsv4::cluster

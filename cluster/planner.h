@@ -19,6 +19,8 @@ namespace dsv4::cluster {
 struct PlanOptions {
   const Profile* profile = nullptr;  // measured rates in place of catalog efficiencies
   bool sweeps = false;               // add "sweeps" (batch and layout) for charts
+  const Tuning* tuning = nullptr;    // fitted parameters in place of the catalog's (fitting, cross-validation)
+  bool brief = false;                // leave out the model table and per-operator breakdowns (validation)
 };
 
 // Answers `s`. Invalid scenarios are errors naming the field; an infeasible one is an answer with
@@ -46,22 +48,5 @@ struct CapacityResult {
 CapacityResult Capacity(const Resolved& r, const StepModel& model);
 // QPS the given number of devices sustains under the SLO (whole units only).
 double CapacityForDevices(const CapacityResult& c, int unit_devices, int devices);
-
-struct ValidationRow {
-  std::string name;
-  std::string metric;
-  double predicted = 0;
-  double measured = 0;
-  double error = 0;  // (predicted - measured) / measured
-};
-struct Validation {
-  std::vector<ValidationRow> rows;
-  double median_abs_error = 0;
-  double worst_ratio = 1;  // max over rows of max(p/m, m/p)
-  std::string worst;
-};
-// Runs every point of a published_points.json text and compares each measured key.
-absl::StatusOr<Validation> Validate(const std::string& json_text, const std::string& source, const Catalog& catalog,
-                                    const PlanOptions& options);
 
 }  // namespace dsv4::cluster

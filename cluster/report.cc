@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "base/file.h"
 #include "base/status.h"
+#include "absl/strings/str_join.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -275,25 +276,85 @@ std::string TextReport(const json& a) {
 }
 
 std::string ValidationText(const Validation& v) {
-  std::string out = absl::StrFormat("%-58s %-36s %12s %12s %8s\n", "point", "metric", "predicted", "measured", "error");
+  std::string out = absl::StrFormat("%s: ", v.mode);
+  absl::StrAppend(&out, v.mode == "in-sample"
+                            ? "the catalog's fitted parameters, fitted on these points where they inform them\n\n"
+                            : "every row predicted with parameters refitted without its group\n\n");
+  absl::StrAppend(&out, absl::StrFormat("%-52s %-34s %-34s %11s %11s %8s\n", "point", "source", "metric",
+                                        "predicted", "measured", "error"));
   for (const ValidationRow& r : v.rows)
-    absl::StrAppend(&out, absl::StrFormat("%-58s %-36s %12.2f %12.2f %+7.1f%%\n", r.name.substr(0, 58), r.metric,
-                                          r.predicted, r.measured, r.error * 100));
-  absl::StrAppend(&out, absl::StrFormat("\nmedian absolute error: %.1f%% over %zu measurements; worst: %.2fx (%s)\n",
-                                        v.median_abs_error * 100, v.rows.size(), v.worst_ratio, v.worst));
+    absl::StrAppend(&out, absl::StrFormat("%-52s %-34s %-34s %11.2f %11.2f %+7.1f%%\n", r.point.substr(0, 52),
+                                          r.source.substr(0, 34), r.metric.substr(0, 34), r.predicted, r.measured,
+                                          r.error * 100));
+  auto table = [&](const char* title, const std::vector<ErrorSummary>& groups) {
+    absl::StrAppend(&out, absl::StrFormat("\n%-52s %5s %14s %8s  %s\n", title, "rows", "median |error|", "worst",
+                                          "worst point"));
+    for (const ErrorSummary& g : groups)
+      absl::StrAppend(&out, absl::StrFormat("%-52s %5d %13.1f%% %7.2fx  %s\n", g.group.substr(0, 52), g.rows,
+                                            g.median_abs_error * 100, g.worst_ratio, g.worst));
+  };
+  table("by source", v.by_source);
+  table("by category", v.by_category);
+  absl::StrAppend(&out, absl::StrFormat("\n%s median absolute error: %.1f%% over %d measurements from %zu sources%s; "
+                                        "worst: %.2fx (%s)\n",
+                                        v.mode, v.median_abs_error * 100, v.overall.rows, v.by_source.size(),
+                                        v.folds > 0 ? absl::StrFormat(" (%d folds)", v.folds) : "", v.worst_ratio,
+                                        v.worst));
   return out;
 }
 
 json ValidationJson(const Validation& v) {
   json rows = json::array();
   for (const ValidationRow& r : v.rows)
-    rows.push_back({{"name", r.name},
+    rows.push_back({{"point", r.point},
+                    {"name", r.name},
+                    {"source", r.source},
+                    {"category", r.category},
                     {"metric", r.metric},
                     {"predicted", r.predicted},
                     {"measured", r.measured},
                     {"error", r.error}});
-  return {
-      {"points", rows}, {"median_abs_error", v.median_abs_error}, {"worst_ratio", v.worst_ratio}, {"worst", v.worst}};
+  auto groups = [](const std::vector<ErrorSummary>& gs) {
+    json out = json::array();
+    for (const ErrorSummary& g : gs)
+      out.push_back({{"group", g.group},
+                     {"rows", g.rows},
+                     {"median_abs_error", g.median_abs_error},
+                     {"worst_ratio", g.worst_ratio},
+                     {"worst", g.worst}});
+    return out;
+  };
+  return {{"mode", v.mode},
+          {"folds", v.folds},
+          {"points", rows},
+          {"by_source", groups(v.by_source)},
+          {"by_category", groups(v.by_category)},
+          {"median_abs_error", v.median_abs_error},
+          {"worst_ratio", v.worst_ratio},
+          {"worst", v.worst}};
+}
+
+std::string FitText(const FitResult& f) {
+  std::string out = absl::StrFormat("%-22s %9s  %s\n", "parameter", "value", "fitted on");
+  for (const ParameterFit& p : f.parameters) {
+    const std::string on = p.fitted ? absl::StrCat(p.points.size(), " points from ", absl::StrJoin(p.sources, ", "))
+                                    : "not fitted: no point informs it (catalog value kept)";
+    absl::StrAppend(&out, absl::StrFormat("%-22s %9.4f  %s\n", p.name, p.value, on));
+  }
+  absl::StrAppend(&out, absl::StrFormat("\nmean |log(predicted / measured)| after the fit: %.3f\n",
+                                        f.mean_abs_log_error));
+  return out;
+}
+
+json FitJson(const FitResult& f) {
+  json params = json::object();
+  for (const ParameterFit& p : f.parameters) {
+    const std::string on = p.fitted ? absl::StrCat("[fit] ", p.points.size(), " points from ",
+                                                   absl::StrJoin(p.sources, ", "))
+                                    : "[not fitted: no point informs it]";
+    params[p.name] = {{"value", std::round(p.value * 1e4) / 1e4}, {"fitted_on", on}};
+  }
+  return {{"parameters", params}, {"mean_abs_log_error", f.mean_abs_log_error}};
 }
 
 std::string ComparisonText(const std::vector<json>& answers) {

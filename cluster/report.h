@@ -9,12 +9,16 @@
 
 #include "absl/status/status.h"
 #include "cluster/planner.h"
+#include "cluster/validate.h"
 
 namespace dsv4::cluster {
 
 std::string TextReport(const nlohmann::json& answer);
 std::string ValidationText(const Validation& v);
 nlohmann::json ValidationJson(const Validation& v);
+// The fitted parameters and what each was fitted on; FitJson's "parameters" is the catalog's layout.
+std::string FitText(const FitResult& f);
+nlohmann::json FitJson(const FitResult& f);
 // One line per scenario: devices, throughput, latency, cost.
 std::string ComparisonText(const std::vector<nlohmann::json>& answers);
 

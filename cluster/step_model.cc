@@ -15,9 +15,6 @@ constexpr double kUs = 1e-6;
 // (LMSYS large-scale EP blog); with EPLB and redundant experts ~0.8. cv = (max/mean - 1) / sqrt(2 ln ep).
 constexpr double kCvNoEplb = 0.5;
 constexpr double kCvEplb = 0.08;
-// Two micro-batches hide communication behind computation except for this share of the shorter one
-// (pipeline fill and drain, synchronisation).
-constexpr double kOverlapLoss = 0.1;
 // DeepEP normal (prefill) kernels occupy ~20 of 132 SMs while they run (DeepEP README).
 constexpr double kPrefillCommSmPenalty = 1.1;
 // GEMMs on weights whose bit width the tensor cores do not take (2.5, 4.5, ...) dequantize tiles to FP16
@@ -29,6 +26,11 @@ constexpr double kHostSyncUs = 30;
 // RDMA ~43-46 of 50 GB/s (DeepEP README).
 constexpr double kScaleUpEff = 0.77;
 constexpr double kScaleOutEff = 0.85;
+// Engines without DeepEP-style kernels run expert dispatch/combine as NCCL all-to-all-v: [estimate]
+// about half the bandwidth (pplx-kernels and DeepEP READMEs compare against NCCL) and two more
+// latency steps per call (a size exchange before the payload).
+constexpr double kNcclAllToAllEff = 0.5;
+
 
 bool NativeBits(double bits) { return bits == 4 || bits == 8 || bits == 16 || bits == 32; }
 
@@ -48,10 +50,17 @@ double AttentionActivationBytes(const ModelPreset& m, bool prefill) {
 }  // namespace
 
 struct StepModel::Accum {
-  std::map<std::string, OpTime> ops;
+  std::vector<OpTime> ops;  // a dozen distinct operators: a linear search beats a map of strings
+  OpTime& Op(const char* name) {
+    for (OpTime& op : ops)
+      if (op.name == name) return op;
+    ops.push_back(OpTime{name, 0, 0, 0, ""});
+    return ops.back();
+  }
   double host_s = 0;
   double engram_gather_s = 0;
-  double by_bound[4] = {0, 0, 0, 0};  // compute, memory, launch, host
+  double by_bound[5] = {0, 0, 0, 0, 0};  // compute, memory, launch, host, host link (device time but [3])
+  double Device() const { return by_bound[0] + by_bound[1] + by_bound[2] + by_bound[4]; }
 };
 
 StepModel::StepModel(const Resolved& r, const Profile* profile, bool speculative) : r_(r), profile_(profile) {
@@ -91,15 +100,16 @@ MemoryBreakdown StepModel::Memory(double kv_bytes, double step_tokens) const {
   MemoryBreakdown m;
   const Device& d = r_.device;
   const double tp = r_.s.tp;
+  const double pp = r_.pp;  // each pipeline stage holds 1/pp of the layers (and of every sequence's cache)
   m.total = d.IsHostOnly() ? r_.host_gb : d.memory_gb;
   const double split = pc_.attention_head_split / pc_.attention;
   const double attention = wb_.attention * (1 - split + split / tp) + wb_.mhc + wb_.router;
-  m.weights_attention = attention / kGB;
-  m.weights_dense = (wb_.dense_ffn + wb_.shared_experts) / kGB;
+  m.weights_attention = attention / pp / kGB;
+  m.weights_dense = (wb_.dense_ffn + wb_.shared_experts) / pp / kGB;
   const double slots = r_.routed_experts + r_.s.redundant_experts;
   const double layers_moe = r_.model.layers - r_.model.dense_layers;
   // The fullest device holds ceil(slots / ep) experts per layer.
-  const double experts_dev = std::ceil(slots / r_.ep) * layers_moe * wb_.expert_bytes / kGB;
+  const double experts_dev = std::ceil(slots / r_.ep) * std::ceil(layers_moe / pp) * wb_.expert_bytes / kGB;
   if (r_.s.experts_on_host && !d.IsHostOnly()) {
     m.experts_on_host = experts_dev;
   } else {
@@ -107,7 +117,7 @@ MemoryBreakdown StepModel::Memory(double kv_bytes, double step_tokens) const {
     m.experts_on_host = experts_dev * spill_fraction_;
   }
   m.spilled_expert_fraction = spill_fraction_;
-  m.weights_embed_head = wb_.embed_head / tp / kGB;
+  m.weights_embed_head = wb_.embed_head / tp / std::min(pp, 2.0) / kGB;  // embedding on the first stage, head on the last
   // MTP layers are resident with speculation on, and on single-device engines that map the whole
   // checkpoint file (llama.cpp, ds4); datacenter engines skip them otherwise.
   if (speculative_ || (r_.world == 1 && d.device_class != "datacenter")) {
@@ -116,7 +126,7 @@ MemoryBreakdown StepModel::Memory(double kv_bytes, double step_tokens) const {
   }
   m.engram = wb_.engram_proj / kGB;
   m.engram_tables_host = wb_.engram_tables / std::max(1, r_.world) / kGB;
-  m.kv_cache = kv_bytes / kGB;
+  m.kv_cache = kv_bytes / pp / kGB;
   const double D = r_.model.hidden, hc = std::max<int64_t>(1, r_.model.hc_mult);
   const double per_token = D * 2 * (6 * hc + 10) + r_.model.top_k * (2 * D + 2.0 * r_.model.expert_inter) * 2;
   // EP communication buffers: DeepEP-style buffers hold every received token (about 1 GB per device).
@@ -144,17 +154,27 @@ double StepModel::GemmRate(double bits, double tokens, bool grouped) const {
                                                                     : profile_->gemm_bf16;
     if (!c.empty()) return c.At(tokens);
   }
-  if (d.IsHostOnly()) return r_.host_cores * d.host_core_gflops * 1e-3 * r_.eff.host_compute;
+  if (d.IsHostOnly()) return r_.host_gflops * 1e-3;
+  // An engine with no kernels for this device (ds4's generic CUDA build) multiplies on the CUDA cores.
+  if (r_.untuned_device && d.fp32_tflops > 0)
+    return d.fp32_tflops * r_.eff.gemm * (NativeBits(bits) ? 1.0 : kDequantPenalty);
   if (!NativeBits(bits)) return d.bf16_tflops * r_.eff.gemm * kDequantPenalty;
+  // 4-bit weights on a device without FP4 tensor cores: converted to FP8 (SGLang, TensorRT-LLM) or
+  // dequantized tile by tile to BF16 (Marlin-style W4A16: vLLM, llama.cpp), per the engine.
+  if (bits <= 4 && d.fp4_tflops <= d.fp8_tflops && r_.engine.fp4_without_fp4 == "bf16")
+    return d.bf16_tflops * r_.eff.gemm * kDequantPenalty;
+  // Parts whose FP4 tensor cores no engine drives for grouped MoE GEMMs yet (GeForce and GB10
+  // Blackwell, SM12x): the experts fall back to W4A16 kernels.
+  if (bits <= 4 && grouped && !d.fp4_moe_kernels) return d.bf16_tflops * r_.eff.gemm * kDequantPenalty;
   return d.PeakTflops(bits) * r_.eff.gemm;
 }
 
-void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels, double tflops,
-                      double flop_eff, bool on_host, double mem_eff) const {
+void StepModel::AddOp(Accum& acc, const char* name, double flops, double bytes, double kernels, double tflops,
+                      double flop_eff, bool on_host, double mem_eff, double host_gbps) const {
   double bw, floor_us;
   if (on_host || r_.device.IsHostOnly()) {
-    bw = (profile_ && profile_->host_memory_gbps > 0 ? profile_->host_memory_gbps : r_.host_gbps * r_.eff.host_memory);
-    floor_us = on_host ? 1 : r_.eff.kernel_floor_us;
+    bw = host_gbps > 0 ? host_gbps : profile_ && profile_->host_memory_gbps > 0 ? profile_->host_memory_gbps : r_.host_gbps;
+    floor_us = on_host ? 1 : profile_ && profile_->kernel_floor_us > 0 ? profile_->kernel_floor_us : r_.eff.kernel_floor_us;
   } else {
     bw = profile_ && profile_->memory_gbps > 0 ? profile_->memory_gbps
                                                : r_.device.memory_gbps * (mem_eff > 0 ? mem_eff : r_.eff.memory);
@@ -169,8 +189,7 @@ void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double 
     acc.host_s += t;
     bound = 3;
   }
-  OpTime& op = acc.ops[name];
-  op.name = name;
+  OpTime& op = acc.Op(name);
   op.seconds += t;
   op.flops += flops;
   op.bytes += bytes;
@@ -181,7 +200,12 @@ void StepModel::AddOp(Accum& acc, const std::string& name, double flops, double 
 
 double StepModel::Imbalance(double pairs_per_device) const {
   if (r_.ep <= 1) return 1;
-  const double redundancy = std::min(1.0, r_.s.redundant_experts / std::max(1.0, r_.ep / 4.0));
+  // EPLB stated on without a redundant-expert count: balanced as with ep/4 redundant slots (the
+  // count SGLang's large-scale EP deployments used); their memory is not charged.
+  const double slots = r_.s.eplb == 1 ? std::max<double>(r_.s.redundant_experts, r_.ep / 4.0)
+                       : r_.s.eplb == 0 ? 0.0
+                                        : r_.s.redundant_experts;
+  const double redundancy = std::min(1.0, slots / std::max(1.0, r_.ep / 4.0));
   const double cv = kCvNoEplb - (kCvNoEplb - kCvEplb) * redundancy;
   const double noise = 1.0 / std::max(pairs_per_device, 1e-9);
   const double imb = 1 + std::sqrt(cv * cv + noise) * std::sqrt(2 * std::log(r_.ep));
@@ -197,6 +221,7 @@ struct StepModel::Pass {
   double g_tokens = 0;  // tokens of this attention group in the pass
   double d_tokens = 0;  // the group's tokens per device (TP ranks split them for the FFN)
   double e_tokens = 0;  // tokens per device the routed experts see (other DP groups included)
+  bool prefill = false;  // the pass carries prefill chunks (not a draft pass)
   double dense_rate = 0, bf16_rate = 0, attn_peak = 0;  // TFLOP/s before efficiency
 };
 
@@ -209,21 +234,28 @@ void StepModel::AttentionOps(Accum& acc, int64_t l, const Pass& s) const {
   const bool draft = s.mtp_seqs > 0;
   const AttentionWork w0 = LayerAttentionWork(m, l, 0, false, p);
   const double proj = w0.proj_params - w0.proj_params_split + w0.proj_params_split / tp;
-  AddOp(acc, "attention.proj", 2 * proj * s.g_tokens, proj * p.dense_bits / 8 + s.g_tokens * D * 2 * 4, 6, s.dense_rate,
-        1, false);
+  // Activations that travel between the attention kernels through memory (BF16 q and output heads,
+  // MLA's up-projected k/v in prefill, quantized inputs) are written and read by the projection
+  // GEMMs: their bytes count with the weights in the projections' roofline (hidden when compute-bound).
+  double act_bytes = 0;
+  for (const BatchPart& b : *s.parts) {
+    const double seqs = b.seqs * s.fraction * (draft && b.prefill ? 0 : 1);
+    if (seqs > 0)
+      act_bytes += seqs * (draft ? 1 : b.new_tokens) * (AttentionActivationBytes(m, b.prefill && !draft) / tp + D * 6);
+  }
+  AddOp(acc, "attention.proj", 2 * proj * s.g_tokens, proj * p.dense_bits / 8 + s.g_tokens * D * 2 * 4 + act_bytes, 6,
+        s.dense_rate, 1, false);
   for (const BatchPart& b : *s.parts) {
     const double seqs = b.seqs * s.fraction * (draft && b.prefill ? 0 : 1);
     if (seqs <= 0) continue;
     const double tokens = seqs * (draft ? 1 : b.new_tokens);
     const bool prefill = b.prefill && !draft;
-    // Activations that travel between the attention kernels through memory (BF16 q and output heads,
-    // MLA's up-projected k/v in prefill, quantized inputs): written once and read once.
-    AddOp(acc, "attention.activations", 0, tokens * (AttentionActivationBytes(m, prefill) / tp + D * 6), 0, 0, 1,
-          false);
     const double ctx = b.context + (prefill ? b.new_tokens / 2 : 0);
     const AttentionWork w = LayerAttentionWork(m, l, ctx, prefill, p);
     const bool measured = prefill && profile_ != nullptr && !profile_->attention_prefill.empty();
-    const double flop_eff = host_only ? 1 : (prefill ? e.attention : e.gemm);
+    // Attention kernels (FlashMLA, FlashAttention) reach the class's attention efficiency in prefill
+    // and in compute-bound decode alike; GEMM efficiency is a different kernel family's.
+    const double flop_eff = host_only ? 1 : e.attention;
     AddOp(acc, prefill ? "attention.core (prefill)" : "attention.core (decode)", w.core_flops * tokens / tp,
           w.kv_read_bytes * seqs, w.kernels - 6, measured ? profile_->attention_prefill.At(ctx) : s.attn_peak,
           measured ? 1 : flop_eff, false, e.kv_memory);
@@ -257,21 +289,39 @@ void StepModel::FfnOps(Accum& acc, int64_t l, const Pass& s) const {
   const double routed_flops = pairs * ExpertFlopsPerToken(m);
   const double routed_act = pairs * (2 * D + 3.0 * m.expert_inter) * 2;
   const double on_host = (r_.s.experts_on_host && !r_.device.IsHostOnly()) ? 1 : spill_fraction_;
+  const double expert_rate = GemmRate(p.expert_bits, pairs / std::max(1.0, act_max), true);
   if (on_host < 1) {
     // Permuted hidden states, gate/up outputs, the quantized activation and the down outputs pass
-    // through memory between the grouped-GEMM kernels (separate kernels: not hidden behind compute).
+    // through memory between the grouped-GEMM kernels: they count with the expert weights in the
+    // GEMMs' roofline. A fused MoE kernel (MegaMoE) keeps them on chip.
     const double on_device = 1 - on_host;
-    AddOp(acc, "moe.activations", 0, pairs * (4 * D + 5.0 * m.expert_inter) * 2 * on_device, 0, 0, 1, false);
-    AddOp(acc, "moe.routed", routed_flops * on_device, (act_max * wb_.expert_bytes + routed_act) * on_device, 4,
-          GemmRate(p.expert_bits, pairs / std::max(1.0, act_max), true), 1, false);
+    const double permuted = r_.fused_moe ? 0 : pairs * (4 * D + 5.0 * m.expert_inter) * 2;
+    AddOp(acc, "moe.routed", routed_flops * on_device, (act_max * wb_.expert_bytes + routed_act + permuted) * on_device,
+          r_.fused_moe ? 1 : 4, expert_rate, 1, false);
   }
   if (on_host > 0) {
-    const double host_rate = profile_ && profile_->host_gflops > 0
-                                 ? profile_->host_gflops * 1e-3
-                                 : r_.host_cores * r_.device.host_core_gflops * 1e-3 * r_.eff.host_compute;
-    AddOp(acc, "moe.routed (host)", routed_flops * on_host, act_max * wb_.expert_bytes * on_host, 0, host_rate, 1,
-          true);
-    if (!r_.device.IsHostOnly()) acc.host_s += kHostSyncUs * kUs, acc.by_bound[3] += kHostSyncUs * kUs;
+    const double host_rate = profile_ && profile_->host_gflops > 0 ? profile_->host_gflops * 1e-3 : r_.host_gflops * 1e-3;
+    const double host_bw = profile_ && profile_->host_memory_gbps > 0 ? profile_->host_memory_gbps : r_.host_gbps;
+    const double bytes = act_max * wb_.expert_bytes * on_host, flops = routed_flops * on_host;
+    const double host_s = std::max(flops / (host_rate * 1e12), bytes / (host_bw * kGB));
+    // KTransformers-style layerwise prefill: a long enough chunk streams the layer's host experts to
+    // the device (overlapped with the previous layer's GEMMs) and runs them there. The engine takes
+    // that path when it is the faster one.
+    const bool can_stream = s.prefill && r_.gpu_prefill_streaming && !r_.device.IsHostOnly() &&
+                            r_.host_link_gbps > 0 && s.g_tokens >= r_.engine.gpu_prefill_tokens;
+    const double link_s = can_stream ? bytes / (r_.host_link_gbps * r_.tuning.pcie_stream * kGB) : 0;
+    const double gpu_s = can_stream ? flops / (expert_rate * 1e12) : 0;
+    if (can_stream && std::max(link_s, gpu_s) < host_s) {
+      OpTime& op = acc.Op("moe.routed (streamed to device)");
+      op.seconds += std::max(link_s, gpu_s);
+      op.flops += flops;
+      op.bytes += bytes;
+      op.bound = link_s >= gpu_s ? "host link" : "compute";
+      acc.by_bound[link_s >= gpu_s ? 4 : 0] += std::max(link_s, gpu_s);
+    } else {
+      AddOp(acc, "moe.routed (host)", flops, bytes, 0, host_rate, 1, true, 0, host_bw);
+      if (!r_.device.IsHostOnly()) acc.host_s += kHostSyncUs * kUs, acc.by_bound[3] += kHostSyncUs * kUs;
+    }
   }
 }
 
@@ -281,7 +331,7 @@ void StepModel::EngramOps(Accum& acc, int64_t l, const Pass& s) const {
   if (std::find(m.engram_layers.begin(), m.engram_layers.end(), l) == m.engram_layers.end()) return;
   const double params = EngramProjParams(m);
   AddOp(acc, "engram", 2 * params * s.g_tokens, params * r_.s.precision.dense_bits / 8, 4, s.dense_rate, 1, false);
-  const double link = r_.device.unified_memory ? r_.host_gbps : 25;  // PCIe 4/5 host-to-device
+  const double link = r_.device.unified_memory ? r_.host_gbps : (r_.host_link_gbps > 0 ? r_.host_link_gbps : 25);
   acc.engram_gather_s += s.g_tokens * EngramGatherBytesPerToken(m) / (link * kGB * 0.5);
 }
 
@@ -301,13 +351,16 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   Pass pass;
   pass.parts = &parts;
   pass.fraction = fraction;
+  for (const BatchPart& b : parts) pass.prefill |= b.prefill;
   pass.dense_rate = GemmRate(p.dense_bits, group_tokens, false);
   pass.bf16_rate = GemmRate(16, group_tokens, false);
   pass.attn_peak = r_.device.IsHostOnly() ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
-  const double before = acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2];
+  const double before = acc.Device();
   // One layer's operators; a pass with mtp_seqs > 0 is a draft pass (one token per decoding sequence).
+  const bool prefill = pass.prefill;
   auto layer = [&](int64_t l, double mtp_seqs) {
     pass.mtp_seqs = mtp_seqs;
+    pass.prefill = prefill && mtp_seqs <= 0;
     pass.g_tokens = mtp_seqs > 0 ? mtp_seqs : group_tokens;
     pass.d_tokens = pass.g_tokens / tp;
     pass.e_tokens = pass.d_tokens * moe_scale;
@@ -326,7 +379,18 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   }
   AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp, 4,
         pass.bf16_rate, 1, false);
-  return acc.by_bound[0] + acc.by_bound[1] + acc.by_bound[2] - before;
+  return acc.Device() - before;
+}
+
+Link StepModel::DeviceLink() const {
+  Link l = r_.scale_up;
+  // Without peer-to-peer (GeForce cards) every transfer is a device-to-host copy and a host-to-device
+  // copy through host memory: half the bandwidth and the host-staged step latency.
+  if (!r_.p2p && l.host_staged_latency_us > 0) {
+    l.gbps /= 2;
+    l.latency_us = l.host_staged_latency_us;
+  }
+  return l;
 }
 
 double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {
@@ -347,8 +411,11 @@ double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {
   const double combine = D * 2;
   const double bytes_intra = tokens_dev * intra * (dispatch + combine);
   const double bytes_inter = tokens_dev * inter * (dispatch + combine);
-  double bw_intra = r_.scale_up.gbps * kScaleUpEff, bw_inter = r_.scale_out.gbps * kScaleOutEff;
-  double lat = (inter > 0 ? r_.scale_out.latency_us + 10 : r_.scale_up.latency_us + 5);
+  const Link up = DeviceLink();
+  const bool nccl = r_.engine.ep_all_to_all == "nccl";
+  double bw_intra = up.gbps * (nccl ? kNcclAllToAllEff : kScaleUpEff);
+  double bw_inter = r_.scale_out.gbps * (nccl ? kNcclAllToAllEff : kScaleOutEff);
+  double lat = (inter > 0 ? r_.scale_out.latency_us + 10 : up.latency_us + 5) * (nccl ? 3 : 1);
   if (profile_ != nullptr) {
     if (profile_->all_to_all_intra_gbps > 0) bw_intra = profile_->all_to_all_intra_gbps;
     if (profile_->all_to_all_inter_gbps > 0) bw_inter = profile_->all_to_all_inter_gbps;
@@ -365,7 +432,7 @@ double StepModel::TpCollectives(double group_tokens) const {
   if (tp <= 1 || group_tokens <= 0) return 0;
   const double bytes = group_tokens * r_.model.hidden * 2;
   const bool intra = tp <= r_.s.devices_per_node;
-  const Link& link = intra ? r_.scale_up : r_.scale_out;
+  const Link link = intra ? DeviceLink() : r_.scale_out;
   double bw = link.gbps * (intra ? kScaleUpEff : kScaleOutEff);
   if (profile_ != nullptr && !profile_->allreduce.empty()) bw = profile_->allreduce.At(bytes);
   if (bw <= 0) return 1e9;
@@ -390,9 +457,17 @@ double StepModel::CommSeconds(const std::vector<BatchPart>& parts, double fracti
   // A device sends its own tokens and receives the EP group's mean; the larger sets the time.
   const double ep = EpAllToAll(dev_tokens * std::max(1.0, moe_scale), prefill) * moe_layers;
   const double tp = TpCollectives(group_tokens) * r_.model.layers;
-  if (ep > 0) acc.ops["ep dispatch/combine"] = {"ep dispatch/combine", ep, 0, 0, "network"};
-  if (tp > 0) acc.ops["tp all-reduce/gather"] = {"tp all-reduce/gather", tp, 0, 0, "network"};
-  return ep + tp;
+  // Pipeline stages hand the hidden states of the pass to the next stage.
+  double pp = 0;
+  if (r_.pp > 1) {
+    const Link link = r_.s.devices_per_node >= r_.pp ? DeviceLink() : r_.scale_out;
+    const double bw = link.gbps > 0 ? link.gbps * kScaleUpEff : r_.host_link_gbps * 0.5;
+    pp = (r_.pp - 1) * (link.latency_us * kUs + group_tokens * r_.model.hidden * 2 / (bw * kGB));
+  }
+  if (ep > 0) acc.Op("ep dispatch/combine") = {"ep dispatch/combine", ep, 0, 0, "network"};
+  if (tp > 0) acc.Op("tp all-reduce/gather") = {"tp all-reduce/gather", tp, 0, 0, "network"};
+  if (pp > 0) acc.Op("pipeline hand-off") = {"pipeline hand-off", pp, 0, 0, "network"};
+  return ep + tp + pp;
 }
 
 StepTime StepModel::Step(const std::vector<BatchPart>& parts, double moe_group_tokens) const {
@@ -424,11 +499,13 @@ StepTime StepModel::StepWith(const std::vector<BatchPart>& parts, double moe_gro
   st.compute_s = compute_one * mb;
   st.host_s = acc.host_s * mb;
   st.comm_s = comm_one * mb;
-  const bool overlapped = mb >= 2;
-  if (overlapped && prefill && r_.ep > 1) st.compute_s *= kPrefillCommSmPenalty;
+  // Two micro-batches overlap communication with computation; so does a fused MoE kernel that
+  // dispatches and combines from inside the expert GEMMs (MegaMoE), with one batch.
+  const bool overlapped = mb >= 2 || (r_.fused_moe && r_.ep > 1);
+  if (mb >= 2 && prefill && r_.ep > 1) st.compute_s *= kPrefillCommSmPenalty;
   const double work = st.compute_s + st.host_s;
   if (overlapped) {
-    st.seconds = std::max(work, st.comm_s) + kOverlapLoss * std::min(work, st.comm_s);
+    st.seconds = std::max(work, st.comm_s) + r_.tuning.overlap_loss * std::min(work, st.comm_s);
     st.exposed_comm_s = std::max(0.0, st.seconds - work);
   } else {
     st.seconds = work + st.comm_s;
@@ -436,7 +513,7 @@ StepTime StepModel::StepWith(const std::vector<BatchPart>& parts, double moe_gro
   }
   st.seconds = std::max(st.seconds, acc.engram_gather_s * mb);
   st.imbalance = Imbalance(dev_tokens * fraction * moe_scale * r_.model.top_k);
-  for (auto& [name, op] : acc.ops) {
+  for (OpTime& op : acc.ops) {
     if (op.bound != "network") op.seconds *= mb;
     st.ops.push_back(op);
   }
@@ -447,6 +524,7 @@ StepTime StepModel::StepWith(const std::vector<BatchPart>& parts, double moe_gro
       {acc.by_bound[1] * mb, "memory bandwidth"},
       {acc.by_bound[2] * mb, "launch overhead"},
       {acc.by_bound[3] * mb, "host memory"},
+      {acc.by_bound[4] * mb, "host link"},
       {st.exposed_comm_s, inter ? "scale-out network" : "scale-up network"},
   };
   st.bottleneck = std::max_element(shares.begin(), shares.end())->second;

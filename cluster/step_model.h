@@ -93,8 +93,9 @@ class StepModel {
   void AttentionOps(Accum& acc, int64_t layer, const Pass& pass) const;
   void FfnOps(Accum& acc, int64_t layer, const Pass& pass) const;
   void EngramOps(Accum& acc, int64_t layer, const Pass& pass) const;
-  void AddOp(Accum& acc, const std::string& name, double flops, double bytes, double kernels, double tflops_peak,
-             double flop_eff, bool on_host, double mem_eff = 0) const;
+  void AddOp(Accum& acc, const char* name, double flops, double bytes, double kernels, double tflops_peak,
+             double flop_eff, bool on_host, double mem_eff = 0, double host_gbps = 0) const;
+  Link DeviceLink() const;  // the scale-up link as collectives see it (host-staged without P2P)
   double ComputeSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale, Accum& acc) const;
   double CommSeconds(const std::vector<BatchPart>& parts, double fraction, double moe_scale, Accum& acc) const;
   double EpAllToAll(double tokens_dev, bool prefill) const;

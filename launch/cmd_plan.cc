@@ -1,11 +1,13 @@
 // dsv4 plan --scenario FILE.json[,FILE2.json...] [--json] [--plot DIR] [--profile FILE] [--catalog FILE]
 //           [--placement-out FILE]
-// dsv4 plan --validate POINTS.json [--json]
+// dsv4 plan --validate POINTS.json [--cross-validate source|publisher|point] [--fit] [--json]
 // dsv4 plan --list
 //
 // Capacity planning: answers a scenario (shared/planner/README.md) with devices, layout, latency,
 // memory and cost; several scenarios are compared side by side. --validate compares the planner with
-// published measurements. See cluster/README.md. --placement-out writes the expert placement of
+// published measurements; --cross-validate reports the error of each group predicted with parameters
+// refitted without it; --fit prints the fitted parameters and what each was fitted on. See
+// cluster/README.md. --placement-out writes the expert placement of
 // the planned layout (its EP size, redundant experts and devices per node) in the runtime's
 // placement-file format (parallel/placement.h), for `dsv4 serve --placement`.
 #include <cstdio>
@@ -23,6 +25,7 @@
 #include "cluster/report.h"
 #include "launch/commands.h"
 #include "parallel/placement.h"
+#include "runtime/builtin.h"
 
 namespace dsv4 {
 namespace {
@@ -37,15 +40,19 @@ void List(const cluster::Catalog& catalog) {
                 d.scale_out.c_str(), d.price_per_hour);
 }
 
-absl::Status Validate(const std::string& path, const cluster::Catalog& catalog, const cluster::PlanOptions& options,
-                      bool json) {
-  DSV4_ASSIGN_OR_RETURN(const std::string text, ReadFile(path), "--validate");
-  DSV4_ASSIGN_OR_RETURN(const cluster::Validation v, cluster::Validate(text, path, catalog, options));
-  if (json) {
-    std::printf("%s\n", cluster::ValidationJson(v).dump(2).c_str());
-  } else {
-    std::printf("%s", cluster::ValidationText(v).c_str());
+absl::Status Validate(const std::string& path, const std::string& cross, bool fit, const cluster::Catalog& catalog,
+                      const cluster::PlanOptions& options, bool json) {
+  DSV4_ASSIGN_OR_RETURN(const cluster::ValidationSet set, cluster::LoadValidationSet(path), "--validate");
+  if (fit) {
+    DSV4_ASSIGN_OR_RETURN(const cluster::FitResult f,
+                          cluster::Fit(set, std::vector<bool>(set.points.size(), true), catalog, options,
+                                       cluster::Tuning{}, 4));
+    std::printf("%s", json ? (cluster::FitJson(f).dump(2) + "\n").c_str() : cluster::FitText(f).c_str());
+    return absl::OkStatus();
   }
+  DSV4_ASSIGN_OR_RETURN(const cluster::Validation v, cross.empty() ? cluster::Validate(set, catalog, options)
+                                                                   : cluster::CrossValidate(set, cross, catalog, options));
+  std::printf("%s", json ? (cluster::ValidationJson(v).dump(2) + "\n").c_str() : cluster::ValidationText(v).c_str());
   return absl::OkStatus();
 }
 
@@ -53,7 +60,9 @@ absl::Status Validate(const std::string& path, const cluster::Catalog& catalog, 
 
 void PlanFlags(Flags& flags) {
   flags.String("scenario", "", "scenario JSON file (shared/planner/README.md); several, comma-separated, are compared")
-      .String("validate", "", "published_points.json: predicted against measured for every point")
+      .String("validate", "", "a validation file (cluster/validation/README.md): predicted against measured per point")
+      .String("cross-validate", "", "with --validate: 'source' (or 'publisher', 'point'): refit without each and predict it")
+      .Bool("fit", false, "with --validate: fit the parameters on every point and print them")
       .Bool("json", false, "print the answer as JSON")
       .String("plot", "", "directory to write SVG charts into")
       .String("profile", "", "measured profile (cluster/README.md, 'Profile format') in place of catalog efficiencies")
@@ -86,6 +95,11 @@ absl::Status WritePlacement(const nlohmann::json& answer, const std::string& pat
 
 absl::Status Plan(const Flags& flags) {
   const bool json = flags.GetBool("json");
+  if ((flags.Given("cross-validate") || flags.GetBool("fit")) && !flags.Given("validate"))
+    return absl::InvalidArgumentError("--cross-validate and --fit need --validate FILE");
+  // The runtime's built-in models ("builtin:v4-tiny", ...) are models a scenario can name.
+  for (const std::string& name : BuiltinModelNames())
+    if (auto config = BuiltinConfigJson(name); config.ok()) cluster::RegisterModelConfig("builtin:" + name, *config);
   cluster::Catalog catalog = cluster::BuiltinCatalog();
   if (flags.Given("catalog")) DSV4_RETURN_IF_ERROR(cluster::MergeCatalogFile(flags.GetString("catalog"), &catalog));
   if (flags.GetBool("list")) {
@@ -99,7 +113,9 @@ absl::Status Plan(const Flags& flags) {
     options.profile = &profile;
   }
   options.sweeps = flags.Given("plot");
-  if (flags.Given("validate")) return Validate(flags.GetString("validate"), catalog, options, json);
+  if (flags.Given("validate"))
+    return Validate(flags.GetString("validate"), flags.GetString("cross-validate"), flags.GetBool("fit"), catalog,
+                    options, json);
   if (flags.GetString("scenario").empty())
     return absl::InvalidArgumentError("give --scenario FILE.json, --validate POINTS.json or --list");
 

@@ -1,14 +1,19 @@
 // The capacity planner: presets against published sizes, the catalog's sources, scenario validation
-// (PL-01), determinism (PL-02), monotonicity (PL-03), units and sums (PL-05), calibration profiles, and
-// the error against shared/planner/published_points.json.
+// (PL-01), determinism (PL-02), monotonicity (PL-03), units and sums (PL-05), calibration profiles,
+// software maturity and engine profiles, the mechanisms against hand-computed values, validation
+// files, fitting and cross-validation (a synthetic set with a known held-out error), and the error
+// held out by source on cluster/validation/points.json.
 #include "cluster/planner.h"
 
 #include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
 
 #include <cmath>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "base/file.h"
@@ -18,6 +23,8 @@
 #include "cluster/report.h"
 #include "cluster/scenario.h"
 #include "cluster/simulator.h"
+#include "cluster/software.h"
+#include "cluster/validate.h"
 
 namespace dsv4::cluster {
 namespace {
@@ -64,6 +71,13 @@ void ExpectFieldError(const json& j, const std::string& field) {
   ASSERT_FALSE(a.ok()) << "accepted a scenario that should fail on " << field;
   EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << a.status();
   EXPECT_NE(a.status().message().find(field), std::string::npos) << a.status();
+}
+
+// Milliseconds of one operator of a step in an answer (0 when the step has no such operator).
+double OpMs(const json& step, const std::string& name) {
+  for (const json& op : step["ops"])
+    if (op["op"] == name) return op["ms"].get<double>();
+  return 0;
 }
 
 // ---- presets ---------------------------------------------------------------------------------------
@@ -554,6 +568,7 @@ TEST(StepModel, RedundantExpertsBuyBackImbalance) {
 TEST(StepModel, OverlapHidesCommunication) {
   json j = BaseScenario();
   j["parallel"]["micro_batches"] = 1;
+  j["software"] = {{"fused_moe", false}};  // a fused MoE kernel overlaps one batch already
   auto one = PlanJson(j);
   j["parallel"]["micro_batches"] = 2;
   auto two = PlanJson(j);
@@ -577,8 +592,10 @@ TEST(StepModel, HostExpertsAreBoundByHostMemory) {
   EXPECT_GT((*a)["memory_per_device_gb"]["host"]["routed_experts"].get<double>(), 700);
   j["hardware"]["host_memory_bandwidth_gbps"] = 920;
   auto faster = PlanJson(j);
-  EXPECT_GT((*faster)["single_stream_decode_tokens_per_s"].get<double>(),
-            (*a)["single_stream_decode_tokens_per_s"].get<double>() * 1.5);
+  ASSERT_TRUE(faster.ok()) << faster.status();
+  // The host experts stream from host memory: twice the bandwidth, half their time (the host's GEMM
+  // rate is far from binding in decode). 1e-3: the report rounds operator times to 0.1 us.
+  EXPECT_NEAR(OpMs((*a)["decode"], "moe.routed (host)") / OpMs((*faster)["decode"], "moe.routed (host)"), 2.0, 1e-3);
 }
 
 TEST(StepModel, SpeculationAcceptance) {
@@ -658,17 +675,535 @@ TEST(Report, TextAndCharts) {
   EXPECT_GE((*a)["sweeps"]["decode_batch"].size(), 3u);
 }
 
+// ---- software maturity and engine profiles ----------------------------------------------------------
+
+int64_t Day(const std::string& date) {
+  auto d = ParseDate(date, "test");
+  EXPECT_TRUE(d.ok()) << d.status();
+  return *d;
+}
+
+TEST(Software, MaturityFromDates) {
+  const int64_t v4 = Day("2026-04-24"), h100 = Day("2022-09-20");
+  std::string why;
+  EXPECT_EQ(MaturityFromDates(v4 + 20, v4, h100, &why), Maturity::kDay0) << why;
+  EXPECT_EQ(MaturityFromDates(v4 + 21, v4, h100, &why), Maturity::kEarly) << why;
+  EXPECT_EQ(MaturityFromDates(v4 + 89, v4, h100, &why), Maturity::kEarly) << why;
+  EXPECT_EQ(MaturityFromDates(v4 + 90, v4, h100, &why), Maturity::kMature) << why;
+  // The later release counts: a new device makes an old model's software young again.
+  EXPECT_EQ(MaturityFromDates(Day("2025-03-10"), Day("2024-12-26"), Day("2025-03-01"), &why), Maturity::kDay0) << why;
+  // Unknown dates: mature, the default.
+  EXPECT_EQ(MaturityFromDates(-1, v4, h100, &why), Maturity::kMature);
+  EXPECT_EQ(MaturityFromDates(v4, -1, -1, &why), Maturity::kMature);
+  EXPECT_FALSE(ParseDate("2026-13-01", "x").ok());
+  EXPECT_EQ(Day("2026-04"), Day("2026-04-15"));
+}
+
+json DeskScenario() {
+  return json::parse(R"({
+    "model": "deepseek-v4-flash", "weights": {"dense_bits": 8, "expert_bits": 4, "kv_bits": 8},
+    "hardware": {"device": "rtx-pro-6000", "devices_per_node": 2, "nodes": 1},
+    "parallel": {"tp": 2, "ep": 2, "dp_attention": 1},
+    "workload": {"input_tokens": 1024, "output_tokens": 256, "concurrency": 1, "speculative_tokens": 0},
+    "software": {"engine": "vllm"},
+    "question": "single_stream"})");
+}
+
+// Every device efficiency is multiplied by the maturity factor and every kernel floor divided by it,
+// so a step that runs on the devices alone (one node, no host work) takes exactly 1/factor as long;
+// the collectives between the two cards are the only part the factor leaves alone.
+TEST(Software, DayZeroScalesTheDeviceWork) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = DeskScenario();
+  auto mature = PlanJson(j);
+  j["software"]["date"] = "2026-04-27";  // three days after V4's release
+  auto day0 = PlanJson(j);
+  j["software"]["date"] = "2026-06-01";
+  auto early = PlanJson(j);
+  ASSERT_TRUE(mature.ok() && day0.ok() && early.ok()) << day0.status();
+  EXPECT_EQ((*mature)["software"]["maturity"], "mature");
+  EXPECT_EQ((*day0)["software"]["maturity"], "day0");
+  EXPECT_EQ((*early)["software"]["maturity"], "early");
+  auto device_ms = [](const json& a) {
+    return a["decode"]["compute_ms"].get<double>();
+  };
+  // 1e-3: operator times are rounded to 0.1 us in the answer.
+  EXPECT_NEAR(device_ms(*day0) / device_ms(*mature), 1 / t.maturity_day0, 1e-3);
+  EXPECT_NEAR(device_ms(*early) / device_ms(*mature), 1 / t.maturity_early, 1e-3);
+  // Stated maturity wins over the dates.
+  j["software"]["maturity"] = "mature";
+  auto stated = PlanJson(j);
+  ASSERT_TRUE(stated.ok());
+  EXPECT_EQ((*stated)["software"]["maturity_reason"], "stated");
+  EXPECT_DOUBLE_EQ(device_ms(*stated), device_ms(*mature));
+}
+
+TEST(Software, LaunchPartnersDedicatedEnginesAndArchitectures) {
+  // SGLang's single-node path for V4 was ready on release day; its disaggregated path was not.
+  json j = BaseScenario();
+  j["software"] = {{"engine", "sglang"}, {"date", "2026-04-26"}};
+  auto node = PlanJson(j);
+  j["parallel"]["disaggregated"] = "decode";
+  auto disagg = PlanJson(j);
+  ASSERT_TRUE(node.ok() && disagg.ok());
+  EXPECT_EQ((*node)["software"]["maturity"], "mature");
+  EXPECT_EQ((*disagg)["software"]["maturity"], "day0");
+  // ds4 was written for V4: not immature at V4's release on the devices it is tuned for; its generic
+  // CUDA build on other GPUs counts as early.
+  json d = DeskScenario();
+  d["hardware"] = {{"device", "dgx-spark"}, {"devices_per_node", 1}, {"nodes", 1}};
+  d["parallel"] = {{"tp", 1}, {"ep", 1}};
+  d["software"] = {{"engine", "ds4"}, {"date", "2026-05-01"}};
+  d["weights"]["expert_bits"] = 2.25;
+  auto spark = PlanJson(d);
+  d["hardware"]["device"] = "rtx-pro-6000-maxq";
+  auto maxq = PlanJson(d);
+  ASSERT_TRUE(spark.ok() && maxq.ok()) << maxq.status();
+  EXPECT_EQ((*spark)["software"]["maturity"], "mature");
+  EXPECT_EQ((*maxq)["software"]["maturity"], "early");
+  // Kimi-K2 runs on DeepSeek-V3's kernels: mature on its own release day.
+  json k = BaseScenario();
+  k["model"] = "kimi-k2";
+  k["software"] = {{"engine", "vllm"}, {"date", "2025-07-12"}};
+  k["parallel"]["disaggregated"] = "decode";
+  auto kimi = PlanJson(k);
+  ASSERT_TRUE(kimi.ok()) << kimi.status();
+  EXPECT_EQ((*kimi)["software"]["maturity"], "mature");
+}
+
+TEST(Software, UnknownEnginesAndBadFields) {
+  json j = BaseScenario();
+  j["software"] = {{"engine", "my-engine"}};
+  auto a = PlanJson(j);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ((*a)["software"]["engine"], "sglang");  // the usual engine of the device class
+  bool warned = false;
+  for (const json& w : (*a)["warnings"]) warned |= w.get<std::string>().find("my-engine") != std::string::npos;
+  EXPECT_TRUE(warned) << (*a)["warnings"].dump();
+  // Aliases, any case; the top-level shorthands.
+  j = BaseScenario();
+  j["engine"] = "TensorRT-LLM";
+  j["date"] = "2026-05-01";
+  auto trt = PlanJson(j);
+  ASSERT_TRUE(trt.ok()) << trt.status();
+  EXPECT_EQ((*trt)["software"]["engine"], "trtllm");
+  EXPECT_EQ((*trt)["software"]["date"], "2026-05-01");
+  j = BaseScenario();
+  j["software"] = {{"maturity", "beta"}};
+  ExpectFieldError(j, "scenario.software.maturity");
+  j = BaseScenario();
+  j["software"] = {{"date", "2026-13-01"}};
+  ExpectFieldError(j, "scenario.software.date");
+  j = BaseScenario();
+  j["software"] = {{"date", "2025-01-01"}};  // V4 came out in 2026
+  ExpectFieldError(j, "scenario.software.date");
+  j = BaseScenario();
+  j["software"] = {{"engine", "sglang"}};
+  j["engine"] = "vllm";
+  ExpectFieldError(j, "scenario.engine");
+  j = BaseScenario();
+  j["software"] = {{"compiler", "gcc"}};
+  ExpectFieldError(j, "scenario.software.compiler");
+}
+
+// KTransformers 0.2 ran host experts on SIMD kernels, 0.3 on AMX tiles: the version selects the
+// host's GEMM rate, AMX peak x host.compute.amx against FMA peak x host.compute.simd.
+TEST(Software, VersionsSelectHostKernels) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = json::parse(R"({
+    "model": "deepseek-v3", "weights": {"dense_bits": 4, "expert_bits": 8, "kv_bits": 16},
+    "hardware": {"device": "rtx-4090d", "devices_per_node": 1, "nodes": 1, "host_cpu": "xeon-gold-6454s", "host_sockets": 2},
+    "parallel": {"tp": 1, "ep": 1, "experts_on": "host"},
+    "workload": {"input_tokens": 4096, "output_tokens": 16, "concurrency": 1},
+    "software": {"engine": "ktransformers", "engine_version": "0.3"},
+    "question": "single_stream"})");
+  auto amx = PlanJson(j);
+  j["software"]["engine_version"] = "0.2.1";
+  auto simd = PlanJson(j);
+  ASSERT_TRUE(amx.ok() && simd.ok()) << amx.status();
+  const double cores = 64, ghz = 2.2;  // 2x Xeon Gold 6454S (catalog)
+  EXPECT_NEAR((*amx)["host"]["expert_gflops_per_device"].get<double>(), cores * ghz * 1024 * t.host_compute_amx, 0.1);
+  EXPECT_NEAR((*simd)["host"]["expert_gflops_per_device"].get<double>(), cores * ghz * 64 * t.host_compute_simd, 0.1);
+}
+
+// ---- mechanisms -----------------------------------------------------------------------------------
+
+// Host bandwidth the experts see: channels x MT/s x 8 B x the STREAM fraction, per socket; a
+// NUMA-aware engine adds host.numa_gain of the second socket, llama.cpp none; then the engine's
+// kernel family.
+TEST(Mechanisms, HostMemoryFromTheCatalogCpu) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = json::parse(R"({
+    "model": "deepseek-r1", "weights": {"dense_bits": 4.5, "expert_bits": 4.5, "kv_bits": 16},
+    "hardware": {"device": "rtx-4090", "devices_per_node": 1, "nodes": 1, "host_cpu": "epyc-9654"},
+    "parallel": {"tp": 1, "ep": 1, "experts_on": "host"},
+    "workload": {"input_tokens": 1000, "output_tokens": 100, "concurrency": 1},
+    "software": {"engine": "ktransformers"}, "question": "single_stream"})");
+  auto one = PlanJson(j);
+  ASSERT_TRUE(one.ok()) << one.status();
+  const double socket = 12 * 4800 * 8 / 1000.0 * 0.8;  // EPYC 9654: 12 channels DDR5-4800, STREAM 0.8
+  EXPECT_NEAR((*one)["host"]["expert_gbps_per_device"].get<double>(), socket * t.host_memory_tuned, 0.01);
+  j["hardware"]["host_sockets"] = 2;
+  auto two = PlanJson(j);
+  j["software"]["engine"] = "llama.cpp";
+  j["hardware"]["device"] = "cpu";
+  auto unaware = PlanJson(j);
+  ASSERT_TRUE(two.ok() && unaware.ok()) << unaware.status();
+  EXPECT_NEAR((*two)["host"]["expert_gbps_per_device"].get<double>(),
+              socket * (1 + t.host_numa_gain) * t.host_memory_tuned, 0.01);
+  EXPECT_NEAR((*unaware)["host"]["expert_gbps_per_device"].get<double>(), socket * t.host_memory_llamacpp, 0.01);
+  // A measured STREAM figure replaces the peak's estimate.
+  j["hardware"]["host_stream_gbps"] = 186;
+  j["hardware"]["host_sockets"] = 1;
+  auto measured = PlanJson(j);
+  ASSERT_TRUE(measured.ok());
+  EXPECT_NEAR((*measured)["host"]["expert_gbps_per_device"].get<double>(), 186 * t.host_memory_llamacpp, 0.01);
+}
+
+// GeForce cards reach each other only through host memory: a collective step costs the host-staged
+// latency and half the link. TP2 decode of one token on two RTX 4090s, by hand: per layer a one-shot
+// all-reduce (two steps) and an all-gather (one step) of a 4096-wide BF16 row.
+TEST(Mechanisms, PcieWithoutPeerToPeer) {
+  json j = DeskScenario();
+  j["hardware"] = {{"device", "rtx-4090"}, {"devices_per_node", 2}, {"nodes", 1}};
+  j["weights"]["pruned_experts_per_layer"] = 96;  // fits 2 x 24 GB only when pruned
+  j["weights"]["expert_bits"] = 2;
+  auto a = PlanJson(j);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const Link pcie = BuiltinCatalog().links.at("pcie4");
+  auto expected_ms = [&](double latency_us, double gbps) {
+    const double bytes = 4096 * 2, bw = gbps * 0.77 * 1e9;
+    return 43 * (3 * latency_us * 1e-6 + 1.5 * bytes / bw) * 1e3;
+  };
+  EXPECT_NEAR(OpMs((*a)["decode"], "tp all-reduce/gather"), expected_ms(pcie.host_staged_latency_us, pcie.gbps / 2),
+              1e-3);
+  j["hardware"]["p2p"] = true;
+  auto p2p = PlanJson(j);
+  ASSERT_TRUE(p2p.ok());
+  EXPECT_NEAR(OpMs((*p2p)["decode"], "tp all-reduce/gather"), expected_ms(pcie.latency_us, pcie.gbps), 1e-3);
+  // Pruning keeps 96 of 256 experts: the routed weights shrink in proportion.
+  json full = j;
+  full["weights"].erase("pruned_experts_per_layer");
+  full["hardware"]["device"] = "h100";  // room for all of them
+  json pruned = full;
+  pruned["weights"]["pruned_experts_per_layer"] = 96;
+  auto f = PlanJson(full), p = PlanJson(pruned);
+  ASSERT_TRUE(f.ok() && p.ok());
+  EXPECT_NEAR(p->at("memory_per_device_gb")["weights_routed_experts"].get<double>() /
+                  f->at("memory_per_device_gb")["weights_routed_experts"].get<double>(),
+              96.0 / 256, 1e-3);
+}
+
+// 4-bit weights on a part without FP4 tensor cores: SGLang converts them to FP8, vLLM (Marlin) and
+// llama.cpp dequantize to BF16 at 0.6 of the usual efficiency. Prefill is compute-bound, so the
+// routed experts' time differs by FP8 peak / (BF16 peak x 0.6) = 330 / (165 x 0.6).
+TEST(Mechanisms, Fp4WithoutFp4TensorCores) {
+  json j = DeskScenario();
+  j["hardware"] = {{"device", "rtx-4090"}, {"devices_per_node", 8}, {"nodes", 1}};
+  j["parallel"] = {{"tp", 1}, {"ep", 8}, {"dp_attention", 8}};
+  j["question"] = "prefill_throughput";
+  j["workload"] = {{"input_tokens", 4096}, {"output_tokens", 1}, {"batch_per_device", 2}};
+  j["software"] = {{"engine", "sglang"}, {"fused_moe", false}};
+  auto fp8 = PlanJson(j);
+  j["software"]["engine"] = "vllm";
+  auto bf16 = PlanJson(j);
+  ASSERT_TRUE(fp8.ok() && bf16.ok()) << bf16.status();
+  EXPECT_NEAR(OpMs((*bf16)["prefill"], "moe.routed") / OpMs((*fp8)["prefill"], "moe.routed"), 330.3 / (165 * 0.6), 0.02);
+}
+
+// KTransformers from February 2026 streams a long chunk's host experts to the GPU layer by layer
+// when that beats the CPU: the operator then takes expert bytes / (PCIe peak x pcie.stream). Software
+// from before that date runs the chunk's experts on the host's cores.
+TEST(Mechanisms, LayerwisePrefillStreamsExperts) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = json::parse(R"({
+    "model": "deepseek-v3", "weights": {"dense_bits": 4, "expert_bits": 4, "kv_bits": 16},
+    "hardware": {"device": "rtx-5090", "devices_per_node": 1, "nodes": 1, "host_cores": 8, "host_memory_bandwidth_gbps": 90},
+    "parallel": {"tp": 1, "ep": 1, "experts_on": "host"},
+    "workload": {"input_tokens": 8192, "output_tokens": 16, "concurrency": 1, "token_budget": 8192},
+    "software": {"engine": "ktransformers", "date": "2026-03-01"}, "question": "single_stream"})");
+  auto streamed = PlanJson(j);
+  j["software"]["date"] = "2026-01-15";
+  auto cpu = PlanJson(j);
+  ASSERT_TRUE(streamed.ok() && cpu.ok()) << streamed.status();
+  double ms = 0, gb = 0;
+  for (const json& op : (*streamed)["prefill"]["ops"])
+    if (op["op"] == "moe.routed (streamed to device)") ms = op["ms"].get<double>(), gb = op["gb"].get<double>();
+  ASSERT_GT(ms, 0) << (*streamed)["prefill"].dump(1);
+  const double link = BuiltinCatalog().devices.at("rtx-5090").host_link_gbps;
+  // 1e-3 relative: gb is rounded to 0.1 MB in the answer.
+  EXPECT_NEAR(ms, gb / (link * t.pcie_stream) * 1e3, ms * 1e-3);
+  EXPECT_EQ(OpMs((*cpu)["prefill"], "moe.routed (streamed to device)"), 0);
+  EXPECT_GT(OpMs((*cpu)["prefill"], "moe.routed (host)"), ms);
+}
+
+// llama.cpp splits a model's layers over the GPUs and runs them in turn: each device holds half the
+// layers, one token's step is the whole model at one device's rates plus one hand-off.
+TEST(Mechanisms, LayerSplitPipeline) {
+  json j = DeskScenario();
+  j["hardware"] = {{"device", "rtx-pro-6000"}, {"devices_per_node", 2}, {"nodes", 1}};
+  j.erase("parallel");
+  j["software"] = {{"engine", "llama.cpp"}};
+  auto two = PlanJson(j);
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ((*two)["layout"]["pp"], 2);
+  json one = j;
+  one["hardware"]["devices_per_node"] = 1;
+  one["hardware"]["device"] = "h200";  // one device with room for all of it, for the memory split
+  auto single = PlanJson(one);
+  ASSERT_TRUE(single.ok());
+  // The single device may spill experts to the host: compare with all of its routed experts.
+  const json& m1 = (*single)["memory_per_device_gb"];
+  const double w1 = m1["weights_routed_experts"].get<double>() + m1["host"]["routed_experts"].get<double>();
+  const double w2 = (*two)["memory_per_device_gb"]["weights_routed_experts"].get<double>();
+  EXPECT_NEAR(w2 / w1, 22.0 / 43, 1e-3);
+  EXPECT_GT(OpMs((*two)["decode"], "pipeline hand-off"), 0);
+}
+
+// The end-to-end serving rate follows from the decode and prefill rates of the same answer, and the
+// batch chosen for a TPOT SLO meets it while the next one would not.
+TEST(Mechanisms, ServingRateAndTpotSlo) {
+  json j = BaseScenario();
+  j["workload"].erase("batch_per_device");
+  j["slo"] = {{"tpot_ms", 30}};
+  auto a = PlanJson(j);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const double batch = (*a)["decode_batch_per_device"].get<double>();
+  EXPECT_LE((*a)["tpot_ms"].get<double>(), 30);
+  json next = j;
+  next["workload"]["batch_per_device"] = batch + 1;
+  auto b = PlanJson(next);
+  ASSERT_TRUE(b.ok());
+  EXPECT_GT((*b)["tpot_ms"].get<double>(), 30);
+  const double out = (*a)["serving_output_tokens_per_s_per_device"].get<double>();
+  const double all = (*a)["serving_tokens_per_s_per_device"].get<double>();
+  EXPECT_NEAR(all / out, (2048.0 + 256) / 256, 1e-3);
+  EXPECT_LT(out, (*a)["decode_tokens_per_s_per_device"].get<double>());
+}
+
+// ---- validation files, fitting and cross-validation ---------------------------------------------------
+
+// A point of a synthetic set: one B200 decoding V4-Flash (no collectives: only the weight-streaming
+// efficiency moves it), from `source`.
+json SyntheticPoint(const std::string& id, const std::string& source, double batch, double context) {
+  json s = BaseScenario();
+  s["hardware"] = {{"device", "b200"}, {"devices_per_node", 1}, {"nodes", 1}};
+  s["parallel"] = {{"tp", 1}, {"ep", 1}};
+  s["workload"]["batch_per_device"] = batch;
+  s["workload"]["input_tokens"] = context;
+  return {{"id", id},
+          {"source", source},
+          {"category", "synthetic"},
+          {"scenario", s},
+          {"measured", {{"decode_tokens_per_s_per_device", 1}}}};
+}
+
+// Points whose "measured" values are the planner's own predictions with the priors and
+// gpu.memory.hbm = 0.5, times `factor` for the points of source "c".
+absl::StatusOr<ValidationSet> SyntheticSet(double factor) {
+  json points = json::array();
+  int n = 0;
+  for (const char* src : {"a", "b", "c", "d"})
+    for (double batch : {1.0, 4.0}) {
+      ++n;
+      points.push_back(SyntheticPoint(absl::StrCat("p", n), src, batch, 1024 * n));
+    }
+  json sources = json::object();
+  for (const char* src : {"a", "b", "c", "d"}) sources[src] = {{"url", "https://example.org/"}, {"title", src}};
+  json file = {{"format", "dsv4-validation/1"}, {"sources", sources}, {"points", points}};
+  auto set = ParseValidationSet(file.dump(), "synthetic.json");
+  if (!set.ok()) return set.status();
+  Tuning truth;
+  truth.gpu_memory_hbm = 0.5;
+  PlanOptions o;
+  o.tuning = &truth;
+  for (ValidationPoint& p : set->points) {
+    auto a = Plan(p.scenario, BuiltinCatalog(), o);
+    if (!a.ok()) return a.status();
+    p.measured = {{"decode_tokens_per_s_per_device",
+                   (*a)["decode_tokens_per_s_per_device"].get<double>() * (p.source == "c" ? factor : 1.0)}};
+  }
+  return set;
+}
+
+// Held out, each source is predicted with the parameter recovered from the other three: the error
+// is the one built into its points. Source "c" measured 1.3x what the truth predicts: its held-out
+// rows are 1/1.3 - 1 = -23% off, and the other sources, fitted with c among them (the fit's median-
+// like loss lets one source of four not move it), stay exact.
+TEST(CrossValidation, SyntheticHeldOutErrorIsKnown) {
+  auto exact = SyntheticSet(1.0);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  auto v = CrossValidate(*exact, "source", BuiltinCatalog(), {});
+  ASSERT_TRUE(v.ok()) << v.status();
+  ASSERT_EQ(v->rows.size(), 8u);
+  // 1e-3: the search stops at a bracket of 1e-3 in log(parameter), and rounding in the answers.
+  for (const ValidationRow& r : v->rows) EXPECT_NEAR(r.error, 0, 2e-3) << r.point;
+  auto skewed = SyntheticSet(1.3);
+  ASSERT_TRUE(skewed.ok());
+  auto w = CrossValidate(*skewed, "source", BuiltinCatalog(), {});
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (const ValidationRow& r : w->rows) EXPECT_NEAR(r.error, r.source == "c" ? 1 / 1.3 - 1 : 0, 3e-3) << r.point;
+  for (const ErrorSummary& g : w->by_source)
+    EXPECT_NEAR(g.median_abs_error, g.group == "c" ? 1 - 1 / 1.3 : 0, 3e-3) << g.group;
+  // In-sample, the fit on every point recovers the truth as well.
+  auto fit = Fit(*exact, std::vector<bool>(exact->points.size(), true), BuiltinCatalog(), {}, Tuning{});
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_NEAR(fit->tuning.gpu_memory_hbm, 0.5, 0.5 * 2e-3);
+}
+
+// Grouping by publisher holds out together the sources one team published: with c and d from one
+// publisher there are three folds, and d is predicted without c's (skewed) points.
+TEST(CrossValidation, PublisherFoldsHoldOutATeamsSourcesTogether) {
+  auto set = SyntheticSet(1.3);
+  ASSERT_TRUE(set.ok()) << set.status();
+  set->sources["c"].publisher = set->sources["d"].publisher = "one team";
+  auto v = CrossValidate(*set, "publisher", BuiltinCatalog(), {});
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->folds, 3);
+  EXPECT_EQ(v->mode, "held out by publisher");
+  ASSERT_EQ(v->rows.size(), 8u);
+  // 3e-3 as above: the search's bracket and rounding.
+  for (const ValidationRow& r : v->rows) EXPECT_NEAR(r.error, r.source == "c" ? 1 / 1.3 - 1 : 0, 3e-3) << r.point;
+  auto by_source = CrossValidate(*set, "source", BuiltinCatalog(), {});
+  ASSERT_TRUE(by_source.ok());
+  EXPECT_EQ(by_source->folds, 4);
+  EXPECT_NE(ValidationText(*v).find("(3 folds)"), std::string::npos);
+}
+
+// A parameter that no training point depends on keeps its prior, and the fit says so.
+TEST(CrossValidation, UninformedParametersKeepTheirPrior) {
+  auto set = SyntheticSet(1.0);
+  ASSERT_TRUE(set.ok());
+  auto fit = Fit(*set, std::vector<bool>(set->points.size(), true), BuiltinCatalog(), {}, Tuning{});
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  for (const ParameterFit& p : fit->parameters) {
+    if (p.name == std::string("host.memory.llamacpp")) {
+      EXPECT_FALSE(p.fitted);
+      EXPECT_EQ(p.value, Tuning{}.host_memory_llamacpp);
+    }
+    if (p.name == std::string("gpu.memory.hbm")) {
+      EXPECT_TRUE(p.fitted);
+      EXPECT_EQ(p.points.size(), 8u);
+    }
+  }
+  EXPECT_FALSE(CrossValidate(*set, "category", BuiltinCatalog(), {}).ok());
+}
+
+// Bad validation files are errors that name the file and the field.
+TEST(CrossValidation, BadValidationFilesNameTheField) {
+  auto expect = [](const std::string& text, const std::string& field) {
+    auto s = ParseValidationSet(text, "v.json");
+    ASSERT_FALSE(s.ok()) << "accepted: " << text;
+    EXPECT_NE(s.status().message().find(field), std::string::npos) << s.status();
+    EXPECT_NE(s.status().message().find("v.json"), std::string::npos) << s.status();
+  };
+  const std::string point = SyntheticPoint("p", "a", 1, 1024).dump();
+  const std::string src = R"("sources": {"a": {"url": "https://example.org/"}})";
+  expect("[1, 2", "v.json");
+  expect(R"({"format": "dsv4-validation/2", "points": []})", "format");
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": {}})"), "points");
+  expect(R"({"format": "dsv4-validation/1", "sources": {"a": {"title": "no url"}}, "points": []})", "sources.a.url");
+  json p = json::parse(point);
+  p["measured"] = {{"decode_tokens_per_s_per_device", -3}};
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)", p.dump(), "]}"),
+         "points[0].measured.decode_tokens_per_s_per_device");
+  p = json::parse(point);
+  p["source"] = "z";
+  p["measured"] = {{"decode_tokens_per_s_per_device", 3}};
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)", p.dump(), "]}"),
+         "points[0].source");
+  p["source"] = "a";
+  p["setup"] = {{"hardware", json::array()}};
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)", p.dump(), "]}"),
+         "points[0].setup.hardware");
+  p.erase("setup");
+  p["scenario"]["hardware"]["device"] = "h900";
+  {
+    // A device the catalog lacks is found when the point is planned; the error names the point.
+    auto s = ParseValidationSet(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)",
+                                             p.dump(), "]}"),
+                                "v.json");
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto v = Validate(*s, BuiltinCatalog(), {});
+    ASSERT_FALSE(v.ok());
+    EXPECT_NE(v.status().message().find("v.json: points[0]"), std::string::npos) << v.status();
+    EXPECT_NE(v.status().message().find("hardware.device"), std::string::npos) << v.status();
+  }
+  p = json::parse(point);
+  p["measured"] = {{"decode_tokens_per_s_per_device", 3}};
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)", p.dump(), ",", p.dump(), "]}"),
+         "points[1].id");
+  p["colour"] = "red";
+  expect(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)", p.dump(), "]}"),
+         "points[0].colour");
+  // A measured key the question does not answer fails at validation, naming the key.
+  p.erase("colour");
+  p["measured"] = {{"prefill_tokens_per_s_per_node", 3}};
+  auto set = ParseValidationSet(absl::StrCat(R"({"format": "dsv4-validation/1", )", src, R"(, "points": [)",
+                                             p.dump(), "]}"),
+                                "v.json");
+  ASSERT_TRUE(set.ok()) << set.status();
+  auto v = Validate(*set, BuiltinCatalog(), {});
+  ASSERT_FALSE(v.ok());
+  EXPECT_NE(v.status().message().find("prefill_tokens_per_s_per_node"), std::string::npos) << v.status();
+}
+
 // ---- accuracy against published measurements --------------------------------------------------------
 
-TEST(Accuracy, PublishedPoints) {
+std::string RepoPath(const std::string& rel) { return std::string(DSV4_SOURCE_DIR) + "/" + rel; }
+
+// The validation set as the issue asks for it: at least 40 measurements from at least 8 sources,
+// every source cited.
+TEST(Accuracy, ValidationSetCitesItsSources) {
+  auto set = LoadValidationSet(RepoPath("cluster/validation/points.json"));
+  ASSERT_TRUE(set.ok()) << set.status();
+  size_t rows = 0;
+  std::set<std::string> sources, categories;
+  for (const ValidationPoint& p : set->points) {
+    rows += p.measured.size();
+    sources.insert(p.source);
+    categories.insert(p.category);
+    EXPECT_FALSE(p.name.empty()) << p.id;
+  }
+  EXPECT_GE(set->points.size(), 40u);
+  EXPECT_GE(sources.size(), 8u);
+  EXPECT_GE(categories.size(), 6u);
+  for (const auto& [id, s] : set->sources) EXPECT_EQ(s.url.rfind("https://", 0), 0u) << id;
+}
+
+// The catalog's fitted parameters are the fit of the shipped set from the priors (regenerate them
+// with `dsv4 plan --validate cluster/validation/points.json --fit --json`). 6e-4: the catalog keeps
+// four decimals.
+TEST(Accuracy, CatalogParametersAreTheFitOfTheSet) {
+  auto set = LoadValidationSet(RepoPath("cluster/validation/points.json"));
+  ASSERT_TRUE(set.ok()) << set.status();
+  auto fit = Fit(*set, std::vector<bool>(set->points.size(), true), BuiltinCatalog(), {}, Tuning{}, 4);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  for (const TuningParameter& p : TuningParameters())
+    EXPECT_NEAR(BuiltinCatalog().tuning.*(p.field), fit->tuning.*(p.field), 6e-4) << p.name;
+}
+
+// The honest figure: every source predicted with parameters fitted without it. The issue's target
+// is a held-out median |error| of at most 20%; the figures per source and category are printed.
+TEST(Accuracy, HeldOutBySource) {
+  auto set = LoadValidationSet(RepoPath("cluster/validation/points.json"));
+  ASSERT_TRUE(set.ok()) << set.status();
+  auto v = CrossValidate(*set, "source", BuiltinCatalog(), {});
+  ASSERT_TRUE(v.ok()) << v.status();
+  std::printf("%s", ValidationText(*v).c_str());
+  EXPECT_LE(v->median_abs_error, 0.20);
+}
+
+// shared/planner/published_points.json (the contract's first file) still parses and every point is
+// answered; it carries no software dates, so it is planned as mature software.
+TEST(Accuracy, PublishedPointsStillRead) {
   std::string text;
   if (!ReadText(SharedPath("planner/published_points.json"), &text)) GTEST_SKIP() << "shared/ not found";
   auto v = Validate(text, "published_points.json", BuiltinCatalog(), {});
   ASSERT_TRUE(v.ok()) << v.status();
   std::printf("%s", ValidationText(*v).c_str());
-  EXPECT_GE(v->rows.size(), 12u);
-  EXPECT_LE(v->median_abs_error, 0.20);
-  EXPECT_LE(v->worst_ratio, 2.0) << v->worst;
+  EXPECT_EQ(v->rows.size(), 12u);
+  for (const ValidationRow& r : v->rows) EXPECT_GT(r.predicted, 0) << r.point;
 }
 
 }  // namespace
