@@ -79,7 +79,7 @@ std::string CpuModel() {
 }
 
 absl::StatusOr<CommBenchResult> RunMoeCommBench(Communicator& ep, const CommBenchConfig& cfg) {
-  const int P = ep.size(), K = cfg.topk;
+  const int P = ep.size(), K = cfg.experts_per_token;
   const int64_t n = cfg.tokens, D = cfg.hidden, E = cfg.experts;
   if (K < 1 || K > E) return absl::InvalidArgumentError(absl::StrCat("top-k ", K, " out of [1, ", E, "]"));
   if (!(cfg.hot_fraction >= 0 && cfg.hot_fraction <= 1))
@@ -205,7 +205,8 @@ void CommFlags(Flags& flags) {
   const CommBenchConfig d;
   flags.Int("hidden", d.hidden, "hidden size (V4-Flash: 4096)", 1, 1 << 20)
       .Int("experts", d.experts, "routed experts (any number: the ranks need not divide them)", 1, 1 << 16)
-      .Int("topk", d.topk, "experts per token", 1, 64)
+      .Int("experts-per-token", d.experts_per_token,
+           "routed experts per token (the model config's num_experts_per_tok)", 1, 64)
       .Int("tokens", d.tokens, "tokens per rank per step", 1, 1 << 20)
       .Int("iters", d.iters, "timed iterations (median reported)", 1, 1 << 20)
       .Double("hot-fraction", d.hot_fraction, "fraction of tokens routed to expert 0 (0.5: it takes half the tokens)",
@@ -220,11 +221,12 @@ void CommFlags(Flags& flags) {
 absl::Status Comm(const Flags& flags) {
   CommBenchConfig cfg;
   cfg.hidden = flags.GetInt("hidden"), cfg.experts = flags.GetInt("experts"), cfg.tokens = flags.GetInt("tokens");
-  cfg.topk = static_cast<int>(flags.GetInt("topk"));
+  cfg.experts_per_token = static_cast<int>(flags.GetInt("experts-per-token"));
   cfg.iters = static_cast<int>(flags.GetInt("iters"));
   cfg.hot_fraction = flags.GetDouble("hot-fraction");
   cfg.redundant = flags.GetInt("redundant-experts");
-  if (cfg.topk > cfg.experts) return absl::InvalidArgumentError("--topk must not exceed --experts");
+  if (cfg.experts_per_token > cfg.experts)
+    return absl::InvalidArgumentError("--experts-per-token must not exceed --experts");
   auto world = WorldOrLocal();
   world->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(flags.GetDouble("comm-timeout-s") * 1000)));
   DSV4_ASSIGN_OR_RETURN(const CommBenchResult r, RunMoeCommBench(*world, cfg));
@@ -232,21 +234,23 @@ absl::Status Comm(const Flags& flags) {
   const std::string cpu = CpuModel();
   if (flags.GetBool("json")) {
     std::printf(
-        "{\"ranks\": %d, \"hidden\": %lld, \"experts\": %lld, \"topk\": %d, \"tokens_per_rank\": %lld, "
+        "{\"ranks\": %d, \"hidden\": %lld, \"experts\": %lld, \"experts_per_token\": %d, \"tokens_per_rank\": %lld, "
         "\"hot_fraction\": %.3f, \"redundant_experts\": %lld, \"bytes_per_rank\": %lld, "
         "\"dispatch_combine_ms\": %.4f, \"raw_alltoallv_ms\": %.4f, \"dispatch_combine_gbps\": %.4f, "
         "\"raw_alltoallv_gbps\": %.4f, \"ratio\": %.4f, \"ratio_p25\": %.4f, \"ratio_p75\": %.4f, "
         "\"ratio_min\": %.4f, \"ratio_max\": %.4f, \"rows_imbalance\": %.4f, \"pairs_imbalance\": %.4f, "
         "\"rows_imbalance_redundant\": %.4f, \"pairs_imbalance_redundant\": %.4f, \"cpu\": \"%s\"}\n",
-        r.ranks, static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.topk,
+        r.ranks, static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.experts_per_token,
         static_cast<long long>(cfg.tokens), cfg.hot_fraction, static_cast<long long>(cfg.redundant),
         static_cast<long long>(r.bytes_per_rank), r.dispatch_combine_s * 1e3, r.raw_alltoallv_s * 1e3,
         r.dispatch_combine_gbps, r.raw_alltoallv_gbps, r.ratio, r.ratio_p25, r.ratio_p75, r.ratio_min, r.ratio_max,
         r.rows_imbalance, r.pairs_imbalance, r.rows_imbalance_redundant, r.pairs_imbalance_redundant, cpu.c_str());
   } else {
-    std::printf("MoE dispatch+combine, %d ranks, hidden %lld, %lld experts top-%d, %lld tokens/rank, hot fraction %.2f\n",
-                r.ranks, static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.topk,
-                static_cast<long long>(cfg.tokens), cfg.hot_fraction);
+    std::printf(
+        "MoE dispatch+combine, %d ranks, hidden %lld, %lld experts, %d per token, %lld tokens/rank, hot fraction "
+        "%.2f\n",
+        r.ranks, static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.experts), cfg.experts_per_token,
+        static_cast<long long>(cfg.tokens), cfg.hot_fraction);
     std::printf("  cpu                     : %s\n", cpu.c_str());
     std::printf("  placement timed         : %s\n",
                 cfg.redundant > 0 ? absl::StrCat("EPLB, ", cfg.redundant, " redundant slots").c_str() : "contiguous");

@@ -18,7 +18,7 @@ namespace dsv4 {
 struct CommBenchConfig {
   int64_t hidden = 4096;  // V4-Flash
   int64_t experts = 256;
-  int topk = 6;
+  int experts_per_token = 6;
   int64_t tokens = 256;  // tokens per rank per step
   int iters = 20, warmup = 3;
   uint64_t seed = 1;

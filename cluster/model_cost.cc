@@ -54,12 +54,12 @@ double V4AttentionParams(const ModelPreset& m, const V4Layer& v, double* split) 
   const double wo_b = D * m.o_groups * m.o_lora_rank;
   double compressor = 0, indexer = 0;
   if (v.ratio > 0 && v.owns_cache) {
-    const double coff = v.ratio == 4 ? 2 : 1;
+    const double coff = v.overlapping ? 2 : 1;
     const double mats = v.ratio == 1 ? 1 : 2;  // ratio 1 is one projection; others have kv and gate
     compressor = mats * D * coff * hd + v.ratio * coff * hd + hd;
   }
   if (v.runs_indexer) {
-    const double coff = v.ratio == 4 ? 2 : 1;
+    const double coff = v.overlapping ? 2 : 1;
     indexer = m.q_lora_rank * m.index_heads * m.index_dim + D * m.index_heads + 2 * D * coff * m.index_dim;
   }
   *split = m.q_lora_rank * H * hd + wo_a + wo_b;
@@ -138,7 +138,7 @@ ParamCounts CountParams(const ModelPreset& m) {
   c.mtp = m.mtp_layers * (per_layer_mean_attention + SharedExpertParams(m) + RouterParams(m) + 2 * D * D);
   c.mtp_routed = m.mtp_layers * m.routed_experts * expert;
   const double moe_layers = m.layers - m.dense_layers;
-  c.active = c.attention + c.mhc + c.router + c.dense_ffn + c.shared_experts + moe_layers * m.top_k * expert + c.head +
+  c.active = c.attention + c.mhc + c.router + c.dense_ffn + c.shared_experts + moe_layers * m.experts_per_token * expert + c.head +
              c.engram_proj + D /* embedding row */;
   return c;
 }
@@ -246,8 +246,8 @@ std::vector<TokenCostRow> PerTokenCosts(const ModelPreset& m, const Precision& p
     mhc.flops += MhcFlopsPerToken(m);
     mhc.bytes += ResidualBytesPerToken(m);
     if (IsMoeLayer(m, l)) {
-      routed.flops += m.top_k * ExpertFlopsPerToken(m);
-      routed.bytes += m.top_k * expert_bytes;
+      routed.flops += m.experts_per_token * ExpertFlopsPerToken(m);
+      routed.bytes += m.experts_per_token * expert_bytes;
       shared.flops += 2 * SharedExpertParams(m);
       shared.bytes += SharedExpertParams(m) * p.dense_bits / 8;
       router.flops += 2 * RouterParams(m);

@@ -25,7 +25,7 @@ std::vector<int64_t> AlternatingRatios(int64_t layers, int64_t first) {
 }
 
 ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lora, int64_t o_groups, int64_t experts,
-                     int64_t top_k, int64_t inter, int64_t index_topk, int64_t first_ratio) {
+                     int64_t experts_per_token, int64_t inter, int64_t index_topk, int64_t first_ratio) {
   ModelConfig c;
   c.vocab_size = 129280;
   c.hidden_size = hidden;
@@ -38,7 +38,7 @@ ModelConfig V4Config(int64_t hidden, int64_t layers, int64_t heads, int64_t q_lo
   c.o_lora_rank = 1024;
   c.n_routed_experts = experts;
   c.n_shared_experts = 1;
-  c.num_experts_per_tok = top_k;
+  c.num_experts_per_tok = experts_per_token;
   c.moe_intermediate_size = inter;
   c.num_hash_layers = 3;
   c.sliding_window = 128;
@@ -106,7 +106,7 @@ ModelPreset V41Flash() {
   return p;
 }
 
-ModelPreset Mla(const std::string& name, int64_t heads, int64_t dense_layers, int64_t experts, int64_t top_k,
+ModelPreset Mla(const std::string& name, int64_t heads, int64_t dense_layers, int64_t experts, int64_t experts_per_token,
                 int64_t vocab, int64_t mtp, const std::string& source) {
   ModelPreset p;
   p.name = name;
@@ -125,7 +125,7 @@ ModelPreset Mla(const std::string& name, int64_t heads, int64_t dense_layers, in
   p.dense_inter = 18432;
   p.routed_experts = experts;
   p.shared_experts = 1;
-  p.top_k = top_k;
+  p.experts_per_token = experts_per_token;
   p.expert_inter = 2048;
   p.hc_mult = 1;
   p.mtp_layers = mtp;
@@ -159,7 +159,7 @@ absl::StatusOr<ModelPreset> ParseMlaConfig(const json& j, const std::string& sou
       {"qk_rope_head_dim", &p.qk_rope_dim, true},
       {"v_head_dim", &p.v_head_dim, true},
       {"n_routed_experts", &p.routed_experts, true},
-      {"num_experts_per_tok", &p.top_k, true},
+      {"num_experts_per_tok", &p.experts_per_token, true},
       {"moe_intermediate_size", &p.expert_inter, true},
       {"vocab_size", &p.vocab, true},
       {"max_position_embeddings", &p.max_context, true},
@@ -183,9 +183,9 @@ absl::StatusOr<ModelPreset> ParseMlaConfig(const json& j, const std::string& sou
       return absl::InvalidArgumentError(absl::StrCat(source, ": field '", k.name, "' must be a non-negative integer"));
     *k.out = it->get<int64_t>();
   }
-  for (const auto* f : {&p.hidden, &p.layers, &p.heads, &p.routed_experts, &p.top_k, &p.vocab, &p.max_context})
+  for (const auto* f : {&p.hidden, &p.layers, &p.heads, &p.routed_experts, &p.experts_per_token, &p.vocab, &p.max_context})
     if (*f <= 0) return absl::InvalidArgumentError(absl::StrCat(source, ": sizes must be positive"));
-  if (p.top_k > p.routed_experts)
+  if (p.experts_per_token > p.routed_experts)
     return absl::InvalidArgumentError(absl::StrCat(source, ": field 'num_experts_per_tok' exceeds n_routed_experts"));
   if (p.dense_layers > p.layers)
     return absl::InvalidArgumentError(absl::StrCat(source, ": field 'first_k_dense_replace' exceeds the layer count"));
@@ -227,6 +227,7 @@ ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name)
     v.runs_indexer = c.runs_indexer(l);
     v.owns_index_keys = c.owns_index_keys(l);
     v.selects_topk = c.index_source(l) >= 0;
+    v.overlapping = c.compressor_overlap(l);
     p.v4_layers.push_back(v);
   }
   p.index_heads = c.index_n_heads;
@@ -234,7 +235,7 @@ ModelPreset PresetFromModelConfig(const ModelConfig& c, const std::string& name)
   p.index_topk = c.index_topk;
   p.routed_experts = c.n_routed_experts;
   p.shared_experts = c.n_shared_experts;
-  p.top_k = c.num_experts_per_tok;
+  p.experts_per_token = c.num_experts_per_tok;
   p.expert_inter = c.moe_intermediate_size;
   p.hc_mult = c.hc_mult;
   p.mtp_layers = c.num_nextn_predict_layers;

@@ -28,6 +28,7 @@ struct V4Layer {
   bool runs_indexer = false;  // computes indexer scores itself (else reuses another layer's top-k, or none)
   bool owns_index_keys = false;  // stores indexer keys (V4.1: only indexers that are also KV sources)
   bool selects_topk = false;  // attends only index_topk compressed entries (else all of them)
+  bool overlapping = false;   // its compressor pools overlapping blocks: 2 x head_dim channels (V4, ratio 4)
 };
 
 struct ModelPreset {
@@ -60,7 +61,7 @@ struct ModelPreset {
   int64_t dense_inter = 0;
   int64_t routed_experts = 0;
   int64_t shared_experts = 0;
-  int64_t top_k = 0;
+  int64_t experts_per_token = 0;  // routed experts per token (config: num_experts_per_tok)
   int64_t expert_inter = 0;
   // mHC residual streams (1 = plain residual).
   int64_t hc_mult = 1;

@@ -488,9 +488,9 @@ absl::StatusOr<Resolved> Resolve(const Scenario& s, const Catalog& catalog, cons
                                                     r.pp > 1 ? " of a pipeline stage" : ""));
   r.routed_experts = static_cast<int>(r.model.routed_experts);
   if (s.pruned_experts_per_layer > 0) {
-    if (s.pruned_experts_per_layer > r.model.routed_experts || s.pruned_experts_per_layer < r.model.top_k)
+    if (s.pruned_experts_per_layer > r.model.routed_experts || s.pruned_experts_per_layer < r.model.experts_per_token)
       return bad("scenario.weights.pruned_experts_per_layer",
-                 absl::StrCat("= ", s.pruned_experts_per_layer, " must be in [top_k = ", r.model.top_k, ", ",
+                 absl::StrCat("= ", s.pruned_experts_per_layer, " must be in [experts per token = ", r.model.experts_per_token, ", ",
                               r.model.routed_experts, "]"));
     r.routed_experts = static_cast<int>(s.pruned_experts_per_layer);
   }

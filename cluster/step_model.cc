@@ -128,7 +128,7 @@ MemoryBreakdown StepModel::Memory(double kv_bytes, double step_tokens) const {
   m.engram_tables_host = wb_.engram_tables / std::max(1, r_.world) / kGB;
   m.kv_cache = kv_bytes / pp / kGB;
   const double D = r_.model.hidden, hc = std::max<int64_t>(1, r_.model.hc_mult);
-  const double per_token = D * 2 * (6 * hc + 10) + r_.model.top_k * (2 * D + 2.0 * r_.model.expert_inter) * 2;
+  const double per_token = D * 2 * (6 * hc + 10) + r_.model.experts_per_token * (2 * D + 2.0 * r_.model.expert_inter) * 2;
   // EP communication buffers: DeepEP-style buffers hold every received token (about 1 GB per device).
   const double comm = r_.ep > 1 ? 1.0 : 0.0;
   m.activations = step_tokens * per_token / kGB + comm;
@@ -268,7 +268,7 @@ void StepModel::AttentionOps(Accum& acc, int64_t l, const Pass& s) const {
 void StepModel::FfnOps(Accum& acc, int64_t l, const Pass& s) const {
   const ModelPreset& m = r_.model;
   const Precision& p = r_.s.precision;
-  const double D = m.hidden, k = m.top_k;
+  const double D = m.hidden, k = m.experts_per_token;
   if (!IsMoeLayer(m, l)) {
     const double params = DenseFfnParams(m);
     AddOp(acc, "dense FFN", 2 * params * s.d_tokens, params * p.dense_bits / 8, 3, s.dense_rate, 1, false);
@@ -396,7 +396,7 @@ Link StepModel::DeviceLink() const {
 double StepModel::EpAllToAll(double tokens_dev, bool prefill) const {
   const int ep = r_.ep;
   if (ep <= 1 || tokens_dev <= 0) return 0;
-  const double k = r_.model.top_k, D = r_.model.hidden;
+  const double k = r_.model.experts_per_token, D = r_.model.hidden;
   // Decode (low-latency kernels) sends one copy per routed expert; prefill (normal kernels) one per
   // destination device, and across nodes one per destination node.
   const double copies = prefill ? ep * (1 - std::pow(1 - 1.0 / ep, k)) : k;
@@ -512,7 +512,7 @@ StepTime StepModel::StepWith(const std::vector<BatchPart>& parts, double moe_gro
     st.exposed_comm_s = st.comm_s;
   }
   st.seconds = std::max(st.seconds, acc.engram_gather_s * mb);
-  st.imbalance = Imbalance(dev_tokens * fraction * moe_scale * r_.model.top_k);
+  st.imbalance = Imbalance(dev_tokens * fraction * moe_scale * r_.model.experts_per_token);
   for (OpTime& op : acc.ops) {
     if (op.bound != "network") op.seconds *= mb;
     st.ops.push_back(op);

@@ -105,7 +105,7 @@ TEST(Presets, MatchPublishedSizes) {
     EXPECT_NEAR(CountParams(*m).active / 1e9, c.active_b, c.active_b * 0.08) << c.name;
   }
   auto seed = FindPreset("seed-v4-1t");
-  EXPECT_EQ(seed->top_k, 16);
+  EXPECT_EQ(seed->experts_per_token, 16);
   EXPECT_EQ(seed->max_context, 1048576);
 }
 
@@ -220,7 +220,7 @@ TEST(Presets, ConfigJsonV4GoesThroughModelConfig) {
             {"compress_ratios", {0, 4, 128, 4}}};
   auto p = ParsePresetConfig(c.dump(), "config.json");
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->top_k, 16);
+  EXPECT_EQ(p->experts_per_token, 16);
   EXPECT_TRUE(p->v4_layers[1].runs_indexer);
   EXPECT_FALSE(p->v4_layers[2].runs_indexer);
   c.erase("hidden_size");
