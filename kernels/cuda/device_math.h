@@ -173,4 +173,39 @@ DSV4_HD uint64_t TopKKey(float v, uint32_t index) {
 }
 DSV4_HD uint32_t TopKKeyIndex(uint64_t key) { return 0xffffffffu - static_cast<uint32_t>(key & 0xffffffffu); }
 
+// The bitonic sort's size for k keys: the smallest power of two >= k.
+DSV4_HD int64_t TopKSortSize(int64_t k) {
+  int64_t p = 1;
+  while (p < k) p *= 2;
+  return p;
+}
+
+// The fast top-k's bins (indexer.cu, launch.h kTopKBins): level 0 is the top 11 bits of the ordered
+// key, level 1 the next 11; the prefix of a level is every bit down to that level's bin.
+inline constexpr int kTopKLevelBits = 11;
+DSV4_HD uint32_t TopKPrefix(uint32_t key, int level) { return key >> (32 - kTopKLevelBits * (level + 1)); }
+DSV4_HD uint32_t TopKBin(uint32_t key, int level) { return TopKPrefix(key, level) & ((1u << kTopKLevelBits) - 1u); }
+// Given a histogram of `bins` bins over the keys still in play and `need` >= 1 of them to take from
+// the top, the bin that holds the need-th largest, and in `above` how many keys lie in higher bins
+// (above < need <= above + hist[bin]). Precondition: the histogram holds at least `need` keys. The
+// kernel computes the same with a parallel suffix sum; this sequential form is its host twin.
+DSV4_HD int TopKThresholdBin(const int* hist, int bins, int need, int* above) {
+  int acc = 0;
+  for (int b = bins - 1; b >= 0; --b) {
+    if (acc + hist[b] >= need) {
+      *above = acc;
+      return b;
+    }
+    acc += hist[b];
+  }
+  *above = acc;
+  return -1;
+}
+
+// The attention's reduce-scatter over a warp: each of 32 lanes holds n values (n a multiple of 32);
+// at offsets 16, 8, 4, 2, 1 a lane keeps the lower half of its values when (lane & offset) == 0, else
+// the upper half, adding its partner's copy of the half it keeps. Afterwards lane l holds the sums
+// over all lanes of values [l n/32, (l+1) n/32): slot j of lane l is value index
+DSV4_HD int ReduceScatterIndex(int lane, int slot, int n) { return lane * (n / 32) + slot; }
+
 }  // namespace dsv4::kernels::cuda

@@ -1,6 +1,10 @@
-// y = x W^T with W dequantized on the fly from F32 / BF16 / FP8 (block scales) / FP4 (per-32
-// scales): a warp-per-row GEMV for decode, a 32x64 shared-memory tile for prefill, and the same tile
-// over groups for MoE experts. FP32 accumulation throughout (the CPU kernel's precision).
+// y = x W^T: the launchers (ChooseLinear in launch.h picks the kernel) and the simple kernels, which
+// dequantize F32 / BF16 / FP8 (block scales) / FP4 (per-32 scales) weights on the fly on CUDA cores:
+// a warp-per-row GEMV for a few tokens, a 32x64 shared-memory tile beyond, and the same tile over
+// groups for MoE experts, FP32 accumulation throughout (the CPU kernel's precision). They take every
+// shape and format; the tensor-core kernels (gemm_skinny.cu, gemm_fp8.cu) take the common ones.
+#include <atomic>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
@@ -97,10 +101,21 @@ __global__ void TiledKernel(const float* x, int64_t ldx, WeightMatrix w_single, 
 
 }  // namespace
 
-cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
-                   cudaStream_t stream) {
-  DSV4_CUDA_SUPPORTED(CheckLinear(m, w, ldx, ldy));
-  if (m == 0) return cudaSuccess;
+// gemm_skinny.cu and gemm_fp8.cu.
+cudaError_t SkinnyLinear(const SkinnyPlan& p, const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y,
+                         int64_t ldy, int act_group, void* workspace, cudaStream_t stream);
+cudaError_t SkinnyGroupedLinear(const SkinnyPlan& p, const float* x, int64_t ldx, const WeightMatrix* weights,
+                                const WeightMatrix& like, const int32_t* offsets, float* y, int64_t ldy, int act_group,
+                                cudaStream_t stream);
+cudaError_t Fp8TiledLinear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
+                           int act_group, void* workspace, cudaStream_t stream);
+
+namespace {
+
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+cudaError_t LegacyLinear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
+                         cudaStream_t stream) {
   const LaunchConfig cfg = LinearLaunch(m, w.rows());
   const bool gemv = ChooseGemm(m) == GemmKind::kGemv;
   DSV4_DISPATCH_WEIGHT_TYPE(w.type, kType, {
@@ -114,11 +129,85 @@ cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w
   return cudaGetLastError();
 }
 
+const char* CheckActGroup(int act_fp8_group) {
+  if (act_fp8_group != 0 && act_fp8_group != 32 && act_fp8_group != 64 && act_fp8_group != 128)
+    return "act_fp8_group must be 0, 32, 64 or 128";
+  return nullptr;
+}
+
+}  // namespace
+
+DeviceCaps CurrentDeviceCaps() {
+  // One entry per device, filled on first use: (arch << 32) | sms, 0 until known.
+  static std::atomic<int64_t> cache[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return {};
+  if (device < 64) {
+    if (const int64_t v = cache[device].load(std::memory_order_relaxed); v != 0)
+      return {static_cast<int>(v >> 32), static_cast<int>(v & 0xffffffff)};
+  }
+  int major = 0, minor = 0, sms = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return {};
+  const DeviceCaps caps{major * 10 + minor, sms};
+  if (device < 64) cache[device].store((int64_t{caps.arch} << 32) | caps.sms, std::memory_order_relaxed);
+  return caps;
+}
+
+int64_t LinearWorkspaceBytes(int64_t m, const WeightMatrix& w, int act_fp8_group) {
+  if (CheckLinear(m, w, w.cols(), w.rows()) != nullptr || CheckActGroup(act_fp8_group) != nullptr) return 0;
+  return LinearWorkspaceBytesFor(m, w, act_fp8_group, CurrentDeviceCaps());
+}
+
+cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
+                   const LinearOptions& o, cudaStream_t stream) {
+  DSV4_CUDA_SUPPORTED(CheckLinear(m, w, ldx, ldy));
+  DSV4_CUDA_SUPPORTED(CheckActGroup(o.act_fp8_group));
+  if (m == 0) return cudaSuccess;
+  const int64_t ws_bytes = o.workspace != nullptr ? o.workspace_bytes : 0;
+  const LinearChoice c = ChooseLinear(m, w, o.act_fp8_group, ws_bytes, CurrentDeviceCaps(), Aligned16(w.data));
+  switch (c.path) {
+    case LinearPath::kFp8Tiled:
+      return Fp8TiledLinear(x, m, ldx, w, y, ldy, o.act_fp8_group, o.workspace, stream);
+    case LinearPath::kSkinny:
+      return SkinnyLinear(c.skinny, x, m, ldx, w, y, ldy, o.act_fp8_group, o.workspace, stream);
+    case LinearPath::kLegacyGemv:
+    case LinearPath::kLegacyTiled:
+      break;
+  }
+  if (o.act_fp8_group == 0) return LegacyLinear(x, m, ldx, w, y, ldy, stream);
+  // The simple kernels multiply x as it is: round a copy of it in the workspace first.
+  if (ws_bytes < c.workspace_bytes) return cudaErrorInvalidValue;
+  float* xr = static_cast<float*>(o.workspace);
+  const int64_t K = w.cols();
+  if (cudaError_t e = cudaMemcpy2DAsync(xr, K * sizeof(float), x, ldx * sizeof(float), K * sizeof(float), m,
+                                        cudaMemcpyDeviceToDevice, stream);
+      e != cudaSuccess)
+    return e;
+  if (cudaError_t e = QdqFp8(xr, m, K, K, o.act_fp8_group, stream); e != cudaSuccess) return e;
+  return LegacyLinear(xr, m, K, w, y, ldy, stream);
+}
+
+cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
+                   cudaStream_t stream) {
+  return Linear(x, m, ldx, w, y, ldy, LinearOptions{}, stream);
+}
+
 cudaError_t GroupedLinear(const float* x, int64_t ldx, const WeightMatrix* weights, const WeightMatrix& like,
                           const int32_t* offsets, int64_t groups, int64_t max_rows, float* y, int64_t ldy,
-                          cudaStream_t stream) {
+                          const LinearOptions& o, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckLinear(max_rows, like, ldx, ldy));
+  DSV4_CUDA_SUPPORTED(CheckActGroup(o.act_fp8_group));
   if (groups == 0 || max_rows == 0) return cudaSuccess;
+  // Every group's view has `like`'s type, shape and strides; its data is an upload (256-byte aligned).
+  const DeviceCaps dev = CurrentDeviceCaps();
+  if (SkinnyUnsupported(like, dev.arch, Aligned16(like.data)) == nullptr) {
+    const SkinnyPlan p = PlanSkinny(max_rows, like.rows(), like.cols(), groups, dev, false);
+    return SkinnyGroupedLinear(p, x, ldx, weights, like, offsets, y, ldy, o.act_fp8_group, stream);
+  }
+  if (o.act_fp8_group != 0) return cudaErrorInvalidValue;
   const LaunchConfig cfg = GroupedLinearLaunch(max_rows, like.rows(), groups);
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   DSV4_DISPATCH_WEIGHT_TYPE(like.type, kType, {
@@ -126,6 +215,12 @@ cudaError_t GroupedLinear(const float* x, int64_t ldx, const WeightMatrix* weigh
     DSV4_LAUNCH(kernel, cfg, stream, x, ldx, like, weights, offsets, max_rows, y, ldy);
   });
   return cudaGetLastError();
+}
+
+cudaError_t GroupedLinear(const float* x, int64_t ldx, const WeightMatrix* weights, const WeightMatrix& like,
+                          const int32_t* offsets, int64_t groups, int64_t max_rows, float* y, int64_t ldy,
+                          cudaStream_t stream) {
+  return GroupedLinear(x, ldx, weights, like, offsets, groups, max_rows, y, ldy, LinearOptions{}, stream);
 }
 
 }  // namespace dsv4::kernels::cuda

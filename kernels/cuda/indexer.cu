@@ -47,27 +47,39 @@ __global__ void IndexerScoresKernel(const float* q, const float* w, int64_t H, i
   }
 }
 
-// Block per row. (1) Radix select, 8 bits per pass from the top, of the kk-th largest ordered key T
-// and of how many keys equal to T make the cut. (2) One ordered pass collects every key > T and the
-// lowest-indexed keys == T (ballots give each its rank among equals). (3) Bitonic sort of the
-// (value desc, index asc) 64-bit keys in shared memory, padded with zeros (which sort last).
-__global__ void TopKKernel(const float* x, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int64_t sort_size,
-                           int32_t* idx, int64_t ldidx) {
-  extern __shared__ uint64_t cand[];  // [sort_size]
+// Sorts keys[0, count) descending by the whole block: pads keys[count, size) with zeros (they sort
+// last; size a power of two >= count), then a bitonic network with a barrier per stage.
+__device__ void BitonicSortDescending(uint64_t* keys, int64_t count, int64_t size) {
+  for (int64_t i = count + threadIdx.x; i < size; i += blockDim.x) keys[i] = 0;
+  __syncthreads();
+  for (int64_t len = 2; len <= size; len <<= 1) {
+    for (int64_t stride = len >> 1; stride > 0; stride >>= 1) {
+      for (int64_t i = threadIdx.x; i < size; i += blockDim.x) {
+        const int64_t j = i ^ stride;
+        if (j > i) {
+          const bool descending = (i & len) == 0;
+          const uint64_t a = keys[i], b = keys[j];
+          if ((a < b) == descending) keys[i] = b, keys[j] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// The exact radix select over one row, by the whole block (any block size that is a multiple of 32,
+// at most 1024): (1) 8 bits per pass from the top, the kk-th largest ordered key T and how many
+// keys equal to T make the cut; (2) one ordered pass collects every key > T and the lowest-indexed
+// keys == T (ballots give each its rank among equals); (3) bitonic sort of the (value desc, index
+// asc) 64-bit keys in `cand` [sort_size], padded with zeros (which sort last). The simple path, and
+// the fast path's fallback for rows with more than kTopKCandidates keys tied in their top 22 bits.
+__device__ void RadixSelectTopK(const float* row, int64_t nv, int kk, int64_t sort_size, uint64_t* cand,
+                                int32_t* out) {
   __shared__ int hist[kTopKRadixBins];
-  __shared__ int warp_counts[kTopKThreads / kWarpSize];
+  __shared__ int warp_counts[kMaxThreadsPerBlock / kWarpSize];
   __shared__ int selected;
   __shared__ uint32_t s_prefix;
   __shared__ int s_remaining;
-  const int64_t t = blockIdx.x;
-  const float* row = x + t * ldx;
-  int32_t* out = idx + t * ldidx;
-  int64_t nv = nvalid ? nvalid[t] : n;
-  nv = nv < 0 ? 0 : (nv > n ? n : nv);
-  const int kk = static_cast<int>(k < nv ? k : nv);
-  for (int64_t i = kk + threadIdx.x; i < k; i += blockDim.x) out[i] = -1;
-  if (kk == 0) return;
-
   uint32_t prefix = 0, mask = 0;
   int remaining = kk;  // how many of the keys matching `prefix` are still to be taken
   for (int shift = 24; shift >= 0; shift -= 8) {
@@ -119,21 +131,119 @@ __global__ void TopKKernel(const float* x, int64_t n, int64_t ldx, const int64_t
     equal_before += chunk_total;
     __syncthreads();
   }
-  for (int64_t i = kk + threadIdx.x; i < sort_size; i += blockDim.x) cand[i] = 0;
+  BitonicSortDescending(cand, kk, sort_size);
+  for (int64_t i = threadIdx.x; i < kk; i += blockDim.x) out[i] = static_cast<int32_t>(TopKKeyIndex(cand[i]));
+}
+
+// Block-wide inclusive suffix sum of one int per thread (thread i gets the sum over threads >= i).
+// `warp_sums` holds 32 ints of shared memory; synchronizes the block twice.
+__device__ int BlockSuffixSum(int v, int* warp_sums) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
+  for (int o = 1; o < kWarpSize; o <<= 1) {
+    const int u = __shfl_down_sync(0xffffffffu, v, o);
+    if (lane + o < kWarpSize) v += u;
+  }
+  if (lane == 0) warp_sums[warp] = v;  // the warp's total
   __syncthreads();
-  for (int64_t size = 2; size <= sort_size; size <<= 1) {
-    for (int64_t stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int64_t i = threadIdx.x; i < sort_size; i += blockDim.x) {
-        const int64_t j = i ^ stride;
-        if (j > i) {
-          const bool descending = (i & size) == 0;
-          const uint64_t a = cand[i], b = cand[j];
-          if ((a < b) == descending) cand[i] = b, cand[j] = a;
-        }
+  for (int w = warp + 1; w < warps; ++w) v += warp_sums[w];
+  __syncthreads();
+  return v;
+}
+
+// The fast top-k (launch.h kTopKFastThreads): per row, levels of 11-bit histograms of the ordered
+// keys' top bits (TopKPrefix / TopKBin) find the bin holding the kk-th largest; once the keys at or
+// above that bin's start number at most kTopKCandidates they are collected into shared memory and
+// sorted, and the first kk are the answer (every key of the top kk is among them: the kk-th largest
+// is in the bin, the larger ones at or above it). Two levels (22 bits) without that, then the exact
+// radix select. Histograms are kept in kTopKHistCopies copies (warp w adds to copy w % 4) to spread
+// the atomics of clustered values.
+static_assert(kTopKBins == 2 * kTopKFastThreads, "the threshold search gives each thread two bins");
+static_assert(kTopKHistCopies * kTopKBins * 4 <= kTopKCandidates * 8, "histograms and candidates share memory");
+
+__global__ void __launch_bounds__(kTopKFastThreads) TopKFastKernel(const float* x, int64_t n, int64_t ldx,
+                                                                  const int64_t* nvalid, int64_t k, int32_t* idx,
+                                                                  int64_t ldidx, bool vec4) {
+  extern __shared__ uint64_t smem64[];  // histograms [copies][bins] (ints), then candidates [..] (keys)
+  int* hist = reinterpret_cast<int*>(smem64);
+  uint64_t* cand = smem64;
+  __shared__ int warp_sums[kWarpSize];
+  __shared__ int s_bin, s_above, s_count;
+  const int64_t t = blockIdx.x;
+  const float* row = x + t * ldx;
+  int32_t* out = idx + t * ldidx;
+  int64_t nv = nvalid ? nvalid[t] : n;
+  nv = nv < 0 ? 0 : (nv > n ? n : nv);
+  const int kk = static_cast<int>(k < nv ? k : nv);
+  for (int64_t i = kk + threadIdx.x; i < k; i += blockDim.x) out[i] = -1;
+  if (kk == 0) return;
+
+  // Runs f(value, index) over the row's nv valid values (16-byte loads when the row allows).
+  auto scan_row = [&](auto&& f) {
+    int64_t start = 0;
+    if (vec4) {
+      const int64_t n4 = nv / 4;
+      for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+        const float4 v = reinterpret_cast<const float4*>(row)[i];
+        f(v.x, 4 * i), f(v.y, 4 * i + 1), f(v.z, 4 * i + 2), f(v.w, 4 * i + 3);
       }
-      __syncthreads();
+      start = 4 * n4;
+    }
+    for (int64_t i = start + threadIdx.x; i < nv; i += blockDim.x) f(row[i], i);
+  };
+
+  uint32_t prefix = 0;
+  int level = 0, need = kk, above_total = 0, collect = -1;
+  int* my_hist = hist + (threadIdx.x / kWarpSize % kTopKHistCopies) * kTopKBins;
+  for (; level < 2; ++level) {
+    for (int b = threadIdx.x; b < kTopKHistCopies * kTopKBins; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    scan_row([&](float v, int64_t) {
+      const uint32_t key = OrderedKey(v);
+      if (level == 0 || TopKPrefix(key, 0) == prefix) atomicAdd(&my_hist[TopKBin(key, level)], 1);
+    });
+    __syncthreads();
+    for (int b = threadIdx.x; b < kTopKBins; b += blockDim.x) {
+      int sum = 0;
+      for (int c = 0; c < kTopKHistCopies; ++c) sum += hist[c * kTopKBins + b];
+      hist[b] = sum;  // copy 0 <- the total (each bin by one thread, reading before writing)
+    }
+    __syncthreads();
+    // TopKThresholdBin in parallel: thread i owns bins 2i, 2i + 1 (kTopKBins = 2 kTopKFastThreads).
+    const int b0 = 2 * threadIdx.x, local = hist[b0] + hist[b0 + 1];
+    const int suffix = BlockSuffixSum(local, warp_sums);  // keys in bins >= b0
+    if (suffix >= need && suffix - local < need) {
+      int above = suffix - local;
+      if (above + hist[b0 + 1] >= need) {
+        s_bin = b0 + 1;
+      } else {
+        above += hist[b0 + 1];
+        s_bin = b0;
+      }
+      s_above = above;
+    }
+    __syncthreads();
+    const int bin = s_bin;
+    above_total += s_above;
+    need -= s_above;
+    prefix = level == 0 ? static_cast<uint32_t>(bin) : (prefix << kTopKLevelBits) | static_cast<uint32_t>(bin);
+    const int count = above_total + hist[bin];  // keys with TopKPrefix(key, level) >= prefix
+    __syncthreads();                            // every thread has read hist before it is reused
+    if (count <= kTopKCandidates) {
+      collect = count;
+      break;
     }
   }
+  if (collect < 0) {  // more than kTopKCandidates keys share their top 22 bits: the exact path
+    RadixSelectTopK(row, nv, kk, TopKSortSize(kk), cand, out);
+    return;
+  }
+  if (threadIdx.x == 0) s_count = 0;
+  __syncthreads();
+  scan_row([&](float v, int64_t i) {
+    if (TopKPrefix(OrderedKey(v), level) >= prefix) cand[atomicAdd(&s_count, 1)] = TopKKey(v, static_cast<uint32_t>(i));
+  });
+  __syncthreads();
+  BitonicSortDescending(cand, collect, TopKSortSize(collect));
   for (int64_t i = threadIdx.x; i < kk; i += blockDim.x) out[i] = static_cast<int32_t>(TopKKeyIndex(cand[i]));
 }
 
@@ -154,8 +264,8 @@ cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_
   DSV4_CUDA_SUPPORTED(CheckTopK(n, k));
   if (ldx < n || ldidx < k) return cudaErrorInvalidValue;
   if (m == 0 || k == 0) return cudaSuccess;
-  const LaunchConfig cfg = TopKLaunch(m, k);
-  DSV4_LAUNCH(TopKKernel, cfg, stream, x, n, ldx, nvalid, k, TopKSortSize(k), idx, ldidx);
+  const bool vec4 = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 4 == 0;
+  DSV4_LAUNCH(TopKFastKernel, TopKFastLaunch(m), stream, x, n, ldx, nvalid, k, idx, ldidx, vec4);
   return cudaGetLastError();
 }
 

@@ -15,8 +15,13 @@
 #include <cstdint>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/launch.h"
 
 namespace dsv4::kernels::cuda {
+
+// The current device's compute capability and multiprocessor count (cached per device), which the
+// launchers plan with (launch.h).
+DeviceCaps CurrentDeviceCaps();
 
 // ---- format rounding (the reference's QAT steps) ---------------------------------------------------
 
@@ -74,6 +79,30 @@ cudaError_t GroupedLinear(const float* x, int64_t ldx, const WeightMatrix* weigh
                           const int32_t* offsets, int64_t groups, int64_t max_rows, float* y, int64_t ldy,
                           cudaStream_t stream);
 
+// The same with options: activation rounding and a workspace for the faster paths.
+struct LinearOptions {
+  // > 0: multiply QdqFp8(x, act_fp8_group) (the reference's rounding of activations to FP8 in
+  // groups of this many columns, from x's column 0, before every FP8 / FP4 linear; a no-op on
+  // activations already rounded so) instead of x, which lets FP8 tensor cores take exact FP8 x FP8
+  // products: 32, 64 or 128. 0: x as it is.
+  int act_fp8_group = 0;
+  // Device scratch the call may use (split-K partial sums, activations as FP8 codes), at least
+  // LinearWorkspaceBytes for its shapes to get the fastest path; null / 0 is valid (no split-K,
+  // no FP8 tensor-core prefill). Used only by the work this call enqueues.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+};
+// Bytes of workspace Linear's fastest path needs on the current device (0: none).
+int64_t LinearWorkspaceBytes(int64_t m, const WeightMatrix& w, int act_fp8_group);
+cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy,
+                   const LinearOptions& options, cudaStream_t stream);
+// Grouped with options: act_fp8_group as above (the workspace is not used: groups give the
+// parallelism). With act_fp8_group > 0 the weights must be ones the tensor-core kernel takes
+// (BF16 / FP8 / FP4, K a multiple of 128), else cudaErrorInvalidValue.
+cudaError_t GroupedLinear(const float* x, int64_t ldx, const WeightMatrix* weights, const WeightMatrix& like,
+                          const int32_t* offsets, int64_t groups, int64_t max_rows, float* y, int64_t ldy,
+                          const LinearOptions& options, cudaStream_t stream);
+
 // Clamped SwiGLU of the V4 experts (MODEL.md 2.5): h = silu(min(g, limit)) * clamp(u, -limit, limit)
 // (no clamp when limit <= 0), times row_weight[t] when not null. g, u, h [m, I] with row stride ld;
 // h may be g.
@@ -88,6 +117,13 @@ cudaError_t SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t
 cudaError_t SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv,
                             const int32_t* idx, int64_t k, const float* sink, float scale, float* out,
                             cudaStream_t stream);
+
+// The same with a workspace (SparseAttentionWorkspaceBytes) that lets the fused kernel split the KV
+// rows of each query over several blocks when queries are few (decode), merged in a fixed order.
+int64_t SparseAttentionWorkspaceBytes(int64_t m, int64_t H, int64_t d, int64_t k);
+cudaError_t SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv,
+                            const int32_t* idx, int64_t k, const float* sink, float scale, float* out, void* workspace,
+                            int64_t workspace_bytes, cudaStream_t stream);
 
 // Compressor pooling (MODEL.md 2.3, before its RMSNorm / RoPE / rounding, which are the kernels
 // above). kv, score [rows, width] (row stride ld); ape [ratio, width]. Output block b (< num_blocks)
@@ -148,5 +184,13 @@ cudaError_t EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, 
 cudaError_t CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
                         const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo,
                         cudaStream_t stream);
+
+// ---- diagnostics -----------------------------------------------------------------------------------
+
+// One mma.sync.m16n8k16 (flavor 0: f16, 1: bf16) or m16n8k32 (2: e4m3, sm_89+, else
+// cudaErrorNotSupported) by one warp from zero accumulators: lane l's A registers a[4l..4l+3], B
+// registers b[2l..2l+1], results d[4l..4l+3] (device arrays). The gpu tests check the register
+// model of mma_model.h with it.
+cudaError_t MmaProbe(int flavor, const uint32_t* a, const uint32_t* b, float* d, cudaStream_t stream);
 
 }  // namespace dsv4::kernels::cuda

@@ -22,6 +22,7 @@
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/memory.h"
+#include "kernels/cuda/mma_model.h"
 #include "tests/testutil.h"
 
 namespace dsv4::kernels::cuda {
@@ -232,7 +233,8 @@ struct HostWeight {
   WeightMatrix w;
 };
 
-HostWeight MakeWeight(WeightType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+// FP8 blocks of block x block (V4: 128; V4.1: 32), FP4 scales per 32.
+HostWeight MakeWeight(WeightType type, int64_t rows, int64_t cols, std::mt19937& rng, int block = 128) {
   std::uniform_int_distribution<int> byte(0, 255);
   std::normal_distribution<float> nd;
   HostWeight h;
@@ -249,8 +251,8 @@ HostWeight MakeWeight(WeightType type, int64_t rows, int64_t cols, std::mt19937&
   WeightMatrix& w = h.w;
   w.type = type, w.ld = ld, w.row_end = rows, w.col_end = cols;
   if (type == WeightType::kFP8) {
-    w.block_rows = w.block_cols = 128, w.scale_ld = (cols + 127) / 128;
-    h.scales.resize(((rows + 127) / 128) * w.scale_ld);
+    w.block_rows = w.block_cols = block, w.scale_ld = (cols + block - 1) / block;
+    h.scales.resize(((rows + block - 1) / block) * w.scale_ld);
   } else if (type == WeightType::kFP4) {
     w.block_cols = 32, w.scale_ld = (cols + 31) / 32;
     h.scales.resize(rows * w.scale_ld);
@@ -321,6 +323,180 @@ TEST_F(CudaKernels, GroupedLinearExperts) {
   }
 }
 
+// ---- the tensor-core linear kernels ------------------------------------------------------------------
+
+// The hardware against the register model (mma_model.h) every tensor-core kernel and host replay
+// assumes: random small integers (exact in f16, bf16 and e4m3, their products and sums exact in
+// f32) placed by the model, one mma per flavour, results compared bit for bit.
+TEST_F(CudaKernels, MmaRegisterModel) {
+  std::uniform_int_distribution<int> small(-4, 4);
+  for (int flavor = 0; flavor < 3; ++flavor) {
+    const int per_reg = flavor == 2 ? 4 : 2, K = 8 * per_reg;
+    std::vector<float> A(16 * K), B(K * 8);
+    for (auto& v : A) v = static_cast<float>(small(rng_));
+    for (auto& v : B) v = static_cast<float>(small(rng_));
+    auto encode = [&](float v) -> uint32_t {
+      if (flavor == 0) return FloatToHalfBits(v);
+      if (flavor == 1) return FloatToBf16Bits(v);
+      for (uint32_t b = 0; b < 256; ++b)
+        if (Fp8E4m3ToFloat(static_cast<uint8_t>(b)) == v) return b;
+      return 0;
+    };
+    std::vector<uint32_t> a(32 * 4, 0), b(32 * 2, 0);
+    for (int lane = 0; lane < 32; ++lane)
+      for (int e = 0; e < per_reg; ++e) {
+        for (int r = 0; r < 4; ++r)
+          a[4 * lane + r] |= encode(A[MmaRowA(lane, r) * K + MmaK(lane, r >> 1, e, per_reg)]) << (32 / per_reg * e);
+        for (int p = 0; p < 2; ++p)
+          b[2 * lane + p] |= encode(B[MmaK(lane, p, e, per_reg) * 8 + MmaColB(lane)]) << (32 / per_reg * e);
+      }
+    DevVec<uint32_t> da(a), db(b);
+    DevVec<float> dd(32 * 4);
+    const cudaError_t err = MmaProbe(flavor, da.get(), db.get(), dd.get(), stream_);
+    if (flavor == 2 && err == cudaErrorNotSupported) continue;  // FP8 tensor cores: sm_89+
+    ASSERT_EQ(err, cudaSuccess);
+    const std::vector<float> d = dd.Host();
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < 4; ++i) {
+        const int row = MmaRowD(lane, i), col = MmaColD(lane, i);
+        float want = 0.f;
+        for (int k = 0; k < K; ++k) want += A[row * K + k] * B[k * 8 + col];
+        ASSERT_EQ(d[4 * lane + i], want) << "flavor " << flavor << " lane " << lane << " reg " << i;
+      }
+  }
+}
+
+double Scale(const std::vector<float>& v) { return MaxAbs(v) + 1e-30; }
+
+// The skinny tensor-core kernel (BF16 / FP8 V4 / FP8 V4.1 / FP4 weights, K multiples of 128, shards
+// on chunk boundaries) and the FP8 tiled kernel (FP8 weights, rounded activations, m > 64, with a
+// workspace) against the reference, every m from decode to prefill blocks, with and without a
+// workspace (split-K), with and without rounded activations.
+// Tolerances, relative to the output's largest magnitude: 1e-4 for the f16 / bf16 paths
+// (activations carried in two half-precision terms: 22 / 16 bits; tensor-core f32 accumulation
+// truncates), 2e-3 for the e4m3 path (exact FP8 products, but the tensor cores add them with about
+// 14 bits of alignment on sm_90, DeepSeek-V3 section 3.3.2; promoted to f32 every <= 128 columns).
+TEST_F(CudaKernels, LinearTensorCorePaths) {
+  struct Case {
+    WeightType type;
+    int block;
+  };
+  DevicePool pool;
+  ASSERT_EQ(DevicePool::Create(256 << 20, &pool), cudaSuccess);
+  for (Case cs : {Case{WeightType::kBF16, 1}, Case{WeightType::kFP8, 128}, Case{WeightType::kFP8, 32},
+                  Case{WeightType::kFP4, 32}})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 128}, {40, 384}, {300, 1024}, {2048, 256}}) {
+      HostWeight h = MakeWeight(cs.type, rows, cols, rng_, cs.block);
+      for (int view = 0; view < 2; ++view) {
+        WeightMatrix wv = h.w;
+        if (view == 1 && cols >= 256) wv.row_begin = rows > 2 ? 1 : 0, wv.col_begin = 128;  // a shard
+        WeightMatrix dw;
+        const int64_t mark = pool.used();
+        ASSERT_EQ(UploadWeight(wv, pool, stream_, &dw), cudaSuccess);
+        for (int64_t m : {1, 9, 64, 65, 130})
+          for (int act_group : {0, 128, 32}) {
+            if (cs.type == WeightType::kBF16 && act_group > 0) continue;
+            const int64_t ldx = wv.cols() + 4, ldy = wv.rows() + 2;
+            std::vector<float> x = Random(m * ldx);
+            for (size_t i = 0; i < x.size(); i += 97) x[i] *= 40.f;  // outliers
+            std::vector<float> xq = x;
+            if (act_group > 0) kernels::QdqFp8(xq.data(), m, wv.cols(), ldx, act_group);
+            std::vector<float> want(m * ldy, 0.f);
+            kernels::ref::Linear(xq.data(), m, ldx, wv, want.data(), ldy);
+            DevVec<float> dx(x);
+            for (bool workspace : {false, true}) {
+              const int64_t ws_bytes = workspace ? LinearWorkspaceBytes(m, dw, act_group) : 0;
+              DevVec<uint8_t> ws(std::max<int64_t>(ws_bytes, 1));
+              DevVec<float> dy(std::vector<float>(m * ldy, 0.f));
+              LinearOptions o;
+              o.act_fp8_group = act_group;
+              o.workspace = workspace ? ws.get() : nullptr;
+              o.workspace_bytes = ws_bytes;
+              ASSERT_EQ(Linear(dx.get(), m, ldx, dw, dy.get(), ldy, o, stream_), cudaSuccess);
+              const std::vector<float> got = dy.Host();
+              const LinearChoice c = ChooseLinear(m, dw, act_group, ws_bytes, CurrentDeviceCaps(), true);
+              const double tol = c.path == LinearPath::kFp8Tiled ? 2e-3 : 1e-4;
+              EXPECT_TRUE(AllClose("linear", got.data(), want.data(), got.size(), {.abs = tol * Scale(want)}))
+                  << "type " << static_cast<int>(cs.type) << " block " << cs.block << " " << rows << "x" << cols
+                  << " view " << view << " m " << m << " act_group " << act_group << " workspace " << workspace
+                  << " path " << static_cast<int>(c.path) << " splits " << c.skinny.splits;
+            }
+          }
+        pool.Reset(mark);
+      }
+    }
+}
+
+// A token's result does not depend on the other tokens of the call: bit for bit, m = 1 against
+// m = 64 and m = 5, on every tensor-core format (the skinny kernel's sums per output element are
+// fixed by the weight's shape alone).
+TEST_F(CudaKernels, LinearBatchInvariant) {
+  DevicePool pool;
+  ASSERT_EQ(DevicePool::Create(64 << 20, &pool), cudaSuccess);
+  for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4})
+    for (bool workspace : {false, true}) {
+      HostWeight h = MakeWeight(type, 1024, 4096, rng_);
+      WeightMatrix dw;
+      ASSERT_EQ(UploadWeight(h.w, pool, stream_, &dw), cudaSuccess);
+      const int64_t K = 4096, N = 1024;
+      const std::vector<float> x = Random(64 * K);
+      DevVec<float> dx(x), y64(64 * N), y5(5 * N), y1(N);
+      const int64_t ws_bytes = LinearWorkspaceBytes(64, dw, 0);
+      DevVec<uint8_t> ws(std::max<int64_t>(ws_bytes, 1));
+      LinearOptions o;
+      o.workspace = workspace ? ws.get() : nullptr;
+      o.workspace_bytes = workspace ? ws_bytes : 0;
+      ASSERT_EQ(Linear(dx.get(), 64, K, dw, y64.get(), N, o, stream_), cudaSuccess);
+      ASSERT_EQ(Linear(dx.get() + 7 * K, 5, K, dw, y5.get(), N, o, stream_), cudaSuccess);
+      const std::vector<float> a = y64.Host(), b = y5.Host();
+      for (int64_t t = 0; t < 64; t += 9) {
+        ASSERT_EQ(Linear(dx.get() + t * K, 1, K, dw, y1.get(), N, o, stream_), cudaSuccess);
+        const std::vector<float> c = y1.Host();
+        for (int64_t r = 0; r < N; ++r) ASSERT_TRUE(SameBits(c[r], a[t * N + r])) << "token " << t << " row " << r;
+      }
+      for (int64_t t = 0; t < 5; ++t)
+        for (int64_t r = 0; r < N; ++r) ASSERT_TRUE(SameBits(b[t * N + r], a[(7 + t) * N + r])) << t << " " << r;
+      pool.Reset();
+    }
+}
+
+// MoE experts through the skinny kernel: an empty expert, a single token, one with two blocks of
+// tokens; rounded activations or not. 1e-4 of the output scale, as LinearTensorCorePaths.
+TEST_F(CudaKernels, GroupedLinearTensorCore) {
+  const int64_t E = 5, rows = 96, cols = 256, ld = cols + 4;
+  const std::vector<int32_t> offsets = {0, 5, 5, 75, 76, 80};
+  const int64_t T = offsets.back(), max_rows = 70;
+  for (WeightType type : {WeightType::kFP4, WeightType::kFP8, WeightType::kBF16})
+    for (int act_group : {0, 128}) {
+      if (type == WeightType::kBF16 && act_group > 0) continue;
+      DevicePool pool;
+      ASSERT_EQ(DevicePool::Create(16 << 20, &pool), cudaSuccess);
+      std::vector<HostWeight> host;
+      std::vector<WeightMatrix> dev(E);
+      for (int64_t e = 0; e < E; ++e) {
+        host.push_back(MakeWeight(type, rows, cols, rng_));
+        ASSERT_EQ(UploadWeight(host.back().w, pool, stream_, &dev[e]), cudaSuccess);
+      }
+      const std::vector<float> x = Random(T * ld);
+      std::vector<float> xq = x;
+      if (act_group > 0) kernels::QdqFp8(xq.data(), T, cols, ld, act_group);
+      std::vector<float> want(T * rows);
+      for (int64_t e = 0; e < E; ++e)
+        kernels::ref::Linear(&xq[offsets[e] * ld], offsets[e + 1] - offsets[e], ld, host[e].w, &want[offsets[e] * rows],
+                             rows);
+      DevVec<float> dx(x), dy(std::vector<float>(T * rows, 0.f));
+      DevVec<int32_t> doff(offsets);
+      DevVec<WeightMatrix> dweights(dev);
+      LinearOptions o;
+      o.act_fp8_group = act_group;
+      ASSERT_EQ(GroupedLinear(dx.get(), ld, dweights.get(), dev[0], doff.get(), E, max_rows, dy.get(), rows, o, stream_),
+                cudaSuccess);
+      const std::vector<float> got = dy.Host();
+      EXPECT_TRUE(AllClose("grouped", got.data(), want.data(), got.size(), {.abs = 1e-4 * Scale(want)}))
+          << static_cast<int>(type) << " act_group " << act_group;
+    }
+}
+
 // ---- attention -------------------------------------------------------------------------------------
 
 // Softmax-weighted sums over up to 200 rows in another order: 1e-5 absolute on O(1) outputs.
@@ -352,6 +528,49 @@ TEST_F(CudaKernels, SparseAttentionMatchesCpu) {
         EXPECT_TRUE(AllClose("sparse attention", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-4}))
             << "d " << d << " H " << H << " k " << k;
         for (int64_t i = 2 * H * d; i < 3 * H * d; ++i) ASSERT_EQ(got[i], 0.f);
+      }
+}
+
+// The fused kernel (d = 512): heads 1..128 (partial head groups), rows not a multiple of its tiles,
+// masked rows and a query that sees nothing, decode and prefill, with and without a workspace (KV
+// splits merged in order). Softmax-weighted sums in another order: 1e-5 absolute on O(1) outputs.
+TEST_F(CudaKernels, FusedSparseAttention) {
+  const int64_t d = 512, n0 = 700, n1 = 33;
+  const std::vector<float> s0 = Random(n0 * d), s1 = Random(n1 * d);
+  DevVec<float> d0(s0), d1(s1);
+  KvSegments host_kv, dev_kv;
+  host_kv.ptr[0] = s0.data(), host_kv.ptr[1] = s1.data(), host_kv.len[0] = n0, host_kv.len[1] = n1;
+  dev_kv = host_kv;
+  dev_kv.ptr[0] = d0.get(), dev_kv.ptr[1] = d1.get();
+  for (int64_t H : {1, 5, 8, 16, 64, 128})
+    for (int64_t k : {1, 7, 65, 640})
+      for (int64_t m : {1, 3, 64}) {
+        if (m == 64 && H != 64 && H != 8) continue;  // keep the sweep short
+        const std::vector<float> q = Random(m * H * d, 0.05f), sink = Random(H);
+        std::vector<int32_t> idx(m * k);
+        std::uniform_int_distribution<int32_t> pick(-1, static_cast<int32_t>(n0 + n1 + 5));  // some past the end
+        for (auto& v : idx) v = pick(rng_);
+        if (m > 1)
+          for (int64_t j = 0; j < k; ++j) idx[k + j] = -1;  // query 1 sees nothing: output 0
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        std::vector<float> want(m * H * d);
+        std::vector<int32_t> ref_idx = idx;  // the CPU reference takes only valid ids
+        for (auto& v : ref_idx)
+          if (v >= n0 + n1) v = -1;
+        kernels::ref::SparseAttention(q.data(), m, H, d, host_kv, ref_idx.data(), k, sink.data(), scale, want.data());
+        DevVec<float> dq(q), dsink(sink);
+        DevVec<int32_t> didx(idx);
+        for (bool workspace : {false, true}) {
+          const int64_t ws_bytes = workspace ? SparseAttentionWorkspaceBytes(m, H, d, k) : 0;
+          DevVec<uint8_t> ws(std::max<int64_t>(ws_bytes, 1));
+          DevVec<float> dout(std::vector<float>(m * H * d, 7.f));
+          ASSERT_EQ(SparseAttention(dq.get(), m, H, d, dev_kv, didx.get(), k, dsink.get(), scale, dout.get(),
+                                    workspace ? ws.get() : nullptr, ws_bytes, stream_),
+                    cudaSuccess);
+          const std::vector<float> got = dout.Host();
+          EXPECT_TRUE(AllClose("fused attention", got.data(), want.data(), got.size(), {.abs = 1e-5, .rel = 1e-4}))
+              << "H " << H << " k " << k << " m " << m << " workspace " << workspace;
+        }
       }
 }
 
@@ -425,6 +644,32 @@ TEST_F(CudaKernels, TopKMatchesCpuExactly) {
             ASSERT_EQ(got[t * ldidx + j], want[t * ldidx + j]) << "n " << n << " k " << k << " ties " << ties
                                                                << " row " << t << " slot " << j;
       }
+    }
+}
+
+// The indexer's shape (262144 positions -> 512 / 2048) on the fast path's three regimes: spread
+// values (one histogram level), values that agree in their top 11 bits (two levels), all equal (the
+// exact fallback), ReLU-like scores with half of them 0; bit-exact against kernels::TopK.
+TEST_F(CudaKernels, TopKIndexerShapes) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int64_t n = 262144, m = 3;
+  for (const char* dist : {"normal", "narrow", "equal", "relu"})
+    for (int64_t k : {512, 2048}) {
+      std::vector<float> x(m * n);
+      for (auto& v : x) {
+        const std::string d = dist;
+        v = d == "narrow" ? 1.0f + 1e-3f * std::fabs(nd(rng_)) : d == "equal" ? 0.25f
+            : d == "relu" ? std::max(0.f, nd(rng_)) : nd(rng_);
+      }
+      const std::vector<int64_t> nvalid = {n, n - 5, 1000};
+      std::vector<int32_t> want(m * k, -1);
+      for (int64_t t = 0; t < m; ++t) kernels::TopK(&x[t * n], nvalid[t], std::min(k, nvalid[t]), &want[t * k]);
+      DevVec<float> dx(x);
+      DevVec<int64_t> dn(nvalid);
+      DevVec<int32_t> di(std::vector<int32_t>(m * k, 77));
+      ASSERT_EQ(TopK(dx.get(), m, n, n, dn.get(), k, di.get(), k, stream_), cudaSuccess);
+      const std::vector<int32_t> got = di.Host();
+      for (int64_t i = 0; i < m * k; ++i) ASSERT_EQ(got[i], want[i]) << dist << " k " << k << " at " << i;
     }
 }
 
