@@ -18,6 +18,10 @@ void DecodeFlags(Flags& flags);
 absl::Status Decode(const Flags& flags);
 void PrefillFlags(Flags& flags);
 absl::Status Prefill(const Flags& flags);
+// Every CUDA kernel at the V4-Flash / V4-Pro shapes against the device copy bandwidth and the
+// targets of the kernels' README (a clear error without a GPU or a CUDA build).
+void KernelsFlags(Flags& flags);
+absl::Status Kernels(const Flags& flags);
 // N concurrent gRPC streams against the engine in-process and the model's batched decode rate.
 void ServeFlags(Flags& flags);
 absl::Status Serve(const Flags& flags);

@@ -27,6 +27,8 @@ constexpr Command kBenchCommands[] = {
      bench::PrefillFlags, bench::Prefill},
     {"serve", "N concurrent gRPC streams against the engine in-process and the batched decode rate", bench::ServeFlags,
      bench::Serve},
+    {"kernels", "every CUDA kernel at V4-Flash / V4-Pro shapes against the device copy bandwidth",
+     bench::KernelsFlags, bench::Kernels},
 };
 
 constexpr Command kCtlCommands[] = {
