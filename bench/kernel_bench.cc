@@ -27,6 +27,9 @@
 
 #include "bench/kernel_bench.h"
 #include "kernels/cuda/kernels.h"
+#if DSV4_BENCH_CUBLASLT
+#include <cublasLt.h>
+#endif
 #endif
 
 namespace dsv4::bench {
@@ -40,9 +43,28 @@ void KernelsFlags(Flags& flags) {
       .String("filter", "", "only the figures whose kernel name contains this");
 }
 
+namespace {
+
+// The flags' values, checked before any device is touched (so on every machine and build): the
+// model names of --models in order.
+absl::StatusOr<std::vector<std::string>> CheckKernelsFlags(const Flags& flags) {
+  if (flags.GetString("device") != "cuda")
+    return absl::InvalidArgumentError("bench kernels measures the CUDA kernels: pass --device cuda");
+  std::vector<std::string> models;
+  for (absl::string_view name : absl::StrSplit(flags.GetString("models"), ',')) {
+    if (name != "flash" && name != "pro")
+      return absl::InvalidArgumentError(absl::StrCat("--models: unknown model '", name, "' (flash, pro)"));
+    models.emplace_back(name);
+  }
+  return models;
+}
+
+}  // namespace
+
 #if !DSV4_CUDA
 
-absl::Status Kernels(const Flags&) {
+absl::Status Kernels(const Flags& flags) {
+  DSV4_RETURN_IF_ERROR(CheckKernelsFlags(flags).status());
   return absl::FailedPreconditionError("bench kernels: this dsv4 was built without CUDA (DSV4_CUDA=OFF)");
 }
 
@@ -153,6 +175,7 @@ struct Figure {
   double gbps = 0;         // bytes the kernel must move per second (0: not a bandwidth figure)
   double tflops = 0;       // (GEMM) arithmetic per second
   double ratio = -1;       // gbps / copy_gbps (or against the figure's own limit)
+  double vs_cublas = -1;   // cuBLASLt's time on the same shape and format over this one (-1: none)
   double target_us = 0;    // issue 13's time target, when it has one
 };
 
@@ -165,13 +188,14 @@ class Report {
       std::printf(
           "{\"bench\": \"kernels\", \"kernel\": \"%s\", \"model\": \"%s\", \"name\": \"%s\", \"format\": \"%s\", "
           "\"path\": \"%s\", \"m\": %lld, \"shape\": \"%s\", \"us\": %.3f, \"gbps\": %.2f, \"tflops\": %.3f, "
-          "\"ratio\": %.4f, \"target_us\": %.1f}\n",
+          "\"ratio\": %.4f, \"vs_cublas\": %.4f, \"target_us\": %.1f}\n",
           f.kernel.c_str(), f.model.c_str(), f.name.c_str(), f.format.c_str(), f.path.c_str(),
-          static_cast<long long>(f.m), f.shape.c_str(), f.us, f.gbps, f.tflops, f.ratio, f.target_us);
+          static_cast<long long>(f.m), f.shape.c_str(), f.us, f.gbps, f.tflops, f.ratio, f.vs_cublas, f.target_us);
     } else {
-      std::printf("%-10s %-6s %-14s %-5s %-9s m %-5lld %-20s %10.2f us  %9.1f GB/s  %8.2f TFLOP/s  ratio %.3f%s\n",
+      std::printf("%-10s %-6s %-14s %-5s %-14s m %-5lld %-20s %10.2f us  %9.1f GB/s  %8.2f TFLOP/s  ratio %.3f%s%s\n",
                   f.kernel.c_str(), f.model.c_str(), f.name.c_str(), f.format.c_str(), f.path.c_str(),
                   static_cast<long long>(f.m), f.shape.c_str(), f.us, f.gbps, f.tflops, f.ratio,
+                  f.vs_cublas > 0 ? absl::StrFormat("  vs cuBLASLt %.3f", f.vs_cublas).c_str() : "",
                   f.target_us > 0 ? absl::StrFormat("  (target <= %.0f us)", f.target_us).c_str() : "");
     }
     std::fflush(stdout);
@@ -265,6 +289,8 @@ int64_t WeightBytes(const WeightMatrix& w) {
   return 0;
 }
 
+class CublasLt;  // below: cuBLASLt's GEMM rates
+
 struct Context {
   Harness* h;
   Report* report;
@@ -273,11 +299,116 @@ struct Context {
   int64_t workspace_bytes = 0;
   float* x = nullptr;  // activations, large enough for every call
   float* y = nullptr;
+  CublasLt* cublas = nullptr;
+  bool cublas_ok = false;
+  void* x_fp8 = nullptr;   // activations for cuBLASLt: E4M3 codes [512, 7168]
+  void* x_bf16 = nullptr;  // and BF16 [512, 7168]
   std::string filter;
   bool Wants(const std::string& kernel) const { return filter.empty() || kernel.find(filter) != std::string::npos; }
 };
 
 // ---- limits ----------------------------------------------------------------------------------------
+
+// cuBLASLt's GEMM on a linear's shape, the rate the tensor-core kernels are held to: y [m, N] (f32) =
+// x [m, K] W^T with W [N, K] row-major, both operands E4M3 (per-tensor scales of 1: the plain FP8
+// GEMM, an upper bound for one with block scales) or both BF16, f32 accumulation. In cuBLAS's
+// column-major terms: D [N, m] = op(A) B with A = W as a K x N matrix transposed ("TN", which FP8
+// requires), B = x as K x m.
+class CublasLt {
+ public:
+  ~CublasLt() {
+#if DSV4_BENCH_CUBLASLT
+    if (handle_ != nullptr) cublasLtDestroy(handle_);
+#endif
+  }
+
+  // False (and the reason in why()) when this build or the library cannot time GEMMs.
+  bool Init(Harness& h) {
+#if DSV4_BENCH_CUBLASLT
+    if (cublasLtCreate(&handle_) != CUBLAS_STATUS_SUCCESS) {
+      why_ = "cublasLtCreate failed";
+      return false;
+    }
+    auto ws = h.Alloc(kWorkspaceBytes);
+    if (!ws.ok()) {
+      why_ = std::string(ws.status().message());
+      return false;
+    }
+    workspace_ = *ws;
+    return true;
+#else
+    (void)h;
+    why_ = "this dsv4 was built without cuBLASLt";
+    return false;
+#endif
+  }
+  const std::string& why() const { return why_; }
+
+  // Median seconds of the GEMM (Harness::Time), or an error naming why cuBLASLt cannot run it.
+  absl::StatusOr<double> Time(Harness& h, WeightType type, int64_t m, int64_t N, int64_t K, const void* w,
+                              const void* x, float* y) {
+#if DSV4_BENCH_CUBLASLT
+    if (handle_ == nullptr) return absl::FailedPreconditionError(why_);
+    const cudaDataType ab = type == WeightType::kFP8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    // f32 output like the kernels; BF16 output when cuBLASLt has no f32-output algorithm for FP8.
+    for (const cudaDataType out : {CUDA_R_32F, CUDA_R_16BF}) {
+      Plan p;
+      if (!p.Build(handle_, ab, out, m, N, K)) continue;
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      if (cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &result, &found) !=
+              CUBLAS_STATUS_SUCCESS ||
+          found == 0)
+        continue;
+      const float alpha = 1.f, beta = 0.f;
+      return h.Time([&](cudaStream_t st) {
+        const cublasStatus_t e = cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d,
+                                                &result.algo, workspace_, kWorkspaceBytes, st);
+        return e == CUBLAS_STATUS_SUCCESS ? cudaGetLastError() : cudaErrorUnknown;
+      });
+    }
+    return absl::NotFoundError(absl::StrCat("cuBLASLt has no algorithm for ", type == WeightType::kFP8 ? "FP8" : "BF16",
+                                            " m ", m, " N ", N, " K ", K));
+#else
+    (void)h, (void)type, (void)m, (void)N, (void)K, (void)w, (void)x, (void)y;
+    return absl::FailedPreconditionError(why_);
+#endif
+  }
+
+ private:
+  static constexpr int64_t kWorkspaceBytes = int64_t{32} << 20;
+#if DSV4_BENCH_CUBLASLT
+  // The descriptors of one GEMM, destroyed with it.
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    ~Plan() {
+      if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+      if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+      if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+      if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+      if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    }
+    bool Build(cublasLtHandle_t, cudaDataType ab, cudaDataType out, int64_t m, int64_t N, int64_t K) {
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      const uint64_t ws = kWorkspaceBytes;
+      return cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&a, ab, K, N, K) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&b, ab, K, m, K) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatrixLayoutCreate(&d, out, N, m, N) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
+                 CUBLAS_STATUS_SUCCESS;
+    }
+  };
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+#endif
+  std::string why_;
+};
 
 absl::StatusOr<double> MeasureCopy(Context& c) {
   const int64_t bytes = int64_t{1} << 30;
@@ -337,7 +468,25 @@ absl::Status BenchLinear(Context& c, const ModelShape& s) {
     if (absl::StartsWith(ls.name, "issue.") && s.name != "flash") continue;  // once
     DSV4_ASSIGN_OR_RETURN(const WeightMatrix w, MakeWeight(*c.h, ls.type, ls.rows, ls.cols, seed++));
     const bool quantized = ls.type != WeightType::kBF16;
-    for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 512})
+    for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 512}) {
+      // cuBLASLt on the same shape and format first (FP8 and BF16; it has no FP4 x f32 GEMM).
+      double t_cublas = -1;
+      if (c.cublas_ok && ls.type != WeightType::kFP4) {
+        const bool fp8 = ls.type == WeightType::kFP8;
+        absl::StatusOr<double> t = c.cublas->Time(*c.h, ls.type, m, ls.rows, ls.cols, w.data,
+                                                  fp8 ? c.x_fp8 : c.x_bf16, c.y);
+        if (t.ok()) {
+          t_cublas = *t;
+          Figure f{.kernel = "cublaslt", .model = s.name, .name = ls.name, .format = FormatName(ls.type),
+                   .path = "limit", .m = m, .shape = absl::StrCat(ls.rows, "x", ls.cols), .us = *t * 1e6};
+          f.gbps = (fp8 ? 1.0 : 2.0) * ls.rows * ls.cols / *t / 1e9;
+          f.tflops = 2.0 * m * ls.rows * ls.cols / *t / 1e12;
+          f.ratio = f.gbps / c.copy_gbps;
+          c.report->Add(f);
+        } else if (t.status().code() != absl::StatusCode::kNotFound) {
+          return t.status();
+        }
+      }
       for (int act : {0, 128}) {
         if (act > 0 && !quantized) continue;
         kc::LinearOptions o;
@@ -354,8 +503,10 @@ absl::Status BenchLinear(Context& c, const ModelShape& s) {
         f.gbps = WeightBytes(w) / t / 1e9;
         f.tflops = 2.0 * m * ls.rows * ls.cols / t / 1e12;
         f.ratio = f.gbps / c.copy_gbps;
+        if (t_cublas > 0) f.vs_cublas = t_cublas / t;
         c.report->Add(f);
       }
+    }
     c.h->Free(const_cast<void*>(w.data));
     if (w.scales != nullptr) c.h->Free(const_cast<uint8_t*>(w.scales));
   }
@@ -531,6 +682,16 @@ std::vector<Target> Targets(const std::vector<Figure>& figs) {
     gemv(fmt, true, 0.7);
     gemv(fmt, false, 0.6);
   }
+  {  // prefill: the FP8 tensor-core path against cuBLASLt's FP8 GEMM on the same shape
+    Target t{"linear fp8 m=512 (FP8-rounded activations) over cuBLASLt FP8 GEMM >= 0.5"};
+    t.worst = 1e30;
+    for (const Figure& f : figs)
+      if (f.kernel == "linear" && f.name == "issue.fp8" && f.m == 512 && absl::EndsWith(f.path, "+fp8act") &&
+          f.vs_cublas > 0)
+        t.worst = std::min(t.worst, f.vs_cublas), t.measured = true;
+    t.pass = t.measured && t.worst >= 0.5;
+    out.push_back(t);
+  }
   for (const Figure& f : figs)
     if (f.target_us > 0) {
       Target t{absl::StrCat(f.kernel, " ", f.model, " ", f.name, " m=", f.m, " us <= ", f.target_us)};
@@ -543,15 +704,9 @@ std::vector<Target> Targets(const std::vector<Figure>& figs) {
 }  // namespace
 
 absl::Status Kernels(const Flags& flags) {
-  if (flags.GetString("device") != "cuda")
-    return absl::InvalidArgumentError("bench kernels measures the CUDA kernels: pass --device cuda");
-  // Flags first: a bad value is reported as such on any machine.
+  DSV4_ASSIGN_OR_RETURN(const std::vector<std::string> names, CheckKernelsFlags(flags));
   std::vector<const ModelShape*> models;
-  for (absl::string_view name : absl::StrSplit(flags.GetString("models"), ',')) {
-    if (name != "flash" && name != "pro")
-      return absl::InvalidArgumentError(absl::StrCat("--models: unknown model '", name, "' (flash, pro)"));
-    models.push_back(name == "flash" ? &kFlash : &kPro);
-  }
+  for (const std::string& name : names) models.push_back(name == "flash" ? &kFlash : &kPro);
   Harness h;
   DSV4_RETURN_IF_ERROR(h.Init(static_cast<int>(flags.GetInt("iters")), static_cast<int>(flags.GetInt("warmup"))));
   Report report(flags.GetBool("json"));
@@ -570,6 +725,16 @@ absl::Status Kernels(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(void* y, h.Alloc(act_floats * 4));
   c.x = static_cast<float*>(x), c.y = static_cast<float*>(y);
   DSV4_BENCH_CUDA(FillFloats(c.x, act_floats, 5, 1.f, h.stream()), "fill");
+  CublasLt cublas;
+  c.cublas = &cublas;
+  c.cublas_ok = cublas.Init(h);
+  if (!c.cublas_ok) std::fprintf(stderr, "bench kernels: no cuBLASLt figures: %s\n", cublas.why().c_str());
+  const int64_t low_elems = int64_t{512} * 16384;  // the largest m x K of LinearShapes
+  DSV4_ASSIGN_OR_RETURN(c.x_fp8, h.Alloc(low_elems));
+  DSV4_ASSIGN_OR_RETURN(c.x_bf16, h.Alloc(low_elems * 2));
+  DSV4_BENCH_CUDA(FillBytes(c.x_fp8, low_elems, 6, 0xff, 0, true, h.stream()), "fill");
+  DSV4_BENCH_CUDA(FillBytes(c.x_bf16, low_elems * 2, 7, 0xff, 0, false, h.stream()), "fill");
+  DSV4_BENCH_CUDA(cudaMemset2DAsync(static_cast<char*>(c.x_bf16) + 1, 2, 0x3f, 1, low_elems, h.stream()), "fill");
 
   for (const ModelShape* model : models) {
     const ModelShape& s = *model;

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "base/flags.h"
+#include "bench/commands.h"
 #include "bench/limits.h"
 #include "bench/model_bench.h"
 #include "runtime/builtin.h"
@@ -98,6 +100,26 @@ TEST(DecodeBench, RejectsBadOptions) {
   auto r = bench::RunDecodeBench(*m, o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("batch"), std::string::npos);
+}
+
+// `bench kernels` names a bad flag before it touches a device (so on any machine), and without a
+// GPU or a CUDA build it fails with an error that says so; it never reports figures it did not take.
+absl::Status RunKernelsBench(std::vector<std::string> args) {
+  Flags flags;
+  bench::KernelsFlags(flags);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  if (absl::Status s = flags.Parse(static_cast<int>(argv.size()), argv.data(), 0); !s.ok()) return s;
+  return bench::Kernels(flags);
+}
+
+TEST(KernelsBench, BadFlagsAreNamedBeforeTheDevice) {
+  absl::Status s = RunKernelsBench({"--models", "flash,v5"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("'v5'"), std::string::npos) << s;
+  s = RunKernelsBench({"--device", "cpu"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("--device cuda"), std::string::npos) << s;
 }
 
 }  // namespace
