@@ -420,6 +420,7 @@ cudaError_t SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, con
                             const int32_t* idx, int64_t k, const float* sink, float scale, float* out, void* workspace,
                             int64_t workspace_bytes, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckAttention(H, d, k));
+  if (workspace_bytes < 0 || (workspace != nullptr && !Aligned16(workspace))) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   KvView view;
   for (int s = 0; s < 3; ++s) view.ptr[s] = kv.ptr[s], view.len[s] = kv.ptr[s] ? kv.len[s] : 0;

@@ -129,6 +129,12 @@ cudaError_t LegacyLinear(const float* x, int64_t m, int64_t ldx, const WeightMat
   return cudaGetLastError();
 }
 
+const char* CheckWorkspace(const void* workspace, int64_t bytes) {
+  if (bytes < 0) return "workspace_bytes must be >= 0";
+  if (workspace != nullptr && !Aligned16(workspace)) return "the workspace must be 16-byte aligned";
+  return nullptr;
+}
+
 const char* CheckActGroup(int act_fp8_group) {
   if (act_fp8_group != 0 && act_fp8_group != 32 && act_fp8_group != 64 && act_fp8_group != 128)
     return "act_fp8_group must be 0, 32, 64 or 128";
@@ -165,6 +171,7 @@ cudaError_t Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w
                    const LinearOptions& o, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckLinear(m, w, ldx, ldy));
   DSV4_CUDA_SUPPORTED(CheckActGroup(o.act_fp8_group));
+  DSV4_CUDA_SUPPORTED(CheckWorkspace(o.workspace, o.workspace_bytes));
   if (m == 0) return cudaSuccess;
   const int64_t ws_bytes = o.workspace != nullptr ? o.workspace_bytes : 0;
   const LinearChoice c = ChooseLinear(m, w, o.act_fp8_group, ws_bytes, CurrentDeviceCaps(), Aligned16(w.data));

@@ -86,9 +86,12 @@ struct LinearOptions {
   // activations already rounded so) instead of x, which lets FP8 tensor cores take exact FP8 x FP8
   // products: 32, 64 or 128. 0: x as it is.
   int act_fp8_group = 0;
-  // Device scratch the call may use (split-K partial sums, activations as FP8 codes), at least
-  // LinearWorkspaceBytes for its shapes to get the fastest path; null / 0 is valid (no split-K,
-  // no FP8 tensor-core prefill). Used only by the work this call enqueues.
+  // Device scratch the call may use (split-K partial sums, activations as FP8 codes), 16-byte
+  // aligned, at least LinearWorkspaceBytes for its shapes to get the fastest path; null / 0 is
+  // valid (no split-K, no FP8 tensor-core prefill), except with act_fp8_group > 0 on weights or
+  // devices the tensor-core kernels do not take (F32 weights, before sm_80, K not a multiple of 128):
+  // the simple kernels then round a copy of x there, and a smaller workspace is
+  // cudaErrorInvalidValue. Used only by the work this call enqueues.
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
 };
@@ -118,8 +121,9 @@ cudaError_t SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, con
                             const int32_t* idx, int64_t k, const float* sink, float scale, float* out,
                             cudaStream_t stream);
 
-// The same with a workspace (SparseAttentionWorkspaceBytes) that lets the fused kernel split the KV
-// rows of each query over several blocks when queries are few (decode), merged in a fixed order.
+// The same with a workspace (SparseAttentionWorkspaceBytes, 16-byte aligned; null / 0: none) that
+// lets the fused kernel split the KV rows of each query over several blocks when queries are few
+// (decode), merged in a fixed order.
 int64_t SparseAttentionWorkspaceBytes(int64_t m, int64_t H, int64_t d, int64_t k);
 cudaError_t SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv,
                             const int32_t* idx, int64_t k, const float* sink, float scale, float* out, void* workspace,

@@ -427,6 +427,26 @@ TEST_F(CudaKernels, LinearTensorCorePaths) {
     }
 }
 
+// A workspace the kernels cannot use as given is an error, not a silent fallback or a misaligned
+// cp.async: Linear and SparseAttention take 16-byte aligned workspaces only.
+TEST_F(CudaKernels, MisalignedWorkspaceIsInvalid) {
+  DevicePool pool;
+  ASSERT_EQ(DevicePool::Create(16 << 20, &pool), cudaSuccess);
+  HostWeight h = MakeWeight(WeightType::kFP8, 256, 512, rng_);
+  WeightMatrix dw;
+  ASSERT_EQ(UploadWeight(h.w, pool, stream_, &dw), cudaSuccess);
+  DevVec<float> dx(Random(130 * 512)), dy(130 * 256);
+  DevVec<uint8_t> ws(1 << 20);
+  LinearOptions o;
+  o.act_fp8_group = 128, o.workspace = ws.get() + 4, o.workspace_bytes = (1 << 20) - 4;
+  EXPECT_EQ(Linear(dx.get(), 130, 512, dw, dy.get(), 256, o, stream_), cudaErrorInvalidValue);
+  o.workspace = ws.get(), o.workspace_bytes = -1;
+  EXPECT_EQ(Linear(dx.get(), 130, 512, dw, dy.get(), 256, o, stream_), cudaErrorInvalidValue);
+  o.workspace_bytes = 1 << 20;
+  EXPECT_EQ(Linear(dx.get(), 130, 512, dw, dy.get(), 256, o, stream_), cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+}
+
 // A token's result does not depend on the other tokens of the call: bit for bit, m = 1 against
 // m = 64 and m = 5, on every tensor-core format (the skinny kernel's sums per output element are
 // fixed by the weight's shape alone).
