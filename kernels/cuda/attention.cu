@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) FusedAttentionKernel(const
                                                                           const float* sink, float scale, float* out,
                                                                           float* partial, int64_t rows_per_split) {
   constexpr int kHeads = kFusedHeadsPerWarp * kWarps, kR = kFusedRows, kD = static_cast<int>(kFusedDim);
-  constexpr int kThreads = kWarps * kWarpSize, kPV = 16 / kWarps, kSlice = kD / kWarps;
+  constexpr int kThreads = kWarps * kWarpSize, kPV = 16 / kWarps;
   static_assert(kHeads * kPV == 64, "P.V holds 64 accumulators per lane");
   extern __shared__ float4 smem4[];
   float* tiles = reinterpret_cast<float*>(smem4);       // [2][kR][kD]
@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) FusedAttentionKernel(const
     const int64_t h = h0 + kFusedHeadsPerWarp * warp + hh;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      qr[hh][j] = h < H ? *reinterpret_cast<const float4*>(q + (t * H + h) * kD + 128 * j + 4 * lane)
+      qr[hh][j] = h < H ? *reinterpret_cast<const float4*>(q + (t * H + h) * kD + FusedQDim(lane, j, 0))
                         : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   float o[kHeads][kPV];
@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) FusedAttentionKernel(const
     for (int r = 0; r < kR; ++r) {
       float4 kvv[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) kvv[j] = *reinterpret_cast<const float4*>(tile + r * kD + 128 * j + 4 * lane);
+      for (int j = 0; j < 4; ++j) kvv[j] = *reinterpret_cast<const float4*>(tile + r * kD + FusedQDim(lane, j, 0));
 #pragma unroll
       for (int hh = 0; hh < kFusedHeadsPerWarp; ++hh) {
         float sdot = 0.f;
@@ -279,12 +279,12 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) FusedAttentionKernel(const
     for (int r = 0; r < kR; ++r) {
       float v[kPV];
       if constexpr (kPV == 2) {
-        const float2 f = *reinterpret_cast<const float2*>(tile + r * kD + warp * kSlice + 2 * lane);
+        const float2 f = *reinterpret_cast<const float2*>(tile + r * kD + FusedPvDim(kWarps, warp, lane, 0));
         v[0] = f.x, v[1] = f.y;
       } else {
 #pragma unroll
         for (int j = 0; j < kPV / 4; ++j) {
-          const float4 f = *reinterpret_cast<const float4*>(tile + r * kD + warp * kSlice + 128 * j + 4 * lane);
+          const float4 f = *reinterpret_cast<const float4*>(tile + r * kD + FusedPvDim(kWarps, warp, lane, 4 * j));
           v[4 * j] = f.x, v[4 * j + 1] = f.y, v[4 * j + 2] = f.z, v[4 * j + 3] = f.w;
         }
       }
@@ -302,10 +302,8 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) FusedAttentionKernel(const
   }
   if (ntiles == 0) __syncthreads();  // mrun / lsum initialized
 
-  // This lane's dims of P.V: dim(e) below.
-  auto dim = [&](int e) -> int {
-    return kPV == 2 ? warp * kSlice + 2 * lane + e : warp * kSlice + 128 * (e / 4) + 4 * lane + e % 4;
-  };
+  // This lane's dims of P.V.
+  auto dim = [&](int e) -> int { return FusedPvDim(kWarps, warp, lane, e); };
   if (partial != nullptr) {  // split: unnormalized acc, then running max and sum, per block
     float* base = partial + ((t * gridDim.y + blockIdx.y) * gridDim.z + sp) * AttentionPartialFloatsDevice(kWarps);
 #pragma unroll

@@ -208,4 +208,29 @@ DSV4_HD int TopKThresholdBin(const int* hist, int bins, int need, int* above) {
 // over all lanes of values [l n/32, (l+1) n/32): slot j of lane l is value index
 DSV4_HD int ReduceScatterIndex(int lane, int slot, int n) { return lane * (n / 32) + slot; }
 
+// The fused attention's dims (attention.cu, d = 512, launch.h PlanAttention). Logits: lane l holds
+// dims 128 j + 4 l + c (j, c < 4) of q and of every KV row, as float4 j.
+DSV4_HD int FusedQDim(int lane, int j, int c) { return 128 * j + 4 * lane + c; }
+// P.V: warp w of `warps` (1, 2, 4, 8) owns dims [w 512 / warps, +512 / warps); lane l's accumulator
+// e (< 16 / warps) of each head is dim FusedPvDim, read as float2 (warps = 8) or float4 (e % 4 = 0).
+DSV4_HD int FusedPvDim(int warps, int warp, int lane, int e) {
+  const int slice = 512 / warps;
+  return warps == 8 ? warp * slice + 2 * lane + e : warp * slice + 128 * (e / 4) + 4 * lane + e % 4;
+}
+
+// The fast top-k's threshold search in parallel (indexer.cu): the thread owning bins b0, b0 + 1 of
+// counts h0, h1, with `suffix` keys in bins >= b0, finds whether the need-th largest key lies in its
+// pair; if so it returns true with that bin and the keys in higher bins (TopKThresholdBin's answers).
+// Exactly one thread of a histogram holding >= need keys returns true.
+DSV4_HD bool TopKPickInPair(int b0, int h0, int h1, int suffix, int need, int* bin, int* above) {
+  if (!(suffix >= need && suffix - h0 - h1 < need)) return false;
+  const int a = suffix - h0 - h1;
+  if (a + h1 >= need) {
+    *bin = b0 + 1, *above = a;
+  } else {
+    *bin = b0, *above = a + h1;
+  }
+  return true;
+}
+
 }  // namespace dsv4::kernels::cuda

@@ -209,18 +209,10 @@ __global__ void __launch_bounds__(kTopKFastThreads) TopKFastKernel(const float* 
     }
     __syncthreads();
     // TopKThresholdBin in parallel: thread i owns bins 2i, 2i + 1 (kTopKBins = 2 kTopKFastThreads).
-    const int b0 = 2 * threadIdx.x, local = hist[b0] + hist[b0 + 1];
-    const int suffix = BlockSuffixSum(local, warp_sums);  // keys in bins >= b0
-    if (suffix >= need && suffix - local < need) {
-      int above = suffix - local;
-      if (above + hist[b0 + 1] >= need) {
-        s_bin = b0 + 1;
-      } else {
-        above += hist[b0 + 1];
-        s_bin = b0;
-      }
-      s_above = above;
-    }
+    const int b0 = 2 * threadIdx.x, h0 = hist[b0], h1 = hist[b0 + 1];
+    const int suffix = BlockSuffixSum(h0 + h1, warp_sums);  // keys in bins >= b0
+    int pick_bin = 0, pick_above = 0;
+    if (TopKPickInPair(b0, h0, h1, suffix, need, &pick_bin, &pick_above)) s_bin = pick_bin, s_above = pick_above;
     __syncthreads();
     const int bin = s_bin;
     above_total += s_above;

@@ -209,7 +209,7 @@ TEST(Launch, V4ShapesAreLaunchable) {
         EXPECT_TRUE(Launchable(p.launch)) << m << " " << rows << " " << groups;
         EXPECT_TRUE(Launchable(SplitReduceLaunch(m, rows)));
       }
-    EXPECT_TRUE(Launchable(Fp8GemmLaunch(m, 129280), 227 * 1024));
+    EXPECT_TRUE(Launchable(Fp8GemmLaunch(m, 129280), 99 * 1024));  // sm_89's opt-in limit (sm_90: 227 KiB)
     EXPECT_TRUE(Launchable(Fp8QuantLaunch(m, 7168)));
     for (int64_t H : {1, 8, 64, 128}) {
       const AttentionPlan p = PlanAttention(m, H, 512, 2048, {90, 132}, true, true);
@@ -1189,6 +1189,40 @@ TEST(AttentionPlan, ReduceScatterLeavesLaneLWithValueL) {
   }
 }
 
+// The fused kernel's dims: each lane's q / KV registers and each warp's P.V accumulators cover the
+// 512 dims exactly once, and every vector load reads consecutive, aligned dims.
+TEST(AttentionPlan, FusedDimsCoverTheHeadOnce) {
+  std::vector<int> seen(kFusedDim, 0);
+  for (int lane = 0; lane < 32; ++lane)
+    for (int j = 0; j < 4; ++j) {
+      ASSERT_EQ(FusedQDim(lane, j, 0) % 4, 0);  // float4
+      for (int c = 0; c < 4; ++c) {
+        ASSERT_EQ(FusedQDim(lane, j, c), FusedQDim(lane, j, 0) + c);
+        ++seen[FusedQDim(lane, j, c)];
+      }
+    }
+  for (int v : seen) ASSERT_EQ(v, 1);
+  for (int warps : {1, 2, 4, 8}) {
+    const int pv = 16 / warps, vec = warps == 8 ? 2 : 4;
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int warp = 0; warp < warps; ++warp)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < pv; ++e) {
+          const int d = FusedPvDim(warps, warp, lane, e);
+          ASSERT_GE(d, warp * kFusedDim / warps);  // the warp's own slice
+          ASSERT_LT(d, (warp + 1) * kFusedDim / warps);
+          ++seen[d];
+          if (e % vec == 0) {
+            ASSERT_EQ(d % vec, 0) << warps;
+          } else {
+            ASSERT_EQ(d, FusedPvDim(warps, warp, lane, e - 1) + 1) << warps;
+          }
+        }
+    for (int v : seen) ASSERT_EQ(v, 1) << warps;
+    EXPECT_EQ(kFusedHeadsPerWarp * warps * pv, 64);  // accumulators per lane
+  }
+}
+
 // ---- the fast top-k's buckets, a host twin -----------------------------------------------------------
 
 // Replays indexer.cu TopKFastKernel's decisions: returns the level it collects at (0, 1) or -1 for
@@ -1252,6 +1286,28 @@ TEST(TopKBuckets, HostTwinMatchesCpuAndPicksItsLevel) {
     const int level = HostTopKFast(x.data(), cs.n, cs.k, &got);
     EXPECT_EQ(got, want) << cs.what;
     if (cs.want_level != -2) { EXPECT_EQ(level, cs.want_level) << cs.what; }
+  }
+  // The kernel's parallel search (a thread per pair of bins, suffix sums) picks what the sequential
+  // TopKThresholdBin picks, on every need, for histograms with empty bins and single heavy ones.
+  std::uniform_int_distribution<int> count(0, 3), heavy(0, 9);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<int> hist(64);
+    for (int& h : hist) h = heavy(rng) == 0 ? 40 : count(rng) * (trial % 3);
+    int total = 0;
+    for (int h : hist) total += h;
+    for (int need = 1; need <= total; ++need) {
+      int picks = 0, bin = -1, above = -1, suffix = 0;
+      for (int b0 = 62; b0 >= 0; b0 -= 2) {
+        suffix += hist[b0] + hist[b0 + 1];
+        int pb = 0, pa = 0;
+        if (TopKPickInPair(b0, hist[b0], hist[b0 + 1], suffix, need, &pb, &pa)) ++picks, bin = pb, above = pa;
+      }
+      int want_above = 0;
+      const int want = TopKThresholdBin(hist.data(), 64, need, &want_above);
+      ASSERT_EQ(picks, 1) << trial << " " << need;
+      ASSERT_EQ(bin, want) << trial << " " << need;
+      ASSERT_EQ(above, want_above) << trial << " " << need;
+    }
   }
   int above = 0;
   const int hist[4] = {5, 0, 3, 2};
