@@ -2,7 +2,8 @@
 // V4-Pro shapes, each figure next to the limit it is held to, measured in the same run on the same
 // GPU: the device copy bandwidth (a 16-byte copy kernel over 1 GiB, bytes read + written per
 // second: the bandwidth figure of NVIDIA's and the issue's measurements) for everything that
-// streams memory, and the targets of issue 13 (attention and top-k times) where the limit is a
+// streams memory, cuBLASLt's FP8 / BF16 GEMM on the same shape for the linears (`vs_cublas`: its
+// time over ours), and the targets of issue 13 (attention and top-k times) where the limit is a
 // latency. Timing: CUDA events around each run, the L2 flushed before each (a memset of twice its
 // size, outside the timed interval), warm-up runs first, the median reported.
 //
