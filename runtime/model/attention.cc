@@ -5,8 +5,10 @@
 //
 // Works on any chunk of n tokens at positions start .. start+n-1: a one-token decode step and a
 // whole-prompt prefill are the same code. Keys for a query come from three places addressed as one
-// index space: [ring of the last `window` positions before the chunk | the chunk's own rows |
-// compressed blocks]. The compressors live in compressor.cc, the indexer in indexer.cc.
+// index space: [the pool's window rows | the chunk's own rows | the pool's compressed rows of the
+// layer's KV source]; a sequence's block table (runtime/model/cache.h) turns its positions and
+// compressed positions into rows of the pools, so sequences sharing blocks read the same rows.
+// The compressors live in compressor.cc, the indexer in indexer.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -62,13 +64,20 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     for (const SeqSlice& s : seqs) IndexerTopK(layer, &iq[s.begin * Hi * di], &iw[s.begin * Hi], s);
   }
 
-  // Attention per sequence over [its window ring | this step's rows | its compressed blocks].
+  // Attention per sequence over [the window pool | this step's rows | the KV source's compressed
+  // pool]: its block table maps positions and compressed positions to pool rows.
   const bool picked = ratio > 0 && c.index_source(layer) >= 0;
   Scratch<float> o(n * H * hd, NoInit{});
   for (const SeqSlice& s : seqs) {
-    LayerCache& cache = s.cache->layers[layer];
-    const std::vector<float>* comp = ratio > 0 ? &s.cache->layers[c.kv_source(layer)].compressed : nullptr;
-    const int64_t nblocks = comp ? static_cast<int64_t>(comp->size()) / hd : 0;
+    SequenceCache& cache = *s.cache;
+    KvPool& pool = *cache.pool;
+    const int64_t B = pool.block_tokens(), window_rows = pool.num_window_blocks() * B;
+    const KvPool::Layer* comp = ratio > 0 ? &pool.layer(c.kv_source(layer)) : nullptr;
+    const int64_t nblocks = ratio > 0 ? (s.start + s.n) / ratio : 0;  // compressed rows complete after the step
+    auto comp_row = [&](int64_t j) {
+      return static_cast<int32_t>(window_rows + s.n + cache.blocks[j / comp->per_block].block * comp->per_block +
+                                  j % comp->per_block);
+    };
     const int64_t k_comp = picked ? s.picks->k : nblocks;
     const int64_t k = win + k_comp;
     Scratch<int32_t> idx(s.n * k, -1);
@@ -77,26 +86,32 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
       int32_t* row = &idx[t * k];
       int64_t j = 0;
       for (int64_t p = std::max<int64_t>(0, p0 - win + 1); p <= p0; ++p)
-        row[j++] = static_cast<int32_t>(p >= s.start ? win + (p - s.start) : p % win);
-      const int64_t comp_base = win + s.n;
+        row[j++] = static_cast<int32_t>(p >= s.start ? window_rows + (p - s.start)
+                                                     : cache.blocks[p / B].window * B + p % B);
       if (picked) {
         const int32_t* picks = &s.picks->picks[t * k_comp];
         for (int64_t i = 0; i < k_comp; ++i)
-          if (picks[i] >= 0) row[win + i] = static_cast<int32_t>(comp_base + picks[i]);
+          if (picks[i] >= 0) row[win + i] = comp_row(picks[i]);
       } else if (ratio > 0) {  // V4 ratio 128: every visible block
         const int64_t visible = std::min(nblocks, (p0 + 1) / ratio);
-        for (int64_t b = 0; b < visible; ++b) row[win + b] = static_cast<int32_t>(comp_base + b);
+        for (int64_t b = 0; b < visible; ++b) row[win + b] = comp_row(b);
       }
     }
+    KvPool::Layer& wl = pool.layer(layer);
     kernels::KvSegments segs;
-    segs.ptr[0] = cache.window.data(), segs.len[0] = win;
+    segs.ptr[0] = wl.window.data(), segs.len[0] = window_rows;
     segs.ptr[1] = &kv[s.begin * hd], segs.len[1] = s.n;
-    segs.ptr[2] = comp ? comp->data() : nullptr, segs.len[2] = nblocks;
+    segs.ptr[2] = comp ? comp->compressed.data() : nullptr;
+    segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
     kernels::SparseAttention(&q[s.begin * H * hd], s.n, H, hd, segs, idx.data(), k, lw.attn_sink.data(),
                              1.0f / std::sqrt(static_cast<float>(hd)), &o[s.begin * H * hd]);
-    // The ring keeps the last `win` positions for later steps.
-    for (int64_t t = std::max<int64_t>(0, s.n - win); t < s.n; ++t)
-      std::memcpy(&cache.window[((s.start + t) % win) * hd], &kv[(s.begin + t) * hd], hd * sizeof(float));
+    // The step's window keys, by absolute position, into the blocks that keep a window part: for
+    // later steps and for sequences that reuse these blocks.
+    for (int64_t t = 0; t < s.n; ++t) {
+      const int64_t p = s.start + t;
+      const int32_t w = cache.blocks[p / B].window;
+      if (w >= 0) std::memcpy(&wl.window[(w * B + p % B) * hd], &kv[(s.begin + t) * hd], hd * sizeof(float));
+    }
   }
   for (int64_t t = 0; t < n; ++t) rope.ApplyMany(&o[t * H * hd + nope], H, hd, pos[t], /*inverse=*/true);
 

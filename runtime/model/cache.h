@@ -1,19 +1,45 @@
-// Per-request state for incremental decoding, one LayerCache per layer.
+// Per-sequence state for incremental decoding, kept in fixed-size blocks of pooled memory.
 //
-// Window KV lives in a ring of `sliding_window` slots (slot = position mod window) on every layer.
-// Compressed KV and indexer keys grow by one row per completed block, on the layers that store them
-// (ModelConfig::compresses / owns_index_keys: every compressed layer in V4; in V4.1 only the KV
-// sources, whose caches the later layers of the same ratio read). A compressor keeps the rows of
-// the block being filled, and (V4 ratio 4, overlapping) the rows of the previous complete block.
+// A sequence's positions are cut into KV blocks of `block_tokens` (B) positions; block i covers
+// positions [i*B, (i+1)*B). B is a multiple of every compression ratio, so every compressed row
+// lies inside one block and, at a block boundary, a non-overlapping compressor holds no partial
+// rows. A block has two parts, from two pools (KvPool), so that their lifetimes can differ:
+//
+//  - the window part (a "window block"): the window keys (= values) of the block's positions,
+//    [B, head_dim] per layer, stored by absolute position. A sequence needs it while its sliding
+//    window overlaps the block; a later sequence that reuses the block as the last of a shared
+//    prefix needs it too. Otherwise it is dropped.
+//  - the compressed part (the block itself): per layer that stores them (ModelConfig::compresses
+//    and owns_index_keys: every compressed layer in V4; in V4.1 only the KV sources and the index-
+//    key owners, whose rows the later layers of the same ratio read through the same block table),
+//    the compressed rows completed in the block's positions ([B / ratio, head_dim]) and the indexer
+//    keys ([B / ratio, index_head_dim]); and what a sequence continuing from the block's end needs
+//    beyond them: the previous block of rows of each overlapping compressor (V4 ratio 4), and the
+//    Engram n-gram history. It lives as long as a sequence (or, once full, the prefix cache) holds it.
+//
+// A sequence's block table names, for each block, its compressed block id and its window block id
+// (-1 once dropped). The serving engine shares one pool between the sequences of a rank; the
+// leader decides every id and the plan carries them (blocks shared by sequences with a common
+// prompt prefix are never written again). Model::NewCache() instead gives a sequence a private
+// pool that grows with it and recycles window blocks that fell out of its window.
+//
+// The pools' memory is reserved, not touched: pages are backed as blocks are first written (every
+// row is written before it is read), so a pool sized for a large budget costs what is used.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/config.h"
 #include "runtime/engram/history.h"
 
 namespace dsv4 {
 
+// The compressor of one layer between steps: the rows of its partial block and, for the
+// overlapping ratio-4 compressor (V4), the rows of its previous complete block.
 struct CompressorState {
   int64_t width = 0;              // channels of one projected row (coff * head_dim)
   int64_t ratio = 0;
@@ -34,30 +60,110 @@ struct CompressorState {
   }
 };
 
+// Rows of floats that are not initialized (see above). Grow keeps the rows already there.
+class PoolRows {
+ public:
+  float* data() { return rows_.get(); }
+  const float* data() const { return rows_.get(); }
+  size_t size() const { return size_; }
+  float& operator[](size_t i) { return rows_[i]; }
+  const float& operator[](size_t i) const { return rows_[i]; }
+  // RESOURCE_EXHAUSTED when the memory cannot be had (nothing changes then).
+  absl::Status Grow(size_t n);
+
+ private:
+  std::unique_ptr<float[]> rows_;
+  size_t size_ = 0;
+};
+
+// The pooled storage of one rank: compressed blocks and window blocks of every layer. Ids index
+// the pools; which id belongs to whom is the owner's business (a block table, the leader's block
+// manager). Not thread-safe; sequences of one step touch disjoint rows.
+class KvPool {
+ public:
+  // Positions per block for `config`: 128 rounded up to a multiple of every compression ratio.
+  static int64_t DefaultBlockTokens(const ModelConfig& config);
+  // Bytes of one compressed block and of one window block (every layer).
+  static int64_t BlockBytes(const ModelConfig& config, int64_t block_tokens);
+  static int64_t WindowBlockBytes(const ModelConfig& config, int64_t block_tokens);
+
+  // `block_tokens` must be a positive multiple of every compression ratio of `config`.
+  // RESOURCE_EXHAUSTED (naming the bytes) when the memory cannot be reserved.
+  static absl::StatusOr<std::unique_ptr<KvPool>> Create(const ModelConfig& config, int64_t block_tokens,
+                                                        int64_t num_blocks, int64_t num_window_blocks);
+
+  int64_t block_tokens() const { return block_tokens_; }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t num_window_blocks() const { return num_window_blocks_; }
+  // Adds blocks (private pools grow with their sequence); rows move, ids stay valid.
+  absl::Status Grow(int64_t num_blocks, int64_t num_window_blocks);
+
+  struct Layer {
+    int64_t ratio = 0, per_block = 0;   // compressed rows per block: B / ratio (0: none)
+    bool compresses = false;            // stores compressed rows (else at most index keys)
+    int64_t head_dim = 0, index_dim = 0;
+    int64_t tail_width = 0, index_tail_width = 0;  // overlapping compressors' row widths (0: none)
+    PoolRows window;      // [window blocks * B, head_dim]
+    PoolRows compressed;  // [blocks * per_block, head_dim] (layers that compress)
+    PoolRows index_keys;  // [blocks * per_block, index_dim] (layers that own index keys)
+    // At each block's end, the overlapping compressors' previous complete block of rows:
+    // [blocks, 2 (kv, score), ratio, tail_width], and the same for the indexer's compressor.
+    PoolRows compressor_tail, index_tail;
+  };
+  Layer& layer(int64_t l) { return layers_[l]; }
+  const Layer& layer(int64_t l) const { return layers_[l]; }
+  // The Engram n-gram history at each block's end: [blocks, tail_length] (Engram models).
+  int64_t* engram_tail(int32_t block) { return &engram_tail_[block * engram_tail_length_]; }
+  const int64_t* engram_tail(int32_t block) const { return &engram_tail_[block * engram_tail_length_]; }
+  int64_t engram_tail_length() const { return engram_tail_length_; }
+
+ private:
+  KvPool(const ModelConfig& config, int64_t block_tokens);
+
+  int64_t block_tokens_, num_blocks_ = 0, num_window_blocks_ = 0;
+  int64_t engram_tail_length_ = 0;
+  std::vector<Layer> layers_;
+  std::vector<int64_t> engram_tail_;
+};
+
+// One KV block of a sequence: its compressed block id and window block id (-1: none).
+struct BlockRef {
+  int32_t block = -1;
+  int32_t window = -1;
+};
+
 struct LayerCache {
-  std::vector<float> window;      // [sliding_window, head_dim]
-  std::vector<float> compressed;  // [num_blocks, head_dim] (layers that compress)
-  std::vector<float> index_keys;  // [num_blocks, index_head_dim] (layers that own index keys)
-  CompressorState compressor, index_compressor;
+  CompressorState compressor, index_compressor;  // their partial blocks: always the sequence's own
 };
 
 struct SequenceCache {
-  int64_t length = 0;  // tokens already processed (the next position)
+  int64_t length = 0;            // tokens already processed (the next position)
+  KvPool* pool = nullptr;        // where the blocks live
+  std::vector<BlockRef> blocks;  // block i covers positions [i * B, (i + 1) * B)
   std::vector<LayerCache> layers;
-  EngramHistory engram;  // the last tokens' compressed ids (Engram models)
+  EngramHistory engram;          // the last tokens' compressed ids (Engram models)
+  // Model::NewCache(): the sequence's own pool, grown as the sequence grows, and its window blocks
+  // not in use (Model::PrepareBlocks recycles them).
+  std::unique_ptr<KvPool> own_pool;
+  std::vector<int32_t> free_windows;
   // The numerical watchdog's finding (Model::ForwardBatch): the first layer whose output at the
   // sequence's last position held a NaN or Inf, num_hidden_layers when only the logits did, -1
   // while everything stayed finite. Once set the sequence's state is poisoned for good.
   int64_t nonfinite_layer = -1;
 
-  // Bytes held, for cache accounting.
-  int64_t Bytes() const {
-    int64_t floats = 0;
-    for (const auto& l : layers)
-      floats += static_cast<int64_t>(l.window.size() + l.compressed.size() + l.index_keys.size()) +
-                l.compressor.floats() + l.index_compressor.floats();
-    return 4 * floats;
-  }
+  // Row r of layer l's compressed KV / index keys (the r-th compressed position), in the pool.
+  const float* CompressedRow(int64_t l, int64_t r) const;
+  const float* IndexKeyRow(int64_t l, int64_t r) const;
+  // The same rows, copied out in order of position (tests and checks): the compressed rows of
+  // layer l completed so far, its index keys, and the window keys of its last min(length, window)
+  // positions (oldest first).
+  std::vector<float> CompressedRows(const ModelConfig& config, int64_t l) const;
+  std::vector<float> IndexKeyRows(const ModelConfig& config, int64_t l) const;
+  std::vector<float> WindowRows(const ModelConfig& config, int64_t l) const;
+
+  // Bytes of the pool this sequence's blocks occupy (shared blocks counted in full), plus its own
+  // compressor state: for cache accounting.
+  int64_t Bytes(const ModelConfig& config) const;
 };
 
 }  // namespace dsv4

@@ -10,7 +10,8 @@
 //         the cached row is the latent with RoPE, FP4 in groups of 16 with E4M3 scales.
 //
 // Pooling is in float32 per sequence, with the rows of an incomplete block kept in the cache's
-// CompressorState between steps, so any chunking of a sequence gives the same rows.
+// CompressorState between steps, so any chunking of a sequence gives the same rows. The rows go
+// into the pool (runtime/model/cache.h) through the sequence's block table.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -22,7 +23,7 @@
 namespace dsv4 {
 
 int64_t Model::PoolBlocks(const CompressorWeights& cw, const float* kv, const float* score, int64_t n, int64_t start,
-                          CompressorState& st, float* latents, int64_t* positions) const {
+                          CompressorState& st, float* latents, int64_t* positions, const CompressorTail* tail) const {
   const int64_t ratio = cw.ratio, hd = cw.head_dim;
   const float eps = static_cast<float>(config().rms_norm_eps);
   int64_t blocks = 0;
@@ -66,6 +67,12 @@ int64_t Model::PoolBlocks(const CompressorWeights& cw, const float* kv, const fl
       std::swap(st.prev_kv, st.cur_kv);
       std::swap(st.prev_score, st.cur_score);
       st.has_prev = true;
+      // At a KV block's end, the rows a sequence resuming there needs stay with the block.
+      if (tail != nullptr && (pos + 1) % tail->block_tokens == 0) {
+        float* t = &(*tail->rows)[(*tail->blocks)[pos / tail->block_tokens].block * 2 * ratio * width];
+        std::memcpy(t, st.prev_kv.data(), ratio * width * sizeof(float));
+        std::memcpy(t + ratio * width, st.prev_score.data(), ratio * width * sizeof(float));
+      }
     }
   }
   return blocks;
@@ -90,14 +97,26 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
     Project(cw.wkv, x, n, D, ckv.data());
     if (cw.ratio > 1) Project(cw.wgate, x, n, D, cscore.data());
     for (const SeqSlice& s : seqs) {
-      LayerCache& lc = s.cache->layers[layer];
+      SequenceCache& cache = *s.cache;
+      LayerCache& lc = cache.layers[layer];
+      KvPool::Layer& pl = cache.pool->layer(layer);
       const int64_t room = s.n / cw.ratio + 1;
       Scratch<float> latents(room * hd, NoInit{});
       Scratch<int64_t> positions(room, NoInit{});
+      // Resumable block ends are kept in shared pools only (a private pool's blocks are its own).
+      const CompressorTail tail{index_keys ? &pl.index_tail : &pl.compressor_tail, &cache.blocks,
+                                cache.pool->block_tokens()};
+      const bool keep_tail = cw.overlap && cache.own_pool == nullptr;
       const int64_t blocks =
           PoolBlocks(cw, &ckv[s.begin * width], cw.ratio > 1 ? &cscore[s.begin * width] : nullptr, s.n, s.start,
-                     index_keys ? lc.index_compressor : lc.compressor, latents.data(), positions.data());
+                     index_keys ? lc.index_compressor : lc.compressor, latents.data(), positions.data(),
+                     keep_tail ? &tail : nullptr);
       if (blocks == 0) continue;
+      // Compressed row j (position j * ratio) lives in KV block j / per_block of the table.
+      auto pool_row = [&](PoolRows& rows, int64_t b, int64_t dim) {
+        const int64_t j = positions[b] / cw.ratio;
+        return &rows[(cache.blocks[j / pl.per_block].block * pl.per_block + j % pl.per_block) * dim];
+      };
       if (c.index_keys_from_latent() && c.owns_index_keys(layer)) {
         // Index keys from the latents, before they are rotated and rounded for the cache.
         const int64_t di = c.index_head_dim;
@@ -109,7 +128,8 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
           rope.Apply(&keys[b * di + di - rd], positions[b]);
           if (opt_.qdq) kernels::QdqFp4(&keys[b * di], 1, di, di, 32);
         }
-        lc.index_keys.insert(lc.index_keys.end(), keys.begin(), keys.end());  // grows (amortized)
+        for (int64_t b = 0; b < blocks; ++b)
+          std::memcpy(pool_row(pl.index_keys, b, di), &keys[b * di], di * sizeof(float));
       }
       for (int64_t b = 0; b < blocks; ++b) {
         float* row = &latents[b * hd];
@@ -123,8 +143,8 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
           kernels::QdqFp8(row, 1, hd - rd, hd, 64);
         }
       }
-      std::vector<float>& out = index_keys ? lc.index_keys : lc.compressed;
-      out.insert(out.end(), latents.begin(), latents.begin() + blocks * hd);  // grows (amortized)
+      for (int64_t b = 0; b < blocks; ++b)
+        std::memcpy(pool_row(index_keys ? pl.index_keys : pl.compressed, b, hd), &latents[b * hd], hd * sizeof(float));
     }
   }
 }

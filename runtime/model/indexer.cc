@@ -10,6 +10,7 @@
 // source serve the layers after it that run no indexer (StepPicks).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "base/status.h"
@@ -43,13 +44,26 @@ void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64
 void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const SeqSlice& seq) const {
   const ModelConfig& c = config();
   const int64_t Hi = c.index_n_heads, di = c.index_head_dim, ratio = c.ratio(layer), n = seq.n;
-  const std::vector<float>& keys = seq.cache->layers[c.index_key_source(layer)].index_keys;
-  const int64_t nkeys = static_cast<int64_t>(keys.size()) / di;
+  // The index keys completed by the end of this step (their owner ran before this layer), read in
+  // place when the sequence's blocks are consecutive in the pool, else gathered.
+  const SequenceCache& cache = *seq.cache;
+  const int64_t owner = c.index_key_source(layer);
+  const KvPool::Layer& pl = cache.pool->layer(owner);
+  const int64_t nkeys = (seq.start + n) / ratio;
+  const int64_t used = (nkeys + pl.per_block - 1) / pl.per_block;
+  bool consecutive = true;
+  for (int64_t b = 1; b < used && consecutive; ++b) consecutive = cache.blocks[b].block == cache.blocks[0].block + b;
+  kernels::Scratch<float> gathered(consecutive ? 0 : nkeys * di, kernels::NoInit{});
+  const float* keys = nkeys == 0 ? nullptr : cache.IndexKeyRow(owner, 0);
+  if (!consecutive) {
+    for (int64_t j = 0; j < nkeys; ++j) std::memcpy(&gathered[j * di], cache.IndexKeyRow(owner, j), di * sizeof(float));
+    keys = gathered.data();
+  }
   // A query at position p sees the blocks completed by then.
   kernels::Scratch<int64_t> nvis(n);
   for (int64_t t = 0; t < n; ++t) nvis[t] = std::min(nkeys, (seq.start + t + 1) / ratio);
   kernels::Scratch<float> scores(n * nkeys, kernels::NoInit{});
-  kernels::IndexerScores(q, w, n, Hi, di, keys.data(), nkeys, nvis.data(), scores.data());
+  kernels::IndexerScores(q, w, n, Hi, di, keys, nkeys, nvis.data(), scores.data());
 
   StepPicks& out = *seq.picks;
   if (c.is_candidate_source(layer)) {  // level 1: this layer's own picks stay unrestricted

@@ -60,6 +60,7 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   rope_compressed_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.compress_rope_theta,
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
+  block_tokens_ = KvPool::DefaultBlockTokens(c);
   InitEngram();
   const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
   expert_load_ = std::make_unique<std::atomic<int64_t>[]>(L * E);
@@ -139,14 +140,14 @@ absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
   return absl::OkStatus();
 }
 
-SequenceCache Model::NewCache() const {
+SequenceCache Model::NewCache(KvPool* pool) const {
   const ModelConfig& c = config();
   SequenceCache cache;
+  cache.pool = pool;
   cache.layers.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerCache& lc = cache.layers[l];
     const LayerWeights& lw = w_->layers[l];
-    lc.window.assign(c.sliding_window * c.head_dim, 0.f);
     // Ratio 1 completes a block with every token: no rows wait.
     if (lw.has_compressor && c.ratio(l) > 1)
       lc.compressor.Init(c.ratio(l), lw.compressor.width(), lw.compressor.overlap);
@@ -155,6 +156,101 @@ SequenceCache Model::NewCache() const {
   }
   if (w_->engram_hasher) cache.engram = w_->engram_hasher->NewHistory();
   return cache;
+}
+
+SequenceCache Model::NewCache(int64_t reserve_tokens) const {
+  const ModelConfig& c = config();
+  const int64_t B = block_tokens_;
+  const int64_t reserve = std::max<int64_t>(1, (reserve_tokens + B - 1) / B);
+  const int64_t windows = (c.sliding_window + B - 1) / B + 1;  // a window's blocks, and the next one
+  absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(c, B, reserve, windows);
+  DSV4_CHECK(pool.ok(), pool.status().message());
+  SequenceCache cache = NewCache(pool->get());
+  cache.own_pool = *std::move(pool);
+  cache.blocks.reserve(reserve + 1);
+  cache.free_windows.reserve(windows);
+  for (int64_t w = windows - 1; w >= 0; --w) cache.free_windows.push_back(static_cast<int32_t>(w));
+  return cache;
+}
+
+absl::Status Model::PrepareBlocks(SequenceCache& cache, int64_t n) const {
+  if (cache.pool == nullptr) return absl::InternalError("a sequence cache without a pool");
+  const int64_t B = cache.pool->block_tokens(), win = config().sliding_window;
+  const int64_t L = cache.length, end = L + n, last_block = (end - 1) / B;
+  if (cache.own_pool != nullptr) {
+    // A private pool: compressed block b is id b; window parts go to the blocks the step's queries
+    // read (positions from L - win + 1 on) and the blocks of the step's last `win` positions (the
+    // only ones later steps read), and come back once out of every later window.
+    KvPool& pool = *cache.own_pool;
+    const int64_t first_read = L > 0 ? std::max<int64_t>(0, L - win + 1) : end;
+    const int64_t first_block = std::min(first_read, std::max(L, end - win)) / B;
+    for (int64_t b = 0; b < std::min<int64_t>(first_block, cache.blocks.size()); ++b)
+      if (cache.blocks[b].window >= 0) {
+        cache.free_windows.push_back(cache.blocks[b].window);
+        cache.blocks[b].window = -1;
+      }
+    const int64_t had = static_cast<int64_t>(cache.blocks.size());
+    if (had <= last_block) cache.blocks.resize(last_block + 1);
+    if (last_block >= pool.num_blocks())
+      DSV4_RETURN_IF_ERROR(pool.Grow(std::max(last_block + 1, 2 * pool.num_blocks()), pool.num_window_blocks()));
+    for (int64_t b = had; b <= last_block; ++b) cache.blocks[b].block = static_cast<int32_t>(b);
+    for (int64_t b = first_block; b <= last_block; ++b) {
+      BlockRef& r = cache.blocks[b];
+      if (r.window >= 0) continue;
+      if (cache.free_windows.empty()) {
+        cache.free_windows.push_back(static_cast<int32_t>(pool.num_window_blocks()));
+        DSV4_RETURN_IF_ERROR(pool.Grow(pool.num_blocks(), pool.num_window_blocks() + 1));
+      }
+      r.window = cache.free_windows.back();
+      cache.free_windows.pop_back();
+    }
+    return absl::OkStatus();
+  }
+  // A shared pool: the leader set the table; check that it covers the step.
+  if (static_cast<int64_t>(cache.blocks.size()) <= last_block)
+    return absl::InternalError(absl::StrCat("the sequence's block table has ", cache.blocks.size(),
+                                            " blocks but the step writes position ", end - 1));
+  const int64_t first_window = std::max<int64_t>(0, L - win + 1) / B;
+  for (int64_t b = 0; b <= last_block; ++b) {
+    const BlockRef& r = cache.blocks[b];
+    const bool block_ok = r.block >= 0 && r.block < cache.pool->num_blocks();
+    const bool window_ok = b < first_window || (r.window >= 0 && r.window < cache.pool->num_window_blocks());
+    if (!block_ok || !window_ok)
+      return absl::InternalError(absl::StrCat("block ", b, " of the sequence (positions ", b * B, "..",
+                                              (b + 1) * B - 1, ") has no ", block_ok ? "window" : "compressed",
+                                              " block where the step needs one"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
+  const ModelConfig& c = config();
+  if (cache.pool == nullptr || cache.own_pool != nullptr) return absl::InternalError("not a shared-pool cache");
+  const int64_t B = cache.pool->block_tokens();
+  if (cache.length <= 0 || cache.length % B != 0 || static_cast<int64_t>(cache.blocks.size()) < cache.length / B)
+    return absl::InternalError(absl::StrCat("a sequence resumes at ", cache.length, ", not at the end of one of its ",
+                                            cache.blocks.size(), " blocks of ", B));
+  const int32_t last = cache.blocks[cache.length / B - 1].block;
+  if (last < 0 || last >= cache.pool->num_blocks())
+    return absl::InternalError(absl::StrCat("a sequence resumes after block ", cache.length / B - 1,
+                                            ", which it does not hold"));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const KvPool::Layer& pl = cache.pool->layer(l);
+    // Non-overlapping compressors hold nothing at a block end (B is a multiple of their ratio).
+    auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) {
+      const float* t = &tail[last * 2 * pl.ratio * width];
+      std::copy(t, t + pl.ratio * width, st.prev_kv.begin());
+      std::copy(t + pl.ratio * width, t + 2 * pl.ratio * width, st.prev_score.begin());
+      st.has_prev = true;
+    };
+    if (pl.tail_width > 0) load(cache.layers[l].compressor, pl.compressor_tail, pl.tail_width);
+    if (pl.index_tail_width > 0) load(cache.layers[l].index_compressor, pl.index_tail, pl.index_tail_width);
+  }
+  if (cache.pool->engram_tail_length() > 0) {
+    const int64_t* t = cache.pool->engram_tail(last);
+    cache.engram.tail.assign(t, t + cache.pool->engram_tail_length());
+  }
+  return absl::OkStatus();
 }
 
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
@@ -299,6 +395,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   if (total != n) return absl::InvalidArgumentError("ForwardBatch: the sequences' tokens do not add up");
   // Alone, an empty step has nothing to do; in a job its collectives still have to be joined.
   if (n == 0 && !distributed()) return absl::OkStatus();
+  for (const SequenceChunk& s : seqs) DSV4_RETURN_IF_ERROR(PrepareBlocks(*s.cache, s.n));
   kernels::Scratch<float> x(n * hc * D, kernels::NoInit{});
   Embed(tokens, x.data());
   // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
@@ -310,6 +407,12 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
       DSV4_ASSIGN_OR_RETURN(EngramStep step, BeginEngram(tokens.subspan(at, s.n), *s.cache));
       engram.push_back(std::move(step));
       at += s.n;
+      // At a block's end, its Engram history is kept with it (for a sequence resuming there).
+      KvPool& pool = *s.cache->pool;
+      const int64_t end = s.cache->length + s.n, B = pool.block_tokens();
+      if (s.cache->own_pool == nullptr && end % B == 0 && pool.engram_tail_length() > 0)
+        std::copy(s.cache->engram.tail.begin(), s.cache->engram.tail.end(),
+                  pool.engram_tail(s.cache->blocks[end / B - 1].block));
     }
   }
   // V4.1: the first block collapses its attention input with the one-hot mix [1, 0, ..., 0].

@@ -97,7 +97,20 @@ class Model {
   // The job's layout and communicators (null: a world of one).
   const ParallelContext* parallel() const { return par_; }
 
-  SequenceCache NewCache() const;
+  // A cache with a private pool (runtime/model/cache.h) that grows with the sequence, holding
+  // compressed blocks for `reserve_tokens` positions from the start (the decode path then
+  // allocates nothing until it passes them).
+  SequenceCache NewCache(int64_t reserve_tokens = 0) const;
+  // A cache whose blocks live in `pool`, shared with other sequences: the caller sets its block
+  // table (the serving engine, from the leader's plan).
+  SequenceCache NewCache(KvPool* pool) const;
+  // Positions per KV block of this model's caches (KvPool::DefaultBlockTokens).
+  int64_t block_tokens() const { return block_tokens_; }
+  // A sequence starting at a block boundary (cache.length = k * B, its table's blocks 0..k-1 set
+  // and written by whichever sequence computed them, in a step that ended at that boundary): its
+  // overlapping compressors' state and Engram history, from block k-1. INTERNAL when the cache is
+  // not at a block end of a shared pool.
+  absl::Status RestoreAtBlockEnd(SequenceCache& cache) const;
 
   // Tokens this rank's copy of each routed expert has processed since the model was built, summed
   // over layers: [n_routed_experts], for load reporting (the control plane's Status). Thread-safe.
@@ -174,16 +187,28 @@ class Model {
   absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs, float* out) const;
   // The row-parallel output projection wo_b over this rank's groups, summed across the TP group.
   absl::Status OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const;
-  // compressor.cc: runs the layer's compressor(s) over the batch's rows x [n, D] and appends each
-  // sequence's completed blocks to its cache of the layer: compressed KV, and the index keys (V4:
-  // from the indexer's own compressor; V4.1 key owners: from the latents).
+  // Makes sure `cache` holds the blocks positions [length, length + n) write and the window parts
+  // their queries read: a private pool grows (and recycles window blocks out of the window); a
+  // shared pool's blocks must have been set by the caller (else INTERNAL: ranks out of step).
+  absl::Status PrepareBlocks(SequenceCache& cache, int64_t n) const;
+  // compressor.cc: runs the layer's compressor(s) over the batch's rows x [n, D] and writes each
+  // sequence's completed blocks into the layer's pool rows, through its block table: compressed
+  // KV, and the index keys (V4: from the indexer's own compressor; V4.1 key owners: from the
+  // latents).
   void CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const;
   // Feeds one sequence's projected rows kv, score [n, width] (score null for ratio 1) to its
   // compressor; writes each completed block's pooled, normalized latent to latents [blocks,
   // head_dim] and the position of its first token to positions [blocks] (room for n / ratio + 1
-  // blocks); returns the number of blocks.
+  // blocks); returns the number of blocks. With `tail` (an overlapping compressor in a shared
+  // pool), the state at each KV block's end is kept with that block (KvPool::Layer).
+  struct CompressorTail {
+    PoolRows* rows;
+    const std::vector<BlockRef>* blocks;
+    int64_t block_tokens;
+  };
   int64_t PoolBlocks(const CompressorWeights& cw, const float* kv, const float* score, int64_t n, int64_t start,
-                     CompressorState& st, float* latents, int64_t* positions) const;
+                     CompressorState& st, float* latents, int64_t* positions,
+                     const CompressorTail* tail = nullptr) const;
   // indexer.cc: the indexer's queries q [n, Hi, di] (rotated, V4: Hadamard-transformed, rounded)
   // and head weights w [n, Hi] of a batch's rows at positions pos[n].
   void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const int64_t* pos, float* q,
@@ -235,6 +260,7 @@ class Model {
   ForwardOptions opt_;
   const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
+  int64_t block_tokens_ = 0;
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
   std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [layers * n_routed_experts]
   // The routed experts this rank serves: [layer][expert] -> views (null: held elsewhere), pointing

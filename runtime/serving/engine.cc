@@ -183,7 +183,7 @@ absl::Status PlanExecutor::NumericalError(const StepSeq& seq, std::span<const fl
 int64_t PlanExecutor::cache_bytes() const {
   int64_t b = 0;
   for (const auto& c : caches_)
-    if (c.has_value()) b += c->Bytes();
+    if (c.has_value()) b += c->Bytes(model_.config());
   return b;
 }
 
@@ -245,7 +245,7 @@ Engine::Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, En
       scheduler_(options.scheduler) {
   // A sequence's cache: the window rings and compressor states (fixed), plus float32 rows of
   // compressed KV and index keys on the layers that store them (ModelConfig: V4.1 shares them).
-  fixed_bytes_ = model.NewCache().Bytes();
+  fixed_bytes_ = model.NewCache().Bytes(model.config());
   const ModelConfig& c = model.config();
   const CacheRowsPerToken rows = c.cache_rows_per_token();
   bytes_per_token_ = 4.0 * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim);

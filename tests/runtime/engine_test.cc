@@ -338,38 +338,5 @@ TEST(Engine, StopStringsEndTheRequestAndEchoReturnsThePrompt) {
 namespace dsv4 {
 namespace {
 
-// The accounting reserves what a sequence's cache really holds: at least its bytes after N
-// tokens, and less than one more block of every stored row (a block completes every `ratio`
-// tokens). V4.1 keeps one compressed cache per KV source, so readers reserve nothing.
-TEST(Engine, ReservedBytesCoverTheCacheV4AndV41) {
-  auto v41 = nlohmann::json::parse(*BuiltinConfigJson("v41-tiny"));
-  nlohmann::json& t = v41["text_config"];
-  for (auto it = t.begin(); it != t.end();) it = it.key().rfind("engram_", 0) == 0 ? t.erase(it) : std::next(it);
-  t["vocab_size"] = 512;
-  auto v4 = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
-  v4["vocab_size"] = 512;
-  for (const nlohmann::json& j : {v41, v4}) {
-    auto b = MakeRandomModel(j.dump(), 9, "accounting");
-    ASSERT_TRUE(b.ok()) << b.status();
-    auto w = LoadWeights(b->checkpoint, b->config);
-    ASSERT_TRUE(w.ok()) << w.status();
-    Model model(std::shared_ptr<const ModelWeights>(std::move(*w)));
-    const ModelConfig& c = model.config();
-    auto e = Engine::Create(model, nullptr, *S().world, Running::Small());
-    ASSERT_TRUE(e.ok()) << e.status();
-    double one_block = 0;  // bytes of one more row on every layer that stores rows
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      one_block += 4.0 * ((c.compresses(l) ? c.head_dim : 0) + (c.owns_index_keys(l) ? c.index_head_dim : 0));
-    for (int64_t n : {1, 2, 3, 7, 64, 131}) {
-      SequenceCache cache = model.NewCache();
-      std::vector<int32_t> tokens(n);
-      for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>((i * 37 + 5) % 512);
-      ASSERT_TRUE(model.Forward(tokens, cache, nullptr).ok());
-      EXPECT_GE((*e)->ReservedBytes(n), cache.Bytes()) << (c.v41() ? "V4.1" : "V4") << ", " << n << " tokens";
-      EXPECT_LT((*e)->ReservedBytes(n), cache.Bytes() + one_block) << (c.v41() ? "V4.1" : "V4") << ", " << n;
-    }
-  }
-}
-
 }  // namespace
 }  // namespace dsv4

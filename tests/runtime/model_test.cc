@@ -151,26 +151,32 @@ TEST(ModelV41, ChunkedPrefillMatchesOneShot) {
 }
 
 // The cache holds exactly the rows ModelConfig says a token adds: one compressed cache per KV source
-// (layers 2 and 4 at ratio 2, 5 at ratio 1) and index keys on those three, nothing on the readers.
+// (layers 2 and 4 at ratio 2, 5 at ratio 1) and index keys on those three, nothing on the readers;
+// a KV block's bytes are those rows for its positions, plus (V4) the overlapping compressors' rows
+// kept at its end.
 TEST(ModelV41, CacheHoldsTheRowsTheConfigCounts) {
   for (const nlohmann::json& j : {SmallV41Config(), SmallConfig()}) {
     auto m = MakeModel(j, /*qdq=*/true);
     const ModelConfig& c = m->config();
     const int64_t T = 256;  // a multiple of every ratio: whole blocks only
     SequenceCache cache = m->NewCache();
-    const int64_t fixed = cache.Bytes();
     ASSERT_TRUE(m->Forward(Tokens(T, 512), cache, nullptr).ok());
-    const CacheRowsPerToken rows = c.cache_rows_per_token();
-    EXPECT_EQ(cache.Bytes() - fixed,
-              static_cast<int64_t>(4 * T * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim)));
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const int64_t blocks = c.ratio(l) > 0 ? T / c.ratio(l) : 0;
-      EXPECT_EQ(static_cast<int64_t>(cache.layers[l].compressed.size()), c.compresses(l) ? blocks * c.head_dim : 0)
+      EXPECT_EQ(static_cast<int64_t>(cache.CompressedRows(c, l).size()), c.compresses(l) ? blocks * c.head_dim : 0)
           << "layer " << l;
-      EXPECT_EQ(static_cast<int64_t>(cache.layers[l].index_keys.size()),
+      EXPECT_EQ(static_cast<int64_t>(cache.IndexKeyRows(c, l).size()),
                 c.owns_index_keys(l) ? blocks * c.index_head_dim : 0)
           << "layer " << l;
     }
+    const CacheRowsPerToken rows = c.cache_rows_per_token();
+    const int64_t B = m->block_tokens();
+    int64_t tails = 0;  // V4 ratio 4: both compressors' previous block, kv and score, 2 x the dims wide
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      if (c.compressor_overlap(l)) tails += 4 * 2 * 4 * 2 * (c.head_dim + c.index_head_dim);
+    EXPECT_EQ(KvPool::BlockBytes(c, B),
+              static_cast<int64_t>(4 * B * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim)) + tails +
+                  (c.has_engram() ? 8 * (c.engram_max_ngram_size - 1) : 0));
   }
 }
 

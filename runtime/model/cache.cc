@@ -1,0 +1,160 @@
+#include "runtime/model/cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "base/status.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr int64_t kMinBlockTokens = 128;
+
+// The widths of a layer's overlapping compressors (0: none): the KV's, and the indexer's own (V4).
+int64_t TailWidth(const ModelConfig& c, int64_t l) {
+  return c.compresses(l) && c.compressor_overlap(l) ? 2 * c.head_dim : 0;
+}
+int64_t IndexTailWidth(const ModelConfig& c, int64_t l) {
+  return c.runs_indexer(l) && !c.index_keys_from_latent() && c.compressor_overlap(l) ? 2 * c.index_head_dim : 0;
+}
+
+}  // namespace
+
+absl::Status PoolRows::Grow(size_t n) {
+  if (n <= size_) return absl::OkStatus();
+  // Not value-initialized: pages stay unbacked until written.
+  std::unique_ptr<float[]> rows(new (std::nothrow) float[n]);
+  if (rows == nullptr)
+    return absl::ResourceExhaustedError(absl::StrCat("cannot reserve ", (n * sizeof(float)) >> 20,
+                                                     " MiB for the KV pool"));
+  if (size_ > 0) std::memcpy(rows.get(), rows_.get(), size_ * sizeof(float));
+  rows_ = std::move(rows);
+  size_ = n;
+  return absl::OkStatus();
+}
+
+int64_t KvPool::DefaultBlockTokens(const ModelConfig& c) {
+  int64_t b = kMinBlockTokens;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.ratio(l) > 0) b = std::lcm(b, c.ratio(l));
+  return b;
+}
+
+int64_t KvPool::BlockBytes(const ModelConfig& c, int64_t B) {
+  int64_t floats = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int64_t r = c.ratio(l);
+    if (c.compresses(l)) floats += B / r * c.head_dim;
+    if (c.owns_index_keys(l)) floats += B / r * c.index_head_dim;
+    floats += 2 * r * (TailWidth(c, l) + IndexTailWidth(c, l));
+  }
+  const int64_t engram = c.has_engram() ? std::max<int64_t>(c.engram_max_ngram_size - 1, 0) : 0;
+  return floats * 4 + engram * 8;
+}
+
+int64_t KvPool::WindowBlockBytes(const ModelConfig& c, int64_t B) { return c.num_hidden_layers * B * c.head_dim * 4; }
+
+KvPool::KvPool(const ModelConfig& c, int64_t block_tokens) : block_tokens_(block_tokens) {
+  DSV4_CHECK(block_tokens > 0, "block_tokens must be positive");
+  layers_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    Layer& pl = layers_[l];
+    pl.ratio = c.ratio(l), pl.head_dim = c.head_dim, pl.index_dim = c.index_head_dim;
+    DSV4_CHECK(pl.ratio == 0 || block_tokens % pl.ratio == 0, "block_tokens ", block_tokens,
+               " is not a multiple of compression ratio ", pl.ratio);
+    pl.per_block = pl.ratio > 0 && (c.compresses(l) || c.owns_index_keys(l)) ? block_tokens / pl.ratio : 0;
+    pl.compresses = c.compresses(l);
+    pl.tail_width = TailWidth(c, l);
+    pl.index_tail_width = IndexTailWidth(c, l);
+    if (!c.owns_index_keys(l)) pl.index_dim = 0;
+  }
+  if (c.has_engram()) engram_tail_length_ = std::max<int64_t>(c.engram_max_ngram_size - 1, 0);
+}
+
+absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const ModelConfig& c, int64_t block_tokens, int64_t num_blocks,
+                                                       int64_t num_window_blocks) {
+  if (block_tokens < 1 || num_blocks < 0 || num_window_blocks < 0)
+    return absl::InvalidArgumentError(absl::StrCat("bad KV pool geometry: ", num_blocks, " blocks and ",
+                                                   num_window_blocks, " window blocks of ", block_tokens, " positions"));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.ratio(l) > 0 && block_tokens % c.ratio(l) != 0)
+      return absl::InvalidArgumentError(absl::StrCat("KV blocks of ", block_tokens,
+                                                     " positions are not a multiple of layer ", l,
+                                                     "'s compression ratio ", c.ratio(l)));
+  std::unique_ptr<KvPool> pool(new KvPool(c, block_tokens));
+  if (absl::Status st = pool->Grow(num_blocks, num_window_blocks); !st.ok())
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the KV pool of ", num_blocks, " blocks (", BlockBytes(c, block_tokens) >> 10, " KiB each) and ",
+        num_window_blocks, " window blocks (", WindowBlockBytes(c, block_tokens) >> 10,
+        " KiB each) cannot be reserved: ", st.message(), " (lower --cache-mb)"));
+  return pool;
+}
+
+absl::Status KvPool::Grow(int64_t num_blocks, int64_t num_window_blocks) {
+  num_blocks = std::max(num_blocks_, num_blocks);
+  num_window_blocks = std::max(num_window_blocks_, num_window_blocks);
+  const int64_t B = block_tokens_;
+  for (Layer& pl : layers_) {
+    DSV4_RETURN_IF_ERROR(pl.window.Grow(num_window_blocks * B * pl.head_dim));
+    if (pl.per_block == 0) continue;
+    if (pl.compresses) DSV4_RETURN_IF_ERROR(pl.compressed.Grow(num_blocks * pl.per_block * pl.head_dim));
+    if (pl.index_dim > 0) DSV4_RETURN_IF_ERROR(pl.index_keys.Grow(num_blocks * pl.per_block * pl.index_dim));
+    DSV4_RETURN_IF_ERROR(pl.compressor_tail.Grow(num_blocks * 2 * pl.ratio * pl.tail_width));
+    DSV4_RETURN_IF_ERROR(pl.index_tail.Grow(num_blocks * 2 * pl.ratio * pl.index_tail_width));
+  }
+  engram_tail_.resize(num_blocks * engram_tail_length_);
+  num_blocks_ = num_blocks;
+  num_window_blocks_ = num_window_blocks;
+  return absl::OkStatus();
+}
+
+const float* SequenceCache::CompressedRow(int64_t l, int64_t r) const {
+  const KvPool::Layer& pl = pool->layer(l);
+  return &pl.compressed[(blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.head_dim];
+}
+
+const float* SequenceCache::IndexKeyRow(int64_t l, int64_t r) const {
+  const KvPool::Layer& pl = pool->layer(l);
+  return &pl.index_keys[(blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.index_dim];
+}
+
+std::vector<float> SequenceCache::CompressedRows(const ModelConfig& c, int64_t l) const {
+  std::vector<float> rows;
+  if (!c.compresses(l)) return rows;
+  for (int64_t r = 0; r < length / c.ratio(l); ++r) rows.insert(rows.end(), CompressedRow(l, r), CompressedRow(l, r) + c.head_dim);
+  return rows;
+}
+
+std::vector<float> SequenceCache::IndexKeyRows(const ModelConfig& c, int64_t l) const {
+  std::vector<float> rows;
+  if (!c.owns_index_keys(l)) return rows;
+  for (int64_t r = 0; r < length / c.ratio(l); ++r)
+    rows.insert(rows.end(), IndexKeyRow(l, r), IndexKeyRow(l, r) + c.index_head_dim);
+  return rows;
+}
+
+std::vector<float> SequenceCache::WindowRows(const ModelConfig& c, int64_t l) const {
+  std::vector<float> rows;
+  const int64_t B = pool->block_tokens(), hd = c.head_dim;
+  for (int64_t p = std::max<int64_t>(0, length - c.sliding_window); p < length; ++p) {
+    const float* row = &pool->layer(l).window[(blocks[p / B].window * B + p % B) * hd];
+    rows.insert(rows.end(), row, row + hd);
+  }
+  return rows;
+}
+
+int64_t SequenceCache::Bytes(const ModelConfig& config) const {
+  if (pool == nullptr) return 0;
+  int64_t b = 0;
+  for (const BlockRef& r : blocks) {
+    if (r.block >= 0) b += KvPool::BlockBytes(config, pool->block_tokens());
+    if (r.window >= 0) b += KvPool::WindowBlockBytes(config, pool->block_tokens());
+  }
+  for (const LayerCache& l : layers) b += 4 * (l.compressor.floats() + l.index_compressor.floats());
+  return b;
+}
+
+}  // namespace dsv4
