@@ -12,6 +12,7 @@
 // in-process and batched phases still run here, on --model).
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdio>
 #include <thread>
 #include <vector>
@@ -175,7 +176,9 @@ absl::Status Serve(const Flags& flags) {
   EngineOptions opt;
   opt.scheduler.max_running = std::max<int64_t>(w.streams, 1);
   opt.scheduler.max_queued = w.requests + 16;
-  opt.scheduler.prefill_chunk = std::min<int64_t>(128, std::max<int64_t>(1, budget - opt.scheduler.max_running + 1));
+  // A power of two up to 128: it divides the KV block size (a multiple of 128).
+  const int64_t room = std::min<int64_t>(128, std::max<int64_t>(1, budget - opt.scheduler.max_running + 1));
+  opt.scheduler.prefill_chunk = int64_t{1} << (63 - std::countl_zero(static_cast<uint64_t>(room)));
   opt.scheduler.max_batch_tokens = std::max(budget, opt.scheduler.max_running - 1 + opt.scheduler.prefill_chunk);
   opt.max_model_len = w.prompt_tokens + w.max_tokens + 1;
   opt.cache_bytes = int64_t{8} << 30;

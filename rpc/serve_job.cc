@@ -101,7 +101,7 @@ void AddServeFlags(Flags& flags) {
       .Int("max-queued", e.scheduler.max_queued, "requests waiting for a slot; beyond it RESOURCE_EXHAUSTED", 0,
            1 << 20)
       .Int("prefill-chunk", e.scheduler.prefill_chunk, "prompt tokens per forward pass", 1, int64_t{1} << 20)
-      .Int("cache-mb", e.cache_bytes >> 20, "sequence-cache budget per rank, in MiB", 1, int64_t{1} << 30)
+      .Int("cache-mb", e.cache_bytes >> 20, "KV pool per rank, in MiB (backed as used)", 1, int64_t{1} << 30)
       .Int("max-request-mb", 4, "largest request message, in MiB", 1, 1024)
       .Int("max-streams", 1024, "concurrent streams per connection (and handler threads)", 1, 1 << 20)
       .Double("stream-stall-timeout-s", absl::ToDoubleSeconds(d.endpoint.stream_stall_timeout),
@@ -229,7 +229,9 @@ absl::Status ServeJob::RunWorker() {
         b->mutable_expert_load()->Add(total.begin(), total.end());
       },
       [](const absl::Status& st) { ExitNow(absl::StrCat("lost the coordinator: ", st.message())); });
-  DSV4_RETURN_IF_ERROR(RunFollower(model, runtime_->world(), &counters));
+  EngineOptions eopt = opt_.engine;  // as the leader completes them
+  eopt.max_model_len = std::min(eopt.max_model_len, model.config().max_position_embeddings);
+  DSV4_RETURN_IF_ERROR(RunFollower(model, runtime_->world(), eopt, &counters));
   agent->Leave();
   return absl::OkStatus();
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/log.h"
 #include "base/status.h"
@@ -87,7 +88,31 @@ void RequestHandle::Close(const absl::Status& status) {
 
 // ---- PlanExecutor -------------------------------------------------------------------------------
 
-PlanExecutor::PlanExecutor(Model& model, Communicator& world) : model_(model), world_(world) {
+absl::StatusOr<KvPoolSizes> PoolSizes(const ModelConfig& c, const EngineOptions& o) {
+  KvPoolSizes p;
+  p.block_tokens = KvPool::DefaultBlockTokens(c);
+  const int64_t B = p.block_tokens;
+  p.block_bytes = KvPool::BlockBytes(c, B);
+  p.window_block_bytes = KvPool::WindowBlockBytes(c, B);
+  const int64_t per_seq = (c.sliding_window - 1 + B - 1) / B + (o.scheduler.prefill_chunk + B - 1) / B + 1;
+  const int64_t windows = o.scheduler.max_running * per_seq;
+  const int64_t rest = o.cache_bytes - windows * p.window_block_bytes;
+  const int64_t need = (o.max_model_len + B - 1) / B;  // one sequence of max_model_len
+  if (rest < need * p.block_bytes)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the cache budget (", o.cache_bytes >> 20, " MiB) cannot hold the windows of ", o.scheduler.max_running,
+        " running sequences (", windows, " window blocks of ", p.window_block_bytes >> 10, " KiB) and one sequence of ",
+        o.max_model_len, " tokens (", need, " blocks of ", p.block_bytes >> 10,
+        " KiB): raise the budget, or lower max_running or max_model_len"));
+  p.num_blocks = std::max(need, rest * 3 / 4 / p.block_bytes);
+  p.num_window_blocks = windows + std::max<int64_t>(0, (rest - p.num_blocks * p.block_bytes) / p.window_block_bytes);
+  return p;
+}
+
+// ---- PlanExecutor -------------------------------------------------------------------------------
+
+PlanExecutor::PlanExecutor(Model& model, Communicator& world, std::unique_ptr<KvPool> pool)
+    : model_(model), world_(world), pool_(std::move(pool)) {
   if (const ParallelContext* par = model.parallel(); par != nullptr && par->layout.world > 1) {
     dp_ = par->layout.dp, tp_ = par->layout.tp, group_ = par->layout.dp_rank;
   }
@@ -97,6 +122,10 @@ PlanExecutor::PlanExecutor(Model& model, Communicator& world) : model_(model), w
 }
 
 absl::Status PlanExecutor::Execute(const StepPlan& plan) {
+  if (plan.pool_blocks != pool_->num_blocks() || plan.pool_window_blocks != pool_->num_window_blocks())
+    return absl::InternalError(absl::StrCat("step ", plan.step, ": the leader's KV pool has ", plan.pool_blocks, "+",
+                                            plan.pool_window_blocks, " blocks, this rank's ", pool_->num_blocks(), "+",
+                                            pool_->num_window_blocks(), " (different --cache-mb or --max-running?)"));
   if (!plan.placement.empty()) {
     DSV4_ASSIGN_OR_RETURN(const ModelPlacement next, ModelPlacement::Decode(plan.placement), "step ", plan.step);
     DSV4_RETURN_IF_ERROR(model_.SwitchPlacement(next), "step ", plan.step);
@@ -104,17 +133,30 @@ absl::Status PlanExecutor::Execute(const StepPlan& plan) {
              " redundant slots)");
   }
   for (int32_t slot : plan.free_slots)
-    if (slot >= 0 && slot < static_cast<int32_t>(caches_.size())) caches_[slot].reset();
+    if (slot >= 0 && slot < static_cast<int32_t>(caches_.size())) caches_[slot].reset(), started_[slot] = false;
+  // Table changes for this group's sequences; a slot's first change (or first chunk) makes its cache.
+  auto cache_of = [&](int32_t slot) -> std::optional<SequenceCache>& {
+    if (slot >= static_cast<int32_t>(caches_.size())) caches_.resize(slot + 1), started_.resize(slot + 1, false);
+    if (!caches_[slot].has_value()) caches_[slot] = model_.NewCache(pool_.get());
+    return caches_[slot];
+  };
+  for (const BlockOp& op : plan.block_ops) {
+    if (op.group != group_) continue;
+    if (op.slot < 0 || op.slot >= kMaxSlots || op.index < 0 || op.block < 0 || op.block >= pool_->num_blocks() ||
+        op.window >= pool_->num_window_blocks())
+      return absl::InternalError(absl::StrCat("step ", plan.step, ": malformed block change for slot ", op.slot));
+    SequenceCache& c = *cache_of(op.slot);
+    if (op.index >= static_cast<int64_t>(c.blocks.size())) c.blocks.resize(op.index + 1);
+    c.blocks[op.index] = BlockRef{op.block, op.window};
+  }
   const int64_t V = model_.config().vocab_size;
   step_tokens_.clear();
   chunks_.clear();
   row_of_.clear();
   std::vector<int64_t> group_rows(dp_, 0);  // logit rows of each dp group
   // chunks_ points into caches_: it must not reallocate while they are collected.
-  int32_t max_slot = -1;
   for (const StepSeq& s : plan.seqs)
-    if (s.group == group_ && s.slot < kMaxSlots) max_slot = std::max(max_slot, s.slot);
-  if (max_slot >= static_cast<int32_t>(caches_.size())) caches_.resize(max_slot + 1);
+    if (s.group == group_ && s.slot >= 0 && s.slot < kMaxSlots) cache_of(s.slot);
   size_t offset = 0;
   for (const StepSeq& s : plan.seqs) {
     if (s.slot < 0 || s.slot >= kMaxSlots || s.num_tokens < 1 || offset + s.num_tokens > plan.tokens.size() ||
@@ -128,19 +170,23 @@ absl::Status PlanExecutor::Execute(const StepPlan& plan) {
       ++group_rows[s.group];
     }
     if (s.group != group_) continue;
-    std::optional<SequenceCache>& cache = caches_[s.slot];
-    if (s.start == 0) {
-      if (cache.has_value())
-        return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " starts on slot ",
-                                                s.slot, ", which was never freed: ranks are out of step"));
-      cache = model_.NewCache();
-    } else if (!cache.has_value() || cache->length != s.start) {
-      return absl::InternalError(
-          absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ", s.start, " but slot ",
-                       s.slot, " holds ", cache.has_value() ? cache->length : -1, " tokens: ranks are out of step"));
+    SequenceCache& cache = *caches_[s.slot];
+    if (!started_[s.slot] && s.start > 0) {
+      // Its first step starts after blocks another sequence computed (a shared prompt prefix).
+      if (s.start % pool_->block_tokens() != 0 ||
+          static_cast<int64_t>(cache.blocks.size()) < s.start / pool_->block_tokens())
+        return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " starts at ", s.start,
+                                                " without the blocks before it"));
+      cache.length = s.start;
+      DSV4_RETURN_IF_ERROR(model_.RestoreAtBlockEnd(cache), "step ", plan.step, ": sequence ", s.request);
+    } else if (cache.length != s.start) {
+      return absl::InternalError(absl::StrCat("step ", plan.step, ": sequence ", s.request, " continues at position ",
+                                              s.start, " but slot ", s.slot, " holds ", cache.length,
+                                              " tokens: ranks are out of step"));
     }
     step_tokens_.insert(step_tokens_.end(), tokens.begin(), tokens.end());
-    chunks_.push_back(SequenceChunk{&*cache, s.num_tokens, s.logits && want_logits_});
+    chunks_.push_back(SequenceChunk{&cache, s.num_tokens, s.logits && want_logits_});
+    started_[s.slot] = true;
   }
   const int64_t mine = group_rows[group_];
   if (want_logits_) logits_.resize(mine * V);
@@ -181,10 +227,21 @@ absl::Status PlanExecutor::NumericalError(const StepSeq& seq, std::span<const fl
 }
 
 int64_t PlanExecutor::cache_bytes() const {
-  int64_t b = 0;
-  for (const auto& c : caches_)
-    if (c.has_value()) b += c->Bytes(model_.config());
-  return b;
+  // Blocks shared by several sequences count once.
+  absl::flat_hash_set<int32_t> blocks, windows;
+  int64_t own = 0;
+  for (const auto& c : caches_) {
+    if (!c.has_value()) continue;
+    for (const BlockRef& r : c->blocks) {
+      if (r.block >= 0) blocks.insert(r.block);
+      if (r.window >= 0) windows.insert(r.window);
+    }
+    for (const LayerCache& l : c->layers)
+      own += 4 * (l.compressor.floats() + l.index_compressor.floats());
+  }
+  const ModelConfig& cfg = model_.config();
+  return own + static_cast<int64_t>(blocks.size()) * KvPool::BlockBytes(cfg, pool_->block_tokens()) +
+         static_cast<int64_t>(windows.size()) * KvPool::WindowBlockBytes(cfg, pool_->block_tokens());
 }
 
 int64_t PlanExecutor::sequences() const {
@@ -207,55 +264,56 @@ struct Engine::Request {
   std::unique_ptr<OutputText> text;
   Clock::time_point arrival, scheduled, first_token, last_token;
   bool was_scheduled = false;
+  std::string cache_salt;
   int64_t completion = 0;
   FinishReason finished = FinishReason::kNone;  // set by Sampled on the last token
   absl::Status fault;                           // the numerical watchdog ended it (engine thread)
   bool abort_requested = false;                 // guarded by Engine::mu_
 };
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Model& model, const Tokenizer* tokenizer, Communicator& world,
-                                                       EngineOptions options) {
-  if (options.block_bytes < 1) return absl::InvalidArgumentError("block_bytes must be >= 1");
-  if (options.cache_bytes < options.block_bytes)
-    return absl::InvalidArgumentError("the cache budget must hold at least one block");
-  if (options.max_model_len < 2) return absl::InvalidArgumentError("max_model_len must be >= 2");
-  if (options.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens must be >= 1");
-  options.scheduler.num_blocks = options.cache_bytes / options.block_bytes;
+namespace {
+
+// The scheduler's options with the pool's geometry, the layout's dp groups and the prefix cache.
+absl::StatusOr<EngineOptions> Complete(const Model& model, EngineOptions o) {
+  if (o.max_model_len < 2) return absl::InvalidArgumentError("max_model_len must be >= 2");
+  if (o.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens must be >= 1");
+  if (o.scheduler.max_running < 1) return absl::InvalidArgumentError("max_running must be >= 1");
+  DSV4_ASSIGN_OR_RETURN(const KvPoolSizes pool, PoolSizes(model.config(), o));
+  o.scheduler.kv.block_tokens = pool.block_tokens;
+  o.scheduler.kv.num_blocks = pool.num_blocks;
+  o.scheduler.kv.num_window_blocks = pool.num_window_blocks;
+  o.scheduler.kv.window = model.config().sliding_window;
+  o.scheduler.kv.prefix_cache = o.prefix_cache;
   if (const ParallelContext* par = model.parallel(); par != nullptr && par->layout.world > 1)
-    options.scheduler.dp_groups = par->layout.dp;
-  DSV4_RETURN_IF_ERROR(options.scheduler.Validate());
-  std::unique_ptr<Engine> e(new Engine(model, tokenizer, world, options));
-  const int64_t need = (e->ReservedBytes(options.max_model_len) + options.block_bytes - 1) / options.block_bytes;
-  if (need > options.scheduler.num_blocks)
-    return absl::InvalidArgumentError(absl::StrCat("the cache budget (", options.cache_bytes,
-                                                   " bytes) cannot hold one sequence of max_model_len ",
-                                                   options.max_model_len, " tokens (", need * options.block_bytes,
-                                                   " bytes): raise the budget or lower max_model_len"));
-  return e;
+    o.scheduler.dp_groups = par->layout.dp;
+  DSV4_RETURN_IF_ERROR(o.scheduler.Validate());
+  return o;
 }
 
-Engine::Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options)
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Model& model, const Tokenizer* tokenizer, Communicator& world,
+                                                       EngineOptions options) {
+  DSV4_ASSIGN_OR_RETURN(options, Complete(model, options));
+  DSV4_ASSIGN_OR_RETURN(const KvPoolSizes sizes, PoolSizes(model.config(), options));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
+                        KvPool::Create(model.config(), sizes.block_tokens, sizes.num_blocks, sizes.num_window_blocks));
+  return std::unique_ptr<Engine>(new Engine(model, tokenizer, world, options, sizes, std::move(pool)));
+}
+
+Engine::Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options,
+               const KvPoolSizes& sizes, std::unique_ptr<KvPool> pool)
     : model_(model),
       tokenizer_(tokenizer),
       world_(world),
       opt_(options),
       eos_id_(tokenizer != nullptr && tokenizer->eos_id() >= 0 ? tokenizer->eos_id()
                                                                : static_cast<int32_t>(model.config().eos_token_id)),
-      executor_(model, world),
-      scheduler_(options.scheduler) {
-  // A sequence's cache: the window rings and compressor states (fixed), plus float32 rows of
-  // compressed KV and index keys on the layers that store them (ModelConfig: V4.1 shares them).
-  fixed_bytes_ = model.NewCache().Bytes(model.config());
-  const ModelConfig& c = model.config();
-  const CacheRowsPerToken rows = c.cache_rows_per_token();
-  bytes_per_token_ = 4.0 * (rows.kv * c.head_dim + rows.index_keys * c.index_head_dim);
-}
+      pool_(sizes),
+      executor_(model, world, std::move(pool)),
+      scheduler_(options.scheduler) {}
 
 Engine::~Engine() = default;
-
-int64_t Engine::ReservedBytes(int64_t tokens) const {
-  return fixed_bytes_ + static_cast<int64_t>(std::ceil(bytes_per_token_ * static_cast<double>(tokens)));
-}
 
 absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec) {
   const Clock::time_point arrival = Clock::now();
@@ -305,7 +363,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec)
   r->text = std::make_unique<OutputText>(tokenizer_, r->params.skip_special_tokens, r->params.stop);
   r->tokens = std::move(spec.prompt);
   r->tokens.reserve(prompt_len + max_tokens);
-  const int64_t blocks = (ReservedBytes(prompt_len + max_tokens) + opt_.block_bytes - 1) / opt_.block_bytes;
+  r->cache_salt = std::move(spec.cache_salt);
 
   absl::MutexLock l(&mu_);
   ++counters_.received;
@@ -321,7 +379,7 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerateSpec spec)
     ++counters_.rejected;
     return absl::InvalidArgumentError(absl::StrCat("request_id '", r->id, "' is already in flight"));
   }
-  if (auto st = scheduler_.Add(r->seq, prompt_len, blocks); !st.ok()) {
+  if (auto st = scheduler_.Add(r->seq, r->tokens, prompt_len + max_tokens, r->cache_salt); !st.ok()) {
     ++counters_.rejected;
     return st;
   }
@@ -412,9 +470,13 @@ EngineStats Engine::Stats() const {
   s.active = scheduler_.running();
   s.queued = scheduler_.queued();
   s.max_queued = opt_.scheduler.max_queued;
-  s.block_bytes = opt_.block_bytes;
-  s.blocks_total = opt_.scheduler.num_blocks;
-  s.blocks_used = scheduler_.blocks_used();
+  const KvBlockStats kv = scheduler_.block_stats();
+  s.block_tokens = pool_.block_tokens, s.block_bytes = pool_.block_bytes;
+  s.window_block_bytes = pool_.window_block_bytes;
+  s.blocks_total = kv.blocks_total, s.blocks_used = kv.blocks_used, s.blocks_cached = kv.blocks_cached;
+  s.window_blocks_total = kv.window_blocks_total, s.window_blocks_used = kv.window_blocks_used;
+  s.prefix_queries = kv.prefix_queries, s.prefix_hits = kv.prefix_hits;
+  s.preemptions = scheduler_.preemptions();
   s.cache_bytes = cache_bytes_;
   s.cache_sequences = cache_sequences_;
   s.step = step_;
@@ -519,7 +581,7 @@ void Engine::Sampled(Request& r, std::span<const float> logits) {
 absl::Status Engine::Run() {
   for (;;) {
     StepPlan plan;
-    std::vector<Scheduler::Work> work;
+    Scheduler::Step scheduled;
     std::vector<Request*> batch;  // parallel to plan.seqs
     {
       absl::MutexLock l(&mu_);
@@ -544,8 +606,9 @@ absl::Status Engine::Run() {
           plan.stop = true;
           break;
         }
-        work = scheduler_.Schedule();
-        if (!work.empty() || !pending_frees_.empty() || !pending_placement_.empty()) break;
+        scheduled = scheduler_.Schedule();
+        if (!scheduled.work.empty() || !scheduled.freed_slots.empty() || !pending_frees_.empty() ||
+            !pending_placement_.empty()) break;
         // Idle: wait for work; followers get an empty step every idle_tick so their wait for the
         // next plan never times out.
         absl::Duration wait = world_.size() > 1 ? opt_.idle_tick : absl::Seconds(1);
@@ -553,13 +616,16 @@ absl::Status Engine::Run() {
         if (wake_.WaitWithTimeout(&mu_, std::max(wait, absl::ZeroDuration())) && world_.size() > 1) break;  // tick
       }
       plan.step = step_;
+      plan.pool_blocks = pool_.num_blocks, plan.pool_window_blocks = pool_.num_window_blocks;
       if (!plan.stop) {
         plan.free_slots = std::move(pending_frees_);
         pending_frees_.clear();
         plan.placement = std::move(pending_placement_);
         pending_placement_.clear();
+        plan.free_slots.insert(plan.free_slots.end(), scheduled.freed_slots.begin(), scheduled.freed_slots.end());
+        plan.block_ops = std::move(scheduled.block_ops);
         const Clock::time_point now = Clock::now();
-        for (const Scheduler::Work& w : work) {
+        for (const Scheduler::Work& w : scheduled.work) {
           Request* r = requests_.at(w.seq).get();
           if (!r->was_scheduled) r->was_scheduled = true, r->scheduled = now;
           plan.seqs.push_back(
@@ -608,25 +674,30 @@ absl::Status Engine::Run() {
     if (!plan.seqs.empty()) ++counters_.busy_steps, counters_.step_seconds += step_s;
     cache_bytes_ = executor_.cache_bytes();
     cache_sequences_ = executor_.sequences();
-    for (size_t i = 0; i < work.size(); ++i) {
+    for (size_t i = 0; i < scheduled.work.size(); ++i) {
       Request* r = batch[i];
-      scheduler_.Done(work[i]);
+      scheduler_.Done(scheduled.work[i]);
       if (!r->fault.ok()) {
         FinishLocked(*r, FinishReason::kNone, r->fault);
         continue;
       }
-      if (!work[i].last) continue;
+      if (!scheduled.work[i].last) continue;
       ++counters_.tokens_generated;
       if (r->finished != FinishReason::kNone)
         FinishLocked(*r, r->finished, absl::OkStatus());
       else
-        scheduler_.Append(r->seq);
+        scheduler_.Append(r->seq, r->tokens.back());
     }
   }
 }
 
-absl::Status RunFollower(Model& model, Communicator& world, FollowerCounters* counters) {
-  PlanExecutor executor(model, world);
+absl::Status RunFollower(Model& model, Communicator& world, const EngineOptions& options,
+                         FollowerCounters* counters) {
+  DSV4_ASSIGN_OR_RETURN(const EngineOptions complete, Complete(model, options));
+  DSV4_ASSIGN_OR_RETURN(const KvPoolSizes sizes, PoolSizes(model.config(), complete));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
+                        KvPool::Create(model.config(), sizes.block_tokens, sizes.num_blocks, sizes.num_window_blocks));
+  PlanExecutor executor(model, world, std::move(pool));
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
     log::SetStep(step);

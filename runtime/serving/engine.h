@@ -8,6 +8,11 @@
 // the CPU pool: each owns its generator, so a request's tokens do not depend on the batch) and
 // streams the result to its RequestHandle.
 //
+// Each rank keeps its sequences' KV caches in one pool of blocks (runtime/model/cache.h), sized from
+// the cache budget (PoolSizes). The leader's scheduler decides every block id — shared prompt
+// prefixes, growth, preemption (runtime/serving/kv_blocks.h) — and the plan carries the table
+// changes, so every rank of a dp group holds the same tables.
+//
 // Every request ends exactly once: with a final output (finish reason and usage), or with an error
 // status — ABORTED (Abort), UNAVAILABLE (drain grace expired, Stop, a lost rank), or the failure.
 //
@@ -45,13 +50,25 @@
 namespace dsv4 {
 
 struct EngineOptions {
-  SchedulerOptions scheduler;                          // num_blocks is derived from cache_bytes / block_bytes
-  int64_t cache_bytes = int64_t{1} << 30;              // budget for sequence caches on each rank
-  int64_t block_bytes = int64_t{1} << 16;              // accounting unit
+  SchedulerOptions scheduler;                          // its `kv` pool sizes come from cache_bytes (KvPoolSizes)
+  int64_t cache_bytes = int64_t{1} << 30;              // budget for the KV pool on each rank
+  bool prefix_cache = true;                            // requests share the blocks of common prompt prefixes
   int64_t max_model_len = 16384;                       // prompt + completion tokens of one request
   int64_t default_max_tokens = 256;                    // when a request gives none (bounded by the context)
   absl::Duration idle_tick = absl::Milliseconds(500);  // empty steps keep idle followers in step
 };
+
+// The KV pool of each rank (runtime/model/cache.h), from the cache budget: window blocks for
+// every running sequence's window and prompt chunk (max_running x (ceil((window - 1) / B) +
+// ceil(prefill_chunk / B) + 1)); of the rest, three quarters compressed blocks and a quarter
+// more window blocks, which keep the ends of cached prompt prefixes reusable. The leader and every
+// follower compute it from the same options. INVALID_ARGUMENT when the budget cannot hold the
+// running sequences' windows and one sequence of max_model_len.
+struct KvPoolSizes {
+  int64_t block_tokens = 0, num_blocks = 0, num_window_blocks = 0;
+  int64_t block_bytes = 0, window_block_bytes = 0;
+};
+absl::StatusOr<KvPoolSizes> PoolSizes(const ModelConfig& config, const EngineOptions& options);
 
 enum class FinishReason { kNone, kStop, kLength, kAbort };
 const char* FinishReasonName(FinishReason r);
@@ -62,6 +79,7 @@ struct GenerateSpec {
   std::vector<int32_t> prompt;
   SamplingParams sampling;
   bool echo = false;
+  std::string cache_salt;  // requests share cached prompt blocks only with requests of the same salt
 };
 
 // One piece of a request's stream. Pieces that queue up while the consumer is busy are merged.
@@ -110,7 +128,10 @@ enum class EngineState { kServing, kDraining, kStopped, kFailed };
 struct EngineStats {
   EngineState state = EngineState::kServing;
   int64_t active = 0, queued = 0, max_queued = 0;
-  int64_t block_bytes = 0, blocks_total = 0, blocks_used = 0;
+  int64_t block_tokens = 0, block_bytes = 0, window_block_bytes = 0;  // the KV pool's geometry
+  int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0;        // compressed blocks, every dp group
+  int64_t window_blocks_total = 0, window_blocks_used = 0;
+  int64_t preemptions = 0;                                              // sequences preempted for recompute
   int64_t cache_bytes = 0, cache_sequences = 0;
   int64_t step = 0;
   int64_t busy_steps = 0;   // steps that ran sequences (idle ticks aside)
@@ -141,8 +162,9 @@ class EngineObserver {
 // leader receives the other groups' logits over the world communicator.
 class PlanExecutor {
  public:
-  // `world` is the job's world communicator (the one the plan is broadcast on).
-  PlanExecutor(Model& model, Communicator& world);
+  // `world` is the job's world communicator (the one the plan is broadcast on); `pool` is this
+  // rank's KV pool (KvPool::Create with the sizes of PoolSizes).
+  PlanExecutor(Model& model, Communicator& world, std::unique_ptr<KvPool> pool);
   // Switches the expert placement when the plan carries one, then runs the step. Errors: a plan that
   // disagrees with this rank's caches (ranks out of step), a placement that cannot be switched to,
   // or the model's (communication) errors.
@@ -153,6 +175,7 @@ class PlanExecutor {
   // The numerical watchdog's error for a sequence of the last plan (OK when finite): from its cache
   // on the rank that holds it, else from its `logits`.
   absl::Status NumericalError(const StepSeq& seq, std::span<const float> logits) const;
+  // Bytes of the pool the live sequences' blocks occupy (each block counted once).
   int64_t cache_bytes() const;
   int64_t sequences() const;
 
@@ -161,7 +184,9 @@ class PlanExecutor {
   Communicator& world_;
   int dp_ = 1, tp_ = 1, group_ = 0;
   bool want_logits_;  // this rank computes logits (the leader, a split vocab head, or dp > 1)
+  std::unique_ptr<KvPool> pool_;
   std::vector<std::optional<SequenceCache>> caches_;  // by slot
+  std::vector<bool> started_;                         // by slot: its sequence has run a step
   std::vector<int32_t> step_tokens_;
   std::vector<SequenceChunk> chunks_;
   std::vector<float> logits_;    // [this group's logit rows, vocab]
@@ -211,12 +236,11 @@ class Engine {
   void CountRejected();
   EngineState state() const;
   const EngineOptions& options() const { return opt_; }
-  // Bytes the accounting reserves for a sequence of `tokens` tokens.
-  int64_t ReservedBytes(int64_t tokens) const;
 
  private:
   struct Request;
-  Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options);
+  Engine(Model& model, const Tokenizer* tokenizer, Communicator& world, EngineOptions options,
+         const KvPoolSizes& sizes, std::unique_ptr<KvPool> pool);
 
   // Ends `r` (removing it from the scheduler; its slot is freed in the next plan).
   void FinishLocked(Request& r, FinishReason reason, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -231,8 +255,7 @@ class Engine {
   Communicator& world_;
   const EngineOptions opt_;
   const int32_t eos_id_;
-  int64_t fixed_bytes_ = 0;     // a fresh sequence cache
-  double bytes_per_token_ = 0;  // growth of a cache per token, at most
+  const KvPoolSizes pool_;
   PlanExecutor executor_;       // engine thread only
   std::atomic<EngineObserver*> observer_{nullptr};
 
@@ -267,7 +290,9 @@ struct FollowerCounters {
 };
 
 // Every rank but the leader: runs the leader's plans until the stop plan (OK) or an error (a
-// desync, a lost peer). `counters` (may be null) follow its progress.
-absl::Status RunFollower(Model& model, Communicator& world, FollowerCounters* counters = nullptr);
+// desync, a lost peer). `options` must be the leader's (they size the KV pool); `counters` (may
+// be null) follow its progress.
+absl::Status RunFollower(Model& model, Communicator& world, const EngineOptions& options,
+                         FollowerCounters* counters = nullptr);
 
 }  // namespace dsv4

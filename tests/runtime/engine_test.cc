@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/builtin.h"
+#include "runtime/model/cache.h"
 #include "runtime/weights.h"
 
 namespace dsv4 {
@@ -40,8 +41,9 @@ Shared& S() {
 // An engine running on its own thread for the length of a test.
 class Running {
  public:
-  explicit Running(EngineOptions opt = Small()) {
-    auto e = Engine::Create(*S().model, S().tokenizer.get(), *S().world, opt);
+  explicit Running(EngineOptions opt = Small(), const Model* model = nullptr, const Tokenizer* tokenizer = nullptr) {
+    if (model == nullptr) model = S().model.get(), tokenizer = S().tokenizer.get();
+    auto e = Engine::Create(*model, tokenizer, *S().world, opt);
     EXPECT_TRUE(e.ok()) << e.status();
     engine = std::move(*e);
     thread = std::thread([this] { result = engine->Run(); });
@@ -143,6 +145,102 @@ TEST(Engine, ConcurrentRequestsGetTheTokensTheyGetAlone) {
   EXPECT_EQ(st.tokens_generated, 2 * n * 6);
 }
 
+// Prefix sharing: requests whose prompts start with the same 300 tokens (two full blocks of 128)
+// reuse the first request's blocks (they compute only from position 256) and still get exactly the
+// tokens they get computing everything themselves (a unique cache_salt shares nothing).
+TEST(Engine, SharedPromptPrefixesReuseBlocksAndChangeNoToken) {
+  ASSERT_NE(S().model, nullptr);
+  EngineOptions o = Running::Small();
+  o.max_model_len = 512;
+  Running run(o);
+  const std::vector<int32_t> prefix = Prompt(300, 77);
+  auto spec = [&](int i, const std::string& salt) {
+    GenerateSpec s = Spec(i);
+    s.prompt = prefix;
+    const std::vector<int32_t> tail = Prompt(5 + i, 500 + i);
+    s.prompt.insert(s.prompt.end(), tail.begin(), tail.end());
+    s.sampling.max_tokens = 5;
+    s.cache_salt = salt;
+    return s;
+  };
+  const int n = 4;
+  std::vector<Result> cold(n), warm(n);
+  for (int i = 0; i < n; ++i) {
+    auto h = run.engine->Submit(spec(i, "cold-" + std::to_string(i)));
+    ASSERT_TRUE(h.ok()) << h.status();
+    cold[i] = Collect(**h);
+    ASSERT_TRUE(cold[i].status.ok()) << cold[i].status;
+  }
+  const EngineStats before = run.engine->Stats();
+  // The first one computes the prefix; the others, submitted once it has, share it.
+  auto first = run.engine->Submit(spec(0, ""));
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE((*first)->Next(absl::Seconds(120)).ok());  // its prompt is in the cache now
+  std::vector<std::shared_ptr<RequestHandle>> handles = {*first};
+  for (int i = 1; i < n; ++i) {
+    auto h = run.engine->Submit(spec(i, ""));
+    ASSERT_TRUE(h.ok());
+    handles.push_back(*h);
+  }
+  for (int i = 0; i < n; ++i) {
+    warm[i] = Collect(*handles[i]);
+    ASSERT_TRUE(warm[i].status.ok()) << warm[i].status;
+    if (i == 0) warm[i].tokens.insert(warm[i].tokens.begin(), cold[0].tokens[0]);  // its first piece was taken
+    EXPECT_EQ(warm[i].tokens, cold[i].tokens) << "request " << i;
+  }
+  const EngineStats after = run.engine->Stats();
+  EXPECT_EQ(after.prefix_hits - before.prefix_hits, (n - 1) * 256) << "three requests found two blocks each";
+  EXPECT_EQ(after.blocks_used, 0);
+  EXPECT_GE(after.blocks_cached, 2);
+}
+
+// Too few blocks for three requests at once (each grows to two blocks; the pool has four): the
+// newest running one is preempted, recomputed later, and every request still gets exactly the
+// tokens it gets alone; the blocks all come back.
+TEST(Engine, PreemptedRequestsAreRecomputedAndGetTheirOwnTokens) {
+  ASSERT_NE(S().model, nullptr);
+  EngineOptions o = Running::Small();
+  o.scheduler.max_running = 3;
+  o.max_model_len = 384;  // three blocks
+  // Three sequences' windows and chunks (three window blocks each), and four compressed blocks.
+  const ModelConfig& c = S().model->config();
+  const int64_t B = KvPool::DefaultBlockTokens(c);
+  o.cache_bytes = 3 * 3 * KvPool::WindowBlockBytes(c, B) + 4 * KvPool::BlockBytes(c, B) * 4 / 3 + 1024;
+  Running run(o);
+  ASSERT_EQ(run.engine->Stats().blocks_total, 4);
+  const int n = 3;
+  auto spec = [&](int i) {
+    GenerateSpec s = Spec(i);
+    s.prompt = Prompt(100 + 7 * i, 900 + i);
+    s.sampling.max_tokens = 60;  // 160 .. 174 positions: two blocks each
+    return s;
+  };
+  std::vector<Result> alone(n), together(n);
+  for (int i = 0; i < n; ++i) {
+    auto h = run.engine->Submit(spec(i));
+    ASSERT_TRUE(h.ok()) << h.status();
+    alone[i] = Collect(**h);
+    ASSERT_TRUE(alone[i].status.ok()) << alone[i].status;
+  }
+  ASSERT_EQ(run.engine->Stats().preemptions, 0);
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  for (int i = 0; i < n; ++i) {
+    auto h = run.engine->Submit(spec(i));
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles.push_back(*h);
+  }
+  for (int i = 0; i < n; ++i) {
+    together[i] = Collect(*handles[i]);
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status;
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+  }
+  const EngineStats st = run.engine->Stats();
+  EXPECT_GT(st.preemptions, 0) << "the pool was meant to be too small for all four";
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.active, 0);
+  EXPECT_EQ(st.completed, 2 * n);
+}
+
 TEST(Engine, AbortFreesTheCacheWithinAStep) {
   ASSERT_NE(S().model, nullptr);
   Running run;
@@ -175,6 +273,21 @@ TEST(Engine, AbortFreesTheCacheWithinAStep) {
   EXPECT_EQ(st.blocks_used, 0);
   EXPECT_EQ(st.active, 0);
   EXPECT_EQ(st.aborted, 1);
+}
+
+// A budget too small for the running sequences' windows and one sequence of max_model_len is an
+// error that says so; a pool the machine cannot reserve is RESOURCE_EXHAUSTED naming its size.
+TEST(Engine, APoolThatCannotBeHadIsAClearError) {
+  ASSERT_NE(S().model, nullptr);
+  EngineOptions o = Running::Small();
+  o.cache_bytes = 64 << 10;
+  auto e = Engine::Create(*S().model, nullptr, *S().world, o);
+  ASSERT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("cache budget"), std::string::npos) << e.status();
+  const ModelConfig& c = S().model->config();
+  auto huge = KvPool::Create(c, KvPool::DefaultBlockTokens(c), int64_t{1} << 40, 1);
+  ASSERT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(huge.status().message().find("--cache-mb"), std::string::npos) << huge.status();
 }
 
 TEST(Engine, RejectsBadRequestsNamingTheField) {
@@ -337,6 +450,105 @@ TEST(Engine, StopStringsEndTheRequestAndEchoReturnsThePrompt) {
 
 namespace dsv4 {
 namespace {
+
+// Prefix sharing and preemption on both families, with every cache the pool keeps: V4 (overlapping
+// ratio-4 compressors, whose rows at a block end a resuming sequence needs), V4.1 (compressed KV
+// and index keys shared across layers; ratio 1 and 2), and builtin:v41-tiny with Engram (its n-gram
+// history at a block end) when the tokenizer is installed. Three requests share a 300-token
+// prefix (two blocks of 128) and each grows into a fourth block; the pool holds six, so the newest
+// is preempted and recomputed. Each stream equals the same request run alone (a unique salt:
+// nothing shared, nothing preempted), token for token.
+TEST(Engine, SharingAndPreemptionAreExactOnV4AndV41) {
+  struct Family {
+    std::string name;
+    std::unique_ptr<Model> model;
+    int64_t vocab;
+  };
+  std::vector<Family> families;
+  auto v41 = nlohmann::json::parse(*BuiltinConfigJson("v41-tiny"));
+  nlohmann::json& t = v41["text_config"];
+  for (auto it = t.begin(); it != t.end();) it = it.key().rfind("engram_", 0) == 0 ? t.erase(it) : std::next(it);
+  t["vocab_size"] = 512;
+  auto v4 = nlohmann::json::parse(*BuiltinConfigJson("v4-tiny"));
+  v4["vocab_size"] = 512;
+  for (const auto& [name, j] : {std::pair<std::string, nlohmann::json>{"V4", v4}, {"V4.1", v41}}) {
+    auto b = MakeRandomModel(j.dump(), 9, "sharing");
+    ASSERT_TRUE(b.ok()) << b.status();
+    auto w = LoadWeights(b->checkpoint, b->config);
+    ASSERT_TRUE(w.ok()) << w.status();
+    families.push_back({name, std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w))), 512});
+  }
+  if (FindTokenizerJson("builtin:v41-tiny").ok()) {
+    auto w = LoadModel("builtin:v41-tiny");
+    ASSERT_TRUE(w.ok()) << w.status();
+    families.push_back({"V4.1 with Engram", std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(*w))),
+                        100000});  // ids with a compressed id in the npm tokenizer
+  }
+  for (Family& f : families) {
+    SCOPED_TRACE(f.name);
+    const ModelConfig& c = f.model->config();
+    const int64_t B = KvPool::DefaultBlockTokens(c);
+    ASSERT_EQ(B, 128);
+    EngineOptions o = Running::Small();
+    o.scheduler.max_running = 3;
+    o.max_model_len = 512;
+    // Each running sequence's window and chunk (three window blocks), and six compressed blocks.
+    o.cache_bytes = 3 * 3 * KvPool::WindowBlockBytes(c, B) + 6 * KvPool::BlockBytes(c, B) * 4 / 3 + 1024;
+    Running run(o, f.model.get(), nullptr);
+    ASSERT_EQ(run.engine->Stats().blocks_total, 6);
+    auto tokens = [&](int n, int salt) {
+      std::vector<int32_t> p;
+      for (int i = 0; i < n; ++i) p.push_back(static_cast<int32_t>((i * 7919 + salt * 104729) % f.vocab));
+      return p;
+    };
+    const std::vector<int32_t> prefix = tokens(300, 1);
+    auto spec = [&](int i, const std::string& salt) {
+      GenerateSpec s;
+      s.prompt = prefix;
+      const std::vector<int32_t> tail = tokens(70 + i, 10 + i);
+      s.prompt.insert(s.prompt.end(), tail.begin(), tail.end());
+      s.sampling.max_tokens = 40;  // 410 .. 412 positions: into a fourth block
+      s.sampling.seed = 7 + i;
+      s.sampling.temperature = i == 0 ? 0.0 : 0.8;
+      s.sampling.ignore_eos = true;
+      s.cache_salt = salt;
+      return s;
+    };
+    const int n = 3;
+    std::vector<Result> alone(n), together(n);
+    for (int i = 0; i < n; ++i) {
+      auto h = run.engine->Submit(spec(i, "alone-" + std::to_string(i)));
+      ASSERT_TRUE(h.ok()) << h.status();
+      alone[i] = Collect(**h);
+      ASSERT_TRUE(alone[i].status.ok()) << alone[i].status;
+      ASSERT_EQ(alone[i].tokens.size(), 40u);
+    }
+    ASSERT_EQ(run.engine->Stats().preemptions, 0);
+    // A first request leaves the prefix's two blocks cached.
+    GenerateSpec warm = spec(5, "");
+    warm.sampling.max_tokens = 1;
+    auto h = run.engine->Submit(warm);
+    ASSERT_TRUE(h.ok()) << h.status();
+    ASSERT_TRUE(Collect(**h).status.ok());
+    const EngineStats before = run.engine->Stats();
+    std::vector<std::shared_ptr<RequestHandle>> handles;
+    for (int i = 0; i < n; ++i) {
+      auto h = run.engine->Submit(spec(i, ""));
+      ASSERT_TRUE(h.ok()) << h.status();
+      handles.push_back(*h);
+    }
+    for (int i = 0; i < n; ++i) {
+      together[i] = Collect(*handles[i]);
+      ASSERT_TRUE(together[i].status.ok()) << together[i].status;
+      EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+    }
+    const EngineStats after = run.engine->Stats();
+    EXPECT_GT(after.preemptions, 0) << "six blocks were meant to be too few for three requests of four";
+    EXPECT_GE(after.prefix_hits - before.prefix_hits, n * 2 * B) << "each found the prefix's two blocks";
+    EXPECT_EQ(after.blocks_used, 0);
+    EXPECT_EQ(after.active, 0);
+  }
+}
 
 }  // namespace
 }  // namespace dsv4

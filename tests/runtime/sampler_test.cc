@@ -1,5 +1,5 @@
-// The serving pieces that need no model: sampling parameters and the sampler, the scheduler, and
-// the streamed output text with stop strings.
+// The serving pieces that need no model: sampling parameters and the sampler, and the streamed
+// output text with stop strings. (The scheduler and the KV blocks: kv_blocks_test.cc.)
 #include "runtime/serving/sampler.h"
 
 #include <gtest/gtest.h>
@@ -14,7 +14,6 @@
 
 #include "kernels/cpu/sampling.h"
 #include "runtime/serving/output_text.h"
-#include "runtime/serving/scheduler.h"
 #include "runtime/tokenizer/utf8.h"
 
 namespace dsv4 {
@@ -303,101 +302,6 @@ TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
       EXPECT_LE(std::abs(rank(got) - rank(want)), 1) << "trial " << trial << " top_p " << top_p;
     }
   }
-}
-
-// ---- scheduler ----------------------------------------------------------------------------------
-
-SchedulerOptions SmallOptions() {
-  SchedulerOptions o;
-  o.max_batch_tokens = 10;
-  o.max_running = 3;
-  o.max_queued = 4;
-  o.prefill_chunk = 4;
-  o.num_blocks = 10;
-  return o;
-}
-
-TEST(Scheduler, ValidatesThatEveryStepCanTakeAChunk) {
-  SchedulerOptions o = SmallOptions();
-  EXPECT_TRUE(o.Validate().ok());
-  o.max_batch_tokens = 5;  // 2 decodes + a chunk of 4 do not fit
-  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST(Scheduler, ChunksAreFixedAndDecodesComeFirstWithinTheBudget) {
-  Scheduler s(SmallOptions());
-  ASSERT_TRUE(s.Add(1, 9, 2).ok());
-  ASSERT_TRUE(s.Add(2, 3, 2).ok());
-  auto w = s.Schedule();
-  // Budget 10: seq 1's chunk [0, 4), seq 2's whole prompt [0, 3).
-  ASSERT_EQ(w.size(), 2u);
-  EXPECT_EQ(w[0].seq, 1);
-  EXPECT_EQ(w[0].begin, 0);
-  EXPECT_EQ(w[0].end, 4);
-  EXPECT_FALSE(w[0].last);
-  EXPECT_EQ(w[1].seq, 2);
-  EXPECT_EQ(w[1].end, 3);
-  EXPECT_TRUE(w[1].last);
-  for (const auto& x : w) s.Done(x);
-  s.Append(2);  // seq 2 sampled a token: it decodes next
-  w = s.Schedule();
-  ASSERT_EQ(w.size(), 2u);
-  EXPECT_EQ(w[0].seq, 2);  // the decode first
-  EXPECT_EQ(w[0].begin, 3);
-  EXPECT_EQ(w[0].end, 4);
-  EXPECT_EQ(w[1].seq, 1);
-  EXPECT_EQ(w[1].begin, 4);
-  EXPECT_EQ(w[1].end, 8);  // the next fixed chunk, not a budget-sized one
-}
-
-TEST(Scheduler, AdmissionByBlocksAndSlotsAndAQueueLimit) {
-  Scheduler s(SmallOptions());
-  ASSERT_TRUE(s.Add(1, 2, 6).ok());
-  ASSERT_TRUE(s.Add(2, 2, 6).ok());                                       // 6 + 6 > 10 blocks: waits for seq 1
-  EXPECT_EQ(s.Add(3, 2, 11).code(), absl::StatusCode::kInvalidArgument);  // can never fit
-  auto w = s.Schedule();
-  ASSERT_EQ(w.size(), 1u);
-  EXPECT_EQ(s.running(), 1);
-  EXPECT_EQ(s.queued(), 1);
-  EXPECT_EQ(s.blocks_used(), 6);
-  ASSERT_TRUE(s.Add(4, 1, 1).ok());  // behind seq 2: first come, first served
-  ASSERT_TRUE(s.Add(5, 1, 1).ok());
-  ASSERT_TRUE(s.Add(6, 1, 1).ok());
-  EXPECT_EQ(s.Add(7, 1, 1).code(), absl::StatusCode::kResourceExhausted);  // 4 waiting
-  EXPECT_EQ(s.Remove(1), 0);                                               // slot 0 freed
-  EXPECT_EQ(s.blocks_used(), 0);
-  w = s.Schedule();
-  EXPECT_EQ(s.running(), 3);  // seqs 2, 4, 5 (slots 0, 1, 2); seq 6 waits for a slot
-  EXPECT_EQ(s.queued(), 1);
-  EXPECT_EQ(s.blocks_used(), 8);
-  EXPECT_EQ(s.Remove(6), -1);  // a waiting sequence has no slot
-  EXPECT_EQ(s.queued(), 0);
-}
-
-// Data-parallel attention groups: each admitted sequence goes to the group running the fewest
-// (the lowest on a tie) and keeps it; its work items carry the group.
-TEST(Scheduler, SequencesSpreadOverDpGroupsAndStay) {
-  SchedulerOptions o = SmallOptions();
-  o.dp_groups = 2;
-  o.max_batch_tokens = 20;
-  Scheduler s(o);
-  for (int64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(s.Add(seq, 1, 1).ok());
-  auto w = s.Schedule();
-  ASSERT_EQ(w.size(), 3u);
-  EXPECT_EQ(w[0].group, 0);
-  EXPECT_EQ(w[1].group, 1);
-  EXPECT_EQ(w[2].group, 0);
-  for (const auto& x : w) s.Done(x), s.Append(x.seq);
-  s.Remove(2);  // group 1 is empty now: the next sequence goes there
-  ASSERT_TRUE(s.Add(4, 1, 1).ok());
-  w = s.Schedule();
-  ASSERT_EQ(w.size(), 3u);  // two decodes, then the new prompt
-  EXPECT_EQ(w[0].seq, 1);
-  EXPECT_EQ(w[0].group, 0);
-  EXPECT_EQ(w[1].seq, 3);
-  EXPECT_EQ(w[1].group, 0);
-  EXPECT_EQ(w[2].seq, 4);
-  EXPECT_EQ(w[2].group, 1);
 }
 
 // ---- output text --------------------------------------------------------------------------------
