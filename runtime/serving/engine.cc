@@ -607,8 +607,11 @@ absl::Status Engine::Run() {
           break;
         }
         scheduled = scheduler_.Schedule();
-        if (!scheduled.work.empty() || !scheduled.freed_slots.empty() || !pending_frees_.empty() ||
-            !pending_placement_.empty()) break;
+        // Table changes must reach the ranks even in a step without work (an admission whose first
+        // chunk waits for blocks): the leader's tables already include them.
+        if (!scheduled.work.empty() || !scheduled.freed_slots.empty() || !scheduled.block_ops.empty() ||
+            !pending_frees_.empty() || !pending_placement_.empty())
+          break;
         // Idle: wait for work; followers get an empty step every idle_tick so their wait for the
         // next plan never times out.
         absl::Duration wait = world_.size() > 1 ? opt_.idle_tick : absl::Seconds(1);
