@@ -58,6 +58,9 @@ absl::StatusOr<GenerateSpec> ToGenerateSpec(const v1::GenerateRequest& req, cons
   GenerateSpec spec;
   spec.request_id = req.request_id();
   spec.echo = req.echo();
+  if (req.cache_salt().size() > 256)
+    return absl::InvalidArgumentError(absl::StrCat("cache_salt is ", req.cache_salt().size(), " bytes; at most 256"));
+  spec.cache_salt = req.cache_salt();
   DSV4_RETURN_IF_ERROR(ToSampling(req.sampling(), spec.sampling));
   switch (req.input_case()) {
     case v1::GenerateRequest::kTokens:

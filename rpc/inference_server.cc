@@ -170,6 +170,14 @@ class InferenceServer::Service final : public v1::Inference::Service {
     c->set_blocks_used(s.blocks_used);
     c->set_bytes_used(s.cache_bytes);
     c->set_sequences(s.cache_sequences);
+    c->set_block_tokens(s.block_tokens);
+    c->set_blocks_cached(s.blocks_cached);
+    c->set_window_block_bytes(s.window_block_bytes);
+    c->set_window_blocks_total(s.window_blocks_total);
+    c->set_window_blocks_used(s.window_blocks_used);
+    c->set_prefix_queried_tokens(s.prefix_queries);
+    c->set_prefix_hit_tokens(s.prefix_hits);
+    c->set_preemptions(s.preemptions);
     resp->set_step(s.step);
     resp->set_requests_received(s.received);
     resp->set_requests_completed(s.completed);

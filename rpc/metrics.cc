@@ -141,6 +141,12 @@ std::string ServingMetrics::Render(const EngineStats& s, std::span<const RankFig
         s.blocks_total > 0 ? static_cast<double>(s.blocks_used) / static_cast<double>(s.blocks_total) : 0.0);
   gauge("dsv4:kv_cache_blocks_used", "KV cache blocks in use.", static_cast<double>(s.blocks_used));
   gauge("dsv4:kv_cache_blocks_total", "KV cache blocks in all.", static_cast<double>(s.blocks_total));
+  gauge("dsv4:kv_cache_blocks_cached", "Full KV blocks no request holds, kept for reuse.",
+        static_cast<double>(s.blocks_cached));
+  gauge("dsv4:kv_cache_window_blocks_used", "Window blocks in use.", static_cast<double>(s.window_blocks_used));
+  gauge("dsv4:kv_cache_window_blocks_total", "Window blocks in all.", static_cast<double>(s.window_blocks_total));
+  counter("dsv4:num_preemptions_total", "Requests preempted when KV blocks ran out (recomputed later).",
+          static_cast<double>(s.preemptions));
   counter("dsv4:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
           static_cast<double>(s.prefix_queries));
   counter("dsv4:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.",

@@ -5,7 +5,9 @@
 //   dsv4:num_requests_running / _waiting            gauges        requests generating / queued
 //   dsv4:request_success_total{finished_reason}     counter       stop, length, abort
 //   dsv4:request_failure_total{reason}              counter       error, rejected
-//   dsv4:kv_cache_usage_perc, dsv4:kv_cache_blocks_used / _total, dsv4:kv_cache_bytes{rank}
+//   dsv4:kv_cache_usage_perc, dsv4:kv_cache_blocks_used / _total / _cached,
+//   dsv4:kv_cache_window_blocks_used / _total, dsv4:kv_cache_bytes{rank}
+//   dsv4:num_preemptions_total                      counter       requests preempted for recompute
 //   dsv4:prefix_cache_queries_total / _hits_total   counters      prompt tokens looked up / found
 //   dsv4:prefix_cache_hit_rate                      gauge         hits / queries since start
 //   dsv4:prompt_tokens_total, dsv4:generation_tokens_total   counters (rate() = tokens/s)

@@ -287,6 +287,10 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(OpenAiApi api, std::string_view
       return st;
     }
   }
+  if (const Json* salt = Field(j, "cache_salt")) {
+    if (!salt->is_string()) return Invalid("cache_salt", "cache_salt must be a string");
+    out.request.set_cache_salt(salt->get<std::string>());
+  }
   DSV4_ASSIGN_OR_RETURN(auto stream, Bool(j, "stream"));
   out.stream = stream.value_or(false);
   if (const Json* so = Field(j, "stream_options")) {

@@ -4,8 +4,8 @@
 // A request body becomes the inference request of dsv4.v1 (rpc/convert.h takes it from there), so
 // text, chat and token-id inputs get exactly the checks the gRPC endpoint applies; the fields and
 // extensions accepted are those of OpenAI and vLLM (top_k, min_p, repetition_penalty, ignore_eos,
-// stop_token_ids, skip_special_tokens, chat_template_kwargs.thinking / reasoning_effort). Fields
-// this server cannot honour (n > 1, best_of > 1, suffix, tools, a JSON response_format,
+// stop_token_ids, skip_special_tokens, cache_salt, chat_template_kwargs.thinking / reasoning_effort).
+// Fields this server cannot honour (n > 1, best_of > 1, suffix, tools, a JSON response_format,
 // min_tokens) are INVALID_ARGUMENT rather than silently ignored; unknown fields are ignored, as
 // vLLM does. The engine's outputs are written back as OpenAI's objects and as server-sent events
 // ("data: {chunk}\n\n" ... "data: [DONE]\n\n").

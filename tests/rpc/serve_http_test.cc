@@ -3,7 +3,9 @@
 // order: OpenAI's own client (the `openai` npm package, run by node) lists the models and streams
 // a chat completion, whose text equals the same request over gRPC; curl's /metrics parses as
 // Prometheus text and agrees with GetServerInfo, every rank's step time and the routed tokens of a
-// request included; a storm of 200 HTTP connections; a client that vanishes mid-stream; drain.
+// request included; four requests with a 2,000-token common prefix hold about one prefix's KV
+// blocks and each stream equals the same request alone; a storm of 200 HTTP connections; a client
+// that vanishes mid-stream; drain.
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
@@ -39,7 +41,7 @@ struct Shared {
 Shared& S() {
   static Shared* s = [] {
     auto* s = new Shared;
-    auto p = ServeProcess::Start({"--model", kModel, "--threads", "1", "--http-port", "0", "--max-model-len", "512",
+    auto p = ServeProcess::Start({"--model", kModel, "--threads", "1", "--http-port", "0", "--max-model-len", "2304",
                                   "--max-running", "16", "--max-queued", "64", "--max-batch-tokens", "160",
                                   "--prefill-chunk", "64", "--drain-grace-s", "60"},
                                  testing::ServeRanks());
@@ -171,6 +173,88 @@ TEST(ServeHttp, CurlsMetricsAreStrictPrometheusTextThatAgreesWithServerInfo) {
   EXPECT_GE(*after->Value("dsv4:time_to_first_token_seconds_count", m), 1);
   for (int rank = 0; rank < testing::ServeRanks(); ++rank)
     EXPECT_GT(*after->Value("dsv4:step_duration_seconds_count", {{"rank", absl::StrCat(rank)}}), 0) << rank;
+}
+
+// Four requests whose prompts share their first 2,000 tokens: once the first has run, the prefix's
+// 15 full blocks (1,920 tokens) are cached and all four start after them, so while they run the
+// pool holds about one prefix's blocks (15 shared + one of each request's own), not four; and each
+// stream equals the same request computing everything itself (a unique cache_salt shares nothing).
+TEST(ServeHttp, FourRequestsWithA2000TokenPrefixShareItsBlocks) {
+  REQUIRE_SERVER();
+  constexpr int kPrefix = 2000, kN = 4, kShared = 1920, kMaxTokens = 8;
+  std::vector<int32_t> prefix;
+  for (int i = 0; i < kPrefix; ++i) prefix.push_back(100 + (i * 7919) % 100000);
+  auto request = [&](int i, const std::string& salt) {
+    v1::GenerateRequest r;
+    auto* ids = r.mutable_tokens()->mutable_ids();
+    ids->Add(prefix.begin(), prefix.end());
+    for (int t = 0; t < 20; ++t) ids->Add(5000 + 100 * i + t);
+    r.set_cache_salt(salt);
+    r.mutable_sampling()->set_max_tokens(kMaxTokens);
+    r.mutable_sampling()->set_seed(i);
+    r.mutable_sampling()->set_ignore_eos(true);
+    return r;
+  };
+  auto run = [&](const v1::GenerateRequest& r) {
+    std::vector<int32_t> tokens;
+    const absl::Status st = S().client->Generate(
+        r,
+        [&](const v1::GenerateResponse& m) {
+          tokens.insert(tokens.end(), m.token_ids().begin(), m.token_ids().end());
+        },
+        absl::Seconds(600));
+    EXPECT_TRUE(st.ok()) << st;
+    return tokens;
+  };
+  std::vector<std::vector<int32_t>> alone(kN);
+  for (int i = 0; i < kN; ++i) alone[i] = run(request(i, absl::StrCat("alone-", i)));
+  (void)run(request(0, ""));  // computes the prefix's blocks, which stay cached
+  auto before = S().client->ServerInfo();
+  ASSERT_TRUE(before.ok());
+  auto metrics_before = CurlMetrics();
+  ASSERT_TRUE(metrics_before.ok()) << metrics_before.status();
+
+  std::vector<std::vector<int32_t>> shared(kN);
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i)
+    threads.emplace_back([&, i] {
+      auto c = InferenceClient::Connect(S().server->address(), {});
+      ASSERT_TRUE(c.ok());
+      std::vector<int32_t> tokens;
+      const absl::Status st = (*c)->Generate(
+          request(i, ""),
+          [&](const v1::GenerateResponse& m) {
+            tokens.insert(tokens.end(), m.token_ids().begin(), m.token_ids().end());
+          },
+          absl::Seconds(600));
+      EXPECT_TRUE(st.ok()) << st;
+      shared[i] = std::move(tokens);
+      ++done;
+    });
+  int64_t max_used = 0;
+  while (done.load() < kN) {
+    auto info = S().client->ServerInfo();
+    if (info.ok()) max_used = std::max(max_used, info->cache().blocks_used());
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kN; ++i) EXPECT_EQ(shared[i], alone[i]) << "request " << i;
+  auto after = S().client->ServerInfo();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->cache().block_tokens(), 128);
+  EXPECT_EQ(after->cache().prefix_hit_tokens() - before->cache().prefix_hit_tokens(), kN * kShared);
+  EXPECT_LE(max_used, kShared / 128 + kN + 2) << "about one prefix's blocks, not " << kN;
+  std::printf("  at most %lld KV blocks in use for %d requests of %d tokens (one prompt alone: %d)\n",
+              static_cast<long long>(max_used), kN, kPrefix + 20, (kPrefix + 20 + kMaxTokens + 127) / 128);
+  auto metrics_after = CurlMetrics();
+  ASSERT_TRUE(metrics_after.ok()) << metrics_after.status();
+  const std::vector<std::pair<std::string, std::string>> m = {{"model_name", kModel}};
+  EXPECT_EQ(*metrics_after->Value("dsv4:prefix_cache_hits_total", m) -
+                *metrics_before->Value("dsv4:prefix_cache_hits_total", m),
+            kN * kShared);
+  EXPECT_GT(*metrics_after->Value("dsv4:prefix_cache_hit_rate", m), 0);
+  EXPECT_GE(*metrics_after->Value("dsv4:kv_cache_blocks_cached", m), kShared / 128);
 }
 
 // GR-08 over HTTP: 200 connections at once, each ends once (200 or 429), none hangs.
