@@ -78,7 +78,8 @@ absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const ModelConfig& c, int
                                                        int64_t num_window_blocks) {
   if (block_tokens < 1 || num_blocks < 0 || num_window_blocks < 0)
     return absl::InvalidArgumentError(absl::StrCat("bad KV pool geometry: ", num_blocks, " blocks and ",
-                                                   num_window_blocks, " window blocks of ", block_tokens, " positions"));
+                                                   num_window_blocks, " window blocks of ", block_tokens,
+                                                   " positions"));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.ratio(l) > 0 && block_tokens % c.ratio(l) != 0)
       return absl::InvalidArgumentError(absl::StrCat("KV blocks of ", block_tokens,
@@ -124,7 +125,8 @@ const float* SequenceCache::IndexKeyRow(int64_t l, int64_t r) const {
 std::vector<float> SequenceCache::CompressedRows(const ModelConfig& c, int64_t l) const {
   std::vector<float> rows;
   if (!c.compresses(l)) return rows;
-  for (int64_t r = 0; r < length / c.ratio(l); ++r) rows.insert(rows.end(), CompressedRow(l, r), CompressedRow(l, r) + c.head_dim);
+  for (int64_t r = 0; r < length / c.ratio(l); ++r)
+    rows.insert(rows.end(), CompressedRow(l, r), CompressedRow(l, r) + c.head_dim);
   return rows;
 }
 
