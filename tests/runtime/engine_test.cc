@@ -41,7 +41,7 @@ Shared& S() {
 // An engine running on its own thread for the length of a test.
 class Running {
  public:
-  explicit Running(EngineOptions opt = Small(), const Model* model = nullptr, const Tokenizer* tokenizer = nullptr) {
+  explicit Running(EngineOptions opt = Small(), Model* model = nullptr, const Tokenizer* tokenizer = nullptr) {
     if (model == nullptr) model = S().model.get(), tokenizer = S().tokenizer.get();
     auto e = Engine::Create(*model, tokenizer, *S().world, opt);
     EXPECT_TRUE(e.ok()) << e.status();
