@@ -178,6 +178,7 @@ class InferenceServer::Service final : public v1::Inference::Service {
     c->set_prefix_queried_tokens(s.prefix_queries);
     c->set_prefix_hit_tokens(s.prefix_hits);
     c->set_preemptions(s.preemptions);
+    c->set_prefix_hit_rate(s.prefix_queries > 0 ? static_cast<double>(s.prefix_hits) / s.prefix_queries : 0.0);
     resp->set_step(s.step);
     resp->set_requests_received(s.received);
     resp->set_requests_completed(s.completed);

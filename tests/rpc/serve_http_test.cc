@@ -254,6 +254,8 @@ TEST(ServeHttp, FourRequestsWithA2000TokenPrefixShareItsBlocks) {
                 *metrics_before->Value("dsv4:prefix_cache_hits_total", m),
             kN * kShared);
   EXPECT_GT(*metrics_after->Value("dsv4:prefix_cache_hit_rate", m), 0);
+  EXPECT_DOUBLE_EQ(after->cache().prefix_hit_rate(), static_cast<double>(after->cache().prefix_hit_tokens()) /
+                                                         static_cast<double>(after->cache().prefix_queried_tokens()));
   EXPECT_GE(*metrics_after->Value("dsv4:kv_cache_blocks_cached", m), kShared / 128);
 }
 
