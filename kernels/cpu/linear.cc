@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <vector>
 
@@ -537,12 +538,18 @@ bool FastPathCovers(const WeightMatrix& w) {
   return true;
 }
 
-// Largest |x| of a row; false when it is not finite.
+// Largest |x| of a row; false when the row holds a NaN or Inf (std::max alone would step over a
+// NaN, and an all-NaN row would pass for a zero row).
 bool RowAmax(const float* x, int64_t n, float* amax) {
   float a = 0.f;
-  for (int64_t i = 0; i < n; ++i) a = std::max(a, std::fabs(x[i]));
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::fabs(x[i]);
+    finite &= v <= std::numeric_limits<float>::max();
+    a = std::max(a, v);
+  }
   *amax = a;
-  return std::isfinite(a);
+  return finite;
 }
 
 // ---- the streaming path (m <= 8) -----------------------------------------------------------------
@@ -675,9 +682,11 @@ void PrepareGemv(Plan& p, float* xp) {
   for (int64_t t = 0; t < job.m; ++t) {
     const float* x = job.x + t * job.ldx;
     float amax = 0.f;
-    RowAmax(x, w.cols(), &amax);
-    p.zero_row[t] = amax == 0.f;
-    p.amax_exp[t] = amax > 0.f ? std::ilogb(amax) : 0;
+    // A row with a NaN or Inf is computed as it is (the products carry the NaN or Inf into y),
+    // never skipped as a zero row.
+    const bool finite = RowAmax(x, w.cols(), &amax);
+    p.zero_row[t] = finite && amax == 0.f;
+    p.amax_exp[t] = finite && amax > 0.f ? std::ilogb(amax) : 0;
     // FP4: x * 2^kx is about 1, times a scale (2^(e - 27) from the table) at most 2^121 for scales
     // up to 2^20, and the products stay normal for scales down to 2^-100.
     p.kx[t] = std::clamp(w.type == WeightType::kFP4 ? -p.amax_exp[t] : 100 - p.amax_exp[t], -126, 126);
