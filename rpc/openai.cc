@@ -245,19 +245,8 @@ absl::Status Chat(const Json& j, OpenAiRequest& out) {
   return absl::OkStatus();
 }
 
-const char* FinishName(FinishReason r) {
-  switch (r) {
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kAbort:
-      return "abort";
-    case FinishReason::kNone:
-      break;
-  }
-  return nullptr;
-}
+// The finish_reason field: null while a request runs (kNone), else the engine's name.
+const char* FinishName(FinishReason r) { return r == FinishReason::kNone ? nullptr : FinishReasonName(r); }
 
 Json Usage(const GenerateOutput& out) {
   return Json{{"prompt_tokens", out.prompt_tokens},
