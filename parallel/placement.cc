@@ -314,9 +314,11 @@ absl::StatusOr<ModelPlacement> ModelPlacement::FromJson(std::string_view text, s
   if (j.is_discarded()) return Bad(source, "not valid JSON");
   if (!j.is_object()) return Bad(source, "a placement file is a JSON object");
   static const char* kKeys[] = {"format", "source", "num_experts", "ep", "ranks_per_node", "layers"};
-  for (const auto& [key, value] : j.items())
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
     if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
       return Bad(source, absl::StrCat("unknown key '", key, "' (known: ", absl::StrJoin(kKeys, ", "), ")"));
+  }
   if (!j.contains("format") || j["format"] != "dsv4-placement/1")
     return Bad(source, "\"format\" must be \"dsv4-placement/1\"");
   auto integer = [&](const char* key, int64_t lo, int64_t hi, int64_t fallback) -> absl::StatusOr<int64_t> {
