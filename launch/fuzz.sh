@@ -5,6 +5,9 @@
 # touched); a crash, leak, sanitizer report or timeout fails the run and leaves the input in
 # build-fuzz/artifacts/<name>/ (reproduce: build-fuzz/tests/fuzz/fuzz_<name> <file>).
 #
+# The seed is fixed (-seed=1), so a run repeats its inputs: the suite's bounded run is the same run
+# everywhere, and a crash it finds reproduces.
+#
 #   launch/fuzz.sh                         # every fuzzer, DSV4_FUZZ_SECONDS (default 30) each
 #   DSV4_FUZZ_SECONDS=3600 launch/fuzz.sh config tokenizer   # longer, on demand
 set -euo pipefail
@@ -33,7 +36,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$artifacts"
   echo "== fuzz_$t: ${seconds}s from tests/fuzz/corpus/$t"
   # One process; -timeout catches inputs that make a parser hang (rows TK-03, RQ-10).
-  if ! "$build/tests/fuzz/fuzz_$t" "$corpus" "$root/tests/fuzz/corpus/$t" -max_total_time="$seconds" \
+  if ! "$build/tests/fuzz/fuzz_$t" "$corpus" "$root/tests/fuzz/corpus/$t" -max_total_time="$seconds" -seed=1 \
       -timeout=10 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts/" \
       >"$build/fuzz_$t.log" 2>&1; then
     tail -n 60 "$build/fuzz_$t.log"

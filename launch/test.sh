@@ -2,12 +2,12 @@
 # Installs what is missing, builds dsv4 and runs the test suite (every ctest label but `gpu`,
 # which runs only where a GPU is present). Then builds the safetensors and model-loading tests
 # and the fuzz targets' corpus replays under AddressSanitizer + UBSan and runs them (malformed
-# checkpoints, configs, tokenizers, chats and flags must never crash). With DSV4_FUZZ_SECONDS set,
-# it then runs every libFuzzer target for that long (launch/fuzz.sh; a clang build of its own).
+# checkpoints, configs, tokenizers, chats and flags must never crash). Last, every libFuzzer target
+# runs for DSV4_FUZZ_SECONDS (default 30) from its corpus (launch/fuzz.sh; a clang build of its own).
 #
 #   launch/test.sh            # everything
 #   DSV4_TEST_LABELS=unit launch/test.sh   # one label (ctest -L regex)
-#   DSV4_FUZZ_SECONDS=60 launch/test.sh    # everything, then each fuzzer for 60 s
+#   DSV4_FUZZ_SECONDS=600 launch/test.sh   # everything, each fuzzer for 10 minutes
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/launch/setup.sh"
@@ -36,6 +36,6 @@ if [[ -z "$labels" ]]; then
     -DDSV4_SANITIZE_ADDRESS=ON -DDSV4_SANITIZE_UNDEFINED=ON -DCMAKE_BUILD_TYPE=Debug
   (cd "$root/build-asan" && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --output-on-failure -j 2 -R "^(Safetensors[A-Za-z]*|Config|Weights)\\.|^fuzz_corpus_(${replays})\$")
-  # Coverage-guided fuzzing is on demand: it needs a clang build of its own (build-fuzz/).
-  if [[ -n "${DSV4_FUZZ_SECONDS:-}" ]]; then "$root/launch/fuzz.sh"; fi
+  # Coverage-guided fuzzing, bounded in time: a clang build of its own (build-fuzz/).
+  "$root/launch/fuzz.sh"
 fi
