@@ -18,13 +18,6 @@
 #include "runtime/model/model.h"
 
 namespace dsv4 {
-namespace {
-
-// torch.nn.functional.softplus with its default threshold of 20.
-float Softplus(float z) { return z > 20.0f ? z : std::log1p(std::exp(z)); }
-
-}  // namespace
-
 void Model::Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const {
   const ExpertRun run{&e, x, n, weights, out};
   ExpertGroup(&run, 1);
@@ -82,43 +75,15 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  kernels::Scratch<float> scores(n * E, kernels::NoInit{}), biased(E, kernels::NoInit{});
+  kernels::Scratch<float> scores(n * E, kernels::NoInit{});
   kernels::Linear(x, n, D, lw.gate, scores.data(), E);
-  const float temp = static_cast<float>(c.gate_temp), norm_eps = static_cast<float>(c.route_norm_eps());
-  for (int64_t t = 0; t < n; ++t) {
-    float* s = &scores[t * E];
-    if (temp != 1.0f)
-      for (int64_t e = 0; e < E; ++e) s[e] /= temp;
-    switch (c.scoring_func) {
-      case ScoreFunc::kSqrtSoftplus:
-        for (int64_t e = 0; e < E; ++e) s[e] = std::sqrt(Softplus(s[e]));
-        break;
-      case ScoreFunc::kSigmoid:
-        for (int64_t e = 0; e < E; ++e) s[e] = 1.0f / (1.0f + std::exp(-s[e]));
-        break;
-      case ScoreFunc::kSoftmax: {
-        const float mx = *std::max_element(s, s + E);
-        float sum = 0.f;
-        for (int64_t e = 0; e < E; ++e) sum += (s[e] = std::exp(s[e] - mx));
-        for (int64_t e = 0; e < E; ++e) s[e] /= sum;
-        break;
-      }
-    }
-    int32_t* idx = experts + t * K;
-    if (!lw.tid2eid.empty()) {  // hash layer: fixed experts per token id
-      std::memcpy(idx, &lw.tid2eid[static_cast<int64_t>(tokens[t]) * K], K * sizeof(int32_t));
-    } else {  // the bias only steers selection
-      for (int64_t e = 0; e < E; ++e) biased[e] = s[e] + (lw.gate_bias.empty() ? 0.f : lw.gate_bias[e]);
-      kernels::TopK(biased.data(), E, K, idx);
-    }
-    float* w = weights + t * K;
-    float sum = 0.f;
-    for (int64_t j = 0; j < K; ++j) sum += (w[j] = s[idx[j]]);
-    for (int64_t j = 0; j < K; ++j) {
-      if (c.route_normalizes()) w[j] /= sum + norm_eps;
-      w[j] *= static_cast<float>(c.routed_scaling_factor);
-    }
-  }
+  const kernels::RouterScore score = c.scoring_func == ScoreFunc::kSqrtSoftplus ? kernels::RouterScore::kSqrtSoftplus
+                                     : c.scoring_func == ScoreFunc::kSigmoid    ? kernels::RouterScore::kSigmoid
+                                                                                : kernels::RouterScore::kSoftmax;
+  kernels::Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score,
+                 lw.gate_bias.empty() ? nullptr : lw.gate_bias.data(), lw.tid2eid.empty() ? nullptr : lw.tid2eid.data(),
+                 tokens.data(), c.route_normalizes(), static_cast<float>(c.route_norm_eps()),
+                 static_cast<float>(c.routed_scaling_factor), experts, weights);
 }
 
 void Model::RoutedLocal(int64_t layer, const float* const* rows, int64_t n, const int32_t* experts,
