@@ -5,9 +5,45 @@
 namespace dsv4::kernels::cuda {
 namespace {
 
-// Each thread accumulates the token's sum of squares and its hc*(hc+2) dots with fn over a strided
-// slice of the hc*D stream; warps reduce by shuffles, then thread 0 adds the warps in order, runs
-// Sinkhorn and publishes pre; every thread then collapses its slice of D.
+// The token's sum of squares and its kDots dots with fn [kDots, width] over its stream xt [width]:
+// each thread accumulates a strided slice, warps reduce by shuffles, then thread 0 adds the warps
+// in order into sums [1 + kDots] (valid on thread 0 only). `partial` is shared, [warps][1 + kDots].
+template <int kDots>
+__device__ void NormAndDots(const float* xt, int64_t width, const float* fn, float* partial, float* sums) {
+  constexpr int values = 1 + kDots;
+  float acc[values];
+  for (int v = 0; v < values; ++v) acc[v] = 0.f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float xv = xt[i];
+    acc[0] += xv * xv;
+    for (int k = 0; k < kDots; ++k) acc[1 + k] += xv * fn[k * width + i];
+  }
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
+  for (int v = 0; v < values; ++v) {
+    const float s = WarpSum(acc[v]);
+    if (lane == 0) partial[warp * values + v] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int v = 0; v < values; ++v) {
+      float s = 0.f;
+      for (int w = 0; w < warps; ++w) s += partial[w * values + v];
+      sums[v] = s;
+    }
+}
+
+// out[d] = sum_i pre[i] * xt[i * D + d], every thread a strided slice of D.
+template <int kHc>
+__device__ void Collapse(const float* pre, const float* xt, int64_t D, float* out) {
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float u = 0.f;
+    for (int i = 0; i < kHc; ++i) u += pre[i] * xt[i * D + d];
+    out[d] = u;
+  }
+}
+
+// One block per token: its sum of squares and hc*(hc+2) mixes (NormAndDots); thread 0 runs Sinkhorn
+// and publishes pre; every thread then collapses its slice of D.
 template <int kHc>
 __global__ void HcPreKernel(const float* x, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
@@ -17,26 +53,10 @@ __global__ void HcPreKernel(const float* x, int64_t D, int64_t ldx, const float*
   constexpr int hc = kHc, mix = kHc * (kHc + 2), values = 1 + mix;
   const int64_t t = blockIdx.x, width = hc * D;
   const float* xt = x + t * ldx;
-  float acc[values];
-  for (int v = 0; v < values; ++v) acc[v] = 0.f;
-  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    const float xv = xt[i];
-    acc[0] += xv * xv;
-    for (int k = 0; k < mix; ++k) acc[1 + k] += xv * fn[k * width + i];
-  }
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
-  for (int v = 0; v < values; ++v) {
-    const float s = WarpSum(acc[v]);
-    if (lane == 0) partial[warp * values + v] = s;
-  }
-  __syncthreads();
+  float sums[values];
+  NormAndDots<mix>(xt, width, fn, partial, sums);
   if (threadIdx.x == 0) {
-    float mixes[mix], sums[values];
-    for (int v = 0; v < values; ++v) {
-      float s = 0.f;
-      for (int w = 0; w < warps; ++w) s += partial[w * values + v];
-      sums[v] = s;
-    }
+    float mixes[mix];
     const float rs = 1.0f / sqrtf(sums[0] / static_cast<float>(width) + norm_eps);
     for (int k = 0; k < mix; ++k) mixes[k] = sums[1 + k] * rs;
     float pre[hc], post_t[hc], comb_t[hc * hc];
@@ -48,11 +68,7 @@ __global__ void HcPreKernel(const float* x, int64_t D, int64_t ldx, const float*
     for (int i = 0; i < hc * hc; ++i) comb[t * hc * hc + i] = comb_t[i];
   }
   __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float u = 0.f;
-    for (int i = 0; i < hc; ++i) u += pre_s[i] * xt[i * D + d];
-    collapsed[t * D + d] = u;
-  }
+  Collapse<kHc>(pre_s, xt, D, collapsed + t * D);
 }
 
 // Thread per (token, d): reads the token's hc stream values at d, writes hc mixed values back.
@@ -99,8 +115,8 @@ cudaError_t HcPost(const float* y, int64_t ldy, const float* post, const float* 
 
 namespace {
 
-// One block per token: the sum of squares and the hc dots with fn, reduced by warps then in warp
-// order by thread 0, which computes the hc sigmoid weights; every thread then collapses its d.
+// One block per token: its sum of squares and hc dots with fn (NormAndDots); thread 0 computes the
+// hc sigmoid weights; every thread then collapses its slice of D.
 template <int kHc>
 __global__ void HcHeadKernel(const float* x, int64_t D, int64_t ldx, const float* fn, const float* scale,
                              const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) {
@@ -109,35 +125,14 @@ __global__ void HcHeadKernel(const float* x, int64_t D, int64_t ldx, const float
   constexpr int values = 1 + kHc;
   const int64_t t = blockIdx.x, width = kHc * D;
   const float* xt = x + t * ldx;
-  float acc[values];
-  for (int v = 0; v < values; ++v) acc[v] = 0.f;
-  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    const float xv = xt[i];
-    acc[0] += xv * xv;
-    for (int k = 0; k < kHc; ++k) acc[1 + k] += xv * fn[k * width + i];
-  }
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
-  for (int v = 0; v < values; ++v) {
-    const float s = WarpSum(acc[v]);
-    if (lane == 0) partial[warp * values + v] = s;
-  }
-  __syncthreads();
+  float sums[values];
+  NormAndDots<kHc>(xt, width, fn, partial, sums);
   if (threadIdx.x == 0) {
-    float sums[values];
-    for (int v = 0; v < values; ++v) {
-      float s = 0.f;
-      for (int w = 0; w < warps; ++w) s += partial[w * values + v];
-      sums[v] = s;
-    }
     const float rs = 1.0f / sqrtf(sums[0] / static_cast<float>(width) + norm_eps);
     for (int k = 0; k < kHc; ++k) pre_s[k] = 1.0f / (1.0f + expf(-(sums[1 + k] * rs * scale[0] + base[k]))) + hc_eps;
   }
   __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float u = 0.f;
-    for (int i = 0; i < kHc; ++i) u += pre_s[i] * xt[i * D + d];
-    out[t * ldo + d] = u;
-  }
+  Collapse<kHc>(pre_s, xt, D, out + t * ldo);
 }
 
 }  // namespace
