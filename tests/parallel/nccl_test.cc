@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/memory.h"
 #include "parallel/communicator.h"
+#include "parallel/layout.h"
 #include "parallel/placement.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/nccl_moe.h"
