@@ -2,8 +2,10 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 
 #include "kernels/cpu/isa.h"
 
@@ -65,11 +67,98 @@ __attribute__((target("avx2,fma"))) double ExpShiftedSumAvx2(const float* x, int
   return sum;
 }
 
+__attribute__((target("avx2,fma"))) float MaxAndNaNAvx2(const float* x, int64_t n, bool* any_nan) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  __m256 mx = _mm256_set1_ps(lowest), nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    mx = _mm256_max_ps(mx, v);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, mx);
+  float best = lowest;
+  for (float v : lanes) best = std::max(best, v);
+  bool found = _mm256_movemask_ps(nan) != 0;
+  for (; i < n; ++i) {
+    found |= std::isnan(x[i]);
+    best = std::max(best, x[i]);
+  }
+  *any_nan = found;
+  return best;
+}
+
+__attribute__((target("avx2,fma"))) void KeptBlockSumsAvx2(const float* e, int64_t n, const KeepRule& keep,
+                                                           int64_t block, double* sums) {
+  const __m256 zero = _mm256_setzero_ps(), floor = _mm256_set1_ps(keep.floor), cut = _mm256_set1_ps(keep.cut_value);
+  // Ids compared as int32 (a vocabulary is far below 2^31); no cutoff: every id is at or before it.
+  const __m256i last =
+      _mm256_set1_epi32(keep.cut_id < 0 ? std::numeric_limits<int32_t>::max() : static_cast<int32_t>(keep.cut_id));
+  const __m256 above = keep.cut_id < 0 ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : zero;  // all kept by the cut
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      const __m256 v = _mm256_loadu_ps(e + i);
+      const __m256i id =
+          _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256 tie =
+          _mm256_and_ps(_mm256_cmp_ps(v, cut, _CMP_EQ_OQ),
+                        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(last, _mm256_set1_epi32(1)), id)));
+      const __m256 by_cut = _mm256_or_ps(above, _mm256_or_ps(_mm256_cmp_ps(v, cut, _CMP_GT_OQ), tie));
+      const __m256 m =
+          _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), _mm256_cmp_ps(v, floor, _CMP_GE_OQ)), by_cut);
+      const __m256 k = _mm256_and_ps(v, m);
+      lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(k)));
+      hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)));
+    }
+    double lanes[8];
+    _mm256_storeu_pd(lanes, lo);
+    _mm256_storeu_pd(lanes + 4, hi);
+    double sum = LaneTotal(lanes);
+    for (; i < end; ++i)
+      if (keep(e[i], i)) sum += e[i];
+    sums[b] = sum;
+  }
+}
+
+__attribute__((target("avx2,fma"))) int64_t IdsInRangeAvx2(const float* e, int64_t n, float lo, float hi,
+                                                           int32_t* ids) {
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  int64_t count = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(e + i);
+    unsigned mask = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LT_OQ))));
+    for (; mask != 0; mask &= mask - 1) ids[count++] = static_cast<int32_t>(i + std::countr_zero(mask));
+  }
+  for (; i < n; ++i)
+    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
+  return count;
+}
+
 }  // namespace
 
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
   if (ActiveIsa() != Isa::kScalar) return ExpShiftedSumAvx2(x, n, shift, scale, e);
   return ref::ExpShiftedSum(x, n, shift, scale, e);
+}
+
+float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
+  if (ActiveIsa() != Isa::kScalar) return MaxAndNaNAvx2(x, n, any_nan);
+  return ref::MaxAndNaN(x, n, any_nan);
+}
+
+int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+  if (ActiveIsa() != Isa::kScalar) return IdsInRangeAvx2(e, n, lo, hi, ids);
+  return ref::IdsInRange(e, n, lo, hi, ids);
+}
+
+void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
+  if (ActiveIsa() != Isa::kScalar) return KeptBlockSumsAvx2(e, n, keep, block, sums);
+  ref::KeptBlockSums(e, n, keep, block, sums);
 }
 
 namespace ref {
@@ -83,6 +172,39 @@ double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float*
   double sum = LaneTotal(lanes);
   for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
   return sum;
+}
+
+float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
+  float best = -std::numeric_limits<float>::infinity();
+  bool found = false;
+  for (int64_t i = 0; i < n; ++i) {
+    found |= std::isnan(x[i]);
+    if (x[i] > best) best = x[i];
+  }
+  *any_nan = found;
+  return best;
+}
+
+void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    double lanes[8] = {};
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8)
+      for (int j = 0; j < 8; ++j)
+        if (keep(e[i + j], i + j)) lanes[j] += e[i + j];
+    double sum = LaneTotal(lanes);
+    for (; i < end; ++i)
+      if (keep(e[i], i)) sum += e[i];
+    sums[b] = sum;
+  }
+}
+
+int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
+  return count;
 }
 
 }  // namespace ref

@@ -117,9 +117,10 @@ int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>
     acc += m;
   }
   if (b == 0) return -1;  // the mass is reached only with every candidate (rounding): keep them all
-  ids.clear();
-  for (int32_t i = 0; i < V; ++i)
-    if ((std::bit_cast<uint32_t>(e[i]) >> kShift) == static_cast<uint32_t>(b)) ids.push_back(i);
+  // The bucket's weights: those whose bits shifted down are b (non-negative floats order as their bits).
+  ids.resize(V);
+  ids.resize(kernels::IdsInRange(e, V, std::bit_cast<float>(static_cast<uint32_t>(b) << kShift),
+                                 std::bit_cast<float>(static_cast<uint32_t>(b + 1) << kShift), ids.data()));
   // Select inside the bucket by mass: partition around a pivot, keep the side the mass ends in.
   int64_t lo = 0, hi = static_cast<int64_t>(ids.size());
   for (;;) {
@@ -150,17 +151,28 @@ int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>
 
 }  // namespace sampling_internal
 
+bool Sampler::Penalized() const {
+  return !p_.logit_bias.empty() || (p_.repetition_penalty != 1.0 && !seen_.empty()) ||
+         ((p_.presence_penalty != 0.0 || p_.frequency_penalty != 0.0) && !output_.empty());
+}
+
 int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) {
   const int32_t V = static_cast<int32_t>(logits.size());
-  work_.assign(logits.begin(), logits.end());
-  ApplyPenalties(work_);
-  // NaN logits (a broken model) must not poison the choice: they rank below everything.
-  float best = -std::numeric_limits<float>::infinity();
-  for (float& v : work_) {
-    if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
-    best = std::max(best, v);
+  // The logits are read in place unless penalties change them or NaNs (a broken model) must be
+  // ranked below everything, which needs a copy.
+  bool any_nan = false;
+  float best = kernels::MaxAndNaN(logits.data(), V, &any_nan);
+  const float* w = logits.data();
+  if (any_nan || Penalized()) {
+    work_.assign(logits.begin(), logits.end());
+    ApplyPenalties(work_);
+    best = -std::numeric_limits<float>::infinity();
+    for (float& v : work_) {
+      if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
+      best = std::max(best, v);
+    }
+    w = work_.data();
   }
-  const float* w = work_.data();
   int32_t chosen = 0;
   if (p_.temperature == 0 || p_.top_k == 1 || !std::isfinite(best)) {
     for (int32_t i = 1; i < V; ++i)
@@ -180,22 +192,33 @@ int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) 
       z = 0;
       for (int64_t i = 0; i < k; ++i) z += e[order_[i]];
     }
-    // top-p: the smallest best-first set of candidates holding top_p of their mass.
-    const int32_t cut = p_.top_p < 1 ? sampling_internal::TopPCutoff(e, V, p_.top_p * z, hist_, order_) : -1;
-    // min-p: candidates at least min_p times as likely as the best one (whose weight is 1).
-    const float min_w = static_cast<float>(p_.min_p);
-    auto kept = [&](int32_t i) { return e[i] > 0.f && e[i] >= min_w && (cut < 0 || !sampling_internal::Before(e, cut, i)); };
-    // Draw over the kept tokens in id order (any fixed order draws the same distribution).
+    // top-p: the smallest best-first set of candidates holding top_p of their mass; min-p:
+    // candidates at least min_p times as likely as the best one (whose weight is 1).
+    kernels::KeepRule keep;
+    keep.floor = static_cast<float>(p_.min_p);
+    keep.cut_id = p_.top_p < 1 ? sampling_internal::TopPCutoff(e, V, p_.top_p * z, hist_, order_) : -1;
+    if (keep.cut_id >= 0) keep.cut_value = e[keep.cut_id];
+    // Draw over the kept tokens in id order (any fixed order draws the same distribution): find
+    // the block by the blocks' sums, then the token inside it.
+    constexpr int64_t kBlock = 2048;
+    block_sums_.resize((V + kBlock - 1) / kBlock);
+    kernels::KeptBlockSums(e, V, keep, kBlock, block_sums_.data());
     double total = 0;
-    for (int32_t i = 0; i < V; ++i)
-      if (kept(i)) total += e[i];
+    for (double s : block_sums_) total += s;
     const double u = Uniform() * total;
     double acc = 0;
+    size_t b = 0;
+    for (; b + 1 < block_sums_.size(); ++b) {
+      if (block_sums_[b] > 0 && u < acc + block_sums_[b]) break;
+      acc += block_sums_[b];
+    }
+    bool past = false;  // rounding carried u past the last kept block: its last kept token
+    while (b > 0 && block_sums_[b] == 0) --b, past = true;
     chosen = -1;
-    for (int32_t i = 0; i < V; ++i) {
-      if (!kept(i)) continue;
-      chosen = i;
-      if (u < (acc += e[i])) break;
+    for (int64_t i = static_cast<int64_t>(b) * kBlock; i < std::min<int64_t>(V, (b + 1) * kBlock); ++i) {
+      if (!keep(e[i], i)) continue;
+      chosen = static_cast<int32_t>(i);
+      if (!past && u < (acc += e[i])) break;
     }
     if (chosen < 0) chosen = std::max_element(w, w + V) - w;  // unreachable: the best token is kept
   }

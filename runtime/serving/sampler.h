@@ -10,10 +10,11 @@
 //   min-p -> draw. Ties are broken by the lower token id everywhere, so the result is a pure
 //   function of (logits, history, parameters, generator state).
 //
-// Cost: a few linear passes over the vocabulary and no sort of it (top-p selects its cutoff by a
-// histogram of the weights, then by mass inside one bucket; the draw runs over the kept tokens in
-// id order), so sampling stays small next to a decode step even for a flat distribution, where
-// top-p keeps most of a 129k vocabulary.
+// Cost: a few linear passes over the vocabulary and no sort of it (a vector pass for the largest
+// logit, read in place unless penalties or NaNs need a copy; one for the weights; top-p selects
+// its cutoff by a histogram of the weights, then by mass inside one bucket; the draw sums the kept
+// weights per block of ids in one vector pass, then scans one block), so sampling stays small next
+// to a decode step even for a flat distribution, where top-p keeps most of a 129k vocabulary.
 #pragma once
 
 #include <cstdint>
@@ -83,6 +84,7 @@ class Sampler {
  private:
   double Uniform();  // [0, 1) from 53 random bits
   void ApplyPenalties(std::vector<float>& l) const;
+  bool Penalized() const;  // whether ApplyPenalties would change anything
 
   SamplingParams p_;
   uint64_t state_;
@@ -92,6 +94,7 @@ class Sampler {
   std::vector<float> weight_;  // their unnormalized probabilities
   std::vector<int32_t> order_;
   std::vector<double> hist_;
+  std::vector<double> block_sums_;  // kept weight per block of ids (the draw)
 };
 
 namespace sampling_internal {  // the sampler's pieces, public for tests

@@ -259,6 +259,82 @@ TEST(SamplerKernels, ExpShiftedSumMatchesStdExpAndTheScalarPath) {
   }
 }
 
+// The draw's other kernels against their definitions, and the vector path against ref:: to the
+// bit: the largest logit and NaN detection, the ids of one weight range in order, and the kept
+// weight per block under every rule (no cutoff, a cutoff inside a run of ties, min-p, both).
+TEST(SamplerKernels, MaxIdsInRangeAndKeptBlockSums) {
+  const int64_t n = 129280 + 5;
+  std::vector<float> e(n);
+  uint64_t s = 7;
+  for (float& v : e) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<float>(static_cast<int64_t>(s >> 40) % 64) / 64.f;  // [0, 1) with many ties and zeros
+  }
+  e[n - 1] = 0.984375f;  // in the scalar tail
+  bool nan = true;
+  EXPECT_EQ(kernels::MaxAndNaN(e.data(), n, &nan), *std::max_element(e.begin(), e.end()));
+  EXPECT_FALSE(nan);
+  for (int64_t at : {int64_t{5}, n - 2}) {
+    std::vector<float> x = e;
+    x[at] = std::numeric_limits<float>::quiet_NaN();
+    kernels::MaxAndNaN(x.data(), n, &nan);
+    EXPECT_TRUE(nan) << at;
+    kernels::ref::MaxAndNaN(x.data(), n, &nan);
+    EXPECT_TRUE(nan) << at;
+  }
+  EXPECT_EQ(kernels::MaxAndNaN(e.data(), 0, &nan), -std::numeric_limits<float>::infinity());
+
+  std::vector<int32_t> ids(n), want;
+  for (int64_t i = 0; i < n; ++i)
+    if (e[i] >= 0.25f && e[i] < 0.265625f) want.push_back(static_cast<int32_t>(i));
+  ids.resize(kernels::IdsInRange(e.data(), n, 0.25f, 0.265625f, ids.data()));
+  EXPECT_EQ(ids, want);
+  ids.resize(n);
+  ids.resize(kernels::ref::IdsInRange(e.data(), n, 0.25f, 0.265625f, ids.data()));
+  EXPECT_EQ(ids, want);
+
+  const int32_t tie = static_cast<int32_t>(want[want.size() / 2]);  // a cutoff inside a run of equal weights
+  for (const kernels::KeepRule keep : {kernels::KeepRule{}, kernels::KeepRule{0.f, e[tie], tie},
+                                       kernels::KeepRule{0.5f, 0.f, -1}, kernels::KeepRule{0.2f, e[tie], tie}}) {
+    const int64_t block = 2048, blocks = (n + block - 1) / block;
+    std::vector<double> got(blocks), ref(blocks);
+    kernels::KeptBlockSums(e.data(), n, keep, block, got.data());
+    kernels::ref::KeptBlockSums(e.data(), n, keep, block, ref.data());
+    for (int64_t b = 0; b < blocks; ++b) {
+      ASSERT_EQ(got[b], ref[b]) << "block " << b;
+      double direct = 0;
+      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
+        const bool kept =
+            e[i] > 0 && e[i] >= keep.floor &&
+            (keep.cut_id < 0 ||
+             sampling_internal::Before(e.data(), static_cast<int32_t>(i), static_cast<int32_t>(keep.cut_id)) ||
+             i == keep.cut_id);
+        if (kept) direct += e[i];
+      }
+      // Weights are multiples of 1/64 and a block's sum is below 2^11: every order sums exactly.
+      ASSERT_EQ(got[b], direct) << "block " << b << " floor " << keep.floor << " cut " << keep.cut_id;
+    }
+  }
+}
+
+// NaN logits rank below everything when sampling too: the draw never picks one, and a request
+// sampling from NaN-free logits draws the same tokens whether or not it had to copy them.
+TEST(Sampler, NaNLogitsAreNeverDrawn) {
+  std::vector<float> logits(4096, 0.f);
+  for (int i = 0; i < 4096; i += 2) logits[i] = std::numeric_limits<float>::quiet_NaN();
+  SamplingParams p;
+  p.top_p = 0.9;
+  Sampler s(p, 5, {});
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(s.Sample(logits) % 2, 1);
+  std::vector<float> clean(4096);
+  for (int i = 0; i < 4096; ++i) clean[i] = static_cast<float>(i % 13) / 4;
+  p.logit_bias = {{0, 0.0}};  // a bias of 0 forces the copy and changes nothing
+  SamplingParams plain;
+  plain.top_p = 0.9;
+  Sampler copied(p, 9, {}), in_place(plain, 9, {});
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(copied.Sample(clean), in_place.Sample(clean)) << i;
+}
+
 // Top-p's cutoff against the definition: sort every candidate best first (weight, then id), take
 // the shortest prefix whose running sum reaches the target. Weights with many exact ties and a
 // flat distribution (most of the vocabulary kept) as well as a peaked one.
