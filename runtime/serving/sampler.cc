@@ -102,25 +102,37 @@ namespace sampling_internal {
 
 // Linear time: a histogram of the weights' float bits (weights are in [0, 1], so their bits order
 // them) finds the bucket where the mass is reached; only that bucket's ids are then selected by
-// mass, partitioning around pivots.
+// mass, partitioning around pivots. Buckets are 1/16 of a binade from 2^-32 up; every weight below
+// 2^-32 shares bucket 0 (all of them together weigh less than V 2^-32 of the best token's 1, so
+// the cutoff lands there only for a top_p within that of 1, and is then still exact, only slower).
 int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>& hist, std::vector<int32_t>& ids) {
-  constexpr int kShift = 19;  // 8 exponent and 4 mantissa bits: 16 buckets per binade
-  constexpr int kBuckets = (0x3F800000 >> kShift) + 1;
+  constexpr int kShift = 19;                               // 8 exponent and 4 mantissa bits
+  constexpr uint32_t kBase = (127u - 32) << 23 >> kShift;  // the raw bucket of 2^-32
+  constexpr int kBuckets = (0x3F800000 >> kShift) - kBase + 2;
+  const auto bucket = [](float w) {
+    const uint32_t raw = std::bit_cast<uint32_t>(w) >> kShift;
+    return raw >= kBase ? raw - kBase + 1 : 0;
+  };
   hist.assign(4 * kBuckets, 0.0);  // four interleaved histograms: no store-to-load chains
-  for (int32_t i = 0; i < V; ++i)
-    hist[(i & 3) * kBuckets + (std::bit_cast<uint32_t>(e[i]) >> kShift)] += e[i];
+  double* h = hist.data();
+  int32_t i = 0;
+  for (; i + 4 <= V; i += 4)
+    for (int j = 0; j < 4; ++j) h[j * kBuckets + bucket(e[i + j])] += e[i + j];
+  for (; i < V; ++i) h[bucket(e[i])] += e[i];
   double acc = 0;
   int b = kBuckets - 1;
-  for (; b > 0; --b) {
-    const double m = hist[b] + hist[kBuckets + b] + hist[2 * kBuckets + b] + hist[3 * kBuckets + b];
+  for (;; --b) {
+    const double m = h[b] + h[kBuckets + b] + h[2 * kBuckets + b] + h[3 * kBuckets + b];
     if (acc + m >= target) break;
     acc += m;
+    if (b == 0) return -1;  // the mass is reached only with every candidate (rounding): keep them all
   }
-  if (b == 0) return -1;  // the mass is reached only with every candidate (rounding): keep them all
-  // The bucket's weights: those whose bits shifted down are b (non-negative floats order as their bits).
+  // The bucket's candidates: [2^((raw bucket) - kShift), the next bucket's start), or (0, 2^-32).
+  const float from = b == 0 ? std::numeric_limits<float>::denorm_min()
+                            : std::bit_cast<float>((kBase + static_cast<uint32_t>(b) - 1) << kShift);
+  const float to = std::bit_cast<float>((kBase + static_cast<uint32_t>(b)) << kShift);
   ids.resize(V);
-  ids.resize(kernels::IdsInRange(e, V, std::bit_cast<float>(static_cast<uint32_t>(b) << kShift),
-                                 std::bit_cast<float>(static_cast<uint32_t>(b + 1) << kShift), ids.data()));
+  ids.resize(kernels::IdsInRange(e, V, from, to, ids.data()));
   // Select inside the bucket by mass: partition around a pivot, keep the side the mass ends in.
   int64_t lo = 0, hi = static_cast<int64_t>(ids.size());
   for (;;) {

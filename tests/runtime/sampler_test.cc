@@ -343,22 +343,24 @@ TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
   std::vector<double> hist;
   std::vector<int32_t> ids;
   uint64_t s = 99;
-  for (int trial = 0; trial < 12; ++trial) {
+  for (int trial = 0; trial < 16; ++trial) {
     std::vector<float> e(V);
     for (int32_t i = 0; i < V; ++i) {
       s = s * 6364136223846793005ull + 1442695040888963407ull;
       const double u = static_cast<double>(s >> 11) / 9007199254740992.0;
-      e[i] = trial % 3 == 0   ? static_cast<float>(std::round(u * 8) / 8)       // ties
-             : trial % 3 == 1 ? static_cast<float>(std::exp(-2 * u))           // flat
-                              : static_cast<float>(std::exp(-40 * u * u * u));  // peaked
+      e[i] = trial % 4 == 0   ? static_cast<float>(std::round(u * 8) / 8)      // ties
+             : trial % 4 == 1 ? static_cast<float>(std::exp(-2 * u))           // flat
+             : trial % 4 == 2 ? static_cast<float>(std::exp(-40 * u * u * u))  // peaked
+                              : static_cast<float>(1e-11 * (1 + u));           // below 2^-32: the shared bucket
       if (i % 97 == 0) e[i] = 0.f;  // not a candidate
     }
+    if (trial % 4 == 3) e[5] = 1.f;  // one token holds all but 2e-6 of the mass
     std::vector<int32_t> order(V);
     for (int32_t i = 0; i < V; ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return sampling_internal::Before(e.data(), a, b); });
     double z = 0;
     for (float v : e) z += v;
-    for (double top_p : {0.05, 0.3, 0.5, 0.9, 0.95, 0.999}) {
+    for (double top_p : {0.05, 0.3, 0.5, 0.9, 0.95, 0.999, 1 - 1e-6}) {
       const double target = top_p * z;
       double acc = 0;
       int32_t want = -1;
