@@ -139,24 +139,144 @@ __attribute__((target("avx2,fma"))) int64_t IdsInRangeAvx2(const float* e, int64
   return count;
 }
 
+// The 512-bit paths compute each element exactly as the 256-bit ones (the same operations in the
+// same order) and add element i to double lane i % 8 in increasing i, so every path gives the same
+// bits: 16 values are two groups of 8, the lower group added first.
+#define DSV4_AVX512 __attribute__((target("avx512f")))
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+DSV4_AVX512 inline __m512 HighHalfToLow(__m512 v) {
+  return _mm512_castpd_ps(_mm512_castpd256_pd512(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// Adds the 16 floats of v to the 8 double lanes: the lower 8, then the upper 8.
+DSV4_AVX512 inline __m512d AddToLanes(__m512d lanes, __m512 v) {
+  lanes = _mm512_add_pd(lanes, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+  return _mm512_add_pd(lanes, _mm512_cvtps_pd(_mm512_castps512_ps256(HighHalfToLow(v))));
+}
+
+DSV4_AVX512 double ExpShiftedSumAvx512(const float* x, int64_t n, float shift, float scale, float* e) {
+  const float c = scale * kLog2e;
+  const __m512 vshift = _mm512_set1_ps(shift), vc = _mm512_set1_ps(c), vmin = _mm512_set1_ps(kMinExponent);
+  __m512 coef[7];
+  for (int i = 0; i < 7; ++i) coef[i] = _mm512_set1_ps(kC[i]);
+  __m512d acc = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vc);
+    const __mmask16 keep = _mm512_cmp_ps_mask(t, vmin, _CMP_GE_OQ);
+    const __m512 k = _mm512_roundscale_ps(_mm512_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, k);
+    __m512 p = coef[6];
+    for (int j = 5; j >= 0; --j) p = _mm512_fmadd_ps(p, f, coef[j]);
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    const __m512 v = _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)));
+    _mm512_storeu_ps(e + i, v);
+    acc = AddToLanes(acc, v);
+  }
+  double lanes[8];
+  _mm512_storeu_pd(lanes, acc);
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lanes[j] += (e[i + j] = ExpOne(x[i + j], shift, c));
+  double sum = LaneTotal(lanes);
+  for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
+  return sum;
+}
+
+DSV4_AVX512 float MaxAndNaNAvx512(const float* x, int64_t n, bool* any_nan) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  __m512 mx = _mm512_set1_ps(lowest);
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    mx = _mm512_max_ps(mx, v);
+  }
+  float best = _mm512_reduce_max_ps(mx);
+  bool found = nan != 0;
+  for (; i < n; ++i) {
+    found |= std::isnan(x[i]);
+    best = std::max(best, x[i]);
+  }
+  *any_nan = found;
+  return best;
+}
+
+DSV4_AVX512 void KeptBlockSumsAvx512(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
+  const __m512 zero = _mm512_setzero_ps(), floor = _mm512_set1_ps(keep.floor), cut = _mm512_set1_ps(keep.cut_value);
+  const __m512i last = _mm512_set1_epi32(keep.cut_id < 0 ? 0 : static_cast<int32_t>(keep.cut_id));
+  const __m512i step = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __mmask16 above = keep.cut_id < 0 ? 0xffff : 0;  // no cutoff: every weight is kept by it
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    __m512d acc = _mm512_setzero_pd();
+    int64_t i = begin;
+    for (; i + 16 <= end; i += 16) {
+      const __m512 v = _mm512_loadu_ps(e + i);
+      const __m512i id = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)), step);
+      const __mmask16 tie = _mm512_cmp_ps_mask(v, cut, _CMP_EQ_OQ) & _mm512_cmple_epi32_mask(id, last);
+      const __mmask16 by_cut = above | _mm512_cmp_ps_mask(v, cut, _CMP_GT_OQ) | tie;
+      const __mmask16 m = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, floor, _CMP_GE_OQ) & by_cut;
+      acc = AddToLanes(acc, _mm512_maskz_mov_ps(m, v));
+    }
+    double lanes[8];
+    _mm512_storeu_pd(lanes, acc);
+    for (; i + 8 <= end; i += 8)
+      for (int j = 0; j < 8; ++j)
+        if (keep(e[i + j], i + j)) lanes[j] += e[i + j];
+    double sum = LaneTotal(lanes);
+    for (; i < end; ++i)
+      if (keep(e[i], i)) sum += e[i];
+    sums[b] = sum;
+  }
+}
+
+DSV4_AVX512 int64_t IdsInRangeAvx512(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const __m512i step = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t count = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(e + i);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
+    if (m == 0) continue;
+    _mm512_mask_compressstoreu_epi32(ids + count, m,
+                                     _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)), step));
+    count += std::popcount(static_cast<unsigned>(m));
+  }
+  for (; i < n; ++i)
+    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
+  return count;
+}
+
+#pragma GCC diagnostic pop
+#undef DSV4_AVX512
+
 }  // namespace
 
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
+  if (ActiveIsa() == Isa::kAvx512) return ExpShiftedSumAvx512(x, n, shift, scale, e);
   if (ActiveIsa() != Isa::kScalar) return ExpShiftedSumAvx2(x, n, shift, scale, e);
   return ref::ExpShiftedSum(x, n, shift, scale, e);
 }
 
 float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
+  if (ActiveIsa() == Isa::kAvx512) return MaxAndNaNAvx512(x, n, any_nan);
   if (ActiveIsa() != Isa::kScalar) return MaxAndNaNAvx2(x, n, any_nan);
   return ref::MaxAndNaN(x, n, any_nan);
 }
 
 int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+  if (ActiveIsa() == Isa::kAvx512) return IdsInRangeAvx512(e, n, lo, hi, ids);
   if (ActiveIsa() != Isa::kScalar) return IdsInRangeAvx2(e, n, lo, hi, ids);
   return ref::IdsInRange(e, n, lo, hi, ids);
 }
 
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
+  if (ActiveIsa() == Isa::kAvx512) return KeptBlockSumsAvx512(e, n, keep, block, sums);
   if (ActiveIsa() != Isa::kScalar) return KeptBlockSumsAvx2(e, n, keep, block, sums);
   ref::KeptBlockSums(e, n, keep, block, sums);
 }

@@ -131,10 +131,10 @@ int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>
   const float from = b == 0 ? std::numeric_limits<float>::denorm_min()
                             : std::bit_cast<float>((kBase + static_cast<uint32_t>(b) - 1) << kShift);
   const float to = std::bit_cast<float>((kBase + static_cast<uint32_t>(b)) << kShift);
-  ids.resize(V);
-  ids.resize(kernels::IdsInRange(e, V, from, to, ids.data()));
+  if (ids.size() < static_cast<size_t>(V)) ids.resize(V);  // scratch: grows once, never cleared
+  const int64_t count = kernels::IdsInRange(e, V, from, to, ids.data());
   // Select inside the bucket by mass: partition around a pivot, keep the side the mass ends in.
-  int64_t lo = 0, hi = static_cast<int64_t>(ids.size());
+  int64_t lo = 0, hi = count;
   for (;;) {
     if (hi - lo <= 32) {
       std::sort(ids.begin() + lo, ids.begin() + hi, [e](int32_t a, int32_t b) { return Before(e, a, b); });
