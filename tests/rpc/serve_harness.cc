@@ -6,7 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -23,6 +26,41 @@ extern char** environ;
 namespace dsv4::testing {
 
 int ServeRanks() { return static_cast<int>(env::Int(env::Knob::kServeNp)); }
+
+namespace {
+
+// Every server process group still running. Tests that keep one server for all their cases hold it
+// in a never-destroyed static; at exit the test binary kills what is left, so no server outlives
+// the test that started it.
+std::mutex live_mu;
+std::set<pid_t>& Live() {
+  static auto* live = new std::set<pid_t>;
+  return *live;
+}
+
+void KillLive() {
+  std::lock_guard<std::mutex> l(live_mu);
+  for (pid_t group : Live()) {
+    kill(-group, SIGKILL);
+    int status;
+    waitpid(group, &status, 0);
+  }
+  Live().clear();
+}
+
+void Track(pid_t child) {
+  std::lock_guard<std::mutex> l(live_mu);
+  static const bool registered = std::atexit(KillLive) == 0;
+  (void)registered;
+  Live().insert(child);
+}
+
+void Untrack(pid_t child) {
+  std::lock_guard<std::mutex> l(live_mu);
+  Live().erase(child);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vector<std::string>& args, int np,
                                                                   absl::Duration timeout,
@@ -62,6 +100,7 @@ absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vec
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) return absl::InternalError(absl::StrCat("posix_spawn ", cargv[0], " failed: ", rc));
+  Track(p->child_);
 
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
@@ -81,6 +120,7 @@ absl::StatusOr<std::unique_ptr<ServeProcess>> ServeProcess::Start(const std::vec
     int status;
     if (waitpid(p->child_, &status, WNOHANG) == p->child_) {
       p->exited_ = true;
+      Untrack(p->child_);
       return absl::InternalError(absl::StrCat("dsv4 serve exited before listening:\n", p->Log()));
     }
     absl::SleepFor(absl::Milliseconds(20));
@@ -94,6 +134,7 @@ ServeProcess::~ServeProcess() {
     int status;
     waitpid(child_, &status, 0);
   }
+  if (child_ > 0) Untrack(child_);
 }
 
 void ServeProcess::SignalLeader(int sig) const {
@@ -107,6 +148,7 @@ int ServeProcess::Wait(absl::Duration timeout) {
     int status;
     if (waitpid(child_, &status, WNOHANG) == child_) {
       exited_ = true;
+      Untrack(child_);  // reaped: its id may be reused
       status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       return status_;
     }
@@ -116,6 +158,7 @@ int ServeProcess::Wait(absl::Duration timeout) {
   int status;
   waitpid(child_, &status, 0);
   exited_ = true;
+  Untrack(child_);
   status_ = -1;
   return -1;
 }
