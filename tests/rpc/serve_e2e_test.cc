@@ -550,6 +550,65 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
   EXPECT_EQ(after->requests_aborted() - before->requests_aborted(), 3);
 }
 
+// KV blocks run out while requests decode: each rank's pool holds about a dozen blocks beside the
+// windows of 8 running sequences, and 8 requests that each grow to four blocks (250 prompt + 140
+// generated positions, blocks of 128) need 32, or 16 in each of two dp groups. The newest are
+// preempted and recomputed, each stream still equals the same request alone, none is lost, and
+// every block comes back. Under mpirun this runs in each layout the suite starts (ep 2: two dp
+// groups with a pool each, taking different requests; tp 2: one group).
+TEST(Serve, PreemptedRequestsAreRecomputedAndGetTheirOwnTokens) {
+  std::vector<std::string> args = ServeArgs();
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--cache-mb") args[i + 1] = "9";
+    if (args[i] == "--max-running") args[i + 1] = "8";
+  }
+  auto server = ServeProcess::Start(args, testing::ServeRanks());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = InferenceClient::Connect((*server)->address(), {});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->WaitForServing(absl::Seconds(240)).ok()) << (*server)->Log();
+  auto info = (*client)->ServerInfo();
+  ASSERT_TRUE(info.ok());
+  const int n = 8;
+  std::vector<v1::GenerateRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    v1::GenerateRequest r = TokensRequest(Prompt(250, 500 + i), 140);
+    r.mutable_sampling()->set_ignore_eos(true);
+    r.mutable_sampling()->set_seed(600 + i);
+    r.mutable_sampling()->set_temperature(i % 2 == 0 ? 0.0 : 0.8);
+    reqs.push_back(r);
+  }
+  std::vector<Stream> alone(n), together(n);
+  for (int i = 0; i < n; ++i) {
+    alone[i] = RunStream(**client, reqs[i]);
+    ASSERT_TRUE(alone[i].status.ok()) << i << ": " << alone[i].status;
+    ASSERT_EQ(alone[i].tokens.size(), 140u);
+  }
+  info = (*client)->ServerInfo();
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(info->cache().preemptions(), 0) << "one request at a time fits";
+  std::vector<std::unique_ptr<InferenceClient>> clients(n);
+  for (int i = 0; i < n; ++i) {
+    auto c = InferenceClient::Connect((*server)->address(), {});
+    ASSERT_TRUE(c.ok());
+    clients[i] = std::move(*c);
+    ASSERT_TRUE(clients[i]->WaitForServing(absl::Seconds(60)).ok()) << "client " << i;
+  }
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) threads.emplace_back([&, i] { together[i] = RunStream(*clients[i], reqs[i]); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status;
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << "request " << i;
+    EXPECT_EQ(together[i].last.finish_reason(), v1::FINISH_REASON_LENGTH) << "request " << i;
+  }
+  info = (*client)->ServerInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_GT(info->cache().preemptions(), 0) << info->DebugString();
+  EXPECT_EQ(info->cache().blocks_used(), 0) << info->DebugString();
+  EXPECT_EQ(info->active_requests(), 0);
+}
+
 // Last: drain with a request in flight. Health turns NOT_SERVING, new requests are refused with
 // UNAVAILABLE, the in-flight one finishes normally, and the job exits 0.
 TEST(Serve, ZzDrainFinishesInFlightAndExitsZero) {
