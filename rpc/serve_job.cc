@@ -97,7 +97,8 @@ void AddServeFlags(Flags& flags) {
            int64_t{1} << 24)
       .Int("max-batch-tokens", e.scheduler.max_batch_tokens, "token budget of one step (decodes + prompt chunks)", 1,
            int64_t{1} << 24)
-      .Int("max-running", e.scheduler.max_running, "requests generating at once (cache slots)", 1, 4096)
+      .Int("max-running", e.scheduler.max_running,
+           "requests generating at once (unless given: as many as --cache-mb holds, at most this)", 1, 4096)
       .Int("max-queued", e.scheduler.max_queued, "requests waiting for a slot; beyond it RESOURCE_EXHAUSTED", 0,
            1 << 20)
       .Int("prefill-chunk", e.scheduler.prefill_chunk, "prompt tokens per forward pass", 1, int64_t{1} << 20)
@@ -107,8 +108,8 @@ void AddServeFlags(Flags& flags) {
       .Double("stream-stall-timeout-s", absl::ToDoubleSeconds(d.endpoint.stream_stall_timeout),
               "a stream whose client reads nothing for this long is cancelled", 0.1, 86400)
       .Int("max-connections", d.endpoint.max_connections,
-           "live connections to the inference port; more are closed at once (also kept under the open-files limit)",
-           1, 1 << 20)
+           "live connections to the inference port; more are closed at once (also kept under the open-files limit)", 1,
+           1 << 20)
       .Double("idle-timeout-s", absl::ToDoubleSeconds(d.endpoint.idle_timeout),
               "an inference connection without calls for this long is closed", 1, 86400 * 7)
       .Bool("reflection", d.endpoint.reflection, "gRPC server reflection")
@@ -135,6 +136,7 @@ absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const Flags& flags) {
   e.default_max_tokens = flags.GetInt("default-max-tokens");
   e.scheduler.max_batch_tokens = flags.GetInt("max-batch-tokens");
   e.scheduler.max_running = flags.GetInt("max-running");
+  e.fit_max_running = !flags.Given("max-running");
   e.scheduler.max_queued = flags.GetInt("max-queued");
   e.scheduler.prefill_chunk = flags.GetInt("prefill-chunk");
   e.cache_bytes = flags.GetInt("cache-mb") << 20;

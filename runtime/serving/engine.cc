@@ -88,13 +88,29 @@ void RequestHandle::Close(const absl::Status& status) {
 
 // ---- PlanExecutor -------------------------------------------------------------------------------
 
+namespace {
+
+// The window blocks one running sequence holds: its window and its prompt chunk.
+int64_t WindowBlocksPerSequence(const ModelConfig& c, const EngineOptions& o, int64_t B) {
+  return (c.sliding_window - 1 + B - 1) / B + (o.scheduler.prefill_chunk + B - 1) / B + 1;
+}
+
+}  // namespace
+
+int64_t RunningThatFit(const ModelConfig& c, const EngineOptions& o) {
+  const int64_t B = KvPool::DefaultBlockTokens(c);
+  const int64_t one = (o.max_model_len + B - 1) / B * KvPool::BlockBytes(c, B);
+  return std::max<int64_t>(0,
+                           (o.cache_bytes - one) / (WindowBlocksPerSequence(c, o, B) * KvPool::WindowBlockBytes(c, B)));
+}
+
 absl::StatusOr<KvPoolSizes> PoolSizes(const ModelConfig& c, const EngineOptions& o) {
   KvPoolSizes p;
   p.block_tokens = KvPool::DefaultBlockTokens(c);
   const int64_t B = p.block_tokens;
   p.block_bytes = KvPool::BlockBytes(c, B);
   p.window_block_bytes = KvPool::WindowBlockBytes(c, B);
-  const int64_t per_seq = (c.sliding_window - 1 + B - 1) / B + (o.scheduler.prefill_chunk + B - 1) / B + 1;
+  const int64_t per_seq = WindowBlocksPerSequence(c, o, B);
   const int64_t windows = o.scheduler.max_running * per_seq;
   const int64_t rest = o.cache_bytes - windows * p.window_block_bytes;
   const int64_t need = (o.max_model_len + B - 1) / B;  // one sequence of max_model_len
@@ -278,6 +294,15 @@ absl::StatusOr<EngineOptions> Complete(const Model& model, EngineOptions o) {
   if (o.max_model_len < 2) return absl::InvalidArgumentError("max_model_len must be >= 2");
   if (o.default_max_tokens < 1) return absl::InvalidArgumentError("default_max_tokens must be >= 1");
   if (o.scheduler.max_running < 1) return absl::InvalidArgumentError("max_running must be >= 1");
+  if (o.fit_max_running) {
+    const int64_t fit = RunningThatFit(model.config(), o);
+    if (fit >= 1 && fit < o.scheduler.max_running) {
+      DSV4_LOG(kInfo, "the cache budget (", o.cache_bytes >> 20, " MiB per rank) holds the windows of ", fit,
+               " running sequences, not ", o.scheduler.max_running, ": running at most ", fit,
+               " at once (raise --cache-mb, or give --max-running to insist)");
+      o.scheduler.max_running = fit;
+    }
+  }
   DSV4_ASSIGN_OR_RETURN(const KvPoolSizes pool, PoolSizes(model.config(), o));
   o.scheduler.kv.block_tokens = pool.block_tokens;
   o.scheduler.kv.num_blocks = pool.num_blocks;

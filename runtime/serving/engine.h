@@ -56,6 +56,10 @@ struct EngineOptions {
   int64_t max_model_len = 16384;                       // prompt + completion tokens of one request
   int64_t default_max_tokens = 256;                    // when a request gives none (bounded by the context)
   absl::Duration idle_tick = absl::Milliseconds(500);  // empty steps keep idle followers in step
+  // max_running is a default, not the operator's choice: where the budget cannot hold that many
+  // sequences' windows (the real models' windows are ~11 MB a block), run as many as it holds, and
+  // say so. The budget must still hold one.
+  bool fit_max_running = false;
 };
 
 // The KV pool of each rank (runtime/model/cache.h), from the cache budget: window blocks for
@@ -69,6 +73,9 @@ struct KvPoolSizes {
   int64_t block_bytes = 0, window_block_bytes = 0;
 };
 absl::StatusOr<KvPoolSizes> PoolSizes(const ModelConfig& config, const EngineOptions& options);
+// The most running sequences whose windows fit the budget beside one sequence of max_model_len
+// (0 when not even one does).
+int64_t RunningThatFit(const ModelConfig& config, const EngineOptions& options);
 
 enum class FinishReason { kNone, kStop, kLength, kAbort };
 const char* FinishReasonName(FinishReason r);

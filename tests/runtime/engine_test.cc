@@ -241,6 +241,40 @@ TEST(Engine, PreemptedRequestsAreRecomputedAndGetTheirOwnTokens) {
   EXPECT_EQ(st.completed, 2 * n);
 }
 
+// A budget too small for the default number of running sequences' windows: with max_running as
+// a default, the engine runs as many as fit (and requests beyond them queue and complete); given
+// explicitly, the same budget is an error naming the numbers.
+TEST(Engine, DefaultMaxRunningFitsTheCacheBudget) {
+  ASSERT_NE(S().model, nullptr);
+  const ModelConfig& c = S().model->config();
+  EngineOptions o = Running::Small();
+  const int64_t B = KvPool::DefaultBlockTokens(c);
+  const int64_t per_seq = (c.sliding_window - 1 + B - 1) / B + (o.scheduler.prefill_chunk + B - 1) / B + 1;
+  const int64_t one = (o.max_model_len + B - 1) / B * KvPool::BlockBytes(c, B);
+  o.cache_bytes = one + 3 * per_seq * KvPool::WindowBlockBytes(c, B) + 1024;  // three sequences' windows
+  ASSERT_EQ(RunningThatFit(c, o), 3);
+  o.scheduler.max_running = 8;
+  {
+    auto refused = Engine::Create(*S().model, S().tokenizer.get(), *S().world, o);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find("windows of 8 running sequences"), absl::string_view::npos)
+        << refused.status();
+  }
+  o.fit_max_running = true;
+  Running run(o);
+  ASSERT_NE(run.engine, nullptr);
+  EXPECT_EQ(run.engine->options().scheduler.max_running, 3);
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  for (int i = 0; i < 5; ++i) {
+    auto h = run.engine->Submit(Spec(i));
+    ASSERT_TRUE(h.ok()) << h.status();
+    handles.push_back(*h);
+  }
+  for (auto& h : handles) EXPECT_TRUE(Collect(*h).status.ok());
+  EXPECT_EQ(run.engine->Stats().completed, 5);
+}
+
 TEST(Engine, AbortFreesTheCacheWithinAStep) {
   ASSERT_NE(S().model, nullptr);
   Running run;
