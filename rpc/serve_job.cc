@@ -214,9 +214,10 @@ absl::Status ServeJob::RunWorker() {
   join.set_build_id(BuildId());
   join.set_config_digest(digest_);
   join.set_layout(settings_);
-  DSV4_ASSIGN_OR_RETURN(
-      std::unique_ptr<WorkerAgent> agent,
-      WorkerAgent::Join(address, ClientSecurity{.token = opt_.endpoint.security.token}, join, opt_.join_timeout));
+  ClientSecurity security;
+  security.token = opt_.endpoint.security.token;
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<WorkerAgent> agent,
+                        WorkerAgent::Join(address, security, join, opt_.join_timeout));
   FollowerCounters counters;
   Model& model = runtime_->model();
   agent->Start(

@@ -79,7 +79,7 @@ struct TensorToWrite {
   std::vector<uint8_t> bytes;
   // When set, writes the tensor's bytes straight into the image instead of `bytes` (large built-in
   // models: no second copy of the weights).
-  std::function<void(uint8_t* dst)> fill;
+  std::function<void(uint8_t* dst)> fill = {};
 };
 std::vector<uint8_t> WriteSafetensors(const std::vector<TensorToWrite>& tensors,
                                       const std::map<std::string, std::string>& metadata = {});
