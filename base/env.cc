@@ -18,8 +18,9 @@ namespace {
 
 constexpr KnobInfo kKnobs[] = {
     {Knob::kCpuIsa, "DSV4_CPU_ISA", "auto",
-     "CPU kernel path: auto (the best the CPU has), avx512, avx2 or scalar; never above what the CPU supports",
-     "one-of:auto|avx512|avx2|scalar"},
+     "CPU kernel path: auto (the best the CPU has), amx, avx512_bf16 (AVX-512 with VBMI and BF16), avx512, avx2 or "
+     "scalar; never above what the CPU supports",
+     "one-of:auto|amx|avx512_bf16|avx512|avx2|scalar"},
     {Knob::kNumThreads, "DSV4_NUM_THREADS", "0", "CPU worker threads per rank (0 = one per available core)",
      "int:0:1024"},
     {Knob::kPinThreads, "DSV4_PIN_THREADS", "1", "pin the CPU pool's worker threads one per core (0: let them float)",

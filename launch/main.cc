@@ -11,6 +11,7 @@
 #include "base/env.h"
 #include "base/log.h"
 #include "bench/commands.h"
+#include "kernels/cpu/isa.h"
 #include "launch/commands.h"
 #include "parallel/communicator.h"
 
@@ -135,6 +136,9 @@ int Main(int argc, char** argv) {
 }  // namespace dsv4
 
 int main(int argc, char** argv) {
+  // Flush-to-zero and denormals-are-zero before any thread starts, so every thread inherits them
+  // (kernels/cpu/isa.h: subnormal operands stall Intel cores).
+  dsv4::kernels::SetFlushDenormals();
   // Under mpirun every rank joins the MPI world before anything else.
   std::unique_ptr<dsv4::MpiSession> mpi;
   if (dsv4::LaunchedByMpirun()) mpi = std::make_unique<dsv4::MpiSession>(&argc, &argv);

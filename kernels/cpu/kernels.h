@@ -40,15 +40,18 @@ struct WeightMatrix {
 };
 
 // Dequantizes logical row `r` (relative to row_begin), columns [col_begin, col_end), into out.
+// A value below the normal float range reads as 0 (FTZ, isa.h).
 void DequantRow(const WeightMatrix& w, int64_t r, float* out);
 
 // y[m, w.rows()] = x[m, w.cols()] W^T (ldx / ldy: row strides of x and y, in elements).
 // Multi-threaded over output rows. Up to 8 token rows stream each weight row once (decode); more
 // go through a cache-blocked GEMM on weight panels decoded once per call (prefill).
 // Every (row, token) result is summed in one order whatever m is, so a token's output does not
-// depend on the rows computed with it. Fast paths read weights as they are stored: FP8 E4M3 codes
-// other than NaN (0x7F/0xFF read as +-480), E8M0 scales in [2^-100, 2^20] (released checkpoints
-// use about 2^-10..2^0); an FP4 scale of 2^-127 (code 0) contributes about 0 there.
+// depend on the rows computed with it (the order depends on the instruction-set level only). Fast
+// paths read weights as they are stored: FP8 E4M3 codes other than NaN (0x7F/0xFF read as +-480),
+// E8M0 scales in [2^-100, 2^20] (released checkpoints use about 2^-10..2^0). On the avx512_bf16 and
+// amx levels, products whose inputs are all exact in BF16 (checked per call) are taken in BF16 with
+// FP32 sums in the same order, which gives the same bits.
 void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float* y, int64_t ldy);
 
 // One product of a grouped call: y[m, w->rows()] = x[m, w->cols()] W^T.
@@ -64,19 +67,26 @@ struct LinearJob {
 // busy. Jobs must not write overlapping outputs.
 void LinearGroup(const LinearJob* jobs, int64_t num_jobs);
 
+// The arithmetic a floating-point operation was done with: FP32 FMAs (at the level's vector width),
+// BF16 dot products with FP32 sums (vdpbf16ps), or AMX BF16 tiles.
+enum class FlopKind : uint8_t { kFp32, kBf16, kAmxBf16 };
+
 // Work done by the kernels, counted while enabled (benchmarks turn it on): bytes of weights read by
 // Linear, bytes of KV cache / indexer keys read by attention and indexer scoring, and
-// floating-point operations (a multiply-add is 2). Off by default.
+// floating-point operations (a multiply-add is 2), of which bf16_flops and amx_flops were BF16
+// products (the rest FP32). Off by default.
 struct WorkCounts {
   int64_t weight_bytes = 0;
   int64_t cache_bytes = 0;
   int64_t flops = 0;
+  int64_t bf16_flops = 0;
+  int64_t amx_flops = 0;
 };
 void EnableWorkCounters(bool on);
 WorkCounts ReadWorkCounters();
 void ResetWorkCounters();
 // Adds to the counters when they are enabled (for work done outside these kernels).
-void CountWork(int64_t weight_bytes, int64_t cache_bytes, int64_t flops);
+void CountWork(int64_t weight_bytes, int64_t cache_bytes, int64_t flops, FlopKind kind = FlopKind::kFp32);
 
 // Quantize-dequantize each row of x[m, n] in place, in groups of `group` along the row, exactly as
 // the reference's QAT simulation: scale = 2^ceil(log2(amax / fmt_max)), amax floored at 1e-4

@@ -82,11 +82,13 @@ __attribute__((target("avx2,fma"))) void QdqRowsAvx2(float* x, int64_t m, int64_
 }  // namespace
 
 void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  EnsureFlushDenormals();
   if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<-6, 3>(x, m, n, ld, group, 448.0f, 1e-4f);
   QdqRows<RoundToFp8E4m3>(x, m, n, ld, group, 1.0f / 448.0f, 1e-4f);
 }
 
 void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) {
+  EnsureFlushDenormals();
   if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<0, 1>(x, m, n, ld, group, 6.0f, 6.0f * std::ldexp(1.0f, -126));
   QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, 6.0f * std::ldexp(1.0f, -126));
 }
@@ -106,6 +108,7 @@ void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) {
 }
 
 void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y, int64_t ldy) {
+  EnsureFlushDenormals();
   for (int64_t t = 0; t < m; ++t) {
     const float* xr = x + t * ldx;
     float* yr = y + t * ldy;
@@ -116,6 +119,7 @@ void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, in
 }
 
 void Rope(float* x, int64_t half, const float* cos, const float* sin, bool inverse) {
+  EnsureFlushDenormals();
   for (int64_t i = 0; i < half; ++i) {
     const float c = cos[i], s = inverse ? -sin[i] : sin[i];
     const float a = x[2 * i], b = x[2 * i + 1];
@@ -125,6 +129,7 @@ void Rope(float* x, int64_t half, const float* cos, const float* sin, bool inver
 }
 
 void Hadamard(float* x, int64_t n, float scale) {
+  EnsureFlushDenormals();
   for (int64_t h = 1; h < n; h *= 2)
     for (int64_t i = 0; i < n; i += 2 * h)
       for (int64_t j = i; j < i + h; ++j) {
@@ -137,6 +142,7 @@ void Hadamard(float* x, int64_t n, float scale) {
 
 void HcSplitSinkhorn(const float* mixes, const float* scale3, const float* base, int hc, int iters, float eps,
                      float* pre, float* post, float* comb) {
+  EnsureFlushDenormals();
   auto sigmoid = [](float v) { return 1.0f / (1.0f + std::exp(-v)); };
   for (int j = 0; j < hc; ++j) pre[j] = sigmoid(mixes[j] * scale3[0] + base[j]) + eps;
   for (int j = 0; j < hc; ++j) post[j] = 2.0f * sigmoid(mixes[hc + j] * scale3[1] + base[hc + j]);
@@ -213,12 +219,14 @@ DSV4_AVX2 void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t
 }  // namespace
 
 void AddTo(float* y, const float* x, int64_t n) {
+  EnsureFlushDenormals();
   if (ActiveIsa() != Isa::kScalar) return AddToAvx2(y, x, n);
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSegments& kv, const int32_t* idx,
                      int64_t k, const float* sink, float scale, float* out) {
+  EnsureFlushDenormals();
   int64_t rows_read = 0;
   for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
   CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
@@ -234,6 +242,7 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
 
 void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                    const int64_t* nvis, float* score) {
+  EnsureFlushDenormals();
   int64_t keys_read = 0;
   for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
   CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
@@ -254,11 +263,13 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
 }
 
 void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
+  EnsureFlushDenormals();
   if (ActiveIsa() != Isa::kScalar) return SoftmaxPoolAvx2(values, scores, n, width, out);
   ref::SoftmaxPool(values, scores, n, width, out);
 }
 
 void TopK(const float* x, int64_t n, int64_t k, int32_t* idx) {
+  EnsureFlushDenormals();
   Scratch<int32_t> order(n, NoInit{});
   std::iota(order.begin(), order.end(), 0);
   auto better = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };

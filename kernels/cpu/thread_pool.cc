@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/env.h"
+#include "kernels/cpu/isa.h"
 
 namespace dsv4::kernels {
 namespace {
@@ -68,6 +69,7 @@ class Pool {
   // fn over [0, n) in `num_chunks` (< kMaxChunks) chunks: chunk c is [c * chunk, min(n, (c + 1) *
   // chunk)) when chunk > 0, else [n c / num_chunks, n (c + 1) / num_chunks).
   void Run(int64_t n, int64_t num_chunks, int64_t chunk, RangeFn fn) {
+    EnsureFlushDenormals();  // the caller runs chunks too
     if (num_chunks <= 1 || workers_.empty() || t_in_pool_task) {
       for (int64_t c = 0; c < num_chunks; ++c) RunChunk(fn, n, num_chunks, chunk, c);
       return;
@@ -148,6 +150,7 @@ class Pool {
   }
 
   void Loop(uint32_t seen) {
+    SetFlushDenormals();  // whatever mode the thread that resized the pool had
     t_in_pool_task = true;
     for (;;) {
       if (SpinWhile([&] { return epoch_.load(std::memory_order_acquire) == seen; }, 300)) {

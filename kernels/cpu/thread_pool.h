@@ -4,7 +4,8 @@
 // first chunk. ParallelForDynamic hands out fixed-size chunks from a shared counter, so a thread
 // slowed by another process does not hold the others up. Workers spin briefly between calls before
 // they sleep, so back-to-back calls in a decode step cost about a microsecond each, and a call
-// allocates nothing. Calls from inside a pool task run serially (no nested parallelism).
+// allocates nothing. Calls from inside a pool task run serially (no nested parallelism). Every
+// thread that runs chunks, the caller included, computes with FTZ and DAZ set (isa.h).
 // Thread-safe: concurrent callers serialize.
 #pragma once
 

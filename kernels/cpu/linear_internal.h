@@ -1,0 +1,195 @@
+// Shared by the files of Linear (linear.cc: planning, the scalar path and the references;
+// linear_avx2.cc, linear_avx512.cc, amx.cc: the vector paths). Not part of the kernels' API.
+//
+// Every (weight row, token) result of a vector path comes out of one canonical order per
+// instruction-set level, whichever path runs and however many token rows come together, so a
+// token's output does not depend on its batch and prefill agrees with decode to the bit:
+//   * The full chunks of a row (32 bytes of storage on AVX2, 64 on AVX-512; 128 for F32 weights on
+//     AVX-512) are decoded into vectors in a fixed order; the position of a column within the
+//     decoded sequence of its chunk is fixed by the level's LaneColumn.
+//   * AVX2: 16 lane sums (8 lanes x two accumulators taking the chunk's vectors alternately), each
+//     a chain of FMAs in order, added pairwise into 8 and then in the fixed tree of Hsum.
+//   * AVX-512: 16 lane sums, each a chain over pairs of columns (the two halves of a BF16 pair
+//     register: first the high half, then the low half, as vdpbf16ps adds them), folded into 8 (lane
+//     i + lane i + 8) and then Hsum's tree.
+//   * Then the columns after the last full chunk, one by one, as FMAs.
+// The streaming path multiplies its operands by powers of two, which changes no rounding.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/formats.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernels.h"
+
+namespace dsv4::kernels::linear {
+
+constexpr int kMaxGemvRows = 8;  // token rows taken by the streaming path (in passes of up to 4)
+constexpr int64_t kKc = 2048;    // GEMM: columns per block (a multiple of every chunk width)
+
+// How one job runs, decided before the parallel pass.
+struct Plan {
+  const LinearJob* job = nullptr;
+  enum Path { kScalar, kGemv, kGemm } path = kScalar;
+  // Products taken in BF16 (vdpbf16ps, AMX) instead of FP32 FMAs: the level has them, the weights
+  // are FP8, FP4 or BF16 (exact in BF16 by their format, times power-of-two scales) and every input
+  // element of the job was checked to be exact in BF16 (its low 16 bits are zero, as after the
+  // reference's FP8 rounding). BF16 products are then the exact products the FP32 FMAs take, added
+  // in the same order: the results are the same bits either way.
+  bool bf16 = false;
+  bool amx = false;     // the GEMM runs on AMX tiles (implies bf16)
+  int64_t cc = 0;       // columns per chunk
+  int64_t nchunks = 0;  // full chunks of the view's columns; the rest are tail columns
+  // Streaming path: the token rows in lane order [m][nchunks * cc], pre-scaled for FP4 (by 2^kx)
+  // but not yet for FP8 (block scales differ per row block); kx and the amax exponent per token.
+  float* xp = nullptr;
+  int kx[kMaxGemvRows] = {};
+  int amax_exp[kMaxGemvRows] = {};
+  bool zero_row[kMaxGemvRows] = {};
+  // GEMM path: the input packed per column block, token block and canonical lane (layout: the
+  // level's file); ntb token blocks, nkb column blocks.
+  void* xt = nullptr;
+  int64_t ntb = 0, nkb = 0;
+  // Tasks: GEMM, row panels x token-block splits; otherwise rows per task.
+  int64_t panels = 0, splits = 0, rows_per_task = 0;
+};
+
+struct Task {
+  int32_t plan;
+  int64_t r0, r1;    // rows of the view
+  int64_t tb0, tb1;  // GEMM token blocks
+};
+
+// The vector paths of one instruction-set level.
+struct Paths {
+  int64_t (*chunk_cols)(WeightType t);
+  // The column (within its chunk) of position p of the decoded chunk, in the order the streaming
+  // path's token rows are laid out.
+  int64_t (*lane_column)(WeightType t, int64_t p);
+  int64_t fp8_col_align;    // FP8 views must start at a multiple of this column (a chunk's width)
+  int64_t gemm_nt;          // tokens per GEMM token block
+  int64_t gemm_task_rows;   // rows per GEMM task (whole 64-byte lines of float outputs)
+  // 4-byte words of packed input per (column block, token block), for FP32 or BF16 products.
+  int64_t (*xt_block_words)(bool bf16);
+  void (*pack_gemm_block)(const Plan& p, int64_t kb, void* xt_kb);
+  void (*gemm_task)(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1);
+  void (*gemv)(const Plan& p, int64_t r0, int64_t r1);
+};
+const Paths& Avx2Paths();
+const Paths& Avx512Paths();      // AVX-512 F/BW/DQ/VL
+const Paths& Avx512Bf16Paths();  // + VBMI, BF16 (and AMX tiles where ActiveIsa() is amx)
+
+// Testing only: the amx level's GEMM runs with the tile instructions emulated in plain C++ as the
+// Intel SDM's pseudo-code defines them (data layout, strides and padding are the real path's), on
+// machines whose CPU lacks AMX; requires the avx512_bf16 level.
+void EmulateAmxForTesting(bool on);
+bool AmxEmulated();
+// Testing only: every job takes FP32 products even where its inputs are exact in BF16.
+void ForceFp32ProductsForTesting(bool on);
+bool AmxGemm();  // the GEMM takes the AMX path (real or emulated)
+
+// amx.cc: the AMX tile kernel of the GEMM. A thread brackets its tile work with AmxBeginTask (loads
+// the tile configuration: eight 16 x 64-byte tiles) and AmxEndTask (releases the tiles).
+void AmxBeginTask();
+void AmxEndTask();
+// One canonical lane of a 32-row x 32-token block: c[r * 32 + t] (+)= the lane's chain over `steps`
+// (a multiple of 16) pair steps, a[r * lda + s] (BF16 pairs, the high column in the low half)
+// against b[s * ldb + t] (the same). Four C tiles (2 x 2 blocks of 16 x 16), two A tiles (rows 0-15,
+// 16-31) and two B tiles (tokens 0-15, 16-31); each TDPBF16PS continues every chain by 16 pair steps
+// in order, the low halves first.
+void AmxLane(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t steps, int64_t ldb, float* c, bool accumulate);
+
+// ---- helpers shared by the paths -----------------------------------------------------------------
+
+// The high and low bytes of the BF16 value of each E2M1 code (0, .5, 1, 1.5, 2, 3, 4, 6, then the
+// negatives), as 16-entry vpshufb tables.
+#define DSV4_FP4_BF16_HI 0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, 0x80, 0xBF, 0xBF, 0xBF, 0xC0, 0xC0, 0xC0, 0xC0
+#define DSV4_FP4_BF16_LO 0x00, 0x00, 0x80, 0xC0, 0x00, 0x40, 0x80, 0xC0, 0x00, 0x00, 0x80, 0xC0, 0x00, 0x40, 0x80, 0xC0
+
+// Bytes of one stored element (FP4: 1, its `ld` counts bytes).
+inline int64_t ElementBytes(WeightType t) { return t == WeightType::kF32 ? 4 : t == WeightType::kBF16 ? 2 : 1; }
+
+inline int64_t RowStride(const WeightMatrix& w) { return w.ld * ElementBytes(w.type); }
+
+inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
+  const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * ElementBytes(w.type);
+  return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + col_bytes;
+}
+
+// 2^e as a normal float, or 0 below the normal range (never a subnormal: under DAZ one would read
+// as 0 anyway, and without it every operation on it costs a microcode assist).
+inline float Pow2(int e) {
+  if (e < -126) return 0.f;
+  if (e > 127) return std::ldexp(1.0f, e);  // inf
+  return std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
+}
+
+// v * 2^e in at most two multiplications by normal powers of two (e in [-252, 254]); a subnormal
+// result flushes to zero.
+inline float MulPow2(float v, int e) {
+  if (e >= -126 && e <= 127) return v * Pow2(e);
+  const int h = e / 2;
+  return v * Pow2(h) * Pow2(e - h);
+}
+
+// An FP4 scale code e -> 2^(e - 127 + kFp4ScaleBias): normal for every code up to 204 (scales up
+// to 2^77), so that code 0 (2^-127) is no subnormal; the streaming paths take the bias out with
+// the token's 2^kx (code 255, NaN, reads as NaN; codes above 204 as infinity).
+constexpr int kFp4ScaleBias = 50;
+struct Fp4ScaleTable {
+  float v[256];
+  constexpr Fp4ScaleTable() : v() {
+    for (int e = 0; e < 256; ++e)
+      v[e] = std::bit_cast<float>(e == 255                           ? 0x7fc00000u
+                                  : e - 127 + kFp4ScaleBias <= 127 ? static_cast<uint32_t>(e + kFp4ScaleBias) << 23
+                                                                   : 0x7f800000u);
+  }
+};
+inline constexpr Fp4ScaleTable kFp4Scale;
+
+// v * 2^(e - 127) for an E8M0 code e, never with a subnormal operand (code 0 is 2^-127): the scale
+// is applied in two normal steps, and a subnormal result flushes to zero.
+inline float ScaleE8m0(float v, uint8_t e) {
+  if (e == 0) return v * 0x1p-63f * 0x1p-64f;
+  return v * E8m0ToFloat(e);
+}
+
+// One weight element, dequantized (for tail columns).
+inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
+  switch (w.type) {
+    case WeightType::kF32:
+      return static_cast<const float*>(w.data)[row * w.ld + col];
+    case WeightType::kBF16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(w.data)[row * w.ld + col]);
+    case WeightType::kFP8:
+      return ScaleE8m0(Fp8E4m3ToFloat(static_cast<const uint8_t*>(w.data)[row * w.ld + col]),
+                       w.scales[(row / w.block_rows) * w.scale_ld + col / w.block_cols]);
+    case WeightType::kFP4: {
+      const uint8_t byte = static_cast<const uint8_t*>(w.data)[row * w.ld + (col >> 1)];
+      return ScaleE8m0(kFp4E2m1[(col & 1) ? (byte >> 4) : (byte & 0xf)], w.scales[row * w.scale_ld + col / 32]);
+    }
+  }
+  return 0.f;
+}
+
+// v plus the columns of row `row` (absolute) from `from` on, one FMA each: the end of every
+// canonical sum (the columns after the last full chunk).
+inline float AddTail(float v, const WeightMatrix& w, int64_t row, const float* x, int64_t from) {
+  for (int64_t c = from; c < w.cols(); ++c) v = std::fma(x[c], Element(w, row, w.col_begin + c), v);
+  return v;
+}
+
+// The sum of 16 lane sums in the canonical tree: lanes i and i + 8 first, then
+// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) (AVX2's lane sums s[i] are accumulator 0's lane
+// i for i < 8 and accumulator 1's lane i - 8 after).
+inline float CanonicalSum16(const float* s) {
+  float l[8];
+  for (int i = 0; i < 8; ++i) l[i] = s[i] + s[i + 8];
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
+}  // namespace dsv4::kernels::linear
