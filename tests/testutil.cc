@@ -12,6 +12,7 @@
 #include "base/file.h"
 #include "base/status.h"
 #include "runtime/builtin.h"
+#include "kernels/cpu/isa.h"
 
 namespace dsv4::testing {
 
@@ -153,6 +154,16 @@ std::string WriteModelDir(const nlohmann::json& config, uint64_t seed, const Ten
   const absl::Status st = WriteRandomModelDir(dir, config, seed, edit);
   EXPECT_TRUE(st.ok()) << st;
   return st.ok() ? dir : "";
+}
+
+std::string IsaSkipReason() {
+  const std::string want = env::Str(env::Knob::kCpuIsa);
+  const kernels::Isa active = kernels::ActiveIsa();
+  if (want == "auto" || want == kernels::IsaName(active)) return "";
+  std::string why = "DSV4_CPU_ISA=" + want + " asks for a level this CPU lacks (the best it has: " +
+                    kernels::IsaName(kernels::BestIsa()) + ")";
+  if (want == "amx" && *kernels::AmxUnavailableReason()) why += ": " + std::string(kernels::AmxUnavailableReason());
+  return why;
 }
 
 }  // namespace dsv4::testing

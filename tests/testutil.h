@@ -55,5 +55,15 @@ absl::Status WriteRandomModelDir(const std::string& dir, const nlohmann::json& c
                                  const TensorPatch& patch = {});
 // The same into a fresh temporary directory, whose path it returns ("" after a test failure).
 std::string WriteModelDir(const nlohmann::json& config, uint64_t seed = 1, const TensorPatch& edit = {});
+// "" when the CPU kernels run the instruction-set level DSV4_CPU_ISA asks for (or it asks for
+// none); otherwise why not (this CPU lacks it). Test binaries that ctest runs once per level
+// register IsaEnvironment, which skips all their tests then, saying why.
+std::string IsaSkipReason();
+class IsaEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (const std::string why = IsaSkipReason(); !why.empty()) GTEST_SKIP() << why;
+  }
+};
 
 }  // namespace dsv4::testing

@@ -46,6 +46,10 @@ struct GoldenSet {
 };
 constexpr GoldenSet kSets[] = {{"v4-tiny", 9, 1024, 0.4, 0.2}, {"v41-tiny", 6, 129280, 0.6, 0.1}};
 
+// ctest runs this binary once per instruction-set level (DSV4_CPU_ISA); a level the CPU lacks skips.
+[[maybe_unused]] ::testing::Environment* const kIsaEnvironment =
+    ::testing::AddGlobalTestEnvironment(new dsv4::testing::IsaEnvironment);
+
 struct Case {
   std::vector<int64_t> prompt, decode;
   std::vector<float> logits, logits_noqdq;

@@ -1,6 +1,7 @@
 // The fast CPU kernels against plain loops over awkward shapes, every weight format and both the
-// streaming (m <= 8) and the blocked (m > 8) matrix paths. ctest runs this binary three times: with
-// the best instruction set, with DSV4_CPU_ISA=avx2 and with DSV4_CPU_ISA=scalar.
+// streaming (m <= 8) and the blocked (m > 8) matrix paths. ctest runs this binary once per
+// instruction-set level (DSV4_CPU_ISA=amx, avx512_bf16, avx512, avx2, scalar; a level the machine
+// lacks runs the best it has, and the tests that need it skip).
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -13,6 +14,7 @@
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/linear_internal.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tests/testutil.h"
@@ -21,6 +23,10 @@ namespace dsv4::kernels {
 namespace {
 
 using dsv4::testing::AllClose;
+
+// ctest runs this binary once per instruction-set level (DSV4_CPU_ISA); a level the CPU lacks skips.
+[[maybe_unused]] ::testing::Environment* const kIsaEnvironment =
+    ::testing::AddGlobalTestEnvironment(new dsv4::testing::IsaEnvironment);
 
 // A random weight matrix [rows, cols] in one storage format, with its backing bytes.
 struct TestWeight {
@@ -292,6 +298,171 @@ TEST(FastLinear, BitwiseIndependentOfBatch) {
       }
     }
   }
+}
+
+// Inputs as the model feeds its FP8/FP4 linears with the quantization simulation on: rounded to FP8
+// in groups of 128, so every element is exact in BF16 (and the avx512_bf16 / amx levels take BF16
+// products).
+std::vector<float> MakeFp8Input(int64_t m, int64_t n, std::mt19937& rng) {
+  std::vector<float> x = MakeInput(m, n, rng);
+  QdqFp8(x.data(), m, n, n, 128);
+  return x;
+}
+
+bool ExactInBf16(const std::vector<float>& x) {
+  for (float v : x)
+    if (std::bit_cast<uint32_t>(v) & 0xffffu) return false;
+  return true;
+}
+
+// Products of BF16-exact inputs: against the plain loop, and bit for bit the same as FP32 products
+// (vdpbf16ps adds a pair of exact products in the order of the FMAs) whatever the batch. Views off
+// the first column and rows with tail columns included.
+TEST(FastLinear, Bf16ProductsEqualFp32Products) {
+  std::mt19937 rng(43);
+  for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
+    for (auto [rows, cols] : {std::pair{70, 1024}, {33, 2176}, {9, 320}}) {
+      TestWeight tw = MakeWeight(type, rows, cols, rng);
+      const int64_t m = 40;
+      const std::vector<float> x = MakeFp8Input(m, cols, rng);
+      ASSERT_TRUE(ExactInBf16(x));
+      for (int view = 0; view < 2; ++view) {
+        WeightMatrix wv = tw.w;
+        if (view == 1) wv.row_begin = 1, wv.col_begin = 128, wv.col_end = cols - (type == WeightType::kFP4 ? 32 : 5);
+        const float* xv = x.data() + wv.col_begin;
+        const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols) +
+                                 " view " + std::to_string(view);
+        std::vector<float> all(m * wv.rows()), fp32(m * wv.rows());
+        Linear(xv, m, cols, wv, all.data(), wv.rows());
+        ExpectMatchesRef(xv, m, cols, wv, all.data(), wv.rows(), what);
+        linear::ForceFp32ProductsForTesting(true);
+        Linear(xv, m, cols, wv, fp32.data(), wv.rows());
+        linear::ForceFp32ProductsForTesting(false);
+        for (int64_t i = 0; i < m * wv.rows(); ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(all[i]), std::bit_cast<uint32_t>(fp32[i])) << what << " element " << i;
+        for (int64_t chunk : {1, 3, 8, 9}) {
+          std::vector<float> part(m * wv.rows());
+          for (int64_t t = 0; t < m; t += chunk)
+            Linear(xv + t * cols, std::min(chunk, m - t), cols, wv, part.data() + t * wv.rows(), wv.rows());
+          for (int64_t i = 0; i < m * wv.rows(); ++i)
+            ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
+                << what << " chunk " << chunk << " element " << i;
+        }
+      }
+    }
+  }
+}
+
+// The amx level's GEMM with its tile instructions emulated as the Intel SDM defines TDPBF16PS: the
+// panel and input layouts, the swapped pair halves, the zero padding to whole 16-step tiles and the
+// partial row panels give the canonical sums bit for bit (a machine with AMX runs the real tiles in
+// AmxTilesMatchTheCanonicalOrder below).
+TEST(FastLinear, AmxLayoutEmulated) {
+  if (ActiveIsa() != Isa::kAvx512Bf16)
+    GTEST_SKIP() << "the emulated AMX path runs on the avx512_bf16 level; this run has " << IsaName(ActiveIsa());
+  std::mt19937 rng(47);
+  linear::EmulateAmxForTesting(true);
+  for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
+    for (auto [rows, cols] : {std::pair{70, 2560}, {17, 384}}) {
+      TestWeight tw = MakeWeight(type, rows, cols, rng);
+      const int64_t m = 45;
+      const std::vector<float> x = MakeFp8Input(m, cols + 7, rng);
+      WeightMatrix wv = tw.w;
+      wv.col_end = cols - 3;  // tail columns
+      std::vector<float> all(m * rows), one(rows);
+      Linear(x.data(), m, cols + 7, wv, all.data(), rows);
+      const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols);
+      ExpectMatchesRef(x.data(), m, cols + 7, wv, all.data(), rows, what);
+      for (int64_t t = 0; t < m; ++t) {
+        Linear(x.data() + t * (cols + 7), 1, cols + 7, wv, one.data(), rows);
+        for (int64_t r = 0; r < rows; ++r)
+          ASSERT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(all[t * rows + r]))
+              << what << " token " << t << " row " << r;
+      }
+    }
+  }
+  linear::EmulateAmxForTesting(false);
+}
+
+// The real AMX tiles (where the CPU and the kernel allow them): the plain loop's result, and the
+// canonical order bit for bit, prefill (tiles) against decode (vdpbf16ps).
+TEST(FastLinear, AmxTilesMatchTheCanonicalOrder) {
+  if (ActiveIsa() != Isa::kAmx)
+    GTEST_SKIP() << "AMX tiles are not in use: " << (*AmxUnavailableReason() ? AmxUnavailableReason() : "DSV4_CPU_ISA is lower");
+  std::mt19937 rng(53);
+  for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
+    TestWeight tw = MakeWeight(type, 96, 2304, rng);
+    const int64_t m = 40;
+    const std::vector<float> x = MakeFp8Input(m, 2304, rng);
+    std::vector<float> all(m * 96), one(96);
+    Linear(x.data(), m, 2304, tw.w, all.data(), 96);
+    ExpectMatchesRef(x.data(), m, 2304, tw.w, all.data(), 96, Name(type) + " amx");
+    for (int64_t t = 0; t < m; ++t) {
+      Linear(x.data() + t * 2304, 1, 2304, tw.w, one.data(), 96);
+      for (int64_t r = 0; r < 96; ++r)
+        ASSERT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(all[t * 96 + r]))
+            << Name(type) << " token " << t << " row " << r;
+    }
+  }
+}
+
+// FP8 subnormal codes (e = 0) and FP4 +-0.5 (its subnormal) are decoded to normal floats, never to
+// subnormal ones, which DAZ would read as 0: a row of only such codes gives its exact sum on every
+// path. Exact: every product and partial sum is a multiple of 2^-9 (FP8) or 2^-2 (FP4) far inside
+// the float range.
+TEST(FastLinear, SubnormalCodesAreNotZero) {
+  for (WeightType type : {WeightType::kFP8, WeightType::kFP4}) {
+    const int64_t rows = 20, cols = 512;
+    TestWeight t;
+    t.data.resize(type == WeightType::kFP8 ? rows * cols : rows * cols / 2);
+    for (size_t i = 0; i < t.data.size(); ++i)
+      t.data[i] = type == WeightType::kFP8 ? static_cast<uint8_t>((i % 7 + 1) | (i % 3 == 0 ? 0x80 : 0))
+                                           : static_cast<uint8_t>(i % 5 == 0 ? 0x91 : 0x11);  // +-0.5 nibbles
+    WeightMatrix& w = t.w;
+    w.type = type, w.ld = type == WeightType::kFP4 ? cols / 2 : cols, w.row_end = rows, w.col_end = cols;
+    if (type == WeightType::kFP8) {
+      w.block_rows = w.block_cols = 128, w.scale_ld = cols / 128;
+      t.scales.assign(w.scale_ld, 127);
+    } else {
+      w.block_cols = 32, w.scale_ld = cols / 32;
+      t.scales.assign(rows * w.scale_ld, 127);
+    }
+    w.data = t.data.data(), w.scales = t.scales.data();
+    for (int64_t m : {1, 12}) {
+      std::vector<float> x(m * cols, 1.0f), y(m * rows);
+      Linear(x.data(), m, cols, w, y.data(), rows);
+      std::vector<float> row(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        DequantRow(w, r, row.data());
+        double want = 0;
+        for (float v : row) want += v;
+        ASSERT_NE(want, 0.0);
+        for (int64_t tok = 0; tok < m; ++tok) ASSERT_EQ(y[tok * rows + r], want) << Name(type) << " row " << r << " m " << m;
+      }
+    }
+  }
+}
+
+// Every thread that runs kernels computes with flush-to-zero and denormals-are-zero: the caller
+// and each pool worker.
+TEST(FloatMode, EveryComputingThreadFlushesDenormals) {
+  std::vector<float> a(64, 1.f);
+  (void)Dot(a.data(), a.data(), 64);
+  std::vector<float> x(64, 1.f), y(4);
+  TestWeight tw;
+  std::mt19937 rng(5);
+  tw = MakeWeight(WeightType::kF32, 4, 64, rng);
+  Linear(x.data(), 1, 64, tw.w, y.data(), 4);
+  EXPECT_TRUE(FlushesDenormals()) << "the calling thread";
+  std::vector<int> ok(1000, 0);
+  ParallelForDynamic(1000, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) ok[i] = FlushesDenormals() ? 1 : 0;
+  });
+  for (int v : ok) ASSERT_EQ(v, 1);
+  // What the mode does: a subnormal operand reads as 0, a subnormal result becomes 0.
+  volatile float tiny = std::numeric_limits<float>::denorm_min(), one = 1.f, small = 0x1p-70f;
+  EXPECT_EQ(tiny * one, 0.f);
+  EXPECT_EQ(small * small, 0.f);
 }
 
 // Large products (the model's shapes, scaled down) stay close to the plain loop.

@@ -20,6 +20,10 @@ using dsv4::testing::AllClose;
 using dsv4::testing::ReadF32;
 using dsv4::testing::ReadI64;
 
+// ctest runs this binary once per instruction-set level (DSV4_CPU_ISA); a level the CPU lacks skips.
+[[maybe_unused]] ::testing::Environment* const kIsaEnvironment =
+    ::testing::AddGlobalTestEnvironment(new dsv4::testing::IsaEnvironment);
+
 class GoldenKernels : public ::testing::Test {
  protected:
   void SetUp() override {
