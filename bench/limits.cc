@@ -30,8 +30,8 @@ void TriadPlain(double* a, const double* b, const double* c, double q, int64_t n
   for (int64_t i = 0; i < n; ++i) a[i] = b[i] + q * c[i];
 }
 
-// Independent FMA chains per thread: 12 accumulators, each in its own register (an array could
-// live in memory and add a store-to-load delay to every chain), hide the latency of both FMA pipes.
+// Independent chains per thread: 12 accumulators, each in its own register (an array could live in
+// memory and add a store-to-load delay to every chain), hide the latency of both FMA pipes.
 __attribute__((target("avx2,fma"), noinline)) double FmaLoopAvx2(int64_t iters) {
   __m256 a0 = _mm256_set1_ps(0.1f), a1 = _mm256_set1_ps(0.2f), a2 = _mm256_set1_ps(0.3f), a3 = _mm256_set1_ps(0.4f);
   __m256 a4 = _mm256_set1_ps(0.5f), a5 = _mm256_set1_ps(0.6f), a6 = _mm256_set1_ps(0.7f), a7 = _mm256_set1_ps(0.8f);
@@ -51,12 +51,99 @@ __attribute__((target("avx2,fma"), noinline)) double FmaLoopAvx2(int64_t iters) 
   return out[0];
 }
 
+#define DSV4_BENCH_AVX512 __attribute__((target("avx512f,avx2,fma"), noinline))
+DSV4_BENCH_AVX512 double FmaLoopAvx512(int64_t iters) {
+  __m512 a0 = _mm512_set1_ps(0.1f), a1 = _mm512_set1_ps(0.2f), a2 = _mm512_set1_ps(0.3f), a3 = _mm512_set1_ps(0.4f);
+  __m512 a4 = _mm512_set1_ps(0.5f), a5 = _mm512_set1_ps(0.6f), a6 = _mm512_set1_ps(0.7f), a7 = _mm512_set1_ps(0.8f);
+  __m512 a8 = _mm512_set1_ps(0.9f), a9 = _mm512_set1_ps(1.0f), a10 = _mm512_set1_ps(1.1f), a11 = _mm512_set1_ps(1.2f);
+  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; ++it) {
+    a0 = _mm512_fmadd_ps(a0, m, c), a1 = _mm512_fmadd_ps(a1, m, c), a2 = _mm512_fmadd_ps(a2, m, c);
+    a3 = _mm512_fmadd_ps(a3, m, c), a4 = _mm512_fmadd_ps(a4, m, c), a5 = _mm512_fmadd_ps(a5, m, c);
+    a6 = _mm512_fmadd_ps(a6, m, c), a7 = _mm512_fmadd_ps(a7, m, c), a8 = _mm512_fmadd_ps(a8, m, c);
+    a9 = _mm512_fmadd_ps(a9, m, c), a10 = _mm512_fmadd_ps(a10, m, c), a11 = _mm512_fmadd_ps(a11, m, c);
+  }
+  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                                               _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
+                                 _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+  return _mm512_reduce_add_ps(s);
+}
+
+// vdpbf16ps chains: each adds 16 lanes x 2 BF16 products.
+__attribute__((target("avx512f,avx512bf16"), noinline)) double DpLoopBf16(int64_t iters) {
+  __m512 a0 = _mm512_set1_ps(0.1f), a1 = _mm512_set1_ps(0.2f), a2 = _mm512_set1_ps(0.3f), a3 = _mm512_set1_ps(0.4f);
+  __m512 a4 = _mm512_set1_ps(0.5f), a5 = _mm512_set1_ps(0.6f), a6 = _mm512_set1_ps(0.7f), a7 = _mm512_set1_ps(0.8f);
+  __m512 a8 = _mm512_set1_ps(0.9f), a9 = _mm512_set1_ps(1.0f), a10 = _mm512_set1_ps(1.1f), a11 = _mm512_set1_ps(1.2f);
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3c003c00), y = (__m512bh)_mm512_set1_epi32(0x3c003c00);
+  for (int64_t it = 0; it < iters; ++it) {
+    a0 = _mm512_dpbf16_ps(a0, x, y), a1 = _mm512_dpbf16_ps(a1, x, y), a2 = _mm512_dpbf16_ps(a2, x, y);
+    a3 = _mm512_dpbf16_ps(a3, x, y), a4 = _mm512_dpbf16_ps(a4, x, y), a5 = _mm512_dpbf16_ps(a5, x, y);
+    a6 = _mm512_dpbf16_ps(a6, x, y), a7 = _mm512_dpbf16_ps(a7, x, y), a8 = _mm512_dpbf16_ps(a8, x, y);
+    a9 = _mm512_dpbf16_ps(a9, x, y), a10 = _mm512_dpbf16_ps(a10, x, y), a11 = _mm512_dpbf16_ps(a11, x, y);
+  }
+  const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                                               _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
+                                 _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+  return _mm512_reduce_add_ps(s);
+}
+
+// TDPBF16PS on four accumulator tiles from two A and two B tiles already loaded: each adds
+// 16 x 16 x 32 products.
+struct alignas(64) AmxConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+__attribute__((target("amx-tile,amx-bf16"), noinline)) double AmxLoop(int64_t iters) {
+  AmxConfig cfg;
+  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+  _tile_loadconfig(&cfg);
+  alignas(64) static thread_local uint16_t data[16 * 32];
+  for (auto& v : data) v = 0x3c00;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, data, 64);
+  _tile_loadd(5, data, 64);
+  _tile_loadd(6, data, 64);
+  _tile_loadd(7, data, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) static thread_local float out[16 * 16];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+
 __attribute__((noinline)) double FmaLoopScalar(int64_t iters) {
   float acc[8];
   for (int i = 0; i < 8; ++i) acc[i] = 0.001f * i;
   for (int64_t it = 0; it < iters; ++it)
     for (int i = 0; i < 8; ++i) acc[i] = acc[i] * 0.999999f + 1e-7f;
   return acc[0] + acc[7];
+}
+
+// Sum over the pool threads of each thread's best rate of `loop(iters)` doing `flops` flops.
+double BestRateSum(double (*loop)(int64_t), int64_t iters, double flops, int reps) {
+  const int threads = kernels::NumThreads();
+  std::vector<double> best(threads, 0.0), sink(threads * 8);
+  for (int r = 0; r < reps; ++r) {
+    kernels::ParallelFor(threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        const auto t0 = Clock::now();
+        sink[t * 8] = loop(iters);
+        best[t] = std::max(best[t], flops / Seconds(t0, Clock::now()) / 1e9);
+      }
+    });
+  }
+  double sum = 0;
+  for (double b : best) sum += b;
+  return sum;
 }
 
 }  // namespace
@@ -90,30 +177,46 @@ double StreamTriad::BestGBps(int reps) {
 
 double MeasureStreamTriadGBps(int reps) { return StreamTriad().BestGBps(reps); }
 
-PeakRate MeasurePeakGflops(int reps) {
-  PeakRate p;
+PeakRates MeasurePeakRates(int reps) {
+  PeakRates p;
   const kernels::Isa isa = kernels::ActiveIsa();
-  // The matrix kernels run their AVX2 code on AVX-512 machines too (kernels/cpu/linear.cc).
-  const int lanes = isa == kernels::Isa::kScalar ? 1 : 8;
-  const int chains = isa == kernels::Isa::kScalar ? 8 : 12;
-  p.kind = isa == kernels::Isa::kScalar ? "fp32_fma_scalar" : "fp32_fma_avx2";
-  const int threads = kernels::NumThreads();
-  const int64_t iters = 20'000'000 / lanes;
-  const double flops = 2.0 * lanes * chains * static_cast<double>(iters);
-  // Each thread's loop is timed on its own and the best of `reps` kept, so a thread another
-  // process delays does not lower the figure: the peak is the sum of the threads' best rates.
-  std::vector<double> best(threads, 0.0), sink(threads * 8);
-  for (int r = 0; r < reps; ++r) {
-    kernels::ParallelFor(threads, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const auto t0 = Clock::now();
-        sink[t * 8] = isa == kernels::Isa::kScalar ? FmaLoopScalar(iters) : FmaLoopAvx2(iters);
-        best[t] = std::max(best[t], flops / Seconds(t0, Clock::now()) / 1e9);
-      }
-    });
+  constexpr int64_t kIters = 2'000'000;
+  if (isa >= kernels::Isa::kAvx512) {
+    p.fp32 = {BestRateSum(FmaLoopAvx512, kIters, 2.0 * 16 * 12 * kIters, reps), "fp32_fma_avx512"};
+  } else if (isa == kernels::Isa::kAvx2) {
+    p.fp32 = {BestRateSum(FmaLoopAvx2, kIters, 2.0 * 8 * 12 * kIters, reps), "fp32_fma_avx2"};
+  } else {
+    p.fp32 = {BestRateSum(FmaLoopScalar, 8 * kIters, 2.0 * 8 * 8 * kIters, reps), "fp32_fma_scalar"};
   }
-  for (double b : best) p.gflops += b;
+  p.bf16.kind = "bf16_dp_avx512";
+  if (isa >= kernels::Isa::kAvx512Bf16) p.bf16.gflops = BestRateSum(DpLoopBf16, kIters, 4.0 * 16 * 12 * kIters, reps);
+  p.amx.kind = "amx_bf16";
+  if (isa == kernels::Isa::kAmx) p.amx.gflops = BestRateSum(AmxLoop, kIters / 16, 4 * 2.0 * 16 * 16 * 32 * (kIters / 16), reps);
   return p;
+}
+
+MixedPeak PeakOfMix(const PeakRates& peaks, double fp32_flops, double bf16_flops, double amx_flops) {
+  MixedPeak m;
+  const double total = fp32_flops + bf16_flops + amx_flops;
+  if (total <= 0) {
+    m.gflops = peaks.fp32.gflops, m.kind = peaks.fp32.kind;
+    return m;
+  }
+  struct Part {
+    double flops;
+    const PeakRate* peak;
+  } parts[3] = {{amx_flops, &peaks.amx}, {bf16_flops, &peaks.bf16}, {fp32_flops, &peaks.fp32}};
+  std::sort(std::begin(parts), std::end(parts), [](const Part& a, const Part& b) { return a.flops > b.flops; });
+  double seconds = 0;  // the mix at the peaks (flops / GFLOP/s)
+  for (const Part& part : parts) {
+    if (part.flops <= 0) continue;
+    if (part.peak->gflops <= 0) return {};  // work of a kind the level has no peak for
+    seconds += part.flops / part.peak->gflops;
+    m.kind += (m.kind.empty() ? "" : "+") + part.peak->kind;
+  }
+  m.gflops = total / seconds;
+  m.fp32_share = fp32_flops / total, m.bf16_share = bf16_flops / total, m.amx_share = amx_flops / total;
+  return m;
 }
 
 }  // namespace dsv4::bench

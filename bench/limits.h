@@ -27,13 +27,30 @@ class StreamTriad {
   double *a_, *b_, *c_;
 };
 
-// Peak rate of the arithmetic the matrix kernels use: float32 fused multiply-adds at the widest
-// vector width they run (2 flops each), 12 independent chains per pool thread; the sum over the
-// threads of each one's best rate in `reps` tries.
+// Peak rates of the arithmetic the kernels use at the active instruction-set level, each the sum
+// over the pool threads of each thread's best rate in `reps` tries (a thread another process delays
+// does not lower it), from independent chains of the instruction kept in registers:
+//   fp32  FP32 FMAs at the level's widest vector (fp32_fma_avx512 / fp32_fma_avx2 / fp32_fma_scalar)
+//   bf16  vdpbf16ps, BF16 pair products with FP32 sums (bf16_dp_avx512; avx512_bf16 and amx levels)
+//   amx   TDPBF16PS on tiles (amx_bf16; amx level)
+// A kind the level lacks has gflops 0. A multiply-add is 2 flops.
 struct PeakRate {
   double gflops = 0;
-  std::string kind;  // e.g. "fp32_fma_avx2"
+  std::string kind;
 };
-PeakRate MeasurePeakGflops(int reps = 20);
+struct PeakRates {
+  PeakRate fp32, bf16, amx;
+};
+PeakRates MeasurePeakRates(int reps = 20);
+
+// The peak that applies to a mix of work: `fp32`, `bf16` and `amx` flops (per token, say) take
+// fp32 / P_fp32 + bf16 / P_bf16 + amx / P_amx at the peaks, so the mix's peak is their sum over that
+// time. `kind` names the kinds in the mix, the largest share first, joined by '+'.
+struct MixedPeak {
+  double gflops = 0;
+  std::string kind;
+  double fp32_share = 0, bf16_share = 0, amx_share = 0;  // of the flops
+};
+MixedPeak PeakOfMix(const PeakRates& peaks, double fp32_flops, double bf16_flops, double amx_flops);
 
 }  // namespace dsv4::bench

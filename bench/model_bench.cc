@@ -38,6 +38,8 @@ WorkPerToken PerToken(const kernels::WorkCounts& c, double tokens) {
   w.weight_bytes = static_cast<double>(c.weight_bytes) / tokens;
   w.cache_bytes = static_cast<double>(c.cache_bytes) / tokens;
   w.flops = static_cast<double>(c.flops) / tokens;
+  w.bf16_flops = static_cast<double>(c.bf16_flops) / tokens;
+  w.amx_flops = static_cast<double>(c.amx_flops) / tokens;
   return w;
 }
 
@@ -103,6 +105,10 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(const Model& model, const Decod
   for (double t : r.step_seconds) wall += t;
   r.cpu_utilization = (CpuSeconds() - cpu0) / wall;
   r.median_step_seconds = Median(r.step_seconds);
+  for (double t : r.step_seconds) {
+    r.max_step_over_median = std::max(r.max_step_over_median, t / r.median_step_seconds);
+    r.slow_steps += t > 1.5 * r.median_step_seconds;
+  }
   r.tokens_per_s = static_cast<double>(o.batch) / r.median_step_seconds;
   r.work = PerToken(kernels::ReadWorkCounters(), static_cast<double>(o.batch * o.steps));
   if (!r.stream_gbps.empty()) {

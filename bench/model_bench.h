@@ -30,13 +30,19 @@ struct DecodeBenchOptions {
 
 struct WorkPerToken {
   double weight_bytes = 0, cache_bytes = 0, flops = 0;
+  double bf16_flops = 0, amx_flops = 0;  // of flops: taken as BF16 products (vdpbf16ps, AMX tiles)
   double bytes() const { return weight_bytes + cache_bytes; }
+  double fp32_flops() const { return flops - bf16_flops - amx_flops; }
 };
 
 struct DecodeBenchResult {
   double context_seconds = 0;         // building the context (chunked prefill)
   std::vector<double> step_seconds;   // every timed step
   double median_step_seconds = 0;
+  // The slowest timed step over the median, and the steps slower than 1.5x the median (a stall,
+  // such as FP operations on subnormal numbers, shows here before it moves the median).
+  double max_step_over_median = 0;
+  int64_t slow_steps = 0;
   double tokens_per_s = 0;            // batch / median step
   WorkPerToken work;                  // counted over the timed steps
   double cpu_utilization = 0;         // process CPU seconds per wall second over the timed steps

@@ -2,6 +2,7 @@
 // (text, or one JSON object with --json).
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "base/status.h"
@@ -36,14 +37,37 @@ struct BenchFigures {
   double stream_gbps = 0;
   double ratio_to_stream = -1;  // when >= 0: the median of per-step ratios (decode), else achieved / stream
   double short_tokens_per_s = 0, context_speed_ratio = 0;  // decode with a context: side-by-side short steps
-  PeakRate peak;
+  PeakRates peaks;
+  std::vector<double> steps_ms;  // decode: every timed step
+  double max_step_over_median = 0;
+  int64_t slow_steps = 0;  // decode: steps slower than 1.5x the median
 };
+
+// `"name": [v, ...]` with 3 decimals.
+std::string JsonList(const char* name, const std::vector<double>& v) {
+  std::string out = absl::StrFormat("\"%s\": [", name);
+  for (size_t i = 0; i < v.size(); ++i) out += absl::StrFormat("%s%.3f", i ? ", " : "", v[i]);
+  return out + "]";
+}
 
 void PrintFigures(const char* what, const BenchFigures& f, bool json) {
   const double gbps = f.work.bytes() * f.tokens_per_s / 1e9, gflops = f.work.flops * f.tokens_per_s / 1e9;
   const double ratio_to_stream = f.ratio_to_stream >= 0 ? f.ratio_to_stream : gbps / f.stream_gbps;
   const char* isa = kernels::IsaName(kernels::ActiveIsa());
+  // The peak of the arithmetic the counted work used: FP32 FMAs, BF16 products, AMX tiles.
+  const MixedPeak peak = PeakOfMix(f.peaks, f.work.fp32_flops(), f.work.bf16_flops, f.work.amx_flops);
   if (json) {
+    std::string extra = absl::StrFormat(
+        ", \"fp32_flops_share\": %.4f, \"bf16_flops_share\": %.4f, \"amx_flops_share\": %.4f, "
+        "\"peak_gflops_fp32\": %.4f, \"peak_gflops_bf16\": %.4f, \"peak_gflops_amx\": %.4f, \"peak_kind_fp32\": \"%s\"",
+        peak.fp32_share, peak.bf16_share, peak.amx_share, f.peaks.fp32.gflops, f.peaks.bf16.gflops, f.peaks.amx.gflops,
+        f.peaks.fp32.kind);
+    if (!f.steps_ms.empty())
+      extra += absl::StrFormat(", \"max_step_over_median\": %.4f, \"slow_steps\": %lld, %s", f.max_step_over_median,
+                               static_cast<long long>(f.slow_steps), JsonList("steps_ms", f.steps_ms));
+    if (f.context_speed_ratio > 0)
+      extra += absl::StrFormat(", \"short_context_tokens_per_s\": %.4f, \"context_speed_ratio\": %.4f",
+                               f.short_tokens_per_s, f.context_speed_ratio);
     std::printf(
         "{\"bench\": \"%s\", \"threads\": %d, \"isa\": \"%s\", \"batch\": %lld, \"context\": %lld, "
         "\"tokens_per_s\": %.4f, \"step_ms\": %.3f, \"bytes_per_token\": %.0f, \"weight_bytes_per_token\": %.0f, "
@@ -52,13 +76,8 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
         "\"peak_kind\": \"%s\", \"ratio_to_peak\": %.4f, \"cpu_utilization\": %.3f%s}\n",
         what, kernels::NumThreads(), isa, static_cast<long long>(f.batch), static_cast<long long>(f.context),
         f.tokens_per_s, f.step_ms, f.work.bytes(), f.work.weight_bytes, f.work.cache_bytes, f.work.flops, gbps,
-        f.stream_gbps, ratio_to_stream, gflops, f.peak.gflops, f.peak.kind.c_str(), gflops / f.peak.gflops,
-        f.cpu_utilization,
-        f.context_speed_ratio > 0
-            ? absl::StrFormat(", \"short_context_tokens_per_s\": %.4f, \"context_speed_ratio\": %.4f",
-                              f.short_tokens_per_s, f.context_speed_ratio)
-                  .c_str()
-            : "");
+        f.stream_gbps, ratio_to_stream, gflops, peak.gflops, peak.kind.c_str(), gflops / peak.gflops,
+        f.cpu_utilization, extra.c_str());
     return;
   }
   std::printf("%s: %d threads (%s), batch %lld, context %lld\n", what, kernels::NumThreads(), isa,
@@ -68,8 +87,14 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
               f.work.weight_bytes / 1e6, f.work.cache_bytes / 1e6);
   std::printf("  achieved bandwidth    : %.2f GB/s  of STREAM triad %.2f GB/s  = %.3f%s\n", gbps, f.stream_gbps,
               ratio_to_stream, f.ratio_to_stream >= 0 ? "  (median of per-step ratios)" : "");
-  std::printf("  achieved arithmetic   : %.2f GFLOP/s  of %s peak %.2f GFLOP/s  = %.3f\n", gflops, f.peak.kind.c_str(),
-              f.peak.gflops, gflops / f.peak.gflops);
+  std::printf("  achieved arithmetic   : %.2f GFLOP/s  of %s peak %.2f GFLOP/s  = %.3f\n", gflops, peak.kind.c_str(),
+              peak.gflops, gflops / peak.gflops);
+  std::printf("  arithmetic used       : %.0f%% FP32 FMAs (peak %.1f), %.0f%% BF16 products (peak %.1f), %.0f%% AMX (peak %.1f)\n",
+              100 * peak.fp32_share, f.peaks.fp32.gflops, 100 * peak.bf16_share, f.peaks.bf16.gflops,
+              100 * peak.amx_share, f.peaks.amx.gflops);
+  if (!f.steps_ms.empty())
+    std::printf("  slowest step          : %.2fx the median; %lld of %zu steps slower than 1.5x\n", f.max_step_over_median,
+                static_cast<long long>(f.slow_steps), f.steps_ms.size());
   std::printf("  CPU seconds per second: %.2f of %d threads (less: other processes had the cores)\n", f.cpu_utilization,
               kernels::NumThreads());
   if (f.context_speed_ratio > 0)
@@ -108,9 +133,11 @@ absl::Status Decode(const Flags& flags) {
   f.stream_gbps = r.median_stream_gbps;
   f.ratio_to_stream = r.median_ratio_to_stream;
   f.short_tokens_per_s = r.short_tokens_per_s, f.context_speed_ratio = r.context_speed_ratio;
-  f.peak = MeasurePeakGflops();
+  f.peaks = MeasurePeakRates();
   f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_step_seconds * 1e3, f.work = r.work;
   f.cpu_utilization = r.cpu_utilization;
+  for (double t : r.step_seconds) f.steps_ms.push_back(t * 1e3);
+  f.max_step_over_median = r.max_step_over_median, f.slow_steps = r.slow_steps;
   PrintFigures("decode", f, flags.GetBool("json"));
   if (flags.Given("profile-out"))
     DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench decode"));
@@ -133,7 +160,7 @@ absl::Status Prefill(const Flags& flags) {
   DSV4_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> rt, Runtime::Open(options));
   DSV4_ASSIGN_OR_RETURN(const PrefillBenchResult r, RunPrefillBench(rt->model(), o));
   f.stream_gbps = MeasureStreamTriadGBps();
-  f.peak = MeasurePeakGflops();
+  f.peaks = MeasurePeakRates();
   f.tokens_per_s = r.tokens_per_s, f.step_ms = r.median_seconds * 1e3, f.work = r.work;
   f.cpu_utilization = r.cpu_utilization;
   PrintFigures("prefill", f, flags.GetBool("json"));

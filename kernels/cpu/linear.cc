@@ -141,7 +141,8 @@ const linear::Paths* SelectPaths() {
   }
 }
 
-std::atomic<bool> g_emulate_amx{false}, g_force_fp32{false};
+std::atomic<bool> g_emulate_amx{false};
+std::atomic<linear::Products> g_products{linear::Products::kAuto};
 
 int64_t StorageBytes(const WeightMatrix& w) {
   const int64_t rows = w.rows(), cols = w.cols();
@@ -251,7 +252,7 @@ int64_t RowsPerTask(const WeightMatrix& w) {
 
 namespace linear {
 void EmulateAmxForTesting(bool on) { g_emulate_amx.store(on); }
-void ForceFp32ProductsForTesting(bool on) { g_force_fp32.store(on); }
+void SetProductsForTesting(Products p) { g_products.store(p); }
 bool AmxEmulated() { return g_emulate_amx.load(std::memory_order_relaxed); }
 bool AmxGemm() { return ActiveIsa() == Isa::kAmx || (AmxEmulated() && ActiveIsa() == Isa::kAvx512Bf16); }
 }  // namespace linear
@@ -265,8 +266,15 @@ float Dot(const float* a, const float* b, int64_t n) {
 void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   EnsureFlushDenormals();
   static const linear::Paths* const paths = SelectPaths();
-  const bool bf16_level = ActiveIsa() >= Isa::kAvx512Bf16 && !g_force_fp32.load(std::memory_order_relaxed);
-  const bool amx = linear::AmxGemm();
+  const linear::Products products = g_products.load(std::memory_order_relaxed);
+  const bool amx = linear::AmxGemm() && products != linear::Products::kFp32;
+  // BF16 products where the level has them and they beat FP32 FMAs on this core (the same bits).
+  auto bf16_pays = [&](bool gemm) {
+    if (ActiveIsa() < Isa::kAvx512Bf16 || products == linear::Products::kFp32) return false;
+    if (gemm && amx) return true;
+    static const bool gemv = paths->bf16_gemv_pays(), gemm_micro = paths->bf16_gemm_pays();
+    return products == linear::Products::kBf16 || (gemm ? gemm_micro : gemv);
+  };
   Scratch<Plan> plans(num_jobs);
   // Buffers of the caller: streaming inputs in lane order, GEMM inputs packed.
   int64_t xp_floats = 0, xt_words = 0, num_tasks = 0;
@@ -288,8 +296,11 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     } else {
       p.cc = paths->chunk_cols(w.type);
       p.nchunks = w.cols() / p.cc;
-      p.bf16 = bf16_level && w.type != WeightType::kF32 && ExactInBf16(job.x, job.m, job.ldx, w.cols());
-      if (job.m <= kMaxGemvRows) {
+      // BF16 products: the streaming path's FP8 rows and every GEMM of FP8, FP4 or BF16 weights.
+      const bool gemv = job.m <= kMaxGemvRows;
+      p.bf16 = (gemv ? w.type == WeightType::kFP8 : w.type != WeightType::kF32) && bf16_pays(!gemv) &&
+               ExactInBf16(job.x, job.m, job.ldx, w.cols());
+      if (gemv) {
         p.path = Plan::kGemv;
         if (w.type != WeightType::kF32) xp_floats += job.m * p.nchunks * p.cc;
       } else {
@@ -300,10 +311,8 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         xt_words += p.nkb * p.ntb * paths->xt_block_words(p.bf16);
       }
     }
-    // The streaming path takes BF16 products for FP8 weights only (linear_avx512.cc says why).
-    const bool bf16_products = p.bf16 && (p.path == Plan::kGemm || w.type == WeightType::kFP8);
     CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(),
-              p.amx ? FlopKind::kAmxBf16 : bf16_products ? FlopKind::kBf16 : FlopKind::kFp32);
+              p.amx ? FlopKind::kAmxBf16 : p.bf16 ? FlopKind::kBf16 : FlopKind::kFp32);
     if (p.path == Plan::kGemm) {
       p.panels = (w.rows() + paths->gemm_task_rows - 1) / paths->gemm_task_rows;
       p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));

@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/avx512.h"
 #include "kernels/cpu/linear_internal.h"

@@ -78,6 +78,11 @@ struct Paths {
   void (*pack_gemm_block)(const Plan& p, int64_t kb, void* xt_kb);
   void (*gemm_task)(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1);
   void (*gemv)(const Plan& p, int64_t r0, int64_t r1);
+  // Whether BF16 products beat FP32 FMAs on this core in the streaming path (FP8 rows) and in the
+  // GEMM's micro-kernel, timed once on the kernels themselves; null: the level has none. The choice
+  // changes no result bit.
+  bool (*bf16_gemv_pays)();
+  bool (*bf16_gemm_pays)();
 };
 const Paths& Avx2Paths();
 const Paths& Avx512Paths();      // AVX-512 F/BW/DQ/VL
@@ -88,8 +93,10 @@ const Paths& Avx512Bf16Paths();  // + VBMI, BF16 (and AMX tiles where ActiveIsa(
 // machines whose CPU lacks AMX; requires the avx512_bf16 level.
 void EmulateAmxForTesting(bool on);
 bool AmxEmulated();
-// Testing only: every job takes FP32 products even where its inputs are exact in BF16.
-void ForceFp32ProductsForTesting(bool on);
+// Testing only: jobs whose inputs are exact in BF16 take FP32 products (kFp32), or BF16 products
+// where the level has them (kBf16), whichever is faster; kAuto: the faster.
+enum class Products { kAuto, kFp32, kBf16 };
+void SetProductsForTesting(Products p);
 bool AmxGemm();  // the GEMM takes the AMX path (real or emulated)
 
 // amx.cc: the AMX tile kernel of the GEMM. A thread brackets its tile work with AmxBeginTask (loads

@@ -332,22 +332,23 @@ TEST(FastLinear, Bf16ProductsEqualFp32Products) {
         const float* xv = x.data() + wv.col_begin;
         const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols) +
                                  " view " + std::to_string(view);
-        std::vector<float> all(m * wv.rows()), fp32(m * wv.rows());
+        std::vector<float> all(m * wv.rows());
         Linear(xv, m, cols, wv, all.data(), wv.rows());
         ExpectMatchesRef(xv, m, cols, wv, all.data(), wv.rows(), what);
-        linear::ForceFp32ProductsForTesting(true);
-        Linear(xv, m, cols, wv, fp32.data(), wv.rows());
-        linear::ForceFp32ProductsForTesting(false);
-        for (int64_t i = 0; i < m * wv.rows(); ++i)
-          ASSERT_EQ(std::bit_cast<uint32_t>(all[i]), std::bit_cast<uint32_t>(fp32[i])) << what << " element " << i;
-        for (int64_t chunk : {1, 3, 8, 9}) {
-          std::vector<float> part(m * wv.rows());
-          for (int64_t t = 0; t < m; t += chunk)
-            Linear(xv + t * cols, std::min(chunk, m - t), cols, wv, part.data() + t * wv.rows(), wv.rows());
-          for (int64_t i = 0; i < m * wv.rows(); ++i)
-            ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
-                << what << " chunk " << chunk << " element " << i;
+        // Both kinds of products, whichever this core runs faster, in every batch split.
+        for (auto products : {linear::Products::kFp32, linear::Products::kBf16}) {
+          linear::SetProductsForTesting(products);
+          for (int64_t chunk : {1, 3, 8, 9, 40}) {
+            std::vector<float> part(m * wv.rows());
+            for (int64_t t = 0; t < m; t += chunk)
+              Linear(xv + t * cols, std::min(chunk, m - t), cols, wv, part.data() + t * wv.rows(), wv.rows());
+            for (int64_t i = 0; i < m * wv.rows(); ++i)
+              ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
+                  << what << (products == linear::Products::kBf16 ? " bf16" : " fp32") << " chunk " << chunk
+                  << " element " << i;
+          }
         }
+        linear::SetProductsForTesting(linear::Products::kAuto);
       }
     }
   }
