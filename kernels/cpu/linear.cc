@@ -316,6 +316,8 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     if (p.path == Plan::kGemm) {
       p.panels = (w.rows() + paths->gemm_task_rows - 1) / paths->gemm_task_rows;
       p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
+      if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
+        p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
       num_tasks += p.panels * p.splits;
     } else {
       p.rows_per_task = RowsPerTask(w);

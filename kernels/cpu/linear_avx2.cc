@@ -566,8 +566,8 @@ int64_t XtBlockWords(bool) { return kKc * kNt; }
 }  // namespace
 
 const Paths& Avx2Paths() {
-  static const Paths paths = {ChunkCols, LaneColumn, 32,      kNt,     kTaskRows, XtBlockWords,
-                              PackGemmBlock, GemmTask, RunGemv, nullptr, nullptr};
+  static const Paths paths = {ChunkCols,    LaneColumn, 32,      kNt,     kTaskRows, 0,
+                              XtBlockWords, PackGemmBlock, GemmTask, RunGemv, nullptr,   nullptr};
   return paths;
 }
 

@@ -73,6 +73,9 @@ struct Paths {
   int64_t fp8_col_align;    // FP8 views must start at a multiple of this column (a chunk's width)
   int64_t gemm_nt;          // tokens per GEMM token block
   int64_t gemm_task_rows;   // rows per GEMM task (whole 64-byte lines of float outputs)
+  // Token blocks per GEMM task at most when a row spans several column blocks (the lane sums of
+  // every token block of a task stay live across the column blocks); 0: no limit.
+  int64_t gemm_max_task_tbs;
   // 4-byte words of packed input per (column block, token block), for FP32 or BF16 products.
   int64_t (*xt_block_words)(bool bf16);
   void (*pack_gemm_block)(const Plan& p, int64_t kb, void* xt_kb);

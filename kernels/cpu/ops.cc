@@ -1,5 +1,6 @@
 // Element-wise and small reduction kernels: QAT rounding, RMSNorm, RoPE, Hadamard, mHC Sinkhorn,
-// sparse attention with sinks, indexer scoring and top-k.
+// sparse attention with sinks, indexer scoring and top-k, and the dispatch to their AVX2
+// (attention.cc) and AVX-512 (attention_avx512.cc) versions.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/avx2.h"
+#include "kernels/cpu/avx512.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
@@ -79,18 +81,62 @@ __attribute__((target("avx2,fma"))) void QdqRowsAvx2(float* x, int64_t m, int64_
   }
 }
 
+// The same, 16 values at a time.
+template <int kEmin, int kMbits>
+DSV4_AVX512 void QdqRowsAvx512(float* x, int64_t m, int64_t n, int64_t ld, int group, float fmt_max, float amax_floor) {
+  const float fmt_max_inv = 1.0f / fmt_max;
+  const __m512 vmax = _mm512_set1_ps(fmt_max);
+  const __m512i emin = _mm512_set1_epi32(kEmin);
+  const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+  for (int64_t t = 0; t < m; ++t) {
+    float* row = x + t * ld;
+    for (int64_t g = 0; g < n; g += group) {
+      const int64_t len = std::min<int64_t>(group, n - g);
+      __m512 vamax = _mm512_setzero_ps();
+      int64_t i = 0;
+      for (; i + 16 <= len; i += 16) vamax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(row + g + i)), vamax);
+      float amax = _mm512_reduce_max_ps(vamax);
+      for (; i < len; ++i) amax = std::max(amax, std::fabs(row[g + i]));
+      amax = std::max(amax, amax_floor);
+      const float s = Pow2Ceil(amax * fmt_max_inv), inv = 1.0f / s;  // both powers of two
+      const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv);
+      for (i = 0; i + 16 <= len; i += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + g + i), vinv);
+        const __m512 a = _mm512_abs_ps(v);
+        __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 23), _mm512_set1_epi32(127));
+        e = _mm512_max_epi32(e, emin);
+        const __m512 up = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127 + kMbits), e), 23));
+        const __m512 down = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127 - kMbits)), 23));
+        __m512 q = _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                 down);
+        q = _mm512_min_ps(q, vmax);
+        q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), _mm512_and_si512(_mm512_castps_si512(v), sign)));
+        q = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), q, v);  // NaN stays NaN
+        _mm512_storeu_ps(row + g + i, _mm512_mul_ps(q, vs));
+      }
+      for (; i < len; ++i) {
+        const float v = row[g + i] / s;
+        row[g + i] = (kMbits == 3 ? RoundToFp8E4m3(v) : RoundToFp4E2m1(v)) * s;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) {
   EnsureFlushDenormals();
+  if (ActiveIsa() >= Isa::kAvx512) return QdqRowsAvx512<-6, 3>(x, m, n, ld, group, 448.0f, 1e-4f);
   if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<-6, 3>(x, m, n, ld, group, 448.0f, 1e-4f);
   QdqRows<RoundToFp8E4m3>(x, m, n, ld, group, 1.0f / 448.0f, 1e-4f);
 }
 
 void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) {
   EnsureFlushDenormals();
-  if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<0, 1>(x, m, n, ld, group, 6.0f, 6.0f * std::ldexp(1.0f, -126));
-  QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, 6.0f * std::ldexp(1.0f, -126));
+  const float floor = 6.0f * std::ldexp(1.0f, -126);
+  if (ActiveIsa() >= Isa::kAvx512) return QdqRowsAvx512<0, 1>(x, m, n, ld, group, 6.0f, floor);
+  if (ActiveIsa() != Isa::kScalar) return QdqRowsAvx2<0, 1>(x, m, n, ld, group, 6.0f, floor);
+  QdqRows<RoundToFp4E2m1>(x, m, n, ld, group, 1.0f / 6.0f, floor);
 }
 
 void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) {
@@ -207,6 +253,15 @@ float DotPlain(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+DSV4_AVX512 void AddToAvx512(float* __restrict y, const float* __restrict x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    _mm512_storeu_ps(y + i, _mm512_add_ps(_mm512_loadu_ps(y + i), _mm512_loadu_ps(x + i)));
+    _mm512_storeu_ps(y + i + 16, _mm512_add_ps(_mm512_loadu_ps(y + i + 16), _mm512_loadu_ps(x + i + 16)));
+  }
+  for (; i < n; ++i) y[i] += x[i];
+}
+
 DSV4_AVX2 void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -220,6 +275,7 @@ DSV4_AVX2 void AddToAvx2(float* __restrict y, const float* __restrict x, int64_t
 
 void AddTo(float* y, const float* x, int64_t n) {
   EnsureFlushDenormals();
+  if (ActiveIsa() >= Isa::kAvx512) return AddToAvx512(y, x, n);
   if (ActiveIsa() != Isa::kScalar) return AddToAvx2(y, x, n);
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
@@ -230,6 +286,7 @@ void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const KvSe
   int64_t rows_read = 0;
   for (int64_t i = 0; i < m * k; ++i) rows_read += idx[i] >= 0;
   CountWork(0, rows_read * d * 4, 4 * H * d * rows_read);
+  if (ActiveIsa() >= Isa::kAvx512 && d % 32 == 0) return SparseAttentionAvx512(q, m, H, d, kv, idx, k, sink, scale, out);
   if (ActiveIsa() != Isa::kScalar && d % 16 == 0) return SparseAttentionAvx2(q, m, H, d, kv, idx, k, sink, scale, out);
   ParallelFor(m * H, 1, [&](int64_t b, int64_t e) {
     Scratch<float> logits(k, NoInit{});
@@ -246,6 +303,7 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
   int64_t keys_read = 0;
   for (int64_t t = 0; t < m; ++t) keys_read += std::min(nvis[t], n);
   CountWork(0, keys_read * d * 4, 2 * H * d * keys_read + 2 * H * keys_read);
+  if (ActiveIsa() >= Isa::kAvx512 && d % 16 == 0) return IndexerScoresAvx512(q, w, m, H, d, keys, n, nvis, score);
   if (ActiveIsa() != Isa::kScalar && d % 8 == 0) return IndexerScoresAvx2(q, w, m, H, d, keys, n, nvis, score);
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
@@ -264,6 +322,7 @@ void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t
 
 void SoftmaxPool(const float* const* values, const float* const* scores, int64_t n, int64_t width, float* out) {
   EnsureFlushDenormals();
+  if (ActiveIsa() >= Isa::kAvx512) return SoftmaxPoolAvx512(values, scores, n, width, out);
   if (ActiveIsa() != Isa::kScalar) return SoftmaxPoolAvx2(values, scores, n, width, out);
   ref::SoftmaxPool(values, scores, n, width, out);
 }
