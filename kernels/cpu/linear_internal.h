@@ -152,14 +152,18 @@ inline float MulPow2(float v, int e) {
 constexpr int kFp4ScaleBias = 50;
 struct Fp4ScaleTable {
   float v[256];
-  constexpr Fp4ScaleTable() : v() {
+  constexpr explicit Fp4ScaleTable(int bias) : v() {
     for (int e = 0; e < 256; ++e)
-      v[e] = std::bit_cast<float>(e == 255                           ? 0x7fc00000u
-                                  : e - 127 + kFp4ScaleBias <= 127 ? static_cast<uint32_t>(e + kFp4ScaleBias) << 23
-                                                                   : 0x7f800000u);
+      v[e] = std::bit_cast<float>(e == 255                ? 0x7fc00000u
+                                  : e + bias <= 0         ? 0u
+                                  : e - 127 + bias <= 127 ? static_cast<uint32_t>(e + bias) << 23
+                                                          : 0x7f800000u);
   }
 };
-inline constexpr Fp4ScaleTable kFp4Scale;
+inline constexpr Fp4ScaleTable kFp4Scale(kFp4ScaleBias);
+// The true scales 2^(e - 127), code 0 (2^-127, subnormal) read as 0: the GEMM panels' weights are
+// true values, and a weight times 2^-127 is below the float range's normal part anyway.
+inline constexpr Fp4ScaleTable kFp4TrueScale(0);
 
 // v * 2^(e - 127) for an E8M0 code e, never with a subnormal operand (code 0 is 2^-127): the scale
 // is applied in two normal steps, and a subnormal result flushes to zero.
