@@ -28,8 +28,9 @@ class StreamTriad {
 };
 
 // Peak rates of the arithmetic the kernels use at the active instruction-set level, each the sum
-// over the pool threads of each thread's best rate in `reps` tries (a thread another process delays
-// does not lower it), from independent chains of the instruction kept in registers:
+// over the pool threads of each thread's best rate in `reps` tries, per second of the thread's CPU
+// time (a core another process shares does not lower it), from independent chains of the
+// instruction kept in registers:
 //   fp32  FP32 FMAs at the level's widest vector (fp32_fma_avx512 / fp32_fma_avx2 / fp32_fma_scalar)
 //   bf16  vdpbf16ps, BF16 pair products with FP32 sums (bf16_dp_avx512; avx512_bf16 and amx levels)
 //   amx   TDPBF16PS on tiles (amx_bf16; amx level)
