@@ -11,8 +11,8 @@
 #include "base/env.h"
 #include "base/file.h"
 #include "base/status.h"
-#include "runtime/builtin.h"
 #include "kernels/cpu/isa.h"
+#include "runtime/builtin.h"
 
 namespace dsv4::testing {
 

@@ -17,6 +17,7 @@ namespace dsv4::kernels {
 
 void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* row_weight, float limit,
             float* h) {
+  EnsureFlushDenormals();
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* gt = g + t * ld;
@@ -38,6 +39,7 @@ void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, co
 
 void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
            const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb) {
+  EnsureFlushDenormals();
   const int64_t mix = int64_t{hc} * (hc + 2), width = hc * D;
   // mixes = (flat x . fn^T) / rms(flat x); no learned gain. One product for all tokens.
   Scratch<float> mixes(m * mix, NoInit{});
@@ -63,6 +65,7 @@ void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const floa
 
 void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
             int64_t ldx) {
+  EnsureFlushDenormals();
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     Scratch<float> mixed(hc * D, NoInit{});
     for (int64_t t = b; t < e; ++t) {
@@ -112,6 +115,7 @@ void EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int cop
 
 void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
                   bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out, int64_t ldo) {
+  EnsureFlushDenormals();
   const int64_t width = overlap ? 2 * hd : hd;
   ParallelFor(num_blocks, 1, [&](int64_t b0, int64_t b1) {
     Scratch<float> s(2 * ratio * hd, NoInit{});
@@ -139,6 +143,7 @@ void CompressPool(const float* kv, const float* score, int64_t ld, const float* 
 
 void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin, int64_t rows_per_entry,
           bool inverse) {
+  EnsureFlushDenormals();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t e = r / rows_per_entry;
     Rope(x + r * ldx, half, cos + e * half, sin + e * half, inverse);
@@ -146,11 +151,13 @@ void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, c
 }
 
 void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) {
+  EnsureFlushDenormals();
   for (int64_t r = 0; r < m; ++r) Hadamard(x + r * ld, n, scale);
 }
 
 void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
           int64_t ldidx) {
+  EnsureFlushDenormals();
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t valid = nvalid != nullptr ? std::clamp<int64_t>(nvalid[t], 0, n) : n;
@@ -164,6 +171,7 @@ void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nval
 
 void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                 int64_t dst_pitch) {
+  EnsureFlushDenormals();
   const char* s = static_cast<const char*>(src);
   char* d = static_cast<char*>(dst);
   for (int64_t r = 0; r < rows; ++r) {
@@ -177,6 +185,7 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
 
 void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                  int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) {
+  EnsureFlushDenormals();
   ParallelFor(rows, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       float* o = out + t * ldo;
