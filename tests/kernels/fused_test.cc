@@ -17,6 +17,10 @@ namespace {
 
 using dsv4::testing::AllClose;
 
+// ctest runs this binary once per instruction-set level (DSV4_CPU_ISA); a level the CPU lacks skips.
+[[maybe_unused]] ::testing::Environment* const kIsaEnvironment =
+    ::testing::AddGlobalTestEnvironment(new dsv4::testing::IsaEnvironment);
+
 std::vector<float> Random(size_t n, float scale = 1.f, uint32_t seed = 7) {
   std::mt19937 rng(seed + static_cast<uint32_t>(n));
   std::normal_distribution<float> nd(0.f, scale);
