@@ -88,6 +88,7 @@ void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, i
 
 void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
             const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) {
+  EnsureFlushDenormals();
   const int64_t width = hc * D;
   ParallelFor(m, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
@@ -105,6 +106,7 @@ void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const flo
 }
 
 void EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo) {
+  EnsureFlushDenormals();
   const int64_t D = table.cols();
   for (int64_t t = 0; t < n; ++t) {
     float* row = out + t * ldo;

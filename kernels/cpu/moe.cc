@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 
@@ -19,6 +20,7 @@ float Softplus(float z) { return z > 20.0f ? z : std::log1p(std::exp(z)); }
 void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
            const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
            int32_t* experts, float* weights) {
+  EnsureFlushDenormals();
   Scratch<float> biased(E, NoInit{});
   for (int64_t t = 0; t < m; ++t) {
     float* s = scores + t * E;
@@ -58,6 +60,7 @@ void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterSco
 
 void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
                    int64_t* order_tokens, int32_t* position, int64_t* counts) {
+  EnsureFlushDenormals();
   // A counting sort: pairs in expert order, pair order within an expert.
   std::fill(offsets, offsets + E + 1, 0);
   for (int64_t p = 0; p < pairs; ++p)

@@ -5,10 +5,15 @@
 
 #include <algorithm>
 #include <bit>
+#include <functional>
 #include <cmath>
 #include <random>
+#include <thread>
 #include <vector>
 
+#include <xmmintrin.h>
+
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "tests/testutil.h"
 
@@ -262,8 +267,56 @@ TEST(Moe, GroupByExpertIsAStableCountingSort) {
   }
   ASSERT_EQ(offsets[E], row);
   for (int64_t i = row; i < pairs; ++i) EXPECT_EQ(order[i], -1);
-  for (int64_t p = 0; p < pairs; ++p)
-    if (experts[p] < 0 || experts[p] >= E) EXPECT_EQ(position[p], -1);
+  for (int64_t p = 0; p < pairs; ++p) {
+    if (experts[p] < 0 || experts[p] >= E) {
+      EXPECT_EQ(position[p], -1);
+    }
+  }
+}
+
+// Each fused and MoE row kernel sets FTZ/DAZ on a thread that calls it without them (as a thread
+// created before the process set the mode would): run on a fresh thread with MXCSR's FTZ (bit 15)
+// and DAZ (bit 6) cleared first.
+TEST(FloatMode, FusedAndMoeKernelsSetFlushDenormalsOnTheirThread) {
+  auto on_plain_thread = [](const char* name, const std::function<void()>& kernel) {
+    bool before = true, after = false;
+    std::thread t([&] {
+      _mm_setcsr(_mm_getcsr() & ~0x8040u);
+      before = FlushesDenormals();
+      kernel();
+      after = FlushesDenormals();
+    });
+    t.join();
+    EXPECT_FALSE(before) << name << ": the test could not clear the mode";
+    EXPECT_TRUE(after) << name;
+  };
+  const int64_t m = 2, D = 32;
+  const std::vector<float> x = Random(m * D), fn = Random(D, 0.05f, 41), base = {0.1f}, scale = {0.7f};
+  std::vector<float> out(m * D);
+  on_plain_thread("HcHead", [&] {
+    HcHead(x.data(), m, 1, D, D, fn.data(), scale.data(), base.data(), 1e-6f, 1e-6f, out.data(), D);
+  });
+  std::vector<uint16_t> bf16(4 * 16, 0x3f80);
+  WeightMatrix table;
+  table.type = WeightType::kBF16, table.data = bf16.data(), table.ld = 16, table.row_end = 4, table.col_end = 16;
+  const std::vector<int32_t> ids = {1, 3};
+  on_plain_thread("EmbedRows", [&] { EmbedRows(table, ids.data(), 2, 1, out.data(), 16); });
+  const int64_t E = 8, K = 2;
+  std::vector<float> scores = Random(m * E, 1.f, 42), w(m * K);
+  std::vector<int32_t> ex(m * K);
+  on_plain_thread("Route", [&] {
+    Route(scores.data(), m, E, K, 1.f, RouterScore::kSigmoid, nullptr, nullptr, nullptr, true, 1e-20f, 1.f,
+          ex.data(), w.data());
+  });
+  std::vector<int32_t> offsets(E + 1), position(m * K);
+  std::vector<int64_t> order(m * K), order_tokens(m * K), counts(E, 0);
+  on_plain_thread("GroupByExpert", [&] {
+    GroupByExpert(ex.data(), m * K, K, E, offsets.data(), order.data(), order_tokens.data(), position.data(),
+                  counts.data());
+  });
+  const std::vector<float> g = Random(m * D, 1.f, 43), u = Random(m * D, 1.f, 44);
+  std::vector<float> h(m * D);
+  on_plain_thread("SwiGlu", [&] { SwiGlu(g.data(), u.data(), m, D, D, nullptr, 0.f, h.data()); });
 }
 
 }  // namespace
