@@ -258,7 +258,7 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   }
   p.stream_gbps = MeasureStreamTriadGBps(o.reps + 2);
   p.kernel_floor_us = KernelFloorUs();
-  p.peak_gflops = MeasurePeakGflops(o.reps + 2).gflops;
+  p.peak_gflops = MeasurePeakRates(o.reps + 2).fp32.gflops;  // the FP32 FMA peak
   for (const RatePoint& r : p.grouped_gemm) p.expert_gflops = std::max(p.expert_gflops, r.tflops * 1e3);
   double cpu = 0, wall = 0;
   for (const auto* curve : {&p.gemm_fp8, &p.gemm_bf16, &p.grouped_gemm})
