@@ -196,6 +196,19 @@ bool ExactInBf16(const float* x, int64_t m, int64_t ldx, int64_t n) {
   return true;
 }
 
+// The exponent of the largest |x| of a token row of n values: 0 for a zero row and for a row
+// with a NaN or Inf (computed as it is: the products carry the NaN or Inf into y, never skipped as
+// a zero row); *zero tells a zero row.
+int AmaxExp(const float* x, int64_t n, bool* zero) {
+  float amax = 0.f;
+  const bool finite = RowAmax(x, n, &amax);
+  *zero = finite && amax == 0.f;
+  return finite && amax > 0.f ? std::ilogb(amax) : 0;
+}
+
+// The power of two that brings a token row's largest |x| into [1, 2).
+int NormalizingExp(int amax_exp) { return std::clamp(-amax_exp, -126, 126); }
+
 // Prepares the lane-ordered token rows of a streaming job (in the caller's scratch).
 void PrepareGemv(Plan& p, const linear::Paths& paths, float* xp) {
   const LinearJob& job = *p.job;
@@ -204,14 +217,9 @@ void PrepareGemv(Plan& p, const linear::Paths& paths, float* xp) {
   p.xp = xp;
   for (int64_t t = 0; t < job.m; ++t) {
     const float* x = job.x + t * job.ldx;
-    float amax = 0.f;
-    // A row with a NaN or Inf is computed as it is (the products carry the NaN or Inf into y),
-    // never skipped as a zero row.
-    const bool finite = RowAmax(x, w.cols(), &amax);
-    p.zero_row[t] = finite && amax == 0.f;
-    p.amax_exp[t] = finite && amax > 0.f ? std::ilogb(amax) : 0;
+    p.amax_exp[t] = AmaxExp(x, w.cols(), &p.zero_row[t]);
     // FP4: x * 2^kx is in [1, 2) at its largest (the chunk's scales are applied in the kernel).
-    p.kx[t] = std::clamp(-p.amax_exp[t], -126, 126);
+    p.kx[t] = NormalizingExp(p.amax_exp[t]);
     if (w.type == WeightType::kF32) continue;  // read in place
     const float f = w.type == WeightType::kFP4 ? linear::Pow2(p.kx[t]) : 1.0f;
     float* dst = xp + t * main;
@@ -277,7 +285,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   };
   Scratch<Plan> plans(num_jobs);
   // Buffers of the caller: streaming inputs in lane order, GEMM inputs packed.
-  int64_t xp_floats = 0, xt_words = 0, num_tasks = 0;
+  int64_t xp_floats = 0, xt_words = 0, xexp_ints = 0, num_gemm = 0, num_tasks = 0;
   for (int64_t j = 0; j < num_jobs; ++j) {
     const LinearJob& job = jobs[j];
     const WeightMatrix& w = *job.w;
@@ -305,10 +313,12 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         if (w.type != WeightType::kF32) xp_floats += job.m * p.nchunks * p.cc;
       } else {
         p.path = Plan::kGemm;
+        ++num_gemm;
         p.amx = p.bf16 && amx;
         p.ntb = (job.m + paths->gemm_nt - 1) / paths->gemm_nt;
         p.nkb = (p.nchunks * p.cc + linear::kKc - 1) / linear::kKc;
         xt_words += p.nkb * p.ntb * paths->xt_block_words(p.bf16);
+        if (w.type == WeightType::kFP8 || w.type == WeightType::kFP4) xexp_ints += job.m;
       }
     }
     CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(),
@@ -327,10 +337,11 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   }
   Scratch<float> xp(xp_floats, NoInit{});
   Scratch<uint32_t> xt(xt_words, NoInit{});
+  Scratch<int> xexp(xexp_ints, NoInit{});
   Scratch<Task> tasks(num_tasks);
-  int64_t xp_used = 0, xt_used = 0, nt = 0;
-  // Pack work for the GEMM inputs: (plan, column block) pairs.
-  Scratch<int64_t> packs(xt_words > 0 ? num_jobs : 0);
+  int64_t xp_used = 0, xt_used = 0, xexp_used = 0, nt = 0;
+  // The GEMM jobs that pack their input (a job with no full chunk packs nothing, but is one).
+  Scratch<int64_t> packs(num_gemm, NoInit{});
   int64_t num_packs = 0;
   for (int64_t j = 0; j < num_jobs; ++j) {
     Plan& p = plans[j];
@@ -348,13 +359,17 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         const LinearJob& o = jobs[i];
         if (q.path == Plan::kGemm && o.x == job.x && o.m == job.m && o.ldx == job.ldx && o.w->type == w.type &&
             o.w->cols() == w.cols() && q.bf16 == p.bf16 && q.amx == p.amx) {
-          p.xt = q.xt;
+          p.xt = q.xt, p.xexp = q.xexp;
           break;
         }
       }
       if (p.xt == nullptr) {
         p.xt = xt.data() + xt_used;
         xt_used += p.nkb * p.ntb * paths->xt_block_words(p.bf16);
+        if (w.type == WeightType::kFP8 || w.type == WeightType::kFP4) {
+          p.xexp = xexp.data() + xexp_used;
+          xexp_used += job.m;
+        }
         packs[num_packs++] = j;
       }
     }
@@ -378,6 +393,20 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
   }
   if (num_packs > 0) {
+    // The packed tokens' exponents first (a pack reads all of its tokens' for each column block).
+    Scratch<int64_t> exp_start(num_packs + 1);
+    for (int64_t i = 0; i < num_packs; ++i)
+      exp_start[i + 1] = exp_start[i] + (plans[packs[i]].xexp != nullptr ? jobs[packs[i]].m : 0);
+    ParallelForDynamic(exp_start[num_packs], 16, [&](int64_t b, int64_t e) {
+      int64_t i = std::upper_bound(exp_start.begin(), exp_start.begin() + num_packs + 1, b) - exp_start.begin() - 1;
+      for (int64_t u = b; u < e; ++u) {
+        while (u >= exp_start[i + 1]) ++i;
+        const Plan& p = plans[packs[i]];
+        const int64_t t = u - exp_start[i];
+        bool zero;
+        p.xexp[t] = NormalizingExp(AmaxExp(p.job->x + t * p.job->ldx, p.job->w->cols(), &zero));
+      }
+    });
     int64_t units = 0;
     for (int64_t i = 0; i < num_packs; ++i) units += plans[packs[i]].nkb;
     ParallelForDynamic(units, 1, [&](int64_t b, int64_t e) {

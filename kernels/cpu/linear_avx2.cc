@@ -352,7 +352,8 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
 // ---- the GEMM path (m > 8) -----------------------------------------------------------------------
 
 // Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
-// the input column decoded into position 16 k + lane of the block (lane: canonical lane).
+// the input column decoded into position 16 k + lane of the block (lane: canonical lane), times
+// 2^p.xexp[t] where there are those.
 void PackGemmBlock(const Plan& p, int64_t kb, void* xt_kb_words) {
   float* xt_kb = static_cast<float*>(xt_kb_words);
   const LinearJob& job = *p.job;
@@ -360,6 +361,8 @@ void PackGemmBlock(const Plan& p, int64_t kb, void* xt_kb_words) {
   const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / kVLanes;
   for (int64_t tb = 0; tb < p.ntb; ++tb) {
     const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+    float f[kNt];
+    for (int64_t t = 0; t < nt; ++t) f[t] = p.xexp != nullptr ? Pow2(p.xexp[tb * kNt + t]) : 1.f;
     for (int64_t l = 0; l < kVLanes; ++l) {
       float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
       for (int64_t k = 0; k < steps; ++k) {
@@ -372,7 +375,7 @@ void PackGemmBlock(const Plan& p, int64_t kb, void* xt_kb_words) {
         const int64_t col = c0 + (pos / p.cc) * p.cc + LaneColumn(w.type, pos % p.cc);
         const float* src = job.x + (tb * kNt) * job.ldx + col;
         int64_t t = 0;
-        for (; t < nt; ++t) d[t] = src[t * job.ldx];
+        for (; t < nt; ++t) d[t] = src[t * job.ldx] * f[t];
         for (; t < kNt; ++t) d[t] = 0.f;
       }
     }
@@ -532,8 +535,10 @@ DSV4_AVX2 void FinishPanel(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, i
                                        _mm256_add_ps(_mm256_add_ps(s8[1], s8[5]), _mm256_add_ps(s8[3], s8[7])));
         _mm256_store_ps(sum + 8 * v, t);
       }
-      for (int64_t t = 0; t < nt; ++t)
-        out[((tb - tb0) * kNt + t) * ldo + r] = AddTail(sum[t], w, row, job.x + (tb * kNt + t) * job.ldx, main);
+      for (int64_t t = 0; t < nt; ++t) {
+        const float s = p.xexp != nullptr ? MulPow2(sum[t], -p.xexp[tb * kNt + t]) : sum[t];
+        out[((tb - tb0) * kNt + t) * ldo + r] = AddTail(s, w, row, job.x + (tb * kNt + t) * job.ldx, main);
+      }
     }
   }
 }

@@ -13,7 +13,10 @@
 //     register: first the high half, then the low half, as vdpbf16ps adds them), folded into 8 (lane
 //     i + lane i + 8) and then Hsum's tree.
 //   * Then the columns after the last full chunk, one by one, as FMAs.
-// The streaming path multiplies its operands by powers of two, which changes no rounding.
+// Both paths multiply their operands by powers of two, which changes no rounding as long as every
+// product and sum stays in the normal range: each normalizes a token row of FP8 or FP4 products
+// to a largest |x| near 1 (so tiny activations do not underflow under flush-to-zero), and takes
+// the power back out of the sum.
 #pragma once
 
 #include <algorithm>
@@ -53,6 +56,13 @@ struct Plan {
   // GEMM path: the input packed per column block, token block and canonical lane (layout: the
   // level's file); ntb token blocks, nkb column blocks.
   void* xt = nullptr;
+  // GEMM path, FP8 and FP4 weights: token t is packed times 2^xexp[t] (its largest |x| in [1, 2)),
+  // and its sums are multiplied back by 2^-xexp[t]. The weights are decoded as true values times
+  // their scales, so without it the products of a token of tiny activations (1e-30) and small
+  // weights would fall below the normal range and flush to zero, while the streaming path, which
+  // normalizes its token rows the same way, keeps them: prefill and decode would differ. Null for
+  // BF16 and F32 weights (neither path scales those token rows).
+  int* xexp = nullptr;
   int64_t ntb = 0, nkb = 0;
   // Tasks: GEMM, row panels x token-block splits; otherwise rows per task.
   int64_t panels = 0, splits = 0, rows_per_task = 0;

@@ -273,6 +273,41 @@ TEST(FastLinear, GroupMatchesSingleJobs) {
   }
 }
 
+// A group of blocked jobs (m > 8) whose rows are shorter than one chunk (V4.1's FP4 experts of 96
+// columns on AVX-512, 32 columns on AVX2): they pack no input but are GEMM jobs all the same, each
+// with its own input and its own token exponents: each gives the bits it gives alone, and the
+// plain loop's values. Small scales (2^-17) against the inputs' tiny rows (1e-30) bring products
+// near the bottom of the normal range, where a wrong token exponent would flush them.
+TEST(FastLinear, GroupOfRowsShorterThanAChunk) {
+  std::mt19937 rng(41);
+  std::vector<TestWeight> ws;
+  ws.push_back(MakeWeight(WeightType::kFP4, 64, 96, rng));
+  ws.push_back(MakeWeight(WeightType::kFP4, 64, 96, rng));
+  ws.push_back(MakeWeight(WeightType::kFP4, 48, 32, rng));
+  for (TestWeight& t : ws) std::fill(t.scales.begin(), t.scales.end(), 110);
+  for (int m : {14, 40}) {
+    std::vector<std::vector<float>> xs, ys;
+    std::vector<LinearJob> jobs;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      xs.push_back(MakeInput(m, ws[i].w.cols(), rng));
+      ys.emplace_back(m * ws[i].w.rows());
+      LinearJob j;
+      j.x = xs.back().data(), j.m = m, j.ldx = ws[i].w.cols(), j.w = &ws[i].w, j.y = ys.back().data();
+      j.ldy = ws[i].w.rows();
+      jobs.push_back(j);
+    }
+    LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const std::string what = "job " + std::to_string(i) + " m " + std::to_string(m);
+      ExpectMatchesRef(xs[i].data(), m, jobs[i].ldx, ws[i].w, ys[i].data(), jobs[i].ldy, what);
+      std::vector<float> alone(ys[i].size());
+      Linear(xs[i].data(), m, jobs[i].ldx, ws[i].w, alone.data(), jobs[i].ldy);
+      for (size_t e = 0; e < alone.size(); ++e)
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[e]), std::bit_cast<uint32_t>(ys[i][e])) << what << ", element " << e;
+    }
+  }
+}
+
 // A token's output does not depend on the other rows computed with it: the streaming path (m <= 8)
 // and the blocked one (m > 8) sum in the same order, so prefill and decode agree to the bit.
 TEST(FastLinear, BitwiseIndependentOfBatch) {
@@ -295,6 +330,42 @@ TEST(FastLinear, BitwiseIndependentOfBatch) {
         for (int64_t i = 0; i < m * rows; ++i)
           ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
               << Name(type) << " rows " << rows << " cols " << cols << " chunk " << chunk << " element " << i;
+      }
+    }
+  }
+}
+
+// Tiny activations against small scales: 1e-30 x 2^-17 x an FP8 or FP4 value is near the bottom of
+// float's normal range (2^-126), and the smaller products fall below it, where flush-to-zero makes
+// them 0. Both matrix paths normalize each token row first, so prefill gives decode's bits, and the
+// results stay within 1e-5 of sum |x_c w_c| (no absolute slack; every result is a normal float).
+// The inputs are rounded to BF16, so the BF16 levels take their BF16 products too (the FP8 rounding
+// of --qdq on would make them 0: the reference floors a group's amax at 1e-4).
+TEST(FastLinear, TinyActivationsDoNotUnderflow) {
+  std::mt19937 rng(37);
+  for (WeightType type : {WeightType::kFP8, WeightType::kFP4}) {
+    const int64_t rows = 70, cols = 320, m = 24;
+    TestWeight tw = MakeWeight(type, rows, cols, rng);
+    for (auto& s : tw.scales) s = 110;  // 2^-17
+    std::normal_distribution<float> nd;
+    std::vector<float> x(m * cols);
+    for (auto& v : x) v = Bf16ToFloat(FloatToBf16(1e-30f * nd(rng)));
+    std::vector<float> all(m * rows), one(m * rows);
+    Linear(x.data(), m, cols, tw.w, all.data(), rows);
+    for (int64_t t = 0; t < m; ++t) Linear(x.data() + t * cols, 1, cols, tw.w, one.data() + t * rows, rows);
+    std::vector<float> row(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      DequantRow(tw.w, r, row.data());
+      for (int64_t t = 0; t < m; ++t) {
+        double want = 0, mag = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double p = static_cast<double>(x[t * cols + c]) * row[c];
+          want += p, mag += std::fabs(p);
+        }
+        ASSERT_GT(mag, 0.0) << Name(type) << ": the reference lost the products";
+        ASSERT_LE(std::fabs(all[t * rows + r] - want), 1e-5 * mag) << Name(type) << " row " << r << " token " << t;
+        ASSERT_EQ(std::bit_cast<uint32_t>(one[t * rows + r]), std::bit_cast<uint32_t>(all[t * rows + r]))
+            << Name(type) << " row " << r << " token " << t;
       }
     }
   }
