@@ -80,7 +80,10 @@ struct Paths {
   // The column (within its chunk) of position p of the decoded chunk, in the order the streaming
   // path's token rows are laid out.
   int64_t (*lane_column)(WeightType t, int64_t p);
-  int64_t fp8_col_align;    // FP8 views must start at a multiple of this column (a chunk's width)
+  // FP8 views must start at a multiple of this column, and blocks of scales span a multiple of it:
+  // the columns of a chunk that share one scale (32 on both levels: AVX-512 takes a scale per pair
+  // register, so V4.1's 32 x 32 tiles stream like V4's 128 x 128).
+  int64_t fp8_col_align;
   int64_t gemm_nt;          // tokens per GEMM token block
   int64_t gemm_task_rows;   // rows per GEMM task (whole 64-byte lines of float outputs)
   // Token blocks per GEMM task at most when a row spans several column blocks (the lane sums of
