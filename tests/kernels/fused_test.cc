@@ -15,6 +15,7 @@
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/sampling.h"
 #include "tests/testutil.h"
 
 namespace dsv4::kernels {
@@ -274,7 +275,7 @@ TEST(Moe, GroupByExpertIsAStableCountingSort) {
   }
 }
 
-// Each fused and MoE row kernel sets FTZ/DAZ on a thread that calls it without them (as a thread
+// Each fused, MoE and sampling kernel sets FTZ/DAZ on a thread that calls it without them (as a thread
 // created before the process set the mode would): run on a fresh thread with MXCSR's FTZ (bit 15)
 // and DAZ (bit 6) cleared first.
 TEST(FloatMode, FusedAndMoeKernelsSetFlushDenormalsOnTheirThread) {
@@ -308,6 +309,14 @@ TEST(FloatMode, FusedAndMoeKernelsSetFlushDenormalsOnTheirThread) {
     Route(scores.data(), m, E, K, 1.f, RouterScore::kSigmoid, nullptr, nullptr, nullptr, true, 1e-20f, 1.f,
           ex.data(), w.data());
   });
+  std::vector<float> e(m * E);
+  on_plain_thread("ExpShiftedSum", [&] { (void)ExpShiftedSum(scores.data(), m * E, 10.f, 1.f, e.data()); });
+  bool any_nan = false;
+  on_plain_thread("MaxAndNaN", [&] { (void)MaxAndNaN(scores.data(), m * E, &any_nan); });
+  std::vector<int32_t> in_range(m * E);
+  on_plain_thread("IdsInRange", [&] { (void)IdsInRange(e.data(), m * E, 0.f, 1.f, in_range.data()); });
+  double sums[2];
+  on_plain_thread("KeptBlockSums", [&] { KeptBlockSums(e.data(), m * E, KeepRule{}, 8, sums); });
   std::vector<int32_t> offsets(E + 1), position(m * K);
   std::vector<int64_t> order(m * K), order_tokens(m * K), counts(E, 0);
   on_plain_thread("GroupByExpert", [&] {
