@@ -259,28 +259,28 @@ DSV4_AVX512 int64_t IdsInRangeAvx512(const float* e, int64_t n, float lo, float 
 
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
   EnsureFlushDenormals();
-  if (ActiveIsa() == Isa::kAvx512) return ExpShiftedSumAvx512(x, n, shift, scale, e);
+  if (ActiveIsa() >= Isa::kAvx512) return ExpShiftedSumAvx512(x, n, shift, scale, e);
   if (ActiveIsa() != Isa::kScalar) return ExpShiftedSumAvx2(x, n, shift, scale, e);
   return ref::ExpShiftedSum(x, n, shift, scale, e);
 }
 
 float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
   EnsureFlushDenormals();
-  if (ActiveIsa() == Isa::kAvx512) return MaxAndNaNAvx512(x, n, any_nan);
+  if (ActiveIsa() >= Isa::kAvx512) return MaxAndNaNAvx512(x, n, any_nan);
   if (ActiveIsa() != Isa::kScalar) return MaxAndNaNAvx2(x, n, any_nan);
   return ref::MaxAndNaN(x, n, any_nan);
 }
 
 int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
   EnsureFlushDenormals();
-  if (ActiveIsa() == Isa::kAvx512) return IdsInRangeAvx512(e, n, lo, hi, ids);
+  if (ActiveIsa() >= Isa::kAvx512) return IdsInRangeAvx512(e, n, lo, hi, ids);
   if (ActiveIsa() != Isa::kScalar) return IdsInRangeAvx2(e, n, lo, hi, ids);
   return ref::IdsInRange(e, n, lo, hi, ids);
 }
 
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
   EnsureFlushDenormals();
-  if (ActiveIsa() == Isa::kAvx512) return KeptBlockSumsAvx512(e, n, keep, block, sums);
+  if (ActiveIsa() >= Isa::kAvx512) return KeptBlockSumsAvx512(e, n, keep, block, sums);
   if (ActiveIsa() != Isa::kScalar) return KeptBlockSumsAvx2(e, n, keep, block, sums);
   ref::KeptBlockSums(e, n, keep, block, sums);
 }
