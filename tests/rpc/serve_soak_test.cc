@@ -9,7 +9,8 @@
 //    final message (finish reason stop or length), ABORTED after a final "abort" message, or an
 //    error status with no final message; never a message after the final one;
 //  - the server's counters account for every request it received (received = completed +
-//    aborted + failed + rejected), none is left running or queued, no cache block stays used;
+//    aborted + failed + rejected), none is left running or queued, no cache block stays used (the
+//    server aborts a request whose client gave up asynchronously, so this is polled, 30 s at most);
 //  - the leader's memory and descriptors are flat: resident size within 32 MiB + 10% and
 //    descriptors within 16 of what they were after the warm-up (the same mix, which grows caches,
 //    arenas and gRPC's pools to their working size). Closed connections are reaped by the server
@@ -309,8 +310,16 @@ TEST(ServeSoak, MixedLoadWithAStoppedRankAStormAndAKill) {
   for (const absl::Time give_up = absl::Now() + absl::Seconds(30);
        after.fds > before.fds + 16 && absl::Now() < give_up; after = UsageOf(leader))
     absl::SleepFor(absl::Milliseconds(200));
+  // A request whose client gave up (a cancel, a deadline) as the load ended is aborted by the server
+  // asynchronously too: poll (bounded) until none is running or queued.
   auto info = clients[0]->ServerInfo();
   ASSERT_TRUE(info.ok()) << info.status();
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(30);
+       (info->active_requests() > 0 || info->queued_requests() > 0) && absl::Now() < give_up;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    info = clients[0]->ServerInfo();
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
   auto health = clients[0]->Health("", absl::Seconds(10));
 
   // Every request ended once, as its client saw it.
