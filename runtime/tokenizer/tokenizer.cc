@@ -147,6 +147,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view json, std::string_view origin,
                                                                std::string_view config_json) {
+  // A field of the wrong JSON type (a number where a flag belongs, say) makes nlohmann::json
+  // throw from wherever it is read: that is a bad file, reported as one, never an abort.
+  try {
+    return Parse(json, origin, config_json);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(std::string(origin), ": a field has the wrong JSON type (", e.what(), ")"));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Parse(std::string_view json, std::string_view origin,
+                                                            std::string_view config_json) {
   auto fail = [&](const absl::Status& st) {
     return absl::Status(st.code(), absl::StrCat(std::string(origin), ": ", st.message()));
   };

@@ -104,6 +104,9 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
+  // FromJson without the guard against nlohmann::json's type errors.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Parse(std::string_view json, std::string_view origin,
+                                                          std::string_view config_json);
   absl::Status ParseAddedTokens(const nlohmann::json& j);
   absl::Status CheckNormalizer(const nlohmann::json& j) const;
   absl::Status CheckDecoder(const nlohmann::json& j) const;

@@ -251,6 +251,18 @@ TEST(TinyTokenizer, LoadRejectsMalformedFiles) {  // TK-01
   j["model"]["vocab"].erase(ByteChar(7));
   ExpectLoadError(j, "");  // non-dense ids or a missing byte: either way refused
 
+  // Fields of the wrong JSON type (found by the tokenizer_json fuzzer: a number for use_regex
+  // aborted the process): an error naming the file, never an abort.
+  j = TinyTokenizer();
+  j["pre_tokenizer"]["use_regex"] = 188;
+  ExpectLoadError(j, "tiny: a field has the wrong JSON type");
+  j = TinyTokenizer();
+  j["added_tokens"][0]["special"] = "yes";
+  ExpectLoadError(j, "wrong JSON type");
+  j = TinyTokenizer();
+  j["model"]["ignore_merges"] = nlohmann::json::array();
+  ExpectLoadError(j, "wrong JSON type");
+
   ExpectLoadError(nlohmann::json::array(), "not a JSON object");
   EXPECT_FALSE(Tokenizer::FromJson("{not json", "tiny").ok());
   EXPECT_FALSE(Tokenizer::Load("/nonexistent/tokenizer.json").ok());
