@@ -482,7 +482,8 @@ absl::StatusOr<std::string> ContentText(const Json& c, const std::string& where)
   if (c.is_array()) {
     std::vector<std::string> parts;
     for (const auto& part : c) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+      if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+          !part["text"].is_string())
         return absl::InvalidArgumentError(absl::StrCat(where, ": only text content parts are supported"));
       parts.push_back(part["text"].get<std::string>());
     }
@@ -572,8 +573,17 @@ absl::StatusOr<std::vector<ChatMessage>> ParseChatMessages(std::string_view json
   if (!list.is_array()) return absl::InvalidArgumentError("chat messages: expected a list of messages");
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < list.size(); ++i) {
-    DSV4_ASSIGN_OR_RETURN(ChatMessage m, ParseMessage(list[i], i));
-    out.push_back(std::move(m));
+    // Every field's type is checked before it is read; a JSON type error that slipped through
+    // would otherwise abort a server on a client's request.
+    absl::StatusOr<ChatMessage> m = absl::InternalError("");
+    try {
+      m = ParseMessage(list[i], i);
+    } catch (const nlohmann::json::exception& e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "]: a field has the wrong JSON type (", e.what(), ")"));
+    }
+    if (!m.ok()) return m.status();
+    out.push_back(std::move(*m));
   }
   if (j.is_object() && j.contains("tools") && !j["tools"].is_null() && !out.empty())
     out[0].tools_json = j["tools"].dump();

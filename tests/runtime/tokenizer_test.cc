@@ -469,6 +469,10 @@ TEST(ChatFormat, EdgeCasesAndErrors) {  // TK-08
   EXPECT_FALSE(RenderDsv4Chat(only_system, Opts(false, true, "extreme")).ok());
   EXPECT_FALSE(ParseChatMessages("{\"no\": 1}").ok());
   EXPECT_FALSE(ParseChatMessages("[{\"role\": \"user\", \"content\": 5}]").ok());
+  // A content part whose type is not a string: an error naming the message, not an abort.
+  const auto part = ParseChatMessages("[{\"role\": \"user\", \"content\": [{\"type\": 5, \"text\": \"hi\"}]}]");
+  ASSERT_FALSE(part.ok());
+  EXPECT_NE(part.status().message().find("messages[0]"), std::string::npos) << part.status();
   // Consecutive tool results join one user turn, ordered like the calls they answer.
   std::vector<ChatMessage> tools = {Msg("user", "q"), Msg("assistant", ""), Msg("tool", "second"), Msg("tool", "first"),
                                     Msg("user", "more")};
