@@ -218,7 +218,9 @@ TEST(HttpGateway, CompletionsEqualTheEngineAloneStreamedOrNot) {
   for (size_t i = 0; i + 1 < ev.size(); ++i) {
     EXPECT_EQ(ev[i]["object"], "text_completion");
     text += ev[i]["choices"][0]["text"].get<std::string>();
-    if (i + 2 < ev.size()) EXPECT_TRUE(ev[i]["choices"][0]["finish_reason"].is_null());
+    if (i + 2 < ev.size()) {
+      EXPECT_TRUE(ev[i]["choices"][0]["finish_reason"].is_null());
+    }
   }
   EXPECT_EQ(text, want.text);
   EXPECT_EQ(ev[ev.size() - 2]["choices"][0]["finish_reason"], "length");
