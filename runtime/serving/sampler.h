@@ -68,7 +68,8 @@ struct TokenLogprobs {
   std::vector<std::pair<int32_t, double>> top;  // best first
 };
 
-// Not thread-safe: one sampler per request, used by the engine thread.
+// One sampler per request; a sampler is used by one thread at a time (the engine samples a step's
+// requests in parallel on the CPU pool).
 class Sampler {
  public:
   // `params` must be valid; `seed` is the resolved seed (>= 0); `prompt` feeds the repetition penalty.
@@ -90,11 +91,7 @@ class Sampler {
   uint64_t state_;
   absl::flat_hash_map<int32_t, int32_t> seen_;    // prompt and output tokens (repetition penalty)
   absl::flat_hash_map<int32_t, int32_t> output_;  // output token -> count (presence / frequency)
-  std::vector<float> work_;    // the logits after bias and penalties
-  std::vector<float> weight_;  // their unnormalized probabilities
-  std::vector<int32_t> order_;
-  std::vector<double> hist_;
-  std::vector<double> block_sums_;  // kept weight per block of ids (the draw)
+  // The vocabulary-sized buffers are per thread, not per request (sampler.cc).
 };
 
 namespace sampling_internal {  // the sampler's pieces, public for tests
