@@ -548,7 +548,7 @@ void Engine::EndAllLocked(const absl::Status& status) {
   for (Request* r : all) FinishLocked(*r, FinishReason::kNone, status);
 }
 
-void Engine::Sampled(Request& r, std::span<const float> logits) {
+GenerateOutput Engine::Sampled(Request& r, std::span<const float> logits) {
   TokenLogprobs lp;
   const int32_t token = r.sampler->Sample(logits, r.params.logprobs > 0 ? &lp : nullptr);
   r.tokens.push_back(token);
@@ -600,7 +600,7 @@ void Engine::Sampled(Request& r, std::span<const float> logits) {
     r.finished = reason;
     if (observer != nullptr) observer->Finished(MsSince(r.arrival, now) / 1e3);
   }
-  r.handle->Push(std::move(out));
+  return out;
 }
 
 absl::Status Engine::Run() {
@@ -677,14 +677,19 @@ absl::Status Engine::Run() {
       std::vector<size_t> sampled;
       for (size_t i = 0; i < plan.seqs.size(); ++i)
         if (plan.seqs[i].logits) sampled.push_back(i);
+      std::vector<std::optional<GenerateOutput>> outputs(sampled.size());
       kernels::ParallelForDynamic(static_cast<int64_t>(sampled.size()), 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           Request& r = *batch[sampled[k]];
           const std::span<const float> logits = executor_.logits(k);
           r.fault = executor_.NumericalError(plan.seqs[sampled[k]], logits);
-          if (r.fault.ok()) Sampled(r, logits);
+          if (r.fault.ok()) outputs[k] = Sampled(r, logits);
         }
       });
+      // Delivered once every request is sampled: a consumer woken mid-way (a stream handler) would
+      // take a core from the sampling threads, and the whole region would wait for the one it took.
+      for (size_t k = 0; k < sampled.size(); ++k)
+        if (outputs[k].has_value()) batch[sampled[k]]->handle->Push(std::move(*outputs[k]));
     }
     if (!st.ok()) {
       Fail(absl::UnavailableError(absl::StrCat("step ", plan.step, " failed: ", st.message())));

@@ -252,10 +252,10 @@ class Engine {
   // Ends `r` (removing it from the scheduler; its slot is freed in the next plan).
   void FinishLocked(Request& r, FinishReason reason, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndAllLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Samples after a sequence's last token and streams the piece; marks the request finished when
-  // it is complete. Called by the engine thread or a CPU pool thread it runs, one thread per
-  // request at a time (it touches only `r`, its handle and immutable engine state).
-  void Sampled(Request& r, std::span<const float> logits);
+  // Samples after a sequence's last token and returns the piece to stream; marks the request
+  // finished when it is complete. Called by the engine thread or a CPU pool thread it runs, one
+  // thread per request at a time (it touches only `r` and immutable engine state).
+  GenerateOutput Sampled(Request& r, std::span<const float> logits);
 
   Model& model_;
   const Tokenizer* tokenizer_;
