@@ -44,7 +44,7 @@ struct WeightMatrix {
 void DequantRow(const WeightMatrix& w, int64_t r, float* out);
 
 // y[m, w.rows()] = x[m, w.cols()] W^T (ldx / ldy: row strides of x and y, in elements).
-// Multi-threaded over output rows. Up to 8 token rows stream each weight row once (decode); more
+// Multi-threaded over output rows. Up to 16 token rows stream each weight row once (decode); more
 // go through a cache-blocked GEMM on weight panels decoded once per call (prefill).
 // Every (row, token) result is summed in one order whatever m is, so a token's output does not
 // depend on the rows computed with it (the order depends on the instruction-set level only). Fast

@@ -3,9 +3,9 @@
 // in linear_avx2.cc (AVX2), linear_avx512.cc (AVX-512, AVX-512 BF16) and amx.cc (AMX tiles);
 // linear_internal.h states the canonical summation order they share.
 //
-// Decode (m <= 8 token rows): every weight row is streamed once and decoded in registers into
+// Decode (m <= 16 token rows): every weight row is streamed once and decoded in registers into
 // normal floats (never subnormal ones: see isa.h), against token rows permuted once per call into
-// the order the decoded lanes come out in. Prefill (m > 8): a thread decodes panels of weight rows
+// the order the decoded lanes come out in. Prefill (m > 16): a thread decodes panels of weight rows
 // into a cache-resident buffer, lane by lane, and multiplies them with blocks of the transposed
 // input in a register-blocked micro-kernel. On the avx512_bf16 and amx levels, a job whose inputs
 // are all exact in BF16 (the reference rounds activations to FP8 before every FP8/FP4 linear) takes

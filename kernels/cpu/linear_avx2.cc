@@ -9,9 +9,9 @@
 //     each code's BF16 value; interleaved, they are BF16 numbers. 19 operations for 64 values.
 //   BF16: the upper / lower halves of each word. F32: as stored.
 //
-// Decode (m <= 8): each weight row is read once; 1-4 rows go together (from distant regions of a
+// Decode (m <= 16): each weight row is read once; 1-4 rows go together (from distant regions of a
 // pass of up to 64 rows, the next ones prefetched) for enough independent FMA chains. Prefill
-// (m > 8): panels of 12 rows x 2048 columns are decoded into a lane-major buffer and multiplied
+// (m > 16): panels of 12 rows x 2048 columns are decoded into a lane-major buffer and multiplied
 // with 16-token blocks of the transposed input in a 6 x 16 FMA micro-kernel.
 #include <immintrin.h>
 
@@ -349,7 +349,7 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
   }
 }
 
-// ---- the GEMM path (m > 8) -----------------------------------------------------------------------
+// ---- the GEMM path (m > 16) ----------------------------------------------------------------------
 
 // Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
 // the input column decoded into position 16 k + lane of the block (lane: canonical lane), times
