@@ -215,6 +215,11 @@ void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterSco
            const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
            int32_t* experts, float* weights);
 
+// Each token's K routing slots (experts[t] [K], weights[t] [K] alongside; weights may be null) in
+// ascending expert order, stably (-1s, experts not held here, first). After it, a token's rows from
+// GroupByExpert's `position` are in expert order, the order in which the reference sums its experts.
+void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K);
+
 // Groups `pairs` (token, slot) pairs p = t*K + j by experts[p] in [0, E) (others are left out: not
 // held here): offsets [E+1] (expert e's rows are [offsets[e], offsets[e+1])), order [pairs] the pair
 // of each row (pair order within an expert) then -1s, order_tokens [pairs] = order / K (then -1s),

@@ -160,6 +160,8 @@ cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_
 cudaError_t Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
                   const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
                   int32_t* experts, float* weights, cudaStream_t stream);
+// kernels::SortSlotsByExpert on the device: one thread per token (K <= 32, as Route).
+cudaError_t SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K, cudaStream_t stream);
 // Bytes of device workspace GroupByExpert needs for `pairs` pairs over E experts (-1: unsupported).
 int64_t GroupByExpertWorkspaceBytes(int64_t pairs, int64_t E);
 // kernels::GroupByExpert on the device (a stable radix sort: rows of an expert keep pair order).

@@ -53,8 +53,10 @@ void Rope::ApplyMany(float* x, int64_t count, int64_t stride, int64_t pos, bool 
     kernels::Rope(x + i * stride, static_cast<int64_t>(freqs_.size()), cos, sin, inverse);
 }
 
-Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel)
-    : w_(std::move(weights)), opt_(options), par_(parallel) {
+Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel,
+             std::shared_ptr<Backend> backend)
+    : w_(std::move(weights)), opt_(options), par_(parallel), backend_(std::move(backend)) {
+  if (backend_ == nullptr) backend_ = MakeCpuBackend();
   const ModelConfig& c = config();
   rope_window_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.rope_theta, 0, 1.0, c.beta_fast, c.beta_slow);
   rope_compressed_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.compress_rope_theta,
@@ -71,10 +73,60 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     for (int64_t e = 0; e < E; ++e)
       if (w_->layers[l].expert_loaded[e]) routed_[l][e] = &w_->layers[l].experts[e];
   }
+  // The MoE's parameters on the backend (views of the mapped checkpoint on the CPU).
+  Backend& be = *backend_;
+  auto check = [](const absl::Status& st) { DSV4_CHECK(st.ok(), "placing the model on the backend: ", st.message()); };
+  moe_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& lw = w_->layers[l];
+    MoeLayer& ml = moe_[l];
+    absl::StatusOr<WeightMatrix> gate = be.PlaceWeight(lw.gate);
+    check(gate.status());
+    ml.gate = *gate;
+    if (!lw.gate_bias.empty()) {
+      absl::StatusOr<const float*> bias = be.PlaceVector(lw.gate_bias.data(), E);
+      check(bias.status());
+      ml.gate_bias = *bias;
+    }
+    if (!lw.tid2eid.empty()) {
+      absl::StatusOr<const int32_t*> table = be.PlaceInts(lw.tid2eid.data(), static_cast<int64_t>(lw.tid2eid.size()));
+      check(table.status());
+      ml.tid2eid = *table;
+    }
+    absl::StatusOr<std::unique_ptr<ExpertTable>> routed = PlaceRoutedExperts(routed_[l]);
+    check(routed.status());
+    ml.routed = *std::move(routed);
+    const ExpertViews shared{&lw.shared.w1, &lw.shared.w2, &lw.shared.w3};
+    absl::StatusOr<std::unique_ptr<ExpertTable>> shared_table = be.PlaceExperts({&shared, 1});
+    check(shared_table.status());
+    ml.shared = *std::move(shared_table);
+  }
+  absl::StatusOr<void*> counts = be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)));
+  check(counts.status());
+  load_counts_ = static_cast<int64_t*>(*counts);
+  be.Zero(load_counts_, L * E * static_cast<int64_t>(sizeof(int64_t)));
+  check(be.Synchronize());
   if (par_ != nullptr) {
     placement_ = std::make_shared<const ModelPlacement>(par_->placement);
     dispatcher_ = std::make_unique<MoeDispatcher>(par_->ep);
   }
+}
+
+absl::StatusOr<std::unique_ptr<ExpertTable>> Model::PlaceRoutedExperts(
+    const std::vector<const ExpertWeights*>& experts) const {
+  std::vector<ExpertViews> views(experts.size());
+  bool any = false;
+  for (size_t e = 0; e < experts.size(); ++e)
+    if (experts[e] != nullptr) views[e] = {&experts[e]->w1, &experts[e]->w2, &experts[e]->w3}, any = true;
+  if (!any) return nullptr;  // nothing is routed here
+  return backend_->PlaceExperts(views);
+}
+
+void Model::PublishExpertLoad() const {
+  const int64_t n = config().num_hidden_layers * config().n_routed_experts;
+  kernels::Scratch<int64_t> host(n, kernels::NoInit{});
+  backend_->CopyToHost(host.data(), load_counts_, n * static_cast<int64_t>(sizeof(int64_t)));
+  for (int64_t i = 0; i < n; ++i) expert_load_[i].store(host[i], std::memory_order_relaxed);
 }
 
 std::vector<int64_t> Model::ExpertLoad() const {
@@ -123,18 +175,30 @@ absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
       }
       gains.push_back(std::move(g));
     }
+  // The expert tables of the layers whose experts change, placed on the backend.
+  std::vector<std::vector<const ExpertWeights*>> next_routed = routed_;
+  std::vector<bool> changed(L, false);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e)
+      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) next_routed[l][e] = nullptr, changed[l] = true;
+  for (const Gain& g : gains) {
+    next_routed[g.layer][g.expert] = g.weights ? g.weights.get() : &w_->layers[g.layer].experts[g.expert];
+    changed[g.layer] = true;
+  }
+  std::vector<std::unique_ptr<ExpertTable>> tables(L);
+  for (int64_t l = 0; l < L; ++l)
+    if (changed[l]) {
+      DSV4_ASSIGN_OR_RETURN(tables[l], PlaceRoutedExperts(next_routed[l]), "layer ", l, "'s experts");
+    }
   // Then the switch, which cannot fail.
   for (int64_t l = 0; l < L; ++l)
     for (int64_t e = 0; e < E; ++e)
-      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) routed_[l][e] = nullptr, extra_[l][e].reset();
-  for (Gain& g : gains) {
-    if (g.weights) {
-      extra_[g.layer][g.expert] = std::move(g.weights);
-      routed_[g.layer][g.expert] = extra_[g.layer][g.expert].get();
-    } else {
-      routed_[g.layer][g.expert] = &w_->layers[g.layer].experts[g.expert];
-    }
-  }
+      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) extra_[l][e].reset();
+  for (Gain& g : gains)
+    if (g.weights) extra_[g.layer][g.expert] = std::move(g.weights);
+  routed_ = std::move(next_routed);
+  for (int64_t l = 0; l < L; ++l)
+    if (changed[l]) moe_[l].routed = std::move(tables[l]);
   absl::MutexLock l(&placement_mu_);
   placement_ = std::make_shared<const ModelPlacement>(next);
   return absl::OkStatus();
@@ -474,6 +538,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
       ++row;
     }
   }
+  PublishExpertLoad();
   return absl::OkStatus();
 }
 

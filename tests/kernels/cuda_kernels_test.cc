@@ -720,6 +720,23 @@ TEST_F(CudaKernels, GatherRowsFromPinnedHost) {
     }
 }
 
+TEST_F(CudaKernels, SortSlotsByExpertAsTheCpu) {
+  const int64_t m = 300, K = 8;  // more tokens than a block's threads
+  std::vector<int32_t> experts(m * K);
+  std::vector<float> weights(m * K);
+  for (int64_t p = 0; p < m * K; ++p) {
+    experts[p] = static_cast<int32_t>((p * 37 + p / 3) % 17) - 1;  // -1s and repeats
+    weights[p] = static_cast<float>(p);
+  }
+  DevVec<int32_t> de(experts);
+  DevVec<float> dw(weights);
+  ASSERT_EQ(SortSlotsByExpert(de.get(), dw.get(), m, K, stream_), cudaSuccess);
+  kernels::SortSlotsByExpert(experts.data(), weights.data(), m, K);
+  EXPECT_EQ(de.Host(), experts);
+  EXPECT_EQ(dw.Host(), weights);
+  EXPECT_EQ(SortSlotsByExpert(de.get(), dw.get(), m, 33, stream_), cudaErrorInvalidValue);
+}
+
 TEST_F(CudaKernels, CombineRowsInOrder) {
   const int64_t rows = 6, D = 300, src_rows = 20;
   const std::vector<float> src = Random(src_rows * D), w = Random(13), init = Random(rows * D);

@@ -245,6 +245,33 @@ TEST(Moe, RouteMatchesAPlainRestatement) {
     }
 }
 
+// Each token's slots against std::stable_sort of its (expert, weight) pairs: repeated experts (hash
+// layers' tables may repeat one) keep their slot order, -1s come first.
+TEST(Moe, SortSlotsByExpertIsStablePerToken) {
+  const int64_t K = 5, m = 6;
+  std::vector<int32_t> experts(m * K);
+  std::vector<float> weights(m * K);
+  for (int64_t p = 0; p < m * K; ++p) {
+    experts[p] = static_cast<int32_t>((p * 7 + p / K) % 9) - 1;
+    weights[p] = 0.5f + static_cast<float>(p);
+  }
+  experts[2 * K + 1] = experts[2 * K + 3] = 4;  // a repeated expert
+  std::vector<int32_t> want_e = experts;
+  std::vector<float> want_w = weights;
+  for (int64_t t = 0; t < m; ++t) {
+    std::vector<std::pair<int32_t, float>> slots;
+    for (int64_t j = 0; j < K; ++j) slots.push_back({experts[t * K + j], weights[t * K + j]});
+    std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (int64_t j = 0; j < K; ++j) want_e[t * K + j] = slots[j].first, want_w[t * K + j] = slots[j].second;
+  }
+  std::vector<int32_t> e = experts;
+  SortSlotsByExpert(e.data(), weights.data(), m, K);
+  EXPECT_EQ(e, want_e);
+  EXPECT_EQ(weights, want_w);
+  SortSlotsByExpert(experts.data(), nullptr, m, K);  // without weights
+  EXPECT_EQ(experts, want_e);
+}
+
 // Grouping against a direct construction: every kept pair once, in expert order then pair order.
 TEST(Moe, GroupByExpertIsAStableCountingSort) {
   const int64_t K = 3, tokens = 7, pairs = tokens * K, E = 5;
