@@ -164,9 +164,11 @@ void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, co
 
 // mHC pre for tokens x [m, hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x) with fn
 // [hc*(hc+2), hc*D] dense, then HcSplitSinkhorn, then collapsed[t] [D] = sum_i pre_i x[t, i].
-// Writes post [m, hc] and comb [m, hc, hc] for HcPost. hc <= kMaxHcStreams.
+// Writes post [m, hc] and comb [m, hc, hc] for HcPost, and pre [m, hc] when not null. collapsed may
+// be null (V4.1's lagged mHC collapses with the pre weights of an earlier sub-layer). hc <= kMaxHcStreams.
 void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb);
+           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+           float* pre);
 // x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
 void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
             int64_t ldx);

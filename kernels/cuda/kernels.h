@@ -50,10 +50,10 @@ cudaError_t Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale, cu
 // For each token t with streams x[t] [hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x)
 // with fn [hc*(hc+2), hc*D] (dense), then split + Sinkhorn (kernels::HcSplitSinkhorn with scale3 [3],
 // base [hc*(hc+2)]), then collapsed[t] [D] = sum_i pre_i x[t, i]. Writes post [m, hc] and comb
-// [m, hc, hc] for HcPost.
+// [m, hc, hc] for HcPost, and pre [m, hc] when not null; collapsed may be null (as kernels::HcPre).
 cudaError_t HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                   const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                  float* comb, cudaStream_t stream);
+                  float* comb, float* pre, cudaStream_t stream);
 // x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
 cudaError_t HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                    float* x, int64_t ldx, cudaStream_t stream);

@@ -127,7 +127,7 @@ class Backend {
   virtual void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) = 0;
   virtual void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                      const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                     float* comb) = 0;
+                     float* comb, float* pre) = 0;
   virtual void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                       float* x, int64_t ldx) = 0;
   virtual void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,

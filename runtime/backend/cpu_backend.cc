@@ -107,9 +107,9 @@ class CpuBackend final : public Backend {
     kernels::Hadamard(x, m, n, ld, scale);
   }
   void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-             float* comb) override {
-    kernels::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb);
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+             float* pre) override {
+    kernels::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre);
   }
   void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
               int64_t ldx) override {

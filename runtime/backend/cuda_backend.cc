@@ -195,10 +195,10 @@ class CudaBackend final : public Backend {
     if (ok() && m > 0) Check(kc::Hadamard(x, m, n, ld, scale, stream_), "Hadamard");
   }
   void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-             float* comb) override {
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+             float* pre) override {
     if (ok() && m > 0)
-      Check(kc::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, stream_),
+      Check(kc::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre, stream_),
             "HcPre");
   }
   void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,

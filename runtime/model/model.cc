@@ -318,24 +318,26 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
 }
 
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
+  Backend& be = *backend_;
   if (opt_.qdq && IsQuantized(w)) {
     // The reference rounds the input of every FP8/FP4 linear to FP8 in groups of act_quant_group.
-    kernels::Scratch<float> xq(n * w.cols(), kernels::NoInit{});
-    for (int64_t t = 0; t < n; ++t) std::memcpy(&xq[t * w.cols()], x + t * ldx, w.cols() * sizeof(float));
-    kernels::QdqFp8(xq.data(), n, w.cols(), w.cols(), static_cast<int>(config().act_quant_group()));
-    kernels::Linear(xq.data(), n, w.cols(), w, y, w.rows());
+    const int64_t cols = w.cols(), row_bytes = cols * static_cast<int64_t>(sizeof(float));
+    kernels::Scratch<float> xq(n * cols, kernels::NoInit{});
+    if (ldx == cols) {
+      be.CopyOnDevice(xq.data(), x, n * row_bytes);
+    } else {
+      for (int64_t t = 0; t < n; ++t) be.CopyOnDevice(&xq[t * cols], x + t * ldx, row_bytes);
+    }
+    be.QdqFp8(xq.data(), n, cols, cols, static_cast<int>(config().act_quant_group()));
+    be.Linear(xq.data(), n, cols, w, y, w.rows());
   } else {
-    kernels::Linear(x, n, ldx, w, y, w.rows());
+    be.Linear(x, n, ldx, w, y, w.rows());
   }
 }
 
 void Model::Embed(std::span<const int32_t> tokens, float* x) const {
   const int64_t D = config().hidden_size, hc = config().hc_mult;
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    float* row = x + t * hc * D;
-    kernels::DequantRow(w_->embed, tokens[t], row);
-    for (int64_t i = 1; i < hc; ++i) std::memcpy(row + i * D, row, D * sizeof(float));
-  }
+  backend_->EmbedRows(w_->embed, tokens.data(), static_cast<int64_t>(tokens.size()), static_cast<int>(hc), x, hc * D);
 }
 
 absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
@@ -348,21 +350,22 @@ absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t>
   kernels::Scratch<float> u(n * D, kernels::NoInit{}), y(n * D, kernels::NoInit{}), post(n * hc, kernels::NoInit{}),
       comb(n * hc * hc, kernels::NoInit{}), attn_pre(n * hc, kernels::NoInit{}), ffn_pre(n * hc, kernels::NoInit{});
 
+  Backend& be = *backend_;
   // Each sub-layer computes its mixes from its input streams; V4 collapses with its own pre
   // weights, V4.1 with those computed one sub-layer earlier (attention: the previous block's FFN).
-  HcMixes(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, attn_pre.data(), post.data(), comb.data());
-  HcCollapse(x, lagged ? pre_mix : attn_pre.data(), n, u.data());
-  kernels::RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, lagged ? pre_mix : nullptr, u.data(), post.data(),
+             comb.data(), lagged ? attn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
   if (taps && taps->attn_out) (*taps->attn_out)[layer].assign(y.begin(), y.end());
-  HcPost(y.data(), post.data(), comb.data(), n, x);
+  be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
 
-  HcMixes(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, ffn_pre.data(), post.data(), comb.data());
-  HcCollapse(x, lagged ? attn_pre.data() : ffn_pre.data(), n, u.data());
-  kernels::RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, lagged ? attn_pre.data() : nullptr, u.data(),
+             post.data(), comb.data(), lagged ? ffn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
   if (taps && taps->ffn_out) (*taps->ffn_out)[layer].assign(y.begin(), y.end());
-  HcPost(y.data(), post.data(), comb.data(), n, x);
+  be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
   if (lagged) {
     std::copy(ffn_pre.begin(), ffn_pre.end(), pre_mix);
     if (taps && taps->pre_mix) (*taps->pre_mix)[layer].assign(ffn_pre.begin(), ffn_pre.end());
@@ -375,34 +378,28 @@ absl::Status Model::HeadBatch(const float* const* x_last, const float* const* pr
                               float* logits) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
-  kernels::Scratch<float> u(count * D);
+  Backend& be = *backend_;
+  kernels::Scratch<float> u(count * D, kernels::NoInit{});
   for (int64_t b = 0; b < count; ++b) {
-    const float* xl = x_last[b];
-    float* ub = u.data() + b * D;
     if (c.hc_lagged()) {  // V4.1: the last block's FFN mix
-      HcCollapse(xl, pre_last[b], 1, ub);
-      continue;
-    }
-    // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn).
-    const float rs = 1.0f / std::sqrt(kernels::Dot(xl, xl, hc * D) / (hc * D) + static_cast<float>(c.rms_norm_eps));
-    for (int64_t i = 0; i < hc; ++i) {
-      const float m = kernels::Dot(xl, &w_->hc_head_fn[i * hc * D], hc * D) * rs;
-      const float pre = 1.0f / (1.0f + std::exp(-(m * w_->hc_head_scale[0] + w_->hc_head_base[i]))) +
-                        static_cast<float>(c.hc_eps);
-      for (int64_t d = 0; d < D; ++d) ub[d] += pre * xl[i * D + d];
+      HcCollapse(x_last[b], pre_last[b], 1, u.data() + b * D);
+    } else {  // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn)
+      be.HcHead(x_last[b], 1, static_cast<int>(hc), D, hc * D, w_->hc_head_fn.data(), w_->hc_head_scale.data(),
+                w_->hc_head_base.data(), static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps),
+                u.data() + b * D, D);
     }
   }
   // The final norm and the vocab head.
-  kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
+  be.RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
   const WeightMatrix& head = w_->head;
   if (!w_->vocab_parallel_head) {
-    kernels::Linear(u.data(), count, D, head, logits, V);
+    be.Linear(u.data(), count, D, head, logits, V);
     return absl::OkStatus();
   }
   // Vocab-parallel head: each TP rank computes its rows [count, part], then gather and interleave.
   const int64_t part = head.rows(), tp = par_->tp->size();
   std::vector<float> mine(count * part), all(tp * count * part);
-  kernels::Linear(u.data(), count, D, head, mine.data(), part);
+  be.Linear(u.data(), count, D, head, mine.data(), part);
   std::vector<int64_t> counts(tp, count * part);
   DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(mine.data(), counts.data(), all.data()));
   for (int64_t r = 0; r < tp; ++r)

@@ -4,8 +4,10 @@
 // collapse, norm and vocab head. What V4.1 changes comes from ModelConfig's predicates (shared
 // compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
 //
-// The operations run on the model's Backend (runtime/backend/backend.h); the routed and shared
-// experts go through it today, the dense layers still call kernels/cpu directly (CPU backend only).
+// The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
+// attention, the indexer's scores and picks, the MoE. Still on kernels/cpu directly: the rotary
+// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram; and the
+// step's buffers are host memory, so only the CPU backend runs a model today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
@@ -243,14 +245,15 @@ class Model {
       const std::vector<const ExpertWeights*>& experts) const;
   // Publishes the backend's expert-load counters to expert_load_ (end of a step).
   void PublishExpertLoad() const;
-  // mHC (mhc.cc): the mixes of a sub-layer from the streams x [n, hc, D]: collapse weights
-  // pre [n, hc], expansion weights post [n, hc] and the Sinkhorn mixing comb [n, hc, hc].
-  void HcMixes(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-               const float* x, int64_t n, float* pre, float* post, float* comb) const;
-  // collapsed [n, D] = sum_i pre[t, i] x[t, i].
+  // mHC (mhc.cc): the mixes of a sub-layer from the streams x [n, hc, D]: expansion weights post
+  // [n, hc], the Sinkhorn mixing comb [n, hc, hc], the collapse weights pre [n, hc] (may be null),
+  // and the sub-layer's input collapsed [n, D]: with its own pre weights (V4), or with lagged_pre
+  // [n, hc], those of an earlier sub-layer (V4.1's lagged collapse).
+  void HcPreLayer(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
+                  const float* x, int64_t n, const float* lagged_pre, float* collapsed, float* post, float* comb,
+                  float* pre) const;
+  // collapsed [n, D] = sum_i pre[t, i] x[t, i], summed in stream order.
   void HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const;
-  // x[t, j] = post[t, j] y[t] + sum_i comb[t, i, j] x[t, i].
-  void HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const;
   // Engram (engram.cc): hash the step's tokens for every Engram layer and start the row gathers;
   // then, before each Engram layer's block, wait for its rows and gate them into x [n, hc, D].
   void InitEngram();

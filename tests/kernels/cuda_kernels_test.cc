@@ -199,7 +199,7 @@ TEST_F(CudaKernels, HcPreAndPost) {
                           want_u.data(), want_post.data(), want_comb.data());
       DevVec<float> dx(x), dfn(fn), dbase(base), dscale(scale3), du(m * D), dpost(m * hc), dcomb(m * hc * hc), dy(y);
       ASSERT_EQ(HcPre(dx.get(), m, hc, D, ldx, dfn.get(), dscale.get(), dbase.get(), 20, 1e-6f, 1e-6f, du.get(),
-                      dpost.get(), dcomb.get(), stream_),
+                      dpost.get(), dcomb.get(), nullptr, stream_),
                 cudaSuccess);
       const std::vector<float> got_u = du.Host(), got_post = dpost.Host(), got_comb = dcomb.Host();
       const std::string tag = "hc " + std::to_string(hc) + " D " + std::to_string(D);
@@ -854,8 +854,8 @@ TEST_F(GoldenCuda, Sinkhorn) {
     std::vector<float> fn(mix * hc, 0.f);
     for (int k = 0; k < mix; ++k) fn[k * hc] = mixes[t * mix + k];
     DevVec<float> dx(x), dfn(fn), dscale(scale), dbase(base), du(1), dpost(hc), dcomb(hc * hc);
-    ASSERT_EQ(HcPre(dx.get(), 1, hc, 1, hc, dfn.get(), dscale.get(), dbase.get(), 20, 0.f, 1e-6f, du.get(),
-                    dpost.get(), dcomb.get(), stream_),
+    ASSERT_EQ(HcPre(dx.get(), 1, hc, 1, hc, dfn.get(), dscale.get(), dbase.get(), 20, 0.f, 1e-6f, du.get(), dpost.get(),
+                    dcomb.get(), nullptr, stream_),
               cudaSuccess);
     const std::vector<float> got_post = dpost.Host(), got_comb = dcomb.Host(), got_u = du.Host();
     EXPECT_TRUE(AllClose("post", got_post.data(), &post[t * hc], hc, {.abs = 1e-5}));

@@ -126,11 +126,15 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
                            scale3 = {0.5f, 0.8f, 1.1f};
   std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc);
   float *du = Put(u), *dpost = Put(post), *dcomb = Put(comb), *dx = Put(x);
-  be_->HcPre(dx, m, hc, D, hc * D, Put(fn), Put(scale3), Put(base), 20, 1e-6f, 1e-6f, du, dpost, dcomb);
+  std::vector<float> pre(m * hc);
+  float* dpre = Put(pre);
+  be_->HcPre(dx, m, hc, D, hc * D, Put(fn), Put(scale3), Put(base), 20, 1e-6f, 1e-6f, du, dpost, dcomb, dpre);
   kernels::HcPre(x.data(), m, hc, D, hc * D, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, u.data(),
-                 post.data(), comb.data());
+                 post.data(), comb.data(), pre.data());
   std::vector<float> got = Get(du, u.size());
   EXPECT_TRUE(AllClose("hc pre", got.data(), u.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+  got = Get(dpre, pre.size());
+  EXPECT_TRUE(AllClose("hc pre weights", got.data(), pre.data(), got.size(), Or({.abs = 1e-5})));
   std::vector<float> xs = x;
   be_->HcPost(du, D, dpost, dcomb, m, hc, D, dx, hc * D);
   kernels::HcPost(u.data(), D, post.data(), comb.data(), m, hc, D, xs.data(), hc * D);
