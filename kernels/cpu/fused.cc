@@ -38,7 +38,8 @@ void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, co
 }
 
 void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb) {
+           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+           float* pre_out) {
   EnsureFlushDenormals();
   const int64_t mix = int64_t{hc} * (hc + 2), width = hc * D;
   // mixes = (flat x . fn^T) / rms(flat x); no learned gain. One product for all tokens.
@@ -55,6 +56,8 @@ void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const floa
       const float rs = 1.0f / std::sqrt(Dot(xt, xt, width) / width + norm_eps);
       for (int64_t k = 0; k < mix; ++k) mt[k] *= rs;
       HcSplitSinkhorn(mt, scale3, base, hc, iters, hc_eps, pre, post + t * hc, comb + t * hc * hc);
+      if (pre_out != nullptr) std::copy(pre, pre + hc, pre_out + t * hc);
+      if (collapsed == nullptr) continue;
       float* u = collapsed + t * D;
       for (int64_t d = 0; d < D; ++d) u[d] = 0.f;
       for (int64_t i = 0; i < hc; ++i)

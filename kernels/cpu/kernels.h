@@ -164,9 +164,11 @@ void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, co
 
 // mHC pre for tokens x [m, hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x) with fn
 // [hc*(hc+2), hc*D] dense, then HcSplitSinkhorn, then collapsed[t] [D] = sum_i pre_i x[t, i].
-// Writes post [m, hc] and comb [m, hc, hc] for HcPost. hc <= kMaxHcStreams.
+// Writes post [m, hc] and comb [m, hc, hc] for HcPost, and pre [m, hc] when not null. collapsed may
+// be null (V4.1's lagged mHC collapses with the pre weights of an earlier sub-layer). hc <= kMaxHcStreams.
 void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb);
+           const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+           float* pre);
 // x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
 void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
             int64_t ldx);
@@ -214,6 +216,11 @@ enum class RouterScore : uint8_t { kSoftmax, kSigmoid, kSqrtSoftplus };
 void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
            const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
            int32_t* experts, float* weights);
+
+// Each token's K routing slots (experts[t] [K], weights[t] [K] alongside; weights may be null) in
+// ascending expert order, stably (-1s, experts not held here, first). After it, a token's rows from
+// GroupByExpert's `position` are in expert order, the order in which the reference sums its experts.
+void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K);
 
 // Groups `pairs` (token, slot) pairs p = t*K + j by experts[p] in [0, E) (others are left out: not
 // held here): offsets [E+1] (expert e's rows are [offsets[e], offsets[e+1])), order [pairs] the pair

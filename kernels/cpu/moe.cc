@@ -58,6 +58,24 @@ void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterSco
   }
 }
 
+void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) {
+  for (int64_t t = 0; t < m; ++t) {
+    int32_t* e = experts + t * K;
+    float* w = weights == nullptr ? nullptr : weights + t * K;
+    for (int64_t i = 1; i < K; ++i) {  // insertion sort: K is small, and it is stable
+      const int32_t ke = e[i];
+      const float kw = w == nullptr ? 0.f : w[i];
+      int64_t j = i - 1;
+      for (; j >= 0 && e[j] > ke; --j) {
+        e[j + 1] = e[j];
+        if (w != nullptr) w[j + 1] = w[j];
+      }
+      e[j + 1] = ke;
+      if (w != nullptr) w[j + 1] = kw;
+    }
+  }
+}
+
 void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
                    int64_t* order_tokens, int32_t* position, int64_t* counts) {
   EnsureFlushDenormals();

@@ -50,10 +50,10 @@ cudaError_t Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale, cu
 // For each token t with streams x[t] [hc, D] (row stride ldx >= hc*D): mixes = (x . fn^T) / rms(x)
 // with fn [hc*(hc+2), hc*D] (dense), then split + Sinkhorn (kernels::HcSplitSinkhorn with scale3 [3],
 // base [hc*(hc+2)]), then collapsed[t] [D] = sum_i pre_i x[t, i]. Writes post [m, hc] and comb
-// [m, hc, hc] for HcPost.
+// [m, hc, hc] for HcPost, and pre [m, hc] when not null; collapsed may be null (as kernels::HcPre).
 cudaError_t HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                   const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                  float* comb, cudaStream_t stream);
+                  float* comb, float* pre, cudaStream_t stream);
 // x[t, j] <- post[t, j] * y[t] + sum_i comb[t, i, j] x[t, i]; x [m, hc, D] (ldx), y [m, D] (ldy).
 cudaError_t HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                    float* x, int64_t ldx, cudaStream_t stream);
@@ -160,6 +160,8 @@ cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_
 cudaError_t Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, RouterScore score, const float* bias,
                   const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
                   int32_t* experts, float* weights, cudaStream_t stream);
+// kernels::SortSlotsByExpert on the device: one thread per token (K <= 32, as Route).
+cudaError_t SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K, cudaStream_t stream);
 // Bytes of device workspace GroupByExpert needs for `pairs` pairs over E experts (-1: unsupported).
 int64_t GroupByExpertWorkspaceBytes(int64_t pairs, int64_t E);
 // kernels::GroupByExpert on the device (a stable radix sort: rows of an expert keep pair order).

@@ -47,7 +47,7 @@ __device__ void Collapse(const float* pre, const float* xt, int64_t D, float* ou
 template <int kHc>
 __global__ void HcPreKernel(const float* x, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                            float* comb) {
+                            float* comb, float* pre_out) {
   extern __shared__ float partial[];  // [warps][1 + mix]
   __shared__ float pre_s[kMaxHc];
   constexpr int hc = kHc, mix = kHc * (kHc + 2), values = 1 + mix;
@@ -64,11 +64,12 @@ __global__ void HcPreKernel(const float* x, int64_t D, int64_t ldx, const float*
     for (int i = 0; i < hc; ++i) {
       pre_s[i] = pre[i];
       post[t * hc + i] = post_t[i];
+      if (pre_out != nullptr) pre_out[t * hc + i] = pre[i];
     }
     for (int i = 0; i < hc * hc; ++i) comb[t * hc * hc + i] = comb_t[i];
   }
   __syncthreads();
-  Collapse<kHc>(pre_s, xt, D, collapsed + t * D);
+  if (collapsed != nullptr) Collapse<kHc>(pre_s, xt, D, collapsed + t * D);
 }
 
 // Thread per (token, d): reads the token's hc stream values at d, writes hc mixed values back.
@@ -92,13 +93,14 @@ __global__ void HcPostKernel(const float* y, int64_t ldy, const float* post, con
 
 cudaError_t HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                   const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                  float* comb, cudaStream_t stream) {
+                  float* comb, float* pre, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckHc(hc));
   if (D < 1 || ldx < hc * D) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   const LaunchConfig cfg = HcPreLaunch(m, hc);
-  DSV4_DISPATCH_HC(hc, kHc, DSV4_LAUNCH(HcPreKernel<kHc>, cfg, stream, x, D, ldx, fn, scale3, base, iters, norm_eps,
-                                       hc_eps, collapsed, post, comb));
+  DSV4_DISPATCH_HC(hc, kHc,
+                   DSV4_LAUNCH(HcPreKernel<kHc>, cfg, stream, x, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps,
+                               collapsed, post, comb, pre));
   return cudaGetLastError();
 }
 

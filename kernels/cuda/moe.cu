@@ -94,6 +94,25 @@ __global__ void RouteKernel(float* scores, int64_t E, int64_t K, float temp, int
   }
 }
 
+// One thread per token: an insertion sort of its K slots, in place (stable, as on the CPU).
+__global__ void SortSlotsKernel(int32_t* experts, float* weights, int64_t m, int64_t K) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= m) return;
+  int32_t* e = experts + t * K;
+  float* w = weights == nullptr ? nullptr : weights + t * K;
+  for (int64_t i = 1; i < K; ++i) {
+    const int32_t ke = e[i];
+    const float kw = w == nullptr ? 0.f : w[i];
+    int64_t j = i - 1;
+    for (; j >= 0 && e[j] > ke; --j) {
+      e[j + 1] = e[j];
+      if (w != nullptr) w[j + 1] = w[j];
+    }
+    e[j + 1] = ke;
+    if (w != nullptr) w[j + 1] = kw;
+  }
+}
+
 // Keys for the sort: the expert, or E for pairs left out (they sort last); values: the pair ids.
 __global__ void GroupKeysKernel(const int32_t* experts, int64_t pairs, int64_t E, int32_t* keys, int64_t* vals) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -148,6 +167,16 @@ cudaError_t Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, Ro
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   DSV4_LAUNCH(RouteKernel, cfg, stream, scores, E, K, temp, static_cast<int>(score), bias, tid2eid, tokens, normalize,
               norm_eps, scaling, experts, weights);
+  return cudaGetLastError();
+}
+
+cudaError_t SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K, cudaStream_t stream) {
+  if (m < 0 || K < 1 || K > kMaxRouteK) return cudaErrorInvalidValue;
+  if (m == 0 || K == 1) return cudaSuccess;
+  LaunchConfig cfg = ElementwiseLaunch(m);
+  cfg.grid.x = static_cast<unsigned>((m + kElementwiseThreads - 1) / kElementwiseThreads);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(SortSlotsKernel, cfg, stream, experts, weights, m, K);
   return cudaGetLastError();
 }
 

@@ -52,6 +52,18 @@ struct ExpertFfnOptions {
   int qdq_group = 128;     // in groups of this many values
 };
 
+// One ExpertFfn call's arguments (Backend::ExpertFfnGroup runs several at once).
+struct ExpertFfnJob {
+  const ExpertTable* table = nullptr;
+  float* x = nullptr;  // [*, ldx]; its rows may be rounded in place
+  int64_t ldx = 0;
+  const int32_t* offsets = nullptr;  // [experts of the table + 1], device memory
+  int64_t max_rows = 0;              // host bound on offsets[E]
+  const float* row_weights = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+
 struct BackendOptions {
   DeviceChoice device = DeviceChoice::kAuto;
   // Under a launcher: this process's node-local rank and the node's rank count; each rank takes
@@ -115,7 +127,7 @@ class Backend {
   virtual void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) = 0;
   virtual void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
                      const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-                     float* comb) = 0;
+                     float* comb, float* pre) = 0;
   virtual void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D,
                       float* x, int64_t ldx) = 0;
   virtual void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
@@ -136,6 +148,7 @@ class Backend {
   virtual void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score,
                      const float* bias, const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps,
                      float scaling, int32_t* experts, float* weights) = 0;
+  virtual void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) = 0;
   virtual void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets,
                              int64_t* order, int64_t* order_tokens, int32_t* position, int64_t* counts) = 0;
   // Expert FFNs over rows grouped by expert: rows [offsets[e], offsets[e+1]) of x [*, ldx] (offsets
@@ -143,8 +156,14 @@ class Backend {
   // y = (silu(min(x W1^T, limit)) * clamp(x W3^T, -limit, limit) * row_weights[row]) W2^T, the
   // inputs of quantized products rounded to FP8 first (options.qdq). x's rows may be rounded in
   // place. max_rows (host) bounds offsets[E]; rows past offsets[E] are computed and ignored.
-  virtual void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
-                         const float* row_weights, const ExpertFfnOptions& options, float* y, int64_t ldy) = 0;
+  void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
+                 const float* row_weights, const ExpertFfnOptions& options, float* y, int64_t ldy) {
+    const ExpertFfnJob job{&table, x, ldx, offsets, max_rows, row_weights, y, ldy};
+    ExpertFfnGroup(&job, 1, options);
+  }
+  // Independent ExpertFfn calls (a layer's routed experts and its shared expert, each a table of
+  // its own format) as one: the CPU shares its threads across all their products.
+  virtual void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t num_jobs, const ExpertFfnOptions& options) = 0;
   virtual void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                           void* dst, int64_t dst_pitch) = 0;
   virtual void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 #include "runtime/backend/backend.h"
 
@@ -106,9 +107,9 @@ class CpuBackend final : public Backend {
     kernels::Hadamard(x, m, n, ld, scale);
   }
   void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-             float* comb) override {
-    kernels::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb);
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+             float* pre) override {
+    kernels::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre);
   }
   void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
               int64_t ldx) override {
@@ -152,40 +153,67 @@ class CpuBackend final : public Backend {
                      int64_t* order_tokens, int32_t* position, int64_t* counts) override {
     kernels::GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts);
   }
-  // The experts that received rows, as three grouped products (w1 and w3 together, then w2): every
-  // expert's weights are read once for all its rows, and the threads share out all the products.
-  void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
-                 const float* row_weights, const ExpertFfnOptions& o, float* y, int64_t ldy) override {
-    const auto& experts = static_cast<const CpuExpertTable&>(table).experts;
-    const int64_t E = static_cast<int64_t>(experts.size());
-    const int64_t total = offsets[E];
+  void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) override {
+    kernels::SortSlotsByExpert(experts, weights, m, K);
+  }
+  // The experts that received rows, of every job, as three grouped products (w1 and w3 together,
+  // then w2): every expert's weights are read once for all its rows, and the threads share out all
+  // the products. The temporaries live only for the call (the thread's scratch, not the step
+  // workspace: a layer's g and u are dead once its w2 has run).
+  void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t num_jobs, const ExpertFfnOptions& o) override {
+    using kernels::NoInit;
+    using kernels::Scratch;
+    Scratch<int64_t> first(num_jobs + 1, NoInit{});  // job j's rows of g and u start at first[j]
+    Scratch<int64_t> inter(num_jobs, NoInit{});
+    int64_t total = 0, num_products = 0;
+    for (int64_t j = 0; j < num_jobs; ++j) {
+      const auto& experts = static_cast<const CpuExpertTable&>(*jobs[j].table).experts;
+      first[j] = total;
+      inter[j] = 0;
+      const int64_t E = static_cast<int64_t>(experts.size()), rows = jobs[j].offsets[E];
+      if (rows == 0) continue;
+      for (const ExpertViews& e : experts)
+        if (e.w1 != nullptr) inter[j] = e.w1->rows();
+      total += rows * inter[j];
+      num_products += E;
+    }
+    first[num_jobs] = total;
     if (total == 0) return;
-    const ExpertViews* any = nullptr;
-    for (const ExpertViews& e : experts)
-      if (e.w1 != nullptr) any = &e;
-    const int64_t I = any->w1->rows(), D = any->w2->rows();
-    float* g = WorkspaceF32(total * I);
-    float* u = WorkspaceF32(total * I);
-    std::vector<kernels::LinearJob> jobs;
-    jobs.reserve(2 * E);
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t b = offsets[e], m = offsets[e + 1] - b;
-      if (m == 0) continue;
-      DSV4_CHECK(experts[e].w1 != nullptr, "rows routed to expert ", e, ", which this rank does not hold");
-      if (o.qdq && IsQuantized(*experts[e].w1)) kernels::QdqFp8(x + b * ldx, m, D, ldx, o.qdq_group);
-      jobs.push_back({x + b * ldx, m, ldx, experts[e].w1, g + b * I, I});
-      jobs.push_back({x + b * ldx, m, ldx, experts[e].w3, u + b * I, I});
+    Scratch<float> g(total, NoInit{}), u(total, NoInit{});
+    Scratch<kernels::LinearJob> products(2 * num_products, NoInit{});
+    int64_t count = 0;
+    for (int64_t j = 0; j < num_jobs; ++j) {
+      const ExpertFfnJob& job = jobs[j];
+      const auto& experts = static_cast<const CpuExpertTable&>(*job.table).experts;
+      const int64_t I = inter[j];
+      float *gj = &g[first[j]], *uj = &u[first[j]];
+      for (size_t e = 0; e < experts.size(); ++e) {
+        const int64_t b = job.offsets[e], m = job.offsets[e + 1] - b;
+        if (m == 0) continue;
+        DSV4_CHECK(experts[e].w1 != nullptr, "rows routed to expert ", e, ", which this rank does not hold");
+        const int64_t D = experts[e].w1->cols();
+        if (o.qdq && IsQuantized(*experts[e].w1)) kernels::QdqFp8(job.x + b * job.ldx, m, D, job.ldx, o.qdq_group);
+        products[count++] = {job.x + b * job.ldx, m, job.ldx, experts[e].w1, gj + b * I, I};
+        products[count++] = {job.x + b * job.ldx, m, job.ldx, experts[e].w3, uj + b * I, I};
+      }
     }
-    kernels::LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
-    kernels::SwiGlu(g, u, total, I, I, row_weights, o.swiglu_limit, g);
-    jobs.clear();
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t b = offsets[e], m = offsets[e + 1] - b;
-      if (m == 0) continue;
-      if (o.qdq && IsQuantized(*experts[e].w2)) kernels::QdqFp8(g + b * I, m, I, I, o.qdq_group);
-      jobs.push_back({g + b * I, m, I, experts[e].w2, y + b * ldy, ldy});
+    kernels::LinearGroup(products.data(), count);
+    count = 0;
+    for (int64_t j = 0; j < num_jobs; ++j) {
+      const ExpertFfnJob& job = jobs[j];
+      const auto& experts = static_cast<const CpuExpertTable&>(*job.table).experts;
+      const int64_t I = inter[j], rows = job.offsets[experts.size()];
+      if (rows == 0) continue;
+      float* gj = &g[first[j]];
+      kernels::SwiGlu(gj, &u[first[j]], rows, I, I, job.row_weights, o.swiglu_limit, gj);
+      for (size_t e = 0; e < experts.size(); ++e) {
+        const int64_t b = job.offsets[e], m = job.offsets[e + 1] - b;
+        if (m == 0) continue;
+        if (o.qdq && IsQuantized(*experts[e].w2)) kernels::QdqFp8(gj + b * I, m, I, I, o.qdq_group);
+        products[count++] = {gj + b * I, m, I, experts[e].w2, job.y + b * job.ldy, job.ldy};
+      }
     }
-    kernels::LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
+    kernels::LinearGroup(products.data(), count);
   }
   void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                   int64_t dst_pitch) override {

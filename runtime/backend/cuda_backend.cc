@@ -195,10 +195,10 @@ class CudaBackend final : public Backend {
     if (ok() && m > 0) Check(kc::Hadamard(x, m, n, ld, scale, stream_), "Hadamard");
   }
   void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post,
-             float* comb) override {
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+             float* pre) override {
     if (ok() && m > 0)
-      Check(kc::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, stream_),
+      Check(kc::HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre, stream_),
             "HcPre");
   }
   void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
@@ -256,8 +256,17 @@ class CudaBackend final : public Backend {
       Check(kc::GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts, w, bytes, stream_),
             "GroupByExpert");
   }
-  void ExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
-                 const float* row_weights, const ExpertFfnOptions& o, float* y, int64_t ldy) override {
+  void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) override {
+    if (ok() && m > 0) Check(kc::SortSlotsByExpert(experts, weights, m, K, stream_), "SortSlotsByExpert");
+  }
+  // The jobs one after the other on the stream (each is three grouped launches).
+  void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t num_jobs, const ExpertFfnOptions& o) override {
+    for (int64_t j = 0; j < num_jobs; ++j)
+      OneExpertFfn(*jobs[j].table, jobs[j].x, jobs[j].ldx, jobs[j].offsets, jobs[j].max_rows, jobs[j].row_weights, o,
+                   jobs[j].y, jobs[j].ldy);
+  }
+  void OneExpertFfn(const ExpertTable& table, float* x, int64_t ldx, const int32_t* offsets, int64_t max_rows,
+                    const float* row_weights, const ExpertFfnOptions& o, float* y, int64_t ldy) {
     if (!ok() || max_rows == 0) return;
     const auto& t = static_cast<const CudaExpertTable&>(table);
     const int64_t I = t.like[0].rows(), D = t.like[1].rows();

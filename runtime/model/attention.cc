@@ -32,6 +32,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   const int64_t hd = c.head_dim, H = lw.wq_b.rows() / hd, rd = c.qk_rope_head_dim, nope = hd - rd;
   const int64_t win = c.sliding_window, ratio = c.ratio(layer), D = c.hidden_size, ql = c.q_lora_rank;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  Backend& be = *backend_;
   Scratch<int64_t> pos(n);
   for (const SeqSlice& s : seqs)
     for (int64_t t = 0; t < s.n; ++t) pos[s.begin + t] = s.start + t;
@@ -40,19 +41,17 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   // rd dims. Every projection takes the whole batch's rows at once.
   Scratch<float> qr(n * ql, NoInit{}), q(n * H * hd, NoInit{});
   Project(lw.wq_a, x, n, D, qr.data());
-  kernels::RmsNorm(qr.data(), lw.q_norm.data(), eps, n, ql, ql, qr.data(), ql);
+  be.RmsNorm(qr.data(), lw.q_norm.data(), eps, n, ql, ql, qr.data(), ql);
   Project(lw.wq_b, qr.data(), n, ql, q.data());
-  if (c.q_head_norm()) kernels::RmsNorm(q.data(), nullptr, eps, n * H, hd, hd, q.data(), hd);
+  if (c.q_head_norm()) be.RmsNorm(q.data(), nullptr, eps, n * H, hd, hd, q.data(), hd);
   for (int64_t t = 0; t < n; ++t) rope.ApplyMany(&q[t * H * hd + nope], H, hd, pos[t]);
 
   // The batch's window keys (= values), rounded as the reference caches them.
   Scratch<float> kv(n * hd, NoInit{});
   Project(lw.wkv, x, n, D, kv.data());
-  kernels::RmsNorm(kv.data(), lw.kv_norm.data(), eps, n, hd, hd, kv.data(), hd);
-  for (int64_t t = 0; t < n; ++t) {
-    rope.Apply(&kv[t * hd + nope], pos[t]);
-    if (opt_.qdq) kernels::QdqFp8(&kv[t * hd], 1, c.window_kv_qdq_len(), hd, static_cast<int>(c.window_kv_qdq_group()));
-  }
+  be.RmsNorm(kv.data(), lw.kv_norm.data(), eps, n, hd, hd, kv.data(), hd);
+  for (int64_t t = 0; t < n; ++t) rope.Apply(&kv[t * hd + nope], pos[t]);
+  if (opt_.qdq) be.QdqFp8(kv.data(), n, c.window_kv_qdq_len(), hd, static_cast<int>(c.window_kv_qdq_group()));
 
   // Compressed blocks completed by this step, then the indexer's picks (kept in each sequence's
   // StepPicks for the layers that reuse them).
@@ -103,8 +102,8 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     segs.ptr[1] = &kv[s.begin * hd], segs.len[1] = s.n;
     segs.ptr[2] = comp ? comp->compressed.data() : nullptr;
     segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
-    kernels::SparseAttention(&q[s.begin * H * hd], s.n, H, hd, segs, idx.data(), k, lw.attn_sink.data(),
-                             1.0f / std::sqrt(static_cast<float>(hd)), &o[s.begin * H * hd]);
+    be.SparseAttention(&q[s.begin * H * hd], s.n, H, hd, segs, idx.data(), k, lw.attn_sink.data(),
+                       1.0f / std::sqrt(static_cast<float>(hd)), &o[s.begin * H * hd]);
     // The step's window keys, by absolute position, into the blocks that keep a window part: for
     // later steps and for sequences that reuse these blocks.
     for (int64_t t = 0; t < s.n; ++t) {
@@ -127,7 +126,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     jobs[g].x = &o[g * gw], jobs[g].m = n, jobs[g].ldx = H * hd, jobs[g].w = &wg[g];
     jobs[g].y = &z[g * lora], jobs[g].ldy = G * lora;
   }
-  kernels::LinearGroup(jobs.data(), G);
+  be.LinearGroup(jobs.data(), G);
   return OutputProjection(lw.wo_b, z.data(), n, out);
 }
 
@@ -148,10 +147,10 @@ absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const float* z, i
     DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(z, counts.data(), all.data()));
     for (int64_t t = 0; t < n; ++t) {
       for (int r = 0; r < tp; ++r) std::memcpy(&row[r * cols], &all[(r * n + t) * cols], cols * sizeof(float));
-      kernels::QdqFp8(row.data(), 1, tp * cols, tp * cols, static_cast<int>(block));
+      backend_->QdqFp8(row.data(), 1, tp * cols, tp * cols, static_cast<int>(block));
       std::memcpy(&zq[t * cols], &row[par_->layout.tp_rank * cols], cols * sizeof(float));
     }
-    kernels::Linear(zq.data(), n, cols, wo_b, out, D);
+    backend_->Linear(zq.data(), n, cols, wo_b, out, D);
   } else {
     Project(wo_b, z, n, cols, out);
   }

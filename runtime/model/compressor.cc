@@ -28,7 +28,7 @@ int64_t Model::PoolBlocks(const CompressorWeights& cw, const float* kv, const fl
   const float eps = static_cast<float>(config().rms_norm_eps);
   int64_t blocks = 0;
   if (ratio == 1) {  // every token is a block of its own: nothing to pool
-    kernels::RmsNorm(kv, cw.norm.data(), eps, n, hd, hd, latents, hd);
+    backend_->RmsNorm(kv, cw.norm.data(), eps, n, hd, hd, latents, hd);
     for (int64_t t = 0; t < n; ++t) positions[t] = start + t;
     return n;
   }
@@ -61,7 +61,7 @@ int64_t Model::PoolBlocks(const CompressorWeights& cw, const float* kv, const fl
     }
     float* block = latents + blocks * hd;
     kernels::SoftmaxPool(values.data(), scores.data(), nrows, hd, block);
-    kernels::RmsNorm(block, cw.norm.data(), eps, 1, hd, hd, block, hd);
+    backend_->RmsNorm(block, cw.norm.data(), eps, 1, hd, hd, block, hd);
     positions[blocks++] = pos + 1 - ratio;  // a block sits at its first token's position
     if (cw.overlap) {
       std::swap(st.prev_kv, st.cur_kv);
@@ -122,11 +122,11 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
         const int64_t di = c.index_head_dim;
         Scratch<float> keys(blocks * di, NoInit{});
         Project(lw.index_wk, latents.data(), blocks, hd, keys.data());
-        kernels::RmsNorm(keys.data(), lw.index_k_norm.data(), static_cast<float>(c.rms_norm_eps), blocks, di, di,
-                         keys.data(), di);
+        backend_->RmsNorm(keys.data(), lw.index_k_norm.data(), static_cast<float>(c.rms_norm_eps), blocks, di, di,
+                          keys.data(), di);
         for (int64_t b = 0; b < blocks; ++b) {
           rope.Apply(&keys[b * di + di - rd], positions[b]);
-          if (opt_.qdq) kernels::QdqFp4(&keys[b * di], 1, di, di, 32);
+          if (opt_.qdq) backend_->QdqFp4(&keys[b * di], 1, di, di, 32);
         }
         for (int64_t b = 0; b < blocks; ++b)
           std::memcpy(pool_row(pl.index_keys, b, di), &keys[b * di], di * sizeof(float));
@@ -135,12 +135,12 @@ void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<co
         float* row = &latents[b * hd];
         rope.Apply(row + hd - rd, positions[b]);
         if (index_keys) {
-          kernels::Hadamard(row, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
-          if (opt_.qdq) kernels::QdqFp4(row, 1, hd, hd, 32);
+          backend_->Hadamard(row, 1, hd, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
+          if (opt_.qdq) backend_->QdqFp4(row, 1, hd, hd, 32);
         } else if (opt_.qdq && c.compressed_kv_fp4()) {
           kernels::QdqFp4E4m3(row, 1, hd, hd, 16);
         } else if (opt_.qdq) {
-          kernels::QdqFp8(row, 1, hd - rd, hd, 64);
+          backend_->QdqFp8(row, 1, hd - rd, hd, 64);
         }
       }
       for (int64_t b = 0; b < blocks; ++b)

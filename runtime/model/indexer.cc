@@ -31,9 +31,8 @@ void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64
   for (int64_t t = 0; t < n; ++t) {
     float* qt = &q[t * Hi * di];
     rope.ApplyMany(qt + di - rd, Hi, di, pos[t]);
-    if (c.index_hadamard())
-      for (int64_t h = 0; h < Hi; ++h) kernels::Hadamard(qt + h * di, di, 1.0f / std::sqrt(static_cast<float>(di)));
-    if (opt_.qdq) kernels::QdqFp4(qt, Hi, di, di, 32);
+    if (c.index_hadamard()) backend_->Hadamard(qt, Hi, di, di, 1.0f / std::sqrt(static_cast<float>(di)));
+    if (opt_.qdq) backend_->QdqFp4(qt, Hi, di, di, 32);
   }
   Project(lw.index_weights_proj, x, n, c.hidden_size, w);
   const float wscale =
@@ -63,7 +62,7 @@ void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const Seq
   kernels::Scratch<int64_t> nvis(n);
   for (int64_t t = 0; t < n; ++t) nvis[t] = std::min(nkeys, (seq.start + t + 1) / ratio);
   kernels::Scratch<float> scores(n * nkeys, kernels::NoInit{});
-  kernels::IndexerScores(q, w, n, Hi, di, keys, nkeys, nvis.data(), scores.data());
+  backend_->IndexerScores(q, w, n, Hi, di, keys, nkeys, nvis.data(), scores.data());
 
   StepPicks& out = *seq.picks;
   if (c.is_candidate_source(layer)) {  // level 1: this layer's own picks stay unrestricted
@@ -78,11 +77,10 @@ void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const Seq
   }
   const int64_t k = std::min(c.index_topk, nkeys);
   out.k = k;
-  std::fill(out.picks, out.picks + n * k, -1);
+  backend_->TopK(scores.data(), n, nkeys, nkeys, nvis.data(), k, out.picks, k);
   for (int64_t t = 0; t < n; ++t) {
     const float* row = &scores[t * nkeys];
     int32_t* picks = &out.picks[t * k];
-    kernels::TopK(row, nvis[t], std::min(k, nvis[t]), picks);
     // A masked position (level 2) is never attended, even when fewer candidates than k remain.
     for (int64_t i = 0; i < std::min(k, nvis[t]); ++i)
       if (row[picks[i]] == -std::numeric_limits<float>::infinity()) picks[i] = -1;

@@ -53,8 +53,10 @@ void Rope::ApplyMany(float* x, int64_t count, int64_t stride, int64_t pos, bool 
     kernels::Rope(x + i * stride, static_cast<int64_t>(freqs_.size()), cos, sin, inverse);
 }
 
-Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel)
-    : w_(std::move(weights)), opt_(options), par_(parallel) {
+Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options, const ParallelContext* parallel,
+             std::shared_ptr<Backend> backend)
+    : w_(std::move(weights)), opt_(options), par_(parallel), backend_(std::move(backend)) {
+  if (backend_ == nullptr) backend_ = MakeCpuBackend();
   const ModelConfig& c = config();
   rope_window_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.rope_theta, 0, 1.0, c.beta_fast, c.beta_slow);
   rope_compressed_ = std::make_unique<Rope>(c.qk_rope_head_dim, c.compress_rope_theta,
@@ -71,10 +73,60 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     for (int64_t e = 0; e < E; ++e)
       if (w_->layers[l].expert_loaded[e]) routed_[l][e] = &w_->layers[l].experts[e];
   }
+  // The MoE's parameters on the backend (views of the mapped checkpoint on the CPU).
+  Backend& be = *backend_;
+  auto check = [](const absl::Status& st) { DSV4_CHECK(st.ok(), "placing the model on the backend: ", st.message()); };
+  moe_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& lw = w_->layers[l];
+    MoeLayer& ml = moe_[l];
+    absl::StatusOr<WeightMatrix> gate = be.PlaceWeight(lw.gate);
+    check(gate.status());
+    ml.gate = *gate;
+    if (!lw.gate_bias.empty()) {
+      absl::StatusOr<const float*> bias = be.PlaceVector(lw.gate_bias.data(), E);
+      check(bias.status());
+      ml.gate_bias = *bias;
+    }
+    if (!lw.tid2eid.empty()) {
+      absl::StatusOr<const int32_t*> table = be.PlaceInts(lw.tid2eid.data(), static_cast<int64_t>(lw.tid2eid.size()));
+      check(table.status());
+      ml.tid2eid = *table;
+    }
+    absl::StatusOr<std::unique_ptr<ExpertTable>> routed = PlaceRoutedExperts(routed_[l]);
+    check(routed.status());
+    ml.routed = *std::move(routed);
+    const ExpertViews shared{&lw.shared.w1, &lw.shared.w2, &lw.shared.w3};
+    absl::StatusOr<std::unique_ptr<ExpertTable>> shared_table = be.PlaceExperts({&shared, 1});
+    check(shared_table.status());
+    ml.shared = *std::move(shared_table);
+  }
+  absl::StatusOr<void*> counts = be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)));
+  check(counts.status());
+  load_counts_ = static_cast<int64_t*>(*counts);
+  be.Zero(load_counts_, L * E * static_cast<int64_t>(sizeof(int64_t)));
+  check(be.Synchronize());
   if (par_ != nullptr) {
     placement_ = std::make_shared<const ModelPlacement>(par_->placement);
     dispatcher_ = std::make_unique<MoeDispatcher>(par_->ep);
   }
+}
+
+absl::StatusOr<std::unique_ptr<ExpertTable>> Model::PlaceRoutedExperts(
+    const std::vector<const ExpertWeights*>& experts) const {
+  std::vector<ExpertViews> views(experts.size());
+  bool any = false;
+  for (size_t e = 0; e < experts.size(); ++e)
+    if (experts[e] != nullptr) views[e] = {&experts[e]->w1, &experts[e]->w2, &experts[e]->w3}, any = true;
+  if (!any) return nullptr;  // nothing is routed here
+  return backend_->PlaceExperts(views);
+}
+
+void Model::PublishExpertLoad() const {
+  const int64_t n = config().num_hidden_layers * config().n_routed_experts;
+  kernels::Scratch<int64_t> host(n, kernels::NoInit{});
+  backend_->CopyToHost(host.data(), load_counts_, n * static_cast<int64_t>(sizeof(int64_t)));
+  for (int64_t i = 0; i < n; ++i) expert_load_[i].store(host[i], std::memory_order_relaxed);
 }
 
 std::vector<int64_t> Model::ExpertLoad() const {
@@ -123,18 +175,30 @@ absl::Status Model::SwitchPlacement(const ModelPlacement& next) {
       }
       gains.push_back(std::move(g));
     }
+  // The expert tables of the layers whose experts change, placed on the backend.
+  std::vector<std::vector<const ExpertWeights*>> next_routed = routed_;
+  std::vector<bool> changed(L, false);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e)
+      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) next_routed[l][e] = nullptr, changed[l] = true;
+  for (const Gain& g : gains) {
+    next_routed[g.layer][g.expert] = g.weights ? g.weights.get() : &w_->layers[g.layer].experts[g.expert];
+    changed[g.layer] = true;
+  }
+  std::vector<std::unique_ptr<ExpertTable>> tables(L);
+  for (int64_t l = 0; l < L; ++l)
+    if (changed[l]) {
+      DSV4_ASSIGN_OR_RETURN(tables[l], PlaceRoutedExperts(next_routed[l]), "layer ", l, "'s experts");
+    }
   // Then the switch, which cannot fail.
   for (int64_t l = 0; l < L; ++l)
     for (int64_t e = 0; e < E; ++e)
-      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) routed_[l][e] = nullptr, extra_[l][e].reset();
-  for (Gain& g : gains) {
-    if (g.weights) {
-      extra_[g.layer][g.expert] = std::move(g.weights);
-      routed_[g.layer][g.expert] = extra_[g.layer][g.expert].get();
-    } else {
-      routed_[g.layer][g.expert] = &w_->layers[g.layer].experts[g.expert];
-    }
-  }
+      if (routed_[l][e] != nullptr && !next.layer(l).Holds(me, e)) extra_[l][e].reset();
+  for (Gain& g : gains)
+    if (g.weights) extra_[g.layer][g.expert] = std::move(g.weights);
+  routed_ = std::move(next_routed);
+  for (int64_t l = 0; l < L; ++l)
+    if (changed[l]) moe_[l].routed = std::move(tables[l]);
   absl::MutexLock l(&placement_mu_);
   placement_ = std::make_shared<const ModelPlacement>(next);
   return absl::OkStatus();
@@ -254,24 +318,26 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
 }
 
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
+  Backend& be = *backend_;
   if (opt_.qdq && IsQuantized(w)) {
     // The reference rounds the input of every FP8/FP4 linear to FP8 in groups of act_quant_group.
-    kernels::Scratch<float> xq(n * w.cols(), kernels::NoInit{});
-    for (int64_t t = 0; t < n; ++t) std::memcpy(&xq[t * w.cols()], x + t * ldx, w.cols() * sizeof(float));
-    kernels::QdqFp8(xq.data(), n, w.cols(), w.cols(), static_cast<int>(config().act_quant_group()));
-    kernels::Linear(xq.data(), n, w.cols(), w, y, w.rows());
+    const int64_t cols = w.cols(), row_bytes = cols * static_cast<int64_t>(sizeof(float));
+    kernels::Scratch<float> xq(n * cols, kernels::NoInit{});
+    if (ldx == cols) {
+      be.CopyOnDevice(xq.data(), x, n * row_bytes);
+    } else {
+      for (int64_t t = 0; t < n; ++t) be.CopyOnDevice(&xq[t * cols], x + t * ldx, row_bytes);
+    }
+    be.QdqFp8(xq.data(), n, cols, cols, static_cast<int>(config().act_quant_group()));
+    be.Linear(xq.data(), n, cols, w, y, w.rows());
   } else {
-    kernels::Linear(x, n, ldx, w, y, w.rows());
+    be.Linear(x, n, ldx, w, y, w.rows());
   }
 }
 
 void Model::Embed(std::span<const int32_t> tokens, float* x) const {
   const int64_t D = config().hidden_size, hc = config().hc_mult;
-  for (size_t t = 0; t < tokens.size(); ++t) {
-    float* row = x + t * hc * D;
-    kernels::DequantRow(w_->embed, tokens[t], row);
-    for (int64_t i = 1; i < hc; ++i) std::memcpy(row + i * D, row, D * sizeof(float));
-  }
+  backend_->EmbedRows(w_->embed, tokens.data(), static_cast<int64_t>(tokens.size()), static_cast<int>(hc), x, hc * D);
 }
 
 absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
@@ -284,21 +350,22 @@ absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t>
   kernels::Scratch<float> u(n * D, kernels::NoInit{}), y(n * D, kernels::NoInit{}), post(n * hc, kernels::NoInit{}),
       comb(n * hc * hc, kernels::NoInit{}), attn_pre(n * hc, kernels::NoInit{}), ffn_pre(n * hc, kernels::NoInit{});
 
+  Backend& be = *backend_;
   // Each sub-layer computes its mixes from its input streams; V4 collapses with its own pre
   // weights, V4.1 with those computed one sub-layer earlier (attention: the previous block's FFN).
-  HcMixes(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, attn_pre.data(), post.data(), comb.data());
-  HcCollapse(x, lagged ? pre_mix : attn_pre.data(), n, u.data());
-  kernels::RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, lagged ? pre_mix : nullptr, u.data(), post.data(),
+             comb.data(), lagged ? attn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
   if (taps && taps->attn_out) (*taps->attn_out)[layer].assign(y.begin(), y.end());
-  HcPost(y.data(), post.data(), comb.data(), n, x);
+  be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
 
-  HcMixes(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, ffn_pre.data(), post.data(), comb.data());
-  HcCollapse(x, lagged ? attn_pre.data() : ffn_pre.data(), n, u.data());
-  kernels::RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, lagged ? attn_pre.data() : nullptr, u.data(),
+             post.data(), comb.data(), lagged ? ffn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
   if (taps && taps->ffn_out) (*taps->ffn_out)[layer].assign(y.begin(), y.end());
-  HcPost(y.data(), post.data(), comb.data(), n, x);
+  be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
   if (lagged) {
     std::copy(ffn_pre.begin(), ffn_pre.end(), pre_mix);
     if (taps && taps->pre_mix) (*taps->pre_mix)[layer].assign(ffn_pre.begin(), ffn_pre.end());
@@ -311,34 +378,28 @@ absl::Status Model::HeadBatch(const float* const* x_last, const float* const* pr
                               float* logits) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
-  kernels::Scratch<float> u(count * D);
+  Backend& be = *backend_;
+  kernels::Scratch<float> u(count * D, kernels::NoInit{});
   for (int64_t b = 0; b < count; ++b) {
-    const float* xl = x_last[b];
-    float* ub = u.data() + b * D;
     if (c.hc_lagged()) {  // V4.1: the last block's FFN mix
-      HcCollapse(xl, pre_last[b], 1, ub);
-      continue;
-    }
-    // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn).
-    const float rs = 1.0f / std::sqrt(kernels::Dot(xl, xl, hc * D) / (hc * D) + static_cast<float>(c.rms_norm_eps));
-    for (int64_t i = 0; i < hc; ++i) {
-      const float m = kernels::Dot(xl, &w_->hc_head_fn[i * hc * D], hc * D) * rs;
-      const float pre = 1.0f / (1.0f + std::exp(-(m * w_->hc_head_scale[0] + w_->hc_head_base[i]))) +
-                        static_cast<float>(c.hc_eps);
-      for (int64_t d = 0; d < D; ++d) ub[d] += pre * xl[i * D + d];
+      HcCollapse(x_last[b], pre_last[b], 1, u.data() + b * D);
+    } else {  // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn)
+      be.HcHead(x_last[b], 1, static_cast<int>(hc), D, hc * D, w_->hc_head_fn.data(), w_->hc_head_scale.data(),
+                w_->hc_head_base.data(), static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps),
+                u.data() + b * D, D);
     }
   }
   // The final norm and the vocab head.
-  kernels::RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
+  be.RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
   const WeightMatrix& head = w_->head;
   if (!w_->vocab_parallel_head) {
-    kernels::Linear(u.data(), count, D, head, logits, V);
+    be.Linear(u.data(), count, D, head, logits, V);
     return absl::OkStatus();
   }
   // Vocab-parallel head: each TP rank computes its rows [count, part], then gather and interleave.
   const int64_t part = head.rows(), tp = par_->tp->size();
   std::vector<float> mine(count * part), all(tp * count * part);
-  kernels::Linear(u.data(), count, D, head, mine.data(), part);
+  be.Linear(u.data(), count, D, head, mine.data(), part);
   std::vector<int64_t> counts(tp, count * part);
   DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(mine.data(), counts.data(), all.data()));
   for (int64_t r = 0; r < tp; ++r)
@@ -474,6 +535,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
       ++row;
     }
   }
+  PublishExpertLoad();
   return absl::OkStatus();
 }
 

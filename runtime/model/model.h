@@ -1,8 +1,13 @@
-// The DeepSeek-V4 / V4.1 forward pass on CPU. Reads top to bottom like MODEL.md section 2:
+// The DeepSeek-V4 / V4.1 forward pass. Reads top to bottom like MODEL.md section 2:
 // embedding into hc_mult residual streams; per layer (Engram first where configured) mHC collapse
 // -> norm -> attention -> mHC expand, then mHC collapse -> norm -> MoE -> mHC expand; the final
 // collapse, norm and vocab head. What V4.1 changes comes from ModelConfig's predicates (shared
 // compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
+//
+// The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
+// attention, the indexer's scores and picks, the MoE. Still on kernels/cpu directly: the rotary
+// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram; and the
+// step's buffers are host memory, so only the CPU backend runs a model today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
@@ -20,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "parallel/layout.h"
 #include "parallel/moe_dispatch.h"
+#include "runtime/backend/backend.h"
 #include "runtime/engram/row_source.h"
 #include "runtime/model/cache.h"
 #include "runtime/weights.h"
@@ -87,13 +93,15 @@ struct SeqSlice {
 class Model {
  public:
   // `parallel` (may be null: a world of one) must outlive the model; the weights must be loaded
-  // with the same TP slice and expert ownership.
+  // with the same TP slice and expert ownership. The model runs its operations on `backend` (null:
+  // a CPU backend of its own), which it shares with nothing else that runs while a Forward does.
   explicit Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options = {},
-                 const ParallelContext* parallel = nullptr);
+                 const ParallelContext* parallel = nullptr, std::shared_ptr<Backend> backend = nullptr);
 
   const ModelConfig& config() const { return w_->config; }
   const ModelWeights& weights() const { return *w_; }
   const ForwardOptions& options() const { return opt_; }
+  Backend& backend() const { return *backend_; }
   // The job's layout and communicators (null: a world of one).
   const ParallelContext* parallel() const { return par_; }
 
@@ -221,32 +229,31 @@ class Model {
   // Router: top-k logical experts and their weights for each of n tokens.
   void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
              float* weights) const;
-  // Routed experts over n rows on this rank (rows[i]: row i's D floats, wherever it lives) into out
-  // [n, D] (added), or dispatched over the EP group. With `shared_out`, the shared expert over the
-  // contiguous `shared_x` [n, D] runs in the same grouped products.
-  void RoutedLocal(int64_t layer, const float* const* rows, int64_t n, const int32_t* experts, const float* weights,
-                   float* out, const float* shared_x = nullptr, float* shared_out = nullptr) const;
+  // The routed experts on this rank over rows x [m, D] into out [m, D] (overwritten): each row's
+  // experts' outputs summed in expert order (as the reference), then, with `shared`, the shared
+  // expert's. experts / weights [m, K] (-1: an expert served elsewhere) are sorted in place;
+  // max_rows (host) bounds the pairs routed here.
+  void RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* experts, float* weights, int64_t max_rows,
+                   bool shared, float* out) const;
   absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
                                     const float* weights, float* out) const;
-  void Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const;
-  // Several experts, each over its own rows, as three grouped products (w1 and w3 together, then
-  // w2): out[m, D] = expert(x[m, D]) (times the routing weight of each row when weights is set).
-  struct ExpertRun {
-    const ExpertWeights* e;
-    const float* x;
-    int64_t m;
-    const float* weights;
-    float* out;
-  };
-  void ExpertGroup(const ExpertRun* runs, int64_t count) const;
-  // mHC (mhc.cc): the mixes of a sub-layer from the streams x [n, hc, D]: collapse weights
-  // pre [n, hc], expansion weights post [n, hc] and the Sinkhorn mixing comb [n, hc, hc].
-  void HcMixes(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-               const float* x, int64_t n, float* pre, float* post, float* comb) const;
-  // collapsed [n, D] = sum_i pre[t, i] x[t, i].
+  // out [m, D] += the shared expert over x [m, D].
+  void AddSharedExpert(int64_t layer, const float* x, int64_t m, float* out) const;
+  ExpertFfnOptions FfnOptions() const;
+  // The layers' routed-expert tables on the backend, from routed_ (SwitchPlacement rebuilds them).
+  absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceRoutedExperts(
+      const std::vector<const ExpertWeights*>& experts) const;
+  // Publishes the backend's expert-load counters to expert_load_ (end of a step).
+  void PublishExpertLoad() const;
+  // mHC (mhc.cc): the mixes of a sub-layer from the streams x [n, hc, D]: expansion weights post
+  // [n, hc], the Sinkhorn mixing comb [n, hc, hc], the collapse weights pre [n, hc] (may be null),
+  // and the sub-layer's input collapsed [n, D]: with its own pre weights (V4), or with lagged_pre
+  // [n, hc], those of an earlier sub-layer (V4.1's lagged collapse).
+  void HcPreLayer(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
+                  const float* x, int64_t n, const float* lagged_pre, float* collapsed, float* post, float* comb,
+                  float* pre) const;
+  // collapsed [n, D] = sum_i pre[t, i] x[t, i], summed in stream order.
   void HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const;
-  // x[t, j] = post[t, j] y[t] + sum_i comb[t, i, j] x[t, i].
-  void HcPost(const float* y, const float* post, const float* comb, int64_t n, float* x) const;
   // Engram (engram.cc): hash the step's tokens for every Engram layer and start the row gathers;
   // then, before each Engram layer's block, wait for its rows and gate them into x [n, hc, D].
   void InitEngram();
@@ -262,7 +269,21 @@ class Model {
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
   int64_t block_tokens_ = 0;
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
-  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;  // [layers * n_routed_experts]
+  std::shared_ptr<Backend> backend_;
+  // One layer's MoE parameters as the backend holds them: router weights, and the routed experts
+  // this rank serves (null when it serves none of the layer's) and the shared expert as tables.
+  struct MoeLayer {
+    WeightMatrix gate;
+    const float* gate_bias = nullptr;
+    const int32_t* tid2eid = nullptr;
+    std::unique_ptr<ExpertTable> routed, shared;
+  };
+  std::vector<MoeLayer> moe_;
+  // Rows each routed expert of each layer has processed, in backend memory [layers *
+  // n_routed_experts] (GroupByExpert adds to it), and their host copy as of the last step's end,
+  // which ExpertLoad reads from any thread.
+  int64_t* load_counts_ = nullptr;
+  std::unique_ptr<std::atomic<int64_t>[]> expert_load_;
   // The routed experts this rank serves: [layer][expert] -> views (null: held elsewhere), pointing
   // into w_ (loaded at start) or into extra_ (loaded by a placement switch). Engine thread only.
   std::vector<std::vector<const ExpertWeights*>> routed_;

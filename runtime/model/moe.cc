@@ -3,8 +3,10 @@
 // (V4); weights renormalized and scaled; clamped SwiGLU experts with the routing weight applied
 // before w2; one shared expert.
 //
-// Tokens are grouped by expert, so each expert's weights are read once per step however many
-// tokens it serves. Under expert parallelism the TP ranks of a group split its tokens, dispatch
+// Everything runs on the model's backend: the router, the grouping of (token, slot) pairs by
+// expert, the expert FFNs (the routed experts this rank holds and the shared expert, as tables the
+// backend placed) and the ordered combine. Tokens are grouped by expert, so each expert's weights
+// are read once per step however many tokens it serves. Under expert parallelism the TP ranks of a group split its tokens, dispatch
 // them over the EP group (parallel/moe_dispatch.h) and gather the results back.
 #include <algorithm>
 #include <cmath>
@@ -18,115 +20,89 @@
 #include "runtime/model/model.h"
 
 namespace dsv4 {
-void Model::Expert(const ExpertWeights& e, const float* x, int64_t n, const float* weights, float* out) const {
-  const ExpertRun run{&e, x, n, weights, out};
-  ExpertGroup(&run, 1);
-}
 
-void Model::ExpertGroup(const ExpertRun* runs, int64_t count) const {
-  using kernels::NoInit;
-  const ModelConfig& c = config();
-  const int64_t D = c.hidden_size, I = c.moe_intermediate_size;
-  const float limit = static_cast<float>(c.swiglu_limit);
-  const int block = static_cast<int>(c.act_quant_group());
-  int64_t total = 0;
-  for (int64_t r = 0; r < count; ++r) total += runs[r].m;
-  if (total == 0) return;
-  // Inputs, rounded to FP8 as the reference does for quantized weights (once for w1 and w3).
-  kernels::Scratch<float> xq(total * D, NoInit{}), g(total * I, NoInit{}), u(total * I, NoInit{});
-  kernels::Scratch<kernels::LinearJob> jobs(2 * count);
-  int64_t at = 0;
-  for (int64_t r = 0; r < count; ++r) {
-    const ExpertRun& run = runs[r];
-    std::memcpy(&xq[at * D], run.x, run.m * D * sizeof(float));
-    if (opt_.qdq && IsQuantized(run.e->w1)) kernels::QdqFp8(&xq[at * D], run.m, D, D, block);
-    jobs[2 * r] = {&xq[at * D], run.m, D, &run.e->w1, &g[at * I], I};
-    jobs[2 * r + 1] = {&xq[at * D], run.m, D, &run.e->w3, &u[at * I], I};
-    at += run.m;
-  }
-  kernels::LinearGroup(jobs.data(), 2 * count);
-  // Clamped SwiGLU, times the routing weight, into g; then w2.
-  at = 0;
-  for (int64_t r = 0; r < count; ++r) {
-    const ExpertRun& run = runs[r];
-    for (int64_t t = 0; t < run.m; ++t) {
-      float* gt = &g[(at + t) * I];
-      const float* ut = &u[(at + t) * I];
-      for (int64_t i = 0; i < I; ++i) {
-        float gv = gt[i], uv = ut[i];
-        if (limit > 0) {
-          uv = std::clamp(uv, -limit, limit);
-          gv = std::min(gv, limit);  // the gate has no lower clamp
-        }
-        float h = gv / (1.0f + std::exp(-gv)) * uv;
-        if (run.weights) h *= run.weights[t];
-        gt[i] = h;
-      }
-    }
-    if (opt_.qdq && IsQuantized(run.e->w2)) kernels::QdqFp8(&g[at * I], run.m, I, I, block);
-    jobs[r] = {&g[at * I], run.m, I, &run.e->w2, run.out, D};
-    at += run.m;
-  }
-  kernels::LinearGroup(jobs.data(), count);
+ExpertFfnOptions Model::FfnOptions() const {
+  ExpertFfnOptions o;
+  o.swiglu_limit = static_cast<float>(config().swiglu_limit);
+  o.qdq = opt_.qdq;
+  o.qdq_group = static_cast<int>(config().act_quant_group());
+  return o;
 }
 
 void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
                   float* weights) const {
   const ModelConfig& c = config();
-  const LayerWeights& lw = w_->layers[layer];
+  const MoeLayer& ml = moe_[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  Backend& be = *backend_;
   kernels::Scratch<float> scores(n * E, kernels::NoInit{});
-  kernels::Linear(x, n, D, lw.gate, scores.data(), E);
+  be.Linear(x, n, D, ml.gate, scores.data(), E);
   const kernels::RouterScore score = c.scoring_func == ScoreFunc::kSqrtSoftplus ? kernels::RouterScore::kSqrtSoftplus
                                      : c.scoring_func == ScoreFunc::kSigmoid    ? kernels::RouterScore::kSigmoid
                                                                                 : kernels::RouterScore::kSoftmax;
-  kernels::Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score,
-                 lw.gate_bias.empty() ? nullptr : lw.gate_bias.data(), lw.tid2eid.empty() ? nullptr : lw.tid2eid.data(),
-                 tokens.data(), c.route_normalizes(), static_cast<float>(c.route_norm_eps()),
-                 static_cast<float>(c.routed_scaling_factor), experts, weights);
+  be.Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score, ml.gate_bias, ml.tid2eid, tokens.data(),
+           c.route_normalizes(), static_cast<float>(c.route_norm_eps()), static_cast<float>(c.routed_scaling_factor),
+           experts, weights);
 }
 
-void Model::RoutedLocal(int64_t layer, const float* const* rows, int64_t n, const int32_t* experts,
-                        const float* weights, float* out, const float* shared_x, float* shared_out) const {
+void Model::RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* experts, float* weights, int64_t max_rows,
+                        bool shared, float* out) const {
   using kernels::NoInit;
   using kernels::Scratch;
   const ModelConfig& c = config();
-  const LayerWeights& lw = w_->layers[layer];
-  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  // Slots (t * K + j) grouped by expert, in expert order (a counting sort).
-  Scratch<int64_t> first(E + 1), slots(n * K, NoInit{});
-  for (int64_t s = 0; s < n * K; ++s)
-    if (experts[s] >= 0) ++first[experts[s] + 1];
-  for (int64_t e = 0; e < E; ++e) first[e + 1] += first[e];
-  const int64_t total = first[E];
-  {
-    Scratch<int64_t> fill(E, NoInit{});
-    std::copy(first.begin(), first.begin() + E, fill.begin());
-    for (int64_t s = 0; s < n * K; ++s)
-      if (experts[s] >= 0) slots[fill[experts[s]]++] = s;
+  const MoeLayer& ml = moe_[layer];
+  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, pairs = m * K;
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+  DSV4_CHECK(max_rows == 0 || ml.routed != nullptr, "layer ", layer,
+             "'s tokens are routed to a rank that holds none of its experts");
+  Backend& be = *backend_;
+  // Each token's slots in expert order, so that its rows below (grouped by expert) come in the
+  // order the reference sums them; then the pairs grouped by expert (a counting sort).
+  be.SortSlotsByExpert(experts, weights, m, K);
+  Scratch<int32_t> offsets(E + 1, NoInit{}), position(pairs, NoInit{});
+  Scratch<int64_t> order(pairs, NoInit{}), order_tokens(pairs, NoInit{});
+  be.GroupByExpert(experts, pairs, K, E, offsets.data(), order.data(), order_tokens.data(), position.data(),
+                   load_counts_ + layer * E);
+  // Each routed expert once over all its rows, and the shared expert over all rows, in one pass.
+  Scratch<float> xs(max_rows * D, NoInit{}), ws(max_rows, NoInit{}), ys(max_rows * D, NoInit{});
+  Scratch<float> xsh(shared ? m * D : 0, NoInit{}), ysh(shared ? m * D : 0, NoInit{});
+  Scratch<int32_t> shared_offsets(2, NoInit{});
+  be.GatherRows(x, row_bytes, order_tokens.data(), max_rows, row_bytes, xs.data(), row_bytes);
+  be.GatherRows(weights, sizeof(float), order.data(), max_rows, sizeof(float), ws.data(), sizeof(float));
+  ExpertFfnJob jobs[2];
+  int num_jobs = 0;
+  if (max_rows > 0)
+    jobs[num_jobs++] = {ml.routed.get(), xs.data(), D, offsets.data(), max_rows, ws.data(), ys.data(), D};
+  if (shared && m > 0) {
+    be.CopyOnDevice(xsh.data(), x, m * row_bytes);  // the expert may round its input in place
+    shared_offsets[0] = 0, shared_offsets[1] = static_cast<int32_t>(m);
+    jobs[num_jobs++] = {ml.shared.get(), xsh.data(), D, shared_offsets.data(), m, nullptr, ysh.data(), D};
   }
-  // Each routed expert once over all its rows, and the shared expert, in one grouped pass.
-  Scratch<float> xs(total * D, NoInit{}), ws(total, NoInit{}), ys(total * D, NoInit{});
-  Scratch<ExpertRun> runs(E + 1);
-  int64_t num_runs = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = first[e], m = first[e + 1] - b;
-    if (m == 0) continue;
-    const ExpertWeights* ew = routed_[layer][e];
-    DSV4_CHECK(ew != nullptr, "expert ", e, " of layer ", layer, " routed to a rank that does not hold it");
-    expert_load_[layer * E + e].fetch_add(m, std::memory_order_relaxed);
-    for (int64_t i = 0; i < m; ++i) {
-      std::memcpy(&xs[(b + i) * D], rows[slots[b + i] / K], D * sizeof(float));
-      ws[b + i] = weights[slots[b + i]];
-    }
-    runs[num_runs++] = {ew, &xs[b * D], m, &ws[b], &ys[b * D]};
+  be.ExpertFfnGroup(jobs, num_jobs, FfnOptions());
+  // Each token's rows (its slots' positions, in expert order), then the shared expert's row.
+  Scratch<int32_t> slot_offsets(m + 1, NoInit{});
+  for (int64_t t = 0; t <= m; ++t) slot_offsets[t] = static_cast<int32_t>(t * K);
+  be.CombineRows(ys.data(), D, slot_offsets.data(), position.data(), nullptr, m, D, false, out, D);
+  if (shared) {
+    Scratch<int32_t> rows(m + 1, NoInit{});
+    for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
+    be.CombineRows(ysh.data(), D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
   }
-  if (shared_out != nullptr && n > 0) runs[num_runs++] = {&lw.shared, shared_x, n, nullptr, shared_out};
-  ExpertGroup(runs.data(), num_runs);
-  // Sum into the tokens' rows, expert by expert.
-  for (int64_t i = 0; i < total; ++i) {
-    kernels::AddTo(out + (slots[i] / K) * D, &ys[i * D], D);
-  }
+}
+
+void Model::AddSharedExpert(int64_t layer, const float* x, int64_t m, float* out) const {
+  using kernels::NoInit;
+  using kernels::Scratch;
+  if (m == 0) return;
+  const int64_t D = config().hidden_size, row_bytes = D * static_cast<int64_t>(sizeof(float));
+  Backend& be = *backend_;
+  Scratch<float> xsh(m * D, NoInit{}), ysh(m * D, NoInit{});
+  Scratch<int32_t> offsets(2, NoInit{}), rows(m + 1, NoInit{});
+  be.CopyOnDevice(xsh.data(), x, m * row_bytes);  // the expert may round its input in place
+  offsets[0] = 0, offsets[1] = static_cast<int32_t>(m);
+  be.ExpertFfn(*moe_[layer].shared, xsh.data(), D, offsets.data(), m, nullptr, FfnOptions(), ysh.data(), D);
+  for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
+  be.CombineRows(ysh.data(), D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
 }
 
 absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
@@ -138,18 +114,20 @@ absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t 
   const std::shared_ptr<const ModelPlacement> placement = this->placement();
   MoeDispatcher& dispatcher = *dispatcher_;
   DSV4_RETURN_IF_ERROR(dispatcher.Dispatch(placement->layer(layer), x, n, D, experts, weights, K));
-  // The tokens this rank serves (its own in place, the others' as received) run as one batch.
+  // The tokens this rank serves (its own, the others' as received: host memory) run as one batch.
   const int64_t m = dispatcher.num_received();
-  kernels::Scratch<const float*> rows(m, kernels::NoInit{});
+  kernels::Scratch<float> xr(m * D, kernels::NoInit{}), yr(m * D, kernels::NoInit{});
   kernels::Scratch<int32_t> er(m * K, kernels::NoInit{});
-  kernels::Scratch<float> wr(m * K, kernels::NoInit{}), yr(m * D);
+  kernels::Scratch<float> wr(m * K, kernels::NoInit{});
+  int64_t held = 0;
   for (int64_t i = 0; i < m; ++i) {
-    rows[i] = dispatcher.recv_hidden(i);
+    std::memcpy(&xr[i * D], dispatcher.recv_hidden(i), D * sizeof(float));
     const int32_t* meta = dispatcher.recv_meta(i);
     std::memcpy(&er[i * K], meta, K * sizeof(int32_t));
     std::memcpy(&wr[i * K], meta + K, K * sizeof(float));
+    for (int j = 0; j < K; ++j) held += meta[j] >= 0;
   }
-  RoutedLocal(layer, rows.data(), m, er.data(), wr.data(), yr.data());
+  RoutedLocal(layer, xr.data(), m, er.data(), wr.data(), held, /*shared=*/false, yr.data());
   return dispatcher.Combine(yr.data(), out);
 }
 
@@ -161,19 +139,16 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   const int tp = distributed() ? par_->layout.tp : 1, tp_rank = distributed() ? par_->layout.tp_rank : 0;
   const int64_t t0 = n * tp_rank / tp, t1 = n * (tp_rank + 1) / tp, mine = t1 - t0;
   float* part = out + t0 * D;
-  std::fill(part, part + mine * D, 0.f);
   kernels::Scratch<int32_t> experts(mine * K, kernels::NoInit{});
-  kernels::Scratch<float> weights(mine * K, kernels::NoInit{}), shared(mine * D, kernels::NoInit{});
+  kernels::Scratch<float> weights(mine * K, kernels::NoInit{});
   Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
+    backend_->Zero(part, mine * D * static_cast<int64_t>(sizeof(float)));
     DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), part));
-    Expert(w_->layers[layer].shared, x + t0 * D, mine, nullptr, shared.data());
+    AddSharedExpert(layer, x + t0 * D, mine, part);
   } else {
-    kernels::Scratch<const float*> rows(mine, kernels::NoInit{});
-    for (int64_t i = 0; i < mine; ++i) rows[i] = x + (t0 + i) * D;
-    RoutedLocal(layer, rows.data(), mine, experts.data(), weights.data(), part, x + t0 * D, shared.data());
+    RoutedLocal(layer, x + t0 * D, mine, experts.data(), weights.data(), mine * K, /*shared=*/true, part);
   }
-  for (int64_t i = 0; i < mine * D; ++i) part[i] += shared[i];
   if (tp == 1) return absl::OkStatus();
   std::vector<int64_t> counts(tp);
   for (int r = 0; r < tp; ++r) counts[r] = (n * (r + 1) / tp - n * r / tp) * D;

@@ -199,7 +199,7 @@ TEST_F(CudaKernels, HcPreAndPost) {
                           want_u.data(), want_post.data(), want_comb.data());
       DevVec<float> dx(x), dfn(fn), dbase(base), dscale(scale3), du(m * D), dpost(m * hc), dcomb(m * hc * hc), dy(y);
       ASSERT_EQ(HcPre(dx.get(), m, hc, D, ldx, dfn.get(), dscale.get(), dbase.get(), 20, 1e-6f, 1e-6f, du.get(),
-                      dpost.get(), dcomb.get(), stream_),
+                      dpost.get(), dcomb.get(), nullptr, stream_),
                 cudaSuccess);
       const std::vector<float> got_u = du.Host(), got_post = dpost.Host(), got_comb = dcomb.Host();
       const std::string tag = "hc " + std::to_string(hc) + " D " + std::to_string(D);
@@ -720,6 +720,23 @@ TEST_F(CudaKernels, GatherRowsFromPinnedHost) {
     }
 }
 
+TEST_F(CudaKernels, SortSlotsByExpertAsTheCpu) {
+  const int64_t m = 300, K = 8;  // more tokens than a block's threads
+  std::vector<int32_t> experts(m * K);
+  std::vector<float> weights(m * K);
+  for (int64_t p = 0; p < m * K; ++p) {
+    experts[p] = static_cast<int32_t>((p * 37 + p / 3) % 17) - 1;  // -1s and repeats
+    weights[p] = static_cast<float>(p);
+  }
+  DevVec<int32_t> de(experts);
+  DevVec<float> dw(weights);
+  ASSERT_EQ(SortSlotsByExpert(de.get(), dw.get(), m, K, stream_), cudaSuccess);
+  kernels::SortSlotsByExpert(experts.data(), weights.data(), m, K);
+  EXPECT_EQ(de.Host(), experts);
+  EXPECT_EQ(dw.Host(), weights);
+  EXPECT_EQ(SortSlotsByExpert(de.get(), dw.get(), m, 33, stream_), cudaErrorInvalidValue);
+}
+
 TEST_F(CudaKernels, CombineRowsInOrder) {
   const int64_t rows = 6, D = 300, src_rows = 20;
   const std::vector<float> src = Random(src_rows * D), w = Random(13), init = Random(rows * D);
@@ -837,8 +854,8 @@ TEST_F(GoldenCuda, Sinkhorn) {
     std::vector<float> fn(mix * hc, 0.f);
     for (int k = 0; k < mix; ++k) fn[k * hc] = mixes[t * mix + k];
     DevVec<float> dx(x), dfn(fn), dscale(scale), dbase(base), du(1), dpost(hc), dcomb(hc * hc);
-    ASSERT_EQ(HcPre(dx.get(), 1, hc, 1, hc, dfn.get(), dscale.get(), dbase.get(), 20, 0.f, 1e-6f, du.get(),
-                    dpost.get(), dcomb.get(), stream_),
+    ASSERT_EQ(HcPre(dx.get(), 1, hc, 1, hc, dfn.get(), dscale.get(), dbase.get(), 20, 0.f, 1e-6f, du.get(), dpost.get(),
+                    dcomb.get(), nullptr, stream_),
               cudaSuccess);
     const std::vector<float> got_post = dpost.Host(), got_comb = dcomb.Host(), got_u = du.Host();
     EXPECT_TRUE(AllClose("post", got_post.data(), &post[t * hc], hc, {.abs = 1e-5}));

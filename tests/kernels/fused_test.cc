@@ -59,16 +59,30 @@ TEST(Fused, HcPreMatchesDoubleLoopAndHcPostThePlainLoop) {
       const int64_t m = 5, mix = int64_t{hc} * (hc + 2), width = hc * D, ldx = width + 4;
       const std::vector<float> x = Random(m * ldx), fn = Random(mix * width, 0.05f, 3), base = Random(mix, 1.f, 4),
                                scale3 = {0.5f, 0.8f, 1.1f}, y = Random(m * D, 1.f, 5);
-      std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc), want_u(m * D), want_post(m * hc),
+      std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc), pre(m * hc), want_u(m * D), want_post(m * hc),
           want_comb(m * hc * hc);
       HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, u.data(), post.data(),
-            comb.data());
+            comb.data(), pre.data());
       ref::HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, want_u.data(),
                  want_post.data(), want_comb.data());
       const std::string tag = "hc " + std::to_string(hc) + " D " + std::to_string(D);
       EXPECT_TRUE(AllClose("collapse " + tag, u.data(), want_u.data(), u.size(), {.abs = 1e-4, .rel = 1e-4}));
       EXPECT_TRUE(AllClose("post " + tag, post.data(), want_post.data(), post.size(), {.abs = 1e-5}));
       EXPECT_TRUE(AllClose("comb " + tag, comb.data(), want_comb.data(), comb.size(), {.abs = 1e-5}));
+      // The pre weights it hands out are the ones it collapsed with (a plain loop, bit for bit), and
+      // without a collapse the mixes are the same.
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t d = 0; d < D; ++d) {
+          float c = 0.f;
+          for (int i = 0; i < hc; ++i) c += pre[t * hc + i] * x[t * ldx + i * D + d];
+          ASSERT_TRUE(SameBits(u[t * D + d], c)) << tag << " at " << t << ", " << d;
+        }
+      std::vector<float> post2(m * hc), comb2(m * hc * hc), pre2(m * hc);
+      HcPre(x.data(), m, hc, D, ldx, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, nullptr, post2.data(),
+            comb2.data(), pre2.data());
+      EXPECT_EQ(post2, post) << tag;
+      EXPECT_EQ(comb2, comb) << tag;
+      EXPECT_EQ(pre2, pre) << tag;
 
       // Post: X'_j = post_j y + sum_i comb[i][j] X_i, in that order, as a plain loop.
       std::vector<float> got_x = x, want_x = x;
@@ -243,6 +257,33 @@ TEST(Moe, RouteMatchesAPlainRestatement) {
         }
       }
     }
+}
+
+// Each token's slots against std::stable_sort of its (expert, weight) pairs: repeated experts (hash
+// layers' tables may repeat one) keep their slot order, -1s come first.
+TEST(Moe, SortSlotsByExpertIsStablePerToken) {
+  const int64_t K = 5, m = 6;
+  std::vector<int32_t> experts(m * K);
+  std::vector<float> weights(m * K);
+  for (int64_t p = 0; p < m * K; ++p) {
+    experts[p] = static_cast<int32_t>((p * 7 + p / K) % 9) - 1;
+    weights[p] = 0.5f + static_cast<float>(p);
+  }
+  experts[2 * K + 1] = experts[2 * K + 3] = 4;  // a repeated expert
+  std::vector<int32_t> want_e = experts;
+  std::vector<float> want_w = weights;
+  for (int64_t t = 0; t < m; ++t) {
+    std::vector<std::pair<int32_t, float>> slots;
+    for (int64_t j = 0; j < K; ++j) slots.push_back({experts[t * K + j], weights[t * K + j]});
+    std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (int64_t j = 0; j < K; ++j) want_e[t * K + j] = slots[j].first, want_w[t * K + j] = slots[j].second;
+  }
+  std::vector<int32_t> e = experts;
+  SortSlotsByExpert(e.data(), weights.data(), m, K);
+  EXPECT_EQ(e, want_e);
+  EXPECT_EQ(weights, want_w);
+  SortSlotsByExpert(experts.data(), nullptr, m, K);  // without weights
+  EXPECT_EQ(experts, want_e);
 }
 
 // Grouping against a direct construction: every kept pair once, in expert order then pair order.

@@ -126,11 +126,15 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
                            scale3 = {0.5f, 0.8f, 1.1f};
   std::vector<float> u(m * D), post(m * hc), comb(m * hc * hc);
   float *du = Put(u), *dpost = Put(post), *dcomb = Put(comb), *dx = Put(x);
-  be_->HcPre(dx, m, hc, D, hc * D, Put(fn), Put(scale3), Put(base), 20, 1e-6f, 1e-6f, du, dpost, dcomb);
+  std::vector<float> pre(m * hc);
+  float* dpre = Put(pre);
+  be_->HcPre(dx, m, hc, D, hc * D, Put(fn), Put(scale3), Put(base), 20, 1e-6f, 1e-6f, du, dpost, dcomb, dpre);
   kernels::HcPre(x.data(), m, hc, D, hc * D, fn.data(), scale3.data(), base.data(), 20, 1e-6f, 1e-6f, u.data(),
-                 post.data(), comb.data());
+                 post.data(), comb.data(), pre.data());
   std::vector<float> got = Get(du, u.size());
   EXPECT_TRUE(AllClose("hc pre", got.data(), u.data(), got.size(), Or({.abs = 1e-4, .rel = 1e-4})));
+  got = Get(dpre, pre.size());
+  EXPECT_TRUE(AllClose("hc pre weights", got.data(), pre.data(), got.size(), Or({.abs = 1e-5})));
   std::vector<float> xs = x;
   be_->HcPost(du, D, dpost, dcomb, m, hc, D, dx, hc * D);
   kernels::HcPost(u.data(), D, post.data(), comb.data(), m, hc, D, xs.data(), hc * D);
@@ -317,6 +321,70 @@ TEST_F(BackendOps, RoutedExpertsEndToEnd) {
   kernels::CombineRows(want.data(), D, token_offsets.data(), position.data(), nullptr, n, D, false, out.data(), D);
   got = Get(dout, out.size());
   EXPECT_TRUE(AllClose("combine", got.data(), out.data(), got.size(), Or({.abs = 1e-3, .rel = 1e-4})));
+}
+
+// The slots of each token in expert order, as the CPU kernel puts them.
+TEST_F(BackendOps, SortSlotsByExpert) {
+  const int64_t m = 7, K = 6;
+  std::vector<int32_t> experts(m * K);
+  for (int64_t p = 0; p < m * K; ++p) experts[p] = static_cast<int32_t>((p * 5 + p / K) % 11) - 1;
+  std::vector<float> weights = Random(m * K, 1.f, 50);
+  int32_t* de = Put(experts);
+  float* dw = Put(weights);
+  be_->SortSlotsByExpert(de, dw, m, K);
+  kernels::SortSlotsByExpert(experts.data(), weights.data(), m, K);
+  EXPECT_EQ(Get(de, experts.size()), experts);
+  EXPECT_EQ(Get(dw, weights.size()), weights);
+}
+
+// Several expert tables in one ExpertFfnGroup give each job's rows exactly what the job alone gives
+// (the grouping shares threads, not sums), whatever the tables' formats.
+TEST_F(BackendOps, ExpertFfnGroupEqualsItsJobsAlone) {
+  const int64_t D = 64, I = 32, E = 3;
+  std::vector<std::vector<uint16_t>> bits(3 * (E + 1));
+  std::vector<kernels::WeightMatrix> mats(3 * (E + 1));
+  for (int64_t e = 0; e <= E; ++e)
+    for (int k = 0; k < 3; ++k) {
+      const int64_t rows = k == 1 ? D : I, cols = k == 1 ? I : D;
+      auto& b = bits[e * 3 + k];
+      b.resize(rows * cols);
+      for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint16_t>(0x3c00 + ((i * 29 + e * 71 + k) % 1024));
+      kernels::WeightMatrix& w = mats[e * 3 + k];
+      w.type = kernels::WeightType::kBF16, w.data = b.data(), w.ld = cols, w.row_end = rows, w.col_end = cols;
+    }
+  std::vector<ExpertViews> routed(E);
+  for (int64_t e = 0; e < E; ++e) routed[e] = {&mats[e * 3], &mats[e * 3 + 1], &mats[e * 3 + 2]};
+  const ExpertViews shared{&mats[E * 3], &mats[E * 3 + 1], &mats[E * 3 + 2]};
+  auto routed_table = be_->PlaceExperts(routed);
+  auto shared_table = be_->PlaceExperts({&shared, 1});
+  ASSERT_TRUE(routed_table.ok()) << routed_table.status();
+  ASSERT_TRUE(shared_table.ok()) << shared_table.status();
+  const std::vector<int32_t> routed_offsets = {0, 3, 3, 7}, shared_offsets = {0, 5};
+  const std::vector<float> xr = Random(7 * D, 1.f, 51), xsh = Random(5 * D, 1.f, 52), wr = Random(7, 1.f, 53);
+  ExpertFfnOptions fo;
+  fo.swiglu_limit = 7.f;
+  auto run = [&](bool together) {
+    float *dxr = Put(xr), *dxsh = Put(xsh), *dyr = Put(std::vector<float>(7 * D)),
+          *dysh = Put(std::vector<float>(5 * D));
+    const ExpertFfnJob jobs[2] = {{routed_table->get(), dxr, D, Put(routed_offsets), 7, Put(wr), dyr, D},
+                                  {shared_table->get(), dxsh, D, Put(shared_offsets), 5, nullptr, dysh, D}};
+    if (together) {
+      be_->ExpertFfnGroup(jobs, 2, fo);
+    } else {
+      be_->ExpertFfnGroup(&jobs[0], 1, fo);
+      be_->ExpertFfnGroup(&jobs[1], 1, fo);
+    }
+    std::vector<float> y = Get(dyr, 7 * D), ysh = Get(dysh, 5 * D);
+    y.insert(y.end(), ysh.begin(), ysh.end());
+    return y;
+  };
+  const std::vector<float> alone = run(false), together = run(true);
+  ASSERT_EQ(alone.size(), together.size());
+  for (size_t i = 0; i < alone.size(); ++i)
+    ASSERT_EQ(std::bit_cast<uint32_t>(alone[i]), std::bit_cast<uint32_t>(together[i])) << i;
+  bool nonzero = false;
+  for (float v : alone) nonzero |= v != 0.f;
+  EXPECT_TRUE(nonzero);
 }
 
 TEST_F(BackendOps, WorkspaceIsRecycledAndCopiesRoundTrip) {

@@ -1,18 +1,22 @@
 // Whole-model invariants on configurations the golden data does not cover.
+#include "runtime/model/model.h"
+
 #include <gtest/gtest.h>
 
-#include <bit>
-#include <nlohmann/json.hpp>
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "runtime/builtin.h"
 #include "runtime/model/candidates.h"
-#include "runtime/model/model.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "tests/testutil.h"
 
@@ -292,6 +296,148 @@ TEST(Watchdog, APoisonedSequenceLeavesItsBatchNeighboursAlone) {
   for (int64_t i = 0; i < V; ++i) {
     ASSERT_TRUE(std::isfinite(logits[i])) << "logit " << i;
     ASSERT_NEAR(logits[i], alone[i], 1e-5f * peak) << "logit " << i;
+  }
+}
+
+// A backend that runs the CPU backend's operations and counts them by name.
+class CountingBackend final : public Backend {
+ public:
+  std::map<std::string, int> calls;
+
+  Device device() const override { return in_->device(); }
+  std::string Describe() const override { return "counting " + in_->Describe(); }
+  absl::StatusOr<void*> Allocate(int64_t bytes) override { return Count("Allocate"), in_->Allocate(bytes); }
+  void* Workspace(int64_t bytes) override { return Count("Workspace"), in_->Workspace(bytes); }
+  void Reset() override { Count("Reset"), in_->Reset(); }
+  void CopyToDevice(void* d, const void* s, int64_t b) override { Count("CopyToDevice"), in_->CopyToDevice(d, s, b); }
+  void CopyToHost(void* d, const void* s, int64_t b) override { Count("CopyToHost"), in_->CopyToHost(d, s, b); }
+  void CopyOnDevice(void* d, const void* s, int64_t b) override { Count("CopyOnDevice"), in_->CopyOnDevice(d, s, b); }
+  void Zero(void* x, int64_t bytes) override { Count("Zero"), in_->Zero(x, bytes); }
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w) override {
+    return Count("PlaceWeight"), in_->PlaceWeight(w);
+  }
+  absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> e) override {
+    return Count("PlaceExperts"), in_->PlaceExperts(e);
+  }
+  absl::Status Synchronize() override { return in_->Synchronize(); }
+  absl::Status status() const override { return in_->status(); }
+  void Linear(const float* x, int64_t m, int64_t ldx, const kernels::WeightMatrix& w, float* y, int64_t ldy) override {
+    Count("Linear"), in_->Linear(x, m, ldx, w, y, ldy);
+  }
+  void LinearGroup(const kernels::LinearJob* jobs, int64_t n) override {
+    Count("LinearGroup"), in_->LinearGroup(jobs, n);
+  }
+  void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
+    Count("QdqFp8"), in_->QdqFp8(x, m, n, ld, g);
+  }
+  void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
+    Count("QdqFp4"), in_->QdqFp4(x, m, n, ld, g);
+  }
+  void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
+               int64_t ldy) override {
+    Count("RmsNorm"), in_->RmsNorm(x, w, eps, m, n, ldx, y, ldy);
+  }
+  void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin, int64_t per,
+            bool inverse) override {
+    Count("Rope"), in_->Rope(x, rows, ldx, half, cos, sin, per, inverse);
+  }
+  void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) override {
+    Count("Hadamard"), in_->Hadamard(x, m, n, ld, scale);
+  }
+  void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
+             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
+             float* pre) override {
+    Count("HcPre"), in_->HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre);
+  }
+  void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
+              int64_t ldx) override {
+    Count("HcPost"), in_->HcPost(y, ldy, post, comb, m, hc, D, x, ldx);
+  }
+  void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
+              const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) override {
+    Count("HcHead"), in_->HcHead(x, m, hc, D, ldx, fn, scale, base, norm_eps, hc_eps, out, ldo);
+  }
+  void EmbedRows(const kernels::WeightMatrix& t, const int32_t* ids, int64_t n, int copies, float* out,
+                 int64_t ldo) override {
+    Count("EmbedRows"), in_->EmbedRows(t, ids, n, copies, out, ldo);
+  }
+  void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* rw, float limit,
+              float* h) override {
+    Count("SwiGlu"), in_->SwiGlu(g, u, m, I, ld, rw, limit, h);
+  }
+  void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,
+                       const int32_t* idx, int64_t k, const float* sink, float scale, float* out) override {
+    Count("SparseAttention"), in_->SparseAttention(q, m, H, d, kv, idx, k, sink, scale, out);
+  }
+  void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
+                    bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out,
+                    int64_t ldo) override {
+    Count("CompressPool"),
+        in_->CompressPool(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, num_blocks, out, ldo);
+  }
+  void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
+                     const int64_t* nvis, float* score) override {
+    Count("IndexerScores"), in_->IndexerScores(q, w, m, H, d, keys, n, nvis, score);
+  }
+  void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
+            int64_t ldidx) override {
+    Count("TopK"), in_->TopK(x, m, n, ldx, nvalid, k, idx, ldidx);
+  }
+  void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score, const float* bias,
+             const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
+             int32_t* experts, float* weights) override {
+    Count("Route"),
+        in_->Route(scores, m, E, K, temp, score, bias, tid2eid, tokens, normalize, norm_eps, scaling, experts, weights);
+  }
+  void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) override {
+    Count("SortSlotsByExpert"), in_->SortSlotsByExpert(experts, weights, m, K);
+  }
+  void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
+                     int64_t* order_tokens, int32_t* position, int64_t* counts) override {
+    Count("GroupByExpert"), in_->GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts);
+  }
+  void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t n, const ExpertFfnOptions& o) override {
+    Count("ExpertFfnGroup"), in_->ExpertFfnGroup(jobs, n, o);
+  }
+  void GatherRows(const void* src, int64_t sp, const int64_t* ids, int64_t rows, int64_t rb, void* dst,
+                  int64_t dp) override {
+    Count("GatherRows"), in_->GatherRows(src, sp, ids, rows, rb, dst, dp);
+  }
+  void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* rows, const float* w,
+                   int64_t n, int64_t D, bool accumulate, float* out, int64_t ldo) override {
+    Count("CombineRows"), in_->CombineRows(src, lds, offsets, rows, w, n, D, accumulate, out, ldo);
+  }
+
+ private:
+  void Count(const char* op) { ++calls[op]; }
+  std::unique_ptr<Backend> in_ = MakeCpuBackend();
+};
+
+// The model runs its operations on the backend it is given (the seam is not bypassed), with the
+// default CPU backend's logits bit for bit, and counts expert load through it.
+TEST(Model, RunsOnTheBackendItIsGiven) {
+  for (bool v41 : {false, true}) {
+    auto w = LoadModel(v41 ? "builtin:v41-tiny" : "builtin:v4-tiny");
+    ASSERT_TRUE(w.ok()) << w.status();
+    const std::shared_ptr<const ModelWeights> weights(std::move(*w));
+    auto counting = std::make_shared<CountingBackend>();
+    const Model plain(weights), seamed(weights, {}, nullptr, counting);
+    EXPECT_EQ(&seamed.backend(), counting.get());
+    const std::vector<int32_t> tokens = Tokens(40, 1000);
+    const std::vector<int64_t> chunks = {37, 1, 1, 1};
+    const std::vector<float> want = RunChunks(plain, tokens, chunks), got = RunChunks(seamed, tokens, chunks);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << "v4.1 " << v41 << " logit " << i;
+    for (const char* op : {"PlaceExperts", "Linear", "LinearGroup", "QdqFp8", "RmsNorm", "HcPre", "HcPost", "EmbedRows",
+                           "SparseAttention", "IndexerScores", "TopK", "Route", "SortSlotsByExpert", "GroupByExpert",
+                           "GatherRows", "ExpertFfnGroup", "CombineRows"})
+      EXPECT_GT(counting->calls[op], 0) << op << (v41 ? " (V4.1)" : " (V4)");
+    if (!v41) EXPECT_GT(counting->calls["HcHead"], 0);
+    EXPECT_EQ(seamed.ExpertLoad(), plain.ExpertLoad());
+    const std::vector<int64_t> load = seamed.ExpertLoad();
+    EXPECT_EQ(std::accumulate(load.begin(), load.end(), int64_t{0}),
+              40 * seamed.config().num_experts_per_tok * seamed.config().num_hidden_layers);
   }
 }
 
