@@ -46,7 +46,9 @@ class BackendOps : public ::testing::Test {
     be_ = std::move(*b);
   }
   void TearDown() override {
-    if (be_) EXPECT_TRUE(be_->Synchronize().ok()) << be_->status();
+    if (be_) {
+      EXPECT_TRUE(be_->Synchronize().ok()) << be_->status();
+    }
   }
 
   // Device copies of host data, and back.
