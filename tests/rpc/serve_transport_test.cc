@@ -35,7 +35,7 @@ struct Shared {
 Shared& S() {
   static Shared* s = [] {
     auto* s = new Shared;
-    auto p = ServeProcess::Start({"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len", "512",
+    auto p = ServeProcess::Start({"--model", "builtin:v4-tiny", "--threads", "1", "--max-model-len", "4096",
                                   "--max-running", "16", "--max-queued", "64", "--max-batch-tokens", "160",
                                   "--prefill-chunk", "64", "--stream-stall-timeout-s", std::to_string(kStallSeconds)},
                                  testing::ServeRanks());
@@ -111,7 +111,10 @@ TEST(ServeTransport, ASlowReaderIsCutOffAndOthersAreUnaffected) {
   ASSERT_TRUE(before.ok());
   auto slow = RawH2::Connect(S().port, /*initial_window=*/256);
   ASSERT_TRUE(slow.ok()) << slow.status();
-  v1::GenerateRequest r = Request(8, 400, 3);
+  // Long enough that generating it takes well past the stall timeout even where decode is fast
+  // (400 tokens came to take less than the 2 s timeout).
+  constexpr int kSlowTokens = 4000;
+  v1::GenerateRequest r = Request(8, kSlowTokens, 3);
   r.mutable_sampling()->set_logprobs(20);  // about 250 bytes per token: the window fills at once
   ASSERT_TRUE(slow->SendGrpcCall(1, "/dsv4.v1.Inference/Generate", r.SerializeAsString()).ok());
   // A normal stream, while the slow one is stuck.
@@ -131,7 +134,7 @@ TEST(ServeTransport, ASlowReaderIsCutOffAndOthersAreUnaffected) {
   auto after = S().client->ServerInfo();
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->requests_aborted() - before->requests_aborted(), 1);
-  EXPECT_LT(after->tokens_generated() - before->tokens_generated(), 400 + 20 + 3);
+  EXPECT_LT(after->tokens_generated() - before->tokens_generated(), kSlowTokens + 20 + 3);
 }
 
 // GR-03 over gRPC: a client whose connection is reset mid-stream has its request aborted.
