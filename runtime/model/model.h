@@ -239,6 +239,12 @@ class Model {
                                     const float* weights, float* out) const;
   // out [m, D] += the shared expert over x [m, D].
   void AddSharedExpert(int64_t layer, const float* x, int64_t m, float* out) const;
+  // The shared expert over x [m, D] as a job of Backend::ExpertFfnGroup, with its buffers: xsh
+  // (x's copy, which the expert may round in place) and ysh [m, D], offsets [2].
+  ExpertFfnJob SharedExpertJob(int64_t layer, const float* x, int64_t m, float* xsh, int32_t* offsets,
+                               float* ysh) const;
+  // out [m, D] += y [m, D], through the backend's ordered combine.
+  void AddRows(const float* y, int64_t m, float* out) const;
   ExpertFfnOptions FfnOptions() const;
   // The layers' routed-expert tables on the backend, from routed_ (SwitchPlacement rebuilds them).
   absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceRoutedExperts(

@@ -73,36 +73,40 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* exper
   int num_jobs = 0;
   if (max_rows > 0)
     jobs[num_jobs++] = {ml.routed.get(), xs.data(), D, offsets.data(), max_rows, ws.data(), ys.data(), D};
-  if (shared && m > 0) {
-    be.CopyOnDevice(xsh.data(), x, m * row_bytes);  // the expert may round its input in place
-    shared_offsets[0] = 0, shared_offsets[1] = static_cast<int32_t>(m);
-    jobs[num_jobs++] = {ml.shared.get(), xsh.data(), D, shared_offsets.data(), m, nullptr, ysh.data(), D};
-  }
+  if (shared && m > 0) jobs[num_jobs++] = SharedExpertJob(layer, x, m, xsh.data(), shared_offsets.data(), ysh.data());
   be.ExpertFfnGroup(jobs, num_jobs, FfnOptions());
   // Each token's rows (its slots' positions, in expert order), then the shared expert's row.
   Scratch<int32_t> slot_offsets(m + 1, NoInit{});
   for (int64_t t = 0; t <= m; ++t) slot_offsets[t] = static_cast<int32_t>(t * K);
   be.CombineRows(ys.data(), D, slot_offsets.data(), position.data(), nullptr, m, D, false, out, D);
-  if (shared) {
-    Scratch<int32_t> rows(m + 1, NoInit{});
-    for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
-    be.CombineRows(ysh.data(), D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
-  }
+  if (shared) AddRows(ysh.data(), m, out);
+}
+
+ExpertFfnJob Model::SharedExpertJob(int64_t layer, const float* x, int64_t m, float* xsh, int32_t* offsets,
+                                    float* ysh) const {
+  const int64_t D = config().hidden_size;
+  backend_->CopyOnDevice(xsh, x, m * D * static_cast<int64_t>(sizeof(float)));  // the expert may round it in place
+  offsets[0] = 0, offsets[1] = static_cast<int32_t>(m);
+  return {moe_[layer].shared.get(), xsh, D, offsets, m, nullptr, ysh, D};
+}
+
+void Model::AddRows(const float* y, int64_t m, float* out) const {
+  const int64_t D = config().hidden_size;
+  kernels::Scratch<int32_t> rows(m + 1, kernels::NoInit{});
+  for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
+  backend_->CombineRows(y, D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
 }
 
 void Model::AddSharedExpert(int64_t layer, const float* x, int64_t m, float* out) const {
   using kernels::NoInit;
   using kernels::Scratch;
   if (m == 0) return;
-  const int64_t D = config().hidden_size, row_bytes = D * static_cast<int64_t>(sizeof(float));
-  Backend& be = *backend_;
+  const int64_t D = config().hidden_size;
   Scratch<float> xsh(m * D, NoInit{}), ysh(m * D, NoInit{});
-  Scratch<int32_t> offsets(2, NoInit{}), rows(m + 1, NoInit{});
-  be.CopyOnDevice(xsh.data(), x, m * row_bytes);  // the expert may round its input in place
-  offsets[0] = 0, offsets[1] = static_cast<int32_t>(m);
-  be.ExpertFfn(*moe_[layer].shared, xsh.data(), D, offsets.data(), m, nullptr, FfnOptions(), ysh.data(), D);
-  for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
-  be.CombineRows(ysh.data(), D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
+  Scratch<int32_t> offsets(2, NoInit{});
+  const ExpertFfnJob job = SharedExpertJob(layer, x, m, xsh.data(), offsets.data(), ysh.data());
+  backend_->ExpertFfnGroup(&job, 1, FfnOptions());
+  AddRows(ysh.data(), m, out);
 }
 
 absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
