@@ -34,6 +34,26 @@ std::vector<float> Random(size_t n, float scale = 1.f, uint32_t seed = 3) {
   return v;
 }
 
+// BF16 expert matrices w1, w3 [I, D] and w2 [D, I] for `count` experts, bit patterns
+// 0x3c00 + (i * mul + e * emul + k) % 1024 for element i of matrix k of expert e.
+struct Bf16Experts {
+  std::vector<std::vector<uint16_t>> bits;
+  std::vector<kernels::WeightMatrix> mats;  // [count * 3]: each expert's w1, w2, w3
+
+  Bf16Experts(int64_t count, int64_t D, int64_t I, int mul, int emul) : bits(3 * count), mats(3 * count) {
+    for (int64_t e = 0; e < count; ++e)
+      for (int k = 0; k < 3; ++k) {
+        const int64_t rows = k == 1 ? D : I, cols = k == 1 ? I : D;
+        auto& b = bits[e * 3 + k];
+        b.resize(rows * cols);
+        for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint16_t>(0x3c00 + ((i * mul + e * emul + k) % 1024));
+        kernels::WeightMatrix& w = mats[e * 3 + k];
+        w.type = kernels::WeightType::kBF16, w.data = b.data(), w.ld = cols, w.row_end = rows, w.col_end = cols;
+      }
+  }
+  ExpertViews Views(int64_t e) const { return {&mats[e * 3], &mats[e * 3 + 1], &mats[e * 3 + 2]}; }
+};
+
 class BackendOps : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -270,20 +290,11 @@ TEST_F(BackendOps, RoutedExpertsEndToEnd) {
   EXPECT_EQ(Get(dcounts, counts.size()), counts);
 
   // Experts in BF16 (no input rounding) with expert 6 not held here.
-  std::vector<std::vector<uint16_t>> bits(3 * E);
-  std::vector<kernels::WeightMatrix> mats(3 * E);
+  const Bf16Experts bf16(E, D, I, 37, 101);
+  const std::vector<kernels::WeightMatrix>& mats = bf16.mats;
   std::vector<ExpertViews> views(E);
   for (int64_t e = 0; e < E; ++e)
-    for (int k = 0; k < 3; ++k) {
-      const int64_t rows = k == 1 ? D : I, cols = k == 1 ? I : D;
-      auto& b = bits[e * 3 + k];
-      b.resize(rows * cols);
-      for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint16_t>(0x3c00 + ((i * 37 + e * 101 + k) % 1024));
-      kernels::WeightMatrix& w = mats[e * 3 + k];
-      w.type = kernels::WeightType::kBF16, w.data = b.data(), w.ld = cols, w.row_end = rows, w.col_end = cols;
-    }
-  for (int64_t e = 0; e < E; ++e)
-    if (e != 6) views[e] = {&mats[e * 3], &mats[e * 3 + 1], &mats[e * 3 + 2]};
+    if (e != 6) views[e] = bf16.Views(e);
   std::vector<int32_t> routed = experts;
   for (auto& r : routed)
     if (r == 6) r = -1;  // routed to another rank
@@ -343,20 +354,10 @@ TEST_F(BackendOps, SortSlotsByExpert) {
 // (the grouping shares threads, not sums), whatever the tables' formats.
 TEST_F(BackendOps, ExpertFfnGroupEqualsItsJobsAlone) {
   const int64_t D = 64, I = 32, E = 3;
-  std::vector<std::vector<uint16_t>> bits(3 * (E + 1));
-  std::vector<kernels::WeightMatrix> mats(3 * (E + 1));
-  for (int64_t e = 0; e <= E; ++e)
-    for (int k = 0; k < 3; ++k) {
-      const int64_t rows = k == 1 ? D : I, cols = k == 1 ? I : D;
-      auto& b = bits[e * 3 + k];
-      b.resize(rows * cols);
-      for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint16_t>(0x3c00 + ((i * 29 + e * 71 + k) % 1024));
-      kernels::WeightMatrix& w = mats[e * 3 + k];
-      w.type = kernels::WeightType::kBF16, w.data = b.data(), w.ld = cols, w.row_end = rows, w.col_end = cols;
-    }
+  const Bf16Experts bf16(E + 1, D, I, 29, 71);  // the last one is the shared expert
   std::vector<ExpertViews> routed(E);
-  for (int64_t e = 0; e < E; ++e) routed[e] = {&mats[e * 3], &mats[e * 3 + 1], &mats[e * 3 + 2]};
-  const ExpertViews shared{&mats[E * 3], &mats[E * 3 + 1], &mats[E * 3 + 2]};
+  for (int64_t e = 0; e < E; ++e) routed[e] = bf16.Views(e);
+  const ExpertViews shared = bf16.Views(E);
   auto routed_table = be_->PlaceExperts(routed);
   auto shared_table = be_->PlaceExperts({&shared, 1});
   ASSERT_TRUE(routed_table.ok()) << routed_table.status();
