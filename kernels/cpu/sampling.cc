@@ -35,8 +35,37 @@ inline float ExpOne(float x, float shift, float c) {
   return p * pow2k;
 }
 
-// The lanes' sums added in the fixed order ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)).
-inline double LaneTotal(const double* s) { return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])); }
+// Sums over a vocabulary run in double over kLanes lanes: element i is added to lane i % kLanes,
+// within whole groups of kLanes; the lanes are then added in a fixed tree, and the rest after them
+// in order. Each lane is a chain of dependent adds: 32 lanes are four independent 8-double AVX-512
+// registers (eight AVX2 ones), so no pass waits on one register's chain (on this project's
+// machines the passes are bound by their other operations either way).
+constexpr int kLanes = 32;
+
+// Lane j + w added into lane j for w = 16, 8, 4, 2, 1: a fixed tree whatever the vector width.
+inline double LaneTotal(double* s) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) s[j] += s[j + w];
+  return s[0];
+}
+
+// 32 double lanes as eight 4-double registers: Add(q, v) puts 8 floats (element i at lane i % 32)
+// into registers 2q and 2q + 1.
+struct LanesAvx2 {
+  __m256d a[8];
+  __attribute__((target("avx2,fma"))) LanesAvx2() {
+    for (__m256d& r : a) r = _mm256_setzero_pd();
+  }
+  __attribute__((target("avx2,fma"))) void Add(int q, __m256 v) {
+    a[2 * q] = _mm256_add_pd(a[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    a[2 * q + 1] = _mm256_add_pd(a[2 * q + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  __attribute__((target("avx2,fma"))) double Total() const {
+    double lanes[kLanes];
+    for (int r = 0; r < 8; ++r) _mm256_storeu_pd(lanes + 4 * r, a[r]);
+    return LaneTotal(lanes);
+  }
+};
 
 __attribute__((target("avx2,fma"))) double ExpShiftedSumAvx2(const float* x, int64_t n, float shift, float scale,
                                                               float* e) {
@@ -44,25 +73,22 @@ __attribute__((target("avx2,fma"))) double ExpShiftedSumAvx2(const float* x, int
   const __m256 vshift = _mm256_set1_ps(shift), vc = _mm256_set1_ps(c), vmin = _mm256_set1_ps(kMinExponent);
   __m256 coef[7];
   for (int i = 0; i < 7; ++i) coef[i] = _mm256_set1_ps(kC[i]);
-  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  LanesAvx2 acc;
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vshift), vc);
-    const __m256 keep = _mm256_cmp_ps(t, vmin, _CMP_GE_OQ);
-    const __m256 k = _mm256_round_ps(_mm256_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 f = _mm256_sub_ps(t, k);
-    __m256 p = coef[6];
-    for (int j = 5; j >= 0; --j) p = _mm256_fmadd_ps(p, f, coef[j]);
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    const __m256 v = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
-    _mm256_storeu_ps(e + i, v);
-    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  }
-  double lanes[8];
-  _mm256_storeu_pd(lanes, lo);
-  _mm256_storeu_pd(lanes + 4, hi);
-  double sum = LaneTotal(lanes);
+  for (; i + kLanes <= n; i += kLanes)
+    for (int q = 0; q < 4; ++q) {
+      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * q), vshift), vc);
+      const __m256 keep = _mm256_cmp_ps(t, vmin, _CMP_GE_OQ);
+      const __m256 k = _mm256_round_ps(_mm256_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 f = _mm256_sub_ps(t, k);
+      __m256 p = coef[6];
+      for (int j = 5; j >= 0; --j) p = _mm256_fmadd_ps(p, f, coef[j]);
+      const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+      const __m256 v = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep);
+      _mm256_storeu_ps(e + i + 8 * q, v);
+      acc.Add(q, v);
+    }
+  double sum = acc.Total();
   for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
   return sum;
 }
@@ -93,95 +119,120 @@ __attribute__((target("avx2,fma"))) void KeptBlockSumsAvx2(const float* e, int64
                                                            int64_t block, double* sums) {
   const __m256 zero = _mm256_setzero_ps(), floor = _mm256_set1_ps(keep.floor), cut = _mm256_set1_ps(keep.cut_value);
   // Ids compared as int32 (a vocabulary is far below 2^31); no cutoff: every id is at or before it.
-  const __m256i last =
-      _mm256_set1_epi32(keep.cut_id < 0 ? std::numeric_limits<int32_t>::max() : static_cast<int32_t>(keep.cut_id));
+  const __m256i after =
+      _mm256_set1_epi32(keep.cut_id < 0 ? std::numeric_limits<int32_t>::max() : static_cast<int32_t>(keep.cut_id) + 1);
   const __m256 above = keep.cut_id < 0 ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : zero;  // all kept by the cut
   for (int64_t b = 0; b * block < n; ++b) {
     const int64_t begin = b * block, end = std::min(n, begin + block);
-    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    LanesAvx2 acc;
     int64_t i = begin;
-    for (; i + 8 <= end; i += 8) {
-      const __m256 v = _mm256_loadu_ps(e + i);
-      const __m256i id =
-          _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      const __m256 tie =
-          _mm256_and_ps(_mm256_cmp_ps(v, cut, _CMP_EQ_OQ),
-                        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(last, _mm256_set1_epi32(1)), id)));
-      const __m256 by_cut = _mm256_or_ps(above, _mm256_or_ps(_mm256_cmp_ps(v, cut, _CMP_GT_OQ), tie));
-      const __m256 m =
-          _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), _mm256_cmp_ps(v, floor, _CMP_GE_OQ)), by_cut);
-      const __m256 k = _mm256_and_ps(v, m);
-      lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(k)));
-      hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(k, 1)));
-    }
-    double lanes[8];
-    _mm256_storeu_pd(lanes, lo);
-    _mm256_storeu_pd(lanes + 4, hi);
-    double sum = LaneTotal(lanes);
+    for (; i + kLanes <= end; i += kLanes)
+      for (int q = 0; q < 4; ++q) {
+        const __m256 v = _mm256_loadu_ps(e + i + 8 * q);
+        const __m256i id = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(i + 8 * q)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 tie =
+            _mm256_and_ps(_mm256_cmp_ps(v, cut, _CMP_EQ_OQ), _mm256_castsi256_ps(_mm256_cmpgt_epi32(after, id)));
+        const __m256 by_cut = _mm256_or_ps(above, _mm256_or_ps(_mm256_cmp_ps(v, cut, _CMP_GT_OQ), tie));
+        const __m256 m = _mm256_and_ps(
+            _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), _mm256_cmp_ps(v, floor, _CMP_GE_OQ)), by_cut);
+        acc.Add(q, _mm256_and_ps(v, m));
+      }
+    double sum = acc.Total();
     for (; i < end; ++i)
       if (keep(e[i], i)) sum += e[i];
     sums[b] = sum;
   }
 }
 
-__attribute__((target("avx2,fma"))) int64_t IdsInRangeAvx2(const float* e, int64_t n, float lo, float hi,
-                                                           int32_t* ids) {
+__attribute__((target("avx2,fma"))) RangeSplit SplitAtRangeAvx2(const float* e, int64_t n, float lo, float hi,
+                                                                int64_t block, double* sums, int32_t* ids,
+                                                                float* weights) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  int64_t count = 0, i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(e + i);
-    unsigned mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LT_OQ))));
-    for (; mask != 0; mask &= mask - 1) ids[count++] = static_cast<int32_t>(i + std::countr_zero(mask));
+  RangeSplit r;
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    LanesAvx2 acc;
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes)
+      for (int q = 0; q < 4; ++q) {
+        const __m256 v = _mm256_loadu_ps(e + i + 8 * q);
+        const __m256 above = _mm256_cmp_ps(v, vhi, _CMP_GE_OQ);
+        acc.Add(q, _mm256_and_ps(v, above));
+        r.above_count += std::popcount(static_cast<unsigned>(_mm256_movemask_ps(above)));
+        unsigned in =
+            static_cast<unsigned>(_mm256_movemask_ps(_mm256_andnot_ps(above, _mm256_cmp_ps(v, vlo, _CMP_GE_OQ))));
+        for (; in != 0; in &= in - 1) {
+          const int64_t id = i + 8 * q + std::countr_zero(in);
+          ids[r.count] = static_cast<int32_t>(id);
+          weights[r.count++] = e[id];
+        }
+      }
+    double sum = acc.Total();
+    for (; i < end; ++i) {
+      if (e[i] >= hi) {
+        sum += e[i];
+        ++r.above_count;
+      } else if (e[i] >= lo) {
+        ids[r.count] = static_cast<int32_t>(i);
+        weights[r.count++] = e[i];
+      }
+    }
+    sums[b] = sum;
+    r.above += sum;
   }
-  for (; i < n; ++i)
-    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
-  return count;
+  return r;
 }
 
 // The 512-bit paths compute each element exactly as the 256-bit ones (the same operations in the
-// same order) and add element i to double lane i % 8 in increasing i, so every path gives the same
-// bits: 16 values are two groups of 8, the lower group added first.
+// same order) and add element i to double lane i % 32 in increasing i, so every path gives the same
+// bits.
 #define DSV4_AVX512 __attribute__((target("avx512f")))
 // GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-DSV4_AVX512 inline __m512 HighHalfToLow(__m512 v) {
-  return _mm512_castpd_ps(_mm512_castpd256_pd512(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
-// Adds the 16 floats of v to the 8 double lanes: the lower 8, then the upper 8.
-DSV4_AVX512 inline __m512d AddToLanes(__m512d lanes, __m512 v) {
-  lanes = _mm512_add_pd(lanes, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-  return _mm512_add_pd(lanes, _mm512_cvtps_pd(_mm512_castps512_ps256(HighHalfToLow(v))));
-}
+// 32 double lanes as four 8-double registers: Add(h, v) puts 16 floats (element i at lane i % 32)
+// into registers 2h and 2h + 1.
+struct LanesAvx512 {
+  __m512d a[4];
+  DSV4_AVX512 LanesAvx512() {
+    for (__m512d& r : a) r = _mm512_setzero_pd();
+  }
+  DSV4_AVX512 void Add(int h, __m512 v) {
+    a[2 * h] = _mm512_add_pd(a[2 * h], _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    a[2 * h + 1] =
+        _mm512_add_pd(a[2 * h + 1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+  }
+  DSV4_AVX512 double Total() const {
+    double lanes[kLanes];
+    for (int r = 0; r < 4; ++r) _mm512_storeu_pd(lanes + 8 * r, a[r]);
+    return LaneTotal(lanes);
+  }
+};
 
 DSV4_AVX512 double ExpShiftedSumAvx512(const float* x, int64_t n, float shift, float scale, float* e) {
   const float c = scale * kLog2e;
   const __m512 vshift = _mm512_set1_ps(shift), vc = _mm512_set1_ps(c), vmin = _mm512_set1_ps(kMinExponent);
   __m512 coef[7];
   for (int i = 0; i < 7; ++i) coef[i] = _mm512_set1_ps(kC[i]);
-  __m512d acc = _mm512_setzero_pd();
+  LanesAvx512 acc;
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vshift), vc);
-    const __mmask16 keep = _mm512_cmp_ps_mask(t, vmin, _CMP_GE_OQ);
-    const __m512 k = _mm512_roundscale_ps(_mm512_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, k);
-    __m512 p = coef[6];
-    for (int j = 5; j >= 0; --j) p = _mm512_fmadd_ps(p, f, coef[j]);
-    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-    const __m512 v = _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)));
-    _mm512_storeu_ps(e + i, v);
-    acc = AddToLanes(acc, v);
-  }
-  double lanes[8];
-  _mm512_storeu_pd(lanes, acc);
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) lanes[j] += (e[i + j] = ExpOne(x[i + j], shift, c));
-  double sum = LaneTotal(lanes);
+  for (; i + kLanes <= n; i += kLanes)
+    for (int h = 0; h < 2; ++h) {
+      const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16 * h), vshift), vc);
+      const __mmask16 keep = _mm512_cmp_ps_mask(t, vmin, _CMP_GE_OQ);
+      const __m512 k = _mm512_roundscale_ps(_mm512_max_ps(t, vmin), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 f = _mm512_sub_ps(t, k);
+      __m512 p = coef[6];
+      for (int j = 5; j >= 0; --j) p = _mm512_fmadd_ps(p, f, coef[j]);
+      const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+      const __m512 v = _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)));
+      _mm512_storeu_ps(e + i + 16 * h, v);
+      acc.Add(h, v);
+    }
+  double sum = acc.Total();
   for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
   return sum;
 }
@@ -213,43 +264,62 @@ DSV4_AVX512 void KeptBlockSumsAvx512(const float* e, int64_t n, const KeepRule& 
   const __mmask16 above = keep.cut_id < 0 ? 0xffff : 0;  // no cutoff: every weight is kept by it
   for (int64_t b = 0; b * block < n; ++b) {
     const int64_t begin = b * block, end = std::min(n, begin + block);
-    __m512d acc = _mm512_setzero_pd();
+    LanesAvx512 acc;
     int64_t i = begin;
-    for (; i + 16 <= end; i += 16) {
-      const __m512 v = _mm512_loadu_ps(e + i);
-      const __m512i id = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)), step);
-      const __mmask16 tie = _mm512_cmp_ps_mask(v, cut, _CMP_EQ_OQ) & _mm512_cmple_epi32_mask(id, last);
-      const __mmask16 by_cut = above | _mm512_cmp_ps_mask(v, cut, _CMP_GT_OQ) | tie;
-      const __mmask16 m = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, floor, _CMP_GE_OQ) & by_cut;
-      acc = AddToLanes(acc, _mm512_maskz_mov_ps(m, v));
-    }
-    double lanes[8];
-    _mm512_storeu_pd(lanes, acc);
-    for (; i + 8 <= end; i += 8)
-      for (int j = 0; j < 8; ++j)
-        if (keep(e[i + j], i + j)) lanes[j] += e[i + j];
-    double sum = LaneTotal(lanes);
+    for (; i + kLanes <= end; i += kLanes)
+      for (int h = 0; h < 2; ++h) {
+        const __m512 v = _mm512_loadu_ps(e + i + 16 * h);
+        const __m512i id = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i + 16 * h)), step);
+        const __mmask16 tie = _mm512_cmp_ps_mask(v, cut, _CMP_EQ_OQ) & _mm512_cmple_epi32_mask(id, last);
+        const __mmask16 by_cut = above | _mm512_cmp_ps_mask(v, cut, _CMP_GT_OQ) | tie;
+        const __mmask16 m = _mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(v, floor, _CMP_GE_OQ) & by_cut;
+        acc.Add(h, _mm512_maskz_mov_ps(m, v));
+      }
+    double sum = acc.Total();
     for (; i < end; ++i)
       if (keep(e[i], i)) sum += e[i];
     sums[b] = sum;
   }
 }
 
-DSV4_AVX512 int64_t IdsInRangeAvx512(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+DSV4_AVX512 RangeSplit SplitAtRangeAvx512(const float* e, int64_t n, float lo, float hi, int64_t block, double* sums,
+                                          int32_t* ids, float* weights) {
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   const __m512i step = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  int64_t count = 0, i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = _mm512_loadu_ps(e + i);
-    const __mmask16 m = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
-    if (m == 0) continue;
-    _mm512_mask_compressstoreu_epi32(ids + count, m,
-                                     _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)), step));
-    count += std::popcount(static_cast<unsigned>(m));
+  RangeSplit r;
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    LanesAvx512 acc;
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes)
+      for (int h = 0; h < 2; ++h) {
+        const __m512 v = _mm512_loadu_ps(e + i + 16 * h);
+        const __mmask16 above = _mm512_cmp_ps_mask(v, vhi, _CMP_GE_OQ);
+        acc.Add(h, _mm512_maskz_mov_ps(above, v));
+        r.above_count += std::popcount(static_cast<unsigned>(above));
+        const __mmask16 in = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & static_cast<__mmask16>(~above);
+        if (in == 0) continue;
+        // Compressed in registers, then stored whole (the compressing store to memory is
+        // microcoded): 16 values written from count <= i + 16 h end at or before n.
+        const __m512i id = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i + 16 * h)), step);
+        _mm512_storeu_si512(ids + r.count, _mm512_maskz_compress_epi32(in, id));
+        _mm512_storeu_ps(weights + r.count, _mm512_maskz_compress_ps(in, v));
+        r.count += std::popcount(static_cast<unsigned>(in));
+      }
+    double sum = acc.Total();
+    for (; i < end; ++i) {
+      if (e[i] >= hi) {
+        sum += e[i];
+        ++r.above_count;
+      } else if (e[i] >= lo) {
+        ids[r.count] = static_cast<int32_t>(i);
+        weights[r.count++] = e[i];
+      }
+    }
+    sums[b] = sum;
+    r.above += sum;
   }
-  for (; i < n; ++i)
-    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
-  return count;
+  return r;
 }
 
 #pragma GCC diagnostic pop
@@ -271,11 +341,12 @@ float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
   return ref::MaxAndNaN(x, n, any_nan);
 }
 
-int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
+RangeSplit SplitAtRange(const float* e, int64_t n, float lo, float hi, int64_t block, double* sums, int32_t* ids,
+                        float* weights) {
   EnsureFlushDenormals();
-  if (ActiveIsa() >= Isa::kAvx512) return IdsInRangeAvx512(e, n, lo, hi, ids);
-  if (ActiveIsa() != Isa::kScalar) return IdsInRangeAvx2(e, n, lo, hi, ids);
-  return ref::IdsInRange(e, n, lo, hi, ids);
+  if (ActiveIsa() >= Isa::kAvx512) return SplitAtRangeAvx512(e, n, lo, hi, block, sums, ids, weights);
+  if (ActiveIsa() != Isa::kScalar) return SplitAtRangeAvx2(e, n, lo, hi, block, sums, ids, weights);
+  return ref::SplitAtRange(e, n, lo, hi, block, sums, ids, weights);
 }
 
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
@@ -289,10 +360,10 @@ namespace ref {
 
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e) {
   const float c = scale * kLog2e;
-  double lanes[8] = {};
+  double lanes[kLanes] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) lanes[j] += (e[i + j] = ExpOne(x[i + j], shift, c));
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += (e[i + j] = ExpOne(x[i + j], shift, c));
   double sum = LaneTotal(lanes);
   for (; i < n; ++i) sum += (e[i] = ExpOne(x[i], shift, c));
   return sum;
@@ -312,10 +383,10 @@ float MaxAndNaN(const float* x, int64_t n, bool* any_nan) {
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums) {
   for (int64_t b = 0; b * block < n; ++b) {
     const int64_t begin = b * block, end = std::min(n, begin + block);
-    double lanes[8] = {};
+    double lanes[kLanes] = {};
     int64_t i = begin;
-    for (; i + 8 <= end; i += 8)
-      for (int j = 0; j < 8; ++j)
+    for (; i + kLanes <= end; i += kLanes)
+      for (int j = 0; j < kLanes; ++j)
         if (keep(e[i + j], i + j)) lanes[j] += e[i + j];
     double sum = LaneTotal(lanes);
     for (; i < end; ++i)
@@ -324,11 +395,29 @@ void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t bloc
   }
 }
 
-int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids) {
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (e[i] >= lo && e[i] < hi) ids[count++] = static_cast<int32_t>(i);
-  return count;
+RangeSplit SplitAtRange(const float* e, int64_t n, float lo, float hi, int64_t block, double* sums, int32_t* ids,
+                        float* weights) {
+  RangeSplit r;
+  for (int64_t b = 0; b * block < n; ++b) {
+    const int64_t begin = b * block, end = std::min(n, begin + block);
+    const int64_t whole = begin + (end - begin) / kLanes * kLanes;  // in the lanes; the rest after them
+    double lanes[kLanes] = {};
+    for (int64_t i = begin; i < end; ++i) {
+      if (e[i] >= hi) {
+        ++r.above_count;
+        if (i < whole) lanes[(i - begin) % kLanes] += e[i];
+      } else if (e[i] >= lo) {
+        ids[r.count] = static_cast<int32_t>(i);
+        weights[r.count++] = e[i];
+      }
+    }
+    double sum = LaneTotal(lanes);
+    for (int64_t i = whole; i < end; ++i)
+      if (e[i] >= hi) sum += e[i];
+    sums[b] = sum;
+    r.above += sum;
+  }
+  return r;
 }
 
 }  // namespace ref

@@ -12,9 +12,9 @@ namespace dsv4::kernels {
 //
 // exp is 2^t with t = (x - shift) * (scale * log2 e): t split into round(t) and f in [-1/2, 1/2],
 // 2^f by its degree-6 Taylor polynomial in fused multiply-adds (relative error below 2e-7). The
-// sum runs over 8 lanes in double (lane i % 8 within whole groups of 8, the lanes then added in a
-// fixed order, the tail last). The vector path and ref:: give the same bits: the result depends
-// only on the inputs, whichever path this CPU takes.
+// sum runs over 32 lanes in double (lane i % 32 within whole groups of 32, the lanes then added
+// in a fixed tree, the rest last, in order). The vector paths and ref:: give the same bits: the result depends only on
+// the inputs, whichever path this CPU takes.
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e);
 
 // The largest of x[0, n) (-inf when n == 0), and whether any of them is NaN (the largest is then
@@ -33,21 +33,31 @@ struct KeepRule {
   }
 };
 
-// The sums of the kept weights of e[0, n) per block of `block` ids (a multiple of 8): sums[b] for
-// ids [b * block, min(n, (b + 1) * block)), ceil(n / block) of them. Each block sums in double
-// over 8 lanes as ExpShiftedSum does, so the vector path and ref:: give the same bits. The draw
+// The sums of the kept weights of e[0, n) per block of `block` ids: sums[b] for ids
+// [b * block, min(n, (b + 1) * block)), ceil(n / block) of them. Each block sums in double over
+// 32 lanes as ExpShiftedSum does (lane (i - b * block) % 32), so the vector path and ref:: give the same bits. The draw
 // then needs one vector pass and a scan of one block, not two scalar passes over the vocabulary.
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums);
 
-// Writes to ids, in increasing order, every i in [0, n) with lo <= e[i] < hi; returns how many
-// (ids holds n). Top-p's second pass: the ids of the one histogram bucket where the mass ends.
-int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids);
+// One pass over e[0, n) that top-p's search asks of a weight range [lo, hi): the weights at or
+// above `hi`, summed per block of `block` ids into sums[ceil(n / block)] as KeptBlockSums sums
+// the kept ones (the draw's block sums when the cutoff falls inside the range), their total (the
+// blocks' sums added in order) and their number; and the ids of the weights in [lo, hi) with the
+// weights, in increasing id order (ids and weights hold n).
+struct RangeSplit {
+  double above = 0;         // the sum of the e[i] >= hi
+  int64_t above_count = 0;  // how many e[i] >= hi
+  int64_t count = 0;        // the ids written: lo <= e[i] < hi
+};
+RangeSplit SplitAtRange(const float* e, int64_t n, float lo, float hi, int64_t block, double* sums, int32_t* ids,
+                        float* weights);
 
 namespace ref {
 double ExpShiftedSum(const float* x, int64_t n, float shift, float scale, float* e);
 float MaxAndNaN(const float* x, int64_t n, bool* any_nan);
 void KeptBlockSums(const float* e, int64_t n, const KeepRule& keep, int64_t block, double* sums);
-int64_t IdsInRange(const float* e, int64_t n, float lo, float hi, int32_t* ids);
+RangeSplit SplitAtRange(const float* e, int64_t n, float lo, float hi, int64_t block, double* sums, int32_t* ids,
+                        float* weights);
 }  // namespace ref
 
 }  // namespace dsv4::kernels

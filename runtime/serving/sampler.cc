@@ -108,8 +108,7 @@ struct Scratch {
   std::vector<float> work;    // the logits after bias and penalties
   std::vector<float> weight;  // their unnormalized probabilities
   std::vector<int32_t> order;
-  std::vector<double> hist;
-  std::vector<double> block_sums;  // kept weight per block of ids (the draw)
+  sampling_internal::TopPScratch topp;  // also the draw's block sums
 };
 
 Scratch& ThreadScratch() {
@@ -120,66 +119,129 @@ Scratch& ThreadScratch() {
 }  // namespace
 
 namespace sampling_internal {
+namespace {
 
-// Linear time: a histogram of the weights' float bits (weights are in [0, 1], so their bits order
-// them) finds the bucket where the mass is reached; only that bucket's ids are then selected by
-// mass, partitioning around pivots. Buckets are 1/16 of a binade from 2^-32 up; every weight below
-// 2^-32 shares bucket 0 (all of them together weigh less than V 2^-32 of the best token's 1, so
-// the cutoff lands there only for a top_p within that of 1, and is then still exact, only slower).
-int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>& hist, std::vector<int32_t>& ids) {
-  constexpr int kShift = 19;                               // 8 exponent and 4 mantissa bits
-  constexpr uint32_t kBase = (127u - 32) << 23 >> kShift;  // the raw bucket of 2^-32
-  constexpr int kBuckets = (0x3F800000 >> kShift) - kBase + 2;
-  const auto bucket = [](float w) {
-    const uint32_t raw = std::bit_cast<uint32_t>(w) >> kShift;
-    return raw >= kBase ? raw - kBase + 1 : 0;
-  };
-  hist.assign(4 * kBuckets, 0.0);  // four interleaved histograms: no store-to-load chains
+// Buckets of weights by their float bits (weights are in [0, 1], so their bits order them): 1/16
+// of a binade each from 2^-32 up; every weight below 2^-32 shares bucket 0 (all of them together
+// weigh less than V 2^-32 of the best token's 1).
+constexpr int kShift = 19;                               // 8 exponent and 4 mantissa bits
+constexpr uint32_t kBase = (127u - 32) << 23 >> kShift;  // the raw bucket of 2^-32
+constexpr int kBuckets = (0x3F800000 >> kShift) - kBase + 2;
+
+inline int Bucket(float w) {
+  const uint32_t raw = std::bit_cast<uint32_t>(w) >> kShift;
+  return raw >= kBase ? static_cast<int>(raw - kBase + 1) : 0;
+}
+
+// The smallest weight of bucket b (b = kBuckets: above every weight); bucket 0 starts above 0.
+inline float BucketStart(int b) {
+  return b == 0 ? std::numeric_limits<float>::denorm_min()
+                : std::bit_cast<float>((kBase + static_cast<uint32_t>(b) - 1) << kShift);
+}
+
+// The mass of the weights by bucket, h[0, kBuckets): of all of them, or of a sixteenth, the first 8
+// of every 128 (whole cache lines, where a stride would read one line per weight). Four
+// interleaved histograms, added at the end, keep neighbours in one bucket off one store-to-load
+// chain.
+void Histogram(const float* e, int32_t V, bool sample, std::vector<double>& hist) {
+  hist.assign(4 * kBuckets, 0.0);
   double* h = hist.data();
-  int32_t i = 0;
-  for (; i + 4 <= V; i += 4)
-    for (int j = 0; j < 4; ++j) h[j * kBuckets + bucket(e[i + j])] += e[i + j];
-  for (; i < V; ++i) h[bucket(e[i])] += e[i];
+  const int32_t run = sample ? 8 : V, every = sample ? 128 : V;
+  for (int32_t start = 0; start < V; start += every) {
+    const int32_t end = std::min(V, start + run);
+    int32_t i = start;
+    for (; i + 4 <= end; i += 4)
+      for (int j = 0; j < 4; ++j) h[j * kBuckets + Bucket(e[i + j])] += e[i + j];
+    for (; i < end; ++i) h[Bucket(e[i])] += e[i];
+  }
+  for (int b = 0; b < kBuckets; ++b) h[b] += h[kBuckets + b] + h[2 * kBuckets + b] + h[3 * kBuckets + b];
+}
+
+// The bucket where the mass, added from the top bucket down, reaches `target`; `above` is the
+// mass of the buckets over it. -1 when no bucket does.
+int FindBucket(const std::vector<double>& h, double target, double* above) {
   double acc = 0;
-  int b = kBuckets - 1;
-  for (;; --b) {
-    const double m = h[b] + h[kBuckets + b] + h[2 * kBuckets + b] + h[3 * kBuckets + b];
-    if (acc + m >= target) break;
-    acc += m;
-    if (b == 0) return -1;  // the mass is reached only with every candidate (rounding): keep them all
-  }
-  // The bucket's candidates: [2^((raw bucket) - kShift), the next bucket's start), or (0, 2^-32).
-  const float from = b == 0 ? std::numeric_limits<float>::denorm_min()
-                            : std::bit_cast<float>((kBase + static_cast<uint32_t>(b) - 1) << kShift);
-  const float to = std::bit_cast<float>((kBase + static_cast<uint32_t>(b)) << kShift);
-  if (ids.size() < static_cast<size_t>(V)) ids.resize(V);  // scratch: grows once, never cleared
-  const int64_t count = kernels::IdsInRange(e, V, from, to, ids.data());
-  // Select inside the bucket by mass: partition around a pivot, keep the side the mass ends in.
-  int64_t lo = 0, hi = count;
-  for (;;) {
-    if (hi - lo <= 32) {
-      std::sort(ids.begin() + lo, ids.begin() + hi, [e](int32_t a, int32_t b) { return Before(e, a, b); });
-      for (int64_t i = lo; i < hi; ++i)
-        if ((acc += e[ids[i]]) >= target) return ids[i];
-      return ids[hi - 1];  // rounding: the bucket's whole mass was needed after all
+  for (int b = kBuckets - 1; b >= 0; --b) {
+    if (acc + h[b] >= target) {
+      *above = acc;
+      return b;
     }
-    const int32_t pivot = ids[lo + (hi - lo) / 2];
-    const auto mid = std::partition(ids.begin() + lo, ids.begin() + hi,
-                                    [e, pivot](int32_t a) { return Before(e, a, pivot); });
-    double upper = 0;
-    for (auto it = ids.begin() + lo; it != mid; ++it) upper += e[*it];
-    if (acc + upper >= target) {
-      hi = mid - ids.begin();
-    } else if (acc + upper + e[pivot] >= target) {
-      return pivot;
-    } else {
-      acc += upper + e[pivot];
-      // The pivot sits somewhere in [mid, hi): the rest, without it, is the new range.
-      auto p = std::find(mid, ids.begin() + hi, pivot);
-      std::iter_swap(p, mid);
-      lo = (mid - ids.begin()) + 1;
+    acc += h[b];
+  }
+  return -1;
+}
+
+// Among the candidates (ids[i], weights[i]) for i < count, all in [lo, hi): the first in best-first
+// order at which acc plus the weights so far reaches `target`; -1 when all of them together do not.
+// A histogram by float bits at most 1024 sub-buckets wide finds the sub-bucket where the mass
+// ends; only its few candidates are sorted.
+int32_t SelectInRange(const int32_t* ids, const float* weights, int64_t count, float lo, float hi, double acc,
+                      double target, TopPScratch& s) {
+  const uint32_t base = std::bit_cast<uint32_t>(lo), span = std::bit_cast<uint32_t>(hi) - base;
+  const int shift = std::max(0, static_cast<int>(std::bit_width(span)) - 10);
+  const auto key = [&](float w) { return (std::bit_cast<uint32_t>(w) - base) >> shift; };
+  s.sub.assign((span >> shift) + 1, 0.0);
+  for (int64_t i = 0; i < count; ++i) s.sub[key(weights[i])] += weights[i];
+  int64_t k = static_cast<int64_t>(s.sub.size()) - 1;
+  for (; k >= 0; --k) {
+    if (acc + s.sub[k] >= target) break;
+    acc += s.sub[k];
+  }
+  if (k < 0) return -1;
+  s.candidates.clear();
+  for (int64_t i = 0; i < count; ++i)
+    if (key(weights[i]) == static_cast<uint32_t>(k)) s.candidates.emplace_back(weights[i], ids[i]);
+  std::sort(s.candidates.begin(), s.candidates.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  for (const auto& [w, id] : s.candidates)
+    if ((acc += w) >= target) return id;
+  return s.candidates.back().second;  // rounding: the sub-bucket's whole mass was needed
+}
+
+}  // namespace
+
+// Linear time, in one vector pass over the weights where it can:
+// 1. The bucket where the mass ends is estimated from a sixteenth of the weights' histogram (the
+//    whole one's scattered adds cost more than all the vector passes together).
+// 2. One pass sums the weights above a window of three buckets around the estimate, per block of
+//    the draw, and collects the weights inside it; where the mass ends in the window, the cutoff
+//    is selected among them, and the draw's block sums need only the window's kept weights added.
+// 3. Where it ends above the window (a few heavy tokens the sample missed), among the weights above
+//    it if they are few; else, and where it ends below the window, from the whole histogram, as
+//    step 1 but over every weight.
+// Every step is exact on its own: the estimate only decides how much work the answer takes.
+TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratch& s) {
+  const double target = top_p * z;
+  if (s.ids.size() < static_cast<size_t>(V)) s.ids.resize(V), s.weights.resize(V);  // grow once, never cleared
+  s.block_sums.resize((V + kDrawBlock - 1) / kDrawBlock);
+  const auto split = [&](float lo, float hi) {
+    return kernels::SplitAtRange(e, V, lo, hi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data());
+  };
+  const float top = BucketStart(kBuckets);  // above every weight
+  Histogram(e, V, /*sample=*/true, s.hist);
+  double sampled = 0, unused;
+  for (int b = 0; b < kBuckets; ++b) sampled += s.hist[b];
+  const int guess = FindBucket(s.hist, top_p * sampled, &unused);
+  if (guess >= 0) {
+    const float lo = BucketStart(std::max(guess - 1, 0)), hi = BucketStart(std::min(guess + 2, kBuckets));
+    const kernels::RangeSplit in = split(lo, hi);
+    if (in.above < target) {
+      const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
+      if (cut >= 0) return TopPCut{cut, hi, in.count, 1};
+    } else if (in.above_count <= V / 16) {
+      const int64_t count = split(hi, top).count;
+      const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), count, hi, top, 0, target, s);
+      if (cut >= 0) return TopPCut{cut, 0, 0, 2};
     }
   }
+  Histogram(e, V, /*sample=*/false, s.hist);
+  double above = 0;
+  const int b = FindBucket(s.hist, target, &above);
+  if (b < 0) return TopPCut{-1, 0, 0, 3};  // the mass is reached only with every candidate (rounding): keep them all
+  const float lo = BucketStart(b), hi = BucketStart(b + 1);
+  const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), split(lo, hi).count, lo, hi, above, target, s);
+  return TopPCut{cut, 0, 0, 3};  // -1 (all of the bucket short of the mass by rounding): keep them all
 }
 
 }  // namespace sampling_internal
@@ -231,24 +293,33 @@ int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) 
     // candidates at least min_p times as likely as the best one (whose weight is 1).
     kernels::KeepRule keep;
     keep.floor = static_cast<float>(p_.min_p);
-    keep.cut_id = p_.top_p < 1 ? sampling_internal::TopPCutoff(e, V, p_.top_p * z, s.hist, s.order) : -1;
-    if (keep.cut_id >= 0) keep.cut_value = e[keep.cut_id];
+    const sampling_internal::TopPCut cut =
+        p_.top_p < 1 ? sampling_internal::TopPCutoff(e, V, z, p_.top_p, s.topp) : sampling_internal::TopPCut{};
+    keep.cut_id = cut.id;
+    if (cut.id >= 0) keep.cut_value = e[cut.id];
     // Draw over the kept tokens in id order (any fixed order draws the same distribution): find
-    // the block by the blocks' sums, then the token inside it.
-    constexpr int64_t kBlock = 2048;
-    s.block_sums.resize((V + kBlock - 1) / kBlock);
-    kernels::KeptBlockSums(e, V, keep, kBlock, s.block_sums.data());
+    // the block by the blocks' sums, then the token inside it. Top-p's pass may have summed every
+    // weight above its window already (all kept, unless min-p's floor is above them).
+    constexpr int64_t kBlock = sampling_internal::kDrawBlock;
+    std::vector<double>& block_sums = s.topp.block_sums;
+    if (cut.window_hi > 0 && keep.floor <= cut.window_hi) {
+      for (int64_t i = 0; i < cut.window; ++i)
+        if (keep(s.topp.weights[i], s.topp.ids[i])) block_sums[s.topp.ids[i] / kBlock] += s.topp.weights[i];
+    } else {
+      block_sums.resize((V + kBlock - 1) / kBlock);
+      kernels::KeptBlockSums(e, V, keep, kBlock, block_sums.data());
+    }
     double total = 0;
-    for (double sum : s.block_sums) total += sum;
+    for (double sum : block_sums) total += sum;
     const double u = Uniform() * total;
     double acc = 0;
     size_t b = 0;
-    for (; b + 1 < s.block_sums.size(); ++b) {
-      if (s.block_sums[b] > 0 && u < acc + s.block_sums[b]) break;
-      acc += s.block_sums[b];
+    for (; b + 1 < block_sums.size(); ++b) {
+      if (block_sums[b] > 0 && u < acc + block_sums[b]) break;
+      acc += block_sums[b];
     }
     bool past = false;  // rounding carried u past the last kept block: its last kept token
-    while (b > 0 && s.block_sums[b] == 0) --b, past = true;
+    while (b > 0 && block_sums[b] == 0) --b, past = true;
     chosen = -1;
     for (int64_t i = static_cast<int64_t>(b) * kBlock; i < std::min<int64_t>(V, (b + 1) * kBlock); ++i) {
       if (!keep(e[i], i)) continue;

@@ -99,10 +99,30 @@ namespace sampling_internal {  // the sampler's pieces, public for tests
 // The order of candidates by weight: larger first, then lower id (a total order).
 inline bool Before(const float* e, int32_t a, int32_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); }
 
-// Top-p over weights e[V] in [0, 1] (0 = not a candidate): the smallest set of candidates, best
-// first in the order of Before, whose weights sum to at least `target`, given as its last (worst)
-// element; -1 when only every candidate together reaches it. `hist` and `ids` are scratch.
-int32_t TopPCutoff(const float* e, int32_t V, double target, std::vector<double>& hist, std::vector<int32_t>& ids);
+// The draw's blocks of ids: it finds the block by the blocks' kept weight, then the token in it.
+inline constexpr int64_t kDrawBlock = 2048;
+
+struct TopPScratch {
+  std::vector<double> hist, sub;
+  std::vector<int32_t> ids;    // the candidates of the weight range searched...
+  std::vector<float> weights;  // ...with their weights
+  std::vector<std::pair<float, int32_t>> candidates;
+  std::vector<double> block_sums;  // per kDrawBlock ids
+};
+
+struct TopPCut {
+  int32_t id = -1;  // the cutoff: the last (worst) candidate kept; -1: every candidate is kept
+  // Where window_hi > 0, block_sums holds the sums of the weights >= window_hi per draw block (every
+  // one of them is kept by the cutoff), and ids / weights [0, window) the weights just below it,
+  // among which the cutoff fell.
+  float window_hi = 0;
+  int64_t window = 0;
+  int step = 0;  // which step of the search found it (sampler.cc): 1 the window, 2 above it, 3 the whole
+};
+
+// Top-p over weights e[V] in [0, 1] (0 = not a candidate) whose sum is z: the smallest set of
+// candidates, best first in the order of Before, whose weights sum to at least top_p * z.
+TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratch& s);
 
 }  // namespace sampling_internal
 }  // namespace dsv4

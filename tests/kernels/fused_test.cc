@@ -355,7 +355,11 @@ TEST(FloatMode, FusedAndMoeKernelsSetFlushDenormalsOnTheirThread) {
   bool any_nan = false;
   on_plain_thread("MaxAndNaN", [&] { (void)MaxAndNaN(scores.data(), m * E, &any_nan); });
   std::vector<int32_t> in_range(m * E);
-  on_plain_thread("IdsInRange", [&] { (void)IdsInRange(e.data(), m * E, 0.f, 1.f, in_range.data()); });
+  std::vector<float> range_weights(m * E);
+  std::vector<double> range_sums(m * E);
+  on_plain_thread("SplitAtRange", [&] {
+    (void)SplitAtRange(e.data(), m * E, 0.f, 1.f, 8, range_sums.data(), in_range.data(), range_weights.data());
+  });
   double sums[2];
   on_plain_thread("KeptBlockSums", [&] { KeptBlockSums(e.data(), m * E, KeepRule{}, 8, sums); });
   std::vector<int32_t> offsets(E + 1), position(m * K);

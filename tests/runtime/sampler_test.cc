@@ -260,9 +260,9 @@ TEST(SamplerKernels, ExpShiftedSumMatchesStdExpAndTheScalarPath) {
 }
 
 // The draw's other kernels against their definitions, and the vector path against ref:: to the
-// bit: the largest logit and NaN detection, the ids of one weight range in order, and the kept
-// weight per block under every rule (no cutoff, a cutoff inside a run of ties, min-p, both).
-TEST(SamplerKernels, MaxIdsInRangeAndKeptBlockSums) {
+// bit: the largest logit and NaN detection, the ids of one weight range in order with the mass
+// above it, and the kept weight per block under every rule (no cutoff, a cutoff inside a run of ties, min-p, both).
+TEST(SamplerKernels, MaxSplitAtRangeAndKeptBlockSums) {
   const int64_t n = 129280 + 5;
   std::vector<float> e(n);
   uint64_t s = 7;
@@ -284,19 +284,40 @@ TEST(SamplerKernels, MaxIdsInRangeAndKeptBlockSums) {
   }
   EXPECT_EQ(kernels::MaxAndNaN(e.data(), 0, &nan), -std::numeric_limits<float>::infinity());
 
-  std::vector<int32_t> ids(n), want;
-  for (int64_t i = 0; i < n; ++i)
+  // SplitAtRange: the weights in [0.25, 0.265625) in id order, and those above summed per block.
+  const int64_t block = 2048, blocks = (n + block - 1) / block;
+  std::vector<int32_t> want;
+  std::vector<double> want_sums(blocks);
+  int64_t want_above_count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (e[i] >= 0.265625f) want_sums[i / block] += e[i], ++want_above_count;
     if (e[i] >= 0.25f && e[i] < 0.265625f) want.push_back(static_cast<int32_t>(i));
-  ids.resize(kernels::IdsInRange(e.data(), n, 0.25f, 0.265625f, ids.data()));
-  EXPECT_EQ(ids, want);
-  ids.resize(n);
-  ids.resize(kernels::ref::IdsInRange(e.data(), n, 0.25f, 0.265625f, ids.data()));
-  EXPECT_EQ(ids, want);
+  }
+  const auto split = [&](auto fn) {
+    std::vector<int32_t> ids(n);
+    std::vector<float> weights(n);
+    std::vector<double> sums(blocks);
+    const kernels::RangeSplit r = fn(e.data(), n, 0.25f, 0.265625f, block, sums.data(), ids.data(), weights.data());
+    ids.resize(r.count);
+    EXPECT_EQ(ids, want);
+    for (int64_t i = 0; i < r.count; ++i) EXPECT_EQ(weights[i], e[ids[i]]) << i;
+    EXPECT_EQ(r.above_count, want_above_count);
+    double total = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      // Weights are multiples of 1/64 and a block's sum is below 2^11: every order sums exactly.
+      EXPECT_EQ(sums[b], want_sums[b]) << "block " << b;
+      total += sums[b];
+    }
+    EXPECT_EQ(r.above, total);  // the blocks added in order
+    return sums;
+  };
+  const std::vector<double> got_sums = split(kernels::SplitAtRange), ref_sums = split(kernels::ref::SplitAtRange);
+  for (int64_t b = 0; b < blocks; ++b)
+    EXPECT_EQ(std::bit_cast<uint64_t>(got_sums[b]), std::bit_cast<uint64_t>(ref_sums[b])) << "block " << b;
 
   const int32_t tie = static_cast<int32_t>(want[want.size() / 2]);  // a cutoff inside a run of equal weights
   for (const kernels::KeepRule keep : {kernels::KeepRule{}, kernels::KeepRule{0.f, e[tie], tie},
                                        kernels::KeepRule{0.5f, 0.f, -1}, kernels::KeepRule{0.2f, e[tie], tie}}) {
-    const int64_t block = 2048, blocks = (n + block - 1) / block;
     std::vector<double> got(blocks), ref(blocks);
     kernels::KeptBlockSums(e.data(), n, keep, block, got.data());
     kernels::ref::KeptBlockSums(e.data(), n, keep, block, ref.data());
@@ -311,7 +332,6 @@ TEST(SamplerKernels, MaxIdsInRangeAndKeptBlockSums) {
              i == keep.cut_id);
         if (kept) direct += e[i];
       }
-      // Weights are multiples of 1/64 and a block's sum is below 2^11: every order sums exactly.
       ASSERT_EQ(got[b], direct) << "block " << b << " floor " << keep.floor << " cut " << keep.cut_id;
     }
   }
@@ -337,24 +357,45 @@ TEST(Sampler, NaNLogitsAreNeverDrawn) {
 
 // Top-p's cutoff against the definition: sort every candidate best first (weight, then id), take
 // the shortest prefix whose running sum reaches the target. Weights with many exact ties and a
-// flat distribution (most of the vocabulary kept) as well as a peaked one.
+// flat distribution (most of the vocabulary kept) as well as a peaked one; and weights the
+// search's sample (the first 8 ids of every 128) misrepresents, so each of its steps answers some
+// of the cases.
 TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
   const int32_t V = 129280;
-  std::vector<double> hist;
-  std::vector<int32_t> ids;
+  sampling_internal::TopPScratch scratch;
+  std::map<int, int> steps;  // how many cutoffs each step of the search found
   uint64_t s = 99;
-  for (int trial = 0; trial < 16; ++trial) {
+  for (int trial = 0; trial < 28; ++trial) {
     std::vector<float> e(V);
     for (int32_t i = 0; i < V; ++i) {
       s = s * 6364136223846793005ull + 1442695040888963407ull;
       const double u = static_cast<double>(s >> 11) / 9007199254740992.0;
-      e[i] = trial % 4 == 0   ? static_cast<float>(std::round(u * 8) / 8)      // ties
-             : trial % 4 == 1 ? static_cast<float>(std::exp(-2 * u))           // flat
-             : trial % 4 == 2 ? static_cast<float>(std::exp(-40 * u * u * u))  // peaked
-                              : static_cast<float>(1e-11 * (1 + u));           // below 2^-32: the shared bucket
+      const bool sampled = i % 128 < 8;
+      switch (trial % 7) {
+        case 0:
+          e[i] = static_cast<float>(std::round(u * 8) / 8);
+          break;  // ties
+        case 1:
+          e[i] = static_cast<float>(std::exp(-2 * u));
+          break;  // flat
+        case 2:
+          e[i] = static_cast<float>(std::exp(-40 * u * u * u));
+          break;  // peaked
+        case 3:
+          e[i] = static_cast<float>(1e-11 * (1 + u));
+          break;  // below 2^-32: the shared bucket
+        case 4:
+          e[i] = static_cast<float>(sampled ? 0.01 * (1 + u) : 0.5 * (1 + u));
+          break;  // sample too low
+        case 5:
+          e[i] = static_cast<float>(sampled ? 0.5 * (1 + u) : 0.01 * (1 + u));
+          break;  // sample too high
+        default:  // a few heavy tokens the sample misses
+          e[i] = static_cast<float>(i % 128 == 77 && i < 128 * 50 ? 0.9 + 0.1 * u : 1e-3 * (1 + u));
+      }
       if (i % 97 == 0) e[i] = 0.f;  // not a candidate
     }
-    if (trial % 4 == 3) e[5] = 1.f;  // one token holds all but 2e-6 of the mass
+    if (trial % 7 == 3) e[5] = 1.f;  // one token holds all but 2e-6 of the mass
     std::vector<int32_t> order(V);
     for (int32_t i = 0; i < V; ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return sampling_internal::Before(e.data(), a, b); });
@@ -371,15 +412,24 @@ TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
           break;
         }
       }
-      const int32_t got = sampling_internal::TopPCutoff(e.data(), V, target, hist, ids);
+      const sampling_internal::TopPCut got = sampling_internal::TopPCutoff(e.data(), V, z, top_p, scratch);
+      ++steps[got.step];
       // The two sums run in different orders; where they straddle the target within rounding
       // the cutoff may move by one position, so compare ranks within 1.
       const auto rank = [&](int32_t id) { return std::find(order.begin(), order.end(), id) - order.begin(); };
-      ASSERT_NE(got, -1) << "trial " << trial << " top_p " << top_p;
+      ASSERT_NE(got.id, -1) << "trial " << trial << " top_p " << top_p;
       ASSERT_NE(want, -1);
-      EXPECT_LE(std::abs(rank(got) - rank(want)), 1) << "trial " << trial << " top_p " << top_p;
+      EXPECT_LE(std::abs(rank(got.id) - rank(want)), 1) << "trial " << trial << " top_p " << top_p;
+      if (got.window_hi > 0) {  // the weights above the window, summed per draw block
+        double above = 0, blocks = 0;
+        for (float v : e)
+          if (v >= got.window_hi) above += v;
+        for (double b : scratch.block_sums) blocks += b;
+        EXPECT_NEAR(blocks, above, 1e-9 * z) << "trial " << trial << " top_p " << top_p;
+      }
     }
   }
+  for (int step = 1; step <= 3; ++step) EXPECT_GT(steps[step], 0) << "step " << step << " never found the cutoff";
 }
 
 // ---- output text --------------------------------------------------------------------------------
