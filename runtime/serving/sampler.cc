@@ -111,6 +111,30 @@ struct Scratch {
   sampling_internal::TopPScratch topp;  // also the draw's block sums
 };
 
+// Adds the kept ones of the weights (ids[i], weights[i]), i < count (ids increasing, all above 0,
+// the cutoff among them) to their draw blocks' sums. Without branches: around the cutoff, kept or
+// not is a coin toss. Each block's run is summed in four interleaved partial sums (one chain would
+// wait on each add), added in a fixed order.
+void AddKept(const int32_t* ids, const float* weights, int64_t count, const kernels::KeepRule& keep, double* sums) {
+  const auto kept = [&](int64_t j) {
+    const float w = weights[j];
+    const int in = (static_cast<int>(w > keep.cut_value) |
+                    (static_cast<int>(w == keep.cut_value) & static_cast<int>(ids[j] <= keep.cut_id))) &
+                   static_cast<int>(w >= keep.floor);
+    return static_cast<double>(w * static_cast<float>(in));
+  };
+  for (int64_t i = 0; i < count;) {
+    const int64_t b = ids[i] / sampling_internal::kDrawBlock;
+    const int64_t end = std::partition_point(ids + i, ids + count,
+                                             [b](int32_t id) { return id / sampling_internal::kDrawBlock == b; }) -
+                        ids;
+    double p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+    for (; i + 4 <= end; i += 4) p0 += kept(i), p1 += kept(i + 1), p2 += kept(i + 2), p3 += kept(i + 3);
+    for (; i < end; ++i) p0 += kept(i);
+    sums[b] += (p0 + p2) + (p1 + p3);
+  }
+}
+
 Scratch& ThreadScratch() {
   thread_local Scratch scratch;
   return scratch;
@@ -303,8 +327,7 @@ int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) 
     constexpr int64_t kBlock = sampling_internal::kDrawBlock;
     std::vector<double>& block_sums = s.topp.block_sums;
     if (cut.window_hi > 0 && keep.floor <= cut.window_hi) {
-      for (int64_t i = 0; i < cut.window; ++i)
-        if (keep(s.topp.weights[i], s.topp.ids[i])) block_sums[s.topp.ids[i] / kBlock] += s.topp.weights[i];
+      AddKept(s.topp.ids.data(), s.topp.weights.data(), cut.window, keep, block_sums.data());
     } else {
       block_sums.resize((V + kBlock - 1) / kBlock);
       kernels::KeptBlockSums(e, V, keep, kBlock, block_sums.data());
@@ -322,9 +345,11 @@ int32_t Sampler::Sample(std::span<const float> logits, TokenLogprobs* logprobs) 
     while (b > 0 && block_sums[b] == 0) --b, past = true;
     chosen = -1;
     for (int64_t i = static_cast<int64_t>(b) * kBlock; i < std::min<int64_t>(V, (b + 1) * kBlock); ++i) {
-      if (!keep(e[i], i)) continue;
-      chosen = static_cast<int32_t>(i);
-      if (!past && u < (acc += e[i])) break;
+      // Without a branch on the kept test (as good as a coin toss inside the window).
+      const bool kept = keep(e[i], i);
+      chosen = kept ? static_cast<int32_t>(i) : chosen;
+      acc += kept ? e[i] : 0.0;
+      if (kept && !past && u < acc) break;
     }
     if (chosen < 0) chosen = std::max_element(w, w + V) - w;  // unreachable: the best token is kept
   }
