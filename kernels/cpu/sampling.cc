@@ -243,8 +243,9 @@ DSV4_AVX512 double ExpShiftedSumAvx512(const float* x, int64_t n, float shift, f
       const __m512 f = _mm512_sub_ps(t, k);
       __m512 p = coef[6];
       for (int j = 5; j >= 0; --j) p = _mm512_fmadd_ps(p, f, coef[j]);
-      const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
-      const __m512 v = _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)));
+      // p 2^k in one instruction, exactly the product the other paths form from 2^k's bits: where
+      // k = -126, f >= 0 and p >= 1, so the result is never subnormal.
+      const __m512 v = _mm512_maskz_scalef_ps(keep, p, k);
       _mm512_storeu_ps(e + i + 16 * h, v);
       acc.Add(h, v);
     }
