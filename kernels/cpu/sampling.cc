@@ -50,6 +50,23 @@ inline double LaneTotal(double* s) {
   return s[0];
 }
 
+// SplitAtRange's elements [i, end) of a block after its whole groups of kLanes, in order, on every
+// path: adds those at or above hi to `sum` (the lanes' total) and returns it, collects those in
+// [lo, hi).
+inline double SplitRest(const float* e, int64_t i, int64_t end, float lo, float hi, double sum, RangeSplit& r,
+                        int32_t* ids, float* weights) {
+  for (; i < end; ++i) {
+    if (e[i] >= hi) {
+      sum += e[i];
+      ++r.above_count;
+    } else if (e[i] >= lo) {
+      ids[r.count] = static_cast<int32_t>(i);
+      weights[r.count++] = e[i];
+    }
+  }
+  return sum;
+}
+
 // 32 double lanes as eight 4-double registers: Add(q, v) puts 8 floats (element i at lane i % 32)
 // into registers 2q and 2q + 1.
 struct LanesAvx2 {
@@ -184,18 +201,8 @@ __attribute__((target("avx2,fma"))) RangeSplit SplitAtRangeAvx2(const float* e, 
         _mm256_storeu_ps(weights + r.count, _mm256_permutevar8x32_ps(v, perm));
         r.count += std::popcount(in);
       }
-    double sum = acc.Total();
-    for (; i < end; ++i) {
-      if (e[i] >= hi) {
-        sum += e[i];
-        ++r.above_count;
-      } else if (e[i] >= lo) {
-        ids[r.count] = static_cast<int32_t>(i);
-        weights[r.count++] = e[i];
-      }
-    }
-    sums[b] = sum;
-    r.above += sum;
+    sums[b] = SplitRest(e, i, end, lo, hi, acc.Total(), r, ids, weights);
+    r.above += sums[b];
   }
   return r;
 }
@@ -324,18 +331,8 @@ DSV4_AVX512 RangeSplit SplitAtRangeAvx512(const float* e, int64_t n, float lo, f
         _mm512_storeu_ps(weights + r.count, _mm512_maskz_compress_ps(in, v));
         r.count += std::popcount(static_cast<unsigned>(in));
       }
-    double sum = acc.Total();
-    for (; i < end; ++i) {
-      if (e[i] >= hi) {
-        sum += e[i];
-        ++r.above_count;
-      } else if (e[i] >= lo) {
-        ids[r.count] = static_cast<int32_t>(i);
-        weights[r.count++] = e[i];
-      }
-    }
-    sums[b] = sum;
-    r.above += sum;
+    sums[b] = SplitRest(e, i, end, lo, hi, acc.Total(), r, ids, weights);
+    r.above += sums[b];
   }
   return r;
 }
@@ -418,22 +415,20 @@ RangeSplit SplitAtRange(const float* e, int64_t n, float lo, float hi, int64_t b
   RangeSplit r;
   for (int64_t b = 0; b * block < n; ++b) {
     const int64_t begin = b * block, end = std::min(n, begin + block);
-    const int64_t whole = begin + (end - begin) / kLanes * kLanes;  // in the lanes; the rest after them
     double lanes[kLanes] = {};
-    for (int64_t i = begin; i < end; ++i) {
-      if (e[i] >= hi) {
-        ++r.above_count;
-        if (i < whole) lanes[(i - begin) % kLanes] += e[i];
-      } else if (e[i] >= lo) {
-        ids[r.count] = static_cast<int32_t>(i);
-        weights[r.count++] = e[i];
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        if (e[i + j] >= hi) {
+          lanes[j] += e[i + j];
+          ++r.above_count;
+        } else if (e[i + j] >= lo) {
+          ids[r.count] = static_cast<int32_t>(i + j);
+          weights[r.count++] = e[i + j];
+        }
       }
-    }
-    double sum = LaneTotal(lanes);
-    for (int64_t i = whole; i < end; ++i)
-      if (e[i] >= hi) sum += e[i];
-    sums[b] = sum;
-    r.above += sum;
+    sums[b] = SplitRest(e, i, end, lo, hi, LaneTotal(lanes), r, ids, weights);
+    r.above += sums[b];
   }
   return r;
 }
