@@ -112,16 +112,12 @@ struct Scratch {
 };
 
 // Adds the kept ones of the weights (ids[i], weights[i]), i < count (ids increasing, all above 0,
-// the cutoff among them) to their draw blocks' sums. Without branches: around the cutoff, kept or
-// not is a coin toss. Each block's run is summed in four interleaved partial sums (one chain would
-// wait on each add), added in a fixed order.
+// the cutoff among them) to their draw blocks' sums. Without branches (KeepRule's test is
+// bitwise): around the cutoff, kept or not is a coin toss. Each block's run is summed in four
+// interleaved partial sums (one chain would wait on each add), added in a fixed order.
 void AddKept(const int32_t* ids, const float* weights, int64_t count, const kernels::KeepRule& keep, double* sums) {
   const auto kept = [&](int64_t j) {
-    const float w = weights[j];
-    const int in = (static_cast<int>(w > keep.cut_value) |
-                    (static_cast<int>(w == keep.cut_value) & static_cast<int>(ids[j] <= keep.cut_id))) &
-                   static_cast<int>(w >= keep.floor);
-    return static_cast<double>(w * static_cast<float>(in));
+    return static_cast<double>(weights[j] * static_cast<float>(keep(weights[j], ids[j])));
   };
   for (int64_t i = 0; i < count;) {
     const int64_t b = ids[i] / sampling_internal::kDrawBlock;
@@ -199,8 +195,8 @@ int FindBucket(const std::vector<double>& h, double target, double* above) {
 // order at which acc plus the weights so far reaches `target`; -1 when all of them together do not.
 // A histogram by float bits at most 1024 sub-buckets wide finds the sub-bucket where the mass
 // ends; only its few candidates are sorted.
-int32_t SelectInRange(const int32_t* ids, const float* weights, int64_t count, float lo, float hi, double acc,
-                      double target, TopPScratch& s) {
+int32_t SelectInRange(const float* e, const int32_t* ids, const float* weights, int64_t count, float lo, float hi,
+                      double acc, double target, TopPScratch& s) {
   const uint32_t base = std::bit_cast<uint32_t>(lo), span = std::bit_cast<uint32_t>(hi) - base;
   const int shift = std::max(0, static_cast<int>(std::bit_width(span)) - 10);
   const auto key = [&](float w) { return (std::bit_cast<uint32_t>(w) - base) >> shift; };
@@ -214,13 +210,11 @@ int32_t SelectInRange(const int32_t* ids, const float* weights, int64_t count, f
   if (k < 0) return -1;
   s.candidates.clear();
   for (int64_t i = 0; i < count; ++i)
-    if (key(weights[i]) == static_cast<uint32_t>(k)) s.candidates.emplace_back(weights[i], ids[i]);
-  std::sort(s.candidates.begin(), s.candidates.end(), [](const auto& a, const auto& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  });
-  for (const auto& [w, id] : s.candidates)
-    if ((acc += w) >= target) return id;
-  return s.candidates.back().second;  // rounding: the sub-bucket's whole mass was needed
+    if (key(weights[i]) == static_cast<uint32_t>(k)) s.candidates.push_back(ids[i]);
+  std::sort(s.candidates.begin(), s.candidates.end(), [e](int32_t a, int32_t b) { return Before(e, a, b); });
+  for (const int32_t id : s.candidates)
+    if ((acc += e[id]) >= target) return id;
+  return s.candidates.back();  // rounding: the sub-bucket's whole mass was needed
 }
 
 }  // namespace
@@ -251,11 +245,11 @@ TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratc
     const float lo = BucketStart(std::max(guess - 1, 0)), hi = BucketStart(std::min(guess + 2, kBuckets));
     const kernels::RangeSplit in = split(lo, hi);
     if (in.above < target) {
-      const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
+      const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
       if (cut >= 0) return TopPCut{cut, hi, in.count, 1};
     } else if (in.above_count <= V / 16) {
       const int64_t count = split(hi, top).count;
-      const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), count, hi, top, 0, target, s);
+      const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), count, hi, top, 0, target, s);
       if (cut >= 0) return TopPCut{cut, 0, 0, 2};
     }
   }
@@ -264,7 +258,7 @@ TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratc
   const int b = FindBucket(s.hist, target, &above);
   if (b < 0) return TopPCut{-1, 0, 0, 3};  // the mass is reached only with every candidate (rounding): keep them all
   const float lo = BucketStart(b), hi = BucketStart(b + 1);
-  const int32_t cut = SelectInRange(s.ids.data(), s.weights.data(), split(lo, hi).count, lo, hi, above, target, s);
+  const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), split(lo, hi).count, lo, hi, above, target, s);
   return TopPCut{cut, 0, 0, 3};  // -1 (all of the bucket short of the mass by rounding): keep them all
 }
 

@@ -106,7 +106,7 @@ struct TopPScratch {
   std::vector<double> hist, sub;
   std::vector<int32_t> ids;    // the candidates of the weight range searched...
   std::vector<float> weights;  // ...with their weights
-  std::vector<std::pair<float, int32_t>> candidates;
+  std::vector<int32_t> candidates;  // of one sub-bucket, sorted best first
   std::vector<double> block_sums;  // per kDrawBlock ids
 };
 
