@@ -31,7 +31,7 @@ absl::Status MoeDispatcher::Dispatch(const ExpertPlacement& placement, const flo
     DSV4_ASSIGN_OR_RETURN(peers_, comm_->NewPeerMemory(), "MoE dispatch");
   }
   D_ = D, K_ = K;
-  DSV4_ASSIGN_OR_RETURN(plan_, PlanMoeSend(placement, experts, weights, n, K, me));
+  DSV4_RETURN_IF_ERROR(PlanMoeSend(placement, experts, weights, n, K, me, plan_));
   const int64_t words = 2 * static_cast<int64_t>(K), row_bytes = D * static_cast<int64_t>(sizeof(float));
   send_count_ = plan_.send_count;
   const int64_t num_self = send_count_[me];

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 
 namespace dsv4 {
 
@@ -13,76 +14,77 @@ float MoeSendPlan::weight(int64_t row, int j) const {
   return w;
 }
 
-absl::StatusOr<MoeSendPlan> PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights,
-                                        int64_t n, int K, int sender) {
-  MoeSendPlan p;
+absl::Status PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights, int64_t n,
+                         int K, int sender, MoeSendPlan& p) {
   p.ep = placement.ep(), p.K = K;
   const int P = p.ep;
-  // dest[t * K + j]: the EP rank serving (t, j), or -1.
-  std::vector<int32_t> dest(n * K, -1);
-  std::vector<int64_t> seen(placement.num_experts(), 0);  // pairs routed to each expert so far
+  const int64_t E = placement.num_experts();
+  // Pass 1: each pair's EP rank (replicas taken in token, then slot order), the pairs per rank,
+  // and the tokens per rank: a token goes to a rank once, however many of its slots it serves.
+  p.dest.resize(n * K);
   p.pairs_per_rank.assign(P, 0);
+  p.send_count.assign(P, 0);
+  p.work.seen.assign(E, 0);
+  p.work.stamp.assign(P, -1);  // the last token counted for each rank
   for (int64_t t = 0; t < n; ++t)
     for (int j = 0; j < K; ++j) {
       const int32_t e = experts[t * K + j];
-      if (e < 0) continue;
-      if (e >= placement.num_experts())
-        return absl::InvalidArgumentError(absl::StrCat("MoE dispatch: token ", t, " routes to expert ", e, " of ",
-                                                       placement.num_experts()));
-      const std::vector<int>& reps = placement.replicas(e);
-      const int r = reps.size() == 1 ? reps[0] : reps[(seen[e]++ + sender) % reps.size()];
-      dest[t * K + j] = r;
-      ++p.pairs_per_rank[r];
+      int32_t r = -1;
+      if (e >= E)
+        return absl::InvalidArgumentError(absl::StrCat("MoE dispatch: token ", t, " routes to expert ", e, " of ", E));
+      if (e >= 0) {
+        const std::vector<int>& reps = placement.replicas(e);
+        r = reps.size() == 1 ? reps[0] : reps[(p.work.seen[e]++ + sender) % reps.size()];
+        ++p.pairs_per_rank[r];
+        if (p.work.stamp[r] != t) p.work.stamp[r] = t, ++p.send_count[r];
+      }
+      p.dest[t * K + j] = r;
     }
-  // Tokens per peer: a token goes to a peer once, however many of its slots that peer serves.
-  std::vector<int64_t> count(P, 0);
-  for (int64_t t = 0; t < n; ++t)
-    for (int j = 0; j < K; ++j) {
-      const int32_t r = dest[t * K + j];
-      if (r < 0) continue;
-      bool first = true;
-      for (int i = 0; i < j; ++i) first &= dest[t * K + i] != r;
-      count[r] += first;
-    }
-  p.send_count = count;
-  p.send_offset.assign(P + 1, 0);
-  for (int r = 0; r < P; ++r) p.send_offset[r + 1] = p.send_offset[r] + count[r];
+  p.send_offset.resize(P + 1);
+  p.send_offset[0] = 0;
+  for (int r = 0; r < P; ++r) p.send_offset[r + 1] = p.send_offset[r] + p.send_count[r];
   const int64_t total = p.send_offset[P];
+  // Pass 2: packed rows, peer-major and in token order within a peer; each token's rows in
+  // ascending order (EP-rank order) for the combine.
   p.token.resize(total);
-  p.meta.assign(total * 2 * K, 0);
-  std::vector<int64_t> fill(p.send_offset.begin(), p.send_offset.end() - 1);
-  std::vector<int32_t> row_of(n * K, -1);  // packed row of (t, j)'s destination
-  for (int64_t t = 0; t < n; ++t)
+  p.meta.resize(total * 2 * K);
+  p.combine_offset.resize(n + 1);
+  p.combine_rows.resize(total);
+  p.work.fill.assign(p.send_offset.begin(), p.send_offset.end() - 1);
+  p.work.stamp.assign(P, -1);
+  p.work.row.resize(P);  // the row token t has for rank r, valid while work.stamp[r] == t
+  int32_t next = 0;
+  p.combine_offset[0] = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t first = next;
     for (int j = 0; j < K; ++j) {
-      const int32_t r = dest[t * K + j];
+      const int32_t r = p.dest[t * K + j];
       if (r < 0) continue;
-      int32_t row = -1;
-      for (int i = 0; i < j && row < 0; ++i)
-        if (dest[t * K + i] == r) row = row_of[t * K + i];
-      if (row < 0) {
-        row = static_cast<int32_t>(fill[r]++);
+      if (p.work.stamp[r] != t) {
+        const int32_t row = static_cast<int32_t>(p.work.fill[r]++);
+        p.work.stamp[r] = t, p.work.row[r] = row;
         p.token[row] = t;
         int32_t* m = &p.meta[row * 2 * K];
-        for (int i = 0; i < K; ++i) m[i] = -1;
+        std::fill(m, m + K, -1);
+        std::fill(m + K, m + 2 * K, 0);
+        // Insertion into this token's rows, kept ascending.
+        int32_t c = next++;
+        for (; c > first && p.combine_rows[c - 1] > row; --c) p.combine_rows[c] = p.combine_rows[c - 1];
+        p.combine_rows[c] = row;
       }
-      row_of[t * K + j] = row;
-      int32_t* m = &p.meta[row * 2 * K];
+      int32_t* m = &p.meta[p.work.row[r] * 2 * K];
       m[j] = experts[t * K + j];
       std::memcpy(&m[K + j], &weights[t * K + j], sizeof(float));
     }
-  // Combine order: each token's rows in EP-rank order (packed rows are peer-major, so ascending).
-  p.combine_offset.assign(n + 1, 0);
-  p.combine_rows.reserve(total);
-  std::vector<int32_t> rows;
-  for (int64_t t = 0; t < n; ++t) {
-    rows.clear();
-    for (int j = 0; j < K; ++j)
-      if (row_of[t * K + j] >= 0 && std::find(rows.begin(), rows.end(), row_of[t * K + j]) == rows.end())
-        rows.push_back(row_of[t * K + j]);
-    std::sort(rows.begin(), rows.end());
-    p.combine_rows.insert(p.combine_rows.end(), rows.begin(), rows.end());
-    p.combine_offset[t + 1] = static_cast<int32_t>(p.combine_rows.size());
+    p.combine_offset[t + 1] = next;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MoeSendPlan> PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights,
+                                        int64_t n, int K, int sender) {
+  MoeSendPlan p;
+  DSV4_RETURN_IF_ERROR(PlanMoeSend(placement, experts, weights, n, K, sender, p));
   return p;
 }
 

@@ -37,6 +37,12 @@ struct MoeSendPlan {
   std::vector<int32_t> combine_rows;    // [total]
   // (expert, slot) pairs served by each EP rank, self included: the load the placement balances.
   std::vector<int64_t> pairs_per_rank;  // [ep]
+  std::vector<int32_t> dest;            // [n, K] the EP rank serving each pair (-1: none)
+  // Working memory of PlanMoeSend, kept so that planning into the same plan allocates nothing.
+  struct Work {
+    std::vector<int64_t> seen, fill, stamp;
+    std::vector<int32_t> row;
+  } work;
 
   int64_t total() const { return static_cast<int64_t>(token.size()); }
   int32_t expert(int64_t row, int j) const { return meta[row * 2 * K + j]; }
@@ -47,6 +53,9 @@ struct MoeSendPlan {
 // picks the first replica, see above). InvalidArgument on an expert id outside the placement.
 absl::StatusOr<MoeSendPlan> PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights,
                                         int64_t n, int K, int sender);
+// The same into `plan`, reusing its memory (a dispatcher plans every step).
+absl::Status PlanMoeSend(const ExpertPlacement& placement, const int32_t* experts, const float* weights, int64_t n,
+                         int K, int sender, MoeSendPlan& plan);
 
 struct ExpertGroups {
   std::vector<int64_t> local_experts;  // the logical experts this rank holds, ascending

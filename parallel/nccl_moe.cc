@@ -60,7 +60,7 @@ absl::Status NcclMoeExchange::Dispatch(const ExpertPlacement& placement, const f
   pool_->Reset();
   const int ep = comm_->size();
   if (placement.ep() != ep) return absl::InvalidArgumentError("MoE exchange: placement and communicator sizes differ");
-  DSV4_ASSIGN_OR_RETURN(send_, PlanMoeSend(placement, experts, weights, n, K, comm_->rank()));
+  DSV4_RETURN_IF_ERROR(PlanMoeSend(placement, experts, weights, n, K, comm_->rank(), send_));
 
   // 1. Counts: one int64 per peer each way.
   std::vector<int64_t> ones(ep, 1), cnt_bytes, cnt_displs;

@@ -267,5 +267,81 @@ TEST(NcclPlan, ReplicasSplitTheirExpertEvenly) {
   }
 }
 
+// The plan against a plain restatement of moe_plan.h's rules, field by field. One plan object is
+// planned into again and again, with shapes that grow and shrink, so memory it keeps from an
+// earlier, larger plan cannot leak into a later one.
+TEST(NcclPlan, SendPlanEqualsPlainLoopsAndReusesItsMemory) {
+  std::mt19937 rng(7);
+  MoeSendPlan reused;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int P = std::vector<int>{1, 2, 3, 4, 6}[trial % 5];
+    const int K = std::vector<int>{1, 2, 6, 16}[(trial / 5) % 4];
+    const int64_t E = 16 + trial % 7, n = std::uniform_int_distribution<int64_t>(0, 40)(rng);
+    ExpertPlacement placement = ExpertPlacement::Contiguous(E, P);
+    if (trial % 3 == 0 && P > 1) placement.AddReplica(trial % E, P - 1), placement.AddReplica(trial % E, 0);
+    const int sender = trial % P;
+    std::vector<int32_t> experts(n * K);
+    std::vector<float> weights(n * K);
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<int32_t> ids(E);
+      for (int64_t e = 0; e < E; ++e) ids[e] = static_cast<int32_t>(e);
+      std::shuffle(ids.begin(), ids.end(), rng);
+      for (int j = 0; j < K; ++j) {
+        experts[t * K + j] = (trial % 2 == 1 && (t + j) % 5 == 0) ? -1 : ids[j];
+        weights[t * K + j] = 0.5f + 0.01f * static_cast<float>(t * K + j);
+      }
+    }
+    // The rules, directly: replicas in token then slot order; one row per (token, rank), rows
+    // rank-major and in token order within a rank; each token's rows ascending.
+    std::vector<int64_t> seen(E, 0), pairs(P, 0);
+    std::vector<int32_t> dest(n * K, -1);
+    for (int64_t t = 0; t < n; ++t)
+      for (int j = 0; j < K; ++j)
+        if (const int32_t e = experts[t * K + j]; e >= 0) {
+          const std::vector<int>& reps = placement.replicas(e);
+          dest[t * K + j] = reps[(seen[e]++ + sender) % reps.size()];
+          ++pairs[dest[t * K + j]];
+        }
+    std::vector<int64_t> token, count(P, 0);
+    std::vector<int32_t> meta;
+    std::vector<std::vector<int32_t>> rows_of(n);
+    for (int r = 0; r < P; ++r)
+      for (int64_t t = 0; t < n; ++t) {
+        if (std::find(&dest[t * K], &dest[t * K] + K, r) == &dest[t * K] + K) continue;
+        rows_of[t].push_back(static_cast<int32_t>(token.size()));
+        token.push_back(t), ++count[r];
+        for (int j = 0; j < K; ++j) meta.push_back(dest[t * K + j] == r ? experts[t * K + j] : -1);
+        for (int j = 0; j < K; ++j) {
+          int32_t bits = 0;
+          if (dest[t * K + j] == r) std::memcpy(&bits, &weights[t * K + j], sizeof(bits));
+          meta.push_back(bits);
+        }
+      }
+    std::vector<int32_t> combine_offset{0}, combine_rows;
+    for (int64_t t = 0; t < n; ++t) {
+      combine_rows.insert(combine_rows.end(), rows_of[t].begin(), rows_of[t].end());
+      combine_offset.push_back(static_cast<int32_t>(combine_rows.size()));
+    }
+    std::vector<int64_t> offset{0};
+    for (int r = 0; r < P; ++r) offset.push_back(offset.back() + count[r]);
+
+    ASSERT_TRUE(PlanMoeSend(placement, experts.data(), weights.data(), n, K, sender, reused).ok());
+    auto fresh = PlanMoeSend(placement, experts.data(), weights.data(), n, K, sender);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    for (const MoeSendPlan* p : {&reused, &*fresh}) {
+      SCOPED_TRACE(::testing::Message() << "trial " << trial << " P " << P << " K " << K << " n " << n
+                                        << (p == &reused ? " reused" : " fresh"));
+      EXPECT_EQ(p->send_count, count);
+      EXPECT_EQ(p->send_offset, offset);
+      EXPECT_EQ(p->token, token);
+      EXPECT_EQ(p->meta, meta);
+      EXPECT_EQ(p->combine_offset, combine_offset);
+      EXPECT_EQ(p->combine_rows, combine_rows);
+      EXPECT_EQ(p->pairs_per_rank, pairs);
+      EXPECT_EQ(p->dest, dest);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dsv4
