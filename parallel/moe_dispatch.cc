@@ -116,7 +116,7 @@ absl::Status MoeDispatcher::Dispatch(const ExpertPlacement& placement, const flo
   return absl::OkStatus();
 }
 
-absl::Status MoeDispatcher::Combine(const float* y_recv, float* out) {
+absl::Status MoeDispatcher::Combine(const float* y_recv, float* out, bool accumulate) {
   // Results travel back along the same routes: what q sent us returns to q, in the same order.
   const int P = comm_->size(), me = comm_->rank();
   const int64_t D = D_, row_bytes = D * static_cast<int64_t>(sizeof(float));
@@ -147,9 +147,20 @@ absl::Status MoeDispatcher::Combine(const float* y_recv, float* out) {
     first += recv_count_[q];
   }
   // Reduce in a fixed order: our own rows (ready now), then each peer as it arrives, in the order
-  // the peers send to us (rank - 1 first).
+  // the peers send to us (rank - 1 first). Without `accumulate`, a token's first row is copied:
+  // the same sum as adding it to a cleared row, one read of the output fewer.
   const int64_t* token = plan_.token.data();
-  for (int64_t i = 0; i < num_self; ++i) kernels::AddTo(out + token[plan_.send_offset[me] + i] * D, y_recv + i * D, D);
+  const int64_t n = static_cast<int64_t>(plan_.combine_offset.size()) - 1;
+  if (!accumulate) written_.assign(n, 0);
+  auto add = [&](int64_t t, const float* row) {
+    if (accumulate || written_[t]) {
+      kernels::AddTo(out + t * D, row, D);
+    } else {
+      std::memcpy(out + t * D, row, row_bytes);
+      written_[t] = 1;
+    }
+  };
+  for (int64_t i = 0; i < num_self; ++i) add(token[plan_.send_offset[me] + i], y_recv + i * D);
   const int64_t chunk = std::max<int64_t>(1, kCombineChunkBytes / row_bytes);
   for (int i = 1; i < P; ++i) {
     const int q = (me - i + P) % P;
@@ -159,7 +170,7 @@ absl::Status MoeDispatcher::Combine(const float* y_recv, float* out) {
     const int64_t c = send_count_[q];
     if (!peers_->CanRead(me, q)) {
       const float* rows = back_[q].data.get();
-      for (int64_t k = 0; k < c; ++k) kernels::AddTo(out + tq[k] * D, rows + k * D, D);
+      for (int64_t k = 0; k < c; ++k) add(tq[k], rows + k * D);
       continue;
     }
     float* stage = stage_.Reserve(chunk * D);
@@ -167,10 +178,13 @@ absl::Status MoeDispatcher::Combine(const float* y_recv, float* out) {
       const int64_t m = std::min(chunk, c - k0);
       const uint64_t from = peer_y_[q] + static_cast<uint64_t>(k0 * row_bytes);
       DSV4_RETURN_IF_ERROR(peers_->Gather(q, &from, m * row_bytes, 1, stage), "MoE combine");
-      for (int64_t k = 0; k < m; ++k) kernels::AddTo(out + tq[k0 + k] * D, stage + k * D, D);
+      for (int64_t k = 0; k < m; ++k) add(tq[k0 + k], stage + k * D);
     }
     ex->Send(q, &acks_[me], sizeof(int64_t));  // done reading q's rows (the value is not used)
   }
+  if (!accumulate)
+    for (int64_t t = 0; t < n; ++t)
+      if (!written_[t]) std::memset(out + t * D, 0, row_bytes);  // routed nowhere (all its experts -1)
   bytes_moved_ += plan_.total() * row_bytes;
   return ex->WaitAll();
 }

@@ -56,9 +56,10 @@ class MoeDispatcher {
   int32_t recv_expert(int64_t i, int j) const { return meta_[i][j]; }
   float recv_weight(int64_t i, int j) const;
 
-  // y_recv [num_received(), D]: this rank's weighted expert sum per served token. Adds each
-  // token's rows from every serving rank into out [n, D] (out is not cleared).
-  absl::Status Combine(const float* y_recv, float* out);
+  // y_recv [num_received(), D]: this rank's weighted expert sum per served token. Sums each token's
+  // rows from every serving rank into out [n, D]: added to out when `accumulate`, else out is the
+  // sum (zero for a token no rank served), its first row copied rather than added to a cleared row.
+  absl::Status Combine(const float* y_recv, float* out, bool accumulate);
 
   // The last Dispatch's plan ((expert, slot) pairs per EP rank, tokens per peer).
   const MoeSendPlan& plan() const { return plan_; }
@@ -96,6 +97,7 @@ class MoeDispatcher {
   std::vector<uint64_t> y_address_, peer_y_;        // per peer: where its returned rows are
   std::vector<int64_t> acks_;                       // per peer: "done reading your rows"
   Buffer<float> stage_;                             // an L2-sized chunk of returned rows
+  std::vector<uint8_t> written_;                    // Combine without accumulate: per token, a row is in
   std::vector<const float*> hidden_;                // [num_received] rows this rank serves
   std::vector<const int32_t*> meta_;                // [num_received] their routing words
   int64_t bytes_moved_ = 0;

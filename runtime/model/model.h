@@ -235,6 +235,7 @@ class Model {
   // max_rows (host) bounds the pairs routed here.
   void RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* experts, float* weights, int64_t max_rows,
                    bool shared, float* out) const;
+  // The routed experts over the EP group (MoeDispatcher): out [n, D] is written, not added to.
   absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
                                     const float* weights, float* out) const;
   // out [m, D] += the shared expert over x [m, D].

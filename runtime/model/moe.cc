@@ -132,7 +132,7 @@ absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t 
     for (int j = 0; j < K; ++j) held += meta[j] >= 0;
   }
   RoutedLocal(layer, xr.data(), m, er.data(), wr.data(), held, /*shared=*/false, yr.data());
-  return dispatcher.Combine(yr.data(), out);
+  return dispatcher.Combine(yr.data(), out, /*accumulate=*/false);
 }
 
 absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const {
@@ -147,7 +147,6 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   kernels::Scratch<float> weights(mine * K, kernels::NoInit{});
   Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
-    backend_->Zero(part, mine * D * static_cast<int64_t>(sizeof(float)));
     DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), part));
     AddSharedExpert(layer, x + t0 * D, mine, part);
   } else {

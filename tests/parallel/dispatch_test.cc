@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -79,14 +80,19 @@ void RunCase(Communicator& c, const Case& cs, Kind kind) {
         ASSERT_TRUE(placement.Holds(c.rank(), ex)) << cs.name << ": rank " << c.rank() << " got expert " << ex;
         for (int64_t d = 0; d < D; ++d) y[i * D + d] += disp.recv_weight(i, j) * ExpertFn(ex, disp.recv_hidden(i)[d]);
       }
-    std::vector<float> out(n * D, 0.f);
-    ASSERT_TRUE(disp.Combine(y.data(), out.data()).ok());
+    // Round 0 adds into an output holding 1s; round 1 writes over NaNs (the model's use), which
+    // every token's row must replace, a token routed nowhere with zeros.
+    const bool accumulate = round == 0;
+    std::vector<float> out(n * D, accumulate ? 1.f : std::numeric_limits<float>::quiet_NaN());
+    ASSERT_TRUE(disp.Combine(y.data(), out.data(), accumulate).ok());
     // Single-rank reference; tolerance: float sums of K terms in another grouping.
     for (int64_t t = 0; t < n; ++t)
       for (int64_t d = 0; d < D; ++d) {
-        float want = 0;
-        for (int j = 0; j < K; ++j) want += w[t * K + j] * ExpertFn(e[t * K + j], x[t * D + d]);
-        ASSERT_NEAR(out[t * D + d], want, 1e-4f * (std::fabs(want) + 1)) << cs.name << " token " << t << " dim " << d;
+        float want = accumulate ? 1.f : 0.f;
+        for (int j = 0; j < K; ++j)
+          if (e[t * K + j] >= 0) want += w[t * K + j] * ExpertFn(e[t * K + j], x[t * D + d]);
+        ASSERT_NEAR(out[t * D + d], want, 1e-4f * (std::fabs(want) + 1))
+            << cs.name << " token " << t << " dim " << d << (accumulate ? " (accumulate)" : "");
       }
   }
   // Replicas share their expert's pairs evenly: each of this sender's replicas of an expert gets
@@ -134,6 +140,11 @@ TEST_P(Dispatch, MatchesSingleRankReference) {
        [](int) { return 3; }},
       {"ranks without tokens", E4, 2, distinct(E4, 2, 4), [](int r) { return r == 0 ? 7 : 0; }},
       {"no tokens at all", E4, 3, distinct(E4, 3, 5), [](int) { return 0; }},
+      {"tokens routed nowhere", E8, 3,  // every third token: no expert; others: some slots empty
+       [=](int rank, int64_t t, int j) {
+         return t % 3 == 0 || (t + j) % 4 == 0 ? -1 : static_cast<int32_t>((rank * 5 + t * 3 + j) % E8);
+       },
+       [](int r) { return 8 + r; }},
       {"hot expert 0", E8, 4,
        [=](int rank, int64_t t, int j) {
          return j == 0 ? 0 : static_cast<int32_t>(1 + (rank * 7 + t * 5 + j) % (E8 - 1));
