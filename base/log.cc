@@ -60,7 +60,8 @@ absl::Status SetLevel(absl::string_view name) {
   static constexpr std::pair<absl::string_view, Level> kNames[] = {{"trace", Level::kTrace}, {"debug", Level::kDebug},
                                                                    {"info", Level::kInfo},   {"warn", Level::kWarn},
                                                                    {"error", Level::kError}, {"off", Level::kOff}};
-  if (name.empty()) name = env::Str(env::Knob::kLogLevel);
+  const std::string from_env = name.empty() ? env::Str(env::Knob::kLogLevel) : std::string();
+  if (name.empty()) name = from_env;  // a view of a string that lives as long as this call
   for (const auto& [n, level] : kNames) {
     if (n != name) continue;
     g_level.store(static_cast<int>(level));
