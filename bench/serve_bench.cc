@@ -121,9 +121,9 @@ void InProcessOne(Engine& engine, const Workload& w, int64_t i, Phase& phase) {
   auto h = engine.Submit(MakeSpec(w, i));
   absl::Status st = h.status();
   while (st.ok()) {
-    // The same wait as the gRPC stream handler's (rpc/inference_server.cc): a consumer that
-    // sleeps much longer gets woken with a scheduler boost that preempts the engine thread once
-    // per token, which measurably slowed this baseline (not the engine) on a loaded machine.
+    // A consumer that sleeps much longer than a step gets woken with a scheduler boost that
+    // preempts the engine thread once per token, which measurably slowed this baseline (not the
+    // engine) on a loaded machine; waking every 10 ms keeps it from building that credit.
     auto out = (*h)->Next(absl::Milliseconds(10));
     if (out.ok()) {
       arrivals.emplace_back(absl::ToDoubleMilliseconds(absl::Now() - t0), static_cast<int>(out->token_ids.size()));

@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
-
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "rpc/grpc_status.h"
@@ -16,8 +19,6 @@ namespace dsv4 {
 namespace {
 
 constexpr const char* kServiceName = "dsv4.v1.Inference";
-// How often a waiting stream handler looks at its client (cancellation, disconnect, deadline).
-constexpr absl::Duration kPoll = absl::Milliseconds(10);
 
 v1::ServerState FromEngineState(EngineState s) {
   switch (s) {
@@ -33,28 +34,145 @@ v1::ServerState FromEngineState(EngineState s) {
   return v1::SERVER_STATE_UNSPECIFIED;
 }
 
+class GenerateReactor;
+
+// One Generate stream: its request in the engine, and at most one write in flight. Pump takes the
+// engine's next piece and starts its write, or finishes the call once the request has ended; the
+// write's completion pumps again. A reaction of gRPC (a completed write, a cancellation) and the
+// delivery thread may race: `mu` orders them, and gRPC's own operations (StartWrite, Finish) are
+// started outside it, as a reaction may run on the thread that starts an operation.
+struct Stream {
+  Engine* engine = nullptr;
+  std::shared_ptr<RequestHandle> handle;
+  grpc::CallbackServerContext* ctx = nullptr;  // valid until the reactor's OnDone
+  GenerateReactor* reactor = nullptr;          // valid until Finish has been started
+
+  absl::Mutex mu;
+  bool writing ABSL_GUARDED_BY(mu) = false;   // a write started and not completed
+  bool finished ABSL_GUARDED_BY(mu) = false;  // Finish started (nothing starts after it)
+  bool stalled ABSL_GUARDED_BY(mu) = false;   // the watchdog cancelled it: its client reads nothing
+  absl::Time writing_since ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+  v1::GenerateResponse response;  // the write in flight's message (written only while !writing)
+
+  void Pump();
+  void WriteDone(bool ok);
+  void Cancelled();
+};
+
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  // `forget` runs in OnDone, before the reactor goes: the server drops the stream from its lists.
+  explicit GenerateReactor(std::function<void(const std::shared_ptr<Stream>&)> forget) : forget_(std::move(forget)) {}
+
+  void Attach(std::shared_ptr<Stream> stream) { stream_ = std::move(stream); }
+
+  void OnWriteDone(bool ok) override {
+    if (stream_) stream_->WriteDone(ok);
+  }
+  void OnCancel() override {
+    if (stream_) stream_->Cancelled();
+  }
+  void OnDone() override {
+    if (stream_) {
+      stream_->handle->SetNotify(nullptr);  // no delivery is queued for it after this
+      forget_(stream_);
+    }
+    delete this;
+  }
+
+ private:
+  std::function<void(const std::shared_ptr<Stream>&)> forget_;
+  std::shared_ptr<Stream> stream_;
+};
+
+void Stream::Pump() {
+  GenerateReactor* r;
+  bool write;
+  grpc::Status end;
+  {
+    absl::MutexLock l(&mu);
+    if (finished || writing) return;
+    auto out = handle->Next(absl::ZeroDuration());
+    if (absl::IsDeadlineExceeded(out.status())) return;  // nothing new yet
+    r = reactor;
+    write = out.ok();
+    if (write) {
+      response.Clear();
+      ToProto(handle->id(), std::move(*out), &response);
+      writing = true;
+      writing_since = absl::Now();
+    } else {
+      finished = true;
+      end = absl::IsOutOfRange(out.status()) ? grpc::Status::OK : ToGrpcStatus(out.status());
+    }
+  }
+  if (write) {
+    r->StartWrite(&response);
+  } else {
+    r->Finish(end);
+  }
+}
+
+void Stream::WriteDone(bool ok) {
+  GenerateReactor* r;
+  std::string why;
+  {
+    absl::MutexLock l(&mu);
+    writing = false;
+    writing_since = absl::InfiniteFuture();
+    if (ok) {
+      r = nullptr;
+    } else {  // the client is gone, or read nothing for the stall timeout
+      if (finished) return;
+      finished = true;
+      r = reactor;
+      why = stalled ? "the client stopped reading its stream" : "the client went away";
+    }
+  }
+  if (r == nullptr) return Pump();
+  engine->Abort(handle->id());
+  r->Finish(grpc::Status(grpc::StatusCode::CANCELLED, why));
+}
+
+void Stream::Cancelled() {
+  engine->Abort(handle->id());  // frees its cache within a step, whatever happens below
+  GenerateReactor* r;
+  {
+    absl::MutexLock l(&mu);
+    if (finished || writing) return;  // a write in flight completes as failed and finishes there
+    finished = true;
+    r = reactor;
+  }
+  r->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+}
+
 }  // namespace
 
-class InferenceServer::Service final : public v1::Inference::Service {
+class InferenceServer::Service final : public v1::Inference::WithCallbackMethod_Generate<v1::Inference::Service> {
  public:
-  // A stream's write in progress, for the stall watchdog.
-  struct Watch {
-    grpc::ServerContext* ctx;
-    absl::Time writing_since = absl::InfiniteFuture();
-    bool cancelled = false;
-  };
-
   // Cancels every stream whose write has waited longer than `timeout` (its client reads nothing).
   void CancelStalled(absl::Time now, absl::Duration timeout) {
     absl::MutexLock l(&watch_mu_);
-    for (Watch* w : watches_)
-      if (!w->cancelled && now - w->writing_since > timeout) {
-        w->ctx->TryCancel();
-        w->cancelled = true;
+    for (const std::shared_ptr<Stream>& s : streams_) {
+      {
+        absl::MutexLock sl(&s->mu);
+        if (s->stalled || now - s->writing_since <= timeout) continue;
+        s->stalled = true;
       }
+      s->ctx->TryCancel();  // valid: the stream is listed until its OnDone
+    }
   }
 
-  explicit Service(ServerIdentity identity) : start_(absl::Now()), identity_(std::move(identity)) {}
+  explicit Service(ServerIdentity identity) : start_(absl::Now()), identity_(std::move(identity)) {
+    deliverer_ = std::thread([this] { DeliveryLoop(); });
+  }
+  ~Service() override {
+    {
+      absl::MutexLock l(&deliver_mu_);
+      stopping_ = true;
+    }
+    deliverer_.join();
+  }
 
   void Attach(Engine* engine, const Tokenizer* tokenizer, v1::ModelInfo model, InputLimits limits,
               const std::string& layout) {
@@ -71,68 +189,43 @@ class InferenceServer::Service final : public v1::Inference::Service {
     return state_;
   }
 
-  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
+                                                           const v1::GenerateRequest* req) override {
+    auto* reactor = new GenerateReactor([this](const std::shared_ptr<Stream>& s) {
+      absl::MutexLock l(&watch_mu_);
+      streams_.erase(s);
+    });
+    auto refuse = [&](const grpc::Status& status) {
+      reactor->Finish(status);
+      return reactor;
+    };
     Engine* engine;
     const Tokenizer* tokenizer;
     InputLimits limits;
     {
       absl::MutexLock l(&mu_);
       if (engine_ == nullptr || state_ != v1::SERVER_STATE_SERVING)
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, NotServingMessage());
+        return refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, NotServingMessage()));
       engine = engine_, tokenizer = tokenizer_, limits = limits_;
     }
     auto spec = ToGenerateSpec(*req, tokenizer, limits);
     if (!spec.ok()) {
       engine->CountRejected();
-      return ToGrpcStatus(spec.status());
+      return refuse(ToGrpcStatus(spec.status()));
     }
-    if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it started");
+    if (ctx->IsCancelled()) return refuse(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it started"));
     auto handle = engine->Submit(std::move(*spec));
-    if (!handle.ok()) return ToGrpcStatus(handle.status());
-    const std::string& id = (*handle)->id();
-    Watch watch{ctx};
+    if (!handle.ok()) return refuse(ToGrpcStatus(handle.status()));
+    auto stream = std::make_shared<Stream>();
+    stream->engine = engine, stream->handle = std::move(*handle), stream->ctx = ctx, stream->reactor = reactor;
+    reactor->Attach(stream);
     {
       absl::MutexLock l(&watch_mu_);
-      watches_.insert(&watch);
+      streams_.insert(stream);
     }
-    struct Unwatch {
-      Service* s;
-      Watch* w;
-      ~Unwatch() {
-        absl::MutexLock l(&s->watch_mu_);
-        s->watches_.erase(w);
-      }
-    } unwatch{this, &watch};
-    for (;;) {
-      auto out = (*handle)->Next(kPoll);
-      if (out.ok()) {
-        v1::GenerateResponse resp;
-        ToProto(id, std::move(*out), &resp);
-        {
-          absl::MutexLock l(&watch_mu_);
-          watch.writing_since = absl::Now();
-        }
-        const bool written = writer->Write(resp);
-        absl::MutexLock l(&watch_mu_);
-        watch.writing_since = absl::InfiniteFuture();
-        if (!written) {  // the client is gone, or read nothing for the stall timeout
-          engine->Abort(id);
-          return grpc::Status(grpc::StatusCode::CANCELLED,
-                              watch.cancelled ? "the client stopped reading its stream" : "the client went away");
-        }
-        continue;
-      }
-      if (absl::IsDeadlineExceeded(out.status())) {  // nothing yet: is the client still there?
-        if (ctx->IsCancelled()) {
-          engine->Abort(id);
-          return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
-        }
-        continue;
-      }
-      if (absl::IsOutOfRange(out.status())) return grpc::Status::OK;  // finished
-      return ToGrpcStatus(out.status());
-    }
+    // The engine's news only queues the stream: the delivery thread takes the piece and writes.
+    stream->handle->SetNotify([this, w = std::weak_ptr<Stream>(stream)] { Deliver(w); });
+    return reactor;
   }
 
   grpc::Status Abort(grpc::ServerContext*, const v1::AbortRequest* req, v1::AbortResponse* resp) override {
@@ -204,9 +297,37 @@ class InferenceServer::Service final : public v1::Inference::Service {
     }
   }
 
+  // Queues a stream with news for the delivery thread.
+  void Deliver(std::weak_ptr<Stream> stream) {
+    absl::MutexLock l(&deliver_mu_);
+    ready_.push_back(std::move(stream));
+  }
+
+  // One thread for every stream: a step's pieces for N streams cost one wake-up, not N, and no
+  // write is started under the engine's lock (a notification may run under it).
+  void DeliveryLoop() {
+    std::vector<std::weak_ptr<Stream>> batch;
+    for (;;) {
+      {
+        absl::MutexLock l(&deliver_mu_);
+        auto news = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(deliver_mu_) { return stopping_ || !ready_.empty(); };
+        deliver_mu_.Await(absl::Condition(&news));
+        if (ready_.empty()) return;  // stopping
+        batch.swap(ready_);
+      }
+      for (const std::weak_ptr<Stream>& w : batch)
+        if (std::shared_ptr<Stream> s = w.lock()) s->Pump();
+      batch.clear();
+    }
+  }
+
   const absl::Time start_;
   absl::Mutex watch_mu_;
-  absl::flat_hash_set<Watch*> watches_ ABSL_GUARDED_BY(watch_mu_);
+  absl::flat_hash_set<std::shared_ptr<Stream>> streams_ ABSL_GUARDED_BY(watch_mu_);  // until OnDone
+  absl::Mutex deliver_mu_;
+  std::vector<std::weak_ptr<Stream>> ready_ ABSL_GUARDED_BY(deliver_mu_);
+  bool stopping_ ABSL_GUARDED_BY(deliver_mu_) = false;
+  std::thread deliverer_;
   mutable absl::Mutex mu_;
   ServerIdentity identity_ ABSL_GUARDED_BY(mu_);
   Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -10,13 +10,15 @@
 // an error, live connections are capped, and running out of file descriptors turns health
 // NOT_SERVING until connections can be accepted again (instead of a port that never answers).
 //
-// Generate runs one handler thread per stream (gRPC's synchronous API): it submits to the engine,
-// forwards the engine's pieces, and aborts the request when the client cancels, disconnects or
-// its deadline passes (polled every few milliseconds, so the cache is freed within a step). A
-// client that stops reading fills its stream's flow-control window and the handler's write waits:
-// after `stream_stall_timeout` a watchdog cancels that stream (row GR-04), so a reader that never
-// drains holds neither a handler thread nor cache blocks for longer; the engine's own buffering of
-// a request is bounded by its max_tokens.
+// Generate is asynchronous (gRPC's callback API): no thread waits per stream. It submits to the
+// engine; the engine's notification queues the stream for one delivery thread, which takes the
+// new piece and starts its write (one write in flight per stream; its completion takes the next).
+// So a step's pieces for N streams cost one wake-up, and a write never starts on the engine's
+// thread. A client that cancels, disconnects or passes its deadline aborts the request at once
+// (OnCancel), freeing its cache within a step. A client that stops reading fills its stream's
+// flow-control window and the write waits: after `stream_stall_timeout` a watchdog cancels that
+// stream (row GR-04), so a reader that never drains holds no cache blocks for longer; the
+// engine's own buffering of a request is bounded by its max_tokens.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once
@@ -45,7 +47,7 @@ struct EndpointOptions {
   ServerSecurity security;
   int max_receive_bytes = 4 << 20;   // larger requests: RESOURCE_EXHAUSTED (row GR-01)
   int max_concurrent_streams = 256;  // per HTTP/2 connection
-  int max_threads = 1024;            // gRPC's resource quota: streams beyond it are refused
+  int max_threads = 1024;            // gRPC's resource quota for the synchronous calls (all but Generate)
   bool reflection = true;
   absl::Duration stream_stall_timeout = absl::Seconds(30);  // a write waiting this long cancels the stream
   // Transport limits (rpc/listener.h): live connections at most (further ones are closed at once;

@@ -104,7 +104,7 @@ void AddServeFlags(Flags& flags) {
       .Int("prefill-chunk", e.scheduler.prefill_chunk, "prompt tokens per forward pass", 1, int64_t{1} << 20)
       .Int("cache-mb", e.cache_bytes >> 20, "KV pool per rank, in MiB (backed as used)", 1, int64_t{1} << 30)
       .Int("max-request-mb", 4, "largest request message, in MiB", 1, 1024)
-      .Int("max-streams", 1024, "concurrent streams per connection (and handler threads)", 1, 1 << 20)
+      .Int("max-streams", 1024, "concurrent streams per connection", 1, 1 << 20)
       .Double("stream-stall-timeout-s", absl::ToDoubleSeconds(d.endpoint.stream_stall_timeout),
               "a stream whose client reads nothing for this long is cancelled", 0.1, 86400)
       .Int("max-connections", d.endpoint.max_connections,

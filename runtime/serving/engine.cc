@@ -75,15 +75,38 @@ absl::StatusOr<GenerateOutput> RequestHandle::Next(absl::Duration timeout) {
 }
 
 void RequestHandle::Push(GenerateOutput out) {
-  absl::MutexLock l(&mu_);
-  if (!closed_) queue_.push_back(std::move(out));
+  {
+    absl::MutexLock l(&mu_);
+    if (closed_) return;
+    queue_.push_back(std::move(out));
+  }
+  Notify();
 }
 
 void RequestHandle::Close(const absl::Status& status) {
-  absl::MutexLock l(&mu_);
-  if (closed_) return;
-  closed_ = true;
-  end_ = status;
+  {
+    absl::MutexLock l(&mu_);
+    if (closed_) return;
+    closed_ = true;
+    end_ = status;
+  }
+  Notify();
+}
+
+void RequestHandle::Notify() {
+  absl::MutexLock l(&notify_mu_);
+  if (notify_) notify_();
+}
+
+void RequestHandle::SetNotify(std::function<void()> notify) {
+  bool pending;
+  {
+    absl::MutexLock l(&mu_);
+    pending = !queue_.empty() || closed_;
+  }
+  absl::MutexLock l(&notify_mu_);
+  notify_ = std::move(notify);
+  if (notify_ && pending) notify_();
 }
 
 // ---- PlanExecutor -------------------------------------------------------------------------------

@@ -117,17 +117,26 @@ class RequestHandle {
   // last piece had `finished` set), else the error that ended it (e.g. ABORTED, UNAVAILABLE).
   // DEADLINE_EXCEEDED: nothing new within `timeout`.
   absl::StatusOr<GenerateOutput> Next(absl::Duration timeout);
+  // For consumers that do not wait in Next (an asynchronous stream): `notify` runs after every
+  // piece and after the close, on the engine's thread and possibly under the engine's lock, so it
+  // must only hand the news on (take no lock of the engine, call nothing of it). Runs once at once
+  // when something is already waiting. Null clears it; once SetNotify returns, the previous
+  // function is not running and will not run again.
+  void SetNotify(std::function<void()> notify);
 
  private:
   friend class Engine;
   void Push(GenerateOutput out);
   void Close(const absl::Status& status);  // first call wins
+  void Notify();
 
   const std::string id_;
   absl::Mutex mu_;
   std::deque<GenerateOutput> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status end_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex notify_mu_;  // never held with mu_
+  std::function<void()> notify_ ABSL_GUARDED_BY(notify_mu_);
 };
 
 enum class EngineState { kServing, kDraining, kStopped, kFailed };

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -273,6 +274,48 @@ TEST(Engine, DefaultMaxRunningFitsTheCacheBudget) {
   }
   for (auto& h : handles) EXPECT_TRUE(Collect(*h).status.ok());
   EXPECT_EQ(run.engine->Stats().completed, 5);
+}
+
+// The contract an asynchronous consumer relies on (rpc/inference_server.cc): a notification after
+// every piece and after the close, one at once for what is already waiting, none once cleared;
+// what was announced is taken by Next without waiting.
+TEST(Engine, NotifyAnnouncesEveryPieceAndTheEnd) {
+  ASSERT_NE(S().model, nullptr);
+  Running run;
+  GenerateSpec s = Spec(2);
+  s.sampling.max_tokens = 12;
+  std::atomic<int> calls{0};
+  auto h = run.engine->Submit(s);
+  ASSERT_TRUE(h.ok()) << h.status();
+  (*h)->SetNotify([&] { calls.fetch_add(1); });
+  int taken = 0;  // Next calls that returned pieces: each was announced before it could be taken
+  size_t tokens = 0;
+  bool ended = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  while (!ended && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+    auto o = (*h)->Next(absl::ZeroDuration());
+    if (absl::IsDeadlineExceeded(o.status())) continue;
+    if (!o.ok()) {
+      EXPECT_EQ(o.status().code(), absl::StatusCode::kOutOfRange) << o.status();
+      ended = true;
+      break;
+    }
+    ++taken;
+    tokens += o->token_ids.size();
+    EXPECT_GE(calls.load(), taken);
+  }
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(tokens, 12u);
+  // The close's notice follows the last piece's (it may land just after Next saw the end).
+  for (int i = 0; i < 500 && calls.load() < taken + 1; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_GE(calls.load(), taken + 1);
+  // Set on a request that has ended: called once at once; cleared: never again.
+  std::atomic<int> late{0};
+  (*h)->SetNotify([&] { late.fetch_add(1); });
+  EXPECT_EQ(late.load(), 1);
+  (*h)->SetNotify(nullptr);
+  EXPECT_EQ(late.load(), 1);
 }
 
 TEST(Engine, AbortFreesTheCacheWithinAStep) {
