@@ -99,12 +99,14 @@ void RequestHandle::Notify() {
 }
 
 void RequestHandle::SetNotify(std::function<void()> notify) {
+  // notify_mu_ first: a piece queued after the look below waits in Notify for the new function;
+  // one queued before it is seen here. Either way it is announced.
+  absl::MutexLock l(&notify_mu_);
   bool pending;
   {
-    absl::MutexLock l(&mu_);
+    absl::MutexLock q(&mu_);
     pending = !queue_.empty() || closed_;
   }
-  absl::MutexLock l(&notify_mu_);
   notify_ = std::move(notify);
   if (notify_ && pending) notify_();
 }

@@ -135,7 +135,7 @@ class RequestHandle {
   std::deque<GenerateOutput> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status end_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex notify_mu_;  // never held with mu_
+  absl::Mutex notify_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // Push and Close release mu_ before taking it
   std::function<void()> notify_ ABSL_GUARDED_BY(notify_mu_);
 };
 
