@@ -15,6 +15,20 @@ namespace {
 
 using nlohmann::json;
 
+// The rate at `size` of points[begin, end), one K's points sorted by size.
+double AtSize(const std::vector<RatePoint>& points, size_t begin, size_t end, double size) {
+  if (size <= points[begin].size) return points[begin].rate;
+  if (size >= points[end - 1].size) return points[end - 1].rate;
+  for (size_t i = begin + 1; i < end; ++i) {
+    if (size > points[i].size) continue;
+    const RatePoint& a = points[i - 1];
+    const RatePoint& b = points[i];
+    const double t = (std::log(size) - std::log(a.size)) / (std::log(b.size) - std::log(a.size));
+    return a.rate + t * (b.rate - a.rate);
+  }
+  return points[end - 1].rate;
+}
+
 absl::Status ReadCurve(const json& j, const std::string& field, const char* size_key, const char* rate_key,
                        RateCurve* out) {
   if (!j.is_array()) return absl::InvalidArgumentError(absl::StrCat(field, " must be an array of points"));
@@ -27,10 +41,25 @@ absl::Status ReadCurve(const json& j, const std::string& field, const char* size
     if (!p[size_key].is_number() || !p[rate_key].is_number() || p[size_key].get<double>() <= 0 ||
         p[rate_key].get<double>() <= 0)
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", size_key, " and ", rate_key, " must be positive"));
-    out->points.push_back({p[size_key].get<double>(), p[rate_key].get<double>()});
+    RatePoint point{p[size_key].get<double>(), p[rate_key].get<double>()};
+    if (p.contains("k")) {
+      if (!p["k"].is_number() || p["k"].get<double>() <= 0)
+        return absl::InvalidArgumentError(absl::StrCat(where, ": k (the reduction size) must be positive"));
+      point.k = p["k"].get<double>();
+    }
+    out->points.push_back(point);
   }
   std::sort(out->points.begin(), out->points.end(),
-            [](const RatePoint& a, const RatePoint& b) { return a.size < b.size; });
+            [](const RatePoint& a, const RatePoint& b) { return a.k != b.k ? a.k < b.k : a.size < b.size; });
+  // A surface needs every point's K: a point without one would be a curve at no known width.
+  for (size_t i = 1; i < out->points.size(); ++i) {
+    if (out->points[i].k != out->points[0].k && out->points[0].k == 0)
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": give k on every point or on none (points at several k are a surface by k)"));
+    if (out->points[i].k == out->points[i - 1].k && out->points[i].size == out->points[i - 1].size)
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": two points at ", size_key, " ", out->points[i].size, " and k ", out->points[i].k));
+  }
   return absl::OkStatus();
 }
 
@@ -45,18 +74,23 @@ absl::Status ReadPositive(const json& j, const char* key, const std::string& fie
 
 }  // namespace
 
-double RateCurve::At(double size) const {
+double RateCurve::At(double size, double k) const {
   if (points.empty()) return 0;
-  if (size <= points.front().size) return points.front().rate;
-  if (size >= points.back().size) return points.back().rate;
-  for (size_t i = 1; i < points.size(); ++i) {
-    if (size > points[i].size) continue;
-    const RatePoint& a = points[i - 1];
-    const RatePoint& b = points[i];
-    const double t = (std::log(size) - std::log(a.size)) / (std::log(b.size) - std::log(a.size));
-    return a.rate + t * (b.rate - a.rate);
-  }
-  return points.back().rate;
+  // The runs of points at one K: [begin, end) of each, in increasing K.
+  std::vector<std::pair<size_t, size_t>> runs;
+  for (size_t i = 0; i < points.size(); ++i)
+    if (i == 0 || points[i].k != points[i - 1].k)
+      runs.push_back({i, i + 1});
+    else
+      runs.back().second = i + 1;
+  auto level = [&](size_t r) { return AtSize(points, runs[r].first, runs[r].second, size); };
+  if (k <= 0 || k >= points[runs.back().first].k) return level(runs.size() - 1);
+  if (k <= points[runs.front().first].k) return level(0);
+  size_t hi = 1;
+  while (points[runs[hi].first].k < k) ++hi;
+  const double ka = points[runs[hi - 1].first].k, kb = points[runs[hi].first].k;
+  const double t = (std::log(k) - std::log(ka)) / (std::log(kb) - std::log(ka));
+  return level(hi - 1) + t * (level(hi) - level(hi - 1));
 }
 
 absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source) {
@@ -84,6 +118,7 @@ absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::st
       {"grouped_gemm", "tokens_per_expert", "tflops", &prof.grouped_gemm},
       {"attention_prefill", "context", "tflops", &prof.attention_prefill},
       {"allreduce", "bytes", "gbps", &prof.allreduce},
+      {"product_floor_us", "tokens", "us", &prof.product_floor_us},
   };
   for (const CurveKey& c : curves)
     if (j.contains(c.key))

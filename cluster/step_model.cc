@@ -59,6 +59,9 @@ struct StepModel::Accum {
   }
   double host_s = 0;
   double engram_gather_s = 0;
+  // Device "cpu" with a measured product floor: the fixed time each kernel of the current pass adds
+  // (seconds). 0 elsewhere: GPU launches overlap the work, and only bound an operator from below.
+  double serial_floor_s = 0;
   double by_bound[5] = {0, 0, 0, 0, 0};  // compute, memory, launch, host, host link (device time but [3])
   double Device() const { return by_bound[0] + by_bound[1] + by_bound[2] + by_bound[4]; }
 };
@@ -152,7 +155,9 @@ double StepModel::GemmRate(double bits, double tokens, bool grouped) const {
     const RateCurve& c = grouped && !profile_->grouped_gemm.empty() ? profile_->grouped_gemm
                          : bits <= 8 && !profile_->gemm_fp8.empty() ? profile_->gemm_fp8
                                                                     : profile_->gemm_bf16;
-    if (!c.empty()) return c.At(tokens);
+    // The products the step model prices reduce over the hidden size (projections out of the
+    // residual stream, the head, the experts' gate/up): the measured rate at that K.
+    if (!c.empty()) return c.At(tokens, static_cast<double>(r_.model.hidden));
   }
   if (d.IsHostOnly()) return r_.host_gflops * 1e-3;
   // An engine with no kernels for this device (ds4's generic CUDA build) multiplies on the CUDA cores.
@@ -185,6 +190,7 @@ void StepModel::AddOp(Accum& acc, const char* name, double flops, double bytes, 
   const double t_launch = kernels * floor_us * kUs;
   double t = std::max({t_flops, t_bytes, t_launch});
   int bound = t == t_flops ? 0 : (t == t_bytes ? 1 : 2);
+  if (acc.serial_floor_s > 0 && !on_host) t = std::max(t_flops, t_bytes) + kernels * acc.serial_floor_s;
   if (on_host) {
     acc.host_s += t;
     bound = 3;
@@ -355,6 +361,8 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   pass.dense_rate = GemmRate(p.dense_bits, group_tokens, false);
   pass.bf16_rate = GemmRate(16, group_tokens, false);
   pass.attn_peak = r_.device.IsHostOnly() ? GemmRate(16, group_tokens, false) : r_.device.PeakTflops(attn_bits);
+  if (r_.device.IsHostOnly() && profile_ != nullptr && !profile_->product_floor_us.empty())
+    acc.serial_floor_s = profile_->product_floor_us.At(group_tokens) * kUs;
   const double before = acc.Device();
   // One layer's operators; a pass with mtp_seqs > 0 is a draft pass (one token per decoding sequence).
   const bool prefill = pass.prefill;
@@ -379,6 +387,7 @@ double StepModel::ComputeSeconds(const std::vector<BatchPart>& parts, double fra
   }
   AddOp(acc, "head", 2.0 * m.vocab * D * logit_tokens / tp, m.vocab * D * 2.0 / tp + logit_tokens * m.vocab * 4 / tp, 4,
         pass.bf16_rate, 1, false);
+  acc.serial_floor_s = 0;
   return acc.Device() - before;
 }
 

@@ -3,8 +3,10 @@
 // communication/computation overlap, host-memory experts and speculative decoding.
 //
 // Every operator's time is max(FLOPs / (peak x gemm or attention efficiency),
-// bytes / (bandwidth x memory efficiency)), and at least `kernels x kernel_floor_us`. Efficiencies come
-// from the catalog's device class, or from a measured Profile. All times are seconds, sizes bytes.
+// bytes / (bandwidth x memory efficiency)), and at least `kernels x kernel_floor_us`; on device "cpu"
+// with a measured product floor, plus `kernels x` that floor (a CPU operator's fixed time does not
+// overlap its work). Efficiencies come from the catalog's device class, or from a measured Profile.
+// All times are seconds, sizes bytes.
 #pragma once
 
 #include <string>

@@ -641,6 +641,97 @@ TEST(Profile, MeasuredRatesReplaceCatalogEfficiencies) {
   EXPECT_EQ((*measured)["calibration"], "slow.json");
 }
 
+// Points measured at several reduction sizes are a surface: by tokens at each K, then in log(K)
+// between the two K around the asked one, the nearest K outside; without K, the widest.
+TEST(Profile, RatesByReductionSize) {
+  auto p = ParseProfile(R"({"format": "dsv4-profile/1", "device": "cpu",
+      "gemm_bf16": [{"tokens": 1, "k": 2048, "tflops": 0.04}, {"tokens": 16, "k": 2048, "tflops": 0.16},
+                    {"tokens": 16, "k": 256, "tflops": 0.08}, {"tokens": 1, "k": 256, "tflops": 0.02}],
+      "product_floor_us": [{"tokens": 1, "us": 2}, {"tokens": 16, "us": 10}]})",
+                        "k.json");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_NEAR(p->gemm_bf16.At(16, 256), 0.08, 1e-12);
+  EXPECT_NEAR(p->gemm_bf16.At(16, 2048), 0.16, 1e-12);
+  EXPECT_NEAR(p->gemm_bf16.At(4, 256), 0.05, 1e-12);     // halfway in log(tokens) at K = 256
+  EXPECT_NEAR(p->gemm_bf16.At(16, 724.08), 0.12, 1e-4);  // halfway in log(K)
+  EXPECT_NEAR(p->gemm_bf16.At(16, 64), 0.08, 1e-12);     // below the narrowest K
+  EXPECT_NEAR(p->gemm_bf16.At(16, 7168), 0.16, 1e-12);   // above the widest
+  EXPECT_NEAR(p->gemm_bf16.At(16), 0.16, 1e-12);         // K not asked: the widest
+  EXPECT_NEAR(p->product_floor_us.At(4), 6, 1e-12);
+  // The planner asks for the model's hidden size (4096 for V4-Flash): a surface whose widest K is
+  // 4096 plans as that K's curve alone; one measured up to K = 16384 interpolates, a slower step.
+  json j = BaseScenario();
+  j["hardware"] = {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}};
+  j["parallel"] = {{"tp", 1}, {"ep", 1}};
+  auto tpot = [&](const std::string& curves) {
+    auto prof = ParseProfile(absl::StrCat(R"({"format": "dsv4-profile/1", "device": "cpu", )", curves,
+                                          R"(, "grouped_gemm": [{"tokens_per_expert": 1, "tflops": 0.02}]})"),
+                             "c.json");
+    EXPECT_TRUE(prof.ok()) << prof.status();
+    PlanOptions o;
+    o.profile = &*prof;
+    auto a = PlanJson(j, o);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? (*a)["tpot_ms"].get<double>() : 0.0;
+  };
+  const std::string narrow = R"({"tokens": 1, "k": 256, "tflops": 0.01}, {"tokens": 64, "k": 256, "tflops": 0.01})";
+  auto at = [](int k) {
+    return absl::StrCat(R"({"tokens": 1, "k": )", k, R"(, "tflops": 0.1}, {"tokens": 64, "k": )", k,
+                        R"(, "tflops": 0.1})");
+  };
+  const double one_k = tpot(absl::StrCat(R"("gemm_fp8": [)", at(4096), R"(], "gemm_bf16": [)", at(4096), "]"));
+  const double surface = tpot(
+      absl::StrCat(R"("gemm_fp8": [)", narrow, ", ", at(4096), R"(], "gemm_bf16": [)", narrow, ", ", at(4096), "]"));
+  const double wider = tpot(
+      absl::StrCat(R"("gemm_fp8": [)", narrow, ", ", at(16384), R"(], "gemm_bf16": [)", narrow, ", ", at(16384), "]"));
+  EXPECT_DOUBLE_EQ(surface, one_k);
+  EXPECT_GT(wider, one_k * 1.05);  // the dense products at 0.7 of the rate; the experts unchanged
+  // Mixing points with and without K, and two points at one (tokens, K), are errors.
+  auto mixed = ParseProfile(R"({"format": "dsv4-profile/1",
+      "gemm_fp8": [{"tokens": 1, "tflops": 1}, {"tokens": 2, "k": 256, "tflops": 1}]})",
+                            "m.json");
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_NE(mixed.status().message().find("give k on every point or on none"), std::string::npos) << mixed.status();
+  auto twice = ParseProfile(R"({"format": "dsv4-profile/1",
+      "gemm_fp8": [{"tokens": 2, "k": 256, "tflops": 1}, {"tokens": 2, "k": 256, "tflops": 2}]})",
+                            "t.json");
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("profile.gemm_fp8: two points"), std::string::npos) << twice.status();
+  auto bad_k =
+      ParseProfile(R"({"format": "dsv4-profile/1", "gemm_fp8": [{"tokens": 2, "k": -1, "tflops": 1}]})", "b.json");
+  ASSERT_FALSE(bad_k.ok());
+  EXPECT_NE(bad_k.status().message().find("gemm_fp8[0]: k"), std::string::npos) << bad_k.status();
+}
+
+// Device "cpu": a measured product floor adds to every operator of the step (a CPU operator's fork,
+// packing and join do not overlap its work), so a larger floor gives a slower step, by the floor
+// times the kernels.
+TEST(Profile, ProductFloorAddsOnTheHost) {
+  json j = BaseScenario();
+  j["model"] = "deepseek-v4-flash";
+  j["hardware"] = {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}};
+  j["parallel"] = {{"tp", 1}, {"ep", 1}};
+  auto rates = [&](double floor_us) {
+    auto p = ParseProfile(absl::StrCat(R"({"format": "dsv4-profile/1", "device": "cpu",
+        "gemm_fp8": [{"tokens": 1, "tflops": 0.05}], "gemm_bf16": [{"tokens": 1, "tflops": 0.05}],
+        "grouped_gemm": [{"tokens_per_expert": 1, "tflops": 0.02}], "host": {"memory_gbps": 20, "gflops": 20},
+        "product_floor_us": [{"tokens": 1, "us": )",
+                                       floor_us, "}]}"),
+                          "f.json");
+    EXPECT_TRUE(p.ok()) << p.status();
+    PlanOptions o;
+    o.profile = &*p;
+    auto a = PlanJson(j, o);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? (*a)["tpot_ms"].get<double>() : 0.0;
+  };
+  const double none = rates(1e-3), small = rates(100), large = rates(1000);
+  EXPECT_GT(small, none);
+  // Linear in the floor: the step grows by the same amount per microsecond (tpot_ms is rounded to
+  // 1 us, a part in 10^4 of the growth).
+  EXPECT_NEAR((large - none) / (small - none), 1000 / (100 - 1e-3), 0.01);
+}
+
 TEST(Profile, BadProfilesNameTheField) {
   auto a = ParseProfile(R"({"format": "dsv4-profile/2"})", "p.json");
   ASSERT_FALSE(a.ok());
