@@ -271,8 +271,8 @@ absl::Status Comm(const Flags& flags) {
     std::printf("\n");
   }
   if (flags.Given("profile-out"))
-    DSV4_RETURN_IF_ERROR(
-        bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench comm", r.dispatch_combine_gbps));
+    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench comm", {},
+                                                          r.dispatch_combine_gbps));
   return absl::OkStatus();
 }
 

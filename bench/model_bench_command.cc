@@ -104,6 +104,11 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
         f.context_speed_ratio, f.short_tokens_per_s);
 }
 
+// The profile `--profile-out` measures: the defaults and the benchmarked model's own widths.
+ProfileOptions ModelProfileOptions(const Model& model) {
+  return OptionsForModel(model.config().hidden_size, model.config().moe_intermediate_size);
+}
+
 BenchFigures CommonFigures(const Flags& flags) {
   BenchFigures f;
   f.batch = flags.GetInt("batch"), f.context = flags.GetInt("context");
@@ -140,7 +145,8 @@ absl::Status Decode(const Flags& flags) {
   f.max_step_over_median = r.max_step_over_median, f.slow_steps = r.slow_steps;
   PrintFigures("decode", f, flags.GetBool("json"));
   if (flags.Given("profile-out"))
-    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench decode"));
+    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench decode",
+                                                          ModelProfileOptions(rt->model())));
   return absl::OkStatus();
 }
 
@@ -165,7 +171,8 @@ absl::Status Prefill(const Flags& flags) {
   f.cpu_utilization = r.cpu_utilization;
   PrintFigures("prefill", f, flags.GetBool("json"));
   if (flags.Given("profile-out"))
-    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench prefill"));
+    DSV4_RETURN_IF_ERROR(bench::MeasureAndWriteCpuProfile(flags.GetString("profile-out"), "dsv4 bench prefill",
+                                                          ModelProfileOptions(rt->model())));
   return absl::OkStatus();
 }
 

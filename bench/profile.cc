@@ -73,11 +73,33 @@ uint8_t E8m0Code(float pow2) {
   return static_cast<uint8_t>(e - 1 + 127);
 }
 
+// Indices into a table of 4096 samples: five 12-bit draws from each 64-bit word of a xorshift64*
+// stream seeded from `rng`. A gigabyte of weights is a billion draws; one Mersenne Twister call
+// each took longer than the measurements they feed.
+class TableIndex {
+ public:
+  explicit TableIndex(std::mt19937_64& rng) : state_(rng() | 1) {}
+  uint32_t Next() {
+    if (left_ == 0) {
+      state_ ^= state_ >> 12, state_ ^= state_ << 25, state_ ^= state_ >> 27;
+      word_ = state_ * 0x2545F4914F6CDD1DULL;
+      left_ = 5;
+    }
+    const uint32_t i = static_cast<uint32_t>(word_ & 4095);
+    word_ >>= 12, --left_;
+    return i;
+  }
+
+ private:
+  uint64_t state_, word_ = 0;
+  int left_ = 0;
+};
+
 // Codes of `n` values N(0, sd^2) / scale on a grid: a table of 4096 samples, encoded once by
 // searching the format's decode table, then drawn from at random.
 class CodeSampler {
  public:
-  CodeSampler(WeightType type, float sd, float scale, std::mt19937_64& rng) : rng_(rng) {
+  CodeSampler(WeightType type, float sd, float scale, std::mt19937_64& rng) : index_(rng) {
     std::normal_distribution<float> normal;
     for (uint8_t& code : table_) {
       const float v = sd * normal(rng) / scale;
@@ -99,10 +121,10 @@ class CodeSampler {
       }
     }
   }
-  uint8_t Next() { return table_[rng_() & 4095]; }
+  uint8_t Next() { return table_[index_.Next()]; }
 
  private:
-  std::mt19937_64& rng_;
+  TableIndex index_;
   std::array<uint8_t, 4096> table_{};
 };
 
@@ -140,8 +162,9 @@ StoredMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt1993
       std::array<uint16_t, 4096> table;
       for (uint16_t& v : table) v = kernels::FloatToBf16(sd * normal(rng));
       m.data.resize(rows * cols * 2);
+      TableIndex index(rng);
       for (size_t i = 0; i < m.data.size(); i += 2) {
-        const uint16_t v = table[rng() & 4095];
+        const uint16_t v = table[index.Next()];
         m.data[i] = static_cast<uint8_t>(v & 0xFF);
         m.data[i + 1] = static_cast<uint8_t>(v >> 8);
       }
@@ -170,7 +193,9 @@ RatePoint DenseRate(std::vector<StoredMatrix>& set, int64_t m, int reps) {
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r > 0) passes.Add(2.0 * m * w0.rows() * w0.cols() * set.size(), sec, CpuSeconds() - c0);
   }
-  return passes.Point(static_cast<double>(m));
+  RatePoint p = passes.Point(static_cast<double>(m));
+  p.k = static_cast<double>(w0.cols());
+  return p;
 }
 
 // One routed expert's weights: w1 and w3 [inter, hidden], w2 [hidden, inter].
@@ -202,7 +227,9 @@ RatePoint GroupedRate(std::vector<std::vector<ExpertMatrices>>& layers, int64_t 
     const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r > 0) passes.Add(6.0 * m * I * D * experts * layers.size(), sec, CpuSeconds() - c0);
   }
-  return passes.Point(static_cast<double>(m));
+  RatePoint p = passes.Point(static_cast<double>(m));
+  p.k = static_cast<double>(D);
+  return p;
 }
 
 // Median time of an operator that does nothing but dispatch to the pool and join.
@@ -217,31 +244,59 @@ double KernelFloorUs() {
   return Median(us);
 }
 
+// The fixed time of one FP8 product of `m` token rows, in us: the intercept of its time over the
+// output width, from products of K = 128 and 128 and 512 outputs whose weights stay in cache (the
+// median of many calls each). What is left at width 0 is what every call pays whatever its size:
+// the pool's fork and join, the activations' conversion and packing.
+CpuProfile::FloorPoint ProductFloor(int64_t m, std::mt19937_64& rng) {
+  constexpr int64_t kK = 128, kNarrow = 128, kWide = 512;
+  constexpr int kCalls = 400;
+  auto median_us = [&](int64_t n) {
+    StoredMatrix w = MakeMatrix(WeightType::kFP8, n, kK, rng);
+    std::vector<float> x(m * kK, 0.01f), y(m * n);
+    std::vector<double> us;
+    for (int r = 0; r < kCalls + 20; ++r) {
+      const auto t0 = Clock::now();
+      kernels::Linear(x.data(), m, kK, w.view, y.data(), n);
+      if (r >= 20) us.push_back(std::chrono::duration<double>(Clock::now() - t0).count() * 1e6);
+    }
+    return Median(us);
+  };
+  const double narrow = median_us(kNarrow), wide = median_us(kWide);
+  const double per_output = std::max(0.0, (wide - narrow) / (kWide - kNarrow));
+  return {static_cast<double>(m), std::max(0.0, narrow - per_output * kNarrow)};
+}
+
 }  // namespace
 
 absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
-  if (o.tokens.empty() || o.tokens_per_expert.empty() || o.hidden < 128 || o.out_features < 128 ||
+  const bool widths_ok = !o.widths.empty() && std::all_of(o.widths.begin(), o.widths.end(),
+                                                          [](int64_t k) { return k >= 128 && k % 128 == 0; });
+  if (o.tokens.empty() || o.tokens_per_expert.empty() || !widths_ok || o.hidden < 128 || o.out_features < 128 ||
       o.expert_inter < 128 || o.experts < 1 || o.reps < 1 || o.hidden % 128 != 0 || o.expert_inter % 128 != 0)
     return absl::InvalidArgumentError(
-        "profile: token lists must be non-empty, sizes >= 128 (hidden and expert_inter multiples of 128), experts "
-        "and reps >= 1");
+        "profile: token lists and widths must be non-empty, sizes >= 128 (widths, hidden and expert_inter "
+        "multiples of 128), experts and reps >= 1");
   CpuProfile p;
   p.threads = kernels::NumThreads();
   p.isa = kernels::IsaName(kernels::ActiveIsa());
   std::mt19937_64 rng(7);
-  auto dense_set = [&](WeightType type, double bytes_per_weight) {
-    const double one = bytes_per_weight * o.out_features * o.hidden;
+  auto dense_set = [&](WeightType type, double bytes_per_weight, int64_t k) {
+    const double one = bytes_per_weight * o.out_features * k;
     const int64_t n = std::max<int64_t>(2, static_cast<int64_t>(o.stream_bytes / one));
     std::vector<StoredMatrix> set;
-    for (int64_t i = 0; i < n; ++i) set.push_back(MakeMatrix(type, o.out_features, o.hidden, rng));
+    for (int64_t i = 0; i < n; ++i) set.push_back(MakeMatrix(type, o.out_features, k, rng));
     return set;
   };
-  {
-    auto set = dense_set(WeightType::kFP8, 1);
-    for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps));
-  }
-  {
-    auto set = dense_set(WeightType::kBF16, 2);
+  std::vector<int64_t> widths = o.widths;
+  std::sort(widths.begin(), widths.end());
+  widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
+  for (int64_t k : widths) {
+    {
+      auto set = dense_set(WeightType::kFP8, 1, k);
+      for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps));
+    }
+    auto set = dense_set(WeightType::kBF16, 2, k);
     for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set, m, o.reps));
   }
   {
@@ -258,6 +313,7 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   }
   p.stream_gbps = MeasureStreamTriadGBps(o.reps + 2);
   p.kernel_floor_us = KernelFloorUs();
+  for (int64_t m : o.tokens) p.product_floor.push_back(ProductFloor(m, rng));
   p.peak_gflops = MeasurePeakRates(o.reps + 2).fp32.gflops;  // the FP32 FMA peak
   for (const RatePoint& r : p.grouped_gemm) p.expert_gflops = std::max(p.expert_gflops, r.tflops * 1e3);
   double cpu = 0, wall = 0;
@@ -283,20 +339,28 @@ CpuProfile FullMachine(const CpuProfile& p) {
 std::string CpuProfileJson(const CpuProfile& p, const std::string& measured_by) {
   auto curve = [](const std::vector<RatePoint>& c, const char* size_key) {
     std::vector<std::string> pts;
-    for (const RatePoint& r : c) pts.push_back(absl::StrFormat("{\"%s\": %g, \"tflops\": %.6g}", size_key, r.size, r.tflops));
+    for (const RatePoint& r : c)
+      pts.push_back(absl::StrFormat("{\"%s\": %g, \"k\": %g, \"tflops\": %.6g}", size_key, r.size, r.k, r.tflops));
+    return absl::StrCat("[", absl::StrJoin(pts, ", "), "]");
+  };
+  auto floors = [](const std::vector<CpuProfile::FloorPoint>& c) {
+    std::vector<std::string> pts;
+    for (const CpuProfile::FloorPoint& f : c)  // the format's rates are positive: a floor too small to see is 1 ns
+      pts.push_back(absl::StrFormat("{\"tokens\": %g, \"us\": %.4g}", f.tokens, std::max(f.us, 1e-3)));
     return absl::StrCat("[", absl::StrJoin(pts, ", "), "]");
   };
   return absl::StrCat(
       "{\n  \"format\": \"dsv4-profile/1\",\n  \"device\": \"cpu\",\n",
       absl::StrFormat("  \"measured_by\": \"%s\", \"threads\": %d, \"isa\": \"%s\",\n", measured_by, p.threads, p.isa),
-      "  \"gemm_fp8\": ", curve(p.gemm_fp8, "tokens"), ",\n",
-      "  \"gemm_bf16\": ", curve(p.gemm_bf16, "tokens"), ",\n",
+      "  \"gemm_fp8\": ", curve(p.gemm_fp8, "tokens"), ",\n", "  \"gemm_bf16\": ", curve(p.gemm_bf16, "tokens"), ",\n",
       "  \"grouped_gemm\": ", curve(p.grouped_gemm, "tokens_per_expert"), ",\n",
       absl::StrFormat("  \"kernel_floor_us\": %.4g,\n", p.kernel_floor_us),
+      "  \"product_floor_us\": ", floors(p.product_floor), ",\n",
       p.all_to_all_gbps > 0
-          ? absl::StrCat("  \"all_to_all\": {", absl::StrFormat("\"intra_node_gbps\": %.5g", p.all_to_all_gbps),
-                         p.all_to_all_latency_us > 0 ? absl::StrFormat(", \"latency_us\": %.4g", p.all_to_all_latency_us) : "",
-                         "},\n")
+          ? absl::StrCat(
+                "  \"all_to_all\": {", absl::StrFormat("\"intra_node_gbps\": %.5g", p.all_to_all_gbps),
+                p.all_to_all_latency_us > 0 ? absl::StrFormat(", \"latency_us\": %.4g", p.all_to_all_latency_us) : "",
+                "},\n")
           : "",
       absl::StrFormat("  \"fma_peak_gflops\": %.5g, \"cpu_availability\": %.3g,\n", p.peak_gflops, p.cpu_availability),
       absl::StrFormat("  \"host\": {\"memory_gbps\": %.5g, \"gflops\": %.5g}\n}\n", p.stream_gbps, p.expert_gflops));
@@ -311,9 +375,19 @@ absl::Status WriteCpuProfile(const CpuProfile& p, const std::string& measured_by
   return absl::OkStatus();
 }
 
+ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter) {
+  ProfileOptions o;
+  if (hidden >= 128 && hidden % 128 == 0) {
+    o.widths.push_back(hidden);
+    if (expert_inter >= 128 && expert_inter % 128 == 0) o.hidden = hidden, o.expert_inter = expert_inter;
+  }
+  return o;
+}
+
 absl::Status MeasureAndWriteCpuProfile(const std::string& path, const std::string& measured_by,
-                                       double all_to_all_gbps, double all_to_all_latency_us) {
-  auto p = MeasureCpuProfile(ProfileOptions{});
+                                       const ProfileOptions& options, double all_to_all_gbps,
+                                       double all_to_all_latency_us) {
+  auto p = MeasureCpuProfile(options);
   if (!p.ok()) return p.status();
   p->all_to_all_gbps = all_to_all_gbps;
   p->all_to_all_latency_us = all_to_all_latency_us;

@@ -23,7 +23,10 @@ namespace dsv4::bench {
 struct ProfileOptions {
   std::vector<int64_t> tokens = {1, 2, 4, 8, 16, 32, 64};    // token rows of the dense products
   std::vector<int64_t> tokens_per_expert = {1, 2, 4, 8, 16};  // of the grouped expert products
-  int64_t hidden = 2048;        // K of the dense products and of the experts' gate/up
+  // K of the dense products: a curve by tokens at each (the rate at 16 tokens differs by 2x between
+  // K = 256 and K = 2048 on AVX-512). Multiples of 128.
+  std::vector<int64_t> widths = {2048};
+  int64_t hidden = 2048;        // K of the experts' gate/up
   int64_t out_features = 4096;  // N of the dense products
   int64_t expert_inter = 1024;  // N of one expert's w1/w3, K of its w2
   int64_t experts = 16;         // experts in one grouped call
@@ -36,12 +39,17 @@ struct RatePoint {
   double tflops = 0;       // achieved: the median pass
   double full_tflops = 0;  // per CPU-second of the process times the threads: the rate with a core per thread
   double wall_seconds = 0, cpu_seconds = 0;  // of the timed passes
+  double k = 0;                              // the reduction size (of the experts' gate/up for the grouped products)
 };
 
 struct CpuProfile {
   std::vector<RatePoint> gemm_fp8, gemm_bf16, grouped_gemm;
   double stream_gbps = 0;      // STREAM triad
   double kernel_floor_us = 0;  // median time of an empty parallel operator
+  struct FloorPoint {
+    double tokens = 0, us = 0;
+  };
+  std::vector<FloorPoint> product_floor;  // the fixed time of one product by token rows
   double peak_gflops = 0;      // FP32 FMA peak of the kernels' vector width (recorded, not planned with)
   double expert_gflops = 0;    // the best grouped-expert rate: the host GEMM rate for host experts
   double all_to_all_gbps = 0;  // MoE dispatch + combine per rank (bench comm), 0 = not measured
@@ -63,9 +71,15 @@ CpuProfile FullMachine(const CpuProfile& p);
 std::string CpuProfileJson(const CpuProfile& p, const std::string& measured_by);
 // Writes it; errors name the path.
 absl::Status WriteCpuProfile(const CpuProfile& p, const std::string& measured_by, const std::string& path);
-// What `dsv4 bench ... --profile-out PATH` runs after its benchmark: measures the profile with the
-// default options (plus the all-to-all figures `bench comm` measured, when given) and writes it.
+// The options that measure a model's own shapes besides the defaults: its hidden size among the
+// dense widths, its experts' hidden and intermediate sizes for the grouped products. Sizes that are
+// not multiples of 128 keep the defaults.
+ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter);
+
+// What `dsv4 bench ... --profile-out PATH` runs after its benchmark: measures the profile with
+// `options` (plus the all-to-all figures `bench comm` measured, when given) and writes it.
 absl::Status MeasureAndWriteCpuProfile(const std::string& path, const std::string& measured_by,
-                                       double all_to_all_gbps = 0, double all_to_all_latency_us = 0);
+                                       const ProfileOptions& options = {}, double all_to_all_gbps = 0,
+                                       double all_to_all_latency_us = 0);
 
 }  // namespace dsv4::bench

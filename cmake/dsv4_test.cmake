@@ -1,14 +1,20 @@
-# dsv4_add_test(NAME SOURCES... LIBS ... LABELS ...): one gtest binary registered with ctest.
+# dsv4_add_test(NAME SOURCES... LIBS ... LABELS ... [SERIAL] [TIMEOUT s]): one gtest binary registered with ctest.
 include(GoogleTest)
 function(dsv4_add_test name)
-  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "SERIAL" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE GTest::gtest GTest::gtest_main ${T_LIBS})
   target_compile_definitions(${name} PRIVATE DSV4_SHARED_DIR="${DSV4_SHARED_DIR}")
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 600)
   endif()
-  gtest_discover_tests(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} DISCOVERY_TIMEOUT 60)
+  # SERIAL: a test that times two things against each other runs with nothing else on the cores.
+  set(serial FALSE)
+  if(T_SERIAL)
+    set(serial TRUE)
+  endif()
+  gtest_discover_tests(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} RUN_SERIAL ${serial}
+    DISCOVERY_TIMEOUT 60)
 endfunction()
 
 # dsv4_add_mpi_test(NAME TARGET NP n [ARGS ...] [LABELS ...]): runs TARGET under
