@@ -414,7 +414,11 @@ absl::Status ResolveHost(const Scenario& s, const Catalog& catalog, Resolved* r)
   // to the CPU kernels as well (MXFP4 experts for V4).
   const double maturity = r->maturity_factor;
   r->host_gbps = per_socket * sockets * kernels * maturity / sharing;
-  r->host_cores = std::max(1, h.cores / sharing);
+  // The same for compute: threads of an engine that is not NUMA-aware spread over every socket but
+  // the work waits on the slowest socket's reads across the link (LMSYS 2025-07-14: llama.cpp is
+  // slower on two sockets than on one); one socket's cores is what such an engine gets.
+  const int cores = e.numa_aware ? h.cores : std::max(1, h.cores / h.sockets);
+  r->host_cores = std::max(1, cores / sharing);
   const bool amx = e.host_experts == "amx" && h.amx_gflops_per_core > 0;
   const double simd_eff = e.host_compute_kernels == "llamacpp" ? t.host_compute_llamacpp : t.host_compute_simd;
   const double per_core = amx ? h.amx_gflops_per_core * t.host_compute_amx : h.simd_gflops_per_core * simd_eff;

@@ -618,6 +618,26 @@ TEST(StepModel, WeightsThatDoNotFitAreInfeasible) {
   EXPECT_NE((*a)["reasons"][0].get<std::string>().find("do not fit"), std::string::npos);
 }
 
+// An engine that is not NUMA-aware gets one socket's cores and bandwidth on a two-socket host (LMSYS
+// 2025-07-14: llama.cpp is slower on two sockets than on one); a NUMA-aware one gets more from the
+// second socket's cores.
+TEST(Host, SecondSocketHelpsOnlyNumaAwareEngines) {
+  auto prefill = [](const std::string& engine, int sockets) {
+    json j = BaseScenario();
+    j["hardware"] = {{"device", "cpu"},         {"devices_per_node", 1}, {"nodes", 1}, {"host_cpu", "xeon-gold-6454s"},
+                     {"host_sockets", sockets}, {"host_memory_gb", 1000}};
+    j["parallel"] = {{"tp", 1}, {"ep", 1}, {"experts_on", "host"}};
+    j["workload"] = {{"input_tokens", 512}, {"output_tokens", 16}, {"concurrency", 1}};
+    j["software"] = {{"engine", engine}};
+    j["question"] = "single_stream";
+    auto a = PlanJson(j);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? (*a)["single_stream_prefill_tokens_per_s"].get<double>() : 0.0;
+  };
+  EXPECT_DOUBLE_EQ(prefill("llama.cpp", 2), prefill("llama.cpp", 1));
+  EXPECT_GT(prefill("sglang", 2), prefill("sglang", 1) * 1.1);
+}
+
 // ---- calibration profiles ---------------------------------------------------------------------------
 
 TEST(Profile, MeasuredRatesReplaceCatalogEfficiencies) {
