@@ -661,6 +661,22 @@ TEST(Profile, MeasuredRatesReplaceCatalogEfficiencies) {
   EXPECT_EQ((*measured)["calibration"], "slow.json");
 }
 
+// TPOT of V4-Flash decoding on device "cpu" (BaseScenario's load) with the profile `body` (the
+// fields after "device").
+double CpuTpotMs(const std::string& body) {
+  json j = BaseScenario();
+  j["hardware"] = {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}};
+  j["parallel"] = {{"tp", 1}, {"ep", 1}};
+  auto p = ParseProfile(absl::StrCat(R"({"format": "dsv4-profile/1", "device": "cpu", )", body, "}"), "cpu.json");
+  EXPECT_TRUE(p.ok()) << p.status();
+  if (!p.ok()) return 0;
+  PlanOptions o;
+  o.profile = &*p;
+  auto a = PlanJson(j, o);
+  EXPECT_TRUE(a.ok()) << a.status();
+  return a.ok() ? (*a)["tpot_ms"].get<double>() : 0.0;
+}
+
 // Points measured at several reduction sizes are a surface: by tokens at each K, then in log(K)
 // between the two K around the asked one, the nearest K outside; without K, the widest.
 TEST(Profile, RatesByReductionSize) {
@@ -680,19 +696,8 @@ TEST(Profile, RatesByReductionSize) {
   EXPECT_NEAR(p->product_floor_us.At(4), 6, 1e-12);
   // The planner asks for the model's hidden size (4096 for V4-Flash): a surface whose widest K is
   // 4096 plans as that K's curve alone; one measured up to K = 16384 interpolates, a slower step.
-  json j = BaseScenario();
-  j["hardware"] = {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}};
-  j["parallel"] = {{"tp", 1}, {"ep", 1}};
-  auto tpot = [&](const std::string& curves) {
-    auto prof = ParseProfile(absl::StrCat(R"({"format": "dsv4-profile/1", "device": "cpu", )", curves,
-                                          R"(, "grouped_gemm": [{"tokens_per_expert": 1, "tflops": 0.02}]})"),
-                             "c.json");
-    EXPECT_TRUE(prof.ok()) << prof.status();
-    PlanOptions o;
-    o.profile = &*prof;
-    auto a = PlanJson(j, o);
-    EXPECT_TRUE(a.ok()) << a.status();
-    return a.ok() ? (*a)["tpot_ms"].get<double>() : 0.0;
+  auto tpot = [](const std::string& curves) {
+    return CpuTpotMs(absl::StrCat(curves, R"(, "grouped_gemm": [{"tokens_per_expert": 1, "tflops": 0.02}])"));
   };
   const std::string narrow = R"({"tokens": 1, "k": 256, "tflops": 0.01}, {"tokens": 64, "k": 256, "tflops": 0.01})";
   auto at = [](int k) {
@@ -727,23 +732,12 @@ TEST(Profile, RatesByReductionSize) {
 // packing and join do not overlap its work), so a larger floor gives a slower step, by the floor
 // times the kernels.
 TEST(Profile, ProductFloorAddsOnTheHost) {
-  json j = BaseScenario();
-  j["model"] = "deepseek-v4-flash";
-  j["hardware"] = {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}};
-  j["parallel"] = {{"tp", 1}, {"ep", 1}};
-  auto rates = [&](double floor_us) {
-    auto p = ParseProfile(absl::StrCat(R"({"format": "dsv4-profile/1", "device": "cpu",
-        "gemm_fp8": [{"tokens": 1, "tflops": 0.05}], "gemm_bf16": [{"tokens": 1, "tflops": 0.05}],
+  auto rates = [](double floor_us) {
+    return CpuTpotMs(
+        absl::StrCat(R"("gemm_fp8": [{"tokens": 1, "tflops": 0.05}], "gemm_bf16": [{"tokens": 1, "tflops": 0.05}],
         "grouped_gemm": [{"tokens_per_expert": 1, "tflops": 0.02}], "host": {"memory_gbps": 20, "gflops": 20},
         "product_floor_us": [{"tokens": 1, "us": )",
-                                       floor_us, "}]}"),
-                          "f.json");
-    EXPECT_TRUE(p.ok()) << p.status();
-    PlanOptions o;
-    o.profile = &*p;
-    auto a = PlanJson(j, o);
-    EXPECT_TRUE(a.ok()) << a.status();
-    return a.ok() ? (*a)["tpot_ms"].get<double>() : 0.0;
+                     floor_us, "}]"));
   };
   const double none = rates(1e-3), small = rates(100), large = rates(1000);
   EXPECT_GT(small, none);
