@@ -153,6 +153,9 @@ DSV4_AVX2 void AttendHeads(const float* q, int64_t H, int64_t d, const KvSegment
   }
 }
 
+// Keys per block of the indexer's scores: one task's, and the most ScoreKeys takes.
+constexpr int64_t kIndexerKeys = 32;
+
 // Indexer scores of token t for keys [j0, j1) (kernels.h: IndexerScores).
 DSV4_AVX2 void ScoreKeys(const float* q, const float* w, int64_t H, int64_t d, const float* keys, int64_t n,
                          int64_t nvis, int64_t t, int64_t j0, int64_t j1, float* dots, int64_t ldd, float* score) {
@@ -160,7 +163,7 @@ DSV4_AVX2 void ScoreKeys(const float* q, const float* w, int64_t H, int64_t d, c
   float* s = score + t * n;
   for (int64_t j = jv; j < j1; ++j) s[j] = -std::numeric_limits<float>::infinity();
   if (jv == j0) return;
-  const float* krows[64];
+  const float* krows[kIndexerKeys] = {};  // j1 - j0 <= kIndexerKeys, the callers' block
   for (int64_t j = j0; j < jv; ++j) krows[j - j0] = keys + j * d;
   Dots(q + t * H * d, d, H, krows, jv - j0, d, dots, ldd);
   const float* wt = w + t * H;
@@ -217,7 +220,7 @@ void SparseAttentionAvx2(const float* q, int64_t m, int64_t H, int64_t d, const 
 
 void IndexerScoresAvx2(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
                        const int64_t* nvis, float* score) {
-  constexpr int64_t kKeys = 32;  // keys per task
+  constexpr int64_t kKeys = kIndexerKeys;  // keys per task
   const int64_t kblocks = (n + kKeys - 1) / kKeys;
   ParallelForDynamic(m * kblocks, 4, [&](int64_t b, int64_t e) {
     Scratch<float> dots(H * kKeys, NoInit{});

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "base/file.h"
 #include "nlohmann/json.hpp"
@@ -19,6 +20,18 @@
 
 namespace dsv4::testing {
 namespace {
+
+// Run options with one field set (designated initializers would leave the others to a warning).
+RunOptions WithEnv(std::map<std::string, std::string> env) {
+  RunOptions o;
+  o.env = std::move(env);
+  return o;
+}
+RunOptions InDir(std::string cwd) {
+  RunOptions o;
+  o.cwd = std::move(cwd);
+  return o;
+}
 
 namespace fs = std::filesystem;
 
@@ -61,15 +74,16 @@ TEST(CliFinding3, InvalidUtf8InChatTextIsAnError) {
 TEST(CliFinding4, ThreadCountsOutOfRangeAreRefusedBeforeAnythingStarts) {
   EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--prompt-ids", "1", "--out", TempDir() + "/x.npy", "--threads", "100000"}),
                         2, {"--threads", "[0, 1024]"}));
-  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--prompt-ids", "1", "--out", TempDir() + "/x.npy"},
-                                {.env = {{"DSV4_NUM_THREADS", "99999"}}}),
-                        2, {"DSV4_NUM_THREADS", "99999", "[0, 1024]"}));
+  EXPECT_TRUE(FailsWith(
+      RunDsv4({"logits", "--prompt-ids", "1", "--out", TempDir() + "/x.npy"}, WithEnv({{"DSV4_NUM_THREADS", "99999"}})),
+      2, {"DSV4_NUM_THREADS", "99999", "[0, 1024]"}));
   // serve used to write its info file first and then die.
   const std::string info = TempDir() + "/info.json";
   EXPECT_TRUE(FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info, "--threads", "100000"}), 2,
                         {"--threads"}));
-  EXPECT_TRUE(FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info}, {.env = {{"DSV4_NUM_THREADS", "99999"}}}),
-                        2, {"DSV4_NUM_THREADS"}));
+  EXPECT_TRUE(
+      FailsWith(RunDsv4({"serve", "--port", "0", "--info-file", info}, WithEnv({{"DSV4_NUM_THREADS", "99999"}})), 2,
+                {"DSV4_NUM_THREADS"}));
   EXPECT_FALSE(fs::exists(info));
 }
 
@@ -138,7 +152,7 @@ TEST(CliFinding8, CheckWeightsNamesTheTensor) {
 
 TEST(CliFinding9, AFlagNeverTakesAFlagAsItsValue) {
   const std::string cwd = TempDir();
-  const RunResult r = RunDsv4({"logits", "--prompt-ids", "1", "--out", "--qdq"}, {.cwd = cwd});
+  const RunResult r = RunDsv4({"logits", "--prompt-ids", "1", "--out", "--qdq"}, InDir(cwd));
   EXPECT_TRUE(FailsWith(r, 2, {"--out needs a value"}));
   EXPECT_TRUE(fs::is_empty(cwd)) << "a file named --qdq was written";
 }
