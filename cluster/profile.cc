@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -76,21 +77,21 @@ absl::Status ReadPositive(const json& j, const char* key, const std::string& fie
 
 double RateCurve::At(double size, double k) const {
   if (points.empty()) return 0;
-  // The runs of points at one K: [begin, end) of each, in increasing K.
-  std::vector<std::pair<size_t, size_t>> runs;
-  for (size_t i = 0; i < points.size(); ++i)
-    if (i == 0 || points[i].k != points[i - 1].k)
-      runs.push_back({i, i + 1});
-    else
-      runs.back().second = i + 1;
-  auto level = [&](size_t r) { return AtSize(points, runs[r].first, runs[r].second, size); };
-  if (k <= 0 || k >= points[runs.back().first].k) return level(runs.size() - 1);
-  if (k <= points[runs.front().first].k) return level(0);
-  size_t hi = 1;
-  while (points[runs[hi].first].k < k) ++hi;
-  const double ka = points[runs[hi - 1].first].k, kb = points[runs[hi].first].k;
+  // The rate by size among the points measured at K = `at`: a run of the points, which are sorted
+  // by k, then by size.
+  auto level = [&](double at) {
+    const auto [b, e] = std::equal_range(points.begin(), points.end(), RatePoint{0, 0, at},
+                                         [](const RatePoint& x, const RatePoint& y) { return x.k < y.k; });
+    return AtSize(points, b - points.begin(), e - points.begin(), size);
+  };
+  const double narrowest = points.front().k, widest = points.back().k;
+  if (k <= 0 || k >= widest) return level(widest);
+  if (k <= narrowest) return level(narrowest);
+  const auto above =
+      std::upper_bound(points.begin(), points.end(), k, [](double v, const RatePoint& p) { return v < p.k; });
+  const double ka = std::prev(above)->k, kb = above->k;  // the measured K on either side of k
   const double t = (std::log(k) - std::log(ka)) / (std::log(kb) - std::log(ka));
-  return level(hi - 1) + t * (level(hi) - level(hi - 1));
+  return level(ka) + t * (level(kb) - level(ka));
 }
 
 absl::StatusOr<Profile> ParseProfile(const std::string& json_text, const std::string& source) {
