@@ -232,16 +232,21 @@ RatePoint GroupedRate(std::vector<std::vector<ExpertMatrices>>& layers, int64_t 
   return p;
 }
 
-// Median time of an operator that does nothing but dispatch to the pool and join.
-double KernelFloorUs() {
+// Median time in us of `calls` calls of f, after `warmup` untimed ones.
+template <typename F>
+double MedianCallUs(int calls, int warmup, F&& f) {
   std::vector<double> us;
-  auto nothing = [](int64_t, int64_t) {};
-  for (int r = 0; r < 2000; ++r) {
+  for (int r = 0; r < warmup + calls; ++r) {
     const auto t0 = Clock::now();
-    kernels::ParallelFor(kernels::NumThreads(), 1, nothing);
-    us.push_back(std::chrono::duration<double>(Clock::now() - t0).count() * 1e6);
+    f();
+    if (r >= warmup) us.push_back(std::chrono::duration<double>(Clock::now() - t0).count() * 1e6);
   }
   return Median(us);
+}
+
+// Median time of an operator that does nothing but dispatch to the pool and join.
+double KernelFloorUs() {
+  return MedianCallUs(2000, 0, [] { kernels::ParallelFor(kernels::NumThreads(), 1, [](int64_t, int64_t) {}); });
 }
 
 // The fixed time of one FP8 product of `m` token rows, in us: the intercept of its time over the
@@ -250,17 +255,10 @@ double KernelFloorUs() {
 // the pool's fork and join, the activations' conversion and packing.
 CpuProfile::FloorPoint ProductFloor(int64_t m, std::mt19937_64& rng) {
   constexpr int64_t kK = 128, kNarrow = 128, kWide = 512;
-  constexpr int kCalls = 400;
   auto median_us = [&](int64_t n) {
     StoredMatrix w = MakeMatrix(WeightType::kFP8, n, kK, rng);
     std::vector<float> x(m * kK, 0.01f), y(m * n);
-    std::vector<double> us;
-    for (int r = 0; r < kCalls + 20; ++r) {
-      const auto t0 = Clock::now();
-      kernels::Linear(x.data(), m, kK, w.view, y.data(), n);
-      if (r >= 20) us.push_back(std::chrono::duration<double>(Clock::now() - t0).count() * 1e6);
-    }
-    return Median(us);
+    return MedianCallUs(400, 20, [&] { kernels::Linear(x.data(), m, kK, w.view, y.data(), n); });
   };
   const double narrow = median_us(kNarrow), wide = median_us(kWide);
   const double per_output = std::max(0.0, (wide - narrow) / (kWide - kNarrow));
