@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/sampling.h"
@@ -162,19 +163,53 @@ inline float BucketStart(int b) {
 // The mass of the weights by bucket, h[0, kBuckets): of all of them, or of a sixteenth, the first 8
 // of every 128 (whole cache lines, where a stride would read one line per weight). Four
 // interleaved histograms, added at the end, keep neighbours in one bucket off one store-to-load
-// chain.
-void Histogram(const float* e, int32_t V, bool sample, std::vector<double>& hist) {
+// chain. Returns how many weights it read.
+int32_t Histogram(const float* e, int32_t V, bool sample, std::vector<double>& hist) {
   hist.assign(4 * kBuckets, 0.0);
   double* h = hist.data();
   const int32_t run = sample ? 8 : V, every = sample ? 128 : V;
+  int32_t read = 0;
   for (int32_t start = 0; start < V; start += every) {
     const int32_t end = std::min(V, start + run);
+    read += end - start;
     int32_t i = start;
     for (; i + 4 <= end; i += 4)
       for (int j = 0; j < 4; ++j) h[j * kBuckets + Bucket(e[i + j])] += e[i + j];
     for (; i < end; ++i) h[Bucket(e[i])] += e[i];
   }
   for (int b = 0; b < kBuckets; ++b) h[b] += h[kBuckets + b] + h[2 * kBuckets + b] + h[3 * kBuckets + b];
+  return read;
+}
+
+// Where a sample of the weights puts the cutoff, with its uncertainty: the buckets [lo, hi] where
+// the mass below the cutoff, z - target, is reached counting up from bucket 0, when the sample's
+// mass h below each bucket is scaled to the whole (times `scale`, the weights per weight read) and
+// moved by `spread` standard deviations either way.
+//
+// The mass below the cutoff is what is estimated, not the mass above it: below lie many light
+// weights, which a sample measures well; above, a few heavy ones decide, which a sample of a
+// sixteenth hits or misses. (At Gaussian logits of standard deviation 2 and temperature 0.8, an
+// estimate from above missed a three-bucket window in 27 of 40 rows.) The scaled sum of a random
+// 1/scale of the weights has a standard deviation of about scale sqrt(sum of the sample's squared
+// weights); a weight of bucket b is below BucketStart(b + 1), so h[b] BucketStart(b + 1) bounds
+// its bucket's squares without a second histogram.
+struct Bracket {
+  int lo, hi;
+};
+Bracket EstimateBracket(const std::vector<double>& h, double scale, double below, double spread) {
+  Bracket r{-1, kBuckets - 1};
+  double mass = 0, squares = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    mass += h[b], squares += h[b] * BucketStart(b + 1);
+    const double est = scale * mass, sd = scale * std::sqrt(squares);
+    if (r.lo < 0 && est + spread * sd >= below) r.lo = b;
+    if (est - spread * sd >= below) {
+      r.hi = b;
+      break;
+    }
+  }
+  if (r.lo < 0) r.lo = kBuckets - 1;
+  return r;
 }
 
 // The bucket where the mass, added from the top bucket down, reaches `target`; `above` is the
@@ -220,46 +255,61 @@ int32_t SelectInRange(const float* e, const int32_t* ids, const float* weights, 
 }  // namespace
 
 // Linear time, in one vector pass over the weights where it can:
-// 1. The bucket where the mass ends is estimated from a sixteenth of the weights' histogram (the
-//    whole one's scattered adds cost more than all the vector passes together).
-// 2. One pass sums the weights above a window of three buckets around the estimate, per block of
-//    the draw, and collects the weights inside it; where the mass ends in the window, the cutoff
-//    is selected among them, and the draw's block sums need only the window's kept weights added.
-// 3. Where it ends above the window (a few heavy tokens the sample missed), among the weights above
-//    it if they are few; else, and where it ends below the window, from the whole histogram, as
-//    step 1 but over every weight.
+// 1. The buckets where the mass ends are bracketed from a sixteenth of the weights' histogram
+//    (EstimateBracket; the whole histogram's scattered adds cost more than all the vector passes
+//    together). One pass sums the weights above the bracket, per block of the draw, and collects
+//    the weights inside it; where the mass ends in the bracket, the cutoff is selected among them,
+//    and the draw's block sums need only the bracket's kept weights added.
+// 2. Where it ends above the bracket, among the weights above it.
+// 3. Where it ends below the bracket, among the weights between the lightest the cutoff can be and
+//    the bracket: the cutoff weighs at least (z - target) / V, since the cutoff and the weights
+//    after it hold more than z - target and are fewer than V, none heavier than the cutoff. (A
+//    sample that never reaches the mass below the cutoff, as when a few heavy tokens it missed
+//    hold all but a little of the mass, brackets the top bucket alone, and the answer is here.)
+// 4. Where rounding leaves the mass short of the target in the range searched (the sums run in
+//    different orders), from the histogram of every weight.
 // Every step is exact on its own: the estimate only decides how much work the answer takes.
 TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratch& s) {
+  // Standard deviations of the sample's estimate the bracket spans: a missed bracket costs a second
+  // pass and a larger selection, a wider one only more candidates to select among.
+  constexpr double kSpread = 4;
+  // A selection of more candidates than this leaves the draw's block sums to a vector pass of their
+  // own, which is faster than adding so many kept weights one by one.
+  const int64_t window_max = V / 8;
   const double target = top_p * z;
   if (s.ids.size() < static_cast<size_t>(V)) s.ids.resize(V), s.weights.resize(V);  // grow once, never cleared
   s.block_sums.resize((V + kDrawBlock - 1) / kDrawBlock);
-  const auto split = [&](float lo, float hi) {
-    return kernels::SplitAtRange(e, V, lo, hi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data());
+  // The cutoff among the weights [lo, hi) (step `step`): none where the mass ends above them, id -1
+  // where it ends below.
+  const auto search = [&](float lo, float hi, int step) -> std::optional<TopPCut> {
+    const kernels::RangeSplit in =
+        kernels::SplitAtRange(e, V, lo, hi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data());
+    if (in.above >= target) return std::nullopt;
+    const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
+    if (cut < 0) return TopPCut{-1, 0, 0, step};  // the mass ends below lo
+    return in.count <= window_max ? TopPCut{cut, hi, in.count, step} : TopPCut{cut, 0, 0, step};
   };
-  const float top = BucketStart(kBuckets);  // above every weight
-  Histogram(e, V, /*sample=*/true, s.hist);
-  double sampled = 0, unused;
-  for (int b = 0; b < kBuckets; ++b) sampled += s.hist[b];
-  const int guess = FindBucket(s.hist, top_p * sampled, &unused);
-  if (guess >= 0) {
-    const float lo = BucketStart(std::max(guess - 1, 0)), hi = BucketStart(std::min(guess + 2, kBuckets));
-    const kernels::RangeSplit in = split(lo, hi);
-    if (in.above < target) {
-      const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
-      if (cut >= 0) return TopPCut{cut, hi, in.count, 1};
-    } else if (in.above_count <= V / 16) {
-      const int64_t count = split(hi, top).count;
-      const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), count, hi, top, 0, target, s);
-      if (cut >= 0) return TopPCut{cut, 0, 0, 2};
-    }
+  const int32_t read = Histogram(e, V, /*sample=*/true, s.hist);
+  const Bracket guess = EstimateBracket(s.hist, static_cast<double>(V) / read, z - target, kSpread);
+  const float lo = BucketStart(guess.lo), hi = BucketStart(guess.hi + 1);
+  std::optional<TopPCut> cut = search(lo, hi, 1);
+  if (!cut) {
+    cut = search(hi, BucketStart(kBuckets), 2);
+  } else if (cut->id < 0) {
+    // Half the bound, rounded down: z and the target carry rounding of their own.
+    const float lightest = std::nextafter(static_cast<float>(0.5 * (z - target) / V), 0.f);
+    if (lightest < lo) cut = search(std::max(lightest, BucketStart(0)), lo, 3);
   }
+  if (cut && cut->id >= 0) return *cut;
   Histogram(e, V, /*sample=*/false, s.hist);
   double above = 0;
   const int b = FindBucket(s.hist, target, &above);
-  if (b < 0) return TopPCut{-1, 0, 0, 3};  // the mass is reached only with every candidate (rounding): keep them all
-  const float lo = BucketStart(b), hi = BucketStart(b + 1);
-  const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), split(lo, hi).count, lo, hi, above, target, s);
-  return TopPCut{cut, 0, 0, 3};  // -1 (all of the bucket short of the mass by rounding): keep them all
+  if (b < 0) return TopPCut{-1, 0, 0, 4};  // the mass is reached only with every candidate (rounding): keep them all
+  const float blo = BucketStart(b), bhi = BucketStart(b + 1);
+  const int64_t count =
+      kernels::SplitAtRange(e, V, blo, bhi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data()).count;
+  // -1: all of the bucket short of the mass by rounding; keep them all.
+  return TopPCut{SelectInRange(e, s.ids.data(), s.weights.data(), count, blo, bhi, above, target, s), 0, 0, 4};
 }
 
 }  // namespace sampling_internal

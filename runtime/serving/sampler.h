@@ -117,7 +117,9 @@ struct TopPCut {
   // among which the cutoff fell.
   float window_hi = 0;
   int64_t window = 0;
-  int step = 0;  // which step of the search found it (sampler.cc): 1 the window, 2 above it, 3 the whole
+  // Which step of the search found it (sampler.cc): 1 the bracket, 2 above it, 3 below it, 4 the
+  // whole histogram.
+  int step = 0;
 };
 
 // Top-p over weights e[V] in [0, 1] (0 = not a candidate) whose sum is z: the smallest set of

@@ -432,6 +432,19 @@ TEST(SamplerKernels, TopPCutoffIsTheShortestBestFirstPrefix) {
   for (int step = 1; step <= 3; ++step) EXPECT_GT(steps[step], 0) << "step " << step << " never found the cutoff";
 }
 
+// A z a little above the weights' sum (the caller's rounding) puts the target out of reach: every
+// range falls short, the whole histogram has the last word, and every candidate is kept.
+TEST(SamplerKernels, TopPCutoffOutOfReachKeepsEveryCandidate) {
+  const int32_t V = 4096;
+  std::vector<float> e(V);
+  double z = 0;
+  for (int32_t i = 0; i < V; ++i) z += (e[i] = 1.f / static_cast<float>(1 + i % 61));
+  sampling_internal::TopPScratch scratch;
+  const sampling_internal::TopPCut got = sampling_internal::TopPCutoff(e.data(), V, z * (1 + 1e-9), 1 - 1e-12, scratch);
+  EXPECT_EQ(got.id, -1);
+  EXPECT_EQ(got.step, 4);
+}
+
 // ---- output text --------------------------------------------------------------------------------
 
 std::unique_ptr<Tokenizer> LoadTokenizer() {
