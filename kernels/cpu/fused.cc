@@ -188,6 +188,11 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
   }
 }
 
+void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) {
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));
+}
+
 void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                  int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) {
   EnsureFlushDenormals();

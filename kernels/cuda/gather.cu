@@ -36,6 +36,13 @@ __global__ void CombineRowsKernel(const float* src, int64_t lds, const int32_t* 
   out[t * ldo + c] = acc;
 }
 
+// Grid-stride: x[i] = start + i * step (two's-complement wrap as on the host).
+__global__ void IotaKernel(int32_t* x, int64_t n, int32_t start, int32_t step) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));
+}
+
 bool Aligned16(const void* p, int64_t a, int64_t b, int64_t c) {
   return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && a % 16 == 0 && b % 16 == 0 && c % 16 == 0;
 }
@@ -55,6 +62,15 @@ cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, i
   } else {
     DSV4_LAUNCH(GatherRowsKernel<unsigned char>, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const LaunchConfig cfg = ElementwiseLaunch(n);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(IotaKernel, cfg, stream, x, n, start, step);
   return cudaGetLastError();
 }
 

@@ -178,6 +178,9 @@ cudaError_t GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int6
 cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                        void* dst, int64_t dst_pitch, cudaStream_t stream);
 
+// x[i] = start + i * step for i < n (kernels::Iota).
+cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream);
+
 // Embedding (kernels::EmbedRows): out[t] (ldo) = `copies` copies of row ids[t] (device) of `table`
 // (a placed view, any format) dequantized.
 cudaError_t EmbedRows(const WeightMatrix& table, const int32_t* ids, int64_t n, int copies, float* out, int64_t ldo,

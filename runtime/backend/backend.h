@@ -14,10 +14,12 @@
 // Thread-safety: one thread drives a backend (the engine's step loop).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -64,6 +66,11 @@ struct ExpertFfnJob {
   int64_t ldy = 0;
 };
 
+// A position in a backend's step workspace (Backend::Mark).
+struct WorkspaceMark {
+  int64_t chunk = 0, offset = 0;
+};
+
 struct BackendOptions {
   DeviceChoice device = DeviceChoice::kAuto;
   // Under a launcher: this process's node-local rank and the node's rank count; each rank takes
@@ -92,6 +99,12 @@ class Backend {
   int64_t* WorkspaceI64(int64_t n) { return static_cast<int64_t*>(Workspace(n * 8)); }
   // Starts a step: the workspace is free again (only after the previous step's work is done).
   virtual void Reset() = 0;
+  // Scoped temporaries (DeviceScratch): the Workspace() memory handed out after Mark() is free again
+  // at Release(mark), marks released in reverse order (a stack, as kernels::Scratch is on the
+  // host). Work enqueued after a release may reuse the memory at once: on a GPU it runs after the
+  // work that used it, on the same stream.
+  virtual WorkspaceMark Mark() const = 0;
+  virtual void Release(WorkspaceMark mark) = 0;
   // Host <-> device copies, ordered with the operations. CopyToHost waits for them.
   virtual void CopyToDevice(void* dst, const void* src, int64_t bytes) = 0;
   virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
@@ -166,8 +179,54 @@ class Backend {
   virtual void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t num_jobs, const ExpertFfnOptions& options) = 0;
   virtual void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                           void* dst, int64_t dst_pitch) = 0;
+  // x[i] = start + i * step for i < n: row and offset tables the model would otherwise write on the
+  // host (a token's slots, a whole batch as one group).
+  virtual void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) = 0;
   virtual void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
                            const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) = 0;
+};
+
+// Frees, at the end of its scope, whatever the backend's workspace handed out inside it (the
+// operations' own temporaries included): a step's buffers, however the step ends.
+class WorkspaceScope {
+ public:
+  explicit WorkspaceScope(Backend& be) : be_(be), mark_(be.Mark()) {}
+  ~WorkspaceScope() { be_.Release(mark_); }
+  WorkspaceScope(const WorkspaceScope&) = delete;
+  WorkspaceScope& operator=(const WorkspaceScope&) = delete;
+
+ private:
+  Backend& be_;
+  const WorkspaceMark mark_;
+};
+
+// `n` values of T in a backend's step workspace for the rest of the scope: the model's step
+// buffers, which are device memory wherever the backend runs. Objects of one backend are destroyed
+// in reverse order of construction (automatic variables are); the memory is not initialized (Zero
+// it where it must start at 0), and only the backend's operations and copies may touch it.
+template <typename T>
+class DeviceScratch {
+  static_assert(std::is_trivially_copyable_v<T>, "DeviceScratch holds plain data only");
+
+ public:
+  DeviceScratch(Backend& be, int64_t n)
+      : be_(be),
+        mark_(be.Mark()),
+        n_(std::max<int64_t>(n, 0)),
+        data_(static_cast<T*>(be.Workspace(n_ * static_cast<int64_t>(sizeof(T))))) {}
+  ~DeviceScratch() { be_.Release(mark_); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+
+  T* data() const { return data_; }
+  int64_t size() const { return n_; }
+  int64_t bytes() const { return n_ * static_cast<int64_t>(sizeof(T)); }
+
+ private:
+  Backend& be_;
+  const WorkspaceMark mark_;
+  const int64_t n_;
+  T* const data_;
 };
 
 // The backend `options` ask for: a CPU backend, or the GPU of this local rank. `auto` is CUDA when

@@ -16,7 +16,8 @@ namespace dsv4 {
 namespace {
 
 // A bump allocator over chunks that are kept across Reset(): once a step has run, the same step
-// allocates nothing. Pointers stay valid until Reset().
+// allocates nothing. Pointers stay valid until Reset(), or until the Release() of a mark taken
+// before them.
 class ChunkArena {
  public:
   void* Allocate(int64_t bytes) {
@@ -34,6 +35,8 @@ class ChunkArena {
     return p;
   }
   void Reset() { current_ = 0, used_ = 0; }
+  WorkspaceMark Mark() const { return {static_cast<int64_t>(current_), used_}; }
+  void Release(WorkspaceMark m) { current_ = static_cast<size_t>(m.chunk), used_ = m.offset; }
 
  private:
   struct FreeDeleter {
@@ -76,6 +79,8 @@ class CpuBackend final : public Backend {
   }
   void* Workspace(int64_t bytes) override { return workspace_.Allocate(bytes); }
   void Reset() override { workspace_.Reset(); }
+  WorkspaceMark Mark() const override { return workspace_.Mark(); }
+  void Release(WorkspaceMark mark) override { workspace_.Release(mark); }
   void CopyToDevice(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
   void CopyToHost(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
   void CopyOnDevice(void* dst, const void* src, int64_t bytes) override { Copy(dst, src, bytes); }
@@ -219,6 +224,7 @@ class CpuBackend final : public Backend {
                   int64_t dst_pitch) override {
     kernels::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
   }
+  void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { kernels::Iota(x, n, start, step); }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                    int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {
     kernels::CombineRows(src, lds, offsets, src_rows, weights, rows, D, accumulate, out, ldo);

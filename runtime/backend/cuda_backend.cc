@@ -99,6 +99,8 @@ class CudaBackend final : public Backend {
     return workspace_.base();
   }
   void Reset() override { workspace_.Reset(); }
+  WorkspaceMark Mark() const override { return {0, workspace_.used()}; }
+  void Release(WorkspaceMark mark) override { workspace_.Reset(mark.offset); }
 
   void CopyToDevice(void* dst, const void* src, int64_t bytes) override {
     if (ok() && bytes > 0) Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to device");
@@ -283,6 +285,9 @@ class CudaBackend final : public Backend {
                   int64_t dst_pitch) override {
     if (ok() && rows > 0)
       Check(kc::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream_), "GatherRows");
+  }
+  void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
+    if (ok() && n > 0) Check(kc::Iota(x, n, start, step, stream_), "Iota");
   }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                    int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {

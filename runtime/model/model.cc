@@ -457,6 +457,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   // Alone, an empty step has nothing to do; in a job its collectives still have to be joined.
   if (n == 0 && !distributed()) return absl::OkStatus();
   for (const SequenceChunk& s : seqs) DSV4_RETURN_IF_ERROR(PrepareBlocks(*s.cache, s.n));
+  const WorkspaceScope step(*backend_);  // the step's device buffers, the operations' own included
   kernels::Scratch<float> x(n * hc * D, kernels::NoInit{});
   Embed(tokens, x.data());
   // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram

@@ -6,8 +6,10 @@
 //
 // The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
 // attention, the indexer's scores and picks, the MoE. Still on kernels/cpu directly: the rotary
-// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram; and the
-// step's buffers are host memory, so only the CPU backend runs a model today.
+// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram. The MoE's
+// step buffers are the backend's (DeviceScratch) and only its operations touch them (but the
+// expert-parallel exchange, which is MPI over host memory); the other layers' are still host
+// memory, so only the CPU backend runs a model today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless

@@ -35,20 +35,21 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   const MoeLayer& ml = moe_[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   Backend& be = *backend_;
-  kernels::Scratch<float> scores(n * E, kernels::NoInit{});
+  DeviceScratch<float> scores(be, n * E);
   be.Linear(x, n, D, ml.gate, scores.data(), E);
   const kernels::RouterScore score = c.scoring_func == ScoreFunc::kSqrtSoftplus ? kernels::RouterScore::kSqrtSoftplus
                                      : c.scoring_func == ScoreFunc::kSigmoid    ? kernels::RouterScore::kSigmoid
                                                                                 : kernels::RouterScore::kSoftmax;
-  be.Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score, ml.gate_bias, ml.tid2eid, tokens.data(),
+  // Hash layers route by token id: the ids go to the device for them alone.
+  DeviceScratch<int32_t> ids(be, ml.tid2eid != nullptr ? n : 0);
+  if (ml.tid2eid != nullptr) be.CopyToDevice(ids.data(), tokens.data(), ids.bytes());
+  be.Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score, ml.gate_bias, ml.tid2eid, ids.data(),
            c.route_normalizes(), static_cast<float>(c.route_norm_eps()), static_cast<float>(c.routed_scaling_factor),
            experts, weights);
 }
 
 void Model::RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* experts, float* weights, int64_t max_rows,
                         bool shared, float* out) const {
-  using kernels::NoInit;
-  using kernels::Scratch;
   const ModelConfig& c = config();
   const MoeLayer& ml = moe_[layer];
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, pairs = m * K;
@@ -59,14 +60,14 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* exper
   // Each token's slots in expert order, so that its rows below (grouped by expert) come in the
   // order the reference sums them; then the pairs grouped by expert (a counting sort).
   be.SortSlotsByExpert(experts, weights, m, K);
-  Scratch<int32_t> offsets(E + 1, NoInit{}), position(pairs, NoInit{});
-  Scratch<int64_t> order(pairs, NoInit{}), order_tokens(pairs, NoInit{});
+  DeviceScratch<int32_t> offsets(be, E + 1), position(be, pairs);
+  DeviceScratch<int64_t> order(be, pairs), order_tokens(be, pairs);
   be.GroupByExpert(experts, pairs, K, E, offsets.data(), order.data(), order_tokens.data(), position.data(),
                    load_counts_ + layer * E);
   // Each routed expert once over all its rows, and the shared expert over all rows, in one pass.
-  Scratch<float> xs(max_rows * D, NoInit{}), ws(max_rows, NoInit{}), ys(max_rows * D, NoInit{});
-  Scratch<float> xsh(shared ? m * D : 0, NoInit{}), ysh(shared ? m * D : 0, NoInit{});
-  Scratch<int32_t> shared_offsets(2, NoInit{});
+  DeviceScratch<float> xs(be, max_rows * D), ws(be, max_rows), ys(be, max_rows * D);
+  DeviceScratch<float> xsh(be, shared ? m * D : 0), ysh(be, shared ? m * D : 0);
+  DeviceScratch<int32_t> shared_offsets(be, 2);
   be.GatherRows(x, row_bytes, order_tokens.data(), max_rows, row_bytes, xs.data(), row_bytes);
   be.GatherRows(weights, sizeof(float), order.data(), max_rows, sizeof(float), ws.data(), sizeof(float));
   ExpertFfnJob jobs[2];
@@ -76,8 +77,8 @@ void Model::RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* exper
   if (shared && m > 0) jobs[num_jobs++] = SharedExpertJob(layer, x, m, xsh.data(), shared_offsets.data(), ysh.data());
   be.ExpertFfnGroup(jobs, num_jobs, FfnOptions());
   // Each token's rows (its slots' positions, in expert order), then the shared expert's row.
-  Scratch<int32_t> slot_offsets(m + 1, NoInit{});
-  for (int64_t t = 0; t <= m; ++t) slot_offsets[t] = static_cast<int32_t>(t * K);
+  DeviceScratch<int32_t> slot_offsets(be, m + 1);
+  be.Iota(slot_offsets.data(), m + 1, 0, static_cast<int32_t>(K));
   be.CombineRows(ys.data(), D, slot_offsets.data(), position.data(), nullptr, m, D, false, out, D);
   if (shared) AddRows(ysh.data(), m, out);
 }
@@ -86,24 +87,23 @@ ExpertFfnJob Model::SharedExpertJob(int64_t layer, const float* x, int64_t m, fl
                                     float* ysh) const {
   const int64_t D = config().hidden_size;
   backend_->CopyOnDevice(xsh, x, m * D * static_cast<int64_t>(sizeof(float)));  // the expert may round it in place
-  offsets[0] = 0, offsets[1] = static_cast<int32_t>(m);
+  backend_->Iota(offsets, 2, 0, static_cast<int32_t>(m));                          // one group: rows [0, m)
   return {moe_[layer].shared.get(), xsh, D, offsets, m, nullptr, ysh, D};
 }
 
 void Model::AddRows(const float* y, int64_t m, float* out) const {
   const int64_t D = config().hidden_size;
-  kernels::Scratch<int32_t> rows(m + 1, kernels::NoInit{});
-  for (int64_t t = 0; t <= m; ++t) rows[t] = static_cast<int32_t>(t);
+  DeviceScratch<int32_t> rows(*backend_, m + 1);
+  backend_->Iota(rows.data(), m + 1, 0, 1);
   backend_->CombineRows(y, D, rows.data(), rows.data(), nullptr, m, D, true, out, D);
 }
 
 void Model::AddSharedExpert(int64_t layer, const float* x, int64_t m, float* out) const {
-  using kernels::NoInit;
-  using kernels::Scratch;
   if (m == 0) return;
   const int64_t D = config().hidden_size;
-  Scratch<float> xsh(m * D, NoInit{}), ysh(m * D, NoInit{});
-  Scratch<int32_t> offsets(2, NoInit{});
+  Backend& be = *backend_;
+  DeviceScratch<float> xsh(be, m * D), ysh(be, m * D);
+  DeviceScratch<int32_t> offsets(be, 2);
   const ExpertFfnJob job = SharedExpertJob(layer, x, m, xsh.data(), offsets.data(), ysh.data());
   backend_->ExpertFfnGroup(&job, 1, FfnOptions());
   AddRows(ysh.data(), m, out);
@@ -143,8 +143,8 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   const int tp = distributed() ? par_->layout.tp : 1, tp_rank = distributed() ? par_->layout.tp_rank : 0;
   const int64_t t0 = n * tp_rank / tp, t1 = n * (tp_rank + 1) / tp, mine = t1 - t0;
   float* part = out + t0 * D;
-  kernels::Scratch<int32_t> experts(mine * K, kernels::NoInit{});
-  kernels::Scratch<float> weights(mine * K, kernels::NoInit{});
+  DeviceScratch<int32_t> experts(*backend_, mine * K);
+  DeviceScratch<float> weights(*backend_, mine * K);
   Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
     DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), part));

@@ -404,6 +404,38 @@ TEST_F(BackendOps, WorkspaceIsRecycledAndCopiesRoundTrip) {
   EXPECT_EQ(Get(p2, 33), std::vector<float>(33, 0.f));
 }
 
+// Scoped temporaries are a stack: what a scope took is handed out again after it, nested scopes
+// give disjoint memory, and a release frees what an operation took for itself inside the scope.
+TEST_F(BackendOps, ScopedTemporariesAreAStack) {
+  be_->Reset();
+  const WorkspaceMark outer = be_->Mark();
+  const int32_t* first;
+  {
+    DeviceScratch<int32_t> a(*be_, 1000);
+    DeviceScratch<int32_t> b(*be_, 3000);
+    first = a.data();
+    EXPECT_GE(reinterpret_cast<uintptr_t>(b.data()), reinterpret_cast<uintptr_t>(a.data() + 1000));
+    be_->Iota(a.data(), 1000, 5, 3);
+    be_->Iota(b.data(), 3000, -7, -2);
+    const std::vector<int32_t> ga = Get(a.data(), 1000), gb = Get(b.data(), 3000);
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(ga[i], 5 + 3 * i) << i;
+    for (int i = 0; i < 3000; ++i) ASSERT_EQ(gb[i], -7 - 2 * i) << i;
+    {
+      const WorkspaceScope scope(*be_);
+      be_->Workspace(1 << 20);  // as an operation's own temporary
+    }
+    DeviceScratch<int32_t> c(*be_, 10);
+    EXPECT_GE(reinterpret_cast<uintptr_t>(c.data()), reinterpret_cast<uintptr_t>(b.data() + 3000));
+    EXPECT_LT(reinterpret_cast<uintptr_t>(c.data()), reinterpret_cast<uintptr_t>(b.data() + 3000) + 4096);
+  }
+  const WorkspaceMark after = be_->Mark();
+  EXPECT_EQ(after.chunk, outer.chunk);
+  EXPECT_EQ(after.offset, outer.offset);
+  DeviceScratch<int32_t> again(*be_, 1000);
+  EXPECT_EQ(again.data(), first);
+  be_->Iota(again.data(), 0, 0, 1);  // nothing to do
+}
+
 #if !DSV4_TEST_DEVICE_CUDA
 TEST(Backends, ChoiceParsingAndClearErrors) {
   EXPECT_EQ(*ParseDeviceChoice("cpu"), DeviceChoice::kCpu);

@@ -309,6 +309,8 @@ class CountingBackend final : public Backend {
   absl::StatusOr<void*> Allocate(int64_t bytes) override { return Count("Allocate"), in_->Allocate(bytes); }
   void* Workspace(int64_t bytes) override { return Count("Workspace"), in_->Workspace(bytes); }
   void Reset() override { Count("Reset"), in_->Reset(); }
+  WorkspaceMark Mark() const override { return in_->Mark(); }
+  void Release(WorkspaceMark m) override { in_->Release(m); }
   void CopyToDevice(void* d, const void* s, int64_t b) override { Count("CopyToDevice"), in_->CopyToDevice(d, s, b); }
   void CopyToHost(void* d, const void* s, int64_t b) override { Count("CopyToHost"), in_->CopyToHost(d, s, b); }
   void CopyOnDevice(void* d, const void* s, int64_t b) override { Count("CopyOnDevice"), in_->CopyOnDevice(d, s, b); }
@@ -403,6 +405,7 @@ class CountingBackend final : public Backend {
                   int64_t dp) override {
     Count("GatherRows"), in_->GatherRows(src, sp, ids, rows, rb, dst, dp);
   }
+  void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { Count("Iota"), in_->Iota(x, n, start, step); }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* rows, const float* w,
                    int64_t n, int64_t D, bool accumulate, float* out, int64_t ldo) override {
     Count("CombineRows"), in_->CombineRows(src, lds, offsets, rows, w, n, D, accumulate, out, ldo);
