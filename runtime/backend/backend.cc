@@ -29,7 +29,7 @@ absl::StatusOr<DeviceChoice> ParseDeviceChoice(const std::string& s) {
 }
 
 absl::StatusOr<const float*> Backend::PlaceVector(const float* host, int64_t n) {
-  if (device() == Device::kCpu) return host;
+  if (HostIsDevice()) return host;
   DSV4_ASSIGN_OR_RETURN(void* p, Allocate(n * 4));
   CopyToDevice(p, host, n * 4);
   DSV4_RETURN_IF_ERROR(status());
@@ -37,7 +37,7 @@ absl::StatusOr<const float*> Backend::PlaceVector(const float* host, int64_t n) 
 }
 
 absl::StatusOr<const int32_t*> Backend::PlaceInts(const int32_t* host, int64_t n) {
-  if (device() == Device::kCpu) return host;
+  if (HostIsDevice()) return host;
   DSV4_ASSIGN_OR_RETURN(void* p, Allocate(n * 4));
   CopyToDevice(p, host, n * 4);
   DSV4_RETURN_IF_ERROR(status());

@@ -113,6 +113,9 @@ class Backend {
   // The view of a (host, mmapped) weight on this device: the same view on the CPU; a copy of the
   // rectangle the view covers on a GPU, uploaded once per rank shard.
   virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) = 0;
+  // Whether host memory is the device's own, so that placing host data is a view of it, not a copy
+  // (the CPU backend's).
+  virtual bool HostIsDevice() const { return device() == Device::kCpu; }
   // A float32 host vector placed on the device (norm gains, sinks, mHC parameters): persistent.
   absl::StatusOr<const float*> PlaceVector(const float* host, int64_t n);
   // Host int32 data (hash-routing tables) placed on the device: persistent.

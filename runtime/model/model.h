@@ -183,6 +183,8 @@ class Model {
   void Embed(std::span<const int32_t> tokens, float* x) const;  // x [n, hc, D]
 
  private:
+  friend class ModelTestPeer;  // tests/runtime/model_test.cc: one layer alone
+
   // A layer over a batch of sequences (x [n, hc, D], n = sum of the slices' rows). `pre_mix`
   // [n, hc] (V4.1, lagged mHC): in, the collapse weights the previous block's FFN computed; out,
   // this block's FFN weights for the next block (null in V4).

@@ -18,11 +18,24 @@
 #include "runtime/builtin.h"
 #include "runtime/model/candidates.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "tests/runtime/test_backends.h"
 #include "tests/testutil.h"
 
 namespace dsv4 {
+
+// The model's private layers, for tests that run one of them alone.
+class ModelTestPeer {
+ public:
+  static absl::Status MoE(const Model& m, int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens,
+                          float* out) {
+    return m.MoE(layer, x, n, tokens, out);
+  }
+};
+
 namespace {
 
+using testing::CountingBackend;
+using testing::GuardedBackend;
 using testing::SmallConfig;
 
 std::unique_ptr<Model> MakeModel(const nlohmann::json& config, bool qdq, uint64_t seed = 1) {
@@ -299,123 +312,6 @@ TEST(Watchdog, APoisonedSequenceLeavesItsBatchNeighboursAlone) {
   }
 }
 
-// A backend that runs the CPU backend's operations and counts them by name.
-class CountingBackend final : public Backend {
- public:
-  std::map<std::string, int> calls;
-
-  Device device() const override { return in_->device(); }
-  std::string Describe() const override { return "counting " + in_->Describe(); }
-  absl::StatusOr<void*> Allocate(int64_t bytes) override { return Count("Allocate"), in_->Allocate(bytes); }
-  void* Workspace(int64_t bytes) override { return Count("Workspace"), in_->Workspace(bytes); }
-  void Reset() override { Count("Reset"), in_->Reset(); }
-  WorkspaceMark Mark() const override { return in_->Mark(); }
-  void Release(WorkspaceMark m) override { in_->Release(m); }
-  void CopyToDevice(void* d, const void* s, int64_t b) override { Count("CopyToDevice"), in_->CopyToDevice(d, s, b); }
-  void CopyToHost(void* d, const void* s, int64_t b) override { Count("CopyToHost"), in_->CopyToHost(d, s, b); }
-  void CopyOnDevice(void* d, const void* s, int64_t b) override { Count("CopyOnDevice"), in_->CopyOnDevice(d, s, b); }
-  void Zero(void* x, int64_t bytes) override { Count("Zero"), in_->Zero(x, bytes); }
-  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w) override {
-    return Count("PlaceWeight"), in_->PlaceWeight(w);
-  }
-  absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> e) override {
-    return Count("PlaceExperts"), in_->PlaceExperts(e);
-  }
-  absl::Status Synchronize() override { return in_->Synchronize(); }
-  absl::Status status() const override { return in_->status(); }
-  void Linear(const float* x, int64_t m, int64_t ldx, const kernels::WeightMatrix& w, float* y, int64_t ldy) override {
-    Count("Linear"), in_->Linear(x, m, ldx, w, y, ldy);
-  }
-  void LinearGroup(const kernels::LinearJob* jobs, int64_t n) override {
-    Count("LinearGroup"), in_->LinearGroup(jobs, n);
-  }
-  void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
-    Count("QdqFp8"), in_->QdqFp8(x, m, n, ld, g);
-  }
-  void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
-    Count("QdqFp4"), in_->QdqFp4(x, m, n, ld, g);
-  }
-  void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
-               int64_t ldy) override {
-    Count("RmsNorm"), in_->RmsNorm(x, w, eps, m, n, ldx, y, ldy);
-  }
-  void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin, int64_t per,
-            bool inverse) override {
-    Count("Rope"), in_->Rope(x, rows, ldx, half, cos, sin, per, inverse);
-  }
-  void Hadamard(float* x, int64_t m, int64_t n, int64_t ld, float scale) override {
-    Count("Hadamard"), in_->Hadamard(x, m, n, ld, scale);
-  }
-  void HcPre(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale3,
-             const float* base, int iters, float norm_eps, float hc_eps, float* collapsed, float* post, float* comb,
-             float* pre) override {
-    Count("HcPre"), in_->HcPre(x, m, hc, D, ldx, fn, scale3, base, iters, norm_eps, hc_eps, collapsed, post, comb, pre);
-  }
-  void HcPost(const float* y, int64_t ldy, const float* post, const float* comb, int64_t m, int hc, int64_t D, float* x,
-              int64_t ldx) override {
-    Count("HcPost"), in_->HcPost(y, ldy, post, comb, m, hc, D, x, ldx);
-  }
-  void HcHead(const float* x, int64_t m, int hc, int64_t D, int64_t ldx, const float* fn, const float* scale,
-              const float* base, float norm_eps, float hc_eps, float* out, int64_t ldo) override {
-    Count("HcHead"), in_->HcHead(x, m, hc, D, ldx, fn, scale, base, norm_eps, hc_eps, out, ldo);
-  }
-  void EmbedRows(const kernels::WeightMatrix& t, const int32_t* ids, int64_t n, int copies, float* out,
-                 int64_t ldo) override {
-    Count("EmbedRows"), in_->EmbedRows(t, ids, n, copies, out, ldo);
-  }
-  void SwiGlu(const float* g, const float* u, int64_t m, int64_t I, int64_t ld, const float* rw, float limit,
-              float* h) override {
-    Count("SwiGlu"), in_->SwiGlu(g, u, m, I, ld, rw, limit, h);
-  }
-  void SparseAttention(const float* q, int64_t m, int64_t H, int64_t d, const kernels::KvSegments& kv,
-                       const int32_t* idx, int64_t k, const float* sink, float scale, float* out) override {
-    Count("SparseAttention"), in_->SparseAttention(q, m, H, d, kv, idx, k, sink, scale, out);
-  }
-  void CompressPool(const float* kv, const float* score, int64_t ld, const float* ape, int64_t ratio, int64_t hd,
-                    bool overlap, int64_t first_row, bool first_has_prev, int64_t num_blocks, float* out,
-                    int64_t ldo) override {
-    Count("CompressPool"),
-        in_->CompressPool(kv, score, ld, ape, ratio, hd, overlap, first_row, first_has_prev, num_blocks, out, ldo);
-  }
-  void IndexerScores(const float* q, const float* w, int64_t m, int64_t H, int64_t d, const float* keys, int64_t n,
-                     const int64_t* nvis, float* score) override {
-    Count("IndexerScores"), in_->IndexerScores(q, w, m, H, d, keys, n, nvis, score);
-  }
-  void TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
-            int64_t ldidx) override {
-    Count("TopK"), in_->TopK(x, m, n, ldx, nvalid, k, idx, ldidx);
-  }
-  void Route(float* scores, int64_t m, int64_t E, int64_t K, float temp, kernels::RouterScore score, const float* bias,
-             const int32_t* tid2eid, const int32_t* tokens, bool normalize, float norm_eps, float scaling,
-             int32_t* experts, float* weights) override {
-    Count("Route"),
-        in_->Route(scores, m, E, K, temp, score, bias, tid2eid, tokens, normalize, norm_eps, scaling, experts, weights);
-  }
-  void SortSlotsByExpert(int32_t* experts, float* weights, int64_t m, int64_t K) override {
-    Count("SortSlotsByExpert"), in_->SortSlotsByExpert(experts, weights, m, K);
-  }
-  void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, int32_t* offsets, int64_t* order,
-                     int64_t* order_tokens, int32_t* position, int64_t* counts) override {
-    Count("GroupByExpert"), in_->GroupByExpert(experts, pairs, K, E, offsets, order, order_tokens, position, counts);
-  }
-  void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t n, const ExpertFfnOptions& o) override {
-    Count("ExpertFfnGroup"), in_->ExpertFfnGroup(jobs, n, o);
-  }
-  void GatherRows(const void* src, int64_t sp, const int64_t* ids, int64_t rows, int64_t rb, void* dst,
-                  int64_t dp) override {
-    Count("GatherRows"), in_->GatherRows(src, sp, ids, rows, rb, dst, dp);
-  }
-  void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { Count("Iota"), in_->Iota(x, n, start, step); }
-  void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* rows, const float* w,
-                   int64_t n, int64_t D, bool accumulate, float* out, int64_t ldo) override {
-    Count("CombineRows"), in_->CombineRows(src, lds, offsets, rows, w, n, D, accumulate, out, ldo);
-  }
-
- private:
-  void Count(const char* op) { ++calls[op]; }
-  std::unique_ptr<Backend> in_ = MakeCpuBackend();
-};
-
 // The model runs its operations on the backend it is given (the seam is not bypassed), with the
 // default CPU backend's logits bit for bit, and counts expert load through it.
 TEST(Model, RunsOnTheBackendItIsGiven) {
@@ -443,6 +339,68 @@ TEST(Model, RunsOnTheBackendItIsGiven) {
     const std::vector<int64_t> load = seamed.ExpertLoad();
     EXPECT_EQ(std::accumulate(load.begin(), load.end(), int64_t{0}),
               40 * seamed.config().num_experts_per_tok * seamed.config().num_hidden_layers);
+  }
+}
+
+// The guard can fail: a host access to its memory faults, and host memory handed to an operation
+// is an error that names the operation.
+TEST(GuardedBackendDeathTest, HostAccessFaults) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        GuardedBackend be;
+        auto p = be.Allocate(64);
+        static_cast<volatile float*>(*p)[3] = 1.f;
+      },
+      "host access to device memory");
+}
+
+TEST(GuardedBackend, RefusesHostMemoryInAnOperation) {
+  GuardedBackend be;
+  std::vector<int32_t> host(8);
+  auto dev = be.Allocate(8 * sizeof(int32_t));
+  ASSERT_TRUE(dev.ok());
+  be.Iota(static_cast<int32_t*>(*dev), 8, 0, 1);
+  EXPECT_TRUE(be.Synchronize().ok());
+  be.Iota(host.data(), 8, 0, 1);
+  const absl::Status s = be.Synchronize();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("Iota was handed host memory"), std::string::npos) << s;
+}
+
+// The MoE keeps to device memory: on a backend whose memory faults on a host access outside an
+// operation and that refuses host memory in one, the first and last layers (V4's first routes by
+// token id) give the CPU backend's output bit for bit (V4 and V4.1).
+TEST(Model, MoeKeepsToDeviceMemory) {
+  for (bool v41 : {false, true}) {
+    auto w = LoadModel(v41 ? "builtin:v41-tiny" : "builtin:v4-tiny");
+    ASSERT_TRUE(w.ok()) << w.status();
+    const std::shared_ptr<const ModelWeights> weights(std::move(*w));
+    auto guarded = std::make_shared<GuardedBackend>();
+    const Model plain(weights), seamed(weights, {}, nullptr, guarded);
+    const ModelConfig& c = plain.config();
+    const int64_t n = 7, D = c.hidden_size;
+    std::vector<float> x(n * D);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (float& v : x) v = nd(rng);
+    const std::vector<int32_t> tokens = Tokens(n, 1000);
+    const int64_t bytes = n * D * static_cast<int64_t>(sizeof(float));
+    auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
+    ASSERT_TRUE(dx.ok() && dout.ok());
+    guarded->CopyToDevice(*dx, x.data(), bytes);
+    if (!v41) ASSERT_GT(c.num_hash_layers, 0);  // layer 0 routes by token id
+    for (int64_t layer : {int64_t{0}, c.num_hidden_layers - 1}) {
+      std::vector<float> want(n * D), got(n * D);
+      ASSERT_TRUE(ModelTestPeer::MoE(plain, layer, x.data(), n, tokens, want.data()).ok());
+      ASSERT_TRUE(
+          ModelTestPeer::MoE(seamed, layer, static_cast<float*>(*dx), n, tokens, static_cast<float*>(*dout)).ok());
+      guarded->CopyToHost(got.data(), *dout, bytes);
+      ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+      for (int64_t i = 0; i < n * D; ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+            << "v4.1 " << v41 << " layer " << layer << " value " << i;
+    }
   }
 }
 
