@@ -2,18 +2,16 @@
 // one input per sub-layer and the sub-layer's output is expanded back with a doubly-stochastic
 // (Sinkhorn-projected) mixing of the streams. MODEL.md section 2.6. The arithmetic is the
 // backend's (HcPre, HcPost, HcHead); what stays here is which pre weights collapse which sub-layer.
-#include "kernels/cpu/scratch.h"
 #include "runtime/model/model.h"
 
 namespace dsv4 {
 
-void Model::HcPreLayer(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-                       const float* x, int64_t n, const float* lagged_pre, float* collapsed, float* post, float* comb,
-                       float* pre) const {
+void Model::HcPreLayer(const HcParams& p, const float* x, int64_t n, const float* lagged_pre, float* collapsed,
+                       float* post, float* comb, float* pre) const {
   const ModelConfig& c = config();
   const int hc = static_cast<int>(c.hc_mult);
   const int64_t D = c.hidden_size;
-  backend_->HcPre(x, n, hc, D, hc * D, fn.data(), scale.data(), base.data(), static_cast<int>(c.hc_sinkhorn_iters),
+  backend_->HcPre(x, n, hc, D, hc * D, p.fn, p.scale, p.base, static_cast<int>(c.hc_sinkhorn_iters),
                   static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps),
                   lagged_pre != nullptr ? nullptr : collapsed, post, comb, pre);
   if (lagged_pre != nullptr) HcCollapse(x, lagged_pre, n, collapsed);
@@ -22,10 +20,11 @@ void Model::HcPreLayer(const std::vector<float>& fn, const std::vector<float>& s
 void Model::HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const {
   // Row t*hc + i of x is stream i of token t: an ordered weighted combine of each token's rows.
   const int64_t D = config().hidden_size, hc = config().hc_mult;
-  kernels::Scratch<int32_t> offsets(n + 1, kernels::NoInit{}), rows(n * hc, kernels::NoInit{});
-  for (int64_t t = 0; t <= n; ++t) offsets[t] = static_cast<int32_t>(t * hc);
-  for (int64_t r = 0; r < n * hc; ++r) rows[r] = static_cast<int32_t>(r);
-  backend_->CombineRows(x, D, offsets.data(), rows.data(), pre, n, D, false, collapsed, D);
+  Backend& be = *backend_;
+  DeviceScratch<int32_t> offsets(be, n + 1), rows(be, n * hc);
+  be.Iota(offsets.data(), n + 1, 0, static_cast<int32_t>(hc));
+  be.Iota(rows.data(), n * hc, 0, 1);
+  be.CombineRows(x, D, offsets.data(), rows.data(), pre, n, D, false, collapsed, D);
 }
 
 }  // namespace dsv4

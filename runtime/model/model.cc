@@ -101,6 +101,30 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     check(shared_table.status());
     ml.shared = *std::move(shared_table);
   }
+  // The blocks' and the head's vectors.
+  auto place = [&](const std::vector<float>& v) -> const float* {
+    if (v.empty()) return nullptr;
+    absl::StatusOr<const float*> p = be.PlaceVector(v.data(), static_cast<int64_t>(v.size()));
+    check(p.status());
+    return *p;
+  };
+  auto place_hc = [&](const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base) {
+    return HcParams{place(fn), place(scale), place(base)};
+  };
+  block_params_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& lw = w_->layers[l];
+    block_params_[l] = {place_hc(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base),
+                        place_hc(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base), place(lw.attn_norm),
+                        place(lw.ffn_norm)};
+  }
+  hc_head_ = place_hc(w_->hc_head_fn, w_->hc_head_scale, w_->hc_head_base);
+  norm_ = place(w_->norm);
+  for (auto [to, from] : {std::pair{&embed_, &w_->embed}, std::pair{&head_, &w_->head}}) {
+    absl::StatusOr<WeightMatrix> placed = be.PlaceWeight(*from);
+    check(placed.status());
+    *to = *placed;
+  }
   absl::StatusOr<void*> counts = be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)));
   check(counts.status());
   load_counts_ = static_cast<int64_t*>(*counts);
@@ -336,41 +360,51 @@ void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ld
 }
 
 void Model::Embed(std::span<const int32_t> tokens, float* x) const {
-  const int64_t D = config().hidden_size, hc = config().hc_mult;
-  backend_->EmbedRows(w_->embed, tokens.data(), static_cast<int64_t>(tokens.size()), static_cast<int>(hc), x, hc * D);
+  const int64_t D = config().hidden_size, hc = config().hc_mult, n = static_cast<int64_t>(tokens.size());
+  Backend& be = *backend_;
+  DeviceScratch<int32_t> ids(be, n);
+  be.CopyToDevice(ids.data(), tokens.data(), ids.bytes());
+  be.EmbedRows(embed_, ids.data(), n, static_cast<int>(hc), x, hc * D);
 }
 
 absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
                                std::span<const SeqSlice> seqs, float* pre_mix, const ForwardTaps* taps) const {
   const ModelConfig& c = config();
-  const LayerWeights& lw = w_->layers[layer];
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const bool lagged = c.hc_lagged();
-  kernels::Scratch<float> u(n * D, kernels::NoInit{}), y(n * D, kernels::NoInit{}), post(n * hc, kernels::NoInit{}),
-      comb(n * hc * hc, kernels::NoInit{}), attn_pre(n * hc, kernels::NoInit{}), ffn_pre(n * hc, kernels::NoInit{});
-
+  const BlockParams& bp = block_params_[layer];
   Backend& be = *backend_;
+  DeviceScratch<float> u(be, n * D), y(be, n * D), post(be, n * hc), comb(be, n * hc * hc), attn_pre(be, n * hc),
+      ffn_pre(be, n * hc);
+  // A tap's host copy of a device tensor.
+  auto tap = [&](std::vector<std::vector<float>>* to, const float* from, int64_t count) {
+    if (to == nullptr) return;
+    std::vector<float>& v = (*to)[layer];
+    v.resize(count);
+    be.CopyToHost(v.data(), from, count * static_cast<int64_t>(sizeof(float)));
+  };
+
   // Each sub-layer computes its mixes from its input streams; V4 collapses with its own pre
   // weights, V4.1 with those computed one sub-layer earlier (attention: the previous block's FFN).
-  HcPreLayer(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base, x, n, lagged ? pre_mix : nullptr, u.data(), post.data(),
-             comb.data(), lagged ? attn_pre.data() : nullptr);
-  be.RmsNorm(u.data(), lw.attn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(bp.hc_attn, x, n, lagged ? pre_mix : nullptr, u.data(), post.data(), comb.data(),
+             lagged ? attn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), bp.attn_norm, eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
-  if (taps && taps->attn_out) (*taps->attn_out)[layer].assign(y.begin(), y.end());
+  if (taps) tap(taps->attn_out, y.data(), n * D);
   be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
 
-  HcPreLayer(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base, x, n, lagged ? attn_pre.data() : nullptr, u.data(),
-             post.data(), comb.data(), lagged ? ffn_pre.data() : nullptr);
-  be.RmsNorm(u.data(), lw.ffn_norm.data(), eps, n, D, D, u.data(), D);
+  HcPreLayer(bp.hc_ffn, x, n, lagged ? attn_pre.data() : nullptr, u.data(), post.data(), comb.data(),
+             lagged ? ffn_pre.data() : nullptr);
+  be.RmsNorm(u.data(), bp.ffn_norm, eps, n, D, D, u.data(), D);
   DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
-  if (taps && taps->ffn_out) (*taps->ffn_out)[layer].assign(y.begin(), y.end());
+  if (taps) tap(taps->ffn_out, y.data(), n * D);
   be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
   if (lagged) {
-    std::copy(ffn_pre.begin(), ffn_pre.end(), pre_mix);
-    if (taps && taps->pre_mix) (*taps->pre_mix)[layer].assign(ffn_pre.begin(), ffn_pre.end());
+    be.CopyOnDevice(pre_mix, ffn_pre.data(), ffn_pre.bytes());
+    if (taps) tap(taps->pre_mix, ffn_pre.data(), n * hc);
   }
-  if (taps && taps->block_out) (*taps->block_out)[layer].assign(x, x + n * hc * D);
+  if (taps) tap(taps->block_out, x, n * hc * D);
   return absl::OkStatus();
 }
 
@@ -379,27 +413,33 @@ absl::Status Model::HeadBatch(const float* const* x_last, const float* const* pr
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
   Backend& be = *backend_;
-  kernels::Scratch<float> u(count * D, kernels::NoInit{});
+  DeviceScratch<float> u(be, count * D);
   for (int64_t b = 0; b < count; ++b) {
     if (c.hc_lagged()) {  // V4.1: the last block's FFN mix
       HcCollapse(x_last[b], pre_last[b], 1, u.data() + b * D);
     } else {  // V4: collapse the streams with sigmoid weights of their own (no Sinkhorn)
-      be.HcHead(x_last[b], 1, static_cast<int>(hc), D, hc * D, w_->hc_head_fn.data(), w_->hc_head_scale.data(),
-                w_->hc_head_base.data(), static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps),
-                u.data() + b * D, D);
+      be.HcHead(x_last[b], 1, static_cast<int>(hc), D, hc * D, hc_head_.fn, hc_head_.scale, hc_head_.base,
+                static_cast<float>(c.rms_norm_eps), static_cast<float>(c.hc_eps), u.data() + b * D, D);
     }
   }
-  // The final norm and the vocab head.
-  be.RmsNorm(u.data(), w_->norm.data(), static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
-  const WeightMatrix& head = w_->head;
+  // The final norm and the vocab head. The logits go to the host (the sampler's memory): the head
+  // writes them there where host memory is the device's, else into a temporary copied back.
+  be.RmsNorm(u.data(), norm_, static_cast<float>(c.rms_norm_eps), count, D, D, u.data(), D);
+  const WeightMatrix& head = head_;
+  const bool direct = be.HostIsDevice();
+  auto head_into = [&](float* host, int64_t rows) {
+    DeviceScratch<float> out(be, direct ? 0 : count * rows);
+    be.Linear(u.data(), count, D, head, direct ? host : out.data(), rows);
+    if (!direct) be.CopyToHost(host, out.data(), out.bytes());
+  };
   if (!w_->vocab_parallel_head) {
-    be.Linear(u.data(), count, D, head, logits, V);
-    return absl::OkStatus();
+    head_into(logits, V);
+    return be.status();
   }
   // Vocab-parallel head: each TP rank computes its rows [count, part], then gather and interleave.
   const int64_t part = head.rows(), tp = par_->tp->size();
   std::vector<float> mine(count * part), all(tp * count * part);
-  be.Linear(u.data(), count, D, head, mine.data(), part);
+  head_into(mine.data(), part);
   std::vector<int64_t> counts(tp, count * part);
   DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(mine.data(), counts.data(), all.data()));
   for (int64_t r = 0; r < tp; ++r)

@@ -6,10 +6,12 @@
 //
 // The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
 // attention, the indexer's scores and picks, the MoE. Still on kernels/cpu directly: the rotary
-// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram. The MoE's
-// step buffers are the backend's (DeviceScratch) and only its operations touch them (but the
-// expert-parallel exchange, which is MPI over host memory); the other layers' are still host
-// memory, so only the CPU backend runs a model today.
+// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram. The
+// embedding, the blocks' mHC and norms, the MoE (but its expert-parallel exchange, MPI over host
+// memory) and the head keep to device memory: their buffers are the backend's (DeviceScratch),
+// their parameters placed on it, and only its operations touch them (tests/runtime/model_test.cc
+// proves it on a guarded backend). Attention, the compressors, the indexer, Engram, the caches and
+// the step's residual streams are still host memory, so only the CPU backend runs a model today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
@@ -260,9 +262,9 @@ class Model {
   // [n, hc], the Sinkhorn mixing comb [n, hc, hc], the collapse weights pre [n, hc] (may be null),
   // and the sub-layer's input collapsed [n, D]: with its own pre weights (V4), or with lagged_pre
   // [n, hc], those of an earlier sub-layer (V4.1's lagged collapse).
-  void HcPreLayer(const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base,
-                  const float* x, int64_t n, const float* lagged_pre, float* collapsed, float* post, float* comb,
-                  float* pre) const;
+  struct HcParams;
+  void HcPreLayer(const HcParams& p, const float* x, int64_t n, const float* lagged_pre, float* collapsed, float* post,
+                  float* comb, float* pre) const;
   // collapsed [n, D] = sum_i pre[t, i] x[t, i], summed in stream order.
   void HcCollapse(const float* x, const float* pre, int64_t n, float* collapsed) const;
   // Engram (engram.cc): hash the step's tokens for every Engram layer and start the row gathers;
@@ -290,6 +292,22 @@ class Model {
     std::unique_ptr<ExpertTable> routed, shared;
   };
   std::vector<MoeLayer> moe_;
+  // The vectors the blocks and the head hand to operations, as the backend holds them (views on
+  // the CPU): mHC parameters and norm gains.
+  struct HcParams {
+    const float* fn = nullptr;
+    const float* scale = nullptr;
+    const float* base = nullptr;
+  };
+  struct BlockParams {
+    HcParams hc_attn, hc_ffn;
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+  };
+  std::vector<BlockParams> block_params_;
+  HcParams hc_head_;              // V4's final collapse
+  const float* norm_ = nullptr;  // the final norm
+  WeightMatrix embed_, head_;     // placed: the embedding table and this rank's vocab head
   // Rows each routed expert of each layer has processed, in backend memory [layers *
   // n_routed_experts] (GroupByExpert adds to it), and their host copy as of the last step's end,
   // which ExpertLoad reads from any thread.
