@@ -23,11 +23,9 @@ namespace dsv4 {
 
 absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
                               float* out) const {
-  using kernels::NoInit;
   using kernels::Scratch;
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
-  const Rope& rope = RopeFor(layer);
   // Under tensor parallelism the views cover this rank's heads and output groups only.
   const int64_t hd = c.head_dim, H = lw.wq_b.rows() / hd, rd = c.qk_rope_head_dim, nope = hd - rd;
   const int64_t win = c.sliding_window, ratio = c.ratio(layer), D = c.hidden_size, ql = c.q_lora_rank;
@@ -36,21 +34,25 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   Scratch<int64_t> pos(n);
   for (const SeqSlice& s : seqs)
     for (int64_t t = 0; t < s.n; ++t) pos[s.begin + t] = s.start + t;
+  // The rotations of the batch's positions, shared by the queries, the keys and the outputs.
+  const int64_t half = rd / 2;
+  DeviceScratch<float> cos(be, n * half), sin(be, n * half);
+  RopeTables(layer, pos.data(), n, cos.data(), sin.data());
 
   // Queries: low-rank projection, (V4) per-head RMS renormalization without gain, RoPE on the last
   // rd dims. Every projection takes the whole batch's rows at once.
-  Scratch<float> qr(n * ql, NoInit{}), q(n * H * hd, NoInit{});
+  DeviceScratch<float> qr(be, n * ql), q(be, n * H * hd);
   Project(lw.wq_a, x, n, D, qr.data());
   be.RmsNorm(qr.data(), lw.q_norm.data(), eps, n, ql, ql, qr.data(), ql);
   Project(lw.wq_b, qr.data(), n, ql, q.data());
   if (c.q_head_norm()) be.RmsNorm(q.data(), nullptr, eps, n * H, hd, hd, q.data(), hd);
-  for (int64_t t = 0; t < n; ++t) rope.ApplyMany(&q[t * H * hd + nope], H, hd, pos[t]);
+  be.Rope(q.data() + nope, n * H, hd, half, cos.data(), sin.data(), H, /*inverse=*/false);
 
   // The batch's window keys (= values), rounded as the reference caches them.
-  Scratch<float> kv(n * hd, NoInit{});
+  DeviceScratch<float> kv(be, n * hd);
   Project(lw.wkv, x, n, D, kv.data());
   be.RmsNorm(kv.data(), lw.kv_norm.data(), eps, n, hd, hd, kv.data(), hd);
-  for (int64_t t = 0; t < n; ++t) rope.Apply(&kv[t * hd + nope], pos[t]);
+  be.Rope(kv.data() + nope, n, hd, half, cos.data(), sin.data(), 1, /*inverse=*/false);
   if (opt_.qdq) be.QdqFp8(kv.data(), n, c.window_kv_qdq_len(), hd, static_cast<int>(c.window_kv_qdq_group()));
 
   // Compressed blocks completed by this step, then the indexer's picks (kept in each sequence's
@@ -58,15 +60,15 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   if (lw.has_compressor) CompressLayer(layer, x, n, seqs);
   if (lw.has_indexer) {
     const int64_t Hi = c.index_n_heads, di = c.index_head_dim;
-    Scratch<float> iq(n * Hi * di, NoInit{}), iw(n * Hi, NoInit{});
-    IndexerQueries(layer, x, qr.data(), n, pos.data(), iq.data(), iw.data());
-    for (const SeqSlice& s : seqs) IndexerTopK(layer, &iq[s.begin * Hi * di], &iw[s.begin * Hi], s);
+    DeviceScratch<float> iq(be, n * Hi * di), iw(be, n * Hi);
+    IndexerQueries(layer, x, qr.data(), n, cos.data(), sin.data(), iq.data(), iw.data());
+    for (const SeqSlice& s : seqs) IndexerTopK(layer, iq.data() + s.begin * Hi * di, iw.data() + s.begin * Hi, s);
   }
 
   // Attention per sequence over [the window pool | this step's rows | the KV source's compressed
   // pool]: its block table maps positions and compressed positions to pool rows.
   const bool picked = ratio > 0 && c.index_source(layer) >= 0;
-  Scratch<float> o(n * H * hd, NoInit{});
+  DeviceScratch<float> o(be, n * H * hd);
   for (const SeqSlice& s : seqs) {
     SequenceCache& cache = *s.cache;
     KvPool& pool = *cache.pool;
@@ -79,7 +81,9 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     };
     const int64_t k_comp = picked ? s.picks->k : nblocks;
     const int64_t k = win + k_comp;
+    // The rows each query attends, built on the host from the block table, then on the device.
     Scratch<int32_t> idx(s.n * k, -1);
+    DeviceScratch<int32_t> didx(be, be.HostIsDevice() ? 0 : s.n * k);
     for (int64_t t = 0; t < s.n; ++t) {
       const int64_t p0 = s.start + t;
       int32_t* row = &idx[t * k];
@@ -99,32 +103,36 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     KvPool::Layer& wl = pool.layer(layer);
     kernels::KvSegments segs;
     segs.ptr[0] = wl.window.data(), segs.len[0] = window_rows;
-    segs.ptr[1] = &kv[s.begin * hd], segs.len[1] = s.n;
+    segs.ptr[1] = kv.data() + s.begin * hd, segs.len[1] = s.n;
     segs.ptr[2] = comp ? comp->compressed.data() : nullptr;
     segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
-    be.SparseAttention(&q[s.begin * H * hd], s.n, H, hd, segs, idx.data(), k, lw.attn_sink.data(),
-                       1.0f / std::sqrt(static_cast<float>(hd)), &o[s.begin * H * hd]);
+    const int32_t* rows = idx.data();
+    if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
+    be.SparseAttention(q.data() + s.begin * H * hd, s.n, H, hd, segs, rows, k, lw.attn_sink.data(),
+                       1.0f / std::sqrt(static_cast<float>(hd)), o.data() + s.begin * H * hd);
     // The step's window keys, by absolute position, into the blocks that keep a window part: for
     // later steps and for sequences that reuse these blocks.
     for (int64_t t = 0; t < s.n; ++t) {
       const int64_t p = s.start + t;
       const int32_t w = cache.blocks[p / B].window;
-      if (w >= 0) std::memcpy(&wl.window[(w * B + p % B) * hd], &kv[(s.begin + t) * hd], hd * sizeof(float));
+      if (w >= 0)
+        be.CopyOnDevice(&wl.window[(w * B + p % B) * hd], kv.data() + (s.begin + t) * hd,
+                        hd * static_cast<int64_t>(sizeof(float)));
     }
   }
-  for (int64_t t = 0; t < n; ++t) rope.ApplyMany(&o[t * H * hd + nope], H, hd, pos[t], /*inverse=*/true);
+  be.Rope(o.data() + nope, n * H, hd, half, cos.data(), sin.data(), H, /*inverse=*/true);
 
   // Grouped low-rank output: group g's heads -> o_lora via its block of wo_a (applied unrounded,
   // as the reference does), all groups in one pass; then wo_b over all groups.
   const int64_t lora = c.o_lora_rank, G = lw.wo_a.rows() / lora, gw = H * hd / G;
-  Scratch<float> z(n * G * lora, NoInit{});
+  DeviceScratch<float> z(be, n * G * lora);
   Scratch<WeightMatrix> wg(G);
   Scratch<kernels::LinearJob> jobs(G);
   for (int64_t g = 0; g < G; ++g) {
     wg[g] = lw.wo_a;
     wg[g].row_begin = lw.wo_a.row_begin + g * lora, wg[g].row_end = wg[g].row_begin + lora;
-    jobs[g].x = &o[g * gw], jobs[g].m = n, jobs[g].ldx = H * hd, jobs[g].w = &wg[g];
-    jobs[g].y = &z[g * lora], jobs[g].ldy = G * lora;
+    jobs[g].x = o.data() + g * gw, jobs[g].m = n, jobs[g].ldx = H * hd, jobs[g].w = &wg[g];
+    jobs[g].y = z.data() + g * lora, jobs[g].ldy = G * lora;
   }
   be.LinearGroup(jobs.data(), G);
   return OutputProjection(lw.wo_b, z.data(), n, out);

@@ -21,19 +21,17 @@
 
 namespace dsv4 {
 
-void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const int64_t* pos, float* q,
-                           float* w) const {
+void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const float* cos,
+                           const float* sin, float* q, float* w) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
-  const Rope& rope = RopeFor(layer);
   const int64_t Hi = c.index_n_heads, di = c.index_head_dim, rd = c.qk_rope_head_dim;
+  Backend& be = *backend_;
   Project(lw.index_wq_b, qr, n, c.q_lora_rank, q);
-  for (int64_t t = 0; t < n; ++t) {
-    float* qt = &q[t * Hi * di];
-    rope.ApplyMany(qt + di - rd, Hi, di, pos[t]);
-    if (c.index_hadamard()) backend_->Hadamard(qt, Hi, di, di, 1.0f / std::sqrt(static_cast<float>(di)));
-    if (opt_.qdq) backend_->QdqFp4(qt, Hi, di, di, 32);
-  }
+  // Every head of every row: each operation works row by row.
+  be.Rope(q + di - rd, n * Hi, di, rd / 2, cos, sin, Hi, /*inverse=*/false);
+  if (c.index_hadamard()) be.Hadamard(q, n * Hi, di, di, 1.0f / std::sqrt(static_cast<float>(di)));
+  if (opt_.qdq) be.QdqFp4(q, n * Hi, di, di, 32);
   Project(lw.index_weights_proj, x, n, c.hidden_size, w);
   const float wscale =
       static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)) / std::sqrt(static_cast<double>(Hi)));

@@ -341,6 +341,20 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
   return absl::OkStatus();
 }
 
+void Model::RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos, float* sin) const {
+  const Rope& rope = RopeFor(layer);
+  const int64_t half = config().qk_rope_head_dim / 2;
+  Backend& be = *backend_;
+  if (be.HostIsDevice()) {
+    for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], cos + t * half, sin + t * half);
+    return;
+  }
+  std::vector<float> c(n * half), s(n * half);
+  for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], &c[t * half], &s[t * half]);
+  be.CopyToDevice(cos, c.data(), n * half * static_cast<int64_t>(sizeof(float)));
+  be.CopyToDevice(sin, s.data(), n * half * static_cast<int64_t>(sizeof(float)));
+}
+
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
   Backend& be = *backend_;
   if (opt_.qdq && IsQuantized(w)) {

@@ -224,9 +224,10 @@ class Model {
                      CompressorState& st, float* latents, int64_t* positions,
                      const CompressorTail* tail = nullptr) const;
   // indexer.cc: the indexer's queries q [n, Hi, di] (rotated, V4: Hadamard-transformed, rounded)
-  // and head weights w [n, Hi] of a batch's rows at positions pos[n].
-  void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const int64_t* pos, float* q,
-                      float* w) const;
+  // and head weights w [n, Hi] of a batch's rows, with the rotary tables of their positions (cos,
+  // sin [n, rope_dim / 2], RopeTables).
+  void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const float* cos, const float* sin,
+                      float* q, float* w) const;
   // One sequence's picks of compressed positions into seq.picks ([seq.n, k], -1: none,
   // k = min(index_topk, positions)), from the index keys of index_key_source(layer); the candidate
   // source also records its kept blocks there, and later index sources pick inside them.
@@ -273,6 +274,9 @@ class Model {
   absl::StatusOr<EngramStep> BeginEngram(std::span<const int32_t> tokens, SequenceCache& cache) const;
   absl::Status ApplyEngram(int64_t layer, EngramStep& step, float* x) const;
   const Rope& RopeFor(int64_t layer) const { return config().ratio(layer) > 0 ? *rope_compressed_ : *rope_window_; }
+  // The rotary tables of `layer`'s kind at positions pos[n] (host): cos and sin [n, rope_dim / 2]
+  // in the backend's memory, for its Rope operation.
+  void RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos, float* sin) const;
 
   bool distributed() const { return par_ != nullptr && par_->layout.world > 1; }
 

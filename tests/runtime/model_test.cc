@@ -393,7 +393,9 @@ TEST(Model, MoeKeepsToDeviceMemory) {
     auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
     ASSERT_TRUE(dx.ok() && dout.ok());
     guarded->CopyToDevice(*dx, x.data(), bytes);
-    if (!v41) ASSERT_GT(c.num_hash_layers, 0);  // layer 0 routes by token id
+    if (!v41) {
+      ASSERT_GT(c.num_hash_layers, 0);  // layer 0 routes by token id
+    }
     for (int64_t layer : {int64_t{0}, c.num_hidden_layers - 1}) {
       std::vector<float> want(n * D), got(n * D);
       ASSERT_TRUE(ModelTestPeer::MoE(plain, layer, x.data(), n, tokens, want.data()).ok());
