@@ -13,6 +13,12 @@
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized
+// wherever a 512-bit intrinsic is inlined into a caller (here ExpNonPositive's).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace dsv4::kernels {
 namespace {
 
@@ -219,3 +225,5 @@ void IndexerScoresAvx512(const float* q, const float* w, int64_t m, int64_t H, i
 }
 
 }  // namespace dsv4::kernels
+
+#pragma GCC diagnostic pop

@@ -28,6 +28,12 @@
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized
+// wherever a 512-bit intrinsic is inlined into this file's functions.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace dsv4::kernels {
 
 void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
@@ -459,3 +465,5 @@ void Linear(const float* x, int64_t m, int64_t ldx, const WeightMatrix& w, float
 
 }  // namespace ref
 }  // namespace dsv4::kernels
+
+#pragma GCC diagnostic pop

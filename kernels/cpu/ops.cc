@@ -17,6 +17,12 @@
 #include "kernels/cpu/scratch.h"
 #include "kernels/cpu/thread_pool.h"
 
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized
+// wherever a 512-bit intrinsic is inlined into this file's functions.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace dsv4::kernels {
 namespace {
 
@@ -372,3 +378,5 @@ void SoftmaxPool(const float* const* values, const float* const* scores, int64_t
 
 }  // namespace ref
 }  // namespace dsv4::kernels
+
+#pragma GCC diagnostic pop

@@ -54,7 +54,9 @@ TEST(RowStore, RowsComeFromTheirOwners) {
       ASSERT_EQ(out[i * kRowBytes + kRowBytes - 1], 0xab);
     }
   }
-  if (c->size() > 1) EXPECT_GT((*store)->counters().remote_rows, 0);
+  if (c->size() > 1) {
+    EXPECT_GT((*store)->counters().remote_rows, 0);
+  }
   EXPECT_GT((*store)->counters().local_rows, 0);
   // Ranges tile the table.
   for (int t = 0; t < 3; ++t) {

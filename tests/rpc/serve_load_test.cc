@@ -257,8 +257,12 @@ TEST(ServeLoad, FiveHundredRequestsEndOnceAndLeaveNothingBehind) {
       }
       EXPECT_TRUE(o.finish == "stop" || o.finish == "length") << o.finish;
       if (!p.stream) {
-        if (o.finish == "length") EXPECT_EQ(o.tokens, p.max_tokens);
-        if (o.finish == "stop") EXPECT_LE(o.tokens, p.max_tokens);  // a stop string, token id or EOS
+        if (o.finish == "length") {
+          EXPECT_EQ(o.tokens, p.max_tokens);
+        }
+        if (o.finish == "stop") {
+          EXPECT_LE(o.tokens, p.max_tokens);  // a stop string, token id or EOS
+        }
       }
       continue;
     }
