@@ -211,6 +211,8 @@ LauncherPlace LauncherWorld() {
   LauncherPlace p;
   p.size = std::max(1, read("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", 1));
   p.rank = std::clamp(read("OMPI_COMM_WORLD_RANK", "PMI_RANK", 0), 0, p.size - 1);
+  p.local_size = std::clamp(read("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", 1), 1, p.size);
+  p.local_rank = std::clamp(read("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", 0), 0, p.local_size - 1);
   return p;
 }
 

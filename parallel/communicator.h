@@ -129,9 +129,12 @@ class MpiSession {
 };
 
 // Where the launcher put this process, from its environment (OpenMPI's OMPI_COMM_WORLD_RANK /
-// _SIZE, or PMI_RANK / PMI_SIZE), before MPI is initialized: {0, 1} when not launched by one.
+// _SIZE and _LOCAL_RANK / _LOCAL_SIZE, or PMI_RANK / PMI_SIZE and MPI_LOCALRANKID /
+// MPI_LOCALNRANKS), before MPI is initialized: rank 0 of 1 when not launched by one. The local
+// rank and size are this node's (each rank takes the GPU of its local rank).
 struct LauncherPlace {
   int rank = 0, size = 1;
+  int local_rank = 0, local_size = 1;
 };
 LauncherPlace LauncherWorld();
 // True when this process was started by mpirun with more than one rank.

@@ -18,6 +18,9 @@ namespace dsv4 {
 void AddRuntimeFlags(Flags& flags) {
   const RuntimeOptions d;
   flags.String("model", d.model, "checkpoint directory or built-in model name")
+      .String("device", "auto",
+              "where the model runs: cpu, cuda (each rank the GPU of its node-local rank) or auto; this version "
+              "runs it on CPUs only (auto picks the CPU)")
       .Bool("qdq", d.qdq, "reproduce the reference's quantization simulation")
       .Int("threads", d.threads, "CPU threads per rank (0 = one per core available to the rank)", 0, kMaxCpuThreads)
       .Int("tp", d.tp, "tensor-parallel ranks for attention (divides the world)", 1, 1 << 16)
@@ -37,6 +40,7 @@ void AddRuntimeFlags(Flags& flags) {
 absl::StatusOr<RuntimeOptions> RuntimeOptionsFromFlags(const Flags& flags) {
   RuntimeOptions o;
   o.model = flags.GetString("model");
+  DSV4_ASSIGN_OR_RETURN(o.device, ParseDeviceChoice(flags.GetString("device")));
   o.qdq = flags.GetBool("qdq");
   o.threads = static_cast<int>(flags.GetInt("threads"));
   o.tp = static_cast<int>(flags.GetInt("tp"));
@@ -153,6 +157,20 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
     DSV4_LOG(kWarn, kernels::NumThreads(), " CPU threads on ", kernels::AvailableCores(),
              " available cores: the threads take turns, and steps run slower than with one per core");
 
+  // The device, before anything is loaded: each rank takes the GPU of its node-local rank. The
+  // model's attention, compressors, indexer, Engram and caches still use host memory, so a GPU is
+  // refused with that reason, and auto means the CPU until they move.
+  BackendOptions device;
+  device.device = options.device == DeviceChoice::kAuto ? DeviceChoice::kCpu : options.device;
+  const LauncherPlace place = LauncherWorld();
+  device.local_rank = place.local_rank, device.local_size = place.local_size;
+  DSV4_ASSIGN_OR_RETURN(std::shared_ptr<Backend> backend, MakeBackend(device));
+  if (!backend->HostIsDevice())
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device cuda: ", backend->Describe(),
+        " is available, but this version of dsv4 runs the model on CPUs only: its attention's KV caches, "
+        "compressors, indexer and Engram still use host memory (use --device cpu)"));
+
   std::unique_ptr<Communicator> world;
   if (LaunchedByMpirun()) {
     DSV4_ASSIGN_OR_RETURN(world, MakeMpiWorldCommunicator());
@@ -166,6 +184,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   DSV4_RETURN_IF_ERROR(CheckRanksAgree(*world, options.model, settings, config_digest, "config"));
 
   std::unique_ptr<Runtime> rt(new Runtime(options));
+  rt->backend_ = std::move(backend);
   PlacementSpec placement;
   placement.redundant = options.redundant_experts;
   ModelPlacement given;
@@ -199,8 +218,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   }
   ForwardOptions forward;
   forward.qdq = options.qdq;
-  rt->model_ =
-      std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(weights)), forward, &rt->groups_->ctx);
+  rt->model_ = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(weights)), forward,
+                                       &rt->groups_->ctx, rt->backend_);
   DSV4_RETURN_IF_ERROR(rt->PlaceEngramTables());
   DSV4_LOG(kDebug, "opened ", options.model, " (", rt->layout().ToString(), ")");
   return rt;

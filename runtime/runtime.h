@@ -29,6 +29,9 @@ struct RuntimeOptions {
   double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
   bool check_weights = false;             // scan the checkpoint for NaN/Inf when loading (shared by the ranks)
   EngramPlacement engram_placement = EngramPlacement::kLocal;
+  // Where the model runs. This version runs it on CPUs only (runtime/model/model.h says which
+  // layers still use host memory): auto picks the CPU, and cuda is an error that says so.
+  DeviceChoice device = DeviceChoice::kAuto;
 };
 
 // The options every rank of a job must agree on, as text ("qdq=on tp=2 ep=0 engram=local").
@@ -38,7 +41,7 @@ std::string RuntimeSettings(const RuntimeOptions& options);
 // generated one) and `settings`. Ranks compare it before they load anything.
 absl::StatusOr<std::string> ConfigDigest(const std::string& model, const std::string& settings);
 
-// The flags of every command that runs the model: --model, --qdq, --threads, --tp, --ep,
+// The flags of every command that runs the model: --model, --device, --qdq, --threads, --tp, --ep,
 // --redundant-experts, --placement, --comm-timeout-s, --engram-placement, --check-weights; and the
 // options they give.
 void AddRuntimeFlags(Flags& flags);
@@ -65,6 +68,7 @@ class Runtime {
 
   RuntimeOptions options_;
   std::unique_ptr<ParallelGroups> groups_;
+  std::shared_ptr<Backend> backend_;
   std::unique_ptr<Communicator> engram_comm_;  // the ranks sharing the Engram tables (node placement)
   std::unique_ptr<Model> model_;
 };

@@ -203,6 +203,22 @@ TEST(CliFinding10, BadTlsFilesAreNamed) {
 
 // ---- finding 11 ----------------------------------------------------------------------------------
 
+// --device is checked before anything loads: a bad name, and a GPU this build or machine does not
+// have (or, on a GPU machine, one this version does not run the model on), are one-line errors
+// naming the flag; cpu gives the default's logits.
+TEST(CliDevice, DeviceIsCheckedBeforeAnythingLoads) {
+  const std::string out = TempDir() + "/device.npy";
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--device", "gpu", "--prompt-ids", "1,2", "--out", out}), 2,
+                        {"--device must be cpu, cuda or auto", "'gpu'"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"logits", "--device", "cuda", "--prompt-ids", "1,2", "--out", out}), 1,
+                        {"--device cuda: "}));
+  EXPECT_FALSE(fs::exists(out));
+  const std::string cpu = TempDir() + "/cpu.npy", dflt = TempDir() + "/default.npy";
+  ASSERT_EQ(RunDsv4({"logits", "--device", "cpu", "--prompt-ids", "1,2,3", "--out", cpu}).exit_code, 0);
+  ASSERT_EQ(RunDsv4({"logits", "--prompt-ids", "1,2,3", "--out", dflt}).exit_code, 0);
+  EXPECT_EQ(ReadFile(cpu).value_or("cpu"), ReadFile(dflt).value_or("default"));
+}
+
 TEST(CliFinding11, EmptyPromptIdsIsAnError) {
   EXPECT_TRUE(FailsWith(RunDsv4({"generate", "--server", "127.0.0.1:1", "--prompt-ids", ""}), 2,
                         {"--prompt-ids is empty"}));

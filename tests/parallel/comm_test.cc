@@ -20,6 +20,20 @@ using testing::World;
 
 float Tag(int rank, int64_t i) { return static_cast<float>(rank * 1000 + i); }
 
+// Where the launcher put this rank, read before MPI starts: on one machine every rank shares the
+// node, so its local rank and size (the GPU it would take) are its world rank and size, as MPI
+// numbers them.
+TEST(Comm, LauncherPlaceIsTheNodeLocalRank) {
+  const LauncherPlace p = LauncherWorld();
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  EXPECT_EQ(p.rank, rank);
+  EXPECT_EQ(p.size, size);
+  EXPECT_EQ(p.local_rank, rank);
+  EXPECT_EQ(p.local_size, size);
+}
+
 TEST(Comm, AllReduceSumsInRankOrder) {
   auto c = World();
   const int P = c->size();
