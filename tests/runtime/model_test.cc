@@ -30,8 +30,8 @@ class ModelTestPeer {
                           float* out) {
     return m.MoE(layer, x, n, tokens, out);
   }
-  static absl::Status HeadBatch(const Model& m, const float* const* x_last, const float* const* pre_last,
-                                int64_t count, float* logits) {
+  static absl::Status HeadBatch(const Model& m, const float* const* x_last, const float* const* pre_last, int64_t count,
+                                float* logits) {
     return m.HeadBatch(x_last, pre_last, count, logits);
   }
 };
@@ -372,86 +372,101 @@ TEST(GuardedBackend, RefusesHostMemoryInAnOperation) {
   EXPECT_NE(s.message().find("Iota was handed host memory"), std::string::npos) << s;
 }
 
+// A built-in tiny model (parameter: V4.1) twice over the same weights: on the CPU backend
+// (plain) and on a guarded one (seamed).
+class OnGuardedBackend : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    auto w = LoadModel(v41() ? "builtin:v41-tiny" : "builtin:v4-tiny");
+    ASSERT_TRUE(w.ok()) << w.status();
+    const std::shared_ptr<const ModelWeights> weights(std::move(*w));
+    plain_ = std::make_unique<Model>(weights);
+    seamed_ = std::make_unique<Model>(weights, ForwardOptions{}, nullptr, guarded_);
+  }
+  bool v41() const { return GetParam(); }
+  const Model& plain() const { return *plain_; }
+  const Model& seamed() const { return *seamed_; }
+  GuardedBackend& guarded() const { return *guarded_; }
+
+ private:
+  std::shared_ptr<GuardedBackend> guarded_ = std::make_shared<GuardedBackend>();
+  std::unique_ptr<Model> plain_, seamed_;
+};
+
 // The MoE keeps to device memory: on a backend whose memory faults on a host access outside an
 // operation and that refuses host memory in one, the first and last layers (V4's first routes by
 // token id) give the CPU backend's output bit for bit (V4 and V4.1).
-TEST(Model, MoeKeepsToDeviceMemory) {
-  for (bool v41 : {false, true}) {
-    auto w = LoadModel(v41 ? "builtin:v41-tiny" : "builtin:v4-tiny");
-    ASSERT_TRUE(w.ok()) << w.status();
-    const std::shared_ptr<const ModelWeights> weights(std::move(*w));
-    auto guarded = std::make_shared<GuardedBackend>();
-    const Model plain(weights), seamed(weights, {}, nullptr, guarded);
-    const ModelConfig& c = plain.config();
-    const int64_t n = 7, D = c.hidden_size;
-    std::vector<float> x(n * D);
-    std::mt19937 rng(5);
-    std::normal_distribution<float> nd(0.f, 1.f);
-    for (float& v : x) v = nd(rng);
-    const std::vector<int32_t> tokens = Tokens(n, 1000);
-    const int64_t bytes = n * D * static_cast<int64_t>(sizeof(float));
-    auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
-    ASSERT_TRUE(dx.ok() && dout.ok());
-    guarded->CopyToDevice(*dx, x.data(), bytes);
-    if (!v41) {
-      ASSERT_GT(c.num_hash_layers, 0);  // layer 0 routes by token id
-    }
-    for (int64_t layer : {int64_t{0}, c.num_hidden_layers - 1}) {
-      std::vector<float> want(n * D), got(n * D);
-      ASSERT_TRUE(ModelTestPeer::MoE(plain, layer, x.data(), n, tokens, want.data()).ok());
-      ASSERT_TRUE(
-          ModelTestPeer::MoE(seamed, layer, static_cast<float*>(*dx), n, tokens, static_cast<float*>(*dout)).ok());
-      guarded->CopyToHost(got.data(), *dout, bytes);
-      ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
-      for (int64_t i = 0; i < n * D; ++i)
-        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
-            << "v4.1 " << v41 << " layer " << layer << " value " << i;
-    }
+TEST_P(OnGuardedBackend, MoeKeepsToDeviceMemory) {
+  const Model &plain = this->plain(), &seamed = this->seamed();
+  GuardedBackend* guarded = &this->guarded();
+  const bool v41 = this->v41();
+  const ModelConfig& c = plain.config();
+  const int64_t n = 7, D = c.hidden_size;
+  std::vector<float> x(n * D);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (float& v : x) v = nd(rng);
+  const std::vector<int32_t> tokens = Tokens(n, 1000);
+  const int64_t bytes = n * D * static_cast<int64_t>(sizeof(float));
+  auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
+  ASSERT_TRUE(dx.ok() && dout.ok());
+  guarded->CopyToDevice(*dx, x.data(), bytes);
+  if (!v41) {
+    ASSERT_GT(c.num_hash_layers, 0);  // layer 0 routes by token id
+  }
+  for (int64_t layer : {int64_t{0}, c.num_hidden_layers - 1}) {
+    std::vector<float> want(n * D), got(n * D);
+    ASSERT_TRUE(ModelTestPeer::MoE(plain, layer, x.data(), n, tokens, want.data()).ok());
+    ASSERT_TRUE(
+        ModelTestPeer::MoE(seamed, layer, static_cast<float*>(*dx), n, tokens, static_cast<float*>(*dout)).ok());
+    guarded->CopyToHost(got.data(), *dout, bytes);
+    ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+    for (int64_t i = 0; i < n * D; ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+          << "v4.1 " << v41 << " layer " << layer << " value " << i;
   }
 }
 
 // The embedding and the head keep to device memory too: token ids in, the last rows' logits out to
 // the host, bit for bit as on the CPU backend (V4's own final collapse, V4.1's lagged one).
-TEST(Model, EmbedAndHeadKeepToDeviceMemory) {
-  for (bool v41 : {false, true}) {
-    auto w = LoadModel(v41 ? "builtin:v41-tiny" : "builtin:v4-tiny");
-    ASSERT_TRUE(w.ok()) << w.status();
-    const std::shared_ptr<const ModelWeights> weights(std::move(*w));
-    auto guarded = std::make_shared<GuardedBackend>();
-    const Model plain(weights), seamed(weights, {}, nullptr, guarded);
-    const ModelConfig& c = plain.config();
-    const int64_t n = 5, D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
-    const std::vector<int32_t> tokens = Tokens(n, 1000);
-    std::vector<float> want(n * hc * D), got(n * hc * D);
-    plain.Embed(tokens, want.data());
-    const int64_t bytes = n * hc * D * static_cast<int64_t>(sizeof(float));
-    auto dx = guarded->Allocate(bytes);
-    ASSERT_TRUE(dx.ok());
-    float* x = static_cast<float*>(*dx);
-    seamed.Embed(tokens, x);
-    guarded->CopyToHost(got.data(), x, bytes);
-    ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
-    ASSERT_EQ(got, want) << "v4.1 " << v41;
+TEST_P(OnGuardedBackend, EmbedAndHeadKeepToDeviceMemory) {
+  const Model &plain = this->plain(), &seamed = this->seamed();
+  GuardedBackend* guarded = &this->guarded();
+  const bool v41 = this->v41();
+  const ModelConfig& c = plain.config();
+  const int64_t n = 5, D = c.hidden_size, hc = c.hc_mult, V = c.vocab_size;
+  const std::vector<int32_t> tokens = Tokens(n, 1000);
+  std::vector<float> want(n * hc * D), got(n * hc * D);
+  plain.Embed(tokens, want.data());
+  const int64_t bytes = n * hc * D * static_cast<int64_t>(sizeof(float));
+  auto dx = guarded->Allocate(bytes);
+  ASSERT_TRUE(dx.ok());
+  float* x = static_cast<float*>(*dx);
+  seamed.Embed(tokens, x);
+  guarded->CopyToHost(got.data(), x, bytes);
+  ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+  ASSERT_EQ(got, want) << "v4.1 " << v41;
 
-    // The head over rows 4 and 1, with (V4.1) collapse weights of the previous block.
-    std::vector<float> pre(2 * hc);
-    for (int64_t i = 0; i < 2 * hc; ++i) pre[i] = 0.25f + 0.1f * static_cast<float>(i % 3);
-    auto dpre = guarded->Allocate(2 * hc * static_cast<int64_t>(sizeof(float)));
-    ASSERT_TRUE(dpre.ok());
-    guarded->CopyToDevice(*dpre, pre.data(), 2 * hc * static_cast<int64_t>(sizeof(float)));
-    const float* host_rows[2] = {&want[4 * hc * D], &want[1 * hc * D]};
-    const float* dev_rows[2] = {x + 4 * hc * D, x + 1 * hc * D};
-    const float* host_pre[2] = {&pre[0], &pre[hc]};
-    const float* dev_pre[2] = {static_cast<float*>(*dpre), static_cast<float*>(*dpre) + hc};
-    std::vector<float> logits_want(2 * V), logits_got(2 * V);
-    ASSERT_TRUE(ModelTestPeer::HeadBatch(plain, host_rows, v41 ? host_pre : nullptr, 2, logits_want.data()).ok());
-    ASSERT_TRUE(ModelTestPeer::HeadBatch(seamed, dev_rows, v41 ? dev_pre : nullptr, 2, logits_got.data()).ok());
-    ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
-    for (int64_t i = 0; i < 2 * V; ++i)
-      ASSERT_EQ(std::bit_cast<uint32_t>(logits_got[i]), std::bit_cast<uint32_t>(logits_want[i]))
-          << "v4.1 " << v41 << " logit " << i;
-  }
+  // The head over rows 4 and 1, with (V4.1) collapse weights of the previous block.
+  std::vector<float> pre(2 * hc);
+  for (int64_t i = 0; i < 2 * hc; ++i) pre[i] = 0.25f + 0.1f * static_cast<float>(i % 3);
+  auto dpre = guarded->Allocate(2 * hc * static_cast<int64_t>(sizeof(float)));
+  ASSERT_TRUE(dpre.ok());
+  guarded->CopyToDevice(*dpre, pre.data(), 2 * hc * static_cast<int64_t>(sizeof(float)));
+  const float* host_rows[2] = {&want[4 * hc * D], &want[1 * hc * D]};
+  const float* dev_rows[2] = {x + 4 * hc * D, x + 1 * hc * D};
+  const float* host_pre[2] = {&pre[0], &pre[hc]};
+  const float* dev_pre[2] = {static_cast<float*>(*dpre), static_cast<float*>(*dpre) + hc};
+  std::vector<float> logits_want(2 * V), logits_got(2 * V);
+  ASSERT_TRUE(ModelTestPeer::HeadBatch(plain, host_rows, v41 ? host_pre : nullptr, 2, logits_want.data()).ok());
+  ASSERT_TRUE(ModelTestPeer::HeadBatch(seamed, dev_rows, v41 ? dev_pre : nullptr, 2, logits_got.data()).ok());
+  ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+  for (int64_t i = 0; i < 2 * V; ++i)
+    ASSERT_EQ(std::bit_cast<uint32_t>(logits_got[i]), std::bit_cast<uint32_t>(logits_want[i]))
+        << "v4.1 " << v41 << " logit " << i;
 }
+
+INSTANTIATE_TEST_SUITE_P(V4AndV41, OnGuardedBackend, ::testing::Bool());
 
 TEST(Model, UnknownBuiltinIsAnError) {
   auto w = LoadModel("builtin:nope");

@@ -215,8 +215,8 @@ class GuardedBackend final : public ForwardingBackend {
   // The device's memory: `bytes` of address space (committed only where used), the first quarter
   // for allocations, the rest the step workspace.
   explicit GuardedBackend(int64_t bytes = int64_t{1} << 30) : size_(bytes) {
-    base_ = static_cast<char*>(mmap(nullptr, static_cast<size_t>(size_), PROT_NONE,
-                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    base_ = static_cast<char*>(
+        mmap(nullptr, static_cast<size_t>(size_), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
     if (base_ == MAP_FAILED) std::abort();
     persistent_end_ = size_ / 4;
     workspace_ = persistent_end_;
@@ -282,9 +282,9 @@ class GuardedBackend final : public ForwardingBackend {
   void Check(const char* op, std::initializer_list<const void*> device) override {
     for (const void* p : device)
       if (p != nullptr && !IsDevice(p) && placed_.count(p) == 0 && first_error_.ok())
-        first_error_ = absl::FailedPreconditionError(
-            absl::StrCat(op, " was handed host memory (", absl::Hex(reinterpret_cast<uintptr_t>(p)),
-                         ") where a GPU backend needs device memory"));
+        first_error_ = absl::FailedPreconditionError(absl::StrCat(op, " was handed host memory (",
+                                                                  absl::Hex(reinterpret_cast<uintptr_t>(p)),
+                                                                  ") where a GPU backend needs device memory"));
   }
 
  private:
