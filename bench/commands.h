@@ -22,6 +22,9 @@ absl::Status Prefill(const Flags& flags);
 // targets of the kernels' README (a clear error without a GPU or a CUDA build).
 void KernelsFlags(Flags& flags);
 absl::Status Kernels(const Flags& flags);
+// The per-token sampler over rows of synthetic logits against one read pass over the same rows.
+void SampleFlags(Flags& flags);
+absl::Status Sample(const Flags& flags);
 // N concurrent gRPC streams against the engine in-process and the model's batched decode rate.
 void ServeFlags(Flags& flags);
 absl::Status Serve(const Flags& flags);

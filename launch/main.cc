@@ -28,6 +28,8 @@ constexpr Command kBenchCommands[] = {
      bench::PrefillFlags, bench::Prefill},
     {"serve", "N concurrent gRPC streams against the engine in-process and the batched decode rate", bench::ServeFlags,
      bench::Serve},
+    {"sample", "the per-token sampler on one thread against one read pass over the same logits", bench::SampleFlags,
+     bench::Sample},
     {"kernels", "every CUDA kernel at V4-Flash / V4-Pro shapes against the device copy bandwidth",
      bench::KernelsFlags, bench::Kernels},
 };

@@ -122,5 +122,47 @@ TEST(KernelsBench, BadFlagsAreNamedBeforeTheDevice) {
   EXPECT_NE(s.message().find("--device cuda"), std::string::npos) << s;
 }
 
+// `bench sample` reports every case it was asked for (and the peaked one) against a read pass it
+// took itself, and names a bad spread or sampling value before it times anything.
+absl::Status RunSampleBench(std::vector<std::string> args, std::string* out) {
+  Flags flags;
+  bench::SampleFlags(flags);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  if (absl::Status s = flags.Parse(static_cast<int>(argv.size()), argv.data(), 0); !s.ok()) return s;
+  ::testing::internal::CaptureStdout();
+  const absl::Status s = bench::Sample(flags);
+  *out = ::testing::internal::GetCapturedStdout();
+  return s;
+}
+
+TEST(SampleBench, ReportsEveryCaseAgainstAReadPass) {
+  std::string out;
+  ASSERT_TRUE(RunSampleBench({"--vocab", "4096", "--rows", "3", "--sd", "1,3", "--json", "true"}, &out).ok()) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["vocab"], 4096);
+  ASSERT_EQ(j["cases"].size(), 3u);
+  EXPECT_EQ(j["cases"][0]["logits"], "sd 1");
+  EXPECT_EQ(j["cases"][1]["logits"], "sd 3");
+  EXPECT_EQ(j["cases"][2]["logits"], "peaked");
+  for (const auto& c : j["cases"]) {
+    EXPECT_GT(c["us_per_row"].get<double>(), 0);
+    EXPECT_GT(c["pass_us"].get<double>(), 0);
+    // The figures are printed to 3 decimals, so their quotient matches the ratio within 2%.
+    const double ratio = c["us_per_row"].get<double>() / c["pass_us"].get<double>();
+    EXPECT_NEAR(c["ratio_to_pass"].get<double>(), ratio, 0.02 * ratio);
+  }
+}
+
+TEST(SampleBench, BadValuesAreNamed) {
+  std::string out;
+  absl::Status s = RunSampleBench({"--sd", "1,-2"}, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("'-2'"), std::string::npos) << s;
+  s = RunSampleBench({"--top-p", "0"}, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("sampling.top_p"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace dsv4
