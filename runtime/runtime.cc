@@ -184,7 +184,6 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   DSV4_RETURN_IF_ERROR(CheckRanksAgree(*world, options.model, settings, config_digest, "config"));
 
   std::unique_ptr<Runtime> rt(new Runtime(options));
-  rt->backend_ = std::move(backend);
   PlacementSpec placement;
   placement.redundant = options.redundant_experts;
   ModelPlacement given;
@@ -219,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   ForwardOptions forward;
   forward.qdq = options.qdq;
   rt->model_ = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(weights)), forward,
-                                       &rt->groups_->ctx, rt->backend_);
+                                       &rt->groups_->ctx, std::move(backend));
   DSV4_RETURN_IF_ERROR(rt->PlaceEngramTables());
   DSV4_LOG(kDebug, "opened ", options.model, " (", rt->layout().ToString(), ")");
   return rt;

@@ -68,7 +68,6 @@ class Runtime {
 
   RuntimeOptions options_;
   std::unique_ptr<ParallelGroups> groups_;
-  std::shared_ptr<Backend> backend_;
   std::unique_ptr<Communicator> engram_comm_;  // the ranks sharing the Engram tables (node placement)
   std::unique_ptr<Model> model_;
 };

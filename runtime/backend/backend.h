@@ -213,21 +213,16 @@ class DeviceScratch {
 
  public:
   DeviceScratch(Backend& be, int64_t n)
-      : be_(be),
-        mark_(be.Mark()),
+      : scope_(be),
         n_(std::max<int64_t>(n, 0)),
         data_(static_cast<T*>(be.Workspace(n_ * static_cast<int64_t>(sizeof(T))))) {}
-  ~DeviceScratch() { be_.Release(mark_); }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
 
   T* data() const { return data_; }
   int64_t size() const { return n_; }
   int64_t bytes() const { return n_ * static_cast<int64_t>(sizeof(T)); }
 
  private:
-  Backend& be_;
-  const WorkspaceMark mark_;
+  const WorkspaceScope scope_;  // first: the mark is taken before the buffer is
   const int64_t n_;
   T* const data_;
 };

@@ -73,41 +73,29 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     for (int64_t e = 0; e < E; ++e)
       if (w_->layers[l].expert_loaded[e]) routed_[l][e] = &w_->layers[l].experts[e];
   }
-  // The MoE's parameters on the backend (views of the mapped checkpoint on the CPU).
+  // The parameters on the backend (views of the mapped checkpoint on the CPU): the MoE's, the
+  // blocks' and the head's. A model without them cannot run, so a failure stops here.
   Backend& be = *backend_;
   auto check = [](const absl::Status& st) { DSV4_CHECK(st.ok(), "placing the model on the backend: ", st.message()); };
+  auto placed = [&](auto status_or) {
+    check(status_or.status());
+    return *std::move(status_or);
+  };
+  auto place = [&](const std::vector<float>& v) -> const float* {
+    return v.empty() ? nullptr : placed(be.PlaceVector(v.data(), static_cast<int64_t>(v.size())));
+  };
   moe_.resize(L);
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w_->layers[l];
     MoeLayer& ml = moe_[l];
-    absl::StatusOr<WeightMatrix> gate = be.PlaceWeight(lw.gate);
-    check(gate.status());
-    ml.gate = *gate;
-    if (!lw.gate_bias.empty()) {
-      absl::StatusOr<const float*> bias = be.PlaceVector(lw.gate_bias.data(), E);
-      check(bias.status());
-      ml.gate_bias = *bias;
-    }
-    if (!lw.tid2eid.empty()) {
-      absl::StatusOr<const int32_t*> table = be.PlaceInts(lw.tid2eid.data(), static_cast<int64_t>(lw.tid2eid.size()));
-      check(table.status());
-      ml.tid2eid = *table;
-    }
-    absl::StatusOr<std::unique_ptr<ExpertTable>> routed = PlaceRoutedExperts(routed_[l]);
-    check(routed.status());
-    ml.routed = *std::move(routed);
+    ml.gate = placed(be.PlaceWeight(lw.gate));
+    ml.gate_bias = place(lw.gate_bias);
+    if (!lw.tid2eid.empty())
+      ml.tid2eid = placed(be.PlaceInts(lw.tid2eid.data(), static_cast<int64_t>(lw.tid2eid.size())));
+    ml.routed = placed(PlaceRoutedExperts(routed_[l]));
     const ExpertViews shared{&lw.shared.w1, &lw.shared.w2, &lw.shared.w3};
-    absl::StatusOr<std::unique_ptr<ExpertTable>> shared_table = be.PlaceExperts({&shared, 1});
-    check(shared_table.status());
-    ml.shared = *std::move(shared_table);
+    ml.shared = placed(be.PlaceExperts({&shared, 1}));
   }
-  // The blocks' and the head's vectors.
-  auto place = [&](const std::vector<float>& v) -> const float* {
-    if (v.empty()) return nullptr;
-    absl::StatusOr<const float*> p = be.PlaceVector(v.data(), static_cast<int64_t>(v.size()));
-    check(p.status());
-    return *p;
-  };
   auto place_hc = [&](const std::vector<float>& fn, const std::vector<float>& scale, const std::vector<float>& base) {
     return HcParams{place(fn), place(scale), place(base)};
   };
@@ -120,14 +108,9 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   }
   hc_head_ = place_hc(w_->hc_head_fn, w_->hc_head_scale, w_->hc_head_base);
   norm_ = place(w_->norm);
-  for (auto [to, from] : {std::pair{&embed_, &w_->embed}, std::pair{&head_, &w_->head}}) {
-    absl::StatusOr<WeightMatrix> placed = be.PlaceWeight(*from);
-    check(placed.status());
-    *to = *placed;
-  }
-  absl::StatusOr<void*> counts = be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)));
-  check(counts.status());
-  load_counts_ = static_cast<int64_t*>(*counts);
+  embed_ = placed(be.PlaceWeight(w_->embed));
+  head_ = placed(be.PlaceWeight(w_->head));
+  load_counts_ = static_cast<int64_t*>(placed(be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)))));
   be.Zero(load_counts_, L * E * static_cast<int64_t>(sizeof(int64_t)));
   check(be.Synchronize());
   if (par_ != nullptr) {
@@ -343,16 +326,17 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
 
 void Model::RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos, float* sin) const {
   const Rope& rope = RopeFor(layer);
-  const int64_t half = config().qk_rope_head_dim / 2;
+  const int64_t half = config().qk_rope_head_dim / 2, bytes = n * half * static_cast<int64_t>(sizeof(float));
   Backend& be = *backend_;
-  if (be.HostIsDevice()) {
-    for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], cos + t * half, sin + t * half);
-    return;
-  }
-  std::vector<float> c(n * half), s(n * half);
-  for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], &c[t * half], &s[t * half]);
-  be.CopyToDevice(cos, c.data(), n * half * static_cast<int64_t>(sizeof(float)));
-  be.CopyToDevice(sin, s.data(), n * half * static_cast<int64_t>(sizeof(float)));
+  // Written in place where host memory is the device's, else on the host and copied.
+  const bool direct = be.HostIsDevice();
+  std::vector<float> host_cos(direct ? 0 : n * half), host_sin(direct ? 0 : n * half);
+  float* c = direct ? cos : host_cos.data();
+  float* s = direct ? sin : host_sin.data();
+  for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], c + t * half, s + t * half);
+  if (direct) return;
+  be.CopyToDevice(cos, c, bytes);
+  be.CopyToDevice(sin, s, bytes);
 }
 
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {

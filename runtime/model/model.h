@@ -5,13 +5,14 @@
 // compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
 //
 // The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
-// attention, the indexer's scores and picks, the MoE. Still on kernels/cpu directly: the rotary
-// embedding, the compressors' pooling, V4.1's FP4 (E4M3-scaled) KV rounding and Engram. The
-// embedding, the blocks' mHC and norms, the MoE (but its expert-parallel exchange, MPI over host
-// memory) and the head keep to device memory: their buffers are the backend's (DeviceScratch),
-// their parameters placed on it, and only its operations touch them (tests/runtime/model_test.cc
-// proves it on a guarded backend). Attention, the compressors, the indexer, Engram, the caches and
-// the step's residual streams are still host memory, so only the CPU backend runs a model today.
+// attention and its rotations, the indexer's scores and picks, the MoE. Still on kernels/cpu
+// directly: the compressors' pooling and rotations, V4.1's FP4 (E4M3-scaled) KV rounding and
+// Engram. The embedding, the blocks' mHC and norms, the MoE (but its expert-parallel exchange, MPI
+// over host memory) and the head keep to device memory: their buffers are the backend's
+// (DeviceScratch), their parameters placed on it, and only its operations touch them
+// (tests/runtime/model_test.cc proves it on a guarded backend). Attention, the compressors, the
+// indexer, Engram, the caches and the step's residual streams are still host memory, so only the
+// CPU backend runs a model today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless

@@ -293,6 +293,7 @@ class GuardedBackend final : public ForwardingBackend {
     char* begin;
     char* end;
   };
+  // The live guarded backend's memory, for the fault handler (one guarded backend at a time).
   static Range& Region() {
     static Range r{nullptr, nullptr};
     return r;
