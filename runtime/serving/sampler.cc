@@ -281,9 +281,11 @@ TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratc
   s.block_sums.resize((V + kDrawBlock - 1) / kDrawBlock);
   // The cutoff among the weights [lo, hi) (step `step`): none where the mass ends above them, id -1
   // where it ends below.
+  const auto split = [&](float lo, float hi) {
+    return kernels::SplitAtRange(e, V, lo, hi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data());
+  };
   const auto search = [&](float lo, float hi, int step) -> std::optional<TopPCut> {
-    const kernels::RangeSplit in =
-        kernels::SplitAtRange(e, V, lo, hi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data());
+    const kernels::RangeSplit in = split(lo, hi);
     if (in.above >= target) return std::nullopt;
     const int32_t cut = SelectInRange(e, s.ids.data(), s.weights.data(), in.count, lo, hi, in.above, target, s);
     if (cut < 0) return TopPCut{-1, 0, 0, step};  // the mass ends below lo
@@ -306,8 +308,7 @@ TopPCut TopPCutoff(const float* e, int32_t V, double z, double top_p, TopPScratc
   const int b = FindBucket(s.hist, target, &above);
   if (b < 0) return TopPCut{-1, 0, 0, 4};  // the mass is reached only with every candidate (rounding): keep them all
   const float blo = BucketStart(b), bhi = BucketStart(b + 1);
-  const int64_t count =
-      kernels::SplitAtRange(e, V, blo, bhi, kDrawBlock, s.block_sums.data(), s.ids.data(), s.weights.data()).count;
+  const int64_t count = split(blo, bhi).count;
   // -1: all of the bucket short of the mass by rounding; keep them all.
   return TopPCut{SelectInRange(e, s.ids.data(), s.weights.data(), count, blo, bhi, above, target, s), 0, 0, 4};
 }
