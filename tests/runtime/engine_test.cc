@@ -277,8 +277,7 @@ TEST(Engine, DefaultMaxRunningFitsTheCacheBudget) {
 }
 
 // The contract an asynchronous consumer relies on (rpc/inference_server.cc): a notification after
-// every piece and after the close, one at once for what is already waiting, none once cleared;
-// what was announced is taken by Next without waiting.
+// every piece and after the close, one at once for what is already waiting, none once cleared.
 TEST(Engine, NotifyAnnouncesEveryPieceAndTheEnd) {
   ASSERT_NE(S().model, nullptr);
   Running run;
@@ -288,7 +287,10 @@ TEST(Engine, NotifyAnnouncesEveryPieceAndTheEnd) {
   auto h = run.engine->Submit(s);
   ASSERT_TRUE(h.ok()) << h.status();
   (*h)->SetNotify([&] { calls.fetch_add(1); });
-  int taken = 0;  // Next calls that returned pieces: each was announced before it could be taken
+  // Next calls that returned pieces. A piece is announced just after it is queued, so Next may
+  // take the newest piece before its notice runs; every earlier piece's notice has run (the
+  // engine's thread queues the next piece only after announcing the last).
+  int taken = 0;
   size_t tokens = 0;
   bool ended = false;
   const absl::Time deadline = absl::Now() + absl::Seconds(120);
@@ -303,7 +305,7 @@ TEST(Engine, NotifyAnnouncesEveryPieceAndTheEnd) {
     }
     ++taken;
     tokens += o->token_ids.size();
-    EXPECT_GE(calls.load(), taken);
+    EXPECT_GE(calls.load(), taken - 1);
   }
   ASSERT_TRUE(ended);
   EXPECT_EQ(tokens, 12u);
