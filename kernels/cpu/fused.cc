@@ -193,6 +193,26 @@ void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) {
     x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));
 }
 
+void Scale(float* x, int64_t n, float s) {
+  EnsureFlushDenormals();
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags) {
+  // NaN and Inf are the floats whose exponent bits are all ones: integer operations without an
+  // early exit, which the compiler vectorizes.
+  for (int64_t i = 0; i < count; ++i) {
+    const float* row = x + rows[i] * ldx;
+    uint32_t bad = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      uint32_t bits;
+      std::memcpy(&bits, row + j, sizeof(bits));
+      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    flags[i] = static_cast<int32_t>(bad);
+  }
+}
+
 void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                  int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) {
   EnsureFlushDenormals();

@@ -235,6 +235,10 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
                 int64_t dst_pitch);
 // x[i] = start + i * step for i < n.
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step);
+// x[i] *= s for i < n.
+void Scale(float* x, int64_t n, float s);
+// flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among its first n values, else 0.
+void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags);
 // Ordered weighted combine: out[t] (+)= sum over j in [offsets[t], offsets[t+1]) of weights[j] *
 // src[src_rows[j]] (weight 1 when weights is null; src_rows[j] < 0 is skipped), summed in j order,
 // each product rounded before it is added. src [*, D] (lds), out [rows, D] (ldo).

@@ -123,6 +123,11 @@ DSV4_HD float QdqScale(float amax, bool fp4) {
   const float floor_v = fp4 ? kFp4AmaxFloor : kFp8AmaxFloor;
   return Pow2Ceil((amax > floor_v ? amax : floor_v) * (fp4 ? 1.0f / kFp4Max : 1.0f / kFp8Max));
 }
+// The E4M3 scale of one FP4 group (kernels::QdqFp4E4m3): amax / 6, floored at 2^-9, rounded to E4M3.
+inline constexpr float kFp4E4m3AmaxFloor = 6.0f * 0.001953125f;  // 6 * 2^-9
+DSV4_HD float QdqScaleFp4E4m3(float amax) {
+  return RoundToFp8E4m3((amax < kFp4E4m3AmaxFloor ? kFp4E4m3AmaxFloor : amax) / kFp4Max);
+}
 DSV4_HD float QdqValue(float v, float scale, bool fp4) {
   const float r = v / scale;
   return (fp4 ? RoundToFp4E2m1(r) : RoundToFp8E4m3(r)) * scale;

@@ -6,15 +6,19 @@ namespace dsv4::kernels::cuda {
 namespace {
 
 // Block per row; warp w handles groups w, w + warps, ...: amax over the group, one scale, rounding.
-template <bool kFp4>
+// The groups' formats: FP8 or FP4 with a power-of-two scale, or FP4 with an E4M3 scale.
+enum class QdqKind { kFp8, kFp4, kFp4E4m3 };
+
+template <QdqKind kKind>
 __global__ void QdqKernel(float* x, int64_t n, int64_t ld, int group) {
+  constexpr bool kFp4 = kKind != QdqKind::kFp8;
   float* row = x + static_cast<int64_t>(blockIdx.x) * ld;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
   for (int64_t g = static_cast<int64_t>(warp) * group; g < n; g += static_cast<int64_t>(warps) * group) {
     const int64_t end = g + group < n ? g + group : n;  // a short last group is its own group
     float amax = 0.f;
     for (int64_t i = g + lane; i < end; i += kWarpSize) amax = fmaxf(amax, fabsf(row[i]));
-    const float scale = QdqScale(WarpMax(amax), kFp4);
+    const float scale = kKind == QdqKind::kFp4E4m3 ? QdqScaleFp4E4m3(WarpMax(amax)) : QdqScale(WarpMax(amax), kFp4);
     for (int64_t i = g + lane; i < end; i += kWarpSize) row[i] = QdqValue(row[i], scale, kFp4);
   }
 }
@@ -80,23 +84,27 @@ __global__ void SwiGluKernel(const float* g, const float* u, int64_t m, int64_t 
   }
 }
 
-template <bool kFp4>
+template <QdqKind kKind>
 cudaError_t LaunchQdq(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckQdq(n, ld, group));
   if (m == 0 || n == 0) return cudaSuccess;
   const LaunchConfig cfg = QdqLaunch(m);
-  DSV4_LAUNCH(QdqKernel<kFp4>, cfg, stream, x, n, ld, group);
+  DSV4_LAUNCH(QdqKernel<kKind>, cfg, stream, x, n, ld, group);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
-  return LaunchQdq<false>(x, m, n, ld, group, stream);
+  return LaunchQdq<QdqKind::kFp8>(x, m, n, ld, group, stream);
 }
 
 cudaError_t QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
-  return LaunchQdq<true>(x, m, n, ld, group, stream);
+  return LaunchQdq<QdqKind::kFp4>(x, m, n, ld, group, stream);
+}
+
+cudaError_t QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
+  return LaunchQdq<QdqKind::kFp4E4m3>(x, m, n, ld, group, stream);
 }
 
 cudaError_t RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,

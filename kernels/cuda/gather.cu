@@ -43,6 +43,21 @@ __global__ void IotaKernel(int32_t* x, int64_t n, int32_t start, int32_t step) {
     x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));
 }
 
+__global__ void ScaleKernel(float* x, int64_t n, float s) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] *= s;
+}
+
+// Block per row: any thread's non-finite value flags the row.
+__global__ void FlagNonFiniteKernel(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int32_t* flags) {
+  const float* row = x + static_cast<int64_t>(rows[blockIdx.x]) * ldx;
+  int bad = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) bad |= !isfinite(row[j]);
+  bad = __syncthreads_or(bad);
+  if (threadIdx.x == 0) flags[blockIdx.x] = bad != 0;
+}
+
 bool Aligned16(const void* p, int64_t a, int64_t b, int64_t c) {
   return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && a % 16 == 0 && b % 16 == 0 && c % 16 == 0;
 }
@@ -71,6 +86,25 @@ cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_
   const LaunchConfig cfg = ElementwiseLaunch(n);
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   DSV4_LAUNCH(IotaKernel, cfg, stream, x, n, start, step);
+  return cudaGetLastError();
+}
+
+cudaError_t Scale(float* x, int64_t n, float s, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const LaunchConfig cfg = ElementwiseLaunch(n);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(ScaleKernel, cfg, stream, x, n, s);
+  return cudaGetLastError();
+}
+
+cudaError_t FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags,
+                          cudaStream_t stream) {
+  if (count < 0 || n < 0 || ldx < n) return cudaErrorInvalidValue;
+  if (count == 0) return cudaSuccess;
+  const LaunchConfig cfg = RmsNormLaunch(count, n > 0 ? n : 1);  // a block per row, as the norms
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(FlagNonFiniteKernel, cfg, stream, x, ldx, n, rows, flags);
   return cudaGetLastError();
 }
 

@@ -29,6 +29,8 @@ DeviceCaps CurrentDeviceCaps();
 // FP4 E2M1 with a power-of-two scale, exactly as kernels::QdqFp8 / QdqFp4 (bit-identical).
 cudaError_t QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream);
 cudaError_t QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream);
+// FP4 E2M1 with an E4M3 scale per group, exactly as kernels::QdqFp4E4m3 (V4.1's compressed KV).
+cudaError_t QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream);
 
 // ---- normalization, rotation ----------------------------------------------------------------------
 
@@ -180,6 +182,11 @@ cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, i
 
 // x[i] = start + i * step for i < n (kernels::Iota).
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream);
+// x[i] *= s for i < n (kernels::Scale).
+cudaError_t Scale(float* x, int64_t n, float s, cudaStream_t stream);
+// flags[i] = 1 where row rows[i] of x holds a NaN or an Inf among its first n values (kernels::FlagNonFinite).
+cudaError_t FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags,
+                          cudaStream_t stream);
 
 // Embedding (kernels::EmbedRows): out[t] (ldo) = `copies` copies of row ids[t] (device) of `table`
 // (a placed view, any format) dequantized.

@@ -91,6 +91,8 @@ class Backend {
   // Persistent memory, alive as long as the backend (weights, caches): RESOURCE_EXHAUSTED naming
   // the size when the device has no room.
   virtual absl::StatusOr<void*> Allocate(int64_t bytes) = 0;
+  // Gives back what Allocate returned (null: nothing), once the work enqueued before is done with it.
+  virtual void Free(void* p) = 0;
   // Step workspace: valid until the next Reset(); 64-byte aligned. Never null: exhausting the
   // workspace latches RESOURCE_EXHAUSTED and returns a dummy region the skipped operations ignore.
   virtual void* Workspace(int64_t bytes) = 0;
@@ -136,6 +138,8 @@ class Backend {
   virtual void LinearGroup(const kernels::LinearJob* jobs, int64_t num_jobs) = 0;
   virtual void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) = 0;
   virtual void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) = 0;
+  // FP4 with an E4M3 scale per group (V4.1's compressed KV).
+  virtual void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) = 0;
   virtual void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
                        int64_t ldy) = 0;
   virtual void Rope(float* x, int64_t rows, int64_t ldx, int64_t half, const float* cos, const float* sin,
@@ -185,6 +189,12 @@ class Backend {
   // x[i] = start + i * step for i < n: row and offset tables the model would otherwise write on the
   // host (a token's slots, a whole batch as one group).
   virtual void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) = 0;
+  // x[i] *= s for i < n.
+  virtual void Scale(float* x, int64_t n, float s) = 0;
+  // The numerical watchdog: flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among
+  // its first n values, else 0.
+  virtual void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
+                             int32_t* flags) = 0;
   virtual void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows,
                            const float* weights, int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) = 0;
 };
@@ -201,6 +211,44 @@ class WorkspaceScope {
  private:
   Backend& be_;
   const WorkspaceMark mark_;
+};
+
+// Persistent memory of a backend, given back when its holder goes: the KV pool's rows, a sequence's
+// compressor state. Move-only; empty when default-constructed.
+class DeviceAllocation {
+ public:
+  DeviceAllocation() = default;
+  // RESOURCE_EXHAUSTED (from Backend::Allocate) when the device has no room.
+  static absl::StatusOr<DeviceAllocation> Make(Backend& be, int64_t bytes) {
+    absl::StatusOr<void*> p = be.Allocate(bytes);
+    if (!p.ok()) return p.status();
+    DeviceAllocation a;
+    a.be_ = &be, a.p_ = *p, a.bytes_ = bytes;
+    return a;
+  }
+  DeviceAllocation(DeviceAllocation&& o) noexcept : be_(o.be_), p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; }
+  DeviceAllocation& operator=(DeviceAllocation&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      be_ = o.be_, p_ = o.p_, bytes_ = o.bytes_;
+      o.p_ = nullptr;
+    }
+    return *this;
+  }
+  ~DeviceAllocation() { Reset(); }
+
+  void* get() const { return p_; }
+  float* floats() const { return static_cast<float*>(p_); }
+  int64_t bytes() const { return p_ != nullptr ? bytes_ : 0; }
+
+ private:
+  void Reset() {
+    if (p_ != nullptr) be_->Free(p_);
+    p_ = nullptr;
+  }
+  Backend* be_ = nullptr;
+  void* p_ = nullptr;
+  int64_t bytes_ = 0;
 };
 
 // `n` values of T in a backend's step workspace for the rest of the scope: the model's step

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "kernels/cpu/isa.h"
@@ -69,13 +70,18 @@ class CpuBackend final : public Backend {
     return absl::StrCat("cpu (", kernels::IsaName(kernels::ActiveIsa()), ", ", kernels::NumThreads(), " threads)");
   }
 
+  // Not value-initialized: the pages of a large reservation (a KV pool) are backed as they are
+  // first written.
   absl::StatusOr<void*> Allocate(int64_t bytes) override {
-    persistent_.push_back(std::unique_ptr<char[]>(new (std::nothrow) char[std::max<int64_t>(bytes, 1)]));
-    if (persistent_.back() == nullptr) {
-      persistent_.pop_back();
-      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
-    }
-    return static_cast<void*>(persistent_.back().get());
+    std::unique_ptr<char[]> p(new (std::nothrow) char[std::max<int64_t>(bytes, 1)]);
+    if (p == nullptr)
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes >> 20, " MiB of host memory"));
+    void* at = p.get();
+    persistent_.emplace(at, std::move(p));
+    return at;
+  }
+  void Free(void* p) override {
+    if (p != nullptr) persistent_.erase(p);
   }
   void* Workspace(int64_t bytes) override { return workspace_.Allocate(bytes); }
   void Reset() override { workspace_.Reset(); }
@@ -100,6 +106,9 @@ class CpuBackend final : public Backend {
   void LinearGroup(const kernels::LinearJob* jobs, int64_t num_jobs) override { kernels::LinearGroup(jobs, num_jobs); }
   void QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group) override { kernels::QdqFp8(x, m, n, ld, group); }
   void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) override { kernels::QdqFp4(x, m, n, ld, group); }
+  void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) override {
+    kernels::QdqFp4E4m3(x, m, n, ld, group);
+  }
   void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
                int64_t ldy) override {
     kernels::RmsNorm(x, w, eps, m, n, ldx, y, ldy);
@@ -225,6 +234,11 @@ class CpuBackend final : public Backend {
     kernels::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
   }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { kernels::Iota(x, n, start, step); }
+  void Scale(float* x, int64_t n, float s) override { kernels::Scale(x, n, s); }
+  void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
+                     int32_t* flags) override {
+    kernels::FlagNonFinite(x, ldx, n, rows, count, flags);
+  }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                    int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {
     kernels::CombineRows(src, lds, offsets, src_rows, weights, rows, D, accumulate, out, ldo);
@@ -235,7 +249,7 @@ class CpuBackend final : public Backend {
     if (bytes > 0 && dst != src) std::memmove(dst, src, static_cast<size_t>(bytes));
   }
 
-  std::vector<std::unique_ptr<char[]>> persistent_;
+  absl::flat_hash_map<void*, std::unique_ptr<char[]>> persistent_;
   ChunkArena workspace_;
 };
 

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status.h"
@@ -87,8 +88,13 @@ class CudaBackend final : public Backend {
     void* p = nullptr;
     if (cudaError_t e = cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))); e != cudaSuccess)
       return CudaError(e, absl::StrCat("cudaMalloc of ", bytes, " bytes on GPU ", device_));
-    allocations_.push_back(p);
+    allocations_.insert(p);
     return p;
+  }
+  void Free(void* p) override {
+    if (p == nullptr || allocations_.erase(p) == 0) return;
+    // cudaFree waits for the device; the stream's work that used p is done by then.
+    if (cudaError_t e = cudaFree(p); e != cudaSuccess) Latch(CudaError(e, "cudaFree"));
   }
 
   void* Workspace(int64_t bytes) override {
@@ -184,6 +190,9 @@ class CudaBackend final : public Backend {
   }
   void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group) override {
     if (ok() && m > 0) Check(kc::QdqFp4(x, m, n, ld, group, stream_), "QdqFp4");
+  }
+  void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group) override {
+    if (ok() && m > 0) Check(kc::QdqFp4E4m3(x, m, n, ld, group, stream_), "QdqFp4E4m3");
   }
   void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
                int64_t ldy) override {
@@ -289,6 +298,13 @@ class CudaBackend final : public Backend {
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
     if (ok() && n > 0) Check(kc::Iota(x, n, start, step, stream_), "Iota");
   }
+  void Scale(float* x, int64_t n, float s) override {
+    if (ok() && n > 0) Check(kc::Scale(x, n, s, stream_), "Scale");
+  }
+  void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
+                     int32_t* flags) override {
+    if (ok() && count > 0) Check(kc::FlagNonFinite(x, ldx, n, rows, count, flags, stream_), "FlagNonFinite");
+  }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,
                    int64_t rows, int64_t D, bool accumulate, float* out, int64_t ldo) override {
     if (ok() && rows > 0)
@@ -310,7 +326,7 @@ class CudaBackend final : public Backend {
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
   kc::DevicePool workspace_;
-  std::vector<void*> allocations_;
+  absl::flat_hash_set<void*> allocations_;
   std::vector<kc::DevicePool> weights_;
   std::map<std::tuple<const void*, int64_t, int64_t, int64_t, int64_t>, kernels::WeightMatrix> placed_;
   absl::Status status_;

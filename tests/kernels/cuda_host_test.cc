@@ -107,6 +107,30 @@ TEST(DeviceMath, QdqMatchesCpuKernel) {
       }
 }
 
+// The E4M3-scaled FP4 groups of V4.1's compressed KV: the device's scale and rounding replayed on
+// the host give kernels::QdqFp4E4m3 bit for bit, values from 2^-20 (under the scale's floor) up.
+TEST(DeviceMath, QdqFp4E4m3MatchesCpuKernel) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int64_t n : {1, 15, 16, 64, 100})
+    for (int group : {16, 32}) {
+      const int64_t m = 3, ld = n + 3;
+      std::vector<float> x(m * ld);
+      for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * std::exp2(static_cast<float>(i % 40) - 20.f);
+      std::vector<float> want = x, got = x;
+      kernels::QdqFp4E4m3(want.data(), m, n, ld, group);
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t g = 0; g < n; g += group) {
+          const int64_t end = std::min<int64_t>(g + group, n);
+          float amax = 0.f;
+          for (int64_t i = g; i < end; ++i) amax = std::max(amax, std::fabs(got[t * ld + i]));
+          const float scale = QdqScaleFp4E4m3(amax);
+          for (int64_t i = g; i < end; ++i) got[t * ld + i] = QdqValue(got[t * ld + i], scale, true);
+        }
+      for (size_t i = 0; i < x.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << n << " " << group << " " << i;
+    }
+}
+
 class GoldenDeviceMath : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -113,6 +113,48 @@ TEST_F(CudaKernels, QdqBitExact) {
 }
 
 // Float sums of n squares in another order: relative 1e-5.
+// V4.1's compressed KV rounding (E4M3 group scales) and the indexer's weight scaling.
+TEST_F(CudaKernels, QdqFp4E4m3AndScaleBitExact) {
+  for (int64_t n : {1, 15, 64, 512})
+    for (int group : {16, 32}) {
+      const int64_t m = 4, ld = n + 3;
+      std::vector<float> x = Random(m * ld, 3.f);
+      for (size_t i = 0; i < x.size(); i += 5) x[i] *= 1e-5f;
+      std::vector<float> want = x;
+      kernels::QdqFp4E4m3(want.data(), m, n, ld, group);
+      DevVec<float> d(x);
+      ASSERT_EQ(QdqFp4E4m3(d.get(), m, n, ld, group, stream_), cudaSuccess);
+      const std::vector<float> got = d.Host();
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_TRUE(SameBits(got[i], want[i])) << "n " << n << " group " << group << " at " << i;
+    }
+  std::vector<float> x = Random(1000, 2.f), want = x;
+  kernels::Scale(want.data(), 1000, 0.0883883f);
+  DevVec<float> d(x);
+  ASSERT_EQ(Scale(d.get(), 1000, 0.0883883f, stream_), cudaSuccess);
+  const std::vector<float> got = d.Host();
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_TRUE(SameBits(got[i], want[i])) << i;
+}
+
+// The watchdog's flags: NaN, +Inf and -Inf anywhere in a checked row, nothing outside the first n.
+TEST_F(CudaKernels, FlagNonFiniteAsTheCpu) {
+  const int64_t rows = 6, n = 300, ld = 320;
+  std::vector<float> x = Random(rows * ld, 1.f);
+  x[1 * ld + 299] = std::numeric_limits<float>::quiet_NaN();
+  x[3 * ld + 0] = std::numeric_limits<float>::infinity();
+  x[4 * ld + 150] = -std::numeric_limits<float>::infinity();
+  x[5 * ld + 310] = std::numeric_limits<float>::quiet_NaN();  // past n: not flagged
+  const std::vector<int32_t> ids = {5, 4, 3, 2, 1, 0, 3};
+  std::vector<int32_t> want(ids.size(), -1);
+  kernels::FlagNonFinite(x.data(), ld, n, ids.data(), static_cast<int64_t>(ids.size()), want.data());
+  EXPECT_EQ(want, (std::vector<int32_t>{0, 1, 1, 0, 1, 0, 1}));
+  DevVec<float> dx(x);
+  DevVec<int32_t> dids(ids), dflags(std::vector<int32_t>(ids.size(), -1));
+  ASSERT_EQ(FlagNonFinite(dx.get(), ld, n, dids.get(), static_cast<int64_t>(ids.size()), dflags.get(), stream_),
+            cudaSuccess);
+  EXPECT_EQ(dflags.Host(), want);
+}
+
 TEST_F(CudaKernels, RmsNorm) {
   for (int64_t n : {1, 33, 512, 4097})
     for (bool gain : {false, true})

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <functional>
+#include <limits>
 #include <cmath>
 #include <random>
 #include <thread>
@@ -211,6 +212,25 @@ TEST(Fused, GatherRowsAndCombineRowsInOrder) {
 
 // The router against a plain restatement: scores, the top-K of score + bias by sorting (ties to the
 // lower id), weights normalized and scaled; and hash layers taking the table's experts.
+// The watchdog's flags: NaN and both infinities in a checked row (row ids in any order, repeated),
+// nothing for values past the first n; and Scale, a plain product.
+TEST(Fused, FlagNonFiniteAndScale) {
+  const int64_t ld = 40, n = 33;
+  std::vector<float> x(6 * ld, 1.5f);
+  x[1 * ld + 32] = std::nanf("");
+  x[3 * ld + 0] = INFINITY;
+  x[4 * ld + 17] = -INFINITY;
+  x[5 * ld + 35] = std::nanf("");  // past n
+  x[2 * ld + 5] = std::numeric_limits<float>::max();  // large, finite
+  const std::vector<int32_t> rows = {5, 4, 3, 2, 1, 0, 3};
+  std::vector<int32_t> flags(rows.size(), -1);
+  FlagNonFinite(x.data(), ld, n, rows.data(), static_cast<int64_t>(rows.size()), flags.data());
+  EXPECT_EQ(flags, (std::vector<int32_t>{0, 1, 1, 0, 1, 0, 1}));
+  std::vector<float> y = {1.f, -2.f, 3e-3f};
+  Scale(y.data(), 3, 0.25f);
+  EXPECT_EQ(y, (std::vector<float>{0.25f, -0.5f, 0.75e-3f}));
+}
+
 TEST(Moe, RouteMatchesAPlainRestatement) {
   const int64_t m = 4, E = 24, K = 5, vocab = 10;
   const std::vector<float> logits = Random(m * E, 2.f, 31), bias = Random(E, 0.3f, 32);

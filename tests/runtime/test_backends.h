@@ -36,6 +36,7 @@ class ForwardingBackend : public Backend {
   Device device() const override { return in_->device(); }
   std::string Describe() const override { return in_->Describe(); }
   absl::StatusOr<void*> Allocate(int64_t bytes) override { return in_->Allocate(bytes); }
+  void Free(void* p) override { in_->Free(p); }
   void* Workspace(int64_t bytes) override { return in_->Workspace(bytes); }
   void Reset() override { in_->Reset(); }
   WorkspaceMark Mark() const override { return in_->Mark(); }
@@ -83,6 +84,10 @@ class ForwardingBackend : public Backend {
   void QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
     const Op op(this, "QdqFp4", {x});
     in_->QdqFp4(x, m, n, ld, g);
+  }
+  void QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int g) override {
+    const Op op(this, "QdqFp4E4m3", {x});
+    in_->QdqFp4E4m3(x, m, n, ld, g);
   }
   void RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,
                int64_t ldy) override {
@@ -175,6 +180,15 @@ class ForwardingBackend : public Backend {
     const Op op(this, "Iota", {x});
     in_->Iota(x, n, start, step);
   }
+  void Scale(float* x, int64_t n, float f) override {
+    const Op op(this, "Scale", {x});
+    in_->Scale(x, n, f);
+  }
+  void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
+                     int32_t* flags) override {
+    const Op op(this, "FlagNonFinite", {x, rows, flags});
+    in_->FlagNonFinite(x, ldx, n, rows, count, flags);
+  }
   void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* rows, const float* w,
                    int64_t n, int64_t D, bool accumulate, float* out, int64_t ldo) override {
     const Op op(this, "CombineRows", {src, offsets, rows, w, out});
@@ -239,6 +253,8 @@ class GuardedBackend final : public ForwardingBackend {
     persistent_ = at + bytes;
     return static_cast<void*>(base_ + at);
   }
+  // The address space is not reused: a freed allocation stays mapped (and guarded) until the end.
+  void Free(void*) override {}
   void* Workspace(int64_t bytes) override {
     const int64_t at = Align(workspace_);
     if (at + bytes > size_) std::abort();
