@@ -26,6 +26,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   using kernels::Scratch;
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
+  const AttentionParams& ap = attn_params_[layer];
   // Under tensor parallelism the views cover this rank's heads and output groups only.
   const int64_t hd = c.head_dim, H = lw.wq_b.rows() / hd, rd = c.qk_rope_head_dim, nope = hd - rd;
   const int64_t win = c.sliding_window, ratio = c.ratio(layer), D = c.hidden_size, ql = c.q_lora_rank;
@@ -42,22 +43,22 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   // Queries: low-rank projection, (V4) per-head RMS renormalization without gain, RoPE on the last
   // rd dims. Every projection takes the whole batch's rows at once.
   DeviceScratch<float> qr(be, n * ql), q(be, n * H * hd);
-  Project(lw.wq_a, x, n, D, qr.data());
-  be.RmsNorm(qr.data(), lw.q_norm.data(), eps, n, ql, ql, qr.data(), ql);
-  Project(lw.wq_b, qr.data(), n, ql, q.data());
+  Project(ap.wq_a, x, n, D, qr.data());
+  be.RmsNorm(qr.data(), ap.q_norm, eps, n, ql, ql, qr.data(), ql);
+  Project(ap.wq_b, qr.data(), n, ql, q.data());
   if (c.q_head_norm()) be.RmsNorm(q.data(), nullptr, eps, n * H, hd, hd, q.data(), hd);
   be.Rope(q.data() + nope, n * H, hd, half, cos.data(), sin.data(), H, /*inverse=*/false);
 
   // The batch's window keys (= values), rounded as the reference caches them.
   DeviceScratch<float> kv(be, n * hd);
-  Project(lw.wkv, x, n, D, kv.data());
-  be.RmsNorm(kv.data(), lw.kv_norm.data(), eps, n, hd, hd, kv.data(), hd);
+  Project(ap.wkv, x, n, D, kv.data());
+  be.RmsNorm(kv.data(), ap.kv_norm, eps, n, hd, hd, kv.data(), hd);
   be.Rope(kv.data() + nope, n, hd, half, cos.data(), sin.data(), 1, /*inverse=*/false);
   if (opt_.qdq) be.QdqFp8(kv.data(), n, c.window_kv_qdq_len(), hd, static_cast<int>(c.window_kv_qdq_group()));
 
   // Compressed blocks completed by this step, then the indexer's picks (kept in each sequence's
   // StepPicks for the layers that reuse them).
-  if (lw.has_compressor) CompressLayer(layer, x, n, seqs);
+  if (lw.has_compressor) DSV4_RETURN_IF_ERROR(CompressLayer(layer, x, n, seqs));
   if (lw.has_indexer) {
     const int64_t Hi = c.index_n_heads, di = c.index_head_dim;
     DeviceScratch<float> iq(be, n * Hi * di), iw(be, n * Hi);
@@ -108,7 +109,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
     const int32_t* rows = idx.data();
     if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
-    be.SparseAttention(q.data() + s.begin * H * hd, s.n, H, hd, segs, rows, k, lw.attn_sink.data(),
+    be.SparseAttention(q.data() + s.begin * H * hd, s.n, H, hd, segs, rows, k, ap.attn_sink,
                        1.0f / std::sqrt(static_cast<float>(hd)), o.data() + s.begin * H * hd);
     // The step's window keys, by absolute position, into the blocks that keep a window part: for
     // later steps and for sequences that reuse these blocks.
@@ -116,7 +117,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
       const int64_t p = s.start + t;
       const int32_t w = cache.blocks[p / B].window;
       if (w >= 0)
-        be.CopyOnDevice(&wl.window[(w * B + p % B) * hd], kv.data() + (s.begin + t) * hd,
+        be.CopyOnDevice(wl.window.data() + (w * B + p % B) * hd, kv.data() + (s.begin + t) * hd,
                         hd * static_cast<int64_t>(sizeof(float)));
     }
   }
@@ -129,19 +130,20 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   Scratch<WeightMatrix> wg(G);
   Scratch<kernels::LinearJob> jobs(G);
   for (int64_t g = 0; g < G; ++g) {
-    wg[g] = lw.wo_a;
-    wg[g].row_begin = lw.wo_a.row_begin + g * lora, wg[g].row_end = wg[g].row_begin + lora;
+    wg[g] = ap.wo_a;
+    wg[g].row_begin = ap.wo_a.row_begin + g * lora, wg[g].row_end = wg[g].row_begin + lora;
     jobs[g].x = o.data() + g * gw, jobs[g].m = n, jobs[g].ldx = H * hd, jobs[g].w = &wg[g];
     jobs[g].y = z.data() + g * lora, jobs[g].ldy = G * lora;
   }
   be.LinearGroup(jobs.data(), G);
-  return OutputProjection(lw.wo_b, z.data(), n, out);
+  return OutputProjection(lw.wo_b, ap.wo_b, z.data(), n, out);
 }
 
-absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const {
+absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const WeightMatrix& placed, const float* z, int64_t n,
+                                     float* out) const {
   const int64_t cols = wo_b.cols(), D = config().hidden_size, block = config().act_quant_group();
   if (!distributed() || par_->layout.tp == 1) {
-    Project(wo_b, z, n, cols, out);
+    Project(placed, z, n, cols, out);
     return absl::OkStatus();
   }
   // Row-parallel: this rank holds columns [col_begin, col_end) of wo_b and the matching slice of
@@ -158,9 +160,9 @@ absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const float* z, i
       backend_->QdqFp8(row.data(), 1, tp * cols, tp * cols, static_cast<int>(block));
       std::memcpy(&zq[t * cols], &row[par_->layout.tp_rank * cols], cols * sizeof(float));
     }
-    backend_->Linear(zq.data(), n, cols, wo_b, out, D);
+    backend_->Linear(zq.data(), n, cols, placed, out, D);
   } else {
-    Project(wo_b, z, n, cols, out);
+    Project(placed, z, n, cols, out);
   }
   return par_->tp->AllReduceSum(out, n * D);
 }

@@ -23,16 +23,27 @@ int64_t IndexTailWidth(const ModelConfig& c, int64_t l) {
 
 }  // namespace
 
-absl::Status PoolRows::Grow(size_t n) {
+absl::Status PoolRows::Grow(Backend& be, int64_t n) {
   if (n <= size_) return absl::OkStatus();
-  // Not value-initialized: pages stay unbacked until written.
-  std::unique_ptr<float[]> rows(new (std::nothrow) float[n]);
-  if (rows == nullptr)
+  absl::StatusOr<DeviceAllocation> rows = DeviceAllocation::Make(be, n * static_cast<int64_t>(sizeof(float)));
+  if (!rows.ok())
     return absl::ResourceExhaustedError(absl::StrCat("cannot reserve ", (n * sizeof(float)) >> 20,
-                                                     " MiB for the KV pool"));
-  if (size_ > 0) std::memcpy(rows.get(), rows_.get(), size_ * sizeof(float));
-  rows_ = std::move(rows);
+                                                     " MiB for the KV pool: ", rows.status().message()));
+  if (size_ > 0) be.CopyOnDevice(rows->get(), rows_.get(), size_ * static_cast<int64_t>(sizeof(float)));
+  rows_ = *std::move(rows);
   size_ = n;
+  return absl::OkStatus();
+}
+
+absl::Status CompressorState::Reserve(Backend& be) {
+  if (rows.get() != nullptr || floats() == 0) return absl::OkStatus();
+  const int64_t bytes = floats() * static_cast<int64_t>(sizeof(float));
+  absl::StatusOr<DeviceAllocation> a = DeviceAllocation::Make(be, bytes);
+  if (!a.ok())
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate a sequence's compressor state (", bytes >> 10, " KiB): ", a.status().message()));
+  rows = *std::move(a);
+  be.Zero(rows.get(), bytes);
   return absl::OkStatus();
 }
 
@@ -57,7 +68,8 @@ int64_t KvPool::BlockBytes(const ModelConfig& c, int64_t B) {
 
 int64_t KvPool::WindowBlockBytes(const ModelConfig& c, int64_t B) { return c.num_hidden_layers * B * c.head_dim * 4; }
 
-KvPool::KvPool(const ModelConfig& c, int64_t block_tokens) : block_tokens_(block_tokens) {
+KvPool::KvPool(Backend& backend, const ModelConfig& c, int64_t block_tokens)
+    : backend_(&backend), block_tokens_(block_tokens) {
   DSV4_CHECK(block_tokens > 0, "block_tokens must be positive");
   layers_.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -74,8 +86,8 @@ KvPool::KvPool(const ModelConfig& c, int64_t block_tokens) : block_tokens_(block
   if (c.has_engram()) engram_tail_length_ = std::max<int64_t>(c.engram_max_ngram_size - 1, 0);
 }
 
-absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const ModelConfig& c, int64_t block_tokens, int64_t num_blocks,
-                                                       int64_t num_window_blocks) {
+absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(Backend& backend, const ModelConfig& c, int64_t block_tokens,
+                                                       int64_t num_blocks, int64_t num_window_blocks) {
   if (block_tokens < 1 || num_blocks < 0 || num_window_blocks < 0)
     return absl::InvalidArgumentError(absl::StrCat("bad KV pool geometry: ", num_blocks, " blocks and ",
                                                    num_window_blocks, " window blocks of ", block_tokens,
@@ -85,7 +97,7 @@ absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const ModelConfig& c, int
       return absl::InvalidArgumentError(absl::StrCat("KV blocks of ", block_tokens,
                                                      " positions are not a multiple of layer ", l,
                                                      "'s compression ratio ", c.ratio(l)));
-  std::unique_ptr<KvPool> pool(new KvPool(c, block_tokens));
+  std::unique_ptr<KvPool> pool(new KvPool(backend, c, block_tokens));
   if (absl::Status st = pool->Grow(num_blocks, num_window_blocks); !st.ok())
     return absl::ResourceExhaustedError(absl::StrCat(
         "the KV pool of ", num_blocks, " blocks (", BlockBytes(c, block_tokens) >> 10, " KiB each) and ",
@@ -99,12 +111,12 @@ absl::Status KvPool::Grow(int64_t num_blocks, int64_t num_window_blocks) {
   num_window_blocks = std::max(num_window_blocks_, num_window_blocks);
   const int64_t B = block_tokens_;
   for (Layer& pl : layers_) {
-    DSV4_RETURN_IF_ERROR(pl.window.Grow(num_window_blocks * B * pl.head_dim));
+    DSV4_RETURN_IF_ERROR(pl.window.Grow(*backend_, num_window_blocks * B * pl.head_dim));
     if (pl.per_block == 0) continue;
-    if (pl.compresses) DSV4_RETURN_IF_ERROR(pl.compressed.Grow(num_blocks * pl.per_block * pl.head_dim));
-    if (pl.index_dim > 0) DSV4_RETURN_IF_ERROR(pl.index_keys.Grow(num_blocks * pl.per_block * pl.index_dim));
-    DSV4_RETURN_IF_ERROR(pl.compressor_tail.Grow(num_blocks * 2 * pl.ratio * pl.tail_width));
-    DSV4_RETURN_IF_ERROR(pl.index_tail.Grow(num_blocks * 2 * pl.ratio * pl.index_tail_width));
+    if (pl.compresses) DSV4_RETURN_IF_ERROR(pl.compressed.Grow(*backend_, num_blocks * pl.per_block * pl.head_dim));
+    if (pl.index_dim > 0) DSV4_RETURN_IF_ERROR(pl.index_keys.Grow(*backend_, num_blocks * pl.per_block * pl.index_dim));
+    DSV4_RETURN_IF_ERROR(pl.compressor_tail.Grow(*backend_, num_blocks * 2 * pl.ratio * pl.tail_width));
+    DSV4_RETURN_IF_ERROR(pl.index_tail.Grow(*backend_, num_blocks * 2 * pl.ratio * pl.index_tail_width));
   }
   engram_tail_.resize(num_blocks * engram_tail_length_);
   num_blocks_ = num_blocks;
@@ -114,38 +126,43 @@ absl::Status KvPool::Grow(int64_t num_blocks, int64_t num_window_blocks) {
 
 const float* SequenceCache::CompressedRow(int64_t l, int64_t r) const {
   const KvPool::Layer& pl = pool->layer(l);
-  return &pl.compressed[(blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.head_dim];
+  return pl.compressed.data() + (blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.head_dim;
 }
 
 const float* SequenceCache::IndexKeyRow(int64_t l, int64_t r) const {
   const KvPool::Layer& pl = pool->layer(l);
-  return &pl.index_keys[(blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.index_dim];
+  return pl.index_keys.data() + (blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.index_dim;
 }
 
-std::vector<float> SequenceCache::CompressedRows(const ModelConfig& c, int64_t l) const {
-  std::vector<float> rows;
-  if (!c.compresses(l)) return rows;
-  for (int64_t r = 0; r < length / c.ratio(l); ++r)
-    rows.insert(rows.end(), CompressedRow(l, r), CompressedRow(l, r) + c.head_dim);
+namespace {
+
+// Rows of the pool's memory, one by one, copied out to the host.
+template <typename RowAt>
+std::vector<float> CopyRows(Backend& be, int64_t first, int64_t end, int64_t dim, RowAt row_at) {
+  std::vector<float> rows(std::max<int64_t>(end - first, 0) * dim);
+  for (int64_t r = first; r < end; ++r)
+    be.CopyToHost(&rows[(r - first) * dim], row_at(r), dim * static_cast<int64_t>(sizeof(float)));
   return rows;
+}
+
+}  // namespace
+
+std::vector<float> SequenceCache::CompressedRows(const ModelConfig& c, int64_t l) const {
+  if (!c.compresses(l)) return {};
+  return CopyRows(pool->backend(), 0, length / c.ratio(l), c.head_dim, [&](int64_t r) { return CompressedRow(l, r); });
 }
 
 std::vector<float> SequenceCache::IndexKeyRows(const ModelConfig& c, int64_t l) const {
-  std::vector<float> rows;
-  if (!c.owns_index_keys(l)) return rows;
-  for (int64_t r = 0; r < length / c.ratio(l); ++r)
-    rows.insert(rows.end(), IndexKeyRow(l, r), IndexKeyRow(l, r) + c.index_head_dim);
-  return rows;
+  if (!c.owns_index_keys(l)) return {};
+  return CopyRows(pool->backend(), 0, length / c.ratio(l), c.index_head_dim,
+                  [&](int64_t r) { return IndexKeyRow(l, r); });
 }
 
 std::vector<float> SequenceCache::WindowRows(const ModelConfig& c, int64_t l) const {
-  std::vector<float> rows;
   const int64_t B = pool->block_tokens(), hd = c.head_dim;
-  for (int64_t p = std::max<int64_t>(0, length - c.sliding_window); p < length; ++p) {
-    const float* row = &pool->layer(l).window[(blocks[p / B].window * B + p % B) * hd];
-    rows.insert(rows.end(), row, row + hd);
-  }
-  return rows;
+  return CopyRows(pool->backend(), std::max<int64_t>(0, length - c.sliding_window), length, hd, [&](int64_t p) {
+    return pool->layer(l).window.data() + (blocks[p / B].window * B + p % B) * hd;
+  });
 }
 
 int64_t SequenceCache::Bytes(const ModelConfig& config) const {

@@ -33,47 +33,44 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "runtime/backend/backend.h"
 #include "runtime/config.h"
 #include "runtime/engram/history.h"
 
 namespace dsv4 {
 
-// The compressor of one layer between steps: the rows of its partial block and, for the
-// overlapping ratio-4 compressor (V4), the rows of its previous complete block.
+// The compressor of one layer between steps, in the backend's memory: the rows (projected KV and
+// raw gate scores) of the block being filled and, for the overlapping ratio-4 compressor (V4), of
+// the previous complete block: [2 (kv, score), span(), width], each plane [previous block
+// (overlap) | block being filled]. Its memory is taken at the sequence's first step (Reserve).
 struct CompressorState {
-  int64_t width = 0;              // channels of one projected row (coff * head_dim)
+  int64_t width = 0;  // channels of one projected row (coff * head_dim)
   int64_t ratio = 0;
-  std::vector<float> cur_kv;      // [ratio, width]: rows of the block being filled
-  std::vector<float> cur_score;   // [ratio, width]: gate scores (+ ape) of those rows
-  std::vector<float> prev_kv;     // [ratio, width]: previous complete block (overlap only)
-  std::vector<float> prev_score;
-  bool has_prev = false;
+  bool overlap = false;
+  bool has_prev = false;  // the previous block's rows are there
+  DeviceAllocation rows;
 
-  void Init(int64_t r, int64_t w, bool overlap) {
-    ratio = r, width = w;
-    cur_kv.assign(r * w, 0.f), cur_score.assign(r * w, 0.f);
-    if (overlap) prev_kv.assign(r * w, 0.f), prev_score.assign(r * w, 0.f);
-    has_prev = false;
-  }
-  int64_t floats() const {
-    return static_cast<int64_t>(cur_kv.size() + cur_score.size() + prev_kv.size() + prev_score.size());
-  }
+  void Init(int64_t r, int64_t w, bool o) { ratio = r, width = w, overlap = o, has_prev = false; }
+  int64_t span() const { return (overlap ? 2 : 1) * ratio; }
+  int64_t floats() const { return 2 * span() * width; }
+  float* kv() const { return rows.floats(); }
+  float* score() const { return rows.floats() + span() * width; }
+  // Takes (and zeroes) the memory once; RESOURCE_EXHAUSTED when the device has none.
+  absl::Status Reserve(Backend& be);
 };
 
-// Rows of floats that are not initialized (see above). Grow keeps the rows already there.
+// Rows of floats in a backend's memory, not initialized (see above). Grow keeps the rows already
+// there.
 class PoolRows {
  public:
-  float* data() { return rows_.get(); }
-  const float* data() const { return rows_.get(); }
-  size_t size() const { return size_; }
-  float& operator[](size_t i) { return rows_[i]; }
-  const float& operator[](size_t i) const { return rows_[i]; }
+  float* data() const { return rows_.floats(); }
+  int64_t size() const { return size_; }
   // RESOURCE_EXHAUSTED when the memory cannot be had (nothing changes then).
-  absl::Status Grow(size_t n);
+  absl::Status Grow(Backend& be, int64_t n);
 
  private:
-  std::unique_ptr<float[]> rows_;
-  size_t size_ = 0;
+  DeviceAllocation rows_;
+  int64_t size_ = 0;
 };
 
 // The pooled storage of one rank: compressed blocks and window blocks of every layer. Ids index
@@ -87,10 +84,14 @@ class KvPool {
   static int64_t BlockBytes(const ModelConfig& config, int64_t block_tokens);
   static int64_t WindowBlockBytes(const ModelConfig& config, int64_t block_tokens);
 
-  // `block_tokens` must be a positive multiple of every compression ratio of `config`.
-  // RESOURCE_EXHAUSTED (naming the bytes) when the memory cannot be reserved.
-  static absl::StatusOr<std::unique_ptr<KvPool>> Create(const ModelConfig& config, int64_t block_tokens,
-                                                        int64_t num_blocks, int64_t num_window_blocks);
+  // A pool in the memory of `backend` (which outlives it). `block_tokens` must be a positive
+  // multiple of every compression ratio of `config`. RESOURCE_EXHAUSTED (naming the bytes) when the
+  // memory cannot be reserved.
+  static absl::StatusOr<std::unique_ptr<KvPool>> Create(Backend& backend, const ModelConfig& config,
+                                                        int64_t block_tokens, int64_t num_blocks,
+                                                        int64_t num_window_blocks);
+
+  Backend& backend() const { return *backend_; }
 
   int64_t block_tokens() const { return block_tokens_; }
   int64_t num_blocks() const { return num_blocks_; }
@@ -118,8 +119,9 @@ class KvPool {
   int64_t engram_tail_length() const { return engram_tail_length_; }
 
  private:
-  KvPool(const ModelConfig& config, int64_t block_tokens);
+  KvPool(Backend& backend, const ModelConfig& config, int64_t block_tokens);
 
+  Backend* backend_;
   int64_t block_tokens_, num_blocks_ = 0, num_window_blocks_ = 0;
   int64_t engram_tail_length_ = 0;
   std::vector<Layer> layers_;
@@ -151,12 +153,13 @@ struct SequenceCache {
   // while everything stayed finite. Once set the sequence's state is poisoned for good.
   int64_t nonfinite_layer = -1;
 
-  // Row r of layer l's compressed KV / index keys (the r-th compressed position), in the pool.
+  // Row r of layer l's compressed KV / index keys (the r-th compressed position), in the pool
+  // (the backend's memory).
   const float* CompressedRow(int64_t l, int64_t r) const;
   const float* IndexKeyRow(int64_t l, int64_t r) const;
-  // The same rows, copied out in order of position (tests and checks): the compressed rows of
-  // layer l completed so far, its index keys, and the window keys of its last min(length, window)
-  // positions (oldest first).
+  // The same rows, copied out to the host in order of position (tests and checks): the compressed
+  // rows of layer l completed so far, its index keys, and the window keys of its last
+  // min(length, window) positions (oldest first).
   std::vector<float> CompressedRows(const ModelConfig& config, int64_t l) const;
   std::vector<float> IndexKeyRows(const ModelConfig& config, int64_t l) const;
   std::vector<float> WindowRows(const ModelConfig& config, int64_t l) const;

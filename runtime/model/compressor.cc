@@ -11,142 +11,134 @@
 //
 // Pooling is in float32 per sequence, with the rows of an incomplete block kept in the cache's
 // CompressorState between steps, so any chunking of a sequence gives the same rows. The rows go
-// into the pool (runtime/model/cache.h) through the sequence's block table.
+// into the pool (runtime/model/cache.h) through the sequence's block table. All of it runs as the
+// backend's operations on its memory: the host decides only which rows go where.
+#include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <vector>
 
-#include "kernels/cpu/kernels.h"
+#include "base/status.h"
 #include "kernels/cpu/scratch.h"
 #include "runtime/model/model.h"
 
 namespace dsv4 {
 
-int64_t Model::PoolBlocks(const CompressorWeights& cw, const float* kv, const float* score, int64_t n, int64_t start,
-                          CompressorState& st, float* latents, int64_t* positions, const CompressorTail* tail) const {
-  const int64_t ratio = cw.ratio, hd = cw.head_dim;
-  const float eps = static_cast<float>(config().rms_norm_eps);
-  int64_t blocks = 0;
-  if (ratio == 1) {  // every token is a block of its own: nothing to pool
-    backend_->RmsNorm(kv, cw.norm.data(), eps, n, hd, hd, latents, hd);
-    for (int64_t t = 0; t < n; ++t) positions[t] = start + t;
-    return n;
+absl::Status Model::PoolBlocks(const CompressorWeights& cw, const CompressorParams& cp, const float* kv,
+                               const float* score, int64_t n, int64_t start, CompressorState& st, float* latents,
+                               const CompressorTail* tail) const {
+  Backend& be = *backend_;
+  DSV4_RETURN_IF_ERROR(st.Reserve(be));
+  const int64_t ratio = cw.ratio, hd = cw.head_dim, width = st.width;
+  const int64_t row_bytes = width * static_cast<int64_t>(sizeof(float));
+  // The state's planes hold [previous block (lead rows) | the r0 rows of the block being filled].
+  const int64_t lead = cw.overlap ? ratio : 0, r0 = start % ratio, blocks = (r0 + n) / ratio;
+  if (blocks == 0) {  // the step's rows join the block being filled
+    be.CopyOnDevice(st.kv() + (lead + r0) * width, kv, n * row_bytes);
+    be.CopyOnDevice(st.score() + (lead + r0) * width, score, n * row_bytes);
+    return absl::OkStatus();
   }
-  const int64_t width = st.width;
-  kernels::Scratch<const float*> values(2 * ratio, kernels::NoInit{}), scores(2 * ratio, kernels::NoInit{});
-  for (int64_t t = 0; t < n; ++t) {
-    const int64_t pos = start + t, i = pos % ratio;
-    std::memcpy(&st.cur_kv[i * width], &kv[t * width], width * sizeof(float));
-    if (cw.ape.empty()) {
-      std::memcpy(&st.cur_score[i * width], &score[t * width], width * sizeof(float));
-    } else {
-      for (int64_t ch = 0; ch < width; ++ch)
-        st.cur_score[i * width + ch] = score[t * width + ch] + cw.ape[i * width + ch];
-    }
-    if (i != ratio - 1) continue;
-
-    // Block j = pos / ratio is complete: softmax-weighted pooling over its rows, per channel. With
-    // overlap, channels [0, hd) come from the previous block's rows and [hd, 2hd) from this one's,
-    // all 2*ratio candidates in one softmax (this block's rows first).
-    int64_t nrows = 0;
-    for (int64_t r = 0; r < ratio; ++r, ++nrows) {
-      values[nrows] = &st.cur_kv[r * width + (cw.overlap ? hd : 0)];
-      scores[nrows] = &st.cur_score[r * width + (cw.overlap ? hd : 0)];
-    }
-    if (cw.overlap && st.has_prev) {
-      for (int64_t r = 0; r < ratio; ++r, ++nrows) {
-        values[nrows] = &st.prev_kv[r * width];
-        scores[nrows] = &st.prev_score[r * width];
-      }
-    }
-    float* block = latents + blocks * hd;
-    kernels::SoftmaxPool(values.data(), scores.data(), nrows, hd, block);
-    backend_->RmsNorm(block, cw.norm.data(), eps, 1, hd, hd, block, hd);
-    positions[blocks++] = pos + 1 - ratio;  // a block sits at its first token's position
-    if (cw.overlap) {
-      std::swap(st.prev_kv, st.cur_kv);
-      std::swap(st.prev_score, st.cur_score);
-      st.has_prev = true;
-      // At a KV block's end, the rows a sequence resuming there needs stay with the block.
-      if (tail != nullptr && (pos + 1) % tail->block_tokens == 0) {
-        float* t = &(*tail->rows)[(*tail->blocks)[pos / tail->block_tokens].block * 2 * ratio * width];
-        std::memcpy(t, st.prev_kv.data(), ratio * width * sizeof(float));
-        std::memcpy(t + ratio * width, st.prev_score.data(), ratio * width * sizeof(float));
-      }
-    }
+  // The rows in order, [previous block | the waiting rows | the step's], then every completed
+  // block pooled at once: block b's rows start at lead + b * ratio, its predecessor's ratio before.
+  const int64_t rows = lead + r0 + n;
+  DeviceScratch<float> all_kv(be, rows * width), all_score(be, rows * width);
+  if (lead + r0 > 0) {
+    be.CopyOnDevice(all_kv.data(), st.kv(), (lead + r0) * row_bytes);
+    be.CopyOnDevice(all_score.data(), st.score(), (lead + r0) * row_bytes);
   }
-  return blocks;
+  be.CopyOnDevice(all_kv.data() + (lead + r0) * width, kv, n * row_bytes);
+  be.CopyOnDevice(all_score.data() + (lead + r0) * width, score, n * row_bytes);
+  be.CompressPool(all_kv.data(), all_score.data(), width, cp.ape, ratio, hd, cw.overlap, lead, st.has_prev, blocks,
+                  latents, hd);
+  be.RmsNorm(latents, cp.norm, static_cast<float>(config().rms_norm_eps), blocks, hd, hd, latents, hd);
+  // A block completed at a KV block's end stays with that KV block (it is the previous block of
+  // a sequence resuming there): [2 (kv, score), ratio, width].
+  for (int64_t b = 0; tail != nullptr && b < blocks; ++b) {
+    const int64_t end = start - r0 + (b + 1) * ratio;  // one past the block's last position
+    if (end % tail->block_tokens != 0) continue;
+    float* t = tail->rows->data() + (*tail->blocks)[end / tail->block_tokens - 1].block * 2 * ratio * width;
+    be.CopyOnDevice(t, all_kv.data() + (lead + b * ratio) * width, ratio * row_bytes);
+    be.CopyOnDevice(t + ratio * width, all_score.data() + (lead + b * ratio) * width, ratio * row_bytes);
+  }
+  // What waits for the next step: the last completed block (overlap) and the rows after it.
+  const int64_t keep_from = lead + (blocks - (cw.overlap ? 1 : 0)) * ratio;
+  be.CopyOnDevice(st.kv(), all_kv.data() + keep_from * width, (rows - keep_from) * row_bytes);
+  be.CopyOnDevice(st.score(), all_score.data() + keep_from * width, (rows - keep_from) * row_bytes);
+  st.has_prev = st.has_prev || cw.overlap;
+  return absl::OkStatus();
 }
 
-void Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const {
-  using kernels::NoInit;
-  using kernels::Scratch;
+absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
-  const Rope& rope = RopeFor(layer);
-  const int64_t D = c.hidden_size, rd = c.qk_rope_head_dim;
+  const AttentionParams& ap = attn_params_[layer];
+  Backend& be = *backend_;
+  const int64_t D = c.hidden_size, rd = c.qk_rope_head_dim, half = rd / 2;
+  const float eps = static_cast<float>(c.rms_norm_eps);
   // The compressor of the KV, then (V4 ratio 4) the indexer's own: projections over the batch,
   // pooling per sequence.
   const bool own_index_compressor = lw.has_indexer && !c.index_keys_from_latent();
-  const CompressorWeights* comps[2] = {&lw.compressor, own_index_compressor ? &lw.index_compressor : nullptr};
-  for (int k = 0; k < 2 && comps[k] != nullptr; ++k) {
-    const CompressorWeights& cw = *comps[k];
+  for (int k = 0; k < (own_index_compressor ? 2 : 1); ++k) {
     const bool index_keys = k == 1;
-    const int64_t width = cw.width(), hd = cw.head_dim;
-    Scratch<float> ckv(n * width, NoInit{}), cscore(cw.ratio > 1 ? n * width : 0, NoInit{});
-    Project(cw.wkv, x, n, D, ckv.data());
-    if (cw.ratio > 1) Project(cw.wgate, x, n, D, cscore.data());
+    const CompressorWeights& cw = index_keys ? lw.index_compressor : lw.compressor;
+    const CompressorParams& cp = index_keys ? ap.index_compressor : ap.compressor;
+    const int64_t width = cw.width(), hd = cw.head_dim, ratio = cw.ratio;
+    DeviceScratch<float> ckv(be, n * width), cscore(be, ratio > 1 ? n * width : 0);
+    Project(cp.wkv, x, n, D, ckv.data());
+    if (ratio > 1) Project(cp.wgate, x, n, D, cscore.data());
     for (const SeqSlice& s : seqs) {
       SequenceCache& cache = *s.cache;
-      LayerCache& lc = cache.layers[layer];
       KvPool::Layer& pl = cache.pool->layer(layer);
-      const int64_t room = s.n / cw.ratio + 1;
-      Scratch<float> latents(room * hd, NoInit{});
-      Scratch<int64_t> positions(room, NoInit{});
-      // Resumable block ends are kept in shared pools only (a private pool's blocks are its own).
-      const CompressorTail tail{index_keys ? &pl.index_tail : &pl.compressor_tail, &cache.blocks,
-                                cache.pool->block_tokens()};
-      const bool keep_tail = cw.overlap && cache.own_pool == nullptr;
-      const int64_t blocks =
-          PoolBlocks(cw, &ckv[s.begin * width], cw.ratio > 1 ? &cscore[s.begin * width] : nullptr, s.n, s.start,
-                     index_keys ? lc.index_compressor : lc.compressor, latents.data(), positions.data(),
-                     keep_tail ? &tail : nullptr);
+      // The step completes compressed rows j0 .. j0 + blocks - 1, row j at position j * ratio.
+      const int64_t j0 = s.start / ratio, blocks = (s.start % ratio + s.n) / ratio;
+      DeviceScratch<float> latents(be, blocks * hd);
+      if (ratio == 1) {  // every token is a block of its own: nothing to pool
+        be.RmsNorm(ckv.data() + s.begin * width, cp.norm, eps, s.n, hd, width, latents.data(), hd);
+      } else {
+        // Resumable block ends are kept in shared pools only (a private pool's blocks are its own).
+        const CompressorTail tail{index_keys ? &pl.index_tail : &pl.compressor_tail, &cache.blocks,
+                                  cache.pool->block_tokens()};
+        const bool keep_tail = cw.overlap && cache.own_pool == nullptr;
+        LayerCache& lc = cache.layers[layer];
+        DSV4_RETURN_IF_ERROR(PoolBlocks(cw, cp, ckv.data() + s.begin * width, cscore.data() + s.begin * width, s.n,
+                                        s.start, index_keys ? lc.index_compressor : lc.compressor, latents.data(),
+                                        keep_tail ? &tail : nullptr));
+      }
       if (blocks == 0) continue;
-      // Compressed row j (position j * ratio) lives in KV block j / per_block of the table.
-      auto pool_row = [&](PoolRows& rows, int64_t b, int64_t dim) {
-        const int64_t j = positions[b] / cw.ratio;
-        return &rows[(cache.blocks[j / pl.per_block].block * pl.per_block + j % pl.per_block) * dim];
+      kernels::Scratch<int64_t> positions(blocks, kernels::NoInit{});
+      for (int64_t b = 0; b < blocks; ++b) positions[b] = (j0 + b) * ratio;
+      DeviceScratch<float> cos(be, blocks * half), sin(be, blocks * half);
+      RopeTables(layer, positions.data(), blocks, cos.data(), sin.data());
+      // Rows j0.. into the pool through the block table: a run of consecutive rows per KV block.
+      auto store = [&](PoolRows& rows, const float* src, int64_t dim) {
+        for (int64_t j = j0; j < j0 + blocks;) {
+          const int64_t run = std::min(j0 + blocks, (j / pl.per_block + 1) * pl.per_block) - j;
+          be.CopyOnDevice(rows.data() + (cache.blocks[j / pl.per_block].block * pl.per_block + j % pl.per_block) * dim,
+                          src + (j - j0) * dim, run * dim * static_cast<int64_t>(sizeof(float)));
+          j += run;
+        }
       };
       if (c.index_keys_from_latent() && c.owns_index_keys(layer)) {
         // Index keys from the latents, before they are rotated and rounded for the cache.
         const int64_t di = c.index_head_dim;
-        Scratch<float> keys(blocks * di, NoInit{});
-        Project(lw.index_wk, latents.data(), blocks, hd, keys.data());
-        backend_->RmsNorm(keys.data(), lw.index_k_norm.data(), static_cast<float>(c.rms_norm_eps), blocks, di, di,
-                          keys.data(), di);
-        for (int64_t b = 0; b < blocks; ++b) {
-          rope.Apply(&keys[b * di + di - rd], positions[b]);
-          if (opt_.qdq) backend_->QdqFp4(&keys[b * di], 1, di, di, 32);
-        }
-        for (int64_t b = 0; b < blocks; ++b)
-          std::memcpy(pool_row(pl.index_keys, b, di), &keys[b * di], di * sizeof(float));
+        DeviceScratch<float> keys(be, blocks * di);
+        Project(ap.index_wk, latents.data(), blocks, hd, keys.data());
+        be.RmsNorm(keys.data(), ap.index_k_norm, eps, blocks, di, di, keys.data(), di);
+        be.Rope(keys.data() + di - rd, blocks, di, half, cos.data(), sin.data(), 1, /*inverse=*/false);
+        if (opt_.qdq) be.QdqFp4(keys.data(), blocks, di, di, 32);
+        store(pl.index_keys, keys.data(), di);
       }
-      for (int64_t b = 0; b < blocks; ++b) {
-        float* row = &latents[b * hd];
-        rope.Apply(row + hd - rd, positions[b]);
-        if (index_keys) {
-          backend_->Hadamard(row, 1, hd, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
-          if (opt_.qdq) backend_->QdqFp4(row, 1, hd, hd, 32);
-        } else if (opt_.qdq && c.compressed_kv_fp4()) {
-          kernels::QdqFp4E4m3(row, 1, hd, hd, 16);
-        } else if (opt_.qdq) {
-          backend_->QdqFp8(row, 1, hd - rd, hd, 64);
-        }
+      be.Rope(latents.data() + hd - rd, blocks, hd, half, cos.data(), sin.data(), 1, /*inverse=*/false);
+      if (index_keys) {
+        be.Hadamard(latents.data(), blocks, hd, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
+        if (opt_.qdq) be.QdqFp4(latents.data(), blocks, hd, hd, 32);
+      } else if (opt_.qdq && c.compressed_kv_fp4()) {
+        be.QdqFp4E4m3(latents.data(), blocks, hd, hd, 16);
+      } else if (opt_.qdq) {
+        be.QdqFp8(latents.data(), blocks, hd - rd, hd, 64);
       }
-      for (int64_t b = 0; b < blocks; ++b)
-        std::memcpy(pool_row(index_keys ? pl.index_keys : pl.compressed, b, hd), &latents[b * hd], hd * sizeof(float));
+      store(index_keys ? pl.index_keys : pl.compressed, latents.data(), hd);
     }
   }
+  return absl::OkStatus();
 }
 
 }  // namespace dsv4

@@ -171,8 +171,16 @@ absl::Status Model::ApplyEngram(int64_t layer, EngramStep& step, float* x) const
   EngramDequantRows(step.codes[e].data(), step.scales[e].data(), count, c.engram_head_dim, emb.data());
   EngramGateOptions options;
   options.act_qdq = opt_.qdq;
+  // The gate runs on the host: where host memory is not the device's, the streams come over and go
+  // back (until the gate is an operation of the backend).
+  Backend& be = *backend_;
+  const int64_t bytes = step.n * c.hc_mult * c.hidden_size * static_cast<int64_t>(sizeof(float));
+  std::vector<float> host(be.HostIsDevice() ? 0 : bytes / sizeof(float));
+  float* streams = be.HostIsDevice() ? x : host.data();
+  if (!be.HostIsDevice()) be.CopyToHost(streams, x, bytes);
   EngramGate(w_->layers[layer].engram, emb.data(), step.n, c.hc_mult, c.hidden_size,
-             static_cast<float>(c.rms_norm_eps), /*mask=*/nullptr, options, x);
+             static_cast<float>(c.rms_norm_eps), /*mask=*/nullptr, options, streams);
+  if (!be.HostIsDevice()) be.CopyToDevice(x, streams, bytes);
   return absl::OkStatus();
 }
 

@@ -8,13 +8,15 @@
 // V4.1 adds a first level at the candidate source (candidates.h): there each query also keeps its
 // best blocks of positions, and the later index sources pick inside them. The picks of an index
 // source serve the layers after it that run no indexer (StepPicks).
+//
+// Queries, keys, scores and the top-k run on the backend; the picks come back to the host, which
+// builds each query's attention rows from them. Level 1 and its masking still run on the host,
+// over a copy of the scores (V4.1 only).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "base/status.h"
-#include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
 #include "runtime/model/candidates.h"
 #include "runtime/model/model.h"
@@ -24,64 +26,76 @@ namespace dsv4 {
 void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const float* cos,
                            const float* sin, float* q, float* w) const {
   const ModelConfig& c = config();
-  const LayerWeights& lw = w_->layers[layer];
+  const AttentionParams& ap = attn_params_[layer];
   const int64_t Hi = c.index_n_heads, di = c.index_head_dim, rd = c.qk_rope_head_dim;
   Backend& be = *backend_;
-  Project(lw.index_wq_b, qr, n, c.q_lora_rank, q);
+  Project(ap.index_wq_b, qr, n, c.q_lora_rank, q);
   // Every head of every row: each operation works row by row.
   be.Rope(q + di - rd, n * Hi, di, rd / 2, cos, sin, Hi, /*inverse=*/false);
   if (c.index_hadamard()) be.Hadamard(q, n * Hi, di, di, 1.0f / std::sqrt(static_cast<float>(di)));
   if (opt_.qdq) be.QdqFp4(q, n * Hi, di, di, 32);
-  Project(lw.index_weights_proj, x, n, c.hidden_size, w);
-  const float wscale =
-      static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)) / std::sqrt(static_cast<double>(Hi)));
-  for (int64_t i = 0; i < n * Hi; ++i) w[i] *= wscale;
+  Project(ap.index_weights_proj, x, n, c.hidden_size, w);
+  be.Scale(w, n * Hi,
+           static_cast<float>(1.0 / std::sqrt(static_cast<double>(di)) / std::sqrt(static_cast<double>(Hi))));
 }
 
 void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const SeqSlice& seq) const {
   const ModelConfig& c = config();
+  Backend& be = *backend_;
   const int64_t Hi = c.index_n_heads, di = c.index_head_dim, ratio = c.ratio(layer), n = seq.n;
   // The index keys completed by the end of this step (their owner ran before this layer), read in
-  // place when the sequence's blocks are consecutive in the pool, else gathered.
+  // place when the sequence's blocks are consecutive in the pool, else gathered a KV block at a time.
   const SequenceCache& cache = *seq.cache;
   const int64_t owner = c.index_key_source(layer);
   const KvPool::Layer& pl = cache.pool->layer(owner);
-  const int64_t nkeys = (seq.start + n) / ratio;
-  const int64_t used = (nkeys + pl.per_block - 1) / pl.per_block;
+  const int64_t nkeys = (seq.start + n) / ratio, per = pl.per_block;
+  const int64_t used = (nkeys + per - 1) / per;
   bool consecutive = true;
   for (int64_t b = 1; b < used && consecutive; ++b) consecutive = cache.blocks[b].block == cache.blocks[0].block + b;
-  kernels::Scratch<float> gathered(consecutive ? 0 : nkeys * di, kernels::NoInit{});
+  DeviceScratch<float> gathered(be, consecutive ? 0 : nkeys * di);
   const float* keys = nkeys == 0 ? nullptr : cache.IndexKeyRow(owner, 0);
   if (!consecutive) {
-    for (int64_t j = 0; j < nkeys; ++j) std::memcpy(&gathered[j * di], cache.IndexKeyRow(owner, j), di * sizeof(float));
+    for (int64_t j = 0; j < nkeys; j += per)
+      be.CopyOnDevice(gathered.data() + j * di, cache.IndexKeyRow(owner, j),
+                      std::min(per, nkeys - j) * di * static_cast<int64_t>(sizeof(float)));
     keys = gathered.data();
   }
   // A query at position p sees the blocks completed by then.
-  kernels::Scratch<int64_t> nvis(n);
+  // Host temporaries come from the thread's scratch arena: a warm decode step allocates nothing.
+  kernels::Scratch<int64_t> nvis(n, kernels::NoInit{});
   for (int64_t t = 0; t < n; ++t) nvis[t] = std::min(nkeys, (seq.start + t + 1) / ratio);
-  kernels::Scratch<float> scores(n * nkeys, kernels::NoInit{});
-  backend_->IndexerScores(q, w, n, Hi, di, keys, nkeys, nvis.data(), scores.data());
+  DeviceScratch<int64_t> dnvis(be, n);
+  be.CopyToDevice(dnvis.data(), nvis.data(), dnvis.bytes());
+  DeviceScratch<float> scores(be, n * nkeys);
+  be.IndexerScores(q, w, n, Hi, di, keys, nkeys, dnvis.data(), scores.data());
 
   StepPicks& out = *seq.picks;
-  if (c.is_candidate_source(layer)) {  // level 1: this layer's own picks stay unrestricted
+  const bool level1 = c.is_candidate_source(layer), level2 = !level1 && c.uses_candidates(layer);
+  kernels::Scratch<float> host_scores(level1 || level2 ? n * nkeys : 0, kernels::NoInit{});
+  if (host_scores.size() > 0) be.CopyToHost(host_scores.data(), scores.data(), scores.bytes());
+  if (level1) {  // this layer's own picks stay unrestricted
     out.num_blocks = CandidateBlockCount(nkeys, c.candidate_block_size);
     DSV4_CHECK(n * out.num_blocks <= out.candidates_capacity, "candidate buffer too small");
-    SelectCandidateBlocks(scores.data(), n, nkeys, nvis.data(), c.candidate_topk_blocks, c.candidate_block_size,
+    SelectCandidateBlocks(host_scores.data(), n, nkeys, nvis.data(), c.candidate_topk_blocks, c.candidate_block_size,
                           out.candidates);
-  } else if (c.uses_candidates(layer)) {  // level 2: pick inside the candidate source's blocks
+  } else if (level2) {  // pick inside the candidate source's blocks
     DSV4_CHECK(out.num_blocks == CandidateBlockCount(nkeys, c.candidate_block_size), "layer ", layer,
                ": no level-1 candidates for its ", nkeys, " positions");
-    MaskToCandidates(scores.data(), n, nkeys, out.candidates, c.candidate_block_size);
+    MaskToCandidates(host_scores.data(), n, nkeys, out.candidates, c.candidate_block_size);
+    be.CopyToDevice(scores.data(), host_scores.data(), scores.bytes());
   }
   const int64_t k = std::min(c.index_topk, nkeys);
   out.k = k;
-  backend_->TopK(scores.data(), n, nkeys, nkeys, nvis.data(), k, out.picks, k);
+  DeviceScratch<int32_t> picks(be, n * k);
+  be.TopK(scores.data(), n, nkeys, nkeys, dnvis.data(), k, picks.data(), k);
+  be.CopyToHost(out.picks, picks.data(), picks.bytes());
+  if (!level2) return;
   for (int64_t t = 0; t < n; ++t) {
-    const float* row = &scores[t * nkeys];
-    int32_t* picks = &out.picks[t * k];
-    // A masked position (level 2) is never attended, even when fewer candidates than k remain.
+    const float* row = &host_scores[t * nkeys];
+    int32_t* p = &out.picks[t * k];
+    // A masked position is never attended, even when fewer candidates than k remain.
     for (int64_t i = 0; i < std::min(k, nvis[t]); ++i)
-      if (row[picks[i]] == -std::numeric_limits<float>::infinity()) picks[i] = -1;
+      if (row[p[i]] == -std::numeric_limits<float>::infinity()) p[i] = -1;
   }
 }
 

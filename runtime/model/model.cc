@@ -106,6 +106,31 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
                         place_hc(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base), place(lw.attn_norm),
                         place(lw.ffn_norm)};
   }
+  auto place_weight = [&](const WeightMatrix& w) { return w.data == nullptr ? w : placed(be.PlaceWeight(w)); };
+  auto place_compressor = [&](const CompressorWeights& cw) {
+    CompressorParams p{place_weight(cw.wkv), place_weight(cw.wgate), place(cw.ape), place(cw.norm)};
+    if (p.ape == nullptr && cw.ratio > 1) {  // pooling adds a bias: a zero one adds nothing
+      const int64_t bytes = cw.ratio * cw.width() * static_cast<int64_t>(sizeof(float));
+      p.ape = static_cast<const float*>(placed(be.Allocate(bytes)));
+      be.Zero(const_cast<float*>(p.ape), bytes);
+    }
+    return p;
+  };
+  attn_params_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& lw = w_->layers[l];
+    AttentionParams& ap = attn_params_[l];
+    ap.wq_a = place_weight(lw.wq_a), ap.wq_b = place_weight(lw.wq_b), ap.wkv = place_weight(lw.wkv);
+    ap.wo_a = place_weight(lw.wo_a), ap.wo_b = place_weight(lw.wo_b);
+    ap.q_norm = place(lw.q_norm), ap.kv_norm = place(lw.kv_norm), ap.attn_sink = place(lw.attn_sink);
+    if (lw.has_compressor) ap.compressor = place_compressor(lw.compressor);
+    if (lw.has_indexer) {
+      if (lw.index_compressor.ratio > 0) ap.index_compressor = place_compressor(lw.index_compressor);
+      ap.index_wq_b = place_weight(lw.index_wq_b);
+      ap.index_weights_proj = place_weight(lw.index_weights_proj);
+    }
+    ap.index_wk = place_weight(lw.index_wk), ap.index_k_norm = place(lw.index_k_norm);
+  }
   hc_head_ = place_hc(w_->hc_head_fn, w_->hc_head_scale, w_->hc_head_base);
   norm_ = place(w_->norm);
   embed_ = placed(be.PlaceWeight(w_->embed));
@@ -234,7 +259,7 @@ SequenceCache Model::NewCache(int64_t reserve_tokens) const {
   const int64_t B = block_tokens_;
   const int64_t reserve = std::max<int64_t>(1, (reserve_tokens + B - 1) / B);
   const int64_t windows = (c.sliding_window + B - 1) / B + 1;  // a window's blocks, and the next one
-  absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(c, B, reserve, windows);
+  absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(*backend_, c, B, reserve, windows);
   DSV4_CHECK(pool.ok(), pool.status().message());
   SequenceCache cache = NewCache(pool->get());
   cache.own_pool = *std::move(pool);
@@ -308,14 +333,19 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const KvPool::Layer& pl = cache.pool->layer(l);
     // Non-overlapping compressors hold nothing at a block end (B is a multiple of their ratio).
-    auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) {
-      const float* t = &tail[last * 2 * pl.ratio * width];
-      std::copy(t, t + pl.ratio * width, st.prev_kv.begin());
-      std::copy(t + pl.ratio * width, t + 2 * pl.ratio * width, st.prev_score.begin());
+    // The tail [2 (kv, score), ratio, width] becomes the state's previous block.
+    auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) -> absl::Status {
+      DSV4_RETURN_IF_ERROR(st.Reserve(*backend_));
+      const float* t = tail.data() + last * 2 * pl.ratio * width;
+      const int64_t bytes = pl.ratio * width * static_cast<int64_t>(sizeof(float));
+      backend_->CopyOnDevice(st.kv(), t, bytes);
+      backend_->CopyOnDevice(st.score(), t + pl.ratio * width, bytes);
       st.has_prev = true;
+      return absl::OkStatus();
     };
-    if (pl.tail_width > 0) load(cache.layers[l].compressor, pl.compressor_tail, pl.tail_width);
-    if (pl.index_tail_width > 0) load(cache.layers[l].index_compressor, pl.index_tail, pl.index_tail_width);
+    if (pl.tail_width > 0) DSV4_RETURN_IF_ERROR(load(cache.layers[l].compressor, pl.compressor_tail, pl.tail_width));
+    if (pl.index_tail_width > 0)
+      DSV4_RETURN_IF_ERROR(load(cache.layers[l].index_compressor, pl.index_tail, pl.index_tail_width));
   }
   if (cache.pool->engram_tail_length() > 0) {
     const int64_t* t = cache.pool->engram_tail(last);
@@ -344,11 +374,11 @@ void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ld
   if (opt_.qdq && IsQuantized(w)) {
     // The reference rounds the input of every FP8/FP4 linear to FP8 in groups of act_quant_group.
     const int64_t cols = w.cols(), row_bytes = cols * static_cast<int64_t>(sizeof(float));
-    kernels::Scratch<float> xq(n * cols, kernels::NoInit{});
+    DeviceScratch<float> xq(be, n * cols);
     if (ldx == cols) {
       be.CopyOnDevice(xq.data(), x, n * row_bytes);
     } else {
-      for (int64_t t = 0; t < n; ++t) be.CopyOnDevice(&xq[t * cols], x + t * ldx, row_bytes);
+      for (int64_t t = 0; t < n; ++t) be.CopyOnDevice(xq.data() + t * cols, x + t * ldx, row_bytes);
     }
     be.QdqFp8(xq.data(), n, cols, cols, static_cast<int>(config().act_quant_group()));
     be.Linear(xq.data(), n, cols, w, y, w.rows());
@@ -495,8 +525,9 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   // Alone, an empty step has nothing to do; in a job its collectives still have to be joined.
   if (n == 0 && !distributed()) return absl::OkStatus();
   for (const SequenceChunk& s : seqs) DSV4_RETURN_IF_ERROR(PrepareBlocks(*s.cache, s.n));
-  const WorkspaceScope step(*backend_);  // the step's device buffers, the operations' own included
-  kernels::Scratch<float> x(n * hc * D, kernels::NoInit{});
+  Backend& be = *backend_;
+  const WorkspaceScope step(be);  // the step's device buffers, the operations' own included
+  DeviceScratch<float> x(be, n * hc * D);  // the residual streams
   Embed(tokens, x.data());
   // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
   // history is the sequence's own).
@@ -516,8 +547,12 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     }
   }
   // V4.1: the first block collapses its attention input with the one-hot mix [1, 0, ..., 0].
-  kernels::Scratch<float> pre_mix(c.hc_lagged() ? n * hc : 0);
-  for (int64_t t = 0; t < pre_mix.size() / hc; ++t) pre_mix[t * hc] = 1.f;
+  DeviceScratch<float> pre_mix(be, c.hc_lagged() ? n * hc : 0);
+  if (pre_mix.size() > 0) {
+    kernels::Scratch<float> one_hot(pre_mix.size());
+    for (int64_t t = 0; t < n; ++t) one_hot[t * hc] = 1.f;
+    be.CopyToDevice(pre_mix.data(), one_hot.data(), pre_mix.bytes());
+  }
   // What each sequence's index sources hand to later layers: top-k picks, level-1 candidates.
   const int64_t cand = c.candidate_source_layer_id;
   auto cand_entries = [&](const SequenceChunk& s) {  // level 1 keeps [n, blocks of the positions]
@@ -540,20 +575,31 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     slices[i] = {at, s.n, s.cache->length, s.cache, &picks[i]};
     at += s.n;
   }
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  // The watchdog: after each layer, whether each sequence's last row holds a NaN or an Inf, flagged
+  // on the device ([layers, sequences]) and read once at the step's end.
+  const int64_t L = c.num_hidden_layers;
+  kernels::Scratch<int32_t> last_rows(num_seqs, kernels::NoInit{}), flags(L * num_seqs, kernels::NoInit{});
+  for (int64_t i = 0; i < num_seqs; ++i) last_rows[i] = static_cast<int32_t>(slices[i].begin + slices[i].n - 1);
+  DeviceScratch<int32_t> dlast_rows(be, num_seqs), dflags(be, L * num_seqs);
+  be.CopyToDevice(dlast_rows.data(), last_rows.data(), dlast_rows.bytes());
+  for (int64_t l = 0; l < L; ++l) {
     if (w_->layers[l].has_engram) {
       for (int64_t i = 0; i < num_seqs; ++i)
         DSV4_RETURN_IF_ERROR(ApplyEngram(l, engram[i], x.data() + slices[i].begin * hc * D));
-      if (taps && taps->engram_out) (*taps->engram_out)[l].assign(x.begin(), x.end());
+      if (taps && taps->engram_out) {
+        (*taps->engram_out)[l].resize(x.size());
+        be.CopyToHost((*taps->engram_out)[l].data(), x.data(), x.bytes());
+      }
     }
     DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), static_cast<size_t>(slices.size())},
                                     pre_mix.size() > 0 ? pre_mix.data() : nullptr, taps));
-    // The watchdog: each sequence's last row after the layer.
-    for (int64_t i = 0; i < num_seqs; ++i) {
-      SequenceCache& cache = *seqs[i].cache;
-      if (cache.nonfinite_layer < 0 && !AllFinite(x.data() + (slices[i].begin + slices[i].n - 1) * hc * D, hc * D))
-        cache.nonfinite_layer = l;
-    }
+    be.FlagNonFinite(x.data(), hc * D, hc * D, dlast_rows.data(), num_seqs, dflags.data() + l * num_seqs);
+  }
+  be.CopyToHost(flags.data(), dflags.data(), dflags.bytes());
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    SequenceCache& cache = *seqs[i].cache;
+    for (int64_t l = 0; l < L && cache.nonfinite_layer < 0; ++l)
+      if (flags[l * num_seqs + i] != 0) cache.nonfinite_layer = l;
   }
   kernels::Scratch<const float*> last(num_logits), last_pre(num_logits);
   int64_t k = 0;
@@ -562,7 +608,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     if (!seqs[i].logits) continue;
     const int64_t row = slices[i].begin + slices[i].n - 1;
     last[k] = x.data() + row * hc * D;
-    last_pre[k++] = pre_mix.size() > 0 ? &pre_mix[row * hc] : nullptr;
+    last_pre[k++] = pre_mix.size() > 0 ? pre_mix.data() + row * hc : nullptr;
   }
   if (logits) {
     DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), last_pre.data(), num_logits, logits));

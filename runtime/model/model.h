@@ -5,14 +5,15 @@
 // compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
 //
 // The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
-// attention and its rotations, the indexer's scores and picks, the MoE. Still on kernels/cpu
-// directly: the compressors' pooling and rotations, V4.1's FP4 (E4M3-scaled) KV rounding and
-// Engram. The embedding, the blocks' mHC and norms, the MoE (but its expert-parallel exchange, MPI
-// over host memory) and the head keep to device memory: their buffers are the backend's
-// (DeviceScratch), their parameters placed on it, and only its operations touch them
-// (tests/runtime/model_test.cc proves it on a guarded backend). Attention, the compressors, the
-// indexer, Engram, the caches and the step's residual streams are still host memory, so only the
-// CPU backend runs a model today.
+// attention and its rotations, the compressors' pooling, the indexer's scores and picks, the MoE.
+// Still on kernels/cpu directly: Engram. The embedding, the blocks' mHC and norms, attention with
+// its compressors and indexer, the KV pool and the compressors' state, the MoE (but its expert-
+// parallel exchange, MPI over host memory) and the head keep to device memory: their buffers are
+// the backend's (DeviceScratch, KvPool), their parameters placed on it, and only its operations
+// touch them (tests/runtime/model_test.cc proves it on a guarded backend). The host reads back
+// the indexer's picks to build attention's rows (and, V4.1, the level-1 scores). Engram, the
+// step's residual streams and the watchdog's reads of them are still host memory, so only the CPU
+// backend runs a whole forward today.
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
@@ -200,8 +201,10 @@ class Model {
   // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
   void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
   absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs, float* out) const;
-  // The row-parallel output projection wo_b over this rank's groups, summed across the TP group.
-  absl::Status OutputProjection(const WeightMatrix& wo_b, const float* z, int64_t n, float* out) const;
+  // The row-parallel output projection wo_b (the checkpoint's view; `placed`, the backend's) over
+  // this rank's groups, summed across the TP group.
+  absl::Status OutputProjection(const WeightMatrix& wo_b, const WeightMatrix& placed, const float* z, int64_t n,
+                                float* out) const;
   // Makes sure `cache` holds the blocks positions [length, length + n) write and the window parts
   // their queries read: a private pool grows (and recycles window blocks out of the window); a
   // shared pool's blocks must have been set by the caller (else INTERNAL: ranks out of step).
@@ -209,21 +212,23 @@ class Model {
   // compressor.cc: runs the layer's compressor(s) over the batch's rows x [n, D] and writes each
   // sequence's completed blocks into the layer's pool rows, through its block table: compressed
   // KV, and the index keys (V4: from the indexer's own compressor; V4.1 key owners: from the
-  // latents).
-  void CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const;
-  // Feeds one sequence's projected rows kv, score [n, width] (score null for ratio 1) to its
-  // compressor; writes each completed block's pooled, normalized latent to latents [blocks,
-  // head_dim] and the position of its first token to positions [blocks] (room for n / ratio + 1
-  // blocks); returns the number of blocks. With `tail` (an overlapping compressor in a shared
-  // pool), the state at each KV block's end is kept with that block (KvPool::Layer).
+  // latents). Everything stays in the backend's memory.
+  absl::Status CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const;
+  // Feeds one sequence's projected rows kv, score [n, width] (ratio > 1) to its compressor, whose
+  // state holds the rows of the block being filled (and, overlapping, of the previous block);
+  // writes the pooled, normalized latents of the blocks completed, the first at the block of
+  // position `start`, to latents [(start % ratio + n) / ratio, head_dim]. With `tail` (an
+  // overlapping compressor in a shared pool), the rows of a block completed at a KV block's end
+  // are kept with that KV block (KvPool::Layer), for a sequence that resumes there.
   struct CompressorTail {
     PoolRows* rows;
     const std::vector<BlockRef>* blocks;
     int64_t block_tokens;
   };
-  int64_t PoolBlocks(const CompressorWeights& cw, const float* kv, const float* score, int64_t n, int64_t start,
-                     CompressorState& st, float* latents, int64_t* positions,
-                     const CompressorTail* tail = nullptr) const;
+  struct CompressorParams;
+  absl::Status PoolBlocks(const CompressorWeights& cw, const CompressorParams& cp, const float* kv, const float* score,
+                          int64_t n, int64_t start, CompressorState& st, float* latents,
+                          const CompressorTail* tail) const;
   // indexer.cc: the indexer's queries q [n, Hi, di] (rotated, V4: Hadamard-transformed, rounded)
   // and head weights w [n, Hi] of a batch's rows, with the rotary tables of their positions (cos,
   // sin [n, rope_dim / 2], RopeTables).
@@ -310,6 +315,24 @@ class Model {
     const float* ffn_norm = nullptr;
   };
   std::vector<BlockParams> block_params_;
+  // A compressor's parameters as the backend holds them.
+  struct CompressorParams {
+    WeightMatrix wkv, wgate;
+    const float* ape = nullptr;  // [ratio, width]; zeros where the model has no position bias (V4.1)
+    const float* norm = nullptr;
+  };
+  // A layer's attention parameters as the backend holds them. Their geometry (TP slices, rows per
+  // head) is read from the checkpoint's views in w_, which a GPU's copies re-base.
+  struct AttentionParams {
+    WeightMatrix wq_a, wq_b, wkv, wo_a, wo_b;
+    const float* q_norm = nullptr;
+    const float* kv_norm = nullptr;
+    const float* attn_sink = nullptr;
+    CompressorParams compressor, index_compressor;
+    WeightMatrix index_wq_b, index_weights_proj, index_wk;
+    const float* index_k_norm = nullptr;
+  };
+  std::vector<AttentionParams> attn_params_;
   HcParams hc_head_;              // V4's final collapse
   const float* norm_ = nullptr;  // the final norm
   WeightMatrix embed_, head_;     // placed: the embedding table and this rank's vocab head

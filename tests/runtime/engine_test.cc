@@ -364,7 +364,7 @@ TEST(Engine, APoolThatCannotBeHadIsAClearError) {
   ASSERT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(e.status().message().find("cache budget"), std::string::npos) << e.status();
   const ModelConfig& c = S().model->config();
-  auto huge = KvPool::Create(c, KvPool::DefaultBlockTokens(c), int64_t{1} << 40, 1);
+  auto huge = KvPool::Create(S().model->backend(), c, KvPool::DefaultBlockTokens(c), int64_t{1} << 40, 1);
   ASSERT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(huge.status().message().find("--cache-mb"), std::string::npos) << huge.status();
 }

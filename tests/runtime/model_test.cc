@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "runtime/builtin.h"
 #include "runtime/model/candidates.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -33,6 +34,24 @@ class ModelTestPeer {
   static absl::Status HeadBatch(const Model& m, const float* const* x_last, const float* const* pre_last, int64_t count,
                                 float* logits) {
     return m.HeadBatch(x_last, pre_last, count, logits);
+  }
+  // Every layer's attention over the next n tokens of one sequence, set up as ForwardBatch does:
+  // layer l reads x + l * n * D and writes out + l * n * D.
+  static absl::Status AttentionChunk(const Model& m, SequenceCache& cache, const float* x, int64_t n, float* out) {
+    const ModelConfig& c = m.config();
+    const int64_t D = c.hidden_size, cand = c.candidate_source_layer_id;
+    DSV4_RETURN_IF_ERROR(m.PrepareBlocks(cache, n));
+    const WorkspaceScope step(m.backend());
+    const int64_t blocks =
+        cand < 0 ? 0 : CandidateBlockCount((cache.length + n) / c.ratio(cand), c.candidate_block_size);
+    std::vector<int32_t> picks(n * c.index_topk);
+    std::vector<uint8_t> candidates(std::max<int64_t>(n * blocks, 1));
+    StepPicks sp{0, picks.data(), 0, candidates.data(), n * blocks};
+    const SeqSlice s{0, n, cache.length, &cache, &sp};
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      DSV4_RETURN_IF_ERROR(m.Attention(l, x + l * n * D, n, {&s, 1}, out + l * n * D));
+    cache.length += n;
+    return absl::OkStatus();
   }
 };
 
@@ -464,6 +483,75 @@ TEST_P(OnGuardedBackend, EmbedAndHeadKeepToDeviceMemory) {
   for (int64_t i = 0; i < 2 * V; ++i)
     ASSERT_EQ(std::bit_cast<uint32_t>(logits_got[i]), std::bit_cast<uint32_t>(logits_want[i]))
         << "v4.1 " << v41 << " logit " << i;
+}
+
+// Attention, its compressors and its indexer keep to device memory: a sequence whose cache lives in
+// the guarded backend's memory, every layer over a prefill and decode steps that complete blocks of
+// every compression ratio (V4: the overlapping ratio 4 and ratio 128; V4.1: ratios 2 and 1, picks
+// inside level-1 candidates), gives the CPU backend's outputs and cached rows bit for bit.
+TEST_P(OnGuardedBackend, AttentionKeepsToDeviceMemory) {
+  const Model &plain = this->plain(), &seamed = this->seamed();
+  GuardedBackend* guarded = &this->guarded();
+  const bool v41 = this->v41();
+  const ModelConfig& c = plain.config();
+  const int64_t L = c.num_hidden_layers, D = c.hidden_size;
+  SequenceCache want_cache = plain.NewCache(), got_cache = seamed.NewCache();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  int64_t length = 0;
+  for (int64_t n : {130, 1, 1, 2, 3}) {
+    std::vector<float> x(L * n * D), want(L * n * D), got(L * n * D);
+    for (float& v : x) v = nd(rng);
+    ASSERT_TRUE(ModelTestPeer::AttentionChunk(plain, want_cache, x.data(), n, want.data()).ok());
+    const int64_t bytes = L * n * D * static_cast<int64_t>(sizeof(float));
+    auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
+    ASSERT_TRUE(dx.ok() && dout.ok());
+    guarded->CopyToDevice(*dx, x.data(), bytes);
+    const absl::Status st = ModelTestPeer::AttentionChunk(seamed, got_cache, static_cast<const float*>(*dx), n,
+                                                          static_cast<float*>(*dout));
+    ASSERT_TRUE(st.ok()) << st;
+    guarded->CopyToHost(got.data(), *dout, bytes);
+    ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+    length += n;
+    for (int64_t i = 0; i < L * n * D; ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+          << "v4.1 " << v41 << " at " << length << ": layer " << i / (n * D) << " value " << i % (n * D);
+  }
+  int64_t compressed = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    ASSERT_EQ(got_cache.CompressedRows(c, l), want_cache.CompressedRows(c, l)) << "layer " << l;
+    ASSERT_EQ(got_cache.IndexKeyRows(c, l), want_cache.IndexKeyRows(c, l)) << "layer " << l;
+    ASSERT_EQ(got_cache.WindowRows(c, l), want_cache.WindowRows(c, l)) << "layer " << l;
+    compressed += static_cast<int64_t>(got_cache.CompressedRows(c, l).size());
+  }
+  EXPECT_GT(compressed, 0);
+  ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+}
+
+// The whole forward keeps to device memory: the residual streams, the watchdog's checks, Engram's
+// streams (V4.1: gated on the host between two copies for now) and the logits copied out, over a
+// prefill and decode steps, bit for bit as on the CPU backend (the Watchdog tests cover its
+// findings).
+TEST_P(OnGuardedBackend, ForwardKeepsToDeviceMemory) {
+  const Model &plain = this->plain(), &seamed = this->seamed();
+  GuardedBackend* guarded = &this->guarded();
+  const bool v41 = this->v41();
+  const int64_t V = plain.config().vocab_size;
+  const std::vector<int32_t> tokens = Tokens(137, 1000, 3);
+  SequenceCache want_cache = plain.NewCache(), got_cache = seamed.NewCache();
+  std::vector<float> want(V), got(V);
+  int64_t at = 0;
+  for (int64_t n : {130, 1, 1, 2, 3}) {
+    const std::span<const int32_t> chunk(tokens.data() + at, n);
+    ASSERT_TRUE(plain.Forward(chunk, want_cache, want.data()).ok());
+    const absl::Status st = seamed.Forward(chunk, got_cache, got.data());
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
+    at += n;
+    for (int64_t i = 0; i < V; ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+          << "v4.1 " << v41 << " at " << at << ": logit " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(V4AndV41, OnGuardedBackend, ::testing::Bool());
