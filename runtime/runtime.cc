@@ -19,8 +19,8 @@ void AddRuntimeFlags(Flags& flags) {
   const RuntimeOptions d;
   flags.String("model", d.model, "checkpoint directory or built-in model name")
       .String("device", "auto",
-              "where the model runs: cpu, cuda (each rank the GPU of its node-local rank) or auto; this version "
-              "runs it on CPUs only (auto picks the CPU)")
+              "where the model runs: cpu, cuda (each rank the GPU of its node-local rank; one rank alone in this "
+              "version) or auto (the CPU in this version)")
       .Bool("qdq", d.qdq, "reproduce the reference's quantization simulation")
       .Int("threads", d.threads, "CPU threads per rank (0 = one per core available to the rank)", 0, kMaxCpuThreads)
       .Int("tp", d.tp, "tensor-parallel ranks for attention (divides the world)", 1, 1 << 16)
@@ -158,18 +158,24 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
              " available cores: the threads take turns, and steps run slower than with one per core");
 
   // The device, before anything is loaded: each rank takes the GPU of its node-local rank. The
-  // model's attention, compressors, indexer, Engram and caches still use host memory, so a GPU is
-  // refused with that reason, and auto means the CPU until they move.
+  // forward keeps to the backend's memory (runtime/model/model.h), but the expert- and tensor-
+  // parallel exchanges still go through host memory over MPI, so a GPU runs one rank alone; and
+  // until the GPU path has been checked on a GPU (README.md), auto means the CPU.
   BackendOptions device;
   device.device = options.device == DeviceChoice::kAuto ? DeviceChoice::kCpu : options.device;
   const LauncherPlace place = LauncherWorld();
   device.local_rank = place.local_rank, device.local_size = place.local_size;
   DSV4_ASSIGN_OR_RETURN(std::shared_ptr<Backend> backend, MakeBackend(device));
-  if (!backend->HostIsDevice())
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--device cuda: ", backend->Describe(),
-        " is available, but this version of dsv4 runs the model on CPUs only: its attention's KV caches, "
-        "compressors, indexer and Engram still use host memory (use --device cpu)"));
+  if (!backend->HostIsDevice()) {
+    if (place.size > 1)
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--device cuda: ", backend->Describe(), " is available, but this version of dsv4 runs a GPU as one rank "
+          "alone: its expert- and tensor-parallel exchanges still go through host memory over MPI (run one rank, or "
+          "use --device cpu)"));
+    DSV4_LOG(kWarn, "--device cuda on ", backend->Describe(),
+             ": this version's GPU path is tested on CPU stand-ins only; compare `dsv4 logits` against --device cpu "
+             "before relying on it");
+  }
 
   std::unique_ptr<Communicator> world;
   if (LaunchedByMpirun()) {

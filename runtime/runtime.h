@@ -29,8 +29,8 @@ struct RuntimeOptions {
   double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
   bool check_weights = false;             // scan the checkpoint for NaN/Inf when loading (shared by the ranks)
   EngramPlacement engram_placement = EngramPlacement::kLocal;
-  // Where the model runs. This version runs it on CPUs only (runtime/model/model.h says which
-  // layers still use host memory): auto picks the CPU, and cuda is an error that says so.
+  // Where the model runs. auto picks the CPU in this version; cuda runs one rank alone (the
+  // parallel exchanges still go through host memory), and is an error that says so under mpirun.
   DeviceChoice device = DeviceChoice::kAuto;
 };
 

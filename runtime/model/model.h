@@ -5,15 +5,14 @@
 // compressed KV, the two-level indexer, lagged mHC collapses, ...), not from a second forward.
 //
 // The operations run on the model's Backend (runtime/backend/backend.h): projections, norms, mHC,
-// attention and its rotations, the compressors' pooling, the indexer's scores and picks, the MoE.
-// Still on kernels/cpu directly: Engram. The embedding, the blocks' mHC and norms, attention with
-// its compressors and indexer, the KV pool and the compressors' state, the MoE (but its expert-
-// parallel exchange, MPI over host memory) and the head keep to device memory: their buffers are
-// the backend's (DeviceScratch, KvPool), their parameters placed on it, and only its operations
-// touch them (tests/runtime/model_test.cc proves it on a guarded backend). The host reads back
-// the indexer's picks to build attention's rows (and, V4.1, the level-1 scores). Engram, the
-// step's residual streams and the watchdog's reads of them are still host memory, so only the CPU
-// backend runs a whole forward today.
+// attention and its rotations, the compressors' pooling, the indexer's scores and picks, the MoE,
+// the watchdog's checks. The whole forward keeps to device memory: its buffers are the backend's
+// (DeviceScratch, KvPool, the compressors' state), its parameters placed on it, and only its
+// operations touch them (tests/runtime/model_test.cc proves it on a guarded backend). The host
+// reads back the indexer's picks to build attention's rows (and, V4.1, the level-1 scores), the
+// watchdog's flags once per step, and the logits. Still on the host: Engram's gate (its streams
+// copied over and back where host memory is not the device's) and the expert- and tensor-parallel
+// exchanges (MPI over host vectors).
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
