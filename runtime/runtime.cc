@@ -169,7 +169,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   if (!backend->HostIsDevice()) {
     if (place.size > 1)
       return absl::FailedPreconditionError(absl::StrCat(
-          "--device cuda: ", backend->Describe(), " is available, but this version of dsv4 runs a GPU as one rank "
+          "--device cuda: ", backend->Describe(),
+          " is available, but this version of dsv4 runs a GPU as one rank "
           "alone: its expert- and tensor-parallel exchanges still go through host memory over MPI (run one rank, or "
           "use --device cpu)"));
     DSV4_LOG(kWarn, "--device cuda on ", backend->Describe(),

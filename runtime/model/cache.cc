@@ -27,8 +27,8 @@ absl::Status PoolRows::Grow(Backend& be, int64_t n) {
   if (n <= size_) return absl::OkStatus();
   absl::StatusOr<DeviceAllocation> rows = DeviceAllocation::Make(be, n * static_cast<int64_t>(sizeof(float)));
   if (!rows.ok())
-    return absl::ResourceExhaustedError(absl::StrCat("cannot reserve ", (n * sizeof(float)) >> 20,
-                                                     " MiB for the KV pool: ", rows.status().message()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot reserve ", (n * sizeof(float)) >> 20, " MiB for the KV pool: ", rows.status().message()));
   if (size_ > 0) be.CopyOnDevice(rows->get(), rows_.get(), size_ * static_cast<int64_t>(sizeof(float)));
   rows_ = *std::move(rows);
   size_ = n;
@@ -160,9 +160,8 @@ std::vector<float> SequenceCache::IndexKeyRows(const ModelConfig& c, int64_t l) 
 
 std::vector<float> SequenceCache::WindowRows(const ModelConfig& c, int64_t l) const {
   const int64_t B = pool->block_tokens(), hd = c.head_dim;
-  return CopyRows(pool->backend(), std::max<int64_t>(0, length - c.sliding_window), length, hd, [&](int64_t p) {
-    return pool->layer(l).window.data() + (blocks[p / B].window * B + p % B) * hd;
-  });
+  return CopyRows(pool->backend(), std::max<int64_t>(0, length - c.sliding_window), length, hd,
+                  [&](int64_t p) { return pool->layer(l).window.data() + (blocks[p / B].window * B + p % B) * hd; });
 }
 
 int64_t SequenceCache::Bytes(const ModelConfig& config) const {

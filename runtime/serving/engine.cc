@@ -346,9 +346,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(Model& model, const Token
                                                        EngineOptions options) {
   DSV4_ASSIGN_OR_RETURN(options, Complete(model, options));
   DSV4_ASSIGN_OR_RETURN(const KvPoolSizes sizes, PoolSizes(model.config(), options));
-  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
-                        KvPool::Create(model.backend(), model.config(), sizes.block_tokens, sizes.num_blocks,
-                                       sizes.num_window_blocks));
+  DSV4_ASSIGN_OR_RETURN(
+      std::unique_ptr<KvPool> pool,
+      KvPool::Create(model.backend(), model.config(), sizes.block_tokens, sizes.num_blocks, sizes.num_window_blocks));
   return std::unique_ptr<Engine>(new Engine(model, tokenizer, world, options, sizes, std::move(pool)));
 }
 
@@ -754,9 +754,9 @@ absl::Status RunFollower(Model& model, Communicator& world, const EngineOptions&
                          FollowerCounters* counters) {
   DSV4_ASSIGN_OR_RETURN(const EngineOptions complete, Complete(model, options));
   DSV4_ASSIGN_OR_RETURN(const KvPoolSizes sizes, PoolSizes(model.config(), complete));
-  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
-                        KvPool::Create(model.backend(), model.config(), sizes.block_tokens, sizes.num_blocks,
-                                       sizes.num_window_blocks));
+  DSV4_ASSIGN_OR_RETURN(
+      std::unique_ptr<KvPool> pool,
+      KvPool::Create(model.backend(), model.config(), sizes.block_tokens, sizes.num_blocks, sizes.num_window_blocks));
   PlanExecutor executor(model, world, std::move(pool));
   for (int64_t step = 0;; ++step) {
     StepPlan plan;
