@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace dsv4::kernels {
 
@@ -237,6 +238,29 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step);
 // x[i] *= s for i < n.
 void Scale(float* x, int64_t n, float s);
+
+// ---- Engram's gate (engram.cc; the math: runtime/model/engram.h) ----------------------------------
+
+struct EngramGateOptions {
+  bool act_qdq = true;    // round emb to FP8 in groups of 32 before an FP8 W_kv (the reference's act_quant)
+  bool bf16_kv = false;   // round kv to BF16, as the reference's BF16 activations do
+  bool bf16_out = false;  // round the updated streams to BF16
+};
+
+// Optional intermediates (resized as needed), for tests and debugging.
+struct EngramGateTaps {
+  std::vector<float>* kv_f32 = nullptr;  // [n, (hc + 1) D] before any rounding
+  std::vector<float>* dot = nullptr;     // [n, hc]
+  std::vector<float>* gate = nullptr;    // [n, hc]
+};
+
+// Updates x [n, hc, D] in place from emb [n, K] through W_kv (wkv [(hc + 1) D, K], 32-wide K blocks
+// summed in K order) and the streams' gate weights gate_weight [hc, D]. `emb` is consumed (rounded
+// in place when act_qdq applies); `mask` [n] may be null (every token gated), 0 closes the gate.
+void EngramGate(const WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int64_t hc, int64_t D,
+                float eps, const uint8_t* mask, const EngramGateOptions& options, float* x,
+                const EngramGateTaps* taps = nullptr);
+
 // flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among its first n values, else 0.
 void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags);
 // Ordered weighted combine: out[t] (+)= sum over j in [offsets[t], offsets[t+1]) of weights[j] *

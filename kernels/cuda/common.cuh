@@ -28,7 +28,9 @@ inline dim3 ToDim3(const Dim3& d) {
     if ((check) != nullptr) return cudaErrorInvalidValue; \
   } while (0)
 
-__device__ __forceinline__ float WarpSum(float v) {
+// Sum over the warp (float or double); every lane gets the result.
+template <typename T>
+__device__ __forceinline__ T WarpSum(T v) {
   for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -39,13 +41,14 @@ __device__ __forceinline__ float WarpMax(float v) {
 }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `scratch` holds 32 floats of shared memory; the call synchronizes the block twice.
-__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+// `scratch` holds 32 values of shared memory; the call synchronizes the block twice.
+template <typename T>
+__device__ __forceinline__ T BlockSum(T v, T* scratch) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize, warps = blockDim.x / kWarpSize;
   v = WarpSum(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float total = 0.f;
+  T total = 0;
   for (int w = 0; w < warps; ++w) total += scratch[w];  // same order in every thread
   __syncthreads();
   return total;

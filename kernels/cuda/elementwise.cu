@@ -84,6 +84,36 @@ __global__ void SwiGluKernel(const float* g, const float* u, int64_t m, int64_t 
   }
 }
 
+// Engram's gate, a block per (token, stream): the stream's and its key's mean squares and their
+// weighted dot product (float products, double sums, as kernels::EngramGate), then
+// x_i += gate * value. kv [n, ldkv] holds the hc keys and the value of each token.
+__global__ void EngramGateKernel(const float* kv, int64_t ldkv, const float* gate_weight, int hc, int64_t D, float eps,
+                                 float* x) {
+  __shared__ double scratch[kWarpSize];
+  const int64_t row = blockIdx.x, t = row / hc;
+  const int i = static_cast<int>(row % hc);
+  float* xi = x + (t * hc + i) * D;
+  const float* key = kv + t * ldkv + static_cast<int64_t>(i) * D;
+  const float* value = kv + t * ldkv + static_cast<int64_t>(hc) * D;
+  const float* w = gate_weight + static_cast<int64_t>(i) * D;
+  double xx = 0, kk = 0, xwk = 0;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    xx += static_cast<double>(__fmul_rn(xi[d], xi[d]));
+    kk += static_cast<double>(__fmul_rn(key[d], key[d]));
+    xwk += static_cast<double>(__fmul_rn(__fmul_rn(xi[d], w[d]), key[d]));
+  }
+  xx = BlockSum(xx, scratch);
+  kk = BlockSum(kk, scratch);
+  xwk = BlockSum(xwk, scratch);
+  const float fd = static_cast<float>(D);
+  const float rstd =
+      (1.0f / sqrtf(static_cast<float>(xx) / fd + eps)) * (1.0f / sqrtf(static_cast<float>(kk) / fd + eps));
+  const float dot = static_cast<float>(xwk) * rstd * static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+  const float z = copysignf(sqrtf(fmaxf(fabsf(dot), 1e-6f)), dot);
+  const float gate = 1.0f / (1.0f + expf(-z));
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) xi[d] = __fadd_rn(xi[d], __fmul_rn(gate, value[d]));
+}
+
 template <QdqKind kKind>
 cudaError_t LaunchQdq(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckQdq(n, ld, group));
@@ -105,6 +135,16 @@ cudaError_t QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaSt
 
 cudaError_t QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream) {
   return LaunchQdq<QdqKind::kFp4E4m3>(x, m, n, ld, group, stream);
+}
+
+cudaError_t EngramGateRows(const float* kv, int64_t ldkv, const float* gate_weight, int64_t n, int hc, int64_t D,
+                           float eps, float* x, cudaStream_t stream) {
+  if (n < 0 || hc < 1 || D < 1 || ldkv < (hc + 1) * D) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const LaunchConfig cfg = RmsNormLaunch(n * hc, D);  // a block per stream row, as the norms
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(EngramGateKernel, cfg, stream, kv, ldkv, gate_weight, hc, D, eps, x);
+  return cudaGetLastError();
 }
 
 cudaError_t RmsNorm(const float* x, const float* w, float eps, int64_t m, int64_t n, int64_t ldx, float* y,

@@ -31,6 +31,10 @@ cudaError_t QdqFp8(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaSt
 cudaError_t QdqFp4(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream);
 // FP4 E2M1 with an E4M3 scale per group, exactly as kernels::QdqFp4E4m3 (V4.1's compressed KV).
 cudaError_t QdqFp4E4m3(float* x, int64_t m, int64_t n, int64_t ld, int group, cudaStream_t stream);
+// Engram's gate after W_kv (kernels::EngramGate): kv [n, ldkv] the hc keys and the value of each
+// token, gate_weight [hc, D]; x [n, hc, D] updated in place.
+cudaError_t EngramGateRows(const float* kv, int64_t ldkv, const float* gate_weight, int64_t n, int hc, int64_t D,
+                           float eps, float* x, cudaStream_t stream);
 
 // ---- normalization, rotation ----------------------------------------------------------------------
 

@@ -191,6 +191,11 @@ class Backend {
   virtual void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) = 0;
   // x[i] *= s for i < n.
   virtual void Scale(float* x, int64_t n, float s) = 0;
+  // Engram's gate (kernels::EngramGate): x [n, hc, D] updated in place from emb [n, wkv.cols()]
+  // (consumed: rounded to FP8 in place with act_qdq and a quantized wkv) through wkv and the
+  // streams' gate weights [hc, D].
+  virtual void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc,
+                          int64_t D, float eps, bool act_qdq, float* x) = 0;
   // The numerical watchdog: flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among
   // its first n values, else 0.
   virtual void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,

@@ -235,6 +235,10 @@ class CpuBackend final : public Backend {
   }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { kernels::Iota(x, n, start, step); }
   void Scale(float* x, int64_t n, float s) override { kernels::Scale(x, n, s); }
+  void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc, int64_t D,
+                  float eps, bool act_qdq, float* x) override {
+    kernels::EngramGate(wkv, gate_weight, emb, n, hc, D, eps, /*mask=*/nullptr, {.act_qdq = act_qdq}, x);
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     kernels::FlagNonFinite(x, ldx, n, rows, count, flags);

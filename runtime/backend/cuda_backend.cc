@@ -301,6 +301,15 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float s) override {
     if (ok() && n > 0) Check(kc::Scale(x, n, s, stream_), "Scale");
   }
+  void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc, int64_t D,
+                  float eps, bool act_qdq, float* x) override {
+    if (!ok() || n == 0) return;
+    const int64_t K = wkv.cols(), N = wkv.rows();
+    if (act_qdq && IsQuantized(wkv)) QdqFp8(emb, n, K, K, 32);
+    const DeviceScratch<float> kv(*this, n * N);
+    Linear(emb, n, K, wkv, kv.data(), N);
+    if (ok()) Check(kc::EngramGateRows(kv.data(), N, gate_weight, n, hc, D, eps, x, stream_), "EngramGate");
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     if (ok() && count > 0) Check(kc::FlagNonFinite(x, ldx, n, rows, count, flags, stream_), "FlagNonFinite");

@@ -15,31 +15,24 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/cpu/kernels.h"
 #include "runtime/engram/row_source.h"
 #include "runtime/weights.h"
 
 namespace dsv4 {
 
-struct EngramGateOptions {
-  bool act_qdq = true;    // round emb to FP8 in groups of 32 before an FP8 W_kv (the reference's act_quant)
-  bool bf16_kv = false;   // round kv to BF16, as the reference's BF16 activations do
-  bool bf16_out = false;  // round the updated streams to BF16
-};
-
-// Optional intermediates (resized as needed), for tests and debugging.
-struct EngramGateTaps {
-  std::vector<float>* kv_f32 = nullptr;  // [n, (hc + 1) D] before any rounding
-  std::vector<float>* dot = nullptr;     // [n, hc]
-  std::vector<float>* gate = nullptr;    // [n, hc]
-};
+using EngramGateOptions = kernels::EngramGateOptions;
+using EngramGateTaps = kernels::EngramGateTaps;
 
 // emb [count, head_dim] = FP8 codes [count, head_dim] times their E8M0 scales [count, head_dim / 32].
 void EngramDequantRows(const uint8_t* codes, const uint8_t* scales, int64_t count, int64_t head_dim, float* emb);
 
-// Updates x [n, hc, D] in place. `emb` [n, K] is consumed (rounded in place when act_qdq applies);
-// `mask` [n] may be null (every token gated), 0 closes the gate.
-void EngramGate(const EngramWeights& w, float* emb, int64_t n, int64_t hc, int64_t D, float eps, const uint8_t* mask,
-                const EngramGateOptions& options, float* x, const EngramGateTaps* taps = nullptr);
+// Updates x [n, hc, D] in place (kernels::EngramGate, with the module's weights).
+inline void EngramGate(const EngramWeights& w, float* emb, int64_t n, int64_t hc, int64_t D, float eps,
+                       const uint8_t* mask, const EngramGateOptions& options, float* x,
+                       const EngramGateTaps* taps = nullptr) {
+  kernels::EngramGate(w.wkv, w.gate_weight.data(), emb, n, hc, D, eps, mask, options, x, taps);
+}
 
 // The Engram rows of one forward step: hashed, and requested from the row source, for every
 // Engram layer before the first layer runs; each Engram layer waits only for its own fetch.

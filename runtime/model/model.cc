@@ -102,9 +102,14 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   block_params_.resize(L);
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w_->layers[l];
-    block_params_[l] = {place_hc(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base),
-                        place_hc(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base), place(lw.attn_norm),
-                        place(lw.ffn_norm)};
+    BlockParams& bp = block_params_[l];
+    bp.hc_attn = place_hc(lw.hc_attn_fn, lw.hc_attn_scale, lw.hc_attn_base);
+    bp.hc_ffn = place_hc(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base);
+    bp.attn_norm = place(lw.attn_norm), bp.ffn_norm = place(lw.ffn_norm);
+    if (lw.has_engram) {
+      bp.engram_wkv = placed(be.PlaceWeight(lw.engram.wkv));
+      bp.engram_gate = place(lw.engram.gate_weight);
+    }
   }
   auto place_weight = [&](const WeightMatrix& w) { return w.data == nullptr ? w : placed(be.PlaceWeight(w)); };
   auto place_compressor = [&](const CompressorWeights& cw) {
@@ -526,7 +531,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   if (n == 0 && !distributed()) return absl::OkStatus();
   for (const SequenceChunk& s : seqs) DSV4_RETURN_IF_ERROR(PrepareBlocks(*s.cache, s.n));
   Backend& be = *backend_;
-  const WorkspaceScope step(be);  // the step's device buffers, the operations' own included
+  const WorkspaceScope step(be);           // the step's device buffers, the operations' own included
   DeviceScratch<float> x(be, n * hc * D);  // the residual streams
   Embed(tokens, x.data());
   // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram

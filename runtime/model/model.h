@@ -10,9 +10,9 @@
 // (DeviceScratch, KvPool, the compressors' state), its parameters placed on it, and only its
 // operations touch them (tests/runtime/model_test.cc proves it on a guarded backend). The host
 // reads back the indexer's picks to build attention's rows (and, V4.1, the level-1 scores), the
-// watchdog's flags once per step, and the logits. Still on the host: Engram's gate (its streams
-// copied over and back where host memory is not the device's) and the expert- and tensor-parallel
-// exchanges (MPI over host vectors).
+// watchdog's flags once per step, and the logits; Engram's rows, fetched into host memory, are
+// dequantized there and copied over for the gate. Still on the host: the expert- and tensor-
+// parallel exchanges (MPI over host vectors).
 //
 // Activations are float32. The reference's deliberate rounding steps (FP8 inputs of quantized
 // linears, FP8 window KV, FP8 (V4) or FP4 (V4.1) compressed KV, FP4 indexer q/k) are on unless
@@ -312,6 +312,8 @@ class Model {
     HcParams hc_attn, hc_ffn;
     const float* attn_norm = nullptr;
     const float* ffn_norm = nullptr;
+    WeightMatrix engram_wkv;             // Engram layers: W_kv
+    const float* engram_gate = nullptr;  // and the streams' gate weights [hc, D]
   };
   std::vector<BlockParams> block_params_;
   // A compressor's parameters as the backend holds them.

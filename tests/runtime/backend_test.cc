@@ -390,6 +390,61 @@ TEST_F(BackendOps, ExpertFfnGroupEqualsItsJobsAlone) {
   EXPECT_TRUE(nonzero);
 }
 
+// The operations that replaced the model's last host loops: V4.1's compressed-KV rounding, the
+// indexer's weight scale, the watchdog's flags and Engram's gate.
+TEST_F(BackendOps, CompressedKvScaleWatchdogAndEngramGate) {
+  const int64_t m = 3, n = 96, ld = 100;
+  std::vector<float> x = Random(m * ld, 2.f, 8), want = x;
+  float* dx = Put(x);
+  be_->QdqFp4E4m3(dx, m, n, ld, 16);
+  kernels::QdqFp4E4m3(want.data(), m, n, ld, 16);
+  std::vector<float> got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("qdq fp4 e4m3", got.data(), want.data(), got.size(), Tol{}));  // bit-exact everywhere
+  be_->Scale(dx, m * ld, 0.125f);
+  kernels::Scale(want.data(), m * ld, 0.125f);
+  got = Get(dx, x.size());
+  EXPECT_TRUE(AllClose("scale", got.data(), want.data(), got.size(), Tol{}));
+
+  std::vector<float> rows = Random(4 * ld, 1.f, 9);
+  rows[2 * ld + 7] = NAN, rows[3 * ld + n - 1] = -INFINITY, rows[0 * ld + n] = INFINITY;  // the last: past n
+  const std::vector<int32_t> ids = {3, 0, 2, 1, 2};
+  int32_t* dflags = Put(std::vector<int32_t>(ids.size(), -1));
+  be_->FlagNonFinite(Put(rows), ld, n, Put(ids), static_cast<int64_t>(ids.size()), dflags);
+  EXPECT_EQ(Get(dflags, ids.size()), (std::vector<int32_t>{1, 0, 1, 0, 1}));
+
+  // Engram: 2 streams of D = 64 per token, W_kv [(hc + 1) D, K = 96] in FP32 (act_qdq applies to
+  // quantized W_kv only). The GPU's sums run in another order: 1e-5 relative on streams of ~1.
+  const int hc = 2;
+  const int64_t D = 64, K = 96, N = (hc + 1) * D, tokens = 5;
+  std::vector<float> wkv = Random(N * K, 0.1f, 10), gate = Random(hc * D, 1.f, 11);
+  std::vector<float> emb = Random(tokens * K, 1.f, 12), streams = Random(tokens * hc * D, 1.f, 13);
+  kernels::WeightMatrix host;
+  host.type = kernels::WeightType::kF32, host.data = wkv.data(), host.ld = K, host.row_end = N, host.col_end = K;
+  auto dw = be_->PlaceWeight(host);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  float* ds = Put(streams);
+  be_->EngramGate(*dw, Put(gate), Put(emb), tokens, hc, D, 1e-6f, /*act_qdq=*/true, ds);
+  std::vector<float> expect = streams;
+  kernels::EngramGate(host, gate.data(), emb.data(), tokens, hc, D, 1e-6f, nullptr, {}, expect.data());
+  got = Get(ds, streams.size());
+  EXPECT_TRUE(AllClose("engram gate", got.data(), expect.data(), got.size(), Or({.abs = 1e-5, .rel = 1e-5})));
+  EXPECT_NE(got, streams);  // the gate moved the streams
+}
+
+// Persistent memory comes back: an allocation freed and taken again holds what is copied into it.
+TEST_F(BackendOps, AllocationsAreGivenBack) {
+  for (int round = 0; round < 3; ++round) {
+    auto a = DeviceAllocation::Make(*be_, int64_t{4} << 20);
+    ASSERT_TRUE(a.ok()) << a.status();
+    const std::vector<float> v = Random(1000, 1.f, 20 + round);
+    be_->CopyToDevice(a->floats() + 5000, v.data(), 4000);
+    DeviceAllocation moved = *std::move(a);
+    EXPECT_EQ(a->get(), nullptr);
+    EXPECT_EQ(Get(moved.floats() + 5000, 1000), v);
+  }
+  be_->Free(nullptr);  // nothing to do
+}
+
 TEST_F(BackendOps, WorkspaceIsRecycledAndCopiesRoundTrip) {
   void* a = be_->Workspace(1000);
   be_->Reset();

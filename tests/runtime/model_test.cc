@@ -507,8 +507,8 @@ TEST_P(OnGuardedBackend, AttentionKeepsToDeviceMemory) {
     auto dx = guarded->Allocate(bytes), dout = guarded->Allocate(bytes);
     ASSERT_TRUE(dx.ok() && dout.ok());
     guarded->CopyToDevice(*dx, x.data(), bytes);
-    const absl::Status st = ModelTestPeer::AttentionChunk(seamed, got_cache, static_cast<const float*>(*dx), n,
-                                                          static_cast<float*>(*dout));
+    const absl::Status st =
+        ModelTestPeer::AttentionChunk(seamed, got_cache, static_cast<const float*>(*dx), n, static_cast<float*>(*dout));
     ASSERT_TRUE(st.ok()) << st;
     guarded->CopyToHost(got.data(), *dout, bytes);
     ASSERT_TRUE(guarded->Synchronize().ok()) << guarded->status();
@@ -529,9 +529,8 @@ TEST_P(OnGuardedBackend, AttentionKeepsToDeviceMemory) {
 }
 
 // The whole forward keeps to device memory: the residual streams, the watchdog's checks, Engram's
-// streams (V4.1: gated on the host between two copies for now) and the logits copied out, over a
-// prefill and decode steps, bit for bit as on the CPU backend (the Watchdog tests cover its
-// findings).
+// gate (V4.1: its rows copied over from the host) and the logits copied out, over a prefill and
+// decode steps, bit for bit as on the CPU backend (the Watchdog tests cover its findings).
 TEST_P(OnGuardedBackend, ForwardKeepsToDeviceMemory) {
   const Model &plain = this->plain(), &seamed = this->seamed();
   GuardedBackend* guarded = &this->guarded();

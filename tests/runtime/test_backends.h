@@ -184,6 +184,11 @@ class ForwardingBackend : public Backend {
     const Op op(this, "Scale", {x});
     in_->Scale(x, n, f);
   }
+  void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc, int64_t D,
+                  float eps, bool act_qdq, float* x) override {
+    const Op op(this, "EngramGate", {wkv.data, gate_weight, emb, x});
+    in_->EngramGate(wkv, gate_weight, emb, n, hc, D, eps, act_qdq, x);
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     const Op op(this, "FlagNonFinite", {x, rows, flags});
