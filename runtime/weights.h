@@ -24,13 +24,8 @@
 
 namespace dsv4 {
 
+using kernels::IsQuantized;
 using kernels::WeightMatrix;
-
-// True when the layer's input activations are rounded to FP8 before the product (the reference
-// does this for FP8 and FP4 weights only).
-inline bool IsQuantized(const WeightMatrix& w) {
-  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
-}
 
 struct CompressorWeights {
   int64_t ratio = 0;

@@ -64,7 +64,7 @@ void EngramGate(const WeightMatrix& wkv, const float* gate_weight, float* emb, i
   EnsureFlushDenormals();
   const int64_t K = wkv.cols(), N = wkv.rows();
   DSV4_CHECK(N == (hc + 1) * D, "W_kv has ", N, " rows for hc ", hc, " x D ", D);
-  if (options.act_qdq && (wkv.type == WeightType::kFP8 || wkv.type == WeightType::kFP4)) QdqFp8(emb, n, K, K, kGroup);
+  if (options.act_qdq && IsQuantized(wkv)) QdqFp8(emb, n, K, K, kGroup);
   std::vector<float> kv(n * N);
   BlockwiseLinear(emb, n, wkv, kv.data());
   if (taps && taps->kv_f32) *taps->kv_f32 = kv;

@@ -198,19 +198,20 @@ void Scale(float* x, int64_t n, float s) {
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
-void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags) {
+bool AllFinite(const float* x, int64_t n) {
   // NaN and Inf are the floats whose exponent bits are all ones: integer operations without an
   // early exit, which the compiler vectorizes.
-  for (int64_t i = 0; i < count; ++i) {
-    const float* row = x + rows[i] * ldx;
-    uint32_t bad = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      uint32_t bits;
-      std::memcpy(&bits, row + j, sizeof(bits));
-      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-    }
-    flags[i] = static_cast<int32_t>(bad);
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
   }
+  return bad == 0;
+}
+
+void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags) {
+  for (int64_t i = 0; i < count; ++i) flags[i] = AllFinite(x + rows[i] * ldx, n) ? 0 : 1;
 }
 
 void CombineRows(const float* src, int64_t lds, const int32_t* offsets, const int32_t* src_rows, const float* weights,

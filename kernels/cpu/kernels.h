@@ -40,6 +40,10 @@ struct WeightMatrix {
   int64_t cols() const { return col_end - col_begin; }
 };
 
+// True when a layer's input activations are rounded to FP8 before the product (the reference does
+// this for FP8 and FP4 weights only).
+inline bool IsQuantized(const WeightMatrix& w) { return w.type == WeightType::kFP8 || w.type == WeightType::kFP4; }
+
 // Dequantizes logical row `r` (relative to row_begin), columns [col_begin, col_end), into out.
 // A value below the normal float range reads as 0 (FTZ, isa.h).
 void DequantRow(const WeightMatrix& w, int64_t r, float* out);
@@ -261,6 +265,8 @@ void EngramGate(const WeightMatrix& wkv, const float* gate_weight, float* emb, i
                 float eps, const uint8_t* mask, const EngramGateOptions& options, float* x,
                 const EngramGateTaps* taps = nullptr);
 
+// Whether x [n] holds no NaN and no Inf.
+bool AllFinite(const float* x, int64_t n);
 // flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among its first n values, else 0.
 void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags);
 // Ordered weighted combine: out[t] (+)= sum over j in [offsets[t], offsets[t+1]) of weights[j] *

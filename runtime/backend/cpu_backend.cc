@@ -59,10 +59,6 @@ class CpuExpertTable final : public ExpertTable {
   std::vector<ExpertViews> experts;
 };
 
-bool IsQuantized(const kernels::WeightMatrix& w) {
-  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
-}
-
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::kCpu; }

@@ -46,10 +46,6 @@ class CudaExpertTable final : public ExpertTable {
   kernels::WeightMatrix like[3];
 };
 
-bool IsQuantized(const kernels::WeightMatrix& w) {
-  return w.type == kernels::WeightType::kFP8 || w.type == kernels::WeightType::kFP4;
-}
-
 class CudaBackend final : public Backend {
  public:
   ~CudaBackend() override {

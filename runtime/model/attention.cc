@@ -76,10 +76,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     const int64_t B = pool.block_tokens(), window_rows = pool.num_window_blocks() * B;
     const KvPool::Layer* comp = ratio > 0 ? &pool.layer(c.kv_source(layer)) : nullptr;
     const int64_t nblocks = ratio > 0 ? (s.start + s.n) / ratio : 0;  // compressed rows complete after the step
-    auto comp_row = [&](int64_t j) {
-      return static_cast<int32_t>(window_rows + s.n + cache.blocks[j / comp->per_block].block * comp->per_block +
-                                  j % comp->per_block);
-    };
+    auto comp_row = [&](int64_t j) { return static_cast<int32_t>(window_rows + s.n + cache.PoolRow(*comp, j)); };
     const int64_t k_comp = picked ? s.picks->k : nblocks;
     const int64_t k = win + k_comp;
     // The rows each query attends, built on the host from the block table, then on the device.

@@ -126,12 +126,12 @@ absl::Status KvPool::Grow(int64_t num_blocks, int64_t num_window_blocks) {
 
 const float* SequenceCache::CompressedRow(int64_t l, int64_t r) const {
   const KvPool::Layer& pl = pool->layer(l);
-  return pl.compressed.data() + (blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.head_dim;
+  return pl.compressed.data() + PoolRow(pl, r) * pl.head_dim;
 }
 
 const float* SequenceCache::IndexKeyRow(int64_t l, int64_t r) const {
   const KvPool::Layer& pl = pool->layer(l);
-  return pl.index_keys.data() + (blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block) * pl.index_dim;
+  return pl.index_keys.data() + PoolRow(pl, r) * pl.index_dim;
 }
 
 namespace {

@@ -153,6 +153,11 @@ struct SequenceCache {
   // while everything stayed finite. Once set the sequence's state is poisoned for good.
   int64_t nonfinite_layer = -1;
 
+  // The pool row of compressed position r of a layer whose pool part is `pl` (its compressed KV,
+  // index keys): through the block table, blocks[r / per_block] holds it.
+  int64_t PoolRow(const KvPool::Layer& pl, int64_t r) const {
+    return blocks[r / pl.per_block].block * pl.per_block + r % pl.per_block;
+  }
   // Row r of layer l's compressed KV / index keys (the r-th compressed position), in the pool
   // (the backend's memory).
   const float* CompressedRow(int64_t l, int64_t r) const;

@@ -111,8 +111,8 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
       auto store = [&](PoolRows& rows, const float* src, int64_t dim) {
         for (int64_t j = j0; j < j0 + blocks;) {
           const int64_t run = std::min(j0 + blocks, (j / pl.per_block + 1) * pl.per_block) - j;
-          be.CopyOnDevice(rows.data() + (cache.blocks[j / pl.per_block].block * pl.per_block + j % pl.per_block) * dim,
-                          src + (j - j0) * dim, run * dim * static_cast<int64_t>(sizeof(float)));
+          be.CopyOnDevice(rows.data() + cache.PoolRow(pl, j) * dim, src + (j - j0) * dim,
+                          run * dim * static_cast<int64_t>(sizeof(float)));
           j += run;
         }
       };

@@ -8,6 +8,7 @@
 #include "base/status.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 #include "runtime/model/model.h"
 
 namespace dsv4 {
@@ -97,7 +98,7 @@ absl::Status Model::ApplyEngram(int64_t layer, EngramStep& step, float* x) const
   Backend& be = *backend_;
   const int64_t count = static_cast<int64_t>(step.rows[e].size()), size = count * c.engram_head_dim;
   DeviceScratch<float> emb(be, size);
-  std::vector<float> host(be.HostIsDevice() ? 0 : size);
+  kernels::Scratch<float> host(be.HostIsDevice() ? 0 : size, kernels::NoInit{});
   float* rows = be.HostIsDevice() ? emb.data() : host.data();
   EngramDequantRows(step.codes[e].data(), step.scales[e].data(), count, c.engram_head_dim, rows);
   if (!be.HostIsDevice()) be.CopyToDevice(emb.data(), rows, emb.bytes());

@@ -365,7 +365,8 @@ void Model::RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos,
   Backend& be = *backend_;
   // Written in place where host memory is the device's, else on the host and copied.
   const bool direct = be.HostIsDevice();
-  std::vector<float> host_cos(direct ? 0 : n * half), host_sin(direct ? 0 : n * half);
+  kernels::Scratch<float> host_cos(direct ? 0 : n * half, kernels::NoInit{}),
+      host_sin(direct ? 0 : n * half, kernels::NoInit{});
   float* c = direct ? cos : host_cos.data();
   float* s = direct ? sin : host_sin.data();
   for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], c + t * half, s + t * half);
@@ -499,22 +500,6 @@ absl::Status Model::NumericalError(const SequenceCache& cache) const {
           : "non-finite values (NaN or Inf) in the logits: the head's weights are broken (run with --check-weights)");
 }
 
-namespace {
-
-// NaN and Inf are the floats whose exponent bits are all ones. One pass of integer operations
-// without an early exit, which the compiler vectorizes: a few thousand floats per call.
-bool AllFinite(const float* x, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
-
-}  // namespace
-
 absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<const SequenceChunk> seqs, float* logits,
                                  const ForwardTaps* taps) const {
   const ModelConfig& c = config();
@@ -611,7 +596,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   for (int64_t i = 0; i < num_seqs; ++i) {
     seqs[i].cache->length += seqs[i].n;
     if (!seqs[i].logits) continue;
-    const int64_t row = slices[i].begin + slices[i].n - 1;
+    const int64_t row = last_rows[i];
     last[k] = x.data() + row * hc * D;
     last_pre[k++] = pre_mix.size() > 0 ? pre_mix.data() + row * hc : nullptr;
   }
@@ -620,7 +605,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     int64_t row = 0;
     for (int64_t i = 0; i < num_seqs; ++i) {
       if (!seqs[i].logits) continue;
-      if (seqs[i].cache->nonfinite_layer < 0 && !AllFinite(logits + row * c.vocab_size, c.vocab_size))
+      if (seqs[i].cache->nonfinite_layer < 0 && !kernels::AllFinite(logits + row * c.vocab_size, c.vocab_size))
         seqs[i].cache->nonfinite_layer = c.num_hidden_layers;
       ++row;
     }
