@@ -171,6 +171,7 @@ absl::Status ReadEngine(const json& j, const std::string& where, EngineProfile* 
   r.Number("gpu_prefill_tokens", &e->gpu_prefill_tokens);
   r.String("multi_gpu", &e->multi_gpu);
   r.String("fp4_without_fp4", &e->fp4_without_fp4);
+  r.String("indexer_topk", &e->indexer_topk);
   r.Bool("launch_partner", &e->launch_partner);
   r.Bool("dedicated", &e->dedicated);
   if (!r.status().ok()) return r.status();
@@ -235,7 +236,8 @@ absl::Status ReadEngine(const json& j, const std::string& where, EngineProfile* 
                             {"host_kernels", &e->host_kernels, {"tuned", "llamacpp"}},
                             {"host_compute_kernels", &e->host_compute_kernels, {"", "tuned", "llamacpp"}},
                             {"multi_gpu", &e->multi_gpu, {"tensor", "layer"}},
-                            {"fp4_without_fp4", &e->fp4_without_fp4, {"fp8", "bf16"}}};
+                            {"fp4_without_fp4", &e->fp4_without_fp4, {"fp8", "bf16"}},
+                            {"indexer_topk", &e->indexer_topk, {"parallel", "sort"}}};
   for (const Choice& c : choices) {
     bool ok = false;
     for (const char* a : c.allowed) ok |= *c.value == a;

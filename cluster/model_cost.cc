@@ -175,6 +175,7 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
       w.core_flops = 2 * H * (latent + m.kv_lora_rank) * attended;
     }
     if (m.mla_indexer) w.indexer_flops = 2.0 * m.index_heads * m.index_dim * context;
+    w.indexed_rows = m.mla_indexer ? context : 0;
     w.indexer_bytes = m.mla_indexer ? context * IndexKeyBytes(m) : 0;
     w.kv_read_bytes = attended * MlaEntryBytes(m, p.kv_bits) + w.indexer_bytes;
     w.kernels = 18 + (m.mla_indexer ? 6 : 0);
@@ -186,7 +187,8 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
   const double compressed = CompressedAttended(m, v, context);
   const double attended = window + compressed;
   w.core_flops = 2 * H * (2.0 * m.head_dim) * attended;  // QK and PV over the 512-d K = V head
-  if (v.runs_indexer && v.ratio > 0) w.indexer_flops = 2.0 * m.index_heads * m.index_dim * (context / v.ratio);
+  if (v.runs_indexer && v.ratio > 0) w.indexed_rows = context / v.ratio;
+  w.indexer_flops = 2.0 * m.index_heads * m.index_dim * w.indexed_rows;
   const double entry = EntryBytes(m.head_dim, m.qk_rope_dim, p.kv_bits);
   w.indexer_bytes = v.runs_indexer && v.ratio > 0 ? (context / v.ratio) * IndexKeyBytes(m) : 0;
   w.kv_read_bytes = attended * entry + w.indexer_bytes;

@@ -65,6 +65,7 @@ struct AttentionWork {
   double window_flops = 0;
   double window_bytes = 0;
   double indexer_bytes = 0;  // indexer keys read (part of kv_read_bytes)
+  double indexed_rows = 0;   // rows the indexer scores for one new token (compressed rows; MLA: tokens)
 };
 
 // Cache bytes one sequence holds per layer: `per_token` grows with the context, `fixed` does not

@@ -75,6 +75,9 @@ const std::vector<TuningParameter>& TuningParameters() {
       {"maturity.day0", &Tuning::maturity_day0, 0.05, 1.0,
        "device efficiencies of software in the first three weeks after a model or device release"},
       {"maturity.early", &Tuning::maturity_early, 0.1, 1.0, "the same in the first quarter"},
+      {"attention.select_sort_ns", &Tuning::select_sort_ns, 0.5, 200,
+       "decode top-k of engines that sort every compressed row's indexer score in one thread group: ns per row "
+       "per indexed layer"},
       {"overlap.loss", &Tuning::overlap_loss, 0.0, 1.0,
        "share of the shorter of computation and expert-parallel communication that two-micro-batch overlap fails "
        "to hide"},

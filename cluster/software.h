@@ -42,6 +42,11 @@ struct EngineProfile {
   std::string multi_gpu = "tensor";   // several devices split "tensor"s (TP/EP) or "layer"s (pipeline)
   std::string fp4_without_fp4 = "fp8";  // 4-bit weights on devices without FP4 tensor cores run at the
                                         // "fp8" rate (converted) or the "bf16" rate (dequantized, W4A16)
+  // How a decode step picks the indexer's top-k compressed rows (V3.2, V4): "parallel" (top-k kernels
+  // spread over the device: DeepGEMM / FlashMLA sparse decode) or "sort" (every visible row's score
+  // sorted by one thread group per token: ds4's Metal argsort and CUDA block sorts). A sort's time
+  // grows with the context and does not shrink on a larger device (Tuning::select_sort_ns).
+  std::string indexer_topk = "parallel";
   // Engines DeepSeek worked with before a release ship tuned single-node kernels on release day: a
   // new model on datacenter parts, on one node, without disaggregation, is "mature" from day 0
   // (LMSYS DeepSeek-V4 day-0 figures); multi-node, disaggregated and desk-side paths are not.
@@ -85,6 +90,8 @@ struct Tuning {
   double maturity_early = 0.7;        // the same in the first quarter after a release
   double overlap_loss = 0.1;          // share of the shorter of computation and communication that two
                                       // micro-batches (or a fused MoE kernel) fail to hide
+  double select_sort_ns = 10;         // decode top-k by a one-thread-group sort ("sort" engines): ns per
+                                      // compressed row per indexed layer per step
 };
 
 struct TuningParameter {

@@ -268,6 +268,17 @@ void StepModel::AttentionOps(Accum& acc, int64_t l, const Pass& s) const {
     if (w.indexer_flops > 0)
       AddOp(acc, "attention.indexer", w.indexer_flops * tokens, 0, 0, host_only ? s.attn_peak : r_.device.PeakTflops(8),
             flop_eff, false);
+    // An engine that sorts every visible row's score to pick the top-k, one thread group per token,
+    // pays a time per row that a larger device does not shorten: the sort is the compute of one
+    // group, and the groups of a batch's tokens run side by side. Prefill sorts many tokens at once
+    // across the device and is not charged.
+    if (!prefill && w.indexed_rows > 0 && r_.engine.indexer_topk == "sort") {
+      const double t = w.indexed_rows * r_.tuning.select_sort_ns * 1e-9;
+      OpTime& op = acc.Op("attention.select (sort)");
+      op.seconds += t;
+      op.bound = "compute";
+      acc.by_bound[0] += t;
+    }
   }
 }
 

@@ -1042,6 +1042,40 @@ TEST(Mechanisms, LayerwisePrefillStreamsExperts) {
   EXPECT_GT(OpMs((*cpu)["prefill"], "moe.routed (host)"), ms);
 }
 
+// An engine that picks the indexer's top-k by sorting every compressed row's score in one thread
+// group (ds4) pays attention.select_sort_ns per row per indexed layer in each decode step, the same on
+// any device; an engine with parallel top-k kernels does not, and prefill is never charged.
+TEST(Mechanisms, SortedTopKGrowsWithTheContext) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = json::parse(R"({
+    "model": "deepseek-v4-flash", "weights": {"dense_bits": 8, "expert_bits": 2.25, "kv_bits": 16},
+    "hardware": {"device": "rtx-pro-6000", "devices_per_node": 1, "nodes": 1},
+    "parallel": {"tp": 1, "ep": 1, "experts_on": "device"},
+    "workload": {"input_tokens": 50000, "output_tokens": 256, "concurrency": 1},
+    "software": {"engine": "ds4"}, "question": "single_stream"})");
+  auto sorted = PlanJson(j);
+  j["software"]["engine"] = "vllm";
+  auto parallel = PlanJson(j);
+  ASSERT_TRUE(sorted.ok() && parallel.ok()) << sorted.status() << parallel.status();
+  // The rows the indexer scores at the decode's mean context (the prompt and half the answer),
+  // summed over the indexed layers.
+  const ModelPreset m = *LoadPreset("deepseek-v4-flash");
+  const double context = 50000 + 256 / 2;
+  double rows = 0;
+  for (int64_t l = 0; l < m.layers; ++l) rows += LayerAttentionWork(m, l, context, false, {}).indexed_rows;
+  ASSERT_GT(rows, 1000);
+  // 1e-3 relative: the answer rounds milliseconds to 0.1 us.
+  const double ms = OpMs((*sorted)["decode"], "attention.select (sort)");
+  EXPECT_NEAR(ms, rows * t.select_sort_ns * 1e-6, ms * 1e-3);
+  EXPECT_EQ(OpMs((*parallel)["decode"], "attention.select (sort)"), 0);
+  EXPECT_EQ(OpMs((*sorted)["prefill"], "attention.select (sort)"), 0);
+  // A catalog engine may say "sort" or "parallel", nothing else.
+  Catalog c = BuiltinCatalog();
+  const absl::Status bad = MergeCatalogJson(R"({"engines": {"ds4": {"indexer_topk": "heap"}}})", "mine.json", &c);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.message().find("indexer_topk"), std::string::npos) << bad;
+}
+
 // llama.cpp splits a model's layers over the GPUs and runs them in turn: each device holds half the
 // layers, one token's step is the whole model at one device's rates plus one hand-off.
 TEST(Mechanisms, LayerSplitPipeline) {
