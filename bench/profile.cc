@@ -179,12 +179,20 @@ StoredMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt1993
   return m;
 }
 
-// Achieved TFLOP/s of y = x W^T for `m` token rows, over a set of matrices that together exceed the
-// last-level cache (each call takes the next one, as a model's layers do): the median over `reps`
-// passes through the set.
-RatePoint DenseRate(std::vector<StoredMatrix>& set, int64_t m, int reps) {
+// The activations the products are measured on, as the runtime feeds them. The inputs of FP8 and FP4
+// products are FP8-rounded with power-of-two scales (the reference's activation quantization), so
+// they are exact in BF16, and the GEMM path (more than 16 tokens) multiplies them in BF16 where that
+// pays: 2^-7 is such a value. The head's input (the final norm's output) is not exact in BF16, and
+// neither is 0.01: its products stay in FP32, as the head's do.
+constexpr float kQuantizedActivation = 0.0078125f;
+constexpr float kFloatActivation = 0.01f;
+
+// Achieved TFLOP/s of y = x W^T for `m` token rows of value `x_value`, over a set of matrices that
+// together exceed the last-level cache (each call takes the next one, as a model's layers do): the
+// median over `reps` passes through the set.
+RatePoint DenseRate(std::vector<StoredMatrix>& set, int64_t m, int reps, float x_value) {
   const WeightMatrix& w0 = set[0].view;
-  std::vector<float> x(m * w0.cols(), 0.01f), y(m * w0.rows());
+  std::vector<float> x(m * w0.cols(), x_value), y(m * w0.rows());
   Passes passes;
   for (int r = 0; r < reps + 1; ++r) {  // the first pass warms up
     const double c0 = CpuSeconds();
@@ -209,7 +217,8 @@ struct ExpertMatrices {
 RatePoint GroupedRate(std::vector<std::vector<ExpertMatrices>>& layers, int64_t m, int reps) {
   const int64_t experts = static_cast<int64_t>(layers[0].size());
   const int64_t D = layers[0][0].w1.view.cols(), I = layers[0][0].w1.view.rows();
-  std::vector<float> x(experts * m * D, 0.01f), g(experts * m * I), u(experts * m * I), y(experts * m * D);
+  std::vector<float> x(experts * m * D, kQuantizedActivation), g(experts * m * I), u(experts * m * I),
+      y(experts * m * D);
   std::vector<kernels::LinearJob> up(2 * experts), down(experts);
   Passes passes;
   for (int r = 0; r < reps + 1; ++r) {
@@ -257,7 +266,7 @@ CpuProfile::FloorPoint ProductFloor(int64_t m, std::mt19937_64& rng) {
   constexpr int64_t kK = 128, kNarrow = 128, kWide = 512;
   auto median_us = [&](int64_t n) {
     StoredMatrix w = MakeMatrix(WeightType::kFP8, n, kK, rng);
-    std::vector<float> x(m * kK, 0.01f), y(m * n);
+    std::vector<float> x(m * kK, kQuantizedActivation), y(m * n);
     return MedianCallUs(400, 20, [&] { kernels::Linear(x.data(), m, kK, w.view, y.data(), n); });
   };
   const double narrow = median_us(kNarrow), wide = median_us(kWide);
@@ -292,10 +301,10 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   for (int64_t k : widths) {
     {
       auto set = dense_set(WeightType::kFP8, 1, k);
-      for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps));
+      for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps, kQuantizedActivation));
     }
     auto set = dense_set(WeightType::kBF16, 2, k);
-    for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set, m, o.reps));
+    for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set, m, o.reps, kFloatActivation));
   }
   {
     const double one = 1.5 * o.expert_inter * o.hidden * o.experts;  // bytes of a layer's experts
