@@ -210,6 +210,15 @@ bool AllFinite(const float* x, int64_t n) {
   return bad == 0;
 }
 
+void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block, int32_t offset,
+              int32_t* rows, int64_t ldrows) {
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t p = picks[t * k + i];
+      rows[t * ldrows + i] = p < 0 ? -1 : offset + block_base[p / per_block] + static_cast<int32_t>(p % per_block);
+    }
+}
+
 void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags) {
   for (int64_t i = 0; i < count; ++i) flags[i] = AllFinite(x + rows[i] * ldx, n) ? 0 : 1;
 }

@@ -265,6 +265,11 @@ void EngramGate(const WeightMatrix& wkv, const float* gate_weight, float* emb, i
                 float eps, const uint8_t* mask, const EngramGateOptions& options, float* x,
                 const EngramGateTaps* taps = nullptr);
 
+// Attention rows from the indexer's picks: rows[t * ldrows + i] = offset + block_base[p / per_block] +
+// p % per_block for p = picks[t * k + i] >= 0 (a compressed position, through its sequence's block
+// table: block_base[b] is the pool row of compressed block b's first position), -1 for p < 0.
+void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block, int32_t offset,
+              int32_t* rows, int64_t ldrows);
 // Whether x [n] holds no NaN and no Inf.
 bool AllFinite(const float* x, int64_t n);
 // flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among its first n values, else 0.

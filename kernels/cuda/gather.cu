@@ -49,6 +49,16 @@ __global__ void ScaleKernel(float* x, int64_t n, float s) {
     x[i] *= s;
 }
 
+__global__ void PickRowsKernel(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                               int32_t offset, int32_t* rows, int64_t ldrows) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < m * k;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / k, i = e % k;
+    const int32_t p = picks[e];
+    rows[t * ldrows + i] = p < 0 ? -1 : offset + block_base[p / per_block] + static_cast<int32_t>(p % per_block);
+  }
+}
+
 // Block per row: any thread's non-finite value flags the row.
 __global__ void FlagNonFiniteKernel(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int32_t* flags) {
   const float* row = x + static_cast<int64_t>(rows[blockIdx.x]) * ldx;
@@ -95,6 +105,16 @@ cudaError_t Scale(float* x, int64_t n, float s, cudaStream_t stream) {
   const LaunchConfig cfg = ElementwiseLaunch(n);
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   DSV4_LAUNCH(ScaleKernel, cfg, stream, x, n, s);
+  return cudaGetLastError();
+}
+
+cudaError_t PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                     int32_t offset, int32_t* rows, int64_t ldrows, cudaStream_t stream) {
+  if (m < 0 || k < 0 || per_block < 1 || ldrows < k) return cudaErrorInvalidValue;
+  if (m == 0 || k == 0) return cudaSuccess;
+  const LaunchConfig cfg = ElementwiseLaunch(m * k);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(PickRowsKernel, cfg, stream, picks, m, k, block_base, per_block, offset, rows, ldrows);
   return cudaGetLastError();
 }
 

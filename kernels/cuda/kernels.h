@@ -188,6 +188,9 @@ cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, i
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream);
 // x[i] *= s for i < n (kernels::Scale).
 cudaError_t Scale(float* x, int64_t n, float s, cudaStream_t stream);
+// Attention rows from the indexer's picks through a block table (kernels::PickRows).
+cudaError_t PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                     int32_t offset, int32_t* rows, int64_t ldrows, cudaStream_t stream);
 // flags[i] = 1 where row rows[i] of x holds a NaN or an Inf among its first n values (kernels::FlagNonFinite).
 cudaError_t FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count, int32_t* flags,
                           cudaStream_t stream);

@@ -196,6 +196,11 @@ class Backend {
   // streams' gate weights [hc, D].
   virtual void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc,
                           int64_t D, float eps, bool act_qdq, float* x) = 0;
+  // Attention's rows from the indexer's picks (kernels::PickRows): rows[t * ldrows + i] = offset +
+  // block_base[p / per_block] + p % per_block for each pick p = picks[t * k + i] >= 0, -1 for p < 0.
+  // All in device memory: the picks never come back to the host.
+  virtual void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                        int32_t offset, int32_t* rows, int64_t ldrows) = 0;
   // The numerical watchdog: flags[i] = 1 where row rows[i] of x (ldx) holds a NaN or an Inf among
   // its first n values, else 0.
   virtual void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,

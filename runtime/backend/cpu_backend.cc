@@ -235,6 +235,10 @@ class CpuBackend final : public Backend {
                   float eps, bool act_qdq, float* x) override {
     kernels::EngramGate(wkv, gate_weight, emb, n, hc, D, eps, /*mask=*/nullptr, {.act_qdq = act_qdq}, x);
   }
+  void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                int32_t offset, int32_t* rows, int64_t ldrows) override {
+    kernels::PickRows(picks, m, k, block_base, per_block, offset, rows, ldrows);
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     kernels::FlagNonFinite(x, ldx, n, rows, count, flags);

@@ -306,6 +306,11 @@ class CudaBackend final : public Backend {
     Linear(emb, n, K, wkv, kv.data(), N);
     if (ok()) Check(kc::EngramGateRows(kv.data(), N, gate_weight, n, hc, D, eps, x, stream_), "EngramGate");
   }
+  void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                int32_t offset, int32_t* rows, int64_t ldrows) override {
+    if (ok() && m > 0 && k > 0)
+      Check(kc::PickRows(picks, m, k, block_base, per_block, offset, rows, ldrows, stream_), "PickRows");
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     if (ok() && count > 0) Check(kc::FlagNonFinite(x, ldx, n, rows, count, flags, stream_), "FlagNonFinite");

@@ -79,7 +79,8 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     auto comp_row = [&](int64_t j) { return static_cast<int32_t>(window_rows + s.n + cache.PoolRow(*comp, j)); };
     const int64_t k_comp = picked ? s.picks->k : nblocks;
     const int64_t k = win + k_comp;
-    // The rows each query attends, built on the host from the block table, then on the device.
+    // The rows each query attends: the window's and (V4 ratio 128) every visible block's from the
+    // block table on the host; the indexer's picks mapped through the same table on the device.
     Scratch<int32_t> idx(s.n * k, -1);
     DeviceScratch<int32_t> didx(be, be.HostIsDevice() ? 0 : s.n * k);
     for (int64_t t = 0; t < s.n; ++t) {
@@ -89,14 +90,22 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
       for (int64_t p = std::max<int64_t>(0, p0 - win + 1); p <= p0; ++p)
         row[j++] = static_cast<int32_t>(p >= s.start ? window_rows + (p - s.start)
                                                      : cache.blocks[p / B].window * B + p % B);
-      if (picked) {
-        const int32_t* picks = &s.picks->picks[t * k_comp];
-        for (int64_t i = 0; i < k_comp; ++i)
-          if (picks[i] >= 0) row[win + i] = comp_row(picks[i]);
-      } else if (ratio > 0) {  // V4 ratio 128: every visible block
+      if (!picked && ratio > 0) {  // V4 ratio 128: every visible block
         const int64_t visible = std::min(nblocks, (p0 + 1) / ratio);
         for (int64_t b = 0; b < visible; ++b) row[win + b] = comp_row(b);
       }
+    }
+    int32_t* rows = idx.data();
+    if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
+    if (picked && k_comp > 0) {
+      // Compressed position j lives at pool row blocks[j / per].block * per + j % per.
+      const int64_t per = comp->per_block, used = (nblocks + per - 1) / per;
+      Scratch<int32_t> base(used, kernels::NoInit{});
+      for (int64_t b = 0; b < used; ++b) base[b] = static_cast<int32_t>(cache.blocks[b].block * per);
+      DeviceScratch<int32_t> dbase(be, be.HostIsDevice() ? 0 : used);
+      const int32_t* bases = base.data();
+      if (dbase.size() > 0) be.CopyToDevice(dbase.data(), base.data(), dbase.bytes()), bases = dbase.data();
+      be.PickRows(s.picks->picks, s.n, k_comp, bases, per, static_cast<int32_t>(window_rows + s.n), rows + win, k);
     }
     KvPool::Layer& wl = pool.layer(layer);
     kernels::KvSegments segs;
@@ -104,8 +113,6 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     segs.ptr[1] = kv.data() + s.begin * hd, segs.len[1] = s.n;
     segs.ptr[2] = comp ? comp->compressed.data() : nullptr;
     segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
-    const int32_t* rows = idx.data();
-    if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
     be.SparseAttention(q.data() + s.begin * H * hd, s.n, H, hd, segs, rows, k, ap.attn_sink,
                        1.0f / std::sqrt(static_cast<float>(hd)), o.data() + s.begin * H * hd);
     // The step's window keys, by absolute position, into the blocks that keep a window part: for

@@ -9,9 +9,9 @@
 // best blocks of positions, and the later index sources pick inside them. The picks of an index
 // source serve the layers after it that run no indexer (StepPicks).
 //
-// Queries, keys, scores and the top-k run on the backend; the picks come back to the host, which
-// builds each query's attention rows from them. Level 1 and its masking still run on the host,
-// over a copy of the scores (V4.1 only).
+// Queries, keys, scores and the top-k run on the backend, and the picks stay there: attention maps
+// them to pool rows on the device (Backend::PickRows). Level 1 and its masking still run on the
+// host, over a copy of the scores and of the masked layers' picks (V4.1 only).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -86,17 +86,18 @@ void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const Seq
   }
   const int64_t k = std::min(c.index_topk, nkeys);
   out.k = k;
-  DeviceScratch<int32_t> picks(be, n * k);
-  be.TopK(scores.data(), n, nkeys, nkeys, dnvis.data(), k, picks.data(), k);
-  be.CopyToHost(out.picks, picks.data(), picks.bytes());
+  be.TopK(scores.data(), n, nkeys, nkeys, dnvis.data(), k, out.picks, k);
   if (!level2) return;
+  // A masked position is never attended, even when fewer candidates than k remain.
+  kernels::Scratch<int32_t> picks(n * k, kernels::NoInit{});
+  be.CopyToHost(picks.data(), out.picks, picks.size() * static_cast<int64_t>(sizeof(int32_t)));
   for (int64_t t = 0; t < n; ++t) {
     const float* row = &host_scores[t * nkeys];
-    int32_t* p = &out.picks[t * k];
-    // A masked position is never attended, even when fewer candidates than k remain.
+    int32_t* p = &picks[t * k];
     for (int64_t i = 0; i < std::min(k, nvis[t]); ++i)
       if (row[p[i]] == -std::numeric_limits<float>::infinity()) p[i] = -1;
   }
+  be.CopyToDevice(out.picks, picks.data(), picks.size() * static_cast<int64_t>(sizeof(int32_t)));
 }
 
 }  // namespace dsv4

@@ -551,14 +551,14 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   };
   int64_t cand_room = 0;
   for (const SequenceChunk& s : seqs) cand_room += cand_entries(s);
-  kernels::Scratch<int32_t> pick_rows(n * c.index_topk, kernels::NoInit{});
+  DeviceScratch<int32_t> pick_rows(be, n * c.index_topk);
   kernels::Scratch<uint8_t> cand_rows(cand_room, kernels::NoInit{});
   kernels::Scratch<StepPicks> picks(num_seqs);
   kernels::Scratch<SeqSlice> slices(num_seqs);
   int64_t at = 0, cand_at = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     const SequenceChunk& s = seqs[i];
-    picks[i].picks = &pick_rows[at * c.index_topk];
+    picks[i].picks = pick_rows.data() + at * c.index_topk;
     picks[i].candidates = &cand_rows[cand_at];
     picks[i].candidates_capacity = cand_entries(s);
     cand_at += picks[i].candidates_capacity;

@@ -155,6 +155,20 @@ TEST_F(CudaKernels, FlagNonFiniteAsTheCpu) {
   EXPECT_EQ(dflags.Host(), want);
 }
 
+// Attention's rows from the indexer's picks: the same table as the CPU kernel's, rows wider than k.
+TEST_F(CudaKernels, PickRowsAsTheCpu) {
+  const int64_t m = 37, k = 512, per = 64, ld = 640, blocks = 40;
+  std::vector<int32_t> picks(m * k), base(blocks);
+  for (int64_t b = 0; b < blocks; ++b) base[b] = static_cast<int32_t>(((b * 7) % blocks) * per);
+  for (int64_t e = 0; e < m * k; ++e)
+    picks[e] = e % 11 == 0 ? -1 : static_cast<int32_t>((e * 2654435761u) % (blocks * per));
+  std::vector<int32_t> want(m * ld, -5);
+  kernels::PickRows(picks.data(), m, k, base.data(), per, 1000, want.data(), ld);
+  DevVec<int32_t> dpicks(picks), dbase(base), drows(std::vector<int32_t>(m * ld, -5));
+  ASSERT_EQ(PickRows(dpicks.get(), m, k, dbase.get(), per, 1000, drows.get(), ld, stream_), cudaSuccess);
+  EXPECT_EQ(drows.Host(), want);
+}
+
 TEST_F(CudaKernels, RmsNorm) {
   for (int64_t n : {1, 33, 512, 4097})
     for (bool gain : {false, true})

@@ -432,6 +432,27 @@ TEST_F(BackendOps, CompressedKvScaleWatchdogAndEngramGate) {
 }
 
 // Persistent memory comes back: an allocation freed and taken again holds what is copied into it.
+// Attention's rows from the indexer's picks, through a block table, against the rule written out:
+// block b of a sequence's compressed positions starts at pool row block_base[b]; -1 stays -1; the
+// columns of a row past k are left alone.
+TEST_F(BackendOps, PickRowsMapPicksThroughTheBlockTable) {
+  const int64_t m = 3, k = 5, per = 4, ld = 7;
+  const int32_t offset = 100;
+  const std::vector<int32_t> picks = {0, 3, 4, -1, 9, 11, 8, -1, -1, 1, 5, 6, 7, 2, 10};
+  const std::vector<int32_t> base = {40, 8, 24};  // blocks of 4 positions in pool order 40.., 8.., 24..
+  std::vector<int32_t> want(m * ld, -7);
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t p = picks[t * k + i];
+      want[t * ld + i] = p < 0 ? -1 : offset + base[p / per] + p % per;
+    }
+  EXPECT_EQ(want[0 * ld + 2], 100 + 8);       // position 4: the first of block 1
+  EXPECT_EQ(want[1 * ld + 0], 100 + 24 + 3);  // position 11: the last of block 2
+  int32_t* drows = Put(std::vector<int32_t>(m * ld, -7));
+  be_->PickRows(Put(picks), m, k, Put(base), per, offset, drows, ld);
+  EXPECT_EQ(Get(drows, want.size()), want);
+}
+
 TEST_F(BackendOps, AllocationsAreGivenBack) {
   for (int round = 0; round < 3; ++round) {
     auto a = DeviceAllocation::Make(*be_, int64_t{4} << 20);

@@ -44,7 +44,7 @@ class ModelTestPeer {
     const WorkspaceScope step(m.backend());
     const int64_t blocks =
         cand < 0 ? 0 : CandidateBlockCount((cache.length + n) / c.ratio(cand), c.candidate_block_size);
-    std::vector<int32_t> picks(n * c.index_topk);
+    DeviceScratch<int32_t> picks(m.backend(), n * c.index_topk);  // the picks stay in the backend's memory
     std::vector<uint8_t> candidates(std::max<int64_t>(n * blocks, 1));
     StepPicks sp{0, picks.data(), 0, candidates.data(), n * blocks};
     const SeqSlice s{0, n, cache.length, &cache, &sp};

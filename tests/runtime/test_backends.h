@@ -189,6 +189,11 @@ class ForwardingBackend : public Backend {
     const Op op(this, "EngramGate", {wkv.data, gate_weight, emb, x});
     in_->EngramGate(wkv, gate_weight, emb, n, hc, D, eps, act_qdq, x);
   }
+  void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
+                int32_t offset, int32_t* rows, int64_t ldrows) override {
+    const Op op(this, "PickRows", {picks, block_base, rows});
+    in_->PickRows(picks, m, k, block_base, per_block, offset, rows, ldrows);
+  }
   void FlagNonFinite(const float* x, int64_t ldx, int64_t n, const int32_t* rows, int64_t count,
                      int32_t* flags) override {
     const Op op(this, "FlagNonFinite", {x, rows, flags});
