@@ -265,6 +265,23 @@ void EngramGate(const WeightMatrix& wkv, const float* gate_weight, float* emb, i
                 float eps, const uint8_t* mask, const EngramGateOptions& options, float* x,
                 const EngramGateTaps* taps = nullptr);
 
+// V4.1's two-level indexer (MODEL.md 2.4). Level 1: the candidate-source layer keeps, for each
+// query, the best blocks of `block_size` consecutive compressed positions; the index sources after
+// it pick their top-k only inside those blocks.
+// Blocks covering `width` positions: ceil(width / block_size).
+inline int64_t CandidateBlockCount(int64_t width, int64_t block_size) { return (width + block_size - 1) / block_size; }
+// scores [n, width]: indexer scores of n queries, -inf from each query's nvis[t] visible positions
+// on. A block scores the max of its positions. For each query, keep [n, CandidateBlockCount] gets 1
+// for the block holding its newest visible position (always kept: it may be only partly filled)
+// and for the best of the others, topk_blocks in all, leaving out blocks with no visible position
+// and blocks whose positions all score -inf. Ties between block scores go to the lower block.
+void SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int64_t topk_blocks,
+                           int64_t block_size, uint8_t* keep);
+// Level 2: scores [n, width] of positions outside the kept blocks become -inf.
+void MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size);
+// Level 2's top-k picks [n, k] of masked positions become -1 (for i < min(k, nvis[t]): where
+// scores[t, picks[t, i]] is -inf), so fewer candidates than k are never padded with them.
+void DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks, int64_t k);
 // Attention rows from the indexer's picks: rows[t * ldrows + i] = offset + block_base[p / per_block] +
 // p % per_block for p = picks[t * k + i] >= 0 (a compressed position, through its sequence's block
 // table: block_base[b] is the pool row of compressed block b's first position), -1 for p < 0.

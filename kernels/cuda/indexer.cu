@@ -251,6 +251,111 @@ cudaError_t IndexerScores(const float* q, const float* w, int64_t m, int64_t H, 
   return cudaGetLastError();
 }
 
+namespace {
+
+// Level 1, first pass: block b of query t scores the max of its visible positions; the block of the
+// newest visible position +inf; blocks past the visible ones are not valid (vb[t] counts the valid).
+__global__ void CandidateBlockScoresKernel(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
+                                           int64_t block_size, int64_t nb, float* block, int64_t* vb) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n * nb;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / nb, b = e % nb;
+    const int64_t visible = nvis[t] < width ? (nvis[t] > 0 ? nvis[t] : 0) : width;
+    const int64_t valid = (visible + block_size - 1) / block_size;
+    if (b == 0) vb[t] = valid;
+    float mx = -CUDART_INF_F;
+    if (b < valid) {
+      const int64_t p1 = (b + 1) * block_size < visible ? (b + 1) * block_size : visible;
+      for (int64_t p = b * block_size; p < p1; ++p) mx = fmaxf(mx, scores[t * width + p]);
+      if (b == valid - 1) mx = CUDART_INF_F;
+    }
+    block[e] = mx;
+  }
+}
+
+// Level 1, last pass: keep[t] = 1 on the picked blocks whose score is not -inf, 0 elsewhere.
+__global__ void KeepCandidateBlocksKernel(const float* block, const int32_t* best, int64_t n, int64_t nb, int64_t k,
+                                          uint8_t* keep) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n * nb;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / nb, b = e % nb;
+    uint8_t kept = 0;
+    for (int64_t i = 0; i < k; ++i)
+      if (best[t * k + i] == b) kept = block[e] > -CUDART_INF_F;
+    keep[e] = kept;
+  }
+}
+
+__global__ void MaskToCandidatesKernel(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size,
+                                       int64_t nb) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n * width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / width, p = e % width;
+    if (!keep[t * nb + p / block_size]) scores[e] = -CUDART_INF_F;
+  }
+}
+
+__global__ void DropMaskedPicksKernel(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
+                                      int32_t* picks, int64_t k) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n * k;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = e / k, i = e % k;
+    if (i < nvis[t] && scores[t * width + picks[e]] == -CUDART_INF_F) picks[e] = -1;
+  }
+}
+
+}  // namespace
+
+int64_t SelectCandidateBlocksWorkspaceBytes(int64_t n, int64_t width, int64_t topk_blocks, int64_t block_size) {
+  if (n < 0 || width < 0 || topk_blocks < 0 || block_size < 1) return -1;
+  const int64_t nb = (width + block_size - 1) / block_size, k = topk_blocks < nb ? topk_blocks : nb;
+  auto up = [](int64_t b) { return (b + 255) / 256 * 256; };
+  return up(n * nb * 4) + up(n * 8) + up(n * k * 4);
+}
+
+cudaError_t SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
+                                  int64_t topk_blocks, int64_t block_size, uint8_t* keep, void* workspace,
+                                  int64_t workspace_bytes, cudaStream_t stream) {
+  const int64_t need = SelectCandidateBlocksWorkspaceBytes(n, width, topk_blocks, block_size);
+  if (need < 0 || workspace_bytes < need) return cudaErrorInvalidValue;
+  const int64_t nb = (width + block_size - 1) / block_size, k = topk_blocks < nb ? topk_blocks : nb;
+  if (n == 0 || nb == 0) return cudaSuccess;
+  auto up = [](int64_t b) { return (b + 255) / 256 * 256; };
+  char* w = static_cast<char*>(workspace);
+  float* block = reinterpret_cast<float*>(w);
+  int64_t* vb = reinterpret_cast<int64_t*>(w + up(n * nb * 4));
+  int32_t* best = reinterpret_cast<int32_t*>(w + up(n * nb * 4) + up(n * 8));
+  const LaunchConfig cfg = ElementwiseLaunch(n * nb);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(CandidateBlockScoresKernel, cfg, stream, scores, n, width, nvis, block_size, nb, block, vb);
+  if (k > 0) {
+    if (cudaError_t e = TopK(block, n, nb, nb, vb, k, best, k, stream); e != cudaSuccess) return e;
+  }
+  DSV4_LAUNCH(KeepCandidateBlocksKernel, cfg, stream, block, best, n, nb, k, keep);
+  return cudaGetLastError();
+}
+
+cudaError_t MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size,
+                             cudaStream_t stream) {
+  if (n < 0 || width < 0 || block_size < 1) return cudaErrorInvalidValue;
+  if (n == 0 || width == 0) return cudaSuccess;
+  const LaunchConfig cfg = ElementwiseLaunch(n * width);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(MaskToCandidatesKernel, cfg, stream, scores, n, width, keep, block_size,
+              (width + block_size - 1) / block_size);
+  return cudaGetLastError();
+}
+
+cudaError_t DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                            int64_t k, cudaStream_t stream) {
+  if (n < 0 || width < 0 || k < 0) return cudaErrorInvalidValue;
+  if (n == 0 || k == 0) return cudaSuccess;
+  const LaunchConfig cfg = ElementwiseLaunch(n * k);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(DropMaskedPicksKernel, cfg, stream, scores, n, width, nvis, picks, k);
+  return cudaGetLastError();
+}
+
 cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
                  int64_t ldidx, cudaStream_t stream) {
   DSV4_CUDA_SUPPORTED(CheckTopK(n, k));

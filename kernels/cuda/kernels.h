@@ -158,6 +158,18 @@ cudaError_t IndexerScores(const float* q, const float* w, int64_t m, int64_t H, 
 cudaError_t TopK(const float* x, int64_t m, int64_t n, int64_t ldx, const int64_t* nvalid, int64_t k, int32_t* idx,
                  int64_t ldidx, cudaStream_t stream);
 
+// V4.1's two-level indexer (kernels::SelectCandidateBlocks, MaskToCandidates, DropMaskedPicks): all
+// pointers in device memory. Level 1 takes a workspace of SelectCandidateBlocksWorkspaceBytes (-1:
+// bad sizes) for the block scores and their top-k.
+int64_t SelectCandidateBlocksWorkspaceBytes(int64_t n, int64_t width, int64_t topk_blocks, int64_t block_size);
+cudaError_t SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
+                                  int64_t topk_blocks, int64_t block_size, uint8_t* keep, void* workspace,
+                                  int64_t workspace_bytes, cudaStream_t stream);
+cudaError_t MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size,
+                             cudaStream_t stream);
+cudaError_t DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                            int64_t k, cudaStream_t stream);
+
 // ---- MoE routing and grouping (kernels::Route, kernels::GroupByExpert) ------------------------------
 
 // The router over gate logits scores [m, E] (device, updated in place to the routing scores);

@@ -196,6 +196,14 @@ class Backend {
   // streams' gate weights [hc, D].
   virtual void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc,
                           int64_t D, float eps, bool act_qdq, float* x) = 0;
+  // V4.1's two-level indexer on the device (kernels::SelectCandidateBlocks, MaskToCandidates,
+  // DropMaskedPicks): level 1 keeps each query's best blocks of positions, level 2 masks the scores
+  // outside them and drops the picks that fell on masked positions.
+  virtual void SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
+                                     int64_t topk_blocks, int64_t block_size, uint8_t* keep) = 0;
+  virtual void MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size) = 0;
+  virtual void DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                               int64_t k) = 0;
   // Attention's rows from the indexer's picks (kernels::PickRows): rows[t * ldrows + i] = offset +
   // block_base[p / per_block] + p % per_block for each pick p = picks[t * k + i] >= 0, -1 for p < 0.
   // All in device memory: the picks never come back to the host.

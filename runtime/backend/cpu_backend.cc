@@ -235,6 +235,17 @@ class CpuBackend final : public Backend {
                   float eps, bool act_qdq, float* x) override {
     kernels::EngramGate(wkv, gate_weight, emb, n, hc, D, eps, /*mask=*/nullptr, {.act_qdq = act_qdq}, x);
   }
+  void SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int64_t topk_blocks,
+                             int64_t block_size, uint8_t* keep) override {
+    kernels::SelectCandidateBlocks(scores, n, width, nvis, topk_blocks, block_size, keep);
+  }
+  void MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size) override {
+    kernels::MaskToCandidates(scores, n, width, keep, block_size);
+  }
+  void DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                       int64_t k) override {
+    kernels::DropMaskedPicks(scores, n, width, nvis, picks, k);
+  }
   void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
                 int32_t offset, int32_t* rows, int64_t ldrows) override {
     kernels::PickRows(picks, m, k, block_base, per_block, offset, rows, ldrows);

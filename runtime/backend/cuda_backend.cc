@@ -306,6 +306,25 @@ class CudaBackend final : public Backend {
     Linear(emb, n, K, wkv, kv.data(), N);
     if (ok()) Check(kc::EngramGateRows(kv.data(), N, gate_weight, n, hc, D, eps, x, stream_), "EngramGate");
   }
+  void SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int64_t topk_blocks,
+                             int64_t block_size, uint8_t* keep) override {
+    if (!ok() || n == 0 || width == 0) return;
+    const int64_t bytes = kc::SelectCandidateBlocksWorkspaceBytes(n, width, topk_blocks, block_size);
+    if (bytes < 0) return Latch(absl::InvalidArgumentError(absl::StrCat("SelectCandidateBlocks of ", n, " x ", width)));
+    void* w = Workspace(bytes);
+    if (ok())
+      Check(kc::SelectCandidateBlocks(scores, n, width, nvis, topk_blocks, block_size, keep, w, bytes, stream_),
+            "SelectCandidateBlocks");
+  }
+  void MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size) override {
+    if (ok() && n > 0 && width > 0)
+      Check(kc::MaskToCandidates(scores, n, width, keep, block_size, stream_), "MaskToCandidates");
+  }
+  void DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                       int64_t k) override {
+    if (ok() && n > 0 && k > 0)
+      Check(kc::DropMaskedPicks(scores, n, width, nvis, picks, k, stream_), "DropMaskedPicks");
+  }
   void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
                 int32_t offset, int32_t* rows, int64_t ldrows) override {
     if (ok() && m > 0 && k > 0)

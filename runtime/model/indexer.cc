@@ -5,20 +5,18 @@
 //   I[j]  = sum_h w_h relu(q_h . k_j) over the index keys k_j visible to the query
 //   picks = the index_topk best j
 //
-// V4.1 adds a first level at the candidate source (candidates.h): there each query also keeps its
-// best blocks of positions, and the later index sources pick inside them. The picks of an index
-// source serve the layers after it that run no indexer (StepPicks).
+// V4.1 adds a first level at the candidate source (kernels::SelectCandidateBlocks): there each
+// query also keeps its best blocks of positions, and the later index sources pick inside them. The
+// picks of an index source serve the layers after it that run no indexer (StepPicks).
 //
-// Queries, keys, scores and the top-k run on the backend, and the picks stay there: attention maps
-// them to pool rows on the device (Backend::PickRows). Level 1 and its masking still run on the
-// host, over a copy of the scores and of the masked layers' picks (V4.1 only).
+// Queries, keys, scores, V4.1's two levels and the top-k run on the backend, and the picks stay
+// there: attention maps them to pool rows on the device (Backend::PickRows).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "base/status.h"
 #include "kernels/cpu/scratch.h"
-#include "runtime/model/candidates.h"
 #include "runtime/model/model.h"
 
 namespace dsv4 {
@@ -71,33 +69,21 @@ void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const Seq
 
   StepPicks& out = *seq.picks;
   const bool level1 = c.is_candidate_source(layer), level2 = !level1 && c.uses_candidates(layer);
-  kernels::Scratch<float> host_scores(level1 || level2 ? n * nkeys : 0, kernels::NoInit{});
-  if (host_scores.size() > 0) be.CopyToHost(host_scores.data(), scores.data(), scores.bytes());
   if (level1) {  // this layer's own picks stay unrestricted
-    out.num_blocks = CandidateBlockCount(nkeys, c.candidate_block_size);
+    out.num_blocks = kernels::CandidateBlockCount(nkeys, c.candidate_block_size);
     DSV4_CHECK(n * out.num_blocks <= out.candidates_capacity, "candidate buffer too small");
-    SelectCandidateBlocks(host_scores.data(), n, nkeys, nvis.data(), c.candidate_topk_blocks, c.candidate_block_size,
-                          out.candidates);
+    be.SelectCandidateBlocks(scores.data(), n, nkeys, dnvis.data(), c.candidate_topk_blocks, c.candidate_block_size,
+                             out.candidates);
   } else if (level2) {  // pick inside the candidate source's blocks
-    DSV4_CHECK(out.num_blocks == CandidateBlockCount(nkeys, c.candidate_block_size), "layer ", layer,
+    DSV4_CHECK(out.num_blocks == kernels::CandidateBlockCount(nkeys, c.candidate_block_size), "layer ", layer,
                ": no level-1 candidates for its ", nkeys, " positions");
-    MaskToCandidates(host_scores.data(), n, nkeys, out.candidates, c.candidate_block_size);
-    be.CopyToDevice(scores.data(), host_scores.data(), scores.bytes());
+    be.MaskToCandidates(scores.data(), n, nkeys, out.candidates, c.candidate_block_size);
   }
   const int64_t k = std::min(c.index_topk, nkeys);
   out.k = k;
   be.TopK(scores.data(), n, nkeys, nkeys, dnvis.data(), k, out.picks, k);
-  if (!level2) return;
   // A masked position is never attended, even when fewer candidates than k remain.
-  kernels::Scratch<int32_t> picks(n * k, kernels::NoInit{});
-  be.CopyToHost(picks.data(), out.picks, picks.size() * static_cast<int64_t>(sizeof(int32_t)));
-  for (int64_t t = 0; t < n; ++t) {
-    const float* row = &host_scores[t * nkeys];
-    int32_t* p = &picks[t * k];
-    for (int64_t i = 0; i < std::min(k, nvis[t]); ++i)
-      if (row[p[i]] == -std::numeric_limits<float>::infinity()) p[i] = -1;
-  }
-  be.CopyToDevice(out.picks, picks.data(), picks.size() * static_cast<int64_t>(sizeof(int32_t)));
+  if (level2) be.DropMaskedPicks(scores.data(), n, nkeys, dnvis.data(), out.picks, k);
 }
 
 }  // namespace dsv4

@@ -9,7 +9,6 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
-#include "runtime/model/candidates.h"
 #include "runtime/model/engram.h"
 
 namespace dsv4 {
@@ -547,19 +546,19 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   const int64_t cand = c.candidate_source_layer_id;
   auto cand_entries = [&](const SequenceChunk& s) {  // level 1 keeps [n, blocks of the positions]
     if (cand < 0) return int64_t{0};
-    return s.n * CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
+    return s.n * kernels::CandidateBlockCount((s.cache->length + s.n) / c.ratio(cand), c.candidate_block_size);
   };
   int64_t cand_room = 0;
   for (const SequenceChunk& s : seqs) cand_room += cand_entries(s);
   DeviceScratch<int32_t> pick_rows(be, n * c.index_topk);
-  kernels::Scratch<uint8_t> cand_rows(cand_room, kernels::NoInit{});
+  DeviceScratch<uint8_t> cand_rows(be, cand_room);
   kernels::Scratch<StepPicks> picks(num_seqs);
   kernels::Scratch<SeqSlice> slices(num_seqs);
   int64_t at = 0, cand_at = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     const SequenceChunk& s = seqs[i];
     picks[i].picks = pick_rows.data() + at * c.index_topk;
-    picks[i].candidates = &cand_rows[cand_at];
+    picks[i].candidates = cand_rows.data() + cand_at;
     picks[i].candidates_capacity = cand_entries(s);
     cand_at += picks[i].candidates_capacity;
     slices[i] = {at, s.n, s.cache->length, s.cache, &picks[i]};

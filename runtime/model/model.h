@@ -9,9 +9,9 @@
 // the watchdog's checks. The whole forward keeps to device memory: its buffers are the backend's
 // (DeviceScratch, KvPool, the compressors' state), its parameters placed on it, and only its
 // operations touch them (tests/runtime/model_test.cc proves it on a guarded backend). The indexer's
-// picks stay on the device, where attention maps them to pool rows; the host reads back V4.1's
-// level-1 scores (and the picks of the layers that level 1 masks), the watchdog's flags once per
-// step, and the logits; Engram's rows, fetched into host memory, are
+// picks (and V4.1's level-1 candidates) stay on the device, where attention maps them to pool
+// rows; the host reads back the watchdog's flags once per step and the logits; Engram's rows,
+// fetched into host memory, are
 // dequantized there and copied over for the gate. Still on the host: the expert- and tensor-
 // parallel exchanges (MPI over host vectors).
 //
@@ -78,13 +78,13 @@ struct SequenceChunk {
 // What one sequence's layers hand down the stack within a step: the compressed positions the last
 // index source picked for each of its rows (the layers up to the next index source attend the
 // same), and the blocks the candidate source kept (level 1 of the V4.1 indexer).
-// The buffers belong to the step (ForwardBatch's scratch, sized for every layer of the step): the
-// picks in the backend's memory (attention maps them to rows there), the candidates on the host.
+// The buffers belong to the step (ForwardBatch's scratch, sized for every layer of the step), in the
+// backend's memory: attention maps the picks to rows there.
 struct StepPicks {
   int64_t k = 0;
   int32_t* picks = nullptr;  // [n, k], device: compressed positions, -1 = none
   int64_t num_blocks = 0;
-  uint8_t* candidates = nullptr;    // [n, num_blocks]: 1 = kept by level 1
+  uint8_t* candidates = nullptr;    // [n, num_blocks], device: 1 = kept by level 1
   int64_t candidates_capacity = 0;  // entries `candidates` has room for
 };
 

@@ -169,6 +169,42 @@ TEST_F(CudaKernels, PickRowsAsTheCpu) {
   EXPECT_EQ(drows.Host(), want);
 }
 
+// V4.1's two levels at a real layer's sizes (1024 positions in blocks of 16, 8 blocks kept, top-512)
+// against the CPU kernels, bit for bit: they only compare and copy.
+TEST_F(CudaKernels, TwoLevelIndexerAsTheCpu) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int64_t n = 21, width = 1024, bs = 16, topk_blocks = 8, k = 512;
+  const int64_t nb = kernels::CandidateBlockCount(width, bs);
+  std::vector<int64_t> nvis(n);
+  std::vector<float> scores = Random(n * width, 1.f), later = Random(n * width, 1.f);
+  for (int64_t t = 0; t < n; ++t) {
+    nvis[t] = t == 0 ? 0 : (t * 397) % width + 1;
+    for (int64_t p = nvis[t]; p < width; ++p) scores[t * width + p] = later[t * width + p] = -kInf;
+  }
+  std::vector<uint8_t> keep(n * nb);
+  kernels::SelectCandidateBlocks(scores.data(), n, width, nvis.data(), topk_blocks, bs, keep.data());
+  DevVec<float> dscores(scores), dlater(later);
+  DevVec<int64_t> dnvis(nvis);
+  DevVec<uint8_t> dkeep(std::vector<uint8_t>(n * nb, 9));
+  const int64_t bytes = SelectCandidateBlocksWorkspaceBytes(n, width, topk_blocks, bs);
+  ASSERT_GT(bytes, 0);
+  DevVec<char> work(static_cast<size_t>(bytes));
+  ASSERT_EQ(SelectCandidateBlocks(dscores.get(), n, width, dnvis.get(), topk_blocks, bs, dkeep.get(), work.get(), bytes,
+                                  stream_),
+            cudaSuccess);
+  EXPECT_EQ(dkeep.Host(), keep);
+  kernels::MaskToCandidates(later.data(), n, width, keep.data(), bs);
+  ASSERT_EQ(MaskToCandidates(dlater.get(), n, width, dkeep.get(), bs, stream_), cudaSuccess);
+  const std::vector<float> got = dlater.Host();
+  for (size_t i = 0; i < later.size(); ++i) ASSERT_TRUE(SameBits(got[i], later[i])) << i;
+  std::vector<int32_t> picks(n * k);
+  kernels::TopK(later.data(), n, width, width, nvis.data(), k, picks.data(), k);
+  DevVec<int32_t> dpicks(picks);
+  kernels::DropMaskedPicks(later.data(), n, width, nvis.data(), picks.data(), k);
+  ASSERT_EQ(DropMaskedPicks(dlater.get(), n, width, dnvis.get(), dpicks.get(), k, stream_), cudaSuccess);
+  EXPECT_EQ(dpicks.Host(), picks);
+}
+
 TEST_F(CudaKernels, RmsNorm) {
   for (int64_t n : {1, 33, 512, 4097})
     for (bool gain : {false, true})

@@ -453,6 +453,49 @@ TEST_F(BackendOps, PickRowsMapPicksThroughTheBlockTable) {
   EXPECT_EQ(Get(drows, want.size()), want);
 }
 
+// V4.1's two levels on the backend against the CPU kernels (which CandidateBlocks.MatchTheDefinition
+// checks against the definition): scores with ties between blocks, a query that sees nothing, one
+// whose visible blocks all score -inf (only its newest block is kept), and level 2 leaving fewer
+// candidates than k.
+TEST_F(BackendOps, TwoLevelIndexerAsTheCpuKernels) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int64_t n = 9, width = 37, bs = 4, topk_blocks = 3, k = 6;
+  const int64_t nb = kernels::CandidateBlockCount(width, bs);
+  std::vector<int64_t> nvis(n);
+  std::vector<float> scores(n * width);
+  for (int64_t t = 0; t < n; ++t) {
+    nvis[t] = t == 0 ? 0 : t == 1 ? 12 : 1 + (t * 11) % width;
+    for (int64_t p = 0; p < width; ++p)
+      scores[t * width + p] = p >= nvis[t] || t == 1 ? -kInf : static_cast<float>((p * 7 + t) % 5);  // ties
+  }
+  std::vector<uint8_t> keep(n * nb, 9);
+  kernels::SelectCandidateBlocks(scores.data(), n, width, nvis.data(), topk_blocks, bs, keep.data());
+  const int64_t* dnvis = Put(nvis);
+  float* dscores = Put(scores);
+  uint8_t* dkeep = Put(std::vector<uint8_t>(n * nb, 9));
+  be_->SelectCandidateBlocks(dscores, n, width, dnvis, topk_blocks, bs, dkeep);
+  EXPECT_EQ(Get(dkeep, keep.size()), keep);
+  EXPECT_EQ(std::count(keep.begin(), keep.begin() + nb, 1), 0);           // sees nothing
+  EXPECT_EQ(std::count(keep.begin() + nb, keep.begin() + 2 * nb, 1), 1);  // all -inf: the newest block
+
+  // Level 2 on another layer's scores, then its top-k and the dropped picks.
+  std::vector<float> later(n * width);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t p = 0; p < width; ++p)
+      later[t * width + p] = p < nvis[t] ? static_cast<float>((p * 5 + t) % 7) : -kInf;
+  float* dlater = Put(later);
+  kernels::MaskToCandidates(later.data(), n, width, keep.data(), bs);
+  be_->MaskToCandidates(dlater, n, width, dkeep, bs);
+  EXPECT_EQ(Get(dlater, later.size()), later);
+  std::vector<int32_t> picks(n * k, -3);
+  kernels::TopK(later.data(), n, width, width, nvis.data(), k, picks.data(), k);
+  int32_t* dpicks = Put(picks);
+  kernels::DropMaskedPicks(later.data(), n, width, nvis.data(), picks.data(), k);
+  be_->DropMaskedPicks(dlater, n, width, dnvis, dpicks, k);
+  EXPECT_EQ(Get(dpicks, picks.size()), picks);
+  EXPECT_GT(std::count(picks.begin(), picks.end(), -1), n);  // level 2 leaves some rows short
+}
+
 TEST_F(BackendOps, AllocationsAreGivenBack) {
   for (int round = 0; round < 3; ++round) {
     auto a = DeviceAllocation::Make(*be_, int64_t{4} << 20);

@@ -17,7 +17,6 @@
 
 #include "base/status.h"
 #include "runtime/builtin.h"
-#include "runtime/model/candidates.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "tests/runtime/test_backends.h"
 #include "tests/testutil.h"
@@ -43,9 +42,10 @@ class ModelTestPeer {
     DSV4_RETURN_IF_ERROR(m.PrepareBlocks(cache, n));
     const WorkspaceScope step(m.backend());
     const int64_t blocks =
-        cand < 0 ? 0 : CandidateBlockCount((cache.length + n) / c.ratio(cand), c.candidate_block_size);
-    DeviceScratch<int32_t> picks(m.backend(), n * c.index_topk);  // the picks stay in the backend's memory
-    std::vector<uint8_t> candidates(std::max<int64_t>(n * blocks, 1));
+        cand < 0 ? 0 : kernels::CandidateBlockCount((cache.length + n) / c.ratio(cand), c.candidate_block_size);
+    // The picks and the candidates stay in the backend's memory.
+    DeviceScratch<int32_t> picks(m.backend(), n * c.index_topk);
+    DeviceScratch<uint8_t> candidates(m.backend(), std::max<int64_t>(n * blocks, 1));
     StepPicks sp{0, picks.data(), 0, candidates.data(), n * blocks};
     const SeqSlice s{0, n, cache.length, &cache, &sp};
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -244,7 +244,7 @@ TEST(CandidateBlocks, MatchTheDefinition) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
   for (auto [width, bs, k] : {std::tuple{1, 4, 6}, {23, 4, 6}, {24, 4, 6}, {100, 4, 6}, {37, 3, 1}, {50, 8, 2}}) {
-    const int64_t n = 30, nb = CandidateBlockCount(width, bs);
+    const int64_t n = 30, nb = kernels::CandidateBlockCount(width, bs);
     std::vector<int64_t> nvis(n);
     std::vector<float> scores(n * width);
     for (int64_t t = 0; t < n; ++t) {
@@ -253,7 +253,7 @@ TEST(CandidateBlocks, MatchTheDefinition) {
         scores[t * width + p] = p < nvis[t] ? nd(rng) : -std::numeric_limits<float>::infinity();
     }
     std::vector<uint8_t> keep(n * nb, 7);
-    SelectCandidateBlocks(scores.data(), n, width, nvis.data(), k, bs, keep.data());
+    kernels::SelectCandidateBlocks(scores.data(), n, width, nvis.data(), k, bs, keep.data());
     for (int64_t t = 0; t < n; ++t) {
       std::vector<std::pair<float, int64_t>> blocks;  // (score, block) of the visible blocks
       for (int64_t b = 0; b * bs < nvis[t]; ++b) {
@@ -268,7 +268,7 @@ TEST(CandidateBlocks, MatchTheDefinition) {
       for (int64_t b = 0; b < nb; ++b)
         ASSERT_EQ(keep[t * nb + b], want[b]) << "width " << width << " query " << t << " block " << b;
     }
-    MaskToCandidates(scores.data(), n, width, keep.data(), bs);
+    kernels::MaskToCandidates(scores.data(), n, width, keep.data(), bs);
     for (int64_t t = 0; t < n; ++t)
       for (int64_t p = 0; p < width; ++p)
         if (!keep[t * nb + p / bs]) {

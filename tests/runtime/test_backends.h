@@ -189,6 +189,20 @@ class ForwardingBackend : public Backend {
     const Op op(this, "EngramGate", {wkv.data, gate_weight, emb, x});
     in_->EngramGate(wkv, gate_weight, emb, n, hc, D, eps, act_qdq, x);
   }
+  void SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int64_t topk_blocks,
+                             int64_t block_size, uint8_t* keep) override {
+    const Op op(this, "SelectCandidateBlocks", {scores, nvis, keep});
+    in_->SelectCandidateBlocks(scores, n, width, nvis, topk_blocks, block_size, keep);
+  }
+  void MaskToCandidates(float* scores, int64_t n, int64_t width, const uint8_t* keep, int64_t block_size) override {
+    const Op op(this, "MaskToCandidates", {scores, keep});
+    in_->MaskToCandidates(scores, n, width, keep, block_size);
+  }
+  void DropMaskedPicks(const float* scores, int64_t n, int64_t width, const int64_t* nvis, int32_t* picks,
+                       int64_t k) override {
+    const Op op(this, "DropMaskedPicks", {scores, nvis, picks});
+    in_->DropMaskedPicks(scores, n, width, nvis, picks, k);
+  }
   void PickRows(const int32_t* picks, int64_t m, int64_t k, const int32_t* block_base, int64_t per_block,
                 int32_t offset, int32_t* rows, int64_t ldrows) override {
     const Op op(this, "PickRows", {picks, block_base, rows});
