@@ -35,15 +35,24 @@ absl::Status PoolRows::Grow(Backend& be, int64_t n) {
   return absl::OkStatus();
 }
 
-absl::Status CompressorState::Reserve(Backend& be) {
-  if (rows.get() != nullptr || floats() == 0) return absl::OkStatus();
-  const int64_t bytes = floats() * static_cast<int64_t>(sizeof(float));
+absl::Status SequenceCache::ReserveCompressors(Backend& be) {
+  if (compressor_rows.get() != nullptr) return absl::OkStatus();
+  int64_t floats = 0;
+  for (const LayerCache& l : layers) floats += l.compressor.floats() + l.index_compressor.floats();
+  if (floats == 0) return absl::OkStatus();
+  const int64_t bytes = floats * static_cast<int64_t>(sizeof(float));
   absl::StatusOr<DeviceAllocation> a = DeviceAllocation::Make(be, bytes);
   if (!a.ok())
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate a sequence's compressor state (", bytes >> 10, " KiB): ", a.status().message()));
-  rows = *std::move(a);
-  be.Zero(rows.get(), bytes);
+  compressor_rows = *std::move(a);
+  be.Zero(compressor_rows.get(), bytes);
+  float* at = compressor_rows.floats();
+  for (LayerCache& l : layers)
+    for (CompressorState* st : {&l.compressor, &l.index_compressor}) {
+      st->rows = st->floats() > 0 ? at : nullptr;
+      at += st->floats();
+    }
   return absl::OkStatus();
 }
 

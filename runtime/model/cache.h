@@ -42,21 +42,20 @@ namespace dsv4 {
 // The compressor of one layer between steps, in the backend's memory: the rows (projected KV and
 // raw gate scores) of the block being filled and, for the overlapping ratio-4 compressor (V4), of
 // the previous complete block: [2 (kv, score), span(), width], each plane [previous block
-// (overlap) | block being filled]. Its memory is taken at the sequence's first step (Reserve).
+// (overlap) | block being filled]. The rows are the state's part of its sequence's one compressor
+// allocation (SequenceCache::ReserveCompressors), taken at the sequence's first step.
 struct CompressorState {
   int64_t width = 0;  // channels of one projected row (coff * head_dim)
   int64_t ratio = 0;
   bool overlap = false;
   bool has_prev = false;  // the previous block's rows are there
-  DeviceAllocation rows;
+  float* rows = nullptr;  // [2, span(), width]: null until reserved
 
   void Init(int64_t r, int64_t w, bool o) { ratio = r, width = w, overlap = o, has_prev = false; }
   int64_t span() const { return (overlap ? 2 : 1) * ratio; }
   int64_t floats() const { return 2 * span() * width; }
-  float* kv() const { return rows.floats(); }
-  float* score() const { return rows.floats() + span() * width; }
-  // Takes (and zeroes) the memory once; RESOURCE_EXHAUSTED when the device has none.
-  absl::Status Reserve(Backend& be);
+  float* kv() const { return rows; }
+  float* score() const { return rows + span() * width; }
 };
 
 // Rows of floats in a backend's memory, not initialized (see above). Grow keeps the rows already
@@ -148,6 +147,12 @@ struct SequenceCache {
   // not in use (Model::PrepareBlocks recycles them).
   std::unique_ptr<KvPool> own_pool;
   std::vector<int32_t> free_windows;
+  // Every layer's compressor states (LayerCache), in one allocation of the backend: a GPU pays one
+  // cudaMalloc per admitted sequence, not one per compressor (about 60 for V4-Flash).
+  DeviceAllocation compressor_rows;
+  // Takes (and zeroes) that allocation once and points each state at its part; RESOURCE_EXHAUSTED
+  // when the device has no room.
+  absl::Status ReserveCompressors(Backend& be);
   // The numerical watchdog's finding (Model::ForwardBatch): the first layer whose output at the
   // sequence's last position held a NaN or Inf, num_hidden_layers when only the logits did, -1
   // while everything stayed finite. Once set the sequence's state is poisoned for good.

@@ -26,7 +26,8 @@ absl::Status Model::PoolBlocks(const CompressorWeights& cw, const CompressorPara
                                const float* score, int64_t n, int64_t start, CompressorState& st, float* latents,
                                const CompressorTail* tail) const {
   Backend& be = *backend_;
-  DSV4_RETURN_IF_ERROR(st.Reserve(be));
+  if (st.rows == nullptr && st.floats() > 0)  // Model::PrepareBlocks reserves every state before a step
+    return absl::InternalError("a compressor's state was not reserved before its step");
   const int64_t ratio = cw.ratio, hd = cw.head_dim, width = st.width;
   const int64_t row_bytes = width * static_cast<int64_t>(sizeof(float));
   // The state's planes hold [previous block (lead rows) | the r0 rows of the block being filled].

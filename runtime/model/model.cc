@@ -275,6 +275,7 @@ SequenceCache Model::NewCache(int64_t reserve_tokens) const {
 
 absl::Status Model::PrepareBlocks(SequenceCache& cache, int64_t n) const {
   if (cache.pool == nullptr) return absl::InternalError("a sequence cache without a pool");
+  DSV4_RETURN_IF_ERROR(cache.ReserveCompressors(*backend_));
   const int64_t B = cache.pool->block_tokens(), win = config().sliding_window;
   const int64_t L = cache.length, end = L + n, last_block = (end - 1) / B;
   if (cache.own_pool != nullptr) {
@@ -339,7 +340,7 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
     // Non-overlapping compressors hold nothing at a block end (B is a multiple of their ratio).
     // The tail [2 (kv, score), ratio, width] becomes the state's previous block.
     auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) -> absl::Status {
-      DSV4_RETURN_IF_ERROR(st.Reserve(*backend_));
+      DSV4_RETURN_IF_ERROR(cache.ReserveCompressors(*backend_));
       const float* t = tail.data() + last * 2 * pl.ratio * width;
       const int64_t bytes = pl.ratio * width * static_cast<int64_t>(sizeof(float));
       backend_->CopyOnDevice(st.kv(), t, bytes);

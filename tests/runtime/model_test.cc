@@ -365,6 +365,42 @@ TEST(Model, RunsOnTheBackendItIsGiven) {
   }
 }
 
+// A sequence's compressor states (about 60 in V4-Flash, 2 per layer here at most) are one allocation
+// of the backend, taken once, zeroed, and carved in layer order without overlap: a GPU pays one
+// cudaMalloc per admitted sequence.
+TEST(SequenceCache, CompressorStatesAreOneAllocation) {
+  for (const char* name : {"builtin:v4-tiny", "builtin:v41-tiny"}) {
+    auto w = LoadModel(name);
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto counting = std::make_shared<CountingBackend>();
+    const Model m(std::shared_ptr<const ModelWeights>(std::move(*w)), {}, nullptr, counting);
+    SequenceCache cache = m.NewCache();
+    int states = 0;
+    int64_t floats = 0;
+    for (const LayerCache& l : cache.layers)
+      for (const CompressorState* st : {&l.compressor, &l.index_compressor}) {
+        EXPECT_EQ(st->rows, nullptr);
+        states += st->floats() > 0, floats += st->floats();
+      }
+    ASSERT_GT(states, 1) << name;
+    const int before = counting->allocations;
+    ASSERT_TRUE(cache.ReserveCompressors(*counting).ok());
+    ASSERT_TRUE(cache.ReserveCompressors(*counting).ok());  // once
+    EXPECT_EQ(counting->allocations, before + 1) << name;
+    const float* at = cache.compressor_rows.floats();
+    for (const LayerCache& l : cache.layers)
+      for (const CompressorState* st : {&l.compressor, &l.index_compressor}) {
+        if (st->floats() == 0) continue;
+        EXPECT_EQ(st->rows, at) << name;
+        at += st->floats();
+      }
+    EXPECT_EQ(at, cache.compressor_rows.floats() + floats) << name;
+    std::vector<float> host(floats, 1.f);
+    counting->CopyToHost(host.data(), cache.compressor_rows.get(), floats * static_cast<int64_t>(sizeof(float)));
+    EXPECT_EQ(std::count(host.begin(), host.end(), 0.f), floats) << name;
+  }
+}
+
 // The guard can fail: a host access to its memory faults, and host memory handed to an operation
 // is an error that names the operation.
 TEST(GuardedBackendDeathTest, HostAccessFaults) {

@@ -239,10 +239,15 @@ class ForwardingBackend : public Backend {
   std::unique_ptr<Backend> in_;
 };
 
-// Counts the operations by name.
+// Counts the operations by name, and the persistent allocations.
 class CountingBackend final : public ForwardingBackend {
  public:
   std::map<std::string, int> calls;
+  int allocations = 0;
+  absl::StatusOr<void*> Allocate(int64_t bytes) override {
+    ++allocations;
+    return ForwardingBackend::Allocate(bytes);
+  }
 
  protected:
   void Enter(const char* op, std::initializer_list<const void*>) override { ++calls[op]; }
