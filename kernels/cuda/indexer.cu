@@ -306,25 +306,38 @@ __global__ void DropMaskedPicksKernel(const float* scores, int64_t n, int64_t wi
 
 }  // namespace
 
+namespace {
+
+// Level 1's workspace: the block scores [n, nb] (float), the valid blocks per query [n] (int64) and
+// their top-k [n, k] (int32), each part 256-byte aligned.
+struct CandidateLayout {
+  int64_t nb = 0, k = 0;
+  int64_t valid_at = 0, best_at = 0, bytes = -1;
+  CandidateLayout(int64_t n, int64_t width, int64_t topk_blocks, int64_t block_size) {
+    if (n < 0 || width < 0 || topk_blocks < 0 || block_size < 1) return;
+    auto up = [](int64_t b) { return (b + 255) / 256 * 256; };
+    nb = CandidateBlockCount(width, block_size), k = topk_blocks < nb ? topk_blocks : nb;
+    valid_at = up(n * nb * 4), best_at = valid_at + up(n * 8), bytes = best_at + up(n * k * 4);
+  }
+};
+
+}  // namespace
+
 int64_t SelectCandidateBlocksWorkspaceBytes(int64_t n, int64_t width, int64_t topk_blocks, int64_t block_size) {
-  if (n < 0 || width < 0 || topk_blocks < 0 || block_size < 1) return -1;
-  const int64_t nb = (width + block_size - 1) / block_size, k = topk_blocks < nb ? topk_blocks : nb;
-  auto up = [](int64_t b) { return (b + 255) / 256 * 256; };
-  return up(n * nb * 4) + up(n * 8) + up(n * k * 4);
+  return CandidateLayout(n, width, topk_blocks, block_size).bytes;
 }
 
 cudaError_t SelectCandidateBlocks(const float* scores, int64_t n, int64_t width, const int64_t* nvis,
                                   int64_t topk_blocks, int64_t block_size, uint8_t* keep, void* workspace,
                                   int64_t workspace_bytes, cudaStream_t stream) {
-  const int64_t need = SelectCandidateBlocksWorkspaceBytes(n, width, topk_blocks, block_size);
-  if (need < 0 || workspace_bytes < need) return cudaErrorInvalidValue;
-  const int64_t nb = (width + block_size - 1) / block_size, k = topk_blocks < nb ? topk_blocks : nb;
+  const CandidateLayout layout(n, width, topk_blocks, block_size);
+  if (layout.bytes < 0 || workspace_bytes < layout.bytes) return cudaErrorInvalidValue;
+  const int64_t nb = layout.nb, k = layout.k;
   if (n == 0 || nb == 0) return cudaSuccess;
-  auto up = [](int64_t b) { return (b + 255) / 256 * 256; };
   char* w = static_cast<char*>(workspace);
   float* block = reinterpret_cast<float*>(w);
-  int64_t* vb = reinterpret_cast<int64_t*>(w + up(n * nb * 4));
-  int32_t* best = reinterpret_cast<int32_t*>(w + up(n * nb * 4) + up(n * 8));
+  int64_t* vb = reinterpret_cast<int64_t*>(w + layout.valid_at);
+  int32_t* best = reinterpret_cast<int32_t*>(w + layout.best_at);
   const LaunchConfig cfg = ElementwiseLaunch(n * nb);
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   DSV4_LAUNCH(CandidateBlockScoresKernel, cfg, stream, scores, n, width, nvis, block_size, nb, block, vb);

@@ -98,10 +98,10 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     int32_t* rows = idx.data();
     if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
     if (picked && k_comp > 0) {
-      // Compressed position j lives at pool row blocks[j / per].block * per + j % per.
+      // The pool row of each compressed block's first position: PickRows adds j % per to it.
       const int64_t per = comp->per_block, used = (nblocks + per - 1) / per;
       Scratch<int32_t> base(used, kernels::NoInit{});
-      for (int64_t b = 0; b < used; ++b) base[b] = static_cast<int32_t>(cache.blocks[b].block * per);
+      for (int64_t b = 0; b < used; ++b) base[b] = static_cast<int32_t>(cache.PoolRow(*comp, b * per));
       DeviceScratch<int32_t> dbase(be, be.HostIsDevice() ? 0 : used);
       const int32_t* bases = base.data();
       if (dbase.size() > 0) be.CopyToDevice(dbase.data(), base.data(), dbase.bytes()), bases = dbase.data();

@@ -335,22 +335,20 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
   if (last < 0 || last >= cache.pool->num_blocks())
     return absl::InternalError(absl::StrCat("a sequence resumes after block ", cache.length / B - 1,
                                             ", which it does not hold"));
+  DSV4_RETURN_IF_ERROR(cache.ReserveCompressors(*backend_));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const KvPool::Layer& pl = cache.pool->layer(l);
     // Non-overlapping compressors hold nothing at a block end (B is a multiple of their ratio).
     // The tail [2 (kv, score), ratio, width] becomes the state's previous block.
-    auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) -> absl::Status {
-      DSV4_RETURN_IF_ERROR(cache.ReserveCompressors(*backend_));
+    auto load = [&](CompressorState& st, const PoolRows& tail, int64_t width) {
       const float* t = tail.data() + last * 2 * pl.ratio * width;
       const int64_t bytes = pl.ratio * width * static_cast<int64_t>(sizeof(float));
       backend_->CopyOnDevice(st.kv(), t, bytes);
       backend_->CopyOnDevice(st.score(), t + pl.ratio * width, bytes);
       st.has_prev = true;
-      return absl::OkStatus();
     };
-    if (pl.tail_width > 0) DSV4_RETURN_IF_ERROR(load(cache.layers[l].compressor, pl.compressor_tail, pl.tail_width));
-    if (pl.index_tail_width > 0)
-      DSV4_RETURN_IF_ERROR(load(cache.layers[l].index_compressor, pl.index_tail, pl.index_tail_width));
+    if (pl.tail_width > 0) load(cache.layers[l].compressor, pl.compressor_tail, pl.tail_width);
+    if (pl.index_tail_width > 0) load(cache.layers[l].index_compressor, pl.index_tail, pl.index_tail_width);
   }
   if (cache.pool->engram_tail_length() > 0) {
     const int64_t* t = cache.pool->engram_tail(last);
