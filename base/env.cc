@@ -49,6 +49,10 @@ constexpr KnobInfo kKnobs[] = {
      "int:30:10000000"},
     {Knob::kFuzzSeconds, "DSV4_FUZZ_SECONDS", "30", "tests only: seconds each libFuzzer target runs in launch/fuzz.sh",
      "int:1:604800"},
+    {Knob::kDeviceComm, "DSV4_DEVICE_COMM", "nccl",
+     "how GPU ranks (--device cuda under mpirun) exchange activations: nccl (device memory; a build without NCCL "
+     "falls back to host), or host (copied to host memory and sent over MPI)",
+     "one-of:nccl|host"},
 };
 
 absl::Status CheckValue(const KnobInfo& k, const std::string& v) {

@@ -28,6 +28,7 @@ enum class Knob : int {
   kEpSingleCopy,  // DSV4_EP_SINGLE_COPY: MoE exchanges read same-node peers' memory directly
   kSoakRequests,  // DSV4_SOAK_REQUESTS: tests only, requests of the soak test's load
   kFuzzSeconds,   // DSV4_FUZZ_SECONDS: tests only, time each fuzzer runs (launch/fuzz.sh)
+  kDeviceComm,    // DSV4_DEVICE_COMM: GPU ranks exchange over NCCL or through host memory
 };
 
 struct KnobInfo {

@@ -114,6 +114,10 @@ std::unique_ptr<Communicator> MakeLocalCommunicator();
 // The MPI world (MPI must be initialized; see MpiSession). Unavailable when built without MPI.
 absl::StatusOr<std::unique_ptr<Communicator>> MakeMpiWorldCommunicator();
 
+// `bootstrap`'s ranks again, over device memory (NCCL), each rank on the CUDA device current on
+// the calling thread. Collective over `bootstrap`. UNIMPLEMENTED in a build without NCCL.
+absl::StatusOr<std::unique_ptr<Communicator>> MakeDeviceCommunicator(Communicator& bootstrap, const std::string& name);
+
 // RAII MPI_Init / MPI_Finalize. Initialized() is false in a build without MPI.
 class MpiSession {
  public:

@@ -50,13 +50,17 @@ struct ParallelContext {
   Communicator* world = nullptr;
   Communicator* tp = nullptr;  // this rank's TP group
   Communicator* ep = nullptr;  // this rank's EP group
+  // The same groups over device memory (NCCL), for a model whose backend is a GPU; null: the model
+  // reaches tp / ep through host copies (runtime/backend/device_communicator.h) where it must.
+  Communicator* tp_device = nullptr;
+  Communicator* ep_device = nullptr;
   ModelPlacement placement;    // routed experts over the EP group at start (the model may switch it)
   int ep_ranks_per_node = 0;   // EP ranks sharing a node (EPLB's node grouping); 0: one node or unknown
 };
 
 // Owns the communicators of a ParallelContext.
 struct ParallelGroups {
-  std::unique_ptr<Communicator> world, tp, ep;
+  std::unique_ptr<Communicator> world, tp, ep, tp_device, ep_device;
   ParallelContext ctx;
 };
 

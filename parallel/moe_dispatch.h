@@ -1,5 +1,5 @@
-// Expert-parallel MoE dispatch and combine over an EP group (host memory: the MPI path; the NCCL
-// path in nccl_moe.h runs the same plan, parallel/moe_plan.h).
+// Expert-parallel MoE dispatch and combine over an EP group (host memory: the MPI path; with the
+// rows in a device's memory, runtime/model/expert_exchange.h runs the same plan, parallel/moe_plan.h).
 //
 // Dispatch sends each token's hidden state ONCE to every EP rank that serves at least one of its
 // top-k experts, with the (expert, weight) pairs that rank must apply. Replicas of an expert split

@@ -1,5 +1,6 @@
-// Host-side plans of an expert-parallel MoE step, shared by every transport (MPI: moe_dispatch.h;
-// NCCL: nccl_moe.h). Plain C++, always built and tested on CPU (tests/parallel/nccl_plan_test.cc).
+// Host-side plans of an expert-parallel MoE step, shared by every transport (host memory:
+// moe_dispatch.h; device memory: runtime/model/expert_exchange.h). Plain C++, always built and
+// tested on CPU (tests/parallel/nccl_plan_test.cc).
 //
 //  - MoeSendPlan: which of this rank's tokens go to which EP rank, peer by peer, each token at most
 //    once per peer with the (expert, weight) pairs that peer applies, and the order in which the

@@ -281,4 +281,11 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> MakeNcclCommunicator(Communica
   return std::unique_ptr<NcclCommunicator>(std::move(out));
 }
 
+absl::StatusOr<std::unique_ptr<Communicator>> MakeDeviceCommunicator(Communicator& bootstrap, const std::string& name) {
+  int device = 0;
+  DSV4_RETURN_IF_ERROR(FromCuda(cudaGetDevice(&device), "cudaGetDevice"));
+  DSV4_ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> comm, MakeNcclCommunicator(bootstrap, device, name));
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
 }  // namespace dsv4

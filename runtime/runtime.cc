@@ -7,11 +7,13 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/env.h"
 #include "base/file.h"
 #include "base/fnv.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "kernels/cpu/thread_pool.h"
+#include "runtime/backend/device_communicator.h"
 
 namespace dsv4 {
 
@@ -19,8 +21,8 @@ void AddRuntimeFlags(Flags& flags) {
   const RuntimeOptions d;
   flags.String("model", d.model, "checkpoint directory or built-in model name")
       .String("device", "auto",
-              "where the model runs: cpu, cuda (each rank the GPU of its node-local rank; one rank alone in this "
-              "version) or auto (the CPU in this version)")
+              "where the model runs: cpu, cuda (each rank the GPU of its node-local rank) or auto (the CPU in "
+              "this version)")
       .Bool("qdq", d.qdq, "reproduce the reference's quantization simulation")
       .Int("threads", d.threads, "CPU threads per rank (0 = one per core available to the rank)", 0, kMaxCpuThreads)
       .Int("tp", d.tp, "tensor-parallel ranks for attention (divides the world)", 1, 1 << 16)
@@ -158,25 +160,23 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
              " available cores: the threads take turns, and steps run slower than with one per core");
 
   // The device, before anything is loaded: each rank takes the GPU of its node-local rank. The
-  // forward keeps to the backend's memory (runtime/model/model.h), but the expert- and tensor-
-  // parallel exchanges still go through host memory over MPI, so a GPU runs one rank alone; and
-  // until the GPU path has been checked on a GPU (README.md), auto means the CPU.
+  // forward keeps to the backend's memory (runtime/model/model.h), and so do the expert- and
+  // tensor-parallel exchanges (MakeDeviceGroups). Until the GPU path has been checked on a GPU
+  // (README.md), auto means the CPU.
   BackendOptions device;
   device.device = options.device == DeviceChoice::kAuto ? DeviceChoice::kCpu : options.device;
   const LauncherPlace place = LauncherWorld();
   device.local_rank = place.local_rank, device.local_size = place.local_size;
-  DSV4_ASSIGN_OR_RETURN(std::shared_ptr<Backend> backend, MakeBackend(device));
-  if (!backend->HostIsDevice()) {
-    if (place.size > 1)
-      return absl::FailedPreconditionError(absl::StrCat(
-          "--device cuda: ", backend->Describe(),
-          " is available, but this version of dsv4 runs a GPU as one rank "
-          "alone: its expert- and tensor-parallel exchanges still go through host memory over MPI (run one rank, or "
-          "use --device cpu)"));
+  std::shared_ptr<Backend> backend;
+  if (options.backend_for_test) {
+    backend = options.backend_for_test();
+  } else {
+    DSV4_ASSIGN_OR_RETURN(backend, MakeBackend(device));
+  }
+  if (backend->device() == Device::kCuda)
     DSV4_LOG(kWarn, "--device cuda on ", backend->Describe(),
              ": this version's GPU path is tested on CPU stand-ins only; compare `dsv4 logits` against --device cpu "
              "before relying on it");
-  }
 
   std::unique_ptr<Communicator> world;
   if (LaunchedByMpirun()) {
@@ -222,6 +222,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
     const absl::Status scan = CheckWeightsFinite(*weights->checkpoint, rt->world().rank(), rt->world().size());
     DSV4_RETURN_IF_ERROR(ShareFirstError(rt->world(), scan));
   }
+  if (!backend->HostIsDevice()) DSV4_RETURN_IF_ERROR(rt->MakeDeviceGroups(*backend));
   ForwardOptions forward;
   forward.qdq = options.qdq;
   rt->model_ = std::make_unique<Model>(std::shared_ptr<const ModelWeights>(std::move(weights)), forward,
@@ -229,6 +230,49 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
   DSV4_RETURN_IF_ERROR(rt->PlaceEngramTables());
   DSV4_LOG(kDebug, "opened ", options.model, " (", rt->layout().ToString(), ")");
   return rt;
+}
+
+// The TP and EP groups over device memory, for a GPU backend: NCCL where this build has it and
+// DSV4_DEVICE_COMM does not say host. Without them the model copies
+// its exchanges through host memory to the MPI groups (runtime/backend/device_communicator.h).
+// Collective over the world.
+absl::Status Runtime::MakeDeviceGroups(Backend& backend) {
+  ParallelGroups& g = *groups_;
+  const ParallelLayout& l = g.ctx.layout;
+  if (l.world == 1 || backend.device() != Device::kCuda) return absl::OkStatus();
+  if (env::Str(env::Knob::kDeviceComm) == "host") {
+    DSV4_LOG(kInfo, "DSV4_DEVICE_COMM=host: the expert- and tensor-parallel exchanges go through host memory over MPI");
+    return absl::OkStatus();
+  }
+  auto make = [&](Communicator& group, const char* name) -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeDeviceCommunicator(group, name);
+    if (!comm.ok() && !absl::IsUnimplemented(comm.status()))
+      return absl::Status(comm.status().code(),
+                          absl::StrCat(comm.status().message(),
+                                       " (DSV4_DEVICE_COMM=host sends the exchanges through host memory over MPI)"));
+    if (!comm.ok()) return comm.status();
+    return MakeBackendOrderedCommunicator(backend, std::move(*comm));
+  };
+  if (l.tp > 1) {
+    absl::StatusOr<std::unique_ptr<Communicator>> tp = make(*g.tp, "nccl:tp");
+    if (absl::IsUnimplemented(tp.status())) {  // the same build on every rank: every rank falls back
+      DSV4_LOG(kWarn, tp.status().message(), ": the exchanges go through host memory over MPI");
+      return absl::OkStatus();
+    }
+    DSV4_RETURN_IF_ERROR(tp.status());
+    g.tp_device = std::move(*tp);
+  }
+  if (l.ep > 1) {
+    absl::StatusOr<std::unique_ptr<Communicator>> ep = make(*g.ep, "nccl:ep");
+    if (absl::IsUnimplemented(ep.status())) {
+      DSV4_LOG(kWarn, ep.status().message(), ": the exchanges go through host memory over MPI");
+      return absl::OkStatus();
+    }
+    DSV4_RETURN_IF_ERROR(ep.status());
+    g.ep_device = std::move(*ep);
+  }
+  g.ctx.tp_device = g.tp_device.get(), g.ctx.ep_device = g.ep_device.get();
+  return absl::OkStatus();
 }
 
 // Shards the Engram tables over the node's or the world's ranks when asked (collective).

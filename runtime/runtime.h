@@ -4,6 +4,7 @@
 // its parts; nothing else wires them together.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,9 +30,12 @@ struct RuntimeOptions {
   double comm_timeout_s = 60;             // a collective waiting longer for a peer fails
   bool check_weights = false;             // scan the checkpoint for NaN/Inf when loading (shared by the ranks)
   EngramPlacement engram_placement = EngramPlacement::kLocal;
-  // Where the model runs. auto picks the CPU in this version; cuda runs one rank alone (the
-  // parallel exchanges still go through host memory), and is an error that says so under mpirun.
+  // Where the model runs. auto picks the CPU in this version; under mpirun each rank takes the GPU
+  // of its node-local rank.
   DeviceChoice device = DeviceChoice::kAuto;
+  // Tests only: the backend to run on instead of `device`'s (a stand-in whose memory the host may
+  // not touch: tests/runtime/test_backends.h).
+  std::function<std::shared_ptr<Backend>()> backend_for_test;
 };
 
 // The options every rank of a job must agree on, as text ("qdq=on tp=2 ep=0 engram=local").
@@ -64,6 +68,7 @@ class Runtime {
 
  private:
   explicit Runtime(RuntimeOptions options) : options_(std::move(options)) {}
+  absl::Status MakeDeviceGroups(Backend& backend);
   absl::Status PlaceEngramTables();
 
   RuntimeOptions options_;

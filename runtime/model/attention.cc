@@ -155,20 +155,25 @@ absl::Status Model::OutputProjection(const WeightMatrix& wo_b, const WeightMatri
   // through a block, gather the whole row first so the block's scale is the same as on one rank.
   const bool aligned = wo_b.col_begin % block == 0 && cols % block == 0;
   if (opt_.qdq && IsQuantized(wo_b) && !aligned) {
+    // Every rank's slices [tp, n, cols] become whole rows [n, tp * cols] (row (t, r) is slice r's
+    // row t), are rounded, and this rank multiplies its columns of them.
     const int tp = par_->layout.tp;
-    std::vector<float> all(tp * n * cols), row(tp * cols), zq(n * cols);
-    std::vector<int64_t> counts(tp, n * cols);
-    DSV4_RETURN_IF_ERROR(par_->tp->AllGatherV(z, counts.data(), all.data()));
-    for (int64_t t = 0; t < n; ++t) {
-      for (int r = 0; r < tp; ++r) std::memcpy(&row[r * cols], &all[(r * n + t) * cols], cols * sizeof(float));
-      backend_->QdqFp8(row.data(), 1, tp * cols, tp * cols, static_cast<int>(block));
-      std::memcpy(&zq[t * cols], &row[par_->layout.tp_rank * cols], cols * sizeof(float));
-    }
-    backend_->Linear(zq.data(), n, cols, placed, out, D);
+    const int64_t full = tp * cols, slice_bytes = cols * static_cast<int64_t>(sizeof(float));
+    Backend& be = *backend_;
+    DeviceScratch<float> all(be, tp * n * cols), rows(be, n * full);
+    DeviceScratch<int64_t> order(be, n * tp);
+    std::vector<int64_t> counts(tp, n * cols), host_order(n * tp);
+    DSV4_RETURN_IF_ERROR(tp_rows_->AllGatherV(z, counts.data(), all.data()));
+    for (int64_t t = 0; t < n; ++t)
+      for (int r = 0; r < tp; ++r) host_order[t * tp + r] = r * n + t;
+    be.CopyToDevice(order.data(), host_order.data(), order.bytes());
+    be.GatherRows(all.data(), slice_bytes, order.data(), n * tp, slice_bytes, rows.data(), slice_bytes);
+    be.QdqFp8(rows.data(), n, full, full, static_cast<int>(block));
+    be.Linear(rows.data() + par_->layout.tp_rank * cols, n, full, placed, out, D);
   } else {
     Project(placed, z, n, cols, out);
   }
-  return par_->tp->AllReduceSum(out, n * D);
+  return tp_rows_->AllReduceSum(out, n * D);
 }
 
 }  // namespace dsv4

@@ -9,6 +9,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/scratch.h"
+#include "runtime/backend/device_communicator.h"
 #include "runtime/model/engram.h"
 
 namespace dsv4 {
@@ -144,7 +145,19 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   check(be.Synchronize());
   if (par_ != nullptr) {
     placement_ = std::make_shared<const ModelPlacement>(par_->placement);
-    dispatcher_ = std::make_unique<MoeDispatcher>(par_->ep);
+    auto rows = [&](Communicator* device, Communicator* host, std::unique_ptr<Communicator>& staged) {
+      if (device != nullptr) return device;
+      if (be.HostIsDevice()) return host;
+      staged = MakeStagedCommunicator(be, *host);
+      return staged.get();
+    };
+    tp_rows_ = rows(par_->tp_device, par_->tp, staged_tp_);
+    ep_rows_ = rows(par_->ep_device, par_->ep, staged_ep_);
+    if (be.HostIsDevice()) {
+      dispatcher_ = std::make_unique<MoeDispatcher>(par_->ep);
+    } else {
+      exchange_ = std::make_unique<ExpertExchange>(be, *par_->ep, *ep_rows_);
+    }
   }
 }
 

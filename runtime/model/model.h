@@ -34,6 +34,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/engram/row_source.h"
 #include "runtime/model/cache.h"
+#include "runtime/model/expert_exchange.h"
 #include "runtime/weights.h"
 
 namespace dsv4 {
@@ -249,7 +250,8 @@ class Model {
   // max_rows (host) bounds the pairs routed here.
   void RoutedLocal(int64_t layer, const float* x, int64_t m, int32_t* experts, float* weights, int64_t max_rows,
                    bool shared, float* out) const;
-  // The routed experts over the EP group (MoeDispatcher): out [n, D] is written, not added to.
+  // The routed experts over the EP group (MoeDispatcher in host memory, ExpertExchange in a
+  // device's): out [n, D] is written, not added to.
   absl::Status RoutedExpertParallel(int64_t layer, const float* x, int64_t n, const int32_t* experts,
                                     const float* weights, float* out) const;
   // out [m, D] += the shared expert over x [m, D].
@@ -350,8 +352,15 @@ class Model {
   std::vector<std::vector<std::unique_ptr<ExpertWeights>>> extra_;
   mutable absl::Mutex placement_mu_;
   std::shared_ptr<const ModelPlacement> placement_ ABSL_GUARDED_BY(placement_mu_);
-  // The EP exchange's buffers, kept across layers and steps (engine thread only, like the caches).
+  // The EP exchange's buffers, kept across layers and steps (engine thread only, like the caches):
+  // the dispatcher where host memory is the device's, else the exchange over device memory.
   mutable std::unique_ptr<MoeDispatcher> dispatcher_;
+  mutable std::unique_ptr<ExpertExchange> exchange_;
+  // The TP and EP groups over the backend's memory: the ParallelContext's device communicators, its
+  // host ones where host memory is the device's, else those reached through host copies (staged_*).
+  Communicator* tp_rows_ = nullptr;
+  Communicator* ep_rows_ = nullptr;
+  std::unique_ptr<Communicator> staged_tp_, staged_ep_;
 };
 
 }  // namespace dsv4

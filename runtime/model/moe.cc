@@ -6,8 +6,9 @@
 // Everything runs on the model's backend: the router, the grouping of (token, slot) pairs by
 // expert, the expert FFNs (the routed experts this rank holds and the shared expert, as tables the
 // backend placed) and the ordered combine. Tokens are grouped by expert, so each expert's weights
-// are read once per step however many tokens it serves. Under expert parallelism the TP ranks of a group split its tokens, dispatch
-// them over the EP group (parallel/moe_dispatch.h) and gather the results back.
+// are read once per step however many tokens it serves. Under expert parallelism the TP ranks of a
+// group split its tokens, dispatch them over the EP group (parallel/moe_dispatch.h in host memory,
+// runtime/model/expert_exchange.h in a device's) and gather the results back.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -116,6 +117,16 @@ absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t 
   const int K = static_cast<int>(c.num_experts_per_tok);
   // The placement only changes between steps (SwitchPlacement), on this thread.
   const std::shared_ptr<const ModelPlacement> placement = this->placement();
+  if (exchange_ != nullptr) {
+    // Device memory: the exchange's buffers are the workspace's until the combine is done.
+    const WorkspaceScope scope(*backend_);
+    ExpertExchange& ex = *exchange_;
+    DSV4_RETURN_IF_ERROR(ex.Dispatch(placement->layer(layer), x, n, D, experts, weights, K));
+    const int64_t m = ex.received();
+    DeviceScratch<float> yr(*backend_, m * D);
+    RoutedLocal(layer, ex.hidden(), m, ex.experts(), ex.weights(), ex.held_pairs(), /*shared=*/false, yr.data());
+    return ex.Combine(yr.data(), out);
+  }
   MoeDispatcher& dispatcher = *dispatcher_;
   DSV4_RETURN_IF_ERROR(dispatcher.Dispatch(placement->layer(layer), x, n, D, experts, weights, K));
   // The tokens this rank serves (its own, the others' as received: host memory) run as one batch.
@@ -155,8 +166,10 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   if (tp == 1) return absl::OkStatus();
   std::vector<int64_t> counts(tp);
   for (int r = 0; r < tp; ++r) counts[r] = (n * (r + 1) / tp - n * r / tp) * D;
-  std::vector<float> mine_copy(part, part + mine * D);
-  return par_->tp->AllGatherV(mine_copy.data(), counts.data(), out);
+  // The gather writes over `part`, so this rank's share goes from a copy.
+  DeviceScratch<float> mine_copy(*backend_, mine * D);
+  backend_->CopyOnDevice(mine_copy.data(), part, mine_copy.bytes());
+  return tp_rows_->AllGatherV(mine_copy.data(), counts.data(), out);
 }
 
 }  // namespace dsv4

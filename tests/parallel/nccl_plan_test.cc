@@ -121,7 +121,8 @@ TEST(NcclPlan, MicroBatches) {
 
 float ExpertFn(int64_t e, float x) { return static_cast<float>(e + 1) * x + static_cast<float>(e); }
 
-// Simulates the NCCL MoE exchange of parallel/nccl_moe.cc step by step on host buffers.
+// Simulates an exchange that runs the received rows grouped by expert (PlanExpertGroups) step by
+// step on host buffers.
 void RunMoe(int P, int64_t E, int K, bool replica, bool with_gaps) {
   const int64_t D = 5;
   ExpertPlacement placement = ExpertPlacement::Contiguous(E, P);

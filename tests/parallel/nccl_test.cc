@@ -1,20 +1,16 @@
-// The NCCL communicator and the GPU MoE exchange across ranks (labels gpu, multi_gpu, mpi; run
-// under mpirun with one GPU per rank). Skips when the node has fewer GPUs than ranks. Data encodes
-// its provenance: rank r's element i for peer p is r * 1000 + p * 10 + i, and expert e maps x to
-// (e + 1) x + e, so a misrouted or dropped row shows up as a wrong value.
+// The NCCL communicator across ranks (labels gpu, multi_gpu, mpi; run under mpirun with one GPU per
+// rank). Skips when the node has fewer GPUs than ranks. Data encodes its provenance: rank r's
+// element i for peer p is r * 1000 + p * 10 + i, so a misrouted or dropped part shows up as a wrong
+// value. The MoE exchange over NCCL is tests/runtime/device_parallel_test.cc's.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <random>
+#include <algorithm>
 #include <vector>
 
-#include "kernels/cuda/memory.h"
 #include "parallel/communicator.h"
 #include "parallel/layout.h"
-#include "parallel/placement.h"
 #include "parallel/nccl_communicator.h"
-#include "parallel/nccl_moe.h"
 #include "tests/mpi_main.h"
 
 namespace dsv4 {
@@ -99,49 +95,6 @@ TEST_F(Nccl, CollectivesAndSplit) {
   Dev<float> one(std::vector<float>{1.f});
   ASSERT_TRUE((*half)->AllReduceSum(one.get(), 1).ok());
   EXPECT_EQ(one.Host()[0], static_cast<float>((P + (me % 2 == 0 ? 1 : 0)) / 2));
-}
-
-float ExpertFn(int64_t e, float x) { return static_cast<float>(e + 1) * x + static_cast<float>(e); }
-
-TEST_F(Nccl, MoeExchangeMatchesDirect) {
-  const int P = comm_->size(), me = comm_->rank(), K = 2;
-  const int64_t E = 4 * P, D = 24, n = 5 + 3 * me;
-  ExpertPlacement placement = ExpertPlacement::Contiguous(E, P);
-  if (P > 1) placement.AddReplica(0, P - 1);
-  std::mt19937 rng(me + 1);
-  std::vector<float> x(n * D), w(n * K);
-  std::vector<int32_t> experts(n * K);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t d = 0; d < D; ++d) x[t * D + d] = static_cast<float>(me * 100 + t) + 0.01f * d;
-    experts[t * K] = static_cast<int32_t>((t * 3 + me) % E);
-    experts[t * K + 1] = static_cast<int32_t>((t * 3 + me + 1 + t % 2) % E);
-    w[t * K] = 0.25f + 0.1f * t, w[t * K + 1] = 0.5f;
-  }
-  kernels::cuda::DevicePool pool;
-  ASSERT_EQ(kernels::cuda::DevicePool::Create(16 << 20, &pool), cudaSuccess);
-  NcclMoeExchange ex(comm_.get(), &pool);
-  Dev<float> dx(x), dout(std::vector<float>(n * D, 0.f));
-  cudaStream_t stream = comm_->stream();
-  ASSERT_TRUE(ex.Dispatch(placement, dx.get(), n, D, experts.data(), w.data(), K, stream).ok());
-  // The experts, on the host: grouped rows -> weight * ExpertFn.
-  const ExpertGroups& g = ex.groups();
-  std::vector<float> grouped(g.rows() * D);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(grouped.data(), ex.grouped_hidden(), grouped.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  std::vector<float> y(g.rows() * D);
-  for (size_t s = 0; s < g.local_experts.size(); ++s)
-    for (int32_t i = g.offsets[s]; i < g.offsets[s + 1]; ++i)
-      for (int64_t d = 0; d < D; ++d) y[i * D + d] = g.row_weight[i] * ExpertFn(g.local_experts[s], grouped[i * D + d]);
-  Dev<float> dy(y);
-  ASSERT_TRUE(ex.Combine(dy.get(), dout.get(), stream).ok());
-  ASSERT_TRUE(comm_->Synchronize(stream).ok());
-  const std::vector<float> out = dout.Host();
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      float want = 0.f;
-      for (int j = 0; j < K; ++j) want += w[t * K + j] * ExpertFn(experts[t * K + j], x[t * D + d]);
-      EXPECT_NEAR(out[t * D + d], want, 1e-3f * (1.f + std::fabs(want))) << "rank " << me << " token " << t;
-    }
 }
 
 }  // namespace
