@@ -1,6 +1,7 @@
 #include "kernels/cuda/memory_plan.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace dsv4::kernels::cuda {
 
@@ -59,6 +60,65 @@ WeightUploadPlan PlanWeightUpload(const WeightMatrix& w) {
     }
   }
   return p;
+}
+
+int64_t BlockCache::SizeClass(int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 1);
+  if (bytes <= (int64_t{1} << 20)) return (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
+  int64_t pow2 = int64_t{1} << 20;
+  while (pow2 * 2 <= bytes) pow2 *= 2;
+  const int64_t step = pow2 / 8;
+  return (bytes + step - 1) / step * step;
+}
+
+void* BlockCache::Take(int64_t size_class) {
+  auto it = by_size_.find(size_class);
+  if (it == by_size_.end() || it->second.empty()) return nullptr;
+  void* p = it->second.back();
+  it->second.pop_back();
+  if (it->second.empty()) by_size_.erase(it);
+  for (auto e = order_.rbegin(); e != order_.rend(); ++e)
+    if (e->p == p) {
+      order_.erase(std::next(e).base());
+      break;
+    }
+  cached_ -= size_class;
+  return p;
+}
+
+void BlockCache::Forget(const Entry& e) {
+  auto it = by_size_.find(e.size_class);
+  std::vector<void*>& v = it->second;
+  v.erase(std::find(v.begin(), v.end(), e.p));
+  if (v.empty()) by_size_.erase(it);
+  cached_ -= e.size_class;
+}
+
+std::vector<void*> BlockCache::Give(void* p, int64_t size_class) {
+  std::vector<void*> out;
+  if (p == nullptr) return out;
+  if (size_class > capacity_) {
+    out.push_back(p);
+    return out;
+  }
+  while (cached_ + size_class > capacity_) {
+    const Entry oldest = order_.front();
+    order_.pop_front();
+    Forget(oldest);
+    out.push_back(oldest.p);
+  }
+  order_.push_back({p, size_class});
+  by_size_[size_class].push_back(p);
+  cached_ += size_class;
+  return out;
+}
+
+std::vector<void*> BlockCache::Drain() {
+  std::vector<void*> out;
+  out.reserve(order_.size());
+  for (const Entry& e : order_) out.push_back(e.p);
+  order_.clear(), by_size_.clear(), cached_ = 0;
+  return out;
 }
 
 }  // namespace dsv4::kernels::cuda

@@ -6,9 +6,15 @@
 //  - WeightUploadPlan: which bytes of a checkpoint tensor a rank copies to its device for its view
 //    (tensor-parallel row or column shard), as two pitched 2-D copies (elements, scales), and the
 //    view to use on the device afterwards.
+//  - BlockCache: freed allocations kept for reuse by size, so that memory a server takes and gives
+//    back per request (a sequence's compressor state, a private cache) does not go through
+//    cudaMalloc and cudaFree, which wait for the device, each time.
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <map>
+#include <vector>
 
 #include "kernels/cpu/kernels.h"
 
@@ -57,5 +63,40 @@ struct WeightUploadPlan {
 // (FP8: block-aligned rows and columns; FP4: whole 32-column groups, so whole bytes).
 // Precondition: CheckWeight(w) is null.
 WeightUploadPlan PlanWeightUpload(const WeightMatrix& w);
+
+// Freed device blocks by size class, up to `capacity` bytes; the oldest go first when it is full.
+// Reusing a block is safe without waiting when every use of the memory is ordered on one stream (a
+// backend's): the work of the block's next owner runs after that of its last. Not thread-safe.
+class BlockCache {
+ public:
+  explicit BlockCache(int64_t capacity) : capacity_(capacity) {}
+
+  // The size class of a request: bytes rounded up to kDeviceAlignment below 1 MiB, to 1/8 of the
+  // power of two at or below it above (so a reused block wastes at most an eighth).
+  static int64_t SizeClass(int64_t bytes);
+
+  // A cached block of `size_class` bytes (which it leaves the cache), or null.
+  void* Take(int64_t size_class);
+  // Keeps `p` (of `size_class` bytes); returns the blocks to give back to the driver now: `p` itself
+  // when it is larger than the whole capacity, else the oldest cached blocks until the rest fits.
+  std::vector<void*> Give(void* p, int64_t size_class);
+  // Empties the cache: every block, to give back (when the driver is out of memory).
+  std::vector<void*> Drain();
+
+  int64_t cached_bytes() const { return cached_; }
+  int64_t blocks() const { return static_cast<int64_t>(order_.size()); }
+
+ private:
+  struct Entry {
+    void* p;
+    int64_t size_class;
+  };
+  // Removes the entry of `p` from by_size_ (it is in order_'s front).
+  void Forget(const Entry& e);
+
+  int64_t capacity_, cached_ = 0;
+  std::deque<Entry> order_;                        // oldest first
+  std::map<int64_t, std::vector<void*>> by_size_;  // size class -> blocks, most recent last
+};
 
 }  // namespace dsv4::kernels::cuda

@@ -1,6 +1,7 @@
 // The CUDA backend: one GPU (this local rank's), one non-blocking stream, kernels/cuda. Weights
 // are copied to the device once (only the rectangle each rank's view covers); the step workspace is
-// one preallocated pool, so a step makes no allocation and can be captured in a CUDA graph.
+// one preallocated pool, so a step makes no allocation and can be captured in a CUDA graph. Freed
+// persistent memory is kept by size for reuse (kernels/cuda/memory_plan.h, BlockCache).
 #include <cuda_runtime_api.h>
 
 #include <map>
@@ -8,13 +9,14 @@
 #include <tuple>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status.h"
 #include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/memory.h"
+#include "kernels/cuda/memory_plan.h"
 #include "parallel/layout.h"
 #include "runtime/backend/backend.h"
 
@@ -53,7 +55,8 @@ class CudaBackend final : public Backend {
       cudaStreamSynchronize(stream_);
       cudaStreamDestroy(stream_);
     }
-    for (void* p : allocations_) cudaFree(p);
+    for (const auto& [p, size_class] : allocations_) cudaFree(p);
+    for (void* p : free_blocks_.Drain()) cudaFree(p);
   }
 
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& o) {
@@ -80,17 +83,33 @@ class CudaBackend final : public Backend {
                            static_cast<double>(props_.totalGlobalMem) / (1 << 30));
   }
 
+  // Persistent memory comes from the freed blocks of its size class where one is cached (in stream
+  // order, so without waiting), else from cudaMalloc; when the device is full, the cached blocks
+  // go back to the driver and the allocation is tried once more.
   absl::StatusOr<void*> Allocate(int64_t bytes) override {
-    void* p = nullptr;
-    if (cudaError_t e = cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 1))); e != cudaSuccess)
-      return CudaError(e, absl::StrCat("cudaMalloc of ", bytes, " bytes on GPU ", device_));
-    allocations_.insert(p);
+    const int64_t size_class = kc::BlockCache::SizeClass(bytes);
+    void* p = free_blocks_.Take(size_class);
+    if (p == nullptr) {
+      cudaError_t e = cudaMalloc(&p, static_cast<size_t>(size_class));
+      if (e == cudaErrorMemoryAllocation && free_blocks_.blocks() > 0) {
+        cudaGetLastError();  // clears the failure
+        for (void* q : free_blocks_.Drain()) cudaFree(q);
+        e = cudaMalloc(&p, static_cast<size_t>(size_class));
+      }
+      if (e != cudaSuccess) return CudaError(e, absl::StrCat("cudaMalloc of ", bytes, " bytes on GPU ", device_));
+    }
+    allocations_.emplace(p, size_class);
     return p;
   }
   void Free(void* p) override {
-    if (p == nullptr || allocations_.erase(p) == 0) return;
-    // cudaFree waits for the device; the stream's work that used p is done by then.
-    if (cudaError_t e = cudaFree(p); e != cudaSuccess) Latch(CudaError(e, "cudaFree"));
+    auto it = p == nullptr ? allocations_.end() : allocations_.find(p);
+    if (it == allocations_.end()) return;
+    const int64_t size_class = it->second;
+    allocations_.erase(it);
+    // Kept for the next allocation of its class; what the cache lets go, cudaFree gives back (it
+    // waits for the device, so the stream's work that used the block is done by then).
+    for (void* q : free_blocks_.Give(p, size_class))
+      if (cudaError_t e = cudaFree(q); e != cudaSuccess) Latch(CudaError(e, "cudaFree"));
   }
 
   void* Workspace(int64_t bytes) override {
@@ -355,7 +374,10 @@ class CudaBackend final : public Backend {
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
   kc::DevicePool workspace_;
-  absl::flat_hash_set<void*> allocations_;
+  absl::flat_hash_map<void*, int64_t> allocations_;  // live persistent blocks -> size class
+  // Freed persistent blocks for reuse, up to 1 GiB: tens of a V4-Flash-sized model's per-sequence
+  // compressor states, which a server allocates and frees with each request.
+  kc::BlockCache free_blocks_{int64_t{1} << 30};
   std::vector<kc::DevicePool> weights_;
   std::map<std::tuple<const void*, int64_t, int64_t, int64_t, int64_t>, kernels::WeightMatrix> placed_;
   absl::Status status_;

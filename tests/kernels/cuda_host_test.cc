@@ -410,6 +410,56 @@ void CheckUpload(const WeightMatrix& w, const std::string& what) {
   }
 }
 
+// Size classes: exact to 256 bytes up to 1 MiB, then eighths of the power of two, never wasting
+// more than an eighth.
+TEST(BlockCache, SizeClasses) {
+  EXPECT_EQ(BlockCache::SizeClass(0), 256);
+  EXPECT_EQ(BlockCache::SizeClass(1), 256);
+  EXPECT_EQ(BlockCache::SizeClass(256), 256);
+  EXPECT_EQ(BlockCache::SizeClass(257), 512);
+  EXPECT_EQ(BlockCache::SizeClass(1 << 20), 1 << 20);
+  EXPECT_EQ(BlockCache::SizeClass((1 << 20) + 1), (1 << 20) + (1 << 17));
+  EXPECT_EQ(BlockCache::SizeClass(3 << 20), 3 << 20);
+  EXPECT_EQ(BlockCache::SizeClass((3 << 20) + 1), (3 << 20) + (1 << 18));
+  for (int64_t b : {int64_t{1000}, int64_t{777777}, int64_t{5} << 20, (int64_t{9} << 30) + 12345}) {
+    const int64_t c = BlockCache::SizeClass(b);
+    EXPECT_GE(c, b);
+    EXPECT_LE(c - b, std::max<int64_t>(b / 8, 255)) << b;
+    EXPECT_EQ(BlockCache::SizeClass(c), c) << "a class is its own class";
+  }
+}
+
+// Blocks come back by class, most recent first; a full cache gives back its oldest; a block taken
+// out is never given back by a later eviction.
+TEST(BlockCache, ReusesByClassAndEvictsTheOldest) {
+  int a = 0, b = 0, c = 0, d = 0, big = 0;
+  BlockCache cache(1024);
+  EXPECT_EQ(cache.Take(256), nullptr);
+  EXPECT_TRUE(cache.Give(&a, 256).empty());
+  EXPECT_TRUE(cache.Give(&b, 256).empty());
+  EXPECT_TRUE(cache.Give(&c, 512).empty());
+  EXPECT_EQ(cache.cached_bytes(), 1024);
+  EXPECT_EQ(cache.Take(768), nullptr);  // no class but its own
+  EXPECT_EQ(cache.Take(256), &b);
+  EXPECT_EQ(cache.cached_bytes(), 768);
+  EXPECT_EQ(cache.Give(&d, 512), (std::vector<void*>{&a}));       // a is the oldest; b left the cache
+  EXPECT_EQ(cache.Give(&big, 2048), (std::vector<void*>{&big}));  // larger than the whole cache
+  EXPECT_EQ(cache.blocks(), 2);
+  EXPECT_EQ(cache.Take(512), &d);
+  EXPECT_EQ(cache.Take(512), &c);
+  EXPECT_EQ(cache.Take(512), nullptr);
+  EXPECT_EQ(cache.cached_bytes(), 0);
+  EXPECT_TRUE(cache.Give(nullptr, 256).empty());
+  cache.Give(&a, 256), cache.Give(&b, 256);
+  std::vector<void*> all = cache.Drain();
+  std::sort(all.begin(), all.end());
+  std::vector<void*> want{&a, &b};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(all, want);
+  EXPECT_EQ(cache.cached_bytes(), 0);
+  EXPECT_EQ(cache.Take(256), nullptr);
+}
+
 TEST(WeightUpload, ShardsDequantizeIdentically) {
   std::mt19937 rng(13);
   std::uniform_int_distribution<int> byte(0, 255), exp_byte(120, 134);
