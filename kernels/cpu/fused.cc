@@ -189,6 +189,14 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
   }
 }
 
+void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                 int64_t dst_pitch) {
+  const char* s = static_cast<const char*>(src);
+  char* d = static_cast<char*>(dst);
+  for (int64_t r = 0; r < rows; ++r)
+    if (ids[r] >= 0) std::memcpy(d + ids[r] * dst_pitch, s + r * src_pitch, row_bytes);
+}
+
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) {
   for (int64_t i = 0; i < n; ++i)
     x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));

@@ -238,6 +238,10 @@ void GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int64_t E, 
 // dst row r [row_bytes] (pitch dst_pitch) = src row ids[r] (pitch src_pitch); ids[r] < 0 zero-fills.
 void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                 int64_t dst_pitch);
+// dst row ids[r] [row_bytes] (pitch dst_pitch) = src row r (pitch src_pitch); ids[r] < 0 is skipped.
+// The ids of one call are distinct.
+void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                 int64_t dst_pitch);
 // x[i] = start + i * step for i < n.
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step);
 // x[i] *= s for i < n.

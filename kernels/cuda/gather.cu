@@ -1,22 +1,25 @@
-// Row gather (Engram rows from pinned host memory, MoE dispatch packing) and the ordered weighted
-// combine of MoE results.
+// Row gather (Engram rows from pinned host memory, MoE dispatch packing) and scatter (window keys
+// into the KV pool), and the ordered weighted combine of MoE results.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
 namespace dsv4::kernels::cuda {
 namespace {
 
-// Block per destination row; kVec-byte copies (16 when every address and pitch is 16-aligned).
-template <typename Vec>
-__global__ void GatherRowsKernel(const char* src, int64_t src_pitch, const int64_t* ids, int64_t row_bytes, char* dst,
-                                 int64_t dst_pitch) {
+// Block per listed row r (gather: destination row r from source row ids[r], zeros for ids[r] < 0;
+// scatter: source row r to destination row ids[r], skipped for ids[r] < 0); kVec-byte copies (16
+// when every address and pitch is 16-aligned).
+template <typename Vec, bool kScatter>
+__global__ void MoveRowsKernel(const char* src, int64_t src_pitch, const int64_t* ids, int64_t row_bytes, char* dst,
+                               int64_t dst_pitch) {
   const int64_t r = blockIdx.x, id = ids[r], n = row_bytes / static_cast<int64_t>(sizeof(Vec));
-  Vec* d = reinterpret_cast<Vec*>(dst + r * dst_pitch);
+  if (kScatter && id < 0) return;
+  Vec* d = reinterpret_cast<Vec*>(dst + (kScatter ? id : r) * dst_pitch);
   if (id < 0) {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = Vec{};
     return;
   }
-  const Vec* s = reinterpret_cast<const Vec*>(src + id * src_pitch);
+  const Vec* s = reinterpret_cast<const Vec*>(src + (kScatter ? r : id) * src_pitch);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
 }
 
@@ -72,22 +75,35 @@ bool Aligned16(const void* p, int64_t a, int64_t b, int64_t c) {
   return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && a % 16 == 0 && b % 16 == 0 && c % 16 == 0;
 }
 
-}  // namespace
-
-cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
-                       void* dst, int64_t dst_pitch, cudaStream_t stream) {
+template <bool kScatter>
+cudaError_t MoveRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                     int64_t dst_pitch, cudaStream_t stream) {
   if (row_bytes < 0 || src_pitch < row_bytes || dst_pitch < row_bytes) return cudaErrorInvalidValue;
   if (rows == 0 || row_bytes == 0) return cudaSuccess;
   const LaunchConfig cfg = GatherLaunch(rows);
   if (!Launchable(cfg)) return cudaErrorInvalidValue;
   const char* s = static_cast<const char*>(src);
   char* d = static_cast<char*>(dst);
+  const auto wide = MoveRowsKernel<uint4, kScatter>;
+  const auto narrow = MoveRowsKernel<unsigned char, kScatter>;
   if (Aligned16(src, src_pitch, row_bytes, dst_pitch) && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
-    DSV4_LAUNCH(GatherRowsKernel<uint4>, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
+    DSV4_LAUNCH(wide, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
   } else {
-    DSV4_LAUNCH(GatherRowsKernel<unsigned char>, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
+    DSV4_LAUNCH(narrow, cfg, stream, s, src_pitch, ids, row_bytes, d, dst_pitch);
   }
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                       void* dst, int64_t dst_pitch, cudaStream_t stream) {
+  return MoveRows<false>(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream);
+}
+
+cudaError_t ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                        void* dst, int64_t dst_pitch, cudaStream_t stream) {
+  return MoveRows<true>(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream);
 }
 
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream) {

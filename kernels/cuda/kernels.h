@@ -196,6 +196,11 @@ cudaError_t GroupByExpert(const int32_t* experts, int64_t pairs, int64_t K, int6
 cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                        void* dst, int64_t dst_pitch, cudaStream_t stream);
 
+// dst row ids[r] = src row r; ids[r] < 0 is skipped; the ids of one call are distinct
+// (kernels::ScatterRows).
+cudaError_t ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                        void* dst, int64_t dst_pitch, cudaStream_t stream);
+
 // x[i] = start + i * step for i < n (kernels::Iota).
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream);
 // x[i] *= s for i < n (kernels::Scale).

@@ -186,6 +186,10 @@ class Backend {
   virtual void ExpertFfnGroup(const ExpertFfnJob* jobs, int64_t num_jobs, const ExpertFfnOptions& options) = 0;
   virtual void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                           void* dst, int64_t dst_pitch) = 0;
+  // kernels::ScatterRows: dst row ids[r] = src row r, ids[r] < 0 skipped (the step's window keys
+  // into their pool rows).
+  virtual void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
+                           void* dst, int64_t dst_pitch) = 0;
   // x[i] = start + i * step for i < n: row and offset tables the model would otherwise write on the
   // host (a token's slots, a whole batch as one group).
   virtual void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) = 0;

@@ -229,6 +229,10 @@ class CpuBackend final : public Backend {
                   int64_t dst_pitch) override {
     kernels::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
   }
+  void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                   int64_t dst_pitch) override {
+    kernels::ScatterRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { kernels::Iota(x, n, start, step); }
   void Scale(float* x, int64_t n, float s) override { kernels::Scale(x, n, s); }
   void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc, int64_t D,

@@ -310,6 +310,11 @@ class CudaBackend final : public Backend {
     if (ok() && rows > 0)
       Check(kc::GatherRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream_), "GatherRows");
   }
+  void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
+                   int64_t dst_pitch) override {
+    if (ok() && rows > 0)
+      Check(kc::ScatterRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream_), "ScatterRows");
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
     if (ok() && n > 0) Check(kc::Iota(x, n, start, step, stream_), "Iota");
   }

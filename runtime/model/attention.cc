@@ -22,7 +22,7 @@
 namespace dsv4 {
 
 absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
-                              float* out) const {
+                              const StepTableViews& tables, float* out) const {
   using kernels::Scratch;
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
@@ -32,13 +32,11 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   const int64_t win = c.sliding_window, ratio = c.ratio(layer), D = c.hidden_size, ql = c.q_lora_rank;
   const float eps = static_cast<float>(c.rms_norm_eps);
   Backend& be = *backend_;
-  Scratch<int64_t> pos(n);
-  for (const SeqSlice& s : seqs)
-    for (int64_t t = 0; t < s.n; ++t) pos[s.begin + t] = s.start + t;
-  // The rotations of the batch's positions, shared by the queries, the keys and the outputs.
-  const int64_t half = rd / 2;
-  DeviceScratch<float> cos(be, n * half), sin(be, n * half);
-  RopeTables(layer, pos.data(), n, cos.data(), sin.data());
+  // The rotations of the batch's positions (the step's, for this kind of layer), shared by the
+  // queries, the keys and the outputs.
+  const int64_t half = rd / 2, rope = ratio > 0 ? 1 : 0;
+  const float* cos = tables.cos[rope];
+  const float* sin = tables.sin[rope];
 
   // Queries: low-rank projection, (V4) per-head RMS renormalization without gain, RoPE on the last
   // rd dims. Every projection takes the whole batch's rows at once.
@@ -47,13 +45,13 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   be.RmsNorm(qr.data(), ap.q_norm, eps, n, ql, ql, qr.data(), ql);
   Project(ap.wq_b, qr.data(), n, ql, q.data());
   if (c.q_head_norm()) be.RmsNorm(q.data(), nullptr, eps, n * H, hd, hd, q.data(), hd);
-  be.Rope(q.data() + nope, n * H, hd, half, cos.data(), sin.data(), H, /*inverse=*/false);
+  be.Rope(q.data() + nope, n * H, hd, half, cos, sin, H, /*inverse=*/false);
 
   // The batch's window keys (= values), rounded as the reference caches them.
   DeviceScratch<float> kv(be, n * hd);
   Project(ap.wkv, x, n, D, kv.data());
   be.RmsNorm(kv.data(), ap.kv_norm, eps, n, hd, hd, kv.data(), hd);
-  be.Rope(kv.data() + nope, n, hd, half, cos.data(), sin.data(), 1, /*inverse=*/false);
+  be.Rope(kv.data() + nope, n, hd, half, cos, sin, 1, /*inverse=*/false);
   if (opt_.qdq) be.QdqFp8(kv.data(), n, c.window_kv_qdq_len(), hd, static_cast<int>(c.window_kv_qdq_group()));
 
   // Compressed blocks completed by this step, then the indexer's picks (kept in each sequence's
@@ -62,50 +60,41 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
   if (lw.has_indexer) {
     const int64_t Hi = c.index_n_heads, di = c.index_head_dim;
     DeviceScratch<float> iq(be, n * Hi * di), iw(be, n * Hi);
-    IndexerQueries(layer, x, qr.data(), n, cos.data(), sin.data(), iq.data(), iw.data());
+    IndexerQueries(layer, x, qr.data(), n, cos, sin, iq.data(), iw.data());
     for (const SeqSlice& s : seqs) IndexerTopK(layer, iq.data() + s.begin * Hi * di, iw.data() + s.begin * Hi, s);
   }
 
   // Attention per sequence over [the window pool | this step's rows | the KV source's compressed
-  // pool]: its block table maps positions and compressed positions to pool rows.
+  // pool]: the step's tables give the rows each query attends; the indexer's picks are mapped
+  // through the block table on the device.
   const bool picked = ratio > 0 && c.index_source(layer) >= 0;
+  const int kind = layer_kind_[layer];
   DeviceScratch<float> o(be, n * H * hd);
+  KvPool* window_pool = nullptr;
+  int64_t window_from = 0;
+  // The step's window keys, by absolute position, into the blocks that keep a window part (for
+  // later steps and for sequences that reuse these blocks): one scatter per run of sequences that
+  // share a pool.
+  auto keep_window = [&](int64_t upto) {
+    if (window_pool != nullptr && upto > window_from)
+      be.ScatterRows(kv.data() + window_from * hd, hd * 4, tables.window_rows + window_from, upto - window_from, hd * 4,
+                     window_pool->layer(layer).window.data(), hd * 4);
+  };
   for (const SeqSlice& s : seqs) {
     SequenceCache& cache = *s.cache;
     KvPool& pool = *cache.pool;
     const int64_t B = pool.block_tokens(), window_rows = pool.num_window_blocks() * B;
     const KvPool::Layer* comp = ratio > 0 ? &pool.layer(c.kv_source(layer)) : nullptr;
-    const int64_t nblocks = ratio > 0 ? (s.start + s.n) / ratio : 0;  // compressed rows complete after the step
-    auto comp_row = [&](int64_t j) { return static_cast<int32_t>(window_rows + s.n + cache.PoolRow(*comp, j)); };
-    const int64_t k_comp = picked ? s.picks->k : nblocks;
-    const int64_t k = win + k_comp;
-    // The rows each query attends: the window's and (V4 ratio 128) every visible block's from the
-    // block table on the host; the indexer's picks mapped through the same table on the device.
-    Scratch<int32_t> idx(s.n * k, -1);
-    DeviceScratch<int32_t> didx(be, be.HostIsDevice() ? 0 : s.n * k);
-    for (int64_t t = 0; t < s.n; ++t) {
-      const int64_t p0 = s.start + t;
-      int32_t* row = &idx[t * k];
-      int64_t j = 0;
-      for (int64_t p = std::max<int64_t>(0, p0 - win + 1); p <= p0; ++p)
-        row[j++] = static_cast<int32_t>(p >= s.start ? window_rows + (p - s.start)
-                                                     : cache.blocks[p / B].window * B + p % B);
-      if (!picked && ratio > 0) {  // V4 ratio 128: every visible block
-        const int64_t visible = std::min(nblocks, (p0 + 1) / ratio);
-        for (int64_t b = 0; b < visible; ++b) row[win + b] = comp_row(b);
-      }
-    }
-    int32_t* rows = idx.data();
-    if (didx.size() > 0) be.CopyToDevice(didx.data(), idx.data(), didx.bytes()), rows = didx.data();
-    if (picked && k_comp > 0) {
-      // The pool row of each compressed block's first position: PickRows adds j % per to it.
-      const int64_t per = comp->per_block, used = (nblocks + per - 1) / per;
-      Scratch<int32_t> base(used, kernels::NoInit{});
-      for (int64_t b = 0; b < used; ++b) base[b] = static_cast<int32_t>(cache.PoolRow(*comp, b * per));
-      DeviceScratch<int32_t> dbase(be, be.HostIsDevice() ? 0 : used);
-      const int32_t* bases = base.data();
-      if (dbase.size() > 0) be.CopyToDevice(dbase.data(), base.data(), dbase.bytes()), bases = dbase.data();
-      be.PickRows(s.picks->picks, s.n, k_comp, bases, per, static_cast<int32_t>(window_rows + s.n), rows + win, k);
+    const SeqKindTables& kt = s.kinds[kind];
+    const int64_t k = kt.k;
+    const int32_t* rows = kt.rows;
+    DeviceScratch<int32_t> own(be, picked ? s.n * k : 0);
+    if (picked && k > win) {
+      DSV4_CHECK(s.picks->k == k - win, "layer ", layer, ": ", s.picks->k, " picks for ", k - win, " compressed rows");
+      be.CopyOnDevice(own.data(), rows, own.bytes());
+      be.PickRows(s.picks->picks, s.n, k - win, kt.bases, comp->per_block, static_cast<int32_t>(window_rows + s.n),
+                  own.data() + win, k);
+      rows = own.data();
     }
     KvPool::Layer& wl = pool.layer(layer);
     kernels::KvSegments segs;
@@ -115,17 +104,13 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     segs.len[2] = comp ? pool.num_blocks() * comp->per_block : 0;
     be.SparseAttention(q.data() + s.begin * H * hd, s.n, H, hd, segs, rows, k, ap.attn_sink,
                        1.0f / std::sqrt(static_cast<float>(hd)), o.data() + s.begin * H * hd);
-    // The step's window keys, by absolute position, into the blocks that keep a window part: for
-    // later steps and for sequences that reuse these blocks.
-    for (int64_t t = 0; t < s.n; ++t) {
-      const int64_t p = s.start + t;
-      const int32_t w = cache.blocks[p / B].window;
-      if (w >= 0)
-        be.CopyOnDevice(wl.window.data() + (w * B + p % B) * hd, kv.data() + (s.begin + t) * hd,
-                        hd * static_cast<int64_t>(sizeof(float)));
+    if (&pool != window_pool) {
+      keep_window(s.begin);
+      window_pool = &pool, window_from = s.begin;
     }
   }
-  be.Rope(o.data() + nope, n * H, hd, half, cos.data(), sin.data(), H, /*inverse=*/true);
+  keep_window(n);
+  be.Rope(o.data() + nope, n * H, hd, half, cos, sin, H, /*inverse=*/true);
 
   // Grouped low-rank output: group g's heads -> o_lora via its block of wo_a (applied unrounded,
   // as the reference does), all groups in one pass; then wo_b over all groups.

@@ -104,10 +104,12 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
                                         keep_tail ? &tail : nullptr));
       }
       if (blocks == 0) continue;
-      kernels::Scratch<int64_t> positions(blocks, kernels::NoInit{});
-      for (int64_t b = 0; b < blocks; ++b) positions[b] = (j0 + b) * ratio;
-      DeviceScratch<float> cos(be, blocks * half), sin(be, blocks * half);
-      RopeTables(layer, positions.data(), blocks, cos.data(), sin.data());
+      // The rotations of the completed rows' positions, from the step's tables.
+      const SeqKindTables& kt = s.kinds[layer_kind_[layer]];
+      DSV4_CHECK(kinds_[layer_kind_[layer]].ratio == ratio, "layer ", layer, "'s compressor pools ", ratio,
+                 " positions, its layer ", kinds_[layer_kind_[layer]].ratio);
+      const float* cos = kt.block_cos;
+      const float* sin = kt.block_sin;
       // Rows j0.. into the pool through the block table: a run of consecutive rows per KV block.
       auto store = [&](PoolRows& rows, const float* src, int64_t dim) {
         for (int64_t j = j0; j < j0 + blocks;) {
@@ -123,11 +125,11 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
         DeviceScratch<float> keys(be, blocks * di);
         Project(ap.index_wk, latents.data(), blocks, hd, keys.data());
         be.RmsNorm(keys.data(), ap.index_k_norm, eps, blocks, di, di, keys.data(), di);
-        be.Rope(keys.data() + di - rd, blocks, di, half, cos.data(), sin.data(), 1, /*inverse=*/false);
+        be.Rope(keys.data() + di - rd, blocks, di, half, cos, sin, 1, /*inverse=*/false);
         if (opt_.qdq) be.QdqFp4(keys.data(), blocks, di, di, 32);
         store(pl.index_keys, keys.data(), di);
       }
-      be.Rope(latents.data() + hd - rd, blocks, hd, half, cos.data(), sin.data(), 1, /*inverse=*/false);
+      be.Rope(latents.data() + hd - rd, blocks, hd, half, cos, sin, 1, /*inverse=*/false);
       if (index_keys) {
         be.Hadamard(latents.data(), blocks, hd, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
         if (opt_.qdq) be.QdqFp4(latents.data(), blocks, hd, hd, 32);

@@ -40,39 +40,31 @@ void Model::IndexerQueries(int64_t layer, const float* x, const float* qr, int64
 void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const SeqSlice& seq) const {
   const ModelConfig& c = config();
   Backend& be = *backend_;
-  const int64_t Hi = c.index_n_heads, di = c.index_head_dim, ratio = c.ratio(layer), n = seq.n;
+  const int64_t Hi = c.index_n_heads, di = c.index_head_dim, n = seq.n;
   // The index keys completed by the end of this step (their owner ran before this layer), read in
-  // place when the sequence's blocks are consecutive in the pool, else gathered a KV block at a time.
+  // place when the sequence's blocks are consecutive in the pool, else gathered through the rows
+  // the step's tables list; each query sees those of the blocks completed by its position.
   const SequenceCache& cache = *seq.cache;
   const int64_t owner = c.index_key_source(layer);
-  const KvPool::Layer& pl = cache.pool->layer(owner);
-  const int64_t nkeys = (seq.start + n) / ratio, per = pl.per_block;
-  const int64_t used = (nkeys + per - 1) / per;
-  bool consecutive = true;
-  for (int64_t b = 1; b < used && consecutive; ++b) consecutive = cache.blocks[b].block == cache.blocks[0].block + b;
-  DeviceScratch<float> gathered(be, consecutive ? 0 : nkeys * di);
+  const SeqKindTables& kt = seq.kinds[layer_kind_[layer]];
+  const int64_t nkeys = kt.nkeys, key_bytes = di * static_cast<int64_t>(sizeof(float));
+  DeviceScratch<float> gathered(be, kt.key_rows != nullptr ? nkeys * di : 0);
   const float* keys = nkeys == 0 ? nullptr : cache.IndexKeyRow(owner, 0);
-  if (!consecutive) {
-    for (int64_t j = 0; j < nkeys; j += per)
-      be.CopyOnDevice(gathered.data() + j * di, cache.IndexKeyRow(owner, j),
-                      std::min(per, nkeys - j) * di * static_cast<int64_t>(sizeof(float)));
+  if (kt.key_rows != nullptr) {
+    be.GatherRows(cache.pool->layer(owner).index_keys.data(), key_bytes, kt.key_rows, nkeys, key_bytes, gathered.data(),
+                  key_bytes);
     keys = gathered.data();
   }
-  // A query at position p sees the blocks completed by then.
-  // Host temporaries come from the thread's scratch arena: a warm decode step allocates nothing.
-  kernels::Scratch<int64_t> nvis(n, kernels::NoInit{});
-  for (int64_t t = 0; t < n; ++t) nvis[t] = std::min(nkeys, (seq.start + t + 1) / ratio);
-  DeviceScratch<int64_t> dnvis(be, n);
-  be.CopyToDevice(dnvis.data(), nvis.data(), dnvis.bytes());
+  const int64_t* nvis = kt.nvis;
   DeviceScratch<float> scores(be, n * nkeys);
-  be.IndexerScores(q, w, n, Hi, di, keys, nkeys, dnvis.data(), scores.data());
+  be.IndexerScores(q, w, n, Hi, di, keys, nkeys, nvis, scores.data());
 
   StepPicks& out = *seq.picks;
   const bool level1 = c.is_candidate_source(layer), level2 = !level1 && c.uses_candidates(layer);
   if (level1) {  // this layer's own picks stay unrestricted
     out.num_blocks = kernels::CandidateBlockCount(nkeys, c.candidate_block_size);
     DSV4_CHECK(n * out.num_blocks <= out.candidates_capacity, "candidate buffer too small");
-    be.SelectCandidateBlocks(scores.data(), n, nkeys, dnvis.data(), c.candidate_topk_blocks, c.candidate_block_size,
+    be.SelectCandidateBlocks(scores.data(), n, nkeys, nvis, c.candidate_topk_blocks, c.candidate_block_size,
                              out.candidates);
   } else if (level2) {  // pick inside the candidate source's blocks
     DSV4_CHECK(out.num_blocks == kernels::CandidateBlockCount(nkeys, c.candidate_block_size), "layer ", layer,
@@ -81,9 +73,9 @@ void Model::IndexerTopK(int64_t layer, const float* q, const float* w, const Seq
   }
   const int64_t k = std::min(c.index_topk, nkeys);
   out.k = k;
-  be.TopK(scores.data(), n, nkeys, nkeys, dnvis.data(), k, out.picks, k);
+  be.TopK(scores.data(), n, nkeys, nkeys, nvis, k, out.picks, k);
   // A masked position is never attended, even when fewer candidates than k remain.
-  if (level2) be.DropMaskedPicks(scores.data(), n, nkeys, dnvis.data(), out.picks, k);
+  if (level2) be.DropMaskedPicks(scores.data(), n, nkeys, nvis, out.picks, k);
 }
 
 }  // namespace dsv4

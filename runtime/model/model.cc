@@ -63,6 +63,7 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
                                             c.original_max_position_embeddings, c.rope_factor, c.beta_fast,
                                             c.beta_slow);
   block_tokens_ = KvPool::DefaultBlockTokens(c);
+  InitAttentionKinds();
   InitEngram();
   const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
   expert_load_ = std::make_unique<std::atomic<int64_t>[]>(L * E);
@@ -370,22 +371,6 @@ absl::Status Model::RestoreAtBlockEnd(SequenceCache& cache) const {
   return absl::OkStatus();
 }
 
-void Model::RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos, float* sin) const {
-  const Rope& rope = RopeFor(layer);
-  const int64_t half = config().qk_rope_head_dim / 2, bytes = n * half * static_cast<int64_t>(sizeof(float));
-  Backend& be = *backend_;
-  // Written in place where host memory is the device's, else on the host and copied.
-  const bool direct = be.HostIsDevice();
-  kernels::Scratch<float> host_cos(direct ? 0 : n * half, kernels::NoInit{}),
-      host_sin(direct ? 0 : n * half, kernels::NoInit{});
-  float* c = direct ? cos : host_cos.data();
-  float* s = direct ? sin : host_sin.data();
-  for (int64_t t = 0; t < n; ++t) rope.CosSin(pos[t], c + t * half, s + t * half);
-  if (direct) return;
-  be.CopyToDevice(cos, c, bytes);
-  be.CopyToDevice(sin, s, bytes);
-}
-
 void Model::Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const {
   Backend& be = *backend_;
   if (opt_.qdq && IsQuantized(w)) {
@@ -412,8 +397,8 @@ void Model::Embed(std::span<const int32_t> tokens, float* x) const {
   be.EmbedRows(embed_, ids.data(), n, static_cast<int>(hc), x, hc * D);
 }
 
-absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens,
-                               std::span<const SeqSlice> seqs, float* pre_mix, const ForwardTaps* taps) const {
+absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens, std::span<const SeqSlice> seqs,
+                               const StepTableViews& tables, float* pre_mix, const ForwardTaps* taps) const {
   const ModelConfig& c = config();
   const int64_t n = static_cast<int64_t>(tokens.size()), D = c.hidden_size, hc = c.hc_mult;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -435,7 +420,7 @@ absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t>
   HcPreLayer(bp.hc_attn, x, n, lagged ? pre_mix : nullptr, u.data(), post.data(), comb.data(),
              lagged ? attn_pre.data() : nullptr);
   be.RmsNorm(u.data(), bp.attn_norm, eps, n, D, D, u.data(), D);
-  DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, y.data()));
+  DSV4_RETURN_IF_ERROR(Attention(layer, u.data(), n, seqs, tables, y.data()));
   if (taps) tap(taps->attn_out, y.data(), n * D);
   be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
 
@@ -527,33 +512,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   if (n == 0 && !distributed()) return absl::OkStatus();
   for (const SequenceChunk& s : seqs) DSV4_RETURN_IF_ERROR(PrepareBlocks(*s.cache, s.n));
   Backend& be = *backend_;
-  const WorkspaceScope step(be);           // the step's device buffers, the operations' own included
-  DeviceScratch<float> x(be, n * hc * D);  // the residual streams
-  Embed(tokens, x.data());
-  // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
-  // history is the sequence's own).
-  std::vector<EngramStep> engram;
-  if (w_->engram_hasher) {
-    int64_t at = 0;
-    for (const SequenceChunk& s : seqs) {
-      DSV4_ASSIGN_OR_RETURN(EngramStep step, BeginEngram(tokens.subspan(at, s.n), *s.cache));
-      engram.push_back(std::move(step));
-      at += s.n;
-      // At a block's end, its Engram history is kept with it (for a sequence resuming there).
-      KvPool& pool = *s.cache->pool;
-      const int64_t end = s.cache->length + s.n, B = pool.block_tokens();
-      if (s.cache->own_pool == nullptr && end % B == 0 && pool.engram_tail_length() > 0)
-        std::copy(s.cache->engram.tail.begin(), s.cache->engram.tail.end(),
-                  pool.engram_tail(s.cache->blocks[end / B - 1].block));
-    }
-  }
-  // V4.1: the first block collapses its attention input with the one-hot mix [1, 0, ..., 0].
-  DeviceScratch<float> pre_mix(be, c.hc_lagged() ? n * hc : 0);
-  if (pre_mix.size() > 0) {
-    kernels::Scratch<float> one_hot(pre_mix.size());
-    for (int64_t t = 0; t < n; ++t) one_hot[t * hc] = 1.f;
-    be.CopyToDevice(pre_mix.data(), one_hot.data(), pre_mix.bytes());
-  }
+  const WorkspaceScope step(be);  // the step's device buffers, the operations' own included
   // What each sequence's index sources hand to later layers: top-k picks, level-1 candidates.
   const int64_t cand = c.candidate_source_layer_id;
   auto cand_entries = [&](const SequenceChunk& s) {  // level 1 keeps [n, blocks of the positions]
@@ -576,13 +535,36 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
     slices[i] = {at, s.n, s.cache->length, s.cache, &picks[i]};
     at += s.n;
   }
+  // The tables every layer shares, in one copy: token ids, rotations, attention rows, ...
+  const StepTables step_tables(*this, tokens, {slices.data(), static_cast<size_t>(slices.size())});
+  const StepTableViews& tables = step_tables.views();
+  DeviceScratch<float> x(be, n * hc * D);  // the residual streams
+  be.EmbedRows(embed_, tables.tokens, n, static_cast<int>(hc), x.data(), hc * D);
+  // Every Engram layer's rows are requested before the first layer runs, per sequence (the n-gram
+  // history is the sequence's own).
+  std::vector<EngramStep> engram;
+  if (w_->engram_hasher) {
+    int64_t at_token = 0;
+    for (const SequenceChunk& s : seqs) {
+      DSV4_ASSIGN_OR_RETURN(EngramStep step, BeginEngram(tokens.subspan(at_token, s.n), *s.cache));
+      engram.push_back(std::move(step));
+      at_token += s.n;
+      // At a block's end, its Engram history is kept with it (for a sequence resuming there).
+      KvPool& pool = *s.cache->pool;
+      const int64_t end = s.cache->length + s.n, B = pool.block_tokens();
+      if (s.cache->own_pool == nullptr && end % B == 0 && pool.engram_tail_length() > 0)
+        std::copy(s.cache->engram.tail.begin(), s.cache->engram.tail.end(),
+                  pool.engram_tail(s.cache->blocks[end / B - 1].block));
+    }
+  }
+  // V4.1: the first block collapses its attention input with the one-hot mix [1, 0, ..., 0].
+  DeviceScratch<float> pre_mix(be, c.hc_lagged() ? n * hc : 0);
+  if (pre_mix.size() > 0) be.CopyOnDevice(pre_mix.data(), tables.one_hot, pre_mix.bytes());
   // The watchdog: after each layer, whether each sequence's last row holds a NaN or an Inf, flagged
   // on the device ([layers, sequences]) and read once at the step's end.
   const int64_t L = c.num_hidden_layers;
-  kernels::Scratch<int32_t> last_rows(num_seqs, kernels::NoInit{}), flags(L * num_seqs, kernels::NoInit{});
-  for (int64_t i = 0; i < num_seqs; ++i) last_rows[i] = static_cast<int32_t>(slices[i].begin + slices[i].n - 1);
-  DeviceScratch<int32_t> dlast_rows(be, num_seqs), dflags(be, L * num_seqs);
-  be.CopyToDevice(dlast_rows.data(), last_rows.data(), dlast_rows.bytes());
+  kernels::Scratch<int32_t> flags(L * num_seqs, kernels::NoInit{});
+  DeviceScratch<int32_t> dflags(be, L * num_seqs);
   for (int64_t l = 0; l < L; ++l) {
     if (w_->layers[l].has_engram) {
       for (int64_t i = 0; i < num_seqs; ++i)
@@ -592,9 +574,9 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
         be.CopyToHost((*taps->engram_out)[l].data(), x.data(), x.bytes());
       }
     }
-    DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), static_cast<size_t>(slices.size())},
+    DSV4_RETURN_IF_ERROR(BlockBatch(l, x.data(), tokens, {slices.data(), static_cast<size_t>(slices.size())}, tables,
                                     pre_mix.size() > 0 ? pre_mix.data() : nullptr, taps));
-    be.FlagNonFinite(x.data(), hc * D, hc * D, dlast_rows.data(), num_seqs, dflags.data() + l * num_seqs);
+    be.FlagNonFinite(x.data(), hc * D, hc * D, tables.last_rows, num_seqs, dflags.data() + l * num_seqs);
   }
   be.CopyToHost(flags.data(), dflags.data(), dflags.bytes());
   for (int64_t i = 0; i < num_seqs; ++i) {
@@ -607,7 +589,7 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   for (int64_t i = 0; i < num_seqs; ++i) {
     seqs[i].cache->length += seqs[i].n;
     if (!seqs[i].logits) continue;
-    const int64_t row = last_rows[i];
+    const int64_t row = slices[i].begin + slices[i].n - 1;
     last[k] = x.data() + row * hc * D;
     last_pre[k++] = pre_mix.size() > 0 ? pre_mix.data() + row * hc : nullptr;
   }

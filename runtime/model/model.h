@@ -29,6 +29,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "kernels/cpu/scratch.h"
 #include "parallel/layout.h"
 #include "parallel/moe_dispatch.h"
 #include "runtime/backend/backend.h"
@@ -89,13 +90,43 @@ struct StepPicks {
   int64_t candidates_capacity = 0;  // entries `candidates` has room for
 };
 
+// One sequence's tables for the layers of one attention kind (Model::AttentionKind), made once per
+// step (StepTables), in the backend's memory.
+struct SeqKindTables {
+  int64_t k = 0;                   // rows each query attends: the window's, then compressed ones
+  const int32_t* rows = nullptr;   // [n, k] rows of [window pool | step's keys | compressed pool], -1
+                                   // none; picked kinds leave the compressed part -1 for PickRows
+  const int32_t* bases = nullptr;  // picked: the pool row of each KV block's first compressed row
+  // ratio > 0: the rotations of the compressed rows the step completes (row j at position j * ratio),
+  // [blocks, rope_dim / 2], for the compressor.
+  const float* block_cos = nullptr;
+  const float* block_sin = nullptr;
+  int64_t nkeys = 0;              // indexed: the index keys complete after the step
+  const int64_t* nvis = nullptr;  // indexed: [n] keys each query sees
+  // indexed, when the sequence's blocks are not consecutive in the pool: [nkeys] the pool row of
+  // each key in position order (null: the keys are read in place).
+  const int64_t* key_rows = nullptr;
+};
+
 // A sequence's rows inside a batched layer: rows [begin, begin + n) of the step, at positions
 // start .. start + n - 1, with that sequence's cache (all layers: V4.1 layers read their KV
-// source's) and its step state.
+// source's), its step state and its tables.
 struct SeqSlice {
   int64_t begin = 0, n = 0, start = 0;
   SequenceCache* cache = nullptr;
   StepPicks* picks = nullptr;
+  const SeqKindTables* kinds = nullptr;  // [the model's attention kinds]
+};
+
+// What every layer of a step shares, made on the host once per step and copied to the backend's
+// memory in one copy (StepTables): the layers then upload nothing. Pointers are backend memory.
+struct StepTableViews {
+  const int32_t* tokens = nullptr;           // [n]
+  const int32_t* last_rows = nullptr;        // [sequences] each sequence's last row (the watchdog's)
+  const float* one_hot = nullptr;            // V4.1: [n, hc] the first block's attention mix, [1, 0, ...]
+  const int64_t* window_rows = nullptr;      // [n] the window pool row each token's key goes to (-1: none)
+  const float* cos[2] = {nullptr, nullptr};  // [n, rope_dim / 2] at each row's position: the window
+  const float* sin[2] = {nullptr, nullptr};  // layers' rotation [0], the compressed layers' [1]
 };
 
 class Model {
@@ -195,14 +226,15 @@ class Model {
   // [n, hc] (V4.1, lagged mHC): in, the collapse weights the previous block's FFN computed; out,
   // this block's FFN weights for the next block (null in V4).
   absl::Status BlockBatch(int64_t layer, float* x, std::span<const int32_t> tokens, std::span<const SeqSlice> seqs,
-                          float* pre_mix, const ForwardTaps* taps) const;
+                          const StepTableViews& tables, float* pre_mix, const ForwardTaps* taps) const;
   // Logits of `count` last positions: x_last[i] points at [hc, D], pre_last[i] at its final
   // collapse weights [hc] (V4.1; null in V4, which computes them with hc_head_*); logits [count, vocab].
   absl::Status HeadBatch(const float* const* x_last, const float* const* pre_last, int64_t count,
                          float* logits) const;
   // y[n, w.rows()] = x W^T, with the FP8 input rounding when the weight is quantized.
   void Project(const WeightMatrix& w, const float* x, int64_t n, int64_t ldx, float* y) const;
-  absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs, float* out) const;
+  absl::Status Attention(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
+                         const StepTableViews& tables, float* out) const;
   // The row-parallel output projection wo_b (the checkpoint's view; `placed`, the backend's) over
   // this rank's groups, summed across the TP group.
   absl::Status OutputProjection(const WeightMatrix& wo_b, const WeightMatrix& placed, const float* z, int64_t n,
@@ -233,7 +265,7 @@ class Model {
                           const CompressorTail* tail) const;
   // indexer.cc: the indexer's queries q [n, Hi, di] (rotated, V4: Hadamard-transformed, rounded)
   // and head weights w [n, Hi] of a batch's rows, with the rotary tables of their positions (cos,
-  // sin [n, rope_dim / 2], RopeTables).
+  // sin [n, rope_dim / 2], the step's: StepTableViews).
   void IndexerQueries(int64_t layer, const float* x, const float* qr, int64_t n, const float* cos, const float* sin,
                       float* q, float* w) const;
   // One sequence's picks of compressed positions into seq.picks ([seq.n, k], -1: none,
@@ -282,18 +314,31 @@ class Model {
   void InitEngram();
   absl::StatusOr<EngramStep> BeginEngram(std::span<const int32_t> tokens, SequenceCache& cache) const;
   absl::Status ApplyEngram(int64_t layer, EngramStep& step, float* x) const;
-  const Rope& RopeFor(int64_t layer) const { return config().ratio(layer) > 0 ? *rope_compressed_ : *rope_window_; }
-  // The rotary tables of `layer`'s kind at positions pos[n] (host): cos and sin [n, rope_dim / 2]
-  // in the backend's memory, for its Rope operation.
-  void RopeTables(int64_t layer, const int64_t* pos, int64_t n, float* cos, float* sin) const;
 
   bool distributed() const { return par_ != nullptr && par_->layout.world > 1; }
+
+  // Layers that read their cache alike: one compression ratio, and whether an indexer picks the
+  // compressed rows (picked) or computes picks (indexed). The step's tables are made per kind.
+  struct AttentionKind {
+    int64_t ratio = 0;
+    bool picked = false, indexed = false;
+    int64_t comp_layer = -1;  // a layer whose pool rows the compressed rows are (the KV source)
+    int64_t key_layer = -1;   // indexed: a layer whose pool rows the index keys are
+  };
+  void InitAttentionKinds();
+  friend class StepTables;
+  // The step's tables (StepTables): their bytes (host == null), or written at host with the
+  // pointers the backend will see (device) set in `views`, `kinds` [seqs, kinds] and the slices.
+  int64_t WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSlice> seqs, char* host, char* device,
+                          StepTableViews* views, SeqKindTables* kinds) const;
 
   std::shared_ptr<const ModelWeights> w_;
   ForwardOptions opt_;
   const ParallelContext* par_ = nullptr;
   std::unique_ptr<Rope> rope_window_, rope_compressed_;
   int64_t block_tokens_ = 0;
+  std::vector<AttentionKind> kinds_;
+  std::vector<int> layer_kind_;                   // [layers] index into kinds_
   std::shared_ptr<EngramRowSource> engram_rows_;  // null without Engram layers
   std::shared_ptr<Backend> backend_;
   // One layer's MoE parameters as the backend holds them: router weights, and the routed experts
@@ -361,6 +406,26 @@ class Model {
   Communicator* tp_rows_ = nullptr;
   Communicator* ep_rows_ = nullptr;
   std::unique_ptr<Communicator> staged_tp_, staged_ep_;
+};
+
+// The tables of one step (StepTableViews, SeqKindTables) for the rest of the scope: laid out, written
+// on the host and copied to the backend in one copy (none where host memory is the device's); the
+// slices' `kinds` and `window_rows` point into them. Made by ForwardBatch after the sequences'
+// blocks are prepared, like the backend's other step buffers (destroyed in reverse order).
+class StepTables {
+ public:
+  StepTables(const Model& model, std::span<const int32_t> tokens, std::span<SeqSlice> seqs);
+  StepTables(const StepTables&) = delete;
+  StepTables& operator=(const StepTables&) = delete;
+  const StepTableViews& views() const { return views_; }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  const int64_t bytes_;
+  kernels::Scratch<char> host_;
+  DeviceScratch<char> device_;
+  kernels::Scratch<SeqKindTables> kinds_;
+  StepTableViews views_;
 };
 
 }  // namespace dsv4

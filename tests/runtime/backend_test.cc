@@ -220,6 +220,21 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
   kernels::GatherRows(xs.data(), hc * D * 4, ids.data(), m, D * 4, gathered.data(), D * 4);
   EXPECT_EQ(Get(dgathered, gathered.size()), gathered);
 
+  // The inverse: row r to row to[r] (-1: skipped); the rows nothing lands on keep what they held.
+  const std::vector<int64_t> to = {3, -1, 0};
+  const std::vector<float> before = Random(4 * D, 1.f, 19);
+  std::vector<float> scattered = before;
+  float* dscattered = Put(scattered);
+  be_->ScatterRows(dgathered, D * 4, Put(to), m, D * 4, dscattered, D * 4);
+  kernels::ScatterRows(gathered.data(), D * 4, to.data(), m, D * 4, scattered.data(), D * 4);
+  EXPECT_EQ(Get(dscattered, scattered.size()), scattered);
+  for (int64_t c = 0; c < D; ++c) {
+    EXPECT_EQ(scattered[3 * D + c], gathered[c]);
+    EXPECT_EQ(scattered[c], gathered[2 * D + c]);
+    EXPECT_EQ(scattered[D + c], before[D + c]);
+    EXPECT_EQ(scattered[2 * D + c], before[2 * D + c]);
+  }
+
   const std::vector<int32_t> offsets = {0, 2, 2, 3}, src_rows = {1, 0, 2};
   const std::vector<float> weights = Random(3, 1.f, 17);
   std::vector<float> out = Random(m * D, 1.f, 18);

@@ -2,6 +2,7 @@
 // promise of no heap allocation once warmed up.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 
 #include "runtime/builtin.h"
 #include "runtime/model/model.h"
+#include "tests/runtime/test_backends.h"
 #include "tests/testutil.h"
 
 // Every operator new of this binary is counted (the decode path must make none).
@@ -143,6 +145,36 @@ TEST_P(ForwardBatch, DecodeAllocatesNothingOnceWarm) {
     ASSERT_TRUE(m->ForwardBatch(tokens, three, logits.data()).ok());
   }
   EXPECT_EQ(g_news.load() - before, 0) << "heap allocations on the decode path";
+}
+
+// What a batched step copies to a device does not grow with its sequences or its layers: the tables
+// the layers share (token ids, rotations, attention rows, index key rows) go up in one copy, and
+// only hash-routed layers upload their token ids again. Counted on a backend that takes the device
+// path, over decode steps that complete compressed blocks (V4.1's ratio-1 layers: every step).
+TEST_P(ForwardBatch, UploadsDoNotGrowWithTheBatchOrTheLayers) {
+  auto m0 = MakeModel(true, GetParam());
+  auto counting = std::make_shared<testing::CountingBackend>(/*separate_memory=*/true);
+  const Model m(std::shared_ptr<const ModelWeights>(&m0->weights(), [](const ModelWeights*) {}), m0->options(), nullptr,
+                counting);
+  const ModelConfig& c = m.config();
+  const int64_t hash_layers = std::min(c.num_hash_layers, c.num_hidden_layers);
+  for (int batch : {1, 4}) {
+    std::vector<SequenceCache> caches;
+    for (int s = 0; s < batch; ++s) {
+      caches.push_back(m.NewCache(/*reserve_tokens=*/4096));
+      ASSERT_TRUE(m.Forward(Tokens(37, 3 + s), caches.back(), nullptr).ok());
+    }
+    std::vector<SequenceChunk> chunks;
+    for (SequenceCache& cache : caches) chunks.push_back({&cache, 1});
+    std::vector<float> logits(batch * c.vocab_size);
+    for (int step = 0; step < 6; ++step) {  // positions 37..42: ratio-4 blocks complete at 39
+      const std::vector<int32_t> tokens(batch, 10 + step);
+      counting->calls.clear();
+      ASSERT_TRUE(m.ForwardBatch(tokens, chunks, logits.data()).ok());
+      EXPECT_EQ(counting->calls["CopyToDevice"], 1 + hash_layers) << "batch " << batch << ", step " << step;
+      EXPECT_EQ(counting->calls["ScatterRows"], batch * c.num_hidden_layers) << "one per layer and private pool";
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, ForwardBatch, ::testing::Bool(),

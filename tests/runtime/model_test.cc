@@ -47,9 +47,11 @@ class ModelTestPeer {
     DeviceScratch<int32_t> picks(m.backend(), n * c.index_topk);
     DeviceScratch<uint8_t> candidates(m.backend(), std::max<int64_t>(n * blocks, 1));
     StepPicks sp{0, picks.data(), 0, candidates.data(), n * blocks};
-    const SeqSlice s{0, n, cache.length, &cache, &sp};
+    SeqSlice s{0, n, cache.length, &cache, &sp};
+    const std::vector<int32_t> tokens(n, 0);  // attention reads no token ids
+    const StepTables tables(m, tokens, {&s, 1});
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      DSV4_RETURN_IF_ERROR(m.Attention(l, x + l * n * D, n, {&s, 1}, out + l * n * D));
+      DSV4_RETURN_IF_ERROR(m.Attention(l, x + l * n * D, n, {&s, 1}, tables.views(), out + l * n * D));
     cache.length += n;
     return absl::OkStatus();
   }

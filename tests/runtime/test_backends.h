@@ -176,6 +176,11 @@ class ForwardingBackend : public Backend {
     const Op op(this, "GatherRows", {src, ids, dst});
     in_->GatherRows(src, sp, ids, rows, rb, dst, dp);
   }
+  void ScatterRows(const void* src, int64_t sp, const int64_t* ids, int64_t rows, int64_t rb, void* dst,
+                   int64_t dp) override {
+    const Op op(this, "ScatterRows", {src, ids, dst});
+    in_->ScatterRows(src, sp, ids, rows, rb, dst, dp);
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
     const Op op(this, "Iota", {x});
     in_->Iota(x, n, start, step);
@@ -239,9 +244,13 @@ class ForwardingBackend : public Backend {
   std::unique_ptr<Backend> in_;
 };
 
-// Counts the operations by name, and the persistent allocations.
+// Counts the operations by name, and the persistent allocations. With `separate_memory`, it says its
+// memory is not the host's (as a GPU's), so that the model takes the device path (copies, uploads)
+// the counts are about; the memory is still the host's, which the operations read.
 class CountingBackend final : public ForwardingBackend {
  public:
+  explicit CountingBackend(bool separate_memory = false) : separate_(separate_memory) {}
+  bool HostIsDevice() const override { return !separate_ && ForwardingBackend::HostIsDevice(); }
   std::map<std::string, int> calls;
   int allocations = 0;
   absl::StatusOr<void*> Allocate(int64_t bytes) override {
@@ -251,6 +260,9 @@ class CountingBackend final : public ForwardingBackend {
 
  protected:
   void Enter(const char* op, std::initializer_list<const void*>) override { ++calls[op]; }
+
+ private:
+  const bool separate_;
 };
 
 class GuardedBackend final : public ForwardingBackend {
