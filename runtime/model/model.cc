@@ -427,7 +427,7 @@ absl::Status Model::BlockBatch(int64_t layer, float* x, std::span<const int32_t>
   HcPreLayer(bp.hc_ffn, x, n, lagged ? attn_pre.data() : nullptr, u.data(), post.data(), comb.data(),
              lagged ? ffn_pre.data() : nullptr);
   be.RmsNorm(u.data(), bp.ffn_norm, eps, n, D, D, u.data(), D);
-  DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tokens, y.data()));
+  DSV4_RETURN_IF_ERROR(MoE(layer, u.data(), n, tables.tokens, y.data()));
   if (taps) tap(taps->ffn_out, y.data(), n * D);
   be.HcPost(y.data(), D, post.data(), comb.data(), n, static_cast<int>(hc), D, x, hc * D);
   if (lagged) {

@@ -272,10 +272,10 @@ class Model {
   // k = min(index_topk, positions)), from the index keys of index_key_source(layer); the candidate
   // source also records its kept blocks there, and later index sources pick inside them.
   void IndexerTopK(int64_t layer, const float* q, const float* w, const SeqSlice& seq) const;
-  absl::Status MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const;
+  // tokens [n]: the step's token ids in the backend's memory (hash layers route by them).
+  absl::Status MoE(int64_t layer, const float* x, int64_t n, const int32_t* tokens, float* out) const;
   // Router: top-k logical experts and their weights for each of n tokens.
-  void Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
-             float* weights) const;
+  void Route(int64_t layer, const float* x, int64_t n, const int32_t* tokens, int32_t* experts, float* weights) const;
   // The routed experts on this rank over rows x [m, D] into out [m, D] (overwritten): each row's
   // experts' outputs summed in expert order (as the reference), then, with `shared`, the shared
   // expert's. experts / weights [m, K] (-1: an expert served elsewhere) are sorted in place;

@@ -30,7 +30,7 @@ ExpertFfnOptions Model::FfnOptions() const {
   return o;
 }
 
-void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, int32_t* experts,
+void Model::Route(int64_t layer, const float* x, int64_t n, const int32_t* tokens, int32_t* experts,
                   float* weights) const {
   const ModelConfig& c = config();
   const MoeLayer& ml = moe_[layer];
@@ -41,10 +41,8 @@ void Model::Route(int64_t layer, const float* x, int64_t n, std::span<const int3
   const kernels::RouterScore score = c.scoring_func == ScoreFunc::kSqrtSoftplus ? kernels::RouterScore::kSqrtSoftplus
                                      : c.scoring_func == ScoreFunc::kSigmoid    ? kernels::RouterScore::kSigmoid
                                                                                 : kernels::RouterScore::kSoftmax;
-  // Hash layers route by token id: the ids go to the device for them alone.
-  DeviceScratch<int32_t> ids(be, ml.tid2eid != nullptr ? n : 0);
-  if (ml.tid2eid != nullptr) be.CopyToDevice(ids.data(), tokens.data(), ids.bytes());
-  be.Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score, ml.gate_bias, ml.tid2eid, ids.data(),
+  // Hash layers route by token id (the step's, in the backend's memory).
+  be.Route(scores.data(), n, E, K, static_cast<float>(c.gate_temp), score, ml.gate_bias, ml.tid2eid, tokens,
            c.route_normalizes(), static_cast<float>(c.route_norm_eps()), static_cast<float>(c.routed_scaling_factor),
            experts, weights);
 }
@@ -146,7 +144,7 @@ absl::Status Model::RoutedExpertParallel(int64_t layer, const float* x, int64_t 
   return dispatcher.Combine(yr.data(), out, /*accumulate=*/false);
 }
 
-absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens, float* out) const {
+absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, const int32_t* tokens, float* out) const {
   const ModelConfig& c = config();
   const int64_t D = c.hidden_size, K = c.num_experts_per_tok;
   // Under TP the ranks of a group hold the same tokens: each takes a contiguous share so no token
@@ -156,7 +154,7 @@ absl::Status Model::MoE(int64_t layer, const float* x, int64_t n, std::span<cons
   float* part = out + t0 * D;
   DeviceScratch<int32_t> experts(*backend_, mine * K);
   DeviceScratch<float> weights(*backend_, mine * K);
-  Route(layer, x + t0 * D, mine, tokens.subspan(t0, mine), experts.data(), weights.data());
+  Route(layer, x + t0 * D, mine, tokens + t0, experts.data(), weights.data());
   if (distributed() && par_->layout.ep > 1) {
     DSV4_RETURN_IF_ERROR(RoutedExpertParallel(layer, x + t0 * D, mine, experts.data(), weights.data(), part));
     AddSharedExpert(layer, x + t0 * D, mine, part);

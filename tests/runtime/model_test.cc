@@ -26,9 +26,13 @@ namespace dsv4 {
 // The model's private layers, for tests that run one of them alone.
 class ModelTestPeer {
  public:
+  // `tokens` on the host, uploaded as the step's tables would hold them.
   static absl::Status MoE(const Model& m, int64_t layer, const float* x, int64_t n, std::span<const int32_t> tokens,
                           float* out) {
-    return m.MoE(layer, x, n, tokens, out);
+    const WorkspaceScope scope(m.backend());
+    DeviceScratch<int32_t> ids(m.backend(), n);
+    m.backend().CopyToDevice(ids.data(), tokens.data(), ids.bytes());
+    return m.MoE(layer, x, n, ids.data(), out);
   }
   static absl::Status HeadBatch(const Model& m, const float* const* x_last, const float* const* pre_last, int64_t count,
                                 float* logits) {
