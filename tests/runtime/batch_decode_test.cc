@@ -36,11 +36,16 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace dsv4 {
 namespace {
 
-// v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both; or
+// v4-tiny's layer kinds with a window of 8 and top-3 blocks, so short sequences cross both, and two
+// hash-routed layers; or
 // v41-tiny's (shared KV, both indexer levels, lagged mHC) with the same window and top-k and level
 // 1 keeping 3 blocks of 2 (no Engram: vocab 512).
 std::unique_ptr<Model> MakeModel(bool qdq, bool v41 = false) {
-  if (!v41) return testing::MakeTestModel(testing::SmallConfig(), qdq, 5);
+  if (!v41) {
+    nlohmann::json j = testing::SmallConfig();
+    j["num_hash_layers"] = 2;  // the first two route by token id, as V4's first three do
+    return testing::MakeTestModel(j, qdq, 5);
+  }
   auto j = nlohmann::json::parse(*BuiltinConfigJson("v41-tiny"));
   nlohmann::json& t = j["text_config"];
   for (auto it = t.begin(); it != t.end();) it = it.key().rfind("engram_", 0) == 0 ? t.erase(it) : std::next(it);
