@@ -121,4 +121,40 @@ std::vector<void*> BlockCache::Drain() {
   return out;
 }
 
+void StagingRing::Claim(int64_t begin, int64_t end, std::vector<int64_t>& waits) {
+  while (!in_flight_.empty() && in_flight_.front().begin < end && begin < in_flight_.front().end) {
+    waits.push_back(in_flight_.front().fence);
+    in_flight_.pop_front();
+  }
+}
+
+StagingRing::Region StagingRing::Reserve(int64_t bytes) {
+  Region r;
+  const int64_t size = (std::max<int64_t>(bytes, 1) + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
+  if (size > capacity_ / 2) return r;
+  int64_t start = head_;
+  if (start + size > capacity_) {
+    // The ring's end is skipped: what was staged there is older than anything at its start.
+    Claim(start, capacity_, r.waits);
+    start = 0;
+  }
+  Claim(start, start + size, r.waits);
+  r.offset = start;
+  pending_begin_ = start, pending_end_ = start + size;
+  head_ = start + size;
+  return r;
+}
+
+void StagingRing::Issued(int64_t fence) {
+  if (pending_begin_ < 0) return;
+  in_flight_.push_back({pending_begin_, pending_end_, fence});
+  pending_begin_ = pending_end_ = -1;
+}
+
+std::vector<int64_t> StagingRing::InFlight() const {
+  std::vector<int64_t> out;
+  for (const Entry& e : in_flight_) out.push_back(e.fence);
+  return out;
+}
+
 }  // namespace dsv4::kernels::cuda

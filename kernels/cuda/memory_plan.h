@@ -9,6 +9,8 @@
 //  - BlockCache: freed allocations kept for reuse by size, so that memory a server takes and gives
 //    back per request (a sequence's compressor state, a private cache) does not go through
 //    cudaMalloc and cudaFree, which wait for the device, each time.
+//  - StagingRing: where in a pinned host buffer the next upload is staged, and which earlier
+//    uploads must have left it first (a copy from pageable memory may wait for the whole stream).
 #pragma once
 
 #include <cstdint>
@@ -63,6 +65,38 @@ struct WeightUploadPlan {
 // (FP8: block-aligned rows and columns; FP4: whole 32-column groups, so whole bytes).
 // Precondition: CheckWeight(w) is null.
 WeightUploadPlan PlanWeightUpload(const WeightMatrix& w);
+
+// Uploads staged in a ring of `capacity` bytes of pinned host memory: each is copied there, then to
+// the device asynchronously, and its region is reused once its copy has completed (a fence: a CUDA
+// event in the backend, anything in tests). Regions are handed out in ring order, 256-byte aligned;
+// an upload that does not fit before the end starts again at 0. Not thread-safe.
+class StagingRing {
+ public:
+  explicit StagingRing(int64_t capacity) : capacity_(capacity) {}
+
+  struct Region {
+    int64_t offset = -1;         // -1: larger than half the ring (copy it directly)
+    std::vector<int64_t> waits;  // fences to wait for before writing it, oldest first
+  };
+  // Where an upload of `bytes` goes. The caller waits for `waits`, writes the region, starts the
+  // copy and then calls Issued with the copy's fence.
+  Region Reserve(int64_t bytes);
+  void Issued(int64_t fence);
+  // Fences of every upload still in flight, oldest first (all must be waited for before the buffer
+  // is freed).
+  std::vector<int64_t> InFlight() const;
+
+ private:
+  struct Entry {
+    int64_t begin, end, fence;
+  };
+  // Moves the in-flight entries that overlap [begin, end) (the oldest first: ring order) to `waits`.
+  void Claim(int64_t begin, int64_t end, std::vector<int64_t>& waits);
+
+  int64_t capacity_, head_ = 0;
+  int64_t pending_begin_ = -1, pending_end_ = -1;  // the region reserved and not yet issued
+  std::deque<Entry> in_flight_;                    // oldest first
+};
 
 // Freed device blocks by size class, up to `capacity` bytes; the oldest go first when it is full.
 // Reusing a block is safe without waiting when every use of the memory is ordered on one stream (a

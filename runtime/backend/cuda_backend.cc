@@ -1,9 +1,11 @@
 // The CUDA backend: one GPU (this local rank's), one non-blocking stream, kernels/cuda. Weights
 // are copied to the device once (only the rectangle each rank's view covers); the step workspace is
 // one preallocated pool, so a step makes no allocation and can be captured in a CUDA graph. Freed
-// persistent memory is kept by size for reuse (kernels/cuda/memory_plan.h, BlockCache).
+// persistent memory is kept by size for reuse (kernels/cuda/memory_plan.h, BlockCache), and uploads
+// are staged through pinned memory (StagingRing), so none waits for the stream.
 #include <cuda_runtime_api.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -57,6 +59,8 @@ class CudaBackend final : public Backend {
     }
     for (const auto& [p, size_class] : allocations_) cudaFree(p);
     for (void* p : free_blocks_.Drain()) cudaFree(p);
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    if (staging_ != nullptr) cudaFreeHost(staging_);
   }
 
   static absl::StatusOr<std::unique_ptr<Backend>> Create(const BackendOptions& o) {
@@ -74,6 +78,11 @@ class CudaBackend final : public Backend {
       return CudaError(e, "cudaStreamCreate");
     if (cudaError_t e = kc::DevicePool::Create(o.workspace_bytes, &b->workspace_); e != cudaSuccess)
       return CudaError(e, absl::StrCat("the step workspace (", o.workspace_bytes, " bytes)"));
+    // Pinned staging for uploads; without it (the host refuses to pin) uploads go from pageable memory.
+    if (cudaHostAlloc(&b->staging_, kStagingBytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      b->staging_ = nullptr;
+    }
     return std::unique_ptr<Backend>(std::move(b));
   }
 
@@ -123,8 +132,35 @@ class CudaBackend final : public Backend {
   WorkspaceMark Mark() const override { return {0, workspace_.used()}; }
   void Release(WorkspaceMark mark) override { workspace_.Reset(mark.offset); }
 
+  // Uploads go through the pinned staging ring: the host copies into it and the device copy is
+  // queued without waiting (a copy from pageable memory may wait for the whole stream first). A
+  // region of the ring is rewritten once the copy that used it last has completed; uploads over
+  // half the ring are copied directly.
   void CopyToDevice(void* dst, const void* src, int64_t bytes) override {
-    if (ok() && bytes > 0) Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to device");
+    if (!ok() || bytes <= 0) return;
+    const kc::StagingRing::Region r = staging_ != nullptr ? ring_.Reserve(bytes) : kc::StagingRing::Region{};
+    if (r.offset < 0) {
+      Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "copy to device");
+      return;
+    }
+    for (int64_t f : r.waits) {
+      Check(cudaEventSynchronize(events_[f]), "staged copy to device");
+      free_events_.push_back(f);
+    }
+    char* slot = static_cast<char*>(staging_) + r.offset;
+    std::memcpy(slot, src, static_cast<size_t>(bytes));
+    Check(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream_), "copy to device");
+    int64_t f = -1;
+    if (!free_events_.empty()) {
+      f = free_events_.back();
+      free_events_.pop_back();
+    } else {
+      cudaEvent_t e = nullptr;
+      if (!Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "staging event")) return;
+      f = static_cast<int64_t>(events_.size());
+      events_.push_back(e);
+    }
+    if (Check(cudaEventRecord(events_[f], stream_), "staging event")) ring_.Issued(f);
   }
   void CopyToHost(void* dst, const void* src, int64_t bytes) override {
     if (!ok() || bytes <= 0) return;
@@ -371,8 +407,9 @@ class CudaBackend final : public Backend {
   void Latch(absl::Status st) {
     if (status_.ok()) status_ = std::move(st);
   }
-  void Check(cudaError_t err, const char* op) {
+  bool Check(cudaError_t err, const char* op) {
     if (err != cudaSuccess) Latch(CudaError(err, absl::StrCat(op, " on GPU ", device_)));
+    return err == cudaSuccess;
   }
 
   int device_ = 0;
@@ -383,6 +420,13 @@ class CudaBackend final : public Backend {
   // Freed persistent blocks for reuse, up to 1 GiB: tens of a V4-Flash-sized model's per-sequence
   // compressor states, which a server allocates and frees with each request.
   kc::BlockCache free_blocks_{int64_t{1} << 30};
+  // Pinned host memory uploads are staged in (null: none), the ring's bookkeeping, and the events
+  // that tell when a staged copy is done (indices are the ring's fences).
+  static constexpr int64_t kStagingBytes = int64_t{64} << 20;
+  void* staging_ = nullptr;
+  kc::StagingRing ring_{kStagingBytes};
+  std::vector<cudaEvent_t> events_;
+  std::vector<int64_t> free_events_;
   std::vector<kc::DevicePool> weights_;
   std::map<std::tuple<const void*, int64_t, int64_t, int64_t, int64_t>, kernels::WeightMatrix> placed_;
   absl::Status status_;

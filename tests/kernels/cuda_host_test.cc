@@ -460,6 +460,31 @@ TEST(BlockCache, ReusesByClassAndEvictsTheOldest) {
   EXPECT_EQ(cache.Take(256), nullptr);
 }
 
+// Uploads are staged in ring order; a region is written only after the copies that used it last
+// are done, the oldest first, including those at the end the ring skips when it wraps.
+TEST(StagingRing, ReusesRegionsOnlyAfterTheirCopies) {
+  StagingRing ring(4096);
+  using W = std::vector<int64_t>;
+  auto reserve = [&](int64_t bytes, int64_t fence, int64_t offset, const W& waits) {
+    const StagingRing::Region r = ring.Reserve(bytes);
+    EXPECT_EQ(r.offset, offset) << "fence " << fence;
+    EXPECT_EQ(r.waits, waits) << "fence " << fence;
+    if (r.offset >= 0) ring.Issued(fence);
+  };
+  reserve(1000, 1, 0, {});  // regions round up to 256 bytes: 1024 each
+  reserve(1000, 2, 1024, {});
+  reserve(1000, 3, 2048, {});
+  reserve(1024, 4, 3072, {});
+  reserve(1, 5, 0, {1});        // full: the oldest region goes first
+  reserve(1500, 6, 256, {2});   // [256, 1792) overlaps 2 alone
+  reserve(3000, 0, -1, {});     // over half the ring: copied directly, nothing changes
+  reserve(1024, 7, 1792, {3});  // [1792, 2816)
+  EXPECT_EQ(ring.InFlight(), (W{4, 5, 6, 7}));
+  reserve(1536, 8, 0, {4, 5, 6});  // no room before the end: 4 (in the skipped end), then 5 and 6
+  reserve(256, 9, 1536, {});       // [1536, 1792): 7 starts after it
+  EXPECT_EQ(ring.InFlight(), (W{7, 8, 9}));
+}
+
 TEST(WeightUpload, ShardsDequantizeIdentically) {
   std::mt19937 rng(13);
   std::uniform_int_distribution<int> byte(0, 255), exp_byte(120, 134);
