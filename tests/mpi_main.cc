@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <memory>
 
 namespace dsv4::testing {
 
@@ -20,7 +21,10 @@ std::unique_ptr<Communicator> World() {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  dsv4::MpiSession mpi(&argc, &argv);
+  // MPI only under mpirun (as the dsv4 binary): alone, the tests run on a world of one and need no
+  // MPI runtime (a GPU machine without one runs them so).
+  std::unique_ptr<dsv4::MpiSession> mpi;
+  if (dsv4::LaunchedByMpirun()) mpi = std::make_unique<dsv4::MpiSession>(&argc, &argv);
   int rank = 0;
   if (dsv4::LaunchedByMpirun()) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   if (rank != 0) GTEST_FLAG_SET(brief, true);

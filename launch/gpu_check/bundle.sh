@@ -12,7 +12,7 @@ arch=${1:-90}
 dir=${2:-$root/gpu-bundle}
 source "$root/launch/setup.sh"
 dsv4_setup
-targets="dsv4 cuda_kernels_test backend_cuda_test golden_test"
+targets="dsv4 cuda_kernels_test backend_cuda_test golden_test device_parallel_test"
 echo "== build for sm_$arch (build-sm$arch/)"
 DSV4_BUILD_TARGETS="$targets" dsv4_build "build-sm$arch" -DDSV4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
   -DCMAKE_BUILD_TYPE=Release
@@ -20,7 +20,7 @@ DSV4_BUILD_TARGETS="$targets" dsv4_build "build-sm$arch" -DDSV4_CUDA=ON -DCMAKE_
 rm -rf "$dir"
 mkdir -p "$dir/bin" "$dir/lib" "$dir/golden"
 cp "$root/build-sm$arch/launch/dsv4" "$dir/bin/"
-for t in cuda_kernels_test backend_cuda_test golden_test; do cp "$root/build-sm$arch/tests/$t" "$dir/bin/"; done
+for t in cuda_kernels_test backend_cuda_test golden_test device_parallel_test; do cp "$root/build-sm$arch/tests/$t" "$dir/bin/"; done
 strip --strip-debug "$dir"/bin/*
 # Shared libraries beyond the C/C++ runtime, the driver and NCCL (the GPU machine has those).
 for bin in "$dir"/bin/*; do

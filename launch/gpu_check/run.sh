@@ -2,7 +2,8 @@
 # The GPU check, run on the GPU machine from inside the folder bundle.sh made:
 #   ./run.sh OUT_DIR [SECONDS]
 # Runs, each with a share of the time budget (default 420 s) and its log kept in OUT_DIR:
-#   1. the gpu tests (CUDA kernels against the CPU kernels, every backend operation);
+#   1. the gpu tests (CUDA kernels against the CPU kernels, every backend operation; the MoE
+#      exchange on the GPU over a one-rank NCCL communicator against the MPI path's dispatcher);
 #   2. the same under compute-sanitizer memcheck;
 #   3. every v4-tiny golden case through `dsv4 logits --device cuda` (qdq off: 1e-3; on: coarse);
 #   4. `dsv4 bench kernels --device cuda` (every kernel against copy bandwidth and cuBLASLt) and
@@ -43,6 +44,7 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
 step cuda_kernels_test 120 "$here/bin/cuda_kernels_test"
 step backend_cuda_test 60 "$here/bin/backend_cuda_test"
+step device_parallel 60 "$here/bin/device_parallel_test" --gtest_filter='ExpertExchange.*:StagedCommunicator.*'
 if command -v compute-sanitizer >/dev/null; then
   step memcheck_kernels 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/bin/cuda_kernels_test"
   step memcheck_backend 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$here/bin/backend_cuda_test"
