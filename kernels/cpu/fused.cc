@@ -197,6 +197,12 @@ void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t
     if (ids[r] >= 0) std::memcpy(d + ids[r] * dst_pitch, s + r * src_pitch, row_bytes);
 }
 
+void ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows, int64_t row_bytes) {
+  const char* s = static_cast<const char*>(src);
+  for (int64_t r = 0; r < rows; ++r)
+    if (dst[r] != 0) std::memcpy(reinterpret_cast<void*>(dst[r]), s + r * src_pitch, row_bytes);
+}
+
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) {
   for (int64_t i = 0; i < n; ++i)
     x[i] = static_cast<int32_t>(static_cast<uint32_t>(start) + static_cast<uint32_t>(i) * static_cast<uint32_t>(step));

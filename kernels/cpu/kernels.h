@@ -242,6 +242,9 @@ void GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t 
 // The ids of one call are distinct.
 void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes, void* dst,
                  int64_t dst_pitch);
+// Row r [row_bytes, a multiple of 4] (pitch src_pitch) to the address dst[r]; dst[r] = 0 is skipped.
+// The destinations of one call do not overlap.
+void ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows, int64_t row_bytes);
 // x[i] = start + i * step for i < n.
 void Iota(int32_t* x, int64_t n, int32_t start, int32_t step);
 // x[i] *= s for i < n.

@@ -23,6 +23,15 @@ __global__ void MoveRowsKernel(const char* src, int64_t src_pitch, const int64_t
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d[i] = s[i];
 }
 
+// Block per row: row r to the address dst[r], 4 bytes per thread step (rows of floats or ints).
+__global__ void ScatterRowsToKernel(const char* src, int64_t src_pitch, const uint64_t* dst, int64_t words) {
+  const int64_t r = blockIdx.x;
+  if (dst[r] == 0) return;
+  const uint32_t* s = reinterpret_cast<const uint32_t*>(src + r * src_pitch);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst[r]);
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) d[i] = s[i];
+}
+
 // Thread per (row t, column c): the row's contributions in CSR order. Each product is rounded
 // before it is added (__fmul_rn / __fadd_rn are never contracted into an FMA), as the CPU's plain
 // loop does, so the two agree bit for bit.
@@ -104,6 +113,16 @@ cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, i
 cudaError_t ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                         void* dst, int64_t dst_pitch, cudaStream_t stream) {
   return MoveRows<true>(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream);
+}
+
+cudaError_t ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows, int64_t row_bytes,
+                          cudaStream_t stream) {
+  if (row_bytes < 0 || row_bytes % 4 != 0 || src_pitch < row_bytes || src_pitch % 4 != 0) return cudaErrorInvalidValue;
+  if (rows == 0 || row_bytes == 0) return cudaSuccess;
+  const LaunchConfig cfg = GatherLaunch(rows);
+  if (!Launchable(cfg)) return cudaErrorInvalidValue;
+  DSV4_LAUNCH(ScatterRowsToKernel, cfg, stream, static_cast<const char*>(src), src_pitch, dst, row_bytes / 4);
+  return cudaGetLastError();
 }
 
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream) {

@@ -201,6 +201,10 @@ cudaError_t GatherRows(const void* src, int64_t src_pitch, const int64_t* ids, i
 cudaError_t ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                         void* dst, int64_t dst_pitch, cudaStream_t stream);
 
+// Row r to the address dst[r] (0: skipped); row_bytes a multiple of 4 (kernels::ScatterRowsTo).
+cudaError_t ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows, int64_t row_bytes,
+                          cudaStream_t stream);
+
 // x[i] = start + i * step for i < n (kernels::Iota).
 cudaError_t Iota(int32_t* x, int64_t n, int32_t start, int32_t step, cudaStream_t stream);
 // x[i] *= s for i < n (kernels::Scale).

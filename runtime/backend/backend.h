@@ -190,6 +190,10 @@ class Backend {
   // into their pool rows).
   virtual void ScatterRows(const void* src, int64_t src_pitch, const int64_t* ids, int64_t rows, int64_t row_bytes,
                            void* dst, int64_t dst_pitch) = 0;
+  // kernels::ScatterRowsTo: row r to the device address dst[r] (0: skipped), for rows that go to
+  // different allocations (a batch's compressor states).
+  virtual void ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows,
+                             int64_t row_bytes) = 0;
   // x[i] = start + i * step for i < n: row and offset tables the model would otherwise write on the
   // host (a token's slots, a whole batch as one group).
   virtual void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) = 0;

@@ -233,6 +233,10 @@ class CpuBackend final : public Backend {
                    int64_t dst_pitch) override {
     kernels::ScatterRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch);
   }
+  void ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows,
+                     int64_t row_bytes) override {
+    kernels::ScatterRowsTo(src, src_pitch, dst, rows, row_bytes);
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override { kernels::Iota(x, n, start, step); }
   void Scale(float* x, int64_t n, float s) override { kernels::Scale(x, n, s); }
   void EngramGate(const kernels::WeightMatrix& wkv, const float* gate_weight, float* emb, int64_t n, int hc, int64_t D,

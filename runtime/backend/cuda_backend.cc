@@ -351,6 +351,10 @@ class CudaBackend final : public Backend {
     if (ok() && rows > 0)
       Check(kc::ScatterRows(src, src_pitch, ids, rows, row_bytes, dst, dst_pitch, stream_), "ScatterRows");
   }
+  void ScatterRowsTo(const void* src, int64_t src_pitch, const uint64_t* dst, int64_t rows,
+                     int64_t row_bytes) override {
+    if (ok() && rows > 0) Check(kc::ScatterRowsTo(src, src_pitch, dst, rows, row_bytes, stream_), "ScatterRowsTo");
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
     if (ok() && n > 0) Check(kc::Iota(x, n, start, step, stream_), "Iota");
   }

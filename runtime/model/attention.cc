@@ -56,7 +56,7 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
 
   // Compressed blocks completed by this step, then the indexer's picks (kept in each sequence's
   // StepPicks for the layers that reuse them).
-  if (lw.has_compressor) DSV4_RETURN_IF_ERROR(CompressLayer(layer, x, n, seqs));
+  if (lw.has_compressor) DSV4_RETURN_IF_ERROR(CompressLayer(layer, x, n, seqs, tables));
   if (lw.has_indexer) {
     const int64_t Hi = c.index_n_heads, di = c.index_head_dim;
     DeviceScratch<float> iq(be, n * Hi * di), iw(be, n * Hi);
@@ -87,15 +87,12 @@ absl::Status Model::Attention(int64_t layer, const float* x, int64_t n, std::spa
     const KvPool::Layer* comp = ratio > 0 ? &pool.layer(c.kv_source(layer)) : nullptr;
     const SeqKindTables& kt = s.kinds[kind];
     const int64_t k = kt.k;
-    const int32_t* rows = kt.rows;
-    DeviceScratch<int32_t> own(be, picked ? s.n * k : 0);
-    if (picked && k > win) {
+    if (picked && k > win) {  // this layer's picks, over the kind's compressed columns
       DSV4_CHECK(s.picks->k == k - win, "layer ", layer, ": ", s.picks->k, " picks for ", k - win, " compressed rows");
-      be.CopyOnDevice(own.data(), rows, own.bytes());
       be.PickRows(s.picks->picks, s.n, k - win, kt.bases, comp->per_block, static_cast<int32_t>(window_rows + s.n),
-                  own.data() + win, k);
-      rows = own.data();
+                  kt.rows + win, k);
     }
+    const int32_t* rows = kt.rows;
     KvPool::Layer& wl = pool.layer(layer);
     kernels::KvSegments segs;
     segs.ptr[0] = wl.window.data(), segs.len[0] = window_rows;

@@ -67,7 +67,8 @@ absl::Status Model::PoolBlocks(const CompressorWeights& cw, const CompressorPara
   return absl::OkStatus();
 }
 
-absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const {
+absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
+                                  const StepTableViews& tables) const {
   const ModelConfig& c = config();
   const LayerWeights& lw = w_->layers[layer];
   const AttentionParams& ap = attn_params_[layer];
@@ -85,11 +86,19 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
     DeviceScratch<float> ckv(be, n * width), cscore(be, ratio > 1 ? n * width : 0);
     Project(cp.wkv, x, n, D, ckv.data());
     if (ratio > 1) Project(cp.wgate, x, n, D, cscore.data());
+    // The sequences whose step completes no block only add their rows to the state: all of them at
+    // once, to the addresses the step's tables list.
+    if (ratio > 1) {
+      const uint64_t* appends = tables.compressor_appends + ((layer * 2 + k) * 2) * n;
+      be.ScatterRowsTo(ckv.data(), width * 4, appends, n, width * 4);
+      be.ScatterRowsTo(cscore.data(), width * 4, appends + n, n, width * 4);
+    }
     for (const SeqSlice& s : seqs) {
       SequenceCache& cache = *s.cache;
       KvPool::Layer& pl = cache.pool->layer(layer);
       // The step completes compressed rows j0 .. j0 + blocks - 1, row j at position j * ratio.
       const int64_t j0 = s.start / ratio, blocks = (s.start % ratio + s.n) / ratio;
+      if (ratio > 1 && blocks == 0) continue;  // its rows joined the state above
       DeviceScratch<float> latents(be, blocks * hd);
       if (ratio == 1) {  // every token is a block of its own: nothing to pool
         be.RmsNorm(ckv.data() + s.begin * width, cp.norm, eps, s.n, hd, width, latents.data(), hd);

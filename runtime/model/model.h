@@ -94,8 +94,8 @@ struct StepPicks {
 // step (StepTables), in the backend's memory.
 struct SeqKindTables {
   int64_t k = 0;                   // rows each query attends: the window's, then compressed ones
-  const int32_t* rows = nullptr;   // [n, k] rows of [window pool | step's keys | compressed pool], -1
-                                   // none; picked kinds leave the compressed part -1 for PickRows
+  int32_t* rows = nullptr;         // [n, k] rows of [window pool | step's keys | compressed pool], -1 none;
+                                   // picked kinds: each layer's PickRows writes the compressed part
   const int32_t* bases = nullptr;  // picked: the pool row of each KV block's first compressed row
   // ratio > 0: the rotations of the compressed rows the step completes (row j at position j * ratio),
   // [blocks, rope_dim / 2], for the compressor.
@@ -125,6 +125,10 @@ struct StepTableViews {
   const int32_t* last_rows = nullptr;        // [sequences] each sequence's last row (the watchdog's)
   const float* one_hot = nullptr;            // V4.1: [n, hc] the first block's attention mix, [1, 0, ...]
   const int64_t* window_rows = nullptr;      // [n] the window pool row each token's key goes to (-1: none)
+  // Where each row joins its compressor's state when the step completes no block of its sequence
+  // (0: it does, and the compressor takes the sequence alone): [layers, 2 (the KV's compressor, the
+  // indexer's), 2 (kv, score), n] device addresses; null when no layer keeps a state.
+  const uint64_t* compressor_appends = nullptr;
   const float* cos[2] = {nullptr, nullptr};  // [n, rope_dim / 2] at each row's position: the window
   const float* sin[2] = {nullptr, nullptr};  // layers' rotation [0], the compressed layers' [1]
 };
@@ -247,7 +251,8 @@ class Model {
   // sequence's completed blocks into the layer's pool rows, through its block table: compressed
   // KV, and the index keys (V4: from the indexer's own compressor; V4.1 key owners: from the
   // latents). Everything stays in the backend's memory.
-  absl::Status CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs) const;
+  absl::Status CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
+                             const StepTableViews& tables) const;
   // Feeds one sequence's projected rows kv, score [n, width] (ratio > 1) to its compressor, whose
   // state holds the rows of the block being filled (and, overlapping, of the previous block);
   // writes the pooled, normalized latents of the blocks completed, the first at the block of

@@ -81,6 +81,39 @@ int64_t Model::WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSli
       for (int64_t t = 0; t < s.n; ++t) rope.CosSin(s.start + t, cs + (s.begin + t) * half, sn + (s.begin + t) * half);
     views->cos[kind] = dcs, views->sin[kind] = dsn;
   }
+  // Where each row joins its compressor's state: for the sequences whose step completes no block,
+  // the state's next rows (the others go through PoolBlocks one sequence at a time).
+  bool states = false;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) states |= c.ratio(l) > 1 && w_->layers[l].has_compressor;
+  if (states) {
+    const int64_t L = c.num_hidden_layers;
+    auto [appends, dappends] = take(L * 4 * n, static_cast<uint64_t*>(nullptr));
+    if (write) {
+      std::fill(appends, appends + L * 4 * n, uint64_t{0});
+      for (int64_t l = 0; l < L; ++l) {
+        const LayerWeights& lw = w_->layers[l];
+        if (!lw.has_compressor) continue;
+        const bool own_index = lw.has_indexer && !c.index_keys_from_latent();
+        for (int k = 0; k < (own_index ? 2 : 1); ++k) {
+          const CompressorWeights& cw = k == 1 ? lw.index_compressor : lw.compressor;
+          if (cw.ratio <= 1) continue;
+          uint64_t* kv = appends + ((l * 2 + k) * 2) * n;
+          uint64_t* score = kv + n;
+          for (const SeqSlice& s : seqs) {
+            const int64_t r0 = s.start % cw.ratio;
+            if ((r0 + s.n) / cw.ratio > 0) continue;  // completes a block
+            const CompressorState& st = k == 1 ? s.cache->layers[l].index_compressor : s.cache->layers[l].compressor;
+            const int64_t at = ((cw.overlap ? cw.ratio : 0) + r0) * st.width;
+            for (int64_t t = 0; t < s.n; ++t) {
+              kv[s.begin + t] = reinterpret_cast<uint64_t>(st.kv() + at + t * st.width);
+              score[s.begin + t] = reinterpret_cast<uint64_t>(st.score() + at + t * st.width);
+            }
+          }
+        }
+      }
+      views->compressor_appends = dappends;
+    }
+  }
   // Where each token's window key goes: its block's window rows, if the block keeps a window part.
   auto [wrows, dwrows] = take(n, static_cast<int64_t*>(nullptr));
   if (write) views->window_rows = dwrows;
@@ -122,7 +155,7 @@ int64_t Model::WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSli
               row[win + b] = static_cast<int32_t>(window_rows + s.n + cache.PoolRow(*comp, b));
           }
         }
-        out->k = k, out->rows = drows;
+        out->k = k, out->rows = const_cast<int32_t*>(drows);  // PickRows writes the picked columns
       }
       if (ratio > 0) {
         const int64_t j0 = s.start / ratio, blocks = (s.start % ratio + s.n) / ratio;

@@ -235,6 +235,21 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
     EXPECT_EQ(scattered[2 * D + c], before[2 * D + c]);
   }
 
+  // The same to addresses, each row to an allocation of its own (0: skipped).
+  std::vector<float> a(D, 5.f), b(D, 6.f);
+  float *da = Put(a), *db = Put(b);
+  const std::vector<uint64_t> dst = {reinterpret_cast<uint64_t>(db), 0, reinterpret_cast<uint64_t>(da)};
+  be_->ScatterRowsTo(dgathered, D * 4, Put(dst), m, D * 4);
+  const std::vector<uint64_t> host_dst = {reinterpret_cast<uint64_t>(b.data()), 0,
+                                          reinterpret_cast<uint64_t>(a.data())};
+  kernels::ScatterRowsTo(gathered.data(), D * 4, host_dst.data(), m, D * 4);
+  EXPECT_EQ(Get(da, D), a);
+  EXPECT_EQ(Get(db, D), b);
+  for (int64_t c = 0; c < D; ++c) {
+    EXPECT_EQ(a[c], gathered[2 * D + c]);
+    EXPECT_EQ(b[c], gathered[c]);
+  }
+
   const std::vector<int32_t> offsets = {0, 2, 2, 3}, src_rows = {1, 0, 2};
   const std::vector<float> weights = Random(3, 1.f, 17);
   std::vector<float> out = Random(m * D, 1.f, 18);

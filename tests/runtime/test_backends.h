@@ -181,6 +181,10 @@ class ForwardingBackend : public Backend {
     const Op op(this, "ScatterRows", {src, ids, dst});
     in_->ScatterRows(src, sp, ids, rows, rb, dst, dp);
   }
+  void ScatterRowsTo(const void* src, int64_t sp, const uint64_t* dst, int64_t rows, int64_t rb) override {
+    const Op op(this, "ScatterRowsTo", {src, dst});
+    in_->ScatterRowsTo(src, sp, dst, rows, rb);
+  }
   void Iota(int32_t* x, int64_t n, int32_t start, int32_t step) override {
     const Op op(this, "Iota", {x});
     in_->Iota(x, n, start, step);
