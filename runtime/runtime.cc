@@ -233,9 +233,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Open(const RuntimeOptions& opt
 }
 
 // The TP and EP groups over device memory, for a GPU backend: NCCL where this build has it and
-// DSV4_DEVICE_COMM does not say host. Without them the model copies
-// its exchanges through host memory to the MPI groups (runtime/backend/device_communicator.h).
-// Collective over the world.
+// DSV4_DEVICE_COMM does not say host. Without them the model copies its exchanges through host
+// memory to the MPI groups (runtime/backend/device_communicator.h). Collective over the world.
 absl::Status Runtime::MakeDeviceGroups(Backend& backend) {
   ParallelGroups& g = *groups_;
   const ParallelLayout& l = g.ctx.layout;
@@ -244,32 +243,25 @@ absl::Status Runtime::MakeDeviceGroups(Backend& backend) {
     DSV4_LOG(kInfo, "DSV4_DEVICE_COMM=host: the expert- and tensor-parallel exchanges go through host memory over MPI");
     return absl::OkStatus();
   }
-  auto make = [&](Communicator& group, const char* name) -> absl::StatusOr<std::unique_ptr<Communicator>> {
-    absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeDeviceCommunicator(group, name);
-    if (!comm.ok() && !absl::IsUnimplemented(comm.status()))
+  struct Group {
+    int size;
+    Communicator* host;
+    std::unique_ptr<Communicator>* device;
+    const char* name;
+  };
+  for (const Group& group :
+       {Group{l.tp, g.tp.get(), &g.tp_device, "nccl:tp"}, Group{l.ep, g.ep.get(), &g.ep_device, "nccl:ep"}}) {
+    if (group.size <= 1) continue;
+    absl::StatusOr<std::unique_ptr<Communicator>> comm = MakeDeviceCommunicator(*group.host, group.name);
+    if (absl::IsUnimplemented(comm.status())) {  // the same build on every rank: every rank falls back
+      DSV4_LOG(kWarn, comm.status().message(), ": the exchanges go through host memory over MPI");
+      return absl::OkStatus();
+    }
+    if (!comm.ok())
       return absl::Status(comm.status().code(),
                           absl::StrCat(comm.status().message(),
                                        " (DSV4_DEVICE_COMM=host sends the exchanges through host memory over MPI)"));
-    if (!comm.ok()) return comm.status();
-    return MakeBackendOrderedCommunicator(backend, std::move(*comm));
-  };
-  if (l.tp > 1) {
-    absl::StatusOr<std::unique_ptr<Communicator>> tp = make(*g.tp, "nccl:tp");
-    if (absl::IsUnimplemented(tp.status())) {  // the same build on every rank: every rank falls back
-      DSV4_LOG(kWarn, tp.status().message(), ": the exchanges go through host memory over MPI");
-      return absl::OkStatus();
-    }
-    DSV4_RETURN_IF_ERROR(tp.status());
-    g.tp_device = std::move(*tp);
-  }
-  if (l.ep > 1) {
-    absl::StatusOr<std::unique_ptr<Communicator>> ep = make(*g.ep, "nccl:ep");
-    if (absl::IsUnimplemented(ep.status())) {
-      DSV4_LOG(kWarn, ep.status().message(), ": the exchanges go through host memory over MPI");
-      return absl::OkStatus();
-    }
-    DSV4_RETURN_IF_ERROR(ep.status());
-    g.ep_device = std::move(*ep);
+    *group.device = MakeBackendOrderedCommunicator(backend, std::move(*comm));
   }
   g.ctx.tp_device = g.tp_device.get(), g.ctx.ep_device = g.ep_device.get();
   return absl::OkStatus();

@@ -32,11 +32,7 @@ absl::Status Model::PoolBlocks(const CompressorWeights& cw, const CompressorPara
   const int64_t row_bytes = width * static_cast<int64_t>(sizeof(float));
   // The state's planes hold [previous block (lead rows) | the r0 rows of the block being filled].
   const int64_t lead = cw.overlap ? ratio : 0, r0 = start % ratio, blocks = (r0 + n) / ratio;
-  if (blocks == 0) {  // the step's rows join the block being filled
-    be.CopyOnDevice(st.kv() + (lead + r0) * width, kv, n * row_bytes);
-    be.CopyOnDevice(st.score() + (lead + r0) * width, score, n * row_bytes);
-    return absl::OkStatus();
-  }
+  if (blocks == 0) return absl::InternalError("PoolBlocks called for rows that complete no block");
   // The rows in order, [previous block | the waiting rows | the step's], then every completed
   // block pooled at once: block b's rows start at lead + b * ratio, its predecessor's ratio before.
   const int64_t rows = lead + r0 + n;
@@ -98,7 +94,7 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
       KvPool::Layer& pl = cache.pool->layer(layer);
       // The step completes compressed rows j0 .. j0 + blocks - 1, row j at position j * ratio.
       const int64_t j0 = s.start / ratio, blocks = (s.start % ratio + s.n) / ratio;
-      if (ratio > 1 && blocks == 0) continue;  // its rows joined the state above
+      if (blocks == 0) continue;  // its rows joined the state above (ratio 1 completes one per row)
       DeviceScratch<float> latents(be, blocks * hd);
       if (ratio == 1) {  // every token is a block of its own: nothing to pool
         be.RmsNorm(ckv.data() + s.begin * width, cp.norm, eps, s.n, hd, width, latents.data(), hd);
@@ -112,7 +108,6 @@ absl::Status Model::CompressLayer(int64_t layer, const float* x, int64_t n, std:
                                         s.start, index_keys ? lc.index_compressor : lc.compressor, latents.data(),
                                         keep_tail ? &tail : nullptr));
       }
-      if (blocks == 0) continue;
       // The rotations of the completed rows' positions, from the step's tables.
       const SeqKindTables& kt = s.kinds[layer_kind_[layer]];
       DSV4_CHECK(kinds_[layer_kind_[layer]].ratio == ratio, "layer ", layer, "'s compressor pools ", ratio,

@@ -13,10 +13,8 @@
 // there: attention maps them to pool rows on the device (Backend::PickRows).
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "base/status.h"
-#include "kernels/cpu/scratch.h"
 #include "runtime/model/model.h"
 
 namespace dsv4 {

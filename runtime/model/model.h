@@ -253,10 +253,11 @@ class Model {
   // latents). Everything stays in the backend's memory.
   absl::Status CompressLayer(int64_t layer, const float* x, int64_t n, std::span<const SeqSlice> seqs,
                              const StepTableViews& tables) const;
-  // Feeds one sequence's projected rows kv, score [n, width] (ratio > 1) to its compressor, whose
-  // state holds the rows of the block being filled (and, overlapping, of the previous block);
-  // writes the pooled, normalized latents of the blocks completed, the first at the block of
-  // position `start`, to latents [(start % ratio + n) / ratio, head_dim]. With `tail` (an
+  // Feeds one sequence's projected rows kv, score [n, width] (ratio > 1), which complete at least
+  // one block, to its compressor, whose state holds the rows of the block being filled (and,
+  // overlapping, of the previous block); writes the pooled, normalized latents of the blocks
+  // completed, the first at the block of position `start`, to latents [(start % ratio + n) / ratio,
+  // head_dim]. (Rows that complete no block join the state in CompressLayer, all sequences at once.) With `tail` (an
   // overlapping compressor in a shared pool), the rows of a block completed at a KV block's end
   // are kept with that KV block (KvPool::Layer), for a sequence that resumes there.
   struct CompressorTail {

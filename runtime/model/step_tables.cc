@@ -5,7 +5,8 @@
 // made once per step on the host and reach the backend in one copy; before, each layer made its own
 // and uploaded them one by one (on a GPU, thousands of small copies per batched step).
 #include <algorithm>
-#include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "base/status.h"
 #include "runtime/model/model.h"
@@ -41,7 +42,7 @@ int64_t Model::WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSli
   const int64_t n = static_cast<int64_t>(tokens.size()), hc = c.hc_mult, half = c.qk_rope_head_dim / 2;
   const int64_t win = c.sliding_window, num_kinds = static_cast<int64_t>(kinds_.size());
   const bool write = host != nullptr;
-  // Each table at the next 64-byte boundary; `at` returns where it is written (host) and where the
+  // Each table at the next 64-byte boundary; `take` returns where it is written (host) and where the
   // backend reads it (device).
   int64_t used = 0;
   auto take = [&](int64_t count, auto* type) {
@@ -49,8 +50,8 @@ int64_t Model::WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSli
     used = (used + 63) / 64 * 64;
     const int64_t off = used;
     used += count * static_cast<int64_t>(sizeof(T));
-    return std::pair<T*, const T*>{write ? reinterpret_cast<T*>(host + off) : nullptr,
-                                   write ? reinterpret_cast<const T*>(device + off) : nullptr};
+    return std::pair<T*, T*>{write ? reinterpret_cast<T*>(host + off) : nullptr,
+                             write ? reinterpret_cast<T*>(device + off) : nullptr};
   };
 
   auto [tok, dtok] = take(n, static_cast<int32_t*>(nullptr));
@@ -155,7 +156,7 @@ int64_t Model::WriteStepTables(std::span<const int32_t> tokens, std::span<SeqSli
               row[win + b] = static_cast<int32_t>(window_rows + s.n + cache.PoolRow(*comp, b));
           }
         }
-        out->k = k, out->rows = const_cast<int32_t*>(drows);  // PickRows writes the picked columns
+        out->k = k, out->rows = drows;  // PickRows writes the picked columns
       }
       if (ratio > 0) {
         const int64_t j0 = s.start / ratio, blocks = (s.start % ratio + s.n) / ratio;
