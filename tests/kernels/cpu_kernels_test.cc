@@ -515,6 +515,57 @@ TEST(FastLinear, SubnormalCodesAreNotZero) {
   }
 }
 
+// FP4 scales, on the AVX-512 levels, are folded into the decoded weights' exponents where every
+// code of a pass of rows is at most 202 (2^75), and multiplied otherwise: the same products, so the
+// same bits. Matrix A has codes 27..147 (2^-100 .. 2^20, the fast paths' range), but row 0 also
+// takes 202 in some groups (products beyond the float range on every route: compared for bits
+// only). B and C equal A but for one row each, which takes a code of 203 (the first that does not
+// fold) or 255 (NaN) and sends its pass down the multiplying route. Every other row gives A's bits,
+// at every token count (the streaming path's 1..4 rows at once and the blocked path); A's rows but
+// row 0 stay within ExpectMatchesRef's tolerance of the plain loop; C's odd row is NaN (a code the
+// fold took would lose the NaN).
+TEST(FastLinear, Fp4FoldedScalesGiveTheMultipliedBits) {
+  std::mt19937 rng(41);
+  const int64_t rows = 128, cols = 2048 + 32;  // a tail of 32 columns after the last 128-column chunk
+  TestWeight a = MakeWeight(WeightType::kFP4, rows, cols, rng);
+  std::uniform_int_distribution<int> code(27, 147);
+  for (auto& e : a.scales) e = static_cast<uint8_t>(code(rng));
+  for (int64_t c = 0; c < a.w.scale_ld; c += 7) a.scales[c] = 202;
+  const int64_t odd_row = 70;
+  TestWeight b = a, c = a;
+  b.w.data = b.data.data(), b.w.scales = b.scales.data();
+  c.w.data = c.data.data(), c.w.scales = c.scales.data();
+  b.scales[odd_row * a.w.scale_ld + 5] = 203;
+  c.scales[odd_row * a.w.scale_ld + 9] = 255;
+  WeightMatrix a_but_row0 = a.w;
+  a_but_row0.row_begin = 1;
+  std::normal_distribution<float> nd;
+  for (int64_t m : {1, 2, 3, 4, 5, 16, 40}) {
+    std::vector<float> x(m * cols);
+    for (auto& v : x) v = nd(rng);
+    std::vector<float> ya(m * rows), yb(m * rows), yc(m * rows);
+    Linear(x.data(), m, cols, a.w, ya.data(), rows);
+    Linear(x.data(), m, cols, b.w, yb.data(), rows);
+    Linear(x.data(), m, cols, c.w, yc.data(), rows);
+    ExpectMatchesRef(x.data(), m, cols, a_but_row0, ya.data() + 1, rows, "A, m " + std::to_string(m));
+    for (int64_t t = 0; t < m; ++t) {
+      EXPECT_TRUE(std::isnan(yc[t * rows + odd_row])) << "a NaN scale gives NaN, m " << m << " token " << t;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (r == odd_row) continue;
+        const uint32_t want = std::bit_cast<uint32_t>(ya[t * rows + r]);
+        ASSERT_EQ(std::bit_cast<uint32_t>(yb[t * rows + r]), want) << "m " << m << " token " << t << " row " << r;
+        ASSERT_EQ(std::bit_cast<uint32_t>(yc[t * rows + r]), want) << "m " << m << " token " << t << " row " << r;
+      }
+    }
+    // Token 0 alone gives the batch's bits (but in row 0, whose products overflow in the streaming
+    // path, which scales them by up to 2^50 more than the blocked one).
+    std::vector<float> one(rows);
+    Linear(x.data(), 1, cols, a.w, one.data(), rows);
+    for (int64_t r = 1; r < rows; ++r)
+      ASSERT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(ya[r])) << "m " << m << " row " << r;
+  }
+}
+
 // Every thread that runs kernels computes with flush-to-zero and denormals-are-zero: the caller
 // and each pool worker.
 TEST(FloatMode, EveryComputingThreadFlushesDenormals) {
