@@ -178,15 +178,31 @@ bool FastPathCovers(const linear::Paths* paths, const WeightMatrix& w) {
 
 // Largest |x| of a row; false when the row holds a NaN or Inf (std::max alone would step over a
 // NaN, and an all-NaN row would pass for a zero row).
+// Four independent 4-lane chains (SSE2, every x86-64): one chain of dependent maxss would take four
+// cycles an element, and every streaming job's input passes here before its threads start.
 bool RowAmax(const float* x, int64_t n, float* amax) {
-  float a = 0.f;
-  bool finite = true;
-  for (int64_t i = 0; i < n; ++i) {
+  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  const __m128 fmax = _mm_set1_ps(std::numeric_limits<float>::max());
+  __m128 a[4], ok[4];
+  for (int k = 0; k < 4; ++k) a[k] = _mm_setzero_ps(), ok[k] = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 4; ++k) {
+      const __m128 v = _mm_and_ps(_mm_loadu_ps(x + i + 4 * k), abs_mask);
+      ok[k] = _mm_and_ps(ok[k], _mm_cmple_ps(v, fmax));  // false for NaN and Inf
+      a[k] = _mm_max_ps(a[k], v);
+    }
+  const __m128 all_ok = _mm_and_ps(_mm_and_ps(ok[0], ok[1]), _mm_and_ps(ok[2], ok[3]));
+  bool finite = _mm_movemask_ps(all_ok) == 0xf;
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(a[0], a[1]), _mm_max_ps(a[2], a[3])));
+  float m = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+  for (; i < n; ++i) {
     const float v = std::fabs(x[i]);
     finite &= v <= std::numeric_limits<float>::max();
-    a = std::max(a, v);
+    m = std::max(m, v);
   }
-  *amax = a;
+  *amax = m;  // meaningful only when finite (the vector max may have kept a NaN)
   return finite;
 }
 
@@ -290,6 +306,21 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     return products == linear::Products::kBf16 || (gemm ? gemm_micro : gemv);
   };
   Scratch<Plan> plans(num_jobs);
+  // The earliest job reading the same input as job j (the experts of a decode step share theirs):
+  // its input is checked and laid out once.
+  Scratch<int64_t> first_reader(num_jobs, NoInit{});
+  Scratch<uint8_t> input_finite(num_jobs, NoInit{});  // of first readers that were checked
+  for (int64_t j = 0; j < num_jobs; ++j) {
+    first_reader[j] = j;
+    const LinearJob& a = jobs[j];
+    for (int64_t i = 0; i < j; ++i) {
+      const LinearJob& b = jobs[i];
+      if (first_reader[i] == i && b.x == a.x && b.m == a.m && b.ldx == a.ldx && b.w->cols() == a.w->cols()) {
+        first_reader[j] = i;
+        break;
+      }
+    }
+  }
   // Buffers of the caller: streaming inputs in lane order, GEMM inputs packed.
   int64_t xp_floats = 0, xt_words = 0, xexp_ints = 0, num_gemm = 0, num_tasks = 0;
   for (int64_t j = 0; j < num_jobs; ++j) {
@@ -297,13 +328,19 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     const WeightMatrix& w = *job.w;
     Plan& p = plans[j];
     p.job = &job;
+    input_finite[j] = 2;  // not checked
     if (job.m <= 0 || w.rows() <= 0) continue;
     bool finite = true;
     if (FastPathCovers(paths, w) && job.m <= kMaxGemvRows) {
-      for (int64_t t = 0; t < job.m && finite; ++t) {
-        float amax;
-        finite = RowAmax(job.x + t * job.ldx, w.cols(), &amax);
+      const int64_t f = first_reader[j];
+      if (input_finite[f] == 2) {
+        for (int64_t t = 0; t < job.m && finite; ++t) {
+          float amax;
+          finite = RowAmax(job.x + t * job.ldx, w.cols(), &amax);
+        }
+        input_finite[f] = finite ? 1 : 0;
       }
+      finite = input_finite[f] == 1;
     }
     if (!FastPathCovers(paths, w) || !finite) {
       p.path = Plan::kScalar;
@@ -355,8 +392,21 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     const WeightMatrix& w = *job.w;
     if (job.m <= 0 || w.rows() <= 0) continue;
     if (p.path == Plan::kGemv && w.type != WeightType::kF32) {
-      PrepareGemv(p, *paths, xp.data() + xp_used);
-      xp_used += job.m * p.nchunks * p.cc;
+      // A job reading the same input in the same lane order takes the earlier one's copy.
+      const Plan* shared = nullptr;
+      for (int64_t i = first_reader[j]; i < j && shared == nullptr; ++i)
+        if (first_reader[i] == first_reader[j] && plans[i].path == Plan::kGemv && plans[i].xp != nullptr &&
+            jobs[i].w->type == w.type)
+          shared = &plans[i];
+      if (shared != nullptr) {
+        p.xp = shared->xp;
+        std::copy_n(shared->kx, job.m, p.kx);
+        std::copy_n(shared->amax_exp, job.m, p.amax_exp);
+        std::copy_n(shared->zero_row, job.m, p.zero_row);
+      } else {
+        PrepareGemv(p, *paths, xp.data() + xp_used);
+        xp_used += job.m * p.nchunks * p.cc;
+      }
     }
     if (p.path == Plan::kGemm) {
       // Jobs reading the same input the same way share one packed copy (w1 and w3 of an expert).

@@ -246,7 +246,9 @@ TEST(Qdq, Fp4WithE4m3ScalesMatchesTheDefinition) {
   }
 }
 
-// A grouped call equals the jobs run one by one: mixed formats, shared inputs, an empty job.
+// A grouped call equals the jobs run one by one, to the bit: mixed formats, inputs shared (checked
+// and laid out once for the jobs reading them the same way) or read over fewer columns, an empty
+// job, and an input holding a NaN (every job reading it takes the plain path).
 TEST(FastLinear, GroupMatchesSingleJobs) {
   std::mt19937 rng(13);
   std::vector<TestWeight> ws;
@@ -255,8 +257,12 @@ TEST(FastLinear, GroupMatchesSingleJobs) {
   ws.push_back(MakeWeight(WeightType::kFP8, 200, 256, rng));
   ws.push_back(MakeWeight(WeightType::kBF16, 33, 256, rng));
   ws.push_back(MakeWeight(WeightType::kFP4, 256, 64, rng));
-  for (int m : {1, 3, 8, 12, 33}) {
-    const std::vector<float> x = MakeInput(m, 256, rng);
+  ws.push_back(MakeWeight(WeightType::kFP8, 130, 256, rng));
+  for (int m : {1, 3, 8, 12, 33, -1}) {
+    const bool nan = m < 0;
+    if (nan) m = 2;
+    std::vector<float> x = MakeInput(m, 256, rng);
+    if (nan) x[256 + 30] = std::numeric_limits<float>::quiet_NaN();
     std::vector<std::vector<float>> ys;
     std::vector<LinearJob> jobs;
     for (size_t i = 0; i < ws.size(); ++i) {
@@ -267,9 +273,18 @@ TEST(FastLinear, GroupMatchesSingleJobs) {
       jobs.push_back(j);
     }
     LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
-    for (size_t i = 0; i < ws.size(); ++i)
-      ExpectMatchesRef(x.data(), jobs[i].m, 256, ws[i].w, ys[i].data(), jobs[i].ldy,
-                       "job " + std::to_string(i) + " m " + std::to_string(m));
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const std::string what = "job " + std::to_string(i) + " m " + std::to_string(m) + (nan ? " (NaN)" : "");
+      if (!nan) ExpectMatchesRef(x.data(), jobs[i].m, 256, ws[i].w, ys[i].data(), jobs[i].ldy, what);
+      std::vector<float> alone(ys[i].size());
+      Linear(x.data(), jobs[i].m, 256, ws[i].w, alone.data(), jobs[i].ldy);
+      for (size_t e = 0; e < alone.size(); ++e)
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[e]), std::bit_cast<uint32_t>(ys[i][e])) << what << ", element " << e;
+      if (nan && jobs[i].m > 0) {
+        EXPECT_TRUE(std::isnan(ys[i][jobs[i].ldy])) << what << ": token 1 carries the NaN";
+        EXPECT_FALSE(std::isnan(ys[i][0])) << what << ": token 0 has none";
+      }
+    }
   }
 }
 
