@@ -31,10 +31,10 @@
 
 namespace dsv4::kernels::linear {
 
-// Token rows taken by the streaming path, in passes of up to 4 over a task's cache-resident weight
-// rows. Up to 16 rows it beats the blocked path, which is ahead from 32 (Emerald Rapids, 2 threads,
-// weights streamed from DRAM, m = 16: FP8 134 against 94-101 GFLOP/s with AVX-512, 93 against 80-83
-// with AVX2; BF16 121-129 against 92-97).
+// Token rows taken by the streaming path, in passes of up to 4 (AVX-512: 8) over a task's
+// cache-resident weight rows. Up to 16 rows it beats the blocked path, which is ahead from 32 (Emerald Rapids, 2
+// threads, weights streamed from DRAM, m = 16: FP8 134 against 94-101 GFLOP/s with AVX-512, 93 against 80-83 with AVX2;
+// BF16 121-129 against 92-97).
 constexpr int kMaxGemvRows = 16;
 constexpr int64_t kKc = 2048;    // GEMM: columns per block (a multiple of every chunk width)
 
