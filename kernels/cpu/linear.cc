@@ -313,9 +313,9 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   // The earliest job reading the same input as job j (the experts of a decode step share theirs):
   // its input is checked and laid out once.
   Scratch<int64_t> first_reader(num_jobs, NoInit{});
-  Scratch<uint8_t> input_finite(num_jobs, NoInit{});  // of first readers that were checked
+  Scratch<uint8_t> input_finite(num_jobs, NoInit{});  // of first readers: 0, 1, or 2 (not checked)
   for (int64_t j = 0; j < num_jobs; ++j) {
-    first_reader[j] = j;
+    first_reader[j] = j, input_finite[j] = 2;
     const LinearJob& a = jobs[j];
     for (int64_t i = 0; i < j; ++i) {
       const LinearJob& b = jobs[i];
@@ -332,7 +332,6 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     const WeightMatrix& w = *job.w;
     Plan& p = plans[j];
     p.job = &job;
-    input_finite[j] = 2;  // not checked
     if (job.m <= 0 || w.rows() <= 0) continue;
     bool finite = true;
     if (FastPathCovers(paths, w) && job.m <= kMaxGemvRows) {
@@ -390,6 +389,15 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   // The GEMM jobs that pack their input (a job with no full chunk packs nothing, but is one).
   Scratch<int64_t> packs(num_gemm, NoInit{});
   int64_t num_packs = 0;
+  // The earlier job whose copy of its input job j takes: the same input, path and weight format,
+  // and `same` of its plan; null if none.
+  auto earlier_copy = [&](int64_t j, auto same) -> const Plan* {
+    for (int64_t i = first_reader[j]; i < j; ++i)
+      if (first_reader[i] == first_reader[j] && plans[i].path == plans[j].path && jobs[i].w->type == jobs[j].w->type &&
+          same(plans[i]))
+        return &plans[i];
+    return nullptr;
+  };
   for (int64_t j = 0; j < num_jobs; ++j) {
     Plan& p = plans[j];
     const LinearJob& job = jobs[j];
@@ -397,11 +405,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     if (job.m <= 0 || w.rows() <= 0) continue;
     if (p.path == Plan::kGemv && w.type != WeightType::kF32) {
       // A job reading the same input in the same lane order takes the earlier one's copy.
-      const Plan* shared = nullptr;
-      for (int64_t i = first_reader[j]; i < j && shared == nullptr; ++i)
-        if (first_reader[i] == first_reader[j] && plans[i].path == Plan::kGemv && plans[i].xp != nullptr &&
-            jobs[i].w->type == w.type)
-          shared = &plans[i];
+      const Plan* shared = earlier_copy(j, [](const Plan& q) { return q.xp != nullptr; });
       if (shared != nullptr) {
         p.xp = shared->xp;
         std::copy_n(shared->kx, job.m, p.kx);
@@ -414,16 +418,10 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     if (p.path == Plan::kGemm) {
       // Jobs reading the same input the same way share one packed copy (w1 and w3 of an expert).
-      for (int64_t i = 0; i < j; ++i) {
-        const Plan& q = plans[i];
-        const LinearJob& o = jobs[i];
-        if (q.path == Plan::kGemm && o.x == job.x && o.m == job.m && o.ldx == job.ldx && o.w->type == w.type &&
-            o.w->cols() == w.cols() && q.bf16 == p.bf16 && q.amx == p.amx) {
-          p.xt = q.xt, p.xexp = q.xexp;
-          break;
-        }
-      }
-      if (p.xt == nullptr) {
+      const Plan* shared = earlier_copy(j, [&](const Plan& q) { return q.bf16 == p.bf16 && q.amx == p.amx; });
+      if (shared != nullptr) {
+        p.xt = shared->xt, p.xexp = shared->xexp;
+      } else {
         p.xt = xt.data() + xt_used;
         xt_used += p.nkb * p.ntb * paths->xt_block_words(p.bf16);
         if (w.type == WeightType::kFP8 || w.type == WeightType::kFP4) {
