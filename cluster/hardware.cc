@@ -143,6 +143,7 @@ absl::Status ReadHost(const json& j, const std::string& where, HostCpu* h) {
   FigureReader r(j, where, &h->sources);
   r.Int("cores", &h->cores);
   r.Number("ghz", &h->ghz);
+  r.Number("boost_ghz", &h->boost_ghz);
   r.Number("simd_flops_per_cycle", &h->simd_flops_per_cycle);
   r.Number("amx_flops_per_cycle", &h->amx_flops_per_cycle);
   r.Int("memory_channels", &h->memory_channels);
@@ -154,6 +155,9 @@ absl::Status ReadHost(const json& j, const std::string& where, HostCpu* h) {
         where, ": cores, ghz, simd_flops_per_cycle, memory_channels and memory_mts must be positive"));
   if (h->stream_fraction <= 0 || h->stream_fraction > 1)
     return absl::InvalidArgumentError(absl::StrCat(where, ".stream_fraction must be in (0, 1]"));
+  if (h->boost_ghz != 0 && h->boost_ghz < h->ghz)
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".boost_ghz = ", h->boost_ghz, " is below ghz = ", h->ghz, " (0: no boost figure)"));
   return absl::OkStatus();
 }
 

@@ -39,7 +39,8 @@ struct Link {
 struct HostCpu {
   std::string name;
   int cores = 0;                    // per socket
-  double ghz = 0;                   // all-core clock under vector load
+  double ghz = 0;                   // base clock: every core of the socket under vector load
+  double boost_ghz = 0;             // the published maximum boost clock (0: ghz at any load)
   double simd_flops_per_cycle = 0;  // FP32 FMA flops per core and cycle (two 512-bit FMA units: 64)
   double amx_flops_per_cycle = 0;   // BF16 flops per core and cycle of AMX tiles (0: no AMX)
   int memory_channels = 0;          // per socket

@@ -505,6 +505,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
   out["host"] = {{"cpu", r.host.cpu},
                  {"sockets", r.host.sockets},
                  {"cores", r.host.cores},
+                 {"ghz", Round(r.host.ghz, 2)},
                  {"dram_peak_gbps", Round(r.host.peak_gbps, 1)},
                  {"stream_gbps", Round(r.host.stream_gbps, 1)},
                  {"expert_gbps_per_device", Round(r.host_gbps, 2)},

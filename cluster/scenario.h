@@ -120,6 +120,7 @@ struct Resolved {
     int cores = 0;
     double peak_gbps = 0;         // DRAM peak
     double stream_gbps = 0;       // STREAM triad: measured, or peak x stream fraction
+    double ghz = 0;               // clock with the engine's cores at work (0: figures given per core)
     double simd_gflops_per_core = 0;
     double amx_gflops_per_core = 0;  // 0 = no AMX
   } host;

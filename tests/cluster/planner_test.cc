@@ -933,6 +933,59 @@ TEST(Software, VersionsSelectHostKernels) {
 
 // ---- mechanisms -----------------------------------------------------------------------------------
 
+// A socket's clock follows the cores at work: at equal power the clock goes as
+// (cores / busy)^(1/3), from the base clock with every core busy up to the boost clock. Xeon 6980P
+// (catalog: 128 cores, 2.0 GHz base, 3.9 GHz boost), one socket, ik_llama.cpp: 64 threads run at
+// 2.0 x 2^(1/3) = 2.52 GHz, 128 at 2.0, 16 at the 3.9 GHz cap; the socket's rate still grows with
+// every core. The EPYC 9V45 slice of issue 1752 (32 of 96 cores): 2.6 x 3^(1/3) = 3.75 GHz.
+TEST(Mechanisms, HostClockFollowsTheCoresAtWork) {
+  const Tuning& t = BuiltinCatalog().tuning;
+  json j = json::parse(R"({
+    "model": "deepseek-r1", "weights": {"dense_bits": 4.8, "expert_bits": 4.8, "kv_bits": 16},
+    "hardware": {"device": "cpu", "devices_per_node": 1, "nodes": 1, "host_cpu": "xeon-6980p", "host_sockets": 1},
+    "parallel": {"tp": 1, "ep": 1, "experts_on": "host"},
+    "workload": {"input_tokens": 512, "output_tokens": 128, "concurrency": 1},
+    "software": {"engine": "ik_llama.cpp"}, "question": "single_stream"})");
+  auto at = [&](int cores) {
+    j["hardware"]["host_cores"] = cores;
+    auto out = PlanJson(j);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? (*out)["host"] : json();
+  };
+  const json all = at(128), half = at(64), few = at(16);
+  EXPECT_NEAR(all["ghz"].get<double>(), 2.0, 0.005);
+  EXPECT_NEAR(half["ghz"].get<double>(), 2.0 * std::cbrt(2.0), 0.005);
+  EXPECT_NEAR(few["ghz"].get<double>(), 3.9, 0.005);
+  EXPECT_NEAR(half["expert_gflops_per_device"].get<double>(), 64 * 2.0 * std::cbrt(2.0) * 64 * t.host_compute_simd,
+              0.5);
+  double last = 0;
+  for (int cores : {8, 16, 32, 64, 96, 128}) {
+    const double rate = at(cores)["expert_gflops_per_device"].get<double>();
+    EXPECT_GT(rate, last) << cores << " cores";
+    last = rate;
+  }
+  j["hardware"]["host_cpu"] = "epyc-9v45";
+  EXPECT_NEAR(at(32)["ghz"].get<double>(), 2.6 * std::cbrt(3.0), 0.005);
+  // A host without a boost figure keeps its base clock at any load.
+  Catalog c = BuiltinCatalog();
+  ASSERT_TRUE(MergeCatalogJson(R"({"hosts": {"flat": {"cores": 64, "ghz": 2.5, "simd_flops_per_cycle": 64,
+      "memory_channels": 8, "memory_mts": 4800}}})",
+                               "mine.json", &c)
+                  .ok());
+  j["hardware"]["host_cpu"] = "flat";
+  j["hardware"]["host_cores"] = 16;
+  auto flat = ParseScenario(j.dump(), "test.json");
+  ASSERT_TRUE(flat.ok()) << flat.status();
+  auto resolved = Resolve(*flat, c);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_DOUBLE_EQ(resolved->host.ghz, 2.5);
+  const absl::Status bad = MergeCatalogJson(R"({"hosts": {"slow": {"cores": 64, "ghz": 2.5, "boost_ghz": 2.0,
+      "simd_flops_per_cycle": 64, "memory_channels": 8, "memory_mts": 4800}}})",
+                                            "mine.json", &c);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.message().find("hosts.slow.boost_ghz"), std::string::npos) << bad;
+}
+
 // Host bandwidth the experts see: channels x MT/s x 8 B x the STREAM fraction, per socket; a
 // NUMA-aware engine adds host.numa_gain of the second socket, llama.cpp none; then the engine's
 // kernel family.
