@@ -252,5 +252,24 @@ TEST(CliFinding11, ConfigFieldsTheRuntimeRelyOnAreChecked) {
                         {"model_type", "llama", "deepseek_v4"}));
 }
 
+// `plan --list` names the host CPUs a scenario can give as hardware.host_cpu, with their clocks; an
+// unknown one is an error that lists them.
+TEST(CliPlan, ListNamesTheHostCpus) {
+  const RunResult list = RunDsv4({"plan", "--list"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  for (const char* name : {"host cpu (hardware.host_cpu)", "xeon-6980p", "epyc-9v45", "epyc-9965"})
+    EXPECT_NE(list.out.find(name), std::string::npos) << name << "\n" << list.out;
+  nlohmann::json s = {
+      {"model", "deepseek-r1"},
+      {"hardware", {{"device", "cpu"}, {"devices_per_node", 1}, {"nodes", 1}, {"host_cpu", "epyc-9999"}}},
+      {"parallel", {{"tp", 1}, {"ep", 1}, {"experts_on", "host"}}},
+      {"workload", {{"input_tokens", 512}, {"output_tokens", 128}, {"concurrency", 1}}},
+      {"question", "single_stream"}};
+  const std::string file = TempDir() + "/s.json";
+  ASSERT_TRUE(WriteFileAtomic(file, s.dump()).ok());
+  EXPECT_TRUE(FailsWith(RunDsv4({"plan", "--scenario", file}), 2,
+                        {"scenario.hardware.host_cpu", "unknown host CPU 'epyc-9999'", "epyc-9v45"}));
+}
+
 }  // namespace
 }  // namespace dsv4::testing
