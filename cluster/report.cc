@@ -215,6 +215,17 @@ std::string TextReport(const json& a) {
                                         l["tp"].get<int>(), l["dp_attention"].get<int>(), l["ep"].get<int>(),
                                         l["experts_on"].get<std::string>(), l["redundant_experts"].get<int>(),
                                         a["speculative"]["enabled"].get<bool>() ? "on" : "off"));
+  // The host's figures where it does the experts' work (experts on the host, or a host-only device).
+  if (const auto h = a.find("host");
+      h != a.end() && (l["experts_on"].get<std::string>() == "host" || hw["device"].get<std::string>() == "cpu")) {
+    const std::string cpu = h->value("cpu", std::string());
+    const std::string clock = Num(*h, "ghz") > 0 ? absl::StrFormat(" at %.2f GHz", Num(*h, "ghz")) : "";
+    absl::StrAppend(&out, absl::StrFormat("host:     %s%d socket(s), %d cores%s, STREAM %.0f GB/s; experts get %.0f "
+                                          "GFLOP/s and %.0f GB/s per device\n",
+                                          cpu.empty() ? "" : cpu + ", ", h->value("sockets", 1), h->value("cores", 0),
+                                          clock, Num(*h, "stream_gbps"), Num(*h, "expert_gflops_per_device"),
+                                          Num(*h, "expert_gbps_per_device")));
+  }
   absl::StrAppend(&out, absl::StrFormat("\none decoded token at %s tokens of context (batch 1, all layers):\n",
                                         Fmt(Num(a["workload"], "input_tokens"))));
   absl::StrAppend(&out, absl::StrFormat("  %-32s %10s %12s\n", "component", "GFLOP", "MB moved"));

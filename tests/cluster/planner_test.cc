@@ -966,6 +966,11 @@ TEST(Mechanisms, HostClockFollowsTheCoresAtWork) {
   }
   j["hardware"]["host_cpu"] = "epyc-9v45";
   EXPECT_NEAR(at(32)["ghz"].get<double>(), 2.6 * std::cbrt(3.0), 0.005);
+  // The text report says where the experts' work runs and at what clock.
+  auto report = PlanJson(j);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const std::string text = TextReport(*report);
+  EXPECT_NE(text.find("host:     epyc-9v45, 1 socket(s), 32 cores at 3.75 GHz"), std::string::npos) << text;
   // A host without a boost figure keeps its base clock at any load.
   Catalog c = BuiltinCatalog();
   ASSERT_TRUE(MergeCatalogJson(R"({"hosts": {"flat": {"cores": 64, "ghz": 2.5, "simd_flops_per_cycle": 64,
