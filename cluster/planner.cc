@@ -503,6 +503,7 @@ absl::StatusOr<json> Plan(const Scenario& s, const Catalog& catalog, const PlanO
                      {"maturity_factor", Round(r.maturity_factor, 3)},
                      {"fused_moe", r.fused_moe}};
   out["host"] = {{"cpu", r.host.cpu},
+                 {"runs_experts", s.experts_on_host || r.device.IsHostOnly()},
                  {"sockets", r.host.sockets},
                  {"cores", r.host.cores},
                  {"ghz", Round(r.host.ghz, 2)},

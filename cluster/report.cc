@@ -216,8 +216,7 @@ std::string TextReport(const json& a) {
                                         l["experts_on"].get<std::string>(), l["redundant_experts"].get<int>(),
                                         a["speculative"]["enabled"].get<bool>() ? "on" : "off"));
   // The host's figures where it does the experts' work (experts on the host, or a host-only device).
-  if (const auto h = a.find("host");
-      h != a.end() && (l["experts_on"].get<std::string>() == "host" || hw["device"].get<std::string>() == "cpu")) {
+  if (const auto h = a.find("host"); h != a.end() && h->value("runs_experts", false)) {
     const std::string cpu = h->value("cpu", std::string());
     const std::string clock = Num(*h, "ghz") > 0 ? absl::StrFormat(" at %.2f GHz", Num(*h, "ghz")) : "";
     absl::StrAppend(&out, absl::StrFormat("host:     %s%d socket(s), %d cores%s, STREAM %.0f GB/s; experts get %.0f "

@@ -404,12 +404,11 @@ absl::Status ResolveHost(const Scenario& s, const Catalog& catalog, Resolved* r)
     h.amx_gflops_per_core = h.ghz * cpu->amx_flops_per_cycle;
     stream_fraction = cpu->stream_fraction;
   } else {
-    h.cores = d.host_cores;
+    h.cores = s.host_cores > 0 ? s.host_cores : d.host_cores;
     h.peak_gbps = d.host_memory_gbps;
     h.simd_gflops_per_core = d.host_core_gflops;
     if (s.host_isa == "amx") h.amx_gflops_per_core = h.simd_gflops_per_core * 1024 / 64;  // AMX BF16 vs two FMA units
   }
-  if (s.host_cores > 0) h.cores = s.host_cores;
   if (s.host_memory_bandwidth_gbps > 0) h.peak_gbps = s.host_memory_bandwidth_gbps;
   if (d.unified_memory && !d.IsHostOnly()) stream_fraction = 1;  // the device's own memory: its efficiency applies
   h.stream_gbps = s.host_stream_gbps > 0 ? s.host_stream_gbps : h.peak_gbps * stream_fraction;

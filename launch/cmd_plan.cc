@@ -38,7 +38,7 @@ void List(const cluster::Catalog& catalog) {
     std::printf("%-20s %-12s %9.0f %9.0f %9.0f %8.0f %9.0f %-13s %-10s %8.2f\n", name.c_str(), d.device_class.c_str(),
                 d.bf16_tflops, d.fp8_tflops, d.fp4_tflops, d.memory_gb, d.memory_gbps, d.scale_up.c_str(),
                 d.scale_out.c_str(), d.price_per_hour);
-  std::printf("\n%-20s %6s %6s %6s %10s %10s %9s %6s\n", "host cpu (hardware.host_cpu)", "cores", "GHz", "boost",
+  std::printf("\n%-28s %6s %6s %6s %10s %10s %9s %6s\n", "host cpu (hardware.host_cpu)", "cores", "GHz", "boost",
               "FMA fl/cy", "AMX fl/cy", "channels", "MT/s");
   for (const auto& [name, h] : catalog.hosts)
     std::printf("%-28s %6d %6.2f %6.2f %10.0f %10.0f %9d %6.0f\n", name.c_str(), h.cores, h.ghz, h.boost_ghz,
