@@ -1381,7 +1381,8 @@ TEST(Accuracy, CatalogParametersAreTheFitOfTheSet) {
 }
 
 // The honest figure: every source predicted with parameters fitted without it. The target
-// is a held-out median |error| of at most 20%; the figures per source and category are printed.
+// is a held-out median |error| of at most 20% and no value off by more than 2x either way; the
+// figures per source and category are printed.
 TEST(Accuracy, HeldOutBySource) {
   auto set = LoadValidationSet(RepoPath("cluster/validation/points.json"));
   ASSERT_TRUE(set.ok()) << set.status();
@@ -1389,6 +1390,7 @@ TEST(Accuracy, HeldOutBySource) {
   ASSERT_TRUE(v.ok()) << v.status();
   std::printf("%s", ValidationText(*v).c_str());
   EXPECT_LE(v->median_abs_error, 0.20);
+  EXPECT_LE(v->worst_ratio, 2.0) << v->worst;
 }
 
 // shared/planner/published_points.json (the contract's first file) still parses and every point is
