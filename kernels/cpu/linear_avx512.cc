@@ -18,6 +18,7 @@
 #include "kernels/cpu/avx512.h"
 #include "kernels/cpu/linear_internal.h"
 #include "kernels/cpu/scratch.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace dsv4::kernels::linear {
 
