@@ -388,12 +388,12 @@ DSV4_AVX2 void DecodePanelRow(const WeightMatrix& w, int64_t row, int64_t c0, in
   const uint8_t* base = RowBytes(w, row);
   switch (w.type) {
     case WeightType::kFP8: {
-      const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
+      alignas(32) float mult[kKc / 32];
+      Fp8GroupFactors(w, row, c0, kc, mult);
       for (int64_t c = 0; c < kc; c += 32) {
         __m256 f[4];
         DecodeFp8(base + c0 + c, f);
-        // value x 2^-8 times 2^(e - 119): a normal factor for every scale code.
-        const __m256 s = _mm256_set1_ps(Pow2(srow[(w.col_begin + c0 + c) / w.block_cols] - 119));
+        const __m256 s = _mm256_set1_ps(mult[c / 32]);
         for (int j = 0; j < 4; ++j) _mm256_storeu_ps(wd + c + 8 * j, _mm256_mul_ps(f[j], s));
       }
       break;

@@ -155,6 +155,20 @@ inline float Pow2(int e) {
   return std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
 }
 
+// FP8 row `row` (absolute), columns [c0, c0 + kc) of the view: the factor of each 32-column group,
+// 2^(e - 119) for its block's scale code e (the decoders' values carry 2^-8: the product is the
+// true value, a normal factor for every code), into mult[kc / 32]. Walks the row's scale blocks
+// instead of dividing per group; the view and its blocks start at multiples of 32 columns.
+inline void Fp8GroupFactors(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, float* mult) {
+  const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
+  const int64_t col = w.col_begin + c0;
+  int64_t block = col / w.block_cols, left = w.block_cols - col % w.block_cols;
+  for (int64_t q = 0; q < kc / 32; ++q, left -= 32) {
+    if (left <= 0) ++block, left = w.block_cols;
+    mult[q] = Pow2(srow[block] - 119);
+  }
+}
+
 // v * 2^e in at most two multiplications by normal powers of two (e in [-252, 254]); a subnormal
 // result flushes to zero.
 inline float MulPow2(float v, int e) {
