@@ -142,9 +142,13 @@ inline int64_t ElementBytes(WeightType t) { return t == WeightType::kF32 ? 4 : t
 
 inline int64_t RowStride(const WeightMatrix& w) { return w.ld * ElementBytes(w.type); }
 
+// Bytes of `cols` stored columns (FP4: two to a byte; cols even).
+inline int64_t ColumnBytes(WeightType t, int64_t cols) {
+  return t == WeightType::kFP4 ? cols / 2 : cols * ElementBytes(t);
+}
+
 inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
-  const int64_t col_bytes = w.type == WeightType::kFP4 ? w.col_begin / 2 : w.col_begin * ElementBytes(w.type);
-  return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + col_bytes;
+  return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + ColumnBytes(w.type, w.col_begin);
 }
 
 // 2^e as a normal float, or 0 below the normal range (never a subnormal: under DAZ one would read
