@@ -595,11 +595,13 @@ absl::Status Model::ForwardBatch(std::span<const int32_t> tokens, std::span<cons
   }
   if (logits) {
     DSV4_RETURN_IF_ERROR(HeadBatch(last.data(), last_pre.data(), num_logits, logits));
+    kernels::Scratch<int32_t> logit_rows(num_logits), bad(num_logits);
+    for (int64_t r = 0; r < num_logits; ++r) logit_rows[r] = static_cast<int32_t>(r);
+    kernels::FlagNonFinite(logits, c.vocab_size, c.vocab_size, logit_rows.data(), num_logits, bad.data());
     int64_t row = 0;
     for (int64_t i = 0; i < num_seqs; ++i) {
       if (!seqs[i].logits) continue;
-      if (seqs[i].cache->nonfinite_layer < 0 && !kernels::AllFinite(logits + row * c.vocab_size, c.vocab_size))
-        seqs[i].cache->nonfinite_layer = c.num_hidden_layers;
+      if (seqs[i].cache->nonfinite_layer < 0 && bad[row] != 0) seqs[i].cache->nonfinite_layer = c.num_hidden_layers;
       ++row;
     }
   }

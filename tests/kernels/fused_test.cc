@@ -213,7 +213,7 @@ TEST(Fused, GatherRowsAndCombineRowsInOrder) {
 // The router against a plain restatement: scores, the top-K of score + bias by sorting (ties to the
 // lower id), weights normalized and scaled; and hash layers taking the table's experts.
 // The watchdog's flags: NaN and both infinities in a checked row (row ids in any order, repeated),
-// nothing for values past the first n; and Scale, a plain product.
+// nothing for values past the first n, short rows and rows a vocabulary long; and Scale, a plain product.
 TEST(Fused, FlagNonFiniteAndScale) {
   const int64_t ld = 40, n = 33;
   std::vector<float> x(6 * ld, 1.5f);
@@ -226,6 +226,22 @@ TEST(Fused, FlagNonFiniteAndScale) {
   std::vector<int32_t> flags(rows.size(), -1);
   FlagNonFinite(x.data(), ld, n, rows.data(), static_cast<int64_t>(rows.size()), flags.data());
   EXPECT_EQ(flags, (std::vector<int32_t>{0, 1, 1, 0, 1, 0, 1}));
+  // Rows of a vocabulary's length, which the check cuts into pieces spread over the threads: one bad
+  // value at the first, a middle, or the last position flags its row alone, whatever the batch; a
+  // row's tail past n stays unread.
+  const int64_t vocab = 129280, lv = vocab + 7;
+  for (const int64_t at : {int64_t{0}, int64_t{16383}, int64_t{16384}, int64_t{70001}, vocab - 1})
+    for (const int64_t batch : {1, 3, 16}) {
+      std::vector<float> logits(batch * lv, -3.25f);
+      for (int64_t r = 0; r < batch; ++r) logits[r * lv + vocab] = INFINITY;  // past n
+      const int64_t bad_row = batch / 2;
+      logits[bad_row * lv + at] = std::nanf("");
+      std::vector<int32_t> ids(batch), got(batch, -1), want(batch, 0);
+      for (int64_t r = 0; r < batch; ++r) ids[r] = static_cast<int32_t>(r);
+      want[bad_row] = 1;
+      FlagNonFinite(logits.data(), lv, vocab, ids.data(), batch, got.data());
+      EXPECT_EQ(got, want) << "bad value at " << at << ", batch " << batch;
+    }
   std::vector<float> y = {1.f, -2.f, 3e-3f};
   Scale(y.data(), 3, 0.25f);
   EXPECT_EQ(y, (std::vector<float>{0.25f, -0.5f, 0.75e-3f}));
