@@ -106,7 +106,7 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
 
 // The profile `--profile-out` measures: the defaults and the benchmarked model's own widths.
 ProfileOptions ModelProfileOptions(const Model& model) {
-  return OptionsForModel(model.config().hidden_size, model.config().moe_intermediate_size);
+  return OptionsForModel(model.config().hidden_size, model.config().moe_intermediate_size, model.config().vocab_size);
 }
 
 BenchFigures CommonFigures(const Flags& flags) {

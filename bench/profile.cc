@@ -280,19 +280,21 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   const bool widths_ok = !o.widths.empty() && std::all_of(o.widths.begin(), o.widths.end(),
                                                           [](int64_t k) { return k >= 128 && k % 128 == 0; });
   if (o.tokens.empty() || o.tokens_per_expert.empty() || !widths_ok || o.hidden < 128 || o.out_features < 128 ||
-      o.expert_inter < 128 || o.experts < 1 || o.reps < 1 || o.hidden % 128 != 0 || o.expert_inter % 128 != 0)
+      o.expert_inter < 128 || o.experts < 1 || o.reps < 1 || o.hidden % 128 != 0 || o.expert_inter % 128 != 0 ||
+      o.head_rows < 0)
     return absl::InvalidArgumentError(
         "profile: token lists and widths must be non-empty, sizes >= 128 (widths, hidden and expert_inter "
-        "multiples of 128), experts and reps >= 1");
+        "multiples of 128), experts and reps >= 1, head rows >= 0");
   CpuProfile p;
   p.threads = kernels::NumThreads();
   p.isa = kernels::IsaName(kernels::ActiveIsa());
   std::mt19937_64 rng(7);
-  auto dense_set = [&](WeightType type, double bytes_per_weight, int64_t k) {
-    const double one = bytes_per_weight * o.out_features * k;
-    const int64_t n = std::max<int64_t>(2, static_cast<int64_t>(o.stream_bytes / one));
+  // A matrix of half the streamed bytes or more (a large vocabulary head) is cycled through alone.
+  auto dense_set = [&](WeightType type, double bytes_per_weight, int64_t rows, int64_t k) {
+    const double one = bytes_per_weight * static_cast<double>(rows * k);
+    const int64_t n = std::max<int64_t>(one * 2 > o.stream_bytes ? 1 : 2, static_cast<int64_t>(o.stream_bytes / one));
     std::vector<StoredMatrix> set;
-    for (int64_t i = 0; i < n; ++i) set.push_back(MakeMatrix(type, o.out_features, k, rng));
+    for (int64_t i = 0; i < n; ++i) set.push_back(MakeMatrix(type, rows, k, rng));
     return set;
   };
   std::vector<int64_t> widths = o.widths;
@@ -300,10 +302,10 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
   for (int64_t k : widths) {
     {
-      auto set = dense_set(WeightType::kFP8, 1, k);
+      auto set = dense_set(WeightType::kFP8, 1, o.out_features, k);
       for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps, kQuantizedActivation));
     }
-    auto set = dense_set(WeightType::kBF16, 2, k);
+    auto set = dense_set(WeightType::kBF16, 2, k == o.hidden && o.head_rows > 0 ? o.head_rows : o.out_features, k);
     for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set, m, o.reps, kFloatActivation));
   }
   {
@@ -382,11 +384,13 @@ absl::Status WriteCpuProfile(const CpuProfile& p, const std::string& measured_by
   return absl::OkStatus();
 }
 
-ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter) {
+ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter, int64_t vocab) {
   ProfileOptions o;
   if (hidden >= 128 && hidden % 128 == 0) {
     o.widths.push_back(hidden);
-    if (expert_inter >= 128 && expert_inter % 128 == 0) o.hidden = hidden, o.expert_inter = expert_inter;
+    o.hidden = hidden;
+    if (vocab >= 128) o.head_rows = vocab;
+    if (expert_inter >= 128 && expert_inter % 128 == 0) o.expert_inter = expert_inter;
   }
   return o;
 }

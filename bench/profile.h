@@ -26,8 +26,11 @@ struct ProfileOptions {
   // K of the dense products: a curve by tokens at each (the rate at 16 tokens differs by 2x between
   // K = 256 and K = 2048 on AVX-512). Multiples of 128.
   std::vector<int64_t> widths = {2048};
-  int64_t hidden = 2048;        // K of the experts' gate/up
+  int64_t hidden = 2048;        // the model's hidden size: K of the experts' gate/up and of its head
   int64_t out_features = 4096;  // N of the dense products
+  // N of the BF16 products at K = hidden: the model's vocabulary head, its largest BF16 product (and
+  // most of a small model's decode step), measured at its own shape (0: out_features).
+  int64_t head_rows = 0;
   int64_t expert_inter = 1024;  // N of one expert's w1/w3, K of its w2
   int64_t experts = 16;         // experts in one grouped call
   int64_t stream_bytes = int64_t{1} << 30;  // weight bytes cycled through (several times the LLC)
@@ -72,9 +75,10 @@ std::string CpuProfileJson(const CpuProfile& p, const std::string& measured_by);
 // Writes it; errors name the path.
 absl::Status WriteCpuProfile(const CpuProfile& p, const std::string& measured_by, const std::string& path);
 // The options that measure a model's own shapes besides the defaults: its hidden size among the
-// dense widths, its experts' hidden and intermediate sizes for the grouped products. Sizes that are
-// not multiples of 128 keep the defaults.
-ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter);
+// dense widths, its experts' hidden and intermediate sizes for the grouped products, the BF16
+// products at its hidden size on its head's shape (vocab x hidden). Sizes that are not multiples of
+// 128 keep the defaults.
+ProfileOptions OptionsForModel(int64_t hidden, int64_t expert_inter, int64_t vocab);
 
 // What `dsv4 bench ... --profile-out PATH` runs after its benchmark: measures the profile with
 // `options` (plus the all-to-all figures `bench comm` measured, when given) and writes it.

@@ -100,8 +100,8 @@ TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
   for (const Case& c : cases) {
     auto model = Builtin(c.model);
     ASSERT_NE(model, nullptr);
-    bench::ProfileOptions po =
-        bench::OptionsForModel(model->config().hidden_size, model->config().moe_intermediate_size);
+    bench::ProfileOptions po = bench::OptionsForModel(
+        model->config().hidden_size, model->config().moe_intermediate_size, model->config().vocab_size);
     ASSERT_FALSE(po.widths.empty());  // the default K = 2048 and the model's hidden size
     po.tokens = c.tokens;
     po.tokens_per_expert = c.tokens_per_expert;
