@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -79,15 +80,59 @@ TEST(ProfileLoop, WrittenProfileReadsBackAndPlans) {
   EXPECT_TRUE(std::isfinite(tps) && tps > 0) << tps;
 }
 
+// The best of two profiles of one machine, point by point: the higher rates and bandwidth, the lower
+// fixed times. Another process on the cores only ever slows a measurement, so the best of several
+// approaches what the machine does alone.
+void KeepBest(bench::CpuProfile& best, const bench::CpuProfile& p) {
+  auto curve = [](std::vector<bench::RatePoint>& into, const std::vector<bench::RatePoint>& from) {
+    ASSERT_EQ(into.size(), from.size());
+    for (size_t i = 0; i < into.size(); ++i) {
+      into[i].tflops = std::max(into[i].tflops, from[i].tflops);
+      into[i].full_tflops = std::max(into[i].full_tflops, from[i].full_tflops);
+    }
+  };
+  curve(best.gemm_fp8, p.gemm_fp8);
+  curve(best.gemm_bf16, p.gemm_bf16);
+  curve(best.grouped_gemm, p.grouped_gemm);
+  ASSERT_EQ(best.product_floor.size(), p.product_floor.size());
+  for (size_t i = 0; i < p.product_floor.size(); ++i)
+    best.product_floor[i].us = std::min(best.product_floor[i].us, p.product_floor[i].us);
+  best.kernel_floor_us = std::min(best.kernel_floor_us, p.kernel_floor_us);
+  best.stream_gbps = std::max(best.stream_gbps, p.stream_gbps);
+  best.expert_gflops = std::max(best.expert_gflops, p.expert_gflops);
+  best.peak_gflops = std::max(best.peak_gflops, p.peak_gflops);
+  best.cpu_availability = std::max(best.cpu_availability, p.cpu_availability);
+}
+
+std::string CpuModelName() {
+  std::FILE* f = std::fopen("/proc/cpuinfo", "r");
+  if (f == nullptr) return "unknown CPU";
+  char line[512];
+  std::string name = "unknown CPU";
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    const std::string l = line;
+    if (l.rfind("model name", 0) == 0 && l.find(':') != std::string::npos) {
+      name = l.substr(l.find(':') + 2);
+      if (!name.empty() && name.back() == '\n') name.pop_back();
+      break;
+    }
+  }
+  std::fclose(f);
+  return name;
+}
+
 // The planner, given the profile measured here, predicts `dsv4 bench decode` within 15% (cluster/
 // README.md, "Profile format"): the tiny model at batch 1 and 16, and `builtin:v4-bench` (the 4.7 GB
 // V4-Flash-shaped model `dsv4 bench decode` runs by default) at batch 1. Both sides are measured in
 // this run, so the machine's speed cancels; what is left is whether the step model accounts for the
 // runtime's work: the product rates at the model's own reduction size (the tiny model's 129280 x 256
-// head is 87% of its FLOPs, and runs at 2/3 of the rate K = 2048 gets), and the fixed time of each of
-// the ~150 products in a step. The test runs alone (RUN_SERIAL): another process on the cores would
-// slow one side and not the other. A burst from outside still can, so a model outside the bound is
-// measured again, three attempts at most; every attempt is printed.
+// head is 87% of its FLOPs, and runs at 2/3 of the rate K = 2048 gets), the fixed time of each of
+// the ~150 products in a step, and the pass over the logits. The test runs alone (RUN_SERIAL):
+// another process on the cores would slow one side and not the other. Bursts from outside (a shared
+// host's neighbours) still do, by up to 20% within one run of this test, so each side keeps its best
+// over the attempts (decode rates the highest, the profile point by point) and the two bests are
+// compared after every attempt, five attempts at most; every attempt is printed, and with a miss the
+// machine, the planner's step and the profile.
 TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
   struct Case {
     std::string model;
@@ -97,6 +142,7 @@ TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
   };
   const Case cases[] = {{"v4-tiny", {1, 16}, {1, 2, 4, 8, 16}, {1, 2, 4}, 12}, {"v4-bench", {1}, {1, 2}, {1}, 8}};
   constexpr double kBound = 1.15;
+  constexpr int kAttempts = 5;
   for (const Case& c : cases) {
     auto model = Builtin(c.model);
     ASSERT_NE(model, nullptr);
@@ -105,41 +151,67 @@ TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
     ASSERT_FALSE(po.widths.empty());  // the default K = 2048 and the model's hidden size
     po.tokens = c.tokens;
     po.tokens_per_expert = c.tokens_per_expert;
-    std::string attempts;
+    std::string attempts, step;
     bool within = false;
-    for (int attempt = 0; attempt < 3 && !within; ++attempt) {
+    std::vector<double> best(c.batches.size(), 0);
+    std::optional<bench::CpuProfile> best_profile;
+    // Untimed first: the first decode after the model is built ran up to 20% slow here.
+    for (int64_t batch : c.batches) {
+      bench::DecodeBenchOptions o;
+      o.batch = batch, o.steps = 2;
+      ASSERT_TRUE(bench::RunDecodeBench(*model, o).ok());
+    }
+    for (int attempt = 0; attempt < kAttempts && !within; ++attempt) {
       // As `dsv4 bench decode --profile-out` runs: the decode steps (a triad before every timed
       // step), then the profile.
-      std::vector<double> measured;
-      for (int64_t batch : c.batches) {
+      for (size_t i = 0; i < c.batches.size(); ++i) {
         bench::DecodeBenchOptions o;
         bench::StreamTriad triad;
-        o.batch = batch, o.steps = c.steps, o.triad = &triad;
+        o.batch = c.batches[i], o.steps = c.steps, o.triad = &triad;
         auto m = bench::RunDecodeBench(*model, o);
         ASSERT_TRUE(m.ok()) << m.status();
-        measured.push_back(m->tokens_per_s);
+        attempts +=
+            absl::StrFormat("%s, attempt %d, batch %d: measured %.2f tokens/s (CPU %.2f of %d threads)\n", c.model,
+                            attempt + 1, c.batches[i], m->tokens_per_s, m->cpu_utilization, kernels::NumThreads());
+        best[i] = std::max(best[i], m->tokens_per_s);
       }
       auto profile = bench::MeasureCpuProfile(po);
       ASSERT_TRUE(profile.ok()) << profile.status();
-      auto parsed = cluster::ParseProfile(bench::CpuProfileJson(*profile, "profile_test"), "measured.json");
+      if (best_profile) {
+        KeepBest(*best_profile, *profile);
+        if (HasFatalFailure()) return;
+      } else {
+        best_profile = *profile;
+      }
+      auto parsed = cluster::ParseProfile(bench::CpuProfileJson(*best_profile, "profile_test"), "measured.json");
       ASSERT_TRUE(parsed.ok()) << parsed.status();
       cluster::PlanOptions plan;
       plan.profile = &*parsed;
       within = true;
+      step.clear();
       for (size_t i = 0; i < c.batches.size(); ++i) {
         const int64_t batch = c.batches[i];
         auto answer =
             cluster::Plan(BenchScenario(c.model, static_cast<double>(batch)), cluster::BuiltinCatalog(), plan);
         ASSERT_TRUE(answer.ok()) << answer.status();
         const double predicted = (*answer)["decode_tokens_per_s_per_device"].get<double>();
-        const double ratio = predicted / measured[i];
+        const double ratio = predicted / best[i];
         within = within && ratio < kBound && ratio > 1 / kBound;
-        attempts += absl::StrFormat("%s, attempt %d, batch %d: measured %.2f tokens/s, predicted %.2f, ratio %.3f\n",
-                                    c.model, attempt + 1, batch, measured[i], predicted, ratio);
+        attempts += absl::StrFormat(
+            "%s, best of %d, batch %d: measured %.2f tokens/s, predicted %.2f, ratio %.3f (profile's CPU "
+            "availability %.2f)\n",
+            c.model, attempt + 1, batch, best[i], predicted, ratio, profile->cpu_availability);
+        step += absl::StrFormat("the planner's step at batch %d:", batch);
+        for (const auto& op : (*answer)["decode"]["ops"])
+          step += absl::StrFormat(" %s %.3f ms;", op["op"].get<std::string>(), op["ms"].get<double>());
+        step += "\n";
       }
     }
     std::printf("%s", attempts.c_str());
-    EXPECT_TRUE(within) << c.model << ": no attempt within " << kBound << "x at every batch:\n" << attempts;
+    EXPECT_TRUE(within) << c.model << ": no attempt within " << kBound << "x at every batch on " << CpuModelName()
+                        << " (" << kernels::IsaName(kernels::ActiveIsa()) << ", " << kernels::NumThreads()
+                        << " threads):\n"
+                        << attempts << step << "profile: " << bench::CpuProfileJson(*best_profile, "profile_test");
   }
 }
 
@@ -149,6 +221,11 @@ TEST(ProfileLoop, BadOptionsAndPathsAreErrors) {
   auto p = bench::MeasureCpuProfile(po);
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.status().message().find("token lists"), std::string::npos) << p.status();
+  po = bench::ProfileOptions{};
+  po.head_rows = -1;
+  p = bench::MeasureCpuProfile(po);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("head rows"), std::string::npos) << p.status();
   bench::CpuProfile empty;
   const absl::Status st = bench::WriteCpuProfile(empty, "test", "/nonexistent-dir/p.json");
   ASSERT_FALSE(st.ok());
