@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "bench/comm_bench.h"
 #include "bench/limits.h"
 #include "bench/model_bench.h"
 #include "cluster/hardware.h"
@@ -104,23 +105,6 @@ void KeepBest(bench::CpuProfile& best, const bench::CpuProfile& p) {
   best.cpu_availability = std::max(best.cpu_availability, p.cpu_availability);
 }
 
-std::string CpuModelName() {
-  std::FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (f == nullptr) return "unknown CPU";
-  char line[512];
-  std::string name = "unknown CPU";
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    const std::string l = line;
-    if (l.rfind("model name", 0) == 0 && l.find(':') != std::string::npos) {
-      name = l.substr(l.find(':') + 2);
-      if (!name.empty() && name.back() == '\n') name.pop_back();
-      break;
-    }
-  }
-  std::fclose(f);
-  return name;
-}
-
 // The planner, given the profile measured here, predicts `dsv4 bench decode` within 15% (cluster/
 // README.md, "Profile format"): the tiny model at batch 1 and 16, and `builtin:v4-bench` (the 4.7 GB
 // V4-Flash-shaped model `dsv4 bench decode` runs by default) at batch 1. Both sides are measured in
@@ -129,10 +113,10 @@ std::string CpuModelName() {
 // head is 87% of its FLOPs, and runs at 2/3 of the rate K = 2048 gets), the fixed time of each of
 // the ~150 products in a step, and the pass over the logits. The test runs alone (RUN_SERIAL):
 // another process on the cores would slow one side and not the other. Bursts from outside (a shared
-// host's neighbours) still do, by up to 20% within one run of this test, so each side keeps its best
-// over the attempts (decode rates the highest, the profile point by point) and the two bests are
-// compared after every attempt, five attempts at most; every attempt is printed, and with a miss the
-// machine, the planner's step and the profile.
+// host's neighbours) still do, by up to a third within one run of this test, so each side keeps its
+// best over the attempts (decode rates the highest, the profile point by point) and the two bests
+// are compared after every attempt, five attempts at most; every attempt is printed, and with a miss
+// the machine, the planner's step and the profile.
 TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
   struct Case {
     std::string model;
@@ -208,9 +192,10 @@ TEST(ProfileLoop, PlannerPredictsTheMeasuredDecode) {
       }
     }
     std::printf("%s", attempts.c_str());
-    EXPECT_TRUE(within) << c.model << ": no attempt within " << kBound << "x at every batch on " << CpuModelName()
-                        << " (" << kernels::IsaName(kernels::ActiveIsa()) << ", " << kernels::NumThreads()
-                        << " threads):\n"
+    const std::string cpu = CpuModel();
+    EXPECT_TRUE(within) << c.model << ": no attempt within " << kBound << "x at every batch on "
+                        << (cpu.empty() ? "an unknown CPU" : cpu) << " (" << kernels::IsaName(kernels::ActiveIsa())
+                        << ", " << kernels::NumThreads() << " threads):\n"
                         << attempts << step << "profile: " << bench::CpuProfileJson(*best_profile, "profile_test");
   }
 }
