@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "kernels/cpu/amx.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -96,17 +97,11 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) double DpLoopBf16(int64_
 
 // TDPBF16PS on four accumulator tiles from two A and two B tiles already loaded: each adds
 // 16 x 16 x 32 products.
-struct alignas(64) AmxConfig {
-  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 __attribute__((target("amx-tile,amx-bf16"), noinline)) double AmxLoop(int64_t iters) {
-  AmxConfig cfg;
-  for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
-  _tile_loadconfig(&cfg);
+  kernels::LoadTileConfig(kernels::FullTiles(8));
   alignas(64) static thread_local uint16_t data[16 * 32];
   for (auto& v : data) v = 0x3c00;
+  asm volatile("" ::: "memory");  // GCC's tile loads do not name the memory they read
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);

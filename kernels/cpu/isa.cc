@@ -10,6 +10,7 @@
 #include <string>
 
 #include "base/env.h"
+#include "kernels/cpu/linear_internal.h"
 
 namespace dsv4::kernels {
 namespace {
@@ -64,6 +65,13 @@ Features Detect() {
   unsigned long granted = 0;
   if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &granted) != 0 || !(granted & (1ul << kXfeatureTileData))) {
     f.amx_reason = "the kernel did not grant AMX tile data (ARCH_GET_XCOMP_PERM)";
+    return f;
+  }
+  // The kernels' canonical order at the amx level is what this CPU's tiles were measured to compute;
+  // a CPU whose tiles round otherwise would break the bit-for-bit agreement of prefill and decode.
+  std::string why;
+  if (!linear::AmxTilesFollowTheModel(&why)) {
+    f.amx_reason = "the CPU's AMX tiles do not round as the kernels' model of TDPBF16PS (" + why + ")";
     return f;
   }
   f.amx = true;

@@ -24,7 +24,8 @@ Isa ActiveIsa();
 Isa BestIsa();
 const char* IsaName(Isa isa);
 // Why the amx level is unavailable ("" when it is available): no AMX-BF16 in CPUID, tile state not
-// enabled by the OS, or the kernel refused ARCH_REQ_XCOMP_PERM (with its errno).
+// enabled by the OS, the kernel refused ARCH_REQ_XCOMP_PERM (with its errno), or the tiles do not
+// round as the kernels' model of them (kernels/cpu/amx.cc).
 const char* AmxUnavailableReason();
 
 // Vectorized dot product of two float rows (dispatches on ActiveIsa()).

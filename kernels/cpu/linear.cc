@@ -136,6 +136,7 @@ DotFn SelectDot() {
 const linear::Paths* SelectPaths() {
   switch (ActiveIsa()) {
     case Isa::kAmx:
+      return &linear::AmxPaths();
     case Isa::kAvx512Bf16:
       return &linear::Avx512Bf16Paths();
     case Isa::kAvx512:
@@ -299,14 +300,18 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   EnsureFlushDenormals();
-  static const linear::Paths* const paths = SelectPaths();
+  static const linear::Paths* const level = SelectPaths();
+  // Emulated tiles (testing, on the avx512_bf16 level) run the amx level's paths.
+  const linear::Paths* const paths = linear::AmxGemm() ? &linear::AmxPaths() : level;
   const linear::Products products = g_products.load(std::memory_order_relaxed);
   const bool amx = linear::AmxGemm() && products != linear::Products::kFp32;
-  // BF16 products where the level has them and they beat FP32 FMAs on this core (the same bits).
+  // BF16 products where the level has them and they beat FP32 FMAs on this core (the same bits);
+  // at the amx level, the GEMM's tiles wherever the inputs allow, and nothing else (the streaming
+  // path's vdpbf16ps would add a pair into one chain, where the tiles' order keeps two).
   auto bf16_pays = [&](bool gemm) {
     if (ActiveIsa() < Isa::kAvx512Bf16 || products == linear::Products::kFp32) return false;
-    if (gemm && amx) return true;
-    static const bool gemv = paths->bf16_gemv_pays(), gemm_micro = paths->bf16_gemm_pays();
+    if (amx) return gemm;
+    static const bool gemv = level->bf16_gemv_pays(), gemm_micro = level->bf16_gemm_pays();
     return products == linear::Products::kBf16 || (gemm ? gemm_micro : gemv);
   };
   Scratch<Plan> plans(num_jobs);

@@ -12,6 +12,12 @@
 //   * AVX-512: 16 lane sums, each a chain over pairs of columns (the two halves of a BF16 pair
 //     register: first the high half, then the low half, as vdpbf16ps adds them), folded into 8 (lane
 //     i + lane i + 8) and then Hsum's tree.
+//   * AMX (the amx level, every path of it): the AVX-512 lanes and tree, but each lane's pair steps
+//     go in blocks of kTileSteps (512 columns of the row, counted from the view's first): within a
+//     block the high halves' products form one chain from zero and the low halves' another, and
+//     the lane sum adds the block as sum + (high + low). That is what a TDPBF16PS computes (amx.cc),
+//     so the tiles, the FP32 FMAs of the streaming path and of the GEMM's FP32 micro-kernel give the
+//     same bits. vdpbf16ps, which adds a pair into one chain, has no place in it.
 //   * Then the columns after the last full chunk, one by one, as FMAs.
 // Both paths multiply their operands by powers of two, which changes no rounding as long as every
 // product and sum stays in the normal range: each normalizes a token row of FP8 or FP4 products
@@ -24,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
@@ -37,6 +44,7 @@ namespace dsv4::kernels::linear {
 // BF16 121-129 against 92-97).
 constexpr int kMaxGemvRows = 16;
 constexpr int64_t kKc = 2048;    // GEMM: columns per block (a multiple of every chunk width)
+constexpr int64_t kTileSteps = 16;  // amx level: pair steps of one tile instruction (kKc holds 4 blocks)
 
 // How one job runs, decided before the parallel pass.
 struct Plan {
@@ -106,11 +114,12 @@ struct Paths {
 };
 const Paths& Avx2Paths();
 const Paths& Avx512Paths();      // AVX-512 F/BW/DQ/VL
-const Paths& Avx512Bf16Paths();  // + VBMI, BF16 (and AMX tiles where ActiveIsa() is amx)
+const Paths& Avx512Bf16Paths();  // + VBMI, BF16
+const Paths& AmxPaths();         // the same instructions in the tiles' order, the GEMM on AMX tiles
 
-// Testing only: the amx level's GEMM runs with the tile instructions emulated in plain C++ as the
-// Intel SDM's pseudo-code defines them (data layout, strides and padding are the real path's), on
-// machines whose CPU lacks AMX; requires the avx512_bf16 level.
+// Testing only: the amx level's paths, with the tile instructions emulated in plain C++ as amx.cc
+// models them (data layout, strides and padding are the real path's), on machines whose CPU lacks
+// AMX; requires the avx512_bf16 level.
 void EmulateAmxForTesting(bool on);
 bool AmxEmulated();
 // Testing only: jobs whose inputs are exact in BF16 take FP32 products (kFp32), or BF16 products
@@ -123,12 +132,15 @@ bool AmxGemm();  // the GEMM takes the AMX path (real or emulated)
 // the tile configuration: eight 16 x 64-byte tiles) and AmxEndTask (releases the tiles).
 void AmxBeginTask();
 void AmxEndTask();
-// One canonical lane of a 32-row x 32-token block: c[r * 32 + t] (+)= the lane's chain over `steps`
+// One canonical lane of a 32-row x 32-token block: c[r * 32 + t] (+)= the lane's sum over `steps`
 // (a multiple of 16) pair steps, a[r * lda + s] (BF16 pairs, the high column in the low half)
 // against b[s * ldb + t] (the same). Four C tiles (2 x 2 blocks of 16 x 16), two A tiles (rows 0-15,
-// 16-31) and two B tiles (tokens 0-15, 16-31); each TDPBF16PS continues every chain by 16 pair steps
-// in order, the low halves first.
+// 16-31) and two B tiles (tokens 0-15, 16-31); each TDPBF16PS adds one block of 16 pair steps to
+// every sum, in the amx level's order.
 void AmxLane(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t steps, int64_t ldb, float* c, bool accumulate);
+// Whether this CPU's TDPBF16PS computes what amx.cc models (tile data must be granted); if not, why.
+// The amx level is only offered where it does.
+bool AmxTilesFollowTheModel(std::string* why);
 
 // ---- helpers shared by the paths -----------------------------------------------------------------
 

@@ -440,10 +440,10 @@ TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   }
 }
 
-// The amx level's GEMM with its tile instructions emulated as the Intel SDM defines TDPBF16PS: the
-// panel and input layouts, the swapped pair halves, the zero padding to whole 16-step tiles and the
-// partial row panels give the canonical sums bit for bit (a machine with AMX runs the real tiles in
-// AmxTilesMatchTheCanonicalOrder below).
+// The amx level's paths with the tile instructions emulated as kernels/cpu/amx.cc models TDPBF16PS:
+// the panel and input layouts, the swapped pair halves, the zero padding to whole 16-step tiles and
+// the partial row panels give the streaming path's sums in the tiles' order bit for bit (a machine
+// with AMX runs the real tiles in AmxTilesMatchTheCanonicalOrder below).
 TEST(FastLinear, AmxLayoutEmulated) {
   if (ActiveIsa() != Isa::kAvx512Bf16)
     GTEST_SKIP() << "the emulated AMX path runs on the avx512_bf16 level; this run has " << IsaName(ActiveIsa());
@@ -471,8 +471,9 @@ TEST(FastLinear, AmxLayoutEmulated) {
   linear::EmulateAmxForTesting(false);
 }
 
-// The real AMX tiles (where the CPU and the kernel allow them): the plain loop's result, and the
-// canonical order bit for bit, prefill (tiles) against decode (vdpbf16ps).
+// The real AMX tiles (where the CPU and the kernel allow them, and the tiles round as modelled): the
+// plain loop's result, and the canonical order bit for bit, prefill (tiles) against decode (FP32
+// FMAs in the tiles' order).
 TEST(FastLinear, AmxTilesMatchTheCanonicalOrder) {
   if (ActiveIsa() != Isa::kAmx)
     GTEST_SKIP() << "AMX tiles are not in use: " << (*AmxUnavailableReason() ? AmxUnavailableReason() : "DSV4_CPU_ISA is lower");
