@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "base/status.h"
 #include "bench/commands.h"
@@ -68,6 +69,8 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
     if (f.context_speed_ratio > 0)
       extra += absl::StrFormat(", \"short_context_tokens_per_s\": %.4f, \"context_speed_ratio\": %.4f",
                                f.short_tokens_per_s, f.context_speed_ratio);
+    if (*kernels::AmxUnavailableReason() != '\0')
+      extra += absl::StrFormat(", \"amx_unavailable\": \"%s\"", absl::CEscape(kernels::AmxUnavailableReason()));
     std::printf(
         "{\"bench\": \"%s\", \"threads\": %d, \"isa\": \"%s\", \"batch\": %lld, \"context\": %lld, "
         "\"tokens_per_s\": %.4f, \"step_ms\": %.3f, \"bytes_per_token\": %.0f, \"weight_bytes_per_token\": %.0f, "
@@ -97,6 +100,8 @@ void PrintFigures(const char* what, const BenchFigures& f, bool json) {
                 static_cast<long long>(f.slow_steps), f.steps_ms.size());
   std::printf("  CPU seconds per second: %.2f of %d threads (less: other processes had the cores)\n", f.cpu_utilization,
               kernels::NumThreads());
+  if (*kernels::AmxUnavailableReason() != '\0')
+    std::printf("  AMX tiles unavailable : %s\n", kernels::AmxUnavailableReason());
   if (f.context_speed_ratio > 0)
     std::printf(
         "  against short context : %.3f of the speed of sequences without context (%.3f tokens/s), steps\n"

@@ -271,5 +271,37 @@ TEST(CliPlan, ListNamesTheHostCpus) {
                         {"scenario.hardware.host_cpu", "unknown host CPU 'epyc-9999'", "epyc-9v45"}));
 }
 
+// `bench prefill` names the level that ran and, where it is not amx, why the tiles were not used;
+// on the amx level the GEMMs take the tiles (a prefill of 40 tokens runs the GEMM path), on a lower
+// one none of them. Whatever the machine: DSV4_CPU_ISA=amx asks for the best level, avx512_bf16 and
+// scalar lower it.
+TEST(CliBench, PrefillReportsTheLevelThatRanAndWhyNotAmx) {
+  for (const char* want : {"amx", "avx512_bf16", "scalar"}) {
+    const RunResult r = RunDsv4({"bench", "prefill", "--model", "builtin:v4-tiny", "--context", "40", "--steps", "1",
+                                 "--threads", "2", "--json", "true"},
+                                WithEnv({{"DSV4_CPU_ISA", want}}));
+    ASSERT_EQ(r.exit_code, 0) << want << ": " << r.err;
+    const nlohmann::json j = nlohmann::json::parse(r.out);
+    const std::string isa = j["isa"].get<std::string>();
+    SCOPED_TRACE(std::string("DSV4_CPU_ISA=") + want + ", ran " + isa + "\n" + r.out);
+    EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+    if (isa == "amx") {
+      EXPECT_STREQ(want, "amx");
+      EXPECT_GT(j["amx_flops_share"].get<double>(), 0.0);
+      EXPECT_GT(j["peak_gflops_amx"].get<double>(), 0.0);
+      EXPECT_FALSE(j.contains("amx_unavailable"));
+    } else {
+      EXPECT_EQ(j["amx_flops_share"].get<double>(), 0.0);
+      // Asked for amx and did not get it: the report says why.
+      if (std::string(want) == "amx") {
+        EXPECT_FALSE(j.value("amx_unavailable", std::string()).empty());
+      }
+    }
+    if (std::string(want) == "scalar") {
+      EXPECT_EQ(isa, "scalar");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dsv4::testing
