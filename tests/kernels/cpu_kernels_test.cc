@@ -402,8 +402,9 @@ bool ExactInBf16(const std::vector<float>& x) {
 }
 
 // Products of BF16-exact inputs: against the plain loop, and bit for bit the same as FP32 products
-// (vdpbf16ps adds a pair of exact products in the order of the FMAs) whatever the batch. Views off
-// the first column and rows with tail columns included.
+// (vdpbf16ps adds a pair of exact products in the order of the FMAs; at the amx level the tiles add
+// them in the order the level's FMAs take too) whatever the batch. Views off the first column and
+// rows with tail columns included.
 TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   std::mt19937 rng(43);
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
