@@ -35,10 +35,20 @@ struct WeightMatrix {
   int32_t block_cols = 1;
   int64_t row_begin = 0, row_end = 0;
   int64_t col_begin = 0, col_end = 0;
+  // Stored for the amx level's tiles (PackForTiles): per group of 16 rows and pair of columns, the
+  // even column's 16 elements, then the odd column's (FP4: one byte per row, the even column in
+  // the low nibble); rows padded to whole groups, ld (columns) to a multiple of 32, with zeros.
+  bool tiled = false;
 
   int64_t rows() const { return row_end - row_begin; }
   int64_t cols() const { return col_end - col_begin; }
 };
+
+// The view w (FP8, FP4 or BF16; FP8 views starting on a block of scales) repacked for the tiles into
+// *storage; the scales are w's. Other formats come back as they are.
+WeightMatrix PackForTiles(const WeightMatrix& w, std::vector<uint8_t>* storage);
+// w as this CPU's level multiplies it fastest: PackForTiles at the amx level, else w itself.
+WeightMatrix StoreForThisCpu(const WeightMatrix& w, std::vector<uint8_t>* storage);
 
 // True when a layer's input activations are rounded to FP8 before the product (the reference does
 // this for FP8 and FP4 weights only).

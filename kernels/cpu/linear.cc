@@ -40,6 +40,10 @@ void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
   EnsureFlushDenormals();
   const int64_t row = w.row_begin + r;
   const int64_t n = w.cols();
+  if (w.tiled) {
+    for (int64_t c = 0; c < n; ++c) out[c] = linear::Element(w, row, w.col_begin + c);
+    return;
+  }
   switch (w.type) {
     case WeightType::kF32: {
       const float* src = static_cast<const float*>(w.data) + row * w.ld + w.col_begin;
@@ -135,8 +139,7 @@ DotFn SelectDot() {
 
 const linear::Paths* SelectPaths() {
   switch (ActiveIsa()) {
-    case Isa::kAmx:
-      return &linear::AmxPaths();
+    case Isa::kAmx:  // for F32 weights; the others take the tile path
     case Isa::kAvx512Bf16:
       return &linear::Avx512Bf16Paths();
     case Isa::kAvx512:
@@ -289,7 +292,11 @@ namespace linear {
 void EmulateAmxForTesting(bool on) { g_emulate_amx.store(on); }
 void SetProductsForTesting(Products p) { g_products.store(p); }
 bool AmxEmulated() { return g_emulate_amx.load(std::memory_order_relaxed); }
-bool AmxGemm() { return ActiveIsa() == Isa::kAmx || (AmxEmulated() && ActiveIsa() == Isa::kAvx512Bf16); }
+bool AmxTiles() { return ActiveIsa() == Isa::kAmx || (AmxEmulated() && ActiveIsa() == Isa::kAvx512Bf16); }
+int TokenExp(const float* x, int64_t n) {
+  bool zero;
+  return NormalizingExp(AmaxExp(x, n, &zero));
+}
 }  // namespace linear
 
 float Dot(const float* a, const float* b, int64_t n) {
@@ -300,18 +307,15 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   EnsureFlushDenormals();
-  static const linear::Paths* const level = SelectPaths();
-  // Emulated tiles (testing, on the avx512_bf16 level) run the amx level's paths.
-  const linear::Paths* const paths = linear::AmxGemm() ? &linear::AmxPaths() : level;
+  static const linear::Paths* const paths = SelectPaths();
   const linear::Products products = g_products.load(std::memory_order_relaxed);
-  const bool amx = linear::AmxGemm() && products != linear::Products::kFp32;
-  // BF16 products where the level has them and they beat FP32 FMAs on this core (the same bits);
-  // at the amx level, the GEMM's tiles wherever the inputs allow, and nothing else (the streaming
-  // path's vdpbf16ps would add a pair into one chain, where the tiles' order keeps two).
+  // Weights stored for the tiles take the tile path, whatever the number of tokens (the backend
+  // stores them so at the amx level).
+  auto tile_job = [&](const WeightMatrix& w) { return linear::TiledCovers(w) && ActiveIsa() >= Isa::kAvx512Bf16; };
+  // BF16 products where the level has them and they beat FP32 FMAs on this core (the same bits).
   auto bf16_pays = [&](bool gemm) {
     if (ActiveIsa() < Isa::kAvx512Bf16 || products == linear::Products::kFp32) return false;
-    if (amx) return gemm;
-    static const bool gemv = level->bf16_gemv_pays(), gemm_micro = level->bf16_gemm_pays();
+    static const bool gemv = paths->bf16_gemv_pays(), gemm_micro = paths->bf16_gemm_pays();
     return products == linear::Products::kBf16 || (gemm ? gemm_micro : gemv);
   };
   Scratch<Plan> plans(num_jobs);
@@ -338,6 +342,32 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     Plan& p = plans[j];
     p.job = &job;
     if (job.m <= 0 || w.rows() <= 0) continue;
+    if (tile_job(w)) {
+      // The inputs as they are (NaN and infinities stay whole in the first part), in one part where
+      // they are exact in BF16.
+      p.path = Plan::kTile, p.amx = true;
+      p.bf16 = ExactInBf16(job.x, job.m, job.ldx, w.cols());
+      p.parts = p.bf16 ? 1 : 3;
+      p.k32 = (w.cols() + 31) / 32 * 32;
+      const bool decode = job.m <= linear::kTileFmaRows;
+      p.ntb = decode ? 1 : ((job.m + 15) / 16 + 1) / 2 * 2;  // prefill: pairs of 16-token blocks
+      xt_words += linear::TileInputWords(p);
+      xexp_ints += job.m;
+      ++num_gemm;
+      CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(), FlopKind::kAmxBf16);
+      // Prefill: panels of up to 128 rows whose B tiles stay in L2 (512 KB), so that the tokens'
+      // tiles are read from L3 once for them all. Decode: about RowsPerTask's rows.
+      const int64_t rows32 = (w.rows() + 31) / 32 * 32;
+      int64_t pr = 128;
+      while (pr > 32 && (pr * p.k32 * 2 > (512 << 10) || pr > rows32)) pr /= 2;
+      if (decode) pr = std::max<int64_t>(32, std::min<int64_t>(rows32, RowsPerTask(w) / 32 * 32));
+      p.panel_rows = pr;
+      p.panels = (w.rows() + pr - 1) / pr;
+      const int64_t pairs = decode ? 1 : p.ntb / 2;
+      p.splits = std::min(pairs, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
+      num_tasks += p.panels * p.splits;
+      continue;
+    }
     bool finite = true;
     if (FastPathCovers(paths, w) && job.m <= kMaxGemvRows) {
       const int64_t f = first_reader[j];
@@ -365,15 +395,13 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       } else {
         p.path = Plan::kGemm;
         ++num_gemm;
-        p.amx = p.bf16 && amx;
         p.ntb = (job.m + paths->gemm_nt - 1) / paths->gemm_nt;
         p.nkb = (p.nchunks * p.cc + linear::kKc - 1) / linear::kKc;
         xt_words += p.nkb * p.ntb * paths->xt_block_words(p.bf16);
         if (w.type == WeightType::kFP8 || w.type == WeightType::kFP4) xexp_ints += job.m;
       }
     }
-    CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(),
-              p.amx ? FlopKind::kAmxBf16 : p.bf16 ? FlopKind::kBf16 : FlopKind::kFp32);
+    CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(), p.bf16 ? FlopKind::kBf16 : FlopKind::kFp32);
     if (p.path == Plan::kGemm) {
       p.panels = (w.rows() + paths->gemm_task_rows - 1) / paths->gemm_task_rows;
       p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
@@ -392,8 +420,8 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   Scratch<Task> tasks(num_tasks);
   int64_t xp_used = 0, xt_used = 0, xexp_used = 0, nt = 0;
   // The GEMM jobs that pack their input (a job with no full chunk packs nothing, but is one).
-  Scratch<int64_t> packs(num_gemm, NoInit{});
-  int64_t num_packs = 0;
+  Scratch<int64_t> packs(num_gemm, NoInit{}), tile_packs(num_gemm, NoInit{});
+  int64_t num_packs = 0, num_tile_packs = 0;
   // The earlier job whose copy of its input job j takes: the same input, path and weight format,
   // and `same` of its plan; null if none.
   auto earlier_copy = [&](int64_t j, auto same) -> const Plan* {
@@ -423,7 +451,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     if (p.path == Plan::kGemm) {
       // Jobs reading the same input the same way share one packed copy (w1 and w3 of an expert).
-      const Plan* shared = earlier_copy(j, [&](const Plan& q) { return q.bf16 == p.bf16 && q.amx == p.amx; });
+      const Plan* shared = earlier_copy(j, [&](const Plan& q) { return q.bf16 == p.bf16; });
       if (shared != nullptr) {
         p.xt = shared->xt, p.xexp = shared->xexp;
       } else {
@@ -435,6 +463,29 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         }
         packs[num_packs++] = j;
       }
+    }
+    if (p.path == Plan::kTile) {
+      // Every tile job reading the same input packs it the same way, whatever its weight format.
+      const Plan* shared = nullptr;
+      for (int64_t i = first_reader[j]; i < j && shared == nullptr; ++i)
+        if (first_reader[i] == first_reader[j] && plans[i].path == Plan::kTile && plans[i].xt != nullptr)
+          shared = &plans[i];
+      if (shared != nullptr) {
+        p.xt = shared->xt, p.xexp = shared->xexp;
+      } else {
+        p.xt = xt.data() + xt_used, p.xexp = xexp.data() + xexp_used;
+        xt_used += linear::TileInputWords(p);
+        xexp_used += job.m;
+        tile_packs[num_tile_packs++] = j;
+      }
+      for (int64_t s = 0; s < p.splits; ++s)
+        for (int64_t pi = 0; pi < p.panels; ++pi) {
+          const int64_t pairs = (p.ntb + 1) / 2;
+          tasks[nt++] = {static_cast<int32_t>(j), pi * p.panel_rows, std::min(w.rows(), (pi + 1) * p.panel_rows),
+                         std::min(p.ntb, 2 * (pairs * s / p.splits)),
+                         std::min(p.ntb, 2 * (pairs * (s + 1) / p.splits))};
+        }
+      continue;
     }
     // Tasks.
     if (p.path == Plan::kGemm) {
@@ -481,6 +532,17 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       }
     });
   }
+  if (num_tile_packs > 0) {
+    int64_t units = 0;
+    for (int64_t i = 0; i < num_tile_packs; ++i) units += plans[tile_packs[i]].ntb;
+    ParallelForDynamic(units, 1, [&](int64_t b, int64_t e) {
+      for (int64_t u = b; u < e; ++u) {
+        int64_t rest = u, i = 0;
+        while (rest >= plans[tile_packs[i]].ntb) rest -= plans[tile_packs[i++]].ntb;
+        linear::TilePackBlock(plans[tile_packs[i]], rest);
+      }
+    });
+  }
   ParallelForDynamic(nt, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const Task& t = tasks[i];
@@ -494,6 +556,9 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
           break;
         case Plan::kGemm:
           paths->gemm_task(p, t.r0, t.r1, t.tb0, t.tb1);
+          break;
+        case Plan::kTile:
+          linear::TileTask(p, t.r0, t.r1, t.tb0, t.tb1);
           break;
       }
     }

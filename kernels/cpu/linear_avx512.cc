@@ -1,6 +1,6 @@
-// The avx512, avx512_bf16 and amx levels' matrix paths: one source (linear_avx512.inc) compiled
-// three times with different target attributes and summation orders, so that the avx512 copy, which
-// Skylake-SP and Cascade Lake run, contains no VBMI or BF16 instruction.
+// The avx512 and avx512_bf16 levels' matrix paths: one source (linear_avx512.inc) compiled twice
+// with different target attributes, so that the avx512 copy, which Skylake-SP and Cascade Lake
+// run, contains no VBMI or BF16 instruction.
 // GCC 12 reports its own AVX-512 headers' deliberately undefined pass-through operands as
 // uninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -12,7 +12,6 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <iterator>
 #include <type_traits>
 #include <vector>
 
@@ -23,7 +22,6 @@
 
 namespace dsv4::kernels::linear {
 
-#define DSV4_L512_AMX 0
 namespace avx512 {
 #define DSV4_L512_BF16 0
 #define DSV4_L512_TARGET DSV4_AVX512_TARGET
@@ -39,20 +37,8 @@ namespace avx512_bf16 {
 #undef DSV4_L512_TARGET
 #undef DSV4_L512_BF16
 }  // namespace avx512_bf16
-#undef DSV4_L512_AMX
-
-namespace amx {
-#define DSV4_L512_BF16 1
-#define DSV4_L512_AMX 1
-#define DSV4_L512_TARGET DSV4_AVX512_BF16_TARGET
-#include "kernels/cpu/linear_avx512.inc"
-#undef DSV4_L512_TARGET
-#undef DSV4_L512_AMX
-#undef DSV4_L512_BF16
-}  // namespace amx
 
 const Paths& Avx512Paths() { return avx512::GetPaths(); }
 const Paths& Avx512Bf16Paths() { return avx512_bf16::GetPaths(); }
-const Paths& AmxPaths() { return amx::GetPaths(); }
 
 }  // namespace dsv4::kernels::linear

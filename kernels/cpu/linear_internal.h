@@ -2,8 +2,10 @@
 // linear_avx2.cc, linear_avx512.cc, amx.cc: the vector paths). Not part of the kernels' API.
 //
 // Every (weight row, token) result of a vector path comes out of one canonical order per
-// instruction-set level, whichever path runs and however many token rows come together, so a
-// token's output does not depend on its batch and prefill agrees with decode to the bit:
+// instruction-set level and weight format, whichever path runs and however many token rows come
+// together, so a token's output does not depend on its batch and prefill agrees with decode to the
+// bit. At the amx level, FP8, FP4 and BF16 weights take the tile path (amx.cc), in the tiles' own
+// order, stated there; F32 weights the avx512_bf16 paths. The streaming and GEMM paths:
 //   * The full chunks of a row (32 bytes of storage on AVX2, 64 on AVX-512; 128 for F32 weights on
 //     AVX-512) are decoded into vectors in a fixed order; the position of a column within the
 //     decoded sequence of its chunk is fixed by the level's LaneColumn.
@@ -12,12 +14,6 @@
 //   * AVX-512: 16 lane sums, each a chain over pairs of columns (the two halves of a BF16 pair
 //     register: first the high half, then the low half, as vdpbf16ps adds them), folded into 8 (lane
 //     i + lane i + 8) and then Hsum's tree.
-//   * AMX (the amx level, every path of it): the AVX-512 lanes and tree, but each lane's pair steps
-//     go in blocks of kTileSteps (512 columns of the row, counted from the view's first): within a
-//     block the high halves' products form one chain from zero and the low halves' another, and
-//     the lane sum adds the block as sum + (high + low). That is what a TDPBF16PS computes (amx.cc),
-//     so the tiles, the FP32 FMAs of the streaming path and of the GEMM's FP32 micro-kernel give the
-//     same bits. vdpbf16ps, which adds a pair into one chain, has no place in it.
 //   * Then the columns after the last full chunk, one by one, as FMAs.
 // Both paths multiply their operands by powers of two, which changes no rounding as long as every
 // product and sum stays in the normal range: each normalizes a token row of FP8 or FP4 products
@@ -43,20 +39,24 @@ namespace dsv4::kernels::linear {
 // threads, weights streamed from DRAM, m = 16: FP8 134 against 94-101 GFLOP/s with AVX-512, 93 against 80-83 with AVX2;
 // BF16 121-129 against 92-97).
 constexpr int kMaxGemvRows = 16;
-constexpr int64_t kKc = 2048;    // GEMM: columns per block (a multiple of every chunk width)
-constexpr int64_t kTileSteps = 16;  // amx level: pair steps of one tile instruction (kKc holds 4 blocks)
+constexpr int64_t kKc = 2048;  // GEMM: columns per block (a multiple of every chunk width)
+// Tile path: token rows taken on FMAs, each weight decoded in registers; more go through the tiles,
+// whose panels of decoded weights cost less than the FMAs from there on (the AMX Xeon, 2 threads,
+// v4-bench: batch 8 26.7 tokens/s on tiles, 23.1 on FMAs; batch 4 19.5 on FMAs, 14.7 on tiles).
+// Both give the same bits.
+constexpr int64_t kTileFmaRows = 4;
 
 // How one job runs, decided before the parallel pass.
 struct Plan {
   const LinearJob* job = nullptr;
-  enum Path { kScalar, kGemv, kGemm } path = kScalar;
+  enum Path { kScalar, kGemv, kGemm, kTile } path = kScalar;
   // Products taken in BF16 (vdpbf16ps, AMX) instead of FP32 FMAs: the level has them, the weights
   // are FP8, FP4 or BF16 (exact in BF16 by their format, times power-of-two scales) and every input
   // element of the job was checked to be exact in BF16 (its low 16 bits are zero, as after the
   // reference's FP8 rounding). BF16 products are then the exact products the FP32 FMAs take, added
   // in the same order: the results are the same bits either way.
   bool bf16 = false;
-  bool amx = false;     // the GEMM runs on AMX tiles (implies bf16)
+  bool amx = false;     // the tile path (amx.cc)
   int64_t cc = 0;       // columns per chunk
   int64_t nchunks = 0;  // full chunks of the view's columns; the rest are tail columns
   // Streaming path: the token rows in lane order [m][nchunks * cc], pre-scaled for FP4 (by 2^kx)
@@ -76,8 +76,13 @@ struct Plan {
   // BF16 and F32 weights (neither path scales those token rows).
   int* xexp = nullptr;
   int64_t ntb = 0, nkb = 0;
-  // Tasks: GEMM, row panels x token-block splits; otherwise rows per task.
-  int64_t panels = 0, splits = 0, rows_per_task = 0;
+  // Tile path: the input in `parts` BF16 parts (1 where it is exact in BF16, else 3), token blocks
+  // of nb tokens (min(m, 16)), the columns padded to k32 (a multiple of 32); xt holds ntb blocks of
+  // parts x k32 / 2 x nb words, xexp each token's power of two.
+  int64_t parts = 1, nb = 0, k32 = 0;
+  // Tasks: GEMM and tile path, row panels (of panel_rows) x token-block splits; otherwise rows per
+  // task.
+  int64_t panels = 0, splits = 0, rows_per_task = 0, panel_rows = 0;
 };
 
 struct Task {
@@ -115,32 +120,32 @@ struct Paths {
 const Paths& Avx2Paths();
 const Paths& Avx512Paths();      // AVX-512 F/BW/DQ/VL
 const Paths& Avx512Bf16Paths();  // + VBMI, BF16
-const Paths& AmxPaths();         // the same instructions in the tiles' order, the GEMM on AMX tiles
 
-// Testing only: the amx level's paths, with the tile instructions emulated in plain C++ as amx.cc
-// models them (data layout, strides and padding are the real path's), on machines whose CPU lacks
-// AMX; requires the avx512_bf16 level.
+// Testing only: the amx level's tile path with the tile instructions emulated in plain C++ as
+// amx.cc models them, on machines whose CPU lacks AMX; requires the avx512_bf16 level.
 void EmulateAmxForTesting(bool on);
 bool AmxEmulated();
 // Testing only: jobs whose inputs are exact in BF16 take FP32 products (kFp32), or BF16 products
-// where the level has them (kBf16), whichever is faster; kAuto: the faster.
+// where the level has them (kBf16), whichever is faster; kAuto: the faster. The tile path ignores it.
 enum class Products { kAuto, kFp32, kBf16 };
 void SetProductsForTesting(Products p);
-bool AmxGemm();  // the GEMM takes the AMX path (real or emulated)
+bool AmxTiles();  // weights are stored for the tiles at this level (real or emulated tiles)
 
-// amx.cc: the AMX tile kernel of the GEMM. A thread brackets its tile work with AmxBeginTask (loads
-// the tile configuration: eight 16 x 64-byte tiles) and AmxEndTask (releases the tiles).
-void AmxBeginTask();
-void AmxEndTask();
-// One canonical lane of a 32-row x 32-token block: c[r * 32 + t] (+)= the lane's sum over `steps`
-// (a multiple of 16) pair steps, a[r * lda + s] (BF16 pairs, the high column in the low half)
-// against b[s * ldb + t] (the same). Four C tiles (2 x 2 blocks of 16 x 16), two A tiles (rows 0-15,
-// 16-31) and two B tiles (tokens 0-15, 16-31); each TDPBF16PS adds one block of 16 pair steps to
-// every sum, in the amx level's order.
-void AmxLane(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t steps, int64_t ldb, float* c, bool accumulate);
+// amx.cc: the tile path, for weights stored for the tiles (WeightMatrix::tiled) in views that start
+// on a group of 16 rows and a step of 32 columns. Packed input words of a plan; the packing of
+// token block tb (decode: all tokens; and the powers of two of its tokens); the products of rows
+// [r0, r1) of the view (at most panel_rows; r0 a multiple of 32) with token blocks [tb0, tb1).
+bool TiledCovers(const WeightMatrix& w);
+int64_t TileInputWords(const Plan& p);
+void TilePackBlock(const Plan& p, int64_t tb);
+void TileTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1);
 // Whether this CPU's TDPBF16PS computes what amx.cc models (tile data must be granted); if not, why.
 // The amx level is only offered where it does.
 bool AmxTilesFollowTheModel(std::string* why);
+
+// The power of two that brings the largest |x| of a token row of n values into [1, 2) (0 for a
+// zero row and for one with a NaN or Inf), clamped to [-126, 126].
+int TokenExp(const float* x, int64_t n);
 
 // ---- helpers shared by the paths -----------------------------------------------------------------
 
@@ -219,8 +224,42 @@ inline float ScaleE8m0(float v, uint8_t e) {
   return v * E8m0ToFloat(e);
 }
 
+// Bytes per pair step of a group of a tiled matrix.
+inline int64_t TiledStepBytes(WeightType t) { return t == WeightType::kBF16 ? 64 : t == WeightType::kFP8 ? 32 : 16; }
+
+// The stored code of element (row, col) (absolute) of a tiled matrix: a BF16 word, an FP8 byte, an
+// FP4 nibble.
+inline uint32_t TiledCode(const WeightMatrix& w, int64_t row, int64_t col) {
+  const uint8_t* step =
+      static_cast<const uint8_t*>(w.data) + ((row / 16) * (w.ld / 2) + col / 2) * TiledStepBytes(w.type);
+  const int64_t r = row % 16, half = col % 2;
+  switch (w.type) {
+    case WeightType::kBF16: {
+      uint16_t v;
+      std::memcpy(&v, step + 2 * (16 * half + r), 2);
+      return v;
+    }
+    case WeightType::kFP8:
+      return step[16 * half + r];
+    default:
+      return half ? step[r] >> 4 : step[r] & 0xf;
+  }
+}
+
 // One weight element, dequantized (for tail columns).
 inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
+  if (w.tiled) {
+    const uint32_t code = TiledCode(w, row, col);
+    switch (w.type) {
+      case WeightType::kBF16:
+        return Bf16ToFloat(static_cast<uint16_t>(code));
+      case WeightType::kFP8:
+        return ScaleE8m0(Fp8E4m3ToFloat(static_cast<uint8_t>(code)),
+                         w.scales[(row / w.block_rows) * w.scale_ld + col / w.block_cols]);
+      default:
+        return ScaleE8m0(kFp4E2m1[code], w.scales[row * w.scale_ld + col / 32]);
+    }
+  }
   switch (w.type) {
     case WeightType::kF32:
       return static_cast<const float*>(w.data)[row * w.ld + col];

@@ -112,9 +112,13 @@ class Backend {
   virtual void CopyToHost(void* dst, const void* src, int64_t bytes) = 0;
   virtual void CopyOnDevice(void* dst, const void* src, int64_t bytes) = 0;
   virtual void Zero(void* x, int64_t bytes) = 0;
-  // The view of a (host, mmapped) weight on this device: the same view on the CPU; a copy of the
-  // rectangle the view covers on a GPU, uploaded once per rank shard.
-  virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) = 0;
+  // How the runtime reads a weight: in products (Linear) of inputs rounded as the reference rounds
+  // them before FP8/FP4 products, in products of unrounded inputs, or by rows (an embedding table).
+  enum class WeightUse { kProducts, kUnroundedProducts, kRows };
+  // The view of a (host, mmapped) weight on this device: the same view on the CPU (at the amx
+  // level, FP8/FP4/BF16 products a copy stored for the tiles); a copy of the rectangle the view
+  // covers on a GPU, uploaded once per rank shard.
+  virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) = 0;
   // Whether host memory is the device's own, so that placing host data is a view of it, not a copy
   // (the CPU backend's).
   virtual bool HostIsDevice() const { return device() == Device::kCpu; }

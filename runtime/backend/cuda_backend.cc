@@ -174,7 +174,7 @@ class CudaBackend final : public Backend {
     if (ok() && bytes > 0) Check(cudaMemsetAsync(x, 0, bytes, stream_), "memset");
   }
 
-  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host) override {
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse) override {
     const auto key = std::make_tuple(host.data, host.row_begin, host.row_end, host.col_begin, host.col_end);
     if (auto it = placed_.find(key); it != placed_.end()) return it->second;
     if (const char* why = kc::CheckWeight(host); why != nullptr)
@@ -202,7 +202,7 @@ class CudaBackend final : public Backend {
       if (experts[e].w1 == nullptr) continue;
       const kernels::WeightMatrix* host[3] = {experts[e].w1, experts[e].w2, experts[e].w3};
       for (int k = 0; k < 3; ++k) {
-        DSV4_ASSIGN_OR_RETURN(views[k][e], PlaceWeight(*host[k]), "expert ", e);
+        DSV4_ASSIGN_OR_RETURN(views[k][e], PlaceWeight(*host[k], WeightUse::kProducts), "expert ", e);
       }
       if (first_held < 0) first_held = static_cast<int64_t>(e);
     }

@@ -89,7 +89,7 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& lw = w_->layers[l];
     MoeLayer& ml = moe_[l];
-    ml.gate = placed(be.PlaceWeight(lw.gate));
+    ml.gate = placed(be.PlaceWeight(lw.gate, Backend::WeightUse::kUnroundedProducts));
     ml.gate_bias = place(lw.gate_bias);
     if (!lw.tid2eid.empty())
       ml.tid2eid = placed(be.PlaceInts(lw.tid2eid.data(), static_cast<int64_t>(lw.tid2eid.size())));
@@ -108,11 +108,13 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     bp.hc_ffn = place_hc(lw.hc_ffn_fn, lw.hc_ffn_scale, lw.hc_ffn_base);
     bp.attn_norm = place(lw.attn_norm), bp.ffn_norm = place(lw.ffn_norm);
     if (lw.has_engram) {
-      bp.engram_wkv = placed(be.PlaceWeight(lw.engram.wkv));
+      bp.engram_wkv = placed(be.PlaceWeight(lw.engram.wkv, Backend::WeightUse::kProducts));
       bp.engram_gate = place(lw.engram.gate_weight);
     }
   }
-  auto place_weight = [&](const WeightMatrix& w) { return w.data == nullptr ? w : placed(be.PlaceWeight(w)); };
+  auto place_weight = [&](const WeightMatrix& w, Backend::WeightUse use = Backend::WeightUse::kProducts) {
+    return w.data == nullptr ? w : placed(be.PlaceWeight(w, use));
+  };
   auto place_compressor = [&](const CompressorWeights& cw) {
     CompressorParams p{place_weight(cw.wkv), place_weight(cw.wgate), place(cw.ape), place(cw.norm)};
     if (p.ape == nullptr && cw.ratio > 1) {  // pooling adds a bias: a zero one adds nothing
@@ -127,7 +129,7 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
     const LayerWeights& lw = w_->layers[l];
     AttentionParams& ap = attn_params_[l];
     ap.wq_a = place_weight(lw.wq_a), ap.wq_b = place_weight(lw.wq_b), ap.wkv = place_weight(lw.wkv);
-    ap.wo_a = place_weight(lw.wo_a), ap.wo_b = place_weight(lw.wo_b);
+    ap.wo_a = place_weight(lw.wo_a, Backend::WeightUse::kUnroundedProducts), ap.wo_b = place_weight(lw.wo_b);
     ap.q_norm = place(lw.q_norm), ap.kv_norm = place(lw.kv_norm), ap.attn_sink = place(lw.attn_sink);
     if (lw.has_compressor) ap.compressor = place_compressor(lw.compressor);
     if (lw.has_indexer) {
@@ -139,8 +141,8 @@ Model::Model(std::shared_ptr<const ModelWeights> weights, ForwardOptions options
   }
   hc_head_ = place_hc(w_->hc_head_fn, w_->hc_head_scale, w_->hc_head_base);
   norm_ = place(w_->norm);
-  embed_ = placed(be.PlaceWeight(w_->embed));
-  head_ = placed(be.PlaceWeight(w_->head));
+  embed_ = placed(be.PlaceWeight(w_->embed, Backend::WeightUse::kRows));
+  head_ = placed(be.PlaceWeight(w_->head, Backend::WeightUse::kUnroundedProducts));
   load_counts_ = static_cast<int64_t*>(placed(be.Allocate(L * E * static_cast<int64_t>(sizeof(int64_t)))));
   be.Zero(load_counts_, L * E * static_cast<int64_t>(sizeof(int64_t)));
   check(be.Synchronize());

@@ -402,9 +402,9 @@ bool ExactInBf16(const std::vector<float>& x) {
 }
 
 // Products of BF16-exact inputs: against the plain loop, and bit for bit the same as FP32 products
-// (vdpbf16ps adds a pair of exact products in the order of the FMAs; at the amx level the tiles add
-// them in the order the level's FMAs take too) whatever the batch. Views off the first column and
-// rows with tail columns included.
+// (vdpbf16ps adds a pair of exact products in the order of the FMAs) whatever the batch. Views off
+// the first column and rows with tail columns included. (Weights as stored, not for the tiles: the
+// amx level multiplies these with the avx512_bf16 paths.)
 TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   std::mt19937 rng(43);
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
@@ -441,56 +441,98 @@ TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   }
 }
 
-// The amx level's paths with the tile instructions emulated as kernels/cpu/amx.cc models TDPBF16PS:
-// the panel and input layouts, the swapped pair halves, the zero padding to whole 16-step tiles and
-// the partial row panels give the streaming path's sums in the tiles' order bit for bit (a machine
-// with AMX runs the real tiles in AmxTilesMatchTheCanonicalOrder below).
-TEST(FastLinear, AmxLayoutEmulated) {
-  if (ActiveIsa() != Isa::kAvx512Bf16)
-    GTEST_SKIP() << "the emulated AMX path runs on the avx512_bf16 level; this run has " << IsaName(ActiveIsa());
+// Weights stored for the tiles (PackForTiles): every element reads back as stored, views included.
+TEST(TiledLinear, PackingKeepsEveryElement) {
   std::mt19937 rng(47);
-  linear::EmulateAmxForTesting(true);
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
-    for (auto [rows, cols] : {std::pair{70, 2560}, {17, 384}}) {
-      TestWeight tw = MakeWeight(type, rows, cols, rng);
-      const int64_t m = 45;
-      const std::vector<float> x = MakeFp8Input(m, cols + 7, rng);
+    TestWeight tw = MakeWeight(type, 300, 512, rng);
+    for (int view = 0; view < 2; ++view) {
       WeightMatrix wv = tw.w;
-      wv.col_end = cols - 3;  // tail columns
-      std::vector<float> all(m * rows), one(rows);
-      Linear(x.data(), m, cols + 7, wv, all.data(), rows);
-      const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols);
-      ExpectMatchesRef(x.data(), m, cols + 7, wv, all.data(), rows, what);
-      for (int64_t t = 0; t < m; ++t) {
-        Linear(x.data() + t * (cols + 7), 1, cols + 7, wv, one.data(), rows);
-        for (int64_t r = 0; r < rows; ++r)
-          ASSERT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(all[t * rows + r]))
-              << what << " token " << t << " row " << r;
+      if (view == 1) wv.row_begin = 128, wv.row_end = 290, wv.col_begin = 128, wv.col_end = 480;
+      std::vector<uint8_t> storage;
+      const WeightMatrix t = PackForTiles(wv, &storage);
+      ASSERT_TRUE(t.tiled) << Name(type);
+      ASSERT_EQ(t.rows(), wv.rows());
+      ASSERT_EQ(t.cols(), wv.cols());
+      std::vector<float> a(wv.cols()), b(wv.cols());
+      for (int64_t r = 0; r < wv.rows(); ++r) {
+        DequantRow(wv, r, a.data());
+        DequantRow(t, r, b.data());
+        for (int64_t c = 0; c < wv.cols(); ++c)
+          ASSERT_EQ(std::bit_cast<uint32_t>(a[c]), std::bit_cast<uint32_t>(b[c]))
+              << Name(type) << " view " << view << " row " << r << " col " << c;
       }
     }
   }
-  linear::EmulateAmxForTesting(false);
 }
 
-// The real AMX tiles (where the CPU and the kernel allow them, and the tiles round as modelled): the
-// plain loop's result, and the canonical order bit for bit, prefill (tiles) against decode (FP32
-// FMAs in the tiles' order).
-TEST(FastLinear, AmxTilesMatchTheCanonicalOrder) {
-  if (ActiveIsa() != Isa::kAmx)
-    GTEST_SKIP() << "AMX tiles are not in use: " << (*AmxUnavailableReason() ? AmxUnavailableReason() : "DSV4_CPU_ISA is lower");
+// The tiles' order (kernels/cpu/amx.cc), in plain C++: x scaled by the power of two that brings its
+// largest |x| into [1, 2), split exactly into BF16 parts, the columns in steps of 32, and per step
+// and part c = c + (even chain + odd chain) on the dequantized weights.
+float TileOrderDot(const WeightMatrix& w, int64_t r, const float* x, int parts) {
+  const int64_t n = w.cols();
+  float amax = 0.f;
+  for (int64_t c = 0; c < n; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const int e = amax > 0.f ? std::clamp(-std::ilogb(amax), -126, 126) : 0;
+  std::vector<float> row(n), part[3];
+  DequantRow(w, r, row.data());
+  for (auto& v : part) v.assign((n + 31) / 32 * 32, 0.f);
+  for (int64_t c = 0; c < n; ++c) {
+    const float xs = std::ldexp(x[c], e);
+    const float hi = std::bit_cast<float>(std::bit_cast<uint32_t>(xs) & 0xFFFF0000u);
+    const float rest = xs - hi;
+    const float mid = std::bit_cast<float>(std::bit_cast<uint32_t>(rest) & 0xFFFF0000u);
+    part[0][c] = hi, part[1][c] = mid, part[2][c] = rest - mid;
+  }
+  float acc = 0.f;
+  for (int64_t s = 0; s < n; s += 32)
+    for (int q = 0; q < parts; ++q) {
+      float even = 0.f, odd = 0.f;
+      for (int64_t k = s; k < s + 32; k += 2) {
+        if (k < n) even = std::fma(row[k], part[q][k], even);
+        if (k + 1 < n) odd = std::fma(row[k + 1], part[q][k + 1], odd);
+      }
+      acc += even + odd;
+    }
+  return std::ldexp(acc, -e);
+}
+
+// Products with weights stored for the tiles: the tiles' order bit for bit, decode (up to 4 tokens,
+// FMAs) and prefill (AMX tiles, or their model where the CPU has none) alike, in every batch split;
+// inputs exact in BF16 (one part) and not (three), tail columns and views included.
+TEST(TiledLinear, TileOrderBitForBitWhateverTheBatch) {
+  if (ActiveIsa() < Isa::kAvx512Bf16)
+    GTEST_SKIP() << "the tile path needs AVX-512 BF16; this run has " << IsaName(ActiveIsa());
   std::mt19937 rng(53);
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
-    TestWeight tw = MakeWeight(type, 96, 2304, rng);
-    const int64_t m = 40;
-    const std::vector<float> x = MakeFp8Input(m, 2304, rng);
-    std::vector<float> all(m * 96), one(96);
-    Linear(x.data(), m, 2304, tw.w, all.data(), 96);
-    ExpectMatchesRef(x.data(), m, 2304, tw.w, all.data(), 96, Name(type) + " amx");
-    for (int64_t t = 0; t < m; ++t) {
-      Linear(x.data() + t * 2304, 1, 2304, tw.w, one.data(), 96);
-      for (int64_t r = 0; r < 96; ++r)
-        ASSERT_EQ(std::bit_cast<uint32_t>(one[r]), std::bit_cast<uint32_t>(all[t * 96 + r]))
-            << Name(type) << " token " << t << " row " << r;
+    for (auto [rows, cols] : {std::pair{70, 1056}, {40, 2304}}) {
+      TestWeight tw = MakeWeight(type, rows, cols, rng);
+      for (int inexact = 0; inexact < 2; ++inexact) {
+        const int64_t m = 37;
+        const std::vector<float> x = inexact ? MakeInput(m, cols, rng) : MakeFp8Input(m, cols, rng);
+        WeightMatrix wv = tw.w;
+        if (type != WeightType::kFP4) wv.col_end = cols - 7;  // a partial last step
+        std::vector<uint8_t> storage;
+        const WeightMatrix t = PackForTiles(wv, &storage);
+        const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(t.cols()) +
+                                 (inexact ? " inexact" : " exact");
+        std::vector<float> all(m * rows);
+        Linear(x.data(), m, cols, t, all.data(), rows);
+        ExpectMatchesRef(x.data(), m, cols, wv, all.data(), rows, what);
+        for (int64_t tok = 0; tok < m; ++tok)
+          for (int64_t r = 0; r < rows; ++r)
+            ASSERT_EQ(std::bit_cast<uint32_t>(all[tok * rows + r]),
+                      std::bit_cast<uint32_t>(TileOrderDot(t, r, x.data() + tok * cols, inexact ? 3 : 1)))
+                << what << " token " << tok << " row " << r;
+        for (int64_t chunk : {1, 3, 16, 17}) {
+          std::vector<float> part(m * rows);
+          for (int64_t tok = 0; tok < m; tok += chunk)
+            Linear(x.data() + tok * cols, std::min(chunk, m - tok), cols, t, part.data() + tok * rows, rows);
+          for (int64_t i = 0; i < m * rows; ++i)
+            ASSERT_EQ(std::bit_cast<uint32_t>(part[i]), std::bit_cast<uint32_t>(all[i]))
+                << what << " chunk " << chunk << " element " << i;
+        }
+      }
     }
   }
 }

@@ -103,7 +103,7 @@ TEST_F(BackendOps, LinearQdqNormRopeHadamard) {
   std::vector<float> x = Random(m * ld, 3.f), w = Random(96 * n, 0.1f, 4);
   kernels::WeightMatrix host;
   host.type = kernels::WeightType::kF32, host.data = w.data(), host.ld = n, host.row_end = 96, host.col_end = n;
-  auto dw = be_->PlaceWeight(host);
+  auto dw = be_->PlaceWeight(host, Backend::WeightUse::kProducts);
   ASSERT_TRUE(dw.ok()) << dw.status();
   float* dx = Put(x);
   std::vector<float> y(m * 100, 0.f), want = y;
@@ -176,7 +176,7 @@ TEST_F(BackendOps, MhcSwiGluPoolTopKGatherCombine) {
   kernels::WeightMatrix table;
   table.type = kernels::WeightType::kBF16, table.data = table_bits.data(), table.ld = D, table.row_end = 50,
   table.col_end = D;
-  auto dtable = be_->PlaceWeight(table);
+  auto dtable = be_->PlaceWeight(table, Backend::WeightUse::kRows);
   ASSERT_TRUE(dtable.ok()) << dtable.status();
   const std::vector<int32_t> tokens = {49, 0, 17};
   std::vector<float> emb(m * 2 * D);
@@ -343,14 +343,18 @@ TEST_F(BackendOps, RoutedExpertsEndToEnd) {
   ExpertFfnOptions fo;
   fo.swiglu_limit = 7.f;
   be_->ExpertFfn(**table, dxs, D, doffsets, pairs, dws, fo, dys, D);
-  // The same FFN from single products on the CPU, expert by expert.
+  // The same FFN from single products on the CPU, expert by expert, on the weights as the CPU
+  // backend stores them (for the tiles at the amx level).
+  std::vector<std::vector<uint8_t>> stored(mats.size());
+  std::vector<kernels::WeightMatrix> cpu_mats(mats.size());
+  for (size_t i = 0; i < mats.size(); ++i) cpu_mats[i] = kernels::StoreForThisCpu(mats[i], &stored[i]);
   std::vector<float> want(pairs * D, 0.f), g(I), u(I);
   for (int64_t e = 0; e < E; ++e)
     for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
-      kernels::Linear(&xs[r * D], 1, D, mats[e * 3], g.data(), I);
-      kernels::Linear(&xs[r * D], 1, D, mats[e * 3 + 2], u.data(), I);
+      kernels::Linear(&xs[r * D], 1, D, cpu_mats[e * 3], g.data(), I);
+      kernels::Linear(&xs[r * D], 1, D, cpu_mats[e * 3 + 2], u.data(), I);
       kernels::SwiGlu(g.data(), u.data(), 1, I, I, &ws[r], 7.f, g.data());
-      kernels::Linear(g.data(), 1, I, mats[e * 3 + 1], &want[r * D], D);
+      kernels::Linear(g.data(), 1, I, cpu_mats[e * 3 + 1], &want[r * D], D);
     }
   got = Get(dys, want.size());
   const int64_t kept = offsets[E];
@@ -450,7 +454,7 @@ TEST_F(BackendOps, CompressedKvScaleWatchdogAndEngramGate) {
   std::vector<float> emb = Random(tokens * K, 1.f, 12), streams = Random(tokens * hc * D, 1.f, 13);
   kernels::WeightMatrix host;
   host.type = kernels::WeightType::kF32, host.data = wkv.data(), host.ld = K, host.row_end = N, host.col_end = K;
-  auto dw = be_->PlaceWeight(host);
+  auto dw = be_->PlaceWeight(host, Backend::WeightUse::kProducts);
   ASSERT_TRUE(dw.ok()) << dw.status();
   float* ds = Put(streams);
   be_->EngramGate(*dw, Put(gate), Put(emb), tokens, hc, D, 1e-6f, /*act_qdq=*/true, ds);

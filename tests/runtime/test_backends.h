@@ -57,9 +57,9 @@ class ForwardingBackend : public Backend {
     const Op op(this, "Zero", {x});
     in_->Zero(x, bytes);
   }
-  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w) override {
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w, WeightUse use) override {
     const Op op(this, "PlaceWeight", {});
-    return in_->PlaceWeight(w);
+    return in_->PlaceWeight(w, use);
   }
   absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> e) override {
     const Op op(this, "PlaceExperts", {});
@@ -310,8 +310,8 @@ class GuardedBackend final : public ForwardingBackend {
   WorkspaceMark Mark() const override { return {0, workspace_}; }
   void Release(WorkspaceMark m) override { workspace_ = m.offset; }
   // A placed weight stays the CPU backend's view of host memory: the operations may read it.
-  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w) override {
-    auto placed = ForwardingBackend::PlaceWeight(w);
+  absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& w, WeightUse use) override {
+    auto placed = ForwardingBackend::PlaceWeight(w, use);
     if (placed.ok()) placed_.insert(placed->data);
     return placed;
   }
