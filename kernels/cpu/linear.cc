@@ -286,6 +286,20 @@ int64_t RowsPerTask(const WeightMatrix& w) {
   return rows;
 }
 
+// fn(job, unit) for every unit of the jobs list[0, n), units(job) each, shared out among the threads.
+template <typename Units, typename Fn>
+void ForEachUnit(const int64_t* list, int64_t n, Units units, Fn fn) {
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) total += units(list[i]);
+  ParallelForDynamic(total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      int64_t rest = u, i = 0;
+      while (rest >= units(list[i])) rest -= units(list[i++]);
+      fn(list[i], rest);
+    }
+  });
+}
+
 }  // namespace
 
 namespace linear {
@@ -521,28 +535,15 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         p.xexp[t] = NormalizingExp(AmaxExp(p.job->x + t * p.job->ldx, p.job->w->cols(), &zero));
       }
     });
-    int64_t units = 0;
-    for (int64_t i = 0; i < num_packs; ++i) units += plans[packs[i]].nkb;
-    ParallelForDynamic(units, 1, [&](int64_t b, int64_t e) {
-      for (int64_t u = b; u < e; ++u) {
-        int64_t rest = u, i = 0;
-        while (rest >= plans[packs[i]].nkb) rest -= plans[packs[i++]].nkb;
-        const Plan& p = plans[packs[i]];
-        paths->pack_gemm_block(p, rest, static_cast<uint32_t*>(p.xt) + rest * p.ntb * paths->xt_block_words(p.bf16));
-      }
-    });
+    ForEachUnit(packs.data(), num_packs, [&](int64_t j) { return plans[j].nkb; },
+                [&](int64_t j, int64_t kb) {
+                  const Plan& p = plans[j];
+                  paths->pack_gemm_block(p, kb, static_cast<uint32_t*>(p.xt) + kb * p.ntb * paths->xt_block_words(p.bf16));
+                });
   }
-  if (num_tile_packs > 0) {
-    int64_t units = 0;
-    for (int64_t i = 0; i < num_tile_packs; ++i) units += plans[tile_packs[i]].ntb;
-    ParallelForDynamic(units, 1, [&](int64_t b, int64_t e) {
-      for (int64_t u = b; u < e; ++u) {
-        int64_t rest = u, i = 0;
-        while (rest >= plans[tile_packs[i]].ntb) rest -= plans[tile_packs[i++]].ntb;
-        linear::TilePackBlock(plans[tile_packs[i]], rest);
-      }
-    });
-  }
+  // Tile path: a unit is a token block (decode: all the tokens).
+  ForEachUnit(tile_packs.data(), num_tile_packs, [&](int64_t j) { return plans[j].ntb; },
+              [&](int64_t j, int64_t tb) { linear::TilePackBlock(plans[j], tb); });
   ParallelForDynamic(nt, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const Task& t = tasks[i];
