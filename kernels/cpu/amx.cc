@@ -362,8 +362,8 @@ DSV4_TILE void GemvTokens(const Plan& p, int64_t r) {
 }
 
 // Rows [r0, r1) for every token. One token: four groups at a time (three for three parts; four
-// streams from DRAM, each broadcast of x serving 64 rows); up to 4: two groups of 4 tokens; more:
-// one group of 8 tokens per pass (each weight decoded once for them; the FMAs bound it).
+// streams from DRAM, each broadcast of x serving 64 rows); more: two groups of up to 4 tokens (one
+// group of 2 for three parts), or where fewer rows are left, one group of up to 8.
 template <WeightType T, int PARTS>
 DSV4_TILE void GemvRows(const Plan& p, int64_t r0, int64_t r1) {
   const int64_t m = p.job->m;

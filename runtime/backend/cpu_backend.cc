@@ -54,8 +54,8 @@ class ChunkArena {
 };
 
 // The experts are the checkpoint's own views.
-// The experts' matrices as this CPU multiplies them fastest (stored for the tiles at the amx
-// level), and views of them.
+// The experts' matrices as this CPU multiplies them fastest (FP8/FP4 ones stored for the tiles at
+// the amx level: their inputs are rounded), and views of them.
 class CpuExpertTable final : public ExpertTable {
  public:
   explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()), stored(3 * e.size()) {
@@ -64,6 +64,7 @@ class CpuExpertTable final : public ExpertTable {
       for (int k = 0; k < 3; ++k) {
         if (*w[k] == nullptr) continue;
         Stored& s = stored[3 * i + k];
+        if (!kernels::IsQuantized(**w[k])) continue;  // BF16 experts' inputs are not rounded
         s.w = kernels::StoreForThisCpu(**w[k], &s.bytes);
         if (!s.bytes.empty()) *w[k] = &s.w;
       }
@@ -110,11 +111,13 @@ class CpuBackend final : public Backend {
     if (bytes > 0) std::memset(x, 0, static_cast<size_t>(bytes));
   }
   // At the amx level, a copy stored for the tiles (kernels::PackForTiles), kept for the backend's
-  // life, of the weights whose products gain by it: not an embedding table (read by rows), and not
-  // FP8/FP4 rows against unrounded inputs (wo_a's), whose decode in the tiles' order keeps three
-  // chains per column and trails the streaming path (batch-1 decode 0.74 of STREAM against 0.82).
+  // life, of the FP8/FP4 weights whose products take inputs rounded as the reference rounds them.
+  // Not an embedding table (read by rows), nor weights against unrounded inputs (wo_a's FP8 rows;
+  // BF16 weights, whose inputs are never rounded): their decode in the tiles' order keeps three
+  // chains per column, which trailed the streaming path (batch-1 decode 0.74 of STREAM against
+  // 0.82 with wo_a stored).
   absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) override {
-    if (use == WeightUse::kRows || (use == WeightUse::kUnroundedProducts && kernels::IsQuantized(host))) return host;
+    if (use != WeightUse::kProducts || !kernels::IsQuantized(host)) return host;
     std::vector<uint8_t> bytes;
     const kernels::WeightMatrix w = kernels::StoreForThisCpu(host, &bytes);
     if (!bytes.empty()) stored_.push_back(std::move(bytes));

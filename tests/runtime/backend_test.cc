@@ -343,18 +343,15 @@ TEST_F(BackendOps, RoutedExpertsEndToEnd) {
   ExpertFfnOptions fo;
   fo.swiglu_limit = 7.f;
   be_->ExpertFfn(**table, dxs, D, doffsets, pairs, dws, fo, dys, D);
-  // The same FFN from single products on the CPU, expert by expert, on the weights as the CPU
-  // backend stores them (for the tiles at the amx level).
-  std::vector<std::vector<uint8_t>> stored(mats.size());
-  std::vector<kernels::WeightMatrix> cpu_mats(mats.size());
-  for (size_t i = 0; i < mats.size(); ++i) cpu_mats[i] = kernels::StoreForThisCpu(mats[i], &stored[i]);
+  // The same FFN from single products on the CPU, expert by expert (BF16 experts, whose inputs are
+  // not rounded, stay as they are stored at every level).
   std::vector<float> want(pairs * D, 0.f), g(I), u(I);
   for (int64_t e = 0; e < E; ++e)
     for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
-      kernels::Linear(&xs[r * D], 1, D, cpu_mats[e * 3], g.data(), I);
-      kernels::Linear(&xs[r * D], 1, D, cpu_mats[e * 3 + 2], u.data(), I);
+      kernels::Linear(&xs[r * D], 1, D, mats[e * 3], g.data(), I);
+      kernels::Linear(&xs[r * D], 1, D, mats[e * 3 + 2], u.data(), I);
       kernels::SwiGlu(g.data(), u.data(), 1, I, I, &ws[r], 7.f, g.data());
-      kernels::Linear(g.data(), 1, I, cpu_mats[e * 3 + 1], &want[r * D], D);
+      kernels::Linear(g.data(), 1, I, mats[e * 3 + 1], &want[r * D], D);
     }
   got = Get(dys, want.size());
   const int64_t kept = offsets[E];
