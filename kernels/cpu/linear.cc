@@ -172,7 +172,7 @@ int64_t StorageBytes(const WeightMatrix& w) {
 // Views the fast paths take (any other runs the scalar path, for every m): a chunk of FP8 columns
 // must lie in one block of scales.
 bool FastPathCovers(const linear::Paths* paths, const WeightMatrix& w) {
-  if (paths == nullptr) return false;
+  if (paths == nullptr || w.tiled) return false;  // stored for the tiles: the tile path or none
   if (w.type == WeightType::kFP4) return w.col_begin % 32 == 0 && w.block_cols == 32;
   const int64_t a = paths->fp8_col_align;
   if (w.type == WeightType::kFP8)

@@ -441,7 +441,9 @@ TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   }
 }
 
-// Weights stored for the tiles (PackForTiles): every element reads back as stored, views included.
+// Weights stored for the tiles (PackForTiles): every element reads back as stored, views included;
+// a view that does not start on a group of 16 rows multiplies as the plain loop does (no fast path
+// may read the stored bytes as rows).
 TEST(TiledLinear, PackingKeepsEveryElement) {
   std::mt19937 rng(47);
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
@@ -462,6 +464,13 @@ TEST(TiledLinear, PackingKeepsEveryElement) {
           ASSERT_EQ(std::bit_cast<uint32_t>(a[c]), std::bit_cast<uint32_t>(b[c]))
               << Name(type) << " view " << view << " row " << r << " col " << c;
       }
+      WeightMatrix tv = t, rv = wv;
+      tv.row_begin += 8, rv.row_begin += 8;
+      const int64_t m = 5;
+      const std::vector<float> x = MakeFp8Input(m, wv.cols(), rng);
+      std::vector<float> y(m * tv.rows());
+      Linear(x.data(), m, wv.cols(), tv, y.data(), tv.rows());
+      ExpectMatchesRef(x.data(), m, wv.cols(), rv, y.data(), tv.rows(), Name(type) + " rows from 8");
     }
   }
 }
