@@ -121,16 +121,6 @@ constexpr int64_t kGroup = 16;  // rows of a group, pair steps of a tile instruc
 
 // ---- the tiles: the hardware, and the model ------------------------------------------------------
 
-// Tiles 0-3 C (16 rows x nb floats), 4-5 A (16 rows x 32 BF16), 6-7 B (16 pair steps x nb pairs).
-TileConfig TileShapes(int64_t nb) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = static_cast<uint16_t>(t == 4 || t == 5 ? 64 : 4 * nb);
-  }
-  return cfg;
-}
-
 // GCC's tile intrinsics spell their tile numbers into the instruction's text, so each one a
 // template takes is written out.
 #define DSV4_TILE_PICK(T, OP, ...) \
@@ -153,8 +143,10 @@ TileConfig TileShapes(int64_t nb) {
       OP(7, ##__VA_ARGS__);        \
   } while (0)
 
+// Tiles 0-3 C (16 tokens x 16 floats), 4-5 A (16 tokens x 32 BF16), 6-7 B (16 pair steps x 16 rows
+// of BF16 pairs): eight full tiles.
 struct HwTiles {
-  DSV4_TILE_INLINE void Config(int64_t nb) { LoadTileConfig(TileShapes(nb)); }
+  DSV4_TILE_INLINE void Config() { LoadTileConfig(FullTiles(8)); }
   DSV4_TILE_INLINE void Release() { _tile_release(); }
   template <int T>
   DSV4_TILE_INLINE void Zero() {
@@ -191,11 +183,7 @@ float Bf16Half(uint32_t pair, int half) { return Bf16ToFloat(static_cast<uint16_
 // The model above on eight tiles in memory (a machine without AMX runs the path with these).
 struct EmuTiles {
   alignas(64) uint32_t t[8][16][16] = {};
-  int64_t colsb[8] = {};
-  void Config(int64_t nb) {
-    const TileConfig cfg = TileShapes(nb);
-    for (int i = 0; i < 8; ++i) colsb[i] = cfg.colsb[i];
-  }
+  void Config() {}
   void Release() {}
   template <int T>
   void Zero() {
@@ -203,16 +191,16 @@ struct EmuTiles {
   }
   template <int T>
   void Load(const void* p, int64_t stride) {
-    for (int r = 0; r < 16; ++r) std::memcpy(t[T][r], static_cast<const char*>(p) + r * stride, colsb[T]);
+    for (int r = 0; r < 16; ++r) std::memcpy(t[T][r], static_cast<const char*>(p) + r * stride, 64);
   }
   template <int T>
   void Store(void* p, int64_t stride) {
-    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<char*>(p) + r * stride, t[T][r], colsb[T]);
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<char*>(p) + r * stride, t[T][r], 64);
   }
   template <int C, int A, int B>
   void Dot() {
     for (int m = 0; m < 16; ++m)
-      for (int64_t n = 0; n < colsb[C] / 4; ++n) {
+      for (int n = 0; n < 16; ++n) {
         float even = 0.f, odd = 0.f;
         for (int k = 0; k < 16; ++k) {
           even = std::fma(Bf16Half(t[A][m][k], 0), Bf16Half(t[B][k][n], 0), even);
@@ -298,7 +286,7 @@ template <WeightType T, int NG, int TP, int PARTS>
 DSV4_TILE void GemvGroups(const Plan& p, int64_t r, int64_t t0) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
-  constexpr int64_t kSb = T == WeightType::kBF16 ? 64 : T == WeightType::kFP8 ? 32 : 16;
+  constexpr int64_t kSb = TiledStepBytes(T);
   const int64_t ksteps = p.k32 / 2, m = job.m;
   const float* xs = static_cast<const float*>(p.xt);  // [part][m][k32]
   const uint8_t* wg[NG];
@@ -404,7 +392,7 @@ DSV4_TILE void GemvTask(const Plan& p, int64_t r0, int64_t r1) {
 template <WeightType T>
 DSV4_TILE void DecodeGroups(const Plan& p, int64_t r0, int64_t r1, int64_t ngroups, uint32_t* b) {
   const WeightMatrix& w = *p.job->w;
-  constexpr int64_t kSb = T == WeightType::kBF16 ? 64 : T == WeightType::kFP8 ? 32 : 16;
+  constexpr int64_t kSb = TiledStepBytes(T);
   const int64_t ksteps = p.k32 / 2;
   // (e0..e15, o0..o15) -> (e0, o0, e1, o1, ...)
   const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
@@ -458,21 +446,11 @@ DSV4_TILE void MultiplyGroups(Tiles& tiles, const Plan& p, const uint32_t* b, in
           tiles.template Dot<3, 5, 7>();
         }
       }
-      for (int i = 0; i < 4; ++i) {
-        switch (i) {
-          case 0:
-            tiles.template Store<0>(cbuf[0], 64);
-            break;
-          case 1:
-            tiles.template Store<1>(cbuf[1], 64);
-            break;
-          case 2:
-            tiles.template Store<2>(cbuf[2], 64);
-            break;
-          default:
-            tiles.template Store<3>(cbuf[3], 64);
-            break;
-        }
+      tiles.template Store<0>(cbuf[0], 64);
+      tiles.template Store<1>(cbuf[1], 64);
+      tiles.template Store<2>(cbuf[2], 64);
+      tiles.template Store<3>(cbuf[3], 64);
+      for (int i = 0; i < 4; ++i) {  // C tile i: token block tb + i / 2, group g + i % 2
         const int64_t t0 = (tb + i / 2) * kGroup, rb = r0 + (g + i % 2) * kGroup;
         if (rb >= w.rows()) continue;
         const __mmask16 rows = _cvtu32_mask16(w.rows() - rb >= 16 ? 0xFFFFu : (1u << (w.rows() - rb)) - 1);
@@ -491,11 +469,11 @@ DSV4_TILE void PrefillTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, i
   DecodeGroups<T>(p, r0, r1, ngroups, b.data());
   if (AmxEmulated() || ActiveIsa() != Isa::kAmx) {
     EmuTiles tiles;
-    tiles.Config(kGroup);
+    tiles.Config();
     MultiplyGroups(tiles, p, b.data(), r0, ngroups, tb0, tb1);
   } else {
     HwTiles tiles;
-    tiles.Config(kGroup);
+    tiles.Config();
     MultiplyGroups(tiles, p, b.data(), r0, ngroups, tb0, tb1);
     tiles.Release();
   }
@@ -509,7 +487,7 @@ bool TiledCovers(const WeightMatrix& w) {
 
 int64_t TileInputWords(const Plan& p) {
   // Decode: floats [part][m][k32]; prefill: BF16 [part][token blocks, an even count, x 16][k32].
-  return p.ntb == 0 ? 0 : p.job->m <= kTileFmaRows ? p.parts * p.job->m * p.k32 : p.parts * p.ntb * kGroup * p.k32 / 2;
+  return p.job->m <= kTileFmaRows ? p.parts * p.job->m * p.k32 : p.parts * p.ntb * kGroup * p.k32 / 2;
 }
 
 DSV4_TILE void TilePackBlock(const Plan& p, int64_t tb) {
@@ -566,15 +544,15 @@ DSV4_TILE void TileTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
 
 namespace {
 
-// One C tile on the hardware and in the model: c (16 x nb floats) + a (16 x 16 pairs) x b (16 x nb).
+// One C tile on the hardware and in the model: c (16 x 16 floats) + a (16 x 16 pairs) x b (16 x 16).
 template <class Tiles>
-DSV4_TILE void OneDot(Tiles& tiles, int64_t nb, const uint32_t* a, const uint32_t* b, float* c) {
-  tiles.Config(nb);
-  tiles.template Load<0>(c, 4 * nb);
+DSV4_TILE void OneDot(Tiles& tiles, const uint32_t* a, const uint32_t* b, float* c) {
+  tiles.Config();
+  tiles.template Load<0>(c, 64);
   tiles.template Load<4>(a, 64);
-  tiles.template Load<6>(b, 4 * nb);
+  tiles.template Load<6>(b, 64);
   tiles.template Dot<0, 4, 6>();
-  tiles.template Store<0>(c, 4 * nb);
+  tiles.template Store<0>(c, 64);
   tiles.Release();
 }
 
@@ -582,20 +560,20 @@ DSV4_TILE void OneDot(Tiles& tiles, int64_t nb, const uint32_t* a, const uint32_
 
 bool AmxTilesFollowTheModel(std::string* why) {
   // Random BF16 pairs of exponents within +-12 (sums that round at every step) against C of both
-  // signs; then C = 1 against sixteen products of
-  // 2^-24 in the even halves, which the model adds exactly (1 + 2^-20) and the SDM's order loses.
+  // signs; then C = 1 against sixteen products of 2^-24 in the even halves, which the model adds
+  // exactly (1 + 2^-20) and the SDM's order loses.
   std::mt19937 rng(20261206);
   auto bf16 = [&] {
     const uint32_t sign = rng() & 1, exp = 127 - 12 + rng() % 25, mant = rng() & 127;
     return (sign << 15) | (exp << 7) | mant;
   };
-  auto check = [&](int64_t nb, const std::vector<uint32_t>& a, const std::vector<uint32_t>& b,
-                   const std::vector<float>& c, const char* what) {
+  auto check = [&](const std::vector<uint32_t>& a, const std::vector<uint32_t>& b, const std::vector<float>& c,
+                   const char* what) {
     std::vector<float> hw = c, model = c;
     HwTiles h;
-    OneDot(h, nb, a.data(), b.data(), hw.data());
+    OneDot(h, a.data(), b.data(), hw.data());
     EmuTiles e;
-    OneDot(e, nb, a.data(), b.data(), model.data());
+    OneDot(e, a.data(), b.data(), model.data());
     for (size_t i = 0; i < hw.size(); ++i)
       if (std::memcmp(&hw[i], &model[i], sizeof(float)) != 0) {
         *why = std::string(what) + ": element " + std::to_string(i) + " is " + std::to_string(hw[i]) +
@@ -604,19 +582,18 @@ bool AmxTilesFollowTheModel(std::string* why) {
       }
     return true;
   };
-  for (int64_t nb : {16}) {
-    std::vector<uint32_t> a(256), b(16 * nb);
-    std::vector<float> c(16 * nb);
-    for (int rep = 0; rep < 4; ++rep) {
-      for (auto* v : {&a, &b})
-        for (uint32_t& w : *v) w = bf16() | (bf16() << 16);
-      for (float& v : c) v = std::ldexp(static_cast<float>(static_cast<int32_t>(rng() % 2000001) - 1000000), -20);
-      if (!check(nb, a, b, c, "random pairs")) return false;
-    }
+  std::vector<uint32_t> a(256), b(256);
+  std::vector<float> c(256);
+  for (int rep = 0; rep < 4; ++rep) {
+    for (auto* v : {&a, &b})
+      for (uint32_t& w : *v) w = bf16() | (bf16() << 16);
+    for (float& v : c) v = std::ldexp(static_cast<float>(static_cast<int32_t>(rng() % 2000001) - 1000000), -20);
+    if (!check(a, b, c, "random pairs")) return false;
   }
-  std::vector<uint32_t> a(256, 0u), b(256, 0u);
+  std::fill(a.begin(), a.end(), 0u);
+  std::fill(b.begin(), b.end(), 0u);
   for (int64_t k = 0; k < 16; ++k) a[k] = 0x3380u, b[k * 16] = 0x3F80u;  // 2^-24 x 1, even halves
-  return check(16, a, b, std::vector<float>(256, 1.f), "sixteen products of 2^-24 added to 1");
+  return check(a, b, std::vector<float>(256, 1.f), "sixteen products of 2^-24 added to 1");
 }
 
 }  // namespace linear

@@ -359,7 +359,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     if (tile_job(w)) {
       // The inputs as they are (NaN and infinities stay whole in the first part), in one part where
       // they are exact in BF16.
-      p.path = Plan::kTile, p.amx = true;
+      p.path = Plan::kTile;
       p.bf16 = ExactInBf16(job.x, job.m, job.ldx, w.cols());
       p.parts = p.bf16 ? 1 : 3;
       p.k32 = (w.cols() + 31) / 32 * 32;

@@ -56,7 +56,6 @@ struct Plan {
   // reference's FP8 rounding). BF16 products are then the exact products the FP32 FMAs take, added
   // in the same order: the results are the same bits either way.
   bool bf16 = false;
-  bool amx = false;     // the tile path (amx.cc)
   int64_t cc = 0;       // columns per chunk
   int64_t nchunks = 0;  // full chunks of the view's columns; the rest are tail columns
   // Streaming path: the token rows in lane order [m][nchunks * cc], pre-scaled for FP4 (by 2^kx)
@@ -76,10 +75,10 @@ struct Plan {
   // BF16 and F32 weights (neither path scales those token rows).
   int* xexp = nullptr;
   int64_t ntb = 0, nkb = 0;
-  // Tile path: the input in `parts` BF16 parts (1 where it is exact in BF16, else 3), token blocks
-  // of nb tokens (min(m, 16)), the columns padded to k32 (a multiple of 32); xt holds ntb blocks of
-  // parts x k32 / 2 x nb words, xexp each token's power of two.
-  int64_t parts = 1, nb = 0, k32 = 0;
+  // Tile path: the input in `parts` BF16 parts (1 where it is exact in BF16, else 3), the columns
+  // padded to k32 (a multiple of 32), ntb blocks of 16 tokens (decode: 1, all the tokens); xt holds
+  // TileInputWords(p) words, xexp each token's power of two.
+  int64_t parts = 1, k32 = 0;
   // Tasks: GEMM and tile path, row panels (of panel_rows) x token-block splits; otherwise rows per
   // task.
   int64_t panels = 0, splits = 0, rows_per_task = 0, panel_rows = 0;
@@ -225,7 +224,9 @@ inline float ScaleE8m0(float v, uint8_t e) {
 }
 
 // Bytes per pair step of a group of a tiled matrix.
-inline int64_t TiledStepBytes(WeightType t) { return t == WeightType::kBF16 ? 64 : t == WeightType::kFP8 ? 32 : 16; }
+constexpr int64_t TiledStepBytes(WeightType t) {
+  return t == WeightType::kBF16 ? 64 : t == WeightType::kFP8 ? 32 : 16;
+}
 
 // The stored code of element (row, col) (absolute) of a tiled matrix: a BF16 word, an FP8 byte, an
 // FP4 nibble.
