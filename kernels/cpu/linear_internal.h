@@ -228,51 +228,49 @@ constexpr int64_t TiledStepBytes(WeightType t) {
   return t == WeightType::kBF16 ? 64 : t == WeightType::kFP8 ? 32 : 16;
 }
 
-// The stored code of element (row, col) (absolute) of a tiled matrix: a BF16 word, an FP8 byte, an
-// FP4 nibble.
-inline uint32_t TiledCode(const WeightMatrix& w, int64_t row, int64_t col) {
-  const uint8_t* step =
-      static_cast<const uint8_t*>(w.data) + ((row / 16) * (w.ld / 2) + col / 2) * TiledStepBytes(w.type);
-  const int64_t r = row % 16, half = col % 2;
-  switch (w.type) {
-    case WeightType::kBF16: {
-      uint16_t v;
-      std::memcpy(&v, step + 2 * (16 * half + r), 2);
-      return v;
+// The stored code of element (row, col) (absolute) of an FP8, FP4 or BF16 matrix, stored by rows or
+// for the tiles: a BF16 word, an FP8 byte, an FP4 nibble.
+inline uint32_t StoredCode(const WeightMatrix& w, int64_t row, int64_t col) {
+  const uint8_t* data = static_cast<const uint8_t*>(w.data);
+  if (w.tiled) {
+    const uint8_t* step = data + ((row / 16) * (w.ld / 2) + col / 2) * TiledStepBytes(w.type);
+    const int64_t r = row % 16, half = col % 2;
+    switch (w.type) {
+      case WeightType::kBF16: {
+        uint16_t v;
+        std::memcpy(&v, step + 2 * (16 * half + r), 2);
+        return v;
+      }
+      case WeightType::kFP8:
+        return step[16 * half + r];
+      default:
+        return half ? step[r] >> 4 : step[r] & 0xf;
     }
+  }
+  switch (w.type) {
+    case WeightType::kBF16:
+      return static_cast<const uint16_t*>(w.data)[row * w.ld + col];
     case WeightType::kFP8:
-      return step[16 * half + r];
-    default:
-      return half ? step[r] >> 4 : step[r] & 0xf;
+      return data[row * w.ld + col];
+    default: {
+      const uint8_t byte = data[row * w.ld + (col >> 1)];
+      return (col & 1) ? byte >> 4 : byte & 0xf;
+    }
   }
 }
 
 // One weight element, dequantized (for tail columns).
 inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
-  if (w.tiled) {
-    const uint32_t code = TiledCode(w, row, col);
-    switch (w.type) {
-      case WeightType::kBF16:
-        return Bf16ToFloat(static_cast<uint16_t>(code));
-      case WeightType::kFP8:
-        return ScaleE8m0(Fp8E4m3ToFloat(static_cast<uint8_t>(code)),
-                         w.scales[(row / w.block_rows) * w.scale_ld + col / w.block_cols]);
-      default:
-        return ScaleE8m0(kFp4E2m1[code], w.scales[row * w.scale_ld + col / 32]);
-    }
-  }
   switch (w.type) {
     case WeightType::kF32:
       return static_cast<const float*>(w.data)[row * w.ld + col];
     case WeightType::kBF16:
-      return Bf16ToFloat(static_cast<const uint16_t*>(w.data)[row * w.ld + col]);
+      return Bf16ToFloat(static_cast<uint16_t>(StoredCode(w, row, col)));
     case WeightType::kFP8:
-      return ScaleE8m0(Fp8E4m3ToFloat(static_cast<const uint8_t*>(w.data)[row * w.ld + col]),
+      return ScaleE8m0(Fp8E4m3ToFloat(static_cast<uint8_t>(StoredCode(w, row, col))),
                        w.scales[(row / w.block_rows) * w.scale_ld + col / w.block_cols]);
-    case WeightType::kFP4: {
-      const uint8_t byte = static_cast<const uint8_t*>(w.data)[row * w.ld + (col >> 1)];
-      return ScaleE8m0(kFp4E2m1[(col & 1) ? (byte >> 4) : (byte & 0xf)], w.scales[row * w.scale_ld + col / 32]);
-    }
+    case WeightType::kFP4:
+      return ScaleE8m0(kFp4E2m1[StoredCode(w, row, col)], w.scales[row * w.scale_ld + col / 32]);
   }
   return 0.f;
 }
