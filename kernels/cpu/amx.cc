@@ -26,12 +26,13 @@
 // tile work.
 //
 // Layout (kernels.h: WeightMatrix::tiled): per group of 16 rows and pair step, the even column's 16
-// elements, then the odd column's. Decode (m <= 16) puts a group's rows in the lanes of FMA chains,
-// one for the even columns and one for the odd, and at the end of each step adds
+// elements, then the odd column's. Up to 4 tokens (TileModeOf) take FMAs with a group's rows in the
+// lanes, one chain for the even columns and one for the odd, and at the end of each step add
 // fma(even + odd, s, c) with s the step's power-of-two scale: the tiles' bits on scaled weights.
-// Prefill decodes a panel of groups into B tiles (16 pair steps x 16 rows, scaled), multiplies the
-// tokens' parts (A tiles, 16 tokens x 32 columns) into C tiles of 16 tokens x 16 rows, the output's
-// own layout.
+// More take the tiles: weights decoded into B tiles (16 pair steps x 16 rows, scaled) multiplied
+// against the tokens' parts (A tiles, 16 tokens x 32 columns) into C tiles of 16 tokens x 16 rows,
+// the output's own layout; up to 16 tokens a tile at a time in L1, more a panel of groups at a
+// time in L2.
 #include "kernels/cpu/amx.h"
 
 #include <immintrin.h>
@@ -386,17 +387,29 @@ DSV4_TILE void GemvTask(const Plan& p, int64_t r0, int64_t r1) {
 
 // ---- prefill: the tiles ----------------------------------------------------------------------------
 
-// Groups of view rows [r0, r1) decoded into B tiles: b + (group * ksteps + step) * 16 words, each
-// step's 16 rows as (even, odd) BF16 pairs of scaled weights; groups past r1 up to an even count
-// zero.
+// The group at view row r, pair steps [s0, s0 + 16), decoded into one B tile: each step's 16 rows
+// as (even, odd) BF16 pairs of scaled weights.
 template <WeightType T>
-DSV4_TILE void DecodeGroups(const Plan& p, int64_t r0, int64_t r1, int64_t ngroups, uint32_t* b) {
-  const WeightMatrix& w = *p.job->w;
+DSV4_TILE_INLINE void DecodeTile(const WeightMatrix& w, int64_t r, int64_t s0, uint32_t* out) {
   constexpr int64_t kSb = TiledStepBytes(T);
-  const int64_t ksteps = p.k32 / 2;
   // (e0..e15, o0..o15) -> (e0, o0, e1, o1, ...)
   const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
                                               6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const uint8_t* src = GroupStep(w, r, s0);
+  const __m512 sc = StepScale<T>(w, r, 2 * s0);
+  for (int64_t s = 0; s < kGroup; ++s) {
+    __m512 e, o;
+    StepFloats<T>(src + s * kSb, &e, &o);
+    const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(o, sc), _mm512_mul_ps(e, sc));
+    _mm512_store_si512(out + s * 16, _mm512_permutexvar_epi16(interleave, words));
+  }
+}
+
+// Groups of view rows [r0, r1) decoded into B tiles: b + (group * ksteps + step) * 16 words; groups
+// past r1 up to an even count zero.
+template <WeightType T>
+DSV4_TILE void DecodeGroups(const Plan& p, int64_t r0, int64_t r1, int64_t ngroups, uint32_t* b) {
+  const int64_t ksteps = p.k32 / 2;
   for (int64_t g = 0; g < ngroups; ++g) {
     uint32_t* out = b + g * ksteps * 16;
     const int64_t r = r0 + kGroup * g;
@@ -404,25 +417,26 @@ DSV4_TILE void DecodeGroups(const Plan& p, int64_t r0, int64_t r1, int64_t ngrou
       std::fill(out, out + ksteps * 16, 0u);
       continue;
     }
-    const uint8_t* src = GroupStep(w, r, 0);
-    for (int64_t s0 = 0; s0 < ksteps; s0 += kGroup) {
-      const __m512 sc = StepScale<T>(w, r, 2 * s0);
-      for (int64_t s = s0; s < s0 + kGroup; ++s) {
-        __m512 e, o;
-        StepFloats<T>(src + s * kSb, &e, &o);
-        const __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(o, sc), _mm512_mul_ps(e, sc));
-        _mm512_store_si512(out + s * 16, _mm512_permutexvar_epi16(interleave, words));
-      }
-    }
+    for (int64_t s0 = 0; s0 < ksteps; s0 += kGroup) DecodeTile<T>(*p.job->w, r, s0, out + s0 * 16);
   }
+}
+
+// C tile c (16 tokens from t0 x 16 rows from view row rb, in memory) into y, times each token's
+// 2^-xexp.
+DSV4_TILE_INLINE void StoreRows(const Plan& p, const float* c, int64_t t0, int64_t rb) {
+  const LinearJob& job = *p.job;
+  const int64_t rows = job.w->rows();
+  if (rb >= rows) return;
+  const __mmask16 live = _cvtu32_mask16(rows - rb >= 16 ? 0xFFFFu : (1u << (rows - rb)) - 1);
+  for (int64_t t = t0; t < std::min(job.m, t0 + kGroup); ++t)
+    _mm512_mask_storeu_ps(job.y + t * job.ldy + rb, live,
+                          _mm512_mul_ps(_mm512_load_ps(c + (t - t0) * 16), _mm512_set1_ps(Pow2(-p.xexp[t]))));
 }
 
 // Token blocks [tb0, tb1) (pairs) against the task's groups (pairs), in C tiles of 16 tokens x 16 rows.
 template <class Tiles>
 DSV4_TILE void MultiplyGroups(Tiles& tiles, const Plan& p, const uint32_t* b, int64_t r0, int64_t ngroups, int64_t tb0,
                               int64_t tb1) {
-  const LinearJob& job = *p.job;
-  const WeightMatrix& w = *job.w;
   const int64_t ksteps = p.k32 / 2, tpad = p.ntb * kGroup;
   const uint16_t* xa = static_cast<const uint16_t*>(p.xt);  // [part][tpad][k32] BF16
   const int64_t astride = p.k32 * 2;
@@ -450,16 +464,71 @@ DSV4_TILE void MultiplyGroups(Tiles& tiles, const Plan& p, const uint32_t* b, in
       tiles.template Store<1>(cbuf[1], 64);
       tiles.template Store<2>(cbuf[2], 64);
       tiles.template Store<3>(cbuf[3], 64);
-      for (int i = 0; i < 4; ++i) {  // C tile i: token block tb + i / 2, group g + i % 2
-        const int64_t t0 = (tb + i / 2) * kGroup, rb = r0 + (g + i % 2) * kGroup;
-        if (rb >= w.rows()) continue;
-        const __mmask16 rows = _cvtu32_mask16(w.rows() - rb >= 16 ? 0xFFFFu : (1u << (w.rows() - rb)) - 1);
-        for (int64_t t = t0; t < std::min(job.m, t0 + kGroup); ++t)
-          _mm512_mask_storeu_ps(
-              job.y + t * job.ldy + rb, rows,
-              _mm512_mul_ps(_mm512_load_ps(cbuf[i] + (t - t0) * 16), _mm512_set1_ps(Pow2(-p.xexp[t]))));
+      for (int i = 0; i < 4; ++i)  // C tile i: token block tb + i / 2, group g + i % 2
+        StoreRows(p, cbuf[i], (tb + i / 2) * kGroup, r0 + (g + i % 2) * kGroup);
+    }
+}
+
+// Rows [r0, r1) (r0 a multiple of 32) for the one block of tokens, two groups at a time: each tile of
+// weights (16 pair steps of a group) decoded into L1 and multiplied against every part of the block.
+// The tiles of the next steps are decoded, into the other of two buffers, before these are loaded:
+// a tile load waits for the stores it reads to leave the core (FP8, m = 1: 15 against 12 GB/s).
+template <WeightType T, class Tiles>
+DSV4_TILE void StreamGroups(Tiles& tiles, const Plan& p, int64_t r0, int64_t r1) {
+  const WeightMatrix& w = *p.job->w;
+  const int64_t ksteps = p.k32 / 2;
+  const uint16_t* xa = static_cast<const uint16_t*>(p.xt);  // [part][16][k32] BF16
+  alignas(64) uint32_t b[2][2][kGroup * 16];                // [buffer][group][step x row]
+  alignas(64) float cbuf[2][256];
+  for (int64_t r = r0; r < r1; r += 2 * kGroup) {
+    const bool second = r + kGroup < r1;
+    tiles.template Zero<0>();
+    tiles.template Zero<1>();
+    for (int64_t k = 0; k < ksteps; k += kGroup) {
+      for (int64_t kd = k == 0 ? 0 : k + kGroup; kd <= k + kGroup && kd < ksteps; kd += kGroup) {
+        uint32_t(*const out)[kGroup * 16] = b[(kd / kGroup) & 1];
+        DecodeTile<T>(w, r, kd, out[0]);
+        if (second) DecodeTile<T>(w, r + kGroup, kd, out[1]);
+      }
+      uint32_t(*const in)[kGroup * 16] = b[(k / kGroup) & 1];
+      tiles.template Load<6>(in[0], 64);
+      if (second) tiles.template Load<7>(in[1], 64);
+      for (int64_t q = 0; q < p.parts; ++q) {
+        tiles.template Load<4>(xa + q * kGroup * p.k32 + 2 * k, p.k32 * 2);
+        tiles.template Dot<0, 4, 6>();
+        if (second) tiles.template Dot<1, 4, 7>();
       }
     }
+    tiles.template Store<0>(cbuf[0], 64);
+    StoreRows(p, cbuf[0], 0, r);
+    if (second) {
+      tiles.template Store<1>(cbuf[1], 64);
+      StoreRows(p, cbuf[1], 0, r + kGroup);
+    }
+  }
+}
+
+// Runs f(tiles) on the hardware's tiles, or on their model where the CPU has none (or testing asks).
+// The hardware's C tiles 0-1 and A tile 4 have `tokens` rows (a tile product costs less with fewer
+// rows; the model's rows past them are zeros and never read).
+template <class F>
+DSV4_TILE void OnTiles(F&& f, int64_t tokens = kGroup) {
+  if (AmxEmulated() || ActiveIsa() != Isa::kAmx) {
+    EmuTiles tiles;
+    f(tiles);
+  } else {
+    HwTiles tiles;
+    TileConfig cfg = FullTiles(8);
+    cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = static_cast<uint8_t>(tokens);
+    LoadTileConfig(cfg);
+    f(tiles);
+    tiles.Release();
+  }
+}
+
+template <WeightType T>
+DSV4_TILE void StreamTask(const Plan& p, int64_t r0, int64_t r1) {
+  OnTiles([&](auto& tiles) { StreamGroups<T>(tiles, p, r0, r1); }, p.job->m);
 }
 
 template <WeightType T>
@@ -467,16 +536,7 @@ DSV4_TILE void PrefillTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, i
   const int64_t ngroups = ((r1 - r0 + kGroup - 1) / kGroup + 1) / 2 * 2;
   Scratch<uint32_t> b(ngroups * (p.k32 / 2) * 16, NoInit{});
   DecodeGroups<T>(p, r0, r1, ngroups, b.data());
-  if (AmxEmulated() || ActiveIsa() != Isa::kAmx) {
-    EmuTiles tiles;
-    tiles.Config();
-    MultiplyGroups(tiles, p, b.data(), r0, ngroups, tb0, tb1);
-  } else {
-    HwTiles tiles;
-    tiles.Config();
-    MultiplyGroups(tiles, p, b.data(), r0, ngroups, tb0, tb1);
-    tiles.Release();
-  }
+  OnTiles([&](auto& tiles) { MultiplyGroups(tiles, p, b.data(), r0, ngroups, tb0, tb1); });
 }
 
 }  // namespace
@@ -486,14 +546,14 @@ bool TiledCovers(const WeightMatrix& w) {
 }
 
 int64_t TileInputWords(const Plan& p) {
-  // Decode: floats [part][m][k32]; prefill: BF16 [part][token blocks, an even count, x 16][k32].
-  return p.job->m <= kTileFmaRows ? p.parts * p.job->m * p.k32 : p.parts * p.ntb * kGroup * p.k32 / 2;
+  // FMAs: floats [part][m][k32]; tiles: BF16 [part][ntb x 16][k32].
+  return TileModeOf(p.job->m) == TileMode::kFmas ? p.parts * p.job->m * p.k32 : p.parts * p.ntb * kGroup * p.k32 / 2;
 }
 
 DSV4_TILE void TilePackBlock(const Plan& p, int64_t tb) {
   const LinearJob& job = *p.job;
   const int64_t cols = job.w->cols();
-  const bool decode = job.m <= kTileFmaRows;
+  const bool decode = TileModeOf(job.m) == TileMode::kFmas;
   const int64_t t0 = decode ? 0 : tb * kGroup, t1 = decode ? job.m : std::min(job.m, t0 + kGroup);
   const int64_t tpad = p.ntb * kGroup;
   for (int64_t t = t0; t < (decode ? t1 : t0 + kGroup); ++t) {
@@ -532,10 +592,17 @@ DSV4_TILE void TilePackBlock(const Plan& p, int64_t tb) {
 
 DSV4_TILE void TileTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1) {
   const WeightType t = p.job->w->type;
-  if (p.job->m <= kTileFmaRows) {
-    return t == WeightType::kFP8   ? GemvTask<WeightType::kFP8>(p, r0, r1)
-           : t == WeightType::kFP4 ? GemvTask<WeightType::kFP4>(p, r0, r1)
-                                   : GemvTask<WeightType::kBF16>(p, r0, r1);
+  switch (TileModeOf(p.job->m)) {
+    case TileMode::kFmas:
+      return t == WeightType::kFP8   ? GemvTask<WeightType::kFP8>(p, r0, r1)
+             : t == WeightType::kFP4 ? GemvTask<WeightType::kFP4>(p, r0, r1)
+                                     : GemvTask<WeightType::kBF16>(p, r0, r1);
+    case TileMode::kStream:
+      return t == WeightType::kFP8   ? StreamTask<WeightType::kFP8>(p, r0, r1)
+             : t == WeightType::kFP4 ? StreamTask<WeightType::kFP4>(p, r0, r1)
+                                     : StreamTask<WeightType::kBF16>(p, r0, r1);
+    case TileMode::kPanels:
+      break;
   }
   t == WeightType::kFP8   ? PrefillTask<WeightType::kFP8>(p, r0, r1, tb0, tb1)
   : t == WeightType::kFP4 ? PrefillTask<WeightType::kFP4>(p, r0, r1, tb0, tb1)

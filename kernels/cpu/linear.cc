@@ -363,8 +363,9 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       p.bf16 = ExactInBf16(job.x, job.m, job.ldx, w.cols());
       p.parts = p.bf16 ? 1 : 3;
       p.k32 = (w.cols() + 31) / 32 * 32;
-      const bool decode = job.m <= linear::kTileFmaRows;
-      p.ntb = decode ? 1 : ((job.m + 15) / 16 + 1) / 2 * 2;  // prefill: pairs of 16-token blocks
+      const linear::TileMode mode = linear::TileModeOf(job.m);
+      const bool panels = mode == linear::TileMode::kPanels;
+      p.ntb = panels ? ((job.m + 15) / 16 + 1) / 2 * 2 : 1;  // panels: pairs of 16-token blocks
       xt_words += linear::TileInputWords(p);
       xexp_ints += job.m;
       ++num_gemm;
@@ -374,10 +375,10 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       const int64_t rows32 = (w.rows() + 31) / 32 * 32;
       int64_t pr = 128;
       while (pr > 32 && (pr * p.k32 * 2 > (512 << 10) || pr > rows32)) pr /= 2;
-      if (decode) pr = std::max<int64_t>(32, std::min<int64_t>(rows32, RowsPerTask(w) / 32 * 32));
+      if (!panels) pr = std::max<int64_t>(32, std::min<int64_t>(rows32, RowsPerTask(w) / 32 * 32));
       p.panel_rows = pr;
       p.panels = (w.rows() + pr - 1) / pr;
-      const int64_t pairs = decode ? 1 : p.ntb / 2;
+      const int64_t pairs = panels ? p.ntb / 2 : 1;
       p.splits = std::min(pairs, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
       num_tasks += p.panels * p.splits;
       continue;

@@ -40,11 +40,20 @@ namespace dsv4::kernels::linear {
 // BF16 121-129 against 92-97).
 constexpr int kMaxGemvRows = 16;
 constexpr int64_t kKc = 2048;  // GEMM: columns per block (a multiple of every chunk width)
-// Tile path: token rows taken on FMAs, each weight decoded in registers; more go through the tiles,
-// whose panels of decoded weights cost less than the FMAs from there on (the AMX Xeon, 2 threads,
-// v4-bench: batch 8 26.7 tokens/s on tiles, 23.1 on FMAs; batch 4 19.5 on FMAs, 14.7 on tiles).
-// Both give the same bits.
+// How the tile path takes a job of m tokens:
+//   kFmas (up to kTileFmaRows): FMAs, each weight decoded in registers;
+//   kStream (up to 16, one block of tokens): each tile of weights (16 pair steps of 16 rows) decoded
+//     into L1 and multiplied against the block at once;
+//   kPanels (more): panels of weights decoded into L2, multiplied against pairs of token blocks.
+// All give the same bits. Measured on the AMX Xeon (2 threads, 2048-column rows from DRAM, GB/s of
+// weights): m = 8, FP8 / FP4 / BF16: 14.7-15.1 / 9.7-9.9 / 20.2-20.8 streamed, 9.6-9.8 / 7.4-7.7 /
+// 15.3-16.9 in panels; m = 1, inputs not exact in BF16 (three parts): FP8 19.7-20.1 on FMAs,
+// 13.5-14.2 streamed, where decoding to L1 costs more than the FMAs' three chains per weight.
 constexpr int64_t kTileFmaRows = 4;
+enum class TileMode { kFmas, kStream, kPanels };
+constexpr TileMode TileModeOf(int64_t m) {
+  return m <= kTileFmaRows ? TileMode::kFmas : m <= 16 ? TileMode::kStream : TileMode::kPanels;
+}
 
 // How one job runs, decided before the parallel pass.
 struct Plan {
