@@ -31,7 +31,7 @@
 // fma(even + odd, s, c) with s the step's power-of-two scale: the tiles' bits on scaled weights.
 // More take the tiles: weights decoded into B tiles (16 pair steps x 16 rows, scaled) multiplied
 // against the tokens' parts (A tiles, 16 tokens x 32 columns) into C tiles of 16 tokens x 16 rows,
-// the output's own layout; up to 16 tokens a tile at a time in L1, more a panel of groups at a
+// the output's own layout; up to 32 tokens a tile at a time in L1, more a panel of groups at a
 // time in L2.
 #include "kernels/cpu/amx.h"
 
@@ -469,21 +469,25 @@ DSV4_TILE void MultiplyGroups(Tiles& tiles, const Plan& p, const uint32_t* b, in
     }
 }
 
-// Rows [r0, r1) (r0 a multiple of 32) for the one block of tokens, two groups at a time: each tile of
-// weights (16 pair steps of a group) decoded into L1 and multiplied against every part of the block.
-// The tiles of the next steps are decoded, into the other of two buffers, before these are loaded:
-// a tile load waits for the stores it reads to leave the core (FP8, m = 1: 15 against 12 GB/s).
+// Rows [r0, r1) (r0 a multiple of 32) for the one or two blocks of tokens, two groups at a time:
+// each tile of weights (16 pair steps of a group) decoded into L1 and multiplied against every part
+// of the blocks. The tiles of the next steps are decoded, into the other of two buffers, before these
+// are loaded: a tile load waits for the stores it reads to leave the core (FP8, m = 1: 15 against
+// 12 GB/s).
 template <WeightType T, class Tiles>
 DSV4_TILE void StreamGroups(Tiles& tiles, const Plan& p, int64_t r0, int64_t r1) {
   const WeightMatrix& w = *p.job->w;
-  const int64_t ksteps = p.k32 / 2;
-  const uint16_t* xa = static_cast<const uint16_t*>(p.xt);  // [part][16][k32] BF16
+  const int64_t ksteps = p.k32 / 2, tpad = p.ntb * kGroup;
+  const bool two = p.ntb == 2;
+  const uint16_t* xa = static_cast<const uint16_t*>(p.xt);  // [part][tpad][k32] BF16
   alignas(64) uint32_t b[2][2][kGroup * 16];                // [buffer][group][step x row]
-  alignas(64) float cbuf[2][256];
+  alignas(64) float cbuf[4][256];
   for (int64_t r = r0; r < r1; r += 2 * kGroup) {
     const bool second = r + kGroup < r1;
     tiles.template Zero<0>();
     tiles.template Zero<1>();
+    tiles.template Zero<2>();
+    tiles.template Zero<3>();
     for (int64_t k = 0; k < ksteps; k += kGroup) {
       for (int64_t kd = k == 0 ? 0 : k + kGroup; kd <= k + kGroup && kd < ksteps; kd += kGroup) {
         uint32_t(*const out)[kGroup * 16] = b[(kd / kGroup) & 1];
@@ -494,32 +498,44 @@ DSV4_TILE void StreamGroups(Tiles& tiles, const Plan& p, int64_t r0, int64_t r1)
       tiles.template Load<6>(in[0], 64);
       if (second) tiles.template Load<7>(in[1], 64);
       for (int64_t q = 0; q < p.parts; ++q) {
-        tiles.template Load<4>(xa + q * kGroup * p.k32 + 2 * k, p.k32 * 2);
+        const uint16_t* a = xa + q * tpad * p.k32 + 2 * k;
+        tiles.template Load<4>(a, p.k32 * 2);
         tiles.template Dot<0, 4, 6>();
         if (second) tiles.template Dot<1, 4, 7>();
+        if (two) {
+          tiles.template Load<5>(a + kGroup * p.k32, p.k32 * 2);
+          tiles.template Dot<2, 5, 6>();
+          if (second) tiles.template Dot<3, 5, 7>();
+        }
       }
     }
-    tiles.template Store<0>(cbuf[0], 64);
-    StoreRows(p, cbuf[0], 0, r);
-    if (second) {
-      tiles.template Store<1>(cbuf[1], 64);
-      StoreRows(p, cbuf[1], 0, r + kGroup);
+    for (int i = 0; i < (two ? 4 : 2); ++i) {  // C tile i: token block i / 2, group i % 2
+      if (i % 2 == 1 && !second) continue;
+      if (i == 0) tiles.template Store<0>(cbuf[0], 64);
+      if (i == 1) tiles.template Store<1>(cbuf[1], 64);
+      if (i == 2) tiles.template Store<2>(cbuf[2], 64);
+      if (i == 3) tiles.template Store<3>(cbuf[3], 64);
+      StoreRows(p, cbuf[i], (i / 2) * kGroup, r + (i % 2) * kGroup);
     }
   }
 }
 
 // Runs f(tiles) on the hardware's tiles, or on their model where the CPU has none (or testing asks).
-// The hardware's C tiles 0-1 and A tile 4 have `tokens` rows (a tile product costs less with fewer
-// rows; the model's rows past them are zeros and never read).
+// On the hardware, C tiles 0-1 and A tile 4 have the rows of the first block of `tokens`, C tiles
+// 2-3 and A tile 5 those of the second (a tile product costs less with fewer rows; the model's rows
+// past them are zeros and never read).
 template <class F>
-DSV4_TILE void OnTiles(F&& f, int64_t tokens = kGroup) {
+DSV4_TILE void OnTiles(F&& f, int64_t tokens = 2 * kGroup) {
   if (AmxEmulated() || ActiveIsa() != Isa::kAmx) {
     EmuTiles tiles;
     f(tiles);
   } else {
     HwTiles tiles;
     TileConfig cfg = FullTiles(8);
-    cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = static_cast<uint8_t>(tokens);
+    const auto first = static_cast<uint8_t>(std::min(tokens, kGroup));
+    const auto rest = static_cast<uint8_t>(std::clamp<int64_t>(tokens - kGroup, 1, kGroup));
+    cfg.rows[0] = cfg.rows[1] = cfg.rows[4] = first;
+    cfg.rows[2] = cfg.rows[3] = cfg.rows[5] = rest;
     LoadTileConfig(cfg);
     f(tiles);
     tiles.Release();

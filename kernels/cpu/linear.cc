@@ -365,7 +365,8 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       p.k32 = (w.cols() + 31) / 32 * 32;
       const linear::TileMode mode = linear::TileModeOf(job.m);
       const bool panels = mode == linear::TileMode::kPanels;
-      p.ntb = panels ? ((job.m + 15) / 16 + 1) / 2 * 2 : 1;  // panels: pairs of 16-token blocks
+      // Blocks of 16 tokens: panels take them in pairs.
+      p.ntb = mode == linear::TileMode::kFmas ? 1 : panels ? ((job.m + 15) / 16 + 1) / 2 * 2 : (job.m + 15) / 16;
       xt_words += linear::TileInputWords(p);
       xexp_ints += job.m;
       ++num_gemm;

@@ -42,17 +42,20 @@ constexpr int kMaxGemvRows = 16;
 constexpr int64_t kKc = 2048;  // GEMM: columns per block (a multiple of every chunk width)
 // How the tile path takes a job of m tokens:
 //   kFmas (up to kTileFmaRows): FMAs, each weight decoded in registers;
-//   kStream (up to 16, one block of tokens): each tile of weights (16 pair steps of 16 rows) decoded
-//     into L1 and multiplied against the block at once;
+//   kStream (up to 32, one or two blocks of 16 tokens): each tile of weights (16 pair steps of 16
+//     rows) decoded into L1 and multiplied against the blocks at once;
 //   kPanels (more): panels of weights decoded into L2, multiplied against pairs of token blocks.
 // All give the same bits. Measured on the AMX Xeon (2 threads, 2048-column rows from DRAM, GB/s of
-// weights): m = 8, FP8 / FP4 / BF16: 14.7-15.1 / 9.7-9.9 / 20.2-20.8 streamed, 9.6-9.8 / 7.4-7.7 /
-// 15.3-16.9 in panels; m = 1, inputs not exact in BF16 (three parts): FP8 19.7-20.1 on FMAs,
-// 13.5-14.2 streamed, where decoding to L1 costs more than the FMAs' three chains per weight.
+// weights), FP8 / FP4 / BF16: m = 8: 14.7-15.1 / 9.7-9.9 / 20.2-20.8 streamed, 9.6-9.8 / 7.4-7.7 /
+// 15.3-16.9 in panels; m = 20: 15.1-15.5 / 9.3-9.4 / 18.9-20.0 against 10.1-10.2 / 7.7-7.8 /
+// 17.4-17.6; m = 32: 13.9-14.1 / 8.6-8.9 / 18.4-19.9 against 9.3-9.5 / 7.4 / 15.9-16.2. On FMAs
+// m = 4 reads 18.2 against 15.1 streamed; m = 6, 8 are faster streamed. m = 1 against inputs not
+// exact in BF16 (three parts): FP8 19.7-20.1 on FMAs, 13.5-14.2 streamed, where decoding to L1
+// costs more than the FMAs' three chains per weight.
 constexpr int64_t kTileFmaRows = 4;
 enum class TileMode { kFmas, kStream, kPanels };
 constexpr TileMode TileModeOf(int64_t m) {
-  return m <= kTileFmaRows ? TileMode::kFmas : m <= 16 ? TileMode::kStream : TileMode::kPanels;
+  return m <= kTileFmaRows ? TileMode::kFmas : m <= 32 ? TileMode::kStream : TileMode::kPanels;
 }
 
 // How one job runs, decided before the parallel pass.
@@ -85,7 +88,7 @@ struct Plan {
   int* xexp = nullptr;
   int64_t ntb = 0, nkb = 0;
   // Tile path: the input in `parts` BF16 parts (1 where it is exact in BF16, else 3), the columns
-  // padded to k32 (a multiple of 32), ntb blocks of 16 tokens (decode: 1, all the tokens); xt holds
+  // padded to k32 (a multiple of 32), ntb blocks of 16 tokens (FMAs: 1, all the tokens); xt holds
   // TileInputWords(p) words, xexp each token's power of two.
   int64_t parts = 1, k32 = 0;
   // Tasks: GEMM and tile path, row panels (of panel_rows) x token-block splits; otherwise rows per

@@ -533,7 +533,7 @@ TEST(TiledLinear, TileOrderBitForBitWhateverTheBatch) {
             ASSERT_EQ(std::bit_cast<uint32_t>(all[tok * rows + r]),
                       std::bit_cast<uint32_t>(TileOrderDot(t, r, x.data() + tok * cols, inexact ? 3 : 1)))
                 << what << " token " << tok << " row " << r;
-        for (int64_t chunk : {1, 3, 16, 17}) {
+        for (int64_t chunk : {1, 3, 16, 17, 32}) {
           std::vector<float> part(m * rows);
           for (int64_t tok = 0; tok < m; tok += chunk)
             Linear(x.data() + tok * cols, std::min(chunk, m - tok), cols, t, part.data() + tok * rows, rows);
