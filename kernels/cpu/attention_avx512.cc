@@ -71,10 +71,54 @@ DSV4_AVX512 void DotBlock(const float* a, int64_t lda, const float* const* b, in
     for (int j = 0; j < RB; ++j) out[i * ldo + j] = Hsum16(acc[i][j]);
 }
 
-// All dot products of `na` rows of a with `nb` rows b[]: out[i * ldo + j].
+// r[4 q + j] = Hsum16(v[q + 4 j]) for the 16 vectors v, bit for bit: the same halving tree (element
+// i plus element i + 8, then i + 4, i + 2, i + 1), each level for every vector at once.
+DSV4_AVX512_INLINE __m512 Hsum16x16(const __m512* v) {
+  __m512 t[8], u[4], w[2];
+  for (int p = 0; p < 8; ++p)  // t[p]: the 8 sums of v[2p] (lanes 0-7) and of v[2p + 1]
+    t[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+  for (int p = 0; p < 4; ++p)  // u[p]: the 4 sums of v[4p], ..., v[4p + 3], a quarter each
+    u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * p], t[2 * p + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * p], t[2 * p + 1], 0xDD));
+  for (int p = 0; p < 2; ++p) {  // w[p] quarter q: the 2 sums of v[8p + q], then of v[8p + 4 + q]
+    const __m512d a = _mm512_castps_pd(u[2 * p]), b = _mm512_castps_pd(u[2 * p + 1]);
+    w[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+// DotBlock<8, 2>'s results with one reduction for all 16: out[i * ldo + j], i < 8 rows of a, j < 2.
+DSV4_AVX512 void DotBlock8x2(const float* a, int64_t lda, const float* const* b, int64_t d, float* out, int64_t ldo) {
+  __m512 acc[16];  // acc[2 i + j]
+#pragma GCC unroll 16
+  for (int n = 0; n < 16; ++n) acc[n] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; c += 16) {
+    const __m512 b0 = _mm512_loadu_ps(b[0] + c), b1 = _mm512_loadu_ps(b[1] + c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512 av = _mm512_loadu_ps(a + i * lda + c);
+      acc[2 * i] = _mm512_fmadd_ps(av, b0, acc[2 * i]);
+      acc[2 * i + 1] = _mm512_fmadd_ps(av, b1, acc[2 * i + 1]);
+    }
+  }
+  alignas(64) float r[16];  // r[4 q + j] sums acc[q + 4 j]
+  _mm512_store_ps(r, Hsum16x16(acc));
+#pragma GCC unroll 16
+  for (int n = 0; n < 16; ++n) out[(n / 2) * ldo + n % 2] = r[4 * (n % 4) + n / 4];
+}
+
+// All dot products of `na` rows of a with `nb` rows b[]: out[i * ldo + j]. Every product is one
+// accumulator over d, then Hsum16's tree, whichever block computes it.
 DSV4_AVX512 void Dots(const float* a, int64_t lda, int64_t na, const float* const* b, int64_t nb, int64_t d,
                       float* out, int64_t ldo) {
-  int64_t i = 0;
+  // Blocks of 8 rows of a, each pair of b rows taken by all of them in turn (from L1 after the first).
+  const int64_t na8 = na / 8 * 8, nb2 = nb / 2 * 2;
+  for (int64_t j = 0; j < nb2; j += 2)
+    for (int64_t i = 0; i < na8; i += 8) DotBlock8x2(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+  if (nb2 < nb)
+    for (int64_t i = 0; i < na8; i += 4) DotBlock<4, 1>(a + i * lda, lda, b + nb2, d, out + i * ldo + nb2, ldo);
+  int64_t i = na8;
   for (; i + 4 <= na; i += 4) {
     int64_t j = 0;
     for (; j + 3 <= nb; j += 3) DotBlock<4, 3>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
@@ -92,18 +136,18 @@ template <int RH>
 DSV4_AVX512 void WeightedRows(const float* p, int64_t ldp, const float* const* rows, int64_t nv, int64_t c0,
                               const float* inv, float* out, int64_t ldo) {
   __m512 acc[RH][2];
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int h = 0; h < RH; ++h) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
   for (int64_t j = 0; j < nv; ++j) {
     const __m512 r0 = _mm512_loadu_ps(rows[j] + c0), r1 = _mm512_loadu_ps(rows[j] + c0 + 16);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
     for (int h = 0; h < RH; ++h) {
       const __m512 ph = _mm512_set1_ps(p[h * ldp + j]);
       acc[h][0] = _mm512_fmadd_ps(ph, r0, acc[h][0]);
       acc[h][1] = _mm512_fmadd_ps(ph, r1, acc[h][1]);
     }
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 8
   for (int h = 0; h < RH; ++h) {
     const __m512 s = _mm512_set1_ps(inv[h]);
     _mm512_storeu_ps(out + h * ldo + c0, _mm512_mul_ps(acc[h][0], s));
@@ -143,6 +187,7 @@ DSV4_AVX512 void AttendHeads(const float* q, int64_t H, int64_t d, const KvSegme
   }
   for (int64_t c = 0; c < d; c += 32) {
     int64_t h = 0;
+    for (; h + 8 <= nh; h += 8) WeightedRows<8>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
     for (; h + 6 <= nh; h += 6) WeightedRows<6>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
     for (; h + 2 <= nh; h += 2) WeightedRows<2>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
     for (; h < nh; ++h) WeightedRows<1>(logits + h * nv, nv, rows, nv, c, inv + h, o + h * d, d);
