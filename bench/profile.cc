@@ -178,11 +178,9 @@ StoredMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt1993
   w.scales = m.scales.empty() ? nullptr : m.scales.data();
   // The rates are the runtime's: the CPU backend stores FP8/FP4 weights for the tiles where the
   // level is amx (their inputs are rounded; BF16 ones, the head's, stay as they are), so does this.
-  if (kernels::IsQuantized(w)) {
-    std::vector<uint8_t> stored;
-    const WeightMatrix placed = kernels::StoreForThisCpu(w, &stored);
-    if (!stored.empty()) m.data = std::move(stored), m.view = placed;
-  }
+  std::vector<uint8_t> stored;
+  const WeightMatrix placed = kernels::StoreForThisCpu(w, &stored);
+  if (!stored.empty()) m.data = std::move(stored), m.view = placed;
   return m;
 }
 

@@ -108,7 +108,7 @@ WeightMatrix PackForTiles(const WeightMatrix& w, std::vector<uint8_t>* storage) 
 }
 
 WeightMatrix StoreForThisCpu(const WeightMatrix& w, std::vector<uint8_t>* storage) {
-  return linear::AmxTiles() ? PackForTiles(w, storage) : w;
+  return linear::AmxTiles() && IsQuantized(w) ? PackForTiles(w, storage) : w;
 }
 
 namespace linear {
@@ -260,6 +260,11 @@ DSV4_TILE_INLINE __m512 StepScale(const WeightMatrix& w, int64_t r, int64_t c) {
   }
 }
 
+// The lanes of a group at view row rb that hold rows of the view (all 16 but in a last group).
+DSV4_TILE_INLINE __mmask16 LiveRows(const WeightMatrix& w, int64_t rb) {
+  return _cvtu32_mask16(w.rows() - rb >= 16 ? 0xFFFFu : (1u << (w.rows() - rb)) - 1);
+}
+
 // The group at view row r (a multiple of 16), pair step s of the view.
 inline const uint8_t* GroupStep(const WeightMatrix& w, int64_t r, int64_t s) {
   return static_cast<const uint8_t*>(w.data) +
@@ -292,8 +297,6 @@ DSV4_TILE void GemvGroups(const Plan& p, int64_t r, int64_t t0) {
   const float* xs = static_cast<const float*>(p.xt);  // [part][m][k32]
   const uint8_t* wg[NG];
   for (int g = 0; g < NG; ++g) wg[g] = GroupStep(w, r + kGroup * g, 0);
-  const int64_t gstride = (w.ld / 2) * kSb;  // bytes from a group to the next
-  (void)gstride;
   __m512 c[NG][TP];
   for (int g = 0; g < NG; ++g)
     for (int t = 0; t < TP; ++t) c[g][t] = _mm512_setzero_ps();
@@ -326,9 +329,8 @@ DSV4_TILE void GemvGroups(const Plan& p, int64_t r, int64_t t0) {
   for (int g = 0; g < NG; ++g) {
     const int64_t rb = r + kGroup * g;
     if (rb >= w.rows()) break;
-    const __mmask16 rows = _cvtu32_mask16(w.rows() - rb >= 16 ? 0xFFFFu : (1u << (w.rows() - rb)) - 1);
     for (int t = 0; t < TP; ++t)
-      _mm512_mask_storeu_ps(job.y + (t0 + t) * job.ldy + rb, rows,
+      _mm512_mask_storeu_ps(job.y + (t0 + t) * job.ldy + rb, LiveRows(w, rb),
                             _mm512_mul_ps(c[g][t], _mm512_set1_ps(Pow2(-p.xexp[t0 + t]))));
   }
 }
@@ -425,9 +427,8 @@ DSV4_TILE void DecodeGroups(const Plan& p, int64_t r0, int64_t r1, int64_t ngrou
 // 2^-xexp.
 DSV4_TILE_INLINE void StoreRows(const Plan& p, const float* c, int64_t t0, int64_t rb) {
   const LinearJob& job = *p.job;
-  const int64_t rows = job.w->rows();
-  if (rb >= rows) return;
-  const __mmask16 live = _cvtu32_mask16(rows - rb >= 16 ? 0xFFFFu : (1u << (rows - rb)) - 1);
+  if (rb >= job.w->rows()) return;
+  const __mmask16 live = LiveRows(*job.w, rb);
   for (int64_t t = t0; t < std::min(job.m, t0 + kGroup); ++t)
     _mm512_mask_storeu_ps(job.y + t * job.ldy + rb, live,
                           _mm512_mul_ps(_mm512_load_ps(c + (t - t0) * 16), _mm512_set1_ps(Pow2(-p.xexp[t]))));
@@ -509,14 +510,14 @@ DSV4_TILE void StreamGroups(Tiles& tiles, const Plan& p, int64_t r0, int64_t r1)
         }
       }
     }
-    for (int i = 0; i < (two ? 4 : 2); ++i) {  // C tile i: token block i / 2, group i % 2
-      if (i % 2 == 1 && !second) continue;
-      if (i == 0) tiles.template Store<0>(cbuf[0], 64);
-      if (i == 1) tiles.template Store<1>(cbuf[1], 64);
-      if (i == 2) tiles.template Store<2>(cbuf[2], 64);
-      if (i == 3) tiles.template Store<3>(cbuf[3], 64);
-      StoreRows(p, cbuf[i], (i / 2) * kGroup, r + (i % 2) * kGroup);
+    tiles.template Store<0>(cbuf[0], 64);
+    tiles.template Store<1>(cbuf[1], 64);
+    if (two) {
+      tiles.template Store<2>(cbuf[2], 64);
+      tiles.template Store<3>(cbuf[3], 64);
     }
+    for (int i = 0; i < (two ? 4 : 2); ++i)  // C tile i: token block i / 2, group i % 2
+      if (i % 2 == 0 || second) StoreRows(p, cbuf[i], (i / 2) * kGroup, r + (i % 2) * kGroup);
   }
 }
 

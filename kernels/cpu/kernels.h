@@ -47,12 +47,15 @@ struct WeightMatrix {
 // The view w (FP8, FP4 or BF16; FP8 views starting on a block of scales) repacked for the tiles into
 // *storage; the scales are w's. Other formats come back as they are.
 WeightMatrix PackForTiles(const WeightMatrix& w, std::vector<uint8_t>* storage);
-// w as this CPU's level multiplies it fastest: PackForTiles at the amx level, else w itself.
-WeightMatrix StoreForThisCpu(const WeightMatrix& w, std::vector<uint8_t>* storage);
-
 // True when a layer's input activations are rounded to FP8 before the product (the reference does
 // this for FP8 and FP4 weights only).
 inline bool IsQuantized(const WeightMatrix& w) { return w.type == WeightType::kFP8 || w.type == WeightType::kFP4; }
+
+// w as this CPU's level multiplies it fastest, for products of inputs rounded as the reference
+// rounds them: an FP8/FP4 w stored for the tiles (PackForTiles) at the amx level, else w itself.
+// Weights against unrounded inputs stay as they are: in the tiles' order their decode keeps three
+// chains per column, which trailed the streaming path.
+WeightMatrix StoreForThisCpu(const WeightMatrix& w, std::vector<uint8_t>* storage);
 
 // Dequantizes logical row `r` (relative to row_begin), columns [col_begin, col_end), into out.
 // A value below the normal float range reads as 0 (FTZ, isa.h).

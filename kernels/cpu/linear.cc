@@ -371,8 +371,8 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       xexp_ints += job.m;
       ++num_gemm;
       CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(), FlopKind::kAmxBf16);
-      // Prefill: panels of up to 128 rows whose B tiles stay in L2 (512 KB), so that the tokens'
-      // tiles are read from L3 once for them all. Decode: about RowsPerTask's rows.
+      // Panels: up to 128 rows whose B tiles stay in L2 (512 KB), so that the tokens' tiles are read
+      // from L3 once for them all. Fewer tokens: about RowsPerTask's rows.
       const int64_t rows32 = (w.rows() + 31) / 32 * 32;
       int64_t pr = 128;
       while (pr > 32 && (pr * p.k32 * 2 > (512 << 10) || pr > rows32)) pr /= 2;
@@ -438,15 +438,15 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   // The GEMM jobs that pack their input (a job with no full chunk packs nothing, but is one).
   Scratch<int64_t> packs(num_gemm, NoInit{}), tile_packs(num_gemm, NoInit{});
   int64_t num_packs = 0, num_tile_packs = 0;
-  // The earlier job whose copy of its input job j takes: the same input, path and weight format,
-  // and `same` of its plan; null if none.
+  // The earlier job whose copy of its input job j takes: the same input and path, and `same` of the
+  // earlier job's index; null if none.
   auto earlier_copy = [&](int64_t j, auto same) -> const Plan* {
     for (int64_t i = first_reader[j]; i < j; ++i)
-      if (first_reader[i] == first_reader[j] && plans[i].path == plans[j].path && jobs[i].w->type == jobs[j].w->type &&
-          same(plans[i]))
-        return &plans[i];
+      if (first_reader[i] == first_reader[j] && plans[i].path == plans[j].path && same(i)) return &plans[i];
     return nullptr;
   };
+  // The streaming and GEMM paths lay an input out for the weights' format.
+  auto same_format = [&](int64_t i, int64_t j) { return jobs[i].w->type == jobs[j].w->type; };
   for (int64_t j = 0; j < num_jobs; ++j) {
     Plan& p = plans[j];
     const LinearJob& job = jobs[j];
@@ -454,7 +454,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     if (job.m <= 0 || w.rows() <= 0) continue;
     if (p.path == Plan::kGemv && w.type != WeightType::kF32) {
       // A job reading the same input in the same lane order takes the earlier one's copy.
-      const Plan* shared = earlier_copy(j, [](const Plan& q) { return q.xp != nullptr; });
+      const Plan* shared = earlier_copy(j, [&](int64_t i) { return same_format(i, j) && plans[i].xp != nullptr; });
       if (shared != nullptr) {
         p.xp = shared->xp;
         std::copy_n(shared->kx, job.m, p.kx);
@@ -467,7 +467,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     if (p.path == Plan::kGemm) {
       // Jobs reading the same input the same way share one packed copy (w1 and w3 of an expert).
-      const Plan* shared = earlier_copy(j, [&](const Plan& q) { return q.bf16 == p.bf16; });
+      const Plan* shared = earlier_copy(j, [&](int64_t i) { return same_format(i, j) && plans[i].bf16 == p.bf16; });
       if (shared != nullptr) {
         p.xt = shared->xt, p.xexp = shared->xexp;
       } else {
@@ -482,10 +482,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
     if (p.path == Plan::kTile) {
       // Every tile job reading the same input packs it the same way, whatever its weight format.
-      const Plan* shared = nullptr;
-      for (int64_t i = first_reader[j]; i < j && shared == nullptr; ++i)
-        if (first_reader[i] == first_reader[j] && plans[i].path == Plan::kTile && plans[i].xt != nullptr)
-          shared = &plans[i];
+      const Plan* shared = earlier_copy(j, [&](int64_t i) { return plans[i].xt != nullptr; });
       if (shared != nullptr) {
         p.xt = shared->xt, p.xexp = shared->xexp;
       } else {
@@ -533,8 +530,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         while (u >= exp_start[i + 1]) ++i;
         const Plan& p = plans[packs[i]];
         const int64_t t = u - exp_start[i];
-        bool zero;
-        p.xexp[t] = NormalizingExp(AmaxExp(p.job->x + t * p.job->ldx, p.job->w->cols(), &zero));
+        p.xexp[t] = linear::TokenExp(p.job->x + t * p.job->ldx, p.job->w->cols());
       }
     });
     ForEachUnit(packs.data(), num_packs, [&](int64_t j) { return plans[j].nkb; },

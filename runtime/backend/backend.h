@@ -116,8 +116,8 @@ class Backend {
   // them before FP8/FP4 products, in products of unrounded inputs, or by rows (an embedding table).
   enum class WeightUse { kProducts, kUnroundedProducts, kRows };
   // The view of a (host, mmapped) weight on this device: the same view on the CPU (at the amx
-  // level, FP8/FP4/BF16 products a copy stored for the tiles); a copy of the rectangle the view
-  // covers on a GPU, uploaded once per rank shard.
+  // level, for FP8/FP4 products of rounded inputs, a copy stored for the tiles); a copy of the
+  // rectangle the view covers on a GPU, uploaded once per rank shard.
   virtual absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) = 0;
   // Whether host memory is the device's own, so that placing host data is a view of it, not a copy
   // (the CPU backend's).

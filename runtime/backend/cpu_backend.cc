@@ -53,9 +53,8 @@ class ChunkArena {
   int64_t used_ = 0;
 };
 
-// The experts are the checkpoint's own views.
-// The experts' matrices as this CPU multiplies them fastest (FP8/FP4 ones stored for the tiles at
-// the amx level: their inputs are rounded), and views of them.
+// The experts' matrices as this CPU multiplies them fastest (kernels::StoreForThisCpu: FP8/FP4 ones,
+// whose inputs are rounded, stored for the tiles at the amx level), else the checkpoint's views.
 class CpuExpertTable final : public ExpertTable {
  public:
   explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()), stored(3 * e.size()) {
@@ -64,7 +63,6 @@ class CpuExpertTable final : public ExpertTable {
       for (int k = 0; k < 3; ++k) {
         if (*w[k] == nullptr) continue;
         Stored& s = stored[3 * i + k];
-        if (!kernels::IsQuantized(**w[k])) continue;  // BF16 experts' inputs are not rounded
         s.w = kernels::StoreForThisCpu(**w[k], &s.bytes);
         if (!s.bytes.empty()) *w[k] = &s.w;
       }
@@ -110,14 +108,12 @@ class CpuBackend final : public Backend {
   void Zero(void* x, int64_t bytes) override {
     if (bytes > 0) std::memset(x, 0, static_cast<size_t>(bytes));
   }
-  // At the amx level, a copy stored for the tiles (kernels::PackForTiles), kept for the backend's
+  // At the amx level, a copy stored for the tiles (kernels::StoreForThisCpu), kept for the backend's
   // life, of the FP8/FP4 weights whose products take inputs rounded as the reference rounds them.
-  // Not an embedding table (read by rows), nor weights against unrounded inputs (wo_a's FP8 rows;
-  // BF16 weights, whose inputs are never rounded): their decode in the tiles' order keeps three
-  // chains per column, which trailed the streaming path (batch-1 decode 0.74 of STREAM against
-  // 0.82 with wo_a stored).
+  // Not an embedding table (read by rows), nor wo_a's FP8 rows, whose inputs are not rounded: with
+  // wo_a stored, batch-1 decode read 0.74-0.79 of STREAM, against 0.81-0.84 without.
   absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) override {
-    if (use != WeightUse::kProducts || !kernels::IsQuantized(host)) return host;
+    if (use != WeightUse::kProducts) return host;
     std::vector<uint8_t> bytes;
     const kernels::WeightMatrix w = kernels::StoreForThisCpu(host, &bytes);
     if (!bytes.empty()) stored_.push_back(std::move(bytes));
