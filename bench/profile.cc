@@ -2,16 +2,19 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <chrono>
-#include <ctime>
+#include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
+#include <memory>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/page_arena.h"
+#include "base/status.h"
 #include "bench/limits.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
@@ -63,7 +66,7 @@ double Median(std::vector<double> v) {
 // would measure a different speed from a model's weights.
 struct StoredMatrix {
   std::vector<uint8_t> data, scales;
-  WeightMatrix view;  // as the CPU backend places it (stored for the tiles at the amx level, in data)
+  WeightMatrix view;  // as the CPU backend places it (stored for the tiles at the amx level, from an arena)
 };
 
 // The E8M0 code of a power of two.
@@ -128,7 +131,8 @@ class CodeSampler {
   std::array<uint8_t, 4096> table_{};
 };
 
-StoredMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt19937_64& rng) {
+absl::StatusOr<StoredMatrix> MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt19937_64& rng,
+                                        PageArena& arena) {
   StoredMatrix m;
   WeightMatrix& w = m.view;
   w.type = type;
@@ -178,9 +182,11 @@ StoredMatrix MakeMatrix(WeightType type, int64_t rows, int64_t cols, std::mt1993
   w.scales = m.scales.empty() ? nullptr : m.scales.data();
   // The rates are the runtime's: the CPU backend stores FP8/FP4 weights for the tiles where the
   // level is amx (their inputs are rounded; BF16 ones, the head's, stay as they are), so does this.
-  std::vector<uint8_t> stored;
-  const WeightMatrix placed = kernels::StoreForThisCpu(w, &stored);
-  if (!stored.empty()) m.data = std::move(stored), m.view = placed;
+  if (const int64_t bytes = kernels::StoredBytes(w); bytes > 0) {
+    DSV4_ASSIGN_OR_RETURN(uint8_t * out, arena.Allocate(bytes), "profile: a ", rows, " x ", cols, " matrix");
+    m.view = kernels::StoreForThisCpu(w, out);
+    m.data = {};
+  }
   return m;
 }
 
@@ -267,16 +273,18 @@ double KernelFloorUs() {
 // output width, from products of K = 128 and 128 and 512 outputs whose weights stay in cache (the
 // median of many calls each). What is left at width 0 is what every call pays whatever its size:
 // the pool's fork and join, the activations' conversion and packing.
-CpuProfile::FloorPoint ProductFloor(int64_t m, std::mt19937_64& rng) {
+absl::StatusOr<CpuProfile::FloorPoint> ProductFloor(int64_t m, std::mt19937_64& rng) {
   constexpr int64_t kK = 128, kNarrow = 128, kWide = 512;
-  auto median_us = [&](int64_t n) {
-    StoredMatrix w = MakeMatrix(WeightType::kFP8, n, kK, rng);
+  PageArena arena;
+  auto median_us = [&](int64_t n) -> absl::StatusOr<double> {
+    DSV4_ASSIGN_OR_RETURN(StoredMatrix w, MakeMatrix(WeightType::kFP8, n, kK, rng, arena));
     std::vector<float> x(m * kK, kQuantizedActivation), y(m * n);
     return MedianCallUs(400, 20, [&] { kernels::Linear(x.data(), m, kK, w.view, y.data(), n); });
   };
-  const double narrow = median_us(kNarrow), wide = median_us(kWide);
+  DSV4_ASSIGN_OR_RETURN(const double narrow, median_us(kNarrow));
+  DSV4_ASSIGN_OR_RETURN(const double wide, median_us(kWide));
   const double per_output = std::max(0.0, (wide - narrow) / (kWide - kNarrow));
-  return {static_cast<double>(m), std::max(0.0, narrow - per_output * kNarrow)};
+  return CpuProfile::FloorPoint{static_cast<double>(m), std::max(0.0, narrow - per_output * kNarrow)};
 }
 
 }  // namespace
@@ -295,11 +303,19 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   p.isa = kernels::IsaName(kernels::ActiveIsa());
   std::mt19937_64 rng(7);
   // A matrix of half the streamed bytes or more (a large vocabulary head) is cycled through alone.
-  auto dense_set = [&](WeightType type, double bytes_per_weight, int64_t rows, int64_t k) {
+  struct MatrixSet {
+    PageArena arena;  // the copies stored for this CPU, where the matrices take them
+    std::vector<StoredMatrix> matrices;
+  };
+  auto dense_set = [&](WeightType type, double bytes_per_weight, int64_t rows,
+                       int64_t k) -> absl::StatusOr<std::unique_ptr<MatrixSet>> {
     const double one = bytes_per_weight * static_cast<double>(rows * k);
     const int64_t n = std::max<int64_t>(one * 2 > o.stream_bytes ? 1 : 2, static_cast<int64_t>(o.stream_bytes / one));
-    std::vector<StoredMatrix> set;
-    for (int64_t i = 0; i < n; ++i) set.push_back(MakeMatrix(type, rows, k, rng));
+    auto set = std::make_unique<MatrixSet>();
+    for (int64_t i = 0; i < n; ++i) {
+      DSV4_ASSIGN_OR_RETURN(StoredMatrix w, MakeMatrix(type, rows, k, rng, set->arena));
+      set->matrices.push_back(std::move(w));
+    }
     return set;
   };
   std::vector<int64_t> widths = o.widths;
@@ -307,27 +323,34 @@ absl::StatusOr<CpuProfile> MeasureCpuProfile(const ProfileOptions& o) {
   widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
   for (int64_t k : widths) {
     {
-      auto set = dense_set(WeightType::kFP8, 1, o.out_features, k);
-      for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set, m, o.reps, kQuantizedActivation));
+      DSV4_ASSIGN_OR_RETURN(auto set, dense_set(WeightType::kFP8, 1, o.out_features, k));
+      for (int64_t m : o.tokens) p.gemm_fp8.push_back(DenseRate(set->matrices, m, o.reps, kQuantizedActivation));
     }
-    auto set = dense_set(WeightType::kBF16, 2, k == o.hidden && o.head_rows > 0 ? o.head_rows : o.out_features, k);
-    for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set, m, o.reps, kFloatActivation));
+    DSV4_ASSIGN_OR_RETURN(
+        auto set, dense_set(WeightType::kBF16, 2, k == o.hidden && o.head_rows > 0 ? o.head_rows : o.out_features, k));
+    for (int64_t m : o.tokens) p.gemm_bf16.push_back(DenseRate(set->matrices, m, o.reps, kFloatActivation));
   }
   {
     const double one = 1.5 * o.expert_inter * o.hidden * o.experts;  // bytes of a layer's experts
     const int64_t n = std::max<int64_t>(2, static_cast<int64_t>(o.stream_bytes / one));
+    PageArena arena;  // the experts' copies stored for this CPU
     std::vector<std::vector<ExpertMatrices>> layers(n);
     for (auto& layer : layers)
-      for (int64_t e = 0; e < o.experts; ++e)
-        layer.push_back({MakeMatrix(WeightType::kFP4, o.expert_inter, o.hidden, rng),
-                         MakeMatrix(WeightType::kFP4, o.expert_inter, o.hidden, rng),
-                         MakeMatrix(WeightType::kFP4, o.hidden, o.expert_inter, rng)});
+      for (int64_t e = 0; e < o.experts; ++e) {
+        DSV4_ASSIGN_OR_RETURN(StoredMatrix w1, MakeMatrix(WeightType::kFP4, o.expert_inter, o.hidden, rng, arena));
+        DSV4_ASSIGN_OR_RETURN(StoredMatrix w3, MakeMatrix(WeightType::kFP4, o.expert_inter, o.hidden, rng, arena));
+        DSV4_ASSIGN_OR_RETURN(StoredMatrix w2, MakeMatrix(WeightType::kFP4, o.hidden, o.expert_inter, rng, arena));
+        layer.push_back({std::move(w1), std::move(w3), std::move(w2)});
+      }
     for (int64_t m : o.tokens_per_expert)
       p.grouped_gemm.push_back(GroupedRate(layers, m, o.reps));
   }
   p.stream_gbps = MeasureStreamTriadGBps(o.reps + 2);
   p.kernel_floor_us = KernelFloorUs();
-  for (int64_t m : o.tokens) p.product_floor.push_back(ProductFloor(m, rng));
+  for (int64_t m : o.tokens) {
+    DSV4_ASSIGN_OR_RETURN(CpuProfile::FloorPoint f, ProductFloor(m, rng));
+    p.product_floor.push_back(f);
+  }
   p.peak_gflops = MeasurePeakRates(o.reps + 2).fp32.gflops;  // the FP32 FMA peak
   for (const RatePoint& r : p.grouped_gemm) p.expert_gflops = std::max(p.expert_gflops, r.tflops * 1e3);
   double cpu = 0, wall = 0;

@@ -44,18 +44,26 @@ struct WeightMatrix {
   int64_t cols() const { return col_end - col_begin; }
 };
 
-// The view w (FP8, FP4 or BF16; FP8 views starting on a block of scales) repacked for the tiles into
-// *storage; the scales are w's. Other formats come back as they are.
-WeightMatrix PackForTiles(const WeightMatrix& w, std::vector<uint8_t>* storage);
+// Bytes PackForTiles writes for the view w: 0 where w cannot be stored so (FP32, already tiled, an
+// FP8 view not starting on a block of scales, an FP4 view not starting on a group of 32).
+int64_t TiledBytes(const WeightMatrix& w);
+// The view w (FP8, FP4 or BF16) repacked for the tiles into `out` (TiledBytes(w) bytes, 64-byte
+// aligned: the fast paths load whole lines); the scales are w's. Every byte of `out` is written, in
+// parallel on the pool's threads, so fresh pages are faulted in by the threads that fill them.
+// w itself where TiledBytes(w) is 0.
+WeightMatrix PackForTiles(const WeightMatrix& w, void* out);
 // True when a layer's input activations are rounded to FP8 before the product (the reference does
 // this for FP8 and FP4 weights only).
 inline bool IsQuantized(const WeightMatrix& w) { return w.type == WeightType::kFP8 || w.type == WeightType::kFP4; }
 
+// Bytes StoreForThisCpu writes for w: 0 where this CPU's level multiplies w as it is.
+int64_t StoredBytes(const WeightMatrix& w);
 // w as this CPU's level multiplies it fastest, for products of inputs rounded as the reference
-// rounds them: an FP8/FP4 w stored for the tiles (PackForTiles) at the amx level, else w itself.
-// Weights against unrounded inputs stay as they are: in the tiles' order their decode keeps three
-// chains per column, which trailed the streaming path.
-WeightMatrix StoreForThisCpu(const WeightMatrix& w, std::vector<uint8_t>* storage);
+// rounds them: an FP8/FP4 w stored for the tiles (PackForTiles) into `out` (StoredBytes(w) bytes,
+// 64-byte aligned) at the amx level, else w itself. Weights against unrounded inputs stay as they
+// are: in the tiles' order their decode keeps three chains per column, which trailed the streaming
+// path.
+WeightMatrix StoreForThisCpu(const WeightMatrix& w, void* out);
 
 // Dequantizes logical row `r` (relative to row_begin), columns [col_begin, col_end), into out.
 // A value below the normal float range reads as 0 (FTZ, isa.h).

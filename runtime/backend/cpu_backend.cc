@@ -2,12 +2,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "base/page_arena.h"
 #include "base/status.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/scratch.h"
@@ -16,6 +16,15 @@
 
 namespace dsv4 {
 namespace {
+
+// w stored for this CPU (kernels::StoreForThisCpu) in memory from `arena`, or w itself.
+absl::StatusOr<kernels::WeightMatrix> Store(const kernels::WeightMatrix& w, PageArena& arena) {
+  const int64_t bytes = kernels::StoredBytes(w);
+  if (bytes == 0) return w;
+  DSV4_ASSIGN_OR_RETURN(uint8_t * out, arena.Allocate(bytes), "storing a ", w.rows(), " x ", w.cols(),
+                        " weight for this CPU");
+  return kernels::StoreForThisCpu(w, out);
+}
 
 // A bump allocator over chunks that are kept across Reset(): once a step has run, the same step
 // allocates nothing. Pointers stay valid until Reset(), or until the Release() of a mark taken
@@ -57,25 +66,25 @@ class ChunkArena {
 // whose inputs are rounded, stored for the tiles at the amx level), else the checkpoint's views.
 class CpuExpertTable final : public ExpertTable {
  public:
-  explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()), stored(3 * e.size()) {
-    for (size_t i = 0; i < experts.size(); ++i) {
-      const kernels::WeightMatrix** w[3] = {&experts[i].w1, &experts[i].w2, &experts[i].w3};
+  static absl::StatusOr<std::unique_ptr<CpuExpertTable>> Make(std::span<const ExpertViews> e) {
+    std::unique_ptr<CpuExpertTable> t(new CpuExpertTable(e));
+    for (size_t i = 0; i < t->experts.size(); ++i) {
+      const kernels::WeightMatrix** w[3] = {&t->experts[i].w1, &t->experts[i].w2, &t->experts[i].w3};
       for (int k = 0; k < 3; ++k) {
         if (*w[k] == nullptr) continue;
-        Stored& s = stored[3 * i + k];
-        s.w = kernels::StoreForThisCpu(**w[k], &s.bytes);
-        if (!s.bytes.empty()) *w[k] = &s.w;
+        kernels::WeightMatrix& s = t->stored_[3 * i + k];
+        DSV4_ASSIGN_OR_RETURN(s, Store(**w[k], t->arena_), "expert ", i);
+        if (s.data != (*w[k])->data) *w[k] = &s;
       }
     }
+    return t;
   }
   std::vector<ExpertViews> experts;
 
  private:
-  struct Stored {
-    kernels::WeightMatrix w;
-    std::vector<uint8_t> bytes;
-  };
-  std::vector<Stored> stored;  // never resized after construction: the views point into it
+  explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()), stored_(3 * e.size()) {}
+  PageArena arena_;
+  std::vector<kernels::WeightMatrix> stored_;  // never resized after construction: the views point into it
 };
 
 class CpuBackend final : public Backend {
@@ -114,13 +123,11 @@ class CpuBackend final : public Backend {
   // wo_a stored, batch-1 decode read 0.74-0.79 of STREAM, against 0.81-0.84 without.
   absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) override {
     if (use != WeightUse::kProducts) return host;
-    std::vector<uint8_t> bytes;
-    const kernels::WeightMatrix w = kernels::StoreForThisCpu(host, &bytes);
-    if (!bytes.empty()) stored_.push_back(std::move(bytes));
-    return w;
+    return Store(host, stored_);
   }
   absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> experts) override {
-    return std::unique_ptr<ExpertTable>(new CpuExpertTable(experts));
+    DSV4_ASSIGN_OR_RETURN(auto table, CpuExpertTable::Make(experts));
+    return std::unique_ptr<ExpertTable>(std::move(table));
   }
   absl::Status Synchronize() override { return absl::OkStatus(); }
   absl::Status status() const override { return absl::OkStatus(); }
@@ -302,7 +309,7 @@ class CpuBackend final : public Backend {
   }
 
   absl::flat_hash_map<void*, std::unique_ptr<char[]>> persistent_;
-  std::deque<std::vector<uint8_t>> stored_;  // weights stored for this CPU (PlaceWeight)
+  PageArena stored_;  // weights stored for this CPU (PlaceWeight)
   ChunkArena workspace_;
 };
 

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "base/page_arena.h"
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
@@ -441,18 +442,37 @@ TEST(FastLinear, Bf16ProductsEqualFp32Products) {
   }
 }
 
-// Weights stored for the tiles (PackForTiles): every element reads back as stored, views included;
-// a view that does not start on a group of 16 rows multiplies as the plain loop does (no fast path
-// may read the stored bytes as rows).
+// w stored for the tiles (PackForTiles) in memory from `arena`.
+WeightMatrix Tiled(const WeightMatrix& w, PageArena& arena) {
+  const absl::StatusOr<uint8_t*> out = arena.Allocate(TiledBytes(w));
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? PackForTiles(w, *out) : w;
+}
+
+// Weights stored for the tiles (PackForTiles): every element reads back as stored, views included,
+// and every byte of the storage is written (packed over zeros and over 0xA5, the bytes agree: the
+// storage comes from fresh pages nobody zeroes); a view that does not start on a group of 16 rows
+// multiplies as the plain loop does (no fast path may read the stored bytes as rows).
 TEST(TiledLinear, PackingKeepsEveryElement) {
   std::mt19937 rng(47);
+  PageArena arena;
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
     TestWeight tw = MakeWeight(type, 300, 512, rng);
-    for (int view = 0; view < 2; ++view) {
+    for (int view = 0; view < 3; ++view) {
       WeightMatrix wv = tw.w;
       if (view == 1) wv.row_begin = 128, wv.row_end = 290, wv.col_begin = 128, wv.col_end = 480;
-      std::vector<uint8_t> storage;
-      const WeightMatrix t = PackForTiles(wv, &storage);
+      if (view == 2) {
+        if (type == WeightType::kFP4) continue;  // FP4 pairs are whole bytes: no partial step
+        wv.col_end = 505;                        // a partial last step
+      }
+      const int64_t bytes = TiledBytes(wv);
+      ASSERT_GT(bytes, 0) << Name(type);
+      const absl::StatusOr<uint8_t*> over_zeros = arena.Allocate(bytes), over_a5 = arena.Allocate(bytes);
+      ASSERT_TRUE(over_zeros.ok() && over_a5.ok());
+      std::memset(*over_zeros, 0, bytes), std::memset(*over_a5, 0xA5, bytes);
+      const WeightMatrix t = PackForTiles(wv, *over_zeros);
+      PackForTiles(wv, *over_a5);
+      ASSERT_EQ(std::memcmp(*over_zeros, *over_a5, bytes), 0) << Name(type) << " view " << view;
       ASSERT_TRUE(t.tiled) << Name(type);
       ASSERT_EQ(t.rows(), wv.rows());
       ASSERT_EQ(t.cols(), wv.cols());
@@ -513,6 +533,7 @@ TEST(TiledLinear, TileOrderBitForBitWhateverTheBatch) {
   if (ActiveIsa() < Isa::kAvx512Bf16)
     GTEST_SKIP() << "the tile path needs AVX-512 BF16; this run has " << IsaName(ActiveIsa());
   std::mt19937 rng(53);
+  PageArena arena;
   for (WeightType type : {WeightType::kBF16, WeightType::kFP8, WeightType::kFP4}) {
     for (auto [rows, cols] : {std::pair{70, 1056}, {40, 2304}}) {
       TestWeight tw = MakeWeight(type, rows, cols, rng);
@@ -521,8 +542,7 @@ TEST(TiledLinear, TileOrderBitForBitWhateverTheBatch) {
         const std::vector<float> x = inexact ? MakeInput(m, cols, rng) : MakeFp8Input(m, cols, rng);
         WeightMatrix wv = tw.w;
         if (type != WeightType::kFP4) wv.col_end = cols - 7;  // a partial last step
-        std::vector<uint8_t> storage;
-        const WeightMatrix t = PackForTiles(wv, &storage);
+        const WeightMatrix t = Tiled(wv, arena);
         const std::string what = Name(type) + " rows " + std::to_string(rows) + " cols " + std::to_string(t.cols()) +
                                  (inexact ? " inexact" : " exact");
         std::vector<float> all(m * rows);

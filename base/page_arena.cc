@@ -1,0 +1,79 @@
+#include "base/page_arena.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace dsv4 {
+namespace {
+
+constexpr int64_t kPage = 4096;
+constexpr int64_t kMaxBytes = int64_t{1} << 47;  // x86-64's user address space with 4-level paging
+
+int64_t RoundUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+}  // namespace
+
+PageArena::~PageArena() { UnmapAll(); }
+
+PageArena::PageArena(PageArena&& other) noexcept
+    : mappings_(std::exchange(other.mappings_, {})),
+      next_(std::exchange(other.next_, nullptr)),
+      left_(std::exchange(other.left_, 0)),
+      mapped_(std::exchange(other.mapped_, 0)) {}
+
+PageArena& PageArena::operator=(PageArena&& other) noexcept {
+  if (this != &other) {
+    UnmapAll();
+    mappings_ = std::exchange(other.mappings_, {});
+    next_ = std::exchange(other.next_, nullptr);
+    left_ = std::exchange(other.left_, 0);
+    mapped_ = std::exchange(other.mapped_, 0);
+  }
+  return *this;
+}
+
+void PageArena::UnmapAll() {
+  for (const Mapping& m : mappings_) ::munmap(m.base, static_cast<size_t>(m.size));
+  mappings_.clear();
+  next_ = nullptr, left_ = 0, mapped_ = 0;
+}
+
+absl::StatusOr<uint8_t*> PageArena::Map(int64_t bytes) {
+  const int64_t size = RoundUp(std::max<int64_t>(bytes, 1), kPage);
+  // Reserved (no MAP_NORESERVE): a size the system cannot back is refused here, with an error,
+  // rather than by the OOM killer when the pages are first written.
+  void* base = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED)
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map ", size >> 20, " MiB of host memory: ", std::strerror(errno)));
+  mappings_.push_back({base, size});
+  mapped_ += size;
+  return static_cast<uint8_t*>(base);
+}
+
+absl::StatusOr<uint8_t*> PageArena::Allocate(int64_t bytes) {
+  if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat("negative allocation of ", bytes, " bytes"));
+  if (bytes > kMaxBytes)
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map ", bytes, " bytes of host memory: more than the address space takes"));
+  const int64_t need = RoundUp(std::max<int64_t>(bytes, 1), kAlign);
+  if (need >= kChunkBytes / 2) return Map(need);
+  if (need > left_) {
+    auto chunk = Map(kChunkBytes);
+    if (!chunk.ok()) return chunk.status();
+    next_ = *chunk, left_ = kChunkBytes;
+  }
+  uint8_t* p = next_;
+  next_ += need, left_ -= need;
+  return p;
+}
+
+}  // namespace dsv4
