@@ -491,22 +491,17 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         xexp_used += job.m;
         tile_packs[num_tile_packs++] = j;
       }
-      for (int64_t s = 0; s < p.splits; ++s)
-        for (int64_t pi = 0; pi < p.panels; ++pi) {
-          const int64_t pairs = (p.ntb + 1) / 2;
-          tasks[nt++] = {static_cast<int32_t>(j), pi * p.panel_rows, std::min(w.rows(), (pi + 1) * p.panel_rows),
-                         std::min(p.ntb, 2 * (pairs * s / p.splits)),
-                         std::min(p.ntb, 2 * (pairs * (s + 1) / p.splits))};
-        }
-      continue;
     }
-    // Tasks.
-    if (p.path == Plan::kGemm) {
-      const int64_t tr = paths->gemm_task_rows;
+    // Tasks: the matrix paths take panels of rows times a share of the token blocks (the tiles' in
+    // pairs), the others ranges of rows.
+    if (p.path == Plan::kGemm || p.path == Plan::kTile) {
+      const int64_t rows = p.path == Plan::kGemm ? paths->gemm_task_rows : p.panel_rows;
+      const int64_t unit = p.path == Plan::kTile ? 2 : 1, units = (p.ntb + unit - 1) / unit;
       for (int64_t s = 0; s < p.splits; ++s)
         for (int64_t pi = 0; pi < p.panels; ++pi)
-          tasks[nt++] = {static_cast<int32_t>(j), pi * tr, std::min(w.rows(), (pi + 1) * tr), p.ntb * s / p.splits,
-                         p.ntb * (s + 1) / p.splits};
+          tasks[nt++] = {static_cast<int32_t>(j), pi * rows, std::min(w.rows(), (pi + 1) * rows),
+                         std::min(p.ntb, unit * (units * s / p.splits)),
+                         std::min(p.ntb, unit * (units * (s + 1) / p.splits))};
     } else {
       for (int64_t r = 0; r < w.rows();) {
         int64_t e = std::min(w.rows(), r + p.rows_per_task);
