@@ -38,8 +38,8 @@ constexpr KnobInfo kKnobs[] = {
     {Knob::kGoldenBinary, "DSV4_GOLDEN_BINARY", "",
      "tests only: the dsv4 binary the golden cases run (default: the one built beside the test)", ""},
     {Knob::kServeNp, "DSV4_SERVE_NP", "1", "tests only: ranks of the job the serving tests start", "int:1:64"},
-    {Knob::kServeArgs, "DSV4_SERVE_ARGS", "", "tests only: extra flags of the job the serving tests start (e.g. --tp 2)",
-     ""},
+    {Knob::kServeArgs, "DSV4_SERVE_ARGS", "",
+     "tests only: extra flags of the job the serving tests start (e.g. --tp 2)", ""},
     {Knob::kEpSingleCopy, "DSV4_EP_SINGLE_COPY", "1",
      "MoE dispatch/combine between ranks of one node read each other's memory directly (Linux cross-memory attach, "
      "one copy, no packing); 0: messages only",
@@ -53,6 +53,11 @@ constexpr KnobInfo kKnobs[] = {
      "how GPU ranks (--device cuda under mpirun) exchange activations: nccl (device memory; a build without NCCL "
      "falls back to host), or host (copied to host memory and sent over MPI)",
      "one-of:nccl|host"},
+    {Knob::kCpuStoreLimit, "DSV4_CPU_STORE_LIMIT_MB", "-1",
+     "amx level: MiB of host memory the copies of the FP8/FP4 weights stored for the AMX tiles may take; past it the "
+     "other weights run as they are, on the avx512_bf16 paths (-1: three quarters of the memory available when the "
+     "backend starts; 0: store none)",
+     "int:-1:1099511627776"},
 };
 
 absl::Status CheckValue(const KnobInfo& k, const std::string& v) {

@@ -13,22 +13,23 @@
 namespace dsv4::env {
 
 enum class Knob : int {
-  kCpuIsa,        // DSV4_CPU_ISA: force a CPU kernel path
-  kNumThreads,    // DSV4_NUM_THREADS: CPU worker threads
-  kPinThreads,    // DSV4_PIN_THREADS: pin the pool's workers
-  kFaultInject,   // DSV4_FAULT_INJECT: testing only, a rank kills or stops itself
-  kTokenizer,     // DSV4_TOKENIZER: tokenizer.json for builtin:* models
-  kLogLevel,      // DSV4_LOG_LEVEL: log verbosity
-  kSharedDir,     // DSV4_SHARED_DIR_OVERRIDE: tests only, the shared/ folder with golden data
-  kGoldenLaunch,  // DSV4_GOLDEN_LAUNCH: tests only, launcher for the golden cases
-  kGoldenArgs,    // DSV4_GOLDEN_ARGS: tests only, extra flags for the golden cases
-  kGoldenBinary,  // DSV4_GOLDEN_BINARY: tests only, the dsv4 binary the golden cases run
-  kServeNp,       // DSV4_SERVE_NP: tests only, ranks of the served job
-  kServeArgs,     // DSV4_SERVE_ARGS: tests only, extra flags of the served job
-  kEpSingleCopy,  // DSV4_EP_SINGLE_COPY: MoE exchanges read same-node peers' memory directly
-  kSoakRequests,  // DSV4_SOAK_REQUESTS: tests only, requests of the soak test's load
-  kFuzzSeconds,   // DSV4_FUZZ_SECONDS: tests only, time each fuzzer runs (launch/fuzz.sh)
-  kDeviceComm,    // DSV4_DEVICE_COMM: GPU ranks exchange over NCCL or through host memory
+  kCpuIsa,         // DSV4_CPU_ISA: force a CPU kernel path
+  kNumThreads,     // DSV4_NUM_THREADS: CPU worker threads
+  kPinThreads,     // DSV4_PIN_THREADS: pin the pool's workers
+  kFaultInject,    // DSV4_FAULT_INJECT: testing only, a rank kills or stops itself
+  kTokenizer,      // DSV4_TOKENIZER: tokenizer.json for builtin:* models
+  kLogLevel,       // DSV4_LOG_LEVEL: log verbosity
+  kSharedDir,      // DSV4_SHARED_DIR_OVERRIDE: tests only, the shared/ folder with golden data
+  kGoldenLaunch,   // DSV4_GOLDEN_LAUNCH: tests only, launcher for the golden cases
+  kGoldenArgs,     // DSV4_GOLDEN_ARGS: tests only, extra flags for the golden cases
+  kGoldenBinary,   // DSV4_GOLDEN_BINARY: tests only, the dsv4 binary the golden cases run
+  kServeNp,        // DSV4_SERVE_NP: tests only, ranks of the served job
+  kServeArgs,      // DSV4_SERVE_ARGS: tests only, extra flags of the served job
+  kEpSingleCopy,   // DSV4_EP_SINGLE_COPY: MoE exchanges read same-node peers' memory directly
+  kSoakRequests,   // DSV4_SOAK_REQUESTS: tests only, requests of the soak test's load
+  kFuzzSeconds,    // DSV4_FUZZ_SECONDS: tests only, time each fuzzer runs (launch/fuzz.sh)
+  kDeviceComm,     // DSV4_DEVICE_COMM: GPU ranks exchange over NCCL or through host memory
+  kCpuStoreLimit,  // DSV4_CPU_STORE_LIMIT_MB: host memory the weights stored for the tiles may take
 };
 
 struct KnobInfo {

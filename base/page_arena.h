@@ -52,4 +52,8 @@ class PageArena {
   int64_t mapped_ = 0;
 };
 
+// The host memory the system could give this process now (MemAvailable of /proc/meminfo: free
+// pages plus page cache it can reclaim), in bytes; -1 where it does not say.
+int64_t AvailableHostMemoryBytes();
+
 }  // namespace dsv4

@@ -2,11 +2,15 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "base/env.h"
+#include "base/log.h"
 #include "base/page_arena.h"
 #include "base/status.h"
 #include "kernels/cpu/isa.h"
@@ -17,10 +21,51 @@
 namespace dsv4 {
 namespace {
 
-// w stored for this CPU (kernels::StoreForThisCpu) in memory from `arena`, or w itself.
-absl::StatusOr<kernels::WeightMatrix> Store(const kernels::WeightMatrix& w, PageArena& arena) {
+// The host memory the copies stored for this CPU may take together: DSV4_CPU_STORE_LIMIT_MB, by
+// default three quarters of what the system says it can give when the backend starts (the KV pool,
+// the step's workspaces and other processes keep the rest). A copy that would pass it is not made:
+// its weight runs as it is, on the avx512_bf16 paths (slower; the results that level gives), where
+// packing on would end in the OOM killer part-way through start-up. The first refusal is logged.
+// Expert tables give their copies' share back when they go (a rebalance places new ones first).
+class StoreBudget {
+ public:
+  StoreBudget() {
+    const int64_t mb = env::Int(env::Knob::kCpuStoreLimit);
+    const int64_t available = AvailableHostMemoryBytes();
+    limit_ = mb >= 0 ? mb << 20 : available >= 0 ? available / 4 * 3 : std::numeric_limits<int64_t>::max();
+  }
+  // Whether a copy of `bytes` is made (and charged).
+  bool Take(int64_t bytes) {
+    if (bytes <= limit_ - used_) {
+      used_ += bytes;
+      return true;
+    }
+    auto size = [](int64_t b) {
+      return b < (1 << 20) ? absl::StrFormat("%.1f KiB", static_cast<double>(b) / (1 << 10))
+                           : absl::StrFormat("%.1f MiB", static_cast<double>(b) / (1 << 20));
+    };
+    if (!warned_)
+      DSV4_LOG(kWarn, "weights stored for the AMX tiles reach ", size(used_), " of their limit of ", size(limit_), " (",
+               env::Info(env::Knob::kCpuStoreLimit).name, "): a copy of ", size(bytes),
+               " is not made, nor any that would pass the limit; those weights run as they are, on the "
+               "avx512_bf16 paths");
+    warned_ = true;
+    return false;
+  }
+  void Give(int64_t bytes) { used_ -= bytes; }
+
+ private:
+  int64_t limit_ = 0, used_ = 0;
+  bool warned_ = false;
+};
+
+// w stored for this CPU (kernels::StoreForThisCpu) in memory from `arena` where the budget takes
+// it (adding what it charges to *charged), or w itself.
+absl::StatusOr<kernels::WeightMatrix> Store(const kernels::WeightMatrix& w, PageArena& arena, StoreBudget& budget,
+                                            int64_t* charged = nullptr) {
   const int64_t bytes = kernels::StoredBytes(w);
-  if (bytes == 0) return w;
+  if (bytes == 0 || !budget.Take(bytes)) return w;
+  if (charged != nullptr) *charged += bytes;
   DSV4_ASSIGN_OR_RETURN(uint8_t * out, arena.Allocate(bytes), "storing a ", w.rows(), " x ", w.cols(),
                         " weight for this CPU");
   return kernels::StoreForThisCpu(w, out);
@@ -66,23 +111,28 @@ class ChunkArena {
 // whose inputs are rounded, stored for the tiles at the amx level), else the checkpoint's views.
 class CpuExpertTable final : public ExpertTable {
  public:
-  static absl::StatusOr<std::unique_ptr<CpuExpertTable>> Make(std::span<const ExpertViews> e) {
-    std::unique_ptr<CpuExpertTable> t(new CpuExpertTable(e));
+  static absl::StatusOr<std::unique_ptr<CpuExpertTable>> Make(std::span<const ExpertViews> e,
+                                                              std::shared_ptr<StoreBudget> budget) {
+    std::unique_ptr<CpuExpertTable> t(new CpuExpertTable(e, std::move(budget)));
     for (size_t i = 0; i < t->experts.size(); ++i) {
       const kernels::WeightMatrix** w[3] = {&t->experts[i].w1, &t->experts[i].w2, &t->experts[i].w3};
       for (int k = 0; k < 3; ++k) {
         if (*w[k] == nullptr) continue;
         kernels::WeightMatrix& s = t->stored_[3 * i + k];
-        DSV4_ASSIGN_OR_RETURN(s, Store(**w[k], t->arena_), "expert ", i);
+        DSV4_ASSIGN_OR_RETURN(s, Store(**w[k], t->arena_, *t->budget_, &t->charged_), "expert ", i);
         if (s.data != (*w[k])->data) *w[k] = &s;
       }
     }
     return t;
   }
+  ~CpuExpertTable() override { budget_->Give(charged_); }
   std::vector<ExpertViews> experts;
 
  private:
-  explicit CpuExpertTable(std::span<const ExpertViews> e) : experts(e.begin(), e.end()), stored_(3 * e.size()) {}
+  CpuExpertTable(std::span<const ExpertViews> e, std::shared_ptr<StoreBudget> budget)
+      : experts(e.begin(), e.end()), budget_(std::move(budget)), stored_(3 * e.size()) {}
+  std::shared_ptr<StoreBudget> budget_;
+  int64_t charged_ = 0;  // of budget_, given back when the table goes
   PageArena arena_;
   std::vector<kernels::WeightMatrix> stored_;  // never resized after construction: the views point into it
 };
@@ -123,10 +173,10 @@ class CpuBackend final : public Backend {
   // wo_a stored, batch-1 decode read 0.74-0.79 of STREAM, against 0.81-0.84 without.
   absl::StatusOr<kernels::WeightMatrix> PlaceWeight(const kernels::WeightMatrix& host, WeightUse use) override {
     if (use != WeightUse::kProducts) return host;
-    return Store(host, stored_);
+    return Store(host, stored_, *budget_);
   }
   absl::StatusOr<std::unique_ptr<ExpertTable>> PlaceExperts(std::span<const ExpertViews> experts) override {
-    DSV4_ASSIGN_OR_RETURN(auto table, CpuExpertTable::Make(experts));
+    DSV4_ASSIGN_OR_RETURN(auto table, CpuExpertTable::Make(experts, budget_));
     return std::unique_ptr<ExpertTable>(std::move(table));
   }
   absl::Status Synchronize() override { return absl::OkStatus(); }
@@ -309,7 +359,8 @@ class CpuBackend final : public Backend {
   }
 
   absl::flat_hash_map<void*, std::unique_ptr<char[]>> persistent_;
-  PageArena stored_;  // weights stored for this CPU (PlaceWeight)
+  PageArena stored_;                                                       // weights stored for this CPU (PlaceWeight)
+  std::shared_ptr<StoreBudget> budget_ = std::make_shared<StoreBudget>();  // those and the expert tables'
   ChunkArena workspace_;
 };
 

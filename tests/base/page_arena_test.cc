@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -105,6 +106,15 @@ TEST(PageArena, RefusesWhatCannotBeMapped) {
   ASSERT_FALSE(negative.ok());
   EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(arena.mapped_bytes(), 0);
+}
+
+// What the system can give: more than nothing, no more than it has (sysinfo's total RAM).
+TEST(AvailableHostMemory, IsWithinThePhysicalMemory) {
+  const int64_t available = AvailableHostMemoryBytes();
+  struct sysinfo si {};
+  ASSERT_EQ(sysinfo(&si), 0);
+  ASSERT_GT(available, 0) << "/proc/meminfo has no MemAvailable";
+  EXPECT_LE(available, static_cast<int64_t>(si.totalram) * si.mem_unit);
 }
 
 }  // namespace

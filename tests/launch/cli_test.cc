@@ -303,5 +303,55 @@ TEST(CliBench, PrefillReportsTheLevelThatRanAndWhyNotAmx) {
   }
 }
 
+// The copies stored for the AMX tiles stay within DSV4_CPU_STORE_LIMIT_MB: with a small limit some
+// products take the tiles and the log says a copy was not made; with 0 none do, and the logits
+// are the avx512_bf16 level's bit for bit (every weight not stored runs as at that level). A limit
+// outside its range is refused before anything runs. Skips where the amx level is not this
+// machine's.
+TEST(CliBench, StoredWeightsStayWithinTheirLimit) {
+  auto prefill = [](const std::string& limit) {
+    std::map<std::string, std::string> env;
+    if (!limit.empty()) env["DSV4_CPU_STORE_LIMIT_MB"] = limit;
+    return RunDsv4({"bench", "prefill", "--model", "builtin:v4-tiny", "--context", "40", "--steps", "1", "--threads",
+                    "2", "--json", "true"},
+                   WithEnv(env));
+  };
+  EXPECT_TRUE(FailsWith(prefill("-2"), 2, {"DSV4_CPU_STORE_LIMIT_MB='-2' is not valid"}));
+  const RunResult all = prefill("");
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  const nlohmann::json j = nlohmann::json::parse(all.out);
+  if (j["isa"] != "amx") GTEST_SKIP() << "the amx level is not this machine's (" << j["isa"] << "): nothing is stored";
+  const double share = j["amx_flops_share"].get<double>();
+  EXPECT_GT(share, 0.0);
+  EXPECT_EQ(all.err.find("of their limit"), std::string::npos) << all.err;
+  const RunResult some = prefill("1");
+  ASSERT_EQ(some.exit_code, 0) << some.err;
+  const double some_share = nlohmann::json::parse(some.out)["amx_flops_share"].get<double>();
+  EXPECT_GT(some_share, 0.0);
+  EXPECT_LT(some_share, share);
+  EXPECT_NE(some.err.find("of their limit of 1.0 MiB"), std::string::npos) << some.err;
+  EXPECT_NE(some.err.find("DSV4_CPU_STORE_LIMIT_MB"), std::string::npos) << some.err;
+  const RunResult none = prefill("0");
+  ASSERT_EQ(none.exit_code, 0) << none.err;
+  EXPECT_EQ(nlohmann::json::parse(none.out)["amx_flops_share"].get<double>(), 0.0);
+
+  const std::string dir = TempDir();
+  auto logits = [&](const std::string& name, std::map<std::string, std::string> env) {
+    const std::string out = dir + "/" + name + ".npy";
+    const RunResult r = RunDsv4({"logits", "--model", "builtin:v4-tiny", "--prompt-ids",
+                                 "3,1,4,1,5,9,2,6,5,3,5,8,9,7,9,3,2,3,8,4,6,2,6,4,3,3,8,3,2,7,9,5,0,2,8,8,4,1,9,7",
+                                 "--decode-ids", "1,6,9", "--out", out},
+                                WithEnv(std::move(env)));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    auto bytes = ReadFile(out);
+    EXPECT_TRUE(bytes.ok()) << bytes.status();
+    return bytes.ok() ? *bytes : std::string();
+  };
+  const std::string unstored = logits("unstored", {{"DSV4_CPU_STORE_LIMIT_MB", "0"}});
+  const std::string lower = logits("avx512_bf16", {{"DSV4_CPU_ISA", "avx512_bf16"}});
+  ASSERT_FALSE(unstored.empty());
+  EXPECT_TRUE(unstored == lower) << "with nothing stored, the amx level's logits differ from avx512_bf16's";
+}
+
 }  // namespace
 }  // namespace dsv4::testing

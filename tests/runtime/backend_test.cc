@@ -10,10 +10,14 @@
 
 #include <bit>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernels.h"
 #include "tests/testutil.h"
 
 #ifndef DSV4_TEST_DEVICE_CUDA
@@ -607,6 +611,41 @@ TEST(Backends, ChoiceParsingAndClearErrors) {
     o.device = DeviceChoice::kAuto;
     EXPECT_EQ((*MakeBackend(o))->device(), Device::kCpu);
   }
+}
+
+// The copies stored for the AMX tiles share one limit (DSV4_CPU_STORE_LIMIT_MB, here 1 MiB of 512 KiB
+// copies): an expert table takes two of its three, so the weight placed next is not stored; when
+// the table goes it gives its share back, and two more copies are made. Skips below amx, where
+// nothing is stored.
+TEST(CpuBackendStore, CopiesShareOneLimitAndTablesGiveTheirsBack) {
+  if (kernels::ActiveIsa() != kernels::Isa::kAmx)
+    GTEST_SKIP() << "nothing is stored for the tiles at " << kernels::IsaName(kernels::ActiveIsa());
+  struct Fp8 {
+    std::vector<uint8_t> data, scales;
+    kernels::WeightMatrix w;
+    Fp8(int64_t rows, int64_t cols) : data(rows * cols, 0x38), scales((rows / 128) * (cols / 128), 127) {
+      w.type = kernels::WeightType::kFP8, w.data = data.data(), w.ld = cols, w.scales = scales.data();
+      w.block_rows = w.block_cols = 128, w.scale_ld = cols / 128, w.row_end = rows, w.col_end = cols;
+    }
+  };
+  const Fp8 w1(512, 1024), w2(1024, 512), w3(512, 1024), other(512, 1024);  // 512 KiB stored each
+  ASSERT_EQ(kernels::StoredBytes(other.w), 512 << 10);
+  ASSERT_EQ(setenv("DSV4_CPU_STORE_LIMIT_MB", "1", 1), 0);
+  std::unique_ptr<Backend> be = MakeCpuBackend();
+  unsetenv("DSV4_CPU_STORE_LIMIT_MB");
+  auto stored = [&] {
+    auto placed = be->PlaceWeight(other.w, Backend::WeightUse::kProducts);
+    EXPECT_TRUE(placed.ok()) << placed.status();
+    return placed.ok() && placed->tiled;
+  };
+  const ExpertViews expert{&w1.w, &w2.w, &w3.w};
+  auto table = be->PlaceExperts({&expert, 1});
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_FALSE(stored()) << "the table's copies fill the limit";
+  table->reset();
+  EXPECT_TRUE(stored()) << "the table gave its share back";
+  EXPECT_TRUE(stored());
+  EXPECT_FALSE(stored()) << "two copies fill the limit again";
 }
 #endif
 
