@@ -56,7 +56,7 @@ constexpr KnobInfo kKnobs[] = {
     {Knob::kCpuStoreLimit, "DSV4_CPU_STORE_LIMIT_MB", "-1",
      "amx level: MiB of host memory the copies of the FP8/FP4 weights stored for the AMX tiles may take; past it the "
      "other weights run as they are, on the avx512_bf16 paths (-1: three quarters of the memory available when the "
-     "backend starts; 0: store none)",
+     "backend starts, shared by the node's ranks; 0: store none)",
      "int:-1:1099511627776"},
 };
 

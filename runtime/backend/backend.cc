@@ -47,14 +47,14 @@ absl::StatusOr<const int32_t*> Backend::PlaceInts(const int32_t* host, int64_t n
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options) {
   switch (options.device) {
     case DeviceChoice::kCpu:
-      return MakeCpuBackend();
+      return MakeCpuBackend(options);
     case DeviceChoice::kCuda:
       return MakeCudaBackend(options);
     case DeviceChoice::kAuto:
       if (VisibleCudaDevices() > 0) return MakeCudaBackend(options);
-      return MakeCpuBackend();
+      return MakeCpuBackend(options);
   }
-  return MakeCpuBackend();
+  return MakeCpuBackend(options);
 }
 
 }  // namespace dsv4

@@ -310,7 +310,9 @@ class DeviceScratch {
 // is none is FAILED_PRECONDITION saying why (no CUDA in this build, no device, too few devices).
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options);
 
-// The CPU backend (always built).
-std::unique_ptr<Backend> MakeCpuBackend();
+// The CPU backend (always built). Of the options it takes local_size: the ranks of a node share
+// its memory, so the default limit of what the weights stored for the tiles take
+// (DSV4_CPU_STORE_LIMIT_MB) is each one's share.
+std::unique_ptr<Backend> MakeCpuBackend(const BackendOptions& options = {});
 
 }  // namespace dsv4

@@ -23,16 +23,18 @@ namespace {
 
 // The host memory the copies stored for this CPU may take together: DSV4_CPU_STORE_LIMIT_MB, by
 // default three quarters of what the system says it can give when the backend starts (the KV pool,
-// the step's workspaces and other processes keep the rest). A copy that would pass it is not made:
-// its weight runs as it is, on the avx512_bf16 paths (slower; the results that level gives), where
-// packing on would end in the OOM killer part-way through start-up. The first refusal is logged.
-// Expert tables give their copies' share back when they go (a rebalance places new ones first).
+// the step's workspaces and other processes keep the rest), shared by the node's ranks. A copy that would pass it is
+// not made: its weight runs as it is, on the avx512_bf16 paths (slower; the results that level gives), where packing on
+// would end in the OOM killer part-way through start-up. The first refusal is logged. Expert tables give their copies'
+// share back when they go (a rebalance places new ones first).
 class StoreBudget {
  public:
-  StoreBudget() {
+  explicit StoreBudget(int local_size) {
     const int64_t mb = env::Int(env::Knob::kCpuStoreLimit);
     const int64_t available = AvailableHostMemoryBytes();
-    limit_ = mb >= 0 ? mb << 20 : available >= 0 ? available / 4 * 3 : std::numeric_limits<int64_t>::max();
+    limit_ = mb >= 0          ? mb << 20
+             : available >= 0 ? available / 4 * 3 / std::max(local_size, 1)
+                              : std::numeric_limits<int64_t>::max();
   }
   // Whether a copy of `bytes` is made (and charged).
   bool Take(int64_t bytes) {
@@ -139,6 +141,7 @@ class CpuExpertTable final : public ExpertTable {
 
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(int local_size) : budget_(std::make_shared<StoreBudget>(local_size)) {}
   Device device() const override { return Device::kCpu; }
   std::string Describe() const override {
     return absl::StrCat("cpu (", kernels::IsaName(kernels::ActiveIsa()), ", ", kernels::NumThreads(), " threads)");
@@ -360,12 +363,14 @@ class CpuBackend final : public Backend {
 
   absl::flat_hash_map<void*, std::unique_ptr<char[]>> persistent_;
   PageArena stored_;                                                       // weights stored for this CPU (PlaceWeight)
-  std::shared_ptr<StoreBudget> budget_ = std::make_shared<StoreBudget>();  // those and the expert tables'
+  std::shared_ptr<StoreBudget> budget_;                                    // those and the expert tables'
   ChunkArena workspace_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> MakeCpuBackend(const BackendOptions& options) {
+  return std::make_unique<CpuBackend>(options.local_size);
+}
 
 }  // namespace dsv4
