@@ -197,6 +197,7 @@ AttentionWork LayerAttentionWork(const ModelPreset& m, int64_t layer, double con
   // Norms, q/kv projections, rope, window and compressed cache writes, sparse attention, output groups;
   // the compressor and the indexer (projection, scores, top-k) add their own kernels.
   w.kernels = 16 + (v.ratio > 0 ? 4 : 0) + (v.runs_indexer ? 6 : 0);
+  w.seq_kernels = 1 + (v.selects_topk ? 1 : 0) + (v.runs_indexer ? 2 : 0);
   return w;
 }
 

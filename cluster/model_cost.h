@@ -60,6 +60,9 @@ struct AttentionWork {
   double indexer_flops = 0;      // indexer scoring FLOPs for one new token
   double kv_read_bytes = 0;      // cache bytes one decode step of one sequence reads
   double kernels = 0;            // kernel launches of this layer's attention
+  // Of those, the ones dsv4's CPU backend runs once per sequence, each sequence on its own cache
+  // (sparse attention; the picks and the indexer's scores and top-k where the layer has them).
+  double seq_kernels = 0;
   // The part of core_flops / kv_read_bytes spent on the sliding window (V4); the rest is the
   // compressed cache (V4) or the whole latent cache (MLA, counted as window = 0).
   double window_flops = 0;
