@@ -45,32 +45,6 @@ DSV4_AVX512_INLINE __m512 ExpNonPositive(__m512 x) {
 
 DSV4_AVX512 float ExpScalar(float x) { return _mm512_cvtss_f32(ExpNonPositive(_mm512_set1_ps(x))); }
 
-// out[i * ldo + j] = dot(a_i, b_j) for i < RA rows of a (stride lda), j < RB rows (pointers b),
-// length d (a multiple of 16): one accumulator per pair over d, then Hsum16.
-template <int RA, int RB>
-DSV4_AVX512 void DotBlock(const float* a, int64_t lda, const float* const* b, int64_t d, float* out, int64_t ldo) {
-  __m512 acc[RA][RB];
-#pragma GCC unroll 4
-  for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < d; c += 16) {
-    __m512 bv[RB];
-#pragma GCC unroll 3
-    for (int j = 0; j < RB; ++j) bv[j] = _mm512_loadu_ps(b[j] + c);
-#pragma GCC unroll 4
-    for (int i = 0; i < RA; ++i) {
-      const __m512 av = _mm512_loadu_ps(a + i * lda + c);
-#pragma GCC unroll 3
-      for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < RB; ++j) out[i * ldo + j] = Hsum16(acc[i][j]);
-}
-
 // r[4 q + j] = Hsum16(v[q + 4 j]) for the 16 vectors v, bit for bit: the same halving tree (element
 // i plus element i + 8, then i + 4, i + 2, i + 1), each level for every vector at once.
 DSV4_AVX512_INLINE __m512 Hsum16x16(const __m512* v) {
@@ -88,24 +62,34 @@ DSV4_AVX512_INLINE __m512 Hsum16x16(const __m512* v) {
   return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
 }
 
-// DotBlock<8, 2>'s results with one reduction for all 16: out[i * ldo + j], i < 8 rows of a, j < 2.
-DSV4_AVX512 void DotBlock8x2(const float* a, int64_t lda, const float* const* b, int64_t d, float* out, int64_t ldo) {
-  __m512 acc[16];  // acc[2 i + j]
+// out[i * ldo + j] = dot(a_i, b_j) for i < RA rows of a (stride lda), j < RB rows (pointers b),
+// length d (a multiple of 16): one accumulator per pair over d, then Hsum16 (a block of 16 reduces
+// them together, Hsum16x16, the same bits).
+template <int RA, int RB>
+DSV4_AVX512 void DotBlock(const float* a, int64_t lda, const float* const* b, int64_t d, float* out, int64_t ldo) {
+  __m512 acc[RA * RB];  // acc[i * RB + j]
 #pragma GCC unroll 16
-  for (int n = 0; n < 16; ++n) acc[n] = _mm512_setzero_ps();
+  for (int n = 0; n < RA * RB; ++n) acc[n] = _mm512_setzero_ps();
   for (int64_t c = 0; c < d; c += 16) {
-    const __m512 b0 = _mm512_loadu_ps(b[0] + c), b1 = _mm512_loadu_ps(b[1] + c);
+    __m512 bv[RB];
+#pragma GCC unroll 3
+    for (int j = 0; j < RB; ++j) bv[j] = _mm512_loadu_ps(b[j] + c);
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < RA; ++i) {
       const __m512 av = _mm512_loadu_ps(a + i * lda + c);
-      acc[2 * i] = _mm512_fmadd_ps(av, b0, acc[2 * i]);
-      acc[2 * i + 1] = _mm512_fmadd_ps(av, b1, acc[2 * i + 1]);
+#pragma GCC unroll 3
+      for (int j = 0; j < RB; ++j) acc[i * RB + j] = _mm512_fmadd_ps(av, bv[j], acc[i * RB + j]);
     }
   }
-  alignas(64) float r[16];  // r[4 q + j] sums acc[q + 4 j]
-  _mm512_store_ps(r, Hsum16x16(acc));
+  if constexpr (RA * RB == 16) {
+    alignas(64) float r[16];  // r[4 q + k] sums acc[q + 4 k]
+    _mm512_store_ps(r, Hsum16x16(acc));
 #pragma GCC unroll 16
-  for (int n = 0; n < 16; ++n) out[(n / 2) * ldo + n % 2] = r[4 * (n % 4) + n / 4];
+    for (int n = 0; n < 16; ++n) out[(n / RB) * ldo + n % RB] = r[4 * (n % 4) + n / 4];
+  } else {
+#pragma GCC unroll 16
+    for (int n = 0; n < RA * RB; ++n) out[(n / RB) * ldo + n % RB] = Hsum16(acc[n]);
+  }
 }
 
 // All dot products of `na` rows of a with `nb` rows b[]: out[i * ldo + j]. Every product is one
@@ -115,7 +99,7 @@ DSV4_AVX512 void Dots(const float* a, int64_t lda, int64_t na, const float* cons
   // Blocks of 8 rows of a, each pair of b rows taken by all of them in turn (from L1 after the first).
   const int64_t na8 = na / 8 * 8, nb2 = nb / 2 * 2;
   for (int64_t j = 0; j < nb2; j += 2)
-    for (int64_t i = 0; i < na8; i += 8) DotBlock8x2(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
+    for (int64_t i = 0; i < na8; i += 8) DotBlock<8, 2>(a + i * lda, lda, b + j, d, out + i * ldo + j, ldo);
   if (nb2 < nb)
     for (int64_t i = 0; i < na8; i += 4) DotBlock<4, 1>(a + i * lda, lda, b + nb2, d, out + i * ldo + nb2, ldo);
   int64_t i = na8;
