@@ -49,8 +49,8 @@ void PageArena::UnmapAll() {
 
 absl::StatusOr<uint8_t*> PageArena::Map(int64_t bytes) {
   const int64_t size = RoundUp(std::max<int64_t>(bytes, 1), kPage);
-  // Reserved (no MAP_NORESERVE): a size the system cannot back is refused here, with an error,
-  // rather than by the OOM killer when the pages are first written.
+  // Not MAP_NORESERVE: a mapping larger than the system could back is refused here, with an error
+  // (how much the copies take together is the caller's limit to keep).
   void* base = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (base == MAP_FAILED)
     return absl::ResourceExhaustedError(

@@ -23,10 +23,11 @@ namespace {
 
 // The host memory the copies stored for this CPU may take together: DSV4_CPU_STORE_LIMIT_MB, by
 // default three quarters of what the system says it can give when the backend starts (the KV pool,
-// the step's workspaces and other processes keep the rest), shared by the node's ranks. A copy that would pass it is
-// not made: its weight runs as it is, on the avx512_bf16 paths (slower; the results that level gives), where packing on
-// would end in the OOM killer part-way through start-up. The first refusal is logged. Expert tables give their copies'
-// share back when they go (a rebalance places new ones first).
+// the step's workspaces and other processes keep the rest), shared by the node's ranks. A copy that
+// would pass it is not made: its weight runs as it is, on the avx512_bf16 paths (slower; the
+// results that level gives), where packing on would end in the OOM killer part-way through
+// start-up. The first refusal is logged. Expert tables give their copies' share back when they go
+// (a rebalance places new ones first).
 class StoreBudget {
  public:
   explicit StoreBudget(int local_size) {
@@ -362,8 +363,9 @@ class CpuBackend final : public Backend {
   }
 
   absl::flat_hash_map<void*, std::unique_ptr<char[]>> persistent_;
-  PageArena stored_;                                                       // weights stored for this CPU (PlaceWeight)
-  std::shared_ptr<StoreBudget> budget_;                                    // those and the expert tables'
+  PageArena stored_;  // weights stored for this CPU (PlaceWeight)
+  // The limit those and the expert tables' copies share.
+  std::shared_ptr<StoreBudget> budget_;
   ChunkArena workspace_;
 };
 
