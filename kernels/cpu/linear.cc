@@ -3,23 +3,25 @@
 // in linear_avx2.cc (AVX2), linear_avx512.cc (AVX-512, AVX-512 BF16) and amx.cc (AMX tiles);
 // linear_internal.h states the canonical summation order they share.
 //
-// Decode (m <= 16 token rows): every weight row is streamed once and decoded in registers into
-// normal floats (never subnormal ones: see isa.h), against token rows permuted once per call into
-// the order the decoded lanes come out in. Prefill (m > 16): a thread decodes panels of weight rows
-// into a cache-resident buffer, lane by lane, and multiplies them with blocks of the transposed
-// input in a register-blocked micro-kernel. On the avx512_bf16 and amx levels, a job whose inputs
-// are all exact in BF16 (the reference rounds activations to FP8 before every FP8/FP4 linear) takes
-// its products in BF16 with FP32 sums: the same products, the same order, the same bits.
+// Decode (up to 24 token rows; AVX-512: 28): every weight row is streamed once and decoded in
+// registers into normal floats (never subnormal ones: see isa.h), against token rows permuted once
+// per call into the order the decoded lanes come out in. Prefill (more rows): a thread decodes
+// panels of weight rows into a cache-resident buffer, lane by lane, and multiplies them with blocks
+// of the transposed input in a register-blocked micro-kernel. On the avx512_bf16 and amx levels, a
+// job whose inputs are all exact in BF16 (the reference rounds activations to FP8 before every
+// FP8/FP4 linear) takes its products in BF16 with FP32 sums: the same products, the same order, the
+// same bits.
 //
 // The scalar path (DSV4_CPU_ISA=scalar, or a view the fast paths do not cover) dequantizes a row into
 // a buffer and takes dot products.
 #include <immintrin.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/avx2.h"
@@ -81,7 +83,6 @@ void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
 
 namespace {
 
-using linear::kMaxGemvRows;
 using linear::Plan;
 using linear::Task;
 
@@ -307,6 +308,15 @@ void EmulateAmxForTesting(bool on) { g_emulate_amx.store(on); }
 void SetProductsForTesting(Products p) { g_products.store(p); }
 bool AmxEmulated() { return g_emulate_amx.load(std::memory_order_relaxed); }
 bool AmxTiles() { return ActiveIsa() == Isa::kAmx || (AmxEmulated() && ActiveIsa() == Isa::kAvx512Bf16); }
+int64_t StreamBlockChunks(int64_t nchunks, int64_t x_chunk_bytes, int64_t multiple) {
+  static const int64_t budget = [] {
+    const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return (l1 > 0 ? static_cast<int64_t>(l1) : int64_t{32} << 10) * 2 / 3;
+  }();
+  const int64_t nblocks = std::max<int64_t>(1, (nchunks * x_chunk_bytes + budget - 1) / budget);
+  const int64_t block = (nchunks + nblocks - 1) / nblocks;
+  return std::max<int64_t>(multiple, (block + multiple - 1) / multiple * multiple);
+}
 int TokenExp(const float* x, int64_t n) {
   bool zero;
   return NormalizingExp(AmaxExp(x, n, &zero));
@@ -385,7 +395,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       continue;
     }
     bool finite = true;
-    if (FastPathCovers(paths, w) && job.m <= kMaxGemvRows) {
+    if (FastPathCovers(paths, w) && job.m <= paths->max_gemv_rows) {
       const int64_t f = first_reader[j];
       if (input_finite[f] == 2) {
         for (int64_t t = 0; t < job.m && finite; ++t) {
@@ -402,7 +412,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       p.cc = paths->chunk_cols(w.type);
       p.nchunks = w.cols() / p.cc;
       // BF16 products: the streaming path's FP8 rows and every GEMM of FP8, FP4 or BF16 weights.
-      const bool gemv = job.m <= kMaxGemvRows;
+      const bool gemv = job.m <= paths->max_gemv_rows;
       p.bf16 = (gemv ? w.type == WeightType::kFP8 : w.type != WeightType::kF32) && bf16_pays(!gemv) &&
                ExactInBf16(job.x, job.m, job.ldx, w.cols());
       if (gemv) {

@@ -9,9 +9,9 @@
 //     each code's BF16 value; interleaved, they are BF16 numbers. 19 operations for 64 values.
 //   BF16: the upper / lower halves of each word. F32: as stored.
 //
-// Decode (m <= 16): each weight row is read once; 1-4 rows go together (from distant regions of a
+// Decode (m <= 24): each weight row is read once; 1-4 rows go together (from distant regions of a
 // pass of up to 64 rows, the next ones prefetched) for enough independent FMA chains. Prefill
-// (m > 16): panels of 12 rows x 2048 columns are decoded into a lane-major buffer and multiplied
+// (m > 24): panels of 12 rows x 2048 columns are decoded into a lane-major buffer and multiplied
 // with 16-token blocks of the transposed input in a 6 x 16 FMA micro-kernel.
 #include <immintrin.h>
 
@@ -148,21 +148,52 @@ DSV4_AVX2_INLINE void PrefetchStep(const uint8_t* next, int64_t rstride, int64_t
     for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next + r * rstride + 32 * c), _MM_HINT_T0);
 }
 
-// out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
-// t (xp + t * ldxp, in lane order). Several rows at once give independent FMA chains; the rows at
-// `next` (same stride; null: none) are prefetched meanwhile.
-template <WeightType T, int M, int R>
-DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const float* xp, int64_t ldxp, float* out,
-                       const uint8_t* next) {
-  constexpr int V = Dec<T>::kVecs;
-  constexpr int U = V == 1 ? 2 : 1;  // chunks per step, so that a step holds an even number of vectors
-  __m256 acc[R][M][2];
+// A streaming call's lane sums (two accumulators of 8 lanes) where its span starts: zero, or where
+// the previous block left them.
+template <int R, int M>
+DSV4_AVX2_INLINE void StartLanes(const ChunkSpan& span, __m256 (&acc)[R][M][2]) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + U <= nchunks; c += U) {
+    for (int t = 0; t < M; ++t)
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h)
+        acc[r][t][h] = span.begin > 0 ? _mm256_load_ps(span.lanes + ((r * M + t) * 2 + h) * 8) : _mm256_setzero_ps();
+}
+
+// Where the span ends: the lane sums kept for the next block, or each reduced into out.
+template <int R, int M>
+DSV4_AVX2_INLINE void EndLanes(const ChunkSpan& span, __m256 (&acc)[R][M][2], float* out) {
+  if (span.end < span.nchunks) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int t = 0; t < M; ++t)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) _mm256_store_ps(span.lanes + ((r * M + t) * 2 + h) * 8, acc[r][t][h]);
+    return;
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+}
+
+// out[r * M + t] = the canonical sum (before the tail) of row r (at w + r * wstride) and token row
+// t (xp + t * ldxp, in lane order) over the chunks of `span` (the lane sums go on to the next
+// block where the span is not the row's last; a span of F32 rows starts on an even chunk).
+// Several rows at once give independent FMA chains; the rows at `next` (same stride; null: none)
+// are prefetched meanwhile.
+template <WeightType T, int M, int R>
+DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, const ChunkSpan& span, const float* xp, int64_t ldxp,
+                       float* out, const uint8_t* next) {
+  constexpr int V = Dec<T>::kVecs;
+  constexpr int U = V == 1 ? 2 : 1;  // chunks per step, so that a step holds an even number of vectors
+  __m256 acc[R][M][2];
+  StartLanes(span, acc);
+  const int64_t end = span.end;
+  int64_t c = span.begin;
+  for (; c + U <= end; c += U) {
     PrefetchStep<R>(next, wstride, c);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
@@ -177,7 +208,7 @@ DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const
               _mm256_fmadd_ps(f[j], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V + 8 * j), acc[r][t][j % 2]);
     }
   }
-  for (; c < nchunks; ++c) {  // V == 1 only: the last, even-numbered vector
+  for (; c < end; ++c) {  // V == 1 only: the row's last, even-numbered vector
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       __m256 f[V];
@@ -187,24 +218,19 @@ DSV4_AVX2 void RowsDot(const uint8_t* w, int64_t wstride, int64_t nchunks, const
         acc[r][t][0] = _mm256_fmadd_ps(f[0], _mm256_loadu_ps(xp + t * ldxp + c * 8 * V), acc[r][t][0]);
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+  EndLanes(span, acc, out);
 }
 
 // FP4: the chunk's scales multiply (exactly) the token row for one token, off the decode's
 // dependency chain, or the decoded weights for several: f * (s * x) and (f * s) * x are the same
 // product, so both round alike.
 template <int M, int R>
-DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, int64_t nchunks,
+DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, int64_t sstride, const ChunkSpan& span,
                           const float* xp, int64_t ldxp, float* out, const uint8_t* next) {
   __m256 acc[R][M][2];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int t = 0; t < M; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < nchunks; ++c) {
+  StartLanes(span, acc);
+  const int64_t end = span.end;
+  for (int64_t c = span.begin; c < end; ++c) {
     PrefetchStep<R>(next, wstride, c);
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
@@ -225,10 +251,7 @@ DSV4_AVX2 void RowsDotFp4(const uint8_t* w, int64_t wstride, const uint8_t* s, i
       }
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int t = 0; t < M; ++t) out[r * M + t] = Hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+  EndLanes(span, acc, out);
 }
 
 // Rows taken together for M <= 4 tokens: enough independent FMA chains within 16 registers.
@@ -237,29 +260,49 @@ constexpr int GemvRowsAtOnce(WeightType t, int M) {
   return M == 1 ? 4 : M == 2 ? 2 : 1;
 }
 
+// The canonical sums (before the tail) of rows [row0, row0 + rows) against M token rows, into
+// sums[r * M + t]. R rows at once, one from each of R regions of the range: R streams far apart
+// keep more of memory busy than R neighbouring rows. The next row of each region is prefetched
+// meanwhile. Where the M token rows do not fit in L1, the columns go in blocks (ChunkSpan), each
+// over all the rows, the last rows of a block prefetching the first of the next.
 template <WeightType T, int M, int R>
 DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, int64_t nchunks, const float* xs,
                             int64_t lx, float* sums) {
   const int64_t stride = RowStride(w);
-  // R rows at once, one from each of R regions of the range: R streams far apart keep more of
-  // memory busy than R neighbouring rows. The next row of each region is prefetched meanwhile.
   const int64_t q = rows / R;
   auto fp4_scales = [&](int64_t r) { return w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32; };
+  // Vectors of 8 values per 32-byte chunk.
+  constexpr int64_t kVecs = T == WeightType::kFP8 ? 4 : T == WeightType::kFP4 ? 8 : T == WeightType::kBF16 ? 2 : 1;
+  constexpr int64_t kXChunkBytes = M * kVecs * 8 * 4;
+  constexpr int64_t kEven = kVecs == 1 ? 2 : 1;  // F32: blocks of whole steps (two chunks)
+  const int64_t block =
+      M < kGemvBlockedRows ? std::max<int64_t>(1, nchunks) : StreamBlockChunks(nchunks, kXChunkBytes, kEven);
+  Scratch<float> lanes(block < nchunks ? rows * M * 16 : 0, NoInit{});
   float part[R * M];
-  for (int64_t i = 0; i < q; ++i) {
-    const uint8_t* next = i + 1 < q ? RowBytes(w, row0 + i + 1) : nullptr;
+  auto run = [&](auto rows_at_once, int64_t first, int64_t rstride, ChunkSpan span, const uint8_t* next, float* out) {
+    constexpr int RR = decltype(rows_at_once)::value;
+    if (span.lanes != nullptr) span.lanes += first * RR * M * 16;  // group i's R rows, or tail row i
     if constexpr (T == WeightType::kFP4)
-      RowsDotFp4<M, R>(RowBytes(w, row0 + i), q * stride, fp4_scales(i), q * w.scale_ld, nchunks, xs, lx, part, next);
+      RowsDotFp4<M, RR>(RowBytes(w, row0 + first), rstride, fp4_scales(first), (rstride / stride) * w.scale_ld, span,
+                        xs, lx, out, next);
     else
-      RowsDot<T, M, R>(RowBytes(w, row0 + i), q * stride, nchunks, xs, lx, part, next);
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < M; ++t) sums[(i + r * q) * M + t] = part[r * M + t];
-  }
-  for (int64_t r = q * R; r < rows; ++r) {
-    if constexpr (T == WeightType::kFP4)
-      RowsDotFp4<M, 1>(RowBytes(w, row0 + r), stride, fp4_scales(r), w.scale_ld, nchunks, xs, lx, sums + r * M, nullptr);
-    else
-      RowsDot<T, M, 1>(RowBytes(w, row0 + r), stride, nchunks, xs, lx, sums + r * M, nullptr);
+      RowsDot<T, M, RR>(RowBytes(w, row0 + first), rstride, span, xs, lx, out, next);
+  };
+  // Blocks of chunks; one where every column is a tail column (the sums are then 0).
+  for (int64_t c0 = 0; c0 == 0 || c0 < nchunks; c0 += block) {
+    const ChunkSpan span{c0, std::min(nchunks, c0 + block), nchunks, block < nchunks ? lanes.data() : nullptr};
+    const bool last = span.end == nchunks;
+    // The last rows of a block prefetch the first of the next: the same offsets, one block on.
+    const uint8_t* wrap = last ? nullptr : RowBytes(w, row0) + block * 32;
+    for (int64_t i = 0; i < q; ++i) {
+      const uint8_t* next = i + 1 < q ? RowBytes(w, row0 + i + 1) : q * R < rows ? nullptr : wrap;
+      run(std::integral_constant<int, R>{}, i, q * stride, span, next, part);
+      if (last)
+        for (int r = 0; r < R; ++r)
+          for (int t = 0; t < M; ++t) sums[(i + r * q) * M + t] = part[r * M + t];
+    }
+    for (int64_t r = q * R; r < rows; ++r)
+      run(std::integral_constant<int, 1>{}, r, stride, span, r + 1 < rows ? nullptr : wrap, sums + r * M);
   }
 }
 
@@ -349,7 +392,7 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
   }
 }
 
-// ---- the GEMM path (m > 16) ----------------------------------------------------------------------
+// ---- the GEMM path (m > 24) ------------------------------------------------------------------
 
 // Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
 // the input column decoded into position 16 k + lane of the block (lane: canonical lane), times
@@ -571,8 +614,8 @@ int64_t XtBlockWords(bool) { return kKc * kNt; }
 }  // namespace
 
 const Paths& Avx2Paths() {
-  static const Paths paths = {ChunkCols,    LaneColumn, 32,      kNt,     kTaskRows, 0,
-                              XtBlockWords, PackGemmBlock, GemmTask, RunGemv, nullptr,   nullptr};
+  static const Paths paths = {ChunkCols,     LaneColumn, 32,      kNt,     kTaskRows, 0, XtBlockWords,
+                              PackGemmBlock, GemmTask,   RunGemv, nullptr, nullptr,   24};
   return paths;
 }
 

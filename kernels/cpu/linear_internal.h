@@ -34,11 +34,28 @@
 
 namespace dsv4::kernels::linear {
 
-// Token rows taken by the streaming path, in passes of up to 4 (AVX-512: 8) over a task's
-// cache-resident weight rows. Up to 16 rows it beats the blocked path, which is ahead from 32 (Emerald Rapids, 2
-// threads, weights streamed from DRAM, m = 16: FP8 134 against 94-101 GFLOP/s with AVX-512, 93 against 80-83 with AVX2;
-// BF16 121-129 against 92-97).
-constexpr int kMaxGemvRows = 16;
+// Token rows taken by the streaming path at most, on any level (Paths::max_gemv_rows says how many
+// on each): in passes of up to 4 (AVX-512: 8) over a task's cache-resident weight rows.
+constexpr int kMaxGemvRows = 32;
+
+// The chunks [begin, end) of rows of `nchunks` full chunks that one streaming call sums. Where the
+// token rows of a pass take more than the L1 budget (StreamBlockChunks), each row is summed a block
+// of columns at a time, every row of the pass taking the block before the next block starts, so
+// that the block's token rows stay in L1 while each weight is still decoded once per pass. `lanes`
+// carries each (row, token)'s lane sums from one block to the next, which continues every lane's
+// chain exactly where it stopped: the bits are those of whole rows. (Emerald Rapids, 2 threads,
+// weights from DRAM, m = 8, 4096 columns: FP8 131 -> 174, FP4 114 -> 173, BF16 78 -> 147 GFLOP/s.)
+struct ChunkSpan {
+  int64_t begin = 0, end = 0, nchunks = 0;
+  float* lanes = nullptr;  // the call's lane sums, 64-byte aligned, where begin > 0 or end < nchunks
+};
+// Passes of fewer token rows lean on memory, which streams whole rows best (AVX-512, m = 1, 2 at
+// 7168 columns: up to 10% slower in blocks); from this many on, they go in blocks.
+constexpr int kGemvBlockedRows = 4;
+// Chunks per column block of a streaming pass whose token rows take `x_chunk_bytes` per chunk:
+// equal blocks (a multiple of `multiple` chunks, but the last), each within two thirds of the L1
+// data cache (32 of 48 KB measured best on Emerald Rapids); all of them where they fit. At least 1.
+int64_t StreamBlockChunks(int64_t nchunks, int64_t x_chunk_bytes, int64_t multiple = 1);
 constexpr int64_t kKc = 2048;  // GEMM: columns per block (a multiple of every chunk width)
 // How the tile path takes a job of m tokens:
 //   kFmas (up to kTileFmaRows): FMAs, each weight decoded in registers;
@@ -127,6 +144,15 @@ struct Paths {
   // changes no result bit.
   bool (*bf16_gemv_pays)();
   bool (*bf16_gemm_pays)();
+  // Jobs of up to this many token rows stream (gemv), more take the GEMM: the GEMM pays for whole
+  // blocks of tokens (AVX2: 16, AVX-512: 32), the streaming path per pass of 4 (AVX-512: 8).
+  // Emerald Rapids, 2 threads, 4096-column rows from DRAM, GFLOP/s streamed against the GEMM, FP8 /
+  // FP4 / BF16: AVX-512 m = 17: 165 / 168 / 137 against 95 / 105 / 85, m = 24: 179 / 183 / 156
+  // against 133 / 147 / 120, m = 32: 182 / 185 / 157 against 177 / 195 / 160; AVX2 m = 17: 97 / 95
+  // / 97 against 65 / 72 / 65, m = 24: 103 / 101 / 102 against 90 / 101 / 91, m = 32: 104 / 101 /
+  // 103 against 106 / 121 / 108. Hence 28 and 24: with 2048 columns, AVX-512 m = 30 and 32 ran 160
+  // / 158 / 149 and 156 / 180 / 154 streamed against 166 / 179 / 145 and 176 / 190 / 159.
+  int64_t max_gemv_rows;
 };
 const Paths& Avx2Paths();
 const Paths& Avx512Paths();      // AVX-512 F/BW/DQ/VL
