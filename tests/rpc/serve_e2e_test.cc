@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -494,12 +495,14 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
     ASSERT_TRUE(RunStream(*S().client, r).status.ok());
     deadline = std::max(absl::Milliseconds(200), (absl::Now() - t0) / 6);
   }
-  SCOPED_TRACE(absl::StrCat("deadline ", absl::FormatDuration(deadline)));
-  for (const Mode mode : {kAbort, kDisconnect, kDeadline}) {
+  std::vector<Mode> modes = {kAbort, kDisconnect, kDeadline};
+  for (size_t i = 0; i < modes.size(); ++i) {
+    const Mode mode = modes[i];
     const bool disconnect = mode == kDisconnect;
     SCOPED_TRACE(mode == kAbort ? "Abort" : disconnect ? "client disconnect" : "deadline");
+    SCOPED_TRACE(absl::StrCat("deadline ", absl::FormatDuration(deadline)));
     v1::GenerateRequest r = TokensRequest(Prompt(40, 9), 450);
-    r.set_request_id(absl::StrCat("to-end-", mode));
+    r.set_request_id(absl::StrCat("to-end-", mode, "-", i));
     r.mutable_sampling()->set_ignore_eos(true);
     absl::Mutex mu;
     grpc::ClientContext* live = nullptr;
@@ -539,6 +542,15 @@ TEST(Serve, AbortDisconnectAndDeadlineFreeTheCache) {
       EXPECT_TRUE(*found);
     }
     t.join();
+    // The stream ended before its deadline: the timing run above was slowed by other work that has
+    // gone since (ctest runs two tests at once). Again with a third of it, down to 200 ms: a server
+    // that ignored deadlines would still end every try OK and fail below.
+    if (mode == kDeadline && status.ok() && deadline > absl::Milliseconds(200)) {
+      ExpectCacheFreed("after a stream that beat its deadline");
+      deadline = std::max(absl::Milliseconds(200), deadline / 3);
+      modes.push_back(kDeadline);
+      continue;
+    }
     const absl::StatusCode want = mode == kAbort        ? absl::StatusCode::kAborted
                                   : mode == kDisconnect ? absl::StatusCode::kCancelled
                                                         : absl::StatusCode::kDeadlineExceeded;
