@@ -611,11 +611,15 @@ DSV4_AVX2 void GemmTask(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int6
 
 int64_t XtBlockWords(bool) { return kKc * kNt; }
 
+// Token rows streamed at most (Paths::max_gemv_rows; linear_internal.h says why 24).
+constexpr int64_t kGemvMaxRows = 24;
+static_assert(kGemvMaxRows <= kMaxGemvRows, "Plan's per-token arrays hold kMaxGemvRows");
+
 }  // namespace
 
 const Paths& Avx2Paths() {
-  static const Paths paths = {ChunkCols,     LaneColumn, 32,      kNt,     kTaskRows, 0, XtBlockWords,
-                              PackGemmBlock, GemmTask,   RunGemv, nullptr, nullptr,   24};
+  static const Paths paths = {ChunkCols,     LaneColumn, 32,      kNt,     kTaskRows, 0,           XtBlockWords,
+                              PackGemmBlock, GemmTask,   RunGemv, nullptr, nullptr,   kGemvMaxRows};
   return paths;
 }
 
