@@ -313,7 +313,6 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
   const WeightMatrix& w = *job.w;
   const int64_t main = p.nchunks * p.cc;
   const float* xin = job.x + t0 * job.ldx;
-  float* yout = job.y + t0 * job.ldy;
   // The sums come out times 2^-mult_exp[t] (zero rows: 0).
   int mult_exp[M];
   bool zero[M];
@@ -323,10 +322,14 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
   // FP8: scale the lane-ordered rows by this row block's column-block scales (and 2^kx).
   Scratch<float> xscaled(w.type == WeightType::kFP8 ? M * main : 0, NoInit{});
   if (w.type == WeightType::kFP8) {
+    // The scale code of each 32-column group (a chunk: one block of scales), and the largest over the
+    // view's blocks.
+    Scratch<uint8_t> codes(main / 32, NoInit{});
+    ForFp8Groups(w, w.row_begin + r0, 0, main, [&](int64_t q, uint8_t e) { codes[q] = e; });
     const uint8_t* srow = w.scales + ((w.row_begin + r0) / w.block_rows) * w.scale_ld;
-    const int64_t cb0 = w.col_begin / w.block_cols, cb1 = (w.col_end - 1) / w.block_cols;
     int max_es = 0;
-    for (int64_t cb = cb0; cb <= cb1; ++cb) max_es = std::max<int>(max_es, srow[cb]);
+    for (int64_t cb = w.col_begin / w.block_cols; cb <= (w.col_end - 1) / w.block_cols; ++cb)
+      max_es = std::max<int>(max_es, srow[cb]);
     for (int t = 0; t < M; ++t) {
       // x * s * 2^kx is below 2 at the row block's largest scale; the decoded weights are value
       // x 2^-8, so the products are below 2^2 and the sums come out times 2^(kx - 8).
@@ -335,7 +338,7 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
       float* dst = xscaled.data() + t * lx;
       const float* src = p.xp + (t0 + t) * lx;
       for (int64_t c = 0; c < main; c += 32) {
-        const __m256 f = _mm256_set1_ps(Pow2(srow[(w.col_begin + c) / w.block_cols] - 127 + kx));
+        const __m256 f = _mm256_set1_ps(Pow2(codes[c / 32] - 127 + kx));
         for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + c + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(src + c + 8 * j), f));
       }
     }
@@ -364,11 +367,7 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
         GemvRowRange<WeightType::kF32, M, GemvRowsAtOnce(WeightType::kF32, M)>(w, row0, rows, p.nchunks, xs, lx, sums);
         break;
     }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int t = 0; t < M; ++t) {
-        const float s = zero[t] ? 0.f : MulPow2(sums[r * M + t], mult_exp[t]);
-        yout[t * job.ldy + rb + r] = AddTail(s, w, row0 + r, xin + t * job.ldx, main);
-      }
+    StoreGemvSums<M>(job, t0, rb, row0, rows, main, sums, mult_exp, zero);
   }
 }
 

@@ -213,27 +213,42 @@ inline float Pow2(int e) {
   return std::bit_cast<float>(static_cast<uint32_t>(e + 127) << 23);
 }
 
-// FP8 row `row` (absolute), columns [c0, c0 + kc) of the view: the factor of each 32-column group,
-// 2^(e - 119) for its block's scale code e (the decoders' values carry 2^-8: the product is the
-// true value, a normal factor for every code), into mult[kc / 32]. Walks the row's scale blocks
-// instead of dividing per group; the view and its blocks start at multiples of 32 columns.
-inline void Fp8GroupFactors(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, float* mult) {
+// FP8 row `row` (absolute), columns [c0, c0 + kc) of the view: fn(q, e) for each 32-column group q
+// with its block's scale code e. Walks the row's scale blocks instead of dividing per group; the
+// view and its blocks start at multiples of 32 columns.
+template <typename Fn>
+inline void ForFp8Groups(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, Fn fn) {
   const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
   const int64_t col = w.col_begin + c0;
   int64_t block = col / w.block_cols, left = w.block_cols - col % w.block_cols;
   for (int64_t q = 0; q < kc / 32; ++q, left -= 32) {
     if (left <= 0) ++block, left = w.block_cols;
-    mult[q] = Pow2(srow[block] - 119);
+    fn(q, srow[block]);
   }
 }
 
-// v * 2^e in at most two multiplications by normal powers of two (e in [-252, 254]); a subnormal
-// result flushes to zero.
-inline float MulPow2(float v, int e) {
-  if (e >= -126 && e <= 127) return v * Pow2(e);
-  const int h = e / 2;
-  return v * Pow2(h) * Pow2(e - h);
+// The factor of each 32-column group, 2^(e - 119) for its block's scale code e (the decoders'
+// values carry 2^-8: the product is the true value, a normal factor for every code), into
+// mult[kc / 32].
+inline void Fp8GroupFactors(const WeightMatrix& w, int64_t row, int64_t c0, int64_t kc, float* mult) {
+  ForFp8Groups(w, row, c0, kc, [&](int64_t q, uint8_t e) { mult[q] = Pow2(e - 119); });
 }
+
+// v * 2^e in at most two multiplications by normal powers of two (e in [-252, 254]); a subnormal
+// result flushes to zero. Made once for many v.
+class Pow2Multiplier {
+ public:
+  explicit Pow2Multiplier(int e) : two_(e < -126 || e > 127) {
+    const int h = two_ ? e / 2 : e;
+    a_ = Pow2(h), b_ = Pow2(e - h);
+  }
+  float operator()(float v) const { return two_ ? v * a_ * b_ : v * a_; }
+
+ private:
+  bool two_;
+  float a_, b_;
+};
+inline float MulPow2(float v, int e) { return Pow2Multiplier(e)(v); }
 
 // An FP4 scale code e -> 2^(e - 127 + kFp4ScaleBias): normal for every code up to 204 (scales up
 // to 2^77), so that code 0 (2^-127) is no subnormal; the streaming paths take the bias out with
@@ -318,6 +333,25 @@ inline float Element(const WeightMatrix& w, int64_t row, int64_t col) {
 inline float AddTail(float v, const WeightMatrix& w, int64_t row, const float* x, int64_t from) {
   for (int64_t c = from; c < w.cols(); ++c) v = std::fma(x[c], Element(w, row, w.col_begin + c), v);
   return v;
+}
+
+// The streaming path's outputs of the view's rows [rb, rb + rows) (absolute: row0 + r) for token
+// rows t0 .. t0 + M - 1: sums[r * M + t] times 2^mult_exp[t] (0 for a zero row), then the columns
+// after `main`. A token at a time, each writing its outputs in order: a row at a time across the
+// tokens would store ldy apart, which at multiples of 4 KB all fall in one set of L1.
+template <int M>
+inline void StoreGemvSums(const LinearJob& job, int t0, int64_t rb, int64_t row0, int64_t rows, int64_t main,
+                          const float* sums, const int* mult_exp, const bool* zero) {
+  const WeightMatrix& w = *job.w;
+  const bool tail = main < w.cols();
+  for (int t = 0; t < M; ++t) {
+    float* y = job.y + (t0 + t) * job.ldy + rb;
+    const float* x = job.x + (t0 + t) * job.ldx;
+    const Pow2Multiplier scale(mult_exp[t]);
+    for (int64_t r = 0; r < rows; ++r) y[r] = zero[t] ? 0.f : scale(sums[r * M + t]);
+    if (tail)
+      for (int64_t r = 0; r < rows; ++r) y[r] = AddTail(y[r], w, row0 + r, x, main);
+  }
 }
 
 // The sum of 16 lane sums in the canonical tree: lanes i and i + 8 first, then
