@@ -261,15 +261,12 @@ constexpr int GemvRowsAtOnce(WeightType t, int M) {
 }
 
 // The canonical sums (before the tail) of rows [row0, row0 + rows) against M token rows, into
-// sums[r * M + t]. R rows at once, one from each of R regions of the range: R streams far apart
-// keep more of memory busy than R neighbouring rows. The next row of each region is prefetched
-// meanwhile. Where the M token rows do not fit in L1, the columns go in blocks (ChunkSpan), each
-// over all the rows, the last rows of a block prefetching the first of the next.
+// sums[r * M + t] (StreamRowRange: R rows at once, in column blocks where the token rows do not fit
+// in L1).
 template <WeightType T, int M, int R>
 DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, int64_t nchunks, const float* xs,
                             int64_t lx, float* sums) {
   const int64_t stride = RowStride(w);
-  const int64_t q = rows / R;
   auto fp4_scales = [&](int64_t r) { return w.scales + (row0 + r) * w.scale_ld + w.col_begin / 32; };
   // Vectors of 8 values per 32-byte chunk.
   constexpr int64_t kVecs = T == WeightType::kFP8 ? 4 : T == WeightType::kFP4 ? 8 : T == WeightType::kBF16 ? 2 : 1;
@@ -277,33 +274,16 @@ DSV4_AVX2 void GemvRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, i
   constexpr int64_t kEven = kVecs == 1 ? 2 : 1;  // F32: blocks of whole steps (two chunks)
   const int64_t block =
       M < kGemvBlockedRows ? std::max<int64_t>(1, nchunks) : StreamBlockChunks(nchunks, kXChunkBytes, kEven);
-  Scratch<float> lanes(block < nchunks ? rows * M * 16 : 0, NoInit{});
-  float part[R * M];
-  auto run = [&](auto rows_at_once, int64_t first, int64_t rstride, ChunkSpan span, const uint8_t* next, float* out) {
+  auto call = [&](auto rows_at_once, int64_t first, int64_t rstride, const ChunkSpan& span, const uint8_t* next,
+                  float* out) {
     constexpr int RR = decltype(rows_at_once)::value;
-    if (span.lanes != nullptr) span.lanes += first * RR * M * 16;  // group i's R rows, or tail row i
     if constexpr (T == WeightType::kFP4)
       RowsDotFp4<M, RR>(RowBytes(w, row0 + first), rstride, fp4_scales(first), (rstride / stride) * w.scale_ld, span,
                         xs, lx, out, next);
     else
       RowsDot<T, M, RR>(RowBytes(w, row0 + first), rstride, span, xs, lx, out, next);
   };
-  // Blocks of chunks; one where every column is a tail column (the sums are then 0).
-  for (int64_t c0 = 0; c0 == 0 || c0 < nchunks; c0 += block) {
-    const ChunkSpan span{c0, std::min(nchunks, c0 + block), nchunks, block < nchunks ? lanes.data() : nullptr};
-    const bool last = span.end == nchunks;
-    // The last rows of a block prefetch the first of the next: the same offsets, one block on.
-    const uint8_t* wrap = last ? nullptr : RowBytes(w, row0) + block * 32;
-    for (int64_t i = 0; i < q; ++i) {
-      const uint8_t* next = i + 1 < q ? RowBytes(w, row0 + i + 1) : q * R < rows ? nullptr : wrap;
-      run(std::integral_constant<int, R>{}, i, q * stride, span, next, part);
-      if (last)
-        for (int r = 0; r < R; ++r)
-          for (int t = 0; t < M; ++t) sums[(i + r * q) * M + t] = part[r * M + t];
-    }
-    for (int64_t r = q * R; r < rows; ++r)
-      run(std::integral_constant<int, 1>{}, r, stride, span, r + 1 < rows ? nullptr : wrap, sums + r * M);
-  }
+  StreamRowRange<R, M>(w, row0, rows, nchunks, block, 32, sums, call);
 }
 
 // Token rows t0 .. t0 + M - 1 of a streaming job against its rows [r0, r1).

@@ -31,6 +31,7 @@
 #include "kernels/cpu/formats.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/scratch.h"
 
 namespace dsv4::kernels::linear {
 
@@ -203,6 +204,48 @@ inline int64_t ColumnBytes(WeightType t, int64_t cols) {
 
 inline const uint8_t* RowBytes(const WeightMatrix& w, int64_t row) {
   return static_cast<const uint8_t*>(w.data) + row * RowStride(w) + ColumnBytes(w.type, w.col_begin);
+}
+
+// Lane sums per (weight row, token) of a streaming call on every level (ChunkSpan::lanes).
+constexpr int64_t kStreamLanes = 16;
+
+// The canonical sums (before the tail) of the view's rows [row0, row0 + rows) (absolute) against M
+// token rows, into sums[r * M + t], where each level's streaming call is
+//   call(std::integral_constant<int, RR>{}, first, rstride, span, next, out):
+// the RR rows first, first + rstride / RowStride(w), ... (relative to row0) over span's chunks,
+// prefetching the rows at `next` (the same offsets), the sums into out[rr * M + t]. R rows at once,
+// one from each of R regions of the range (R streams far apart keep more of memory busy than R
+// neighbours), the next row of each region prefetched meanwhile; the rows after the last whole
+// group of R one at a time. Where `block` < nchunks (the token rows do not fit in L1,
+// StreamBlockChunks), the columns go in blocks, each over all the rows, the last rows of a block
+// prefetching the first of the next, the lane sums carried in between; one block where every column
+// is a tail column (the sums are then 0). `chunk_bytes`: bytes of a row's chunk.
+template <int R, int M, typename Call>
+inline void StreamRowRange(const WeightMatrix& w, int64_t row0, int64_t rows, int64_t nchunks, int64_t block,
+                           int64_t chunk_bytes, float* sums, Call call) {
+  const int64_t stride = RowStride(w);
+  const int64_t q = rows / R;
+  Scratch<float> lanes(block < nchunks ? rows * M * kStreamLanes : 0, NoInit{});
+  float part[R * M];
+  auto run = [&](auto rows_at_once, int64_t first, int64_t rstride, ChunkSpan span, const uint8_t* next, float* out) {
+    constexpr int RR = decltype(rows_at_once)::value;
+    if (span.lanes != nullptr) span.lanes += first * RR * M * kStreamLanes;  // group i's R rows, or tail row i
+    call(rows_at_once, first, rstride, span, next, out);
+  };
+  for (int64_t c0 = 0; c0 == 0 || c0 < nchunks; c0 += block) {
+    const ChunkSpan span{c0, std::min(nchunks, c0 + block), nchunks, block < nchunks ? lanes.data() : nullptr};
+    const bool last = span.end == nchunks;
+    const uint8_t* wrap = last ? nullptr : RowBytes(w, row0) + block * chunk_bytes;
+    for (int64_t i = 0; i < q; ++i) {
+      const uint8_t* next = i + 1 < q ? RowBytes(w, row0 + i + 1) : q * R < rows ? nullptr : wrap;
+      run(std::integral_constant<int, R>{}, i, q * stride, span, next, part);
+      if (last)
+        for (int r = 0; r < R; ++r)
+          for (int t = 0; t < M; ++t) sums[(i + r * q) * M + t] = part[r * M + t];
+    }
+    for (int64_t r = q * R; r < rows; ++r)
+      run(std::integral_constant<int, 1>{}, r, stride, span, r + 1 < rows ? nullptr : wrap, sums + r * M);
+  }
 }
 
 // 2^e as a normal float, or 0 below the normal range (never a subnormal: under DAZ one would read
