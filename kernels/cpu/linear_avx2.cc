@@ -302,14 +302,9 @@ DSV4_AVX2 void GemvRows(const Plan& p, int64_t r0, int64_t r1, int t0) {
   // FP8: scale the lane-ordered rows by this row block's column-block scales (and 2^kx).
   Scratch<float> xscaled(w.type == WeightType::kFP8 ? M * main : 0, NoInit{});
   if (w.type == WeightType::kFP8) {
-    // The scale code of each 32-column group (a chunk: one block of scales), and the largest over the
-    // view's blocks.
+    // The scale code of each 32-column group (a chunk: one block of scales), and the largest.
     Scratch<uint8_t> codes(main / 32, NoInit{});
-    ForFp8Groups(w, w.row_begin + r0, 0, main, [&](int64_t q, uint8_t e) { codes[q] = e; });
-    const uint8_t* srow = w.scales + ((w.row_begin + r0) / w.block_rows) * w.scale_ld;
-    int max_es = 0;
-    for (int64_t cb = w.col_begin / w.block_cols; cb <= (w.col_end - 1) / w.block_cols; ++cb)
-      max_es = std::max<int>(max_es, srow[cb]);
+    const int max_es = Fp8TaskCodes(w, w.row_begin + r0, main, codes.data());
     for (int t = 0; t < M; ++t) {
       // x * s * 2^kx is below 2 at the row block's largest scale; the decoded weights are value
       // x 2^-8, so the products are below 2^2 and the sums come out times 2^(kx - 8).

@@ -277,6 +277,18 @@ inline void Fp8GroupFactors(const WeightMatrix& w, int64_t row, int64_t c0, int6
   ForFp8Groups(w, row, c0, kc, [&](int64_t q, uint8_t e) { mult[q] = Pow2(e - 119); });
 }
 
+// A streaming task's FP8 rows (one block of rows, from absolute row `row`): the scale code of each
+// 32-column group of the view's first `main` columns into codes[main / 32]; returns the largest
+// code over all the view's blocks, which the token rows are normalized against.
+inline int Fp8TaskCodes(const WeightMatrix& w, int64_t row, int64_t main, uint8_t* codes) {
+  ForFp8Groups(w, row, 0, main, [&](int64_t q, uint8_t e) { codes[q] = e; });
+  const uint8_t* srow = w.scales + (row / w.block_rows) * w.scale_ld;
+  int max_es = 0;
+  for (int64_t cb = w.col_begin / w.block_cols; cb <= (w.col_end - 1) / w.block_cols; ++cb)
+    max_es = std::max<int>(max_es, srow[cb]);
+  return max_es;
+}
+
 // v * 2^e in at most two multiplications by normal powers of two (e in [-252, 254]); a subnormal
 // result flushes to zero. Made once for many v.
 class Pow2Multiplier {
