@@ -538,11 +538,16 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
         p.xexp[t] = linear::TokenExp(p.job->x + t * p.job->ldx, p.job->w->cols());
       }
     });
-    ForEachUnit(packs.data(), num_packs, [&](int64_t j) { return plans[j].nkb; },
-                [&](int64_t j, int64_t kb) {
-                  const Plan& p = plans[j];
-                  paths->pack_gemm_block(p, kb, static_cast<uint32_t*>(p.xt) + kb * p.ntb * paths->xt_block_words(p.bf16));
-                });
+    // A unit is a (column block, token block): a dense projection's input is one column block
+    // up to 2048 columns, and packed whole it left every thread but one waiting.
+    ForEachUnit(
+        packs.data(), num_packs, [&](int64_t j) { return plans[j].nkb * plans[j].ntb; },
+        [&](int64_t j, int64_t u) {
+          const Plan& p = plans[j];
+          const int64_t kb = u / p.ntb;
+          paths->pack_gemm_block(p, kb, u % p.ntb,
+                                 static_cast<uint32_t*>(p.xt) + kb * p.ntb * paths->xt_block_words(p.bf16));
+        });
   }
   // Tile path: a unit is a token block (decode: all the tokens).
   ForEachUnit(tile_packs.data(), num_tile_packs, [&](int64_t j) { return plans[j].ntb; },

@@ -368,33 +368,31 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
 
 // ---- the GEMM path (m > 24) ------------------------------------------------------------------
 
-// Packs column block kb of the job's input: xt[tb][lane][k][16] holds, for token t of block tb,
-// the input column decoded into position 16 k + lane of the block (lane: canonical lane), times
-// 2^p.xexp[t] where there are those.
-void PackGemmBlock(const Plan& p, int64_t kb, void* xt_kb_words) {
+// Packs token block tb of column block kb of the job's input: xt[tb][lane][k][16] holds, for token
+// t of block tb, the input column decoded into position 16 k + lane of the block (lane: canonical
+// lane), times 2^p.xexp[t] where there are those.
+void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_kb_words) {
   float* xt_kb = static_cast<float*>(xt_kb_words);
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
   const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / kVLanes;
-  for (int64_t tb = 0; tb < p.ntb; ++tb) {
-    const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
-    float f[kNt];
-    for (int64_t t = 0; t < nt; ++t) f[t] = p.xexp != nullptr ? Pow2(p.xexp[tb * kNt + t]) : 1.f;
-    for (int64_t l = 0; l < kVLanes; ++l) {
-      float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
-      for (int64_t k = 0; k < steps; ++k) {
-        float* d = dst + k * kNt;
-        const int64_t pos = kVLanes * k + l;
-        if (pos >= kc) {
-          std::fill(d, d + kNt, 0.f);
-          continue;
-        }
-        const int64_t col = c0 + (pos / p.cc) * p.cc + LaneColumn(w.type, pos % p.cc);
-        const float* src = job.x + (tb * kNt) * job.ldx + col;
-        int64_t t = 0;
-        for (; t < nt; ++t) d[t] = src[t * job.ldx] * f[t];
-        for (; t < kNt; ++t) d[t] = 0.f;
+  const int64_t nt = std::min<int64_t>(kNt, job.m - tb * kNt);
+  float f[kNt];
+  for (int64_t t = 0; t < nt; ++t) f[t] = p.xexp != nullptr ? Pow2(p.xexp[tb * kNt + t]) : 1.f;
+  for (int64_t l = 0; l < kVLanes; ++l) {
+    float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
+    for (int64_t k = 0; k < steps; ++k) {
+      float* d = dst + k * kNt;
+      const int64_t pos = kVLanes * k + l;
+      if (pos >= kc) {
+        std::fill(d, d + kNt, 0.f);
+        continue;
       }
+      const int64_t col = c0 + (pos / p.cc) * p.cc + LaneColumn(w.type, pos % p.cc);
+      const float* src = job.x + (tb * kNt) * job.ldx + col;
+      int64_t t = 0;
+      for (; t < nt; ++t) d[t] = src[t * job.ldx] * f[t];
+      for (; t < kNt; ++t) d[t] = 0.f;
     }
   }
 }
