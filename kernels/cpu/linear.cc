@@ -359,7 +359,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     }
   }
   // Buffers of the caller: streaming inputs in lane order, GEMM inputs packed.
-  int64_t xp_floats = 0, xt_words = 0, xexp_ints = 0, num_gemm = 0, num_tasks = 0;
+  int64_t xp_floats = 0, xt_words = 0, xexp_ints = 0, num_gemm = 0, num_tasks = 0, gemm_panels = 0;
   for (int64_t j = 0; j < num_jobs; ++j) {
     const LinearJob& job = jobs[j];
     const WeightMatrix& w = *job.w;
@@ -430,15 +430,23 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     CountWork(StorageBytes(w), 0, 2 * job.m * w.rows() * w.cols(), p.bf16 ? FlopKind::kBf16 : FlopKind::kFp32);
     if (p.path == Plan::kGemm) {
       p.panels = (w.rows() + paths->gemm_task_rows - 1) / paths->gemm_task_rows;
-      p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
-      if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
-        p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
-      num_tasks += p.panels * p.splits;
+      gemm_panels += p.panels;  // the tasks are counted below, once the group's panels are known
     } else {
       p.rows_per_task = RowsPerTask(w);
       num_tasks += (w.rows() + p.rows_per_task - 1) / p.rows_per_task +
                    (w.type == WeightType::kFP8 ? w.rows() / w.block_rows + 1 : 0);
     }
+  }
+  // GEMM tasks: panels of rows, each split over the token blocks only as far as the group needs
+  // tasks for the threads (about 4 each). Every split decodes its panel again: with a split per
+  // job, the 16 experts of a small model's prefill decoded each panel four times over.
+  for (int64_t j = 0; j < num_jobs; ++j) {
+    Plan& p = plans[j];
+    if (p.path != Plan::kGemm) continue;
+    p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + gemm_panels - 1) / gemm_panels));
+    if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
+      p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
+    num_tasks += p.panels * p.splits;
   }
   Scratch<float> xp(xp_floats, NoInit{});
   Scratch<uint32_t> xt(xt_words, NoInit{});
