@@ -370,7 +370,9 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
 
 // Packs token block tb of column block kb of the job's input: xt[tb][lane][k][16] holds, for token
 // t of block tb, the input column decoded into position 16 k + lane of the block (lane: canonical
-// lane), times 2^p.xexp[t] where there are those.
+// lane), times 2^p.xexp[t] where there are those. Only the positions below the block's full chunks
+// are packed: the micro-kernel reads no others (zero-filling the rest of a 2048-column block wrote
+// seven times the data at 256 columns).
 void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_kb_words) {
   float* xt_kb = static_cast<float*>(xt_kb_words);
   const LinearJob& job = *p.job;
@@ -381,13 +383,9 @@ void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_kb_words) {
   for (int64_t t = 0; t < nt; ++t) f[t] = p.xexp != nullptr ? Pow2(p.xexp[tb * kNt + t]) : 1.f;
   for (int64_t l = 0; l < kVLanes; ++l) {
     float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
-    for (int64_t k = 0; k < steps; ++k) {
+    for (int64_t k = 0; kVLanes * k + l < kc; ++k) {
       float* d = dst + k * kNt;
       const int64_t pos = kVLanes * k + l;
-      if (pos >= kc) {
-        std::fill(d, d + kNt, 0.f);
-        continue;
-      }
       const int64_t col = c0 + (pos / p.cc) * p.cc + LaneColumn(w.type, pos % p.cc);
       const float* src = job.x + (tb * kNt) * job.ldx + col;
       int64_t t = 0;
