@@ -551,10 +551,9 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     ForEachUnit(
         packs.data(), num_packs, [&](int64_t j) { return plans[j].nkb * plans[j].ntb; },
         [&](int64_t j, int64_t u) {
-          const Plan& p = plans[j];
-          const int64_t kb = u / p.ntb;
-          paths->pack_gemm_block(p, kb, u % p.ntb,
-                                 static_cast<uint32_t*>(p.xt) + kb * p.ntb * paths->xt_block_words(p.bf16));
+          const Plan& p = plans[j];  // unit u = kb * ntb + tb is also its block's place in xt
+          paths->pack_gemm_block(p, u / p.ntb, u % p.ntb,
+                                 static_cast<uint32_t*>(p.xt) + u * paths->xt_block_words(p.bf16));
         });
   }
   // Tile path: a unit is a token block (decode: all the tokens).

@@ -373,8 +373,7 @@ void RunGemv(const Plan& p, int64_t r0, int64_t r1) {
 // lane), times 2^p.xexp[t] where there are those. Only the positions below the block's full chunks
 // are packed: the micro-kernel reads no others (zero-filling the rest of a 2048-column block wrote
 // seven times the data at 256 columns).
-void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_kb_words) {
-  float* xt_kb = static_cast<float*>(xt_kb_words);
+void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_block) {
   const LinearJob& job = *p.job;
   const WeightMatrix& w = *job.w;
   const int64_t main = p.nchunks * p.cc, c0 = kb * kKc, kc = std::min(kKc, main - c0), steps = kKc / kVLanes;
@@ -382,7 +381,7 @@ void PackGemmBlock(const Plan& p, int64_t kb, int64_t tb, void* xt_kb_words) {
   float f[kNt];
   for (int64_t t = 0; t < nt; ++t) f[t] = p.xexp != nullptr ? Pow2(p.xexp[tb * kNt + t]) : 1.f;
   for (int64_t l = 0; l < kVLanes; ++l) {
-    float* dst = xt_kb + (tb * kVLanes + l) * steps * kNt;
+    float* dst = static_cast<float*>(xt_block) + l * steps * kNt;
     for (int64_t k = 0; kVLanes * k + l < kc; ++k) {
       float* d = dst + k * kNt;
       const int64_t pos = kVLanes * k + l;

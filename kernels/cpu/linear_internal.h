@@ -137,9 +137,9 @@ struct Paths {
   int64_t gemm_max_task_tbs;
   // 4-byte words of packed input per (column block, token block), for FP32 or BF16 products.
   int64_t (*xt_block_words)(bool bf16);
-  // Packs token block tb of column block kb into its place in xt_kb (the column block's packed
-  // input): one unit of the pack, which the threads share.
-  void (*pack_gemm_block)(const Plan& p, int64_t kb, int64_t tb, void* xt_kb);
+  // Packs token block tb of column block kb into xt_block (its xt_block_words words): one unit of
+  // the pack, which the threads share.
+  void (*pack_gemm_block)(const Plan& p, int64_t kb, int64_t tb, void* xt_block);
   void (*gemm_task)(const Plan& p, int64_t r0, int64_t r1, int64_t tb0, int64_t tb1);
   void (*gemv)(const Plan& p, int64_t r0, int64_t r1);
   // Whether BF16 products beat FP32 FMAs on this core in the streaming path (FP8 rows) and in the
