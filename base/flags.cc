@@ -1,5 +1,6 @@
 #include "base/flags.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/numbers.h"
@@ -16,9 +17,25 @@ bool ParseBool(const std::string& s, bool* out) {
   return false;
 }
 
+// Edit distance with adjacent transpositions (optimal string alignment): `--ecperts` and
+// `--exeprts` are both one edit from `--experts`.
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i)
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.size()][b.size()];
+}
+
 }  // namespace
 
 Flags& Flags::Declare(const std::string& name, Kind kind, const std::string& default_value, const std::string& help) {
+  DSV4_CHECK(!aliases_.count(name), "flag --", name, " is already an alias");
   if (!defs_.count(name)) order_.push_back(name);
   Def& d = defs_[name];
   d = Def{};
@@ -55,6 +72,34 @@ Flags& Flags::SetDefault(const std::string& name, const std::string& default_val
   DSV4_CHECK(it != defs_.end(), "SetDefault of undeclared flag --", name);
   it->second.text = default_value;
   return *this;
+}
+
+Flags& Flags::Alias(const std::string& alias, const std::string& name) {
+  DSV4_CHECK(defs_.count(name), "alias --", alias, " of undeclared flag --", name);
+  DSV4_CHECK(!defs_.count(alias), "alias --", alias, " is itself a declared flag");
+  aliases_[alias] = name;
+  return *this;
+}
+
+std::string Flags::Unknown(const std::string& name) const {
+  // The spellings (names and aliases) within a third of the name's length in edits, closest
+  // first, and any the name begins (`--experts-per` for `--experts-per-token`). No flag is 64
+  // characters long, so a longer word is compared with none.
+  std::vector<std::pair<size_t, std::string>> near;
+  auto consider = [&](const std::string& known) {
+    if (name.size() > 64) return;
+    const size_t d = EditDistance(name, known);
+    if (d <= std::max<size_t>(1, name.size() / 3) || (name.size() >= 3 && known.rfind(name, 0) == 0))
+      near.emplace_back(d, known);
+  };
+  for (const auto& n : order_) consider(n);
+  for (const auto& [alias, n] : aliases_) consider(alias);
+  std::stable_sort(near.begin(), near.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string out = absl::StrCat("unknown flag --", name);
+  for (size_t i = 0; i < std::min<size_t>(near.size(), 3); ++i)
+    absl::StrAppend(&out, i == 0 ? " (did you mean --" : " or --", near[i].second);
+  if (!near.empty()) absl::StrAppend(&out, "?)");
+  return out;
 }
 
 absl::Status Flags::Convert(const std::string& name, Def& d) const {
@@ -107,8 +152,10 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
     const bool inline_value = eq != std::string::npos;
     std::string value;
     if (inline_value) value = name.substr(eq + 1), name = name.substr(0, eq);
+    const std::string spelled = name;
+    if (auto a = aliases_.find(name); a != aliases_.end()) name = a->second;
     auto it = defs_.find(name);
-    if (it == defs_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    if (it == defs_.end()) return absl::InvalidArgumentError(Unknown(name));
     Def& d = it->second;
     if (!inline_value) {
       const bool next_is_value = i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0;
@@ -119,13 +166,14 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
       } else if (next_is_value) {
         value = argv[++i];
       } else {
-        return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+        return absl::InvalidArgumentError(absl::StrCat("flag --", spelled, " needs a value"));
       }
     }
     d.text = value;
     d.given = true;
+    d.spelled = spelled;
   }
-  for (auto& [name, d] : defs_) DSV4_RETURN_IF_ERROR(Convert(name, d));
+  for (auto& [name, d] : defs_) DSV4_RETURN_IF_ERROR(Convert(d.given ? d.spelled : name, d));
   return absl::OkStatus();
 }
 
@@ -151,7 +199,11 @@ std::string Flags::Help() const {
   std::string out;
   for (const auto& name : order_) {
     const Def& d = defs_.at(name);
-    absl::StrAppend(&out, "  --", name, d.kind == Kind::kBool ? " [on|off]" : "",
+    std::string also;
+    for (const auto& [alias, n] : aliases_)
+      if (n == name) absl::StrAppend(&also, also.empty() ? " (also --" : ", --", alias);
+    if (!also.empty()) also += ")";
+    absl::StrAppend(&out, "  --", name, d.kind == Kind::kBool ? " [on|off]" : "", also,
                     " (default: ", d.text.empty() ? "none" : d.text, ")\n      ", d.help, "\n");
   }
   return out;

@@ -32,9 +32,12 @@ class Flags {
   Flags& IntList(const std::string& name, const std::string& default_value, const std::string& help);
   // Changes the default of a declared flag (a subcommand that shares flags with others).
   Flags& SetDefault(const std::string& name, const std::string& default_value);
+  // `--alias` is another spelling of the declared flag `--name` (the name peers' tools use for the
+  // same setting, such as DeepEP's `--topk` for `--experts-per-token`); values are read by name.
+  Flags& Alias(const std::string& alias, const std::string& name);
 
   // Parses argv[first..argc) and checks every value (defaults included): INVALID_ARGUMENT naming
-  // the flag otherwise.
+  // the flag otherwise. An unknown flag's error names the declared flags spelled most like it.
   absl::Status Parse(int argc, char** argv, int first);
 
   // Values after a successful Parse. Asking for an undeclared flag, or with the wrong type, is a
@@ -56,6 +59,7 @@ class Flags {
     int64_t min_i = kNoMin, max_i = kNoMax;
     double min_d = 0, max_d = 0;
     bool given = false;
+    std::string spelled;  // the name the command line used (an alias or the name)
     // Parsed values.
     int64_t i = 0;
     double d = 0;
@@ -64,9 +68,11 @@ class Flags {
   };
   Flags& Declare(const std::string& name, Kind kind, const std::string& default_value, const std::string& help);
   absl::Status Convert(const std::string& name, Def& def) const;
+  std::string Unknown(const std::string& name) const;  // the error's text, with likely spellings
   const Def& Get(const std::string& name, Kind kind) const;
 
   std::map<std::string, Def> defs_;
+  std::map<std::string, std::string> aliases_;  // alias -> declared name
   std::vector<std::string> order_;
 };
 

@@ -217,6 +217,7 @@ void CommFlags(Flags& flags) {
       .Int("experts", d.experts, "routed experts (any number: the ranks need not divide them)", 1, 1 << 16)
       .Int("experts-per-token", d.experts_per_token,
            "routed experts per token (the model config's num_experts_per_tok)", 1, 64)
+      .Alias("topk", "experts-per-token")
       .Int("tokens", d.tokens, "tokens per rank per step", 1, 1 << 20)
       .Int("iters", d.iters, "timed iterations (median reported)", 1, 1 << 20)
       .Double("hot-fraction", d.hot_fraction, "fraction of tokens routed to expert 0 (0.5: it takes half the tokens)",

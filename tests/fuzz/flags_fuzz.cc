@@ -1,6 +1,7 @@
-// The command-line flag parser (base/flags.h) with the runtime's flags and one of every kind:
-// the input is argv, NUL-separated. Any argv ends in a status; a parse that succeeds returns
-// values within every declared range, and never takes a following "--" word as a value.
+// The command-line flag parser (base/flags.h) with the runtime's flags and one of every kind
+// (and --n, another spelling of --count): the input is argv, NUL-separated. Any argv ends in a
+// status; a parse that succeeds returns values within every declared range, and never takes a
+// following "--" word as a value.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -30,7 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       .Int("count", 3, "bounded", -5, 100)
       .Double("ratio", 0.5, "bounded", 0, 1)
       .Bool("json", false, "a boolean")
-      .IntList("ids", "", "a list");
+      .IntList("ids", "", "a list")
+      .Alias("n", "count");
   if (!flags.Parse(static_cast<int>(argv.size()), argv.data(), 1).ok()) return 0;
   const int64_t count = flags.GetInt("count");
   const double ratio = flags.GetDouble("ratio");

@@ -169,6 +169,17 @@ TEST(CliFinding9, BareBooleansWorkInEveryCommand) {
   EXPECT_EQ(t.exit_code, 0) << t.err;
 }
 
+TEST(CliFlags, AMisspelledFlagNamesTheLikelyOne) {
+  // `bench comm` takes DeepEP's `--topk` for `--experts-per-token`; its checks name the spelling
+  // given, and a misspelled flag is answered with the likely spelling.
+  EXPECT_TRUE(FailsWith(RunDsv4({"bench", "comm", "--topk", "99"}), 2, {"--topk must be in [1, 64]"}));
+  EXPECT_TRUE(FailsWith(RunDsv4({"bench", "comm", "--tpok", "6"}), 2, {"unknown flag --tpok (did you mean --topk?)"}));
+  EXPECT_TRUE(
+      FailsWith(RunDsv4({"logits", "--promt-ids", "1"}), 2, {"unknown flag --promt-ids (did you mean --prompt-ids?)"}));
+  const RunResult help = RunDsv4({"bench", "comm", "--help"});
+  EXPECT_NE(help.out.find("--experts-per-token (also --topk)"), std::string::npos) << help.out << help.err;
+}
+
 // ---- finding 10: errors that said nothing or the wrong thing ------------------------------------
 
 TEST(CliFinding10, ARegularFileAsModelSaysSo) {
