@@ -389,9 +389,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
       if (!panels) pr = std::max<int64_t>(32, std::min<int64_t>(rows32, RowsPerTask(w) / 32 * 32));
       p.panel_rows = pr;
       p.panels = (w.rows() + pr - 1) / pr;
-      const int64_t pairs = panels ? p.ntb / 2 : 1;
-      p.splits = std::min(pairs, std::max<int64_t>(1, (4 * NumThreads() + p.panels - 1) / p.panels));
-      num_tasks += p.panels * p.splits;
+      gemm_panels += p.panels;  // split below, with the GEMM jobs' panels
       continue;
     }
     bool finite = true;
@@ -437,15 +435,24 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
                    (w.type == WeightType::kFP8 ? w.rows() / w.block_rows + 1 : 0);
     }
   }
-  // GEMM tasks: panels of rows, each split over the token blocks only as far as the group needs
-  // tasks for the threads (about 4 each). Every split decodes its panel again: with a split per
-  // job, the 16 experts of a small model's prefill decoded each panel four times over.
+  // GEMM and tile tasks: panels of rows, each split over the token blocks (the tiles' in pairs,
+  // where they take panels) only as far as the group needs tasks for the threads (about 4 each).
+  // Every split decodes its panel again: with a split per job, the 16 experts of a small model's
+  // prefill decoded each panel four times over.
+  const int64_t group_splits =
+      std::max<int64_t>(1, (4 * NumThreads() + gemm_panels - 1) / std::max<int64_t>(1, gemm_panels));
   for (int64_t j = 0; j < num_jobs; ++j) {
     Plan& p = plans[j];
-    if (p.path != Plan::kGemm) continue;
-    p.splits = std::min(p.ntb, std::max<int64_t>(1, (4 * NumThreads() + gemm_panels - 1) / gemm_panels));
-    if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
-      p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
+    if (p.path == Plan::kTile) {
+      const int64_t units = linear::TileModeOf(p.job->m) == linear::TileMode::kPanels ? p.ntb / 2 : 1;
+      p.splits = std::min(units, group_splits);
+    } else if (p.path == Plan::kGemm) {
+      p.splits = std::min(p.ntb, group_splits);
+      if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
+        p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
+    } else {
+      continue;
+    }
     num_tasks += p.panels * p.splits;
   }
   Scratch<float> xp(xp_floats, NoInit{});

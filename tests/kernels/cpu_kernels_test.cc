@@ -568,6 +568,57 @@ TEST(TiledLinear, TileOrderBitForBitWhateverTheBatch) {
   }
 }
 
+// A group of tile jobs as a MoE layer's prefill gives them (experts of one panel each, their own
+// inputs and token counts, the panels mode and the FMAs beside it) and a GEMM job: the group splits
+// its panels over the token blocks by all of its panels, a job alone by its own, so the task
+// boundaries differ while every job gives the bits it gives alone and the tiles' order. At 1, 2 and
+// 8 threads: one task per panel, and splits of the pairs of blocks.
+TEST(TiledLinear, GroupGivesEachJobItsBitsAlone) {
+  if (ActiveIsa() < Isa::kAvx512Bf16)
+    GTEST_SKIP() << "the tile path needs AVX-512 BF16; this run has " << IsaName(ActiveIsa());
+  std::mt19937 rng(61);
+  PageArena arena;
+  const int64_t cols = 512;
+  std::vector<TestWeight> ws;
+  std::vector<WeightMatrix> tiled;
+  const WeightType types[] = {WeightType::kFP4,  WeightType::kFP8, WeightType::kFP4,
+                              WeightType::kBF16, WeightType::kFP4, WeightType::kFP8};
+  for (WeightType type : types) ws.push_back(MakeWeight(type, 64, cols, rng));
+  for (const TestWeight& t : ws) tiled.push_back(Tiled(t.w, arena));
+  TestWeight dense = MakeWeight(WeightType::kFP8, 96, cols, rng);  // untiled: the GEMM path
+  const int64_t tokens[] = {70, 33, 3, 64, 97, 40, 65};            // the last is the GEMM job's
+  const int threads_before = NumThreads();
+  for (int threads : {1, 2, 8}) {
+    ASSERT_TRUE(SetNumThreads(threads).ok());
+    std::vector<std::vector<float>> xs, ys;
+    std::vector<LinearJob> jobs;
+    for (size_t i = 0; i <= tiled.size(); ++i) {
+      const WeightMatrix* w = i < tiled.size() ? &tiled[i] : &dense.w;
+      xs.push_back(i % 2 ? MakeInput(tokens[i], cols, rng) : MakeFp8Input(tokens[i], cols, rng));
+      ys.emplace_back(tokens[i] * w->rows());
+      LinearJob j;
+      j.x = xs.back().data(), j.m = tokens[i], j.ldx = cols, j.w = w, j.y = ys.back().data(), j.ldy = w->rows();
+      jobs.push_back(j);
+    }
+    LinearGroup(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const std::string what = "job " + std::to_string(i) + " (" + std::to_string(tokens[i]) + " tokens), " +
+                               std::to_string(threads) + " threads";
+      std::vector<float> alone(ys[i].size());
+      Linear(xs[i].data(), jobs[i].m, cols, *jobs[i].w, alone.data(), jobs[i].ldy);
+      for (size_t e = 0; e < alone.size(); ++e)
+        ASSERT_EQ(std::bit_cast<uint32_t>(alone[e]), std::bit_cast<uint32_t>(ys[i][e])) << what << ", element " << e;
+      if (i == tiled.size()) continue;
+      for (int64_t tok = 0; tok < jobs[i].m; tok += 7)
+        for (int64_t r = 0; r < jobs[i].ldy; ++r)
+          ASSERT_EQ(std::bit_cast<uint32_t>(ys[i][tok * jobs[i].ldy + r]),
+                    std::bit_cast<uint32_t>(TileOrderDot(tiled[i], r, xs[i].data() + tok * cols, i % 2 ? 3 : 1)))
+              << what << ", token " << tok << " row " << r;
+    }
+  }
+  ASSERT_TRUE(SetNumThreads(threads_before).ok());
+}
+
 // FP8 subnormal codes (e = 0) and FP4 +-0.5 (its subnormal) are decoded to normal floats, never to
 // subnormal ones, which DAZ would read as 0: a row of only such codes gives its exact sum on every
 // path. Exact: every product and partial sum is a multiple of 2^-9 (FP8) or 2^-2 (FP4) far inside
