@@ -39,6 +39,9 @@ std::vector<int64_t> ReadI64(const SafetensorsFile& f, const std::string& name);
 // A fresh temporary directory, removed at process exit.
 std::string TempDir();
 
+// A TCP connection to 127.0.0.1:port (the caller owns the descriptor), or -1.
+int ConnectLoopback(int port);
+
 // builtin:v4-tiny's config with a 512-token vocabulary (every kind of layer, small and fast).
 nlohmann::json TinyConfig();
 // The same with a window of 8 and top-3 indexer blocks over layers [0, 4, 128, 4, 0], so short

@@ -2,30 +2,15 @@
 // it, to the engine's GenerateSpec. Any bytes end in a status; a spec that converts has a
 // non-empty prompt of in-vocabulary ids (text and chat go through the real tokenizer).
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "rpc/convert.h"
 #include "runtime/tokenizer/utf8.h"
-
-namespace {
-
-const dsv4::Tokenizer* Load() {
-  auto path = dsv4::FindTokenizerJson("builtin:v4-tiny");
-  if (!path.ok()) {
-    std::fprintf(stderr, "fuzz_convert: %s\n", std::string(path.status().message()).c_str());
-    std::exit(1);
-  }
-  auto tok = dsv4::Tokenizer::Load(*path);
-  if (!tok.ok()) std::abort();
-  return tok->release();
-}
-
-}  // namespace
+#include "tests/fuzz/builtin_tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const dsv4::Tokenizer* tok = Load();
+  static const dsv4::Tokenizer* tok = dsv4::fuzz::BuiltinTokenizer("fuzz_convert");
   dsv4::v1::GenerateRequest req;
   if (!req.ParseFromArray(data, static_cast<int>(size))) return 0;
   dsv4::InputLimits limits;

@@ -2,32 +2,16 @@
 // (runtime/tokenizer/tokenizer.h): Decode(Encode(s)) == s for valid UTF-8 and == utf8::Sanitize(s)
 // otherwise, ids always in the vocabulary, and the streaming decoder agrees with Decode.
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
 
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/tokenizer/utf8.h"
-
-namespace {
-
-const dsv4::Tokenizer* Load() {
-  auto path = dsv4::FindTokenizerJson("builtin:v4-tiny");
-  if (!path.ok()) {
-    std::fprintf(stderr, "fuzz_tokenizer: %s (launch/setup.sh installs it; or set DSV4_TOKENIZER)\n",
-                 std::string(path.status().message()).c_str());
-    std::exit(1);
-  }
-  auto tok = dsv4::Tokenizer::Load(*path);
-  if (!tok.ok()) std::abort();
-  return tok->release();
-}
-
-}  // namespace
+#include "tests/fuzz/builtin_tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const dsv4::Tokenizer* tok = Load();
+  static const dsv4::Tokenizer* tok = dsv4::fuzz::BuiltinTokenizer("fuzz_tokenizer");
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   const std::vector<int32_t> ids = tok->Encode(text, /*allow_special=*/false);
   for (int32_t id : ids)

@@ -1,7 +1,5 @@
 #include "tests/rpc/h2_raw.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/testutil.h"
 
 namespace dsv4::testing {
 namespace {
@@ -48,15 +47,8 @@ bool WriteAll(int fd, const std::string& data) {
 }  // namespace
 
 absl::StatusOr<RawH2> RawH2::Connect(int port, uint32_t initial_window) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("connect to port ", port, " failed"));
-  }
+  const int fd = ConnectLoopback(port);
+  if (fd < 0) return absl::UnavailableError(absl::StrCat("connect to port ", port, " failed"));
   RawH2 c(fd);
   if (!WriteAll(fd, std::string(kPreface, sizeof(kPreface) - 1))) return absl::UnavailableError("preface");
   // SETTINGS_INITIAL_WINDOW_SIZE (0x4).

@@ -4,10 +4,8 @@
 // HTTP codes, the bearer token, a client that vanishes mid-stream, and /metrics.
 #include "rpc/http_gateway.h"
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +18,7 @@
 #include "rpc/metrics.h"
 #include "runtime/weights.h"
 #include "tests/rpc/prometheus_text.h"
+#include "tests/testutil.h"
 
 namespace dsv4 {
 namespace {
@@ -327,17 +326,10 @@ TEST(HttpGateway, BearerTokenGuardsTheApiButNotTheProbes) {
   (*g)->Shutdown();
 }
 
-// A raw connection to the gateway.
+// A raw connection to the gateway, whose reads give up after a minute.
 int Connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
+  const int fd = testing::ConnectLoopback(port);
+  if (fd < 0) return -1;
   timeval tv{60, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   return fd;

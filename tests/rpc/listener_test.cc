@@ -2,10 +2,8 @@
 // NOT_SERVING, and back once connections can be accepted), and binding a taken port.
 #include "rpc/listener.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -16,25 +14,12 @@
 #include "absl/time/clock.h"
 #include "rpc/client.h"
 #include "rpc/inference_server.h"
+#include "tests/testutil.h"
 
 namespace dsv4 {
 namespace {
 
 using grpc::health::v1::HealthCheckResponse;
-
-int RawConnect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // True once the server has closed the connection `fd` (EOF within `timeout`).
 bool ClosedByServer(int fd, absl::Duration timeout) {
@@ -72,8 +57,8 @@ TEST(Listener, ConnectionsBeyondTheCapAreClosedAtOnce) {
   auto server = StartServer(4);
   ASSERT_NE(server, nullptr);
   std::vector<int> held;
-  for (int i = 0; i < 4; ++i) held.push_back(RawConnect(server->port()));
-  const int extra = RawConnect(server->port());
+  for (int i = 0; i < 4; ++i) held.push_back(testing::ConnectLoopback(server->port()));
+  const int extra = testing::ConnectLoopback(server->port());
   ASSERT_GE(extra, 0);
   EXPECT_TRUE(ClosedByServer(extra, absl::Seconds(5)));
   close(extra);
@@ -107,7 +92,7 @@ TEST(Listener, OutOfDescriptorsIsReportedAndRecovered) {
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
   std::vector<int> held;
   for (int i = 0; i < 200; ++i) {  // each costs two descriptors: the client's and the server's
-    const int fd = RawConnect(server->port());
+    const int fd = testing::ConnectLoopback(server->port());
     if (fd < 0) break;
     held.push_back(fd);
   }

@@ -2,9 +2,7 @@
 // process that runs out of file descriptors, a second server on a taken port, weights that
 // compute NaN, a client pointed at the wrong port, and the info file that must go away with the
 // job. One rank (DSV4_SERVE_NP for mpirun), 127.0.0.1 only; every wait is bounded.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -27,21 +25,6 @@ using grpc::health::v1::HealthCheckResponse;
 using testing::ServeProcess;
 
 constexpr const char* kPrlimit = "/usr/bin/prlimit";
-
-// An idle TCP connection to 127.0.0.1:port (it sends nothing), or -1.
-int RawConnect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in a = {};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 v1::GenerateRequest TokenRequest(std::vector<int32_t> ids, int max_tokens = 4) {
   v1::GenerateRequest r;
@@ -82,7 +65,7 @@ TEST(ServeFinding1, ADescriptorStormLeavesThePortServing) {
 
   std::vector<int> idle;
   for (int i = 0; i < 300; ++i)
-    if (const int fd = RawConnect((*p)->port()); fd >= 0) idle.push_back(fd);
+    if (const int fd = testing::ConnectLoopback((*p)->port()); fd >= 0) idle.push_back(fd);
   EXPECT_EQ(idle.size(), 300u);
   // While they are held, the connection that was open before keeps working.
   auto during = (*client)->Health("", absl::Seconds(10));
