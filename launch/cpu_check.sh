@@ -128,7 +128,7 @@ else
     fi
     for k in 6 16; do
       c=$(run "comm_np${np}_top$k" mpirun --oversubscribe -np "$np" "$dsv4" bench comm --experts-per-token "$k" \
-        --iters 100 --json true)
+        --json true)
       check "bench comm, $np ranks, top-$k: raw / ours" "$(field "$c" ratio)" ">=" 0.9
     done
   done
