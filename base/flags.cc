@@ -85,9 +85,10 @@ std::string Flags::Unknown(const std::string& name) const {
   // The spellings (names and aliases) within a third of the name's length in edits, closest
   // first, and any the name begins (`--experts-per` for `--experts-per-token`). No flag is 64
   // characters long, so a longer word is compared with none.
+  std::string out = absl::StrCat("unknown flag --", name);
+  if (name.size() > 64) return out;
   std::vector<std::pair<size_t, std::string>> near;
   auto consider = [&](const std::string& known) {
-    if (name.size() > 64) return;
     const size_t d = EditDistance(name, known);
     if (d <= std::max<size_t>(1, name.size() / 3) || (name.size() >= 3 && known.rfind(name, 0) == 0))
       near.emplace_back(d, known);
@@ -95,7 +96,6 @@ std::string Flags::Unknown(const std::string& name) const {
   for (const auto& n : order_) consider(n);
   for (const auto& [alias, n] : aliases_) consider(alias);
   std::stable_sort(near.begin(), near.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::string out = absl::StrCat("unknown flag --", name);
   for (size_t i = 0; i < std::min<size_t>(near.size(), 3); ++i)
     absl::StrAppend(&out, i == 0 ? " (did you mean --" : " or --", near[i].second);
   if (!near.empty()) absl::StrAppend(&out, "?)");

@@ -441,18 +441,16 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
   // prefill decoded each panel four times over.
   const int64_t group_splits =
       std::max<int64_t>(1, (4 * NumThreads() + gemm_panels - 1) / std::max<int64_t>(1, gemm_panels));
+  // What a split takes: token blocks, the tiles' in pairs (their modes without panels have one or
+  // two blocks: one pair).
+  auto split_unit = [](const Plan& p) -> int64_t { return p.path == Plan::kTile ? 2 : 1; };
+  auto split_units = [&](const Plan& p) { return (p.ntb + split_unit(p) - 1) / split_unit(p); };
   for (int64_t j = 0; j < num_jobs; ++j) {
     Plan& p = plans[j];
-    if (p.path == Plan::kTile) {
-      const int64_t units = linear::TileModeOf(p.job->m) == linear::TileMode::kPanels ? p.ntb / 2 : 1;
-      p.splits = std::min(units, group_splits);
-    } else if (p.path == Plan::kGemm) {
-      p.splits = std::min(p.ntb, group_splits);
-      if (p.nkb > 1 && paths->gemm_max_task_tbs > 0)
-        p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
-    } else {
-      continue;
-    }
+    if (p.path != Plan::kGemm && p.path != Plan::kTile) continue;
+    p.splits = std::min(split_units(p), group_splits);
+    if (p.path == Plan::kGemm && p.nkb > 1 && paths->gemm_max_task_tbs > 0)
+      p.splits = std::max(p.splits, (p.ntb + paths->gemm_max_task_tbs - 1) / paths->gemm_max_task_tbs);
     num_tasks += p.panels * p.splits;
   }
   Scratch<float> xp(xp_floats, NoInit{});
@@ -521,7 +519,7 @@ void LinearGroup(const LinearJob* jobs, int64_t num_jobs) {
     // pairs), the others ranges of rows.
     if (p.path == Plan::kGemm || p.path == Plan::kTile) {
       const int64_t rows = p.path == Plan::kGemm ? paths->gemm_task_rows : p.panel_rows;
-      const int64_t unit = p.path == Plan::kTile ? 2 : 1, units = (p.ntb + unit - 1) / unit;
+      const int64_t unit = split_unit(p), units = split_units(p);
       for (int64_t s = 0; s < p.splits; ++s)
         for (int64_t pi = 0; pi < p.panels; ++pi)
           tasks[nt++] = {static_cast<int32_t>(j), pi * rows, std::min(w.rows(), (pi + 1) * rows),
